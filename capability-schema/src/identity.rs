@@ -1,0 +1,387 @@
+//! Identities: every party is one ed25519 key.
+//!
+//! - [`SecretKey`] signs; it never appears on the wire and its [`std::fmt::Debug`] output hides
+//!   the secret.
+//! - [`PublicKey`] names a party everywhere: in tickets, leases, configs and logs its text form is
+//!   `ed25519/<64 hex digits>` (biscuit's own spelling), on the wire it is its 32 raw bytes.
+//! - [`PublicKey::to_peer_id`] gives the libp2p `PeerId` of the same key, so the transport
+//!   handshake authenticates exactly the party named in tickets and leases.
+//! - Key files hold `ed25519-private/<hex>`; they are written with mode 0600 and refused on load
+//!   when anyone but the owner may read them.
+
+use std::fmt;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use ed25519_dalek::Signer;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Prefix of the text form of a public key.
+pub const PUBLIC_PREFIX: &str = "ed25519/";
+/// Prefix of the text form of a secret key (the content of a key file).
+pub const SECRET_PREFIX: &str = "ed25519-private/";
+
+/// Errors about keys and key files.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The text is not `ed25519/<64 hex digits>`.
+    #[error("not a public key: expected `ed25519/<64 hex digits>`, got {0:?}")]
+    BadPublicText(String),
+    /// 32 bytes that are not a valid ed25519 point.
+    #[error("not a valid ed25519 public key")]
+    BadPublicBytes,
+    /// The key file's content is not `ed25519-private/<64 hex digits>`.
+    #[error("key file {0}: not a PlanetMesh secret key (expected `ed25519-private/<64 hex digits>`)")]
+    BadSecretFile(PathBuf),
+    /// The key file may be read by others than its owner.
+    #[error(
+        "key file {path}: mode {mode:o} lets others read the secret key; run `chmod 600 {path}` \
+         (or generate a new key if it may have leaked)"
+    )]
+    TooOpen {
+        /// The key file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// The key file exists already (keys are never overwritten).
+    #[error("key file {0} exists already; refusing to overwrite a key")]
+    Exists(PathBuf),
+    /// Reading or writing the key file failed.
+    #[error("key file {path}: {source}")]
+    Io {
+        /// The key file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A libp2p peer id that does not carry an inline ed25519 key.
+    #[error("peer id {0} does not carry an ed25519 key")]
+    NotEd25519PeerId(String),
+}
+
+/// A party's secret signing key.
+#[derive(Clone)]
+pub struct SecretKey(ed25519_dalek::SigningKey);
+
+impl fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretKey({})", self.public())
+    }
+}
+
+impl SecretKey {
+    /// A fresh key from the operating system's random source.
+    pub fn generate() -> Self {
+        SecretKey(ed25519_dalek::SigningKey::generate(&mut rand_core::OsRng))
+    }
+
+    /// The key with these 32 secret bytes (used for fixed test keys and golden vectors).
+    pub fn from_bytes(bytes: &[u8; 32]) -> Self {
+        SecretKey(ed25519_dalek::SigningKey::from_bytes(bytes))
+    }
+
+    /// The 32 secret bytes.
+    pub fn to_bytes(&self) -> [u8; 32] {
+        self.0.to_bytes()
+    }
+
+    /// The matching public key.
+    pub fn public(&self) -> PublicKey {
+        PublicKey(self.0.verifying_key())
+    }
+
+    /// Signs `message`.
+    pub fn sign(&self, message: &[u8]) -> [u8; 64] {
+        self.0.sign(message).to_bytes()
+    }
+
+    /// The same key as a biscuit key pair (agents mint tickets with it, holders delegate).
+    pub fn to_biscuit(&self) -> biscuit_auth::KeyPair {
+        let private =
+            biscuit_auth::PrivateKey::from_bytes(&self.to_bytes(), biscuit_auth::Algorithm::Ed25519)
+                .expect("an ed25519 secret is always 32 valid bytes");
+        biscuit_auth::KeyPair::from(&private)
+    }
+
+    /// The same key as a libp2p identity keypair (for the transport handshake).
+    pub fn to_libp2p(&self) -> libp2p_identity::Keypair {
+        let mut bytes = self.to_bytes();
+        libp2p_identity::Keypair::ed25519_from_bytes(&mut bytes)
+            .expect("an ed25519 secret is always 32 valid bytes")
+    }
+
+    /// The text form `ed25519-private/<hex>` (the content of a key file).
+    pub fn to_secret_text(&self) -> String {
+        format!("{SECRET_PREFIX}{}", hex::encode(self.to_bytes()))
+    }
+
+    /// Writes the key to a new file with mode 0600; never overwrites an existing file.
+    pub fn save(&self, path: &Path) -> Result<(), KeyError> {
+        let io = |source| KeyError::Io { path: path.to_owned(), source };
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    KeyError::Exists(path.to_owned())
+                } else {
+                    io(e)
+                }
+            })?;
+        // The umask may have removed bits but never adds any; make the mode exact anyway.
+        file.set_permissions(fs::Permissions::from_mode(0o600)).map_err(io)?;
+        file.write_all(format!("{}\n", self.to_secret_text()).as_bytes()).map_err(io)?;
+        file.sync_all().map_err(io)
+    }
+
+    /// Loads a key file written by [`SecretKey::save`]; refuses files others may read.
+    pub fn load(path: &Path) -> Result<Self, KeyError> {
+        let io = |source| KeyError::Io { path: path.to_owned(), source };
+        let meta = fs::metadata(path).map_err(io)?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(KeyError::TooOpen { path: path.to_owned(), mode });
+        }
+        let text = fs::read_to_string(path).map_err(io)?;
+        Self::from_secret_text(text.trim()).ok_or_else(|| KeyError::BadSecretFile(path.to_owned()))
+    }
+
+    /// Loads the key at `path`, or generates and saves a new one when there is no file.
+    pub fn load_or_generate(path: &Path) -> Result<Self, KeyError> {
+        if path.exists() {
+            Self::load(path)
+        } else {
+            let key = Self::generate();
+            key.save(path)?;
+            Ok(key)
+        }
+    }
+
+    fn from_secret_text(text: &str) -> Option<Self> {
+        let hex_part = text.strip_prefix(SECRET_PREFIX)?;
+        let bytes: [u8; 32] = hex::decode(hex_part).ok()?.try_into().ok()?;
+        Some(Self::from_bytes(&bytes))
+    }
+}
+
+/// A party's public key: its name everywhere in PlanetMesh.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PublicKey(ed25519_dalek::VerifyingKey);
+
+impl PartialOrd for PublicKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for PublicKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.as_bytes().cmp(other.0.as_bytes())
+    }
+}
+
+impl PublicKey {
+    /// The key with these 32 bytes, if they are a valid ed25519 point.
+    pub fn from_bytes(bytes: &[u8; 32]) -> Result<Self, KeyError> {
+        ed25519_dalek::VerifyingKey::from_bytes(bytes)
+            .map(PublicKey)
+            .map_err(|_| KeyError::BadPublicBytes)
+    }
+
+    /// The 32 raw bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        self.0.as_bytes()
+    }
+
+    /// Checks `signature` over `message` (strict verification: no malleable signatures).
+    pub fn verify(&self, message: &[u8], signature: &[u8; 64]) -> bool {
+        let signature = ed25519_dalek::Signature::from_bytes(signature);
+        self.0.verify_strict(message, &signature).is_ok()
+    }
+
+    /// The libp2p peer id of the same key.
+    pub fn to_peer_id(&self) -> libp2p_identity::PeerId {
+        self.to_libp2p().to_peer_id()
+    }
+
+    /// The same key as a libp2p public key.
+    pub fn to_libp2p(&self) -> libp2p_identity::PublicKey {
+        let key = libp2p_identity::ed25519::PublicKey::try_from_bytes(self.as_bytes())
+            .expect("a valid ed25519 point is a valid libp2p ed25519 key");
+        libp2p_identity::PublicKey::from(key)
+    }
+
+    /// The key a libp2p peer id carries (ed25519 peer ids inline their key).
+    pub fn from_peer_id(peer: &libp2p_identity::PeerId) -> Result<Self, KeyError> {
+        let not_ed = || KeyError::NotEd25519PeerId(peer.to_string());
+        let multihash = peer.as_ref();
+        // Identity multihash (code 0) of the protobuf-encoded public key.
+        if multihash.code() != 0 {
+            return Err(not_ed());
+        }
+        let public = libp2p_identity::PublicKey::try_decode_protobuf(multihash.digest())
+            .map_err(|_| not_ed())?;
+        let ed = public.try_into_ed25519().map_err(|_| not_ed())?;
+        Self::from_bytes(&ed.to_bytes())
+    }
+
+    /// The same key as a biscuit public key.
+    pub fn to_biscuit(&self) -> biscuit_auth::PublicKey {
+        biscuit_auth::PublicKey::from_bytes(self.as_bytes(), biscuit_auth::Algorithm::Ed25519)
+            .expect("a valid ed25519 point is a valid biscuit key")
+    }
+
+    /// The key of a biscuit public key, if it is an ed25519 key.
+    pub fn from_biscuit(key: &biscuit_auth::PublicKey) -> Result<Self, KeyError> {
+        let bytes: [u8; 32] =
+            key.to_bytes().as_slice().try_into().map_err(|_| KeyError::BadPublicBytes)?;
+        Self::from_bytes(&bytes)
+    }
+
+    /// A short form for logs and tables: the first 8 hex digits.
+    pub fn short(&self) -> String {
+        hex::encode(&self.as_bytes()[..4])
+    }
+}
+
+impl fmt::Display for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{PUBLIC_PREFIX}{}", hex::encode(self.as_bytes()))
+    }
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PublicKey({self})")
+    }
+}
+
+impl FromStr for PublicKey {
+    type Err = KeyError;
+
+    fn from_str(text: &str) -> Result<Self, KeyError> {
+        let bad = || KeyError::BadPublicText(text.to_owned());
+        let hex_part = text.strip_prefix(PUBLIC_PREFIX).ok_or_else(bad)?;
+        if hex_part.len() != 64 {
+            return Err(bad());
+        }
+        let bytes: [u8; 32] =
+            hex::decode(hex_part).map_err(|_| bad())?.try_into().map_err(|_| bad())?;
+        Self::from_bytes(&bytes)
+    }
+}
+
+impl Serialize for PublicKey {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            serializer.collect_str(self)
+        } else {
+            serializer.serialize_bytes(self.as_bytes())
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for PublicKey {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        if deserializer.is_human_readable() {
+            let text = String::deserialize(deserializer)?;
+            text.parse().map_err(D::Error::custom)
+        } else {
+            let bytes = serde_bytes::ByteBuf::deserialize(deserializer)?;
+            let array: [u8; 32] = bytes
+                .as_slice()
+                .try_into()
+                .map_err(|_| D::Error::invalid_length(bytes.len(), &"32 bytes"))?;
+            PublicKey::from_bytes(&array).map_err(D::Error::custom)
+        }
+    }
+}
+
+/// Fixed keys for tests, examples and golden vectors: `test_key(n)` is the same key in every run.
+pub fn test_key(n: u8) -> SecretKey {
+    let mut bytes = [0u8; 32];
+    bytes[0] = n;
+    bytes[31] = 0x5a;
+    SecretKey::from_bytes(&bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_form_round_trips_and_rejects_garbage() {
+        let key = test_key(1).public();
+        let text = key.to_string();
+        assert!(text.starts_with("ed25519/"));
+        assert_eq!(text.len(), 8 + 64);
+        assert_eq!(text.parse::<PublicKey>().unwrap(), key);
+        for bad in ["", "ed25519/", "ed25519/zz", "rsa/00", &text[1..], &format!("{text}00")] {
+            assert!(bad.parse::<PublicKey>().is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn peer_id_is_derived_from_the_same_key() {
+        let secret = test_key(2);
+        let peer = secret.public().to_peer_id();
+        assert_eq!(peer, secret.to_libp2p().public().to_peer_id());
+        assert_eq!(PublicKey::from_peer_id(&peer).unwrap(), secret.public());
+    }
+
+    #[test]
+    fn biscuit_keys_are_the_same_key() {
+        let secret = test_key(3);
+        let biscuit_public = secret.to_biscuit().public();
+        assert_eq!(PublicKey::from_biscuit(&biscuit_public).unwrap(), secret.public());
+        assert_eq!(secret.public().to_biscuit(), biscuit_public);
+    }
+
+    #[test]
+    fn signatures_verify_only_for_their_message_and_key() {
+        let secret = test_key(4);
+        let sig = secret.sign(b"hello");
+        assert!(secret.public().verify(b"hello", &sig));
+        assert!(!secret.public().verify(b"hellp", &sig));
+        assert!(!test_key(5).public().verify(b"hello", &sig));
+    }
+
+    #[test]
+    fn key_file_is_private_and_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.key");
+        let key = SecretKey::generate();
+        key.save(&path).unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(SecretKey::load(&path).unwrap().public(), key.public());
+        assert!(matches!(key.save(&path), Err(KeyError::Exists(_))));
+    }
+
+    #[test]
+    fn world_readable_key_file_is_refused_with_advice() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.key");
+        test_key(6).save(&path).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let err = SecretKey::load(&path).unwrap_err();
+        assert!(matches!(err, KeyError::TooOpen { mode: 0o644, .. }));
+        assert!(err.to_string().contains("chmod 600"));
+    }
+
+    #[test]
+    fn corrupt_key_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.key");
+        fs::write(&path, "ed25519-private/1234\n").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(matches!(SecretKey::load(&path), Err(KeyError::BadSecretFile(_))));
+    }
+}
