@@ -58,7 +58,10 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
 }
 
 /// Like [`decode`] with a smaller size cap for a given message kind.
-pub fn decode_with_limit<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, DecodeError> {
+pub fn decode_with_limit<T: DeserializeOwned>(
+    bytes: &[u8],
+    limit: usize,
+) -> Result<T, DecodeError> {
     check_wellformed(bytes, limit)?;
     ciborium::de::from_reader_with_recursion_limit(bytes, MAX_DEPTH + 8)
         .map_err(|e| DecodeError::Shape(e.to_string()))
@@ -67,7 +70,10 @@ pub fn decode_with_limit<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Res
 /// Checks that `bytes` is exactly one well-formed CBOR item within the caps.
 pub fn check_wellformed(bytes: &[u8], limit: usize) -> Result<(), DecodeError> {
     if bytes.len() > limit {
-        return Err(DecodeError::TooLarge { size: bytes.len(), limit });
+        return Err(DecodeError::TooLarge {
+            size: bytes.len(),
+            limit,
+        });
     }
     let mut walker = Walker { bytes, pos: 0 };
     walker.item(0)?;
@@ -124,7 +130,9 @@ impl Walker<'_> {
     /// A length that must fit in what remains, given each element takes at least `min` bytes.
     fn bounded(&self, n: u64, min: usize) -> Result<usize, DecodeError> {
         let n = usize::try_from(n).map_err(|_| DecodeError::Truncated)?;
-        if n.checked_mul(min).is_none_or(|total| total > self.remaining()) {
+        if n.checked_mul(min)
+            .is_none_or(|total| total > self.remaining())
+        {
             return Err(DecodeError::Truncated);
         }
         Ok(n)
@@ -208,43 +216,73 @@ mod tests {
     #[test]
     fn round_trips_a_value() {
         let value = (1u32, "two".to_owned(), vec![3u8, 4]);
-        assert_eq!(decode::<(u32, String, Vec<u8>)>(&encode(&value)).unwrap(), value);
+        assert_eq!(
+            decode::<(u32, String, Vec<u8>)>(&encode(&value)).unwrap(),
+            value
+        );
     }
 
     #[test]
     fn huge_declared_length_is_refused_without_allocating() {
         // A byte string that claims 2^32 bytes.
         let bytes = [0x5a, 0xff, 0xff, 0xff, 0xff, 0x00];
-        assert_eq!(decode::<Vec<u8>>(&bytes).unwrap_err(), DecodeError::Truncated);
+        assert_eq!(
+            decode::<Vec<u8>>(&bytes).unwrap_err(),
+            DecodeError::Truncated
+        );
         // An array that claims 2^63 elements.
         let bytes = [0x9b, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
-        assert_eq!(decode::<Vec<u8>>(&bytes).unwrap_err(), DecodeError::Truncated);
+        assert_eq!(
+            decode::<Vec<u8>>(&bytes).unwrap_err(),
+            DecodeError::Truncated
+        );
     }
 
     #[test]
     fn deep_nesting_is_refused() {
         let mut bytes = vec![0x81; 1000];
         bytes.push(0x00);
-        assert_eq!(decode::<ciborium::Value>(&bytes).unwrap_err(), DecodeError::TooDeep(MAX_DEPTH));
+        assert_eq!(
+            decode::<ciborium::Value>(&bytes).unwrap_err(),
+            DecodeError::TooDeep(MAX_DEPTH)
+        );
         let mut tags = vec![0xc6; 100];
         tags.push(0x00);
-        assert_eq!(decode::<ciborium::Value>(&tags).unwrap_err(), DecodeError::TooDeep(MAX_DEPTH));
+        assert_eq!(
+            decode::<ciborium::Value>(&tags).unwrap_err(),
+            DecodeError::TooDeep(MAX_DEPTH)
+        );
     }
 
     #[test]
     fn oversize_and_trailing_are_refused() {
         let big = vec![0u8; MAX_MESSAGE_BYTES + 1];
-        assert!(matches!(decode::<u8>(&big), Err(DecodeError::TooLarge { .. })));
-        assert_eq!(decode::<u8>(&[0x01, 0x02]).unwrap_err(), DecodeError::TrailingBytes(1));
+        assert!(matches!(
+            decode::<u8>(&big),
+            Err(DecodeError::TooLarge { .. })
+        ));
+        assert_eq!(
+            decode::<u8>(&[0x01, 0x02]).unwrap_err(),
+            DecodeError::TrailingBytes(1)
+        );
         assert_eq!(decode::<u8>(&[]).unwrap_err(), DecodeError::Truncated);
-        assert!(matches!(decode::<u8>(&[0x1c]), Err(DecodeError::Malformed(_))));
+        assert!(matches!(
+            decode::<u8>(&[0x1c]),
+            Err(DecodeError::Malformed(_))
+        ));
     }
 
     #[test]
     fn indefinite_items_are_walked() {
         // [_ 1, 2] and (_ "a", "b")
-        assert_eq!(decode::<Vec<u8>>(&[0x9f, 0x01, 0x02, 0xff]).unwrap(), vec![1, 2]);
-        assert_eq!(decode::<String>(&[0x7f, 0x61, b'a', 0x61, b'b', 0xff]).unwrap(), "ab");
+        assert_eq!(
+            decode::<Vec<u8>>(&[0x9f, 0x01, 0x02, 0xff]).unwrap(),
+            vec![1, 2]
+        );
+        assert_eq!(
+            decode::<String>(&[0x7f, 0x61, b'a', 0x61, b'b', 0xff]).unwrap(),
+            "ab"
+        );
         assert!(decode::<String>(&[0x7f, 0x41, b'a', 0xff]).is_err());
     }
 

@@ -34,7 +34,9 @@ pub enum KeyError {
     #[error("not a valid ed25519 public key")]
     BadPublicBytes,
     /// The key file's content is not `ed25519-private/<64 hex digits>`.
-    #[error("key file {0}: not a PlanetMesh secret key (expected `ed25519-private/<64 hex digits>`)")]
+    #[error(
+        "key file {0}: not a PlanetMesh secret key (expected `ed25519-private/<64 hex digits>`)"
+    )]
     BadSecretFile(PathBuf),
     /// The key file may be read by others than its owner.
     #[error(
@@ -101,9 +103,11 @@ impl SecretKey {
 
     /// The same key as a biscuit key pair (agents mint tickets with it, holders delegate).
     pub fn to_biscuit(&self) -> biscuit_auth::KeyPair {
-        let private =
-            biscuit_auth::PrivateKey::from_bytes(&self.to_bytes(), biscuit_auth::Algorithm::Ed25519)
-                .expect("an ed25519 secret is always 32 valid bytes");
+        let private = biscuit_auth::PrivateKey::from_bytes(
+            &self.to_bytes(),
+            biscuit_auth::Algorithm::Ed25519,
+        )
+        .expect("an ed25519 secret is always 32 valid bytes");
         biscuit_auth::KeyPair::from(&private)
     }
 
@@ -121,7 +125,10 @@ impl SecretKey {
 
     /// Writes the key to a new file with mode 0600; never overwrites an existing file.
     pub fn save(&self, path: &Path) -> Result<(), KeyError> {
-        let io = |source| KeyError::Io { path: path.to_owned(), source };
+        let io = |source| KeyError::Io {
+            path: path.to_owned(),
+            source,
+        };
         let mut file = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -135,18 +142,26 @@ impl SecretKey {
                 }
             })?;
         // The umask may have removed bits but never adds any; make the mode exact anyway.
-        file.set_permissions(fs::Permissions::from_mode(0o600)).map_err(io)?;
-        file.write_all(format!("{}\n", self.to_secret_text()).as_bytes()).map_err(io)?;
+        file.set_permissions(fs::Permissions::from_mode(0o600))
+            .map_err(io)?;
+        file.write_all(format!("{}\n", self.to_secret_text()).as_bytes())
+            .map_err(io)?;
         file.sync_all().map_err(io)
     }
 
     /// Loads a key file written by [`SecretKey::save`]; refuses files others may read.
     pub fn load(path: &Path) -> Result<Self, KeyError> {
-        let io = |source| KeyError::Io { path: path.to_owned(), source };
+        let io = |source| KeyError::Io {
+            path: path.to_owned(),
+            source,
+        };
         let meta = fs::metadata(path).map_err(io)?;
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
-            return Err(KeyError::TooOpen { path: path.to_owned(), mode });
+            return Err(KeyError::TooOpen {
+                path: path.to_owned(),
+                mode,
+            });
         }
         let text = fs::read_to_string(path).map_err(io)?;
         Self::from_secret_text(text.trim()).ok_or_else(|| KeyError::BadSecretFile(path.to_owned()))
@@ -239,8 +254,11 @@ impl PublicKey {
 
     /// The key of a biscuit public key, if it is an ed25519 key.
     pub fn from_biscuit(key: &biscuit_auth::PublicKey) -> Result<Self, KeyError> {
-        let bytes: [u8; 32] =
-            key.to_bytes().as_slice().try_into().map_err(|_| KeyError::BadPublicBytes)?;
+        let bytes: [u8; 32] = key
+            .to_bytes()
+            .as_slice()
+            .try_into()
+            .map_err(|_| KeyError::BadPublicBytes)?;
         Self::from_bytes(&bytes)
     }
 
@@ -271,8 +289,10 @@ impl FromStr for PublicKey {
         if hex_part.len() != 64 {
             return Err(bad());
         }
-        let bytes: [u8; 32] =
-            hex::decode(hex_part).map_err(|_| bad())?.try_into().map_err(|_| bad())?;
+        let bytes: [u8; 32] = hex::decode(hex_part)
+            .map_err(|_| bad())?
+            .try_into()
+            .map_err(|_| bad())?;
         Self::from_bytes(&bytes)
     }
 }
@@ -323,7 +343,14 @@ mod tests {
         assert!(text.starts_with("ed25519/"));
         assert_eq!(text.len(), 8 + 64);
         assert_eq!(text.parse::<PublicKey>().unwrap(), key);
-        for bad in ["", "ed25519/", "ed25519/zz", "rsa/00", &text[1..], &format!("{text}00")] {
+        for bad in [
+            "",
+            "ed25519/",
+            "ed25519/zz",
+            "rsa/00",
+            &text[1..],
+            &format!("{text}00"),
+        ] {
             assert!(bad.parse::<PublicKey>().is_err(), "{bad:?} accepted");
         }
     }
@@ -340,7 +367,10 @@ mod tests {
     fn biscuit_keys_are_the_same_key() {
         let secret = test_key(3);
         let biscuit_public = secret.to_biscuit().public();
-        assert_eq!(PublicKey::from_biscuit(&biscuit_public).unwrap(), secret.public());
+        assert_eq!(
+            PublicKey::from_biscuit(&biscuit_public).unwrap(),
+            secret.public()
+        );
         assert_eq!(secret.public().to_biscuit(), biscuit_public);
     }
 
@@ -382,6 +412,9 @@ mod tests {
         let path = dir.path().join("bad.key");
         fs::write(&path, "ed25519-private/1234\n").unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
-        assert!(matches!(SecretKey::load(&path), Err(KeyError::BadSecretFile(_))));
+        assert!(matches!(
+            SecretKey::load(&path),
+            Err(KeyError::BadSecretFile(_))
+        ));
     }
 }

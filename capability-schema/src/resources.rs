@@ -64,8 +64,12 @@ pub enum ResourceKind {
 
 impl ResourceKind {
     /// Every kind, in display order.
-    pub const ALL: [ResourceKind; 4] =
-        [ResourceKind::Cpu, ResourceKind::Memory, ResourceKind::Disk, ResourceKind::Egress];
+    pub const ALL: [ResourceKind; 4] = [
+        ResourceKind::Cpu,
+        ResourceKind::Memory,
+        ResourceKind::Disk,
+        ResourceKind::Egress,
+    ];
 
     /// Formats an amount of this kind in human units.
     pub fn format(self, amount: u64) -> String {
@@ -90,7 +94,12 @@ impl fmt::Display for ResourceKind {
 
 impl Resources {
     /// Nothing.
-    pub const ZERO: Resources = Resources { cpu_millis: 0, memory_bytes: 0, disk_bytes: 0, egress_kbps: 0 };
+    pub const ZERO: Resources = Resources {
+        cpu_millis: 0,
+        memory_bytes: 0,
+        disk_bytes: 0,
+        egress_kbps: 0,
+    };
 
     /// The amount of one component.
     pub fn get(&self, kind: ResourceKind) -> u64 {
@@ -123,7 +132,8 @@ impl Resources {
 
     /// Component-wise difference, clamped at zero.
     pub fn saturating_sub(&self, other: &Self) -> Self {
-        self.zip(other, |a, b| Some(a.saturating_sub(b))).unwrap_or_default()
+        self.zip(other, |a, b| Some(a.saturating_sub(b)))
+            .unwrap_or_default()
     }
 
     /// Component-wise multiplication by `n`, or `None` on overflow.
@@ -143,7 +153,9 @@ impl Resources {
 
     /// The first component (in [`ResourceKind::ALL`] order) that exceeds `limit`.
     pub fn first_excess(&self, limit: &Self) -> Option<ResourceKind> {
-        ResourceKind::ALL.into_iter().find(|k| self.get(*k) > limit.get(*k))
+        ResourceKind::ALL
+            .into_iter()
+            .find(|k| self.get(*k) > limit.get(*k))
     }
 
     /// Whether every component is zero.
@@ -153,7 +165,9 @@ impl Resources {
 
     /// Sums an iterator of resources, or `None` on overflow.
     pub fn checked_sum<'a>(items: impl IntoIterator<Item = &'a Resources>) -> Option<Self> {
-        items.into_iter().try_fold(Self::ZERO, |acc, r| acc.checked_add(r))
+        items
+            .into_iter()
+            .try_fold(Self::ZERO, |acc, r| acc.checked_add(r))
     }
 }
 
@@ -198,7 +212,9 @@ impl FromStr for Resources {
 
 /// Splits `"1.5 GiB"` into (`1.5`, `"GiB"`).
 fn split_number(text: &str) -> (&str, &str) {
-    let end = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let end = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
     (&text[..end], text[end..].trim())
 }
 
@@ -227,7 +243,11 @@ const RATE_HINT: &str = "expected e.g. `10Mbit`, `500kbit` or `1Gbit`";
 
 /// Parses CPU: `2 cores`, `1 core`, `1500m`, `0.5`.
 pub fn parse_cpu(text: &str) -> Result<u64, ResourcesError> {
-    let err = || ResourcesError::Parse { what: "cpu", text: text.to_owned(), hint: CPU_HINT };
+    let err = || ResourcesError::Parse {
+        what: "cpu",
+        text: text.to_owned(),
+        hint: CPU_HINT,
+    };
     let (number, unit) = split_number(text.trim());
     let per_unit = match unit {
         "m" | "millicores" => 1,
@@ -242,7 +262,11 @@ pub fn parse_cpu(text: &str) -> Result<u64, ResourcesError> {
 
 /// Parses a size in bytes: `512MiB`, `1.5 GiB`, `100MB`, `4096`.
 pub fn parse_bytes(text: &str) -> Result<u64, ResourcesError> {
-    let err = || ResourcesError::Parse { what: "size", text: text.to_owned(), hint: BYTES_HINT };
+    let err = || ResourcesError::Parse {
+        what: "size",
+        text: text.to_owned(),
+        hint: BYTES_HINT,
+    };
     let (number, unit) = split_number(text.trim());
     let per_unit: u64 = match unit {
         "" | "B" => 1,
@@ -261,9 +285,16 @@ pub fn parse_bytes(text: &str) -> Result<u64, ResourcesError> {
 
 /// Parses a rate in kbit/s: `10Mbit`, `500kbit`, `1Gbit` (also `Mbps`, `Mbit/s`).
 pub fn parse_rate(text: &str) -> Result<u64, ResourcesError> {
-    let err = || ResourcesError::Parse { what: "rate", text: text.to_owned(), hint: RATE_HINT };
+    let err = || ResourcesError::Parse {
+        what: "rate",
+        text: text.to_owned(),
+        hint: RATE_HINT,
+    };
     let (number, unit) = split_number(text.trim());
-    let unit = unit.trim_end_matches("/s").trim_end_matches("ps").trim_end_matches("it");
+    let unit = unit
+        .trim_end_matches("/s")
+        .trim_end_matches("ps")
+        .trim_end_matches("it");
     let per_unit: u64 = match unit {
         "kb" | "Kb" | "k" => 1,
         "Mb" | "M" => 1_000,
@@ -284,7 +315,12 @@ pub fn format_cpu(millis: u64) -> String {
 
 /// Formats bytes in the largest binary unit that divides them exactly: `512MiB`, `1536KiB`.
 pub fn format_bytes(bytes: u64) -> String {
-    const UNITS: [(&str, u64); 4] = [("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+    const UNITS: [(&str, u64); 4] = [
+        ("TiB", 1 << 40),
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+    ];
     for (name, size) in UNITS {
         if bytes >= size && bytes % size == 0 {
             return format!("{}{name}", bytes / size);
@@ -362,8 +398,13 @@ mod tests {
 
     #[test]
     fn formats_and_reads_back() {
-        let r: Resources = "cpu=1500m, memory=512MiB, disk=1GiB, egress=10Mbit".parse().unwrap();
-        assert_eq!(r.to_string(), "cpu=1500m,memory=512MiB,disk=1GiB,egress=10Mbit");
+        let r: Resources = "cpu=1500m, memory=512MiB, disk=1GiB, egress=10Mbit"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            r.to_string(),
+            "cpu=1500m,memory=512MiB,disk=1GiB,egress=10Mbit"
+        );
         assert_eq!(format_cpu(2000), "2 cores");
         assert_eq!(format_bytes(1536), "1536B");
         assert_eq!(format_bytes(3 << 20), "3MiB");
@@ -372,8 +413,14 @@ mod tests {
 
     #[test]
     fn checked_arithmetic_never_wraps() {
-        let big = Resources { cpu_millis: u64::MAX, ..Resources::ZERO };
-        let one = Resources { cpu_millis: 1, ..Resources::ZERO };
+        let big = Resources {
+            cpu_millis: u64::MAX,
+            ..Resources::ZERO
+        };
+        let one = Resources {
+            cpu_millis: 1,
+            ..Resources::ZERO
+        };
         assert_eq!(big.checked_add(&one), None);
         assert_eq!(Resources::ZERO.checked_sub(&one), None);
         assert_eq!(Resources::ZERO.saturating_sub(&one), Resources::ZERO);
@@ -382,11 +429,13 @@ mod tests {
     }
 
     fn any_resources() -> impl Strategy<Value = Resources> {
-        (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(c, m, d, e)| Resources {
-            cpu_millis: c,
-            memory_bytes: m,
-            disk_bytes: d,
-            egress_kbps: e,
+        (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(c, m, d, e)| {
+            Resources {
+                cpu_millis: c,
+                memory_bytes: m,
+                disk_bytes: d,
+                egress_kbps: e,
+            }
         })
     }
 

@@ -119,7 +119,13 @@ impl<T: SignedType> Signed<T> {
     pub fn sign(key: &SecretKey, value: &T) -> Self {
         let body = codec::encode(value);
         let signature = key.sign(&message(T::DOMAIN, &body)).to_vec();
-        Signed { domain: T::DOMAIN.to_owned(), body, signer: key.public(), signature, _type: PhantomData }
+        Signed {
+            domain: T::DOMAIN.to_owned(),
+            body,
+            signer: key.public(),
+            signature,
+            _type: PhantomData,
+        }
     }
 
     /// Checks the tag and the signature, then decodes the body.
@@ -135,7 +141,10 @@ impl<T: SignedType> Signed<T> {
             .as_slice()
             .try_into()
             .map_err(|_| SignatureError::BadSignature(self.signer))?;
-        if !self.signer.verify(&message(&self.domain, &self.body), &signature) {
+        if !self
+            .signer
+            .verify(&message(&self.domain, &self.body), &signature)
+        {
             return Err(SignatureError::BadSignature(self.signer));
         }
         Ok(codec::decode(&self.body)?)
@@ -144,7 +153,10 @@ impl<T: SignedType> Signed<T> {
     /// Like [`Signed::verify`], and the signer must be `expected`.
     pub fn verify_by(&self, expected: &PublicKey) -> Result<T, SignatureError> {
         if self.signer != *expected {
-            return Err(SignatureError::WrongSigner { expected: *expected, found: self.signer });
+            return Err(SignatureError::WrongSigner {
+                expected: *expected,
+                found: self.signer,
+            });
         }
         self.verify()
     }
@@ -204,11 +216,17 @@ mod tests {
     fn a_signature_of_one_type_never_verifies_as_another() {
         let signed = Signed::sign(&test_key(1), &Note { text: "hi".into() });
         let as_other = Signed::<Other>::from_bytes(&signed.to_bytes()).unwrap();
-        assert!(matches!(as_other.verify(), Err(SignatureError::WrongDomain { .. })));
+        assert!(matches!(
+            as_other.verify(),
+            Err(SignatureError::WrongDomain { .. })
+        ));
         // Even with the tag rewritten, the signature does not cover the new tag.
         let mut relabelled = as_other.clone();
         relabelled.domain = Other::DOMAIN.to_owned();
-        assert!(matches!(relabelled.verify(), Err(SignatureError::BadSignature(_))));
+        assert!(matches!(
+            relabelled.verify(),
+            Err(SignatureError::BadSignature(_))
+        ));
     }
 
     #[test]
@@ -217,12 +235,21 @@ mod tests {
         let mut signed = Signed::sign(&key, &Note { text: "hi".into() });
         let last = signed.body.len() - 1;
         signed.body[last] ^= 1;
-        assert!(matches!(signed.verify(), Err(SignatureError::BadSignature(_))));
+        assert!(matches!(
+            signed.verify(),
+            Err(SignatureError::BadSignature(_))
+        ));
         let mut resigner = Signed::sign(&key, &Note { text: "hi".into() });
         resigner.signer = test_key(2).public();
-        assert!(matches!(resigner.verify(), Err(SignatureError::BadSignature(_))));
+        assert!(matches!(
+            resigner.verify(),
+            Err(SignatureError::BadSignature(_))
+        ));
         let mut short = Signed::sign(&key, &Note { text: "hi".into() });
         short.signature.pop();
-        assert!(matches!(short.verify(), Err(SignatureError::BadSignature(_))));
+        assert!(matches!(
+            short.verify(),
+            Err(SignatureError::BadSignature(_))
+        ));
     }
 }

@@ -1,0 +1,182 @@
+//! What nodes say about themselves: resource advertisements, delegations and prices.
+//!
+//! - [`Delegation`] (signed by the node): "agent A may have at most S of my resources committed
+//!   at once until T". A node may delegate to several agents; it stays the final arbiter.
+//! - [`ResourceAd`] (signed by the node): capacity, what is committed, the free part of each
+//!   agent's share, measured use, the delegations themselves, the node's membership certificate,
+//!   `seq` and a time to live. Receivers keep only the newest unexpired ad per node.
+//! - [`PriceList`]: what an agent asks per resource-hour.
+
+use serde::{Deserialize, Serialize};
+
+use crate::identity::PublicKey;
+use crate::membership::MembershipCert;
+use crate::resources::Resources;
+use crate::signed::{Signed, SignedType};
+
+/// "Agent `agent` may have at most `share` of node `node`'s resources committed at once."
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delegation {
+    /// The delegating node (the signer).
+    pub node: PublicKey,
+    /// The agent the share is delegated to.
+    pub agent: PublicKey,
+    /// The share.
+    pub share: Resources,
+    /// Unix seconds of issue.
+    pub issued_at: u64,
+    /// Unix seconds after which the delegation ends.
+    pub not_after: u64,
+}
+
+impl SignedType for Delegation {
+    const DOMAIN: &'static str = "planetmesh/delegation/v1";
+}
+
+/// Prices in micro-credits per resource-hour.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PriceList {
+    /// Per core-hour.
+    pub cpu_core_hour: u64,
+    /// Per GiB-hour of memory.
+    pub memory_gib_hour: u64,
+    /// Per GiB-hour of disk.
+    pub disk_gib_hour: u64,
+    /// Per Mbit/s-hour of egress.
+    pub egress_mbit_hour: u64,
+}
+
+impl PriceList {
+    /// Price in micro-credits of holding `resources` for `seconds`, rounded up; saturates.
+    pub fn cost(&self, resources: &Resources, seconds: u64) -> u64 {
+        const GIB: u128 = 1 << 30;
+        let per_hour = u128::from(self.cpu_core_hour) * u128::from(resources.cpu_millis) / 1000
+            + u128::from(self.memory_gib_hour) * u128::from(resources.memory_bytes) / GIB
+            + u128::from(self.disk_gib_hour) * u128::from(resources.disk_bytes) / GIB
+            + u128::from(self.egress_mbit_hour) * u128::from(resources.egress_kbps) / 1000;
+        let total = (per_hour * u128::from(seconds)).div_ceil(3600);
+        u64::try_from(total).unwrap_or(u64::MAX)
+    }
+}
+
+/// The state of one agent's share on a node, as the node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareState {
+    /// The agent.
+    pub agent: PublicKey,
+    /// The delegated share.
+    pub share: Resources,
+    /// What the node has admitted under this share.
+    pub committed: Resources,
+    /// What remains of the share, bounded by the node's free capacity.
+    pub free: Resources,
+}
+
+/// Measured use of one sliver.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SliverUsage {
+    /// The slice.
+    pub slice: String,
+    /// CPU time used so far, in milliseconds.
+    pub cpu_time_ms: u64,
+    /// Memory in use, in bytes.
+    pub memory_bytes: u64,
+    /// Bytes sent so far.
+    pub egress_bytes: u64,
+}
+
+/// What the node's resource monitor measured.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeasuredUse {
+    /// One-minute load average, times 1000.
+    pub load_milli: u64,
+    /// Host memory in use, in bytes.
+    pub memory_used_bytes: u64,
+    /// Per-sliver use.
+    pub slivers: Vec<SliverUsage>,
+}
+
+/// A node's signed advertisement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceAd {
+    /// The node (the signer).
+    pub node: PublicKey,
+    /// Its federation.
+    pub federation: String,
+    /// Its site.
+    pub site: String,
+    /// Human name (host name).
+    pub name: String,
+    /// Where to reach it (libp2p multiaddresses, as text).
+    pub addresses: Vec<String>,
+    /// What the node offers in all.
+    pub capacity: Resources,
+    /// What is admitted now.
+    pub committed: Resources,
+    /// Each agent's share and its free part.
+    pub shares: Vec<ShareState>,
+    /// The delegations, as the node signed them.
+    pub delegations: Vec<Signed<Delegation>>,
+    /// Measured use.
+    pub measured: MeasuredUse,
+    /// The node's membership certificate in its federation.
+    pub membership: Signed<MembershipCert>,
+    /// Sequence number: receivers drop ads with a seq not above the last seen.
+    pub seq: u64,
+    /// Unix seconds of issue.
+    pub issued_at: u64,
+    /// Seconds the ad stays valid after `issued_at`.
+    pub ttl_secs: u64,
+}
+
+impl SignedType for ResourceAd {
+    const DOMAIN: &'static str = "planetmesh/ad/v1";
+}
+
+impl ResourceAd {
+    /// Unix seconds after which the ad is expired.
+    pub fn expires_at(&self) -> u64 {
+        self.issued_at.saturating_add(self.ttl_secs)
+    }
+
+    /// Whether the ad is expired at `now`.
+    pub fn is_expired(&self, now: u64) -> bool {
+        now > self.expires_at()
+    }
+
+    /// The state of `agent`'s share, if the node delegated to it.
+    pub fn share_of(&self, agent: &PublicKey) -> Option<&ShareState> {
+        self.shares.iter().find(|s| s.agent == *agent)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cost_is_per_hour_and_rounds_up() {
+        let prices = PriceList {
+            cpu_core_hour: 1000,
+            memory_gib_hour: 100,
+            ..Default::default()
+        };
+        let r = Resources {
+            cpu_millis: 500,
+            memory_bytes: 2 << 30,
+            ..Resources::ZERO
+        };
+        assert_eq!(prices.cost(&r, 3600), 500 + 200);
+        assert_eq!(prices.cost(&r, 1), 1);
+        assert_eq!(prices.cost(&r, 0), 0);
+        let max = Resources {
+            cpu_millis: u64::MAX,
+            ..Resources::ZERO
+        };
+        let huge = PriceList {
+            cpu_core_hour: u64::MAX,
+            ..Default::default()
+        };
+        assert_eq!(huge.cost(&max, u64::MAX), u64::MAX);
+    }
+}

@@ -1,0 +1,383 @@
+//! Every request and response of the agent, node and broker protocols.
+//!
+//! | protocol | name | requests |
+//! |---|---|---|
+//! | agent | `/planetmesh/agent/1` | [`AgentRequest`]: `GetAds`, `GetTickets`, `Released` |
+//! | node | `/planetmesh/node/1` | [`NodeRequest`]: `Redeem`, `Renew`, `Release`, `Status`, `Exec`, `Spawn`, `Logs`, `AddKey`, `DelKey`, `ListKeys` |
+//! | broker | `/planetmesh/broker/1` | [`BrokerRequest`]: `FindSlice`, `AcquireSlice` |
+//!
+//! Each message travels in an [`Envelope`] with a request id; every answer is
+//! `Result<Response, ErrorReply>` so every error carries a reason and a sentence. The caller's
+//! identity is the libp2p peer it connected as (the noise handshake), never a field here.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ad::{PriceList, ResourceAd};
+use crate::identity::PublicKey;
+use crate::membership::MembershipCert;
+use crate::rejection::ErrorReply;
+use crate::resources::Resources;
+use crate::signed::Signed;
+use crate::slice::{Lease, SliceKind, SliceRequest};
+
+/// Protocol name of the agent protocol.
+pub const AGENT_PROTOCOL: &str = "/planetmesh/agent/1";
+/// Protocol name of the node protocol.
+pub const NODE_PROTOCOL: &str = "/planetmesh/node/1";
+/// Protocol name of the broker protocol.
+pub const BROKER_PROTOCOL: &str = "/planetmesh/broker/1";
+
+/// The gossip topic of a federation's ads.
+pub fn ad_topic(federation: &str) -> String {
+    format!("/planetmesh/ads/{federation}/1")
+}
+
+/// Largest request, in bytes.
+pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+/// Largest response, in bytes.
+pub const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
+
+/// A message with its request id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope<T> {
+    /// Chosen by the caller; the answer carries the same id.
+    pub request_id: u64,
+    /// The message.
+    pub body: T,
+}
+
+/// An answer: the response or an error reply.
+pub type Reply<T> = Result<T, ErrorReply>;
+
+/// A ticket as it travels: the serialized biscuit token.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TicketBytes(#[serde(with = "serde_bytes")] pub Vec<u8>);
+
+// ---------------------------------------------------------------- agent protocol
+
+/// What a broker or service manager asks an agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentRequest {
+    /// The nodes of this agent's inventory that match a filter.
+    GetAds(AdQuery),
+    /// Mint tickets for a principal.
+    GetTickets(TicketRequest),
+    /// Tickets the caller will not redeem (an all-or-nothing acquisition failed); the agent
+    /// may stop counting them against the share.
+    Released {
+        /// The ticket ids.
+        ticket_ids: Vec<String>,
+    },
+}
+
+/// A filter over an agent's inventory.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdQuery {
+    /// Only nodes whose free share holds at least this.
+    pub min_free: Resources,
+    /// Only these federations (empty: any).
+    pub federations: Vec<String>,
+    /// Only these sites (empty: any).
+    pub sites: Vec<String>,
+    /// At most this many offers (0: no limit beyond the response cap).
+    pub limit: u32,
+}
+
+/// One node an agent can issue tickets for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeOffer {
+    /// The agent making the offer.
+    pub agent: PublicKey,
+    /// The node's latest ad, as the node signed it.
+    pub ad: Signed<ResourceAd>,
+    /// What remains of this agent's share on the node, minus its outstanding tickets.
+    pub free: Resources,
+    /// The agent's prices for this node.
+    pub prices: PriceList,
+}
+
+/// One sliver asked of an agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SliverAsk {
+    /// The node.
+    pub node: PublicKey,
+    /// Its resources.
+    pub resources: Resources,
+}
+
+/// A request for tickets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TicketRequest {
+    /// The slice.
+    pub slice: String,
+    /// The principal the tickets are bound to (their first holder).
+    pub principal: PublicKey,
+    /// The principal's membership certificate.
+    pub principal_cert: Option<Signed<MembershipCert>>,
+    /// Regular or admin.
+    pub kind: SliceKind,
+    /// The slivers.
+    pub slivers: Vec<SliverAsk>,
+    /// Unix seconds the tickets start.
+    pub not_before: u64,
+    /// Unix seconds they end.
+    pub not_after: u64,
+    /// At most this price per sliver, in micro-credits (none: any).
+    pub max_price: Option<u64>,
+}
+
+/// A ticket the agent minted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssuedTicket {
+    /// The node it is for.
+    pub node: PublicKey,
+    /// The node's federation.
+    pub federation: String,
+    /// The agent that minted it.
+    pub agent: PublicKey,
+    /// The ticket id (hex).
+    pub ticket_id: String,
+    /// The ticket.
+    pub ticket: TicketBytes,
+    /// The agreed price in micro-credits for the whole window.
+    pub price: u64,
+    /// The node's addresses (so the holder can reach it).
+    pub addresses: Vec<String>,
+}
+
+/// A sliver the agent refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusedSliver {
+    /// The node.
+    pub node: PublicKey,
+    /// Why.
+    pub reason: ErrorReply,
+}
+
+/// What an agent answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentResponse {
+    /// Answer to `GetAds`.
+    Ads(Vec<NodeOffer>),
+    /// Answer to `GetTickets`: what was minted and what was refused.
+    Tickets {
+        /// Minted tickets.
+        issued: Vec<IssuedTicket>,
+        /// Refused slivers.
+        refused: Vec<RefusedSliver>,
+    },
+    /// Answer to `Released`.
+    Released {
+        /// How many of the tickets the agent knew.
+        known: u32,
+    },
+}
+
+// ---------------------------------------------------------------- node protocol
+
+/// What a holder asks a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeRequest {
+    /// Redeem a ticket into a sliver; answered with a lease.
+    Redeem {
+        /// The ticket.
+        ticket: TicketBytes,
+        /// The end asked (none: the ticket's end).
+        until: Option<u64>,
+    },
+    /// Extend a lease; answered with the lease as renewed.
+    Renew {
+        /// The lease.
+        lease_id: String,
+        /// The end asked.
+        until: u64,
+    },
+    /// Release a lease and tear its sliver down.
+    Release {
+        /// The lease.
+        lease_id: String,
+    },
+    /// The node's state.
+    Status,
+    /// Run a program in a sliver and wait for it.
+    Exec {
+        /// The lease of the sliver.
+        lease_id: String,
+        /// Program and arguments.
+        argv: Vec<String>,
+        /// Standard input.
+        #[serde(with = "serde_bytes")]
+        stdin: Vec<u8>,
+        /// Kill it after this many milliseconds.
+        timeout_ms: u64,
+    },
+    /// Start a program in a sliver in the background.
+    Spawn {
+        /// The lease of the sliver.
+        lease_id: String,
+        /// Program and arguments.
+        argv: Vec<String>,
+    },
+    /// Output of spawned programs.
+    Logs {
+        /// The lease of the sliver.
+        lease_id: String,
+        /// At most this many bytes from the end.
+        tail_bytes: u64,
+    },
+    /// Authorize an SSH public key in the sliver.
+    AddKey {
+        /// The lease of the sliver.
+        lease_id: String,
+        /// An OpenSSH public key line.
+        key: String,
+    },
+    /// Remove an SSH public key.
+    DelKey {
+        /// The lease of the sliver.
+        lease_id: String,
+        /// The key line (or its comment).
+        key: String,
+    },
+    /// List authorized SSH keys.
+    ListKeys {
+        /// The lease of the sliver.
+        lease_id: String,
+    },
+}
+
+/// A node's view of itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Its latest ad.
+    pub ad: Signed<ResourceAd>,
+    /// The caller's leases on this node.
+    pub leases: Vec<Signed<Lease>>,
+}
+
+/// Output of a finished program.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecOutput {
+    /// Exit code (128 + signal when killed).
+    pub exit_code: i32,
+    /// Captured standard output (bounded).
+    #[serde(with = "serde_bytes")]
+    pub stdout: Vec<u8>,
+    /// Captured standard error (bounded).
+    #[serde(with = "serde_bytes")]
+    pub stderr: Vec<u8>,
+    /// Whether output was cut at the bound.
+    pub truncated: bool,
+    /// Whether the timeout killed it.
+    pub timed_out: bool,
+}
+
+/// What a node answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeResponse {
+    /// Answer to `Redeem` and `Renew`: the lease as it now stands.
+    Lease(Signed<Lease>),
+    /// Answer to `Release`.
+    Released {
+        /// The lease released.
+        lease_id: String,
+    },
+    /// Answer to `Status`.
+    Status(Box<NodeStatus>),
+    /// Answer to `Exec`.
+    Exec(ExecOutput),
+    /// Answer to `Spawn`.
+    Spawned {
+        /// The program's pid inside the sliver.
+        pid: u32,
+    },
+    /// Answer to `Logs`.
+    Logs {
+        /// The log bytes.
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
+    /// Answer to `AddKey`, `DelKey` and `ListKeys`: the keys now authorized.
+    Keys(Vec<String>),
+}
+
+// ---------------------------------------------------------------- broker protocol
+
+/// What a service manager asks a broker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BrokerRequest {
+    /// Plan only.
+    FindSlice(SliceRequest),
+    /// Plan and obtain tickets.
+    AcquireSlice(SliceRequest),
+}
+
+/// One sliver of a plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedSliver {
+    /// The node.
+    pub node: PublicKey,
+    /// Its federation.
+    pub federation: String,
+    /// Its site.
+    pub site: String,
+    /// The agent to ask.
+    pub agent: PublicKey,
+    /// The price for the whole duration.
+    pub price: u64,
+}
+
+/// Nodes left out of a plan for one reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectedGroup {
+    /// The reason ("memory", "federation not allowed").
+    pub reason: String,
+    /// How many nodes.
+    pub count: u32,
+    /// Some of them (bounded).
+    pub examples: Vec<PublicKey>,
+}
+
+/// A plan for a slice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlicePlan {
+    /// The chosen slivers.
+    pub chosen: Vec<PlannedSliver>,
+    /// Further candidates, best first, for replanning.
+    pub alternatives: Vec<PlannedSliver>,
+    /// Nodes not picked, grouped by reason.
+    pub rejected: Vec<RejectedGroup>,
+    /// Whether the request can be met in full.
+    pub satisfiable: bool,
+    /// A summary; when unsatisfiable, the binding constraint and what would help.
+    pub explanation: String,
+}
+
+/// What an acquisition obtained.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcquiredSlice {
+    /// Tickets bound to the principal.
+    pub tickets: Vec<IssuedTicket>,
+    /// The plan, as finally executed.
+    pub plan: SlicePlan,
+    /// How many slivers are missing (best effort).
+    pub missing: u32,
+    /// What happened, line by line (refusals, replans).
+    pub report: Vec<String>,
+}
+
+/// What a broker answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BrokerResponse {
+    /// Answer to `FindSlice`.
+    Plan(SlicePlan),
+    /// Answer to `AcquireSlice`.
+    Acquired(AcquiredSlice),
+}
