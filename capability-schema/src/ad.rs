@@ -54,8 +54,10 @@ impl PriceList {
             + u128::from(self.memory_gib_hour) * u128::from(resources.memory_bytes) / GIB
             + u128::from(self.disk_gib_hour) * u128::from(resources.disk_bytes) / GIB
             + u128::from(self.egress_mbit_hour) * u128::from(resources.egress_kbps) / 1000;
-        let total = (per_hour * u128::from(seconds)).div_ceil(3600);
-        u64::try_from(total).unwrap_or(u64::MAX)
+        per_hour
+            .checked_mul(u128::from(seconds))
+            .and_then(|total| u64::try_from(total.div_ceil(3600)).ok())
+            .unwrap_or(u64::MAX)
     }
 }
 

@@ -227,14 +227,15 @@ fn scale_decimal(number: &str, unit: u64) -> Option<u64> {
     if !int.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let int_value: u64 = if int.is_empty() { 0 } else { int.parse().ok()? };
-    let mut total = int_value.checked_mul(unit)?;
-    let mut place = unit;
-    for digit in frac.bytes() {
-        place /= 10;
-        total = total.checked_add(u64::from(digit - b'0').checked_mul(place)?)?;
+    if frac.len() > 18 {
+        return None;
     }
-    Some(total)
+    let int_value: u64 = if int.is_empty() { 0 } else { int.parse().ok()? };
+    let frac_value: u128 = if frac.is_empty() { 0 } else { frac.parse().ok()? };
+    let frac_scale = 10u128.pow(frac.len() as u32);
+    let total = u128::from(int_value).checked_mul(u128::from(unit))?
+        + frac_value * u128::from(unit) / frac_scale;
+    u64::try_from(total).ok()
 }
 
 const CPU_HINT: &str = "expected e.g. `2 cores`, `1500m` or `0.5`";
