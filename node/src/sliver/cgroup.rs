@@ -1,0 +1,603 @@
+//! Control groups for slivers: cgroup v1 (one hierarchy per controller) and v2 (unified).
+//!
+//! [`Cgroups::detect`] reads a mountinfo file (normally `/proc/self/mountinfo`, injectable) and
+//! picks v1 when the memory controller is mounted as a v1 hierarchy (a hybrid host), else v2.
+//! Paths are relative to the hierarchy roots found there, so tests build a fake tree in a temp
+//! dir with a fake mountinfo. Limits ([`CgroupLimits`]) map to:
+//!
+//! | limit | v1 | v2 |
+//! |---|---|---|
+//! | CPU weight | `cpu.shares` (1024 per core) | `cpu.weight` (100 per core) |
+//! | CPU quota | `cpu.cfs_quota_us` / `cpu.cfs_period_us` | `cpu.max` |
+//! | memory | `memory.limit_in_bytes` | `memory.max` (and `memory.swap.max` 0) |
+//! | pids | `pids.max` | `pids.max` |
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// The CFS period used for quotas, in microseconds.
+pub const CPU_PERIOD_US: u64 = 100_000;
+
+/// A cgroup error, naming the operation and the path.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    /// The mountinfo file could not be read.
+    #[error("reading mountinfo {path}: {source}")]
+    ReadMountinfo {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// No usable cgroup hierarchy was found.
+    #[error("no usable cgroup hierarchy in {0}: need v1 cpu and memory, or v2 with controllers")]
+    NotFound(String),
+    /// A cgroup directory could not be made.
+    #[error("creating cgroup {path}: {source}")]
+    Create {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// A control file could not be written.
+    #[error("writing {value:?} to {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// What was written.
+        value: String,
+        /// The cause.
+        source: io::Error,
+    },
+    /// A control file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// A cgroup directory could not be removed.
+    #[error("removing cgroup {path}: {source}")]
+    Remove {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// Processes stayed in a cgroup after being killed.
+    #[error("cgroup {path} still holds processes {pids:?} after kill")]
+    Busy {
+        /// The directory.
+        path: PathBuf,
+        /// What is left.
+        pids: Vec<u32>,
+    },
+}
+
+/// The limits of one sliver's cgroup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CgroupLimits {
+    /// CPU weight, in thousandths of a core (0: leave the default).
+    pub cpu_weight_millis: u64,
+    /// Hard CPU quota in thousandths of a core (`None`: no quota).
+    pub cpu_quota_millis: Option<u64>,
+    /// Hard memory limit in bytes (`None`: none).
+    pub memory_bytes: Option<u64>,
+    /// Most processes (`None`: none).
+    pub pids_max: Option<u64>,
+}
+
+/// Which cgroup version a host uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgroupVersion {
+    /// One hierarchy per controller.
+    V1,
+    /// The unified hierarchy.
+    V2,
+}
+
+/// The cgroup hierarchies of a host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cgroups {
+    /// cgroup v1: a mount point per controller (the same for co-mounted controllers).
+    V1 {
+        /// The `cpu` hierarchy.
+        cpu: PathBuf,
+        /// The `cpuacct` hierarchy, when mounted.
+        cpuacct: Option<PathBuf>,
+        /// The `memory` hierarchy.
+        memory: PathBuf,
+        /// The `pids` hierarchy, when mounted.
+        pids: Option<PathBuf>,
+    },
+    /// cgroup v2: the unified root.
+    V2 {
+        /// The mount point.
+        root: PathBuf,
+    },
+}
+
+impl Cgroups {
+    /// Reads `mountinfo` (e.g. `/proc/self/mountinfo`) and picks the hierarchies.
+    pub fn detect(mountinfo: &Path) -> Result<Self, CgroupError> {
+        let text = fs::read_to_string(mountinfo).map_err(|source| CgroupError::ReadMountinfo {
+            path: mountinfo.to_path_buf(),
+            source,
+        })?;
+        Self::from_mountinfo(&text)
+            .ok_or_else(|| CgroupError::NotFound(mountinfo.display().to_string()))
+    }
+
+    /// Picks the hierarchies from mountinfo text: v1 when cpu and memory are v1 hierarchies,
+    /// else v2 when the unified mount has the cpu and memory controllers available.
+    pub fn from_mountinfo(text: &str) -> Option<Self> {
+        let mut v1: Vec<(PathBuf, Vec<String>)> = Vec::new();
+        let mut v2: Option<PathBuf> = None;
+        for line in text.lines() {
+            let Some((left, right)) = line.split_once(" - ") else {
+                continue;
+            };
+            let left: Vec<&str> = left.split(' ').collect();
+            let right: Vec<&str> = right.split(' ').collect();
+            let (Some(mount_point), Some(fstype)) = (left.get(4), right.first()) else {
+                continue;
+            };
+            let mount_point = PathBuf::from(unescape(mount_point));
+            match *fstype {
+                "cgroup" => {
+                    let opts = right.get(2).copied().unwrap_or("");
+                    v1.push((mount_point, opts.split(',').map(str::to_string).collect()));
+                }
+                "cgroup2" => v2 = Some(mount_point),
+                _ => {}
+            }
+        }
+        let find = |name: &str| {
+            v1.iter()
+                .find(|(_, opts)| opts.iter().any(|o| o == name))
+                .map(|(p, _)| p.clone())
+        };
+        if let (Some(cpu), Some(memory)) = (find("cpu"), find("memory")) {
+            return Some(Cgroups::V1 {
+                cpu,
+                cpuacct: find("cpuacct"),
+                memory,
+                pids: find("pids"),
+            });
+        }
+        let root = v2?;
+        let controllers = fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+        let has = |c: &str| controllers.split_whitespace().any(|x| x == c);
+        (has("cpu") && has("memory")).then_some(Cgroups::V2 { root })
+    }
+
+    /// The version in use.
+    pub fn version(&self) -> CgroupVersion {
+        match self {
+            Cgroups::V1 { .. } => CgroupVersion::V1,
+            Cgroups::V2 { .. } => CgroupVersion::V2,
+        }
+    }
+
+    /// Every directory that makes up cgroup `rel` (one per v1 hierarchy, deduplicated).
+    pub fn dirs(&self, rel: &str) -> Vec<PathBuf> {
+        let mut out: Vec<PathBuf> = Vec::new();
+        match self {
+            Cgroups::V1 {
+                cpu,
+                cpuacct,
+                memory,
+                pids,
+            } => {
+                for root in [Some(cpu), cpuacct.as_ref(), Some(memory), pids.as_ref()]
+                    .into_iter()
+                    .flatten()
+                {
+                    let dir = root.join(rel);
+                    if !out.contains(&dir) {
+                        out.push(dir);
+                    }
+                }
+            }
+            Cgroups::V2 { root } => out.push(root.join(rel)),
+        }
+        out
+    }
+
+    /// The `cgroup.procs` files a process must be written to, to join cgroup `rel`.
+    pub fn procs_files(&self, rel: &str) -> Vec<PathBuf> {
+        self.dirs(rel)
+            .into_iter()
+            .map(|d| d.join("cgroup.procs"))
+            .collect()
+    }
+
+    /// Whether cgroup `rel` exists (in any hierarchy).
+    pub fn exists(&self, rel: &str) -> bool {
+        self.dirs(rel).iter().any(|d| d.is_dir())
+    }
+
+    /// Creates cgroup `rel` (and its parents) and writes its limits.
+    pub fn create(&self, rel: &str, limits: &CgroupLimits) -> Result<(), CgroupError> {
+        match self {
+            Cgroups::V1 {
+                cpu, memory, pids, ..
+            } => {
+                for dir in self.dirs(rel) {
+                    create_dir(&dir)?;
+                }
+                let cpu_dir = cpu.join(rel);
+                if limits.cpu_weight_millis > 0 {
+                    let shares = (limits.cpu_weight_millis.saturating_mul(1024) / 1000).max(2);
+                    write(&cpu_dir.join("cpu.shares"), &shares.to_string())?;
+                }
+                if let Some(q) = limits.cpu_quota_millis {
+                    write(
+                        &cpu_dir.join("cpu.cfs_period_us"),
+                        &CPU_PERIOD_US.to_string(),
+                    )?;
+                    write(&cpu_dir.join("cpu.cfs_quota_us"), &quota_us(q).to_string())?;
+                }
+                if let Some(bytes) = limits.memory_bytes {
+                    write(
+                        &memory.join(rel).join("memory.limit_in_bytes"),
+                        &bytes.to_string(),
+                    )?;
+                }
+                if let (Some(max), Some(pids)) = (limits.pids_max, pids) {
+                    write(&pids.join(rel).join("pids.max"), &max.to_string())?;
+                }
+            }
+            Cgroups::V2 { root } => {
+                // Enable the controllers on every ancestor, top down.
+                let mut dir = root.clone();
+                for part in Path::new(rel)
+                    .parent()
+                    .into_iter()
+                    .flat_map(|p| p.components())
+                {
+                    write(&dir.join("cgroup.subtree_control"), "+cpu +memory +pids")?;
+                    dir = dir.join(part);
+                    create_dir(&dir)?;
+                }
+                write(&dir.join("cgroup.subtree_control"), "+cpu +memory +pids")?;
+                let leaf = root.join(rel);
+                create_dir(&leaf)?;
+                if limits.cpu_weight_millis > 0 {
+                    let weight = (limits.cpu_weight_millis / 10).clamp(1, 10_000);
+                    write(&leaf.join("cpu.weight"), &weight.to_string())?;
+                }
+                if let Some(q) = limits.cpu_quota_millis {
+                    write(
+                        &leaf.join("cpu.max"),
+                        &format!("{} {}", quota_us(q), CPU_PERIOD_US),
+                    )?;
+                }
+                if let Some(bytes) = limits.memory_bytes {
+                    write(&leaf.join("memory.max"), &bytes.to_string())?;
+                    let swap = leaf.join("memory.swap.max");
+                    if swap.exists() {
+                        write(&swap, "0")?;
+                    }
+                }
+                if let Some(max) = limits.pids_max {
+                    write(&leaf.join("pids.max"), &max.to_string())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves process `pid` into cgroup `rel`.
+    pub fn attach(&self, rel: &str, pid: u32) -> Result<(), CgroupError> {
+        for file in self.procs_files(rel) {
+            write(&file, &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// The processes in cgroup `rel` (union over hierarchies).
+    pub fn procs(&self, rel: &str) -> Result<Vec<u32>, CgroupError> {
+        let mut pids = Vec::new();
+        for file in self.procs_files(rel) {
+            let text = match fs::read_to_string(&file) {
+                Ok(t) => t,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(source) => return Err(CgroupError::Read { path: file, source }),
+            };
+            for pid in text
+                .split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok())
+            {
+                if !pids.contains(&pid) {
+                    pids.push(pid);
+                }
+            }
+        }
+        Ok(pids)
+    }
+
+    /// Kills every process left in cgroup `rel`, then removes it from every hierarchy.
+    /// A cgroup that does not exist is not an error.
+    pub fn destroy(&self, rel: &str) -> Result<(), CgroupError> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let pids = self.procs(rel)?;
+            if pids.is_empty() {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(CgroupError::Busy {
+                    path: self.dirs(rel).remove(0),
+                    pids,
+                });
+            }
+            for pid in pids {
+                if let Ok(pid) = i32::try_from(pid) {
+                    // Best effort: the process may already be gone.
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+            thread::sleep(Duration::from_millis(2));
+        }
+        for dir in self.dirs(rel) {
+            remove_cgroup_dir(&dir, deadline)?;
+        }
+        Ok(())
+    }
+
+    /// The CPU time used by cgroup `rel`, in nanoseconds, when accounted.
+    pub fn cpu_usage_ns(&self, rel: &str) -> Result<Option<u64>, CgroupError> {
+        match self {
+            Cgroups::V1 {
+                cpuacct: Some(acct),
+                ..
+            } => {
+                let path = acct.join(rel).join("cpuacct.usage");
+                Ok(read_to_string(&path)?.trim().parse().ok())
+            }
+            Cgroups::V1 { .. } => Ok(None),
+            Cgroups::V2 { root } => {
+                let path = root.join(rel).join("cpu.stat");
+                let text = read_to_string(&path)?;
+                Ok(text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("usage_usec "))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(|us| us.saturating_mul(1000)))
+            }
+        }
+    }
+
+    /// The memory used by cgroup `rel`, in bytes.
+    pub fn memory_usage(&self, rel: &str) -> Result<Option<u64>, CgroupError> {
+        let path = match self {
+            Cgroups::V1 { memory, .. } => memory.join(rel).join("memory.usage_in_bytes"),
+            Cgroups::V2 { root } => root.join(rel).join("memory.current"),
+        };
+        Ok(read_to_string(&path)?.trim().parse().ok())
+    }
+
+    /// The names of the child cgroups of `parent` (in the memory or unified hierarchy).
+    pub fn children(&self, parent: &str) -> Vec<String> {
+        let dir = match self {
+            Cgroups::V1 { memory, .. } => memory.join(parent),
+            Cgroups::V2 { root } => root.join(parent),
+        };
+        let Ok(entries) = fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect()
+    }
+
+    /// Removes the (empty) parent cgroup `rel` from every hierarchy, if it has no children.
+    pub fn remove_parent(&self, rel: &str) -> Result<(), CgroupError> {
+        for dir in self.dirs(rel) {
+            match fs::remove_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => return Err(CgroupError::Remove { path: dir, source }),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The CFS quota for `millis` thousandths of a core.
+fn quota_us(millis: u64) -> u64 {
+    (millis.saturating_mul(CPU_PERIOD_US) / 1000).max(1000)
+}
+
+fn create_dir(dir: &Path) -> Result<(), CgroupError> {
+    match fs::create_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(source) => Err(CgroupError::Create {
+            path: dir.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
+    fs::write(path, value).map_err(|source| CgroupError::Write {
+        path: path.to_path_buf(),
+        value: value.to_string(),
+        source,
+    })
+}
+
+fn read_to_string(path: &Path) -> Result<String, CgroupError> {
+    fs::read_to_string(path).map_err(|source| CgroupError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn remove_cgroup_dir(dir: &Path, deadline: Instant) -> Result<(), CgroupError> {
+    loop {
+        match fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            // The kernel may still be releasing the last task or its memory.
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                thread::sleep(Duration::from_millis(2));
+            }
+            Err(source) => {
+                return Err(CgroupError::Remove {
+                    path: dir.to_path_buf(),
+                    source,
+                });
+            }
+        }
+    }
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space).
+fn unescape(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 4 <= bytes.len() {
+            let oct = std::str::from_utf8(&bytes[i + 1..i + 4]).unwrap_or("");
+            if let Ok(v) = u8::from_str_radix(oct, 8) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID: &str = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+
+    #[test]
+    fn hybrid_host_uses_v1_with_comounted_controllers() {
+        let cg = Cgroups::from_mountinfo(HYBRID).unwrap();
+        assert_eq!(cg.version(), CgroupVersion::V1);
+        assert_eq!(
+            cg.dirs("pm/s1"),
+            vec![
+                PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/pm/s1"),
+                PathBuf::from("/sys/fs/cgroup/memory/pm/s1"),
+                PathBuf::from("/sys/fs/cgroup/pids/pm/s1"),
+            ]
+        );
+    }
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape("/a\\040b"), "/a b");
+        assert_eq!(unescape("/plain"), "/plain");
+    }
+
+    fn fake_v1(dir: &Path) -> Cgroups {
+        let text = format!(
+            "1 1 0:1 / {d}/cpu rw - cgroup cgroup rw,cpu\n\
+             2 1 0:2 / {d}/cpuacct rw - cgroup cgroup rw,cpuacct\n\
+             3 1 0:3 / {d}/memory rw - cgroup cgroup rw,memory\n\
+             4 1 0:4 / {d}/pids rw - cgroup cgroup rw,pids\n",
+            d = dir.display()
+        );
+        Cgroups::from_mountinfo(&text).unwrap()
+    }
+
+    #[test]
+    fn v1_limits_land_in_each_controller() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cg = fake_v1(tmp.path());
+        let limits = CgroupLimits {
+            cpu_weight_millis: 500,
+            cpu_quota_millis: Some(250),
+            memory_bytes: Some(64 << 20),
+            pids_max: Some(100),
+        };
+        cg.create("pm/s1", &limits).unwrap();
+        let read = |p: &str| fs::read_to_string(tmp.path().join(p)).unwrap();
+        assert_eq!(read("cpu/pm/s1/cpu.shares"), "512");
+        assert_eq!(read("cpu/pm/s1/cpu.cfs_period_us"), "100000");
+        assert_eq!(read("cpu/pm/s1/cpu.cfs_quota_us"), "25000");
+        assert_eq!(
+            read("memory/pm/s1/memory.limit_in_bytes"),
+            (64u64 << 20).to_string()
+        );
+        assert_eq!(read("pids/pm/s1/pids.max"), "100");
+        assert!(tmp.path().join("cpuacct/pm/s1").is_dir());
+        cg.attach("pm/s1", 4242).unwrap();
+        assert_eq!(read("memory/pm/s1/cgroup.procs"), "4242");
+        assert_eq!(cg.procs("pm/s1").unwrap(), vec![4242]);
+        assert_eq!(cg.children("pm"), vec!["s1".to_string()]);
+    }
+
+    #[test]
+    fn v2_enables_controllers_top_down() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::write(
+            tmp.path().join("cgroup.controllers"),
+            "cpuset cpu io memory pids",
+        )
+        .unwrap();
+        let text = format!(
+            "9 1 0:9 / {} rw - cgroup2 cgroup2 rw\n",
+            tmp.path().display()
+        );
+        let cg = Cgroups::from_mountinfo(&text).unwrap();
+        assert_eq!(cg.version(), CgroupVersion::V2);
+        let limits = CgroupLimits {
+            cpu_weight_millis: 2000,
+            cpu_quota_millis: Some(1500),
+            memory_bytes: Some(1 << 30),
+            pids_max: None,
+        };
+        cg.create("pm/s1", &limits).unwrap();
+        let read = |p: &str| fs::read_to_string(tmp.path().join(p)).unwrap();
+        assert_eq!(read("cgroup.subtree_control"), "+cpu +memory +pids");
+        assert_eq!(read("pm/cgroup.subtree_control"), "+cpu +memory +pids");
+        assert_eq!(read("pm/s1/cpu.weight"), "200");
+        assert_eq!(read("pm/s1/cpu.max"), "150000 100000");
+        assert_eq!(read("pm/s1/memory.max"), (1u64 << 30).to_string());
+        assert!(!tmp.path().join("pm/s1/pids.max").exists());
+        fs::write(
+            tmp.path().join("pm/s1/cpu.stat"),
+            "usage_usec 1500\nuser_usec 1000\n",
+        )
+        .unwrap();
+        assert_eq!(cg.cpu_usage_ns("pm/s1").unwrap(), Some(1_500_000));
+    }
+
+    #[test]
+    fn v2_without_controllers_is_not_usable() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::write(tmp.path().join("cgroup.controllers"), "").unwrap();
+        let text = format!(
+            "9 1 0:9 / {} rw - cgroup2 cgroup2 rw\n",
+            tmp.path().display()
+        );
+        assert_eq!(Cgroups::from_mountinfo(&text), None);
+    }
+}

@@ -1,0 +1,549 @@
+//! The one seam for every privileged operation on the node, and a recording fake.
+//!
+//! [`Host`] is what the sliver engine asks of the machine: directories, cgroups, the init
+//! process, veths, shaping, exec. [`super::linux::LinuxHost`] does it for real (nix, netlink,
+//! cgroupfs); [`RecordingHost`] records each call, keeps a set of the resources it "holds" and
+//! fails on demand, so creation order and rollback are unit-tested without root.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::alloc::UidRange;
+use super::caps::CapMask;
+use super::cgroup::{CgroupError, CgroupLimits};
+use super::init::InitPlan;
+use super::netlink::NetlinkError;
+use super::rootfs::{Image, SliverDirs};
+
+/// A failed privileged operation.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// A file system operation.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// On what.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A system call.
+    #[error("{op}: {source}")]
+    Sys {
+        /// What was being done.
+        op: String,
+        /// The errno.
+        source: nix::errno::Errno,
+    },
+    /// A cgroup operation.
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    /// A netlink operation.
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    /// The sliver's init reported a failure or died while building the sliver.
+    #[error("sliver init: {0}")]
+    Init(String),
+    /// An exec'd program ran past its deadline.
+    #[error("exec timed out after {0:?}")]
+    Timeout(Duration),
+    /// The operation is not available on this host.
+    #[error("unsupported: {0}")]
+    Unsupported(&'static str),
+    /// A failure injected by the fake.
+    #[error("injected failure at {0}")]
+    Injected(String),
+}
+
+/// The init process of a sliver being created.
+#[derive(Debug)]
+pub struct InitHandle {
+    /// Its pid on the host.
+    pub pid: u32,
+    /// Its start time (clock ticks since boot, `/proc/<pid>/stat` field 22), against pid reuse.
+    pub start_time: u64,
+    /// Host-specific state kept between spawn and start (the real host's sync pipes).
+    pub pending: Option<Box<dyn std::any::Any + Send>>,
+}
+
+/// How to spawn a sliver's init.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitRequest {
+    /// The sliver (for messages).
+    pub id: String,
+    /// Host ids backing the sliver's ids.
+    pub uids: UidRange,
+    /// The cgroup to join before anything runs.
+    pub cgroup: String,
+    /// Stay in the host's pid namespace (admin host view).
+    pub host_pid: bool,
+    /// The init program.
+    pub init_path: PathBuf,
+}
+
+/// A sliver's network attachment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetAttach {
+    /// Host-side veth name.
+    pub host_if: String,
+    /// The veth's name inside the sliver.
+    pub sliver_if: String,
+    /// Host-side address (the sliver's gateway).
+    pub host_addr: Ipv4Addr,
+    /// The sliver's address.
+    pub sliver_addr: Ipv4Addr,
+}
+
+/// The node-wide egress bucket (paper §3.3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeShaping {
+    /// The IFB device all sliver egress is redirected through.
+    pub ifb: String,
+    /// The root bucket's rate: the node's egress cap, kbit/s.
+    pub node_kbps: u64,
+}
+
+/// A sliver's egress bucket: a child of the node's root bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shape {
+    /// The node's bucket.
+    pub node: NodeShaping,
+    /// The sliver's host-side veth.
+    pub host_if: String,
+    /// The sliver's address (its packets' only valid source).
+    pub src: Ipv4Addr,
+    /// HTB class minor (class `1:minor`).
+    pub class_minor: u16,
+    /// Filter priority of the classifier on the IFB.
+    pub filter_prio: u16,
+    /// Guaranteed rate, kbit/s.
+    pub rate_kbps: u64,
+    /// Most it may borrow up to, kbit/s.
+    pub ceil_kbps: u64,
+}
+
+/// Where to run a command: a live sliver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecTarget {
+    /// The sliver's init pid (its namespaces are reached through `/proc/<pid>/ns`).
+    pub init_pid: u32,
+    /// Its start time.
+    pub start_time: u64,
+    /// Its cgroup.
+    pub cgroup: String,
+    /// Capabilities root keeps there.
+    pub caps: CapMask,
+    /// The sliver shares the host's pid namespace.
+    pub host_pid: bool,
+}
+
+/// A command to run in a sliver.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecCommand {
+    /// Program (absolute path inside the sliver) and arguments.
+    pub argv: Vec<String>,
+    /// Environment; `PATH`, `HOME` and `TERM` get defaults when absent.
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    /// User id inside the sliver.
+    #[serde(default)]
+    pub uid: u32,
+    /// Group id inside the sliver.
+    #[serde(default)]
+    pub gid: u32,
+    /// Working directory inside the sliver.
+    #[serde(default = "default_cwd")]
+    pub cwd: String,
+    /// Bytes fed to standard input.
+    #[serde(default)]
+    pub stdin: Vec<u8>,
+    /// Deadline; the program is killed past it.
+    pub timeout: Duration,
+    /// Most bytes kept of each of stdout and stderr.
+    pub output_limit: usize,
+}
+
+fn default_cwd() -> String {
+    "/".to_string()
+}
+
+impl ExecCommand {
+    /// A command with default settings: root, `/`, 30 s, 1 MiB of output.
+    pub fn new<S: Into<String>>(argv: impl IntoIterator<Item = S>) -> Self {
+        ExecCommand {
+            argv: argv.into_iter().map(Into::into).collect(),
+            env: Vec::new(),
+            uid: 0,
+            gid: 0,
+            cwd: default_cwd(),
+            stdin: Vec::new(),
+            timeout: Duration::from_secs(30),
+            output_limit: 1 << 20,
+        }
+    }
+
+    /// `sh -c script`.
+    pub fn shell(script: &str) -> Self {
+        ExecCommand::new(["/bin/sh", "-c", script])
+    }
+}
+
+/// What a finished command left.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ExecOutput {
+    /// Exit code, when it exited.
+    pub code: Option<i32>,
+    /// Signal, when it was killed.
+    pub signal: Option<i32>,
+    /// Standard output (at most the limit).
+    pub stdout: Vec<u8>,
+    /// Standard error (at most the limit).
+    pub stderr: Vec<u8>,
+    /// Output was cut at the limit.
+    pub truncated: bool,
+}
+
+impl ExecOutput {
+    /// Whether it exited with code 0.
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// Standard output as text (lossy).
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    /// Standard error as text (lossy).
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+}
+
+/// A process started in a sliver whose output streams to the caller.
+#[derive(Debug)]
+pub struct Spawned {
+    /// The process (pipes for stdin/stdout/stderr).
+    pub child: std::process::Child,
+}
+
+/// Every privileged operation the sliver engine needs.
+pub trait Host: Send + Sync {
+    /// Makes the reference image skeleton (once per node).
+    fn prepare_image(&self, skeleton: &std::path::Path) -> Result<Image, HostError>;
+    /// Makes a sliver's dirs; the upper and work dirs belong to host uid `owner`.
+    fn prepare_dirs(&self, dirs: &SliverDirs, owner: u32) -> Result<(), HostError>;
+    /// Removes a sliver's dirs (keeping the upper dir if asked).
+    fn remove_dirs(&self, dirs: &SliverDirs, keep_upper: bool) -> Result<(), HostError>;
+    /// Creates a cgroup with its limits.
+    fn cgroup_create(&self, cgroup: &str, limits: &CgroupLimits) -> Result<(), HostError>;
+    /// Kills what is left in a cgroup and removes it.
+    fn cgroup_destroy(&self, cgroup: &str) -> Result<(), HostError>;
+    /// Clones the init into new namespaces, writes its id maps and puts it in its cgroup. It
+    /// waits, before exec, for [`Host::start_init`].
+    fn spawn_init(&self, req: &InitRequest) -> Result<InitHandle, HostError>;
+    /// Lets the init exec, sends it the plan and waits until it reports the sliver ready.
+    fn start_init(&self, init: &mut InitHandle, plan: &InitPlan) -> Result<(), HostError>;
+    /// Kills an init (and with it the sliver's pid namespace) and waits until it is gone.
+    fn kill_init(&self, pid: u32, start_time: u64) -> Result<(), HostError>;
+    /// Whether the init `pid` started at `start_time` is alive.
+    fn init_alive(&self, pid: u32, start_time: u64) -> bool;
+    /// Creates the sliver's veth, addresses, routes and anti-spoofing.
+    fn net_attach(&self, init_pid: u32, net: &NetAttach) -> Result<(), HostError>;
+    /// Removes the sliver's veth (and with it its host-side routes and filters).
+    fn net_detach(&self, net: &NetAttach) -> Result<(), HostError>;
+    /// Makes the node-wide shaping device and root bucket (idempotent).
+    fn shaping_setup(&self, node: &NodeShaping) -> Result<(), HostError>;
+    /// Removes the node-wide shaping device.
+    fn shaping_teardown(&self, node: &NodeShaping) -> Result<(), HostError>;
+    /// Adds a sliver's bucket and steers its egress into it.
+    fn shape_add(&self, shape: &Shape) -> Result<(), HostError>;
+    /// Removes a sliver's bucket.
+    fn shape_remove(&self, shape: &Shape) -> Result<(), HostError>;
+    /// Runs a command in a sliver and collects its output.
+    fn exec(&self, target: &ExecTarget, cmd: &ExecCommand) -> Result<ExecOutput, HostError>;
+    /// Starts a command in a sliver with piped standard streams.
+    fn spawn(&self, target: &ExecTarget, cmd: &ExecCommand) -> Result<Spawned, HostError>;
+}
+
+/// One recorded call on the fake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    /// [`Host::prepare_image`].
+    PrepareImage,
+    /// [`Host::prepare_dirs`] (sliver dir name, owner).
+    PrepareDirs(String, u32),
+    /// [`Host::remove_dirs`] (sliver dir name, keep upper).
+    RemoveDirs(String, bool),
+    /// [`Host::cgroup_create`].
+    CgroupCreate(String, CgroupLimits),
+    /// [`Host::cgroup_destroy`].
+    CgroupDestroy(String),
+    /// [`Host::spawn_init`] (cgroup, uid base, host pid).
+    SpawnInit(String, u32, bool),
+    /// [`Host::start_init`] (pid, hostname).
+    StartInit(u32, String),
+    /// [`Host::kill_init`].
+    KillInit(u32),
+    /// [`Host::net_attach`] (host veth, sliver address).
+    NetAttach(String, Ipv4Addr),
+    /// [`Host::net_detach`].
+    NetDetach(String),
+    /// [`Host::shaping_setup`].
+    ShapingSetup(String),
+    /// [`Host::shaping_teardown`].
+    ShapingTeardown(String),
+    /// [`Host::shape_add`] (class minor, rate, ceil).
+    ShapeAdd(u16, u64, u64),
+    /// [`Host::shape_remove`].
+    ShapeRemove(u16),
+    /// [`Host::exec`] (argv).
+    Exec(Vec<String>),
+}
+
+impl Call {
+    /// The call's name, as used by [`RecordingHost::fail_at`].
+    pub fn name(&self) -> &'static str {
+        match self {
+            Call::PrepareImage => "prepare_image",
+            Call::PrepareDirs(..) => "prepare_dirs",
+            Call::RemoveDirs(..) => "remove_dirs",
+            Call::CgroupCreate(..) => "cgroup_create",
+            Call::CgroupDestroy(..) => "cgroup_destroy",
+            Call::SpawnInit(..) => "spawn_init",
+            Call::StartInit(..) => "start_init",
+            Call::KillInit(..) => "kill_init",
+            Call::NetAttach(..) => "net_attach",
+            Call::NetDetach(..) => "net_detach",
+            Call::ShapingSetup(..) => "shaping_setup",
+            Call::ShapingTeardown(..) => "shaping_teardown",
+            Call::ShapeAdd(..) => "shape_add",
+            Call::ShapeRemove(..) => "shape_remove",
+            Call::Exec(..) => "exec",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct FakeState {
+    calls: Vec<Call>,
+    fail_at: BTreeSet<&'static str>,
+    held: BTreeSet<String>,
+    next_pid: u32,
+    dead: BTreeSet<u32>,
+}
+
+/// A fake host: records calls, tracks what it holds, fails where told.
+#[derive(Debug, Default)]
+pub struct RecordingHost {
+    state: Mutex<FakeState>,
+}
+
+impl RecordingHost {
+    /// A fake that succeeds at everything.
+    pub fn new() -> Self {
+        RecordingHost::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, FakeState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes every later call named `name` (see [`Call::name`]) fail.
+    pub fn fail_at(&self, name: &'static str) {
+        self.lock().fail_at.insert(name);
+    }
+
+    /// Stops failing anything.
+    pub fn clear_failures(&self) {
+        self.lock().fail_at.clear();
+    }
+
+    /// The calls so far.
+    pub fn calls(&self) -> Vec<Call> {
+        self.lock().calls.clone()
+    }
+
+    /// The names of the calls so far.
+    pub fn call_names(&self) -> Vec<&'static str> {
+        self.lock().calls.iter().map(Call::name).collect()
+    }
+
+    /// Forgets the recorded calls.
+    pub fn clear_calls(&self) {
+        self.lock().calls.clear();
+    }
+
+    /// What the fake holds now: `dirs:<id>`, `cgroup:<path>`, `init:<pid>`, `veth:<name>`,
+    /// `class:<minor>`, `ifb:<name>`.
+    pub fn held(&self) -> BTreeSet<String> {
+        self.lock().held.clone()
+    }
+
+    /// Marks an init as dead (as if it had crashed).
+    pub fn kill_behind_the_back(&self, pid: u32) {
+        let mut s = self.lock();
+        s.dead.insert(pid);
+        s.held.remove(&format!("init:{pid}"));
+    }
+
+    fn record(&self, call: Call) -> Result<(), HostError> {
+        let mut s = self.lock();
+        let name = call.name();
+        s.calls.push(call);
+        if s.fail_at.contains(name) {
+            Err(HostError::Injected(name.to_string()))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn hold(&self, what: String) {
+        self.lock().held.insert(what);
+    }
+
+    fn release(&self, what: &str) {
+        self.lock().held.remove(what);
+    }
+}
+
+fn dir_name(dirs: &SliverDirs) -> String {
+    dirs.root
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+impl Host for RecordingHost {
+    fn prepare_image(&self, skeleton: &std::path::Path) -> Result<Image, HostError> {
+        self.record(Call::PrepareImage)?;
+        Ok(Image::HostSystem {
+            skeleton: skeleton.to_path_buf(),
+            binds: vec!["/usr".into()],
+        })
+    }
+
+    fn prepare_dirs(&self, dirs: &SliverDirs, owner: u32) -> Result<(), HostError> {
+        self.record(Call::PrepareDirs(dir_name(dirs), owner))?;
+        // Plain dirs (no ownership change): enough for key files in unit tests.
+        std::fs::create_dir_all(&dirs.root).map_err(|source| HostError::Io {
+            op: "create",
+            path: dirs.root.clone(),
+            source,
+        })?;
+        self.hold(format!("dirs:{}", dir_name(dirs)));
+        Ok(())
+    }
+
+    fn remove_dirs(&self, dirs: &SliverDirs, keep_upper: bool) -> Result<(), HostError> {
+        self.record(Call::RemoveDirs(dir_name(dirs), keep_upper))?;
+        let _ = std::fs::remove_dir_all(&dirs.root);
+        self.release(&format!("dirs:{}", dir_name(dirs)));
+        Ok(())
+    }
+
+    fn cgroup_create(&self, cgroup: &str, limits: &CgroupLimits) -> Result<(), HostError> {
+        self.record(Call::CgroupCreate(cgroup.to_string(), *limits))?;
+        self.hold(format!("cgroup:{cgroup}"));
+        Ok(())
+    }
+
+    fn cgroup_destroy(&self, cgroup: &str) -> Result<(), HostError> {
+        self.record(Call::CgroupDestroy(cgroup.to_string()))?;
+        self.release(&format!("cgroup:{cgroup}"));
+        Ok(())
+    }
+
+    fn spawn_init(&self, req: &InitRequest) -> Result<InitHandle, HostError> {
+        self.record(Call::SpawnInit(
+            req.cgroup.clone(),
+            req.uids.host_base,
+            req.host_pid,
+        ))?;
+        let pid = {
+            let mut s = self.lock();
+            s.next_pid += 1;
+            1000 + s.next_pid
+        };
+        self.hold(format!("init:{pid}"));
+        Ok(InitHandle {
+            pid,
+            start_time: u64::from(pid) * 10,
+            pending: None,
+        })
+    }
+
+    fn start_init(&self, init: &mut InitHandle, plan: &InitPlan) -> Result<(), HostError> {
+        self.record(Call::StartInit(init.pid, plan.hostname.clone()))
+    }
+
+    fn kill_init(&self, pid: u32, _start_time: u64) -> Result<(), HostError> {
+        self.record(Call::KillInit(pid))?;
+        self.release(&format!("init:{pid}"));
+        self.lock().dead.insert(pid);
+        Ok(())
+    }
+
+    fn init_alive(&self, pid: u32, _start_time: u64) -> bool {
+        let s = self.lock();
+        !s.dead.contains(&pid) && s.held.contains(&format!("init:{pid}"))
+    }
+
+    fn net_attach(&self, _init_pid: u32, net: &NetAttach) -> Result<(), HostError> {
+        self.record(Call::NetAttach(net.host_if.clone(), net.sliver_addr))?;
+        self.hold(format!("veth:{}", net.host_if));
+        Ok(())
+    }
+
+    fn net_detach(&self, net: &NetAttach) -> Result<(), HostError> {
+        self.record(Call::NetDetach(net.host_if.clone()))?;
+        self.release(&format!("veth:{}", net.host_if));
+        Ok(())
+    }
+
+    fn shaping_setup(&self, node: &NodeShaping) -> Result<(), HostError> {
+        self.record(Call::ShapingSetup(node.ifb.clone()))?;
+        self.hold(format!("ifb:{}", node.ifb));
+        Ok(())
+    }
+
+    fn shaping_teardown(&self, node: &NodeShaping) -> Result<(), HostError> {
+        self.record(Call::ShapingTeardown(node.ifb.clone()))?;
+        self.release(&format!("ifb:{}", node.ifb));
+        Ok(())
+    }
+
+    fn shape_add(&self, shape: &Shape) -> Result<(), HostError> {
+        self.record(Call::ShapeAdd(
+            shape.class_minor,
+            shape.rate_kbps,
+            shape.ceil_kbps,
+        ))?;
+        self.hold(format!("class:{}", shape.class_minor));
+        Ok(())
+    }
+
+    fn shape_remove(&self, shape: &Shape) -> Result<(), HostError> {
+        self.record(Call::ShapeRemove(shape.class_minor))?;
+        self.release(&format!("class:{}", shape.class_minor));
+        Ok(())
+    }
+
+    fn exec(&self, _target: &ExecTarget, cmd: &ExecCommand) -> Result<ExecOutput, HostError> {
+        self.record(Call::Exec(cmd.argv.clone()))?;
+        Ok(ExecOutput {
+            code: Some(0),
+            ..ExecOutput::default()
+        })
+    }
+
+    fn spawn(&self, _target: &ExecTarget, _cmd: &ExecCommand) -> Result<Spawned, HostError> {
+        Err(HostError::Unsupported("spawn on the recording host"))
+    }
+}

@@ -1,0 +1,464 @@
+//! The sliver's pid 1: builds the sliver's root from a plan, drops capabilities, then reaps.
+//!
+//! The node clones a child into fresh namespaces, writes its id maps, puts it in its cgroup
+//! and wires its network, then lets it exec the init program (`sliver-init`, or the daemon
+//! re-executed). [`run`] is that program: it reads an [`InitPlan`] (JSON) from one inherited
+//! fd, enters a fresh cgroup namespace, sets the hostname, performs the [`MountStep`]s (overlay
+//! root, `/proc`, a minimal `/dev`, `/tmp`, read-only host system dirs, …), pivots into the new
+//! root, reduces its capability bounding set and sets `no_new_privs`, writes `ready` (or the
+//! error) on a second fd, and then only reaps children until it is sent SIGTERM or SIGINT. As
+//! pid 1 of the sliver's pid namespace, its exit takes every process of the sliver with it.
+
+use std::ffi::CString;
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, RawFd};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::wait::{WaitPidFlag, waitpid};
+use nix::unistd::{Pid, chdir, pivot_root, sethostname};
+use serde::{Deserialize, Serialize};
+
+use super::caps::{self, CapMask};
+
+/// The status line an init writes once its sliver is ready.
+pub const READY: &str = "ready";
+
+/// One step of building a sliver's root, run by its init inside the sliver's namespaces.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum MountStep {
+    /// Stops mount events propagating to the host (`MS_REC | MS_PRIVATE` on `/`).
+    MakePrivate,
+    /// Mounts an overlay at `target`.
+    Overlay {
+        /// Read-only layers, top first.
+        lower: Vec<PathBuf>,
+        /// The sliver's writable layer.
+        upper: PathBuf,
+        /// Overlayfs' scratch dir, on the same filesystem as `upper`.
+        work: PathBuf,
+        /// Where the merged tree goes.
+        target: PathBuf,
+    },
+    /// Bind-mounts `source` on `target` (made if missing), read-only if asked.
+    Bind {
+        /// What to bind.
+        source: PathBuf,
+        /// Where.
+        target: PathBuf,
+        /// Remount read-only.
+        readonly: bool,
+        /// `source` is a file, not a directory.
+        file: bool,
+    },
+    /// A fresh procfs.
+    Proc {
+        /// Where.
+        target: PathBuf,
+    },
+    /// A read-only sysfs (this network namespace's view).
+    Sysfs {
+        /// Where.
+        target: PathBuf,
+    },
+    /// A tmpfs.
+    Tmpfs {
+        /// Where.
+        target: PathBuf,
+        /// Mode of its root, e.g. 0o1777.
+        mode: u32,
+        /// Size cap in bytes.
+        size: u64,
+    },
+    /// A private devpts instance.
+    Devpts {
+        /// Where.
+        target: PathBuf,
+    },
+    /// A symbolic link `path` → `to`.
+    Symlink {
+        /// The link.
+        path: PathBuf,
+        /// Its target.
+        to: PathBuf,
+    },
+    /// Makes `new_root` the root and detaches the old one.
+    PivotRoot {
+        /// The new root (a mount point).
+        new_root: PathBuf,
+    },
+}
+
+/// Everything the init needs to build the sliver, sent by the node on the plan fd.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitPlan {
+    /// The sliver's hostname.
+    pub hostname: String,
+    /// Steps, in order; the last is normally [`MountStep::PivotRoot`].
+    pub steps: Vec<MountStep>,
+    /// Capabilities the sliver's root keeps.
+    pub caps: CapMask,
+    /// Whether to enter a new cgroup namespace (after the node put the init in its cgroup).
+    pub cgroup_ns: bool,
+}
+
+/// An init failure: which step, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    /// The plan could not be read.
+    #[error("reading the plan: {0}")]
+    Plan(String),
+    /// A step failed.
+    #[error("{step}: {detail}")]
+    Step {
+        /// The step, described.
+        step: String,
+        /// The cause.
+        detail: String,
+    },
+}
+
+fn step_err(step: impl Into<String>, detail: impl ToString) -> InitError {
+    InitError::Step {
+        step: step.into(),
+        detail: detail.to_string(),
+    }
+}
+
+/// The init program: `plan_fd` carries the plan, `status_fd` receives `ready` or the error.
+/// Returns only on failure to build the sliver, or when told to stop (the exit code).
+pub fn run(plan_fd: RawFd, status_fd: RawFd) -> i32 {
+    // SAFETY: the node passes these two fds to the init and nothing else owns them.
+    let mut plan_file = unsafe { File::from_raw_fd(plan_fd) };
+    // SAFETY: as above.
+    let mut status = unsafe { File::from_raw_fd(status_fd) };
+    let result = read_plan(&mut plan_file).and_then(|plan| build(&plan));
+    drop(plan_file);
+    match result {
+        Ok(()) => {
+            if status.write_all(READY.as_bytes()).is_err() {
+                return 1;
+            }
+            drop(status);
+            reap_until_told()
+        }
+        Err(e) => {
+            let _ = status.write_all(format!("error: {e}").as_bytes());
+            1
+        }
+    }
+}
+
+/// Entry point for a binary: `sliver-init <plan-fd> <status-fd>`.
+pub fn main_from_args(args: &[String]) -> i32 {
+    let parse = |i: usize| args.get(i).and_then(|s| s.parse::<RawFd>().ok());
+    match (parse(1), parse(2)) {
+        (Some(plan), Some(status)) => run(plan, status),
+        _ => {
+            eprintln!(
+                "usage: sliver-init <plan-fd> <status-fd> (started by the node, not by hand)"
+            );
+            2
+        }
+    }
+}
+
+fn read_plan(file: &mut File) -> Result<InitPlan, InitError> {
+    let mut text = Vec::new();
+    file.take(1 << 20)
+        .read_to_end(&mut text)
+        .map_err(|e| InitError::Plan(e.to_string()))?;
+    serde_json::from_slice(&text).map_err(|e| InitError::Plan(e.to_string()))
+}
+
+/// Builds the sliver from the plan (runs inside its namespaces).
+pub fn build(plan: &InitPlan) -> Result<(), InitError> {
+    if plan.cgroup_ns {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
+            .map_err(|e| step_err("unshare cgroup namespace", e))?;
+    }
+    sethostname(&plan.hostname).map_err(|e| step_err("sethostname", e))?;
+    for step in &plan.steps {
+        run_step(step)?;
+    }
+    chdir("/").map_err(|e| step_err("chdir /", e))?;
+    caps::restrict_raw(plan.caps, caps::last_cap())
+        .map_err(|errno| step_err("drop capabilities", nix::errno::Errno::from_raw(errno)))?;
+    // The init itself keeps no more than the sliver's root would.
+    let keep: ::caps::CapsHashSet = ::caps::all()
+        .into_iter()
+        .filter(|c| plan.caps.contains(c.index()))
+        .collect();
+    for set in [
+        ::caps::CapSet::Effective,
+        ::caps::CapSet::Permitted,
+        ::caps::CapSet::Inheritable,
+    ] {
+        ::caps::set(None, set, &keep).map_err(|e| step_err("set capabilities", e))?;
+    }
+    Ok(())
+}
+
+fn ensure_dir(path: &Path) -> Result<(), InitError> {
+    if path.is_dir() {
+        return Ok(());
+    }
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(path)
+        .map_err(|e| step_err(format!("mkdir {}", path.display()), e))
+}
+
+fn ensure_file(path: &Path) -> Result<(), InitError> {
+    if path.exists() {
+        return Ok(());
+    }
+    if let Some(parent) = path.parent() {
+        ensure_dir(parent)?;
+    }
+    File::create(path)
+        .map(|_| ())
+        .map_err(|e| step_err(format!("create {}", path.display()), e))
+}
+
+fn run_step(step: &MountStep) -> Result<(), InitError> {
+    let none: Option<&str> = None;
+    match step {
+        MountStep::MakePrivate => {
+            mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
+                .map_err(|e| step_err("make / private", e))
+        }
+        MountStep::Overlay {
+            lower,
+            upper,
+            work,
+            target,
+        } => {
+            let lower: Vec<String> = lower.iter().map(|p| p.display().to_string()).collect();
+            let data = format!(
+                "lowerdir={},upperdir={},workdir={},userxattr",
+                lower.join(":"),
+                upper.display(),
+                work.display()
+            );
+            mount(
+                Some("overlay"),
+                target,
+                Some("overlay"),
+                MsFlags::empty(),
+                Some(data.as_str()),
+            )
+            .map_err(|e| step_err(format!("mount overlay on {} ({data})", target.display()), e))
+        }
+        MountStep::Bind {
+            source,
+            target,
+            readonly,
+            file,
+        } => {
+            if *file {
+                ensure_file(target)?;
+            } else {
+                ensure_dir(target)?;
+            }
+            let what = format!("bind {} on {}", source.display(), target.display());
+            mount(
+                Some(source),
+                target,
+                none,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                none,
+            )
+            .map_err(|e| step_err(&what, e))?;
+            if *readonly {
+                // Keep the flags the kernel locks in a user namespace (nosuid, nodev, noexec).
+                let locked = locked_flags(target);
+                mount(
+                    none,
+                    target,
+                    none,
+                    MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | locked,
+                    none,
+                )
+                .map_err(|e| step_err(format!("{what} read-only"), e))?;
+            }
+            Ok(())
+        }
+        MountStep::Proc { target } => {
+            ensure_dir(target)?;
+            mount(
+                Some("proc"),
+                target,
+                Some("proc"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                none,
+            )
+            .map_err(|e| step_err(format!("mount proc on {}", target.display()), e))
+        }
+        MountStep::Sysfs { target } => {
+            ensure_dir(target)?;
+            mount(
+                Some("sysfs"),
+                target,
+                Some("sysfs"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY,
+                none,
+            )
+            .map_err(|e| step_err(format!("mount sysfs on {}", target.display()), e))
+        }
+        MountStep::Tmpfs { target, mode, size } => {
+            ensure_dir(target)?;
+            let data = format!("mode={mode:o},size={size}");
+            mount(
+                Some("tmpfs"),
+                target,
+                Some("tmpfs"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                Some(data.as_str()),
+            )
+            .map_err(|e| step_err(format!("mount tmpfs on {}", target.display()), e))
+        }
+        MountStep::Devpts { target } => {
+            ensure_dir(target)?;
+            mount(
+                Some("devpts"),
+                target,
+                Some("devpts"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+                Some("newinstance,ptmxmode=0666,mode=0620"),
+            )
+            .map_err(|e| step_err(format!("mount devpts on {}", target.display()), e))
+        }
+        MountStep::Symlink { path, to } => {
+            if path.symlink_metadata().is_ok() {
+                return Ok(());
+            }
+            symlink(to, path).map_err(|e| step_err(format!("symlink {}", path.display()), e))
+        }
+        MountStep::PivotRoot { new_root } => {
+            chdir(new_root).map_err(|e| step_err(format!("chdir {}", new_root.display()), e))?;
+            pivot_root(".", ".").map_err(|e| step_err("pivot_root", e))?;
+            umount2(".", MntFlags::MNT_DETACH).map_err(|e| step_err("detach old root", e))?;
+            chdir("/").map_err(|e| step_err("chdir /", e))?;
+            // The tmpfs root of /tmp is made with the mount's mode; keep it sticky.
+            if let Ok(meta) = fs::metadata("/tmp") {
+                let mut perm = meta.permissions();
+                if perm.mode() & 0o7777 != 0o1777 {
+                    perm.set_mode(0o1777);
+                    let _ = fs::set_permissions("/tmp", perm);
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The lock-relevant flags of the mount at `path` (from `statvfs`).
+fn locked_flags(path: &Path) -> MsFlags {
+    let mut flags = MsFlags::empty();
+    if let Ok(st) = nix::sys::statvfs::statvfs(path) {
+        use nix::sys::statvfs::FsFlags;
+        let f = st.flags();
+        if f.contains(FsFlags::ST_NOSUID) {
+            flags |= MsFlags::MS_NOSUID;
+        }
+        if f.contains(FsFlags::ST_NODEV) {
+            flags |= MsFlags::MS_NODEV;
+        }
+        if f.contains(FsFlags::ST_NOEXEC) {
+            flags |= MsFlags::MS_NOEXEC;
+        }
+        if f.contains(FsFlags::ST_NOATIME) {
+            flags |= MsFlags::MS_NOATIME;
+        }
+        if f.contains(FsFlags::ST_NODIRATIME) {
+            flags |= MsFlags::MS_NODIRATIME;
+        }
+        if f.contains(FsFlags::ST_RELATIME) {
+            flags |= MsFlags::MS_RELATIME;
+        }
+    }
+    flags
+}
+
+/// Reaps children until SIGTERM or SIGINT; returns the exit code.
+fn reap_until_told() -> i32 {
+    let mut set = SigSet::empty();
+    for sig in [
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+    ] {
+        set.add(sig);
+    }
+    if set.thread_block().is_err() {
+        return 1;
+    }
+    loop {
+        match set.wait() {
+            Ok(Signal::SIGTERM) | Ok(Signal::SIGINT) => return 0,
+            Ok(_) | Err(_) => {
+                // Reap every child that has exited.
+                while let Ok(status) = waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                    if status == nix::sys::wait::WaitStatus::StillAlive {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Builds the argv of the init program for the given fds.
+pub fn argv(init_name: &str, plan_fd: RawFd, status_fd: RawFd) -> Vec<CString> {
+    [
+        init_name.to_string(),
+        plan_fd.to_string(),
+        status_fd.to_string(),
+    ]
+    .into_iter()
+    .filter_map(|s| CString::new(s).ok())
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plans_round_trip_as_json() {
+        let plan = InitPlan {
+            hostname: "s1".into(),
+            steps: vec![
+                MountStep::MakePrivate,
+                MountStep::Tmpfs {
+                    target: "/r/tmp".into(),
+                    mode: 0o1777,
+                    size: 1 << 20,
+                },
+                MountStep::PivotRoot {
+                    new_root: "/r".into(),
+                },
+            ],
+            caps: CapMask(5),
+            cgroup_ns: true,
+        };
+        let json = serde_json::to_string(&plan).unwrap();
+        assert!(json.contains("\"op\":\"make_private\""));
+        assert_eq!(serde_json::from_str::<InitPlan>(&json).unwrap(), plan);
+    }
+
+    #[test]
+    fn argv_names_the_fds() {
+        let a = argv("sliver-init", 3, 4);
+        assert_eq!(a.len(), 3);
+        assert_eq!(a[1].to_str().unwrap(), "3");
+        assert_eq!(main_from_args(&["x".into()]), 2);
+    }
+}

@@ -1,0 +1,772 @@
+//! The real host: clone/setns, id maps, cgroupfs, netlink, procfs.
+//!
+//! The init is cloned straight into new user, mount, uts, ipc, net (and pid) namespaces. Until
+//! the node writes its id maps and puts it in its cgroup, it blocks on a pipe; it then becomes
+//! root of its user namespace and execs the init program, which builds the root filesystem
+//! from the plan it reads on a second pipe and answers on a third. Code between `clone`/`fork`
+//! and `exec` makes raw system calls only, on data prepared beforehand.
+//!
+//! Exec into a sliver forks from a thread that has joined the sliver's pid namespace; the child
+//! joins the sliver's cgroup, then its user namespace and the others, becomes the asked user,
+//! drops the capabilities the sliver's root lacks, sets `no_new_privs` and execs.
+
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sched::CloneFlags;
+use nix::sys::signal::Signal;
+use nix::sys::wait::{WaitPidFlag, waitpid};
+use nix::unistd::Pid;
+use rtnetlink::packet_route::tc::TcHandle;
+
+use super::caps;
+use super::cgroup::{CgroupLimits, Cgroups};
+use super::host::{
+    ExecCommand, ExecOutput, ExecTarget, Host, HostError, InitHandle, InitRequest, NetAttach,
+    NodeShaping, Shape, Spawned,
+};
+use super::init::{self, InitPlan, READY};
+use super::netlink::{ETH_P_IP, ETH_P_IPV6, Netlink};
+use super::rootfs::{self, Image, SliverDirs, UPPER_OWNED_DIRS};
+
+/// How long an init may take to build its sliver.
+const INIT_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a killed init may take to disappear.
+const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Stack of the cloned child (it only reads a pipe, changes ids and execs).
+const CLONE_STACK: usize = 64 * 1024;
+
+/// The host, for real.
+#[derive(Debug, Clone)]
+pub struct LinuxHost {
+    cgroups: Cgroups,
+    proc_root: PathBuf,
+    host_root: PathBuf,
+}
+
+fn sys(op: impl Into<String>) -> impl FnOnce(Errno) -> HostError {
+    let op = op.into();
+    move |source| HostError::Sys { op, source }
+}
+
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> HostError + use<> {
+    let path = path.to_path_buf();
+    move |source| HostError::Io { op, path, source }
+}
+
+impl LinuxHost {
+    /// A host with the given cgroup hierarchies, `/proc` and `/` as the host root.
+    pub fn new(cgroups: Cgroups) -> Self {
+        LinuxHost {
+            cgroups,
+            proc_root: "/proc".into(),
+            host_root: "/".into(),
+        }
+    }
+
+    /// A host whose cgroups are found in `/proc/self/mountinfo`.
+    pub fn detect() -> Result<Self, HostError> {
+        Ok(LinuxHost::new(Cgroups::detect(Path::new(
+            "/proc/self/mountinfo",
+        ))?))
+    }
+
+    /// The cgroup hierarchies.
+    pub fn cgroups(&self) -> &Cgroups {
+        &self.cgroups
+    }
+
+    fn proc_path(&self, pid: u32, rest: &str) -> PathBuf {
+        self.proc_root.join(pid.to_string()).join(rest)
+    }
+
+    /// The start time of process `pid` (field 22 of its stat) and whether it is a zombie.
+    fn stat(&self, pid: u32) -> Option<(u64, bool)> {
+        let text = fs::read_to_string(self.proc_path(pid, "stat")).ok()?;
+        let after = &text[text.rfind(')')? + 2..];
+        let fields: Vec<&str> = after.split(' ').collect();
+        let zombie = matches!(fields.first(), Some(&"Z") | Some(&"X"));
+        Some((fields.get(19)?.parse().ok()?, zombie))
+    }
+
+    fn netlink() -> Result<Netlink, HostError> {
+        Ok(Netlink::open()?)
+    }
+
+    fn attach_inner(&self, init_pid: u32, net: &NetAttach) -> Result<(), HostError> {
+        let mut nl = Self::netlink()?;
+        nl.veth_create(&net.host_if, &net.sliver_if, init_pid)?;
+        let idx = nl.link_index(&net.host_if)?.ok_or_else(|| {
+            HostError::Init(format!("veth {} vanished after creation", net.host_if))
+        })?;
+        nl.addr_add(idx, net.host_addr, 31)?;
+        let rp = self
+            .proc_root
+            .join("sys/net/ipv4/conf")
+            .join(&net.host_if)
+            .join("rp_filter");
+        fs::write(&rp, "1").map_err(io_err("write", &rp))?;
+        nl.link_up(idx)?;
+        let ns_path = self.proc_path(init_pid, "ns/net");
+        let netns = File::open(&ns_path).map_err(io_err("open", &ns_path))?;
+        let mut inner = Netlink::open_in(&netns)?;
+        if let Some(lo) = inner.link_index("lo")? {
+            inner.link_up(lo)?;
+        }
+        let eth = inner
+            .link_index(&net.sliver_if)?
+            .ok_or_else(|| HostError::Init(format!("{} missing in the sliver", net.sliver_if)))?;
+        inner.addr_add(eth, net.sliver_addr, 31)?;
+        inner.link_up(eth)?;
+        inner.default_route(eth, net.host_addr)?;
+        Ok(())
+    }
+
+    fn shape_inner(&self, shape: &Shape) -> Result<(), HostError> {
+        let mut nl = Self::netlink()?;
+        let ifb = nl
+            .link_index(&shape.node.ifb)?
+            .ok_or_else(|| HostError::Init(format!("shaping device {} missing", shape.node.ifb)))?;
+        let classid = TcHandle {
+            major: 1,
+            minor: shape.class_minor,
+        };
+        nl.class_htb(
+            ifb,
+            TcHandle { major: 1, minor: 1 },
+            classid,
+            shape.rate_kbps,
+            shape.ceil_kbps,
+        )?;
+        nl.filter_classify_src(
+            ifb,
+            TcHandle { major: 1, minor: 0 },
+            shape.filter_prio,
+            shape.src,
+            classid,
+        )?;
+        let veth = nl
+            .link_index(&shape.host_if)?
+            .ok_or_else(|| HostError::Init(format!("veth {} missing", shape.host_if)))?;
+        nl.qdisc_ingress(veth)?;
+        // Only the sliver's own address may leave it: its packets go to the node bucket, any
+        // other IPv4 or IPv6 packet is dropped (ARP passes).
+        nl.filter_redirect_src(veth, 1, shape.src, ifb)?;
+        nl.filter_drop(veth, 2, ETH_P_IP)?;
+        nl.filter_drop(veth, 3, ETH_P_IPV6)?;
+        Ok(())
+    }
+}
+
+/// What the init holds between spawn and start: the node's ends of the three pipes.
+#[derive(Debug)]
+struct Pending {
+    go: OwnedFd,
+    plan: OwnedFd,
+    status: OwnedFd,
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), HostError> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("pipe2"))
+}
+
+/// Writes a fixed message and an errno to `fd` (async-signal-safe).
+fn child_fail(fd: RawFd, msg: &[u8]) -> isize {
+    let err = caps::errno();
+    let mut buf = [0u8; 16];
+    let mut n = err.unsigned_abs();
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 || i == 0 {
+            break;
+        }
+    }
+    // SAFETY: fd is the status pipe's write end, msg and buf are valid for their lengths.
+    unsafe {
+        libc::write(fd, msg.as_ptr().cast(), msg.len());
+        libc::write(fd, b" errno ".as_ptr().cast(), 7);
+        libc::write(fd, buf[i..].as_ptr().cast(), buf.len() - i);
+    }
+    1
+}
+
+fn read_status(fd: OwnedFd, timeout: Duration) -> Result<String, HostError> {
+    let deadline = Instant::now() + timeout;
+    let mut file = File::from(fd);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(HostError::Timeout(timeout));
+        }
+        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = [nix::poll::PollFd::new(
+            file.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms)) {
+            Ok(0) => continue,
+            Ok(_) => {}
+            Err(Errno::EINTR) => continue,
+            Err(e) => {
+                return Err(HostError::Sys {
+                    op: "poll init status".into(),
+                    source: e,
+                });
+            }
+        }
+        match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                out.extend_from_slice(&buf[..n]);
+                if out.len() > 64 * 1024 {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                return Err(HostError::Io {
+                    op: "read init status",
+                    path: PathBuf::new(),
+                    source: e,
+                });
+            }
+        }
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+fn pidfd_open(pid: u32) -> Result<OwnedFd, Errno> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(Errno::last());
+    }
+    let fd = RawFd::try_from(fd).map_err(|_| Errno::EBADF)?;
+    // SAFETY: the kernel just returned this fd and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+impl Host for LinuxHost {
+    fn prepare_image(&self, skeleton: &Path) -> Result<Image, HostError> {
+        rootfs::make_skeleton(skeleton, &self.host_root).map_err(io_err("make skeleton", skeleton))
+    }
+
+    fn prepare_dirs(&self, dirs: &SliverDirs, owner: u32) -> Result<(), HostError> {
+        let mkdir = |path: &Path, mode: u32| -> Result<(), HostError> {
+            match fs::DirBuilder::new()
+                .recursive(true)
+                .mode(mode)
+                .create(path)
+            {
+                Ok(()) => fs::set_permissions(path, fs::Permissions::from_mode(mode))
+                    .map_err(io_err("chmod", path)),
+                Err(e) => Err(HostError::Io {
+                    op: "create",
+                    path: path.to_path_buf(),
+                    source: e,
+                }),
+            }
+        };
+        let chown = |path: &Path| {
+            std::os::unix::fs::lchown(path, Some(owner), Some(owner)).map_err(io_err("chown", path))
+        };
+        mkdir(&dirs.root, 0o755)?;
+        mkdir(&dirs.rootfs, 0o755)?;
+        mkdir(&dirs.upper, 0o755)?;
+        chown(&dirs.upper)?;
+        // A stale work dir (from a kept upper) must not be reused.
+        if dirs.work.exists() {
+            fs::remove_dir_all(&dirs.work).map_err(io_err("remove", &dirs.work))?;
+        }
+        mkdir(&dirs.work, 0o700)?;
+        chown(&dirs.work)?;
+        for (mode, rel) in UPPER_OWNED_DIRS {
+            let path = dirs.upper.join(rel);
+            mkdir(&path, *mode)?;
+            chown(&path)?;
+        }
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&dirs.keys)
+            .map_err(io_err("create", &dirs.keys))?;
+        Ok(())
+    }
+
+    fn remove_dirs(&self, dirs: &SliverDirs, keep_upper: bool) -> Result<(), HostError> {
+        let remove = |path: &Path| match fs::symlink_metadata(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Ok(m) if m.is_dir() => fs::remove_dir_all(path).map_err(io_err("remove", path)),
+            _ => fs::remove_file(path).map_err(io_err("remove", path)),
+        };
+        if keep_upper {
+            remove(&dirs.work)?;
+            remove(&dirs.rootfs)?;
+            remove(&dirs.keys)
+        } else {
+            remove(&dirs.root)
+        }
+    }
+
+    fn cgroup_create(&self, cgroup: &str, limits: &CgroupLimits) -> Result<(), HostError> {
+        if let Err(e) = self.cgroups.create(cgroup, limits) {
+            let _ = self.cgroups.destroy(cgroup);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    fn cgroup_destroy(&self, cgroup: &str) -> Result<(), HostError> {
+        Ok(self.cgroups.destroy(cgroup)?)
+    }
+
+    fn spawn_init(&self, req: &InitRequest) -> Result<InitHandle, HostError> {
+        let (go_r, go_w) = pipe()?;
+        let (plan_r, plan_w) = pipe()?;
+        let (status_r, status_w) = pipe()?;
+        let path = CString::new(req.init_path.as_os_str().as_encoded_bytes()).map_err(|_| {
+            HostError::Init(format!("init path {} has a NUL", req.init_path.display()))
+        })?;
+        let argv = init::argv("sliver-init", plan_r.as_raw_fd(), status_w.as_raw_fd());
+        let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+        argv_ptrs.push(std::ptr::null());
+        let envp_ptrs: [*const libc::c_char; 1] = [std::ptr::null()];
+        let (go_fd, plan_fd, status_fd) =
+            (go_r.as_raw_fd(), plan_r.as_raw_fd(), status_w.as_raw_fd());
+        let child = Box::new(move || -> isize {
+            let mut byte = [0u8; 1];
+            // SAFETY: reading one byte into a local buffer from our pipe.
+            if unsafe { libc::read(go_fd, byte.as_mut_ptr().cast(), 1) } != 1 {
+                return child_fail(status_fd, b"error: node went away before start");
+            }
+            // SAFETY: raw id syscalls with integer arguments (glibc's wrappers would signal
+            // threads that do not exist in this child).
+            unsafe {
+                if libc::syscall(libc::SYS_setresgid, 0, 0, 0) != 0 {
+                    return child_fail(status_fd, b"error: setresgid 0");
+                }
+                if libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) != 0 {
+                    return child_fail(status_fd, b"error: setgroups");
+                }
+                if libc::syscall(libc::SYS_setresuid, 0, 0, 0) != 0 {
+                    return child_fail(status_fd, b"error: setresuid 0");
+                }
+                libc::fcntl(plan_fd, libc::F_SETFD, 0);
+                libc::fcntl(status_fd, libc::F_SETFD, 0);
+                libc::execve(path.as_ptr(), argv_ptrs.as_ptr(), envp_ptrs.as_ptr());
+            }
+            child_fail(status_fd, b"error: exec init")
+        });
+        let mut flags = CloneFlags::CLONE_NEWUSER
+            | CloneFlags::CLONE_NEWNS
+            | CloneFlags::CLONE_NEWUTS
+            | CloneFlags::CLONE_NEWIPC
+            | CloneFlags::CLONE_NEWNET;
+        if !req.host_pid {
+            flags |= CloneFlags::CLONE_NEWPID;
+        }
+        let mut stack = vec![0u8; CLONE_STACK];
+        // SAFETY: the child runs only the closure above: raw syscalls on data prepared before
+        // the clone, then exec or exit. It has its own copy of the address space.
+        let pid = unsafe { nix::sched::clone(child, &mut stack, flags, Some(libc::SIGCHLD)) }
+            .map_err(sys(format!("clone init of {}", req.id)))?;
+        drop((go_r, plan_r, status_w));
+        let pid_u = u32::try_from(pid.as_raw()).unwrap_or(0);
+        let setup = || -> Result<u64, HostError> {
+            let map = req.uids.map_line();
+            for file in ["uid_map", "gid_map"] {
+                let p = self.proc_path(pid_u, file);
+                fs::write(&p, &map).map_err(io_err("write", &p))?;
+            }
+            self.cgroups.attach(&req.cgroup, pid_u)?;
+            self.stat(pid_u)
+                .map(|(t, _)| t)
+                .ok_or_else(|| HostError::Init("init vanished".into()))
+        };
+        match setup() {
+            Ok(start_time) => Ok(InitHandle {
+                pid: pid_u,
+                start_time,
+                pending: Some(Box::new(Pending {
+                    go: go_w,
+                    plan: plan_w,
+                    status: status_r,
+                })),
+            }),
+            Err(e) => {
+                let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+                let _ = waitpid(pid, None);
+                Err(e)
+            }
+        }
+    }
+
+    fn start_init(&self, init: &mut InitHandle, plan: &InitPlan) -> Result<(), HostError> {
+        let pending = init
+            .pending
+            .take()
+            .and_then(|p| p.downcast::<Pending>().ok())
+            .ok_or_else(|| HostError::Init("init was already started".into()))?;
+        let mut go = File::from(pending.go);
+        go.write_all(b"g").map_err(|e| HostError::Io {
+            op: "release init",
+            path: PathBuf::new(),
+            source: e,
+        })?;
+        drop(go);
+        let text = serde_json::to_vec(plan).map_err(|e| HostError::Init(e.to_string()))?;
+        let mut plan_w = File::from(pending.plan);
+        // The init may have died before reading: its error is on the status pipe.
+        let wrote = plan_w.write_all(&text);
+        drop(plan_w);
+        let status = read_status(pending.status, INIT_TIMEOUT)?;
+        if status == READY {
+            return Ok(());
+        }
+        if let Err(e) = wrote {
+            if status.is_empty() {
+                return Err(HostError::Io {
+                    op: "send plan",
+                    path: PathBuf::new(),
+                    source: e,
+                });
+            }
+        }
+        Err(HostError::Init(if status.is_empty() {
+            "init exited without a word".into()
+        } else {
+            status
+        }))
+    }
+
+    fn kill_init(&self, pid: u32, start_time: u64) -> Result<(), HostError> {
+        let raw = Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX));
+        let Ok(pidfd) = pidfd_open(pid) else {
+            // Gone already; reap it if it was ours.
+            let _ = waitpid(raw, Some(WaitPidFlag::WNOHANG));
+            return Ok(());
+        };
+        match self.stat(pid) {
+            Some((t, _)) if t == start_time => {}
+            // Another process reuses the pid: ours is gone.
+            _ => return Ok(()),
+        }
+        // SAFETY: pidfd_send_signal on a pidfd we own, no siginfo.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                pidfd.as_raw_fd(),
+                libc::SIGKILL,
+                std::ptr::null::<u8>(),
+                0,
+            )
+        };
+        if rc != 0 && Errno::last() != Errno::ESRCH {
+            return Err(HostError::Sys {
+                op: format!("kill init {pid}"),
+                source: Errno::last(),
+            });
+        }
+        let deadline = Instant::now() + KILL_TIMEOUT;
+        loop {
+            let mut fds = [nix::poll::PollFd::new(
+                pidfd.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u16)) {
+                Ok(n) if n > 0 => break,
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(e) => {
+                    return Err(HostError::Sys {
+                        op: format!("wait for init {pid}"),
+                        source: e,
+                    });
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(HostError::Timeout(KILL_TIMEOUT));
+            }
+        }
+        let _ = waitpid(raw, Some(WaitPidFlag::WNOHANG));
+        Ok(())
+    }
+
+    fn init_alive(&self, pid: u32, start_time: u64) -> bool {
+        matches!(self.stat(pid), Some((t, false)) if t == start_time)
+    }
+
+    fn net_attach(&self, init_pid: u32, net: &NetAttach) -> Result<(), HostError> {
+        let result = self.attach_inner(init_pid, net);
+        if result.is_err() {
+            let _ = self.net_detach(net);
+        }
+        result
+    }
+
+    fn net_detach(&self, net: &NetAttach) -> Result<(), HostError> {
+        Self::netlink()?.link_delete(&net.host_if)?;
+        Ok(())
+    }
+
+    fn shaping_setup(&self, node: &NodeShaping) -> Result<(), HostError> {
+        let mut nl = Self::netlink()?;
+        let idx = match nl.link_index(&node.ifb)? {
+            Some(i) => i,
+            None => {
+                nl.ifb_create(&node.ifb)?;
+                nl.link_index(&node.ifb)?
+                    .ok_or_else(|| HostError::Init(format!("ifb {} vanished", node.ifb)))?
+            }
+        };
+        nl.link_up(idx)?;
+        match nl.qdisc_htb(idx, 1, 0) {
+            Ok(()) => {}
+            Err(e) if e.errno() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(e.into()),
+        }
+        nl.class_htb(
+            idx,
+            TcHandle { major: 1, minor: 0 },
+            TcHandle { major: 1, minor: 1 },
+            node.node_kbps,
+            node.node_kbps,
+        )?;
+        Ok(())
+    }
+
+    fn shaping_teardown(&self, node: &NodeShaping) -> Result<(), HostError> {
+        Self::netlink()?.link_delete(&node.ifb)?;
+        Ok(())
+    }
+
+    fn shape_add(&self, shape: &Shape) -> Result<(), HostError> {
+        let result = self.shape_inner(shape);
+        if result.is_err() {
+            let _ = self.shape_remove(shape);
+        }
+        result
+    }
+
+    fn shape_remove(&self, shape: &Shape) -> Result<(), HostError> {
+        let mut nl = Self::netlink()?;
+        let Some(ifb) = nl.link_index(&shape.node.ifb)? else {
+            return Ok(());
+        };
+        nl.filter_delete(
+            ifb,
+            TcHandle { major: 1, minor: 0 },
+            shape.filter_prio,
+            ETH_P_IP,
+        )?;
+        nl.class_delete(
+            ifb,
+            TcHandle {
+                major: 1,
+                minor: shape.class_minor,
+            },
+        )?;
+        Ok(())
+    }
+
+    fn exec(&self, target: &ExecTarget, cmd: &ExecCommand) -> Result<ExecOutput, HostError> {
+        let Spawned { mut child } = self.spawn(target, cmd)?;
+        let limit = cmd.output_limit;
+        let reader = |pipe: Option<Box<dyn Read + Send>>| {
+            thread::spawn(move || -> (Vec<u8>, bool) {
+                let Some(mut pipe) = pipe else {
+                    return (Vec::new(), false);
+                };
+                let mut kept = Vec::new();
+                let mut truncated = false;
+                let mut buf = [0u8; 8192];
+                while let Ok(n) = pipe.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    let room = limit.saturating_sub(kept.len());
+                    kept.extend_from_slice(&buf[..n.min(room)]);
+                    truncated |= n > room;
+                }
+                (kept, truncated)
+            })
+        };
+        let out = reader(
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        );
+        let err = reader(
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        );
+        if let Some(mut stdin) = child.stdin.take() {
+            let input = cmd.stdin.clone();
+            thread::spawn(move || {
+                let _ = stdin.write_all(&input);
+            });
+        }
+        let deadline = Instant::now() + cmd.timeout;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) if Instant::now() > deadline => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(HostError::Timeout(cmd.timeout));
+                }
+                Ok(None) => thread::sleep(Duration::from_millis(2)),
+                Err(e) => {
+                    return Err(HostError::Io {
+                        op: "wait",
+                        path: PathBuf::new(),
+                        source: e,
+                    });
+                }
+            }
+        };
+        let (stdout, t1) = out.join().unwrap_or_default();
+        let (stderr, t2) = err.join().unwrap_or_default();
+        use std::os::unix::process::ExitStatusExt;
+        Ok(ExecOutput {
+            code: status.code(),
+            signal: status.signal(),
+            stdout,
+            stderr,
+            truncated: t1 || t2,
+        })
+    }
+
+    fn spawn(&self, target: &ExecTarget, cmd: &ExecCommand) -> Result<Spawned, HostError> {
+        if !self.init_alive(target.init_pid, target.start_time) {
+            return Err(HostError::Init(format!(
+                "sliver init {} is not running",
+                target.init_pid
+            )));
+        }
+        let program = cmd
+            .argv
+            .first()
+            .ok_or_else(|| HostError::Init("empty command".into()))?;
+        let open_ns = |name: &str| -> Result<File, HostError> {
+            let p = self.proc_path(target.init_pid, &format!("ns/{name}"));
+            File::open(&p).map_err(io_err("open", &p))
+        };
+        // Joined in this order: user first (it grants the rights for the rest), mount last.
+        let mut namespaces = vec![(open_ns("user")?, libc::CLONE_NEWUSER)];
+        for (name, flag) in [
+            ("ipc", libc::CLONE_NEWIPC),
+            ("uts", libc::CLONE_NEWUTS),
+            ("net", libc::CLONE_NEWNET),
+            ("cgroup", libc::CLONE_NEWCGROUP),
+            ("mnt", libc::CLONE_NEWNS),
+        ] {
+            namespaces.push((open_ns(name)?, flag));
+        }
+        let pidns = if target.host_pid {
+            None
+        } else {
+            Some(open_ns("pid")?)
+        };
+        let mut cgroup_files = Vec::new();
+        for p in self.cgroups.procs_files(&target.cgroup) {
+            cgroup_files.push(
+                OpenOptions::new()
+                    .write(true)
+                    .open(&p)
+                    .map_err(io_err("open", &p))?,
+            );
+        }
+        let cwd = CString::new(cmd.cwd.as_bytes())
+            .map_err(|_| HostError::Init("cwd has a NUL".into()))?;
+        let (uid, gid, keep, last) = (cmd.uid, cmd.gid, target.caps, caps::last_cap());
+        let mut command = Command::new(program);
+        command
+            .args(&cmd.argv[1..])
+            .env_clear()
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
+            .env("HOME", if uid == 0 { "/root" } else { "/" })
+            .env("TERM", "xterm")
+            .envs(cmd.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let ns_fds: Vec<(RawFd, libc::c_int)> = namespaces
+            .iter()
+            .map(|(f, fl)| (f.as_raw_fd(), *fl))
+            .collect();
+        let cg_fds: Vec<RawFd> = cgroup_files.iter().map(|f| f.as_raw_fd()).collect();
+        let pre_exec = move || -> io::Result<()> {
+            let fail = || Err(io::Error::from_raw_os_error(caps::errno()));
+            for fd in &cg_fds {
+                // SAFETY: writing a constant to an fd opened before the fork.
+                if unsafe { libc::write(*fd, b"0".as_ptr().cast(), 1) } != 1 {
+                    return fail();
+                }
+            }
+            for (fd, flag) in &ns_fds {
+                // SAFETY: setns on an fd opened before the fork.
+                if unsafe { libc::setns(*fd, *flag) } != 0 {
+                    return fail();
+                }
+            }
+            // SAFETY: chdir on a NUL-terminated string prepared before the fork.
+            if unsafe { libc::chdir(cwd.as_ptr()) } != 0 {
+                return fail();
+            }
+            caps::restrict_raw(keep, last).map_err(io::Error::from_raw_os_error)?;
+            // SAFETY: raw id syscalls with integer arguments.
+            unsafe {
+                if libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) != 0
+                    || libc::syscall(libc::SYS_setresgid, gid, gid, gid) != 0
+                    || libc::syscall(libc::SYS_setresuid, uid, uid, uid) != 0
+                {
+                    return fail();
+                }
+            }
+            Ok(())
+        };
+        // SAFETY: the closure makes raw system calls only, on data prepared before the fork.
+        unsafe {
+            command.pre_exec(pre_exec);
+        }
+        // The pid namespace for children is per thread: fork from a thread that joined it.
+        let child = thread::scope(|s| {
+            s.spawn(|| -> Result<std::process::Child, HostError> {
+                if let Some(ns) = &pidns {
+                    nix::sched::setns(ns, CloneFlags::CLONE_NEWPID)
+                        .map_err(sys("join sliver pid namespace"))?;
+                }
+                command.spawn().map_err(|e| HostError::Io {
+                    op: "spawn",
+                    path: PathBuf::from(program),
+                    source: e,
+                })
+            })
+            .join()
+            .unwrap_or_else(|_| Err(HostError::Init("spawn thread panicked".into())))
+        })?;
+        drop(namespaces);
+        drop(cgroup_files);
+        Ok(Spawned { child })
+    }
+}

@@ -1,0 +1,710 @@
+//! Slivers: isolated Linux contexts made from admitted grants, and taken down without a trace.
+//!
+//! How a sliver comes to be ([`Slivers::create`]), each step undone in reverse if a later
+//! one fails:
+//! 1. a slot is reserved: uid range, address pair, veth name, HTB class ([`alloc`]);
+//! 2. its dirs are made (overlay upper and work dirs owned by the sliver's root);
+//! 3. its cgroup is made with its limits ([`cgroup`]);
+//! 4. its init is cloned into new user, pid, mount, uts, ipc and net namespaces, its id maps
+//!    written and it is put in the cgroup, still waiting before exec;
+//! 5. its veth is made, with addresses, routes and anti-spoofing;
+//! 6. its egress bucket is added under the node's root bucket ([`htb`]);
+//! 7. the init execs, builds the overlay root from the plan ([`rootfs`], [`init`]), pivots,
+//!    drops capabilities ([`caps`]) and reports ready;
+//! 8. its record is saved ([`store`]), so a restarted node re-adopts it ([`Slivers::open`]).
+//!
+//! Every privileged call goes through [`host::Host`]; [`linux::LinuxHost`] is the machine,
+//! [`host::RecordingHost`] the fake used by the unit tests below.
+
+pub mod alloc;
+pub mod caps;
+pub mod cgroup;
+pub mod host;
+pub mod htb;
+pub mod init;
+pub mod linux;
+pub mod netlink;
+pub mod rootfs;
+pub mod spec;
+pub mod store;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub use alloc::{AllocError, SlotAssignment, SlotLayout, UidRange};
+pub use cgroup::CgroupLimits;
+pub use host::{ExecCommand, ExecOutput, Host, HostError, NetAttach, NodeShaping, Shape, Spawned};
+pub use rootfs::{Image, SliverDirs};
+pub use spec::{SliverId, SliverKind, SliverSpec, SpecError};
+pub use store::{SliverRecord, StoreError};
+
+use host::{ExecTarget, InitRequest};
+use rootfs::PlanOptions;
+use store::Store;
+
+/// A sliver engine error.
+#[derive(Debug, thiserror::Error)]
+pub enum SliverError {
+    /// The spec is invalid.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// No slot is free.
+    #[error(transparent)]
+    Alloc(#[from] AllocError),
+    /// A sliver with this id exists (or is being made).
+    #[error("sliver {0} already exists")]
+    Exists(SliverId),
+    /// No such sliver.
+    #[error("no sliver {0}")]
+    NotFound(SliverId),
+    /// The record store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A creation step failed; everything done before it was undone (`rollback` lists what
+    /// could not be).
+    #[error("creating sliver {id}: {step}: {source}{}", rollback_note(rollback))]
+    Create {
+        /// The sliver.
+        id: SliverId,
+        /// The step that failed.
+        step: &'static str,
+        /// Why.
+        source: HostError,
+        /// Undo steps that failed too.
+        rollback: Vec<String>,
+    },
+    /// Some teardown steps failed; the record is kept so a retry can finish.
+    #[error("destroying sliver {id}: {}", failures.join("; "))]
+    Destroy {
+        /// The sliver.
+        id: SliverId,
+        /// What failed.
+        failures: Vec<String>,
+    },
+    /// Some slivers or node-wide objects could not be removed.
+    #[error("destroying all slivers: {}", failures.join("; "))]
+    DestroyAll {
+        /// What failed.
+        failures: Vec<String>,
+    },
+    /// Another host operation failed.
+    #[error("sliver {id}: {op}: {source}")]
+    Host {
+        /// The sliver.
+        id: String,
+        /// What was being done.
+        op: &'static str,
+        /// Why.
+        source: HostError,
+    },
+    /// An SSH key is malformed.
+    #[error("sliver {id}: invalid SSH public key: {reason}")]
+    InvalidKey {
+        /// The sliver.
+        id: SliverId,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// The keys file could not be read or written.
+    #[error("sliver {id}: authorized keys {path}: {source}")]
+    Keys {
+        /// The sliver.
+        id: SliverId,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+fn rollback_note(rollback: &[String]) -> String {
+    if rollback.is_empty() {
+        String::new()
+    } else {
+        format!(" (rollback also failed: {})", rollback.join("; "))
+    }
+}
+
+/// The node's sliver configuration. Every host path is here, none is a literal deeper down.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// Where records, sliver dirs and the default image skeleton live.
+    pub state_dir: PathBuf,
+    /// The init program (`sliver-init`, or the daemon with its hidden init subcommand).
+    pub init_path: PathBuf,
+    /// The reference image; `None`: the host-system skeleton under `<state>/images/host`.
+    pub image: Option<Image>,
+    /// Parent of every sliver cgroup, relative to each hierarchy root.
+    pub cgroup_parent: String,
+    /// Uid ranges, address pool and names.
+    pub slots: SlotLayout,
+    /// The node-wide egress bucket.
+    pub shaping: NodeShaping,
+    /// Size cap of each sliver's `/tmp` and `/dev/shm`.
+    pub tmp_bytes: u64,
+}
+
+impl NodeConfig {
+    /// The defaults under `state_dir`: cgroup `planetmesh`, uids from 2^28, pool
+    /// 10.199.0.0/16, veths `pmv<slot>`, IFB `pmifb0` with a 1 Gbit/s node cap.
+    pub fn new(state_dir: impl Into<PathBuf>, init_path: impl Into<PathBuf>) -> Self {
+        NodeConfig {
+            state_dir: state_dir.into(),
+            init_path: init_path.into(),
+            image: None,
+            cgroup_parent: "planetmesh".into(),
+            slots: SlotLayout {
+                uid_base: 1 << 28,
+                uid_count: 65536,
+                pool: Ipv4Addr::new(10, 199, 0, 0),
+                pool_prefix: 16,
+                ifname_prefix: "pmv".into(),
+                max_slots: 4096,
+            },
+            shaping: NodeShaping {
+                ifb: "pmifb0".into(),
+                node_kbps: 1_000_000,
+            },
+            tmp_bytes: 64 << 20,
+        }
+    }
+}
+
+/// What [`Slivers::open`] found on the host.
+#[derive(Debug, Default)]
+pub struct Reconciled {
+    /// Slivers still running, re-adopted.
+    pub adopted: Vec<SliverId>,
+    /// Slivers whose init had died; their remains were removed.
+    pub reaped: Vec<SliverId>,
+    /// Problems met (unreadable records, failed cleanups).
+    pub problems: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    live: BTreeMap<SliverId, SliverRecord>,
+    creating: BTreeMap<SliverId, u32>,
+}
+
+/// Which creation steps are done, so teardown undoes exactly those.
+#[derive(Debug, Clone, Copy, Default)]
+struct Done {
+    dirs: bool,
+    cgroup: bool,
+    init: bool,
+    net: bool,
+    shape: bool,
+    record: bool,
+}
+
+impl Done {
+    const ALL: Done = Done {
+        dirs: true,
+        cgroup: true,
+        init: true,
+        net: true,
+        shape: true,
+        record: true,
+    };
+}
+
+/// The slivers of one node.
+#[derive(Debug)]
+pub struct Slivers<H: Host> {
+    host: H,
+    config: NodeConfig,
+    image: Image,
+    store: Store,
+    state: Mutex<State>,
+}
+
+impl<H: Host> Slivers<H> {
+    /// Opens the engine: prepares the image and the node's shaping, then re-adopts the slivers
+    /// whose init still runs and removes the remains of the others.
+    pub fn open(host: H, config: NodeConfig) -> Result<(Self, Reconciled), SliverError> {
+        let store = Store::open(&config.state_dir)?;
+        let image = match &config.image {
+            Some(image) => image.clone(),
+            None => host
+                .prepare_image(&config.state_dir.join("images").join("host"))
+                .map_err(|source| SliverError::Host {
+                    id: String::new(),
+                    op: "prepare image",
+                    source,
+                })?,
+        };
+        host.shaping_setup(&config.shaping)
+            .map_err(|source| SliverError::Host {
+                id: String::new(),
+                op: "set up shaping",
+                source,
+            })?;
+        let engine = Slivers {
+            host,
+            config,
+            image,
+            store,
+            state: Mutex::new(State::default()),
+        };
+        let mut report = Reconciled::default();
+        let (records, bad) = engine.store.load_all()?;
+        report.problems.extend(bad.iter().map(ToString::to_string));
+        for record in records {
+            let id = record.spec.id.clone();
+            if engine
+                .host
+                .init_alive(record.init_pid, record.init_start_time)
+            {
+                engine.lock().live.insert(id.clone(), record);
+                report.adopted.push(id);
+            } else {
+                let failures = engine.teardown(&record, Done::ALL, false);
+                report
+                    .problems
+                    .extend(failures.into_iter().map(|f| format!("{id}: {f}")));
+                report.reaped.push(id);
+            }
+        }
+        Ok((engine, report))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The host this engine drives.
+    pub fn host(&self) -> &H {
+        &self.host
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// The live slivers.
+    pub fn list(&self) -> Vec<SliverRecord> {
+        self.lock().live.values().cloned().collect()
+    }
+
+    /// One live sliver.
+    pub fn get(&self, id: &SliverId) -> Option<SliverRecord> {
+        self.lock().live.get(id).cloned()
+    }
+
+    /// Everything a sliver will be, derived from its spec and slot (pure).
+    fn plan_record(
+        &self,
+        spec: &SliverSpec,
+        slot: SlotAssignment,
+    ) -> Result<SliverRecord, SliverError> {
+        let caps = caps::sliver_mask(spec.kind, &spec.capabilities).map_err(SpecError::from)?;
+        let dirs = SliverDirs::new(&self.config.state_dir, spec.id.as_str());
+        let node_kbps = self.config.shaping.node_kbps;
+        let rate = spec.resources.egress_kbps.clamp(8, node_kbps.max(8));
+        let ceil = spec
+            .egress_ceil_kbps
+            .unwrap_or(node_kbps)
+            .clamp(rate, node_kbps.max(rate));
+        Ok(SliverRecord {
+            cgroup: format!("{}/{}", self.config.cgroup_parent, spec.id),
+            net: NetAttach {
+                host_if: slot.host_if.clone(),
+                sliver_if: "eth0".into(),
+                host_addr: slot.host_addr,
+                sliver_addr: slot.sliver_addr,
+            },
+            shape: Shape {
+                node: self.config.shaping.clone(),
+                host_if: slot.host_if.clone(),
+                src: slot.sliver_addr,
+                class_minor: slot.class_minor,
+                filter_prio: slot.filter_prio,
+                rate_kbps: rate,
+                ceil_kbps: ceil,
+            },
+            caps,
+            dirs,
+            spec: spec.clone(),
+            slot,
+            init_pid: 0,
+            init_start_time: 0,
+            created_at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        })
+    }
+
+    fn limits(spec: &SliverSpec) -> CgroupLimits {
+        let r = &spec.resources;
+        CgroupLimits {
+            cpu_weight_millis: r.cpu_millis,
+            cpu_quota_millis: (spec.cpu_hard_cap && r.cpu_millis > 0).then_some(r.cpu_millis),
+            memory_bytes: (r.memory_bytes > 0).then_some(r.memory_bytes),
+            pids_max: Some(spec.pids_max),
+        }
+    }
+
+    /// Creates a sliver. On failure every step already done is undone.
+    pub fn create(&self, spec: SliverSpec) -> Result<SliverRecord, SliverError> {
+        spec.validate()?;
+        let slot = {
+            let mut st = self.lock();
+            if st.live.contains_key(&spec.id) || st.creating.contains_key(&spec.id) {
+                return Err(SliverError::Exists(spec.id.clone()));
+            }
+            let used = st
+                .live
+                .values()
+                .map(|r| r.slot.slot)
+                .chain(st.creating.values().copied());
+            let slot = self.config.slots.first_free(used)?;
+            st.creating.insert(spec.id.clone(), slot);
+            slot
+        };
+        let result = self
+            .config
+            .slots
+            .assign(slot)
+            .map_err(SliverError::from)
+            .and_then(|assignment| self.plan_record(&spec, assignment))
+            .and_then(|record| self.build(record));
+        let mut st = self.lock();
+        st.creating.remove(&spec.id);
+        if let Ok(record) = &result {
+            st.live.insert(spec.id.clone(), record.clone());
+        }
+        result
+    }
+
+    fn build(&self, mut record: SliverRecord) -> Result<SliverRecord, SliverError> {
+        let mut done = Done::default();
+        match self.build_steps(&mut record, &mut done) {
+            Ok(()) => Ok(record),
+            Err((step, source)) => {
+                let rollback = self.teardown(&record, done, false);
+                Err(SliverError::Create {
+                    id: record.spec.id.clone(),
+                    step,
+                    source,
+                    rollback,
+                })
+            }
+        }
+    }
+
+    fn build_steps(
+        &self,
+        record: &mut SliverRecord,
+        done: &mut Done,
+    ) -> Result<(), (&'static str, HostError)> {
+        let spec = record.spec.clone();
+        self.host
+            .prepare_dirs(&record.dirs, record.slot.uids.host_base)
+            .map_err(|e| ("prepare dirs", e))?;
+        done.dirs = true;
+        self.host
+            .cgroup_create(&record.cgroup, &Self::limits(&spec))
+            .map_err(|e| ("create cgroup", e))?;
+        done.cgroup = true;
+        let req = InitRequest {
+            id: spec.id.to_string(),
+            uids: record.slot.uids,
+            cgroup: record.cgroup.clone(),
+            host_pid: spec.host_pid_view,
+            init_path: self.config.init_path.clone(),
+        };
+        let mut init = self.host.spawn_init(&req).map_err(|e| ("spawn init", e))?;
+        record.init_pid = init.pid;
+        record.init_start_time = init.start_time;
+        done.init = true;
+        self.host
+            .net_attach(init.pid, &record.net)
+            .map_err(|e| ("attach network", e))?;
+        done.net = true;
+        self.host
+            .shape_add(&record.shape)
+            .map_err(|e| ("add egress bucket", e))?;
+        done.shape = true;
+        let image = match &spec.image {
+            Some(dir) => Image::Directory(dir.clone()),
+            None => self.image.clone(),
+        };
+        let plan = init::InitPlan {
+            hostname: spec.id.to_string(),
+            steps: rootfs::mount_plan(
+                &record.dirs,
+                &image,
+                &PlanOptions {
+                    tmp_bytes: self.config.tmp_bytes,
+                    host_proc: spec.host_pid_view,
+                },
+            ),
+            caps: record.caps,
+            cgroup_ns: true,
+        };
+        self.host
+            .start_init(&mut init, &plan)
+            .map_err(|e| ("start init", e))?;
+        self.store.save(record).map_err(|e| {
+            (
+                "save record",
+                HostError::Io {
+                    op: "save record",
+                    path: record.dirs.root.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                },
+            )
+        })?;
+        done.record = true;
+        Ok(())
+    }
+
+    /// Undoes the steps in `done`, in the order that frees things safely: stop every process
+    /// first, then the network, the cgroup, the dirs, the record. Returns what failed.
+    fn teardown(&self, record: &SliverRecord, done: Done, keep_upper: bool) -> Vec<String> {
+        let mut failures = Vec::new();
+        let mut note = |what: &str, r: Result<(), HostError>| {
+            if let Err(e) = r {
+                tracing::warn!(sliver = %record.spec.id, "{what}: {e}");
+                failures.push(format!("{what}: {e}"));
+            }
+        };
+        if done.init {
+            note(
+                "kill init",
+                self.host.kill_init(record.init_pid, record.init_start_time),
+            );
+        }
+        if done.shape {
+            note(
+                "remove egress bucket",
+                self.host.shape_remove(&record.shape),
+            );
+        }
+        if done.net {
+            note("detach network", self.host.net_detach(&record.net));
+        }
+        if done.cgroup {
+            note("destroy cgroup", self.host.cgroup_destroy(&record.cgroup));
+        }
+        if done.dirs {
+            note(
+                "remove dirs",
+                self.host.remove_dirs(&record.dirs, keep_upper),
+            );
+        }
+        if done.record && failures.is_empty() {
+            if let Err(e) = self.store.remove(record.spec.id.as_str()) {
+                failures.push(format!("remove record: {e}"));
+            }
+        }
+        failures
+    }
+
+    /// Destroys a sliver: every process, its veth and bucket, cgroup, dirs (the upper dir is
+    /// kept when `keep_upper`) and record.
+    pub fn destroy(&self, id: &SliverId, keep_upper: bool) -> Result<(), SliverError> {
+        let record = self
+            .lock()
+            .live
+            .remove(id)
+            .ok_or_else(|| SliverError::NotFound(id.clone()))?;
+        let failures = self.teardown(&record, Done::ALL, keep_upper);
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            self.lock().live.insert(id.clone(), record);
+            Err(SliverError::Destroy {
+                id: id.clone(),
+                failures,
+            })
+        }
+    }
+
+    /// Destroys every sliver and removes the node-wide shaping device and the cgroup parent
+    /// (used when a node is decommissioned, and by tests).
+    pub fn destroy_all(&self) -> Result<(), SliverError> {
+        let ids: Vec<SliverId> = self.lock().live.keys().cloned().collect();
+        let mut failures = Vec::new();
+        for id in ids {
+            if let Err(e) = self.destroy(&id, false) {
+                failures.push(e.to_string());
+            }
+        }
+        if let Err(e) = self.host.shaping_teardown(&self.config.shaping) {
+            failures.push(format!("remove shaping: {e}"));
+        }
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(SliverError::DestroyAll { failures })
+        }
+    }
+
+    fn target(&self, id: &SliverId) -> Result<ExecTarget, SliverError> {
+        let record = self
+            .get(id)
+            .ok_or_else(|| SliverError::NotFound(id.clone()))?;
+        Ok(ExecTarget {
+            init_pid: record.init_pid,
+            start_time: record.init_start_time,
+            cgroup: record.cgroup,
+            caps: record.caps,
+            host_pid: record.spec.host_pid_view,
+        })
+    }
+
+    /// Runs a command in a sliver and returns its (bounded) output.
+    pub fn exec(&self, id: &SliverId, cmd: &ExecCommand) -> Result<ExecOutput, SliverError> {
+        let target = self.target(id)?;
+        self.host
+            .exec(&target, cmd)
+            .map_err(|source| SliverError::Host {
+                id: id.to_string(),
+                op: "exec",
+                source,
+            })
+    }
+
+    /// Starts a command in a sliver, its standard streams piped to the caller.
+    pub fn spawn(&self, id: &SliverId, cmd: &ExecCommand) -> Result<Spawned, SliverError> {
+        let target = self.target(id)?;
+        self.host
+            .spawn(&target, cmd)
+            .map_err(|source| SliverError::Host {
+                id: id.to_string(),
+                op: "spawn",
+                source,
+            })
+    }
+
+    /// Bytes the sliver has written to its root filesystem (its upper dir).
+    pub fn disk_usage(&self, id: &SliverId) -> Result<u64, SliverError> {
+        let record = self
+            .get(id)
+            .ok_or_else(|| SliverError::NotFound(id.clone()))?;
+        rootfs::disk_usage(&record.dirs.upper).map_err(|source| SliverError::Host {
+            id: id.to_string(),
+            op: "disk usage",
+            source: HostError::Io {
+                op: "walk",
+                path: record.dirs.upper.clone(),
+                source,
+            },
+        })
+    }
+
+    /// The SSH public keys that may log in to the sliver as root.
+    pub fn list_keys(&self, id: &SliverId) -> Result<Vec<String>, SliverError> {
+        let record = self
+            .get(id)
+            .ok_or_else(|| SliverError::NotFound(id.clone()))?;
+        read_keys(id, &record.dirs.keys)
+    }
+
+    /// Adds an SSH public key (a no-op when it is there already).
+    pub fn add_key(&self, id: &SliverId, key: &str) -> Result<(), SliverError> {
+        let key = check_key(id, key)?;
+        let record = self
+            .get(id)
+            .ok_or_else(|| SliverError::NotFound(id.clone()))?;
+        let mut keys = read_keys(id, &record.dirs.keys)?;
+        if !keys.iter().any(|k| key_blob(k) == key_blob(&key)) {
+            keys.push(key);
+            write_keys(id, &record.dirs.keys, &keys)?;
+        }
+        Ok(())
+    }
+
+    /// Removes an SSH public key (matched on its key material); `false` when it was not there.
+    pub fn remove_key(&self, id: &SliverId, key: &str) -> Result<bool, SliverError> {
+        let key = check_key(id, key)?;
+        let record = self
+            .get(id)
+            .ok_or_else(|| SliverError::NotFound(id.clone()))?;
+        let mut keys = read_keys(id, &record.dirs.keys)?;
+        let before = keys.len();
+        keys.retain(|k| key_blob(k) != key_blob(&key));
+        if keys.len() == before {
+            return Ok(false);
+        }
+        write_keys(id, &record.dirs.keys, &keys)?;
+        Ok(true)
+    }
+}
+
+fn check_key(id: &SliverId, key: &str) -> Result<String, SliverError> {
+    let key = key.trim();
+    let bad = |reason| SliverError::InvalidKey {
+        id: id.clone(),
+        reason,
+    };
+    if key.contains('\n') || key.contains('\r') {
+        return Err(bad("more than one line"));
+    }
+    let mut parts = key.split_whitespace();
+    let kind = parts.next().ok_or(bad("empty"))?;
+    if !(kind.starts_with("ssh-") || kind.starts_with("ecdsa-") || kind.starts_with("sk-")) {
+        return Err(bad("expected a key type such as ssh-ed25519"));
+    }
+    let blob = parts.next().ok_or(bad("no key material"))?;
+    if !blob
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=')
+    {
+        return Err(bad("key material is not base64"));
+    }
+    Ok(key.to_string())
+}
+
+fn key_blob(key: &str) -> &str {
+    key.split_whitespace().nth(1).unwrap_or("")
+}
+
+fn read_keys(id: &SliverId, path: &std::path::Path) -> Result<Vec<String>, SliverError> {
+    match fs::read_to_string(path) {
+        Ok(text) => Ok(text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(source) => Err(SliverError::Keys {
+            id: id.clone(),
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Rewrites the keys file in place: it is bind-mounted into the sliver, so its inode must stay.
+fn write_keys(id: &SliverId, path: &std::path::Path, keys: &[String]) -> Result<(), SliverError> {
+    let err = |source| SliverError::Keys {
+        id: id.clone(),
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut text = keys.join("\n");
+    if !text.is_empty() {
+        text.push('\n');
+    }
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .create(true)
+        .open(path)
+        .map_err(err)?;
+    file.write_all(text.as_bytes()).map_err(err)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,219 @@
+//! What a sliver is asked to be: its id, kind, resources and the capabilities its grant names.
+//!
+//! [`SliverSpec`] is built by the node manager from an admitted ticket; [`SliverSpec::validate`]
+//! checks it before anything touches the host.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use capability_schema::Resources;
+use serde::{Deserialize, Serialize};
+
+use super::caps::{self, CapsError};
+
+/// The largest sliver id, in bytes (it is also the sliver's hostname).
+pub const MAX_ID_LEN: usize = 48;
+
+/// An error in a sliver spec.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    /// The id is empty, too long or has a character other than `[a-z0-9_-]`.
+    #[error("invalid sliver id {0:?}: expected 1 to {MAX_ID_LEN} characters of [a-z0-9_-]")]
+    InvalidId(String),
+    /// A capability name is unknown or forbidden for this kind of sliver.
+    #[error(transparent)]
+    Caps(#[from] CapsError),
+    /// The host pid view was asked for a regular sliver.
+    #[error("sliver {0}: only an admin sliver may see the host's processes")]
+    HostPidViewNotAdmin(String),
+    /// Memory below what an init and a shell need.
+    #[error("sliver {id}: memory {bytes} bytes is below the minimum of {min} bytes")]
+    MemoryTooSmall {
+        /// The sliver.
+        id: String,
+        /// What was asked.
+        bytes: u64,
+        /// The minimum.
+        min: u64,
+    },
+}
+
+/// The smallest memory limit a sliver may have (init, a shell and the kernel's own charges).
+pub const MIN_MEMORY_BYTES: u64 = 8 << 20;
+
+/// A sliver's id: the slice's name on this node. Also its hostname and the name of its cgroup.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct SliverId(String);
+
+impl SliverId {
+    /// Checks and wraps an id.
+    pub fn new(id: impl Into<String>) -> Result<Self, SpecError> {
+        let id = id.into();
+        let ok = !id.is_empty()
+            && id.len() <= MAX_ID_LEN
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        if ok {
+            Ok(SliverId(id))
+        } else {
+            Err(SpecError::InvalidId(id))
+        }
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for SliverId {
+    type Error = SpecError;
+    fn try_from(s: String) -> Result<Self, SpecError> {
+        SliverId::new(s)
+    }
+}
+
+impl From<SliverId> for String {
+    fn from(id: SliverId) -> String {
+        id.0
+    }
+}
+
+impl fmt::Display for SliverId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Regular or administrative (paper §4.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SliverKind {
+    /// A conventional slice's sliver.
+    #[default]
+    Regular,
+    /// An administrative slice's sliver: may hold any capability its grant names and may see
+    /// the host's processes.
+    Admin,
+}
+
+/// Everything needed to create a sliver.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SliverSpec {
+    /// The sliver's id (the slice name on this node).
+    pub id: SliverId,
+    /// Regular or admin.
+    pub kind: SliverKind,
+    /// The granted resources. `cpu_millis` sets the CPU weight (and the quota when
+    /// [`SliverSpec::cpu_hard_cap`]); `memory_bytes` the hard memory limit; `disk_bytes` the
+    /// upper-dir limit; `egress_kbps` the guaranteed egress rate.
+    pub resources: Resources,
+    /// Extra capabilities the grant names, e.g. `CAP_NET_RAW` (kernel spelling).
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// Admin only: share the host's pid namespace (see every process on the node).
+    #[serde(default)]
+    pub host_pid_view: bool,
+    /// Enforce `cpu_millis` as a hard quota, not only as a weight.
+    #[serde(default = "default_true")]
+    pub cpu_hard_cap: bool,
+    /// Cap on the egress rate in kbit/s; `None` lets the sliver borrow up to the node cap (a
+    /// fair share of the excess, paper §3.3).
+    #[serde(default)]
+    pub egress_ceil_kbps: Option<u64>,
+    /// Most processes at once.
+    #[serde(default = "default_pids")]
+    pub pids_max: u64,
+    /// A reference image directory for this sliver; `None` uses the node's default.
+    #[serde(default)]
+    pub image: Option<PathBuf>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_pids() -> u64 {
+    1024
+}
+
+impl SliverSpec {
+    /// A regular sliver with the given resources and the defaults for everything else.
+    pub fn regular(id: SliverId, resources: Resources) -> Self {
+        SliverSpec {
+            id,
+            kind: SliverKind::Regular,
+            resources,
+            capabilities: Vec::new(),
+            host_pid_view: false,
+            cpu_hard_cap: true,
+            egress_ceil_kbps: None,
+            pids_max: default_pids(),
+            image: None,
+        }
+    }
+
+    /// Checks the spec: id, capabilities allowed for its kind, host view only for admins,
+    /// a usable memory limit.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        SliverId::new(self.id.0.clone())?;
+        caps::granted(self.kind, &self.capabilities)?;
+        if self.host_pid_view && self.kind != SliverKind::Admin {
+            return Err(SpecError::HostPidViewNotAdmin(self.id.0.clone()));
+        }
+        if self.resources.memory_bytes != 0 && self.resources.memory_bytes < MIN_MEMORY_BYTES {
+            return Err(SpecError::MemoryTooSmall {
+                id: self.id.0.clone(),
+                bytes: self.resources.memory_bytes,
+                min: MIN_MEMORY_BYTES,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_checked() {
+        assert!(SliverId::new("princeton_codeen-1").is_ok());
+        for bad in ["", "Upper", "a b", "x/y", &"a".repeat(MAX_ID_LEN + 1)] {
+            assert_eq!(
+                SliverId::new(bad),
+                Err(SpecError::InvalidId(bad.to_string()))
+            );
+        }
+        let json = serde_json::to_string(&SliverId::new("ok").unwrap()).unwrap();
+        assert_eq!(json, "\"ok\"");
+        assert!(serde_json::from_str::<SliverId>("\"../etc\"").is_err());
+    }
+
+    #[test]
+    fn host_view_is_admin_only() {
+        let mut spec = SliverSpec::regular(SliverId::new("s").unwrap(), Resources::default());
+        spec.host_pid_view = true;
+        assert!(matches!(
+            spec.validate(),
+            Err(SpecError::HostPidViewNotAdmin(_))
+        ));
+        spec.kind = SliverKind::Admin;
+        assert!(spec.validate().is_ok());
+    }
+
+    #[test]
+    fn tiny_memory_is_refused() {
+        let res = Resources {
+            memory_bytes: 1 << 20,
+            ..Resources::default()
+        };
+        let spec = SliverSpec::regular(SliverId::new("s").unwrap(), res);
+        assert!(matches!(
+            spec.validate(),
+            Err(SpecError::MemoryTooSmall { .. })
+        ));
+    }
+}

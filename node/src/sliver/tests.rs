@@ -1,0 +1,283 @@
+//! Sequencing of sliver creation, rollback, destroy and re-adoption, on the recording host.
+
+use capability_schema::Resources;
+
+use super::host::{Call, RecordingHost};
+use super::*;
+
+fn config(dir: &std::path::Path) -> NodeConfig {
+    NodeConfig::new(dir, "/nonexistent/sliver-init")
+}
+
+fn spec(id: &str) -> SliverSpec {
+    SliverSpec::regular(
+        SliverId::new(id).unwrap(),
+        Resources {
+            cpu_millis: 250,
+            memory_bytes: 64 << 20,
+            disk_bytes: 1 << 30,
+            egress_kbps: 8_000,
+        },
+    )
+}
+
+fn engine(dir: &std::path::Path) -> Slivers<RecordingHost> {
+    Slivers::open(RecordingHost::new(), config(dir)).unwrap().0
+}
+
+/// The steps of a create, in order.
+const CREATE: [&str; 6] = [
+    "prepare_dirs",
+    "cgroup_create",
+    "spawn_init",
+    "net_attach",
+    "shape_add",
+    "start_init",
+];
+
+#[test]
+fn create_runs_every_step_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = engine(tmp.path());
+    assert_eq!(e.host().call_names(), ["prepare_image", "shaping_setup"]);
+    e.host().clear_calls();
+    let rec = e.create(spec("alpha")).unwrap();
+    assert_eq!(e.host().call_names(), CREATE);
+    let calls = e.host().calls();
+    assert_eq!(calls[0], Call::PrepareDirs("alpha".into(), 1 << 28));
+    assert_eq!(
+        calls[1],
+        Call::CgroupCreate(
+            "planetmesh/alpha".into(),
+            CgroupLimits {
+                cpu_weight_millis: 250,
+                cpu_quota_millis: Some(250),
+                memory_bytes: Some(64 << 20),
+                pids_max: Some(1024)
+            }
+        )
+    );
+    assert_eq!(
+        calls[2],
+        Call::SpawnInit("planetmesh/alpha".into(), 1 << 28, false)
+    );
+    assert_eq!(
+        calls[3],
+        Call::NetAttach("pmv0".into(), Ipv4Addr::new(10, 199, 0, 1))
+    );
+    assert_eq!(calls[4], Call::ShapeAdd(0x10, 8_000, 1_000_000));
+    assert_eq!(calls[5], Call::StartInit(rec.init_pid, "alpha".into()));
+    assert_eq!(e.list().len(), 1);
+    assert!(tmp.path().join("records/alpha.json").is_file());
+}
+
+#[test]
+fn a_failure_at_any_step_undoes_everything_before_it() {
+    for (i, step) in CREATE.iter().enumerate() {
+        let tmp = tempfile::tempdir().unwrap();
+        let e = engine(tmp.path());
+        let baseline = e.host().held();
+        e.host().clear_calls();
+        e.host().fail_at(step);
+        let err = e.create(spec("beta")).unwrap_err();
+        assert!(
+            matches!(&err, SliverError::Create { rollback, .. } if rollback.is_empty()),
+            "{step}: {err}"
+        );
+        assert_eq!(e.host().held(), baseline, "{step}: something leaked");
+        let names = e.host().call_names();
+        assert_eq!(&names[..=i], &CREATE[..=i], "{step}");
+        // Undo: only the completed steps, init killed first, then in reverse dependency order.
+        let undo: Vec<&str> = names[i + 1..].to_vec();
+        let completed = &CREATE[..i];
+        let expected: Vec<&str> = [
+            ("spawn_init", "kill_init"),
+            ("shape_add", "shape_remove"),
+            ("net_attach", "net_detach"),
+            ("cgroup_create", "cgroup_destroy"),
+            ("prepare_dirs", "remove_dirs"),
+        ]
+        .into_iter()
+        .filter(|(d, _)| completed.contains(d))
+        .map(|(_, u)| u)
+        .collect();
+        assert_eq!(undo, expected, "{step}");
+        assert!(e.list().is_empty());
+        assert!(!tmp.path().join("records/beta.json").exists());
+        // The slot is free again.
+        e.host().clear_failures();
+        assert_eq!(e.create(spec("beta")).unwrap().slot.slot, 0);
+    }
+}
+
+#[test]
+fn destroy_removes_every_trace() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = engine(tmp.path());
+    let baseline = e.host().held();
+    e.create(spec("gamma")).unwrap();
+    assert!(e.host().held().len() > baseline.len());
+    e.host().clear_calls();
+    e.destroy(&SliverId::new("gamma").unwrap(), false).unwrap();
+    assert_eq!(
+        e.host().call_names(),
+        [
+            "kill_init",
+            "shape_remove",
+            "net_detach",
+            "cgroup_destroy",
+            "remove_dirs"
+        ]
+    );
+    assert_eq!(e.host().held(), baseline);
+    assert!(!tmp.path().join("records/gamma.json").exists());
+    assert!(matches!(
+        e.destroy(&SliverId::new("gamma").unwrap(), false),
+        Err(SliverError::NotFound(_))
+    ));
+}
+
+#[test]
+fn failed_destroy_keeps_the_record_for_a_retry() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = engine(tmp.path());
+    e.create(spec("delta")).unwrap();
+    e.host().fail_at("net_detach");
+    let id = SliverId::new("delta").unwrap();
+    assert!(matches!(
+        e.destroy(&id, true),
+        Err(SliverError::Destroy { .. })
+    ));
+    assert!(e.get(&id).is_some());
+    assert!(tmp.path().join("records/delta.json").exists());
+    e.host().clear_failures();
+    e.destroy(&id, true).unwrap();
+    assert!(
+        e.host()
+            .calls()
+            .contains(&Call::RemoveDirs("delta".into(), true))
+    );
+}
+
+#[test]
+fn slots_are_distinct_and_reused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = engine(tmp.path());
+    let a = e.create(spec("a")).unwrap();
+    let b = e.create(spec("b")).unwrap();
+    assert_ne!(a.slot.uids.host_base, b.slot.uids.host_base);
+    assert_ne!(a.net.sliver_addr, b.net.sliver_addr);
+    assert!(matches!(e.create(spec("a")), Err(SliverError::Exists(_))));
+    e.destroy(&a.spec.id, false).unwrap();
+    assert_eq!(e.create(spec("c")).unwrap().slot.slot, 0);
+}
+
+#[test]
+fn reopening_adopts_live_slivers_and_reaps_dead_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (e, _) = Slivers::open(RecordingHost::new(), config(tmp.path())).unwrap();
+    let live = e.create(spec("live")).unwrap();
+    let dead = e.create(spec("dead")).unwrap();
+    // The same host (its processes) outlives the engine: move it into a new engine.
+    let host = e.host;
+    host.kill_behind_the_back(dead.init_pid);
+    host.clear_calls();
+    let (e2, report) = Slivers::open(host, config(tmp.path())).unwrap();
+    assert_eq!(report.adopted, vec![live.spec.id.clone()]);
+    assert_eq!(report.reaped, vec![dead.spec.id.clone()]);
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!(e2.list(), vec![live.clone()]);
+    assert!(
+        e2.host()
+            .calls()
+            .contains(&Call::CgroupDestroy("planetmesh/dead".into()))
+    );
+    assert!(!tmp.path().join("records/dead.json").exists());
+    // The adopted sliver's slot stays taken.
+    assert_eq!(e2.create(spec("next")).unwrap().slot.slot, 1);
+}
+
+#[test]
+fn invalid_specs_touch_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = engine(tmp.path());
+    e.host().clear_calls();
+    let mut s = spec("eps");
+    s.capabilities = vec!["CAP_SYS_ADMIN".into()];
+    assert!(matches!(e.create(s), Err(SliverError::Spec(_))));
+    assert!(e.host().calls().is_empty());
+}
+
+#[test]
+fn admin_slivers_get_their_capabilities_and_host_view() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = engine(tmp.path());
+    let mut s = spec("admin");
+    s.kind = SliverKind::Admin;
+    s.capabilities = vec!["CAP_NET_RAW".into(), "CAP_SYS_PTRACE".into()];
+    s.host_pid_view = true;
+    let rec = e.create(s).unwrap();
+    assert!(
+        rec.caps
+            .contains(::caps::Capability::CAP_SYS_PTRACE.index())
+    );
+    assert!(
+        e.host()
+            .calls()
+            .contains(&Call::SpawnInit("planetmesh/admin".into(), 1 << 28, true))
+    );
+}
+
+#[test]
+fn egress_ceiling_defaults_to_the_node_cap() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = engine(tmp.path());
+    let mut s = spec("capped");
+    s.egress_ceil_kbps = Some(8_000);
+    assert_eq!(e.create(s).unwrap().shape.ceil_kbps, 8_000);
+    let mut s = spec("zero");
+    s.resources.egress_kbps = 0;
+    let rec = e.create(s).unwrap();
+    assert_eq!((rec.shape.rate_kbps, rec.shape.ceil_kbps), (8, 1_000_000));
+}
+
+#[test]
+fn ssh_keys_are_managed_per_sliver() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = engine(tmp.path());
+    let id = e.create(spec("keys")).unwrap().spec.id;
+    let k1 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOd alice@lab";
+    let k2 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIXy bob@lab";
+    e.add_key(&id, k1).unwrap();
+    e.add_key(&id, k2).unwrap();
+    e.add_key(&id, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOd renamed")
+        .unwrap();
+    assert_eq!(
+        e.list_keys(&id).unwrap(),
+        vec![k1.to_string(), k2.to_string()]
+    );
+    assert!(e.remove_key(&id, k1).unwrap());
+    assert!(!e.remove_key(&id, k1).unwrap());
+    assert_eq!(e.list_keys(&id).unwrap(), vec![k2.to_string()]);
+    assert!(matches!(
+        e.add_key(&id, "ssh-rsa AAA\nssh-rsa BBB"),
+        Err(SliverError::InvalidKey { .. })
+    ));
+    assert!(matches!(
+        e.add_key(&id, "hello world"),
+        Err(SliverError::InvalidKey { .. })
+    ));
+}
+
+#[test]
+fn exec_reaches_the_host_with_the_sliver() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = engine(tmp.path());
+    let id = e.create(spec("ex")).unwrap().spec.id;
+    let out = e.exec(&id, &ExecCommand::shell("true")).unwrap();
+    assert!(out.success());
+    assert!(matches!(
+        e.exec(&SliverId::new("nope").unwrap(), &ExecCommand::shell("true")),
+        Err(SliverError::NotFound(_))
+    ));
+}
