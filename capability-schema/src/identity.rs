@@ -93,7 +93,7 @@ impl SecretKey {
 
     /// The matching public key.
     pub fn public(&self) -> PublicKey {
-        PublicKey(self.0.verifying_key())
+        PublicKey(self.0.verifying_key().to_bytes())
     }
 
     /// Signs `message`.
@@ -186,50 +186,57 @@ impl SecretKey {
 }
 
 /// A party's public key: its name everywhere in PlanetMesh.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct PublicKey(ed25519_dalek::VerifyingKey);
-
-impl PartialOrd for PublicKey {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for PublicKey {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.0.as_bytes().cmp(other.0.as_bytes())
-    }
-}
+///
+/// It holds the key's 32 bytes. Keys read from text are checked to be valid ed25519 points at
+/// once; keys decoded from the wire are checked when first used to verify or converted, so
+/// decoding a message with many names costs no curve arithmetic (an invalid point simply never
+/// verifies anything).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PublicKey([u8; 32]);
 
 impl PublicKey {
     /// The key with these 32 bytes, if they are a valid ed25519 point.
     pub fn from_bytes(bytes: &[u8; 32]) -> Result<Self, KeyError> {
-        ed25519_dalek::VerifyingKey::from_bytes(bytes)
-            .map(PublicKey)
-            .map_err(|_| KeyError::BadPublicBytes)
+        ed25519_dalek::VerifyingKey::from_bytes(bytes).map_err(|_| KeyError::BadPublicBytes)?;
+        Ok(PublicKey(*bytes))
     }
 
     /// The 32 raw bytes.
     pub fn as_bytes(&self) -> &[u8; 32] {
-        self.0.as_bytes()
+        &self.0
+    }
+
+    fn point(&self) -> Result<ed25519_dalek::VerifyingKey, KeyError> {
+        ed25519_dalek::VerifyingKey::from_bytes(&self.0).map_err(|_| KeyError::BadPublicBytes)
     }
 
     /// Checks `signature` over `message` (strict verification: no malleable signatures).
+    /// False also when the key is not a valid point.
     pub fn verify(&self, message: &[u8], signature: &[u8; 64]) -> bool {
         let signature = ed25519_dalek::Signature::from_bytes(signature);
-        self.0.verify_strict(message, &signature).is_ok()
+        self.point()
+            .is_ok_and(|key| key.verify_strict(message, &signature).is_ok())
     }
 
-    /// The libp2p peer id of the same key.
+    /// The libp2p peer id of the same key: the identity multihash of the key's protobuf
+    /// encoding, as libp2p derives it for every ed25519 key.
     pub fn to_peer_id(&self) -> libp2p_identity::PeerId {
-        self.to_libp2p().to_peer_id()
+        // protobuf PublicKey { Type = Ed25519 (field 1, varint 1), Data (field 2, 32 bytes) }
+        let mut encoded = [0u8; 36];
+        encoded[..4].copy_from_slice(&[0x08, 0x01, 0x12, 0x20]);
+        encoded[4..].copy_from_slice(&self.0);
+        let mut multihash = [0u8; 38];
+        multihash[..2].copy_from_slice(&[0x00, 36]); // identity hash code, digest length
+        multihash[2..].copy_from_slice(&encoded);
+        libp2p_identity::PeerId::from_bytes(&multihash)
+            .expect("an identity multihash of 36 bytes is a valid peer id")
     }
 
     /// The same key as a libp2p public key.
-    pub fn to_libp2p(&self) -> libp2p_identity::PublicKey {
-        let key = libp2p_identity::ed25519::PublicKey::try_from_bytes(self.as_bytes())
-            .expect("a valid ed25519 point is a valid libp2p ed25519 key");
-        libp2p_identity::PublicKey::from(key)
+    pub fn to_libp2p(&self) -> Result<libp2p_identity::PublicKey, KeyError> {
+        let key = libp2p_identity::ed25519::PublicKey::try_from_bytes(&self.0)
+            .map_err(|_| KeyError::BadPublicBytes)?;
+        Ok(libp2p_identity::PublicKey::from(key))
     }
 
     /// The key a libp2p peer id carries (ed25519 peer ids inline their key).
@@ -247,9 +254,9 @@ impl PublicKey {
     }
 
     /// The same key as a biscuit public key.
-    pub fn to_biscuit(&self) -> biscuit_auth::PublicKey {
-        biscuit_auth::PublicKey::from_bytes(self.as_bytes(), biscuit_auth::Algorithm::Ed25519)
-            .expect("a valid ed25519 point is a valid biscuit key")
+    pub fn to_biscuit(&self) -> Result<biscuit_auth::PublicKey, KeyError> {
+        biscuit_auth::PublicKey::from_bytes(&self.0, biscuit_auth::Algorithm::Ed25519)
+            .map_err(|_| KeyError::BadPublicBytes)
     }
 
     /// The key of a biscuit public key, if it is an ed25519 key.
@@ -319,7 +326,7 @@ impl<'de> Deserialize<'de> for PublicKey {
                 .as_slice()
                 .try_into()
                 .map_err(|_| D::Error::invalid_length(bytes.len(), &"32 bytes"))?;
-            PublicKey::from_bytes(&array).map_err(D::Error::custom)
+            Ok(PublicKey(array))
         }
     }
 }
@@ -361,6 +368,7 @@ mod tests {
         let peer = secret.public().to_peer_id();
         assert_eq!(peer, secret.to_libp2p().public().to_peer_id());
         assert_eq!(PublicKey::from_peer_id(&peer).unwrap(), secret.public());
+        assert_eq!(secret.public().to_libp2p().unwrap().to_peer_id(), peer);
     }
 
     #[test]
@@ -371,7 +379,7 @@ mod tests {
             PublicKey::from_biscuit(&biscuit_public).unwrap(),
             secret.public()
         );
-        assert_eq!(secret.public().to_biscuit(), biscuit_public);
+        assert_eq!(secret.public().to_biscuit().unwrap(), biscuit_public);
     }
 
     #[test]
