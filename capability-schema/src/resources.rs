@@ -231,7 +231,11 @@ fn scale_decimal(number: &str, unit: u64) -> Option<u64> {
         return None;
     }
     let int_value: u64 = if int.is_empty() { 0 } else { int.parse().ok()? };
-    let frac_value: u128 = if frac.is_empty() { 0 } else { frac.parse().ok()? };
+    let frac_value: u128 = if frac.is_empty() {
+        0
+    } else {
+        frac.parse().ok()?
+    };
     let frac_scale = 10u128.pow(frac.len() as u32);
     let total = u128::from(int_value).checked_mul(u128::from(unit))?
         + frac_value * u128::from(unit) / frac_scale;
