@@ -35,7 +35,7 @@ use super::host::{
     NodeShaping, Shape, Spawned,
 };
 use super::init::{self, InitPlan, READY};
-use super::netlink::{ETH_P_IP, ETH_P_IPV6, Netlink};
+use super::netlink::{ETH_P_IP, Netlink};
 use super::rootfs::{self, Image, SliverDirs, UPPER_OWNED_DIRS};
 
 /// How long an init may take to build its sliver.
@@ -158,11 +158,9 @@ impl LinuxHost {
             .link_index(&shape.host_if)?
             .ok_or_else(|| HostError::Init(format!("veth {} missing", shape.host_if)))?;
         nl.qdisc_ingress(veth)?;
-        // Only the sliver's own address may leave it: its packets go to the node bucket, any
-        // other IPv4 or IPv6 packet is dropped (ARP passes).
+        // The sliver's packets go through the node bucket. Packets with another source are
+        // not steered: strict reverse-path filtering on the veth drops them (net_attach).
         nl.filter_redirect_src(veth, 1, shape.src, ifb)?;
-        nl.filter_drop(veth, 2, ETH_P_IP)?;
-        nl.filter_drop(veth, 3, ETH_P_IPV6)?;
         Ok(())
     }
 }

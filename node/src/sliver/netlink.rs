@@ -11,7 +11,6 @@ use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
 
-use rtnetlink::packet_core::DefaultNla;
 use rtnetlink::packet_core::{
     NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
     NetlinkPayload,
@@ -22,8 +21,8 @@ use rtnetlink::packet_route::link::{
 };
 use rtnetlink::packet_route::tc::{
     TcAction, TcActionAttribute, TcActionGeneric, TcActionMirrorOption, TcActionOption,
-    TcActionType, TcAttribute, TcFilterMatchAllOption, TcFilterU32Option, TcHandle, TcMessage,
-    TcMirror, TcMirrorActionType, TcOption, TcU32Key, TcU32Selector, TcU32SelectorFlags,
+    TcActionType, TcAttribute, TcFilterU32Option, TcHandle, TcMessage, TcMirror,
+    TcMirrorActionType, TcOption, TcU32Key, TcU32Selector, TcU32SelectorFlags,
 };
 use rtnetlink::sys::protocols::NETLINK_ROUTE;
 use rtnetlink::sys::{Socket, SocketAddr};
@@ -37,10 +36,6 @@ pub const ETH_P_ALL: u16 = 0x0003;
 pub const ETH_P_IP: u16 = 0x0800;
 /// `ETH_P_IPV6`.
 pub const ETH_P_IPV6: u16 = 0x86DD;
-/// `TCA_GACT_PARMS`.
-const TCA_GACT_PARMS: u16 = 2;
-/// `TC_ACT_SHOT`.
-const TC_ACT_SHOT: i32 = 2;
 
 /// A netlink failure, naming the operation.
 #[derive(Debug, thiserror::Error)]
@@ -567,50 +562,6 @@ impl Netlink {
         );
         self.ack(
             &format!("add redirect filter {src} on link {index}"),
-            RouteNetlinkMessage::NewTrafficFilter(msg),
-            NLM_F_CREATE | NLM_F_EXCL,
-        )
-    }
-
-    /// On the ingress of link `index`: drops every packet of `protocol` that reaches `prio`.
-    pub fn filter_drop(
-        &mut self,
-        index: u32,
-        prio: u16,
-        protocol: u16,
-    ) -> Result<(), NetlinkError> {
-        // struct tc_gen { index, capab, action, refcnt, bindcnt }
-        let mut gen_bytes = Vec::with_capacity(20);
-        gen_bytes.extend_from_slice(&0u32.to_ne_bytes());
-        gen_bytes.extend_from_slice(&0u32.to_ne_bytes());
-        gen_bytes.extend_from_slice(&TC_ACT_SHOT.to_ne_bytes());
-        gen_bytes.extend_from_slice(&0i32.to_ne_bytes());
-        gen_bytes.extend_from_slice(&0i32.to_ne_bytes());
-        let mut action = TcAction::default();
-        action.tab = 1;
-        action.attributes = vec![
-            TcActionAttribute::Kind("gact".to_string()),
-            TcActionAttribute::Options(vec![TcActionOption::Other(DefaultNla::new(
-                TCA_GACT_PARMS,
-                gen_bytes,
-            ))]),
-        ];
-        let opts = vec![TcOption::MatchAll(TcFilterMatchAllOption::Action(vec![
-            action,
-        ]))];
-        let msg = Self::tc(
-            index,
-            TcHandle::UNSPEC,
-            TcHandle {
-                major: 0xffff,
-                minor: 0,
-            },
-            Self::info(prio, protocol),
-            "matchall",
-            opts,
-        );
-        self.ack(
-            &format!("add drop filter on link {index}"),
             RouteNetlinkMessage::NewTrafficFilter(msg),
             NLM_F_CREATE | NLM_F_EXCL,
         )

@@ -1,0 +1,96 @@
+//! Shared fixture of the root tests: an engine on the real host with unique names, torn down
+//! by a drop guard even when the test fails.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use capability_schema::Resources;
+use node::sliver::linux::LinuxHost;
+use node::sliver::{NodeConfig, SliverId, SliverSpec, Slivers};
+
+/// Whether root tests run: as root always; not as root they are skipped, unless CI is set,
+/// where they fail.
+pub fn root_or_skip() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("root tests must run as root under CI");
+    }
+    eprintln!("skipping: not root");
+    false
+}
+
+/// An engine with unique cgroup parent, veth prefix, IFB, address pool and state dir.
+pub struct Fixture {
+    pub engine: Slivers<LinuxHost>,
+    pub tag: String,
+    pub state: tempfile::TempDir,
+}
+
+impl Fixture {
+    pub fn new() -> Option<Fixture> {
+        Self::with_node_cap(1_000_000)
+    }
+
+    /// A fixture whose node-wide egress bucket is `node_kbps`.
+    pub fn with_node_cap(node_kbps: u64) -> Option<Fixture> {
+        if !root_or_skip() {
+            return None;
+        }
+        let r: u32 = rand::random();
+        let tag = format!("{:04x}", r & 0xffff);
+        let state = tempfile::Builder::new()
+            .prefix("pmtest-")
+            .tempdir()
+            .expect("state dir");
+        let mut config = NodeConfig::new(state.path(), env!("CARGO_BIN_EXE_sliver-init"));
+        config.cgroup_parent = format!("pmtest-{tag}");
+        config.slots.ifname_prefix = format!("pt{tag}");
+        config.slots.pool = Ipv4Addr::new(10, 201 + (r >> 16) as u8 % 50, (r >> 8) as u8, 0);
+        config.slots.pool_prefix = 24;
+        config.slots.uid_base = (1 << 28) + ((r & 0xff) << 24 >> 4);
+        config.shaping.ifb = format!("pb{tag}");
+        config.shaping.node_kbps = node_kbps;
+        config.tmp_bytes = 16 << 20;
+        let host = LinuxHost::detect().expect("cgroups");
+        let (engine, _) = Slivers::open(host, config).expect("open engine");
+        Some(Fixture { engine, tag, state })
+    }
+
+    pub fn cgroup_dirs(&self, id: &str) -> Vec<PathBuf> {
+        self.engine
+            .host()
+            .cgroups()
+            .dirs(&format!("{}/{id}", self.engine.config().cgroup_parent))
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        if let Err(e) = self.engine.destroy_all() {
+            eprintln!("fixture teardown: {e}");
+        }
+        let parent = self.engine.config().cgroup_parent.clone();
+        let _ = self.engine.host().cgroups().remove_parent(&parent);
+    }
+}
+
+pub fn id(name: &str) -> SliverId {
+    SliverId::new(name).expect("id")
+}
+
+/// A regular sliver with 0.5 core, 128 MiB, 1 GiB of disk, 10 Mbit/s.
+pub fn spec(name: &str) -> SliverSpec {
+    SliverSpec::regular(
+        id(name),
+        Resources {
+            cpu_millis: 500,
+            memory_bytes: 128 << 20,
+            disk_bytes: 1 << 30,
+            egress_kbps: 10_000,
+        },
+    )
+}
