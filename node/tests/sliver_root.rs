@@ -179,3 +179,134 @@ fn destroy_and_failed_create_leave_nothing_behind() {
         .unwrap();
     assert!(links.is_empty(), "{links:?}");
 }
+
+const RAW_SOCKET: &str = "/usr/bin/python3 -c 'import socket; socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP); print(\"raw-ok\")'";
+
+#[test]
+fn a_regular_sliver_cannot_mount_load_modules_or_open_raw_sockets() {
+    let Some(f) = Fixture::new() else { return };
+    f.engine.create(spec("caps")).expect("create");
+    let out = sh(&f, "caps", "mkdir -p /mnt/x && mount -t tmpfs none /mnt/x");
+    assert!(!out.success(), "mount must fail: {out:?}");
+    let out = sh(&f, "caps", "mount --bind /tmp /mnt/x");
+    assert!(!out.success(), "bind mount must fail: {out:?}");
+    // init_module(NULL, 0, "") and finit_module(-1, "", 0): EPERM before any argument check.
+    let out = sh(
+        &f,
+        "caps",
+        "/usr/bin/python3 -c 'import ctypes,os; l=ctypes.CDLL(None,use_errno=True); \
+         r1=l.syscall(175,0,0,b\"\"); e1=ctypes.get_errno(); r2=l.syscall(313,-1,b\"\",0); e2=ctypes.get_errno(); \
+         print(r1,os.strerror(e1),r2,os.strerror(e2))'",
+    );
+    assert!(out.success(), "{out:?}");
+    // EPERM, or ENOSYS on a kernel built without modules; either way it fails, and the
+    // capability is not in the bounding set (checked below).
+    let text = out.stdout_text();
+    assert!(text.starts_with("-1 ") && text.contains(" -1 "), "{text}");
+    let out = sh(&f, "caps", RAW_SOCKET);
+    assert!(
+        !out.success() && out.stderr_text().contains("PermissionError"),
+        "{out:?}"
+    );
+    let out = sh(
+        &f,
+        "caps",
+        "grep -E '^(CapBnd|CapEff|NoNewPrivs)' /proc/self/status",
+    );
+    let status = out.stdout_text();
+    assert!(status.contains("NoNewPrivs:\t1"), "{out:?}");
+    let bnd = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:\t"))
+        .unwrap();
+    let bnd = u64::from_str_radix(bnd.trim(), 16).unwrap();
+    // CAP_SYS_MODULE, CAP_SYS_RAWIO, CAP_SYS_ADMIN, CAP_SYS_BOOT, CAP_SYS_TIME, CAP_NET_RAW.
+    for cap in [16, 17, 21, 22, 25, 13] {
+        assert_eq!(
+            bnd & (1 << cap),
+            0,
+            "capability {cap} in the bounding set {bnd:x}"
+        );
+    }
+}
+
+#[test]
+fn an_admin_sliver_granted_net_raw_can_open_raw_sockets() {
+    let Some(f) = Fixture::new() else { return };
+    let mut s = spec("admin");
+    s.kind = node::sliver::SliverKind::Admin;
+    s.capabilities = vec!["CAP_NET_RAW".into()];
+    f.engine.create(s).expect("create");
+    let out = sh(&f, "admin", RAW_SOCKET);
+    assert!(out.success(), "{out:?}");
+    assert_eq!(out.stdout_text().trim(), "raw-ok");
+    // Still no mounting.
+    assert!(!sh(&f, "admin", "mount -t tmpfs none /mnt").success());
+}
+
+#[test]
+fn an_admin_sliver_may_see_the_host_processes() {
+    let Some(f) = Fixture::new() else { return };
+    let mut s = spec("hostview");
+    s.kind = node::sliver::SliverKind::Admin;
+    s.host_pid_view = true;
+    f.engine.create(s).expect("create");
+    let me = std::process::id();
+    let out = sh(&f, "hostview", &format!("test -d /proc/{me} && echo seen"));
+    assert_eq!(out.stdout_text().trim(), "seen", "{out:?}");
+}
+
+#[test]
+fn memory_past_the_limit_is_killed_and_nobody_else_is_hurt() {
+    let Some(f) = Fixture::new() else { return };
+    let mut a = spec("hog");
+    a.resources.memory_bytes = 48 << 20;
+    f.engine.create(a).expect("create");
+    f.engine.create(spec("bystander")).expect("create");
+    let out = sh(
+        &f,
+        "hog",
+        "/usr/bin/python3 -c 'a = bytearray(200 * 1024 * 1024); print(len(a))'",
+    );
+    assert!(!out.success(), "{out:?}");
+    assert!(
+        out.code == Some(137) || out.signal == Some(9),
+        "killed by the OOM killer: {out:?}"
+    );
+    let rec = f.engine.get(&id("hog")).unwrap();
+    use node::sliver::Host;
+    assert!(
+        f.engine
+            .host()
+            .init_alive(rec.init_pid, rec.init_start_time),
+        "the hog's init survives"
+    );
+    assert!(sh(&f, "hog", "echo alive").success());
+    let out = sh(
+        &f,
+        "bystander",
+        "/usr/bin/python3 -c 'a = bytearray(64 * 1024 * 1024); print(len(a))'",
+    );
+    assert!(out.success(), "{out:?}");
+}
+
+#[test]
+fn a_busy_loop_under_a_quarter_core_quota_uses_a_quarter_core() {
+    let Some(f) = Fixture::new() else { return };
+    let mut s = spec("cpu");
+    s.resources.cpu_millis = 250;
+    let rec = f.engine.create(s).expect("create");
+    let mut cmd = ExecCommand::new(["/bin/sh", "-c", "while :; do :; done"]);
+    cmd.timeout = std::time::Duration::from_secs(30);
+    let mut busy = f.engine.spawn(&id("cpu"), &cmd).expect("spawn").child;
+    let cg = f.engine.host().cgroups();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let t0 = std::time::Instant::now();
+    let u0 = cg.cpu_usage_ns(&rec.cgroup).unwrap().unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let u1 = cg.cpu_usage_ns(&rec.cgroup).unwrap().unwrap();
+    let share = (u1 - u0) as f64 / t0.elapsed().as_nanos() as f64 * 100.0;
+    let _ = busy.kill();
+    let _ = busy.wait();
+    assert!((20.0..=30.0).contains(&share), "used {share:.1}% of a core");
+}
