@@ -313,7 +313,7 @@ pub fn parse_rate(text: &str) -> Result<u64, ResourcesError> {
 pub fn format_cpu(millis: u64) -> String {
     match millis {
         1000 => "1 core".to_owned(),
-        m if m % 1000 == 0 => format!("{} cores", m / 1000),
+        m if m.is_multiple_of(1000) => format!("{} cores", m / 1000),
         m => format!("{m}m"),
     }
 }
@@ -327,7 +327,7 @@ pub fn format_bytes(bytes: u64) -> String {
         ("KiB", 1 << 10),
     ];
     for (name, size) in UNITS {
-        if bytes >= size && bytes % size == 0 {
+        if bytes >= size && bytes.is_multiple_of(size) {
             return format!("{}{name}", bytes / size);
         }
     }
@@ -336,9 +336,9 @@ pub fn format_bytes(bytes: u64) -> String {
 
 /// Formats a rate in kbit/s in the largest unit that divides it exactly: `10Mbit`, `1500kbit`.
 pub fn format_rate(kbps: u64) -> String {
-    if kbps >= 1_000_000 && kbps % 1_000_000 == 0 {
+    if kbps >= 1_000_000 && kbps.is_multiple_of(1_000_000) {
         format!("{}Gbit", kbps / 1_000_000)
-    } else if kbps >= 1_000 && kbps % 1_000 == 0 {
+    } else if kbps >= 1_000 && kbps.is_multiple_of(1_000) {
         format!("{}Mbit", kbps / 1_000)
     } else {
         format!("{kbps}kbit")

@@ -22,7 +22,12 @@ use serde::de::DeserializeOwned;
 const T0: u64 = 1_780_000_000;
 
 fn res(cpu: u64, mem_mib: u64) -> Resources {
-    Resources { cpu_millis: cpu, memory_bytes: mem_mib << 20, disk_bytes: 1 << 30, egress_kbps: 10_000 }
+    Resources {
+        cpu_millis: cpu,
+        memory_bytes: mem_mib << 20,
+        disk_bytes: 1 << 30,
+        egress_kbps: 10_000,
+    }
 }
 
 fn membership() -> Signed<MembershipCert> {
@@ -137,7 +142,10 @@ fn lease() -> Signed<Lease> {
             federation: "plc".into(),
             agent: test_key(20).public(),
             slice: "princeton_codeen".into(),
-            kind: SliceKind::Admin { capabilities: vec!["CAP_NET_RAW".into()], host_pid_view: false },
+            kind: SliceKind::Admin {
+                capabilities: vec!["CAP_NET_RAW".into()],
+                host_pid_view: false,
+            },
             holder: test_key(50).public(),
             resources: res(500, 256),
             address: Some("10.77.0.2".into()),
@@ -178,7 +186,10 @@ fn check_golden(name: &str, bytes: &[u8]) {
         return;
     }
     let expected = std::fs::read(&path).unwrap_or_else(|e| {
-        panic!("{}: {e}; regenerate with PLANETMESH_BLESS=1", path.display())
+        panic!(
+            "{}: {e}; regenerate with PLANETMESH_BLESS=1",
+            path.display()
+        )
     });
     assert!(
         expected == bytes,
@@ -203,18 +214,48 @@ fn golden_vectors_are_byte_exact() {
 #[test]
 fn golden_vectors_decode_and_verify() {
     let read = |name: &str| std::fs::read(golden_dir().join(format!("{name}.cbor"))).unwrap();
-    let ad = Signed::<ResourceAd>::from_bytes(&read("resource_ad")).unwrap().verify().unwrap();
+    let ad = Signed::<ResourceAd>::from_bytes(&read("resource_ad"))
+        .unwrap()
+        .verify()
+        .unwrap();
     assert_eq!(ad.seq, 42);
-    assert_eq!(ad.delegations[0].verify().unwrap().agent, test_key(20).public());
-    assert_eq!(ad.membership.verify_by(&test_key(100).public()).unwrap().role, Role::Node);
-    let lease = Signed::<Lease>::from_bytes(&read("lease")).unwrap().verify_by(&test_key(1).public());
+    assert_eq!(
+        ad.delegations[0].verify().unwrap().agent,
+        test_key(20).public()
+    );
+    assert_eq!(
+        ad.membership
+            .verify_by(&test_key(100).public())
+            .unwrap()
+            .role,
+        Role::Node
+    );
+    let lease = Signed::<Lease>::from_bytes(&read("lease"))
+        .unwrap()
+        .verify_by(&test_key(1).public());
     assert_eq!(lease.unwrap().end, T0 + 3600);
     // A lease's bytes are never an ad.
     let lease_as_ad = Signed::<ResourceAd>::from_bytes(&read("lease")).unwrap();
-    assert!(matches!(lease_as_ad.verify(), Err(SignatureError::WrongDomain { .. })));
-    assert!(Signed::<PeeringAgreement>::from_bytes(&read("peering_agreement")).unwrap().verify().is_ok());
-    assert!(Signed::<RevocationList>::from_bytes(&read("revocation_list")).unwrap().verify().is_ok());
-    assert_eq!(decode::<SliceRequest>(&read("slice_request")).unwrap(), slice_request());
+    assert!(matches!(
+        lease_as_ad.verify(),
+        Err(SignatureError::WrongDomain { .. })
+    ));
+    assert!(
+        Signed::<PeeringAgreement>::from_bytes(&read("peering_agreement"))
+            .unwrap()
+            .verify()
+            .is_ok()
+    );
+    assert!(
+        Signed::<RevocationList>::from_bytes(&read("revocation_list"))
+            .unwrap()
+            .verify()
+            .is_ok()
+    );
+    assert_eq!(
+        decode::<SliceRequest>(&read("slice_request")).unwrap(),
+        slice_request()
+    );
 }
 
 fn round_trip<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(value: &T) {
@@ -244,7 +285,11 @@ fn every_protocol_message_round_trips() {
     let plan = SlicePlan {
         chosen: vec![planned.clone()],
         alternatives: vec![planned],
-        rejected: vec![RejectedGroup { reason: "memory".into(), count: 37, examples: vec![test_key(3).public()] }],
+        rejected: vec![RejectedGroup {
+            reason: "memory".into(),
+            count: 37,
+            examples: vec![test_key(3).public()],
+        }],
         satisfiable: true,
         explanation: "ok".into(),
     };
@@ -256,58 +301,112 @@ fn every_protocol_message_round_trips() {
     }
     .into();
     let agent_requests = [
-        AgentRequest::GetAds(AdQuery { min_free: res(1, 1), federations: vec!["plc".into()], sites: vec![], limit: 9 }),
+        AgentRequest::GetAds(AdQuery {
+            min_free: res(1, 1),
+            federations: vec!["plc".into()],
+            sites: vec![],
+            limit: 9,
+        }),
         AgentRequest::GetTickets(TicketRequest {
             slice: "x".into(),
             principal: test_key(50).public(),
             principal_cert: Some(membership()),
             kind: SliceKind::Regular,
-            slivers: vec![SliverAsk { node: test_key(1).public(), resources: res(1, 1) }],
+            slivers: vec![SliverAsk {
+                node: test_key(1).public(),
+                resources: res(1, 1),
+            }],
             not_before: T0,
             not_after: T0 + 1,
             max_price: None,
         }),
-        AgentRequest::Released { ticket_ids: vec!["ab".into()] },
+        AgentRequest::Released {
+            ticket_ids: vec!["ab".into()],
+        },
     ];
     for r in &agent_requests {
-        round_trip(&Envelope { request_id: 7, body: r.clone() });
+        round_trip(&Envelope {
+            request_id: 7,
+            body: r.clone(),
+        });
     }
     let agent_responses: [Reply<AgentResponse>; 4] = [
         Ok(AgentResponse::Ads(vec![NodeOffer {
             agent: test_key(20).public(),
             ad: ad(),
             free: res(1, 1),
-            prices: PriceList { cpu_core_hour: 1, ..Default::default() },
+            prices: PriceList {
+                cpu_core_hour: 1,
+                ..Default::default()
+            },
         }])),
         Ok(AgentResponse::Tickets {
             issued: vec![issued.clone()],
-            refused: vec![RefusedSliver { node: test_key(2).public(), reason: refusal.clone() }],
+            refused: vec![RefusedSliver {
+                node: test_key(2).public(),
+                reason: refusal.clone(),
+            }],
         }),
         Ok(AgentResponse::Released { known: 1 }),
         Err(refusal.clone()),
     ];
     for r in &agent_responses {
-        round_trip(&Envelope { request_id: 7, body: r.clone() });
+        round_trip(&Envelope {
+            request_id: 7,
+            body: r.clone(),
+        });
     }
     let node_requests = [
-        NodeRequest::Redeem { ticket, until: Some(T0) },
-        NodeRequest::Renew { lease_id: "l".into(), until: T0 },
-        NodeRequest::Release { lease_id: "l".into() },
+        NodeRequest::Redeem {
+            ticket,
+            until: Some(T0),
+        },
+        NodeRequest::Renew {
+            lease_id: "l".into(),
+            until: T0,
+        },
+        NodeRequest::Release {
+            lease_id: "l".into(),
+        },
         NodeRequest::Status,
-        NodeRequest::Exec { lease_id: "l".into(), argv: vec!["true".into()], stdin: vec![0], timeout_ms: 5 },
-        NodeRequest::Spawn { lease_id: "l".into(), argv: vec!["sleep".into(), "1".into()] },
-        NodeRequest::Logs { lease_id: "l".into(), tail_bytes: 10 },
-        NodeRequest::AddKey { lease_id: "l".into(), key: "ssh-ed25519 AAAA x".into() },
-        NodeRequest::DelKey { lease_id: "l".into(), key: "x".into() },
-        NodeRequest::ListKeys { lease_id: "l".into() },
+        NodeRequest::Exec {
+            lease_id: "l".into(),
+            argv: vec!["true".into()],
+            stdin: vec![0],
+            timeout_ms: 5,
+        },
+        NodeRequest::Spawn {
+            lease_id: "l".into(),
+            argv: vec!["sleep".into(), "1".into()],
+        },
+        NodeRequest::Logs {
+            lease_id: "l".into(),
+            tail_bytes: 10,
+        },
+        NodeRequest::AddKey {
+            lease_id: "l".into(),
+            key: "ssh-ed25519 AAAA x".into(),
+        },
+        NodeRequest::DelKey {
+            lease_id: "l".into(),
+            key: "x".into(),
+        },
+        NodeRequest::ListKeys {
+            lease_id: "l".into(),
+        },
     ];
     for r in &node_requests {
         round_trip(r);
     }
     let node_responses: [Reply<NodeResponse>; 8] = [
         Ok(NodeResponse::Lease(lease())),
-        Ok(NodeResponse::Released { lease_id: "l".into() }),
-        Ok(NodeResponse::Status(Box::new(NodeStatus { ad: ad(), leases: vec![lease()] }))),
+        Ok(NodeResponse::Released {
+            lease_id: "l".into(),
+        }),
+        Ok(NodeResponse::Status(Box::new(NodeStatus {
+            ad: ad(),
+            leases: vec![lease()],
+        }))),
         Ok(NodeResponse::Exec(ExecOutput {
             exit_code: 1,
             stdout: b"out".to_vec(),
@@ -316,7 +415,9 @@ fn every_protocol_message_round_trips() {
             timed_out: true,
         })),
         Ok(NodeResponse::Spawned { pid: 3 }),
-        Ok(NodeResponse::Logs { bytes: b"log".to_vec() }),
+        Ok(NodeResponse::Logs {
+            bytes: b"log".to_vec(),
+        }),
         Ok(NodeResponse::Keys(vec!["k".into()])),
         Err(refusal),
     ];
@@ -352,8 +453,14 @@ fn resources() -> impl Strategy<Value = Resources> {
 fn kind() -> impl Strategy<Value = SliceKind> {
     prop_oneof![
         Just(SliceKind::Regular),
-        (proptest::collection::vec("CAP_[A-Z_]{1,12}", 0..4), any::<bool>())
-            .prop_map(|(capabilities, host_pid_view)| SliceKind::Admin { capabilities, host_pid_view }),
+        (
+            proptest::collection::vec("CAP_[A-Z_]{1,12}", 0..4),
+            any::<bool>()
+        )
+            .prop_map(|(capabilities, host_pid_view)| SliceKind::Admin {
+                capabilities,
+                host_pid_view
+            }),
     ]
 }
 
@@ -363,58 +470,111 @@ fn slice_requests() -> impl Strategy<Value = SliceRequest> {
         key(),
         kind(),
         resources(),
-        prop_oneof![any::<u32>().prop_map(SliverTarget::Count), proptest::collection::vec(key(), 0..5).prop_map(SliverTarget::Nodes)],
-        (proptest::collection::vec(".{0,8}", 0..3), any::<u32>(), proptest::collection::vec(key(), 0..3), any::<Option<u64>>()),
+        prop_oneof![
+            any::<u32>().prop_map(SliverTarget::Count),
+            proptest::collection::vec(key(), 0..5).prop_map(SliverTarget::Nodes)
+        ],
+        (
+            proptest::collection::vec(".{0,8}", 0..3),
+            any::<u32>(),
+            proptest::collection::vec(key(), 0..3),
+            any::<Option<u64>>(),
+        ),
         any::<u64>(),
         any::<bool>(),
     )
-        .prop_map(|(name, principal, kind, per_sliver, target, (federations, min_sites, exclude_nodes, max_price), duration_secs, best)| {
-            SliceRequest {
+        .prop_map(
+            |(
                 name,
                 principal,
-                principal_federation: "f".into(),
                 kind,
                 per_sliver,
                 target,
-                constraints: SliceConstraints { federations, min_sites, exclude_nodes, max_price },
+                (federations, min_sites, exclude_nodes, max_price),
                 duration_secs,
-                mode: if best { AcquireMode::BestEffort } else { AcquireMode::AllOrNothing },
-            }
-        })
+                best,
+            )| {
+                SliceRequest {
+                    name,
+                    principal,
+                    principal_federation: "f".into(),
+                    kind,
+                    per_sliver,
+                    target,
+                    constraints: SliceConstraints {
+                        federations,
+                        min_sites,
+                        exclude_nodes,
+                        max_price,
+                    },
+                    duration_secs,
+                    mode: if best {
+                        AcquireMode::BestEffort
+                    } else {
+                        AcquireMode::AllOrNothing
+                    },
+                }
+            },
+        )
 }
 
 fn leases() -> impl Strategy<Value = Lease> {
-    (".{0,32}", ".{0,32}", key(), key(), ".{0,20}", kind(), resources(), any::<Option<u16>>(), any::<u64>(), any::<u64>())
-        .prop_map(|(lease_id, ticket_id, node, holder, slice, kind, resources, addr, start, end)| Lease {
-            lease_id,
-            ticket_id,
-            node,
-            federation: "f".into(),
-            agent: node,
-            slice,
-            kind,
-            holder,
-            resources,
-            address: addr.map(|a| format!("10.0.{}.{}", a >> 8, a & 0xff)),
-            start,
-            end,
-        })
+    (
+        ".{0,32}",
+        ".{0,32}",
+        key(),
+        key(),
+        ".{0,20}",
+        kind(),
+        resources(),
+        any::<Option<u16>>(),
+        any::<u64>(),
+        any::<u64>(),
+    )
+        .prop_map(
+            |(lease_id, ticket_id, node, holder, slice, kind, resources, addr, start, end)| Lease {
+                lease_id,
+                ticket_id,
+                node,
+                federation: "f".into(),
+                agent: node,
+                slice,
+                kind,
+                holder,
+                resources,
+                address: addr.map(|a| format!("10.0.{}.{}", a >> 8, a & 0xff)),
+                start,
+                end,
+            },
+        )
 }
 
 fn certs() -> impl Strategy<Value = MembershipCert> {
-    (".{0,10}", key(), key(), 0..4usize, ".{0,10}", any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
-        |(federation, authority, subject, role, site, serial, issued_at, expires_at)| MembershipCert {
-            federation,
-            authority,
-            subject,
-            role: Role::ALL[role],
-            site,
-            name: "n".into(),
-            serial,
-            issued_at,
-            expires_at,
-        },
+    (
+        ".{0,10}",
+        key(),
+        key(),
+        0..4usize,
+        ".{0,10}",
+        any::<u64>(),
+        any::<u64>(),
+        any::<u64>(),
     )
+        .prop_map(
+            |(federation, authority, subject, role, site, serial, issued_at, expires_at)| {
+                MembershipCert {
+                    federation,
+                    authority,
+                    subject,
+                    role: Role::ALL[role],
+                    site,
+                    name: "n".into(),
+                    serial,
+                    issued_at,
+                    expires_at,
+                }
+            },
+        )
 }
 
 proptest! {
