@@ -435,14 +435,12 @@ impl Host for LinuxHost {
         if status == READY {
             return Ok(());
         }
-        if let Err(e) = wrote {
-            if status.is_empty() {
-                return Err(HostError::Io {
-                    op: "send plan",
-                    path: PathBuf::new(),
-                    source: e,
-                });
-            }
+        if let (Err(e), true) = (wrote, status.is_empty()) {
+            return Err(HostError::Io {
+                op: "send plan",
+                path: PathBuf::new(),
+                source: e,
+            });
         }
         Err(HostError::Init(if status.is_empty() {
             "init exited without a word".into()

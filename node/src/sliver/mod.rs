@@ -501,10 +501,11 @@ impl<H: Host> Slivers<H> {
                 self.host.remove_dirs(&record.dirs, keep_upper),
             );
         }
-        if done.record && failures.is_empty() {
-            if let Err(e) = self.store.remove(record.spec.id.as_str()) {
-                failures.push(format!("remove record: {e}"));
-            }
+        if done.record
+            && failures.is_empty()
+            && let Err(e) = self.store.remove(record.spec.id.as_str())
+        {
+            failures.push(format!("remove record: {e}"));
         }
         failures
     }

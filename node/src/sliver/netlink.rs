@@ -188,11 +188,7 @@ impl Netlink {
                             });
                         }
                     },
-                    NetlinkPayload::Done(_) => {
-                        if dump {
-                            return Ok(replies);
-                        }
-                    }
+                    NetlinkPayload::Done(_) if dump => return Ok(replies),
                     NetlinkPayload::InnerMessage(m) => replies.push(m),
                     _ => {}
                 }
@@ -266,8 +262,10 @@ impl Netlink {
 
     /// Creates an IFB device (a node-wide egress shaping point).
     pub fn ifb_create(&mut self, name: &str) -> Result<(), NetlinkError> {
+        // A queue long enough that TCP through the shaper is not starved by tail drops.
         let msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Ifb)
             .name(name.to_string())
+            .txqueuelen(1000)
             .build();
         self.ack(
             &format!("create ifb {name}"),
