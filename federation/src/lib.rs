@@ -1,1 +1,27 @@
-//! `federation`: see docs/ARCHITECTURE.md. This crate is filled by its own issue; it has no code yet.
+//! PlanetMesh federation: how independent testbeds find each other and whom they believe.
+//!
+//! - [`trust`]: federation authorities, membership certificates, peering agreements,
+//!   revocation lists, and the [`TrustStore`] that evaluates them (ad validation included).
+//! - [`overlay`]: the libp2p swarm every daemon embeds, behind an [`OverlayHandle`]: ad gossip
+//!   validated by the trust store, and the agent/node/broker request-response protocols.
+//! - [`testing`]: fixed-key federations and nodes for tests, benchmarks and simulations.
+//!
+//! The `fedctl` binary of this crate is the operator's tool for the trust half.
+
+// Errors name the keys involved; a `PublicKey` is 192 bytes (ed25519-dalek keeps the
+// decompressed point), which trips this lint although errors are the rare path.
+#![allow(clippy::result_large_err)]
+
+pub mod overlay;
+pub mod testing;
+pub mod trust;
+
+pub use overlay::{Overlay, OverlayConfig, OverlayError, OverlayHandle, SharedTrust};
+pub use trust::{AdRejection, Authority, TrustError, TrustStore};
+
+/// The current time in Unix seconds (0 if the clock is before 1970).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

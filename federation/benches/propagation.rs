@@ -1,0 +1,3 @@
+//! Ad propagation benchmark (filled below).
+
+fn main() {}

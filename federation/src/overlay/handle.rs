@@ -1,0 +1,386 @@
+//! What daemons hold: [`OverlayHandle`] and the typed serving API.
+//!
+//! Every method sends one command on the bounded command queue and waits for its answer on a
+//! oneshot channel; nothing here touches the swarm. Typed encoding and decoding of requests
+//! and answers happens here, in the caller's task, so the overlay task stays protocol-agnostic
+//! and a slow decoder never stalls the network.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use capability_schema::codec;
+use capability_schema::protocol::{Envelope, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES, Reply};
+use capability_schema::rejection::Rejection;
+use capability_schema::{ErrorReply, PublicKey, ResourceAd, Signed};
+use libp2p::request_response::ResponseChannel;
+use libp2p::{Multiaddr, PeerId};
+use serde::de::IgnoredAny;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use super::codec::Frame;
+use super::identity;
+use super::protocol::{Protocol, ProtocolKind};
+use super::task::{Command, RawInbound};
+use super::{OverlayError, SharedTrust};
+
+/// A validated ad as the overlay hands it to its daemon.
+#[derive(Debug, Clone)]
+pub struct AdEvent {
+    /// The ad, decoded.
+    pub ad: ResourceAd,
+    /// The ad exactly as the node signed it (to store or forward).
+    pub signed: Signed<ResourceAd>,
+    /// The peer that relayed it to us.
+    pub relayed_by: PublicKey,
+}
+
+/// A daemon's handle on its overlay. Cheap to clone; the overlay stops when
+/// [`OverlayHandle::shutdown`] is called or every handle and serving stream is dropped.
+#[derive(Debug, Clone)]
+pub struct OverlayHandle {
+    commands: mpsc::Sender<Command>,
+    ads: broadcast::Sender<AdEvent>,
+    local: PublicKey,
+    trust: SharedTrust,
+    next_request_id: Arc<AtomicU64>,
+}
+
+impl OverlayHandle {
+    pub(crate) fn new(
+        commands: mpsc::Sender<Command>,
+        ads: broadcast::Sender<AdEvent>,
+        local: PublicKey,
+        trust: SharedTrust,
+    ) -> Self {
+        OverlayHandle {
+            commands,
+            ads,
+            local,
+            trust,
+            next_request_id: Arc::new(AtomicU64::new(1)),
+        }
+    }
+
+    /// This daemon's key.
+    pub fn local_key(&self) -> PublicKey {
+        self.local
+    }
+
+    /// This daemon's libp2p peer id.
+    pub fn local_peer_id(&self) -> PeerId {
+        identity::peer_id(&self.local)
+    }
+
+    /// The trust store the overlay validates ads with (shared: changes apply at once).
+    pub fn trust(&self) -> &SharedTrust {
+        &self.trust
+    }
+
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, OverlayError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| OverlayError::Closed)?;
+        rx.await.map_err(|_| OverlayError::Closed)
+    }
+
+    /// Validates `ad` like any receiver would and publishes it on its federation's topic.
+    pub async fn publish_ad(&self, ad: Signed<ResourceAd>) -> Result<(), OverlayError> {
+        self.call(|reply| Command::PublishAd { ad, reply }).await?
+    }
+
+    /// Follows the ads of `federation` (its authority must be in the trust store).
+    pub async fn subscribe(&self, federation: &str) -> Result<(), OverlayError> {
+        let federation = federation.to_owned();
+        self.call(|reply| Command::Subscribe { federation, reply })
+            .await?
+    }
+
+    /// Stops following the ads of `federation`.
+    pub async fn unsubscribe(&self, federation: &str) -> Result<(), OverlayError> {
+        let federation = federation.to_owned();
+        self.call(|reply| Command::Unsubscribe { federation, reply })
+            .await
+    }
+
+    /// A new receiver of every validated ad from now on. A receiver that falls more than the
+    /// configured `ad_queue` behind loses the oldest ads (and is told how many); nodes
+    /// re-announce, so a lost ad is replaced by the next one.
+    pub fn ads(&self) -> broadcast::Receiver<AdEvent> {
+        self.ads.subscribe()
+    }
+
+    /// Sends `request` to `peer` over protocol `P` and waits at most `timeout` for the answer.
+    ///
+    /// Errors are typed: [`OverlayError::Timeout`], [`OverlayError::Unreachable`],
+    /// [`OverlayError::RequestTooLarge`] (not sent), [`OverlayError::Rejected`] (the peer's
+    /// error reply), [`OverlayError::Decode`], ….
+    pub async fn request<P: Protocol>(
+        &self,
+        peer: &PublicKey,
+        request: P::Request,
+        timeout: Duration,
+    ) -> Result<P::Response, OverlayError> {
+        let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
+        let bytes = codec::encode(&Envelope {
+            request_id,
+            body: request,
+        });
+        if bytes.len() > MAX_REQUEST_BYTES {
+            return Err(OverlayError::RequestTooLarge {
+                size: bytes.len(),
+                limit: MAX_REQUEST_BYTES,
+            });
+        }
+        let frame = self.request_raw(P::KIND, peer, bytes, timeout).await?;
+        let bytes = match frame {
+            Frame::Bytes(bytes) => bytes,
+            Frame::TooLarge { limit } => {
+                return Err(OverlayError::ResponseTooLarge { peer: *peer, limit });
+            }
+        };
+        let envelope: Envelope<Reply<P::Response>> =
+            codec::decode_with_limit(&bytes, MAX_RESPONSE_BYTES)
+                .map_err(|error| OverlayError::Decode { peer: *peer, error })?;
+        match envelope.body {
+            // A refusal of a frame the server could not read carries request id 0.
+            Err(reply) if envelope.request_id == 0 => Err(OverlayError::Rejected(reply)),
+            _ if envelope.request_id != request_id => Err(OverlayError::WrongRequestId {
+                peer: *peer,
+                expected: request_id,
+                found: envelope.request_id,
+            }),
+            Ok(response) => Ok(response),
+            Err(reply) => Err(OverlayError::Rejected(reply)),
+        }
+    }
+
+    /// Sends raw bytes as a request of protocol `kind` and returns the raw answer.
+    ///
+    /// For diagnostics and tests (it skips the size check and typed decoding); daemons use
+    /// [`OverlayHandle::request`].
+    pub async fn request_raw(
+        &self,
+        kind: ProtocolKind,
+        peer: &PublicKey,
+        bytes: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Frame, OverlayError> {
+        let peer_id = identity::peer_id(peer);
+        let (tx, rx) = oneshot::channel();
+        let command = Command::Request {
+            kind,
+            peer: peer_id,
+            frame: Frame::Bytes(bytes),
+            reply: tx,
+        };
+        let exchange = async {
+            self.commands
+                .send(command)
+                .await
+                .map_err(|_| OverlayError::Closed)?;
+            rx.await.map_err(|_| OverlayError::Closed)?
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| OverlayError::Timeout {
+                protocol: kind,
+                peer: *peer,
+                after: timeout,
+            })?
+    }
+
+    /// Starts serving protocol `P`: incoming requests arrive, decoded, on the returned stream.
+    /// Only one stream per protocol may exist in a daemon.
+    pub async fn serve<P: Protocol>(&self) -> Result<ServeStream<P>, OverlayError> {
+        let rx = self
+            .call(|reply| Command::Serve {
+                kind: P::KIND,
+                reply,
+            })
+            .await??;
+        Ok(ServeStream {
+            rx,
+            commands: self.commands.clone(),
+            _protocol: PhantomData,
+        })
+    }
+
+    /// Connects to `addr` and returns the key of the peer there.
+    pub async fn dial(&self, addr: Multiaddr) -> Result<PublicKey, OverlayError> {
+        self.call(|reply| Command::Dial { addr, reply }).await?
+    }
+
+    /// Remembers addresses of `peer` for later requests (ads add their node's addresses by
+    /// themselves).
+    pub async fn add_addresses(
+        &self,
+        peer: &PublicKey,
+        addrs: Vec<Multiaddr>,
+    ) -> Result<(), OverlayError> {
+        let peer = identity::peer_id(peer);
+        self.call(|reply| Command::AddAddresses { peer, addrs, reply })
+            .await
+    }
+
+    /// The addresses this daemon listens on, each with its `/p2p/<peer id>` suffix.
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, OverlayError> {
+        self.call(|reply| Command::ListenAddrs { reply }).await
+    }
+
+    /// The peers this daemon is connected to.
+    pub async fn connected_peers(&self) -> Result<Vec<PublicKey>, OverlayError> {
+        self.call(|reply| Command::ConnectedPeers { reply }).await
+    }
+
+    /// The peers in this daemon's gossip mesh for `federation` (ads are pushed to them).
+    pub async fn mesh_peers(&self, federation: &str) -> Result<Vec<PublicKey>, OverlayError> {
+        let federation = federation.to_owned();
+        self.call(|reply| Command::MeshPeers { federation, reply })
+            .await
+    }
+
+    /// Stops the overlay: connections close and every later call fails with
+    /// [`OverlayError::Closed`].
+    pub async fn shutdown(&self) {
+        let _ = self.call(|reply| Command::Shutdown { reply }).await;
+    }
+}
+
+/// A bounded stream of decoded requests of protocol `P`.
+#[derive(Debug)]
+pub struct ServeStream<P: Protocol> {
+    rx: mpsc::Receiver<RawInbound>,
+    commands: mpsc::Sender<Command>,
+    _protocol: PhantomData<fn() -> P>,
+}
+
+/// One request to answer.
+#[derive(Debug)]
+pub struct Incoming<P: Protocol> {
+    /// The caller, as authenticated by the transport handshake.
+    pub peer: PublicKey,
+    /// The caller's request id.
+    pub request_id: u64,
+    /// The request.
+    pub request: P::Request,
+    /// Where the answer goes.
+    pub responder: Responder<P>,
+}
+
+impl<P: Protocol> ServeStream<P> {
+    /// The next request; `None` once the overlay has stopped.
+    ///
+    /// Requests that do not decode as `P::Request` are answered with a `malformed` error
+    /// reply here and skipped.
+    pub async fn next(&mut self) -> Option<Incoming<P>> {
+        loop {
+            let raw = self.rx.recv().await?;
+            let mut responder = Responder {
+                kind: P::KIND,
+                request_id: 0,
+                channel: Some(raw.channel),
+                commands: self.commands.clone(),
+                _protocol: PhantomData,
+            };
+            match codec::decode_with_limit::<Envelope<P::Request>>(&raw.bytes, MAX_REQUEST_BYTES) {
+                Ok(envelope) => {
+                    responder.request_id = envelope.request_id;
+                    return Some(Incoming {
+                        peer: raw.peer,
+                        request_id: envelope.request_id,
+                        request: envelope.body,
+                        responder,
+                    });
+                }
+                Err(error) => {
+                    responder.request_id = peek_request_id(&raw.bytes);
+                    tracing::debug!(peer = %raw.peer, protocol = %P::KIND, %error, "malformed request");
+                    let reply = ErrorReply::from(Rejection::Malformed {
+                        detail: format!("not a {} request: {error}", P::KIND),
+                    });
+                    let _ = responder.send(Err(reply)).await;
+                }
+            }
+        }
+    }
+}
+
+/// The request id of a frame whose body may not decode (0 when even that fails).
+pub(crate) fn peek_request_id(bytes: &[u8]) -> u64 {
+    codec::decode_with_limit::<Envelope<IgnoredAny>>(bytes, MAX_REQUEST_BYTES)
+        .map_or(0, |envelope| envelope.request_id)
+}
+
+/// Encodes an answer, replacing one over the response cap by an error reply saying so.
+pub(crate) fn encode_reply<T: serde::Serialize>(request_id: u64, body: &Reply<T>) -> Vec<u8> {
+    let bytes = codec::encode(&Envelope { request_id, body });
+    if bytes.len() <= MAX_RESPONSE_BYTES {
+        return bytes;
+    }
+    let reply: Reply<()> = Err(ErrorReply::from(Rejection::Internal {
+        detail: format!(
+            "the answer of {} bytes exceeds the {MAX_RESPONSE_BYTES}-byte limit",
+            bytes.len()
+        ),
+    }));
+    codec::encode(&Envelope {
+        request_id,
+        body: reply,
+    })
+}
+
+/// Answers one request. Dropping it unanswered sends an `internal` error reply.
+#[derive(Debug)]
+pub struct Responder<P: Protocol> {
+    kind: ProtocolKind,
+    request_id: u64,
+    channel: Option<ResponseChannel<Frame>>,
+    commands: mpsc::Sender<Command>,
+    _protocol: PhantomData<fn() -> P>,
+}
+
+impl<P: Protocol> Responder<P> {
+    /// The caller's request id.
+    pub fn request_id(&self) -> u64 {
+        self.request_id
+    }
+
+    /// Sends the answer.
+    pub async fn send(mut self, reply: Reply<P::Response>) -> Result<(), OverlayError> {
+        let channel = self.channel.take().ok_or(OverlayError::AlreadyAnswered)?;
+        let bytes = encode_reply(self.request_id, &reply);
+        self.commands
+            .send(Command::Respond {
+                kind: self.kind,
+                channel,
+                frame: Frame::Bytes(bytes),
+            })
+            .await
+            .map_err(|_| OverlayError::Closed)
+    }
+}
+
+impl<P: Protocol> Drop for Responder<P> {
+    fn drop(&mut self) {
+        if let Some(channel) = self.channel.take() {
+            let reply: Reply<()> = Err(ErrorReply::from(Rejection::Internal {
+                detail: "the server dropped the request without answering".into(),
+            }));
+            let frame = Frame::Bytes(encode_reply(self.request_id, &reply));
+            // Best effort: with the queue full the stream is dropped and the caller sees the
+            // stream close instead.
+            let _ = self.commands.try_send(Command::Respond {
+                kind: self.kind,
+                channel,
+                frame,
+            });
+        }
+    }
+}

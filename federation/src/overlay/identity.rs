@@ -1,0 +1,61 @@
+//! PlanetMesh keys as libp2p identities.
+//!
+//! libp2p 0.57 speaks `libp2p-identity` 0.3, while `capability_schema` converts to 0.2; the
+//! conversions here go through the raw ed25519 bytes, so they hold whichever version the
+//! schema crate links.
+
+use capability_schema::{KeyError, PublicKey, SecretKey};
+use libp2p::PeerId;
+use libp2p::identity;
+
+/// The libp2p keypair of a PlanetMesh secret key (the same ed25519 key).
+pub fn keypair(key: &SecretKey) -> identity::Keypair {
+    let mut bytes = key.to_bytes();
+    let secret = identity::ed25519::SecretKey::try_from_bytes(&mut bytes)
+        .unwrap_or_else(|_| unreachable!("32 bytes are always an ed25519 secret"));
+    identity::Keypair::from(identity::ed25519::Keypair::from(secret))
+}
+
+/// The libp2p public key of a PlanetMesh public key.
+pub fn libp2p_public(key: &PublicKey) -> identity::PublicKey {
+    let ed = identity::ed25519::PublicKey::try_from_bytes(key.as_bytes())
+        .unwrap_or_else(|_| unreachable!("a valid ed25519 point is a valid libp2p key"));
+    identity::PublicKey::from(ed)
+}
+
+/// The peer id of a PlanetMesh public key.
+pub fn peer_id(key: &PublicKey) -> PeerId {
+    libp2p_public(key).to_peer_id()
+}
+
+/// The PlanetMesh key a peer id carries (ed25519 peer ids inline their key).
+pub fn public_key(peer: &PeerId) -> Result<PublicKey, KeyError> {
+    let not_ed = || KeyError::NotEd25519PeerId(peer.to_string());
+    let multihash = peer.as_ref();
+    // Identity multihash (code 0) of the protobuf-encoded public key.
+    if multihash.code() != 0 {
+        return Err(not_ed());
+    }
+    let public =
+        identity::PublicKey::try_decode_protobuf(multihash.digest()).map_err(|_| not_ed())?;
+    let ed = public.try_into_ed25519().map_err(|_| not_ed())?;
+    PublicKey::from_bytes(&ed.to_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use capability_schema::identity::test_key;
+
+    use super::*;
+
+    #[test]
+    fn peer_ids_carry_the_same_key() {
+        let key = test_key(7);
+        let peer = peer_id(&key.public());
+        assert_eq!(keypair(&key).public().to_peer_id(), peer);
+        assert_eq!(public_key(&peer).unwrap(), key.public());
+        // The same peer id the schema crate derives (through libp2p-identity 0.2).
+        assert_eq!(peer.to_bytes(), key.public().to_peer_id().to_bytes());
+        assert!(public_key(&PeerId::random()).is_err());
+    }
+}

@@ -1,0 +1,891 @@
+//! The overlay task: the one owner of the swarm.
+//!
+//! It waits on three things at once: swarm events, commands from handles, and a one-second
+//! maintenance tick (unban peers, forget expired `seq`s, keep `target_peers` connections).
+//! Every outstanding operation is in a map keyed by its libp2p id (request id, connection id,
+//! Kademlia query id) with the oneshot that answers it; every map is bounded by what libp2p
+//! itself bounds (streams per connection, request timeouts, connection limits) or by config.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use capability_schema::codec;
+use capability_schema::protocol::Reply;
+use capability_schema::rejection::Rejection;
+use capability_schema::{ErrorReply, PublicKey, ResourceAd, SecretKey, Signed};
+use futures::StreamExt;
+use libp2p::gossipsub::{self, MessageAcceptance, TopicHash};
+use libp2p::multiaddr::Protocol as AddrProtocol;
+use libp2p::request_response::{self, OutboundFailure, OutboundRequestId, ResponseChannel};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{ConnectionId, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, Swarm, identify, kad, mdns};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use super::codec::Frame;
+use super::handle::{AdEvent, OverlayHandle, encode_reply, peek_request_id};
+use super::identity;
+use super::protocol::ProtocolKind;
+use super::swarm::{self, Behaviour, BehaviourEvent, GRAYLIST_THRESHOLD};
+use super::{KAD_PROTOCOL, MAX_AD_BYTES, OverlayConfig, OverlayError, SharedTrust};
+use crate::trust::{AdRejection, TrustStore};
+use crate::unix_now;
+
+/// Most addresses remembered per peer.
+const MAX_ADDRS_PER_PEER: usize = 8;
+/// How long [`start`] waits for each listener's first address.
+const LISTEN_WAIT: Duration = Duration::from_secs(5);
+
+/// A command from a handle to the task.
+#[derive(Debug)]
+pub(crate) enum Command {
+    PublishAd {
+        ad: Signed<ResourceAd>,
+        reply: oneshot::Sender<Result<(), OverlayError>>,
+    },
+    Subscribe {
+        federation: String,
+        reply: oneshot::Sender<Result<(), OverlayError>>,
+    },
+    Unsubscribe {
+        federation: String,
+        reply: oneshot::Sender<()>,
+    },
+    Request {
+        kind: ProtocolKind,
+        peer: PeerId,
+        frame: Frame,
+        reply: oneshot::Sender<Result<Frame, OverlayError>>,
+    },
+    Respond {
+        kind: ProtocolKind,
+        channel: ResponseChannel<Frame>,
+        frame: Frame,
+    },
+    Serve {
+        kind: ProtocolKind,
+        reply: oneshot::Sender<Result<mpsc::Receiver<RawInbound>, OverlayError>>,
+    },
+    Dial {
+        addr: Multiaddr,
+        reply: oneshot::Sender<Result<PublicKey, OverlayError>>,
+    },
+    AddAddresses {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        reply: oneshot::Sender<()>,
+    },
+    ListenAddrs {
+        reply: oneshot::Sender<Vec<Multiaddr>>,
+    },
+    ConnectedPeers {
+        reply: oneshot::Sender<Vec<PublicKey>>,
+    },
+    MeshPeers {
+        federation: String,
+        reply: oneshot::Sender<Vec<PublicKey>>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// An incoming request on its way to the serving daemon.
+#[derive(Debug)]
+pub(crate) struct RawInbound {
+    pub(crate) peer: PublicKey,
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) channel: ResponseChannel<Frame>,
+}
+
+/// An outbound request waiting for its answer.
+struct Pending {
+    kind: ProtocolKind,
+    peer: PeerId,
+    /// Kept only while the peer is not connected, to retry once after a Kademlia lookup.
+    retry: Option<Frame>,
+    reply: oneshot::Sender<Result<Frame, OverlayError>>,
+}
+
+/// Builds, listens, bootstraps and spawns; see [`super::Overlay::start`].
+pub(crate) async fn start(
+    key: &SecretKey,
+    config: OverlayConfig,
+    trust: SharedTrust,
+) -> Result<OverlayHandle, OverlayError> {
+    let keypair = identity::keypair(key);
+    let mut swarm = swarm::build(&keypair, &config)?;
+    let local = *swarm.local_peer_id();
+
+    let mut listeners = HashSet::new();
+    for addr in &config.listen {
+        let id = swarm
+            .listen_on(addr.clone())
+            .map_err(|e| OverlayError::Listen {
+                addr: addr.to_string(),
+                detail: e.to_string(),
+            })?;
+        listeners.insert(id);
+    }
+    let mut listen_addrs = Vec::new();
+    let deadline = tokio::time::Instant::now() + LISTEN_WAIT;
+    while !listeners.is_empty() {
+        let event = tokio::time::timeout_at(deadline, swarm.select_next_some())
+            .await
+            .map_err(|_| OverlayError::Listen {
+                addr: format!("{:?}", config.listen),
+                detail: "no address after 5 s".into(),
+            })?;
+        match event {
+            SwarmEvent::NewListenAddr {
+                listener_id,
+                address,
+            } => {
+                listeners.remove(&listener_id);
+                listen_addrs.push(address);
+            }
+            SwarmEvent::ListenerError { error, .. } => {
+                return Err(OverlayError::Listen {
+                    addr: format!("{:?}", config.listen),
+                    detail: error.to_string(),
+                });
+            }
+            SwarmEvent::ListenerClosed { reason, .. } => {
+                return Err(OverlayError::Listen {
+                    addr: format!("{:?}", config.listen),
+                    detail: format!("listener closed: {reason:?}"),
+                });
+            }
+            _ => {}
+        }
+    }
+
+    let (commands_tx, commands_rx) = mpsc::channel(config.command_queue.max(1));
+    let (ads_tx, _) = broadcast::channel(config.ad_queue.max(1));
+    let public = identity::public_key(&local).map_err(|e| OverlayError::Setup(e.to_string()))?;
+    let handle = OverlayHandle::new(commands_tx, ads_tx.clone(), public, trust.clone());
+
+    let mut runner = Runner {
+        swarm,
+        trust,
+        commands: commands_rx,
+        ads: ads_tx,
+        topics: HashMap::new(),
+        last_seq: HashMap::new(),
+        pending: HashMap::new(),
+        routing: HashMap::new(),
+        dials: HashMap::new(),
+        servers: HashMap::new(),
+        addresses: HashMap::new(),
+        banned: HashMap::new(),
+        listen_addrs,
+        last_discovery: Instant::now(),
+        config,
+    };
+    for federation in runner.config.federations.clone() {
+        runner.subscribe(&federation)?;
+    }
+    runner.bootstrap();
+    tokio::spawn(runner.run());
+    Ok(handle)
+}
+
+struct Runner {
+    swarm: Swarm<Behaviour>,
+    trust: SharedTrust,
+    commands: mpsc::Receiver<Command>,
+    ads: broadcast::Sender<AdEvent>,
+    /// Subscribed topics and their federations.
+    topics: HashMap<TopicHash, String>,
+    /// Per node: the last accepted `seq` and when that ad expires.
+    last_seq: HashMap<PublicKey, (u64, u64)>,
+    pending: HashMap<(ProtocolKind, OutboundRequestId), Pending>,
+    /// Requests parked on a Kademlia lookup of their peer.
+    routing: HashMap<kad::QueryId, (PeerId, Vec<Pending>)>,
+    dials: HashMap<ConnectionId, (Multiaddr, oneshot::Sender<Result<PublicKey, OverlayError>>)>,
+    servers: HashMap<ProtocolKind, mpsc::Sender<RawInbound>>,
+    addresses: HashMap<PeerId, Vec<Multiaddr>>,
+    banned: HashMap<PeerId, Instant>,
+    listen_addrs: Vec<Multiaddr>,
+    last_discovery: Instant,
+    config: OverlayConfig,
+}
+
+fn read_trust(trust: &SharedTrust) -> std::sync::RwLockReadGuard<'_, TrustStore> {
+    trust
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// `addr` without a trailing `/p2p/<peer id>`, and that peer id.
+fn split_peer(addr: &Multiaddr) -> (Multiaddr, Option<PeerId>) {
+    let mut addr = addr.clone();
+    match addr.iter().last() {
+        Some(AddrProtocol::P2p(peer)) => {
+            addr.pop();
+            (addr, Some(peer))
+        }
+        _ => (addr, None),
+    }
+}
+
+fn public_of(peer: &PeerId) -> PublicKey {
+    // Only ed25519 identities exist in this build of libp2p, and every one of them inlines its
+    // key in the peer id; the fallback is unreachable in practice.
+    identity::public_key(peer).unwrap_or_else(|_| {
+        unreachable!("peer {peer} authenticated with a key that is not ed25519")
+    })
+}
+
+impl Runner {
+    async fn run(mut self) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                command = self.commands.recv() => match command {
+                    Some(Command::Shutdown { reply }) => {
+                        let _ = reply.send(());
+                        break;
+                    }
+                    Some(command) => self.on_command(command),
+                    None => break,
+                },
+                _ = tick.tick() => self.maintain(),
+            }
+        }
+        tracing::debug!(peer = %self.swarm.local_peer_id(), "overlay stopped");
+    }
+
+    // ------------------------------------------------------------------ commands
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::PublishAd { ad, reply } => {
+                let _ = reply.send(self.publish(ad));
+            }
+            Command::Subscribe { federation, reply } => {
+                let _ = reply.send(self.subscribe(&federation));
+            }
+            Command::Unsubscribe { federation, reply } => {
+                let topic = swarm::ad_topic(&federation);
+                self.swarm.behaviour_mut().gossipsub.unsubscribe(&topic);
+                self.topics.remove(&topic.hash());
+                let _ = reply.send(());
+            }
+            Command::Request {
+                kind,
+                peer,
+                frame,
+                reply,
+            } => self.send_request(kind, peer, frame, reply, false),
+            Command::Respond {
+                kind,
+                channel,
+                frame,
+            } => {
+                if self
+                    .swarm
+                    .behaviour_mut()
+                    .rr(kind)
+                    .send_response(channel, frame)
+                    .is_err()
+                {
+                    tracing::debug!(protocol = %kind, "answer dropped: the caller is gone");
+                }
+            }
+            Command::Serve { kind, reply } => {
+                let result = match self.servers.get(&kind) {
+                    Some(sender) if !sender.is_closed() => Err(OverlayError::AlreadyServed(kind)),
+                    _ => {
+                        let (tx, rx) = mpsc::channel(self.config.serve_queue.max(1));
+                        self.servers.insert(kind, tx);
+                        Ok(rx)
+                    }
+                };
+                let _ = reply.send(result);
+            }
+            Command::Dial { addr, reply } => {
+                let (plain, peer) = split_peer(&addr);
+                let opts = match peer {
+                    Some(peer) => DialOpts::peer_id(peer)
+                        .addresses(vec![plain])
+                        .condition(PeerCondition::Always)
+                        .build(),
+                    None => DialOpts::unknown_peer_id().address(addr.clone()).build(),
+                };
+                let id = opts.connection_id();
+                match self.swarm.dial(opts) {
+                    Ok(()) => {
+                        self.dials.insert(id, (addr, reply));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(OverlayError::Dial {
+                            addr: addr.to_string(),
+                            detail: e.to_string(),
+                        }));
+                    }
+                }
+            }
+            Command::AddAddresses { peer, addrs, reply } => {
+                for addr in addrs {
+                    self.remember_address(peer, addr);
+                }
+                let _ = reply.send(());
+            }
+            Command::ListenAddrs { reply } => {
+                let local = *self.swarm.local_peer_id();
+                let addrs = self
+                    .listen_addrs
+                    .iter()
+                    .map(|a| a.clone().with(AddrProtocol::P2p(local)))
+                    .collect();
+                let _ = reply.send(addrs);
+            }
+            Command::ConnectedPeers { reply } => {
+                let peers = self.swarm.connected_peers().map(public_of).collect();
+                let _ = reply.send(peers);
+            }
+            Command::MeshPeers { federation, reply } => {
+                let topic = swarm::ad_topic(&federation).hash();
+                let peers = self
+                    .swarm
+                    .behaviour()
+                    .gossipsub
+                    .mesh_peers(&topic)
+                    .map(public_of)
+                    .collect();
+                let _ = reply.send(peers);
+            }
+            Command::Shutdown { reply } => {
+                // Handled in `run`.
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    fn subscribe(&mut self, federation: &str) -> Result<(), OverlayError> {
+        if read_trust(&self.trust).authority_of(federation).is_none() {
+            return Err(crate::trust::TrustError::UnknownFederation(federation.to_owned()).into());
+        }
+        let topic = swarm::ad_topic(federation);
+        let gossipsub = &mut self.swarm.behaviour_mut().gossipsub;
+        gossipsub
+            .subscribe(&topic)
+            .map_err(|e| OverlayError::Setup(format!("subscribe {federation}: {e}")))?;
+        if gossipsub.get_topic_params(&topic).is_none() {
+            gossipsub
+                .set_topic_params(topic.clone(), swarm::topic_score_params())
+                .map_err(|e| OverlayError::Setup(format!("score parameters: {e}")))?;
+        }
+        self.topics.insert(topic.hash(), federation.to_owned());
+        Ok(())
+    }
+
+    fn publish(&mut self, signed: Signed<ResourceAd>) -> Result<(), OverlayError> {
+        let now = unix_now();
+        let node = signed.signer;
+        let last = self.last_seq.get(&node).map(|(seq, _)| *seq);
+        let ad = read_trust(&self.trust)
+            .validate_ad(&signed, now, last)
+            .map_err(OverlayError::InvalidAd)?;
+        let bytes = signed.to_bytes();
+        if bytes.len() > MAX_AD_BYTES {
+            return Err(OverlayError::Publish(format!(
+                "the ad is {} bytes, over the {MAX_AD_BYTES}-byte limit",
+                bytes.len()
+            )));
+        }
+        let topic = swarm::ad_topic(&ad.federation);
+        match self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
+            Ok(_) | Err(gossipsub::PublishError::Duplicate) => {
+                self.record_seq(&ad);
+                Ok(())
+            }
+            Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => Err(OverlayError::NoPeers {
+                federation: ad.federation,
+            }),
+            Err(e) => Err(OverlayError::Publish(e.to_string())),
+        }
+    }
+
+    fn send_request(
+        &mut self,
+        kind: ProtocolKind,
+        peer: PeerId,
+        frame: Frame,
+        reply: oneshot::Sender<Result<Frame, OverlayError>>,
+        retried: bool,
+    ) {
+        let addrs = self.addresses.get(&peer).cloned().unwrap_or_default();
+        let retry = (!retried && !self.swarm.is_connected(&peer)).then(|| frame.clone());
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .rr(kind)
+            .send_request_with_addresses(&peer, frame, addrs);
+        self.pending.insert(
+            (kind, id),
+            Pending {
+                kind,
+                peer,
+                retry,
+                reply,
+            },
+        );
+    }
+
+    fn remember_address(&mut self, peer: PeerId, addr: Multiaddr) {
+        let (addr, _) = split_peer(&addr);
+        if peer == *self.swarm.local_peer_id() {
+            return;
+        }
+        if !self.addresses.contains_key(&peer)
+            && self.addresses.len() >= self.config.max_tracked_nodes
+        {
+            return;
+        }
+        let known = self.addresses.entry(peer).or_default();
+        if !known.contains(&addr) {
+            if known.len() >= MAX_ADDRS_PER_PEER {
+                known.remove(0);
+            }
+            known.push(addr);
+        }
+    }
+
+    fn bootstrap(&mut self) {
+        for addr in self.config.bootstrap.clone() {
+            let (plain, peer) = split_peer(&addr);
+            let result = match peer {
+                Some(peer) => {
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer, plain.clone());
+                    self.remember_address(peer, plain.clone());
+                    self.swarm
+                        .dial(DialOpts::peer_id(peer).addresses(vec![plain]).build())
+                }
+                None => self.swarm.dial(addr.clone()),
+            };
+            if let Err(e) = result {
+                tracing::warn!(%addr, error = %e, "cannot dial bootstrap peer");
+            }
+        }
+        if !self.config.bootstrap.is_empty()
+            && let Err(e) = self.swarm.behaviour_mut().kad.bootstrap()
+        {
+            tracing::debug!(error = %e, "no Kademlia bootstrap yet");
+        }
+    }
+
+    // ------------------------------------------------------------------ maintenance
+
+    fn maintain(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<PeerId> = self
+            .banned
+            .iter()
+            .filter(|(_, until)| **until <= now)
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in expired {
+            self.banned.remove(&peer);
+            self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+        }
+        if self.last_seq.len() * 2 > self.config.max_tracked_nodes {
+            let unix = unix_now();
+            self.last_seq.retain(|_, (_, expires)| *expires >= unix);
+        }
+        if now.duration_since(self.last_discovery) >= self.config.discovery_interval {
+            self.last_discovery = now;
+            self.discover();
+        }
+    }
+
+    /// Dials peers Kademlia knows until `target_peers` are connected; looks for more peers
+    /// when it knows too few.
+    fn discover(&mut self) {
+        let connected = self.swarm.connected_peers().count();
+        if connected >= self.config.target_peers {
+            return;
+        }
+        let mut wanted = self.config.target_peers - connected;
+        let mut candidates = Vec::new();
+        for bucket in self.swarm.behaviour_mut().kad.kbuckets() {
+            for entry in bucket.iter() {
+                candidates.push((
+                    *entry.node.key.preimage(),
+                    entry.node.value.iter().cloned().collect::<Vec<_>>(),
+                ));
+            }
+        }
+        for (peer, addrs) in candidates {
+            if wanted == 0 {
+                break;
+            }
+            if self.swarm.is_connected(&peer) || self.banned.contains_key(&peer) {
+                continue;
+            }
+            let opts = DialOpts::peer_id(peer)
+                .addresses(addrs)
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            if self.swarm.dial(opts).is_ok() {
+                wanted -= 1;
+            }
+        }
+        if wanted > 0 && connected > 0 {
+            self.swarm
+                .behaviour_mut()
+                .kad
+                .get_closest_peers(PeerId::random());
+        }
+    }
+
+    // ------------------------------------------------------------------ swarm events
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
+            SwarmEvent::NewListenAddr { address, .. } if !self.listen_addrs.contains(&address) => {
+                self.listen_addrs.push(address);
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.listen_addrs.retain(|a| *a != address);
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => {
+                if endpoint.is_dialer() {
+                    self.remember_address(peer_id, endpoint.get_remote_address().clone());
+                }
+                if let Some((_, reply)) = self.dials.remove(&connection_id) {
+                    let _ = reply.send(Ok(public_of(&peer_id)));
+                }
+            }
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                error,
+                ..
+            } => {
+                if let Some((addr, reply)) = self.dials.remove(&connection_id) {
+                    let _ = reply.send(Err(OverlayError::Dial {
+                        addr: addr.to_string(),
+                        detail: error.to_string(),
+                    }));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_behaviour_event(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            }) => self.on_gossip(propagation_source, message_id, message),
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                let speaks_kad = info.protocols.iter().any(|p| p.as_ref() == KAD_PROTOCOL);
+                for addr in info.listen_addrs {
+                    if speaks_kad {
+                        self.swarm
+                            .behaviour_mut()
+                            .kad
+                            .add_address(&peer_id, addr.clone());
+                    }
+                    self.remember_address(peer_id, addr);
+                }
+            }
+            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id, result, step, ..
+            }) => self.on_kad_progress(id, result, step.last),
+            BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                for (peer, addr) in found {
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer, addr.clone());
+                    self.remember_address(peer, addr.clone());
+                    let opts = DialOpts::peer_id(peer)
+                        .addresses(vec![addr])
+                        .condition(PeerCondition::DisconnectedAndNotDialing)
+                        .build();
+                    let _ = self.swarm.dial(opts);
+                }
+            }
+            BehaviourEvent::Agent(event) => self.on_request_response(ProtocolKind::Agent, event),
+            BehaviourEvent::Node(event) => self.on_request_response(ProtocolKind::Node, event),
+            BehaviourEvent::Broker(event) => self.on_request_response(ProtocolKind::Broker, event),
+            _ => {}
+        }
+    }
+
+    // ------------------------------------------------------------------ gossip
+
+    fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
+        let verdict = self.check_ad(&message);
+        let acceptance = match &verdict {
+            Ok(_) => MessageAcceptance::Accept,
+            Err(rejection) if rejection.is_misbehaviour() => MessageAcceptance::Reject,
+            Err(_) => MessageAcceptance::Ignore,
+        };
+        let gossipsub = &mut self.swarm.behaviour_mut().gossipsub;
+        gossipsub.report_message_validation_result(&id, &source, acceptance);
+        match verdict {
+            Ok((ad, signed)) => {
+                self.record_seq(&ad);
+                for addr in ad
+                    .addresses
+                    .iter()
+                    .filter_map(|a| a.parse::<Multiaddr>().ok())
+                {
+                    self.remember_address(identity::peer_id(&ad.node), addr);
+                }
+                let _ = self.ads.send(AdEvent {
+                    ad,
+                    signed,
+                    relayed_by: public_of(&source),
+                });
+            }
+            Err(rejection) => {
+                tracing::debug!(peer = %source, %rejection, "ad dropped");
+                if rejection.is_misbehaviour() {
+                    self.punish(source);
+                }
+            }
+        }
+    }
+
+    fn check_ad(
+        &self,
+        message: &gossipsub::Message,
+    ) -> Result<(ResourceAd, Signed<ResourceAd>), AdRejection> {
+        let federation = self
+            .topics
+            .get(&message.topic)
+            .ok_or_else(|| AdRejection::Malformed(format!("unknown topic {}", message.topic)))?;
+        let signed = codec::decode_with_limit::<Signed<ResourceAd>>(&message.data, MAX_AD_BYTES)
+            .map_err(|e| AdRejection::Malformed(e.to_string()))?;
+        let last = self.last_seq.get(&signed.signer).map(|(seq, _)| *seq);
+        let ad = read_trust(&self.trust).validate_ad(&signed, unix_now(), last)?;
+        if ad.federation != *federation {
+            return Err(AdRejection::WrongTopic {
+                federation: ad.federation,
+                topic: federation.clone(),
+            });
+        }
+        Ok((ad, signed))
+    }
+
+    fn record_seq(&mut self, ad: &ResourceAd) {
+        if !self.last_seq.contains_key(&ad.node)
+            && self.last_seq.len() >= self.config.max_tracked_nodes
+        {
+            let now = unix_now();
+            self.last_seq.retain(|_, (_, expires)| *expires >= now);
+            if self.last_seq.len() >= self.config.max_tracked_nodes {
+                tracing::warn!(
+                    "too many nodes to remember their last seq; not tracking {}",
+                    ad.node
+                );
+                return;
+            }
+        }
+        self.last_seq.insert(ad.node, (ad.seq, ad.expires_at()));
+    }
+
+    /// Disconnects and blocks a peer whose gossip score fell under the graylist threshold.
+    fn punish(&mut self, peer: PeerId) {
+        let score = self.swarm.behaviour().gossipsub.peer_score(&peer);
+        if score.is_some_and(|s| s <= GRAYLIST_THRESHOLD) {
+            tracing::info!(%peer, ?score, "blocking a peer that keeps relaying invalid ads");
+            self.banned
+                .insert(peer, Instant::now() + self.config.ban_duration);
+            self.swarm.behaviour_mut().blocked.block_peer(peer);
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+    }
+
+    // ------------------------------------------------------------------ requests
+
+    fn on_request_response(
+        &mut self,
+        kind: ProtocolKind,
+        event: request_response::Event<Frame, Frame>,
+    ) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => self.on_inbound(kind, peer, request, channel),
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
+                    if let Some(pending) = self.pending.remove(&(kind, request_id)) {
+                        let _ = pending.reply.send(Ok(response));
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                let Some(pending) = self.pending.remove(&(kind, request_id)) else {
+                    return;
+                };
+                if matches!(error, OutboundFailure::DialFailure) && pending.retry.is_some() {
+                    self.route(pending);
+                    return;
+                }
+                let peer = public_of(&peer);
+                let error = match error {
+                    OutboundFailure::DialFailure => OverlayError::Unreachable {
+                        peer,
+                        detail: "no known address answered".into(),
+                    },
+                    OutboundFailure::Timeout => OverlayError::Timeout {
+                        protocol: kind,
+                        peer,
+                        after: self.config.request_timeout,
+                    },
+                    OutboundFailure::ConnectionClosed => OverlayError::ConnectionClosed { peer },
+                    OutboundFailure::UnsupportedProtocols => OverlayError::Unsupported {
+                        peer,
+                        protocol: kind,
+                    },
+                    OutboundFailure::Io(e) => OverlayError::Stream {
+                        peer,
+                        protocol: kind,
+                        detail: e.to_string(),
+                    },
+                };
+                let _ = pending.reply.send(Err(error));
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, protocol = %kind, %error, "inbound request failed");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn on_inbound(
+        &mut self,
+        kind: ProtocolKind,
+        peer: PeerId,
+        request: Frame,
+        channel: ResponseChannel<Frame>,
+    ) {
+        let refuse = |this: &mut Self, channel, request_id, reason: Rejection| {
+            let reply: Reply<()> = Err(ErrorReply::from(reason));
+            let frame = Frame::Bytes(encode_reply(request_id, &reply));
+            let _ = this
+                .swarm
+                .behaviour_mut()
+                .rr(kind)
+                .send_response(channel, frame);
+        };
+        let bytes = match request {
+            Frame::Bytes(bytes) => bytes,
+            Frame::TooLarge { limit } => {
+                tracing::debug!(%peer, protocol = %kind, "oversized request refused");
+                let detail = format!("request exceeds the {limit}-byte limit of {kind}");
+                return refuse(self, channel, 0, Rejection::Malformed { detail });
+            }
+        };
+        let Some(server) = self.servers.get(&kind) else {
+            let detail = format!("this peer does not serve {kind}");
+            return refuse(
+                self,
+                channel,
+                peek_request_id(&bytes),
+                Rejection::Unavailable { detail },
+            );
+        };
+        let inbound = RawInbound {
+            peer: public_of(&peer),
+            bytes,
+            channel,
+        };
+        match server.try_send(inbound) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(inbound)) => {
+                let detail = format!("{kind} server is busy");
+                let id = peek_request_id(&inbound.bytes);
+                refuse(self, inbound.channel, id, Rejection::Unavailable { detail });
+            }
+            Err(mpsc::error::TrySendError::Closed(inbound)) => {
+                self.servers.remove(&kind);
+                let detail = format!("{kind} server has stopped");
+                let id = peek_request_id(&inbound.bytes);
+                refuse(self, inbound.channel, id, Rejection::Unavailable { detail });
+            }
+        }
+    }
+
+    /// Looks the peer of a request that could not be dialed up in Kademlia, to retry once.
+    fn route(&mut self, pending: Pending) {
+        let peer = pending.peer;
+        if let Some((_, parked)) = self.routing.values_mut().find(|(p, _)| *p == peer) {
+            parked.push(pending);
+            return;
+        }
+        let query = self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+        self.routing.insert(query, (peer, vec![pending]));
+    }
+
+    fn on_kad_progress(&mut self, id: kad::QueryId, result: kad::QueryResult, last: bool) {
+        let kad::QueryResult::GetClosestPeers(result) = result else {
+            return;
+        };
+        let Some((target, _)) = self.routing.get(&id) else {
+            return;
+        };
+        let target = *target;
+        let peers = match result {
+            Ok(ok) => ok.peers,
+            Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
+        };
+        let found: Vec<Multiaddr> = peers
+            .into_iter()
+            .filter(|info| info.peer_id == target)
+            .flat_map(|info| info.addrs)
+            .collect();
+        if found.is_empty() && !last {
+            return;
+        }
+        let Some((_, parked)) = self.routing.remove(&id) else {
+            return;
+        };
+        if let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+            query.finish();
+        }
+        let found_any = !found.is_empty();
+        for addr in found {
+            self.remember_address(target, addr);
+        }
+        for pending in parked {
+            match (found_any, pending.retry) {
+                (true, Some(frame)) => {
+                    self.send_request(pending.kind, pending.peer, frame, pending.reply, true);
+                }
+                _ => {
+                    let _ = pending.reply.send(Err(OverlayError::Unreachable {
+                        peer: public_of(&target),
+                        detail: "no address known, and Kademlia did not find one".into(),
+                    }));
+                }
+            }
+        }
+    }
+}
