@@ -95,6 +95,20 @@ impl OverlayHandle {
         self.call(|reply| Command::PublishAd { ad, reply }).await?
     }
 
+    /// Publishes raw bytes on `federation`'s ad topic without any validation.
+    ///
+    /// For fault injection (tests, testnet scenarios): honest receivers reject what does not
+    /// validate and lower this peer's score. Daemons use [`OverlayHandle::publish_ad`].
+    pub async fn publish_raw(&self, federation: &str, bytes: Vec<u8>) -> Result<(), OverlayError> {
+        let federation = federation.to_owned();
+        self.call(|reply| Command::PublishRaw {
+            federation,
+            bytes,
+            reply,
+        })
+        .await?
+    }
+
     /// Follows the ads of `federation` (its authority must be in the trust store).
     pub async fn subscribe(&self, federation: &str) -> Result<(), OverlayError> {
         let federation = federation.to_owned();

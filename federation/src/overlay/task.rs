@@ -43,6 +43,11 @@ pub(crate) enum Command {
         ad: Signed<ResourceAd>,
         reply: oneshot::Sender<Result<(), OverlayError>>,
     },
+    PublishRaw {
+        federation: String,
+        bytes: Vec<u8>,
+        reply: oneshot::Sender<Result<(), OverlayError>>,
+    },
     Subscribe {
         federation: String,
         reply: oneshot::Sender<Result<(), OverlayError>>,
@@ -264,6 +269,21 @@ impl Runner {
         match command {
             Command::PublishAd { ad, reply } => {
                 let _ = reply.send(self.publish(ad));
+            }
+            Command::PublishRaw {
+                federation,
+                bytes,
+                reply,
+            } => {
+                let topic = swarm::ad_topic(&federation);
+                let result = match self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
+                    Ok(_) => Ok(()),
+                    Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {
+                        Err(OverlayError::NoPeers { federation })
+                    }
+                    Err(e) => Err(OverlayError::Publish(e.to_string())),
+                };
+                let _ = reply.send(result);
             }
             Command::Subscribe { federation, reply } => {
                 let _ = reply.send(self.subscribe(&federation));
