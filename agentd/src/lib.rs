@@ -1,1 +1,14 @@
-//! `agentd`: see docs/ARCHITECTURE.md. This crate is filled by its own issue; it has no code yet.
+//! The PlanetMesh agent (paper §2.2, §4.2.2), made plural: any testbed or institution runs one,
+//! and a node may delegate shares to several.
+//!
+//! - [`inventory`]: the nodes that delegated a share to this agent, from validated ads;
+//! - [`policy`]: who may get which tickets; every refusal names its rule;
+//! - [`ledger`]: every minted ticket, durable before it is returned (redb);
+//! - [`agent`]: `GetAds`, `GetTickets` and `Released`, independent of the network.
+//!
+//! The daemon (`agentd run`, `agentd init`) wires these to the overlay and an HTTP endpoint.
+
+pub mod agent;
+pub mod inventory;
+pub mod ledger;
+pub mod policy;

@@ -1,0 +1,132 @@
+//! The agent's inventory: the nodes that delegated a share to this agent, from their ads.
+//!
+//! The overlay hands over ads it has already validated (node signature, membership, seq,
+//! expiry). The inventory keeps a node only while its latest ad carries a delegation to this
+//! agent that the node itself signed and that has not ended, and drops nodes whose ad expired.
+
+use std::collections::BTreeMap;
+
+use capability_schema::{PublicKey, ResourceAd, Resources, Signed};
+
+/// One node of the inventory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeEntry {
+    /// The node's latest ad, as signed.
+    pub signed: Signed<ResourceAd>,
+    /// Its body.
+    pub ad: ResourceAd,
+    /// The share the node delegated to this agent.
+    pub share: Resources,
+    /// When the delegation ends.
+    pub delegation_not_after: u64,
+}
+
+impl NodeEntry {
+    /// What the node itself reports free under this agent's share (its view of redeemed
+    /// leases and of its capacity).
+    pub fn node_reported_free(&self, agent: &PublicKey) -> Resources {
+        self.ad.share_of(agent).map_or(self.share, |s| s.free)
+    }
+}
+
+/// Why an ad did not enter the inventory.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InventoryRefusal {
+    /// The node delegated nothing to this agent (the common case: not our node).
+    #[error("node {0} delegated no share to this agent")]
+    NoDelegation(String),
+    /// The delegation has ended.
+    #[error("node {0}'s delegation to this agent has ended")]
+    DelegationEnded(String),
+}
+
+/// The inventory.
+#[derive(Debug, Clone)]
+pub struct Inventory {
+    agent: PublicKey,
+    nodes: BTreeMap<PublicKey, NodeEntry>,
+}
+
+impl Inventory {
+    /// An empty inventory for `agent`.
+    pub fn new(agent: PublicKey) -> Inventory {
+        Inventory {
+            agent,
+            nodes: BTreeMap::new(),
+        }
+    }
+
+    /// Takes a validated ad: keeps the node if it delegates to this agent.
+    pub fn offer(
+        &mut self,
+        signed: Signed<ResourceAd>,
+        ad: ResourceAd,
+        now: u64,
+    ) -> Result<(), InventoryRefusal> {
+        // The newest delegation to this agent that is still in force wins.
+        let mut best: Option<(Resources, u64, u64)> = None;
+        let mut ended = false;
+        for delegation in &ad.delegations {
+            let Ok(d) = delegation.verify_by(&ad.node) else {
+                continue;
+            };
+            if d.agent != self.agent || d.node != ad.node {
+                continue;
+            }
+            if d.not_after <= now {
+                ended = true;
+                continue;
+            }
+            if best.is_none_or(|(_, _, issued)| d.issued_at >= issued) {
+                best = Some((d.share, d.not_after, d.issued_at));
+            }
+        }
+        let Some((share, delegation_not_after, _)) = best else {
+            self.nodes.remove(&ad.node);
+            let node = ad.node.short();
+            return Err(if ended {
+                InventoryRefusal::DelegationEnded(node)
+            } else {
+                InventoryRefusal::NoDelegation(node)
+            });
+        };
+        self.nodes.insert(
+            ad.node,
+            NodeEntry {
+                signed,
+                ad,
+                share,
+                delegation_not_after,
+            },
+        );
+        Ok(())
+    }
+
+    /// Drops nodes whose ad or delegation has expired.
+    pub fn expire(&mut self, now: u64) -> usize {
+        let before = self.nodes.len();
+        self.nodes
+            .retain(|_, e| !e.ad.is_expired(now) && e.delegation_not_after > now);
+        before - self.nodes.len()
+    }
+
+    /// One node.
+    pub fn get(&self, node: &PublicKey) -> Option<&NodeEntry> {
+        self.nodes.get(node)
+    }
+
+    /// Every node.
+    pub fn iter(&self) -> impl Iterator<Item = &NodeEntry> {
+        self.nodes.values()
+    }
+
+    /// How many nodes.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+}

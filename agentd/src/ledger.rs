@@ -1,0 +1,236 @@
+//! The agent's ticket ledger (redb): every ticket it minted, persisted before it is returned.
+//!
+//! A minted ticket counts against the node's share from the moment it is written until it
+//! expires or is released (the holder gave it back, e.g. after a failed all-or-nothing
+//! acquisition). Ticket ids are biscuit revocation ids, unique by construction; the ledger
+//! refuses to write an id twice, so a restart can never reuse one.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use capability_schema::{PublicKey, Resources, codec};
+use redb::{Database, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::policy::Usage;
+
+const TICKETS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("tickets");
+
+/// Errors of the ledger.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    /// The database failed.
+    #[error("ticket ledger {path}: {detail}")]
+    Storage {
+        /// The database file.
+        path: PathBuf,
+        /// What failed.
+        detail: String,
+    },
+    /// A ticket id was written twice.
+    #[error("ticket id {0} is already in the ledger")]
+    DuplicateId(String),
+}
+
+/// One minted ticket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TicketRecord {
+    /// The ticket id.
+    pub ticket_id: String,
+    /// The node.
+    pub node: PublicKey,
+    /// The principal it is bound to.
+    pub principal: PublicKey,
+    /// The slice.
+    pub slice: String,
+    /// The resources granted.
+    pub resources: Resources,
+    /// Unix seconds of minting.
+    pub issued_at: u64,
+    /// Unix seconds it ends.
+    pub not_after: u64,
+    /// The agreed price.
+    pub price: u64,
+    /// Released by its holder before its end.
+    pub released: bool,
+}
+
+impl TicketRecord {
+    /// Whether it still counts against the share at `now`.
+    pub fn outstanding(&self, now: u64) -> bool {
+        !self.released && now < self.not_after
+    }
+}
+
+/// The agent's ledger.
+#[derive(Debug)]
+pub struct TicketLedger {
+    db: Database,
+    path: PathBuf,
+}
+
+impl TicketLedger {
+    /// Opens (or creates) the ledger.
+    pub fn open(path: &Path) -> Result<TicketLedger, LedgerError> {
+        let storage = |e: String| LedgerError::Storage {
+            path: path.to_owned(),
+            detail: e,
+        };
+        let db = Database::create(path).map_err(|e| storage(e.to_string()))?;
+        let txn = db.begin_write().map_err(|e| storage(e.to_string()))?;
+        txn.open_table(TICKETS)
+            .map_err(|e| storage(e.to_string()))?;
+        txn.commit().map_err(|e| storage(e.to_string()))?;
+        Ok(TicketLedger {
+            db,
+            path: path.to_owned(),
+        })
+    }
+
+    fn storage(&self, e: impl std::fmt::Display) -> LedgerError {
+        LedgerError::Storage {
+            path: self.path.clone(),
+            detail: e.to_string(),
+        }
+    }
+
+    /// Writes every record in one durable transaction, or none.
+    pub fn record_all(&self, records: &[TicketRecord]) -> Result<(), LedgerError> {
+        let txn = self.db.begin_write().map_err(|e| self.storage(e))?;
+        {
+            let mut table = txn.open_table(TICKETS).map_err(|e| self.storage(e))?;
+            for record in records {
+                if table
+                    .get(record.ticket_id.as_str())
+                    .map_err(|e| self.storage(e))?
+                    .is_some()
+                {
+                    return Err(LedgerError::DuplicateId(record.ticket_id.clone()));
+                }
+                table
+                    .insert(record.ticket_id.as_str(), codec::encode(record).as_slice())
+                    .map_err(|e| self.storage(e))?;
+            }
+        }
+        txn.commit().map_err(|e| self.storage(e))
+    }
+
+    /// Marks tickets released; returns how many the ledger knew.
+    pub fn release(&self, ticket_ids: &[String]) -> Result<u32, LedgerError> {
+        let txn = self.db.begin_write().map_err(|e| self.storage(e))?;
+        let mut known = 0;
+        {
+            let mut table = txn.open_table(TICKETS).map_err(|e| self.storage(e))?;
+            for id in ticket_ids {
+                let record: Option<TicketRecord> = match table
+                    .get(id.as_str())
+                    .map_err(|e| self.storage(e))?
+                {
+                    Some(bytes) => Some(codec::decode(bytes.value()).map_err(|e| self.storage(e))?),
+                    None => None,
+                };
+                if let Some(mut record) = record {
+                    record.released = true;
+                    table
+                        .insert(id.as_str(), codec::encode(&record).as_slice())
+                        .map_err(|e| self.storage(e))?;
+                    known += 1;
+                }
+            }
+        }
+        txn.commit().map_err(|e| self.storage(e))?;
+        Ok(known)
+    }
+
+    /// Every record.
+    pub fn all(&self) -> Result<Vec<TicketRecord>, LedgerError> {
+        let txn = self.db.begin_read().map_err(|e| self.storage(e))?;
+        let table = txn.open_table(TICKETS).map_err(|e| self.storage(e))?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(|e| self.storage(e))? {
+            let (_, bytes) = entry.map_err(|e| self.storage(e))?;
+            out.push(codec::decode(bytes.value()).map_err(|e| self.storage(e))?);
+        }
+        Ok(out)
+    }
+
+    /// What is outstanding at `now`: per node, and per principal.
+    pub fn outstanding(&self, now: u64) -> Result<Outstanding, LedgerError> {
+        let mut out = Outstanding::default();
+        for record in self.all()?.into_iter().filter(|r| r.outstanding(now)) {
+            let node = out.by_node.entry(record.node).or_default();
+            *node = node.checked_add(&record.resources).unwrap_or(*node);
+            let usage = out.by_principal.entry(record.principal).or_default();
+            usage.slivers = usage.slivers.saturating_add(1);
+            usage.total = usage
+                .total
+                .checked_add(&record.resources)
+                .unwrap_or(usage.total);
+        }
+        Ok(out)
+    }
+}
+
+/// Outstanding tickets summed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outstanding {
+    /// Per node.
+    pub by_node: BTreeMap<PublicKey, Resources>,
+    /// Per principal.
+    pub by_principal: BTreeMap<PublicKey, Usage>,
+}
+
+#[cfg(test)]
+mod tests {
+    use capability_schema::identity::test_key;
+
+    use super::*;
+
+    fn record(id: &str, not_after: u64) -> TicketRecord {
+        TicketRecord {
+            ticket_id: id.into(),
+            node: test_key(1).public(),
+            principal: test_key(50).public(),
+            slice: "s".into(),
+            resources: Resources {
+                cpu_millis: 100,
+                ..Resources::ZERO
+            },
+            issued_at: 0,
+            not_after,
+            price: 0,
+            released: false,
+        }
+    }
+
+    #[test]
+    fn outstanding_survives_restart_and_ids_are_never_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tickets.redb");
+        {
+            let ledger = TicketLedger::open(&path).unwrap();
+            ledger
+                .record_all(&[record("a", 100), record("b", 50)])
+                .unwrap();
+        }
+        let ledger = TicketLedger::open(&path).unwrap();
+        let out = ledger.outstanding(10).unwrap();
+        assert_eq!(out.by_node[&test_key(1).public()].cpu_millis, 200);
+        assert_eq!(out.by_principal[&test_key(50).public()].slivers, 2);
+        assert_eq!(
+            ledger.outstanding(60).unwrap().by_node[&test_key(1).public()].cpu_millis,
+            100
+        );
+        assert!(matches!(
+            ledger.record_all(&[record("c", 1), record("a", 1)]),
+            Err(LedgerError::DuplicateId(_))
+        ));
+        assert_eq!(
+            ledger.all().unwrap().len(),
+            2,
+            "a failed batch writes nothing"
+        );
+        assert_eq!(ledger.release(&["a".into(), "zz".into()]).unwrap(), 1);
+        assert!(ledger.outstanding(10).unwrap().by_node[&test_key(1).public()].cpu_millis == 100);
+    }
+}

@@ -1,0 +1,540 @@
+//! The agent core end to end without the network: inventory from signed ads, policy, minting,
+//! the durable ledger across restarts, and tickets a node accepts.
+
+use capability_schema::ad::ShareState;
+use capability_schema::identity::{SecretKey, test_key};
+use capability_schema::membership::{PeeringLimits, PrincipalFilter};
+use capability_schema::protocol::{AdQuery, AgentRequest, AgentResponse, SliverAsk, TicketRequest};
+use capability_schema::ticket::{Operation, TicketUse, TicketVerifier, TrustedIssuers, Window};
+use capability_schema::{Delegation, Rejection, Resources, Role, Signed, SliceKind};
+use federation::TrustStore;
+use federation::testing::{TestFederation, TestNode};
+use federation::trust::Validity;
+
+use agentd::agent::{Agent, AgentParts, Pricing};
+use agentd::ledger::TicketLedger;
+use agentd::policy::{Policy, PolicyConfig};
+
+const NOW: u64 = 1_800_000_000;
+
+fn cores(n: u64) -> Resources {
+    Resources {
+        cpu_millis: n * 1000,
+        memory_bytes: n << 30,
+        disk_bytes: n << 30,
+        egress_kbps: n * 1000,
+    }
+}
+
+struct World {
+    plc: TestFederation,
+    ple: TestFederation,
+    trust: TrustStore,
+    nodes: Vec<TestNode>,
+}
+
+fn world() -> World {
+    let plc = TestFederation::new("plc", 100);
+    let ple = TestFederation::new("ple", 101);
+    let mut trust = TrustStore::new();
+    plc.trust(&mut trust);
+    ple.trust(&mut trust);
+    let mut w = World {
+        plc,
+        ple,
+        trust,
+        nodes: Vec::new(),
+    };
+    w.nodes = (1..=3)
+        .map(|i| w.plc.node(i, &format!("site{i}")))
+        .collect();
+    w
+}
+
+/// A node's ad delegating `share` to each of `agents`.
+fn ad_for(
+    node: &TestNode,
+    agents: &[&SecretKey],
+    share: Resources,
+) -> Signed<capability_schema::ResourceAd> {
+    let mut body = node.ad_body(1, NOW, 600);
+    for agent in agents {
+        body.delegations.push(Signed::sign(
+            &node.key,
+            &Delegation {
+                node: node.key.public(),
+                agent: agent.public(),
+                share,
+                issued_at: NOW,
+                not_after: NOW + 86_400,
+            },
+        ));
+        body.shares.push(ShareState {
+            agent: agent.public(),
+            share,
+            committed: Resources::ZERO,
+            free: share,
+        });
+    }
+    Signed::sign(&node.key, &body)
+}
+
+fn agent(key: &SecretKey, dir: &std::path::Path, config: PolicyConfig) -> Agent {
+    Agent::new(AgentParts {
+        key: key.clone(),
+        federation: "plc".into(),
+        policy: Policy::new(config),
+        pricing: Pricing::default(),
+        oversubscription_permille: 1000,
+        ledger: TicketLedger::open(&dir.join("tickets.redb")).unwrap(),
+    })
+}
+
+fn feed(agent: &Agent, w: &World, share: Resources, agents: &[&SecretKey]) {
+    for node in &w.nodes {
+        let signed = ad_for(node, agents, share);
+        let ad = w.trust.validate_ad(&signed, NOW, None).unwrap();
+        agent
+            .with_inventory(|inv| inv.offer(signed, ad, NOW))
+            .unwrap();
+    }
+}
+
+fn principal(
+    w: &mut World,
+    fed: &str,
+    key: &SecretKey,
+    site: &str,
+) -> Signed<capability_schema::MembershipCert> {
+    let f = if fed == "plc" { &mut w.plc } else { &mut w.ple };
+    f.authority.certify(
+        key.public(),
+        Role::Principal,
+        site,
+        "someone",
+        Validity::days(NOW - 10, 30),
+    )
+}
+
+fn request(
+    principal_key: &SecretKey,
+    cert: Option<Signed<capability_schema::MembershipCert>>,
+    slice: &str,
+    nodes: &[&TestNode],
+    each: Resources,
+) -> TicketRequest {
+    TicketRequest {
+        slice: slice.into(),
+        principal: principal_key.public(),
+        principal_cert: cert,
+        kind: SliceKind::Regular,
+        slivers: nodes
+            .iter()
+            .map(|n| SliverAsk {
+                node: n.key.public(),
+                resources: each,
+            })
+            .collect(),
+        not_before: NOW,
+        not_after: NOW + 3600,
+        max_price: None,
+    }
+}
+
+fn tickets(
+    reply: Result<AgentResponse, capability_schema::ErrorReply>,
+) -> (
+    Vec<capability_schema::protocol::IssuedTicket>,
+    Vec<capability_schema::protocol::RefusedSliver>,
+) {
+    match reply.unwrap() {
+        AgentResponse::Tickets { issued, refused } => (issued, refused),
+        other => panic!("not tickets: {other:?}"),
+    }
+}
+
+#[test]
+fn minted_tickets_are_accepted_by_the_node_and_never_exceed_the_share() {
+    let mut w = world();
+    let dir = tempfile::tempdir().unwrap();
+    let agent_key = test_key(20);
+    let a = agent(&agent_key, dir.path(), PolicyConfig::default());
+    feed(&a, &w, cores(2), &[&agent_key]);
+    let alice = test_key(50);
+    let cert = principal(&mut w, "plc", &alice, "site1");
+    let node1 = w.nodes[0].clone();
+
+    let (issued, refused) = tickets(a.handle(
+        &w.trust,
+        &alice.public(),
+        AgentRequest::GetTickets(request(
+            &alice,
+            Some(cert.clone()),
+            "site1_exp",
+            &[&node1],
+            cores(1),
+        )),
+        NOW,
+    ));
+    assert_eq!((issued.len(), refused.len()), (1, 0));
+    // The node accepts it for alice, and only for alice.
+    let verifier = TicketVerifier::new(
+        TrustedIssuers::from_iter([agent_key.public()]),
+        node1.key.public(),
+    );
+    let ticket_use = TicketUse {
+        operation: Operation::Redeem,
+        resources: cores(1),
+        window: Some(Window::new(NOW, NOW + 3600)),
+    };
+    let verified = verifier
+        .authorize(&issued[0].ticket.0, &alice.public(), NOW, &ticket_use)
+        .unwrap();
+    assert_eq!(verified.ticket_id.to_string(), issued[0].ticket_id);
+    assert!(
+        verifier
+            .authorize(
+                &issued[0].ticket.0,
+                &test_key(51).public(),
+                NOW,
+                &ticket_use
+            )
+            .is_err()
+    );
+
+    // 1 of 2 cores is outstanding: 1.5 more is refused with the numbers, 1 more is fine.
+    let (_, refused) = tickets(a.handle(
+        &w.trust,
+        &alice.public(),
+        AgentRequest::GetTickets(request(
+            &alice,
+            Some(cert.clone()),
+            "site1_exp",
+            &[&node1],
+            Resources {
+                cpu_millis: 1500,
+                ..cores(1)
+            },
+        )),
+        NOW,
+    ));
+    match &refused[0].reason.reason {
+        Rejection::OverShare {
+            in_use: 1000,
+            share: 2000,
+            asked: 1500,
+            ..
+        } => {}
+        other => panic!("{other:?}"),
+    }
+    let (issued, _) = tickets(a.handle(
+        &w.trust,
+        &alice.public(),
+        AgentRequest::GetTickets(request(
+            &alice,
+            Some(cert),
+            "site1_exp",
+            &[&node1, &node1],
+            Resources {
+                cpu_millis: 500,
+                ..Resources::ZERO
+            },
+        )),
+        NOW,
+    ));
+    assert_eq!(issued.len(), 2);
+    // GetAds shows the share exhausted on node 1.
+    let offers = a
+        .get_ads(
+            &AdQuery {
+                min_free: Resources {
+                    cpu_millis: 1,
+                    ..Resources::ZERO
+                },
+                ..Default::default()
+            },
+            NOW,
+        )
+        .unwrap();
+    assert_eq!(offers.len(), 2);
+    assert!(offers.iter().all(|o| o.ad.signer != node1.key.public()));
+}
+
+#[test]
+fn two_agents_share_the_same_nodes_independently() {
+    let mut w = world();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (ka, kb) = (test_key(20), test_key(21));
+    let a = agent(&ka, dir_a.path(), PolicyConfig::default());
+    let b = agent(&kb, dir_b.path(), PolicyConfig::default());
+    feed(&a, &w, cores(2), &[&ka, &kb]);
+    feed(&b, &w, cores(2), &[&ka, &kb]);
+    let alice = test_key(50);
+    let cert = principal(&mut w, "plc", &alice, "site1");
+    let node1 = w.nodes[0].clone();
+    for agent in [&a, &b] {
+        let (issued, _) = tickets(agent.handle(
+            &w.trust,
+            &alice.public(),
+            AgentRequest::GetTickets(request(
+                &alice,
+                Some(cert.clone()),
+                "site1_x",
+                &[&node1],
+                cores(2),
+            )),
+            NOW,
+        ));
+        assert_eq!(issued.len(), 1);
+        let (issued, refused) = tickets(agent.handle(
+            &w.trust,
+            &alice.public(),
+            AgentRequest::GetTickets(request(
+                &alice,
+                Some(cert.clone()),
+                "site1_x",
+                &[&node1],
+                cores(1),
+            )),
+            NOW,
+        ));
+        assert_eq!((issued.len(), refused.len()), (0, 1));
+    }
+}
+
+#[test]
+fn restart_keeps_outstanding_tickets_and_ids_unique() {
+    let mut w = world();
+    let dir = tempfile::tempdir().unwrap();
+    let key = test_key(20);
+    let alice = test_key(50);
+    let cert = principal(&mut w, "plc", &alice, "site1");
+    let node1 = w.nodes[0].clone();
+    let first_ids: Vec<String> = {
+        let a = agent(&key, dir.path(), PolicyConfig::default());
+        feed(&a, &w, cores(2), &[&key]);
+        let (issued, _) = tickets(a.handle(
+            &w.trust,
+            &alice.public(),
+            AgentRequest::GetTickets(request(
+                &alice,
+                Some(cert.clone()),
+                "site1_x",
+                &[&node1],
+                cores(2),
+            )),
+            NOW,
+        ));
+        issued.into_iter().map(|t| t.ticket_id).collect()
+    };
+    let a = agent(&key, dir.path(), PolicyConfig::default());
+    feed(&a, &w, cores(2), &[&key]);
+    let (issued, refused) = tickets(a.handle(
+        &w.trust,
+        &alice.public(),
+        AgentRequest::GetTickets(request(
+            &alice,
+            Some(cert.clone()),
+            "site1_x",
+            &[&node1],
+            cores(1),
+        )),
+        NOW,
+    ));
+    assert_eq!(
+        (issued.len(), refused.len()),
+        (0, 1),
+        "the share is still taken after restart"
+    );
+    let node2 = w.nodes[1].clone();
+    let (issued, _) = tickets(a.handle(
+        &w.trust,
+        &alice.public(),
+        AgentRequest::GetTickets(request(&alice, Some(cert), "site1_x", &[&node2], cores(1))),
+        NOW,
+    ));
+    assert!(!first_ids.contains(&issued[0].ticket_id));
+    assert_eq!(a.ledger().all().unwrap().len(), 2);
+    // Released tickets stop counting.
+    match a
+        .handle(
+            &w.trust,
+            &alice.public(),
+            AgentRequest::Released {
+                ticket_ids: first_ids,
+            },
+            NOW,
+        )
+        .unwrap()
+    {
+        AgentResponse::Released { known } => assert_eq!(known, 1),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        a.ledger()
+            .outstanding(NOW)
+            .unwrap()
+            .by_node
+            .get(&node1.key.public()),
+        None
+    );
+}
+
+#[test]
+fn bad_requests_are_refused_with_the_rule_that_refused() {
+    let mut w = world();
+    let dir = tempfile::tempdir().unwrap();
+    let key = test_key(20);
+    let a = agent(&key, dir.path(), PolicyConfig::default());
+    feed(&a, &w, cores(4), &[&key]);
+    let node1 = w.nodes[0].clone();
+    let rule = |r: Result<AgentResponse, capability_schema::ErrorReply>| match r {
+        Err(e) => match e.reason {
+            Rejection::Policy { rule, .. } => rule,
+            other => other.code().to_owned(),
+        },
+        Ok(ok) => format!("accepted: {ok:?}"),
+    };
+
+    // Unknown principal: no certificate, not listed.
+    let stranger = test_key(60);
+    assert_eq!(
+        rule(a.handle(
+            &w.trust,
+            &stranger.public(),
+            AgentRequest::GetTickets(request(&stranger, None, "x_y", &[&node1], cores(1))),
+            NOW
+        )),
+        "unknown_principal"
+    );
+
+    // Admin slice asked by a user.
+    let alice = test_key(50);
+    let cert = principal(&mut w, "plc", &alice, "site1");
+    let mut admin = request(
+        &alice,
+        Some(cert.clone()),
+        "site1_admin",
+        &[&node1],
+        cores(1),
+    );
+    admin.kind = SliceKind::Admin {
+        capabilities: vec!["CAP_NET_RAW".into()],
+        host_pid_view: false,
+    };
+    assert_eq!(
+        rule(a.handle(
+            &w.trust,
+            &alice.public(),
+            AgentRequest::GetTickets(admin),
+            NOW
+        )),
+        "admin-only"
+    );
+
+    // Quota: the default is 10 slivers.
+    let many: Vec<&TestNode> = std::iter::repeat_n(&node1, 11).collect();
+    assert_eq!(
+        rule(a.handle(
+            &w.trust,
+            &alice.public(),
+            AgentRequest::GetTickets(request(
+                &alice,
+                Some(cert.clone()),
+                "site1_x",
+                &many,
+                Resources {
+                    cpu_millis: 1,
+                    ..Resources::ZERO
+                }
+            )),
+            NOW
+        )),
+        "quota"
+    );
+
+    // Wrong slice prefix.
+    assert_eq!(
+        rule(a.handle(
+            &w.trust,
+            &alice.public(),
+            AgentRequest::GetTickets(request(&alice, Some(cert), "site2_x", &[&node1], cores(1))),
+            NOW
+        )),
+        "slice-prefix"
+    );
+
+    // A principal of another federation, without and then with a peering agreement.
+    let bob = test_key(70);
+    let bob_cert = principal(&mut w, "ple", &bob, "paris");
+    assert_eq!(
+        rule(a.handle(
+            &w.trust,
+            &bob.public(),
+            AgentRequest::GetTickets(request(
+                &bob,
+                Some(bob_cert.clone()),
+                "paris_x",
+                &[&node1],
+                cores(1)
+            )),
+            NOW
+        )),
+        "no_peering"
+    );
+    let ple_key = w.ple.authority.public();
+    let agreement = w.plc.authority.peer(
+        "ple",
+        ple_key,
+        &[Role::Principal],
+        PrincipalFilter::All,
+        PeeringLimits {
+            max_slivers_per_principal: Some(1),
+            ..Default::default()
+        },
+        Validity::days(NOW - 10, 30),
+    );
+    w.trust.add_agreement(&agreement).unwrap();
+    let (issued, _) = tickets(a.handle(
+        &w.trust,
+        &bob.public(),
+        AgentRequest::GetTickets(request(
+            &bob,
+            Some(bob_cert.clone()),
+            "paris_x",
+            &[&node1],
+            cores(1),
+        )),
+        NOW,
+    ));
+    assert_eq!(issued.len(), 1);
+    assert_eq!(
+        rule(a.handle(
+            &w.trust,
+            &bob.public(),
+            AgentRequest::GetTickets(request(
+                &bob,
+                Some(bob_cert),
+                "paris_x",
+                &[&node1],
+                cores(1)
+            )),
+            NOW
+        )),
+        "peering"
+    );
+
+    // Empty window.
+    let alice_cert = principal(&mut w, "plc", &alice, "site1");
+    let mut empty = request(&alice, Some(alice_cert), "site1_x", &[&node1], cores(1));
+    empty.not_after = NOW - 1;
+    assert_eq!(
+        rule(a.handle(
+            &w.trust,
+            &alice.public(),
+            AgentRequest::GetTickets(empty),
+            NOW
+        )),
+        "malformed"
+    );
+}
