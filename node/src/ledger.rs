@@ -161,6 +161,19 @@ impl Ledger {
                 }
                 .into());
             }
+            if lease_records(&leases, &self.path)?
+                .iter()
+                .any(|l| l.sliver_id == r.sliver_id)
+            {
+                return Err(Rejection::Policy {
+                    rule: "one-sliver-per-slice".into(),
+                    detail: format!(
+                        "slice {} already has a sliver on this node; renew its lease instead",
+                        r.lease.slice
+                    ),
+                }
+                .into());
+            }
             let committed = commitments_in(&leases, &self.path)?;
             capacity.admit(&committed, &r.lease.agent, &r.lease.resources, now)?;
             spend.spent = after.unwrap_or(spend.spent);
@@ -369,22 +382,34 @@ fn check_holder(record: &LeaseRecord, caller: &PublicKey) -> Result<(), Rejectio
     Ok(())
 }
 
-fn commitments_in(
+fn lease_records(
     table: &impl ReadableTable<&'static str, &'static [u8]>,
     path: &Path,
-) -> Result<Commitments, LedgerError> {
+) -> Result<Vec<LeaseRecord>, LedgerError> {
     let storage = |detail: String| LedgerError::Storage {
         path: path.to_owned(),
         detail,
     };
-    let mut committed = Commitments::default();
+    let mut out = Vec::new();
     for entry in table.iter().map_err(|e| storage(e.to_string()))? {
         let (_, bytes) = entry.map_err(|e| storage(e.to_string()))?;
-        let record: LeaseRecord =
-            codec::decode(bytes.value()).map_err(|e| storage(e.to_string()))?;
+        out.push(codec::decode(bytes.value()).map_err(|e| storage(e.to_string()))?);
+    }
+    Ok(out)
+}
+
+fn commitments_in(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    path: &Path,
+) -> Result<Commitments, LedgerError> {
+    let mut committed = Commitments::default();
+    for record in lease_records(table, path)? {
         committed
             .add(record.lease.agent, &record.lease.resources)
-            .ok_or_else(|| storage("commitments overflow".into()))?;
+            .ok_or_else(|| LedgerError::Storage {
+                path: path.to_owned(),
+                detail: "commitments overflow".into(),
+            })?;
     }
     Ok(committed)
 }

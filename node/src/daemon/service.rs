@@ -1,0 +1,499 @@
+//! The node protocol's logic, independent of the network: `Redeem`, `Renew`, `Release`,
+//! `Status`, `Exec`, `Spawn`, `Logs` and the SSH key calls, plus the expiry reaper and the
+//! reconciliation a restart runs.
+//!
+//! Redeem, in order (the reply leaves only after step 5):
+//! 1. the ticket is read and authorized: issuer among the agents this node delegated to,
+//!    signature chain, window, presenter = final holder, node = this node, operation `redeem`;
+//! 2. [`Ledger::reserve`]: spend ledger and admission (agent share, node capacity) in one
+//!    durable transaction, lease written as pending;
+//! 3. the sliver is created (on failure: [`Ledger::abort`], the spend is refunded);
+//! 4. [`Ledger::activate`]: the lease is durable and active;
+//! 5. the lease is signed and returned.
+//!
+//! Slivers are reached through [`SliverBackend`], so this logic is tested with a fake and runs
+//! with the real isolation engine in the daemon.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use capability_schema::protocol::{ExecOutput, NodeRequest, NodeResponse, NodeStatus, Reply};
+use capability_schema::ticket::{
+    Operation, TicketRefusal, TicketUse, TicketVerifier, TrustedIssuers, Window,
+};
+use capability_schema::{ErrorReply, Lease, PublicKey, Rejection, ResourceAd, SecretKey, Signed};
+
+use crate::admission::{Capacity, Commitments};
+use crate::ledger::{LeaseRecord, LeaseState, Ledger, LedgerError, Reservation};
+
+/// How the service reaches slivers. Errors are sentences for the caller.
+pub trait SliverBackend: Send + Sync + 'static {
+    /// Creates the sliver for `lease` with id `sliver_id`; returns its address.
+    fn create(&self, sliver_id: &str, lease: &Lease) -> Result<Option<String>, String>;
+    /// Destroys a sliver (no error if it is already gone).
+    fn destroy(&self, sliver_id: &str) -> Result<(), String>;
+    /// The ids of the live slivers.
+    fn live(&self) -> Vec<String>;
+    /// Runs a program and waits for it.
+    fn exec(
+        &self,
+        sliver_id: &str,
+        argv: &[String],
+        stdin: &[u8],
+        timeout_ms: u64,
+    ) -> Result<ExecOutput, String>;
+    /// The authorized SSH keys.
+    fn list_keys(&self, sliver_id: &str) -> Result<Vec<String>, String>;
+    /// Authorizes an SSH key.
+    fn add_key(&self, sliver_id: &str, key: &str) -> Result<(), String>;
+    /// Removes an SSH key.
+    fn remove_key(&self, sliver_id: &str, key: &str) -> Result<(), String>;
+}
+
+/// Where spawned programs write their output inside a sliver.
+pub const SPAWN_LOG: &str = "/tmp/.planetmesh-spawn.log";
+
+/// The longest an `Exec` may run.
+pub const MAX_EXEC_MS: u64 = 10 * 60 * 1000;
+
+/// The node's service.
+pub struct NodeService {
+    key: SecretKey,
+    federation: String,
+    capacity: Capacity,
+    verifier: TicketVerifier,
+    ledger: Ledger,
+    backend: Arc<dyn SliverBackend>,
+}
+
+impl std::fmt::Debug for NodeService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeService")
+            .field("node", &self.key.public())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a restart found and did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Reconciliation {
+    /// Leases whose sliver is alive (re-adopted).
+    pub adopted: Vec<String>,
+    /// Pending leases whose sliver existed: made active.
+    pub completed: Vec<String>,
+    /// Pending leases without a sliver: removed, spend refunded.
+    pub aborted: Vec<String>,
+    /// Active leases whose sliver had died: removed.
+    pub lost: Vec<String>,
+    /// Slivers without a lease: destroyed.
+    pub orphans: Vec<String>,
+}
+
+fn storage(e: LedgerError) -> Rejection {
+    match e {
+        LedgerError::Refused(r) => r,
+        other => Rejection::Internal {
+            detail: other.to_string(),
+        },
+    }
+}
+
+fn ticket_refusal(r: TicketRefusal) -> Rejection {
+    Rejection::Ticket {
+        check: r.code().to_owned(),
+        detail: r.to_string(),
+    }
+}
+
+/// The sliver id of a slice on this node: its name, lowercased, other characters as `-`.
+pub fn sliver_id_for(slice: &str) -> String {
+    let id: String = slice
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .take(48)
+        .collect();
+    if id.is_empty() {
+        "sliver".to_owned()
+    } else {
+        id
+    }
+}
+
+impl NodeService {
+    /// The service for node `key` in `federation` with `capacity`, trusting the agents it
+    /// delegated to.
+    pub fn new(
+        key: SecretKey,
+        federation: String,
+        capacity: Capacity,
+        ledger: Ledger,
+        backend: Arc<dyn SliverBackend>,
+    ) -> NodeService {
+        let issuers: TrustedIssuers = capacity.shares.keys().copied().collect();
+        let verifier = TicketVerifier::new(issuers, key.public());
+        NodeService {
+            key,
+            federation,
+            capacity,
+            verifier,
+            ledger,
+            backend,
+        }
+    }
+
+    /// This node's key.
+    pub fn public(&self) -> PublicKey {
+        self.key.public()
+    }
+
+    /// The capacity and shares.
+    pub fn capacity(&self) -> &Capacity {
+        &self.capacity
+    }
+
+    /// The ledger.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// What the live leases commit.
+    pub fn commitments(&self) -> Commitments {
+        self.ledger.commitments().unwrap_or_default()
+    }
+
+    fn sign(&self, lease: &Lease) -> Signed<Lease> {
+        Signed::sign(&self.key, lease)
+    }
+
+    /// Answers one request from `caller` at `now`. `ad` is the node's latest ad (for `Status`).
+    pub fn handle(
+        &self,
+        caller: &PublicKey,
+        request: NodeRequest,
+        now: u64,
+        ad: Option<&Signed<ResourceAd>>,
+    ) -> Reply<NodeResponse> {
+        let result = match request {
+            NodeRequest::Redeem { ticket, until } => self
+                .redeem(caller, &ticket.0, until, now)
+                .map(NodeResponse::Lease),
+            NodeRequest::Renew { lease_id, until } => self
+                .ledger
+                .renew(&lease_id, caller, until, now)
+                .map(|r| NodeResponse::Lease(self.sign(&r.lease)))
+                .map_err(storage),
+            NodeRequest::Release { lease_id } => self
+                .release(caller, &lease_id)
+                .map(|()| NodeResponse::Released { lease_id }),
+            NodeRequest::Status => match ad {
+                Some(ad) => self
+                    .status(caller, ad)
+                    .map(|s| NodeResponse::Status(Box::new(s))),
+                None => Err(Rejection::Unavailable {
+                    detail: "the node has not built its first ad yet".into(),
+                }),
+            },
+            NodeRequest::Exec {
+                lease_id,
+                argv,
+                stdin,
+                timeout_ms,
+            } => self.active(caller, &lease_id, now).and_then(|r| {
+                if argv.is_empty() {
+                    return Err(Rejection::Malformed {
+                        detail: "exec needs a program".into(),
+                    });
+                }
+                self.backend
+                    .exec(
+                        &r.sliver_id,
+                        &argv,
+                        &stdin,
+                        timeout_ms.clamp(1, MAX_EXEC_MS),
+                    )
+                    .map(NodeResponse::Exec)
+                    .map_err(|detail| Rejection::Internal { detail })
+            }),
+            NodeRequest::Spawn { lease_id, argv } => self
+                .active(caller, &lease_id, now)
+                .and_then(|r| self.spawn(&r, &argv)),
+            NodeRequest::Logs {
+                lease_id,
+                tail_bytes,
+            } => self.active(caller, &lease_id, now).and_then(|r| {
+                let tail = format!(
+                    "tail -c {} {SPAWN_LOG} 2>/dev/null || true",
+                    tail_bytes.clamp(1, 1 << 20)
+                );
+                let argv = ["/bin/sh".to_owned(), "-c".to_owned(), tail];
+                self.backend
+                    .exec(&r.sliver_id, &argv, &[], 10_000)
+                    .map(|out| NodeResponse::Logs { bytes: out.stdout })
+                    .map_err(|detail| Rejection::Internal { detail })
+            }),
+            NodeRequest::AddKey { lease_id, key } => {
+                self.active(caller, &lease_id, now).and_then(|r| {
+                    check_ssh_key(&key)?;
+                    self.backend
+                        .add_key(&r.sliver_id, &key)
+                        .map_err(|detail| Rejection::Internal { detail })?;
+                    self.keys(&r)
+                })
+            }
+            NodeRequest::DelKey { lease_id, key } => {
+                self.active(caller, &lease_id, now).and_then(|r| {
+                    self.backend
+                        .remove_key(&r.sliver_id, &key)
+                        .map_err(|detail| Rejection::Internal { detail })?;
+                    self.keys(&r)
+                })
+            }
+            NodeRequest::ListKeys { lease_id } => self
+                .active(caller, &lease_id, now)
+                .and_then(|r| self.keys(&r)),
+        };
+        result.map_err(ErrorReply::from)
+    }
+
+    fn keys(&self, record: &LeaseRecord) -> Result<NodeResponse, Rejection> {
+        self.backend
+            .list_keys(&record.sliver_id)
+            .map(NodeResponse::Keys)
+            .map_err(|detail| Rejection::Internal { detail })
+    }
+
+    fn spawn(&self, record: &LeaseRecord, argv: &[String]) -> Result<NodeResponse, Rejection> {
+        if argv.is_empty() {
+            return Err(Rejection::Malformed {
+                detail: "spawn needs a program".into(),
+            });
+        }
+        let mut shell = vec![
+            "/bin/sh".to_owned(),
+            "-c".to_owned(),
+            format!("\"$@\" >>{SPAWN_LOG} 2>&1 </dev/null & echo $!"),
+            "sh".to_owned(),
+        ];
+        shell.extend(argv.iter().cloned());
+        let out = self
+            .backend
+            .exec(&record.sliver_id, &shell, &[], 10_000)
+            .map_err(|detail| Rejection::Internal { detail })?;
+        let pid = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .map_err(|_| Rejection::Internal {
+                detail: format!("spawn failed: {}", String::from_utf8_lossy(&out.stderr)),
+            })?;
+        Ok(NodeResponse::Spawned { pid })
+    }
+
+    /// The caller's active, unexpired lease.
+    fn active(
+        &self,
+        caller: &PublicKey,
+        lease_id: &str,
+        now: u64,
+    ) -> Result<LeaseRecord, Rejection> {
+        let record = self
+            .ledger
+            .get(lease_id)
+            .map_err(storage)?
+            .filter(|r| r.state == LeaseState::Active && !r.lease.is_over(now))
+            .ok_or_else(|| Rejection::UnknownLease {
+                lease_id: lease_id.to_owned(),
+            })?;
+        if record.lease.holder != *caller {
+            return Err(Rejection::NotHolder {
+                lease_id: lease_id.to_owned(),
+                holder: record.lease.holder,
+            });
+        }
+        Ok(record)
+    }
+
+    /// Redeems a ticket into a sliver and a signed lease.
+    pub fn redeem(
+        &self,
+        caller: &PublicKey,
+        bytes: &[u8],
+        until: Option<u64>,
+        now: u64,
+    ) -> Result<Signed<Lease>, Rejection> {
+        let ticket = capability_schema::ticket::Ticket::from_bytes(bytes, self.verifier_issuers())
+            .map_err(ticket_refusal)?;
+        let contents = ticket.contents().map_err(ticket_refusal)?;
+        let end = until.unwrap_or(contents.not_after).min(contents.not_after);
+        let ticket_use = TicketUse {
+            operation: Operation::Redeem,
+            resources: contents.grant,
+            window: Some(Window::new(
+                now.max(contents.not_before),
+                end.max(now.max(contents.not_before)),
+            )),
+        };
+        let verified = self
+            .verifier
+            .authorize_ticket(&ticket, caller, now, &ticket_use)
+            .map_err(ticket_refusal)?;
+        if end <= now {
+            return Err(Rejection::Ticket {
+                check: "expired".into(),
+                detail: format!("the lease would end at {end}, which has passed"),
+            });
+        }
+        let slice = verified.slice.clone();
+        let sliver_id = sliver_id_for(&slice);
+        let lease = Lease {
+            lease_id: new_lease_id(),
+            ticket_id: verified.ticket_id.to_string(),
+            node: self.public(),
+            federation: self.federation.clone(),
+            agent: verified.issuer,
+            slice,
+            kind: verified.kind.clone(),
+            holder: verified.holder,
+            resources: verified.grant,
+            address: None,
+            start: now,
+            end,
+        };
+        let reservation = Reservation {
+            lease: lease.clone(),
+            grant: verified.grant,
+            ticket_not_after: verified.not_after,
+            renewable: verified.operations.contains(&Operation::Renew),
+            sliver_id: sliver_id.clone(),
+        };
+        self.ledger
+            .reserve(&self.capacity, &reservation, now)
+            .map_err(storage)?;
+        let address = match self.backend.create(&sliver_id, &lease) {
+            Ok(address) => address,
+            Err(detail) => {
+                if let Err(e) = self.ledger.abort(&lease.lease_id) {
+                    tracing::error!(lease = %lease.lease_id, error = %e, "could not abort a failed redeem");
+                }
+                return Err(Rejection::Internal {
+                    detail: format!("creating the sliver failed: {detail}"),
+                });
+            }
+        };
+        let record = self
+            .ledger
+            .activate(&lease.lease_id, address)
+            .map_err(storage)?;
+        Ok(self.sign(&record.lease))
+    }
+
+    fn verifier_issuers(&self) -> &TrustedIssuers {
+        self.verifier.issuers()
+    }
+
+    fn release(&self, caller: &PublicKey, lease_id: &str) -> Result<(), Rejection> {
+        let record = self.ledger.release(lease_id, caller).map_err(storage)?;
+        self.backend
+            .destroy(&record.sliver_id)
+            .map_err(|detail| Rejection::Internal { detail })
+    }
+
+    fn status(&self, caller: &PublicKey, ad: &Signed<ResourceAd>) -> Result<NodeStatus, Rejection> {
+        let leases = self
+            .ledger
+            .leases()
+            .map_err(storage)?
+            .into_iter()
+            .filter(|r| r.state == LeaseState::Active && r.lease.holder == *caller)
+            .map(|r| self.sign(&r.lease))
+            .collect();
+        Ok(NodeStatus {
+            ad: ad.clone(),
+            leases,
+        })
+    }
+
+    /// Tears down slivers whose lease ended; returns the lease ids reaped.
+    pub fn reap(&self, now: u64) -> Vec<String> {
+        let mut reaped = Vec::new();
+        for record in self.ledger.expired(now).unwrap_or_default() {
+            if let Err(e) = self.backend.destroy(&record.sliver_id) {
+                tracing::warn!(lease = %record.lease.lease_id, error = %e, "expired sliver not destroyed; will retry");
+                continue;
+            }
+            if self.ledger.remove(&record.lease.lease_id).is_ok() {
+                reaped.push(record.lease.lease_id);
+            }
+        }
+        reaped
+    }
+
+    /// Makes the ledger and the host agree after a restart: every leased sliver that lives is
+    /// kept; pending leases are completed or aborted; slivers without a lease are destroyed.
+    pub fn reconcile(&self) -> Result<Reconciliation, Rejection> {
+        let live: std::collections::BTreeSet<String> = self.backend.live().into_iter().collect();
+        let mut out = Reconciliation::default();
+        let mut leased = BTreeMap::new();
+        for record in self.ledger.leases().map_err(storage)? {
+            let alive = live.contains(&record.sliver_id);
+            match (record.state, alive) {
+                (LeaseState::Active, true) => out.adopted.push(record.lease.lease_id.clone()),
+                (LeaseState::Pending, true) => {
+                    let address = record.lease.address.clone();
+                    self.ledger
+                        .activate(&record.lease.lease_id, address)
+                        .map_err(storage)?;
+                    out.completed.push(record.lease.lease_id.clone());
+                }
+                (LeaseState::Pending, false) => {
+                    self.ledger.abort(&record.lease.lease_id).map_err(storage)?;
+                    out.aborted.push(record.lease.lease_id.clone());
+                    continue;
+                }
+                (LeaseState::Active, false) => {
+                    self.ledger
+                        .remove(&record.lease.lease_id)
+                        .map_err(storage)?;
+                    out.lost.push(record.lease.lease_id.clone());
+                    continue;
+                }
+            }
+            leased.insert(record.sliver_id.clone(), record);
+        }
+        for id in live {
+            if !leased.contains_key(&id) {
+                self.backend
+                    .destroy(&id)
+                    .map_err(|detail| Rejection::Internal { detail })?;
+                out.orphans.push(id);
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn new_lease_id() -> String {
+    let bytes: [u8; 16] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn check_ssh_key(key: &str) -> Result<(), Rejection> {
+    let mut parts = key.split_whitespace();
+    let (Some(kind), Some(body)) = (parts.next(), parts.next()) else {
+        return Err(Rejection::Malformed {
+            detail: "an SSH key line is `<type> <base64> [comment]`".into(),
+        });
+    };
+    let known = kind.starts_with("ssh-") || kind.starts_with("ecdsa-") || kind.starts_with("sk-");
+    if !known || body.len() < 16 || key.contains('\n') || key.len() > 16 * 1024 {
+        return Err(Rejection::Malformed {
+            detail: format!("not an OpenSSH public key line: {kind:?}"),
+        });
+    }
+    Ok(())
+}
