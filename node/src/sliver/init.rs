@@ -12,6 +12,7 @@
 use std::ffi::CString;
 use std::fs::{self, File};
 use std::io::{Read, Write};
+use std::net::Ipv4Addr;
 use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
@@ -23,6 +24,7 @@ use nix::unistd::{Pid, chdir, pivot_root, sethostname};
 use serde::{Deserialize, Serialize};
 
 use super::caps::{self, CapMask};
+use super::netlink::Netlink;
 
 /// The status line an init writes once its sliver is ready.
 pub const READY: &str = "ready";
@@ -104,7 +106,31 @@ pub struct InitPlan {
     pub caps: CapMask,
     /// Whether to enter a new cgroup namespace (after the node put the init in its cgroup).
     pub cgroup_ns: bool,
+    /// The sliver's side of its veth, configured by the init inside its network namespace.
+    #[serde(default)]
+    pub net: Option<SliverNet>,
+    /// Detach the host's old root only after reporting ready (it is covered by an empty
+    /// read-only tmpfs meanwhile). Saves the grace period an unmount waits for; used only
+    /// when the sliver's root lacks CAP_SYS_ADMIN, so it cannot lift the cover.
+    #[serde(default)]
+    pub defer_detach: bool,
 }
+
+/// The sliver's end of its veth.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SliverNet {
+    /// Interface name inside the sliver.
+    pub ifname: String,
+    /// The sliver's address.
+    pub addr: Ipv4Addr,
+    /// Its prefix length.
+    pub prefix: u8,
+    /// The default gateway (the host side).
+    pub gateway: Ipv4Addr,
+}
+
+/// Where the host's root hangs between `pivot_root` and its detachment.
+const OLD_ROOT: &str = "/.oldroot";
 
 /// An init failure: which step, and why.
 #[derive(Debug, thiserror::Error)]
@@ -136,14 +162,19 @@ pub fn run(plan_fd: RawFd, status_fd: RawFd) -> i32 {
     let mut plan_file = unsafe { File::from_raw_fd(plan_fd) };
     // SAFETY: as above.
     let mut status = unsafe { File::from_raw_fd(status_fd) };
-    let result = read_plan(&mut plan_file).and_then(|plan| build(&plan));
+    quiet_stdio();
+    let result = read_plan(&mut plan_file).and_then(|plan| build(&plan).map(|()| plan));
     drop(plan_file);
     match result {
-        Ok(()) => {
+        Ok(plan) => {
             if status.write_all(READY.as_bytes()).is_err() {
                 return 1;
             }
             drop(status);
+            if finish(&plan).is_err() {
+                // The old root could not be detached: the sliver must not live on with it.
+                return 1;
+            }
             reap_until_told()
         }
         Err(e) => {
@@ -167,6 +198,19 @@ pub fn main_from_args(args: &[String]) -> i32 {
     }
 }
 
+/// Points fds 0, 1 and 2 at `/dev/null`: the init must not hold the node's terminal or pipes.
+fn quiet_stdio() {
+    if let Ok(null) = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        let _ = nix::unistd::dup2_stdin(&null);
+        let _ = nix::unistd::dup2_stdout(&null);
+        let _ = nix::unistd::dup2_stderr(&null);
+    }
+}
+
 fn read_plan(file: &mut File) -> Result<InitPlan, InitError> {
     let mut text = Vec::new();
     file.take(1 << 20)
@@ -175,23 +219,52 @@ fn read_plan(file: &mut File) -> Result<InitPlan, InitError> {
     serde_json::from_slice(&text).map_err(|e| InitError::Plan(e.to_string()))
 }
 
-/// Builds the sliver from the plan (runs inside its namespaces).
+/// Builds the sliver from the plan (runs inside its namespaces), up to the point where it
+/// may be reported ready.
 pub fn build(plan: &InitPlan) -> Result<(), InitError> {
     if plan.cgroup_ns {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
             .map_err(|e| step_err("unshare cgroup namespace", e))?;
     }
     sethostname(&plan.hostname).map_err(|e| step_err("sethostname", e))?;
+    if let Some(net) = &plan.net {
+        configure_net(net)?;
+    }
     for step in &plan.steps {
-        run_step(step)?;
+        run_step(step, plan.defer_detach)?;
     }
     chdir("/").map_err(|e| step_err("chdir /", e))?;
     caps::restrict_raw(plan.caps, caps::last_cap())
         .map_err(|errno| step_err("drop capabilities", nix::errno::Errno::from_raw(errno)))?;
-    // The init itself keeps no more than the sliver's root would.
+    if !plan.defer_detach {
+        drop_own_caps(plan.caps)?;
+    }
+    Ok(())
+}
+
+/// What is left after the sliver was reported ready: detach the host's old root (when
+/// deferred) and drop the init's own capabilities to the sliver's set.
+pub fn finish(plan: &InitPlan) -> Result<(), InitError> {
+    if plan.defer_detach
+        && plan
+            .steps
+            .iter()
+            .any(|s| matches!(s, MountStep::PivotRoot { .. }))
+    {
+        // The cover, then the old root under it.
+        umount2(OLD_ROOT, MntFlags::MNT_DETACH).map_err(|e| step_err("detach cover", e))?;
+        umount2(OLD_ROOT, MntFlags::MNT_DETACH).map_err(|e| step_err("detach old root", e))?;
+        fs::remove_dir(OLD_ROOT).map_err(|e| step_err("remove old root dir", e))?;
+        drop_own_caps(plan.caps)?;
+    }
+    Ok(())
+}
+
+/// The init keeps no more capabilities than the sliver's root.
+fn drop_own_caps(mask: CapMask) -> Result<(), InitError> {
     let keep: ::caps::CapsHashSet = ::caps::all()
         .into_iter()
-        .filter(|c| plan.caps.contains(c.index()))
+        .filter(|c| mask.contains(c.index()))
         .collect();
     for set in [
         ::caps::CapSet::Effective,
@@ -200,6 +273,28 @@ pub fn build(plan: &InitPlan) -> Result<(), InitError> {
     ] {
         ::caps::set(None, set, &keep).map_err(|e| step_err("set capabilities", e))?;
     }
+    Ok(())
+}
+
+/// Brings up `lo` and the sliver's veth end with its address and default route.
+fn configure_net(net: &SliverNet) -> Result<(), InitError> {
+    let nl_err = |what: &str| {
+        let what = what.to_string();
+        move |e: super::netlink::NetlinkError| step_err(what, e)
+    };
+    let mut nl = Netlink::open().map_err(nl_err("open netlink"))?;
+    if let Some(lo) = nl.link_index("lo").map_err(nl_err("find lo"))? {
+        nl.link_up(lo).map_err(nl_err("set lo up"))?;
+    }
+    let idx = nl
+        .link_index(&net.ifname)
+        .map_err(nl_err("find veth"))?
+        .ok_or_else(|| step_err("find veth", format!("{} missing", net.ifname)))?;
+    nl.addr_add(idx, net.addr, net.prefix)
+        .map_err(nl_err("add address"))?;
+    nl.link_up(idx).map_err(nl_err("set veth up"))?;
+    nl.default_route(idx, net.gateway)
+        .map_err(nl_err("add default route"))?;
     Ok(())
 }
 
@@ -226,7 +321,7 @@ fn ensure_file(path: &Path) -> Result<(), InitError> {
         .map_err(|e| step_err(format!("create {}", path.display()), e))
 }
 
-fn run_step(step: &MountStep) -> Result<(), InitError> {
+fn run_step(step: &MountStep, defer_detach: bool) -> Result<(), InitError> {
     let none: Option<&str> = None;
     match step {
         MountStep::MakePrivate => {
@@ -341,10 +436,28 @@ fn run_step(step: &MountStep) -> Result<(), InitError> {
             symlink(to, path).map_err(|e| step_err(format!("symlink {}", path.display()), e))
         }
         MountStep::PivotRoot { new_root } => {
-            chdir(new_root).map_err(|e| step_err(format!("chdir {}", new_root.display()), e))?;
-            pivot_root(".", ".").map_err(|e| step_err("pivot_root", e))?;
-            umount2(".", MntFlags::MNT_DETACH).map_err(|e| step_err("detach old root", e))?;
+            let old = new_root.join(OLD_ROOT.trim_start_matches('/'));
+            ensure_dir(&old)?;
+            pivot_root(new_root, &old).map_err(|e| step_err("pivot_root", e))?;
             chdir("/").map_err(|e| step_err("chdir /", e))?;
+            if defer_detach {
+                // Hide the host until the detach after ready.
+                mount(
+                    Some("tmpfs"),
+                    OLD_ROOT,
+                    Some("tmpfs"),
+                    MsFlags::MS_RDONLY
+                        | MsFlags::MS_NOSUID
+                        | MsFlags::MS_NODEV
+                        | MsFlags::MS_NOEXEC,
+                    Some("size=4k,mode=000"),
+                )
+                .map_err(|e| step_err("cover old root", e))?;
+            } else {
+                umount2(OLD_ROOT, MntFlags::MNT_DETACH)
+                    .map_err(|e| step_err("detach old root", e))?;
+                fs::remove_dir(OLD_ROOT).map_err(|e| step_err("remove old root dir", e))?;
+            }
             // The tmpfs root of /tmp is made with the mount's mode; keep it sticky.
             if let Ok(meta) = fs::metadata("/tmp") {
                 let mut perm = meta.permissions();
@@ -448,6 +561,13 @@ mod tests {
             ],
             caps: CapMask(5),
             cgroup_ns: true,
+            net: Some(SliverNet {
+                ifname: "eth0".into(),
+                addr: Ipv4Addr::new(10, 0, 0, 1),
+                prefix: 31,
+                gateway: Ipv4Addr::new(10, 0, 0, 0),
+            }),
+            defer_detach: true,
         };
         let json = serde_json::to_string(&plan).unwrap();
         assert!(json.contains("\"op\":\"make_private\""));

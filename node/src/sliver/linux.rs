@@ -80,6 +80,14 @@ impl LinuxHost {
         ))?))
     }
 
+    /// Makes moving processes between cgroups cheap, host-wide (see
+    /// [`super::cgroup::favor_dynamic_modifications`]); for a node dedicated to slivers.
+    pub fn favor_dynamic_cgroups(&self) -> Result<Option<PathBuf>, HostError> {
+        Ok(super::cgroup::favor_dynamic_modifications(
+            &self.proc_root.join("self/mountinfo"),
+        )?)
+    }
+
     /// The cgroup hierarchies.
     pub fn cgroups(&self) -> &Cgroups {
         &self.cgroups
@@ -116,18 +124,6 @@ impl LinuxHost {
             .join("rp_filter");
         fs::write(&rp, "1").map_err(io_err("write", &rp))?;
         nl.link_up(idx)?;
-        let ns_path = self.proc_path(init_pid, "ns/net");
-        let netns = File::open(&ns_path).map_err(io_err("open", &ns_path))?;
-        let mut inner = Netlink::open_in(&netns)?;
-        if let Some(lo) = inner.link_index("lo")? {
-            inner.link_up(lo)?;
-        }
-        let eth = inner
-            .link_index(&net.sliver_if)?
-            .ok_or_else(|| HostError::Init(format!("{} missing in the sliver", net.sliver_if)))?;
-        inner.addr_add(eth, net.sliver_addr, 31)?;
-        inner.link_up(eth)?;
-        inner.default_route(eth, net.host_addr)?;
         Ok(())
     }
 
@@ -165,12 +161,67 @@ impl LinuxHost {
     }
 }
 
-/// What the init holds between spawn and start: the node's ends of the three pipes.
+/// What the init holds between spawn and start: the node's ends of the three pipes, and the
+/// memory the child runs on until it execs (it shares the node's address space till then).
 #[derive(Debug)]
 struct Pending {
     go: OwnedFd,
     plan: OwnedFd,
     status: OwnedFd,
+    child: ChildMemory,
+}
+
+/// What the cloned child reads before exec: fds, the init's path, argv and envp.
+#[derive(Debug)]
+struct ChildArgs {
+    go_fd: RawFd,
+    plan_fd: RawFd,
+    status_fd: RawFd,
+    path: CString,
+    _argv: Vec<CString>,
+    argv_ptrs: Vec<*const libc::c_char>,
+    envp_ptrs: [*const libc::c_char; 1],
+}
+
+/// The child's arguments and stack, kept alive (and unmoved) until it has exec'd or died.
+#[derive(Debug)]
+struct ChildMemory {
+    _args: Box<ChildArgs>,
+    _stack: Vec<u8>,
+}
+
+// SAFETY: the raw pointers in ChildArgs point into the CStrings it owns (heap memory that does
+// not move with the Box); nothing reads them from another thread but the cloned child.
+unsafe impl Send for ChildMemory {}
+
+/// The cloned child: waits for the node, becomes root of its user namespace, execs the init.
+/// It shares the node's memory until exec, so it makes raw system calls only and writes
+/// nothing but its own stack (and, on failure, errno).
+extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the ChildArgs the node keeps alive until this child has exec'd or died.
+    let a = unsafe { &*arg.cast::<ChildArgs>() };
+    let mut byte = [0u8; 1];
+    // SAFETY: reading one byte into a local buffer from our pipe.
+    if unsafe { libc::read(a.go_fd, byte.as_mut_ptr().cast(), 1) } != 1 {
+        return child_fail(a.status_fd, b"error: node went away before start");
+    }
+    // SAFETY: raw id syscalls with integer arguments (glibc's wrappers would signal threads of
+    // the node), fcntl on our fds, execve with NUL-terminated arrays prepared by the node.
+    unsafe {
+        if libc::syscall(libc::SYS_setresgid, 0, 0, 0) != 0 {
+            return child_fail(a.status_fd, b"error: setresgid 0");
+        }
+        if libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) != 0 {
+            return child_fail(a.status_fd, b"error: setgroups");
+        }
+        if libc::syscall(libc::SYS_setresuid, 0, 0, 0) != 0 {
+            return child_fail(a.status_fd, b"error: setresuid 0");
+        }
+        libc::fcntl(a.plan_fd, libc::F_SETFD, 0);
+        libc::fcntl(a.status_fd, libc::F_SETFD, 0);
+        libc::execve(a.path.as_ptr(), a.argv_ptrs.as_ptr(), a.envp_ptrs.as_ptr());
+    }
+    child_fail(a.status_fd, b"error: exec init")
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), HostError> {
@@ -178,7 +229,7 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), HostError> {
 }
 
 /// Writes a fixed message and an errno to `fd` (async-signal-safe).
-fn child_fail(fd: RawFd, msg: &[u8]) -> isize {
+fn child_fail(fd: RawFd, msg: &[u8]) -> libc::c_int {
     let err = caps::errno();
     let mut buf = [0u8; 16];
     let mut n = err.unsigned_abs();
@@ -342,48 +393,50 @@ impl Host for LinuxHost {
         let argv = init::argv("sliver-init", plan_r.as_raw_fd(), status_w.as_raw_fd());
         let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
         argv_ptrs.push(std::ptr::null());
-        let envp_ptrs: [*const libc::c_char; 1] = [std::ptr::null()];
-        let (go_fd, plan_fd, status_fd) =
-            (go_r.as_raw_fd(), plan_r.as_raw_fd(), status_w.as_raw_fd());
-        let child = Box::new(move || -> isize {
-            let mut byte = [0u8; 1];
-            // SAFETY: reading one byte into a local buffer from our pipe.
-            if unsafe { libc::read(go_fd, byte.as_mut_ptr().cast(), 1) } != 1 {
-                return child_fail(status_fd, b"error: node went away before start");
-            }
-            // SAFETY: raw id syscalls with integer arguments (glibc's wrappers would signal
-            // threads that do not exist in this child).
-            unsafe {
-                if libc::syscall(libc::SYS_setresgid, 0, 0, 0) != 0 {
-                    return child_fail(status_fd, b"error: setresgid 0");
-                }
-                if libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) != 0 {
-                    return child_fail(status_fd, b"error: setgroups");
-                }
-                if libc::syscall(libc::SYS_setresuid, 0, 0, 0) != 0 {
-                    return child_fail(status_fd, b"error: setresuid 0");
-                }
-                libc::fcntl(plan_fd, libc::F_SETFD, 0);
-                libc::fcntl(status_fd, libc::F_SETFD, 0);
-                libc::execve(path.as_ptr(), argv_ptrs.as_ptr(), envp_ptrs.as_ptr());
-            }
-            child_fail(status_fd, b"error: exec init")
+        let args = Box::new(ChildArgs {
+            go_fd: go_r.as_raw_fd(),
+            plan_fd: plan_r.as_raw_fd(),
+            status_fd: status_w.as_raw_fd(),
+            path,
+            _argv: argv,
+            argv_ptrs,
+            envp_ptrs: [std::ptr::null()],
         });
-        let mut flags = CloneFlags::CLONE_NEWUSER
-            | CloneFlags::CLONE_NEWNS
-            | CloneFlags::CLONE_NEWUTS
-            | CloneFlags::CLONE_NEWIPC
-            | CloneFlags::CLONE_NEWNET;
-        if !req.host_pid {
-            flags |= CloneFlags::CLONE_NEWPID;
-        }
         let mut stack = vec![0u8; CLONE_STACK];
-        // SAFETY: the child runs only the closure above: raw syscalls on data prepared before
-        // the clone, then exec or exit. It has its own copy of the address space.
-        let pid = unsafe { nix::sched::clone(child, &mut stack, flags, Some(libc::SIGCHLD)) }
-            .map_err(sys(format!("clone init of {}", req.id)))?;
+        let mut flags = libc::CLONE_VM
+            | libc::CLONE_NEWUSER
+            | libc::CLONE_NEWNS
+            | libc::CLONE_NEWUTS
+            | libc::CLONE_NEWIPC
+            | libc::CLONE_NEWNET;
+        if !req.host_pid {
+            flags |= libc::CLONE_NEWPID;
+        }
+        // SAFETY: the stack grows down from its (16-byte aligned) top; `args` and `stack` are
+        // kept alive in Pending until the child has exec'd or died, and the child only runs
+        // `child_main`. CLONE_VM spares copying the node's page tables.
+        let pid = unsafe {
+            let top = stack.as_mut_ptr().add(CLONE_STACK);
+            let top = top.sub(top as usize % 16);
+            libc::clone(
+                child_main,
+                top.cast(),
+                flags | libc::SIGCHLD,
+                std::ptr::from_ref::<ChildArgs>(&args).cast_mut().cast(),
+            )
+        };
+        if pid < 0 {
+            return Err(HostError::Sys {
+                op: format!("clone init of {}", req.id),
+                source: Errno::last(),
+            });
+        }
+        let child = ChildMemory {
+            _args: args,
+            _stack: stack,
+        };
         drop((go_r, plan_r, status_w));
-        let pid_u = u32::try_from(pid.as_raw()).unwrap_or(0);
+        let pid_u = u32::try_from(pid).unwrap_or(0);
         let setup = || -> Result<u64, HostError> {
             let map = req.uids.map_line();
             for file in ["uid_map", "gid_map"] {
@@ -403,11 +456,14 @@ impl Host for LinuxHost {
                     go: go_w,
                     plan: plan_w,
                     status: status_r,
+                    child,
                 })),
             }),
             Err(e) => {
-                let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
-                let _ = waitpid(pid, None);
+                let raw = Pid::from_raw(pid);
+                let _ = nix::sys::signal::kill(raw, Signal::SIGKILL);
+                let _ = waitpid(raw, None);
+                drop(child);
                 Err(e)
             }
         }
@@ -431,7 +487,17 @@ impl Host for LinuxHost {
         // The init may have died before reading: its error is on the status pipe.
         let wrote = plan_w.write_all(&text);
         drop(plan_w);
-        let status = read_status(pending.status, INIT_TIMEOUT)?;
+        let status = read_status(pending.status, INIT_TIMEOUT);
+        // The child has exec'd (the status pipe's write end is only the init's now) or died.
+        let status = match status {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = self.kill_init(init.pid, init.start_time);
+                drop(pending.child);
+                return Err(e);
+            }
+        };
+        drop(pending.child);
         if status == READY {
             return Ok(());
         }

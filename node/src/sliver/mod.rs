@@ -7,10 +7,11 @@
 //! 3. its cgroup is made with its limits ([`cgroup`]);
 //! 4. its init is cloned into new user, pid, mount, uts, ipc and net namespaces, its id maps
 //!    written and it is put in the cgroup, still waiting before exec;
-//! 5. its veth is made, with addresses, routes and anti-spoofing;
+//! 5. its veth is made (the sliver's end straight in its namespace), with the host side's
+//!    address and anti-spoofing;
 //! 6. its egress bucket is added under the node's root bucket ([`htb`]);
-//! 7. the init execs, builds the overlay root from the plan ([`rootfs`], [`init`]), pivots,
-//!    drops capabilities ([`caps`]) and reports ready;
+//! 7. the init execs, configures its network end, builds the overlay root from the plan
+//!    ([`rootfs`], [`init`]), pivots, drops capabilities ([`caps`]) and reports ready;
 //! 8. its record is saved ([`store`]), so a restarted node re-adopts it ([`Slivers::open`]).
 //!
 //! Every privileged call goes through [`host::Host`]; [`linux::LinuxHost`] is the machine,
@@ -74,7 +75,7 @@ pub enum SliverError {
         /// The step that failed.
         step: &'static str,
         /// Why.
-        source: HostError,
+        source: Box<HostError>,
         /// Undo steps that failed too.
         rollback: Vec<String>,
     },
@@ -100,7 +101,7 @@ pub enum SliverError {
         /// What was being done.
         op: &'static str,
         /// Why.
-        source: HostError,
+        source: Box<HostError>,
     },
     /// An SSH key is malformed.
     #[error("sliver {id}: invalid SSH public key: {reason}")]
@@ -236,14 +237,14 @@ impl<H: Host> Slivers<H> {
                 .map_err(|source| SliverError::Host {
                     id: String::new(),
                     op: "prepare image",
-                    source,
+                    source: Box::new(source),
                 })?,
         };
         host.shaping_setup(&config.shaping)
             .map_err(|source| SliverError::Host {
                 id: String::new(),
                 op: "set up shaping",
-                source,
+                source: Box::new(source),
             })?;
         let engine = Slivers {
             host,
@@ -393,7 +394,7 @@ impl<H: Host> Slivers<H> {
                 Err(SliverError::Create {
                     id: record.spec.id.clone(),
                     step,
-                    source,
+                    source: Box::new(source),
                     rollback,
                 })
             }
@@ -449,6 +450,15 @@ impl<H: Host> Slivers<H> {
             ),
             caps: record.caps,
             cgroup_ns: true,
+            net: Some(init::SliverNet {
+                ifname: record.net.sliver_if.clone(),
+                addr: record.net.sliver_addr,
+                prefix: 31,
+                gateway: record.net.host_addr,
+            }),
+            defer_detach: !record
+                .caps
+                .contains(::caps::Capability::CAP_SYS_ADMIN.index()),
         };
         self.host
             .start_init(&mut init, &plan)
@@ -571,7 +581,7 @@ impl<H: Host> Slivers<H> {
             .map_err(|source| SliverError::Host {
                 id: id.to_string(),
                 op: "exec",
-                source,
+                source: Box::new(source),
             })
     }
 
@@ -583,7 +593,7 @@ impl<H: Host> Slivers<H> {
             .map_err(|source| SliverError::Host {
                 id: id.to_string(),
                 op: "spawn",
-                source,
+                source: Box::new(source),
             })
     }
 
@@ -595,11 +605,11 @@ impl<H: Host> Slivers<H> {
         rootfs::disk_usage(&record.dirs.upper).map_err(|source| SliverError::Host {
             id: id.to_string(),
             op: "disk usage",
-            source: HostError::Io {
+            source: Box::new(HostError::Io {
                 op: "walk",
                 path: record.dirs.upper.clone(),
                 source,
-            },
+            }),
         })
     }
 

@@ -1,0 +1,248 @@
+//! `sliver-bench`: how fast slivers come and go, and what an idle one costs (root only).
+//!
+//! 1. creates and destroys `--cycles` slivers (user+pid+mount+uts+ipc+net+cgroup namespaces,
+//!    overlay root, cgroup limits, veth, HTB bucket) one after the other: p50/p99 of each;
+//! 2. holds `--hold` idle slivers at once: host memory per sliver (MemAvailable drop);
+//! 3. for reference, the kernel floor (a bare clone into the same namespaces, then wait) and,
+//!    when `runc` and a busybox bundle are present (see `node/bench.sh`), `runc run` of an
+//!    equivalent busybox container.
+//!
+//! `sliver-bench [--cycles N] [--hold N] [--runc-bundle DIR] [--init PATH]`
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use capability_schema::Resources;
+use node::sliver::linux::LinuxHost;
+use node::sliver::{NodeConfig, SliverId, SliverSpec, Slivers};
+
+struct Args {
+    cycles: usize,
+    hold: usize,
+    runc_bundle: Option<PathBuf>,
+    init: PathBuf,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut args = Args {
+        cycles: 200,
+        hold: 500,
+        runc_bundle: None,
+        init: exe.with_file_name("sliver-init"),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--cycles" => args.cycles = value()?.parse().map_err(|e| format!("--cycles: {e}"))?,
+            "--hold" => args.hold = value()?.parse().map_err(|e| format!("--hold: {e}"))?,
+            "--runc-bundle" => args.runc_bundle = Some(value()?.into()),
+            "--init" => args.init = value()?.into(),
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    Ok(args)
+}
+
+fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    if samples.is_empty() {
+        return Duration::ZERO;
+    }
+    samples.sort_unstable();
+    let i = ((samples.len() as f64 - 1.0) * p).round() as usize;
+    samples[i.min(samples.len() - 1)]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+fn mem_available_kib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("MemAvailable:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn spec(i: usize) -> Result<SliverSpec, String> {
+    let id = SliverId::new(format!("bench{i}")).map_err(|e| e.to_string())?;
+    Ok(SliverSpec::regular(
+        id,
+        Resources {
+            cpu_millis: 100,
+            memory_bytes: 64 << 20,
+            disk_bytes: 1 << 30,
+            egress_kbps: 1_000,
+        },
+    ))
+}
+
+/// A bare clone into the namespaces a sliver gets, child exits at once; parent waits.
+fn kernel_floor(n: usize) -> Result<Vec<Duration>, String> {
+    use nix::sched::CloneFlags;
+    let flags = CloneFlags::CLONE_NEWUSER
+        | CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWNET
+        | CloneFlags::CLONE_NEWCGROUP;
+    let mut out = Vec::with_capacity(n);
+    let mut stack = vec![0u8; 64 * 1024];
+    for _ in 0..n {
+        let t = Instant::now();
+        // SAFETY: the child only returns 0 (no allocation, no locks).
+        let pid =
+            unsafe { nix::sched::clone(Box::new(|| 0), &mut stack, flags, Some(libc::SIGCHLD)) }
+                .map_err(|e| format!("clone: {e}"))?;
+        nix::sys::wait::waitpid(pid, None).map_err(|e| format!("wait: {e}"))?;
+        out.push(t.elapsed());
+    }
+    Ok(out)
+}
+
+fn runc(bundle: &PathBuf, n: usize) -> Result<Vec<Duration>, String> {
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let id = format!("pmbench-{}-{i}", std::process::id());
+        let t = Instant::now();
+        let status = Command::new("runc")
+            .args(["run", "--bundle"])
+            .arg(bundle)
+            .arg(&id)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .status()
+            .map_err(|e| format!("runc: {e}"))?;
+        out.push(t.elapsed());
+        if !status.success() {
+            let _ = Command::new("runc")
+                .args(["delete", "--force", &id])
+                .status();
+            return Err(format!("runc run exited with {status}"));
+        }
+    }
+    Ok(out)
+}
+
+fn run() -> Result<(), String> {
+    let args = parse_args()?;
+    if !nix::unistd::geteuid().is_root() {
+        return Err("sliver-bench must run as root".into());
+    }
+    let state = std::env::temp_dir().join(format!("pmbench-{}", std::process::id()));
+    let mut config = NodeConfig::new(&state, &args.init);
+    config.cgroup_parent = format!("pmbench-{}", std::process::id());
+    config.slots.ifname_prefix = "pmb".into();
+    config.shaping.ifb = format!("pmbifb{}", std::process::id() % 1000);
+    config.tmp_bytes = 16 << 20;
+    let host = LinuxHost::detect().map_err(|e| e.to_string())?;
+    match host.favor_dynamic_cgroups() {
+        Ok(Some(p)) => println!(
+            "cgroup moves without grace periods ({} has favordynmods)",
+            p.display()
+        ),
+        Ok(None) => println!("no cgroup2 mount: cgroup moves wait for RCU grace periods"),
+        Err(e) => println!("could not set favordynmods: {e}"),
+    }
+    let (engine, _) = Slivers::open(host, config).map_err(|e| e.to_string())?;
+    let result = bench(&engine, &args);
+    let teardown = engine.destroy_all();
+    let parent = engine.config().cgroup_parent.clone();
+    let _ = engine.host().cgroups().remove_parent(&parent);
+    let _ = std::fs::remove_dir_all(&state);
+    teardown.map_err(|e| e.to_string())?;
+    result
+}
+
+fn bench(engine: &Slivers<LinuxHost>, args: &Args) -> Result<(), String> {
+    // Warm up (page cache, image skeleton, first netns).
+    for i in 0..5 {
+        let rec = engine.create(spec(i)?).map_err(|e| e.to_string())?;
+        engine
+            .destroy(&rec.spec.id, false)
+            .map_err(|e| e.to_string())?;
+    }
+    let (mut create, mut destroy) = (Vec::new(), Vec::new());
+    for i in 0..args.cycles {
+        let t = Instant::now();
+        let rec = engine
+            .create(spec(i)?)
+            .map_err(|e| format!("create {i}: {e}"))?;
+        create.push(t.elapsed());
+        let t = Instant::now();
+        engine
+            .destroy(&rec.spec.id, false)
+            .map_err(|e| format!("destroy {i}: {e}"))?;
+        destroy.push(t.elapsed());
+    }
+    println!("create/destroy of {} slivers, one at a time:", args.cycles);
+    println!(
+        "  create  p50 {}  p99 {}",
+        ms(percentile(&mut create, 0.5)),
+        ms(percentile(&mut create, 0.99))
+    );
+    println!(
+        "  destroy p50 {}  p99 {}",
+        ms(percentile(&mut destroy, 0.5)),
+        ms(percentile(&mut destroy, 0.99))
+    );
+
+    std::thread::sleep(Duration::from_secs(2));
+    let before = mem_available_kib();
+    let t = Instant::now();
+    for i in 0..args.hold {
+        engine
+            .create(spec(i)?)
+            .map_err(|e| format!("holding sliver {i}: {e}"))?;
+    }
+    let held = t.elapsed();
+    std::thread::sleep(Duration::from_secs(2));
+    let after = mem_available_kib();
+    let per = before.saturating_sub(after) as f64 / args.hold.max(1) as f64 / 1024.0;
+    println!(
+        "{} idle slivers held at once (made in {:.1} s): {:.2} MiB of host memory each",
+        args.hold,
+        held.as_secs_f64(),
+        per
+    );
+    let t = Instant::now();
+    for rec in engine.list() {
+        engine
+            .destroy(&rec.spec.id, false)
+            .map_err(|e| e.to_string())?;
+    }
+    println!("  destroyed them in {:.1} s", t.elapsed().as_secs_f64());
+
+    let mut floor = kernel_floor(200)?;
+    println!(
+        "kernel floor (bare clone into user+pid+mnt+uts+ipc+net+cgroup namespaces, wait): p50 {}  p99 {}",
+        ms(percentile(&mut floor, 0.5)),
+        ms(percentile(&mut floor, 0.99))
+    );
+    match &args.runc_bundle {
+        Some(bundle) => {
+            let mut r = runc(bundle, 30)?;
+            println!(
+                "runc run (busybox, exits at once): p50 {}  p99 {}",
+                ms(percentile(&mut r, 0.5)),
+                ms(percentile(&mut r, 0.99))
+            );
+        }
+        None => println!("runc: no bundle given (node/bench.sh prepares one)"),
+    }
+    Ok(())
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("sliver-bench: {e}");
+        std::process::exit(1);
+    }
+}
