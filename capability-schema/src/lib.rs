@@ -10,6 +10,7 @@
 //! - [`membership`]: federation trust objects (membership certificates, peering, revocation);
 //! - [`ad`]: resource advertisements, delegations and prices;
 //! - [`slice`]: slice requests, slice kinds and leases;
+//! - [`ticket`]: attenuable, delegable capability tickets (biscuit) and their verification;
 //! - [`rejection`]: typed refusal reasons with sentences a person can act on;
 //! - [`protocol`]: every request and response of the agent, node and broker protocols.
 //!
@@ -26,6 +27,7 @@ pub mod rejection;
 pub mod resources;
 pub mod signed;
 pub mod slice;
+pub mod ticket;
 
 pub use ad::{Delegation, PriceList, ResourceAd};
 pub use codec::{DecodeError, decode, encode};
@@ -35,3 +37,4 @@ pub use rejection::{ErrorReply, Rejection};
 pub use resources::{Resources, ResourcesError};
 pub use signed::{SignatureError, Signed, SignedType};
 pub use slice::{AcquireMode, Lease, SliceKind, SliceRequest};
+pub use ticket::{Ticket, TicketError, TicketId, TicketRefusal, TicketVerifier, VerifiedTicket};
