@@ -16,7 +16,6 @@
 //! (step 2's evaluation) and checks (step 6) run under [`TicketLimits`] (facts, iterations,
 //! time); steps 2 to 4 are fixed single-predicate queries, linear in the size-capped facts.
 
-use std::cell::Cell;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -24,7 +23,7 @@ use std::time::Duration;
 use biscuit_auth::builder::{Fact, Policy, Rule};
 use biscuit_auth::datalog::RunLimits;
 use biscuit_auth::error::{FailedCheck, Format, Logic, RunLimit, Token};
-use biscuit_auth::{Authorizer, AuthorizerBuilder, Biscuit};
+use biscuit_auth::{Authorizer, AuthorizerBuilder, UnverifiedBiscuit};
 use serde::{Deserialize, Serialize};
 
 use super::refusal::{LimitKind, TicketField, TicketRefusal};
@@ -328,8 +327,6 @@ impl TicketVerifier {
         }
         let facts = vocabulary::request_facts(
             now,
-            &self.node,
-            presenter,
             request.operation,
             &request.resources,
             request.window.as_ref(),
@@ -394,13 +391,6 @@ impl TicketVerifier {
 
 // ---- parsing ----------------------------------------------------------------------------
 
-fn is_signature_error(e: &Token) -> bool {
-    matches!(
-        e,
-        Token::Format(Format::Signature(_) | Format::SealedSignature)
-    )
-}
-
 /// Parses `bytes` and checks every signature, with the root key chosen among `issuers`.
 pub(crate) fn parse(
     bytes: &[u8],
@@ -413,42 +403,45 @@ pub(crate) fn parse(
             limit: limits.max_bytes,
         });
     }
-    // Several trusted keys may share a hint: try each until one verifies.
-    let mut attempt = 0;
-    loop {
-        let asked: Cell<Option<Option<u32>>> = Cell::new(None);
-        let chosen: Cell<Option<PublicKey>> = Cell::new(None);
-        let candidates = Cell::new(0usize);
-        let provider = |hint: Option<u32>| {
-            asked.set(Some(hint));
-            let keys = issuers.candidates(hint);
-            candidates.set(keys.len());
-            let (key, decoded) = keys.get(attempt).ok_or(Format::UnknownPublicKey)?;
-            chosen.set(Some(*key));
-            Ok(*decoded)
+    // Decode first (cheap, bounded by the size cap) so the block cap and the issuer lookup
+    // happen before any curve arithmetic.
+    let unverified = UnverifiedBiscuit::from(bytes).map_err(parse_refusal)?;
+    if unverified.block_count() > limits.max_blocks {
+        return Err(TicketRefusal::TooManyBlocks {
+            blocks: unverified.block_count(),
+            limit: limits.max_blocks,
+        });
+    }
+    let hint = unverified.root_key_id();
+    let candidates = issuers.candidates(hint);
+    if candidates.is_empty() {
+        let key_hint = match hint {
+            Some(hint) => format!("{hint:08x}…"),
+            None => "(none given)".to_owned(),
         };
-        match Biscuit::from(bytes, provider) {
+        return Err(TicketRefusal::UnknownIssuer { key_hint });
+    }
+    // Several trusted keys may share a hint: try each until one verifies.
+    let mut remaining = Some(unverified);
+    for (i, (issuer, decoded)) in candidates.iter().enumerate() {
+        let Some(current) = remaining.take() else {
+            break;
+        };
+        if i + 1 < candidates.len() {
+            remaining = Some(current.clone());
+        }
+        match current.verify(*decoded) {
             Ok(token) => {
-                let issuer = chosen.get().ok_or(TicketRefusal::BadSignature)?;
-                if token.block_count() > limits.max_blocks {
-                    return Err(TicketRefusal::TooManyBlocks {
-                        blocks: token.block_count(),
-                        limit: limits.max_blocks,
-                    });
-                }
-                return Ok(Ticket { token, issuer });
+                return Ok(Ticket {
+                    token,
+                    issuer: *issuer,
+                });
             }
-            Err(e) if is_signature_error(&e) && attempt + 1 < candidates.get() => attempt += 1,
-            Err(Token::Format(Format::UnknownPublicKey)) => {
-                let key_hint = match asked.get().flatten() {
-                    Some(hint) => format!("{hint:08x}…"),
-                    None => "(none given)".to_owned(),
-                };
-                return Err(TicketRefusal::UnknownIssuer { key_hint });
-            }
-            Err(e) => return Err(parse_refusal(e)),
+            Err(Format::Signature(_) | Format::SealedSignature) if remaining.is_some() => {}
+            Err(e) => return Err(parse_refusal(Token::Format(e))),
         }
     }
+    Err(TicketRefusal::BadSignature)
 }
 
 /// Parses the text form.
@@ -757,4 +750,60 @@ fn evaluate(
         contents,
         authorizer,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::test_key;
+    use crate::ticket::TicketSpec;
+
+    fn ticket_bytes() -> Vec<u8> {
+        let spec = TicketSpec {
+            federation: "plc".into(),
+            node: test_key(2).public(),
+            slice: "s".into(),
+            kind: SliceKind::Regular,
+            resources: Resources {
+                cpu_millis: 1,
+                ..Resources::ZERO
+            },
+            window: Window::new(0, 10),
+            holder: test_key(3).public(),
+            operations: [Operation::Redeem].into_iter().collect(),
+        };
+        Ticket::mint(&test_key(1), &spec)
+            .unwrap()
+            .to_bytes()
+            .unwrap()
+    }
+
+    #[test]
+    fn every_trusted_key_sharing_the_hint_is_tried() {
+        let agent = test_key(1).public();
+        let impostor = test_key(8).public();
+        let mut issuers = TrustedIssuers::new();
+        issuers.insert(agent);
+        // Put another key first under the agent's hint, as a 32-bit collision would.
+        let slot = issuers.by_hint.get_mut(&key_hint(&agent)).unwrap();
+        slot.insert(0, (impostor, impostor.to_biscuit().unwrap()));
+        let ticket = parse(&ticket_bytes(), &issuers, &TicketLimits::default()).unwrap();
+        assert_eq!(ticket.issuer(), agent);
+        // With only the impostor under that hint, the signature does not verify.
+        issuers.remove(&agent);
+        assert_eq!(
+            parse(&ticket_bytes(), &issuers, &TicketLimits::default()).unwrap_err(),
+            TicketRefusal::BadSignature
+        );
+    }
+
+    #[test]
+    fn base64url_decodes_with_and_without_padding() {
+        assert_eq!(decode_base64url("aGk").unwrap(), b"hi");
+        assert_eq!(decode_base64url("aGk=").unwrap(), b"hi");
+        assert_eq!(decode_base64url("-_8").unwrap(), vec![0xfb, 0xff]);
+        assert!(decode_base64url("a").is_none());
+        assert!(decode_base64url("aGk===").is_none());
+        assert!(decode_base64url("a+b/").is_none());
+    }
 }

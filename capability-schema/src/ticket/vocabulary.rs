@@ -17,8 +17,10 @@
 //! delegate_to("ed25519/…");
 //!
 //! // authorizer (the node, when a ticket is presented); checks added by blocks may use them
-//! time(<date>); request_node("ed25519/…"); presenter("ed25519/…");
-//! request_operation("redeem"); request_resources(c, m, d, e); request_window(start, end);
+//! time(<date>); request_operation("redeem"); request_resources(c, m, d, e);
+//! request_window(start, end);
+//! // No key is stated (node, presenter): a rule in a holder-signed block could otherwise derive
+//! // `delegate_to` from it and delegate to whoever presents the ticket.
 //! ```
 //!
 //! One fact per block keeps reading linear: the node reads `ticket` in the authority's scope
@@ -46,8 +48,6 @@ const TICKET: &str = "ticket";
 const ATTENUATION: &str = "attenuation";
 const DELEGATE_TO: &str = "delegate_to";
 const TIME: &str = "time";
-const REQUEST_NODE: &str = "request_node";
-const PRESENTER: &str = "presenter";
 const REQUEST_OPERATION: &str = "request_operation";
 const REQUEST_RESOURCES: &str = "request_resources";
 const REQUEST_WINDOW: &str = "request_window";
@@ -238,16 +238,12 @@ pub(crate) fn delegate_to_fact(next: &PublicKey) -> Fact {
 /// The facts the node states when a ticket is presented.
 pub(crate) fn request_facts(
     now: u64,
-    node: &PublicKey,
-    presenter: &PublicKey,
     operation: Operation,
     resources: &Resources,
     window: Option<&Window>,
 ) -> Vec<Fact> {
     let mut facts = vec![
         builder::fact(TIME, &[Term::Date(now)]),
-        builder::fact(REQUEST_NODE, &[key_term(node)]),
-        builder::fact(PRESENTER, &[key_term(presenter)]),
         builder::fact(REQUEST_OPERATION, &[builder::string(operation.as_str())]),
         builder::fact(
             REQUEST_RESOURCES,
