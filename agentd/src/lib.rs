@@ -6,9 +6,10 @@
 //! - [`ledger`]: every minted ticket, durable before it is returned (redb);
 //! - [`agent`]: `GetAds`, `GetTickets` and `Released`, independent of the network.
 //!
-//! The daemon (`agentd run`, `agentd init`) wires these to the overlay and an HTTP endpoint.
+//! [`daemon`] (`agentd run`, `agentd init`) wires these to the overlay and an HTTP endpoint.
 
 pub mod agent;
+pub mod daemon;
 pub mod inventory;
 pub mod ledger;
 pub mod policy;

@@ -5,6 +5,7 @@
 //! - [`overlay`]: the libp2p swarm every daemon embeds, behind an [`OverlayHandle`]: ad gossip
 //!   validated by the trust store, and the agent/node/broker request-response protocols.
 //! - [`testing`]: fixed-key federations and nodes for tests, benchmarks and simulations.
+//! - [`daemon`]: what every daemon's `main` shares (logging, signals, trust config).
 //!
 //! The `fedctl` binary of this crate is the operator's tool for the trust half.
 
@@ -12,6 +13,7 @@
 // decompressed point), which trips this lint although errors are the rare path.
 #![allow(clippy::result_large_err)]
 
+pub mod daemon;
 pub mod overlay;
 pub mod testing;
 pub mod trust;

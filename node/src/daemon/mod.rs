@@ -1,8 +1,18 @@
 //! The node manager daemon (`nodemgr`): tickets in, leases out, nothing lost.
 //!
+//! - [`config`]: `node.toml`, every field with its default;
 //! - [`service`]: the node protocol's logic (redeem, renew, release, exec, keys, reaper,
 //!   reconciliation), independent of the network;
-//! - [`memory`]: in-memory slivers for tests and simulation.
+//! - [`engine`]: the real isolation engine behind the service;
+//! - [`memory`]: in-memory slivers for tests and simulation;
+//! - [`monitor`]: host sampling and the signed ad;
+//! - [`http`]: `/status`, `/leases`, `/slivers`, `/metrics`;
+//! - [`run`]: the wiring and graceful shutdown.
 
+pub mod config;
+pub mod engine;
+pub mod http;
 pub mod memory;
+pub mod monitor;
+pub mod run;
 pub mod service;

@@ -1,0 +1,88 @@
+//! `agentd`: a PlanetMesh agent. Mints tickets for the nodes that delegated a share to it.
+//!
+//! `agentd init` writes a commented config and a key; `agentd run --config agent.toml` runs the
+//! daemon until SIGTERM or ctrl-c (the ledger is durable; a restart keeps every ticket).
+
+use std::path::PathBuf;
+
+use agentd::daemon::config::{AgentConfig, DEFAULT_CONFIG};
+use anyhow::Context;
+use capability_schema::SecretKey;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "agentd",
+    version,
+    about = "PlanetMesh agent: mints capability tickets for the nodes that delegated a share to it"
+)]
+struct Cli {
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true)]
+    json_logs: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Write a commented default config (agent.toml) and a new key (agent.key, mode 0600).
+    Init {
+        /// Directory to write into (created if missing).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// The federation this agent serves.
+        #[arg(long)]
+        federation: String,
+    },
+    /// Run the daemon.
+    Run {
+        /// The config file.
+        #[arg(long, short, default_value = "agent.toml")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    federation::daemon::init_tracing(cli.json_logs);
+    match cli.command {
+        Command::Init { dir, federation } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let config = dir.join("agent.toml");
+            if config.exists() {
+                anyhow::bail!("{} exists already; not overwriting it", config.display());
+            }
+            let key = SecretKey::generate();
+            key.save(&dir.join("agent.key"))?;
+            std::fs::write(&config, DEFAULT_CONFIG.replace("{federation}", &federation))?;
+            println!(
+                "wrote {} and {}",
+                config.display(),
+                dir.join("agent.key").display()
+            );
+            println!("agent key: {}", key.public());
+            println!(
+                "next: fedctl certify --role agent --subject {}",
+                key.public()
+            );
+            Ok(())
+        }
+        Command::Run { config } => {
+            let config = AgentConfig::load(&config)?;
+            tokio::runtime::Runtime::new()?.block_on(async move {
+                let (running, shutdown) = agentd::daemon::run::start(config).await?;
+                tracing::info!(
+                    agent = %running.overlay.local_key(),
+                    addrs = ?running.overlay.listen_addrs().await.unwrap_or_default(),
+                    http = ?running.http,
+                    "agentd running"
+                );
+                federation::daemon::shutdown_signal().await;
+                tracing::info!("shutting down: finishing requests in flight");
+                shutdown.await;
+                anyhow::Ok(())
+            })
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! What every PlanetMesh daemon's `main` shares: logging set-up, waiting for SIGTERM or
+//! ctrl-c, the trusted-federations section of configs, and reading certificates.
+
+use std::path::Path;
+
+use capability_schema::{MembershipCert, PublicKey, Role, SecretKey, Signed, codec};
+use serde::{Deserialize, Serialize};
+
+use crate::TrustStore;
+
+/// A trusted federation authority, as configs list them (`[[trust]]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustedFederation {
+    /// The federation's name.
+    pub name: String,
+    /// Its authority key.
+    pub authority: PublicKey,
+}
+
+/// A trust store anchoring every federation of `trusted`.
+pub fn trust_store(trusted: &[TrustedFederation]) -> anyhow::Result<TrustStore> {
+    let mut store = TrustStore::new();
+    for t in trusted {
+        store
+            .add_federation(&t.name, t.authority)
+            .map_err(|e| anyhow::anyhow!("trusting federation {}: {e}", t.name))?;
+    }
+    Ok(store)
+}
+
+/// Reads a membership certificate file and checks it certifies `key` as a `role` of
+/// `federation` (the signature is checked; the trust store checks the authority later).
+pub fn load_membership(
+    path: &Path,
+    key: &SecretKey,
+    role: Role,
+    federation: &str,
+) -> anyhow::Result<(Signed<MembershipCert>, MembershipCert)> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        anyhow::anyhow!(
+            "reading the membership certificate {}: {e} (make one with: fedctl certify --role {role} \
+             --subject {})",
+            path.display(),
+            key.public()
+        )
+    })?;
+    let signed: Signed<MembershipCert> = codec::decode(&bytes)
+        .map_err(|e| anyhow::anyhow!("{} is not a membership certificate: {e}", path.display()))?;
+    let cert = signed
+        .verify()
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    if cert.subject != key.public() || cert.role != role || cert.federation != federation {
+        anyhow::bail!(
+            "{} certifies {} as a {} of {}, not this daemon ({}) as a {role} of {federation}",
+            path.display(),
+            cert.subject,
+            cert.role,
+            cert.federation,
+            key.public(),
+        );
+    }
+    Ok((signed, cert))
+}
+
+/// Sets up `tracing`: `RUST_LOG` filters (default `info`), JSON lines when `json`.
+pub fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Resolves when the process gets SIGTERM or ctrl-c.
+pub async fn shutdown_signal() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

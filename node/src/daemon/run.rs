@@ -1,0 +1,408 @@
+//! Wiring the node manager: config → key, trust, capacity, ledger, slivers → overlay, protocol
+//! server, ad heartbeat, reaper, HTTP → graceful shutdown.
+//!
+//! Data flow:
+//! - requests arrive on the overlay's node-protocol stream; each runs on the blocking pool
+//!   (sliver creation is synchronous), at most [`MAX_IN_FLIGHT`] at once, and its answer goes
+//!   back on its responder;
+//! - any change (redeem, renew, release, reap) pokes the ad task, which signs and publishes a
+//!   new ad at once; otherwise it publishes on the heartbeat;
+//! - on shutdown the server stops taking requests, waits for those in flight, publishes
+//!   nothing more and closes the overlay. Slivers keep running: they are leased, not owned by
+//!   the process.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use capability_schema::protocol::NodeRequest;
+use capability_schema::{Delegation, ResourceAd, Role, SecretKey, Signed};
+use federation::overlay::NodeProtocol;
+use federation::{Overlay, OverlayConfig, OverlayHandle, unix_now};
+use tokio::sync::{Notify, Semaphore, watch};
+
+use super::config::{Isolation, NodeManagerConfig};
+use super::http;
+use super::memory::InMemorySlivers;
+use super::monitor::{AdTemplate, HostProbe, build_ad, measured_capacity};
+use super::service::{NodeService, SliverBackend};
+use crate::admission::{Capacity, Share};
+use crate::ledger::Ledger;
+
+/// Most requests served at once.
+pub const MAX_IN_FLIGHT: usize = 64;
+
+/// What the HTTP endpoint and tests see of a running node.
+#[derive(Debug)]
+pub struct NodeState {
+    /// The service.
+    pub service: Arc<NodeService>,
+    /// The latest ad.
+    pub ad: RwLock<Option<Signed<ResourceAd>>>,
+    /// Requests served, by outcome.
+    pub served_ok: std::sync::atomic::AtomicU64,
+    /// Requests refused.
+    pub served_err: std::sync::atomic::AtomicU64,
+    /// Ads published.
+    pub ads_published: std::sync::atomic::AtomicU64,
+}
+
+/// A started node: its overlay handle and bound addresses, for tests and the testnet.
+#[derive(Debug)]
+pub struct RunningNode {
+    /// The overlay.
+    pub overlay: OverlayHandle,
+    /// The HTTP endpoint, if on.
+    pub http: Option<SocketAddr>,
+    /// Shared state.
+    pub state: Arc<NodeState>,
+}
+
+fn open_backend(config: &NodeManagerConfig) -> anyhow::Result<Arc<dyn SliverBackend>> {
+    match config.isolation {
+        Isolation::Memory => Ok(Arc::new(InMemorySlivers::new())),
+        Isolation::Linux => {
+            use crate::sliver::linux::LinuxHost;
+            use crate::sliver::{NodeConfig, Slivers};
+            let exe = std::env::current_exe().context("locating nodemgr")?;
+            let init = exe.with_file_name("sliver-init");
+            if !init.exists() {
+                bail!(
+                    "{} is missing: install sliver-init next to nodemgr",
+                    init.display()
+                );
+            }
+            let mut engine = NodeConfig::new(config.state_dir.join("slivers"), init);
+            engine.cgroup_parent = config.cgroup_parent.clone();
+            engine.slots.ifname_prefix = config.ifname_prefix.clone();
+            let (pool, prefix) = config.pool().map_err(anyhow::Error::msg)?;
+            engine.slots.pool = pool;
+            engine.slots.pool_prefix = prefix;
+            if let Some(image) = &config.image {
+                engine.image = Some(crate::sliver::rootfs::Image::Directory(image.clone()));
+            }
+            let host = LinuxHost::detect()
+                .context("finding cgroup hierarchies (is this Linux, and are you root?)")?;
+            let (slivers, reconciled) = Slivers::open(host, engine)
+                .context("opening the sliver engine (root is needed for isolation = \"linux\")")?;
+            tracing::info!(
+                adopted = reconciled.adopted.len(),
+                reaped = reconciled.reaped.len(),
+                "sliver engine ready"
+            );
+            for problem in reconciled.problems {
+                tracing::warn!(%problem, "sliver engine");
+            }
+            Ok(Arc::new(slivers))
+        }
+    }
+}
+
+/// Starts the node manager; returns once it is serving.
+pub async fn start(
+    config: NodeManagerConfig,
+) -> anyhow::Result<(RunningNode, impl Future<Output = ()>)> {
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("creating {}", config.state_dir.display()))?;
+    let key = SecretKey::load(&config.key_file)
+        .context("loading the node key (run `nodemgr init` first?)")?;
+    let (membership, cert) = federation::daemon::load_membership(
+        &config.membership,
+        &key,
+        Role::Node,
+        &config.federation,
+    )?;
+    let trust = federation::daemon::trust_store(&config.trust)?;
+    if trust.authority_of(&config.federation).is_none() {
+        bail!(
+            "add your own federation's authority to [[trust]] (federation {})",
+            config.federation
+        );
+    }
+    let now = unix_now();
+    let total = config.capacity.unwrap_or_else(|| {
+        measured_capacity(&HostProbe::default(), &config.state_dir, &config.reserve)
+    });
+    let mut shares = std::collections::BTreeMap::new();
+    let mut delegations = Vec::new();
+    for d in &config.delegations {
+        let not_after = now + d.days * 86_400;
+        shares.insert(
+            d.agent,
+            Share {
+                limit: d.share,
+                not_after,
+            },
+        );
+        delegations.push(Signed::sign(
+            &key,
+            &Delegation {
+                node: key.public(),
+                agent: d.agent,
+                share: d.share,
+                issued_at: now,
+                not_after,
+            },
+        ));
+    }
+    let capacity = Capacity {
+        node: key.public(),
+        total,
+        shares,
+    };
+    let ledger = Ledger::open(&config.state_dir.join("ledger.redb"))?;
+    let backend = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || open_backend(&config)).await??
+    };
+    let service = Arc::new(NodeService::new(
+        key.clone(),
+        config.federation.clone(),
+        capacity,
+        ledger,
+        backend,
+    ));
+    let report = {
+        let service = Arc::clone(&service);
+        tokio::task::spawn_blocking(move || service.reconcile())
+            .await?
+            .map_err(|e| anyhow::anyhow!("reconciling: {e}"))?
+    };
+    tracing::info!(?report, "reconciled leases with slivers");
+
+    let overlay_config = OverlayConfig {
+        listen: config
+            .listen
+            .iter()
+            .map(|a| a.parse())
+            .collect::<Result<_, _>>()
+            .context("listen address")?,
+        bootstrap: config
+            .bootstrap
+            .iter()
+            .map(|a| a.parse())
+            .collect::<Result<_, _>>()
+            .context("bootstrap address")?,
+        federations: vec![config.federation.clone()],
+        ..OverlayConfig::default()
+    };
+    let overlay = Overlay::start(&key, overlay_config, Arc::new(RwLock::new(trust)))
+        .await
+        .context("starting the overlay")?;
+    let addresses = if config.announce.is_empty() {
+        overlay
+            .listen_addrs()
+            .await?
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    } else {
+        config.announce.clone()
+    };
+    let template = AdTemplate {
+        federation: config.federation.clone(),
+        membership,
+        cert,
+        delegations,
+        addresses,
+        ttl_secs: config.ad_ttl_secs,
+    };
+    let state = Arc::new(NodeState {
+        service: Arc::clone(&service),
+        ad: RwLock::new(None),
+        served_ok: 0.into(),
+        served_err: 0.into(),
+        ads_published: 0.into(),
+    });
+    let changed = Arc::new(Notify::new());
+    let (stop_tx, stop) = watch::channel(false);
+
+    // Ads: at once, on every change, and on the heartbeat.
+    let ads = tokio::spawn(ad_loop(
+        key,
+        template,
+        Arc::clone(&state),
+        overlay.clone(),
+        Arc::clone(&changed),
+        stop.clone(),
+        config.ad_interval_secs,
+    ));
+    // Reaper.
+    let reaper = {
+        let (service, changed, mut stop) =
+            (Arc::clone(&service), Arc::clone(&changed), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => break,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                let service = Arc::clone(&service);
+                let reaped = tokio::task::spawn_blocking(move || service.reap(unix_now()))
+                    .await
+                    .unwrap_or_default();
+                if !reaped.is_empty() {
+                    tracing::info!(?reaped, "leases expired; slivers destroyed");
+                    changed.notify_one();
+                }
+            }
+        })
+    };
+    // HTTP.
+    let (http_addr, http_task) = if config.http.is_empty() {
+        (None, None)
+    } else {
+        let listener = tokio::net::TcpListener::bind(&config.http)
+            .await
+            .with_context(|| format!("binding http {}", config.http))?;
+        let addr = listener.local_addr()?;
+        let (state, mut stop) = (Arc::clone(&state), stop.clone());
+        let task = tokio::spawn(async move {
+            let serve =
+                axum::serve(listener, http::router(state)).with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "http server");
+            }
+        });
+        (Some(addr), Some(task))
+    };
+    // Protocol server.
+    let mut requests = overlay.serve::<NodeProtocol>().await?;
+    let server = {
+        let (state, changed, mut stop) = (Arc::clone(&state), Arc::clone(&changed), stop.clone());
+        tokio::spawn(async move {
+            let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+            loop {
+                let incoming = tokio::select! {
+                    _ = stop.wait_for(|s| *s) => break,
+                    next = requests.next() => match next { Some(i) => i, None => break },
+                };
+                let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+                    break;
+                };
+                let (state, changed) = (Arc::clone(&state), Arc::clone(&changed));
+                tokio::spawn(async move {
+                    let mutating = matches!(
+                        incoming.request,
+                        NodeRequest::Redeem { .. }
+                            | NodeRequest::Renew { .. }
+                            | NodeRequest::Release { .. }
+                    );
+                    let peer = incoming.peer;
+                    let request = incoming.request;
+                    let handler_state = Arc::clone(&state);
+                    let reply = tokio::task::spawn_blocking(move || {
+                        let ad = handler_state
+                            .ad
+                            .read()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .clone();
+                        handler_state
+                            .service
+                            .handle(&peer, request, unix_now(), ad.as_ref())
+                    })
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(capability_schema::Rejection::Internal {
+                            detail: format!("handler failed: {e}"),
+                        }
+                        .into())
+                    });
+                    let counter = if reply.is_ok() {
+                        &state.served_ok
+                    } else {
+                        &state.served_err
+                    };
+                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if mutating && reply.is_ok() {
+                        changed.notify_one();
+                    }
+                    if let Err(e) = incoming.responder.send(reply).await {
+                        tracing::debug!(error = %e, "answer not delivered");
+                    }
+                    drop(permit);
+                });
+            }
+            // Finish what is in flight.
+            let _all = permits.acquire_many(MAX_IN_FLIGHT as u32).await;
+        })
+    };
+
+    let running = RunningNode {
+        overlay: overlay.clone(),
+        http: http_addr,
+        state,
+    };
+    let shutdown = async move {
+        let _ = stop_tx.send(true);
+        let _ = server.await;
+        if let Some(task) = http_task {
+            let _ = task.await;
+        }
+        let _ = ads.await;
+        let _ = reaper.await;
+        overlay.shutdown().await;
+    };
+    Ok((running, shutdown))
+}
+
+async fn ad_loop(
+    key: SecretKey,
+    template: AdTemplate,
+    state: Arc<NodeState>,
+    overlay: OverlayHandle,
+    changed: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
+    interval_secs: u64,
+) {
+    let probe = HostProbe::default();
+    let mut last_seq = 0u64;
+    loop {
+        let now = unix_now();
+        // seq: milliseconds since the epoch, strictly increasing, so a restarted node's ads
+        // are never taken for replays of its old ones.
+        let seq = (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64))
+        .max(last_seq + 1);
+        last_seq = seq;
+        let service = &state.service;
+        let sample = probe.sample();
+        let measured = capability_schema::ad::MeasuredUse {
+            load_milli: sample.load_milli,
+            memory_used_bytes: sample.memory_used,
+            slivers: Vec::new(),
+        };
+        let ad = build_ad(
+            &key,
+            &template,
+            service.capacity(),
+            &service.commitments(),
+            measured,
+            seq,
+            now,
+        );
+        *state
+            .ad
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(ad.clone());
+        match overlay.publish_ad(ad).await {
+            Ok(()) => {
+                state
+                    .ads_published
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            // No peers yet is normal at start; the heartbeat retries.
+            Err(e) => tracing::debug!(error = %e, "ad not published"),
+        }
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            () = changed.notified() => {}
+            () = tokio::time::sleep(Duration::from_secs(interval_secs)) => {}
+        }
+    }
+}
