@@ -8,6 +8,7 @@
 //!    equivalent busybox container.
 //!
 //! `sliver-bench [--cycles N] [--hold N] [--runc-bundle DIR] [--init PATH]`
+//! `sliver-bench --reclaim PID`: removes what an interrupted run `PID` left.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -22,6 +23,15 @@ struct Args {
     hold: usize,
     runc_bundle: Option<PathBuf>,
     init: PathBuf,
+    reclaim: Option<u32>,
+}
+
+/// Prints a line; a closed stdout must not abort the run before it cleans up.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -31,6 +41,7 @@ fn parse_args() -> Result<Args, String> {
         hold: 500,
         runc_bundle: None,
         init: exe.with_file_name("sliver-init"),
+        reclaim: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -40,6 +51,9 @@ fn parse_args() -> Result<Args, String> {
             "--hold" => args.hold = value()?.parse().map_err(|e| format!("--hold: {e}"))?,
             "--runc-bundle" => args.runc_bundle = Some(value()?.into()),
             "--init" => args.init = value()?.into(),
+            "--reclaim" => {
+                args.reclaim = Some(value()?.parse().map_err(|e| format!("--reclaim: {e}"))?)
+            }
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -107,7 +121,53 @@ fn kernel_floor(n: usize) -> Result<Vec<Duration>, String> {
     Ok(out)
 }
 
+/// Makes `bundle/config.json` (from `runc spec`) for a container equivalent to a sliver: the
+/// same namespaces (user with a 65536-id map, pid, mount, uts, ipc, net, cgroup), the same
+/// limits, `bundle/rootfs` holding a static busybox; the process is `/bin/true`.
+fn prepare_runc_bundle(bundle: &PathBuf) -> Result<(), String> {
+    let rootfs = bundle.join("rootfs");
+    if !rootfs.join("bin/busybox").exists() {
+        return Err(format!(
+            "{} has no bin/busybox (node/bench.sh makes it)",
+            rootfs.display()
+        ));
+    }
+    let config = bundle.join("config.json");
+    let _ = std::fs::remove_file(&config);
+    let status = Command::new("runc")
+        .args(["spec", "--bundle"])
+        .arg(bundle)
+        .status()
+        .map_err(|e| format!("runc spec: {e}"))?;
+    if !status.success() {
+        return Err(format!("runc spec exited with {status}"));
+    }
+    let text = std::fs::read_to_string(&config).map_err(|e| e.to_string())?;
+    let mut spec: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    spec["process"]["args"] = serde_json::json!(["/bin/busybox", "true"]);
+    spec["process"]["terminal"] = serde_json::json!(false);
+    spec["root"]["readonly"] = serde_json::json!(true);
+    let map = serde_json::json!([{ "containerID": 0, "hostID": 0x2000_0000u32, "size": 65536 }]);
+    spec["linux"]["uidMappings"] = map.clone();
+    spec["linux"]["gidMappings"] = map;
+    spec["linux"]["namespaces"] = serde_json::json!([
+        { "type": "pid" }, { "type": "network" }, { "type": "ipc" }, { "type": "uts" },
+        { "type": "mount" }, { "type": "user" }, { "type": "cgroup" }
+    ]);
+    spec["linux"]["resources"] = serde_json::json!({
+        "memory": { "limit": 64u64 << 20 },
+        "cpu": { "quota": 10000, "period": 100000, "shares": 102 },
+        "pids": { "limit": 1024 }
+    });
+    std::fs::write(
+        &config,
+        serde_json::to_vec_pretty(&spec).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| format!("writing {}: {e}", config.display()))
+}
+
 fn runc(bundle: &PathBuf, n: usize) -> Result<Vec<Duration>, String> {
+    prepare_runc_bundle(bundle)?;
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         let id = format!("pmbench-{}-{i}", std::process::id());
@@ -118,6 +178,7 @@ fn runc(bundle: &PathBuf, n: usize) -> Result<Vec<Duration>, String> {
             .arg(&id)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
             .status()
             .map_err(|e| format!("runc: {e}"))?;
         out.push(t.elapsed());
@@ -131,28 +192,51 @@ fn runc(bundle: &PathBuf, n: usize) -> Result<Vec<Duration>, String> {
     Ok(out)
 }
 
+/// The configuration of the run with process id `pid` (unique names, so runs never clash).
+fn config_for(pid: u32, init: &std::path::Path) -> NodeConfig {
+    let state = std::env::temp_dir().join(format!("pmbench-{pid}"));
+    let mut config = NodeConfig::new(&state, init);
+    config.cgroup_parent = format!("pmbench-{pid}");
+    config.slots.ifname_prefix = "pmb".into();
+    config.shaping.ifb = format!("pmbifb{}", pid % 1000);
+    config.tmp_bytes = 16 << 20;
+    config
+}
+
 fn run() -> Result<(), String> {
     let args = parse_args()?;
     if !nix::unistd::geteuid().is_root() {
         return Err("sliver-bench must run as root".into());
     }
-    let state = std::env::temp_dir().join(format!("pmbench-{}", std::process::id()));
-    let mut config = NodeConfig::new(&state, &args.init);
-    config.cgroup_parent = format!("pmbench-{}", std::process::id());
-    config.slots.ifname_prefix = "pmb".into();
-    config.shaping.ifb = format!("pmbifb{}", std::process::id() % 1000);
-    config.tmp_bytes = 16 << 20;
     let host = LinuxHost::detect().map_err(|e| e.to_string())?;
+    if let Some(pid) = args.reclaim {
+        let config = config_for(pid, &args.init);
+        let state = config.state_dir.clone();
+        let (engine, found) = Slivers::open(host, config).map_err(|e| e.to_string())?;
+        say!(
+            "run {pid}: {} slivers to remove, {} already dead",
+            found.adopted.len(),
+            found.reaped.len()
+        );
+        let result = engine.destroy_all().map_err(|e| e.to_string());
+        let parent = engine.config().cgroup_parent.clone();
+        let _ = engine.host().cgroups().remove_parent(&parent);
+        let _ = std::fs::remove_dir_all(&state);
+        return result;
+    }
     match host.favor_dynamic_cgroups() {
-        Ok(Some(p)) => println!(
+        Ok(Some(p)) => say!(
             "cgroup moves without grace periods ({} has favordynmods)",
             p.display()
         ),
-        Ok(None) => println!("no cgroup2 mount: cgroup moves wait for RCU grace periods"),
-        Err(e) => println!("could not set favordynmods: {e}"),
+        Ok(None) => say!("no cgroup2 mount: cgroup moves wait for RCU grace periods"),
+        Err(e) => say!("could not set favordynmods: {e}"),
     }
+    let config = config_for(std::process::id(), &args.init);
+    let state = config.state_dir.clone();
     let (engine, _) = Slivers::open(host, config).map_err(|e| e.to_string())?;
-    let result = bench(&engine, &args);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| bench(&engine, &args)))
+        .unwrap_or_else(|_| Err("the benchmark panicked".into()));
     let teardown = engine.destroy_all();
     let parent = engine.config().cgroup_parent.clone();
     let _ = engine.host().cgroups().remove_parent(&parent);
@@ -182,13 +266,13 @@ fn bench(engine: &Slivers<LinuxHost>, args: &Args) -> Result<(), String> {
             .map_err(|e| format!("destroy {i}: {e}"))?;
         destroy.push(t.elapsed());
     }
-    println!("create/destroy of {} slivers, one at a time:", args.cycles);
-    println!(
+    say!("create/destroy of {} slivers, one at a time:", args.cycles);
+    say!(
         "  create  p50 {}  p99 {}",
         ms(percentile(&mut create, 0.5)),
         ms(percentile(&mut create, 0.99))
     );
-    println!(
+    say!(
         "  destroy p50 {}  p99 {}",
         ms(percentile(&mut destroy, 0.5)),
         ms(percentile(&mut destroy, 0.99))
@@ -206,7 +290,7 @@ fn bench(engine: &Slivers<LinuxHost>, args: &Args) -> Result<(), String> {
     std::thread::sleep(Duration::from_secs(2));
     let after = mem_available_kib();
     let per = before.saturating_sub(after) as f64 / args.hold.max(1) as f64 / 1024.0;
-    println!(
+    say!(
         "{} idle slivers held at once (made in {:.1} s): {:.2} MiB of host memory each",
         args.hold,
         held.as_secs_f64(),
@@ -218,10 +302,10 @@ fn bench(engine: &Slivers<LinuxHost>, args: &Args) -> Result<(), String> {
             .destroy(&rec.spec.id, false)
             .map_err(|e| e.to_string())?;
     }
-    println!("  destroyed them in {:.1} s", t.elapsed().as_secs_f64());
+    say!("  destroyed them in {:.1} s", t.elapsed().as_secs_f64());
 
     let mut floor = kernel_floor(200)?;
-    println!(
+    say!(
         "kernel floor (bare clone into user+pid+mnt+uts+ipc+net+cgroup namespaces, wait): p50 {}  p99 {}",
         ms(percentile(&mut floor, 0.5)),
         ms(percentile(&mut floor, 0.99))
@@ -229,13 +313,13 @@ fn bench(engine: &Slivers<LinuxHost>, args: &Args) -> Result<(), String> {
     match &args.runc_bundle {
         Some(bundle) => {
             let mut r = runc(bundle, 30)?;
-            println!(
-                "runc run (busybox, exits at once): p50 {}  p99 {}",
+            say!(
+                "runc run (busybox true; same namespaces, id map and limits): p50 {}  p99 {}",
                 ms(percentile(&mut r, 0.5)),
                 ms(percentile(&mut r, 0.99))
             );
         }
-        None => println!("runc: no bundle given (node/bench.sh prepares one)"),
+        None => say!("runc: no bundle given (node/bench.sh prepares one)"),
     }
     Ok(())
 }
