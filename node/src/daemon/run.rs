@@ -77,6 +77,8 @@ fn open_backend(config: &NodeManagerConfig) -> anyhow::Result<Arc<dyn SliverBack
             let mut engine = NodeConfig::new(config.state_dir.join("slivers"), init);
             engine.cgroup_parent = config.cgroup_parent.clone();
             engine.slots.ifname_prefix = config.ifname_prefix.clone();
+            // One IFB per node manager, so several can share a host (testnets).
+            engine.shaping.ifb = format!("{}ifb", config.ifname_prefix);
             let (pool, prefix) = config.pool().map_err(anyhow::Error::msg)?;
             engine.slots.pool = pool;
             engine.slots.pool_prefix = prefix;

@@ -1,0 +1,327 @@
+//! `testnet`: a whole PlanetMesh on one machine.
+//!
+//! `testnet up` generates authorities, keys, certificates, peering and configs, starts every
+//! daemon as a real process, waits until ads have converged and prints how to use it;
+//! `testnet down` ends every process and removes everything it made on the machine.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use testnet::generate::{Manifest, Network, generate};
+use testnet::launch;
+use testnet::probe;
+use testnet::topology::{HostRole, Topology};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "testnet",
+    version,
+    about = "Run a whole PlanetMesh (federations, nodes, agents, brokers) on this machine",
+    long_about = "Run a whole PlanetMesh on this machine: every daemon is a real process. As root, each \
+                  host gets its own network namespace on a bridge and nodes make real isolated slivers; \
+                  without root, hosts share loopback and slivers are not isolated."
+)]
+struct Cli {
+    /// The testnet's directory.
+    #[arg(
+        long,
+        global = true,
+        default_value = ".testnet",
+        env = "PLANETMESH_TESTNET"
+    )]
+    dir: PathBuf,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum NetworkArg {
+    /// Each host in its own network namespace on a bridge (root).
+    Namespaces,
+    /// Every host on 127.0.0.1.
+    Loopback,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum IsolationArg {
+    /// Real slivers: namespaces, overlayfs, cgroups, veth + HTB (root).
+    Linux,
+    /// No isolation (slivers exist only in the ledgers).
+    Memory,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Create and start a testnet, and wait until ads have converged.
+    Up {
+        /// Federations.
+        #[arg(long, default_value_t = 2)]
+        federations: u32,
+        /// Nodes.
+        #[arg(long, default_value_t = 6)]
+        nodes: u32,
+        /// Agents (at least one per federation).
+        #[arg(long, default_value_t = 3)]
+        agents: u32,
+        /// Brokers.
+        #[arg(long, default_value_t = 1)]
+        brokers: u32,
+        /// How hosts are connected (default: namespaces as root, else loopback).
+        #[arg(long)]
+        network: Option<NetworkArg>,
+        /// How nodes make slivers (default: linux as root, else memory).
+        #[arg(long)]
+        isolation: Option<IsolationArg>,
+        /// Longest wait for ads to converge, in seconds.
+        #[arg(long, default_value_t = 60)]
+        wait: u64,
+    },
+    /// End every daemon and remove every namespace, link and state the testnet made.
+    Down {
+        /// Also delete the testnet directory.
+        #[arg(long)]
+        purge: bool,
+    },
+    /// Show every host: role, federation, site, process and state.
+    Status,
+    /// Print a host's log.
+    Logs {
+        /// The host (`node0`, `agent1`, `broker0`, …).
+        host: String,
+        /// Only the last N lines.
+        #[arg(long, short = 'n', default_value_t = 50)]
+        lines: usize,
+    },
+    /// Kill a host's daemon at once (SIGKILL), as a crash would.
+    Kill {
+        /// The host.
+        host: String,
+    },
+    /// Stop a host's daemon gracefully (if it runs) and start it again.
+    Restart {
+        /// The host.
+        host: String,
+    },
+    /// Cut hosts off the network (namespaces: their link goes down; loopback: they are frozen).
+    Partition {
+        /// The hosts.
+        #[arg(required = true)]
+        hosts: Vec<String>,
+    },
+    /// Undo every partition.
+    Heal,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("testnet: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let dir = cli.dir;
+    match cli.command {
+        Cmd::Up {
+            federations,
+            nodes,
+            agents,
+            brokers,
+            network,
+            isolation,
+            wait,
+        } => {
+            let started = Instant::now();
+            let topology = Topology {
+                federations,
+                nodes,
+                agents,
+                brokers,
+            };
+            let network = match network {
+                Some(NetworkArg::Namespaces) => Network::Namespaces,
+                Some(NetworkArg::Loopback) => Network::Loopback,
+                None if is_root() => Network::Namespaces,
+                None => Network::Loopback,
+            };
+            let isolation = match isolation {
+                Some(IsolationArg::Linux) => "linux",
+                Some(IsolationArg::Memory) => "memory",
+                None if is_root() => "linux",
+                None => "memory",
+            };
+            if !is_root() && (network == Network::Namespaces || isolation == "linux") {
+                anyhow::bail!(
+                    "namespaces and linux isolation need root; use --network loopback --isolation memory"
+                );
+            }
+            println!(
+                "generating {federations} federations, {nodes} nodes, {agents} agents, {brokers} brokers in {} ({network:?} network, {isolation} isolation)",
+                dir.display()
+            );
+            let manifest = generate(&dir, topology, network, isolation)?;
+            let dir = dir.canonicalize()?;
+            println!("starting {} daemons", manifest.hosts.len());
+            if let Err(e) = launch::start_all(&manifest) {
+                let _ = launch::stop_all(&manifest, &dir);
+                return Err(e);
+            }
+            let took =
+                probe::wait_converged(&manifest, Duration::from_secs(wait), |known, expected| {
+                    eprint!("\r  ads: {known}/{expected} node-agent pairs known   ");
+                });
+            eprintln!();
+            let took = took?;
+            println!(
+                "converged in {:.1}s ({:.1}s in all)",
+                took.as_secs_f64(),
+                started.elapsed().as_secs_f64()
+            );
+            print_usage(&manifest, &dir);
+            Ok(())
+        }
+        Cmd::Down { purge } => {
+            let manifest = Manifest::load(&dir)?;
+            let stopped = launch::stop_all(&manifest, &dir)?;
+            println!("stopped {} daemons", stopped.len());
+            if purge {
+                std::fs::remove_dir_all(&dir)
+                    .with_context(|| format!("removing {}", dir.display()))?;
+                println!("removed {}", dir.display());
+            }
+            Ok(())
+        }
+        Cmd::Status => {
+            let manifest = Manifest::load(&dir)?;
+            println!(
+                "{:<9} {:<7} {:<6} {:<12} {:<8} state",
+                "host", "role", "fed", "site", "pid"
+            );
+            for host in &manifest.hosts {
+                let pid = launch::running_pid(host).map_or("down".to_owned(), |p| p.to_string());
+                let state = match host.plan.role {
+                    HostRole::Node => probe::get_json(host, "/status")
+                        .map(|s| {
+                            format!(
+                                "committed {} of {}",
+                                s["committed"].as_str().unwrap_or("?"),
+                                s["capacity"].as_str().unwrap_or("?")
+                            )
+                        })
+                        .unwrap_or_else(|e| e.to_string()),
+                    HostRole::Agent => probe::get_json(host, "/status")
+                        .map(|s| {
+                            format!(
+                                "{} nodes in inventory",
+                                s["nodes"].as_array().map_or(0, Vec::len)
+                            )
+                        })
+                        .unwrap_or_else(|e| e.to_string()),
+                    HostRole::Broker => probe::get_json(host, "/status")
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|e| e.to_string()),
+                };
+                println!(
+                    "{:<9} {:<7} {:<6} {:<12} {:<8} {state}",
+                    host.plan.name,
+                    host.plan.role.binary(),
+                    host.plan.federation,
+                    host.plan.site,
+                    pid
+                );
+            }
+            Ok(())
+        }
+        Cmd::Logs { host, lines } => {
+            let manifest = Manifest::load(&dir)?;
+            let host = manifest.host(&host)?;
+            let text = std::fs::read_to_string(host.log_file())
+                .with_context(|| format!("reading {}", host.log_file().display()))?;
+            let all: Vec<&str> = text.lines().collect();
+            for line in &all[all.len().saturating_sub(lines)..] {
+                println!("{line}");
+            }
+            Ok(())
+        }
+        Cmd::Kill { host } => {
+            let manifest = Manifest::load(&dir)?;
+            let host = manifest.host(&host)?;
+            if launch::stop_host(host, Duration::from_secs(5), true)? {
+                println!("killed {}", host.plan.name);
+            } else {
+                println!("{} was not running", host.plan.name);
+            }
+            Ok(())
+        }
+        Cmd::Restart { host } => {
+            let manifest = Manifest::load(&dir)?;
+            let host = manifest.host(&host)?;
+            launch::stop_host(host, Duration::from_secs(10), false)?;
+            let pid = launch::start_host(&manifest, host)?;
+            println!("restarted {} (pid {pid})", host.plan.name);
+            Ok(())
+        }
+        Cmd::Partition { hosts } => {
+            let manifest = Manifest::load(&dir)?;
+            for name in hosts {
+                testnet::netns::partition(&manifest, manifest.host(&name)?, true)?;
+                println!("partitioned {name}");
+            }
+            Ok(())
+        }
+        Cmd::Heal => {
+            let manifest = Manifest::load(&dir)?;
+            for host in &manifest.hosts {
+                testnet::netns::partition(&manifest, host, false)?;
+            }
+            println!("healed");
+            Ok(())
+        }
+    }
+}
+
+fn print_usage(manifest: &Manifest, dir: &std::path::Path) {
+    println!();
+    println!(
+        "federations: {}",
+        manifest
+            .federations
+            .iter()
+            .map(|f| f.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for host in &manifest.hosts {
+        println!(
+            "  {:<9} {:<7} {:<6} {:<12} {}  http {}",
+            host.plan.name,
+            host.plan.role.binary(),
+            host.plan.federation,
+            host.plan.site,
+            host.multiaddr(),
+            host.http_url()
+        );
+    }
+    println!();
+    println!(
+        "principal key: {}/principal/principal.key (member of fed0, slices named fed0-site0_*)",
+        dir.display()
+    );
+    println!("slicectl config: {}/slicectl.toml", dir.display());
+    println!(
+        "  slicectl --config {}/slicectl.toml slice create --name fed0-site0_demo --count 4",
+        dir.display()
+    );
+    println!(
+        "status: testnet status --dir {}    stop: testnet down --dir {}",
+        dir.display(),
+        dir.display()
+    );
+}

@@ -1,0 +1,392 @@
+//! Writing a testnet directory: federation authorities, keys, membership certificates,
+//! peering agreements and one config per host, plus the principal a newcomer acts as.
+//!
+//! ```text
+//! DIR/
+//!   testnet.toml           what was generated (topology, hosts, addresses)
+//!   authorities/fedN/      authority key and state (fedctl's layout)
+//!   peering/fedA-fedB.cbor agreement: fedA serves principals and brokers of fedB
+//!   hosts/NAME/            key, membership.cbor, node.toml | agent.toml | broker.toml, logs
+//!   principal/             principal.key, membership.cbor
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use capability_schema::membership::{PeeringLimits, PrincipalFilter};
+use capability_schema::{PublicKey, Role, SecretKey, codec};
+use federation::trust::Validity;
+use federation::{Authority, unix_now};
+use serde::{Deserialize, Serialize};
+
+use crate::topology::{HostPlan, HostRole, Topology, federation_name};
+
+/// Per-node capacity in a testnet (small, so several fit on one machine).
+pub const NODE_CAPACITY: &str = "cpu=2 cores,memory=2GiB,disk=4GiB,egress=100Mbit";
+
+/// How hosts reach each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    /// Every host on 127.0.0.1 with its own ports (no root needed).
+    Loopback,
+    /// Every host in its own network namespace on a bridge (root).
+    Namespaces,
+}
+
+/// A generated host: its plan plus keys and addresses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostInfo {
+    /// The plan.
+    #[serde(flatten)]
+    pub plan: HostPlan,
+    /// Its public key.
+    pub key: PublicKey,
+    /// Its directory.
+    pub dir: PathBuf,
+    /// Its IPv4 address (127.0.0.1 on loopback).
+    pub ip: String,
+    /// Its libp2p port.
+    pub p2p_port: u16,
+    /// Its HTTP port.
+    pub http_port: u16,
+    /// Its network namespace (namespaces mode).
+    pub netns: Option<String>,
+}
+
+impl HostInfo {
+    /// Its libp2p address with `/p2p/<peer id>`.
+    pub fn multiaddr(&self) -> String {
+        format!(
+            "/ip4/{}/tcp/{}/p2p/{}",
+            self.ip,
+            self.p2p_port,
+            self.key.to_peer_id()
+        )
+    }
+
+    /// Its HTTP base URL.
+    pub fn http_url(&self) -> String {
+        format!("http://{}:{}", self.ip, self.http_port)
+    }
+
+    /// Its config file.
+    pub fn config_file(&self) -> PathBuf {
+        self.dir.join(match self.plan.role {
+            HostRole::Node => "node.toml",
+            HostRole::Agent => "agent.toml",
+            HostRole::Broker => "broker.toml",
+        })
+    }
+
+    /// Its log file.
+    pub fn log_file(&self) -> PathBuf {
+        self.dir.join("daemon.log")
+    }
+}
+
+/// What a testnet directory holds (`testnet.toml`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// The topology.
+    pub topology: Topology,
+    /// How hosts are connected.
+    pub network: Network,
+    /// Node isolation (`linux` or `memory`).
+    pub isolation: String,
+    /// Federation authorities.
+    pub federations: Vec<FederationInfo>,
+    /// Every host.
+    pub hosts: Vec<HostInfo>,
+    /// The principal's key.
+    pub principal: PublicKey,
+    /// Unique tag of this testnet (names of namespaces, links, cgroups).
+    pub tag: String,
+}
+
+/// A federation of the testnet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FederationInfo {
+    /// Its name.
+    pub name: String,
+    /// Its authority key.
+    pub authority: PublicKey,
+}
+
+impl Manifest {
+    /// Reads `DIR/testnet.toml`.
+    pub fn load(dir: &Path) -> anyhow::Result<Manifest> {
+        let path = dir.join("testnet.toml");
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "no testnet in {} (run `testnet up --dir {}` first)",
+                dir.display(),
+                dir.display()
+            )
+        })?;
+        toml::from_str(&text).with_context(|| format!("reading {}", path.display()))
+    }
+
+    /// The host called `name`.
+    pub fn host(&self, name: &str) -> anyhow::Result<&HostInfo> {
+        self.hosts
+            .iter()
+            .find(|h| h.plan.name == name)
+            .with_context(|| {
+                let names: Vec<&str> = self.hosts.iter().map(|h| h.plan.name.as_str()).collect();
+                format!("no host {name:?}; hosts are {}", names.join(", "))
+            })
+    }
+
+    /// Hosts of one role.
+    pub fn of_role(&self, role: HostRole) -> impl Iterator<Item = &HostInfo> {
+        self.hosts.iter().filter(move |h| h.plan.role == role)
+    }
+}
+
+/// A free TCP port on `ip` (the OS picks; released at once).
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn toml_list(items: &[String]) -> String {
+    let quoted: Vec<String> = items.iter().map(|i| format!("{i:?}")).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+fn trust_section(federations: &[FederationInfo]) -> String {
+    federations
+        .iter()
+        .map(|f| {
+            format!(
+                "[[trust]]\nname = {:?}\nauthority = \"{}\"\n",
+                f.name, f.authority
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Generates a testnet in `dir` (which must not hold one).
+pub fn generate(
+    dir: &Path,
+    topology: Topology,
+    network: Network,
+    isolation: &str,
+) -> anyhow::Result<Manifest> {
+    if dir.join("testnet.toml").exists() {
+        anyhow::bail!(
+            "{} holds a testnet already; `testnet down --dir {}` and remove it, or pick another --dir",
+            dir.display(),
+            dir.display()
+        );
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = dir.canonicalize()?;
+    let now = unix_now();
+    let validity = Validity::days(now.saturating_sub(60), 30);
+    let plans = topology.hosts()?;
+    let tag: String = {
+        let bytes: [u8; 3] = rand::random();
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    };
+
+    // Authorities and peering.
+    let mut authorities: Vec<Authority> = (0..topology.federations)
+        .map(|i| Authority::create(&federation_name(i)).map_err(anyhow::Error::from))
+        .collect::<Result<_, _>>()?;
+    for a in &authorities {
+        a.save_new(&dir.join("authorities").join(a.name()), now)?;
+    }
+    let federations: Vec<FederationInfo> = authorities
+        .iter()
+        .map(|a| FederationInfo {
+            name: a.name().to_owned(),
+            authority: a.public(),
+        })
+        .collect();
+    std::fs::create_dir_all(dir.join("peering"))?;
+    let mut agreements: Vec<(String, PathBuf)> = Vec::new();
+    for authority in &mut authorities {
+        let own = authority.name().to_owned();
+        for peer in federations.iter().filter(|f| f.name != own) {
+            let signed = authority.peer(
+                &peer.name,
+                peer.authority,
+                &[Role::Principal, Role::Broker],
+                PrincipalFilter::All,
+                PeeringLimits::default(),
+                validity,
+            );
+            let path = dir
+                .join("peering")
+                .join(format!("{}-{}.cbor", authority.name(), peer.name));
+            std::fs::write(&path, codec::encode(&signed))?;
+            agreements.push((authority.name().to_owned(), path));
+        }
+    }
+
+    // Hosts: keys, certificates, addresses.
+    let mut hosts = Vec::new();
+    for (n, plan) in plans.into_iter().enumerate() {
+        let host_dir = dir.join("hosts").join(&plan.name);
+        std::fs::create_dir_all(&host_dir)?;
+        let key = SecretKey::generate();
+        let key_file = match plan.role {
+            HostRole::Node => "node.key",
+            HostRole::Agent => "agent.key",
+            HostRole::Broker => "broker.key",
+        };
+        key.save(&host_dir.join(key_file))?;
+        let fed_index = federations
+            .iter()
+            .position(|f| f.name == plan.federation)
+            .unwrap_or(0);
+        let role = match plan.role {
+            HostRole::Node => Role::Node,
+            HostRole::Agent => Role::Agent,
+            HostRole::Broker => Role::Broker,
+        };
+        let cert =
+            authorities[fed_index].certify(key.public(), role, &plan.site, &plan.name, validity);
+        std::fs::write(host_dir.join("membership.cbor"), codec::encode(&cert))?;
+        let (ip, netns, p2p_port, http_port) = match network {
+            Network::Loopback => ("127.0.0.1".to_owned(), None, free_port()?, free_port()?),
+            Network::Namespaces => (
+                format!("10.250.{}.{}", n / 250, n % 250 + 2),
+                Some(format!("pmtn-{tag}-{n}")),
+                4001,
+                9180,
+            ),
+        };
+        hosts.push(HostInfo {
+            plan,
+            key: key.public(),
+            dir: host_dir,
+            ip,
+            p2p_port,
+            http_port,
+            netns,
+        });
+    }
+    for a in &authorities {
+        a.save_state(&dir.join("authorities").join(a.name()))?;
+    }
+
+    // Configs.
+    let trust = trust_section(&federations);
+    let seeds: Vec<String> = hosts
+        .iter()
+        .filter(|h| h.plan.role == HostRole::Node)
+        .take(2)
+        .map(HostInfo::multiaddr)
+        .collect();
+    let agent_keys: std::collections::BTreeMap<String, PublicKey> = hosts
+        .iter()
+        .filter(|h| h.plan.role == HostRole::Agent)
+        .map(|h| (h.plan.name.clone(), h.key))
+        .collect();
+    for (n, host) in hosts.iter().enumerate() {
+        let bootstrap: Vec<String> = seeds
+            .iter()
+            .filter(|s| **s != host.multiaddr())
+            .cloned()
+            .collect();
+        let listen = format!(
+            "/ip4/{}/tcp/{}",
+            if network == Network::Loopback {
+                "127.0.0.1"
+            } else {
+                "0.0.0.0"
+            },
+            host.p2p_port
+        );
+        let http = format!("{}:{}", host.ip, host.http_port);
+        let common = format!(
+            "federation = {:?}\nlisten = [{listen:?}]\nbootstrap = {}\nhttp = {http:?}\n",
+            host.plan.federation,
+            toml_list(&bootstrap)
+        );
+        let text = match host.plan.role {
+            HostRole::Node => {
+                let delegations: String = host
+                    .plan
+                    .delegates_to
+                    .iter()
+                    .map(|a| format!("[[delegations]]\nagent = \"{}\"\nshare = \"cpu=1500m,memory=1536MiB,disk=3GiB,egress=75Mbit\"\n", agent_keys[a]))
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                format!(
+                    "# Generated by `testnet up`.\n{common}announce = [\"/ip4/{}/tcp/{}\"]\nisolation = {isolation:?}\n\
+                     capacity = {NODE_CAPACITY:?}\nad_interval_secs = 2\nad_ttl_secs = 30\n\
+                     cgroup_parent = \"planetmesh-tn{tag}\"\nifname_prefix = \"t{n:02}v\"\naddress_pool = \"10.{}.{}.0/24\"\n\n{trust}\n{delegations}",
+                    host.ip,
+                    host.p2p_port,
+                    200 + n / 250,
+                    n % 250
+                )
+            }
+            HostRole::Agent => {
+                let peering: Vec<String> = agreements
+                    .iter()
+                    .filter(|(fed, _)| *fed == host.plan.federation)
+                    .map(|(_, p)| p.display().to_string())
+                    .collect();
+                format!(
+                    "# Generated by `testnet up`.\n{common}peering = {}\n\n{trust}",
+                    toml_list(&peering)
+                )
+            }
+            HostRole::Broker => {
+                let follow: Vec<String> = federations.iter().map(|f| f.name.clone()).collect();
+                let agents: String = hosts
+                    .iter()
+                    .filter(|h| h.plan.role == HostRole::Agent)
+                    .map(|h| {
+                        format!(
+                            "[[agents]]\nkey = \"{}\"\naddress = {:?}\nfederation = {:?}\n",
+                            h.key,
+                            h.multiaddr(),
+                            h.plan.federation
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                format!(
+                    "# Generated by `testnet up`.\n{common}follow = {}\n\n{trust}\n{agents}",
+                    toml_list(&follow)
+                )
+            }
+        };
+        std::fs::write(host.config_file(), text)?;
+    }
+
+    // The principal: a member of fed0, site fed0-site0, so slices are named `fed0-site0_*`.
+    let principal_dir = dir.join("principal");
+    std::fs::create_dir_all(&principal_dir)?;
+    let principal = SecretKey::generate();
+    principal.save(&principal_dir.join("principal.key"))?;
+    let cert = authorities[0].certify(
+        principal.public(),
+        Role::Principal,
+        "fed0-site0",
+        "testnet user",
+        validity,
+    );
+    std::fs::write(principal_dir.join("membership.cbor"), codec::encode(&cert))?;
+    authorities[0].save_state(&dir.join("authorities").join(authorities[0].name()))?;
+
+    let manifest = Manifest {
+        topology,
+        network,
+        isolation: isolation.to_owned(),
+        federations,
+        hosts,
+        principal: principal.public(),
+        tag,
+    };
+    std::fs::write(dir.join("testnet.toml"), toml::to_string_pretty(&manifest)?)?;
+    Ok(manifest)
+}

@@ -1,0 +1,165 @@
+//! Running a testnet's daemons as real processes, and ending them.
+//!
+//! Each daemon runs detached (its own process group) with its log in `hosts/NAME/daemon.log`;
+//! its pid is kept in `hosts/NAME/pid`. A pid is only ever signalled after checking that the
+//! process still runs this testnet's binary with this host's config, so a stale pid file can
+//! never end someone else's process.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::generate::{HostInfo, Manifest, Network};
+use crate::netns;
+
+/// Where the daemon binaries are: next to this program (cargo builds every workspace binary
+/// into the same directory), or `PLANETMESH_BIN_DIR`.
+pub fn bin_dir() -> anyhow::Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("PLANETMESH_BIN_DIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    let exe = std::env::current_exe().context("locating the testnet binary")?;
+    let dir = exe
+        .parent()
+        .context("the testnet binary has no directory")?;
+    // Integration tests run from target/<profile>/deps.
+    if dir.ends_with("deps") {
+        return Ok(dir.parent().unwrap_or(dir).to_path_buf());
+    }
+    Ok(dir.to_path_buf())
+}
+
+fn binary(host: &HostInfo) -> anyhow::Result<PathBuf> {
+    let path = bin_dir()?.join(host.plan.role.binary());
+    if !path.exists() {
+        anyhow::bail!(
+            "{} is missing: build the daemons first with `cargo build --workspace --bins`",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+fn pid_file(host: &HostInfo) -> PathBuf {
+    host.dir.join("pid")
+}
+
+/// Starts one host's daemon; returns its pid.
+pub fn start_host(manifest: &Manifest, host: &HostInfo) -> anyhow::Result<u32> {
+    if let Some(pid) = running_pid(host) {
+        anyhow::bail!("{} runs already (pid {pid})", host.plan.name);
+    }
+    let bin = binary(host)?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(host.log_file())?;
+    let mut command = match (&manifest.network, &host.netns) {
+        (Network::Namespaces, Some(ns)) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(&bin);
+            c
+        }
+        _ => Command::new(&bin),
+    };
+    command
+        .arg("run")
+        .arg("--config")
+        .arg(host.config_file())
+        .current_dir(&host.dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .process_group(0);
+    let child = command
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let pid = child.id();
+    std::fs::write(pid_file(host), pid.to_string())?;
+    // The child is detached (own process group) and outlives this program; not waiting on it
+    // is intended.
+    std::mem::forget(child);
+    Ok(pid)
+}
+
+/// The pid of the host's daemon if it runs (checked against its command line).
+pub fn running_pid(host: &HostInfo) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(pid_file(host))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    let ours = cmdline.contains(host.plan.role.binary())
+        && cmdline.contains(&*host.config_file().to_string_lossy());
+    // A zombie (exited, not yet reaped by its parent) no longer runs.
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let zombie = state
+        .rsplit(')')
+        .next()
+        .is_some_and(|rest| rest.trim_start().starts_with('Z'));
+    (ours && !zombie).then_some(pid)
+}
+
+/// Ends a host's daemon: SIGTERM (graceful), then SIGKILL after `grace`. With `kill9`, SIGKILL
+/// at once (fault injection).
+pub fn stop_host(host: &HostInfo, grace: Duration, kill9: bool) -> anyhow::Result<bool> {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let Some(pid) = running_pid(host) else {
+        let _ = std::fs::remove_file(pid_file(host));
+        return Ok(false);
+    };
+    let target = Pid::from_raw(pid as i32);
+    let first = if kill9 {
+        Signal::SIGKILL
+    } else {
+        Signal::SIGTERM
+    };
+    kill(target, first).with_context(|| format!("signalling {} (pid {pid})", host.plan.name))?;
+    let deadline = Instant::now() + grace;
+    while running_pid(host).is_some() {
+        if Instant::now() > deadline {
+            let _ = kill(target, Signal::SIGKILL);
+            std::thread::sleep(Duration::from_millis(100));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = std::fs::remove_file(pid_file(host));
+    Ok(true)
+}
+
+/// Starts every host: nodes first (they are the bootstrap seeds), then agents, then brokers.
+pub fn start_all(manifest: &Manifest) -> anyhow::Result<()> {
+    if manifest.network == Network::Namespaces {
+        netns::create(manifest)?;
+    }
+    for host in &manifest.hosts {
+        start_host(manifest, host)?;
+    }
+    Ok(())
+}
+
+/// Ends every host and removes what the testnet made on the machine.
+pub fn stop_all(manifest: &Manifest, dir: &Path) -> anyhow::Result<Vec<String>> {
+    let mut stopped = Vec::new();
+    for host in manifest.hosts.iter().rev() {
+        if stop_host(host, Duration::from_secs(10), false)? {
+            stopped.push(host.plan.name.clone());
+        }
+    }
+    if manifest.network == Network::Namespaces {
+        netns::remove(manifest)?;
+    }
+    let _ = dir;
+    Ok(stopped)
+}

@@ -1,0 +1,87 @@
+//! Asking the daemons how they are: a minimal HTTP/1.1 GET of their JSON endpoints (plain
+//! TCP to the host's own address; no proxy, no TLS), and waiting for ads to converge.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde_json::Value;
+
+use crate::generate::{HostInfo, Manifest};
+use crate::topology::HostRole;
+
+/// GETs `path` from `host` and parses the JSON body.
+pub fn get_json(host: &HostInfo, path: &str) -> anyhow::Result<Value> {
+    let addr = format!("{}:{}", host.ip, host.http_port);
+    let mut stream = TcpStream::connect_timeout(&addr.parse()?, Duration::from_secs(2))
+        .with_context(|| format!("{} ({addr}) is not answering", host.plan.name))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = Vec::new();
+    stream.take(16 << 20).read_to_end(&mut response)?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .context("malformed HTTP response")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        anyhow::bail!(
+            "{} {path}: {}",
+            host.plan.name,
+            head.lines().next().unwrap_or("")
+        );
+    }
+    serde_json::from_str(body).with_context(|| format!("{} {path}: not JSON", host.plan.name))
+}
+
+/// How many nodes each agent knows, against how many delegate to it.
+pub fn convergence(manifest: &Manifest) -> Vec<(String, usize, usize)> {
+    manifest
+        .of_role(HostRole::Agent)
+        .map(|agent| {
+            let expected = manifest
+                .of_role(HostRole::Node)
+                .filter(|n| n.plan.delegates_to.contains(&agent.plan.name))
+                .count();
+            let known = get_json(agent, "/status")
+                .ok()
+                .and_then(|v| v["nodes"].as_array().map(Vec::len))
+                .unwrap_or(0);
+            (agent.plan.name.clone(), known, expected)
+        })
+        .collect()
+}
+
+/// Waits until every agent knows every node that delegated to it, or `timeout`.
+pub fn wait_converged(
+    manifest: &Manifest,
+    timeout: Duration,
+    mut progress: impl FnMut(usize, usize),
+) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    loop {
+        let state = convergence(manifest);
+        let known: usize = state.iter().map(|(_, k, e)| (*k).min(*e)).sum();
+        let expected: usize = state.iter().map(|(_, _, e)| *e).sum();
+        progress(known, expected);
+        if known == expected {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > timeout {
+            let missing: Vec<String> = state
+                .iter()
+                .filter(|(_, k, e)| k < e)
+                .map(|(name, k, e)| format!("{name} knows {k} of {e} nodes"))
+                .collect();
+            anyhow::bail!(
+                "ads did not converge in {:?}: {} (see `testnet logs HOST`)",
+                timeout,
+                missing.join(", ")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
