@@ -2,8 +2,15 @@
 //! tickets across federations.
 //!
 //! - [`planner`]: the pure planning function (constraints, site spread, fit, price) and its
-//!   explanations.
+//!   explanations;
+//! - [`acquire`]: gathering offers from agents in parallel, planning, obtaining tickets,
+//!   replanning around refusals, all-or-nothing or best effort; the network behind a trait;
+//! - [`wire`]: the broker protocol as served here (requests carry the principal's certificate);
+//! - [`daemon`]: `broker run` — config, overlay wiring, protocol server, HTTP status/metrics.
 //!
-//! The broker daemon (`broker run`) and acquisition are built by the broker issue.
+//! `slicectl --agent` reuses [`acquire`] as the paper's integrated broker.
 
+pub mod acquire;
+pub mod daemon;
 pub mod planner;
+pub mod wire;

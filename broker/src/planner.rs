@@ -133,16 +133,37 @@ fn pressure(asked: &Resources, free: &Resources) -> u64 {
 
 /// Plans `request` over `candidates`.
 pub fn plan(request: &SliceRequest, candidates: &[Candidate]) -> SlicePlan {
+    plan_around(request, candidates, &[])
+}
+
+/// Plans the rest of `request` when the slivers of `held` are already obtained (replanning
+/// after refusals): only the missing slivers are chosen, never on a held node, preferring
+/// sites not held yet; `min_sites` counts the held sites too. The plan's `chosen` lists the
+/// new slivers only.
+pub fn plan_around(
+    request: &SliceRequest,
+    candidates: &[Candidate],
+    held: &[PlannedSliver],
+) -> SlicePlan {
+    let held_nodes: HashSet<PublicKey> = held.iter().map(|s| s.node).collect();
+    let held_sites: HashSet<&str> = held.iter().map(|s| s.site.as_str()).collect();
     let listed: Option<HashSet<PublicKey>> = match &request.target {
-        SliverTarget::Nodes(nodes) => Some(nodes.iter().copied().collect()),
+        SliverTarget::Nodes(nodes) => Some(
+            nodes
+                .iter()
+                .copied()
+                .filter(|n| !held_nodes.contains(n))
+                .collect(),
+        ),
         SliverTarget::Count(_) => None,
     };
-    let wanted = request.target.count();
+    let total_wanted = request.target.count();
+    let wanted = total_wanted.saturating_sub(held_nodes.len());
 
     // 1–2: the best offer per node, or the reason its best offer failed.
     let mut best: HashMap<PublicKey, Feasible<'_>> = HashMap::new();
     let mut failed: HashMap<PublicKey, Unfit> = HashMap::new();
-    for c in candidates {
+    for c in candidates.iter().filter(|c| !held_nodes.contains(&c.node)) {
         let price = c.prices.cost(&request.per_sliver, request.duration_secs);
         match check(request, c, price, listed.as_ref()) {
             None => {
@@ -196,6 +217,13 @@ pub fn plan(request: &SliceRequest, candidates: &[Candidate]) -> SlicePlan {
         }
         by_site.entry(site).or_default().push(f);
     }
+    // Sites already held come last, so a replan spreads to new sites first.
+    let feasible_sites = site_order
+        .iter()
+        .filter(|s| !held_sites.contains(**s))
+        .count()
+        + held_sites.len();
+    site_order.sort_by_key(|s| held_sites.contains(*s));
     let mut chosen: Vec<&Feasible<'_>> = Vec::with_capacity(wanted.min(ranked.len()));
     let mut round = 0;
     while chosen.len() < wanted {
@@ -218,9 +246,9 @@ pub fn plan(request: &SliceRequest, candidates: &[Candidate]) -> SlicePlan {
     let distinct_sites = chosen
         .iter()
         .map(|f| f.candidate.site.as_str())
+        .chain(held_sites.iter().copied())
         .collect::<HashSet<_>>()
         .len();
-    let feasible_sites = site_order.len();
 
     let to_planned = |f: &Feasible<'_>| PlannedSliver {
         node: f.candidate.node,
@@ -247,16 +275,16 @@ pub fn plan(request: &SliceRequest, candidates: &[Candidate]) -> SlicePlan {
     // 5: satisfiable? explain.
     let count_met = chosen.len() == wanted;
     let sites_met = distinct_sites >= request.constraints.min_sites as usize;
-    let satisfiable = count_met && sites_met && wanted > 0;
+    let satisfiable = count_met && sites_met && total_wanted > 0;
     let explanation = if satisfiable {
         format!(
             "{} slivers on {} sites; {} more nodes fit as alternatives; {} nodes did not fit",
-            chosen.len(),
+            chosen.len() + held_nodes.len(),
             distinct_sites,
             alternatives.len(),
             failed.len()
         )
-    } else if wanted == 0 {
+    } else if total_wanted == 0 {
         "the request asks for no slivers".to_owned()
     } else if !count_met {
         explain_short(
@@ -264,8 +292,8 @@ pub fn plan(request: &SliceRequest, candidates: &[Candidate]) -> SlicePlan {
             candidates,
             &listed,
             &rejected,
-            chosen.len(),
-            wanted,
+            chosen.len() + held_nodes.len(),
+            total_wanted,
         )
     } else {
         format!(
@@ -508,6 +536,48 @@ mod tests {
             "{}",
             p.explanation
         );
+    }
+
+    #[test]
+    fn replanning_skips_held_nodes_and_prefers_new_sites() {
+        let cands = vec![
+            cand(1, "a", "s1", res(4000, 4096), 1),
+            cand(2, "a", "s1", res(4000, 4096), 1),
+            cand(3, "a", "s2", res(1000, 1024), 1),
+        ];
+        let req = request(3, res(500, 256));
+        let first = plan(&req, &cands);
+        assert!(first.satisfiable);
+        // Node 1 was obtained; node 3's agent refused; plan the remaining two.
+        let held: Vec<PlannedSliver> = first
+            .chosen
+            .iter()
+            .filter(|s| s.node == test_key(1).public())
+            .cloned()
+            .collect();
+        assert_eq!(held.len(), 1);
+        let rest: Vec<Candidate> = cands
+            .iter()
+            .filter(|c| c.node != test_key(3).public())
+            .cloned()
+            .collect();
+        let again = plan_around(&req, &rest, &held);
+        assert!(!again.satisfiable, "{}", again.explanation);
+        assert_eq!(again.chosen.len(), 1);
+        assert_eq!(again.chosen[0].node, test_key(2).public());
+        assert!(
+            again.explanation.starts_with("2 of 3 slivers"),
+            "{}",
+            again.explanation
+        );
+        // With node 3 back, the new site is preferred over doubling up on s1.
+        let again = plan_around(&request(2, res(500, 256)), &cands, &held);
+        assert!(again.satisfiable, "{}", again.explanation);
+        assert_eq!(again.chosen[0].node, test_key(3).public());
+        // min_sites counts held sites.
+        let mut req2 = request(2, res(500, 256));
+        req2.constraints.min_sites = 2;
+        assert!(plan_around(&req2, &cands, &held).satisfiable);
     }
 
     #[test]

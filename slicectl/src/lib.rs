@@ -1,1 +1,19 @@
-//! `slicectl`: see docs/ARCHITECTURE.md. This crate is filled by its own issue; it has no code yet.
+//! `slicectl`, the PlanetMesh service manager (paper §4.2.4): from "what I need" to a running
+//! slice, and its care afterwards.
+//!
+//! - [`spec`]: slice specs (TOML or flags) → `SliceRequest`;
+//! - [`config`]: `slicectl.toml`, the principal's key and certificate;
+//! - [`client`]: the overlay client: a broker, or agents in-process (the paper's integrated
+//!   broker, [`broker::acquire`]); node calls fanned out with bounded concurrency;
+//! - [`state`]: the local redb state (slices, unredeemed tickets, leases), written before
+//!   redeeming so `sync` can finish what a crash or a dead node interrupted;
+//! - [`ops`]: the commands (create, status, renew, delete, exec, spawn, logs, keys, sync,
+//!   list);
+//! - [`exit`]: one exit code per failure class.
+
+pub mod client;
+pub mod config;
+pub mod exit;
+pub mod ops;
+pub mod spec;
+pub mod state;

@@ -1,0 +1,91 @@
+//! `broker`: a PlanetMesh resource broker. Turns a service's "what I need" into a plan and
+//! tickets from the agents of several federations.
+//!
+//! `broker init` writes a commented config and a key; `broker run --config broker.toml` runs
+//! the daemon until SIGTERM or ctrl-c (requests in flight finish first).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use broker::daemon::config::{BrokerConfig, DEFAULT_CONFIG};
+use capability_schema::SecretKey;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "broker",
+    version,
+    about = "PlanetMesh broker: plans slices across federations and obtains their tickets"
+)]
+struct Cli {
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true)]
+    json_logs: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Write a commented default config (broker.toml) and a new key (broker.key, mode 0600).
+    Init {
+        /// Directory to write into (created if missing).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// The federation this broker belongs to.
+        #[arg(long)]
+        federation: String,
+    },
+    /// Run the daemon.
+    Run {
+        /// The config file.
+        #[arg(long, short, default_value = "broker.toml")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    federation::daemon::init_tracing(cli.json_logs);
+    match cli.command {
+        Command::Init { dir, federation } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let config = dir.join("broker.toml");
+            if config.exists() {
+                anyhow::bail!("{} exists already; not overwriting it", config.display());
+            }
+            let key = SecretKey::generate();
+            key.save(&dir.join("broker.key"))?;
+            std::fs::write(&config, DEFAULT_CONFIG.replace("{federation}", &federation))?;
+            println!(
+                "wrote {} and {}",
+                config.display(),
+                dir.join("broker.key").display()
+            );
+            println!("broker key: {}", key.public());
+            println!(
+                "next: list agents under [[agents]] and trusted federations under [[trust]]; \
+                 optionally fedctl certify --role broker --subject {}",
+                key.public()
+            );
+            Ok(())
+        }
+        Command::Run { config } => {
+            let config = BrokerConfig::load(&config)?;
+            tokio::runtime::Runtime::new()?.block_on(async move {
+                let (running, shutdown) = broker::daemon::run::start(config).await?;
+                tracing::info!(
+                    broker = %running.overlay.local_key(),
+                    addrs = ?running.overlay.listen_addrs().await.unwrap_or_default(),
+                    http = ?running.http,
+                    agents = running.state.agent_keys().len(),
+                    "broker running"
+                );
+                federation::daemon::shutdown_signal().await;
+                tracing::info!("shutting down: finishing requests in flight");
+                shutdown.await;
+                anyhow::Ok(())
+            })
+        }
+    }
+}

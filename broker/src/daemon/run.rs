@@ -1,0 +1,354 @@
+//! Wiring the broker daemon: config → key, trust → overlay (configured agents dialed, agents
+//! learned from ads), broker-protocol server, HTTP → graceful shutdown.
+//!
+//! Data flow:
+//! - the agents asked are those of the config plus, with `discover_agents`, every agent a
+//!   validated ad delegates to (reached through Kademlia, as ads carry no agent address);
+//! - each broker request runs in its own task, at most `max_in_flight` at once: `FindSlice`
+//!   gathers and plans, `AcquireSlice` runs [`Acquirer::acquire`] for the caller;
+//! - a broker acquires only for the caller itself (the noise handshake authenticates it), so
+//!   nobody can spend another principal's quota through it. Tickets are bound to the principal
+//!   by the agents; the broker only relays them.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use capability_schema::protocol::BrokerResponse;
+use capability_schema::{ErrorReply, PublicKey, Rejection, Role, SecretKey, SliceRequest};
+use federation::overlay::Multiaddr;
+use federation::{Overlay, OverlayConfig, OverlayHandle};
+use tokio::sync::{Semaphore, broadcast, watch};
+
+use super::DaemonError;
+use super::config::BrokerConfig;
+use super::http;
+use crate::acquire::{Acquirer, OverlayAgents};
+use crate::wire::{BrokerCall, BrokerCallProtocol};
+
+/// Where the broker learned of an agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownAgent {
+    /// Its federation, if known.
+    pub federation: Option<String>,
+    /// Listed in the config (else learned from an ad).
+    pub configured: bool,
+}
+
+/// What the HTTP endpoint and tests see of a running broker.
+#[derive(Debug)]
+pub struct BrokerState {
+    /// The broker's key.
+    pub key: PublicKey,
+    /// The agents asked.
+    pub agents: RwLock<BTreeMap<PublicKey, KnownAgent>>,
+    /// `FindSlice` requests answered.
+    pub finds: AtomicU64,
+    /// `AcquireSlice` requests that returned tickets.
+    pub acquired: AtomicU64,
+    /// `AcquireSlice` requests that returned nothing.
+    pub failed: AtomicU64,
+    /// Tickets handed to principals.
+    pub tickets: AtomicU64,
+    /// Requests refused before planning (malformed, not the caller's own).
+    pub refused: AtomicU64,
+}
+
+impl BrokerState {
+    /// The agents to ask now.
+    pub fn agent_keys(&self) -> Vec<PublicKey> {
+        self.agents
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .keys()
+            .copied()
+            .collect()
+    }
+}
+
+/// A started broker.
+#[derive(Debug)]
+pub struct RunningBroker {
+    /// The overlay.
+    pub overlay: OverlayHandle,
+    /// The HTTP endpoint, if on.
+    pub http: Option<SocketAddr>,
+    /// Shared state.
+    pub state: Arc<BrokerState>,
+}
+
+fn parse_addrs(list: &[String], what: &str) -> Result<Vec<Multiaddr>, DaemonError> {
+    list.iter()
+        .map(|a| {
+            a.parse().map_err(|e| DaemonError::Config {
+                path: what.into(),
+                detail: format!("{a:?}: {e}"),
+            })
+        })
+        .collect()
+}
+
+/// Starts the broker; returns once it is serving, with the future that shuts it down.
+pub async fn start(
+    config: BrokerConfig,
+) -> Result<(RunningBroker, impl Future<Output = ()>), DaemonError> {
+    let key = SecretKey::load(&config.key_file).map_err(|source| DaemonError::Key {
+        path: config.key_file.clone(),
+        source,
+    })?;
+    if config.membership.exists() {
+        federation::daemon::load_membership(
+            &config.membership,
+            &key,
+            Role::Broker,
+            &config.federation,
+        )
+        .map_err(|e| DaemonError::Trust(e.to_string()))?;
+    } else {
+        tracing::info!(path = %config.membership.display(), "no membership certificate; serving without one");
+    }
+    let trust = federation::daemon::trust_store(&config.trust)
+        .map_err(|e| DaemonError::Trust(e.to_string()))?;
+    let trusted: Vec<String> = trust.federations().map(|(n, _)| n.to_owned()).collect();
+    let follow: Vec<String> = config
+        .follow
+        .iter()
+        .filter(|f| trusted.contains(f))
+        .cloned()
+        .collect();
+    for f in config.follow.iter().filter(|f| !trusted.contains(f)) {
+        tracing::warn!(federation = %f, "not following: no [[trust]] entry for it");
+    }
+    let overlay_config = OverlayConfig {
+        listen: parse_addrs(&config.listen, "listen")?,
+        bootstrap: parse_addrs(&config.bootstrap, "bootstrap")?,
+        federations: follow,
+        ..OverlayConfig::default()
+    };
+    let overlay = Overlay::start(&key, overlay_config, Arc::new(RwLock::new(trust))).await?;
+
+    let mut agents = BTreeMap::new();
+    for entry in &config.agents {
+        agents.insert(
+            entry.key,
+            KnownAgent {
+                federation: entry.federation.clone(),
+                configured: true,
+            },
+        );
+        if let Some(address) = &entry.address {
+            let addr: Multiaddr = address.parse().map_err(|e| DaemonError::Config {
+                path: "agents".into(),
+                detail: format!("{address:?}: {e}"),
+            })?;
+            overlay
+                .add_addresses(&entry.key, vec![addr.clone()])
+                .await?;
+            // Connect early; a failure here is retried by each request.
+            let overlay = overlay.clone();
+            tokio::spawn(async move {
+                if let Err(e) = overlay.dial(addr).await {
+                    tracing::warn!(error = %e, "agent not reachable yet");
+                }
+            });
+        }
+    }
+    let state = Arc::new(BrokerState {
+        key: key.public(),
+        agents: RwLock::new(agents),
+        finds: 0.into(),
+        acquired: 0.into(),
+        failed: 0.into(),
+        tickets: 0.into(),
+        refused: 0.into(),
+    });
+    let acquirer = Arc::new(Acquirer::new(
+        OverlayAgents::new(overlay.clone(), config.acquire_settings().call_timeout),
+        Arc::clone(overlay.trust()),
+        config.acquire_settings(),
+    ));
+    let (stop_tx, stop) = watch::channel(false);
+
+    // Agents learned from ads.
+    let discovery = if config.discover_agents {
+        let (state, mut stop, mut feed) = (Arc::clone(&state), stop.clone(), overlay.ads());
+        Some(tokio::spawn(async move {
+            loop {
+                let event = tokio::select! {
+                    _ = stop.wait_for(|s| *s) => break,
+                    event = feed.recv() => event,
+                };
+                match event {
+                    Ok(event) => {
+                        let mut agents = state
+                            .agents
+                            .write()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        for share in &event.ad.shares {
+                            agents.entry(share.agent).or_insert_with(|| {
+                                tracing::info!(agent = %share.agent, federation = %event.ad.federation, "agent learned from an ad");
+                                KnownAgent {
+                                    federation: Some(event.ad.federation.clone()),
+                                    configured: false,
+                                }
+                            });
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        }))
+    } else {
+        None
+    };
+
+    // HTTP.
+    let (http_addr, http_task) = if config.http.is_empty() {
+        (None, None)
+    } else {
+        let listener = tokio::net::TcpListener::bind(&config.http)
+            .await
+            .map_err(|source| DaemonError::Http {
+                addr: config.http.clone(),
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| DaemonError::Http {
+            addr: config.http.clone(),
+            source,
+        })?;
+        let (state, mut stop) = (Arc::clone(&state), stop.clone());
+        let task = tokio::spawn(async move {
+            let serve =
+                axum::serve(listener, http::router(state)).with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "http server");
+            }
+        });
+        (Some(addr), Some(task))
+    };
+
+    // Protocol server.
+    let mut requests = overlay.serve::<BrokerCallProtocol>().await?;
+    let max_in_flight = config.max_in_flight;
+    let server = {
+        let (state, mut stop) = (Arc::clone(&state), stop.clone());
+        tokio::spawn(async move {
+            let permits = Arc::new(Semaphore::new(max_in_flight));
+            loop {
+                let incoming = tokio::select! {
+                    _ = stop.wait_for(|s| *s) => break,
+                    next = requests.next() => match next { Some(i) => i, None => break },
+                };
+                let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+                    break;
+                };
+                let (state, acquirer) = (Arc::clone(&state), Arc::clone(&acquirer));
+                tokio::spawn(async move {
+                    let reply = serve_one(&state, &acquirer, incoming.peer, incoming.request).await;
+                    if let Err(e) = incoming.responder.send(reply).await {
+                        tracing::debug!(error = %e, "answer not delivered");
+                    }
+                    drop(permit);
+                });
+            }
+            let _all = permits.acquire_many(max_in_flight as u32).await;
+        })
+    };
+
+    let running = RunningBroker {
+        overlay: overlay.clone(),
+        http: http_addr,
+        state,
+    };
+    let shutdown = async move {
+        let _ = stop_tx.send(true);
+        let _ = server.await;
+        if let Some(task) = http_task {
+            let _ = task.await;
+        }
+        if let Some(task) = discovery {
+            let _ = task.await;
+        }
+        overlay.shutdown().await;
+    };
+    Ok((running, shutdown))
+}
+
+/// Checks what a request must hold before any agent is asked.
+pub fn check_request(request: &SliceRequest) -> Result<(), Rejection> {
+    let malformed = |detail: &str| {
+        Err(Rejection::Malformed {
+            detail: detail.to_owned(),
+        })
+    };
+    if request.name.is_empty() {
+        return malformed("the slice needs a name");
+    }
+    if request.duration_secs == 0 {
+        return malformed("the slice needs a duration");
+    }
+    if request.target.count() == 0 {
+        return malformed("the request asks for no slivers");
+    }
+    Ok(())
+}
+
+async fn serve_one(
+    state: &BrokerState,
+    acquirer: &Acquirer<OverlayAgents>,
+    caller: PublicKey,
+    call: BrokerCall,
+) -> Result<BrokerResponse, ErrorReply> {
+    let refuse = |r: Rejection| {
+        state.refused.fetch_add(1, Ordering::Relaxed);
+        Err(ErrorReply::from(r))
+    };
+    let agents = state.agent_keys();
+    match call {
+        BrokerCall::FindSlice(ask) => {
+            let (request, _) = ask.into_parts();
+            if let Err(r) = check_request(&request) {
+                return refuse(r);
+            }
+            let plan = acquirer.find(&agents, &request).await;
+            state.finds.fetch_add(1, Ordering::Relaxed);
+            Ok(BrokerResponse::Plan(plan))
+        }
+        BrokerCall::AcquireSlice(ask) => {
+            let (request, cert) = ask.into_parts();
+            if let Err(r) = check_request(&request) {
+                return refuse(r);
+            }
+            if request.principal != caller {
+                return refuse(Rejection::Policy {
+                    rule: "principal".into(),
+                    detail: format!(
+                        "this broker acquires tickets only for the caller itself; {} asked for {}",
+                        caller.short(),
+                        request.principal.short()
+                    ),
+                });
+            }
+            match acquirer.acquire(&agents, &request, cert.as_ref()).await {
+                Ok(slice) => {
+                    state.acquired.fetch_add(1, Ordering::Relaxed);
+                    state
+                        .tickets
+                        .fetch_add(slice.tickets.len() as u64, Ordering::Relaxed);
+                    tracing::info!(slice = %request.name, principal = %caller.short(), tickets = slice.tickets.len(), missing = slice.missing, "acquired");
+                    Ok(BrokerResponse::Acquired(slice))
+                }
+                Err(failure) => {
+                    state.failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(slice = %request.name, principal = %caller.short(), reason = %failure.reply.reason.code(), "acquisition failed");
+                    Err(failure.reply)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,396 @@
+//! The service manager's side of the network: one overlay client for the whole command.
+//!
+//! - acquisition through a broker (`/planetmesh/broker/1`, with the principal's certificate)
+//!   or in-process with `--agent` (the paper's integrated broker: [`broker::acquire`] over
+//!   the same overlay);
+//! - node calls (`Redeem`, `Renew`, `Release`, `Exec`, …), each bounded by the timeout, fanned
+//!   out over many nodes with at most `concurrency` in flight;
+//! - `Released` to agents for tickets that will not be redeemed (best effort: unredeemed
+//!   tickets lapse anyway).
+
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use broker::acquire::{AcquireSettings, Acquirer, AgentClient, CallError, OverlayAgents};
+use broker::wire::{BrokerCall, BrokerCallProtocol, SliceAsk};
+use capability_schema::protocol::{
+    AcquiredSlice, BrokerResponse, NodeRequest, NodeResponse, SlicePlan,
+};
+use capability_schema::{ErrorReply, PublicKey, SliceRequest};
+use federation::overlay::{Multiaddr, NodeProtocol};
+use federation::{Overlay, OverlayConfig, OverlayHandle};
+use futures::StreamExt;
+use libp2p::multiaddr::Protocol as AddrPart;
+
+use crate::config::{Identity, TrustedFederation};
+use crate::exit::ExitClass;
+
+/// Errors talking to brokers, agents and nodes.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientError {
+    /// The client could not be set up (addresses, overlay).
+    #[error("{0}")]
+    Setup(String),
+    /// A broker or agent refused, with its reason.
+    #[error("{0}")]
+    Refused(ErrorReply),
+    /// A broker could not be reached.
+    #[error("{party} unreachable: {detail}")]
+    Unreachable {
+        /// Who.
+        party: String,
+        /// What happened.
+        detail: String,
+    },
+}
+
+impl ClientError {
+    /// The exit class.
+    pub fn class(&self) -> ExitClass {
+        match self {
+            ClientError::Setup(_) => ExitClass::Setup,
+            ClientError::Refused(reply) => ExitClass::of_rejection(&reply.reason),
+            ClientError::Unreachable { .. } => ExitClass::Unreachable,
+        }
+    }
+}
+
+/// The class of a failed node call.
+pub fn call_class(e: &CallError) -> ExitClass {
+    match e {
+        CallError::Refused(reply) => ExitClass::of_rejection(&reply.reason),
+        CallError::Timeout(_) | CallError::Unreachable(_) => ExitClass::Unreachable,
+        CallError::TooLarge(_) | CallError::Unexpected(_) => ExitClass::Internal,
+    }
+}
+
+/// Whether a failed node call may succeed later (the node was down or slow).
+pub fn retryable(e: &CallError) -> bool {
+    match e {
+        CallError::Timeout(_) | CallError::Unreachable(_) => true,
+        CallError::Refused(reply) => matches!(
+            reply.reason.code(),
+            "unavailable" | "unreachable" | "over_capacity" | "over_share" | "internal"
+        ),
+        CallError::TooLarge(_) | CallError::Unexpected(_) => false,
+    }
+}
+
+/// Limits of remote calls.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The longest one remote call may take (an acquisition through a broker: three times).
+    pub timeout: Duration,
+    /// Remote calls in flight at once.
+    pub concurrency: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            timeout: Duration::from_secs(20),
+            concurrency: 32,
+        }
+    }
+}
+
+/// Whom slices are acquired from.
+#[derive(Debug)]
+enum Via {
+    Broker(PublicKey),
+    Agents(Vec<PublicKey>, Acquirer<OverlayAgents>),
+    Nobody,
+}
+
+/// A connected client.
+#[derive(Debug)]
+pub struct Session {
+    overlay: OverlayHandle,
+    identity: Identity,
+    via: Via,
+    settings: Settings,
+    known: Mutex<HashSet<PublicKey>>,
+}
+
+/// The peer key of a multiaddress ending in `/p2p/<peer id>`.
+pub fn peer_of(addr: &Multiaddr) -> Option<PublicKey> {
+    addr.iter().find_map(|p| match p {
+        AddrPart::P2p(peer) => federation::overlay::public_key(&peer).ok(),
+        _ => None,
+    })
+}
+
+fn parse_peer_addr(text: &str, what: &str) -> Result<(Multiaddr, PublicKey), ClientError> {
+    let addr: Multiaddr = text
+        .parse()
+        .map_err(|e| ClientError::Setup(format!("{what} {text:?}: {e}")))?;
+    let key = peer_of(&addr).ok_or_else(|| {
+        ClientError::Setup(format!(
+            "{what} {text:?} needs a /p2p/<peer id> suffix naming the {what}"
+        ))
+    })?;
+    Ok((addr, key))
+}
+
+/// Where to connect.
+#[derive(Debug, Clone, Default)]
+pub struct Endpoints {
+    /// A broker's multiaddress with `/p2p/`.
+    pub broker: Option<String>,
+    /// Agents' multiaddresses with `/p2p/` (integrated broker).
+    pub agents: Vec<String>,
+    /// Peers to join through.
+    pub bootstrap: Vec<String>,
+    /// Trusted federation authorities (needed with agents).
+    pub trust: Vec<TrustedFederation>,
+}
+
+impl Session {
+    /// Starts the overlay client for `identity` and registers the broker or agents.
+    pub async fn connect(
+        identity: Identity,
+        endpoints: &Endpoints,
+        settings: Settings,
+    ) -> Result<Session, ClientError> {
+        let trust = federation::daemon::trust_store(&endpoints.trust)
+            .map_err(|e| ClientError::Setup(e.to_string()))?;
+        let bootstrap = endpoints
+            .bootstrap
+            .iter()
+            .map(|b| {
+                b.parse()
+                    .map_err(|e| ClientError::Setup(format!("bootstrap {b:?}: {e}")))
+            })
+            .collect::<Result<Vec<Multiaddr>, _>>()?;
+        let broker = endpoints
+            .broker
+            .as_deref()
+            .map(|b| parse_peer_addr(b, "broker"))
+            .transpose()?;
+        let agents = endpoints
+            .agents
+            .iter()
+            .map(|a| parse_peer_addr(a, "agent"))
+            .collect::<Result<Vec<_>, _>>()?;
+        if !agents.is_empty() && endpoints.trust.is_empty() {
+            return Err(ClientError::Setup(
+                "--agent needs the federations to trust (--trust name=ed25519/… or [[trust]] in \
+                 slicectl.toml): the in-process broker checks every ad"
+                    .into(),
+            ));
+        }
+        let config = OverlayConfig {
+            listen: Vec::new(),
+            bootstrap,
+            federations: Vec::new(),
+            request_timeout: settings.timeout * 3,
+            ..OverlayConfig::default()
+        };
+        let overlay = Overlay::start(&identity.key, config, Arc::new(RwLock::new(trust)))
+            .await
+            .map_err(|e| ClientError::Setup(format!("starting the client: {e}")))?;
+        for (addr, key) in broker.iter().chain(agents.iter()) {
+            overlay
+                .add_addresses(key, vec![addr.clone()])
+                .await
+                .map_err(|e| ClientError::Setup(e.to_string()))?;
+        }
+        let via = match (broker, agents.is_empty()) {
+            (Some((_, key)), _) => Via::Broker(key),
+            (None, false) => {
+                let acquirer = Acquirer::new(
+                    OverlayAgents::new(overlay.clone(), settings.timeout),
+                    Arc::clone(overlay.trust()),
+                    AcquireSettings {
+                        call_timeout: settings.timeout,
+                        concurrency: settings.concurrency,
+                        ..AcquireSettings::default()
+                    },
+                );
+                Via::Agents(agents.iter().map(|(_, k)| *k).collect(), acquirer)
+            }
+            (None, true) => Via::Nobody,
+        };
+        Ok(Session {
+            overlay,
+            identity,
+            via,
+            settings,
+            known: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// The principal.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// The limits.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The overlay (for tests and tools).
+    pub fn overlay(&self) -> &OverlayHandle {
+        &self.overlay
+    }
+
+    fn nobody() -> ClientError {
+        ClientError::Setup(
+            "no broker and no agent to ask: give --broker <multiaddr/p2p/…> or --agent \
+             <multiaddr/p2p/…> (or broker/agents in slicectl.toml)"
+                .into(),
+        )
+    }
+
+    async fn broker_call(
+        &self,
+        broker: &PublicKey,
+        call: BrokerCall,
+    ) -> Result<BrokerResponse, ClientError> {
+        self.overlay
+            .request::<BrokerCallProtocol>(broker, call, self.settings.timeout * 3)
+            .await
+            .map_err(|e| match CallError::from(e) {
+                CallError::Refused(reply) => ClientError::Refused(reply),
+                other => ClientError::Unreachable {
+                    party: format!("broker {}", broker.short()),
+                    detail: other.to_string(),
+                },
+            })
+    }
+
+    /// Plans `request` (`FindSlice`).
+    pub async fn find(&self, request: &SliceRequest) -> Result<SlicePlan, ClientError> {
+        match &self.via {
+            Via::Broker(broker) => {
+                let call = BrokerCall::FindSlice(SliceAsk::new(
+                    request.clone(),
+                    self.identity.cert.clone(),
+                ));
+                match self.broker_call(broker, call).await? {
+                    BrokerResponse::Plan(plan) => Ok(plan),
+                    other => Err(ClientError::Setup(format!(
+                        "the broker answered {other:?} to FindSlice"
+                    ))),
+                }
+            }
+            Via::Agents(agents, acquirer) => Ok(acquirer.find(agents, request).await),
+            Via::Nobody => Err(Self::nobody()),
+        }
+    }
+
+    /// Obtains tickets for `request` (`AcquireSlice`).
+    pub async fn acquire(&self, request: &SliceRequest) -> Result<AcquiredSlice, ClientError> {
+        match &self.via {
+            Via::Broker(broker) => {
+                let call = BrokerCall::AcquireSlice(SliceAsk::new(
+                    request.clone(),
+                    self.identity.cert.clone(),
+                ));
+                match self.broker_call(broker, call).await? {
+                    BrokerResponse::Acquired(slice) => Ok(slice),
+                    other => Err(ClientError::Setup(format!(
+                        "the broker answered {other:?} to AcquireSlice"
+                    ))),
+                }
+            }
+            Via::Agents(agents, acquirer) => acquirer
+                .acquire(agents, request, self.identity.cert.as_ref())
+                .await
+                .map_err(|f| ClientError::Refused(f.reply)),
+            Via::Nobody => Err(Self::nobody()),
+        }
+    }
+
+    /// One call to a node reachable at `addresses`.
+    pub async fn node_call(
+        &self,
+        node: PublicKey,
+        addresses: &[String],
+        request: NodeRequest,
+    ) -> Result<NodeResponse, CallError> {
+        let first_time = self
+            .known
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(node);
+        if first_time {
+            let addrs: Vec<Multiaddr> = addresses
+                .iter()
+                .filter_map(|a| a.parse::<Multiaddr>().ok())
+                .map(|a| strip_p2p(a, &node))
+                .collect();
+            if !addrs.is_empty() {
+                self.overlay
+                    .add_addresses(&node, addrs)
+                    .await
+                    .map_err(CallError::from)?;
+            }
+        }
+        Ok(self
+            .overlay
+            .request::<NodeProtocol>(&node, request, self.settings.timeout)
+            .await?)
+    }
+
+    /// Runs `f` on every item with at most `concurrency` in flight; answers in completion
+    /// order, each with its item.
+    pub async fn fan_out<'a, T, R, F, Fut>(&self, items: &'a [T], f: F) -> Vec<(&'a T, R)>
+    where
+        F: Fn(&'a T) -> Fut,
+        Fut: Future<Output = R> + 'a,
+    {
+        let f = &f;
+        futures::stream::iter(items)
+            .map(|item| async move { (item, f(item).await) })
+            .buffer_unordered(self.settings.concurrency.max(1))
+            .collect()
+            .await
+    }
+
+    /// Tells agents that tickets will not be redeemed (best effort); answers how many the
+    /// agents knew.
+    pub async fn release_tickets(&self, tickets: Vec<(PublicKey, String)>) -> u32 {
+        let mut per_agent: BTreeMap<PublicKey, Vec<String>> = BTreeMap::new();
+        for (agent, id) in tickets {
+            per_agent.entry(agent).or_default().push(id);
+        }
+        let client = OverlayAgents::new(self.overlay.clone(), self.settings.timeout);
+        let per_agent: Vec<(PublicKey, Vec<String>)> = per_agent.into_iter().collect();
+        let answers = self
+            .fan_out(&per_agent, |(agent, ids)| {
+                client.released(*agent, ids.clone())
+            })
+            .await;
+        answers
+            .into_iter()
+            .map(|(_, r)| match r {
+                Ok(known) => known,
+                Err(e) => {
+                    tracing::debug!(error = %e, "agent not told of released tickets");
+                    0
+                }
+            })
+            .sum()
+    }
+
+    /// Stops the client.
+    pub async fn shutdown(&self) {
+        self.overlay.shutdown().await;
+    }
+}
+
+/// `addr` with its `/p2p/` part only if it names `node` (announced addresses carry it).
+fn strip_p2p(addr: Multiaddr, node: &PublicKey) -> Multiaddr {
+    match peer_of(&addr) {
+        Some(peer) if peer == *node => addr,
+        Some(_) => addr
+            .iter()
+            .filter(|p| !matches!(p, AddrPart::P2p(_)))
+            .collect(),
+        None => addr,
+    }
+}

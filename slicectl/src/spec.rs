@@ -1,0 +1,272 @@
+//! Slice specs: the TOML file a user writes (or the flags of `slicectl slice create`) and its
+//! translation to a `SliceRequest`.
+//!
+//! ```toml
+//! name = "princeton_demo"          # slices are named <site>_<name>, as in PlanetLab
+//! slivers = 4                      # or: nodes = ["ed25519/…", …]
+//! resources = "cpu=500m,memory=256MiB,disk=1GiB,egress=10Mbit"   # per sliver
+//! duration = "2h"                  # tickets' window: 90s, 10m, 2h, 3d or seconds
+//! lease = "30m"                    # optional: first lease shorter than the tickets (renew)
+//! mode = "all-or-nothing"          # or "best-effort"
+//! admin = false                    # admin slices: capabilities = ["CAP_NET_RAW"], host_pids
+//!
+//! [constraints]
+//! federations = ["plc", "ple"]     # empty: any
+//! min_sites = 2
+//! exclude_nodes = []
+//! max_price = 1000                 # micro-credits per sliver for the whole duration
+//! ```
+
+use std::path::Path;
+
+use capability_schema::slice::{SliceConstraints, SliceKind, SliverTarget};
+use capability_schema::{AcquireMode, PublicKey, Resources, SliceRequest};
+use serde::{Deserialize, Serialize};
+
+/// Errors in a spec.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    /// The file could not be read.
+    #[error("spec {path}: {detail}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        detail: String,
+    },
+    /// A value is wrong.
+    #[error("spec: {0}")]
+    Invalid(String),
+}
+
+/// Constraints as a spec writes them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpecConstraints {
+    /// Federations allowed (empty: any).
+    #[serde(default)]
+    pub federations: Vec<String>,
+    /// At least this many distinct sites.
+    #[serde(default)]
+    pub min_sites: u32,
+    /// Nodes never to use.
+    #[serde(default)]
+    pub exclude_nodes: Vec<PublicKey>,
+    /// At most this price per sliver for the whole duration, in micro-credits.
+    #[serde(default)]
+    pub max_price: Option<u64>,
+}
+
+/// A slice spec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SliceSpec {
+    /// The slice's name.
+    pub name: String,
+    /// How many slivers (ignored when `nodes` is given).
+    #[serde(default)]
+    pub slivers: Option<u32>,
+    /// One sliver on each of these nodes.
+    #[serde(default)]
+    pub nodes: Vec<PublicKey>,
+    /// Resources per sliver (`cpu=500m,memory=256MiB,…`).
+    pub resources: String,
+    /// The tickets' window (`2h`, `90m`, `3600`).
+    pub duration: String,
+    /// The first lease, when shorter than the window (renew extends it).
+    #[serde(default)]
+    pub lease: Option<String>,
+    /// `all-or-nothing` (default) or `best-effort`.
+    #[serde(default)]
+    pub mode: AcquireMode,
+    /// An admin slice (paper §4.3).
+    #[serde(default)]
+    pub admin: bool,
+    /// Admin slices: capabilities by name.
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// Admin slices: see the host's processes.
+    #[serde(default)]
+    pub host_pids: bool,
+    /// Where slivers may go.
+    #[serde(default)]
+    pub constraints: SpecConstraints,
+}
+
+/// Parses a duration: `90s`, `10m`, `2h`, `3d`, `1w` or plain seconds.
+pub fn parse_duration(text: &str) -> Result<u64, SpecError> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| {
+        SpecError::Invalid(format!("duration {text:?}: expected e.g. 90s, 10m, 2h, 3d"))
+    })?;
+    let scale = match unit.trim() {
+        "" | "s" | "sec" | "secs" => 1,
+        "m" | "min" | "mins" => 60,
+        "h" | "hour" | "hours" => 3600,
+        "d" | "day" | "days" => 86_400,
+        "w" | "week" | "weeks" => 7 * 86_400,
+        other => {
+            return Err(SpecError::Invalid(format!(
+                "duration {text:?}: unknown unit {other:?} (s, m, h, d, w)"
+            )));
+        }
+    };
+    number
+        .checked_mul(scale)
+        .filter(|s| *s > 0)
+        .ok_or_else(|| SpecError::Invalid(format!("duration {text:?} must be positive")))
+}
+
+impl SliceSpec {
+    /// Reads a spec file.
+    pub fn load(path: &Path) -> Result<SliceSpec, SpecError> {
+        let read = |detail: String| SpecError::Read {
+            path: path.display().to_string(),
+            detail,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| read(e.to_string()))?;
+        toml::from_str(&text).map_err(|e| read(e.to_string()))
+    }
+
+    /// A spec with only a name and defaults (for building from flags).
+    pub fn named(name: &str) -> SliceSpec {
+        SliceSpec {
+            name: name.to_owned(),
+            slivers: None,
+            nodes: Vec::new(),
+            resources: String::new(),
+            duration: "1h".into(),
+            lease: None,
+            mode: AcquireMode::AllOrNothing,
+            admin: false,
+            capabilities: Vec::new(),
+            host_pids: false,
+            constraints: SpecConstraints::default(),
+        }
+    }
+
+    /// Resources per sliver.
+    pub fn per_sliver(&self) -> Result<Resources, SpecError> {
+        let r: Resources = self
+            .resources
+            .parse()
+            .map_err(|e| SpecError::Invalid(format!("resources {:?}: {e}", self.resources)))?;
+        if r.is_zero() {
+            return Err(SpecError::Invalid(
+                "resources: ask for something per sliver, e.g. resources = \"cpu=500m,memory=256MiB\"".into(),
+            ));
+        }
+        Ok(r)
+    }
+
+    /// The first lease's length in seconds, if shorter than the window.
+    pub fn lease_secs(&self) -> Result<Option<u64>, SpecError> {
+        self.lease.as_deref().map(parse_duration).transpose()
+    }
+
+    /// The request this spec makes for `principal` of `federation`.
+    pub fn to_request(
+        &self,
+        principal: PublicKey,
+        federation: &str,
+    ) -> Result<SliceRequest, SpecError> {
+        if self.name.trim().is_empty() {
+            return Err(SpecError::Invalid("the slice needs a name".into()));
+        }
+        let target = if !self.nodes.is_empty() {
+            SliverTarget::Nodes(self.nodes.clone())
+        } else {
+            match self.slivers {
+                Some(n) if n > 0 => SliverTarget::Count(n),
+                _ => {
+                    return Err(SpecError::Invalid(
+                        "say how many slivers (slivers = N) or where (nodes = [...])".into(),
+                    ));
+                }
+            }
+        };
+        let kind = if self.admin {
+            SliceKind::Admin {
+                capabilities: self.capabilities.clone(),
+                host_pid_view: self.host_pids,
+            }
+        } else {
+            SliceKind::Regular
+        };
+        Ok(SliceRequest {
+            name: self.name.clone(),
+            principal,
+            principal_federation: federation.to_owned(),
+            kind,
+            per_sliver: self.per_sliver()?,
+            target,
+            constraints: SliceConstraints {
+                federations: self.constraints.federations.clone(),
+                min_sites: self.constraints.min_sites,
+                exclude_nodes: self.constraints.exclude_nodes.clone(),
+                max_price: self.constraints.max_price,
+            },
+            duration_secs: parse_duration(&self.duration)?,
+            mode: self.mode,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use capability_schema::identity::test_key;
+
+    use super::*;
+
+    #[test]
+    fn a_spec_file_becomes_a_request() {
+        let text = r#"
+name = "princeton_demo"
+slivers = 4
+resources = "cpu=500m,memory=256MiB"
+duration = "2h"
+lease = "10m"
+mode = "best-effort"
+[constraints]
+federations = ["plc", "ple"]
+min_sites = 2
+max_price = 9
+"#;
+        let spec: SliceSpec = toml::from_str(text).unwrap();
+        let me = test_key(1).public();
+        let r = spec.to_request(me, "plc").unwrap();
+        assert_eq!(r.target, SliverTarget::Count(4));
+        assert_eq!(r.per_sliver.cpu_millis, 500);
+        assert_eq!(r.duration_secs, 7200);
+        assert_eq!(r.mode, AcquireMode::BestEffort);
+        assert_eq!(r.constraints.min_sites, 2);
+        assert_eq!(spec.lease_secs().unwrap(), Some(600));
+        // Round trip through TOML.
+        let again: SliceSpec = toml::from_str(&toml::to_string(&spec).unwrap()).unwrap();
+        assert_eq!(again, spec);
+    }
+
+    #[test]
+    fn mistakes_are_explained() {
+        assert!(parse_duration("5 fortnights").is_err());
+        assert_eq!(parse_duration("90s").unwrap(), 90);
+        assert_eq!(parse_duration("3600").unwrap(), 3600);
+        let mut spec = SliceSpec::named("x_y");
+        spec.resources = "cpu=1".into();
+        let err = spec.to_request(test_key(1).public(), "plc").unwrap_err();
+        assert!(err.to_string().contains("how many slivers"), "{err}");
+        spec.slivers = Some(1);
+        spec.resources = "gpu=1".into();
+        assert!(spec.to_request(test_key(1).public(), "plc").is_err());
+        assert!(
+            toml::from_str::<SliceSpec>(
+                "name = \"a\"\nresources = \"cpu=1\"\nduration = \"1h\"\nslivrs = 2\n"
+            )
+            .is_err()
+        );
+    }
+}
