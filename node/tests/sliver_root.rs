@@ -495,3 +495,90 @@ fn a_forged_source_address_does_not_leave_the_sliver() {
     fs::write(&rp, "1").unwrap();
     assert_eq!(leaked, vec!["forged-foreign from 192.0.2.1".to_string()]);
 }
+
+#[test]
+fn a_restarted_node_readopts_live_slivers_and_clears_dead_ones() {
+    use node::sliver::linux::LinuxHost;
+    use node::sliver::{Host, Slivers};
+    let Some(f) = Fixture::new() else { return };
+    let survivor = f.engine.create(spec("survivor")).expect("create");
+    let casualty = f.engine.create(spec("casualty")).expect("create");
+    assert!(sh(&f, "survivor", "echo kept > /root/state").success());
+    let t = traces(&f, &casualty);
+    // The casualty's init dies while the node manager is away.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(casualty.init_pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while f
+        .engine
+        .host()
+        .init_alive(casualty.init_pid, casualty.init_start_time)
+    {
+        assert!(std::time::Instant::now() < deadline, "init did not die");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // A new engine over the same state, as after a restart.
+    let host = LinuxHost::detect().unwrap();
+    let (again, report) = Slivers::open(host, f.engine.config().clone()).expect("reopen");
+    assert_eq!(report.adopted, vec![survivor.spec.id.clone()]);
+    assert_eq!(report.reaped, vec![casualty.spec.id.clone()]);
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!(again.get(&survivor.spec.id).as_ref(), Some(&survivor));
+    let out = again
+        .exec(&survivor.spec.id, &ExecCommand::shell("cat /root/state"))
+        .unwrap();
+    assert_eq!(out.stdout_text(), "kept\n");
+    assert_gone(&f, &t);
+    again
+        .destroy(&survivor.spec.id, false)
+        .expect("destroy by the new engine");
+    assert!(!survivor.dirs.root.exists());
+}
+
+#[test]
+fn ssh_keys_reach_the_sliver_read_only() {
+    let Some(f) = Fixture::new() else { return };
+    f.engine.create(spec("keys")).expect("create");
+    let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGt5 alice@lab";
+    f.engine.add_key(&id("keys"), key).unwrap();
+    let out = sh(&f, "keys", "cat /root/.ssh/authorized_keys");
+    assert_eq!(out.stdout_text(), format!("{key}\n"));
+    assert!(!sh(&f, "keys", "echo evil >> /root/.ssh/authorized_keys").success());
+    assert!(f.engine.remove_key(&id("keys"), key).unwrap());
+    assert_eq!(
+        sh(&f, "keys", "cat /root/.ssh/authorized_keys").stdout_text(),
+        ""
+    );
+}
+
+#[test]
+fn exec_bounds_output_switches_users_feeds_stdin_and_times_out() {
+    let Some(f) = Fixture::new() else { return };
+    f.engine.create(spec("exec")).expect("create");
+    let mut cmd = ExecCommand::shell("head -c 100000 /dev/zero; echo done >&2");
+    cmd.output_limit = 1000;
+    let out = f.engine.exec(&id("exec"), &cmd).unwrap();
+    assert_eq!(
+        (out.stdout.len(), out.truncated, out.stderr_text().as_str()),
+        (1000, true, "done\n")
+    );
+    let mut cmd = ExecCommand::shell("id -u; id -g; cat");
+    cmd.uid = 1000;
+    cmd.gid = 1000;
+    cmd.stdin = b"hello".to_vec();
+    let out = f.engine.exec(&id("exec"), &cmd).unwrap();
+    assert_eq!(out.stdout_text(), "1000\n1000\nhello");
+    let mut cmd = ExecCommand::shell("sleep 10");
+    cmd.timeout = std::time::Duration::from_millis(300);
+    let t = std::time::Instant::now();
+    assert!(f.engine.exec(&id("exec"), &cmd).is_err());
+    assert!(t.elapsed() < std::time::Duration::from_secs(5));
+    let out = f
+        .engine
+        .exec(&id("exec"), &ExecCommand::shell("exit 3"))
+        .unwrap();
+    assert_eq!(out.code, Some(3));
+}
