@@ -300,6 +300,18 @@ fn a_busy_loop_under_a_quarter_core_quota_uses_a_quarter_core() {
     cmd.timeout = std::time::Duration::from_secs(30);
     let mut busy = f.engine.spawn(&id("cpu"), &cmd).expect("spawn").child;
     let cg = f.engine.host().cgroups();
+    // What is tested is the quota (the cap), not the weight: on a host busy with other work a
+    // sliver's weight may get it less than its quota, so give it the largest weight here.
+    for dir in cg.dirs(&rec.cgroup) {
+        let shares = dir.join("cpu.shares");
+        if shares.exists() {
+            fs::write(&shares, "262144").unwrap();
+        }
+        let weight = dir.join("cpu.weight");
+        if weight.exists() {
+            fs::write(&weight, "10000").unwrap();
+        }
+    }
     std::thread::sleep(std::time::Duration::from_millis(300));
     let t0 = std::time::Instant::now();
     let u0 = cg.cpu_usage_ns(&rec.cgroup).unwrap().unwrap();
@@ -581,4 +593,35 @@ fn exec_bounds_output_switches_users_feeds_stdin_and_times_out() {
         .exec(&id("exec"), &ExecCommand::shell("exit 3"))
         .unwrap();
     assert_eq!(out.code, Some(3));
+}
+
+#[test]
+fn traces_without_a_record_are_removed_when_the_node_starts() {
+    use node::sliver::linux::LinuxHost;
+    use node::sliver::{Orphan, Slivers};
+    let Some(f) = Fixture::new() else { return };
+    let lost = f.engine.create(spec("lost")).expect("create");
+    let t = traces(&f, &lost);
+    // As if the node crashed before saving the record.
+    fs::remove_file(f.state.path().join("records/lost.json")).unwrap();
+    let (_again, report) =
+        Slivers::open(LinuxHost::detect().unwrap(), f.engine.config().clone()).expect("reopen");
+    assert!(report.adopted.is_empty());
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert!(
+        report.orphans.contains(&Orphan::Cgroup("lost".into())),
+        "{:?}",
+        report.orphans
+    );
+    assert!(
+        report
+            .orphans
+            .contains(&Orphan::Link(lost.net.host_if.clone()))
+    );
+    assert!(
+        report
+            .orphans
+            .contains(&Orphan::Class(lost.shape.class_minor))
+    );
+    assert_gone(&f, &t);
 }

@@ -128,6 +128,32 @@ pub struct Shape {
     pub ceil_kbps: u64,
 }
 
+/// Where the node's slivers leave traces, to find the ones no record accounts for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrphanScope {
+    /// Parent of every sliver cgroup.
+    pub cgroup_parent: String,
+    /// Prefix of host-side veth names (followed by the slot number).
+    pub ifname_prefix: String,
+    /// The node's shaping device (its classes with minor 0x10 and up are slivers').
+    pub ifb: String,
+    /// `<state>/slivers`.
+    pub slivers_dir: PathBuf,
+}
+
+/// A sliver trace that no record accounts for (a crash mid-creation, a lost record).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Orphan {
+    /// A cgroup under the parent (its processes are killed with it).
+    Cgroup(String),
+    /// A host-side veth.
+    Link(String),
+    /// An HTB class (minor) on the shaping device, and its classifier.
+    Class(u16),
+    /// A sliver dir.
+    Dir(PathBuf),
+}
+
 /// Where to run a command: a live sliver.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecTarget {
@@ -266,6 +292,10 @@ pub trait Host: Send + Sync {
     fn shape_add(&self, shape: &Shape) -> Result<(), HostError>;
     /// Removes a sliver's bucket.
     fn shape_remove(&self, shape: &Shape) -> Result<(), HostError>;
+    /// Every sliver trace in `scope` (records decide which are orphans).
+    fn traces(&self, scope: &OrphanScope) -> Result<Vec<Orphan>, HostError>;
+    /// Removes one orphaned trace.
+    fn remove_orphan(&self, scope: &OrphanScope, orphan: &Orphan) -> Result<(), HostError>;
     /// Runs a command in a sliver and collects its output.
     fn exec(&self, target: &ExecTarget, cmd: &ExecCommand) -> Result<ExecOutput, HostError>;
     /// Starts a command in a sliver with piped standard streams.
@@ -303,6 +333,8 @@ pub enum Call {
     ShapeAdd(u16, u64, u64),
     /// [`Host::shape_remove`].
     ShapeRemove(u16),
+    /// [`Host::remove_orphan`].
+    RemoveOrphan(Orphan),
     /// [`Host::exec`] (argv).
     Exec(Vec<String>),
 }
@@ -325,6 +357,7 @@ impl Call {
             Call::ShapingTeardown(..) => "shaping_teardown",
             Call::ShapeAdd(..) => "shape_add",
             Call::ShapeRemove(..) => "shape_remove",
+            Call::RemoveOrphan(..) => "remove_orphan",
             Call::Exec(..) => "exec",
         }
     }
@@ -337,6 +370,7 @@ struct FakeState {
     held: BTreeSet<String>,
     next_pid: u32,
     dead: BTreeSet<u32>,
+    strays: BTreeSet<Orphan>,
 }
 
 /// A fake host: records calls, tracks what it holds, fails where told.
@@ -384,6 +418,16 @@ impl RecordingHost {
     /// `class:<minor>`, `ifb:<name>`.
     pub fn held(&self) -> BTreeSet<String> {
         self.lock().held.clone()
+    }
+
+    /// Leaves a trace on the fake host that no record accounts for.
+    pub fn leave_stray(&self, orphan: Orphan) {
+        self.lock().strays.insert(orphan);
+    }
+
+    /// The strays still on the fake host.
+    pub fn strays(&self) -> BTreeSet<Orphan> {
+        self.lock().strays.clone()
     }
 
     /// Marks an init as dead (as if it had crashed).
@@ -532,6 +576,29 @@ impl Host for RecordingHost {
     fn shape_remove(&self, shape: &Shape) -> Result<(), HostError> {
         self.record(Call::ShapeRemove(shape.class_minor))?;
         self.release(&format!("class:{}", shape.class_minor));
+        Ok(())
+    }
+
+    fn traces(&self, _scope: &OrphanScope) -> Result<Vec<Orphan>, HostError> {
+        let s = self.lock();
+        let mut out: Vec<Orphan> = s.strays.iter().cloned().collect();
+        for held in &s.held {
+            if let Some(c) = held.strip_prefix("cgroup:") {
+                out.push(Orphan::Cgroup(
+                    c.rsplit('/').next().unwrap_or(c).to_string(),
+                ));
+            } else if let Some(v) = held.strip_prefix("veth:") {
+                out.push(Orphan::Link(v.to_string()));
+            } else if let Some(m) = held.strip_prefix("class:") {
+                out.push(Orphan::Class(m.parse().unwrap_or(0)));
+            }
+        }
+        Ok(out)
+    }
+
+    fn remove_orphan(&self, _scope: &OrphanScope, orphan: &Orphan) -> Result<(), HostError> {
+        self.record(Call::RemoveOrphan(orphan.clone()))?;
+        self.lock().strays.remove(orphan);
         Ok(())
     }
 

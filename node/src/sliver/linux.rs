@@ -32,7 +32,7 @@ use super::caps;
 use super::cgroup::{CgroupLimits, Cgroups};
 use super::host::{
     ExecCommand, ExecOutput, ExecTarget, Host, HostError, InitHandle, InitRequest, NetAttach,
-    NodeShaping, Shape, Spawned,
+    NodeShaping, Orphan, OrphanScope, Shape, Spawned,
 };
 use super::init::{self, InitPlan, READY};
 use super::netlink::{ETH_P_IP, Netlink};
@@ -706,6 +706,78 @@ impl Host for LinuxHost {
             },
         )?;
         Ok(())
+    }
+
+    fn traces(&self, scope: &OrphanScope) -> Result<Vec<Orphan>, HostError> {
+        let mut out: Vec<Orphan> = self
+            .cgroups
+            .children(&scope.cgroup_parent)
+            .into_iter()
+            .map(Orphan::Cgroup)
+            .collect();
+        let mut nl = Self::netlink()?;
+        for name in nl.links_with_prefix(&scope.ifname_prefix)? {
+            let suffix = &name[scope.ifname_prefix.len()..];
+            if !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_digit()) {
+                out.push(Orphan::Link(name));
+            }
+        }
+        if let Some(ifb) = nl.link_index(&scope.ifb)? {
+            for class in nl.classes(ifb)? {
+                if class.major == 1 && class.minor >= 0x10 {
+                    out.push(Orphan::Class(class.minor));
+                }
+            }
+        }
+        if let Ok(entries) = fs::read_dir(&scope.slivers_dir) {
+            out.extend(entries.flatten().map(|e| Orphan::Dir(e.path())));
+        }
+        Ok(out)
+    }
+
+    fn remove_orphan(&self, scope: &OrphanScope, orphan: &Orphan) -> Result<(), HostError> {
+        match orphan {
+            Orphan::Cgroup(name) => self.cgroup_destroy(&format!("{}/{name}", scope.cgroup_parent)),
+            Orphan::Link(name) => Self::netlink()?
+                .link_delete(name)
+                .map(|_| ())
+                .map_err(Into::into),
+            Orphan::Class(minor) => {
+                let mut nl = Self::netlink()?;
+                let Some(ifb) = nl.link_index(&scope.ifb)? else {
+                    return Ok(());
+                };
+                nl.filter_delete(ifb, TcHandle { major: 1, minor: 0 }, *minor, ETH_P_IP)?;
+                nl.class_delete(
+                    ifb,
+                    TcHandle {
+                        major: 1,
+                        minor: *minor,
+                    },
+                )?;
+                Ok(())
+            }
+            Orphan::Dir(path) => {
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let dirs = SliverDirs::new(
+                    scope
+                        .slivers_dir
+                        .parent()
+                        .unwrap_or(Path::new("/nonexistent")),
+                    &name,
+                );
+                if dirs.root != *path {
+                    return Err(HostError::Init(format!(
+                        "{} is not a sliver dir",
+                        path.display()
+                    )));
+                }
+                self.remove_dirs(&dirs, false)
+            }
+        }
     }
 
     fn exec(&self, target: &ExecTarget, cmd: &ExecCommand) -> Result<ExecOutput, HostError> {

@@ -39,7 +39,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use alloc::{AllocError, SlotAssignment, SlotLayout, UidRange};
 pub use cgroup::CgroupLimits;
-pub use host::{ExecCommand, ExecOutput, Host, HostError, NetAttach, NodeShaping, Shape, Spawned};
+pub use host::{
+    ExecCommand, ExecOutput, Host, HostError, NetAttach, NodeShaping, Orphan, OrphanScope, Shape,
+    Spawned,
+};
 pub use rootfs::{Image, SliverDirs};
 pub use spec::{SliverId, SliverKind, SliverSpec, SpecError};
 pub use store::{SliverRecord, StoreError};
@@ -183,6 +186,8 @@ pub struct Reconciled {
     pub adopted: Vec<SliverId>,
     /// Slivers whose init had died; their remains were removed.
     pub reaped: Vec<SliverId>,
+    /// Traces that no record accounted for, removed.
+    pub orphans: Vec<Orphan>,
     /// Problems met (unreadable records, failed cleanups).
     pub problems: Vec<String>,
 }
@@ -272,7 +277,45 @@ impl<H: Host> Slivers<H> {
                 report.reaped.push(id);
             }
         }
+        engine.remove_orphans(&mut report);
         Ok((engine, report))
+    }
+
+    /// Where this node's sliver traces live.
+    fn orphan_scope(&self) -> OrphanScope {
+        OrphanScope {
+            cgroup_parent: self.config.cgroup_parent.clone(),
+            ifname_prefix: self.config.slots.ifname_prefix.clone(),
+            ifb: self.config.shaping.ifb.clone(),
+            slivers_dir: self.config.state_dir.join("slivers"),
+        }
+    }
+
+    /// Removes the traces no live sliver accounts for (a crash mid-creation, a lost record).
+    fn remove_orphans(&self, report: &mut Reconciled) {
+        let scope = self.orphan_scope();
+        let traces = match self.host.traces(&scope) {
+            Ok(t) => t,
+            Err(e) => {
+                report.problems.push(format!("listing sliver traces: {e}"));
+                return;
+            }
+        };
+        let live: Vec<SliverRecord> = self.list();
+        let accounted = |o: &Orphan| {
+            live.iter().any(|r| match o {
+                Orphan::Cgroup(name) => name == r.spec.id.as_str(),
+                Orphan::Link(name) => *name == r.net.host_if,
+                Orphan::Class(minor) => *minor == r.shape.class_minor,
+                Orphan::Dir(path) => *path == r.dirs.root,
+            })
+        };
+        for orphan in traces.into_iter().filter(|o| !accounted(o)) {
+            match self.host.remove_orphan(&scope, &orphan) {
+                Ok(()) => report.orphans.push(orphan),
+                Err(e) => report.problems.push(format!("removing {orphan:?}: {e}")),
+            }
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

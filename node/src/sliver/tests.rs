@@ -281,3 +281,36 @@ fn exec_reaches_the_host_with_the_sliver() {
         Err(SliverError::NotFound(_))
     ));
 }
+
+#[test]
+fn reopening_removes_traces_no_record_accounts_for() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (e, _) = Slivers::open(RecordingHost::new(), config(tmp.path())).unwrap();
+    e.create(spec("kept")).unwrap();
+    let host = e.host;
+    let strays = [
+        Orphan::Cgroup("ghost".into()),
+        Orphan::Link("pmv7".into()),
+        Orphan::Class(0x17),
+    ];
+    for s in &strays {
+        host.leave_stray(s.clone());
+    }
+    host.clear_calls();
+    let (e2, mut report) = Slivers::open(host, config(tmp.path())).unwrap();
+    report.orphans.sort();
+    let mut expected = strays.to_vec();
+    expected.sort();
+    assert_eq!(report.orphans, expected);
+    assert!(e2.host().strays().is_empty());
+    // The adopted sliver's own traces are left alone.
+    assert_eq!(
+        e2.host()
+            .call_names()
+            .iter()
+            .filter(|n| **n == "remove_orphan")
+            .count(),
+        strays.len()
+    );
+    assert_eq!(e2.list().len(), 1);
+}
