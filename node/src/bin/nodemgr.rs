@@ -41,6 +41,12 @@ enum Command {
         #[arg(long, short, default_value = "node.toml")]
         config: PathBuf,
     },
+    /// Decommission a stopped node: destroy every sliver and remove every lease.
+    Wipe {
+        /// The config file.
+        #[arg(long, short, default_value = "node.toml")]
+        config: PathBuf,
+    },
     /// Print this node's public key (for `fedctl certify --subject`).
     Key {
         /// The key file.
@@ -72,6 +78,13 @@ fn main() -> anyhow::Result<()> {
                 "next: have your federation authority certify it (fedctl certify --role node --subject {})",
                 key.public()
             );
+            Ok(())
+        }
+        Command::Wipe { config } => {
+            let config = NodeManagerConfig::load(&config)?;
+            let removed =
+                tokio::runtime::Runtime::new()?.block_on(node::daemon::run::wipe(config))?;
+            println!("destroyed every sliver; removed {removed} leases");
             Ok(())
         }
         Command::Key { key } => {

@@ -91,4 +91,8 @@ impl<H: Host + 'static> SliverBackend for Slivers<H> {
             .map(|_| ())
             .map_err(|e| e.to_string())
     }
+
+    fn wipe(&self) -> Result<(), String> {
+        self.destroy_all().map_err(|e| e.to_string())
+    }
 }

@@ -114,4 +114,9 @@ impl SliverBackend for InMemorySlivers {
         keys.retain(|k| k != key && !k.ends_with(&format!(" {key}")));
         Ok(())
     }
+
+    fn wipe(&self) -> Result<(), String> {
+        self.lock().clear();
+        Ok(())
+    }
 }

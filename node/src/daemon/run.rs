@@ -60,14 +60,28 @@ pub struct RunningNode {
     pub state: Arc<NodeState>,
 }
 
+/// The `sliver-init` program: `PLANETMESH_SLIVER_INIT`, or next to this program (or one
+/// directory up, for test and bench binaries in cargo's `deps/`).
+fn sliver_init_path() -> anyhow::Result<std::path::PathBuf> {
+    if let Some(path) = std::env::var_os("PLANETMESH_SLIVER_INIT") {
+        return Ok(path.into());
+    }
+    let exe = std::env::current_exe().context("locating nodemgr")?;
+    let dir = exe.parent().context("nodemgr has no directory")?;
+    let beside = dir.join("sliver-init");
+    if beside.exists() || !dir.ends_with("deps") {
+        return Ok(beside);
+    }
+    Ok(dir.parent().unwrap_or(dir).join("sliver-init"))
+}
+
 fn open_backend(config: &NodeManagerConfig) -> anyhow::Result<Arc<dyn SliverBackend>> {
     match config.isolation {
         Isolation::Memory => Ok(Arc::new(InMemorySlivers::new())),
         Isolation::Linux => {
             use crate::sliver::linux::LinuxHost;
             use crate::sliver::{NodeConfig, Slivers};
-            let exe = std::env::current_exe().context("locating nodemgr")?;
-            let init = exe.with_file_name("sliver-init");
+            let init = sliver_init_path()?;
             if !init.exists() {
                 bail!(
                     "{} is missing: install sliver-init next to nodemgr",
@@ -100,6 +114,27 @@ fn open_backend(config: &NodeManagerConfig) -> anyhow::Result<Arc<dyn SliverBack
             Ok(Arc::new(slivers))
         }
     }
+}
+
+/// Decommissions a node that is not running: destroys every sliver (and the node's shaping
+/// device), removes every lease. For `nodemgr wipe` and testnet teardown.
+pub async fn wipe(config: NodeManagerConfig) -> anyhow::Result<usize> {
+    let key = SecretKey::load(&config.key_file).context("loading the node key")?;
+    let ledger = Ledger::open(&config.state_dir.join("ledger.redb"))
+        .context("opening the ledger (is nodemgr still running?)")?;
+    let backend = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || open_backend(&config)).await??
+    };
+    let capacity = Capacity {
+        node: key.public(),
+        total: Default::default(),
+        shares: Default::default(),
+    };
+    let service = NodeService::new(key, config.federation.clone(), capacity, ledger, backend);
+    tokio::task::spawn_blocking(move || service.decommission())
+        .await?
+        .map_err(|e| anyhow::anyhow!("wiping: {e}"))
 }
 
 /// Starts the node manager; returns once it is serving.

@@ -48,6 +48,8 @@ pub trait SliverBackend: Send + Sync + 'static {
     fn add_key(&self, sliver_id: &str, key: &str) -> Result<(), String>;
     /// Removes an SSH key.
     fn remove_key(&self, sliver_id: &str, key: &str) -> Result<(), String>;
+    /// Destroys every sliver and the node-wide state the backend set up (decommissioning).
+    fn wipe(&self) -> Result<(), String>;
 }
 
 /// Where spawned programs write their output inside a sliver.
@@ -431,6 +433,21 @@ impl NodeService {
             }
         }
         reaped
+    }
+
+    /// Decommissions the node: destroys every sliver, removes every lease from the ledger and
+    /// tears down node-wide state. Spends stay recorded (a ticket is never spent twice).
+    pub fn decommission(&self) -> Result<usize, Rejection> {
+        let leases = self.ledger.leases().map_err(storage)?;
+        self.backend
+            .wipe()
+            .map_err(|detail| Rejection::Internal { detail })?;
+        for record in &leases {
+            self.ledger
+                .remove(&record.lease.lease_id)
+                .map_err(storage)?;
+        }
+        Ok(leases.len())
     }
 
     /// Makes the ledger and the host agree after a restart: every leased sliver that lives is
