@@ -84,6 +84,14 @@ fn writes_land_in_the_upper_dir_and_the_image_is_unchanged() {
     let out = sh(&f, "fs", "echo y > /usr/bin/sliver-was-here");
     assert!(!out.success(), "the host system dirs are read-only");
     assert!(f.engine.disk_usage(&id("fs")).unwrap() > 0);
+    let mut small = spec("small");
+    small.resources.disk_bytes = 1 << 20;
+    f.engine.create(small).expect("create");
+    assert!(sh(&f, "small", "head -c 2000000 /dev/zero > /root/blob").success());
+    let report = f.engine.disk_report();
+    let small = report.iter().find(|r| r.id.as_str() == "small").unwrap();
+    assert!(small.over && small.used.unwrap() > 2_000_000, "{small:?}");
+    assert!(!report.iter().find(|r| r.id.as_str() == "fs").unwrap().over);
 }
 
 /// Everything a sliver leaves on the host, as names to look for.

@@ -179,6 +179,19 @@ impl NodeConfig {
     }
 }
 
+/// One sliver's disk use against its grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskReport {
+    /// The sliver.
+    pub id: SliverId,
+    /// Bytes in its upper dir (`None` when it could not be walked).
+    pub used: Option<u64>,
+    /// Its granted `disk_bytes` (0: no limit).
+    pub limit: u64,
+    /// Whether it uses more than granted.
+    pub over: bool,
+}
+
 /// What [`Slivers::open`] found on the host.
 #[derive(Debug, Default)]
 pub struct Reconciled {
@@ -638,6 +651,26 @@ impl<H: Host> Slivers<H> {
                 op: "spawn",
                 source: Box::new(source),
             })
+    }
+
+    /// Disk use of every live sliver against its grant, for the resource monitor. A sliver
+    /// over its `disk_bytes` is reported, not stopped: hard limits need project quotas on the
+    /// state dir's filesystem, which not every kernel has; acting on the report (refusing
+    /// renewal, reclaiming the lease) is the node manager's policy.
+    pub fn disk_report(&self) -> Vec<DiskReport> {
+        self.list()
+            .into_iter()
+            .map(|r| {
+                let used = rootfs::disk_usage(&r.dirs.upper).ok();
+                let limit = r.spec.resources.disk_bytes;
+                DiskReport {
+                    over: limit > 0 && used.is_some_and(|u| u > limit),
+                    id: r.spec.id,
+                    used,
+                    limit,
+                }
+            })
+            .collect()
     }
 
     /// Bytes the sliver has written to its root filesystem (its upper dir).
