@@ -232,13 +232,20 @@ async fn timeouts_and_unreachable_peers_are_typed_errors() {
 async fn peers_are_found_through_kademlia() {
     // a knows b, b knows c: a reaches c by key alone, through b's routing table.
     let trust = trust(&[]);
-    let a = peer(&[], trust.clone()).await;
-    let b = peer(&[], trust.clone()).await;
-    let c = peer(&[], trust.clone()).await;
+    let a = peer_with_kademlia(&[], trust.clone()).await;
+    let b = peer_with_kademlia(&[], trust.clone()).await;
+    let c = peer_with_kademlia(&[], trust.clone()).await;
     tokio::spawn(serve_node(c.serve::<NodeProtocol>().await.unwrap()));
     connect(&a, &b).await;
     connect(&c, &b).await;
     // Identify tells b how to reach c; give it a moment.
     tokio::time::sleep(Duration::from_millis(300)).await;
     released(&a, &c.local_key(), "via-kademlia").await;
+    // A key nobody in the network has is reported unreachable once the lookup ends.
+    let stranger = SecretKey::generate().public();
+    let result = within(a.request::<NodeProtocol>(&stranger, NodeRequest::Status, CALL)).await;
+    assert!(
+        matches!(result, Err(OverlayError::Unreachable { peer, .. }) if peer == stranger),
+        "{result:?}"
+    );
 }

@@ -16,7 +16,7 @@ use capability_schema::{
 };
 use clap::{Parser, Subcommand};
 use federation::trust::{
-    ANCHOR_FILE, Authority, AuthorityState, FederationAnchor, STATE_FILE, Validity,
+    ANCHOR_FILE, Authority, AuthorityState, FederationAnchor, STATE_FILE, Validity, write_signed,
 };
 use federation::unix_now;
 
@@ -164,7 +164,7 @@ fn main() -> Result<()> {
         } => {
             let mut authority = Authority::load(&dir)?;
             let cert = authority.certify(subject, role, &site, &name, Validity::days(now, days));
-            write_new(&out, &cert.to_bytes())?;
+            write_signed(&out, &cert)?;
             authority.save_state(&dir)?;
             print!("{}", show_cert(&cert, now));
         }
@@ -202,7 +202,7 @@ fn main() -> Result<()> {
                 limits,
                 Validity::days(now, days),
             );
-            write_new(&out, &agreement.to_bytes())?;
+            write_signed(&out, &agreement)?;
             authority.save_state(&dir)?;
             print!("{}", show_agreement(&agreement, now));
         }
@@ -214,25 +214,13 @@ fn main() -> Result<()> {
         } => {
             let mut authority = Authority::load(&dir)?;
             let list = authority.revoke(&serial, &key, now);
-            write_new(&out, &list.to_bytes())?;
+            write_signed(&out, &list)?;
             authority.save_state(&dir)?;
             print!("{}", show_revocation(&list));
         }
         Command::Show { file } => print!("{}", show(&file, now)?),
     }
     Ok(())
-}
-
-/// Writes a new output file; never overwrites one.
-fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    file.write_all(bytes)
-        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// The readable form of any file fedctl knows.

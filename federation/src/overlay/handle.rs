@@ -36,6 +36,33 @@ pub struct AdEvent {
     pub relayed_by: PublicKey,
 }
 
+/// Counters of an overlay since it started (for metrics endpoints and benchmarks).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OverlayStats {
+    /// Peers connected now.
+    pub connected_peers: u64,
+    /// Connections established.
+    pub connections_opened: u64,
+    /// Connections closed.
+    pub connections_closed: u64,
+    /// Connections closed by trimming above `max_peers`.
+    pub connections_trimmed: u64,
+    /// Ads validated and relayed.
+    pub ads_accepted: u64,
+    /// Ads dropped as misbehaviour (the relaying peer lost score).
+    pub ads_rejected: u64,
+    /// Ads dropped without blame (stale seq, clock skew).
+    pub ads_ignored: u64,
+    /// Peers disconnected and blocked for relaying invalid ads.
+    pub peers_blocked: u64,
+    /// Requests sent.
+    pub requests_sent: u64,
+    /// Requests that failed on the wire (timeouts, unreachable, closed streams).
+    pub requests_failed: u64,
+    /// Requests received.
+    pub requests_received: u64,
+}
+
 /// A daemon's handle on its overlay. Cheap to clone; the overlay stops when
 /// [`OverlayHandle::shutdown`] is called or every handle and serving stream is dropped.
 #[derive(Debug, Clone)]
@@ -258,6 +285,11 @@ impl OverlayHandle {
         let federation = federation.to_owned();
         self.call(|reply| Command::MeshPeers { federation, reply })
             .await
+    }
+
+    /// Counters since the overlay started.
+    pub async fn stats(&self) -> Result<OverlayStats, OverlayError> {
+        self.call(|reply| Command::Stats { reply }).await
     }
 
     /// Stops the overlay: connections close and every later call fails with

@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use capability_schema::{DecodeError, ErrorReply, PublicKey, SecretKey};
 pub use codec::{Frame, FrameCodec, MAX_DRAIN_BYTES};
-pub use handle::{AdEvent, Incoming, OverlayHandle, Responder, ServeStream};
+pub use handle::{AdEvent, Incoming, OverlayHandle, OverlayStats, Responder, ServeStream};
 pub use identity::{keypair, libp2p_public, peer_id, public_key};
 pub use libp2p::{Multiaddr, PeerId};
 pub use protocol::{AgentProtocol, BrokerProtocol, NodeProtocol, Protocol, ProtocolKind};
@@ -66,6 +66,9 @@ pub struct OverlayConfig {
     /// Federations whose ads to follow from the start; each needs a trusted authority in the
     /// trust store. Default: none.
     pub federations: Vec<String>,
+    /// Kademlia peer routing: find peers by key, keep `target_peers` connections. Off only
+    /// for fixed topologies (tests, simulations). Default: on.
+    pub kademlia: bool,
     /// Discover peers on the local network with mDNS. Default: off.
     pub mdns: bool,
     /// Gossipsub heartbeat (mesh upkeep, gossip emission). Default: 1 s.
@@ -78,7 +81,11 @@ pub struct OverlayConfig {
     pub mesh_n_high: usize,
     /// Keep at least this many connections, dialing peers Kademlia knows. Default: 8.
     pub target_peers: usize,
-    /// How often to check `target_peers` and look for more peers. Default: 5 s.
+    /// Trim connections above this many, keeping gossip mesh peers, peers with requests in
+    /// flight and fresh connections. Gossip streams never go idle, so without this every peer
+    /// a Kademlia query touched would stay connected for good. Default: 32.
+    pub max_peers: usize,
+    /// How often to check `target_peers` and `max_peers`. Default: 5 s.
     pub discovery_interval: Duration,
     /// Most established connections in all. Default: 256.
     pub max_connections: u32,
@@ -121,12 +128,14 @@ impl Default for OverlayConfig {
             ],
             bootstrap: Vec::new(),
             federations: Vec::new(),
+            kademlia: true,
             mdns: false,
             gossip_heartbeat: Duration::from_secs(1),
             mesh_n: 6,
             mesh_n_low: 5,
             mesh_n_high: 12,
             target_peers: 8,
+            max_peers: 32,
             discovery_interval: Duration::from_secs(5),
             max_connections: 256,
             max_connections_per_peer: 2,

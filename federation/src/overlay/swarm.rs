@@ -40,7 +40,7 @@ pub(crate) struct Behaviour {
     pub(crate) limits: connection_limits::Behaviour,
     pub(crate) identify: identify::Behaviour,
     pub(crate) ping: ping::Behaviour,
-    pub(crate) kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub(crate) kad: Toggle<kad::Behaviour<kad::store::MemoryStore>>,
     pub(crate) gossipsub: gossipsub::Behaviour,
     pub(crate) agent: request_response::Behaviour<FrameCodec>,
     pub(crate) node: request_response::Behaviour<FrameCodec>,
@@ -61,6 +61,9 @@ impl Behaviour {
         }
     }
 }
+
+/// Messages queued for sending on one connection before gossipsub drops (and scores) them.
+const GOSSIP_QUEUE_LEN: usize = 512;
 
 /// Gossip score below which a peer is ignored, then disconnected and blocked.
 pub(crate) const GRAYLIST_THRESHOLD: f64 = -80.0;
@@ -106,6 +109,9 @@ fn gossipsub(config: &OverlayConfig) -> Result<gossipsub::Behaviour, OverlayErro
         .mesh_n_high(config.mesh_n_high)
         .mesh_outbound_min(config.mesh_n_low.min(config.mesh_n / 2).min(2))
         .gossip_lazy(config.mesh_n)
+        // Per-connection send queue; gossipsub's default (5000) preallocates about 1 MB per
+        // connection, far more than ad traffic needs.
+        .connection_handler_queue_len(GOSSIP_QUEUE_LEN)
         .build()
         .map_err(|e| setup(&e))?;
     // Ads are signed by their node; a gossip-level signature would add nothing but work,
@@ -153,10 +159,14 @@ fn behaviour(key: &Keypair, config: &OverlayConfig) -> Result<Behaviour, Overlay
         .with_max_pending_outgoing(Some(config.max_pending_connections));
     let mut kad_config = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
     kad_config.set_query_timeout(config.kad_query_timeout);
-    let mut kad = kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), kad_config);
-    // Every PlanetMesh daemon is reachable by design: answer Kademlia queries even without a
-    // confirmed external address (loopback and private testbeds never confirm one).
-    kad.set_mode(Some(kad::Mode::Server));
+    let kad = config.kademlia.then(|| {
+        let mut kad =
+            kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), kad_config);
+        // Every PlanetMesh daemon is reachable by design: answer Kademlia queries even without
+        // a confirmed external address (loopback and private testbeds never confirm one).
+        kad.set_mode(Some(kad::Mode::Server));
+        kad
+    });
     let mdns = if config.mdns {
         Some(
             mdns::tokio::Behaviour::new(mdns::Config::default(), peer)
@@ -173,7 +183,7 @@ fn behaviour(key: &Keypair, config: &OverlayConfig) -> Result<Behaviour, Overlay
                 .with_agent_version(config.agent_version.clone()),
         ),
         ping: ping::Behaviour::new(ping::Config::new()),
-        kad,
+        kad: Toggle::from(kad),
         gossipsub: gossipsub(config)?,
         agent: request_response(ProtocolKind::Agent, config),
         node: request_response(ProtocolKind::Node, config),
@@ -183,6 +193,9 @@ fn behaviour(key: &Keypair, config: &OverlayConfig) -> Result<Behaviour, Overlay
 }
 
 type BoxedTransport = Boxed<(PeerId, StreamMuxerBox)>;
+
+/// Longest time to connect and finish the noise and yamux handshakes.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 fn base_transport(key: &Keypair) -> Result<BoxedTransport, OverlayError> {
     let noise = || noise::Config::new(key).map_err(|e| OverlayError::Setup(format!("noise: {e}")));
@@ -194,13 +207,13 @@ fn base_transport(key: &Keypair) -> Result<BoxedTransport, OverlayError> {
         .upgrade(Version::V1Lazy)
         .authenticate(noise()?)
         .multiplex(yamux::Config::default());
-    let transport = tcp
-        .or_transport(memory)
-        .map(|either, _| match either {
-            Either::Left((peer, muxer)) => (peer, StreamMuxerBox::new(muxer)),
-            Either::Right((peer, muxer)) => (peer, StreamMuxerBox::new(muxer)),
-        })
-        .boxed();
+    let transport = tcp.or_transport(memory).map(|either, _| match either {
+        Either::Left((peer, muxer)) => (peer, StreamMuxerBox::new(muxer)),
+        Either::Right((peer, muxer)) => (peer, StreamMuxerBox::new(muxer)),
+    });
+    let transport =
+        libp2p::core::transport::timeout::TransportTimeout::new(transport, HANDSHAKE_TIMEOUT)
+            .boxed();
     #[cfg(feature = "quic")]
     let transport = transport
         .or_transport(

@@ -23,7 +23,7 @@ use libp2p::{Multiaddr, PeerId, Swarm, identify, kad, mdns};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::codec::Frame;
-use super::handle::{AdEvent, OverlayHandle, encode_reply, peek_request_id};
+use super::handle::{AdEvent, OverlayHandle, OverlayStats, encode_reply, peek_request_id};
 use super::identity;
 use super::protocol::ProtocolKind;
 use super::swarm::{self, Behaviour, BehaviourEvent, GRAYLIST_THRESHOLD};
@@ -33,6 +33,8 @@ use crate::unix_now;
 
 /// Most addresses remembered per peer.
 const MAX_ADDRS_PER_PEER: usize = 8;
+/// Connections younger than this are never trimmed (a caller may be about to use them).
+const TRIM_GRACE: Duration = Duration::from_secs(10);
 /// How long [`start`] waits for each listener's first address.
 const LISTEN_WAIT: Duration = Duration::from_secs(5);
 
@@ -89,6 +91,9 @@ pub(crate) enum Command {
     MeshPeers {
         federation: String,
         reply: oneshot::Sender<Vec<PublicKey>>,
+    },
+    Stats {
+        reply: oneshot::Sender<OverlayStats>,
     },
     Shutdown {
         reply: oneshot::Sender<()>,
@@ -183,8 +188,10 @@ pub(crate) async fn start(
         servers: HashMap::new(),
         addresses: HashMap::new(),
         banned: HashMap::new(),
+        connected_since: HashMap::new(),
         listen_addrs,
         last_discovery: Instant::now(),
+        stats: OverlayStats::default(),
         config,
     };
     for federation in runner.config.federations.clone() {
@@ -211,8 +218,11 @@ struct Runner {
     servers: HashMap<ProtocolKind, mpsc::Sender<RawInbound>>,
     addresses: HashMap<PeerId, Vec<Multiaddr>>,
     banned: HashMap<PeerId, Instant>,
+    /// When each connected peer's first connection was established.
+    connected_since: HashMap<PeerId, Instant>,
     listen_addrs: Vec<Multiaddr>,
     last_discovery: Instant,
+    stats: OverlayStats,
     config: OverlayConfig,
 }
 
@@ -261,6 +271,10 @@ impl Runner {
             }
         }
         tracing::debug!(peer = %self.swarm.local_peer_id(), "overlay stopped");
+    }
+
+    fn kad(&mut self) -> Option<&mut kad::Behaviour<kad::store::MemoryStore>> {
+        self.swarm.behaviour_mut().kad.as_mut()
     }
 
     // ------------------------------------------------------------------ commands
@@ -378,6 +392,13 @@ impl Runner {
                     .collect();
                 let _ = reply.send(peers);
             }
+            Command::Stats { reply } => {
+                let stats = OverlayStats {
+                    connected_peers: self.connected_since.len() as u64,
+                    ..self.stats
+                };
+                let _ = reply.send(stats);
+            }
             Command::Shutdown { reply } => {
                 // Handled in `run`.
                 let _ = reply.send(());
@@ -440,6 +461,7 @@ impl Runner {
     ) {
         let addrs = self.addresses.get(&peer).cloned().unwrap_or_default();
         let retry = (!retried && !self.swarm.is_connected(&peer)).then(|| frame.clone());
+        self.stats.requests_sent += 1;
         let id = self
             .swarm
             .behaviour_mut()
@@ -480,10 +502,9 @@ impl Runner {
             let (plain, peer) = split_peer(&addr);
             let result = match peer {
                 Some(peer) => {
-                    self.swarm
-                        .behaviour_mut()
-                        .kad
-                        .add_address(&peer, plain.clone());
+                    if let Some(kad) = self.kad() {
+                        kad.add_address(&peer, plain.clone());
+                    }
                     self.remember_address(peer, plain.clone());
                     self.swarm
                         .dial(DialOpts::peer_id(peer).addresses(vec![plain]).build())
@@ -495,7 +516,8 @@ impl Runner {
             }
         }
         if !self.config.bootstrap.is_empty()
-            && let Err(e) = self.swarm.behaviour_mut().kad.bootstrap()
+            && let Some(kad) = self.kad()
+            && let Err(e) = kad.bootstrap()
         {
             tracing::debug!(error = %e, "no Kademlia bootstrap yet");
         }
@@ -522,6 +544,7 @@ impl Runner {
         if now.duration_since(self.last_discovery) >= self.config.discovery_interval {
             self.last_discovery = now;
             self.discover();
+            self.trim();
         }
     }
 
@@ -534,7 +557,10 @@ impl Runner {
         }
         let mut wanted = self.config.target_peers - connected;
         let mut candidates = Vec::new();
-        for bucket in self.swarm.behaviour_mut().kad.kbuckets() {
+        let Some(kad) = self.kad() else {
+            return;
+        };
+        for bucket in kad.kbuckets() {
             for entry in bucket.iter() {
                 candidates.push((
                     *entry.node.key.preimage(),
@@ -557,11 +583,41 @@ impl Runner {
                 wanted -= 1;
             }
         }
-        if wanted > 0 && connected > 0 {
-            self.swarm
-                .behaviour_mut()
-                .kad
-                .get_closest_peers(PeerId::random());
+        if wanted > 0
+            && connected > 0
+            && let Some(kad) = self.kad()
+        {
+            kad.get_closest_peers(PeerId::random());
+        }
+    }
+
+    /// Disconnects peers above `max_peers`: never gossip mesh peers, peers with requests in
+    /// flight, or peers connected less than [`TRIM_GRACE`] ago.
+    fn trim(&mut self) {
+        let connected = self.connected_since.len();
+        if connected <= self.config.max_peers {
+            return;
+        }
+        let gossipsub = &self.swarm.behaviour().gossipsub;
+        let keep: HashSet<PeerId> = gossipsub
+            .all_mesh_peers()
+            .copied()
+            .chain(self.pending.values().map(|p| p.peer))
+            .collect();
+        let now = Instant::now();
+        let excess: Vec<PeerId> = self
+            .connected_since
+            .iter()
+            .filter(|(peer, since)| {
+                !keep.contains(peer) && now.duration_since(**since) >= TRIM_GRACE
+            })
+            .map(|(peer, _)| *peer)
+            .take(connected - self.config.max_peers)
+            .collect();
+        for peer in excess {
+            if self.swarm.disconnect_peer_id(peer).is_ok() {
+                self.stats.connections_trimmed += 1;
+            }
         }
     }
 
@@ -582,11 +638,25 @@ impl Runner {
                 endpoint,
                 ..
             } => {
+                self.stats.connections_opened += 1;
+                self.connected_since
+                    .entry(peer_id)
+                    .or_insert_with(Instant::now);
                 if endpoint.is_dialer() {
                     self.remember_address(peer_id, endpoint.get_remote_address().clone());
                 }
                 if let Some((_, reply)) = self.dials.remove(&connection_id) {
                     let _ = reply.send(Ok(public_of(&peer_id)));
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                ..
+            } => {
+                self.stats.connections_closed += 1;
+                if num_established == 0 {
+                    self.connected_since.remove(&peer_id);
                 }
             }
             SwarmEvent::OutgoingConnectionError {
@@ -615,11 +685,8 @@ impl Runner {
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 let speaks_kad = info.protocols.iter().any(|p| p.as_ref() == KAD_PROTOCOL);
                 for addr in info.listen_addrs {
-                    if speaks_kad {
-                        self.swarm
-                            .behaviour_mut()
-                            .kad
-                            .add_address(&peer_id, addr.clone());
+                    if speaks_kad && let Some(kad) = self.kad() {
+                        kad.add_address(&peer_id, addr.clone());
                     }
                     self.remember_address(peer_id, addr);
                 }
@@ -629,10 +696,9 @@ impl Runner {
             }) => self.on_kad_progress(id, result, step.last),
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 for (peer, addr) in found {
-                    self.swarm
-                        .behaviour_mut()
-                        .kad
-                        .add_address(&peer, addr.clone());
+                    if let Some(kad) = self.kad() {
+                        kad.add_address(&peer, addr.clone());
+                    }
                     self.remember_address(peer, addr.clone());
                     let opts = DialOpts::peer_id(peer)
                         .addresses(vec![addr])
@@ -653,9 +719,18 @@ impl Runner {
     fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
         let verdict = self.check_ad(&message);
         let acceptance = match &verdict {
-            Ok(_) => MessageAcceptance::Accept,
-            Err(rejection) if rejection.is_misbehaviour() => MessageAcceptance::Reject,
-            Err(_) => MessageAcceptance::Ignore,
+            Ok(_) => {
+                self.stats.ads_accepted += 1;
+                MessageAcceptance::Accept
+            }
+            Err(rejection) if rejection.is_misbehaviour() => {
+                self.stats.ads_rejected += 1;
+                MessageAcceptance::Reject
+            }
+            Err(_) => {
+                self.stats.ads_ignored += 1;
+                MessageAcceptance::Ignore
+            }
         };
         let gossipsub = &mut self.swarm.behaviour_mut().gossipsub;
         gossipsub.report_message_validation_result(&id, &source, acceptance);
@@ -727,6 +802,7 @@ impl Runner {
         let score = self.swarm.behaviour().gossipsub.peer_score(&peer);
         if score.is_some_and(|s| s <= GRAYLIST_THRESHOLD) {
             tracing::info!(%peer, ?score, "blocking a peer that keeps relaying invalid ads");
+            self.stats.peers_blocked += 1;
             self.banned
                 .insert(peer, Instant::now() + self.config.ban_duration);
             self.swarm.behaviour_mut().blocked.block_peer(peer);
@@ -768,6 +844,7 @@ impl Runner {
                     self.route(pending);
                     return;
                 }
+                self.stats.requests_failed += 1;
                 let peer = public_of(&peer);
                 let error = match error {
                     OutboundFailure::DialFailure => OverlayError::Unreachable {
@@ -806,6 +883,7 @@ impl Runner {
         request: Frame,
         channel: ResponseChannel<Frame>,
     ) {
+        self.stats.requests_received += 1;
         let refuse = |this: &mut Self, channel, request_id, reason: Rejection| {
             let reply: Reply<()> = Err(ErrorReply::from(reason));
             let frame = Frame::Bytes(encode_reply(request_id, &reply));
@@ -860,7 +938,14 @@ impl Runner {
             parked.push(pending);
             return;
         }
-        let query = self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+        let Some(kad) = self.kad() else {
+            let _ = pending.reply.send(Err(OverlayError::Unreachable {
+                peer: public_of(&peer),
+                detail: "no address known (Kademlia is off)".into(),
+            }));
+            return;
+        };
+        let query = kad.get_closest_peers(peer);
         self.routing.insert(query, (peer, vec![pending]));
     }
 
@@ -887,7 +972,7 @@ impl Runner {
         let Some((_, parked)) = self.routing.remove(&id) else {
             return;
         };
-        if let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+        if let Some(mut query) = self.kad().and_then(|kad| kad.query_mut(&id)) {
             query.finish();
         }
         let found_any = !found.is_empty();

@@ -16,6 +16,7 @@
 
 mod ads;
 mod authority;
+mod files;
 mod store;
 
 pub use ads::{AdRejection, MAX_CLOCK_SKEW_SECS};
@@ -23,4 +24,5 @@ pub use authority::{
     ANCHOR_FILE, Authority, AuthorityError, AuthorityState, FederationAnchor, KEY_FILE,
     MAX_FEDERATION_NAME, STATE_FILE, Validity, check_federation_name,
 };
+pub use files::{FileError, read_signed, write_signed};
 pub use store::{Served, TrustError, TrustStore};

@@ -34,14 +34,35 @@ pub fn trust(federations: &[&TestFederation]) -> SharedTrust {
     Arc::new(RwLock::new(store))
 }
 
-/// Test config: memory transport, fast heartbeat, no automatic dialing (fixed topologies).
+/// Test config: memory transport, fast heartbeat, no Kademlia (the topology is the one the
+/// test wires).
 pub fn config(federations: &[&str]) -> OverlayConfig {
     OverlayConfig {
         federations: federations.iter().map(|f| (*f).to_owned()).collect(),
         gossip_heartbeat: Duration::from_millis(100),
+        kademlia: false,
         target_peers: 0,
         ..OverlayConfig::memory()
     }
+}
+
+/// Like [`config`], with Kademlia on.
+pub fn config_with_kademlia(federations: &[&str]) -> OverlayConfig {
+    OverlayConfig {
+        kademlia: true,
+        ..config(federations)
+    }
+}
+
+/// A peer with a fresh key and Kademlia on.
+pub async fn peer_with_kademlia(federations: &[&str], trust: SharedTrust) -> OverlayHandle {
+    Overlay::start(
+        &SecretKey::generate(),
+        config_with_kademlia(federations),
+        trust,
+    )
+    .await
+    .expect("overlay starts")
 }
 
 /// A peer with a fresh key.
