@@ -81,6 +81,25 @@ fn writes_land_in_the_upper_dir_and_the_image_is_unchanged() {
         skeleton.join("etc/hosts").exists(),
         "deleting in the sliver must not touch the image"
     );
+    // The image's files belong to the sliver's root (the image is id-mapped), so it may edit
+    // them in place; the change lands in the upper dir only.
+    let out = sh(
+        &f,
+        "fs",
+        "stat -c %u /etc/passwd && echo 'sliver:x:1000:1000::/home:/bin/sh' >> /etc/passwd",
+    );
+    assert!(out.success(), "{out:?}");
+    assert_eq!(out.stdout_text(), "0\n");
+    assert!(
+        fs::read_to_string(rec.dirs.upper.join("etc/passwd"))
+            .unwrap()
+            .contains("sliver:x:1000")
+    );
+    assert!(
+        !fs::read_to_string(skeleton.join("etc/passwd"))
+            .unwrap()
+            .contains("sliver:x:1000")
+    );
     let out = sh(&f, "fs", "echo y > /usr/bin/sliver-was-here");
     assert!(!out.success(), "the host system dirs are read-only");
     assert!(f.engine.disk_usage(&id("fs")).unwrap() > 0);

@@ -85,6 +85,8 @@ pub struct InitRequest {
     pub host_pid: bool,
     /// The init program.
     pub init_path: PathBuf,
+    /// The image's lower layer, to be id-mapped for the sliver (see [`super::mountfd`]).
+    pub lower: Option<PathBuf>,
 }
 
 /// A sliver's network attachment.

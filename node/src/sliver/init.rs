@@ -35,6 +35,14 @@ pub const READY: &str = "ready";
 pub enum MountStep {
     /// Stops mount events propagating to the host (`MS_REC | MS_PRIVATE` on `/`).
     MakePrivate,
+    /// Attaches the id-mapped image the node sent at `target`; without one (the host cannot
+    /// id-map it), binds `source` there read-only.
+    IdmappedLayer {
+        /// The image on the host.
+        source: PathBuf,
+        /// Where to attach it.
+        target: PathBuf,
+    },
     /// Mounts an overlay at `target`.
     Overlay {
         /// Read-only layers, top first.
@@ -155,7 +163,8 @@ fn step_err(step: impl Into<String>, detail: impl ToString) -> InitError {
     }
 }
 
-/// The init program: `plan_fd` carries the plan, `status_fd` receives `ready` or the error.
+/// The init program: `plan_fd` (a unix socket) carries the id-mapped image, if any, then the
+/// plan; `status_fd` receives `ready` or the error.
 /// Returns only on failure to build the sliver, or when told to stop (the exit code).
 pub fn run(plan_fd: RawFd, status_fd: RawFd) -> i32 {
     // SAFETY: the node passes these two fds to the init and nothing else owns them.
@@ -163,7 +172,8 @@ pub fn run(plan_fd: RawFd, status_fd: RawFd) -> i32 {
     // SAFETY: as above.
     let mut status = unsafe { File::from_raw_fd(status_fd) };
     quiet_stdio();
-    let result = read_plan(&mut plan_file).and_then(|plan| build(&plan).map(|()| plan));
+    let result = receive_plan(&mut plan_file)
+        .and_then(|(plan, layer)| build(&plan, layer.as_ref()).map(|()| plan));
     drop(plan_file);
     match result {
         Ok(plan) => {
@@ -211,6 +221,21 @@ fn quiet_stdio() {
     }
 }
 
+/// Byte sent before the plan when an id-mapped image fd comes with it.
+pub const WITH_LAYER: u8 = b'L';
+/// Byte sent before the plan when no image fd comes with it.
+pub const WITHOUT_LAYER: u8 = b'P';
+
+fn receive_plan(file: &mut File) -> Result<(InitPlan, Option<std::os::fd::OwnedFd>), InitError> {
+    use std::os::fd::AsFd;
+    let (marker, layer) =
+        super::mountfd::recv_fd(file.as_fd()).map_err(|e| InitError::Plan(e.to_string()))?;
+    if marker == WITH_LAYER && layer.is_none() {
+        return Err(InitError::Plan("the image fd did not arrive".into()));
+    }
+    Ok((read_plan(file)?, layer))
+}
+
 fn read_plan(file: &mut File) -> Result<InitPlan, InitError> {
     let mut text = Vec::new();
     file.take(1 << 20)
@@ -221,7 +246,7 @@ fn read_plan(file: &mut File) -> Result<InitPlan, InitError> {
 
 /// Builds the sliver from the plan (runs inside its namespaces), up to the point where it
 /// may be reported ready.
-pub fn build(plan: &InitPlan) -> Result<(), InitError> {
+pub fn build(plan: &InitPlan, layer: Option<&std::os::fd::OwnedFd>) -> Result<(), InitError> {
     if plan.cgroup_ns {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
             .map_err(|e| step_err("unshare cgroup namespace", e))?;
@@ -231,7 +256,7 @@ pub fn build(plan: &InitPlan) -> Result<(), InitError> {
         configure_net(net)?;
     }
     for step in &plan.steps {
-        run_step(step, plan.defer_detach)?;
+        run_step(step, plan.defer_detach, layer)?;
     }
     chdir("/").map_err(|e| step_err("chdir /", e))?;
     caps::restrict_raw(plan.caps, caps::last_cap())
@@ -321,9 +346,34 @@ fn ensure_file(path: &Path) -> Result<(), InitError> {
         .map_err(|e| step_err(format!("create {}", path.display()), e))
 }
 
-fn run_step(step: &MountStep, defer_detach: bool) -> Result<(), InitError> {
+fn run_step(
+    step: &MountStep,
+    defer_detach: bool,
+    layer: Option<&std::os::fd::OwnedFd>,
+) -> Result<(), InitError> {
     let none: Option<&str> = None;
     match step {
+        MountStep::IdmappedLayer { source, target } => {
+            ensure_dir(target)?;
+            match layer {
+                Some(fd) => {
+                    use std::os::fd::AsFd;
+                    super::mountfd::attach(fd.as_fd(), target).map_err(|e| {
+                        step_err(format!("attach id-mapped image at {}", target.display()), e)
+                    })
+                }
+                None => run_step(
+                    &MountStep::Bind {
+                        source: source.clone(),
+                        target: target.clone(),
+                        readonly: true,
+                        file: false,
+                    },
+                    defer_detach,
+                    None,
+                ),
+            }
+        }
         MountStep::MakePrivate => {
             mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
                 .map_err(|e| step_err("make / private", e))

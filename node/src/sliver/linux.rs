@@ -35,6 +35,7 @@ use super::host::{
     NodeShaping, Orphan, OrphanScope, Shape, Spawned,
 };
 use super::init::{self, InitPlan, READY};
+use super::mountfd;
 use super::netlink::{ETH_P_IP, Netlink};
 use super::rootfs::{self, Image, SliverDirs, UPPER_OWNED_DIRS};
 
@@ -106,6 +107,19 @@ impl LinuxHost {
         Some((fields.get(19)?.parse().ok()?, zombie))
     }
 
+    /// The image at `lower`, id-mapped through the user namespace of `pid`; `None` when this
+    /// host or filesystem cannot id-map it (the init then binds it unmapped).
+    fn idmap_layer(&self, pid: u32, lower: &Path) -> Option<OwnedFd> {
+        let userns = File::open(self.proc_path(pid, "ns/user")).ok()?;
+        match mountfd::idmapped_clone(lower, userns.as_fd()) {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                tracing::debug!("cannot id-map {}: {e}", lower.display());
+                None
+            }
+        }
+    }
+
     fn netlink() -> Result<Netlink, HostError> {
         Ok(Netlink::open()?)
     }
@@ -169,6 +183,8 @@ struct Pending {
     plan: OwnedFd,
     status: OwnedFd,
     child: ChildMemory,
+    /// The image, id-mapped for this sliver, when the host can id-map it.
+    layer: Option<OwnedFd>,
 }
 
 /// What the cloned child reads before exec: fds, the init's path, argv and envp.
@@ -369,6 +385,7 @@ impl Host for LinuxHost {
         };
         mkdir(&dirs.root, 0o755)?;
         mkdir(&dirs.rootfs, 0o755)?;
+        mkdir(&dirs.lower, 0o755)?;
         mkdir(&dirs.upper, 0o755)?;
         chown(&dirs.upper)?;
         // A stale work dir (from a kept upper) must not be reused.
@@ -449,7 +466,13 @@ impl Host for LinuxHost {
 
     fn spawn_init(&self, req: &InitRequest) -> Result<InitHandle, HostError> {
         let (go_r, go_w) = pipe()?;
-        let (plan_r, plan_w) = pipe()?;
+        let (plan_r, plan_w) = nix::sys::socket::socketpair(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::Stream,
+            None,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(sys("socketpair"))?;
         let (status_r, status_w) = pipe()?;
         let path = CString::new(req.init_path.as_os_str().as_encoded_bytes()).map_err(|_| {
             HostError::Init(format!("init path {} has a NUL", req.init_path.display()))
@@ -521,6 +544,10 @@ impl Host for LinuxHost {
                     plan: plan_w,
                     status: status_r,
                     child,
+                    layer: req
+                        .lower
+                        .as_deref()
+                        .and_then(|lower| self.idmap_layer(pid_u, lower)),
                 })),
             }),
             Err(e) => {
@@ -539,7 +566,14 @@ impl Host for LinuxHost {
             .take()
             .and_then(|p| p.downcast::<Pending>().ok())
             .ok_or_else(|| HostError::Init("init was already started".into()))?;
-        let mut go = File::from(pending.go);
+        let Pending {
+            go,
+            plan: plan_sock,
+            status: status_r,
+            child,
+            layer,
+        } = *pending;
+        let mut go = File::from(go);
         go.write_all(b"g").map_err(|e| HostError::Io {
             op: "release init",
             path: PathBuf::new(),
@@ -547,21 +581,26 @@ impl Host for LinuxHost {
         })?;
         drop(go);
         let text = serde_json::to_vec(plan).map_err(|e| HostError::Init(e.to_string()))?;
-        let mut plan_w = File::from(pending.plan);
+        let marker = if layer.is_some() {
+            init::WITH_LAYER
+        } else {
+            init::WITHOUT_LAYER
+        };
         // The init may have died before reading: its error is on the status pipe.
-        let wrote = plan_w.write_all(&text);
-        drop(plan_w);
-        let status = read_status(pending.status, INIT_TIMEOUT);
+        let wrote = mountfd::send_fd(plan_sock.as_fd(), marker, layer.as_ref().map(|f| f.as_fd()))
+            .and_then(|()| File::from(plan_sock).write_all(&text));
+        drop(layer);
+        let status = read_status(status_r, INIT_TIMEOUT);
         // The child has exec'd (the status pipe's write end is only the init's now) or died.
         let status = match status {
             Ok(s) => s,
             Err(e) => {
                 let _ = self.kill_init(init.pid, init.start_time);
-                drop(pending.child);
+                drop(child);
                 return Err(e);
             }
         };
-        drop(pending.child);
+        drop(child);
         if status == READY {
             return Ok(());
         }

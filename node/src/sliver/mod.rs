@@ -24,6 +24,7 @@ pub mod host;
 pub mod htb;
 pub mod init;
 pub mod linux;
+pub mod mountfd;
 pub mod netlink;
 pub mod rootfs;
 pub mod spec;
@@ -471,12 +472,17 @@ impl<H: Host> Slivers<H> {
             .cgroup_create(&record.cgroup, &Self::limits(&spec))
             .map_err(|e| ("create cgroup", e))?;
         done.cgroup = true;
+        let image = match &spec.image {
+            Some(dir) => Image::Directory(dir.clone()),
+            None => self.image.clone(),
+        };
         let req = InitRequest {
             id: spec.id.to_string(),
             uids: record.slot.uids,
             cgroup: record.cgroup.clone(),
             host_pid: spec.host_pid_view,
             init_path: self.config.init_path.clone(),
+            lower: Some(image.lower().to_path_buf()),
         };
         let mut init = self.host.spawn_init(&req).map_err(|e| ("spawn init", e))?;
         record.init_pid = init.pid;
@@ -490,10 +496,6 @@ impl<H: Host> Slivers<H> {
             .shape_add(&record.shape)
             .map_err(|e| ("add egress bucket", e))?;
         done.shape = true;
-        let image = match &spec.image {
-            Some(dir) => Image::Directory(dir.clone()),
-            None => self.image.clone(),
-        };
         let plan = init::InitPlan {
             hostname: spec.id.to_string(),
             steps: rootfs::mount_plan(

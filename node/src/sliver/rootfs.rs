@@ -51,6 +51,8 @@ pub struct SliverDirs {
     pub upper: PathBuf,
     /// The overlay's work dir.
     pub work: PathBuf,
+    /// Where the id-mapped image is attached (inside the sliver's mount namespace only).
+    pub lower: PathBuf,
     /// The mount point of the merged root (inside the sliver's mount namespace only).
     pub rootfs: PathBuf,
     /// The sliver's SSH authorized keys, bound read-only at `/root/.ssh/authorized_keys`.
@@ -64,6 +66,7 @@ impl SliverDirs {
         SliverDirs {
             upper: root.join("upper"),
             work: root.join("work"),
+            lower: root.join("lower"),
             rootfs: root.join("rootfs"),
             keys: root.join("authorized_keys"),
             root,
@@ -101,8 +104,12 @@ pub fn mount_plan(dirs: &SliverDirs, image: &Image, opts: &PlanOptions) -> Vec<M
     let at = |p: &str| root.join(p.trim_start_matches('/'));
     let mut steps = vec![
         MountStep::MakePrivate,
+        MountStep::IdmappedLayer {
+            source: image.lower().to_path_buf(),
+            target: dirs.lower.clone(),
+        },
         MountStep::Overlay {
-            lower: vec![image.lower().to_path_buf()],
+            lower: vec![dirs.lower.clone()],
             upper: dirs.upper.clone(),
             work: dirs.work.clone(),
             target: root.clone(),
@@ -316,15 +323,22 @@ mod tests {
         assert_eq!(steps[0], MountStep::MakePrivate);
         assert_eq!(
             steps[1],
+            MountStep::IdmappedLayer {
+                source: "/state/images/host".into(),
+                target: "/state/slivers/s1/lower".into()
+            }
+        );
+        assert_eq!(
+            steps[2],
             MountStep::Overlay {
-                lower: vec!["/state/images/host".into()],
+                lower: vec!["/state/slivers/s1/lower".into()],
                 upper: "/state/slivers/s1/upper".into(),
                 work: "/state/slivers/s1/work".into(),
                 target: "/state/slivers/s1/rootfs".into(),
             }
         );
         assert_eq!(
-            steps[2],
+            steps[3],
             MountStep::Bind {
                 source: "/usr".into(),
                 target: "/state/slivers/s1/rootfs/usr".into(),

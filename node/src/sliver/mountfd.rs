@@ -1,0 +1,213 @@
+//! Detached, id-mapped mounts and passing them to a sliver's init.
+//!
+//! The reference image belongs to host ids; seen from a sliver's user namespace its files
+//! would belong to nobody, and the sliver's root could not change them (even through the
+//! overlay). So the node clones the image as a detached mount (`open_tree`), id-maps it with
+//! the sliver's user namespace (`mount_setattr` with `MOUNT_ATTR_IDMAP`: host root's files
+//! appear as the sliver root's), and sends the mount's fd to the init over a unix socket
+//! (`SCM_RIGHTS`); the init attaches it in its own mount namespace (`move_mount`) and uses it
+//! as the overlay's lower layer. Raw system calls: nix and libc have no wrappers for these.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+
+/// `OPEN_TREE_CLONE`.
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+/// `MOUNT_ATTR_RDONLY`.
+const MOUNT_ATTR_RDONLY: u64 = 0x0000_0001;
+/// `MOUNT_ATTR_IDMAP`.
+const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+/// `MOVE_MOUNT_F_EMPTY_PATH`.
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x0000_0004;
+
+/// `struct mount_attr`.
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+fn cstring(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path has a NUL"))
+}
+
+fn check(rc: libc::c_long) -> io::Result<libc::c_long> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// A detached, read-only copy of the mount tree at `path`, with the file ids mapped through
+/// the user namespace `userns` (an open `/proc/<pid>/ns/user`).
+pub fn idmapped_clone(path: &Path, userns: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let c = cstring(path)?;
+    // SAFETY: open_tree with a valid NUL-terminated path; returns a new fd or -1.
+    let fd = check(unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+        )
+    })?;
+    let fd = RawFd::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: the kernel just returned this fd; nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_IDMAP | MOUNT_ATTR_RDONLY,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: u64::try_from(userns.as_raw_fd()).unwrap_or(u64::MAX),
+    };
+    // SAFETY: mount_setattr on our fd with an empty path and a valid, correctly sized attr.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    })?;
+    Ok(fd)
+}
+
+/// Attaches the detached mount `fd` at `target` in the caller's mount namespace.
+pub fn attach(fd: BorrowedFd<'_>, target: &Path) -> io::Result<()> {
+    let t = cstring(target)?;
+    // SAFETY: move_mount from our fd (empty path) to a valid NUL-terminated target.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    })
+    .map(|_| ())
+}
+
+/// Room for one `SCM_RIGHTS` message carrying one fd, aligned for `cmsghdr`.
+#[repr(C, align(8))]
+struct CmsgBuf([u8; 64]);
+
+/// Sends one byte and, if given, one fd over the unix socket `sock`.
+pub fn send_fd(sock: BorrowedFd<'_>, byte: u8, fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
+    let mut data = [byte];
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    let mut buf = CmsgBuf([0; 64]);
+    // SAFETY: msghdr is a plain C struct; all-zero is a valid empty value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if let Some(fd) = fd {
+        let raw: RawFd = fd.as_raw_fd();
+        // SAFETY: CMSG_SPACE/CMSG_LEN are pure size computations.
+        let (space, len) = unsafe {
+            (
+                libc::CMSG_SPACE(size_of_fd()) as usize,
+                libc::CMSG_LEN(size_of_fd()) as usize,
+            )
+        };
+        msg.msg_control = buf.0.as_mut_ptr().cast();
+        msg.msg_controllen = space;
+        // SAFETY: the control buffer is large enough and aligned for one cmsghdr plus one fd;
+        // CMSG_FIRSTHDR points into it.
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = len;
+            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), raw);
+        }
+    }
+    // SAFETY: msg points at live buffers for the duration of the call.
+    let rc = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+    if rc != 1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Receives one byte and, if one was sent with it, one fd (close-on-exec).
+pub fn recv_fd(sock: BorrowedFd<'_>) -> io::Result<(u8, Option<OwnedFd>)> {
+    let mut data = [0u8];
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    let mut buf = CmsgBuf([0; 64]);
+    // SAFETY: as in send_fd.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = buf.0.as_mut_ptr().cast();
+    msg.msg_controllen = buf.0.len();
+    // SAFETY: msg points at live buffers for the duration of the call.
+    let rc = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    if rc != 1 {
+        return Err(if rc == 0 {
+            io::Error::new(io::ErrorKind::UnexpectedEof, "no message")
+        } else {
+            io::Error::last_os_error()
+        });
+    }
+    let mut received = None;
+    // SAFETY: the kernel filled msg_control with msg_controllen bytes of cmsgs; we walk them
+    // with the CMSG macros and read at most one fd from an SCM_RIGHTS message.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>());
+                received = Some(OwnedFd::from_raw_fd(fd));
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    Ok((data[0], received))
+}
+
+fn size_of_fd() -> libc::c_uint {
+    std::mem::size_of::<RawFd>() as libc::c_uint
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::os::fd::AsFd;
+    use std::os::unix::net::UnixStream;
+
+    use super::*;
+
+    #[test]
+    fn fds_travel_over_unix_sockets() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(b"through the socket").unwrap();
+        send_fd(a.as_fd(), b'F', Some(file.as_fd())).unwrap();
+        send_fd(a.as_fd(), b'N', None).unwrap();
+        let (byte, fd) = recv_fd(b.as_fd()).unwrap();
+        assert_eq!(byte, b'F');
+        let mut got = std::fs::File::from(fd.unwrap());
+        use std::io::Seek;
+        got.seek(std::io::SeekFrom::Start(0)).unwrap();
+        let mut text = String::new();
+        got.read_to_string(&mut text).unwrap();
+        assert_eq!(text, "through the socket");
+        assert_eq!(recv_fd(b.as_fd()).unwrap().0, b'N');
+    }
+}
