@@ -25,7 +25,11 @@ use slicectl::ops::{Manager, Progress};
 use slicectl::state::State;
 
 /// Every await in these tests is bounded by this.
-pub const WAIT: Duration = Duration::from_secs(30);
+pub const WAIT: Duration = Duration::from_secs(120);
+
+/// The longest one remote call may take. Generous: tickets are biscuit tokens, and minting
+/// and verifying them in a debug build on a loaded machine takes a while.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Awaits `f` for at most [`WAIT`].
 pub async fn within<T>(f: impl Future<Output = T>) -> T {
@@ -128,6 +132,10 @@ impl Testnet {
     /// Starts agents, `per_federation` nodes per federation, a broker; waits until every
     /// agent has every node of its federation in its inventory.
     pub async fn start(per_federation: usize) -> Testnet {
+        static LOGS: std::sync::Once = std::sync::Once::new();
+        if std::env::var_os("RUST_LOG").is_some() {
+            LOGS.call_once(|| federation::daemon::init_tracing(false));
+        }
         let dir = tempfile::tempdir().unwrap();
         let mut plc = TestFederation::new("plc", 100);
         let mut ple = TestFederation::new("ple", 101);
@@ -183,9 +191,8 @@ impl Testnet {
 
         // Nodes, bootstrapping to their federation's agent.
         let mut nodes = Vec::new();
-        for fed_index in 0..2 {
+        for (fed_index, agent) in agents.iter().enumerate() {
             for i in 0..per_federation {
-                let agent = &agents[fed_index];
                 let fed = agent.federation.clone();
                 let site = format!("{fed}-site{i}");
                 let ndir = dir.path().join(format!("node-{fed}-{i}"));
@@ -199,7 +206,7 @@ impl Testnet {
                     "federation = \"{fed}\"\nisolation = \"memory\"\nlisten = [\"/ip4/127.0.0.1/tcp/{}\"]\n\
                      http = \"\"\nbootstrap = [\"{}\"]\n\
                      capacity = \"cpu=4 cores,memory=4GiB,disk=10GiB,egress=100Mbit\"\n\
-                     ad_interval_secs = 1\nad_ttl_secs = 30\n{trust}\
+                     ad_interval_secs = 1\nad_ttl_secs = 120\n{trust}\
                      [[delegations]]\nagent = \"{}\"\nshare = \"cpu=2 cores,memory=2GiB,disk=5GiB,egress=50Mbit\"\n",
                     free_port(),
                     agent.addr,
@@ -223,7 +230,9 @@ impl Testnet {
         // The broker.
         let bdir = dir.path().join("broker");
         std::fs::create_dir_all(&bdir).unwrap();
-        SecretKey::generate().save(&bdir.join("broker.key")).unwrap();
+        SecretKey::generate()
+            .save(&bdir.join("broker.key"))
+            .unwrap();
         let agents_toml: String = agents
             .iter()
             .map(|a| {
@@ -237,7 +246,8 @@ impl Testnet {
             &bdir.join("broker.toml"),
             format!(
                 "federation = \"plc\"\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\nhttp = \"127.0.0.1:0\"\n\
-                 follow = [\"plc\", \"ple\"]\ndiscover_agents = false\ncall_timeout_secs = 5\n{trust}{agents_toml}"
+                 follow = [\"plc\", \"ple\"]\ndiscover_agents = false\ncall_timeout_secs = {}\n{trust}{agents_toml}",
+                CALL_TIMEOUT.as_secs()
             ),
         );
         let config = BrokerConfig::load(&bdir.join("broker.toml")).unwrap();
@@ -286,7 +296,11 @@ impl Testnet {
                         .iter()
                         .filter(|n| n.federation == a.federation && n.running.is_some())
                         .count();
-                    a.running.state.agent.with_inventory(|inv| inv.len()) >= want
+                    let now = federation::unix_now();
+                    a.running.state.agent.with_inventory(|inv| {
+                        inv.expire(now);
+                        inv.len()
+                    }) >= want
                 });
                 if complete {
                     break;
@@ -326,7 +340,7 @@ impl Testnet {
             }
         };
         let settings = Settings {
-            timeout: Duration::from_secs(5),
+            timeout: CALL_TIMEOUT,
             concurrency: 32,
         };
         let session = within(Session::connect(self.identity(), &endpoints, settings))
@@ -359,10 +373,11 @@ impl Testnet {
         write(
             &path,
             format!(
-                "key_file = {:?}\nmembership = {:?}\nstate_dir = {:?}\ntimeout_secs = 5\n{how}{}",
+                "key_file = {:?}\nmembership = {:?}\nstate_dir = {:?}\ntimeout_secs = {}\n{how}{}",
                 self.principal_key_file,
                 self.principal_cert_file,
                 state_dir,
+                CALL_TIMEOUT.as_secs(),
                 trust_toml(&[&self.plc, &self.ple])
             ),
         );
