@@ -652,3 +652,40 @@ fn traces_without_a_record_are_removed_when_the_node_starts() {
     );
     assert_gone(&f, &t);
 }
+
+#[test]
+fn a_kept_upper_dir_comes_back_with_the_next_sliver_of_that_id() {
+    use node::sliver::linux::LinuxHost;
+    use node::sliver::{Orphan, Slivers};
+    let Some(f) = Fixture::new() else { return };
+    f.engine.create(spec("first")).expect("create");
+    let old = f.engine.create(spec("keeper")).expect("create");
+    assert!(
+        sh(
+            &f,
+            "keeper",
+            "echo mine > /root/mine && chown 1000:1000 /root/mine"
+        )
+        .success()
+    );
+    f.engine
+        .destroy(&id("keeper"), true)
+        .expect("destroy keeping the upper dir");
+    assert!(old.dirs.upper.join("root/mine").exists());
+    // A restarted node does not take the kept dir for an orphan.
+    let (_again, report) =
+        Slivers::open(LinuxHost::detect().unwrap(), f.engine.config().clone()).expect("reopen");
+    assert!(
+        !report.orphans.contains(&Orphan::Dir(old.dirs.root.clone())),
+        "{:?}",
+        report.orphans
+    );
+    f.engine.destroy(&id("first"), false).expect("destroy");
+    // The new sliver gets another slot, hence another uid range: the kept files follow it.
+    let new = f.engine.create(spec("keeper")).expect("create again");
+    assert_ne!(new.slot.uids.host_base, old.slot.uids.host_base);
+    let out = sh(&f, "keeper", "cat /root/mine; stat -c '%u %g' /root/mine");
+    assert_eq!(out.stdout_text(), "mine\n1000 1000\n", "{out:?}");
+    let meta = fs::metadata(new.dirs.upper.join("root/mine")).unwrap();
+    assert_eq!(meta.uid(), new.slot.uids.host_base + 1000);
+}

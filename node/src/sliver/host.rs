@@ -265,8 +265,9 @@ pub struct Spawned {
 pub trait Host: Send + Sync {
     /// Makes the reference image skeleton (once per node).
     fn prepare_image(&self, skeleton: &std::path::Path) -> Result<Image, HostError>;
-    /// Makes a sliver's dirs; the upper and work dirs belong to host uid `owner`.
-    fn prepare_dirs(&self, dirs: &SliverDirs, owner: u32) -> Result<(), HostError>;
+    /// Makes a sliver's dirs; the upper and work dirs belong to the sliver's root (the first id
+    /// of `uids`). A kept upper dir from another range is moved to this one.
+    fn prepare_dirs(&self, dirs: &SliverDirs, uids: &UidRange) -> Result<(), HostError>;
     /// Removes a sliver's dirs (keeping the upper dir if asked).
     fn remove_dirs(&self, dirs: &SliverDirs, keep_upper: bool) -> Result<(), HostError>;
     /// Creates a cgroup with its limits.
@@ -475,8 +476,8 @@ impl Host for RecordingHost {
         })
     }
 
-    fn prepare_dirs(&self, dirs: &SliverDirs, owner: u32) -> Result<(), HostError> {
-        self.record(Call::PrepareDirs(dir_name(dirs), owner))?;
+    fn prepare_dirs(&self, dirs: &SliverDirs, uids: &UidRange) -> Result<(), HostError> {
+        self.record(Call::PrepareDirs(dir_name(dirs), uids.host_base))?;
         // Plain dirs (no ownership change): enough for key files in unit tests.
         std::fs::create_dir_all(&dirs.root).map_err(|source| HostError::Io {
             op: "create",

@@ -28,6 +28,7 @@ use nix::sys::wait::{WaitPidFlag, waitpid};
 use nix::unistd::Pid;
 use rtnetlink::packet_route::tc::TcHandle;
 
+use super::alloc::UidRange;
 use super::caps;
 use super::cgroup::{CgroupLimits, Cgroups};
 use super::host::{
@@ -314,6 +315,33 @@ fn read_status(fd: OwnedFd, timeout: Duration) -> Result<String, HostError> {
     Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
+/// Moves the owners of a kept upper dir from the uid range starting at `old_base` to `to`
+/// (ids outside the old range are left alone).
+fn shift_owners(dir: &Path, old_base: u32, to: UidRange) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let shift = |id: u32| {
+        if id >= old_base && id - old_base < to.count {
+            Some(to.host_base + (id - old_base))
+        } else {
+            None
+        }
+    };
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let meta = fs::symlink_metadata(&path)?;
+        let (uid, gid) = (shift(meta.uid()), shift(meta.gid()));
+        if uid.is_some() || gid.is_some() {
+            std::os::unix::fs::lchown(&path, uid, gid)?;
+        }
+        if meta.is_dir() {
+            for entry in fs::read_dir(&path)? {
+                stack.push(entry?.path());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Empties `trash` (every entry in it) on a background thread; one at a time, a bounded queue,
 /// and inline when the queue is full.
 fn empty_trash_later(trash: PathBuf) {
@@ -364,7 +392,8 @@ impl Host for LinuxHost {
         rootfs::make_skeleton(skeleton, &self.host_root).map_err(io_err("make skeleton", skeleton))
     }
 
-    fn prepare_dirs(&self, dirs: &SliverDirs, owner: u32) -> Result<(), HostError> {
+    fn prepare_dirs(&self, dirs: &SliverDirs, uids: &UidRange) -> Result<(), HostError> {
+        let owner = uids.host_base;
         let mkdir = |path: &Path, mode: u32| -> Result<(), HostError> {
             match fs::DirBuilder::new()
                 .recursive(true)
@@ -386,6 +415,14 @@ impl Host for LinuxHost {
         mkdir(&dirs.root, 0o755)?;
         mkdir(&dirs.rootfs, 0o755)?;
         mkdir(&dirs.lower, 0o755)?;
+        // An upper dir kept from an earlier sliver of this id may belong to another uid range.
+        if let Ok(meta) = fs::symlink_metadata(&dirs.upper) {
+            use std::os::unix::fs::MetadataExt;
+            if meta.uid() != owner {
+                shift_owners(&dirs.upper, meta.uid(), *uids)
+                    .map_err(io_err("shift owners", &dirs.upper))?;
+            }
+        }
         mkdir(&dirs.upper, 0o755)?;
         chown(&dirs.upper)?;
         // A stale work dir (from a kept upper) must not be reused.
@@ -416,6 +453,7 @@ impl Host for LinuxHost {
         if keep_upper {
             remove(&dirs.work)?;
             remove(&dirs.rootfs)?;
+            remove(&dirs.lower)?;
             remove(&dirs.keys)
         } else {
             // Removing a tree costs milliseconds per directory on some disks: move it out of
@@ -769,7 +807,19 @@ impl Host for LinuxHost {
             }
         }
         if let Ok(entries) = fs::read_dir(&scope.slivers_dir) {
-            out.extend(entries.flatten().map(|e| Orphan::Dir(e.path())));
+            // A dir holding only an upper dir was kept on purpose (destroy with keep_upper).
+            let kept = |p: &Path| {
+                !p.join("work").exists()
+                    && !p.join("rootfs").exists()
+                    && !p.join("authorized_keys").exists()
+            };
+            out.extend(
+                entries
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| !kept(p))
+                    .map(Orphan::Dir),
+            );
         }
         Ok(out)
     }

@@ -465,7 +465,7 @@ impl<H: Host> Slivers<H> {
     ) -> Result<(), (&'static str, HostError)> {
         let spec = record.spec.clone();
         self.host
-            .prepare_dirs(&record.dirs, record.slot.uids.host_base)
+            .prepare_dirs(&record.dirs, &record.slot.uids)
             .map_err(|e| ("prepare dirs", e))?;
         done.dirs = true;
         self.host
