@@ -6,7 +6,8 @@
 //! p50/p95/p99/max over the ads, next to the hop floor `ceil(ln N / ln D)` (D = mesh degree).
 //!
 //! `cargo bench -p federation --bench propagation`; environment: `PROPAGATION_N` (default
-//! `50,200`), `PROPAGATION_ADS` (default 100).
+//! `50,200`), `PROPAGATION_ADS` (default 100), `PROPAGATION_KAD=1` (Kademlia on; off by
+//! default, so the graph is exactly the random one wired here), `RUST_LOG` (tracing).
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -73,9 +74,10 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
-async fn run(n: usize, ads: usize) {
+async fn run(n: usize, ads: usize, kademlia: bool) {
     let config = OverlayConfig {
         federations: vec!["bench".into()],
+        kademlia,
         target_peers: 0,
         max_connections: 512,
         // Close the connections Kademlia's bootstrap queries opened soon after they go idle,
@@ -241,16 +243,26 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(100);
+    // Off by default: the graph is then exactly the random one wired below, as in the
+    // testnet's simulation mode; on, Kademlia's bootstrap queries add connections of their own.
+    let kademlia = std::env::var("PROPAGATION_KAD").is_ok_and(|v| v == "1");
+    if std::env::var("RUST_LOG").is_ok() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .init();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
     println!(
-        "ad propagation, in-process memory transport, {} worker threads; reference: 95 go-libp2p \
-         nodes on a zero-latency network, 65-154 ms mean; target p95 <= 500 ms at N = 200",
-        std::thread::available_parallelism().map_or(1, |n| n.get())
+        "ad propagation, in-process memory transport, {} worker threads, Kademlia {}; reference: \
+         95 go-libp2p nodes on a zero-latency network, 65-154 ms mean; target p95 <= 500 ms at \
+         N = 200",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        if kademlia { "on" } else { "off" },
     );
     for n in sizes {
-        runtime.block_on(run(n, ads));
+        runtime.block_on(run(n, ads, kademlia));
     }
 }
