@@ -357,6 +357,14 @@ type Samples = std::sync::Arc<std::sync::Mutex<Vec<(std::time::Instant, u64)>>>;
 fn listen(addr: std::net::Ipv4Addr) -> (u16, Samples, std::thread::JoinHandle<()>) {
     use std::io::Read;
     let listener = std::net::TcpListener::bind((addr, 0)).expect("bind");
+    // A large receive window (inherited by the accepted socket), so that a reader starved of
+    // CPU on a busy host does not throttle the sender: the shaper alone must set the rate.
+    nix::sys::socket::setsockopt(
+        &listener,
+        nix::sys::socket::sockopt::RcvBufForce,
+        &(8 << 20),
+    )
+    .expect("SO_RCVBUFFORCE");
     let port = listener.local_addr().unwrap().port();
     let samples: Samples = Default::default();
     let s = samples.clone();
@@ -378,19 +386,6 @@ fn listen(addr: std::net::Ipv4Addr) -> (u16, Samples, std::thread::JoinHandle<()
         }
     });
     (port, samples, handle)
-}
-
-/// Mbit/s delivered between `from` and `to` (measured from the samples).
-fn rate_between(samples: &Samples, from: std::time::Instant, to: std::time::Instant) -> f64 {
-    let s = samples.lock().unwrap();
-    let at = |t: std::time::Instant| {
-        s.iter()
-            .take_while(|(ts, _)| *ts <= t)
-            .last()
-            .map(|(_, b)| *b)
-            .unwrap_or(0)
-    };
-    (at(to) - at(from)) as f64 * 8.0 / (to - from).as_secs_f64() / 1e6
 }
 
 fn send_cmd(to: std::net::Ipv4Addr, port: u16, bytes: u64) -> ExecCommand {
@@ -452,16 +447,37 @@ fn two_busy_slivers_share_a_saturated_node_bucket_equally() {
             .child;
         runs.push((samples, listener, child));
     }
-    let start = std::time::Instant::now();
-    let (from, to) = (
-        start + std::time::Duration::from_millis(500),
-        start + std::time::Duration::from_millis(3200),
-    );
-    let mut rates = Vec::new();
-    for (samples, listener, mut child) in runs {
+    // Measured at the shaper: what each sliver's bucket let through between two moments
+    // (the readers' timing on a busy host does not blur it).
+    let mut nl = Netlink::open().unwrap();
+    let ifb = nl
+        .link_index(&f.engine.config().shaping.ifb)
+        .unwrap()
+        .unwrap();
+    let counters = |nl: &mut Netlink| -> Vec<u64> {
+        let all = nl.class_bytes(ifb).unwrap();
+        recs.iter()
+            .map(|r| {
+                all.iter()
+                    .find(|(h, _)| h.major == 1 && h.minor == r.shape.class_minor)
+                    .map(|(_, b)| *b)
+                    .unwrap_or(0)
+            })
+            .collect()
+    };
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let (t0, c0) = (std::time::Instant::now(), counters(&mut nl));
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let (t1, c1) = (std::time::Instant::now(), counters(&mut nl));
+    let secs = (t1 - t0).as_secs_f64();
+    let rates: Vec<f64> = c0
+        .iter()
+        .zip(&c1)
+        .map(|(a, b)| (b - a) as f64 * 8.0 / secs / 1e6)
+        .collect();
+    for (_samples, listener, mut child) in runs {
         let _ = child.wait();
         listener.join().unwrap();
-        rates.push(rate_between(&samples, from, to));
     }
     eprintln!("two slivers under a 16 Mbit/s node bucket: {rates:.2?} Mbit/s");
     // Each gets half of what the node bucket delivers (TCP payload is ~95% of the wire rate
@@ -524,6 +540,11 @@ fn a_forged_source_address_does_not_leave_the_sliver() {
         received,
         vec![format!("genuine from {}", rec.net.sliver_addr)]
     );
+    // IPv6 from the sliver is dropped on the host side.
+    let v6 = format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", rec.net.host_if);
+    if std::path::Path::new(&v6).exists() {
+        assert_eq!(fs::read_to_string(&v6).unwrap().trim(), "1");
+    }
     // Control: without the host's reverse-path filter the forged packet would come out, so the
     // test does see spoofing when it happens.
     let rp = format!("/proc/sys/net/ipv4/conf/{}/rp_filter", rec.net.host_if);

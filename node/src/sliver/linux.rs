@@ -138,6 +138,16 @@ impl LinuxHost {
             .join(&net.host_if)
             .join("rp_filter");
         fs::write(&rp, "1").map_err(io_err("write", &rp))?;
+        // Slivers speak IPv4 only: IPv6 from a sliver would bypass the shaper and the
+        // reverse-path filter, so the host side drops it.
+        let v6 = self
+            .proc_root
+            .join("sys/net/ipv6/conf")
+            .join(&net.host_if)
+            .join("disable_ipv6");
+        if v6.exists() {
+            fs::write(&v6, "1").map_err(io_err("write", &v6))?;
+        }
         nl.link_up(idx)?;
         Ok(())
     }
@@ -157,6 +167,14 @@ impl LinuxHost {
             classid,
             shape.rate_kbps,
             shape.ceil_kbps,
+        )?;
+        // About 50 ms of traffic at the ceiling, between 16 and 1000 packets.
+        let limit = (shape.ceil_kbps.saturating_mul(1000) / 8 / 20 / 1500).clamp(16, 1000);
+        nl.qdisc_pfifo(
+            ifb,
+            classid,
+            shape.class_minor,
+            u32::try_from(limit).unwrap_or(1000),
         )?;
         nl.filter_classify_src(
             ifb,

@@ -30,6 +30,8 @@ use rtnetlink::{AddressMessageBuilder, LinkMessageBuilder, LinkUnspec, RouteMess
 
 use super::htb;
 
+/// `TCA_OPTIONS`.
+const TCA_OPTIONS: u16 = 2;
 /// `ETH_P_ALL`.
 pub const ETH_P_ALL: u16 = 0x0003;
 /// `ETH_P_IP`.
@@ -418,6 +420,39 @@ impl Netlink {
         )
     }
 
+    /// Adds a packet FIFO of `limit` packets as the leaf qdisc of class `parent`, with handle
+    /// `major:`. (A short queue per bucket keeps queueing delay and tail drops fair.)
+    pub fn qdisc_pfifo(
+        &mut self,
+        index: u32,
+        parent: TcHandle,
+        major: u16,
+        limit: u32,
+    ) -> Result<(), NetlinkError> {
+        let mut msg = Self::tc(
+            index,
+            TcHandle { major, minor: 0 },
+            parent,
+            0,
+            "pfifo",
+            vec![],
+        );
+        // TCA_OPTIONS of a fifo is a bare struct tc_fifo_qopt, not nested attributes.
+        msg.attributes
+            .push(TcAttribute::Other(rtnetlink::packet_core::DefaultNla::new(
+                TCA_OPTIONS,
+                limit.to_ne_bytes().to_vec(),
+            )));
+        self.ack(
+            &format!(
+                "add pfifo under {}:{:x} on link {index}",
+                parent.major, parent.minor
+            ),
+            RouteNetlinkMessage::NewQueueDiscipline(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+    }
+
     /// Deletes class `classid` on link `index`; `false` when there was none.
     pub fn class_delete(&mut self, index: u32, classid: TcHandle) -> Result<bool, NetlinkError> {
         let mut msg = TcMessage::default();
@@ -450,6 +485,35 @@ impl Netlink {
             .into_iter()
             .filter_map(|m| match m {
                 RouteNetlinkMessage::NewTrafficClass(t) => Some(t.header.handle),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Bytes sent so far by each class on link `index` (the HTB counters: what each bucket
+    /// let through, headers included).
+    pub fn class_bytes(&mut self, index: u32) -> Result<Vec<(TcHandle, u64)>, NetlinkError> {
+        use rtnetlink::packet_route::tc::TcStats2;
+        let mut msg = TcMessage::default();
+        msg.header.index = i32::try_from(index).unwrap_or(i32::MAX);
+        let replies = self.request(
+            "dump class counters",
+            RouteNetlinkMessage::GetTrafficClass(msg),
+            NLM_F_DUMP,
+        )?;
+        Ok(replies
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewTrafficClass(t) => {
+                    let bytes = t.attributes.iter().find_map(|a| match a {
+                        TcAttribute::Stats2(stats) => stats.iter().find_map(|s| match s {
+                            TcStats2::Basic(b) => Some(b.bytes),
+                            _ => None,
+                        }),
+                        _ => None,
+                    });
+                    Some((t.header.handle, bytes.unwrap_or(0)))
+                }
                 _ => None,
             })
             .collect())
