@@ -24,6 +24,9 @@ ensure_prereqs() {
   # iproute2: tests inspect namespaces, links and qdiscs from outside (the daemons use netlink).
   need_pkg ip iproute2
   need_pkg tc iproute2
+  need_pkg nsenter util-linux
+  # Headless Chromium: the testnet dashboard test loads the page in a real browser.
+  need_pkg chromium chromium
   if [ "$(id -u)" = 0 ]; then
     for feature in /proc/self/ns/user /proc/self/ns/net /proc/self/ns/cgroup; do
       [ -e "$feature" ] || echo "warning: kernel lacks $feature; sliver tests will fail" >&2

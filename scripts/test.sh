@@ -8,5 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/prereqs.sh
 ensure_prereqs
+echo "== cargo build --workspace --bins (the end-to-end tests run the daemons as processes)"
+cargo build --workspace --bins --locked
 echo "== cargo test --workspace"
 cargo test --workspace --locked "$@"

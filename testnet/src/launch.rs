@@ -58,9 +58,11 @@ pub fn start_host(manifest: &Manifest, host: &HostInfo) -> anyhow::Result<u32> {
         .append(true)
         .open(host.log_file())?;
     let mut command = match (&manifest.network, &host.netns) {
+        // `nsenter --net` enters only the network namespace; `ip netns exec` would also
+        // remount /sys, hiding the cgroup hierarchies the node manager needs.
         (Network::Namespaces, Some(ns)) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", ns]).arg(&bin);
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/run/netns/{ns}")).arg("--").arg(&bin);
             c
         }
         _ => Command::new(&bin),
@@ -138,6 +140,60 @@ pub fn stop_host(host: &HostInfo, grace: Duration, kill9: bool) -> anyhow::Resul
     Ok(true)
 }
 
+/// Removes the (empty, once every sliver is gone) cgroup directories the testnet's nodes used,
+/// in every hierarchy: `planetmesh-tn<tag>` and below, deepest first; rmdir never removes a
+/// cgroup that still has processes.
+fn remove_cgroup_parents(manifest: &Manifest) {
+    let name = format!("planetmesh-tn{}", manifest.tag);
+    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    for hierarchy in hierarchies.flatten() {
+        let root = hierarchy.path().join(&name);
+        if root.is_dir() {
+            remove_dirs_deepest_first(&root);
+        }
+    }
+}
+
+fn remove_dirs_deepest_first(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_dirs_deepest_first(&entry.path());
+            }
+        }
+    }
+    if let Err(e) = std::fs::remove_dir(dir) {
+        eprintln!("warning: cgroup {} not removed: {e}", dir.display());
+    }
+}
+
+/// Destroys every sliver of a stopped node (`nodemgr wipe`, in the node's namespace).
+fn wipe_node(manifest: &Manifest, host: &HostInfo) -> anyhow::Result<()> {
+    let bin = binary(host)?;
+    let mut command = match (&manifest.network, &host.netns) {
+        (Network::Namespaces, Some(ns)) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/run/netns/{ns}")).arg("--").arg(&bin);
+            c
+        }
+        _ => Command::new(&bin),
+    };
+    let out = command
+        .arg("wipe")
+        .arg("--config")
+        .arg(host.config_file())
+        .output()?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "nodemgr wipe: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
 /// Starts every host: nodes first (they are the bootstrap seeds), then agents, then brokers.
 pub fn start_all(manifest: &Manifest) -> anyhow::Result<()> {
     if manifest.network == Network::Namespaces {
@@ -156,6 +212,18 @@ pub fn stop_all(manifest: &Manifest, dir: &Path) -> anyhow::Result<Vec<String>> 
         if stop_host(host, Duration::from_secs(10), false)? {
             stopped.push(host.plan.name.clone());
         }
+    }
+    // Slivers outlive their node manager by design (they are leased); a testnet going away
+    // takes them too, before their namespaces go.
+    if manifest.isolation == "linux" {
+        for host in manifest.of_role(crate::topology::HostRole::Node) {
+            if let Err(e) = wipe_node(manifest, host) {
+                eprintln!("warning: {}: {e:#}", host.plan.name);
+            }
+        }
+    }
+    if manifest.isolation == "linux" {
+        remove_cgroup_parents(manifest);
     }
     if manifest.network == Network::Namespaces {
         netns::remove(manifest)?;

@@ -1,13 +1,19 @@
 //! Local PlanetMesh testnets: the whole system on one machine, to see, break and measure.
 //!
 //! - [`topology`]: how many federations, nodes, agents and brokers, and where each sits;
+//! - [`demo`]: the flow a newcomer wants to see, step by step with times;
 //! - [`generate`]: the testnet directory (authorities, keys, certificates, peering, configs);
 //! - [`launch`]: daemons as real processes, started and ended by pid;
 //! - [`netns`]: hosts in network namespaces on a bridge (root);
-//! - [`probe`]: the daemons' HTTP state and ad convergence.
+//! - [`probe`]: the daemons' HTTP state and ad convergence;
+//! - [`dashboard`]: a live web page of the whole testnet (`testnet dashboard`);
+//! - [`sim`]: thousands of in-process overlay peers: ad convergence and planning at scale.
 
+pub mod dashboard;
+pub mod demo;
 pub mod generate;
 pub mod launch;
 pub mod netns;
 pub mod probe;
+pub mod sim;
 pub mod topology;

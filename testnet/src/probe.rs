@@ -62,11 +62,15 @@ pub fn wait_converged(
     mut progress: impl FnMut(usize, usize),
 ) -> anyhow::Result<Duration> {
     let start = Instant::now();
+    let mut last = None;
     loop {
         let state = convergence(manifest);
         let known: usize = state.iter().map(|(_, k, e)| (*k).min(*e)).sum();
         let expected: usize = state.iter().map(|(_, _, e)| *e).sum();
-        progress(known, expected);
+        if last != Some(known) {
+            progress(known, expected);
+            last = Some(known);
+        }
         if known == expected {
             return Ok(start.elapsed());
         }

@@ -78,6 +78,13 @@ enum Cmd {
         #[arg(long, default_value_t = 60)]
         wait: u64,
     },
+    /// Bring a testnet up (unless one runs in --dir), then acquire a slice across both
+    /// federations, exec in every sliver, renew and delete it, printing each step and its time.
+    Demo {
+        /// Leave the testnet running afterwards (default: take it down).
+        #[arg(long)]
+        keep: bool,
+    },
     /// End every daemon and remove every namespace, link and state the testnet made.
     Down {
         /// Also delete the testnet directory.
@@ -112,6 +119,48 @@ enum Cmd {
     },
     /// Undo every partition.
     Heal,
+    /// Serve a live web page of the testnet: federations, nodes and their load, agents and
+    /// shares, slices and leases.
+    Dashboard {
+        /// Address to serve on.
+        #[arg(long, default_value = "127.0.0.1:8088")]
+        listen: std::net::SocketAddr,
+    },
+    /// Simulate thousands of nodes in one process (libp2p memory transport): ad convergence,
+    /// messages per node and broker planning at scale.
+    Sim {
+        /// Node counts, one run each (e.g. `1000,5000`).
+        #[arg(long, value_delimiter = ',', default_value = "1000")]
+        nodes: Vec<usize>,
+        /// Federations.
+        #[arg(long, default_value_t = 2)]
+        federations: usize,
+        /// Earlier peers of its federation each node dials.
+        #[arg(long, default_value_t = 6)]
+        degree: usize,
+        /// Gossip heartbeat, in milliseconds (the daemons use 1000).
+        #[arg(long, default_value_t = 1000)]
+        heartbeat_ms: u64,
+        /// Spread the first ads over this many seconds (0: every node at the same moment).
+        #[arg(long, default_value_t = 0.0)]
+        boot_secs: f64,
+        /// Every node re-announces this often until convergence, in seconds, as the daemons'
+        /// heartbeat does (0: never; the daemons' default is 15).
+        #[arg(long, default_value_t = 0.0)]
+        reannounce_secs: f64,
+        /// Single ad updates to time after convergence.
+        #[arg(long, default_value_t = 20)]
+        updates: usize,
+        /// Slivers the broker's planner is asked for.
+        #[arg(long, default_value_t = 500)]
+        slivers: u32,
+        /// Longest wait for convergence, in seconds.
+        #[arg(long, default_value_t = 1800)]
+        timeout: u64,
+        /// The benchmark: 1,000 then 5,000 nodes (instead of --nodes).
+        #[arg(long)]
+        bench: bool,
+    },
 }
 
 fn main() {
@@ -175,7 +224,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let took =
                 probe::wait_converged(&manifest, Duration::from_secs(wait), |known, expected| {
-                    eprint!("\r  ads: {known}/{expected} node-agent pairs known   ");
+                    eprintln!("  ads: {known}/{expected} node-agent pairs known");
                 });
             eprintln!();
             let took = took?;
@@ -185,6 +234,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 started.elapsed().as_secs_f64()
             );
             print_usage(&manifest, &dir);
+            Ok(())
+        }
+        Cmd::Demo { keep } => {
+            let fresh = !dir.join("testnet.toml").exists();
+            if fresh {
+                run(Cli {
+                    dir: dir.clone(),
+                    command: default_up(),
+                })?;
+            }
+            let result = testnet::demo::run(&dir);
+            if fresh && !keep {
+                let manifest = Manifest::load(&dir)?;
+                launch::stop_all(&manifest, &dir)?;
+                std::fs::remove_dir_all(&dir)
+                    .with_context(|| format!("removing {}", dir.display()))?;
+                println!("\ntestnet taken down (use --keep to leave it running)");
+            }
+            let took = result?;
+            println!("\ndemo done in {:.2}s", took.as_secs_f64());
             Ok(())
         }
         Cmd::Down { purge } => {
@@ -284,6 +353,45 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("healed");
             Ok(())
         }
+        Cmd::Dashboard { listen } => testnet::dashboard::run_until_interrupted(&dir, listen),
+        Cmd::Sim {
+            nodes,
+            federations,
+            degree,
+            heartbeat_ms,
+            boot_secs,
+            reannounce_secs,
+            updates,
+            slivers,
+            timeout,
+            bench,
+        } => {
+            let sizes = if bench { vec![1000, 5000] } else { nodes };
+            let config = testnet::sim::SimConfig {
+                federations,
+                degree,
+                heartbeat: Duration::from_millis(heartbeat_ms),
+                boot: Duration::from_secs_f64(boot_secs.max(0.0)),
+                reannounce: Duration::from_secs_f64(reannounce_secs.max(0.0)),
+                updates,
+                slivers,
+                timeout: Duration::from_secs(timeout),
+                ..testnet::sim::SimConfig::default()
+            };
+            testnet::sim::run_sizes(&sizes, &config).map(|_| ())
+        }
+    }
+}
+
+fn default_up() -> Cmd {
+    Cmd::Up {
+        federations: 2,
+        nodes: 6,
+        agents: 3,
+        brokers: 1,
+        network: None,
+        isolation: None,
+        wait: 60,
     }
 }
 

@@ -1,0 +1,1242 @@
+//! Simulation at internet-like scale: thousands of overlay peers in one process, to measure
+//! ad convergence and broker planning.
+//!
+//! What runs:
+//! - `nodes` node peers, each a complete federation overlay ([`Overlay::start`]: the libp2p
+//!   memory transport with noise and yamux, identify, ping, Kademlia, gossipsub with ad
+//!   validation, request-response), with its own key and a membership certificate of its
+//!   federation (federations round-robin, sites of [`SITE_SIZE`] nodes), advertising a
+//!   capacity, commitments, a share for its federation's agent and a load that vary from
+//!   node to node;
+//! - one broker peer that follows every federation: its view of the ads is what the planner
+//!   is given.
+//!
+//! How peers are wired (staged start): every peer starts and listens first; then each node
+//! dials `degree` random earlier nodes of its federation (a connected random graph), the
+//! broker dials `degree` random nodes of each federation, and the simulation waits until
+//! every gossip mesh is formed and, optionally, until the connections Kademlia's bootstrap
+//! opened have gone idle (`settle`).
+//!
+//! What is measured, in order:
+//! 1. **Cold convergence**: every node publishes its first ad (all at once, or spread over a
+//!    `boot` window) and then re-announces on a heartbeat (`reannounce`, as the daemons do;
+//!    off by default), until every node holds an ad of every node of its federation and the
+//!    broker holds an ad of every node. Reported: when the last peer got there, per-peer
+//!    completion (p50, p95), and per-ad spread times (first publication until every receiver
+//!    holds it).
+//! 2. **Messages per node**: the validated ads the overlay handed to each peer's daemon
+//!    ([`AdEvent`]s, counted per peer). The overlay exposes no wire-level counter, so gossip
+//!    duplicates, IHAVE/IWANT and mesh control messages are not counted; the report adds an
+//!    estimate of the eager-push copies (validated ads × (mesh size − 1)) and the process CPU
+//!    time per node and per delivery, which does include all of that work.
+//! 3. **Update latency**: single ad updates (a higher `seq`) by random nodes, one at a time
+//!    on the otherwise quiet overlay, each timed until every node of its federation and the
+//!    broker hold it.
+//! 4. **Broker planning**: [`broker::planner::plan`] over the broker's converged view for a
+//!    request of `slivers` slivers spread over many sites.
+//!
+//! Every peer shares the machine's cores: when thousands publish at once, the simulation is
+//! bound by CPU (every delivery is a signature and a certificate check, a decode and a noise
+//! decryption), which one real node, validating only what reaches it, is not.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use broker::planner::{Candidate, plan};
+use capability_schema::ad::{PriceList, ShareState};
+use capability_schema::slice::{SliceConstraints, SliceKind, SliceRequest, SliverTarget};
+use capability_schema::{AcquireMode, PublicKey, ResourceAd, Resources, SecretKey, Signed};
+use federation::overlay::{AdEvent, Multiaddr, OverlayError};
+use federation::testing::{TestFederation, TestNode};
+use federation::{Overlay, OverlayConfig, OverlayHandle, TrustStore, unix_now};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::sync::{Semaphore, broadcast, watch};
+
+/// Nodes per site.
+pub const SITE_SIZE: usize = 3;
+/// Idle timeout of the simulation's connections: Kademlia's bootstrap connections close after
+/// this long unused (gossip meshes keep theirs busy).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Validated ads buffered per node peer for its counter (a counter that falls further behind
+/// is told how many it missed; those are reported as lagged).
+const NODE_AD_QUEUE: usize = 128;
+/// Peers dialing at the same time during setup.
+const DIAL_CONCURRENCY: usize = 128;
+/// Longest wait for one ad update to reach everyone.
+const UPDATE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Lifetime of the simulation's ads.
+const AD_TTL_SECS: u64 = 6 * 3600;
+
+/// What to simulate.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Node peers.
+    pub nodes: usize,
+    /// Federations (nodes round-robin).
+    pub federations: usize,
+    /// Earlier peers of its federation each node dials.
+    pub degree: usize,
+    /// Gossipsub heartbeat (the daemons' default is 1 s).
+    pub heartbeat: Duration,
+    /// Wait after the meshes formed, so Kademlia's bootstrap connections close (0: none).
+    pub settle: Duration,
+    /// First ads are spread evenly over this window (0: all at the same moment).
+    pub boot: Duration,
+    /// Every node re-announces (a higher `seq`) this often until convergence, as the
+    /// daemons' heartbeat does (0: never).
+    pub reannounce: Duration,
+    /// Single ad updates to time after convergence.
+    pub updates: usize,
+    /// Slivers the planner is asked for.
+    pub slivers: u32,
+    /// Longest wait for cold convergence.
+    pub timeout: Duration,
+    /// Seed of the random graph, capacities and publishers.
+    pub seed: u64,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            nodes: 1000,
+            federations: 2,
+            degree: 6,
+            heartbeat: Duration::from_secs(1),
+            settle: IDLE_TIMEOUT + Duration::from_secs(3),
+            boot: Duration::ZERO,
+            reannounce: Duration::ZERO,
+            updates: 20,
+            slivers: 500,
+            timeout: Duration::from_secs(1800),
+            seed: 0x9e37_79b9_7f4a_7c15,
+        }
+    }
+}
+
+/// Nearest-rank percentile of sorted `values`.
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// What a simulation measured.
+#[derive(Debug, Clone, Default)]
+pub struct SimReport {
+    /// Node peers.
+    pub nodes: usize,
+    /// Federations.
+    pub federations: usize,
+    /// Dials per node.
+    pub degree: usize,
+    /// Gossipsub mesh degree `D`.
+    pub mesh_n: usize,
+    /// Gossip heartbeat.
+    pub heartbeat: Duration,
+    /// Boot window of the first ads.
+    pub boot: Duration,
+    /// Re-announce interval (zero: none).
+    pub reannounce: Duration,
+    /// Size of one signed ad on the wire, in bytes.
+    pub ad_bytes: usize,
+    /// Time to start every peer.
+    pub start_time: Duration,
+    /// Time to dial the graph.
+    pub dial_time: Duration,
+    /// Dials that failed even after retries.
+    pub dial_failures: usize,
+    /// Time until every mesh was formed (after dialing).
+    pub mesh_time: Duration,
+    /// Peers whose mesh stayed under `mesh_n_low` (or their federation's size).
+    pub thin_meshes: usize,
+    /// Connections per peer, on average, before publishing.
+    pub connections_per_peer: f64,
+    /// Mesh peers per node, on average, after convergence.
+    pub mesh_per_peer: f64,
+    /// Peak resident memory of the process, in bytes.
+    pub peak_rss: u64,
+    /// Whether every peer got an ad of every node in time.
+    pub converged: bool,
+    /// Per-peer (nodes and broker) completion times, sorted (complete peers only).
+    pub completion: Vec<Duration>,
+    /// When the broker held an ad of every node.
+    pub broker_complete: Option<Duration>,
+    /// Per-ad spread times (first publication until every receiver held the node's ad),
+    /// sorted (complete ads only).
+    pub spread: Vec<Duration>,
+    /// (peer, node) pairs known at the end, and expected.
+    pub delivered: (usize, usize),
+    /// Ads published during cold convergence (first ads and re-announcements).
+    pub published: usize,
+    /// Validated ads handed to each node's daemon during cold convergence, on average.
+    pub ads_per_node: f64,
+    /// Ads the counters only learnt of as "lagged" (not attributed to a node).
+    pub lagged: usize,
+    /// Process CPU time during cold convergence.
+    pub cpu: Duration,
+    /// Wall time of cold convergence (or until the timeout).
+    pub wall: Duration,
+    /// Single-update latencies, sorted.
+    pub updates: Vec<Duration>,
+    /// Updates that did not reach everyone in time.
+    pub updates_lost: usize,
+    /// Ads in the broker's view when planning.
+    pub candidates: usize,
+    /// Slivers asked.
+    pub slivers: u32,
+    /// Planning time, median of several runs.
+    pub plan_time: Duration,
+    /// Slivers chosen.
+    pub chosen: usize,
+    /// Distinct sites chosen.
+    pub chosen_sites: usize,
+    /// Whether the plan met the request.
+    pub satisfiable: bool,
+    /// The planner's explanation.
+    pub explanation: String,
+}
+
+impl SimReport {
+    /// Cold convergence: when the last peer held an ad of every node.
+    pub fn convergence(&self) -> Option<Duration> {
+        self.converged.then(|| self.completion.last().copied())?
+    }
+
+    /// Process CPU per validated delivery during cold convergence.
+    pub fn cpu_per_delivery(&self) -> Duration {
+        let deliveries = (self.ads_per_node * self.nodes as f64) as u32;
+        self.cpu / deliveries.max(1)
+    }
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.2} s", d.as_secs_f64())
+}
+
+fn millis(d: Duration) -> String {
+    format!("{:.0} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.0} MiB", bytes as f64 / f64::from(1u32 << 20))
+}
+
+impl fmt::Display for SimReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let peers = self.nodes + 1;
+        let optional = |d: Duration, what: &str| {
+            if d.is_zero() {
+                format!("{what}: none")
+            } else {
+                format!("{what}: {}", secs(d))
+            }
+        };
+        let rows: Vec<(&str, String)> = vec![
+            (
+                "peers",
+                format!(
+                    "{} nodes in {} federations + 1 broker following all",
+                    self.nodes, self.federations
+                ),
+            ),
+            (
+                "overlay",
+                format!(
+                    "memory transport, noise, yamux, gossipsub D={} heartbeat {}, Kademlia, identify, ping",
+                    self.mesh_n,
+                    millis(self.heartbeat)
+                ),
+            ),
+            (
+                "wiring",
+                format!(
+                    "{} dials per node; {:.1} connections per peer; {:.1} mesh peers per node; {} thin meshes; {} failed dials",
+                    self.degree,
+                    self.connections_per_peer,
+                    self.mesh_per_peer,
+                    self.thin_meshes,
+                    self.dial_failures
+                ),
+            ),
+            (
+                "setup",
+                format!(
+                    "start {} · dial {} · meshes {}",
+                    secs(self.start_time),
+                    secs(self.dial_time),
+                    secs(self.mesh_time)
+                ),
+            ),
+            (
+                "memory",
+                format!(
+                    "peak RSS {} ({:.1} MiB per peer)",
+                    mib(self.peak_rss),
+                    self.peak_rss as f64 / f64::from(1u32 << 20) / peers as f64
+                ),
+            ),
+            (
+                "publishing",
+                format!(
+                    "{}; {}; {} ads published",
+                    optional(self.boot, "boot window"),
+                    optional(self.reannounce, "re-announce"),
+                    self.published
+                ),
+            ),
+            (
+                "cold convergence",
+                match self.convergence() {
+                    Some(all) => format!(
+                        "every peer holds an ad of every node after {} (p50 peer {}, p95 {}); broker {}",
+                        secs(all),
+                        secs(percentile(&self.completion, 50.0)),
+                        secs(percentile(&self.completion, 95.0)),
+                        self.broker_complete.map_or("-".into(), secs)
+                    ),
+                    None => format!(
+                        "NOT converged in {}: {} of {} (peer, node) pairs ({:.2}%), {} of {} peers complete",
+                        secs(self.wall),
+                        self.delivered.0,
+                        self.delivered.1,
+                        100.0 * self.delivered.0 as f64 / self.delivered.1.max(1) as f64,
+                        self.completion.len(),
+                        peers
+                    ),
+                },
+            ),
+            (
+                "spread of each ad",
+                format!(
+                    "{} of {} ads reached all receivers: p50 {} · p95 {} · max {}",
+                    self.spread.len(),
+                    self.nodes,
+                    secs(percentile(&self.spread, 50.0)),
+                    secs(percentile(&self.spread, 95.0)),
+                    secs(self.spread.last().copied().unwrap_or_default())
+                ),
+            ),
+            (
+                "messages per node",
+                format!(
+                    "{:.1} validated ads (AdEvents); ≈{:.0} eager gossip copies sent (estimate: ads × (mesh − 1)); ad {} bytes{}",
+                    self.ads_per_node,
+                    self.ads_per_node * (self.mesh_per_peer - 1.0).max(0.0),
+                    self.ad_bytes,
+                    if self.lagged > 0 {
+                        format!("; {} lagged (unattributed)", self.lagged)
+                    } else {
+                        String::new()
+                    }
+                ),
+            ),
+            (
+                "CPU during convergence",
+                format!(
+                    "{} in {} wall ({:.2} cores busy); {:.1} ms per node; {:.0} µs per validated delivery",
+                    secs(self.cpu),
+                    secs(self.wall),
+                    self.cpu.as_secs_f64() / self.wall.as_secs_f64().max(1e-9),
+                    self.cpu.as_secs_f64() * 1000.0 / self.nodes.max(1) as f64,
+                    self.cpu_per_delivery().as_secs_f64() * 1e6,
+                ),
+            ),
+            (
+                "update latency",
+                if self.updates.is_empty() && self.updates_lost == 0 {
+                    "not measured".into()
+                } else {
+                    format!(
+                        "{} updates, each to all {} of its federation + broker: p50 {} · p95 {} · max {}{}",
+                        self.updates.len(),
+                        self.nodes / self.federations.max(1),
+                        millis(percentile(&self.updates, 50.0)),
+                        millis(percentile(&self.updates, 95.0)),
+                        millis(self.updates.last().copied().unwrap_or_default()),
+                        if self.updates_lost > 0 {
+                            format!(" · {} not delivered everywhere", self.updates_lost)
+                        } else {
+                            String::new()
+                        }
+                    )
+                },
+            ),
+            (
+                "broker planning",
+                format!(
+                    "{} slivers over {} candidate ads: {:.2} ms (median of 5); {} chosen on {} sites; {}",
+                    self.slivers,
+                    self.candidates,
+                    self.plan_time.as_secs_f64() * 1000.0,
+                    self.chosen,
+                    self.chosen_sites,
+                    if self.satisfiable {
+                        "satisfiable".to_owned()
+                    } else {
+                        format!("unsatisfiable: {}", self.explanation)
+                    }
+                ),
+            ),
+        ];
+        let width = rows
+            .iter()
+            .map(|(k, _)| k.chars().count())
+            .max()
+            .unwrap_or(0);
+        for (k, v) in rows {
+            writeln!(f, "  {k:<width$}  {v}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A one-line-per-size comparison of several runs (Markdown).
+pub fn summary_table(reports: &[SimReport]) -> String {
+    let mut out = String::new();
+    out.push_str(
+        "| nodes | cold convergence | p50 / p95 peer | ad spread p50 / p95 | validated ads/node | ≈gossip copies/node | CPU/delivery | update p50 / p95 | plan | peak RSS |\n",
+    );
+    out.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for r in reports {
+        out.push_str(&format!(
+            "| {} | {} | {} / {} | {} / {} | {:.1} | {:.0} | {:.0} µs | {} / {} | {} slivers in {:.1} ms | {} |\n",
+            r.nodes,
+            r.convergence().map_or_else(
+                || format!(
+                    "not in {} ({:.1}%)",
+                    secs(r.wall),
+                    100.0 * r.delivered.0 as f64 / r.delivered.1.max(1) as f64
+                ),
+                secs
+            ),
+            secs(percentile(&r.completion, 50.0)),
+            secs(percentile(&r.completion, 95.0)),
+            secs(percentile(&r.spread, 50.0)),
+            secs(percentile(&r.spread, 95.0)),
+            r.ads_per_node,
+            r.ads_per_node * (r.mesh_per_peer - 1.0).max(0.0),
+            r.cpu_per_delivery().as_secs_f64() * 1e6,
+            millis(percentile(&r.updates, 50.0)),
+            millis(percentile(&r.updates, 95.0)),
+            r.chosen,
+            r.plan_time.as_secs_f64() * 1000.0,
+            mib(r.peak_rss),
+        ));
+    }
+    out
+}
+
+/// CPU time (user + system) this process has used, from `/proc` (zero where unavailable).
+pub fn cpu_time() -> Duration {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return Duration::ZERO;
+    };
+    // After the command name (which ends with ')'): utime and stime are the 12th and 13th
+    // fields, in clock ticks (100 per second on Linux).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
+/// Peak resident memory of this process (`VmHWM`), in bytes.
+pub fn peak_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// What one peer has received, written by its counting task.
+#[derive(Debug, Default)]
+struct PeerTally {
+    /// Which nodes' ads it holds (one bit per node).
+    seen: Vec<AtomicU64>,
+    /// How many bits of `seen` are set.
+    known: AtomicUsize,
+    /// Every validated ad delivered.
+    events: AtomicUsize,
+    /// Ads the counter only learnt of as "lagged".
+    lagged: AtomicUsize,
+    /// Microseconds after the epoch when `known` reached `expected` (0: not yet).
+    complete_us: AtomicU64,
+    /// Nodes whose ads this peer should hold.
+    expected: usize,
+}
+
+impl PeerTally {
+    fn new(nodes: usize, expected: usize) -> PeerTally {
+        PeerTally {
+            seen: (0..nodes.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
+            expected,
+            ..PeerTally::default()
+        }
+    }
+}
+
+/// Who holds one node's ad.
+#[derive(Debug, Default)]
+struct AdTally {
+    /// When its first ad was published (microseconds after the epoch; 0: not yet).
+    published_us: AtomicU64,
+    /// Peers holding an ad of the node.
+    receivers: AtomicUsize,
+    /// When `receivers` reached `expected` (0: not yet).
+    complete_us: AtomicU64,
+    /// Peers that should hold it: the rest of its federation and the broker.
+    expected: usize,
+}
+
+/// What the counting tasks share with the driver.
+#[derive(Debug)]
+struct Shared {
+    epoch: Instant,
+    /// Node key → node index.
+    index: HashMap<PublicKey, usize>,
+    /// Nodes, then the broker.
+    peers: Vec<PeerTally>,
+    /// Per node.
+    ads: Vec<AdTally>,
+    /// The update being timed: (node, seq).
+    update: RwLock<Option<(PublicKey, u64)>>,
+    update_hits: AtomicUsize,
+    update_last_us: AtomicU64,
+    /// The broker's view: the latest ad of every node.
+    broker_view: Mutex<HashMap<PublicKey, ResourceAd>>,
+}
+
+impl Shared {
+    fn now_us(&self) -> u64 {
+        (self.epoch.elapsed().as_micros() as u64).max(1)
+    }
+
+    /// Peer `peer` holds an ad of node `node`.
+    fn holds(&self, peer: usize, node: usize) {
+        let tally = &self.peers[peer];
+        let bit = 1u64 << (node % 64);
+        if tally.seen[node / 64].fetch_or(bit, Ordering::AcqRel) & bit != 0 {
+            return;
+        }
+        if tally.known.fetch_add(1, Ordering::AcqRel) + 1 == tally.expected {
+            tally.complete_us.store(self.now_us(), Ordering::Release);
+        }
+        let ad = &self.ads[node];
+        if ad.receivers.fetch_add(1, Ordering::AcqRel) + 1 == ad.expected {
+            ad.complete_us.store(self.now_us(), Ordering::Release);
+        }
+    }
+
+    fn known(&self) -> usize {
+        self.peers
+            .iter()
+            .map(|t| t.known.load(Ordering::Acquire))
+            .sum()
+    }
+}
+
+/// Counts what `rx` delivers to peer `peer` until the overlay stops.
+async fn counter(
+    mut rx: broadcast::Receiver<AdEvent>,
+    shared: Arc<Shared>,
+    peer: usize,
+    broker: bool,
+) {
+    let tally = &shared.peers[peer];
+    loop {
+        match rx.recv().await {
+            Ok(event) => {
+                tally.events.fetch_add(1, Ordering::Relaxed);
+                if let Some(&node) = shared.index.get(&event.ad.node) {
+                    shared.holds(peer, node);
+                }
+                let timed = *shared.update.read().unwrap_or_else(PoisonError::into_inner);
+                if timed == Some((event.ad.node, event.ad.seq)) {
+                    shared
+                        .update_last_us
+                        .fetch_max(shared.now_us(), Ordering::AcqRel);
+                    shared.update_hits.fetch_add(1, Ordering::AcqRel);
+                }
+                if broker {
+                    shared
+                        .broker_view
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(event.ad.node, event.ad);
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tally.events.fetch_add(n as usize, Ordering::Relaxed);
+                tally.lagged.fetch_add(n as usize, Ordering::Relaxed);
+            }
+            Err(broadcast::error::RecvError::Closed) => break,
+        }
+    }
+}
+
+/// A node of the simulation: what its ads say.
+#[derive(Debug)]
+struct SimNode {
+    node: TestNode,
+    federation: usize,
+    capacity: Resources,
+    committed: Resources,
+    load_milli: u64,
+    /// Its last `seq`.
+    seq: AtomicU64,
+}
+
+impl SimNode {
+    /// Its next ad (a higher `seq`), with `load_milli` measured.
+    fn next_ad(&self, agent: PublicKey, load_milli: u64) -> (u64, Signed<ResourceAd>) {
+        let seq = self.seq.fetch_add(1, Ordering::AcqRel) + 1;
+        let mut body = self.node.ad_body(seq, unix_now(), AD_TTL_SECS);
+        body.capacity = self.capacity;
+        body.committed = self.committed;
+        // The federation's agent holds a share of three quarters of the node.
+        let share = Resources {
+            cpu_millis: self.capacity.cpu_millis * 3 / 4,
+            memory_bytes: self.capacity.memory_bytes / 4 * 3,
+            disk_bytes: self.capacity.disk_bytes / 4 * 3,
+            egress_kbps: self.capacity.egress_kbps * 3 / 4,
+        };
+        body.shares = vec![ShareState {
+            agent,
+            share,
+            committed: self.committed,
+            free: share
+                .saturating_sub(&self.committed)
+                .min(&self.capacity.saturating_sub(&self.committed)),
+        }];
+        body.measured.load_milli = load_milli;
+        (seq, Signed::sign(&self.node.key, &body))
+    }
+}
+
+fn random_node(rng: &mut StdRng, node: TestNode, federation: usize) -> SimNode {
+    let cores: u64 = [2, 4, 4, 8, 8, 16, 32][rng.gen_range(0..7)];
+    let capacity = Resources {
+        cpu_millis: cores * 1000,
+        memory_bytes: cores * (2 << 30),
+        disk_bytes: (50 + rng.gen_range(0..450)) << 30,
+        egress_kbps: [10_000, 100_000, 1_000_000][rng.gen_range(0..3)],
+    };
+    let committed = Resources {
+        cpu_millis: capacity.cpu_millis * rng.gen_range(0..70) / 100,
+        memory_bytes: capacity.memory_bytes / 100 * rng.gen_range(0..70),
+        disk_bytes: capacity.disk_bytes / 100 * rng.gen_range(0..50),
+        egress_kbps: capacity.egress_kbps / 100 * rng.gen_range(0..50),
+    };
+    SimNode {
+        node,
+        federation,
+        capacity,
+        committed,
+        load_milli: rng.gen_range(0..cores * 1000),
+        seq: AtomicU64::new(0),
+    }
+}
+
+/// Dials `addr` from `handle`, retrying a few times (a popular peer may refuse while too many
+/// connections are being set up).
+async fn dial(handle: &OverlayHandle, addr: &Multiaddr) -> Result<(), OverlayError> {
+    let mut last = Ok(());
+    for attempt in 0..4u64 {
+        match handle.dial(addr.clone()).await {
+            Ok(_) => return Ok(()),
+            Err(e) => last = Err(e),
+        }
+        tokio::time::sleep(Duration::from_millis(200 * (attempt + 1))).await;
+    }
+    last
+}
+
+/// Publishes `ad`, retrying a while when no peer follows its federation yet.
+async fn publish(handle: &OverlayHandle, ad: Signed<ResourceAd>) -> Result<(), OverlayError> {
+    for _ in 0..50 {
+        match handle.publish_ad(ad.clone()).await {
+            Err(OverlayError::NoPeers { .. }) => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            other => return other,
+        }
+    }
+    handle.publish_ad(ad).await
+}
+
+/// Everything the announcer needs.
+struct Announcer {
+    shared: Arc<Shared>,
+    nodes: Arc<Vec<SimNode>>,
+    handles: Vec<OverlayHandle>,
+    agents: Vec<PublicKey>,
+    /// Offset of each node's first ad after the start.
+    offsets: Vec<Duration>,
+    reannounce: Duration,
+    published: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+}
+
+impl Announcer {
+    /// Publishes every node's first ad at its offset, then (with `reannounce`) a new ad per
+    /// node every `reannounce`, until `stop`.
+    async fn run(self, mut stop: watch::Receiver<bool>) {
+        let start = tokio::time::Instant::now();
+        let mut queue: BinaryHeap<Reverse<(Duration, usize)>> = self
+            .offsets
+            .iter()
+            .enumerate()
+            .map(|(i, at)| Reverse((*at, i)))
+            .collect();
+        while let Some(Reverse((at, i))) = queue.pop() {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                () = tokio::time::sleep_until(start + at) => {}
+            }
+            let sim = &self.nodes[i];
+            let (seq, ad) = sim.next_ad(self.agents[sim.federation], sim.load_milli);
+            if seq == 1 {
+                self.shared.ads[i]
+                    .published_us
+                    .store(self.shared.now_us(), Ordering::Release);
+            }
+            let handle = self.handles[i].clone();
+            let (published, failed) = (self.published.clone(), self.failed.clone());
+            tokio::spawn(async move {
+                match publish(&handle, ad).await {
+                    Ok(()) => published.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            });
+            if !self.reannounce.is_zero() {
+                queue.push(Reverse((at + self.reannounce, i)));
+            }
+        }
+    }
+}
+
+/// Runs one simulation; `progress` hears what happens (one line at a time).
+pub async fn run(config: &SimConfig, mut progress: impl FnMut(&str)) -> anyhow::Result<SimReport> {
+    anyhow::ensure!(config.nodes >= 2, "a simulation needs at least 2 nodes");
+    anyhow::ensure!(
+        config.federations >= 1 && config.federations * 2 <= config.nodes,
+        "between 1 and {} federations (at least two nodes each)",
+        config.nodes / 2
+    );
+    anyhow::ensure!(config.degree >= 1, "every node must dial at least one peer");
+    let n = config.nodes;
+    let f = config.federations;
+    let mut rng = StdRng::seed_from_u64(config.seed ^ n as u64);
+    let base = OverlayConfig {
+        target_peers: 0,
+        max_connections: 1024,
+        idle_timeout: IDLE_TIMEOUT,
+        gossip_heartbeat: config.heartbeat,
+        ad_queue: NODE_AD_QUEUE,
+        command_queue: 64,
+        ..OverlayConfig::memory()
+    };
+    let mut report = SimReport {
+        nodes: n,
+        federations: f,
+        degree: config.degree,
+        mesh_n: base.mesh_n,
+        heartbeat: config.heartbeat,
+        boot: config.boot,
+        reannounce: config.reannounce,
+        slivers: config.slivers,
+        ..SimReport::default()
+    };
+
+    // Federations, one trust store for every peer, an agent key and prices per federation.
+    let mut federations: Vec<TestFederation> = (0..f)
+        .map(|i| TestFederation::new(&format!("fed{i}"), 100u8.wrapping_add(i as u8)))
+        .collect();
+    let names: Vec<String> = federations.iter().map(|x| x.name().to_owned()).collect();
+    let mut store = TrustStore::new();
+    for federation in &federations {
+        federation.trust(&mut store);
+    }
+    let trust = Arc::new(RwLock::new(store));
+    let agents: Vec<PublicKey> = (0..f).map(|_| SecretKey::generate().public()).collect();
+    let prices: Vec<PriceList> = (0..f as u64)
+        .map(|i| PriceList {
+            cpu_core_hour: 10 + 7 * i,
+            memory_gib_hour: 2 + i,
+            ..PriceList::default()
+        })
+        .collect();
+
+    // Nodes: keys, certificates, what they advertise.
+    let nodes: Vec<SimNode> = (0..n)
+        .map(|i| {
+            let fed = i % f;
+            let site = format!("{}-site{}", names[fed], (i / f) / SITE_SIZE);
+            let node = federations[fed].node_with_key(SecretKey::generate(), &site);
+            random_node(&mut rng, node, fed)
+        })
+        .collect();
+    let fed_size: Vec<usize> = (0..f)
+        .map(|x| nodes.iter().filter(|s| s.federation == x).count())
+        .collect();
+    report.ad_bytes = nodes[0].node.ad(0, unix_now(), 60).to_bytes().len();
+
+    let mut peers: Vec<PeerTally> = nodes
+        .iter()
+        .map(|s| PeerTally::new(n, fed_size[s.federation] - 1))
+        .collect();
+    peers.push(PeerTally::new(n, n));
+    let shared = Arc::new(Shared {
+        epoch: Instant::now(),
+        index: nodes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.node.key.public(), i))
+            .collect(),
+        peers,
+        ads: nodes
+            .iter()
+            .map(|s| AdTally {
+                expected: fed_size[s.federation],
+                ..AdTally::default()
+            })
+            .collect(),
+        update: RwLock::new(None),
+        update_hits: AtomicUsize::new(0),
+        update_last_us: AtomicU64::new(0),
+        broker_view: Mutex::new(HashMap::new()),
+    });
+    let nodes = Arc::new(nodes);
+
+    // 1. Start every peer (nodes, then the broker) and its counter.
+    progress(&format!("starting {n} node peers and a broker"));
+    let started = Instant::now();
+    let mut handles: Vec<OverlayHandle> = Vec::with_capacity(n);
+    let mut addrs: Vec<Multiaddr> = Vec::with_capacity(n);
+    for (i, sim) in nodes.iter().enumerate() {
+        let config = OverlayConfig {
+            federations: vec![names[sim.federation].clone()],
+            ..base.clone()
+        };
+        let handle = Overlay::start(&sim.node.key, config, trust.clone())
+            .await
+            .with_context(|| format!("starting node peer {i}"))?;
+        let addr = handle
+            .listen_addrs()
+            .await?
+            .into_iter()
+            .next()
+            .context("a peer without a listen address")?;
+        tokio::spawn(counter(handle.ads(), shared.clone(), i, false));
+        handles.push(handle);
+        addrs.push(addr);
+        if (i + 1) % 1000 == 0 {
+            progress(&format!("  {} peers started", i + 1));
+        }
+    }
+    let broker_config = OverlayConfig {
+        federations: names.clone(),
+        ad_queue: n + 64,
+        ..base.clone()
+    };
+    let broker = Overlay::start(&SecretKey::generate(), broker_config, trust.clone()).await?;
+    tokio::spawn(counter(broker.ads(), shared.clone(), n, true));
+    report.start_time = started.elapsed();
+
+    // 2. Wire the graph: each node dials `degree` random earlier nodes of its federation;
+    //    the broker dials `degree` random nodes of each federation.
+    progress("dialing the graph");
+    let dialing = Instant::now();
+    let by_fed: Vec<Vec<usize>> = (0..f)
+        .map(|x| (0..n).filter(|i| nodes[*i].federation == x).collect())
+        .collect();
+    let mut plans: Vec<(OverlayHandle, Vec<usize>)> = Vec::with_capacity(n + 1);
+    for members in &by_fed {
+        for (pos, &i) in members.iter().enumerate() {
+            let k = config.degree.min(pos);
+            let picked = rand::seq::index::sample(&mut rng, pos.max(1), k);
+            plans.push((
+                handles[i].clone(),
+                picked.into_iter().map(|p| members[p]).collect(),
+            ));
+        }
+    }
+    let mut broker_targets = Vec::new();
+    for members in &by_fed {
+        let k = config.degree.min(members.len());
+        broker_targets.extend(
+            rand::seq::index::sample(&mut rng, members.len(), k)
+                .into_iter()
+                .map(|p| members[p]),
+        );
+    }
+    plans.push((broker.clone(), broker_targets));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let limit = Arc::new(Semaphore::new(DIAL_CONCURRENCY));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (handle, targets) in plans {
+        let permit = limit.clone().acquire_owned().await?;
+        let targets: Vec<Multiaddr> = targets.iter().map(|t| addrs[*t].clone()).collect();
+        let failures = failures.clone();
+        tasks.spawn(async move {
+            for addr in &targets {
+                if dial(&handle, addr).await.is_err() {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            drop(permit);
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    report.dial_failures = failures.load(Ordering::Relaxed);
+    report.dial_time = dialing.elapsed();
+
+    // 3. Wait until every peer relays to a mesh of its own.
+    progress("waiting for the gossip meshes");
+    let meshing = Instant::now();
+    let mesh_deadline =
+        Instant::now() + Duration::from_secs(60) + Duration::from_millis(20 * n as u64);
+    loop {
+        let mut thin = 0;
+        for (i, handle) in handles.iter().enumerate() {
+            let fed = nodes[i].federation;
+            let want = base.mesh_n_low.min(fed_size[fed] - 1);
+            if handle.mesh_peers(&names[fed]).await?.len() < want {
+                thin += 1;
+            }
+        }
+        for (fed, name) in names.iter().enumerate() {
+            let want = base.mesh_n_low.min(fed_size[fed]).min(config.degree);
+            if broker.mesh_peers(name).await?.len() < want {
+                thin += 1;
+            }
+        }
+        report.thin_meshes = thin;
+        if thin == 0 || Instant::now() > mesh_deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    report.mesh_time = meshing.elapsed();
+    if !config.settle.is_zero() {
+        progress(&format!(
+            "letting Kademlia's bootstrap connections go idle ({:.0} s)",
+            config.settle.as_secs_f64()
+        ));
+        tokio::time::sleep(config.settle).await;
+    }
+    let mut connections = 0;
+    for handle in handles.iter().chain(std::iter::once(&broker)) {
+        connections += handle.connected_peers().await?.len();
+    }
+    report.connections_per_peer = connections as f64 / (n + 1) as f64;
+
+    // 4. Cold convergence.
+    let expected: usize = shared.peers.iter().map(|t| t.expected).sum();
+    progress(&format!(
+        "every node publishes its ad; waiting until {expected} (peer, node) pairs are known"
+    ));
+    let mut order: Vec<usize> = (0..n).collect();
+    rand::seq::SliceRandom::shuffle(&mut order[..], &mut rng);
+    let mut offsets = vec![Duration::ZERO; n];
+    for (rank, &i) in order.iter().enumerate() {
+        offsets[i] = config.boot.mul_f64(rank as f64 / n as f64);
+    }
+    let published = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let cpu_before = cpu_time();
+    let started_us = shared.now_us();
+    let wall = Instant::now();
+    let announcer = tokio::spawn(
+        Announcer {
+            shared: shared.clone(),
+            nodes: nodes.clone(),
+            handles: handles.clone(),
+            agents: agents.clone(),
+            offsets,
+            reannounce: config.reannounce,
+            published: published.clone(),
+            failed: failed.clone(),
+        }
+        .run(stop_rx),
+    );
+    let deadline = Instant::now() + config.timeout;
+    let mut last_report = Instant::now();
+    loop {
+        let known = shared.known();
+        if known >= expected || Instant::now() > deadline {
+            report.delivered = (known, expected);
+            break;
+        }
+        if last_report.elapsed() >= Duration::from_secs(10) {
+            last_report = Instant::now();
+            let complete = shared
+                .peers
+                .iter()
+                .filter(|t| t.complete_us.load(Ordering::Acquire) > 0)
+                .count();
+            progress(&format!(
+                "  {:.0} s: {:.2}% known, {complete} of {} peers complete, {} ads published, CPU {:.0} s",
+                wall.elapsed().as_secs_f64(),
+                100.0 * known as f64 / expected as f64,
+                n + 1,
+                published.load(Ordering::Relaxed),
+                cpu_time().saturating_sub(cpu_before).as_secs_f64()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    report.wall = wall.elapsed();
+    report.cpu = cpu_time().saturating_sub(cpu_before);
+    let _ = stop_tx.send(true);
+    let _ = announcer.await;
+    report.published = published.load(Ordering::Relaxed);
+    let failed = failed.load(Ordering::Relaxed);
+    if failed > 0 {
+        progress(&format!("{failed} ads could not be published"));
+    }
+    report.converged = report.delivered.0 >= report.delivered.1;
+    let after = |us: u64, from: u64| Duration::from_micros(us.saturating_sub(from));
+    let mut completion: Vec<Duration> = shared
+        .peers
+        .iter()
+        .filter_map(|t| {
+            let us = t.complete_us.load(Ordering::Acquire);
+            (us > 0).then(|| after(us, started_us))
+        })
+        .collect();
+    completion.sort();
+    report.completion = completion;
+    let broker_us = shared.peers[n].complete_us.load(Ordering::Acquire);
+    report.broker_complete = (broker_us > 0).then(|| after(broker_us, started_us));
+    let mut spread: Vec<Duration> = shared
+        .ads
+        .iter()
+        .filter_map(|a| {
+            let done = a.complete_us.load(Ordering::Acquire);
+            (done > 0).then(|| after(done, a.published_us.load(Ordering::Acquire)))
+        })
+        .collect();
+    spread.sort();
+    report.spread = spread;
+    report.ads_per_node = shared.peers[..n]
+        .iter()
+        .map(|t| t.events.load(Ordering::Relaxed))
+        .sum::<usize>() as f64
+        / n as f64;
+    report.lagged = shared
+        .peers
+        .iter()
+        .map(|t| t.lagged.load(Ordering::Relaxed))
+        .sum();
+    let mut mesh = 0;
+    for (i, handle) in handles.iter().enumerate() {
+        mesh += handle.mesh_peers(&names[nodes[i].federation]).await?.len();
+    }
+    report.mesh_per_peer = mesh as f64 / n as f64;
+
+    // 5. Single updates, one at a time, on the quiet overlay.
+    if report.converged && config.updates > 0 {
+        progress(&format!("timing {} single ad updates", config.updates));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        for _ in 0..config.updates {
+            let i = rng.gen_range(0..n);
+            let sim = &nodes[i];
+            let load = rng.gen_range(0..sim.capacity.cpu_millis);
+            let (seq, ad) = sim.next_ad(agents[sim.federation], load);
+            let expected = fed_size[sim.federation];
+            shared.update_hits.store(0, Ordering::Release);
+            shared.update_last_us.store(0, Ordering::Release);
+            *shared
+                .update
+                .write()
+                .unwrap_or_else(PoisonError::into_inner) = Some((sim.node.key.public(), seq));
+            let start_us = shared.now_us();
+            publish(&handles[i], ad).await?;
+            let deadline = Instant::now() + UPDATE_TIMEOUT;
+            while shared.update_hits.load(Ordering::Acquire) < expected && Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            if shared.update_hits.load(Ordering::Acquire) >= expected {
+                let last = shared.update_last_us.load(Ordering::Acquire);
+                report.updates.push(after(last, start_us));
+            } else {
+                report.updates_lost += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        report.updates.sort();
+    }
+
+    // 6. Broker planning over the broker's view.
+    let candidates: Vec<Candidate> = {
+        let view = shared
+            .broker_view
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        view.values()
+            .filter_map(|ad| {
+                let fed = names.iter().position(|x| *x == ad.federation)?;
+                let share = ad.shares.first()?;
+                Some(Candidate {
+                    node: ad.node,
+                    federation: ad.federation.clone(),
+                    site: ad.site.clone(),
+                    agent: share.agent,
+                    free: share.free,
+                    prices: prices[fed],
+                    load_milli: ad.measured.load_milli,
+                })
+            })
+            .collect()
+    };
+    report.candidates = candidates.len();
+    let sites = candidates
+        .iter()
+        .map(|c| c.site.as_str())
+        .collect::<HashSet<_>>()
+        .len();
+    let request = SliceRequest {
+        name: "fed0-site0_sim".into(),
+        principal: SecretKey::generate().public(),
+        principal_federation: names[0].clone(),
+        kind: SliceKind::Regular,
+        per_sliver: Resources {
+            cpu_millis: 1000,
+            memory_bytes: 1 << 30,
+            disk_bytes: 10 << 30,
+            egress_kbps: 5_000,
+        },
+        target: SliverTarget::Count(config.slivers),
+        constraints: SliceConstraints {
+            federations: names.clone(),
+            min_sites: (config.slivers / 2).min(sites as u32 / 2),
+            exclude_nodes: Vec::new(),
+            max_price: None,
+        },
+        duration_secs: 3600,
+        mode: AcquireMode::BestEffort,
+    };
+    let mut times = Vec::new();
+    let mut last_plan = None;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let p = plan(&request, &candidates);
+        times.push(t.elapsed());
+        last_plan = Some(p);
+    }
+    times.sort();
+    report.plan_time = times[times.len() / 2];
+    if let Some(p) = last_plan {
+        report.chosen = p.chosen.len();
+        report.chosen_sites = p
+            .chosen
+            .iter()
+            .map(|s| s.site.as_str())
+            .collect::<HashSet<_>>()
+            .len();
+        report.satisfiable = p.satisfiable;
+        report.explanation = p.explanation;
+    }
+    report.peak_rss = peak_rss();
+
+    progress("shutting the peers down");
+    for handle in handles.iter().chain(std::iter::once(&broker)) {
+        handle.shutdown().await;
+    }
+    Ok(report)
+}
+
+/// Runs one simulation per node count in `sizes` (each in a fresh runtime), printing each
+/// report, then a comparison table.
+pub fn run_sizes(sizes: &[usize], config: &SimConfig) -> anyhow::Result<Vec<SimReport>> {
+    let mut reports = Vec::new();
+    for &nodes in sizes {
+        let config = SimConfig {
+            nodes,
+            ..config.clone()
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("building the tokio runtime")?;
+        println!(
+            "== simulation: {nodes} nodes, {} federations, {} dials per node ({} worker threads)",
+            config.federations,
+            config.degree,
+            std::thread::available_parallelism().map_or(1, |p| p.get())
+        );
+        let started = Instant::now();
+        let report = runtime.block_on(run(&config, |line| eprintln!("   {line}")))?;
+        runtime.shutdown_timeout(Duration::from_secs(10));
+        println!("{report}");
+        println!("   (whole run {:.1} s)\n", started.elapsed().as_secs_f64());
+        reports.push(report);
+    }
+    if reports.len() > 1 {
+        println!("{}", summary_table(&reports));
+    }
+    Ok(reports)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_take_the_nearest_rank() {
+        let v: Vec<Duration> = (1..=10).map(Duration::from_secs).collect();
+        assert_eq!(percentile(&v, 50.0), Duration::from_secs(5));
+        assert_eq!(percentile(&v, 95.0), Duration::from_secs(10));
+        assert_eq!(percentile(&[], 50.0), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_peer_counts_each_node_once_and_completes_at_the_last() {
+        let shared = Shared {
+            epoch: Instant::now(),
+            index: HashMap::new(),
+            peers: vec![PeerTally::new(70, 2), PeerTally::new(70, 1)],
+            ads: (0..70)
+                .map(|_| AdTally {
+                    expected: 2,
+                    ..AdTally::default()
+                })
+                .collect(),
+            update: RwLock::new(None),
+            update_hits: AtomicUsize::new(0),
+            update_last_us: AtomicU64::new(0),
+            broker_view: Mutex::new(HashMap::new()),
+        };
+        shared.holds(0, 65);
+        shared.holds(0, 65);
+        assert_eq!(shared.peers[0].known.load(Ordering::Relaxed), 1);
+        assert_eq!(shared.peers[0].complete_us.load(Ordering::Relaxed), 0);
+        shared.holds(0, 3);
+        assert!(shared.peers[0].complete_us.load(Ordering::Relaxed) > 0);
+        assert_eq!(shared.ads[65].complete_us.load(Ordering::Relaxed), 0);
+        shared.holds(1, 65);
+        assert!(shared.ads[65].complete_us.load(Ordering::Relaxed) > 0);
+        assert_eq!(shared.known(), 3);
+    }
+}
