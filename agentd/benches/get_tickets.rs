@@ -29,7 +29,10 @@ fn main() {
         egress_kbps: 1 << 30,
     };
     let config = PolicyConfig {
-        default_quota: Quota { max_slivers: None, max_total: None },
+        default_quota: Quota {
+            max_slivers: None,
+            max_total: None,
+        },
         ..PolicyConfig::default()
     };
     let agent = Agent::new(AgentParts {
