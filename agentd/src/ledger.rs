@@ -62,11 +62,31 @@ impl TicketRecord {
     }
 }
 
+/// What counting needs of one ticket, kept in memory so a request never decodes the ledger.
+#[derive(Debug, Clone, Copy)]
+struct Live {
+    node: PublicKey,
+    principal: PublicKey,
+    resources: Resources,
+    not_after: u64,
+}
+
 /// The agent's ledger.
 #[derive(Debug)]
 pub struct TicketLedger {
     db: Database,
     path: PathBuf,
+    /// Tickets not released, by id.
+    live: std::sync::Mutex<BTreeMap<String, Live>>,
+}
+
+fn live_of(record: &TicketRecord) -> Live {
+    Live {
+        node: record.node,
+        principal: record.principal,
+        resources: record.resources,
+        not_after: record.not_after,
+    }
 }
 
 impl TicketLedger {
@@ -81,10 +101,25 @@ impl TicketLedger {
         txn.open_table(TICKETS)
             .map_err(|e| storage(e.to_string()))?;
         txn.commit().map_err(|e| storage(e.to_string()))?;
-        Ok(TicketLedger {
+        let ledger = TicketLedger {
             db,
             path: path.to_owned(),
-        })
+            live: Default::default(),
+        };
+        let live = ledger
+            .all()?
+            .iter()
+            .filter(|r| !r.released)
+            .map(|r| (r.ticket_id.clone(), live_of(r)))
+            .collect();
+        *ledger.lock() = live;
+        Ok(ledger)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Live>> {
+        self.live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn storage(&self, e: impl std::fmt::Display) -> LedgerError {
@@ -112,7 +147,12 @@ impl TicketLedger {
                     .map_err(|e| self.storage(e))?;
             }
         }
-        txn.commit().map_err(|e| self.storage(e))
+        txn.commit().map_err(|e| self.storage(e))?;
+        let mut live = self.lock();
+        for record in records {
+            live.insert(record.ticket_id.clone(), live_of(record));
+        }
+        Ok(())
     }
 
     /// Marks tickets released; returns how many the ledger knew.
@@ -139,6 +179,10 @@ impl TicketLedger {
             }
         }
         txn.commit().map_err(|e| self.storage(e))?;
+        let mut live = self.lock();
+        for id in ticket_ids {
+            live.remove(id);
+        }
         Ok(known)
     }
 
@@ -154,18 +198,17 @@ impl TicketLedger {
         Ok(out)
     }
 
-    /// What is outstanding at `now`: per node, and per principal.
+    /// What is outstanding at `now`: per node, and per principal (from the in-memory index of
+    /// unreleased tickets, so no record is decoded).
     pub fn outstanding(&self, now: u64) -> Result<Outstanding, LedgerError> {
         let mut out = Outstanding::default();
-        for record in self.all()?.into_iter().filter(|r| r.outstanding(now)) {
-            let node = out.by_node.entry(record.node).or_default();
-            *node = node.checked_add(&record.resources).unwrap_or(*node);
-            let usage = out.by_principal.entry(record.principal).or_default();
+        let live = self.lock();
+        for t in live.values().filter(|t| now < t.not_after) {
+            let node = out.by_node.entry(t.node).or_default();
+            *node = node.checked_add(&t.resources).unwrap_or(*node);
+            let usage = out.by_principal.entry(t.principal).or_default();
             usage.slivers = usage.slivers.saturating_add(1);
-            usage.total = usage
-                .total
-                .checked_add(&record.resources)
-                .unwrap_or(usage.total);
+            usage.total = usage.total.checked_add(&t.resources).unwrap_or(usage.total);
         }
         Ok(out)
     }
