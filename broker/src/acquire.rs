@@ -594,6 +594,14 @@ impl<C: AgentClient> Acquirer<C> {
             message.push_str("; ");
             message.push_str(&plan.explanation);
         }
+        if !plan.rejected.is_empty() {
+            let groups: Vec<String> = plan
+                .rejected
+                .iter()
+                .map(|g| format!("{} nodes: {}", g.count, g.reason))
+                .collect();
+            message.push_str(&format!(" (not picked: {})", groups.join(", ")));
+        }
         if !report.is_empty() {
             message.push_str(" [");
             message.push_str(&report.join("; "));

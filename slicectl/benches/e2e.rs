@@ -1,1 +1,132 @@
-fn main() {}
+//! End-to-end benchmark: a 20-sliver slice across two federations, from `slice create` to all
+//! leases held, on a local testnet in this process (10 memory-isolation nodes per federation,
+//! one agent each, one broker, loopback TCP; real daemons, no sliver isolation).
+//!
+//! Measured three ways, each run on a fresh client and a new slice name, deleted after:
+//! - through the broker (`Manager::create` over `/planetmesh/broker/1`);
+//! - with the integrated broker (`--agent`: the client asks both agents itself);
+//! - the `slicectl` binary through the broker (process start to exit, JSON output).
+//!
+//! `cargo bench -p slicectl --bench e2e` (release build). Prints min / median / max.
+
+#[path = "../tests/testnet/mod.rs"]
+mod testnet;
+
+use std::time::{Duration, Instant};
+
+use capability_schema::AcquireMode;
+use slicectl::exit::ExitClass;
+use slicectl::spec::SliceSpec;
+
+const SLIVERS: u32 = 20;
+const RUNS: usize = 7;
+
+fn spec(name: &str) -> SliceSpec {
+    let mut spec = SliceSpec::named(name);
+    spec.slivers = Some(SLIVERS);
+    spec.resources = "cpu=100m,memory=64MiB".into();
+    spec.duration = "1h".into();
+    spec.mode = AcquireMode::AllOrNothing;
+    spec
+}
+
+fn report(what: &str, mut times: Vec<Duration>) {
+    times.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "{what:<44} {SLIVERS} slivers: min {:>7.1} ms  median {:>7.1} ms  max {:>7.1} ms  ({} runs)",
+        ms(times[0]),
+        ms(times[times.len() / 2]),
+        ms(times[times.len() - 1]),
+        times.len()
+    );
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing: run once then.
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let runs = if quick { 1 } else { RUNS };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let started = Instant::now();
+        let net = testnet::Testnet::start(SLIVERS as usize / 2).await;
+        println!(
+            "testnet: 2 federations, {} nodes (memory isolation), 2 agents, 1 broker, up in {:.1} s",
+            net.nodes.len(),
+            started.elapsed().as_secs_f64()
+        );
+        for integrated in [false, true] {
+            let mut times = Vec::new();
+            for run in 0..runs {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let name = format!("plc-site0_b{}{run}", u8::from(integrated));
+                let t = Instant::now();
+                let m = net.manager(dir.path(), integrated).await;
+                let out = testnet::within(m.create(&spec(&name))).await.expect("create");
+                let elapsed = t.elapsed();
+                assert_eq!(out.class, ExitClass::Ok, "{:#?}", out.lines);
+                assert_eq!(m.state.leases(&name).expect("state").len(), SLIVERS as usize);
+                times.push(elapsed);
+                let deleted = testnet::within(m.delete(&name)).await.expect("delete");
+                assert_eq!(deleted.class, ExitClass::Ok, "{:#?}", deleted.lines);
+                m.session.shutdown().await;
+            }
+            report(
+                if integrated {
+                    "create, integrated broker (--agent)"
+                } else {
+                    "create through the broker"
+                },
+                times,
+            );
+        }
+        // The binary, process start to exit.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = net.cli_config(dir.path(), false);
+        let mut times = Vec::new();
+        for run in 0..runs {
+            let name = format!("plc-site0_cli{run}");
+            let config = config.clone();
+            let t = Instant::now();
+            let out = testnet::within(tokio::task::spawn_blocking(move || {
+                std::process::Command::new(env!("CARGO_BIN_EXE_slicectl"))
+                    .arg("--config")
+                    .arg(&config)
+                    .args(["--json", "slice", "create", "--name", &name])
+                    .args(["--slivers", &SLIVERS.to_string()])
+                    .args(["--resources", "cpu=100m,memory=64MiB", "--duration", "1h"])
+                    .output()
+                    .expect("slicectl runs")
+            }))
+            .await
+            .expect("joined");
+            times.push(t.elapsed());
+            assert!(
+                out.status.success(),
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let name = format!("plc-site0_cli{run}");
+            let config = net.cli_config(dir.path(), false);
+            let out = testnet::within(tokio::task::spawn_blocking(move || {
+                std::process::Command::new(env!("CARGO_BIN_EXE_slicectl"))
+                    .arg("--config")
+                    .arg(&config)
+                    .args(["slice", "delete", &name])
+                    .output()
+                    .expect("slicectl runs")
+            }))
+            .await
+            .expect("joined");
+            assert!(out.status.success());
+        }
+        report("`slicectl slice create` binary via broker", times);
+        assert!(net.all_leases().is_empty());
+        net.stop().await;
+    });
+}

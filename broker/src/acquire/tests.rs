@@ -394,6 +394,11 @@ async fn impossible_requests_name_the_binding_constraint_and_ask_nobody() {
         "{}",
         err.reply.message
     );
+    assert!(
+        err.reply.message.contains("not picked: 4 nodes: memory"),
+        "{}",
+        err.reply.message
+    );
     assert!(lock(&fake.asked).is_empty());
     // FindSlice explains the same.
     let plan = acq.find(&keys(&w), &req).await;
