@@ -427,3 +427,53 @@ async fn the_broker_acquires_only_for_its_caller() {
     client.shutdown().await;
     net.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_adopts_a_lease_granted_just_before_a_crash() {
+    let net = Testnet::start(1).await;
+    let state = tempfile::tempdir().unwrap();
+    let m = net.manager(state.path(), false).await;
+    let request = spec("plc-site0_crash", 2, AcquireMode::AllOrNothing)
+        .to_request(net.principal.public(), "plc")
+        .unwrap();
+    let name = request.name.clone();
+    // What `create` does up to the redeems: the slice and its tickets are stored first.
+    m.state
+        .create_slice(&slicectl::state::SliceRecord {
+            request: request.clone(),
+            lease_secs: None,
+            created_at: federation::unix_now(),
+        })
+        .unwrap();
+    let acquired = within(m.session.acquire(&request)).await.unwrap();
+    let tickets: Vec<slicectl::state::TicketEntry> = acquired
+        .tickets
+        .iter()
+        .map(|t| slicectl::state::TicketEntry {
+            ticket: t.clone(),
+            site: "?".into(),
+            not_after: federation::unix_now() + 3600,
+        })
+        .collect();
+    m.state.add_tickets(&name, &tickets).unwrap();
+    // One node grants its lease, and the process dies before storing it.
+    let t = &tickets[0].ticket;
+    let redeem = capability_schema::protocol::NodeRequest::Redeem {
+        ticket: t.ticket.clone(),
+        until: None,
+    };
+    within(m.session.node_call(t.node, &t.addresses, redeem))
+        .await
+        .unwrap();
+    // Sync redeems the other ticket and adopts the lease of the spent one.
+    let synced = within(m.sync(Some(&name))).await.unwrap();
+    assert_eq!(synced.class, ExitClass::Ok, "{:#?}", synced.lines);
+    assert_eq!(m.state.leases(&name).unwrap().len(), 2);
+    assert!(m.state.tickets(&name).unwrap().is_empty());
+    assert_eq!(net.all_leases().len(), 2, "no lease was made twice");
+    let deleted = within(m.delete(&name)).await.unwrap();
+    assert_eq!(deleted.class, ExitClass::Ok, "{:#?}", deleted.lines);
+    assert!(net.all_leases().is_empty());
+    m.session.shutdown().await;
+    net.stop().await;
+}
