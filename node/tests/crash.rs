@@ -83,6 +83,18 @@ impl Drop for Daemon {
                 self.config.display()
             );
         }
+        // The engine removes each sliver's cgroup; the test's parent directories go here.
+        let parent = std::fs::read_to_string(&self.config).ok().and_then(|text| {
+            text.lines().find_map(|l| {
+                l.strip_prefix("cgroup_parent = \"")
+                    .map(|v| v.trim_end_matches('"').to_owned())
+            })
+        });
+        if let (Some(name), Ok(hierarchies)) = (parent, std::fs::read_dir("/sys/fs/cgroup")) {
+            for h in hierarchies.flatten() {
+                let _ = std::fs::remove_dir(h.path().join(&name));
+            }
+        }
     }
 }
 
