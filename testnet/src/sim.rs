@@ -12,18 +12,20 @@
 //!   is given.
 //!
 //! How peers are wired (staged start): every peer starts and listens first; then each node
-//! dials `degree` random earlier nodes of its federation (a connected random graph), the
-//! broker dials `degree` random nodes of each federation, and the simulation waits until
-//! every gossip mesh is formed and, optionally, until the connections Kademlia's bootstrap
-//! opened have gone idle (`settle`).
+//! dials `degree` random other nodes of its federation (a random graph; a refused dial is
+//! retried on another node), the broker dials `degree` random nodes of each federation, and
+//! the simulation waits until every gossip mesh is formed and, optionally, a while longer
+//! (`settle`). Each peer accepts at most `max_connections`: Kademlia's bootstrap would
+//! otherwise connect every peer to dozens of others for good (gossip streams never go idle),
+//! which costs memory and CPU without carrying any ad the mesh would not.
 //!
 //! What is measured, in order:
-//! 1. **Cold convergence**: every node publishes its first ad (all at once, or spread over a
-//!    `boot` window) and then re-announces on a heartbeat (`reannounce`, as the daemons do;
-//!    off by default), until every node holds an ad of every node of its federation and the
-//!    broker holds an ad of every node. Reported: when the last peer got there, per-peer
-//!    completion (p50, p95), and per-ad spread times (first publication until every receiver
-//!    holds it).
+//! 1. **Cold convergence**: the publishing nodes (all, or a random sample of `publishers`)
+//!    publish their first ad (all at once, or spread over a `boot` window) and then
+//!    re-announce on a heartbeat (`reannounce`, as the daemons do; off by default), until
+//!    every node holds an ad of every publisher of its federation and the broker holds an ad
+//!    of every publisher. Reported: when the last peer got there, per-peer completion (p50,
+//!    p95), and per-ad spread times (first publication until every receiver holds it).
 //! 2. **Messages per node**: the validated ads the overlay handed to each peer's daemon
 //!    ([`AdEvent`]s, counted per peer). The overlay exposes no wire-level counter, so gossip
 //!    duplicates, IHAVE/IWANT and mesh control messages are not counted; the report adds an
@@ -33,11 +35,14 @@
 //!    on the otherwise quiet overlay, each timed until every node of its federation and the
 //!    broker hold it.
 //! 4. **Broker planning**: [`broker::planner::plan`] over the broker's converged view for a
-//!    request of `slivers` slivers spread over many sites.
+//!    request of `slivers` slivers spread over many sites. When only a sample published, the
+//!    other nodes' ads are validated with the same trust store and added to the broker's view,
+//!    so the planner sees every node.
 //!
-//! Every peer shares the machine's cores: when thousands publish at once, the simulation is
-//! bound by CPU (every delivery is a signature and a certificate check, a decode and a noise
-//! decryption), which one real node, validating only what reaches it, is not.
+//! Every peer shares the machine's cores: all deliveries of all peers run on them one after
+//! the other (each a noise decryption, a decode, a signature and a certificate check), which
+//! real nodes, each validating only what reaches it, do in parallel. The report gives the
+//! CPU per delivery and the idle cost of the overlay, so the two can be told apart.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -82,10 +87,14 @@ pub struct SimConfig {
     pub federations: usize,
     /// Earlier peers of its federation each node dials.
     pub degree: usize,
+    /// Most connections per peer (0: `2 × degree + 4`).
+    pub max_connections: u32,
     /// Gossipsub heartbeat (the daemons' default is 1 s).
     pub heartbeat: Duration,
     /// Wait after the meshes formed, so Kademlia's bootstrap connections close (0: none).
     pub settle: Duration,
+    /// Nodes that publish (a random sample; 0: every node).
+    pub publishers: usize,
     /// First ads are spread evenly over this window (0: all at the same moment).
     pub boot: Duration,
     /// Every node re-announces (a higher `seq`) this often until convergence, as the
@@ -107,8 +116,10 @@ impl Default for SimConfig {
             nodes: 1000,
             federations: 2,
             degree: 6,
+            max_connections: 0,
             heartbeat: Duration::from_secs(1),
-            settle: IDLE_TIMEOUT + Duration::from_secs(3),
+            settle: Duration::from_secs(5),
+            publishers: 0,
             boot: Duration::ZERO,
             reannounce: Duration::ZERO,
             updates: 20,
@@ -141,6 +152,8 @@ pub struct SimReport {
     pub mesh_n: usize,
     /// Gossip heartbeat.
     pub heartbeat: Duration,
+    /// Nodes that published.
+    pub publishers: usize,
     /// Boot window of the first ads.
     pub boot: Duration,
     /// Re-announce interval (zero: none).
@@ -159,6 +172,12 @@ pub struct SimReport {
     pub thin_meshes: usize,
     /// Connections per peer, on average, before publishing.
     pub connections_per_peer: f64,
+    /// Most connections per peer allowed.
+    pub max_connections: u32,
+    /// Resident memory once every peer is up and wired, before any ad, in bytes.
+    pub setup_rss: u64,
+    /// CPU the idle overlay (heartbeats, pings, timers) keeps busy, in cores.
+    pub idle_cores: f64,
     /// Mesh peers per node, on average, after convergence.
     pub mesh_per_peer: f64,
     /// Peak resident memory of the process, in bytes.
@@ -210,10 +229,20 @@ impl SimReport {
         self.converged.then(|| self.completion.last().copied())?
     }
 
-    /// Process CPU per validated delivery during cold convergence.
+    /// Validated deliveries to nodes during cold convergence.
+    fn deliveries(&self) -> f64 {
+        self.ads_per_node * self.nodes as f64
+    }
+
+    /// Process CPU per validated delivery during cold convergence, all of it.
     pub fn cpu_per_delivery(&self) -> Duration {
-        let deliveries = (self.ads_per_node * self.nodes as f64) as u32;
-        self.cpu / deliveries.max(1)
+        Duration::from_secs_f64(self.cpu.as_secs_f64() / self.deliveries().max(1.0))
+    }
+
+    /// Process CPU per validated delivery beyond what the idle overlay costs anyway.
+    pub fn marginal_cpu_per_delivery(&self) -> Duration {
+        let busy = self.cpu.as_secs_f64() - self.idle_cores * self.wall.as_secs_f64();
+        Duration::from_secs_f64(busy.max(0.0) / self.deliveries().max(1.0))
     }
 }
 
@@ -258,8 +287,9 @@ impl fmt::Display for SimReport {
             (
                 "wiring",
                 format!(
-                    "{} dials per node; {:.1} connections per peer; {:.1} mesh peers per node; {} thin meshes; {} failed dials",
+                    "{} dials per node, at most {} connections; {:.1} connections per peer; {:.1} mesh peers per node; {} thin meshes; {} failed dials",
                     self.degree,
+                    self.max_connections,
                     self.connections_per_peer,
                     self.mesh_per_peer,
                     self.thin_meshes,
@@ -278,15 +308,19 @@ impl fmt::Display for SimReport {
             (
                 "memory",
                 format!(
-                    "peak RSS {} ({:.1} MiB per peer)",
+                    "{} wired and idle ({:.1} MiB per peer); peak RSS {}",
+                    mib(self.setup_rss),
+                    self.setup_rss as f64 / f64::from(1u32 << 20) / peers as f64,
                     mib(self.peak_rss),
-                    self.peak_rss as f64 / f64::from(1u32 << 20) / peers as f64
                 ),
             ),
+            ("idle overlay", format!("{:.2} cores busy", self.idle_cores)),
             (
                 "publishing",
                 format!(
-                    "{}; {}; {} ads published",
+                    "{} of {} nodes publish; {}; {}; {} ads published",
+                    self.publishers,
+                    self.nodes,
                     optional(self.boot, "boot window"),
                     optional(self.reannounce, "re-announce"),
                     self.published
@@ -296,7 +330,7 @@ impl fmt::Display for SimReport {
                 "cold convergence",
                 match self.convergence() {
                     Some(all) => format!(
-                        "every peer holds an ad of every node after {} (p50 peer {}, p95 {}); broker {}",
+                        "every peer holds an ad of every publisher after {} (p50 peer {}, p95 {}); broker {}",
                         secs(all),
                         secs(percentile(&self.completion, 50.0)),
                         secs(percentile(&self.completion, 95.0)),
@@ -318,7 +352,7 @@ impl fmt::Display for SimReport {
                 format!(
                     "{} of {} ads reached all receivers: p50 {} · p95 {} · max {}",
                     self.spread.len(),
-                    self.nodes,
+                    self.publishers,
                     secs(percentile(&self.spread, 50.0)),
                     secs(percentile(&self.spread, 95.0)),
                     secs(self.spread.last().copied().unwrap_or_default())
@@ -341,12 +375,13 @@ impl fmt::Display for SimReport {
             (
                 "CPU during convergence",
                 format!(
-                    "{} in {} wall ({:.2} cores busy); {:.1} ms per node; {:.0} µs per validated delivery",
+                    "{} in {} wall ({:.2} cores busy); {:.1} ms per node; {:.0} µs per validated delivery, {:.0} µs beyond the idle overlay",
                     secs(self.cpu),
                     secs(self.wall),
                     self.cpu.as_secs_f64() / self.wall.as_secs_f64().max(1e-9),
                     self.cpu.as_secs_f64() * 1000.0 / self.nodes.max(1) as f64,
                     self.cpu_per_delivery().as_secs_f64() * 1e6,
+                    self.marginal_cpu_per_delivery().as_secs_f64() * 1e6,
                 ),
             ),
             (
@@ -402,13 +437,14 @@ impl fmt::Display for SimReport {
 pub fn summary_table(reports: &[SimReport]) -> String {
     let mut out = String::new();
     out.push_str(
-        "| nodes | cold convergence | p50 / p95 peer | ad spread p50 / p95 | validated ads/node | ≈gossip copies/node | CPU/delivery | update p50 / p95 | plan | peak RSS |\n",
+        "| nodes | publishers | cold convergence | p50 / p95 peer | ad spread p50 / p95 | validated ads/node | ≈gossip copies/node | CPU/delivery (marginal) | update p50 / p95 | plan | RSS idle / peak |\n",
     );
-    out.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    out.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in reports {
         out.push_str(&format!(
-            "| {} | {} | {} / {} | {} / {} | {:.1} | {:.0} | {:.0} µs | {} / {} | {} slivers in {:.1} ms | {} |\n",
+            "| {} | {} | {} | {} / {} | {} / {} | {:.1} | {:.0} | {:.0} µs ({:.0} µs) | {} / {} | {} slivers in {:.1} ms | {} / {} |\n",
             r.nodes,
+            r.publishers,
             r.convergence().map_or_else(
                 || format!(
                     "not in {} ({:.1}%)",
@@ -424,10 +460,12 @@ pub fn summary_table(reports: &[SimReport]) -> String {
             r.ads_per_node,
             r.ads_per_node * (r.mesh_per_peer - 1.0).max(0.0),
             r.cpu_per_delivery().as_secs_f64() * 1e6,
+            r.marginal_cpu_per_delivery().as_secs_f64() * 1e6,
             millis(percentile(&r.updates, 50.0)),
             millis(percentile(&r.updates, 95.0)),
             r.chosen,
             r.plan_time.as_secs_f64() * 1000.0,
+            mib(r.setup_rss),
             mib(r.peak_rss),
         ));
     }
@@ -453,17 +491,26 @@ pub fn cpu_time() -> Duration {
     Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }
 
-/// Peak resident memory of this process (`VmHWM`), in bytes.
-pub fn peak_rss() -> u64 {
+fn status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<u64>().ok())
         })
         .map_or(0, |kb| kb * 1024)
+}
+
+/// Peak resident memory of this process (`VmHWM`), in bytes.
+pub fn peak_rss() -> u64 {
+    status_kib("VmHWM:")
+}
+
+/// Resident memory of this process now (`VmRSS`), in bytes.
+pub fn rss() -> u64 {
+    status_kib("VmRSS:")
 }
 
 /// What one peer has received, written by its counting task.
@@ -659,7 +706,7 @@ fn random_node(rng: &mut StdRng, node: TestNode, federation: usize) -> SimNode {
 /// connections are being set up).
 async fn dial(handle: &OverlayHandle, addr: &Multiaddr) -> Result<(), OverlayError> {
     let mut last = Ok(());
-    for attempt in 0..4u64 {
+    for attempt in 0..2u64 {
         match handle.dial(addr.clone()).await {
             Ok(_) => return Ok(()),
             Err(e) => last = Err(e),
@@ -688,8 +735,8 @@ struct Announcer {
     nodes: Arc<Vec<SimNode>>,
     handles: Vec<OverlayHandle>,
     agents: Vec<PublicKey>,
-    /// Offset of each node's first ad after the start.
-    offsets: Vec<Duration>,
+    /// Publishing nodes, with the offset of their first ad after the start.
+    offsets: Vec<(Duration, usize)>,
     reannounce: Duration,
     published: Arc<AtomicUsize>,
     failed: Arc<AtomicUsize>,
@@ -703,8 +750,7 @@ impl Announcer {
         let mut queue: BinaryHeap<Reverse<(Duration, usize)>> = self
             .offsets
             .iter()
-            .enumerate()
-            .map(|(i, at)| Reverse((*at, i)))
+            .map(|&(at, i)| Reverse((at, i)))
             .collect();
         while let Some(Reverse((at, i))) = queue.pop() {
             tokio::select! {
@@ -745,9 +791,14 @@ pub async fn run(config: &SimConfig, mut progress: impl FnMut(&str)) -> anyhow::
     let n = config.nodes;
     let f = config.federations;
     let mut rng = StdRng::seed_from_u64(config.seed ^ n as u64);
+    let max_connections = if config.max_connections == 0 {
+        2 * config.degree as u32 + 4
+    } else {
+        config.max_connections
+    };
     let base = OverlayConfig {
         target_peers: 0,
-        max_connections: 1024,
+        max_connections,
         idle_timeout: IDLE_TIMEOUT,
         gossip_heartbeat: config.heartbeat,
         ad_queue: NODE_AD_QUEUE,
@@ -758,6 +809,7 @@ pub async fn run(config: &SimConfig, mut progress: impl FnMut(&str)) -> anyhow::
         nodes: n,
         federations: f,
         degree: config.degree,
+        max_connections,
         mesh_n: base.mesh_n,
         heartbeat: config.heartbeat,
         boot: config.boot,
@@ -797,13 +849,33 @@ pub async fn run(config: &SimConfig, mut progress: impl FnMut(&str)) -> anyhow::
     let fed_size: Vec<usize> = (0..f)
         .map(|x| nodes.iter().filter(|s| s.federation == x).count())
         .collect();
-    report.ad_bytes = nodes[0].node.ad(0, unix_now(), 60).to_bytes().len();
+    report.ad_bytes = nodes[0].next_ad(agents[0], 0).1.to_bytes().len();
+    nodes[0].seq.store(0, Ordering::Release);
 
+    // Who publishes: every node, or a random sample.
+    let k = if config.publishers == 0 {
+        n
+    } else {
+        config.publishers.min(n)
+    };
+    let mut publishing = vec![false; n];
+    for i in rand::seq::index::sample(&mut rng, n, k) {
+        publishing[i] = true;
+    }
+    report.publishers = k;
+    let publishers_in: Vec<usize> = (0..f)
+        .map(|x| {
+            (0..n)
+                .filter(|i| publishing[*i] && nodes[*i].federation == x)
+                .count()
+        })
+        .collect();
     let mut peers: Vec<PeerTally> = nodes
         .iter()
-        .map(|s| PeerTally::new(n, fed_size[s.federation] - 1))
+        .enumerate()
+        .map(|(i, s)| PeerTally::new(n, publishers_in[s.federation] - usize::from(publishing[i])))
         .collect();
-    peers.push(PeerTally::new(n, n));
+    peers.push(PeerTally::new(n, k));
     let shared = Arc::new(Shared {
         epoch: Instant::now(),
         index: nodes
@@ -861,45 +933,56 @@ pub async fn run(config: &SimConfig, mut progress: impl FnMut(&str)) -> anyhow::
     tokio::spawn(counter(broker.ads(), shared.clone(), n, true));
     report.start_time = started.elapsed();
 
-    // 2. Wire the graph: each node dials `degree` random earlier nodes of its federation;
-    //    the broker dials `degree` random nodes of each federation.
+    // 2. Wire the graph: each node dials `degree` random other nodes of its federation (in
+    //    a random order, so no node is everyone's first choice), with a few spare choices
+    //    for dials a full peer refuses; the broker dials `degree` nodes of each federation.
     progress("dialing the graph");
     let dialing = Instant::now();
     let by_fed: Vec<Vec<usize>> = (0..f)
         .map(|x| (0..n).filter(|i| nodes[*i].federation == x).collect())
         .collect();
-    let mut plans: Vec<(OverlayHandle, Vec<usize>)> = Vec::with_capacity(n + 1);
+    let spare = 4;
+    let mut plans: Vec<(OverlayHandle, usize, Vec<usize>)> = Vec::with_capacity(n + 1);
     for members in &by_fed {
-        for (pos, &i) in members.iter().enumerate() {
-            let k = config.degree.min(pos);
-            let picked = rand::seq::index::sample(&mut rng, pos.max(1), k);
+        for &i in members {
+            let others: Vec<usize> = members.iter().copied().filter(|m| *m != i).collect();
+            let k = (config.degree + spare).min(others.len());
+            let picked = rand::seq::index::sample(&mut rng, others.len(), k);
             plans.push((
                 handles[i].clone(),
-                picked.into_iter().map(|p| members[p]).collect(),
+                config.degree,
+                picked.into_iter().map(|p| others[p]).collect(),
             ));
         }
     }
-    let mut broker_targets = Vec::new();
     for members in &by_fed {
-        let k = config.degree.min(members.len());
-        broker_targets.extend(
-            rand::seq::index::sample(&mut rng, members.len(), k)
-                .into_iter()
-                .map(|p| members[p]),
-        );
+        let k = (config.degree + spare).min(members.len());
+        let picked = rand::seq::index::sample(&mut rng, members.len(), k);
+        plans.push((
+            broker.clone(),
+            config.degree,
+            picked.into_iter().map(|p| members[p]).collect(),
+        ));
     }
-    plans.push((broker.clone(), broker_targets));
+    rand::seq::SliceRandom::shuffle(&mut plans[..], &mut rng);
     let failures = Arc::new(AtomicUsize::new(0));
     let limit = Arc::new(Semaphore::new(DIAL_CONCURRENCY));
     let mut tasks = tokio::task::JoinSet::new();
-    for (handle, targets) in plans {
+    for (handle, wanted, targets) in plans {
         let permit = limit.clone().acquire_owned().await?;
         let targets: Vec<Multiaddr> = targets.iter().map(|t| addrs[*t].clone()).collect();
         let failures = failures.clone();
         tasks.spawn(async move {
+            let mut made = 0;
             for addr in &targets {
-                if dial(&handle, addr).await.is_err() {
-                    failures.fetch_add(1, Ordering::Relaxed);
+                if made == wanted {
+                    break;
+                }
+                match dial(&handle, addr).await {
+                    Ok(()) => made += 1,
+                    Err(_) => {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
             drop(permit);
@@ -938,7 +1021,7 @@ pub async fn run(config: &SimConfig, mut progress: impl FnMut(&str)) -> anyhow::
     report.mesh_time = meshing.elapsed();
     if !config.settle.is_zero() {
         progress(&format!(
-            "letting Kademlia's bootstrap connections go idle ({:.0} s)",
+            "letting the overlay settle ({:.0} s)",
             config.settle.as_secs_f64()
         ));
         tokio::time::sleep(config.settle).await;
@@ -948,18 +1031,30 @@ pub async fn run(config: &SimConfig, mut progress: impl FnMut(&str)) -> anyhow::
         connections += handle.connected_peers().await?.len();
     }
     report.connections_per_peer = connections as f64 / (n + 1) as f64;
+    report.setup_rss = rss();
+    let idle = Duration::from_secs(5);
+    let cpu_idle = cpu_time();
+    tokio::time::sleep(idle).await;
+    report.idle_cores = cpu_time().saturating_sub(cpu_idle).as_secs_f64() / idle.as_secs_f64();
+    progress(&format!(
+        "wired: {:.1} connections per peer, {} resident, idle overlay {:.2} cores",
+        report.connections_per_peer,
+        mib(report.setup_rss),
+        report.idle_cores
+    ));
 
     // 4. Cold convergence.
     let expected: usize = shared.peers.iter().map(|t| t.expected).sum();
     progress(&format!(
-        "every node publishes its ad; waiting until {expected} (peer, node) pairs are known"
+        "{k} nodes publish; waiting until {expected} (peer, publisher) pairs are known"
     ));
-    let mut order: Vec<usize> = (0..n).collect();
+    let mut order: Vec<usize> = (0..n).filter(|i| publishing[*i]).collect();
     rand::seq::SliceRandom::shuffle(&mut order[..], &mut rng);
-    let mut offsets = vec![Duration::ZERO; n];
-    for (rank, &i) in order.iter().enumerate() {
-        offsets[i] = config.boot.mul_f64(rank as f64 / n as f64);
-    }
+    let offsets: Vec<(Duration, usize)> = order
+        .iter()
+        .enumerate()
+        .map(|(rank, &i)| (config.boot.mul_f64(rank as f64 / k as f64), i))
+        .collect();
     let published = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -1088,7 +1183,25 @@ pub async fn run(config: &SimConfig, mut progress: impl FnMut(&str)) -> anyhow::
         report.updates.sort();
     }
 
-    // 6. Broker planning over the broker's view.
+    // 6. Broker planning over the broker's view (topped up with the ads of the nodes that
+    //    did not publish, validated like the overlay validates).
+    if k < n {
+        let store = trust.read().unwrap_or_else(PoisonError::into_inner).clone();
+        let mut view = shared
+            .broker_view
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for sim in nodes.iter() {
+            let key = sim.node.key.public();
+            if view.contains_key(&key) {
+                continue;
+            }
+            let (_, signed) = sim.next_ad(agents[sim.federation], sim.load_milli);
+            if let Ok(ad) = store.validate_ad(&signed, unix_now(), None) {
+                view.insert(key, ad);
+            }
+        }
+    }
     let candidates: Vec<Candidate> = {
         let view = shared
             .broker_view

@@ -141,6 +141,12 @@ enum Cmd {
         /// Gossip heartbeat, in milliseconds (the daemons use 1000).
         #[arg(long, default_value_t = 1000)]
         heartbeat_ms: u64,
+        /// Most connections per peer (0: 2 × degree + 4).
+        #[arg(long, default_value_t = 0)]
+        max_connections: u32,
+        /// Nodes that publish, a random sample (0: every node).
+        #[arg(long, default_value_t = 0)]
+        publishers: usize,
         /// Spread the first ads over this many seconds (0: every node at the same moment).
         #[arg(long, default_value_t = 0.0)]
         boot_secs: f64,
@@ -359,6 +365,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             federations,
             degree,
             heartbeat_ms,
+            max_connections,
+            publishers,
             boot_secs,
             reannounce_secs,
             updates,
@@ -371,6 +379,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 federations,
                 degree,
                 heartbeat: Duration::from_millis(heartbeat_ms),
+                max_connections,
+                publishers,
                 boot: Duration::from_secs_f64(boot_secs.max(0.0)),
                 reannounce: Duration::from_secs_f64(reannounce_secs.max(0.0)),
                 updates,
