@@ -15,9 +15,9 @@
 //! dials `degree` random other nodes of its federation (a random graph; a refused dial is
 //! retried on another node), the broker dials `degree` random nodes of each federation, and
 //! the simulation waits until every gossip mesh is formed and, optionally, a while longer
-//! (`settle`). Each peer accepts at most `max_connections`: Kademlia's bootstrap would
-//! otherwise connect every peer to dozens of others for good (gossip streams never go idle),
-//! which costs memory and CPU without carrying any ad the mesh would not.
+//! (`settle`). Kademlia is off (the overlay's switch for fixed topologies): its bootstrap
+//! would connect every peer to dozens of others, which on one machine costs memory and CPU
+//! without carrying any ad the mesh would not. Each peer accepts at most `max_connections`.
 //!
 //! What is measured, in order:
 //! 1. **Cold convergence**: the publishing nodes (all, or a random sample of `publishers`)
@@ -26,11 +26,12 @@
 //!    every node holds an ad of every publisher of its federation and the broker holds an ad
 //!    of every publisher. Reported: when the last peer got there, per-peer completion (p50,
 //!    p95), and per-ad spread times (first publication until every receiver holds it).
-//! 2. **Messages per node**: the validated ads the overlay handed to each peer's daemon
-//!    ([`AdEvent`]s, counted per peer). The overlay exposes no wire-level counter, so gossip
-//!    duplicates, IHAVE/IWANT and mesh control messages are not counted; the report adds an
-//!    estimate of the eager-push copies (validated ads × (mesh size − 1)) and the process CPU
-//!    time per node and per delivery, which does include all of that work.
+//! 2. **Messages per node**: the ads each node's overlay validated ([`OverlayHandle::stats`]:
+//!    accepted, and ignored as stale). Gossipsub drops duplicate copies by message id before
+//!    validation and the overlay exposes no wire-level counter, so those copies, IHAVE/IWANT
+//!    and mesh control messages are not counted; the report adds an estimate of the eager-push
+//!    copies (accepted ads × (mesh size − 1)) and the process CPU time per node and per
+//!    delivery, which does include all of that work.
 //! 3. **Update latency**: single ad updates (a higher `seq`) by random nodes, one at a time
 //!    on the otherwise quiet overlay, each timed until every node of its federation and the
 //!    broker hold it.
@@ -56,7 +57,7 @@ use broker::planner::{Candidate, plan};
 use capability_schema::ad::{PriceList, ShareState};
 use capability_schema::slice::{SliceConstraints, SliceKind, SliceRequest, SliverTarget};
 use capability_schema::{AcquireMode, PublicKey, ResourceAd, Resources, SecretKey, Signed};
-use federation::overlay::{AdEvent, Multiaddr, OverlayError};
+use federation::overlay::{AdEvent, Multiaddr, OverlayError, OverlayStats};
 use federation::testing::{TestFederation, TestNode};
 use federation::{Overlay, OverlayConfig, OverlayHandle, TrustStore, unix_now};
 use rand::rngs::StdRng;
@@ -87,7 +88,7 @@ pub struct SimConfig {
     pub federations: usize,
     /// Earlier peers of its federation each node dials.
     pub degree: usize,
-    /// Most connections per peer (0: `2 × degree + 4`).
+    /// Most connections per peer (0: `3 × degree + 2`).
     pub max_connections: u32,
     /// Gossipsub heartbeat (the daemons' default is 1 s).
     pub heartbeat: Duration,
@@ -197,6 +198,10 @@ pub struct SimReport {
     pub published: usize,
     /// Validated ads handed to each node's daemon during cold convergence, on average.
     pub ads_per_node: f64,
+    /// Ads each node's overlay ignored as stale during cold convergence, on average.
+    pub ignored_per_node: f64,
+    /// Ads rejected as invalid by any overlay during cold convergence (should be none).
+    pub rejected: u64,
     /// Ads the counters only learnt of as "lagged" (not attributed to a node).
     pub lagged: usize,
     /// Process CPU time during cold convergence.
@@ -279,7 +284,7 @@ impl fmt::Display for SimReport {
             (
                 "overlay",
                 format!(
-                    "memory transport, noise, yamux, gossipsub D={} heartbeat {}, Kademlia, identify, ping",
+                    "memory transport, noise, yamux, gossipsub D={} heartbeat {}, identify, ping (Kademlia off: fixed graph)",
                     self.mesh_n,
                     millis(self.heartbeat)
                 ),
@@ -361,8 +366,10 @@ impl fmt::Display for SimReport {
             (
                 "messages per node",
                 format!(
-                    "{:.1} validated ads (AdEvents); ≈{:.0} eager gossip copies sent (estimate: ads × (mesh − 1)); ad {} bytes{}",
+                    "{:.1} ads validated and accepted, {:.1} ignored as stale, {} rejected; ≈{:.0} eager gossip copies sent (estimate: accepted × (mesh − 1)); ad {} bytes{}",
                     self.ads_per_node,
+                    self.ignored_per_node,
+                    self.rejected,
                     self.ads_per_node * (self.mesh_per_peer - 1.0).max(0.0),
                     self.ad_bytes,
                     if self.lagged > 0 {
@@ -520,8 +527,6 @@ struct PeerTally {
     seen: Vec<AtomicU64>,
     /// How many bits of `seen` are set.
     known: AtomicUsize,
-    /// Every validated ad delivered.
-    events: AtomicUsize,
     /// Ads the counter only learnt of as "lagged".
     lagged: AtomicUsize,
     /// Microseconds after the epoch when `known` reached `expected` (0: not yet).
@@ -611,7 +616,6 @@ async fn counter(
     loop {
         match rx.recv().await {
             Ok(event) => {
-                tally.events.fetch_add(1, Ordering::Relaxed);
                 if let Some(&node) = shared.index.get(&event.ad.node) {
                     shared.holds(peer, node);
                 }
@@ -631,7 +635,6 @@ async fn counter(
                 }
             }
             Err(broadcast::error::RecvError::Lagged(n)) => {
-                tally.events.fetch_add(n as usize, Ordering::Relaxed);
                 tally.lagged.fetch_add(n as usize, Ordering::Relaxed);
             }
             Err(broadcast::error::RecvError::Closed) => break,
@@ -729,6 +732,56 @@ async fn publish(handle: &OverlayHandle, ad: Signed<ResourceAd>) -> Result<(), O
     handle.publish_ad(ad).await
 }
 
+/// Asks every `(handle, federation)` for its mesh size, all at once (one by one, each answer
+/// would wait a full round of the scheduler when thousands of peers are busy).
+async fn mesh_sizes(peers: Vec<(OverlayHandle, String)>) -> Result<Vec<usize>, OverlayError> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, (handle, federation)) in peers.into_iter().enumerate() {
+        tasks.spawn(async move { (i, handle.mesh_peers(&federation).await.map(|m| m.len())) });
+    }
+    let mut sizes = vec![0; tasks.len()];
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok((i, size)) = joined {
+            sizes[i] = size?;
+        }
+    }
+    Ok(sizes)
+}
+
+/// The overlay counters of every handle, summed.
+async fn stats_sum(handles: Vec<OverlayHandle>) -> Result<OverlayStats, OverlayError> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for handle in handles {
+        tasks.spawn(async move { handle.stats().await });
+    }
+    let mut sum = OverlayStats::default();
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok(stats) = joined {
+            let stats = stats?;
+            sum.ads_accepted += stats.ads_accepted;
+            sum.ads_ignored += stats.ads_ignored;
+            sum.ads_rejected += stats.ads_rejected;
+            sum.connections_opened += stats.connections_opened;
+        }
+    }
+    Ok(sum)
+}
+
+/// Asks every handle how many peers it is connected to, all at once.
+async fn connection_counts(handles: Vec<OverlayHandle>) -> Result<usize, OverlayError> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for handle in handles {
+        tasks.spawn(async move { handle.connected_peers().await.map(|p| p.len()) });
+    }
+    let mut total = 0;
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok(count) = joined {
+            total += count?;
+        }
+    }
+    Ok(total)
+}
+
 /// Everything the announcer needs.
 struct Announcer {
     shared: Arc<Shared>,
@@ -792,11 +845,12 @@ pub async fn run(config: &SimConfig, mut progress: impl FnMut(&str)) -> anyhow::
     let f = config.federations;
     let mut rng = StdRng::seed_from_u64(config.seed ^ n as u64);
     let max_connections = if config.max_connections == 0 {
-        2 * config.degree as u32 + 4
+        3 * config.degree as u32 + 2
     } else {
         config.max_connections
     };
     let base = OverlayConfig {
+        kademlia: false,
         target_peers: 0,
         max_connections,
         idle_timeout: IDLE_TIMEOUT,
@@ -968,7 +1022,16 @@ pub async fn run(config: &SimConfig, mut progress: impl FnMut(&str)) -> anyhow::
     let failures = Arc::new(AtomicUsize::new(0));
     let limit = Arc::new(Semaphore::new(DIAL_CONCURRENCY));
     let mut tasks = tokio::task::JoinSet::new();
-    for (handle, wanted, targets) in plans {
+    let mut last_report = Instant::now();
+    let total = plans.len();
+    for (done, (handle, wanted, targets)) in plans.into_iter().enumerate() {
+        if last_report.elapsed() >= Duration::from_secs(30) {
+            last_report = Instant::now();
+            progress(&format!(
+                "  {done} of {total} peers dialing or done, {} refused dials",
+                failures.load(Ordering::Relaxed)
+            ));
+        }
         let permit = limit.clone().acquire_owned().await?;
         let targets: Vec<Multiaddr> = targets.iter().map(|t| addrs[*t].clone()).collect();
         let failures = failures.clone();
@@ -997,21 +1060,20 @@ pub async fn run(config: &SimConfig, mut progress: impl FnMut(&str)) -> anyhow::
     let meshing = Instant::now();
     let mesh_deadline =
         Instant::now() + Duration::from_secs(60) + Duration::from_millis(20 * n as u64);
+    let mut asked: Vec<(OverlayHandle, String)> = handles
+        .iter()
+        .zip(nodes.iter())
+        .map(|(h, s)| (h.clone(), names[s.federation].clone()))
+        .collect();
+    asked.extend(names.iter().map(|name| (broker.clone(), name.clone())));
+    let wanted: Vec<usize> = nodes
+        .iter()
+        .map(|s| base.mesh_n_low.min(fed_size[s.federation] - 1))
+        .chain((0..f).map(|fed| base.mesh_n_low.min(fed_size[fed]).min(config.degree)))
+        .collect();
     loop {
-        let mut thin = 0;
-        for (i, handle) in handles.iter().enumerate() {
-            let fed = nodes[i].federation;
-            let want = base.mesh_n_low.min(fed_size[fed] - 1);
-            if handle.mesh_peers(&names[fed]).await?.len() < want {
-                thin += 1;
-            }
-        }
-        for (fed, name) in names.iter().enumerate() {
-            let want = base.mesh_n_low.min(fed_size[fed]).min(config.degree);
-            if broker.mesh_peers(name).await?.len() < want {
-                thin += 1;
-            }
-        }
+        let sizes = mesh_sizes(asked.clone()).await?;
+        let thin = sizes.iter().zip(&wanted).filter(|(s, w)| s < w).count();
         report.thin_meshes = thin;
         if thin == 0 || Instant::now() > mesh_deadline {
             break;
@@ -1026,10 +1088,9 @@ pub async fn run(config: &SimConfig, mut progress: impl FnMut(&str)) -> anyhow::
         ));
         tokio::time::sleep(config.settle).await;
     }
-    let mut connections = 0;
-    for handle in handles.iter().chain(std::iter::once(&broker)) {
-        connections += handle.connected_peers().await?.len();
-    }
+    let mut everyone = handles.clone();
+    everyone.push(broker.clone());
+    let connections = connection_counts(everyone.clone()).await?;
     report.connections_per_peer = connections as f64 / (n + 1) as f64;
     report.setup_rss = rss();
     let idle = Duration::from_secs(5);
@@ -1058,6 +1119,7 @@ pub async fn run(config: &SimConfig, mut progress: impl FnMut(&str)) -> anyhow::
     let published = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
     let (stop_tx, stop_rx) = watch::channel(false);
+    let stats_before = stats_sum(handles.clone()).await?;
     let cpu_before = cpu_time();
     let started_us = shared.now_us();
     let wall = Instant::now();
@@ -1133,20 +1195,18 @@ pub async fn run(config: &SimConfig, mut progress: impl FnMut(&str)) -> anyhow::
         .collect();
     spread.sort();
     report.spread = spread;
-    report.ads_per_node = shared.peers[..n]
-        .iter()
-        .map(|t| t.events.load(Ordering::Relaxed))
-        .sum::<usize>() as f64
-        / n as f64;
+    let stats = stats_sum(handles.clone()).await?;
+    report.ads_per_node =
+        stats.ads_accepted.saturating_sub(stats_before.ads_accepted) as f64 / n as f64;
+    report.ignored_per_node =
+        stats.ads_ignored.saturating_sub(stats_before.ads_ignored) as f64 / n as f64;
+    report.rejected = stats.ads_rejected.saturating_sub(stats_before.ads_rejected);
     report.lagged = shared
         .peers
         .iter()
         .map(|t| t.lagged.load(Ordering::Relaxed))
         .sum();
-    let mut mesh = 0;
-    for (i, handle) in handles.iter().enumerate() {
-        mesh += handle.mesh_peers(&names[nodes[i].federation]).await?.len();
-    }
+    let mesh: usize = mesh_sizes(asked[..n].to_vec()).await?.iter().sum();
     report.mesh_per_peer = mesh as f64 / n as f64;
 
     // 5. Single updates, one at a time, on the quiet overlay.
@@ -1274,9 +1334,11 @@ pub async fn run(config: &SimConfig, mut progress: impl FnMut(&str)) -> anyhow::
     report.peak_rss = peak_rss();
 
     progress("shutting the peers down");
-    for handle in handles.iter().chain(std::iter::once(&broker)) {
-        handle.shutdown().await;
+    let mut stopping = tokio::task::JoinSet::new();
+    for handle in everyone {
+        stopping.spawn(async move { handle.shutdown().await });
     }
+    while stopping.join_next().await.is_some() {}
     Ok(report)
 }
 
