@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+pub use crate::sliver::DiskBacking;
 use capability_schema::{PublicKey, Resources};
 pub use federation::daemon::TrustedFederation;
 use serde::{Deserialize, Serialize};
@@ -124,6 +125,20 @@ pub struct NodeManagerConfig {
     /// cgroup directory parent of every sliver (default `planetmesh`).
     #[serde(default = "default_cgroup_parent")]
     pub cgroup_parent: String,
+    /// What backs each sliver's writable layer (default `directory`: on the state dir,
+    /// capped by the disk watchdog; `tmpfs`: a tmpfs of the granted size, capped by the kernel,
+    /// in memory and charged to the sliver's memory limit).
+    #[serde(default)]
+    pub disk_backing: DiskBacking,
+    /// Seconds between disk watchdog checks, which freeze slivers over their disk grant
+    /// (default 10).
+    #[serde(default = "default_disk_check")]
+    pub disk_check_secs: u64,
+    /// Remount the host's cgroup2 hierarchy with `favordynmods` at start, so sliver creation
+    /// skips an RCU grace period; host-wide and lasting (default true; a node is dedicated to
+    /// slivers).
+    #[serde(default = "default_true")]
+    pub favor_dynamic_cgroups: bool,
     /// Seconds between ads when nothing changes (default 15).
     #[serde(default = "default_ad_interval")]
     pub ad_interval_secs: u64,
@@ -163,6 +178,12 @@ fn default_ifname_prefix() -> String {
 }
 fn default_cgroup_parent() -> String {
     "planetmesh".into()
+}
+fn default_disk_check() -> u64 {
+    10
+}
+fn default_true() -> bool {
+    true
 }
 fn default_ad_interval() -> u64 {
     15
@@ -206,6 +227,10 @@ federation = "{federation}"
 # address_pool = "10.199.0.0/16"
 # ifname_prefix = "pmv"
 # cgroup_parent = "planetmesh"
+# disk_backing = "directory"         # or "tmpfs": a kernel-capped tmpfs of the grant's size
+#                                    # (in memory, charged to the sliver's memory limit)
+# disk_check_secs = 10               # disk watchdog: freezes slivers over their disk grant
+# favor_dynamic_cgroups = true       # remount cgroup2 with favordynmods (faster creates)
 # ad_interval_secs = 15
 # ad_ttl_secs = 60
 "#;
@@ -307,6 +332,12 @@ mod tests {
         assert_eq!(config.key_file, dir.path().join("node.key"));
         assert_eq!(config.isolation, Isolation::Linux);
         assert_eq!(config.pool().unwrap().1, 16);
+        assert_eq!(config.disk_backing, DiskBacking::Directory);
+        assert_eq!(config.disk_check_secs, 10);
+        assert!(config.favor_dynamic_cgroups);
+        std::fs::write(&path, "federation = \"plc\"\ndisk_backing = \"tmpfs\"\n").unwrap();
+        let config = NodeManagerConfig::load(&path).unwrap();
+        assert_eq!(config.disk_backing, DiskBacking::Tmpfs);
     }
 
     #[test]

@@ -4,8 +4,8 @@
 //! |---|---|
 //! | `/status` | the node, its capacity, commitments and shares |
 //! | `/leases` | every lease in the ledger |
-//! | `/slivers` | the slivers the engine has |
-//! | `/metrics` | Prometheus text format |
+//! | `/slivers` | each lease's sliver with what it used at the last sample: CPU time, memory, egress bytes, disk against its grant, and its condition (`over disk limit: X of Y` while the disk watchdog holds it frozen) |
+//! | `/metrics` | Prometheus text format, node-wide and per sliver |
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -87,12 +87,96 @@ async fn leases(State(state): State<Arc<NodeState>>) -> Json<Value> {
 
 async fn slivers(State(state): State<Arc<NodeState>>) -> Json<Value> {
     let leases = state.service.ledger().leases().unwrap_or_default();
-    Json(json!(
+    let usage = state
+        .usage
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    Json(Value::Array(
         leases
             .iter()
-            .map(|r| r.sliver_id.clone())
-            .collect::<Vec<_>>()
+            .map(|r| {
+                let used = usage.iter().find(|u| u.id.as_str() == r.sliver_id);
+                let disk = used.and_then(|u| u.disk.as_ref());
+                json!({
+                    "sliver": r.sliver_id,
+                    "slice": r.lease.slice,
+                    "lease_id": r.lease.lease_id,
+                    "state": if r.state == LeaseState::Active { "active" } else { "pending" },
+                    "cpu_time_ms": used.and_then(|u| u.cpu_ns).map(|ns| ns / 1_000_000),
+                    "memory_bytes": used.and_then(|u| u.memory_bytes),
+                    "egress_bytes": used.and_then(|u| u.egress_bytes),
+                    "disk_bytes": disk.and_then(|d| d.used),
+                    "disk_limit_bytes": disk.map(|d| d.limit),
+                    "disk_backing": disk.map(|d| d.backing),
+                    "frozen": disk.is_some_and(|d| d.frozen),
+                    "condition": disk.and_then(|d| d.condition()),
+                })
+            })
+            .collect(),
     ))
+}
+
+/// Per-sliver series (one line per live sliver and figure), for `/metrics`.
+fn sliver_metrics(state: &NodeState) -> String {
+    use std::fmt::Write;
+    let usage = state
+        .usage
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let mut out = String::new();
+    type Figure = fn(&crate::sliver::UsageSample) -> Option<String>;
+    let series: [(&str, &str, &str, Figure); 6] = [
+        (
+            "planetmesh_sliver_cpu_seconds_total",
+            "counter",
+            "CPU time a sliver has used.",
+            |u| u.cpu_ns.map(|ns| format!("{:.3}", ns as f64 / 1e9)),
+        ),
+        (
+            "planetmesh_sliver_memory_bytes",
+            "gauge",
+            "Memory a sliver uses.",
+            |u| u.memory_bytes.map(|b| b.to_string()),
+        ),
+        (
+            "planetmesh_sliver_egress_bytes_total",
+            "counter",
+            "Bytes a sliver's egress bucket has sent.",
+            |u| u.egress_bytes.map(|b| b.to_string()),
+        ),
+        (
+            "planetmesh_sliver_disk_bytes",
+            "gauge",
+            "Bytes in a sliver's writable layer at the last disk check.",
+            |u| u.disk.as_ref().and_then(|d| d.used).map(|b| b.to_string()),
+        ),
+        (
+            "planetmesh_sliver_disk_limit_bytes",
+            "gauge",
+            "A sliver's disk grant (0: none).",
+            |u| u.disk.as_ref().map(|d| d.limit.to_string()),
+        ),
+        (
+            "planetmesh_sliver_frozen",
+            "gauge",
+            "1 while the disk watchdog holds a sliver frozen over its grant.",
+            |u| u.disk.as_ref().map(|d| u8::from(d.frozen).to_string()),
+        ),
+    ];
+    for (name, kind, help, figure) in series {
+        let lines: Vec<String> = usage
+            .iter()
+            .filter_map(|u| figure(u).map(|v| format!("{name}{{sliver=\"{}\"}} {v}\n", u.id)))
+            .collect();
+        if lines.is_empty() {
+            continue;
+        }
+        let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
+        out.extend(lines);
+    }
+    out
 }
 
 async fn metrics(State(state): State<Arc<NodeState>>) -> impl IntoResponse {
@@ -100,7 +184,7 @@ async fn metrics(State(state): State<Arc<NodeState>>) -> impl IntoResponse {
     let capacity = service.capacity().total;
     let committed = service.commitments().total;
     let leases = service.ledger().leases().unwrap_or_default().len();
-    let text = format!(
+    let mut text = format!(
         "# HELP planetmesh_node_capacity_cpu_millis CPU the node offers, in thousandths of a core.\n\
          # TYPE planetmesh_node_capacity_cpu_millis gauge\nplanetmesh_node_capacity_cpu_millis {}\n\
          # HELP planetmesh_node_committed_cpu_millis CPU committed to leases.\n\
@@ -126,5 +210,6 @@ async fn metrics(State(state): State<Arc<NodeState>>) -> impl IntoResponse {
         state.served_err.load(Ordering::Relaxed),
         state.ads_published.load(Ordering::Relaxed),
     );
+    text.push_str(&sliver_metrics(&state));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

@@ -1,12 +1,60 @@
 //! The resource monitor: what the host has and uses, read from `/proc` (the path is injected),
-//! and the node's signed ad built from it and the ledger.
+//! what each sliver uses (from the sliver engine, through [`SliverMonitor`]), the disk
+//! watchdog's verdicts, and the node's signed ad built from them and the ledger.
+//!
+//! Per sliver, the ad carries CPU time and memory (its cgroup), and the bytes its egress
+//! bucket sent (the HTB class counters): see [`crate::sliver::Slivers::usage`]. Disk is
+//! checked by the watchdog on its own period (walking an upper dir costs more than reading a
+//! counter), which freezes a sliver over its grant ([`crate::sliver::Slivers::check_disk`]).
 
+use std::collections::BTreeMap;
+use std::fmt::Debug;
 use std::path::{Path, PathBuf};
 
-use capability_schema::ad::{MeasuredUse, ShareState};
+use capability_schema::ad::{MeasuredUse, ShareState, SliverUsage};
 use capability_schema::{Delegation, MembershipCert, ResourceAd, Resources, SecretKey, Signed};
 
 use crate::admission::{Capacity, Commitments};
+use crate::sliver::{DiskReport, Host, Slivers, UsageSample};
+
+/// What the monitor asks of the sliver engine. `None` in the daemon under `isolation =
+/// "memory"`, where there is nothing to measure.
+pub trait SliverMonitor: Send + Sync + Debug {
+    /// Every live sliver's use (blocking: reads cgroup files and a netlink dump).
+    fn usage(&self) -> Vec<UsageSample>;
+    /// One disk watchdog pass (blocking: walks upper dirs; may freeze or thaw slivers).
+    fn check_disk(&self) -> Vec<DiskReport>;
+}
+
+impl<H: Host + Debug + 'static> SliverMonitor for Slivers<H> {
+    fn usage(&self) -> Vec<UsageSample> {
+        Slivers::usage(self)
+    }
+
+    fn check_disk(&self) -> Vec<DiskReport> {
+        Slivers::check_disk(self)
+    }
+}
+
+/// The ad's per-sliver figures. `slices` maps sliver ids to slice names (from the ledger); a
+/// sliver missing there is named by its id. Figures the host could not read are 0.
+pub fn sliver_usage(
+    samples: &[UsageSample],
+    slices: &BTreeMap<String, String>,
+) -> Vec<SliverUsage> {
+    samples
+        .iter()
+        .map(|s| SliverUsage {
+            slice: slices
+                .get(s.id.as_str())
+                .cloned()
+                .unwrap_or_else(|| s.id.to_string()),
+            cpu_time_ms: s.cpu_ns.unwrap_or(0) / 1_000_000,
+            memory_bytes: s.memory_bytes.unwrap_or(0),
+            egress_bytes: s.egress_bytes.unwrap_or(0),
+        })
+        .collect()
+}
 
 /// Reads host figures under a `/proc` root.
 #[derive(Debug, Clone)]
@@ -152,6 +200,69 @@ pub fn build_ad(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sliver::host::RecordingHost;
+    use crate::sliver::{CgroupUsage, NodeConfig, SliverId, SliverSpec};
+
+    #[test]
+    fn slivers_use_reaches_the_ad_figures_through_the_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = NodeConfig::new(dir.path(), "/nonexistent/sliver-init");
+        let (engine, _) = Slivers::open(RecordingHost::new(), config).unwrap();
+        let resources = Resources {
+            cpu_millis: 500,
+            memory_bytes: 64 << 20,
+            disk_bytes: 1 << 20,
+            egress_kbps: 1000,
+        };
+        let a = engine
+            .create(SliverSpec::regular(
+                SliverId::new("alpha").unwrap(),
+                resources,
+            ))
+            .unwrap();
+        engine
+            .create(SliverSpec::regular(
+                SliverId::new("beta").unwrap(),
+                resources,
+            ))
+            .unwrap();
+        engine.host().set_usage(
+            &a.cgroup,
+            CgroupUsage {
+                cpu_ns: Some(2_500_000_000),
+                memory_bytes: Some(7 << 20),
+            },
+        );
+        engine.host().set_egress(a.shape.class_minor, 123_456);
+        let monitor: &dyn SliverMonitor = &engine;
+        let samples = monitor.usage();
+        let slices = BTreeMap::from([("alpha".to_string(), "princeton_alpha".to_string())]);
+        let ad = sliver_usage(&samples, &slices);
+        assert_eq!(
+            ad,
+            vec![
+                SliverUsage {
+                    slice: "princeton_alpha".into(),
+                    cpu_time_ms: 2500,
+                    memory_bytes: 7 << 20,
+                    egress_bytes: 123_456,
+                },
+                SliverUsage {
+                    slice: "beta".into(),
+                    cpu_time_ms: 0,
+                    memory_bytes: 0,
+                    egress_bytes: 0,
+                },
+            ]
+        );
+        // The disk watchdog's verdict rides along with the next sample.
+        engine.host().set_disk("alpha", 3 << 20);
+        monitor.check_disk();
+        let alpha = monitor.usage().remove(0);
+        let disk = alpha.disk.unwrap();
+        assert!(disk.over && disk.frozen, "{disk:?}");
+        assert_eq!(disk.used, Some(3 << 20));
+    }
 
     #[test]
     fn samples_a_fake_proc_tree() {

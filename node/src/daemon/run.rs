@@ -6,7 +6,10 @@
 //!   (sliver creation is synchronous), at most [`MAX_IN_FLIGHT`] at once, and its answer goes
 //!   back on its responder;
 //! - any change (redeem, renew, release, reap) pokes the ad task, which signs and publishes a
-//!   new ad at once; otherwise it publishes on the heartbeat;
+//!   new ad at once; otherwise it publishes on the heartbeat. Each ad carries what every live
+//!   sliver used (CPU time, memory, egress bytes), sampled then;
+//! - the disk watchdog measures every sliver's writable layer each `disk_check_secs` and
+//!   freezes the ones over their grant, thawing them once back under (`node::sliver`);
 //! - on shutdown the server stops taking requests, waits for those in flight, publishes
 //!   nothing more and closes the overlay. Slivers keep running: they are leased, not owned by
 //!   the process.
@@ -26,10 +29,13 @@ use tokio::sync::{Notify, Semaphore, watch};
 use super::config::{Isolation, NodeManagerConfig};
 use super::http;
 use super::memory::InMemorySlivers;
-use super::monitor::{AdTemplate, HostProbe, build_ad, measured_capacity};
+use super::monitor::{
+    AdTemplate, HostProbe, SliverMonitor, build_ad, measured_capacity, sliver_usage,
+};
 use super::service::{NodeService, SliverBackend};
 use crate::admission::{Capacity, Share};
 use crate::ledger::Ledger;
+use crate::sliver::UsageSample;
 
 /// Most requests served at once.
 pub const MAX_IN_FLIGHT: usize = 64;
@@ -47,6 +53,10 @@ pub struct NodeState {
     pub served_err: std::sync::atomic::AtomicU64,
     /// Ads published.
     pub ads_published: std::sync::atomic::AtomicU64,
+    /// The sliver engine's monitor (`None` under `isolation = "memory"`).
+    pub monitor: Option<Arc<dyn SliverMonitor>>,
+    /// What each live sliver used at the last sample (with the disk watchdog's last verdict).
+    pub usage: RwLock<Vec<UsageSample>>,
 }
 
 /// A started node: its overlay handle and bound addresses, for tests and the testnet.
@@ -75,9 +85,12 @@ fn sliver_init_path() -> anyhow::Result<std::path::PathBuf> {
     Ok(dir.parent().unwrap_or(dir).join("sliver-init"))
 }
 
-fn open_backend(config: &NodeManagerConfig) -> anyhow::Result<Arc<dyn SliverBackend>> {
+/// The sliver backend, and its monitor when it has real slivers to measure.
+type Backend = (Arc<dyn SliverBackend>, Option<Arc<dyn SliverMonitor>>);
+
+fn open_backend(config: &NodeManagerConfig) -> anyhow::Result<Backend> {
     match config.isolation {
-        Isolation::Memory => Ok(Arc::new(InMemorySlivers::new())),
+        Isolation::Memory => Ok((Arc::new(InMemorySlivers::new()), None)),
         Isolation::Linux => {
             use crate::sliver::linux::LinuxHost;
             use crate::sliver::{NodeConfig, Slivers};
@@ -99,8 +112,22 @@ fn open_backend(config: &NodeManagerConfig) -> anyhow::Result<Arc<dyn SliverBack
             if let Some(image) = &config.image {
                 engine.image = Some(crate::sliver::rootfs::Image::Directory(image.clone()));
             }
+            engine.disk_backing = config.disk_backing;
             let host = LinuxHost::detect()
                 .context("finding cgroup hierarchies (is this Linux, and are you root?)")?;
+            if config.favor_dynamic_cgroups {
+                // Host-wide and lasting (a cgroup2 mount option): moving each new init into
+                // its cgroup then skips an RCU grace period, the largest cost of a create.
+                match host.favor_dynamic_cgroups() {
+                    Ok(Some(mount)) => tracing::info!(
+                        mount = %mount.display(),
+                        "cgroup2 remounted with favordynmods"
+                    ),
+                    Ok(None) => tracing::debug!("no cgroup2 mount: favordynmods not applied"),
+                    // Kernels before 6.1 lack the option; slivers are only slower to create.
+                    Err(e) => tracing::warn!("cannot apply favordynmods (creates are slower): {e}"),
+                }
+            }
             let (slivers, reconciled) = Slivers::open(host, engine)
                 .context("opening the sliver engine (root is needed for isolation = \"linux\")")?;
             tracing::info!(
@@ -111,7 +138,8 @@ fn open_backend(config: &NodeManagerConfig) -> anyhow::Result<Arc<dyn SliverBack
             for problem in reconciled.problems {
                 tracing::warn!(%problem, "sliver engine");
             }
-            Ok(Arc::new(slivers))
+            let slivers = Arc::new(slivers);
+            Ok((slivers.clone(), Some(slivers)))
         }
     }
 }
@@ -122,7 +150,7 @@ pub async fn wipe(config: NodeManagerConfig) -> anyhow::Result<usize> {
     let key = SecretKey::load(&config.key_file).context("loading the node key")?;
     let ledger = Ledger::open(&config.state_dir.join("ledger.redb"))
         .context("opening the ledger (is nodemgr still running?)")?;
-    let backend = {
+    let (backend, _) = {
         let config = config.clone();
         tokio::task::spawn_blocking(move || open_backend(&config)).await??
     };
@@ -190,7 +218,7 @@ pub async fn start(
         shares,
     };
     let ledger = Ledger::open(&config.state_dir.join("ledger.redb"))?;
-    let backend = {
+    let (backend, monitor) = {
         let config = config.clone();
         tokio::task::spawn_blocking(move || open_backend(&config)).await??
     };
@@ -252,6 +280,8 @@ pub async fn start(
         served_ok: 0.into(),
         served_err: 0.into(),
         ads_published: 0.into(),
+        monitor,
+        usage: RwLock::new(Vec::new()),
     });
     let changed = Arc::new(Notify::new());
     let (stop_tx, stop) = watch::channel(false);
@@ -266,6 +296,32 @@ pub async fn start(
         stop.clone(),
         config.ad_interval_secs,
     ));
+    // Disk watchdog.
+    let watchdog = state.monitor.clone().map(|monitor| {
+        let (state, mut stop) = (Arc::clone(&state), stop.clone());
+        let period = Duration::from_secs(config.disk_check_secs.max(1));
+        tokio::spawn(async move {
+            loop {
+                let monitor = Arc::clone(&monitor);
+                let reports = tokio::task::spawn_blocking(move || monitor.check_disk())
+                    .await
+                    .unwrap_or_default();
+                // Put the verdicts in the last sample at once, so status shows them.
+                for sample in state
+                    .usage
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .iter_mut()
+                {
+                    sample.disk = reports.iter().find(|r| r.id == sample.id).cloned();
+                }
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => break,
+                    () = tokio::time::sleep(period) => {}
+                }
+            }
+        })
+    });
     // Reaper.
     let reaper = {
         let (service, changed, mut stop) =
@@ -382,6 +438,9 @@ pub async fn start(
         }
         let _ = ads.await;
         let _ = reaper.await;
+        if let Some(watchdog) = watchdog {
+            let _ = watchdog.await;
+        }
         overlay.shutdown().await;
     };
     Ok((running, shutdown))
@@ -409,10 +468,46 @@ async fn ad_loop(
         last_seq = seq;
         let service = &state.service;
         let sample = probe.sample();
+        let slivers = match &state.monitor {
+            Some(monitor) => {
+                let (monitor, service) = (Arc::clone(monitor), Arc::clone(service));
+                let measured = tokio::task::spawn_blocking(move || {
+                    let samples = monitor.usage();
+                    let slices: std::collections::BTreeMap<String, String> = if samples.is_empty() {
+                        Default::default()
+                    } else {
+                        service
+                            .ledger()
+                            .leases()
+                            .unwrap_or_default()
+                            .into_iter()
+                            .map(|r| (r.sliver_id, r.lease.slice))
+                            .collect()
+                    };
+                    let ad = sliver_usage(&samples, &slices);
+                    (samples, ad)
+                })
+                .await;
+                match measured {
+                    Ok((samples, ad)) => {
+                        *state
+                            .usage
+                            .write()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner) = samples;
+                        ad
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "sampling sliver use failed");
+                        Vec::new()
+                    }
+                }
+            }
+            None => Vec::new(),
+        };
         let measured = capability_schema::ad::MeasuredUse {
             load_milli: sample.load_milli,
             memory_used_bytes: sample.memory_used,
-            slivers: Vec::new(),
+            slivers,
         };
         let ad = build_ad(
             &key,

@@ -11,6 +11,12 @@
 //! | CPU quota | `cpu.cfs_quota_us` / `cpu.cfs_period_us` | `cpu.max` |
 //! | memory | `memory.limit_in_bytes` | `memory.max` (and `memory.swap.max` 0) |
 //! | pids | `pids.max` | `pids.max` |
+//!
+//! Use is read back for the resource monitor ([`Cgroups::usage`]): CPU time from
+//! `cpuacct.usage` (v1) or `cpu.stat`'s `usage_usec` (v2), memory from
+//! `memory.usage_in_bytes` (v1) or `memory.current` (v2). The disk watchdog stops a sliver's
+//! processes with the freezer ([`Cgroups::freeze`]): `freezer.state` in the v1 `freezer`
+//! hierarchy, `cgroup.freeze` in v2.
 
 use std::fs;
 use std::io;
@@ -69,6 +75,12 @@ pub enum CgroupError {
         /// The cause.
         source: io::Error,
     },
+    /// This host has no freezer (a v1 host without the `freezer` hierarchy).
+    #[error("cgroup {0}: no freezer hierarchy on this host")]
+    NoFreezer(String),
+    /// The cgroup is frozen and a command cannot join it without freezing too.
+    #[error("cgroup {0} is frozen (its sliver is over its disk grant)")]
+    Frozen(PathBuf),
     /// The cgroup2 hierarchy could not be remounted.
     #[error("remounting {path} with {options:?}: {source}")]
     Remount {
@@ -102,6 +114,15 @@ pub struct CgroupLimits {
     pub pids_max: Option<u64>,
 }
 
+/// What a cgroup has used, each `None` when this host does not account it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CgroupUsage {
+    /// CPU time, nanoseconds.
+    pub cpu_ns: Option<u64>,
+    /// Memory in use (page cache and tmpfs pages charged to it included), bytes.
+    pub memory_bytes: Option<u64>,
+}
+
 /// Which cgroup version a host uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CgroupVersion {
@@ -124,6 +145,8 @@ pub enum Cgroups {
         memory: PathBuf,
         /// The `pids` hierarchy, when mounted.
         pids: Option<PathBuf>,
+        /// The `freezer` hierarchy, when mounted.
+        freezer: Option<PathBuf>,
     },
     /// cgroup v2: the unified root.
     V2 {
@@ -178,6 +201,7 @@ impl Cgroups {
                 cpuacct: find("cpuacct"),
                 memory,
                 pids: find("pids"),
+                freezer: find("freezer"),
             });
         }
         let root = v2?;
@@ -203,10 +227,17 @@ impl Cgroups {
                 cpuacct,
                 memory,
                 pids,
+                freezer,
             } => {
-                for root in [Some(cpu), cpuacct.as_ref(), Some(memory), pids.as_ref()]
-                    .into_iter()
-                    .flatten()
+                for root in [
+                    Some(cpu),
+                    cpuacct.as_ref(),
+                    Some(memory),
+                    pids.as_ref(),
+                    freezer.as_ref(),
+                ]
+                .into_iter()
+                .flatten()
                 {
                     let dir = root.join(rel);
                     if !out.contains(&dir) {
@@ -225,6 +256,25 @@ impl Cgroups {
             .into_iter()
             .map(|d| d.join("cgroup.procs"))
             .collect()
+    }
+
+    /// The `cgroup.procs` files a command run in the sliver joins: all of them, except, when
+    /// the sliver is frozen, the v1 freezer's (so its holder can still clean up); a frozen v2
+    /// cgroup would freeze the command too, so it is refused.
+    pub fn exec_procs_files(&self, rel: &str) -> Result<Vec<PathBuf>, CgroupError> {
+        let files = self.procs_files(rel);
+        if !self.frozen(rel)? {
+            return Ok(files);
+        }
+        match self {
+            Cgroups::V1 {
+                freezer: Some(f), ..
+            } => {
+                let skip = f.join(rel).join("cgroup.procs");
+                Ok(files.into_iter().filter(|p| *p != skip).collect())
+            }
+            _ => Err(CgroupError::Frozen(self.dirs(rel).remove(0))),
+        }
     }
 
     /// Whether cgroup `rel` exists (in any hierarchy).
@@ -335,6 +385,10 @@ impl Cgroups {
     /// Kills every process left in cgroup `rel`, then removes it from every hierarchy.
     /// A cgroup that does not exist is not an error.
     pub fn destroy(&self, rel: &str) -> Result<(), CgroupError> {
+        // A frozen process cannot die (v1): thaw first.
+        if self.exists(rel) && self.frozen(rel).unwrap_or(false) {
+            self.freeze(rel, false)?;
+        }
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let pids = self.procs(rel)?;
@@ -394,6 +448,80 @@ impl Cgroups {
             Cgroups::V2 { root } => root.join(rel).join("memory.current"),
         };
         Ok(read_to_string(&path)?.trim().parse().ok())
+    }
+
+    /// CPU time and memory in use of cgroup `rel`, each `None` when not accounted here.
+    pub fn usage(&self, rel: &str) -> Result<CgroupUsage, CgroupError> {
+        Ok(CgroupUsage {
+            cpu_ns: self.cpu_usage_ns(rel)?,
+            memory_bytes: self.memory_usage(rel)?,
+        })
+    }
+
+    /// The freezer's control file of cgroup `rel`.
+    fn freezer_file(&self, rel: &str) -> Result<PathBuf, CgroupError> {
+        match self {
+            Cgroups::V1 {
+                freezer: Some(f), ..
+            } => Ok(f.join(rel).join("freezer.state")),
+            Cgroups::V1 { .. } => Err(CgroupError::NoFreezer(rel.to_string())),
+            Cgroups::V2 { root } => Ok(root.join(rel).join("cgroup.freeze")),
+        }
+    }
+
+    /// Freezes (stops, in a state no signal ends) or thaws every process of cgroup `rel`.
+    /// In v1 the processes of the sliver that are not in its freezer cgroup (commands run
+    /// while it was frozen join every hierarchy but that one) are moved there first.
+    pub fn freeze(&self, rel: &str, frozen: bool) -> Result<(), CgroupError> {
+        let file = self.freezer_file(rel)?;
+        if let (Cgroups::V1 { .. }, true) = (self, frozen)
+            && let Some(dir) = file.parent()
+        {
+            let procs = dir.join("cgroup.procs");
+            let inside: Vec<u32> = read_to_string(&procs)
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect();
+            for pid in self.procs(rel)? {
+                if !inside.contains(&pid) {
+                    // A process may exit meanwhile: ESRCH is not a failure.
+                    match fs::write(&procs, pid.to_string()) {
+                        Ok(()) => {}
+                        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+                        Err(source) => {
+                            return Err(CgroupError::Write {
+                                path: procs,
+                                value: pid.to_string(),
+                                source,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        let value = match (self, frozen) {
+            (Cgroups::V1 { .. }, true) => "FROZEN",
+            (Cgroups::V1 { .. }, false) => "THAWED",
+            (Cgroups::V2 { .. }, true) => "1",
+            (Cgroups::V2 { .. }, false) => "0",
+        };
+        write(&file, value)
+    }
+
+    /// Whether cgroup `rel` is frozen (or freezing). A host without a freezer reads `false`.
+    pub fn frozen(&self, rel: &str) -> Result<bool, CgroupError> {
+        let file = match self.freezer_file(rel) {
+            Ok(f) => f,
+            Err(CgroupError::NoFreezer(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let text = match fs::read_to_string(&file) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(source) => return Err(CgroupError::Read { path: file, source }),
+        };
+        Ok(matches!(text.trim(), "FROZEN" | "FREEZING" | "1"))
     }
 
     /// The names of the child cgroups of `parent` (in the memory or unified hierarchy).
@@ -655,6 +783,101 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cg.cpu_usage_ns("pm/s1").unwrap(), Some(1_500_000));
+    }
+
+    #[test]
+    fn v1_usage_and_freezer() {
+        let tmp = tempfile::tempdir().unwrap();
+        let text = format!(
+            "1 1 0:1 / {d}/cpu rw - cgroup cgroup rw,cpu\n\
+             2 1 0:2 / {d}/cpuacct rw - cgroup cgroup rw,cpuacct\n\
+             3 1 0:3 / {d}/memory rw - cgroup cgroup rw,memory\n\
+             5 1 0:5 / {d}/freezer rw - cgroup cgroup rw,freezer\n",
+            d = tmp.path().display()
+        );
+        let cg = Cgroups::from_mountinfo(&text).unwrap();
+        cg.create("pm/s1", &CgroupLimits::default()).unwrap();
+        let put = |p: &str, v: &str| fs::write(tmp.path().join(p), v).unwrap();
+        let read = |p: &str| fs::read_to_string(tmp.path().join(p)).unwrap();
+        put("cpuacct/pm/s1/cpuacct.usage", "123456789\n");
+        put("memory/pm/s1/memory.usage_in_bytes", "8192\n");
+        assert_eq!(
+            cg.usage("pm/s1").unwrap(),
+            CgroupUsage {
+                cpu_ns: Some(123_456_789),
+                memory_bytes: Some(8192)
+            }
+        );
+        // A process outside the freezer cgroup (a command run while frozen) is moved in.
+        put("cpu/pm/s1/cgroup.procs", "77\n");
+        put("freezer/pm/s1/cgroup.procs", "");
+        assert!(!cg.frozen("pm/s1").unwrap());
+        cg.freeze("pm/s1", true).unwrap();
+        assert_eq!(read("freezer/pm/s1/freezer.state"), "FROZEN");
+        assert_eq!(read("freezer/pm/s1/cgroup.procs"), "77");
+        assert!(cg.frozen("pm/s1").unwrap());
+        // Commands run in a frozen sliver join every hierarchy but the freezer's.
+        let files = cg.exec_procs_files("pm/s1").unwrap();
+        assert_eq!(files.len(), 3);
+        assert!(
+            !files
+                .iter()
+                .any(|f| f.starts_with(tmp.path().join("freezer")))
+        );
+        cg.freeze("pm/s1", false).unwrap();
+        assert_eq!(read("freezer/pm/s1/freezer.state"), "THAWED");
+        assert_eq!(cg.exec_procs_files("pm/s1").unwrap().len(), 4);
+        // Without a freezer hierarchy freezing is refused, and nothing reads as frozen.
+        let bare = fake_v1(tmp.path());
+        assert!(matches!(
+            bare.freeze("pm/s1", true),
+            Err(CgroupError::NoFreezer(_))
+        ));
+        assert!(!bare.frozen("pm/s1").unwrap());
+    }
+
+    #[test]
+    fn v2_usage_and_freezer() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::write(tmp.path().join("cgroup.controllers"), "cpu memory pids").unwrap();
+        let text = format!(
+            "9 1 0:9 / {} rw - cgroup2 cgroup2 rw\n",
+            tmp.path().display()
+        );
+        let cg = Cgroups::from_mountinfo(&text).unwrap();
+        cg.create("pm/s2", &CgroupLimits::default()).unwrap();
+        let put = |p: &str, v: &str| fs::write(tmp.path().join(p), v).unwrap();
+        put(
+            "pm/s2/cpu.stat",
+            "usage_usec 2500000\nuser_usec 2000000\nsystem_usec 500000\n",
+        );
+        put("pm/s2/memory.current", "1048576\n");
+        assert_eq!(
+            cg.usage("pm/s2").unwrap(),
+            CgroupUsage {
+                cpu_ns: Some(2_500_000_000),
+                memory_bytes: Some(1 << 20)
+            }
+        );
+        assert!(!cg.frozen("pm/s2").unwrap());
+        cg.freeze("pm/s2", true).unwrap();
+        assert_eq!(
+            fs::read_to_string(tmp.path().join("pm/s2/cgroup.freeze")).unwrap(),
+            "1"
+        );
+        assert!(cg.frozen("pm/s2").unwrap());
+        // A command would freeze too: refused with the reason.
+        assert!(matches!(
+            cg.exec_procs_files("pm/s2"),
+            Err(CgroupError::Frozen(_))
+        ));
+        cg.freeze("pm/s2", false).unwrap();
+        assert!(!cg.frozen("pm/s2").unwrap());
+        assert_eq!(cg.exec_procs_files("pm/s2").unwrap().len(), 1);
+        // A missing figure is an error naming the file.
+        fs::remove_file(tmp.path().join("pm/s2/memory.current")).unwrap();
+        let err = cg.usage("pm/s2").unwrap_err().to_string();
+        assert!(err.contains("memory.current"), "{err}");
     }
 
     #[test]

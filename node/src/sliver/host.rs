@@ -5,7 +5,7 @@
 //! cgroupfs); [`RecordingHost`] records each call, keeps a set of the resources it "holds" and
 //! fails on demand, so creation order and rollback are unit-tested without root.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -15,10 +15,10 @@ use serde::{Deserialize, Serialize};
 
 use super::alloc::UidRange;
 use super::caps::CapMask;
-use super::cgroup::{CgroupError, CgroupLimits};
+use super::cgroup::{CgroupError, CgroupLimits, CgroupUsage};
 use super::init::InitPlan;
 use super::netlink::NetlinkError;
-use super::rootfs::{Image, SliverDirs};
+use super::rootfs::{DiskBacking, Image, SliverDirs};
 
 /// A failed privileged operation.
 #[derive(Debug, thiserror::Error)]
@@ -154,6 +154,17 @@ pub enum Orphan {
     Class(u16),
     /// A sliver dir.
     Dir(PathBuf),
+}
+
+/// A sliver's writable layer, whose disk use is measured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskTarget {
+    /// The sliver's dirs (the upper dir is the layer when directory-backed).
+    pub dirs: SliverDirs,
+    /// What backs the layer.
+    pub backing: DiskBacking,
+    /// The sliver's init (a tmpfs-backed layer is reached through its root).
+    pub init_pid: u32,
 }
 
 /// Where to run a command: a live sliver.
@@ -303,6 +314,16 @@ pub trait Host: Send + Sync {
     fn exec(&self, target: &ExecTarget, cmd: &ExecCommand) -> Result<ExecOutput, HostError>;
     /// Starts a command in a sliver with piped standard streams.
     fn spawn(&self, target: &ExecTarget, cmd: &ExecCommand) -> Result<Spawned, HostError>;
+    /// CPU time and memory a cgroup has used.
+    fn cgroup_usage(&self, cgroup: &str) -> Result<CgroupUsage, HostError>;
+    /// Bytes each sliver bucket (by HTB class minor) on the node's shaping device has sent.
+    fn egress_counters(&self, node: &NodeShaping) -> Result<BTreeMap<u16, u64>, HostError>;
+    /// Freezes (every process stopped, beyond any signal) or thaws a cgroup.
+    fn cgroup_freeze(&self, cgroup: &str, frozen: bool) -> Result<(), HostError>;
+    /// Whether a cgroup is frozen.
+    fn cgroup_frozen(&self, cgroup: &str) -> Result<bool, HostError>;
+    /// Bytes a sliver's writable layer holds.
+    fn disk_used(&self, target: &DiskTarget) -> Result<u64, HostError>;
 }
 
 /// One recorded call on the fake.
@@ -340,6 +361,8 @@ pub enum Call {
     RemoveOrphan(Orphan),
     /// [`Host::exec`] (argv).
     Exec(Vec<String>),
+    /// [`Host::cgroup_freeze`] (cgroup, frozen).
+    CgroupFreeze(String, bool),
 }
 
 impl Call {
@@ -362,6 +385,7 @@ impl Call {
             Call::ShapeRemove(..) => "shape_remove",
             Call::RemoveOrphan(..) => "remove_orphan",
             Call::Exec(..) => "exec",
+            Call::CgroupFreeze(..) => "cgroup_freeze",
         }
     }
 }
@@ -374,6 +398,10 @@ struct FakeState {
     next_pid: u32,
     dead: BTreeSet<u32>,
     strays: BTreeSet<Orphan>,
+    usage: BTreeMap<String, CgroupUsage>,
+    egress: BTreeMap<u16, u64>,
+    disk: BTreeMap<String, u64>,
+    frozen: BTreeSet<String>,
 }
 
 /// A fake host: records calls, tracks what it holds, fails where told.
@@ -440,6 +468,31 @@ impl RecordingHost {
         s.held.remove(&format!("init:{pid}"));
     }
 
+    /// Sets what cgroup `cgroup` reports as used.
+    pub fn set_usage(&self, cgroup: &str, usage: CgroupUsage) {
+        self.lock().usage.insert(cgroup.to_string(), usage);
+    }
+
+    /// Sets the byte counter of HTB class `minor`.
+    pub fn set_egress(&self, minor: u16, bytes: u64) {
+        self.lock().egress.insert(minor, bytes);
+    }
+
+    /// Sets the disk use of the sliver whose dir is named `dir_name`.
+    pub fn set_disk(&self, dir_name: &str, bytes: u64) {
+        self.lock().disk.insert(dir_name.to_string(), bytes);
+    }
+
+    /// The cgroups frozen now.
+    pub fn frozen(&self) -> BTreeSet<String> {
+        self.lock().frozen.clone()
+    }
+
+    /// Freezes a cgroup behind the engine's back (as a previous run of the node would have).
+    pub fn freeze_behind_the_back(&self, cgroup: &str) {
+        self.lock().frozen.insert(cgroup.to_string());
+    }
+
     fn record(&self, call: Call) -> Result<(), HostError> {
         let mut s = self.lock();
         let name = call.name();
@@ -504,6 +557,7 @@ impl Host for RecordingHost {
     fn cgroup_destroy(&self, cgroup: &str) -> Result<(), HostError> {
         self.record(Call::CgroupDestroy(cgroup.to_string()))?;
         self.release(&format!("cgroup:{cgroup}"));
+        self.lock().frozen.remove(cgroup);
         Ok(())
     }
 
@@ -615,5 +669,52 @@ impl Host for RecordingHost {
 
     fn spawn(&self, _target: &ExecTarget, _cmd: &ExecCommand) -> Result<Spawned, HostError> {
         Err(HostError::Unsupported("spawn on the recording host"))
+    }
+
+    fn cgroup_usage(&self, cgroup: &str) -> Result<CgroupUsage, HostError> {
+        let s = self.lock();
+        if !s.held.contains(&format!("cgroup:{cgroup}")) {
+            return Err(HostError::Injected(format!("no cgroup {cgroup}")));
+        }
+        Ok(s.usage.get(cgroup).copied().unwrap_or_default())
+    }
+
+    fn egress_counters(&self, node: &NodeShaping) -> Result<BTreeMap<u16, u64>, HostError> {
+        let s = self.lock();
+        if !s.held.contains(&format!("ifb:{}", node.ifb)) {
+            return Err(HostError::Injected(format!(
+                "no shaping device {}",
+                node.ifb
+            )));
+        }
+        Ok(s.held
+            .iter()
+            .filter_map(|h| h.strip_prefix("class:")?.parse::<u16>().ok())
+            .map(|minor| (minor, s.egress.get(&minor).copied().unwrap_or(0)))
+            .collect())
+    }
+
+    fn cgroup_freeze(&self, cgroup: &str, frozen: bool) -> Result<(), HostError> {
+        self.record(Call::CgroupFreeze(cgroup.to_string(), frozen))?;
+        let mut s = self.lock();
+        if frozen {
+            s.frozen.insert(cgroup.to_string());
+        } else {
+            s.frozen.remove(cgroup);
+        }
+        Ok(())
+    }
+
+    fn cgroup_frozen(&self, cgroup: &str) -> Result<bool, HostError> {
+        Ok(self.lock().frozen.contains(cgroup))
+    }
+
+    fn disk_used(&self, target: &DiskTarget) -> Result<u64, HostError> {
+        Ok(self
+            .lock()
+            .disk
+            .get(&dir_name(&target.dirs))
+            .copied()
+            .unwrap_or(0))
     }
 }

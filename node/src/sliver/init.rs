@@ -84,6 +84,11 @@ pub enum MountStep {
         /// Size cap in bytes.
         size: u64,
     },
+    /// Directories made with these modes (parents 0755), owned by whoever the init is.
+    Dirs {
+        /// (path, mode) pairs, parents first.
+        dirs: Vec<(PathBuf, u32)>,
+    },
     /// A private devpts instance.
     Devpts {
         /// Where.
@@ -467,6 +472,14 @@ fn run_step(
                 Some(data.as_str()),
             )
             .map_err(|e| step_err(format!("mount tmpfs on {}", target.display()), e))
+        }
+        MountStep::Dirs { dirs } => {
+            for (path, mode) in dirs {
+                ensure_dir(path)?;
+                fs::set_permissions(path, fs::Permissions::from_mode(*mode))
+                    .map_err(|e| step_err(format!("chmod {}", path.display()), e))?;
+            }
+            Ok(())
         }
         MountStep::Devpts { target } => {
             ensure_dir(target)?;

@@ -30,15 +30,15 @@ use rtnetlink::packet_route::tc::TcHandle;
 
 use super::alloc::UidRange;
 use super::caps;
-use super::cgroup::{CgroupLimits, Cgroups};
+use super::cgroup::{CgroupLimits, CgroupUsage, Cgroups};
 use super::host::{
-    ExecCommand, ExecOutput, ExecTarget, Host, HostError, InitHandle, InitRequest, NetAttach,
-    NodeShaping, Orphan, OrphanScope, Shape, Spawned,
+    DiskTarget, ExecCommand, ExecOutput, ExecTarget, Host, HostError, InitHandle, InitRequest,
+    NetAttach, NodeShaping, Orphan, OrphanScope, Shape, Spawned,
 };
 use super::init::{self, InitPlan, READY};
 use super::mountfd;
 use super::netlink::{ETH_P_IP, Netlink};
-use super::rootfs::{self, Image, SliverDirs, UPPER_OWNED_DIRS};
+use super::rootfs::{self, DiskBacking, Image, SliverDirs, UPPER_OWNED_DIRS};
 
 /// How long an init may take to build its sliver.
 const INIT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -990,7 +990,7 @@ impl Host for LinuxHost {
             Some(open_ns("pid")?)
         };
         let mut cgroup_files = Vec::new();
-        for p in self.cgroups.procs_files(&target.cgroup) {
+        for p in self.cgroups.exec_procs_files(&target.cgroup)? {
             cgroup_files.push(
                 OpenOptions::new()
                     .write(true)
@@ -1073,5 +1073,56 @@ impl Host for LinuxHost {
         drop(namespaces);
         drop(cgroup_files);
         Ok(Spawned { child })
+    }
+
+    fn cgroup_usage(&self, cgroup: &str) -> Result<CgroupUsage, HostError> {
+        Ok(self.cgroups.usage(cgroup)?)
+    }
+
+    fn egress_counters(
+        &self,
+        node: &NodeShaping,
+    ) -> Result<std::collections::BTreeMap<u16, u64>, HostError> {
+        let mut nl = Self::netlink()?;
+        let Some(ifb) = nl.link_index(&node.ifb)? else {
+            return Err(HostError::Init(format!(
+                "shaping device {} missing",
+                node.ifb
+            )));
+        };
+        Ok(nl
+            .class_bytes(ifb)?
+            .into_iter()
+            .filter(|(h, _)| h.major == 1 && h.minor >= 0x10)
+            .map(|(h, bytes)| (h.minor, bytes))
+            .collect())
+    }
+
+    fn cgroup_freeze(&self, cgroup: &str, frozen: bool) -> Result<(), HostError> {
+        Ok(self.cgroups.freeze(cgroup, frozen)?)
+    }
+
+    fn cgroup_frozen(&self, cgroup: &str) -> Result<bool, HostError> {
+        Ok(self.cgroups.frozen(cgroup)?)
+    }
+
+    fn disk_used(&self, target: &DiskTarget) -> Result<u64, HostError> {
+        match target.backing {
+            DiskBacking::Directory => rootfs::disk_usage(&target.dirs.upper)
+                .map_err(io_err("measure", &target.dirs.upper)),
+            DiskBacking::Tmpfs => {
+                // The tmpfs lives in the sliver's mount namespace only; an overlay reports the
+                // statistics of its upper layer's filesystem, so its root answers for it.
+                let root = self.proc_path(target.init_pid, "root/");
+                let st = nix::sys::statvfs::statvfs(&root).map_err(sys(format!(
+                    "statvfs {} (tmpfs-backed layer)",
+                    root.display()
+                )))?;
+                Ok(st
+                    .blocks()
+                    .saturating_sub(st.blocks_free())
+                    .saturating_mul(st.fragment_size()))
+            }
+        }
     }
 }

@@ -23,6 +23,18 @@
 //! Every privileged call goes through [`host::Host`]; [`linux::LinuxHost`] is the machine,
 //! [`host::RecordingHost`] the fake used by the unit tests below.
 //!
+//! Use: [`Slivers::usage`] reads each live sliver's CPU time and memory from its cgroup and
+//! the bytes its egress bucket has sent from the HTB class counters (one netlink dump for all
+//! slivers), for the node's resource monitor and its ads.
+//!
+//! Disk: [`Slivers::check_disk`] is the node's disk watchdog (in the spirit of PlanetLab's
+//! `pl_mom`). A sliver whose writable layer holds more than its `disk_bytes` grant has every
+//! process frozen (cgroup freezer), is logged, and reports `over disk limit: X of Y`
+//! ([`Slivers::condition`]); a command run in it afterwards is not frozen on a v1 host, so
+//! the holder can delete files, and the sliver is thawed at the first check that finds it
+//! back under its grant. A node may instead back each layer with a tmpfs of the granted size
+//! ([`rootfs::DiskBacking::Tmpfs`]), so the kernel refuses writes past it.
+//!
 //! Speed: creating a sliver costs a few milliseconds when the node has called
 //! [`linux::LinuxHost::favor_dynamic_cgroups`] (without it, moving the init into its cgroup
 //! waits for an RCU grace period, about 10 ms here); `sliver-bench` (`node/bench.sh`) measures
@@ -41,7 +53,7 @@ pub mod rootfs;
 pub mod spec;
 pub mod store;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Write;
 use std::net::Ipv4Addr;
@@ -50,12 +62,12 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use alloc::{AllocError, SlotAssignment, SlotLayout, UidRange};
-pub use cgroup::CgroupLimits;
+pub use cgroup::{CgroupLimits, CgroupUsage};
 pub use host::{
-    ExecCommand, ExecOutput, Host, HostError, NetAttach, NodeShaping, Orphan, OrphanScope, Shape,
-    Spawned,
+    DiskTarget, ExecCommand, ExecOutput, Host, HostError, NetAttach, NodeShaping, Orphan,
+    OrphanScope, Shape, Spawned,
 };
-pub use rootfs::{Image, SliverDirs};
+pub use rootfs::{DiskBacking, Image, SliverDirs};
 pub use spec::{SliverId, SliverKind, SliverSpec, SpecError};
 pub use store::{SliverRecord, StoreError};
 
@@ -163,6 +175,9 @@ pub struct NodeConfig {
     pub shaping: NodeShaping,
     /// Size cap of each sliver's `/tmp` and `/dev/shm`.
     pub tmp_bytes: u64,
+    /// What backs the writable layer of a sliver with a disk grant (one of 0 always gets a
+    /// directory).
+    pub disk_backing: DiskBacking,
 }
 
 impl NodeConfig {
@@ -187,6 +202,7 @@ impl NodeConfig {
                 node_kbps: 1_000_000,
             },
             tmp_bytes: 64 << 20,
+            disk_backing: DiskBacking::Directory,
         }
     }
 }
@@ -196,12 +212,71 @@ impl NodeConfig {
 pub struct DiskReport {
     /// The sliver.
     pub id: SliverId,
-    /// Bytes in its upper dir (`None` when it could not be walked).
+    /// Bytes in its writable layer (`None` when it could not be measured).
     pub used: Option<u64>,
     /// Its granted `disk_bytes` (0: no limit).
     pub limit: u64,
     /// Whether it uses more than granted.
     pub over: bool,
+    /// What backs the layer.
+    pub backing: DiskBacking,
+    /// Whether the disk watchdog holds its processes frozen.
+    pub frozen: bool,
+}
+
+impl DiskReport {
+    /// What the holder is told about a sliver over its grant (`None` when it is within it).
+    pub fn condition(&self) -> Option<String> {
+        if !self.over {
+            return None;
+        }
+        let used = self.used.unwrap_or(0);
+        Some(if self.frozen {
+            format!(
+                "over disk limit: {} of {}; its processes are frozen until it is back under \
+                 (delete files with exec, or release the sliver)",
+                human_bytes(used),
+                human_bytes(self.limit)
+            )
+        } else {
+            format!(
+                "over disk limit: {} of {}",
+                human_bytes(used),
+                human_bytes(self.limit)
+            )
+        })
+    }
+}
+
+/// Bytes in binary units with one decimal (`1.5 MiB`).
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// What one live sliver has used, as the host counts it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageSample {
+    /// The sliver.
+    pub id: SliverId,
+    /// CPU time since it was created, nanoseconds (`None`: not accounted or unreadable).
+    pub cpu_ns: Option<u64>,
+    /// Memory in use, bytes.
+    pub memory_bytes: Option<u64>,
+    /// Bytes its egress bucket has sent (IPv4 with its own source address, headers included).
+    pub egress_bytes: Option<u64>,
+    /// Its disk use at the last watchdog check (`None` before the first).
+    pub disk: Option<DiskReport>,
 }
 
 /// What [`Slivers::open`] found on the host.
@@ -221,6 +296,10 @@ pub struct Reconciled {
 struct State {
     live: BTreeMap<SliverId, SliverRecord>,
     creating: BTreeMap<SliverId, u32>,
+    /// Slivers the disk watchdog froze (or found frozen when the node started).
+    frozen: BTreeSet<SliverId>,
+    /// The disk watchdog's last report of each live sliver.
+    disk: BTreeMap<SliverId, DiskReport>,
 }
 
 /// Which creation steps are done, so teardown undoes exactly those.
@@ -292,7 +371,15 @@ impl<H: Host> Slivers<H> {
                 .host
                 .init_alive(record.init_pid, record.init_start_time)
             {
-                engine.lock().live.insert(id.clone(), record);
+                // Only the disk watchdog freezes slivers: one frozen by an earlier run of the
+                // node stays so until the next check finds it back under its grant.
+                let frozen = engine.host.cgroup_frozen(&record.cgroup).unwrap_or(false);
+                let mut st = engine.lock();
+                if frozen {
+                    st.frozen.insert(id.clone());
+                }
+                st.live.insert(id.clone(), record);
+                drop(st);
                 report.adopted.push(id);
             } else {
                 let failures = engine.teardown(&record, Done::ALL, false);
@@ -408,6 +495,11 @@ impl<H: Host> Slivers<H> {
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
+            disk_backing: if spec.resources.disk_bytes > 0 {
+                self.config.disk_backing
+            } else {
+                DiskBacking::Directory
+            },
         })
     }
 
@@ -515,6 +607,8 @@ impl<H: Host> Slivers<H> {
                 &PlanOptions {
                     tmp_bytes: self.config.tmp_bytes,
                     host_proc: spec.host_pid_view,
+                    upper_tmpfs_bytes: (record.disk_backing == DiskBacking::Tmpfs)
+                        .then_some(spec.resources.disk_bytes),
                 },
             ),
             caps: record.caps,
@@ -556,6 +650,10 @@ impl<H: Host> Slivers<H> {
                 failures.push(format!("{what}: {e}"));
             }
         };
+        if done.init && done.cgroup && self.host.cgroup_frozen(&record.cgroup).unwrap_or(false) {
+            // A frozen init does not die.
+            note("thaw", self.host.cgroup_freeze(&record.cgroup, false));
+        }
         if done.init {
             note(
                 "kill init",
@@ -599,6 +697,9 @@ impl<H: Host> Slivers<H> {
             .ok_or_else(|| SliverError::NotFound(id.clone()))?;
         let failures = self.teardown(&record, Done::ALL, keep_upper);
         if failures.is_empty() {
+            let mut st = self.lock();
+            st.frozen.remove(id);
+            st.disk.remove(id);
             Ok(())
         } else {
             self.lock().live.insert(id.clone(), record);
@@ -666,18 +767,27 @@ impl<H: Host> Slivers<H> {
             })
     }
 
-    /// Disk use of every live sliver against its grant, for the resource monitor. A sliver
-    /// over its `disk_bytes` is reported, not stopped: hard limits need project quotas on the
-    /// state dir's filesystem, which not every kernel has; acting on the report (refusing
-    /// renewal, reclaiming the lease) is the node manager's policy.
+    fn disk_target(record: &SliverRecord) -> DiskTarget {
+        DiskTarget {
+            dirs: record.dirs.clone(),
+            backing: record.disk_backing,
+            init_pid: record.init_pid,
+        }
+    }
+
+    /// Disk use of every live sliver against its grant, measured now (nothing is acted on;
+    /// see [`Slivers::check_disk`]).
     pub fn disk_report(&self) -> Vec<DiskReport> {
+        let frozen = self.lock().frozen.clone();
         self.list()
             .into_iter()
             .map(|r| {
-                let used = rootfs::disk_usage(&r.dirs.upper).ok();
+                let used = self.host.disk_used(&Self::disk_target(&r)).ok();
                 let limit = r.spec.resources.disk_bytes;
                 DiskReport {
                     over: limit > 0 && used.is_some_and(|u| u > limit),
+                    frozen: frozen.contains(&r.spec.id),
+                    backing: r.disk_backing,
                     id: r.spec.id,
                     used,
                     limit,
@@ -686,20 +796,116 @@ impl<H: Host> Slivers<H> {
             .collect()
     }
 
-    /// Bytes the sliver has written to its root filesystem (its upper dir).
+    /// The disk watchdog's pass: measures every live sliver; freezes each one over its grant
+    /// (a tmpfs-backed one cannot be: the kernel caps it) and thaws each frozen one that is
+    /// back under it. Returns the reports (also kept for [`Slivers::usage`] and
+    /// [`Slivers::condition`]).
+    pub fn check_disk(&self) -> Vec<DiskReport> {
+        let mut reports = self.disk_report();
+        for report in &mut reports {
+            let Some(record) = self.get(&report.id) else {
+                continue;
+            };
+            let used = report.used.unwrap_or(0);
+            if report.over && !report.frozen {
+                match self.host.cgroup_freeze(&record.cgroup, true) {
+                    Ok(()) => {
+                        tracing::warn!(
+                            sliver = %report.id,
+                            used,
+                            limit = report.limit,
+                            "over its disk grant: processes frozen"
+                        );
+                        report.frozen = true;
+                        self.lock().frozen.insert(report.id.clone());
+                    }
+                    Err(e) => tracing::error!(
+                        sliver = %report.id,
+                        used,
+                        limit = report.limit,
+                        "over its disk grant, but cannot freeze it: {e}"
+                    ),
+                }
+            } else if report.frozen && !report.over && report.used.is_some() {
+                match self.host.cgroup_freeze(&record.cgroup, false) {
+                    Ok(()) => {
+                        tracing::info!(
+                            sliver = %report.id,
+                            used,
+                            limit = report.limit,
+                            "back under its disk grant: thawed"
+                        );
+                        report.frozen = false;
+                        self.lock().frozen.remove(&report.id);
+                    }
+                    Err(e) => tracing::error!(sliver = %report.id, "cannot thaw: {e}"),
+                }
+            }
+        }
+        let mut st = self.lock();
+        st.disk = reports
+            .iter()
+            .filter(|r| st.live.contains_key(&r.id))
+            .map(|r| (r.id.clone(), r.clone()))
+            .collect();
+        reports
+    }
+
+    /// What is wrong with a sliver, for its holder (`None`: nothing): today, being over its
+    /// disk grant, as of the last [`Slivers::check_disk`].
+    pub fn condition(&self, id: &SliverId) -> Option<String> {
+        self.lock().disk.get(id).and_then(DiskReport::condition)
+    }
+
+    /// What every live sliver has used: CPU time and memory from its cgroup, egress bytes from
+    /// its bucket's counters, disk as of the last watchdog check. A figure the host cannot
+    /// read is `None` (and logged at debug level).
+    pub fn usage(&self) -> Vec<UsageSample> {
+        let records = self.list();
+        if records.is_empty() {
+            return Vec::new();
+        }
+        let egress = match self.host.egress_counters(&self.config.shaping) {
+            Ok(counters) => Some(counters),
+            Err(e) => {
+                tracing::debug!("reading egress counters: {e}");
+                None
+            }
+        };
+        let disk = self.lock().disk.clone();
+        records
+            .into_iter()
+            .map(|r| {
+                let cg = self
+                    .host
+                    .cgroup_usage(&r.cgroup)
+                    .map_err(|e| tracing::debug!(sliver = %r.spec.id, "reading cgroup use: {e}"))
+                    .unwrap_or_default();
+                UsageSample {
+                    cpu_ns: cg.cpu_ns,
+                    memory_bytes: cg.memory_bytes,
+                    egress_bytes: egress
+                        .as_ref()
+                        .and_then(|c| c.get(&r.shape.class_minor).copied()),
+                    disk: disk.get(&r.spec.id).cloned(),
+                    id: r.spec.id,
+                }
+            })
+            .collect()
+    }
+
+    /// Bytes the sliver has written to its root filesystem (its writable layer).
     pub fn disk_usage(&self, id: &SliverId) -> Result<u64, SliverError> {
         let record = self
             .get(id)
             .ok_or_else(|| SliverError::NotFound(id.clone()))?;
-        rootfs::disk_usage(&record.dirs.upper).map_err(|source| SliverError::Host {
-            id: id.to_string(),
-            op: "disk usage",
-            source: Box::new(HostError::Io {
-                op: "walk",
-                path: record.dirs.upper.clone(),
-                source,
-            }),
-        })
+        self.host
+            .disk_used(&Self::disk_target(&record))
+            .map_err(|source| SliverError::Host {
+                id: id.to_string(),
+                op: "disk usage",
+                source: Box::new(source),
+            })
     }
 
     /// The SSH public keys that may log in to the sliver as root.

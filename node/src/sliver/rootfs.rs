@@ -7,6 +7,19 @@
 //! directories (`/usr`, …) bound read-only on top. An operator may instead name any directory
 //! tree ([`Image::Directory`]). [`mount_plan`] is a pure function from these to the steps the
 //! sliver's init performs, so the layout is unit-tested without root.
+//!
+//! Disk: a sliver's footprint is its writable layer. What backs it ([`DiskBacking`]) is a
+//! node setting:
+//! - [`DiskBacking::Directory`] (the default): the upper dir on the state dir's filesystem.
+//!   The kernel cannot cap it (that would need project quotas, which this node's filesystem
+//!   lacks), so the node's disk watchdog measures it ([`disk_usage`]) and freezes a sliver
+//!   found over its grant until it is back under (see [`super::Slivers::check_disk`]).
+//! - [`DiskBacking::Tmpfs`]: the init mounts a tmpfs of exactly the granted size over the
+//!   upper dir, inside the sliver's own mount namespace, and puts the overlay's upper and work
+//!   dirs in it. Writes past the grant fail with `ENOSPC` at once; the filesystem needs no
+//!   cleanup (it goes with the namespace, so nothing is ever mounted on the host). The price:
+//!   its pages are memory, charged to the sliver's memory cgroup (disk and memory share the
+//!   memory limit), and its content does not outlive the sliver (a kept upper dir stays empty).
 
 use std::fs;
 use std::io;
@@ -40,6 +53,17 @@ impl Image {
             Image::Directory(dir) => dir,
         }
     }
+}
+
+/// What backs a sliver's writable layer (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskBacking {
+    /// A directory on the state dir's filesystem, capped by the disk watchdog.
+    #[default]
+    Directory,
+    /// A tmpfs of the granted size in the sliver's mount namespace, capped by the kernel.
+    Tmpfs,
 }
 
 /// The host-side directories of one sliver, under the node's state dir.
@@ -96,6 +120,8 @@ pub struct PlanOptions {
     pub tmp_bytes: u64,
     /// Bind the host's `/proc` (admin host view) instead of a fresh one.
     pub host_proc: bool,
+    /// Back the writable layer with a tmpfs of this many bytes (`None`: the upper dir).
+    pub upper_tmpfs_bytes: Option<u64>,
 }
 
 /// The steps that build the sliver's root from `image` over `dirs`.
@@ -108,13 +134,33 @@ pub fn mount_plan(dirs: &SliverDirs, image: &Image, opts: &PlanOptions) -> Vec<M
             source: image.lower().to_path_buf(),
             target: dirs.lower.clone(),
         },
-        MountStep::Overlay {
-            lower: vec![dirs.lower.clone()],
-            upper: dirs.upper.clone(),
-            work: dirs.work.clone(),
-            target: root.clone(),
-        },
     ];
+    let (upper, work) = match opts.upper_tmpfs_bytes {
+        None => (dirs.upper.clone(), dirs.work.clone()),
+        Some(size) => {
+            // Upper and work dirs must share a filesystem: both go in the tmpfs.
+            let (upper, work) = (dirs.upper.join("layer"), dirs.upper.join("work"));
+            steps.push(MountStep::Tmpfs {
+                target: dirs.upper.clone(),
+                mode: 0o755,
+                size,
+            });
+            let mut made = vec![(upper.clone(), 0o755), (work.clone(), 0o700)];
+            made.extend(
+                UPPER_OWNED_DIRS
+                    .iter()
+                    .map(|(mode, dir)| (upper.join(dir), *mode)),
+            );
+            steps.push(MountStep::Dirs { dirs: made });
+            (upper, work)
+        }
+    };
+    steps.push(MountStep::Overlay {
+        lower: vec![dirs.lower.clone()],
+        upper,
+        work,
+        target: root.clone(),
+    });
     if let Image::HostSystem { binds, .. } = image {
         for dir in binds {
             steps.push(MountStep::Bind {
@@ -318,6 +364,7 @@ mod tests {
             &PlanOptions {
                 tmp_bytes: 1 << 20,
                 host_proc: false,
+                upper_tmpfs_bytes: None,
             },
         );
         assert_eq!(steps[0], MountStep::MakePrivate);
@@ -366,6 +413,7 @@ mod tests {
             &PlanOptions {
                 tmp_bytes: 1,
                 host_proc: true,
+                upper_tmpfs_bytes: None,
             },
         );
         assert!(
@@ -374,6 +422,43 @@ mod tests {
             )
         );
         assert!(!steps.iter().any(|s| matches!(s, MountStep::Proc { .. })));
+    }
+
+    #[test]
+    fn a_tmpfs_backed_layer_holds_upper_and_work_dirs() {
+        let dirs = SliverDirs::new(Path::new("/state"), "t");
+        let steps = mount_plan(
+            &dirs,
+            &Image::Directory("/img".into()),
+            &PlanOptions {
+                tmp_bytes: 1,
+                host_proc: false,
+                upper_tmpfs_bytes: Some(5 << 20),
+            },
+        );
+        assert_eq!(
+            steps[2],
+            MountStep::Tmpfs {
+                target: "/state/slivers/t/upper".into(),
+                mode: 0o755,
+                size: 5 << 20
+            }
+        );
+        let MountStep::Dirs { dirs: made } = &steps[3] else {
+            panic!("expected dirs, got {:?}", steps[3]);
+        };
+        assert_eq!(made[0], ("/state/slivers/t/upper/layer".into(), 0o755));
+        assert_eq!(made[1], ("/state/slivers/t/upper/work".into(), 0o700));
+        assert!(made.contains(&("/state/slivers/t/upper/layer/var/tmp".into(), 0o1777)));
+        assert_eq!(
+            steps[4],
+            MountStep::Overlay {
+                lower: vec!["/state/slivers/t/lower".into()],
+                upper: "/state/slivers/t/upper/layer".into(),
+                work: "/state/slivers/t/upper/work".into(),
+                target: "/state/slivers/t/rootfs".into(),
+            }
+        );
     }
 
     #[test]

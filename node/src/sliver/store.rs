@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::alloc::SlotAssignment;
 use super::caps::CapMask;
 use super::host::{NetAttach, Shape};
-use super::rootfs::SliverDirs;
+use super::rootfs::{DiskBacking, SliverDirs};
 use super::spec::SliverSpec;
 
 /// A store error, with the file.
@@ -62,6 +62,9 @@ pub struct SliverRecord {
     pub init_start_time: u64,
     /// Creation time, seconds since the epoch.
     pub created_at: u64,
+    /// What backs its writable layer (records from before this field: a directory).
+    #[serde(default)]
+    pub disk_backing: DiskBacking,
 }
 
 /// The directory of records.

@@ -314,3 +314,141 @@ fn reopening_removes_traces_no_record_accounts_for() {
     );
     assert_eq!(e2.list().len(), 1);
 }
+
+#[test]
+fn the_disk_watchdog_freezes_a_sliver_over_its_grant_and_thaws_it_back_under() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = engine(tmp.path());
+    let mut s = spec("hog");
+    s.resources.disk_bytes = 1 << 20;
+    let rec = e.create(s).unwrap();
+    e.create(spec("calm")).unwrap();
+    e.host().set_disk("hog", 3 << 20);
+    e.host().set_disk("calm", 1 << 20);
+    e.host().clear_calls();
+    let reports = e.check_disk();
+    assert_eq!(
+        e.host().calls(),
+        [Call::CgroupFreeze(rec.cgroup.clone(), true)]
+    );
+    let hog = reports.iter().find(|r| r.id.as_str() == "hog").unwrap();
+    assert!(hog.over && hog.frozen, "{hog:?}");
+    let calm = reports.iter().find(|r| r.id.as_str() == "calm").unwrap();
+    assert!(!calm.over && !calm.frozen, "{calm:?}");
+    let id = SliverId::new("hog").unwrap();
+    let condition = e.condition(&id).unwrap();
+    assert!(
+        condition.starts_with("over disk limit: 3.0 MiB of 1.0 MiB"),
+        "{condition}"
+    );
+    assert_eq!(e.condition(&SliverId::new("calm").unwrap()), None);
+    // Still over: nothing more is done.
+    e.host().clear_calls();
+    e.check_disk();
+    assert!(e.host().calls().is_empty(), "{:?}", e.host().calls());
+    // Back under: thawed, condition cleared.
+    e.host().set_disk("hog", 512 << 10);
+    e.check_disk();
+    assert_eq!(
+        e.host().calls(),
+        [Call::CgroupFreeze(rec.cgroup.clone(), false)]
+    );
+    assert!(e.host().frozen().is_empty());
+    assert_eq!(e.condition(&id), None);
+}
+
+#[test]
+fn a_frozen_sliver_is_thawed_before_its_init_is_killed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = engine(tmp.path());
+    let mut s = spec("icy");
+    s.resources.disk_bytes = 1 << 20;
+    e.create(s).unwrap();
+    e.host().set_disk("icy", 2 << 20);
+    e.check_disk();
+    e.host().clear_calls();
+    e.destroy(&SliverId::new("icy").unwrap(), false).unwrap();
+    assert_eq!(
+        e.host().call_names(),
+        [
+            "cgroup_freeze",
+            "kill_init",
+            "shape_remove",
+            "net_detach",
+            "cgroup_destroy",
+            "remove_dirs"
+        ]
+    );
+    assert!(e.host().frozen().is_empty());
+    assert_eq!(e.condition(&SliverId::new("icy").unwrap()), None);
+}
+
+#[test]
+fn a_restarted_node_keeps_a_frozen_sliver_frozen_until_it_is_back_under() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = engine(tmp.path());
+    let mut s = spec("cold");
+    s.resources.disk_bytes = 1 << 20;
+    let rec = e.create(s).unwrap();
+    let host = e.host;
+    host.freeze_behind_the_back(&rec.cgroup);
+    host.set_disk("cold", 2 << 20);
+    host.clear_calls();
+    let (e2, report) = Slivers::open(host, config(tmp.path())).unwrap();
+    assert_eq!(report.adopted, vec![rec.spec.id.clone()]);
+    // Still over: found frozen, left frozen, reported.
+    let reports = e2.check_disk();
+    assert!(reports[0].frozen && reports[0].over, "{reports:?}");
+    assert!(!e2.host().call_names().contains(&"cgroup_freeze"));
+    e2.host().set_disk("cold", 0);
+    e2.check_disk();
+    assert_eq!(
+        e2.host().calls().last(),
+        Some(&Call::CgroupFreeze(rec.cgroup.clone(), false))
+    );
+}
+
+#[test]
+fn tmpfs_backing_applies_to_slivers_with_a_disk_grant_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = config(tmp.path());
+    c.disk_backing = DiskBacking::Tmpfs;
+    let (e, _) = Slivers::open(RecordingHost::new(), c).unwrap();
+    let capped = e.create(spec("capped")).unwrap();
+    assert_eq!(capped.disk_backing, DiskBacking::Tmpfs);
+    let mut s = spec("unlimited");
+    s.resources.disk_bytes = 0;
+    assert_eq!(e.create(s).unwrap().disk_backing, DiskBacking::Directory);
+    // A record written before the field existed reads as directory-backed.
+    let text = std::fs::read_to_string(tmp.path().join("records/capped.json")).unwrap();
+    let mut value: serde_json::Value = serde_json::from_str(&text).unwrap();
+    value.as_object_mut().unwrap().remove("disk_backing");
+    let old: SliverRecord = serde_json::from_value(value).unwrap();
+    assert_eq!(old.disk_backing, DiskBacking::Directory);
+}
+
+#[test]
+fn usage_reads_cgroups_and_bucket_counters_through_the_host() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = engine(tmp.path());
+    assert!(e.usage().is_empty());
+    let a = e.create(spec("a")).unwrap();
+    let b = e.create(spec("b")).unwrap();
+    e.host().set_usage(
+        &b.cgroup,
+        CgroupUsage {
+            cpu_ns: Some(42),
+            memory_bytes: Some(4096),
+        },
+    );
+    e.host().set_egress(a.shape.class_minor, 1000);
+    e.host().set_egress(b.shape.class_minor, 2000);
+    let usage = e.usage();
+    assert_eq!(usage.len(), 2);
+    assert_eq!(usage[0].id, a.spec.id);
+    assert_eq!(usage[0].egress_bytes, Some(1000));
+    assert_eq!(usage[1].cpu_ns, Some(42));
+    assert_eq!(usage[1].memory_bytes, Some(4096));
+    assert_eq!(usage[1].egress_bytes, Some(2000));
+    assert_eq!(usage[1].disk, None, "no disk check yet");
+}
