@@ -176,6 +176,14 @@ async fn redeem_over_libp2p_and_serve_status() {
         metrics.contains("planetmesh_node_committed_cpu_millis 500"),
         "{metrics}"
     );
+    // Without isolation there is nothing to measure: the sliver is listed, its use unknown.
+    let slivers = http_get(http, "/slivers").await;
+    assert!(
+        slivers.contains("\"slice\":\"princeton_demo\"")
+            && slivers.contains("\"state\":\"active\"")
+            && slivers.contains("\"cpu_time_ms\":null"),
+        "{slivers}"
+    );
 
     within(shutdown).await;
     client.shutdown().await;
