@@ -36,8 +36,9 @@
 //! ([`rootfs::DiskBacking::Tmpfs`]), so the kernel refuses writes past it.
 //!
 //! Speed: creating a sliver costs a few milliseconds when the node has called
-//! [`linux::LinuxHost::favor_dynamic_cgroups`] (without it, moving the init into its cgroup
-//! waits for an RCU grace period, about 10 ms here); `sliver-bench` (`node/bench.sh`) measures
+//! [`linux::LinuxHost::favor_dynamic_cgroups`] (`nodemgr` does at start unless configured
+//! not to; without it, moving the init into its cgroup waits for an RCU grace period, about
+//! 10 ms here); `sliver-bench` (`node/bench.sh`) measures
 //! it against `runc` and the bare-clone floor.
 
 pub mod alloc;
