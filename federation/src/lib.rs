@@ -9,10 +9,6 @@
 //!
 //! The `fedctl` binary of this crate is the operator's tool for the trust half.
 
-// Errors name the keys involved; a `PublicKey` is 192 bytes (ed25519-dalek keeps the
-// decompressed point), which trips this lint although errors are the rare path.
-#![allow(clippy::result_large_err)]
-
 pub mod daemon;
 pub mod overlay;
 pub mod testing;
