@@ -249,6 +249,43 @@ fn a_sliver_over_its_disk_grant_is_frozen_until_it_cleans_up() {
 }
 
 #[test]
+fn a_command_frozen_mid_run_still_times_out() {
+    let Some(f) = fixture(DiskBacking::Directory) else {
+        return;
+    };
+    let mut s = spec("midrun");
+    s.resources.disk_bytes = 1 << 20;
+    let rec = f.engine.create(s).expect("create");
+    let traces = Traces::of(&f, &rec);
+    // A command that goes over the grant, then lingers; frozen while it lingers.
+    let mut cmd = ExecCommand::shell("head -c 2000000 /dev/zero > /root/blob; sleep 30");
+    cmd.timeout = Duration::from_secs(3);
+    let t0 = Instant::now();
+    let result = std::thread::scope(|scope| {
+        let running = scope.spawn(|| f.engine.exec(&id("midrun"), &cmd));
+        wait_until("the blob to be written", || {
+            fs::metadata(rec.dirs.upper.join("root/blob")).is_ok_and(|m| m.len() == 2_000_000)
+        });
+        let reports = f.engine.check_disk();
+        assert!(reports[0].frozen, "{reports:?}");
+        running.join().unwrap()
+    });
+    let took = t0.elapsed();
+    eprintln!("a command frozen mid-run returned after {took:?}: {result:?}");
+    assert!(
+        matches!(
+            result,
+            Err(node::sliver::SliverError::Host { ref source, .. })
+                if matches!(**source, node::sliver::HostError::Timeout(_))
+        ),
+        "{result:?}"
+    );
+    assert!(took < Duration::from_secs(8), "took {took:?}");
+    f.engine.destroy(&id("midrun"), false).expect("destroy");
+    traces.assert_gone(&f);
+}
+
+#[test]
 fn a_tmpfs_backed_sliver_cannot_write_past_its_grant() {
     let Some(f) = fixture(DiskBacking::Tmpfs) else {
         return;

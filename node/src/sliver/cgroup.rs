@@ -509,6 +509,30 @@ impl Cgroups {
         write(&file, value)
     }
 
+    /// Moves process `pid` out of whatever v1 freezer cgroup holds it (to the hierarchy's
+    /// root, which is never frozen), which thaws it; for a command to be killed. No-op in v2
+    /// (a fatal signal reaches a frozen v2 process) or without a freezer.
+    pub fn release_from_freezer(&self, pid: u32) -> Result<(), CgroupError> {
+        match self {
+            Cgroups::V1 {
+                freezer: Some(root),
+                ..
+            } => {
+                let procs = root.join("cgroup.procs");
+                match fs::write(&procs, pid.to_string()) {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+                    Err(source) => Err(CgroupError::Write {
+                        path: procs,
+                        value: pid.to_string(),
+                        source,
+                    }),
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Whether cgroup `rel` is frozen (or freezing). A host without a freezer reads `false`.
     pub fn frozen(&self, rel: &str) -> Result<bool, CgroupError> {
         let file = match self.freezer_file(rel) {

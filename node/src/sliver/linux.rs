@@ -933,6 +933,13 @@ impl Host for LinuxHost {
                 Ok(Some(status)) => break status,
                 Ok(None) if Instant::now() > deadline => {
                     let _ = child.kill();
+                    // Frozen by the disk watchdog while it ran, it would not die (v1): out of
+                    // the freezer it goes, so the kill lands and this thread is not stuck.
+                    if self.cgroups.frozen(&target.cgroup).unwrap_or(false)
+                        && let Err(e) = self.cgroups.release_from_freezer(child.id())
+                    {
+                        tracing::warn!("exec timed out in a frozen sliver: {e}");
+                    }
                     let _ = child.wait();
                     return Err(HostError::Timeout(cmd.timeout));
                 }
