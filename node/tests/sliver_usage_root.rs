@@ -232,6 +232,34 @@ fn a_sliver_over_its_disk_grant_is_frozen_until_it_cleans_up() {
     .unwrap();
     assert!(matches!(state.trim(), "FROZEN" | "1"), "{state}");
 
+    // A workload started anew while frozen runs (commands must, to clean up) until the check
+    // after next, when it is frozen too.
+    let lines = |name: &str| {
+        fs::read_to_string(rec.dirs.upper.join("root").join(name))
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    let out = sh(
+        &f,
+        "hog",
+        "sh -c 'i=0; while [ $i -lt 3000 ]; do echo $i >> /root/again; i=$((i+1)); \
+         sleep 0.02; done' </dev/null >/dev/null 2>&1 &",
+    );
+    assert!(out.success(), "{out:?}");
+    wait_until("the new workload to run", || lines("again") > 2);
+    f.engine.check_disk();
+    let seen = lines("again");
+    wait_until("the new workload to run on", || lines("again") > seen + 2);
+    f.engine.check_disk();
+    let stopped_at = lines("again");
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(
+        lines("again"),
+        stopped_at,
+        "a workload started anew escaped"
+    );
+    assert_eq!(ticks(&rec), frozen_at);
+
     // The holder cleans up with exec (not frozen), and the next check thaws the sliver.
     let out = sh(&f, "hog", "rm /root/blob && echo cleaned");
     assert_eq!(out.stdout_text(), "cleaned\n", "{out:?}");

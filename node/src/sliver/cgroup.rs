@@ -509,6 +509,56 @@ impl Cgroups {
         write(&file, value)
     }
 
+    /// The processes of cgroup `rel` outside its v1 freezer cgroup: commands run while it was
+    /// frozen (empty in v2, where no command runs in a frozen cgroup, or without a freezer).
+    pub fn outside_freezer(&self, rel: &str) -> Result<Vec<u32>, CgroupError> {
+        let Cgroups::V1 {
+            freezer: Some(f), ..
+        } = self
+        else {
+            return Ok(Vec::new());
+        };
+        let file = f.join(rel).join("cgroup.procs");
+        let inside: Vec<u32> = match fs::read_to_string(&file) {
+            Ok(t) => t
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(CgroupError::Read { path: file, source }),
+        };
+        Ok(self
+            .procs(rel)?
+            .into_iter()
+            .filter(|p| !inside.contains(p))
+            .collect())
+    }
+
+    /// Moves processes `pids` into the v1 freezer cgroup of `rel` (frozen: they freeze).
+    pub fn join_freezer(&self, rel: &str, pids: &[u32]) -> Result<(), CgroupError> {
+        let Cgroups::V1 {
+            freezer: Some(f), ..
+        } = self
+        else {
+            return Ok(());
+        };
+        let procs = f.join(rel).join("cgroup.procs");
+        for pid in pids {
+            match fs::write(&procs, pid.to_string()) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+                Err(source) => {
+                    return Err(CgroupError::Write {
+                        path: procs,
+                        value: pid.to_string(),
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Moves process `pid` out of whatever v1 freezer cgroup holds it (to the hierarchy's
     /// root, which is never frozen), which thaws it; for a command to be killed. No-op in v2
     /// (a fatal signal reaches a frozen v2 process) or without a freezer.

@@ -322,6 +322,11 @@ pub trait Host: Send + Sync {
     fn cgroup_freeze(&self, cgroup: &str, frozen: bool) -> Result<(), HostError>;
     /// Whether a cgroup is frozen.
     fn cgroup_frozen(&self, cgroup: &str) -> Result<bool, HostError>;
+    /// The processes of a frozen cgroup that its freezer does not hold (commands run in the
+    /// sliver while it was frozen; always none where such commands cannot run).
+    fn frozen_stragglers(&self, cgroup: &str) -> Result<Vec<u32>, HostError>;
+    /// Freezes processes `pids` of a frozen cgroup too.
+    fn freeze_stragglers(&self, cgroup: &str, pids: &[u32]) -> Result<(), HostError>;
     /// Bytes a sliver's writable layer holds.
     fn disk_used(&self, target: &DiskTarget) -> Result<u64, HostError>;
 }
@@ -363,6 +368,8 @@ pub enum Call {
     Exec(Vec<String>),
     /// [`Host::cgroup_freeze`] (cgroup, frozen).
     CgroupFreeze(String, bool),
+    /// [`Host::freeze_stragglers`] (cgroup, pids).
+    FreezeStragglers(String, Vec<u32>),
 }
 
 impl Call {
@@ -386,6 +393,7 @@ impl Call {
             Call::RemoveOrphan(..) => "remove_orphan",
             Call::Exec(..) => "exec",
             Call::CgroupFreeze(..) => "cgroup_freeze",
+            Call::FreezeStragglers(..) => "freeze_stragglers",
         }
     }
 }
@@ -402,6 +410,7 @@ struct FakeState {
     egress: BTreeMap<u16, u64>,
     disk: BTreeMap<String, u64>,
     frozen: BTreeSet<String>,
+    stragglers: BTreeMap<String, Vec<u32>>,
 }
 
 /// A fake host: records calls, tracks what it holds, fails where told.
@@ -481,6 +490,11 @@ impl RecordingHost {
     /// Sets the disk use of the sliver whose dir is named `dir_name`.
     pub fn set_disk(&self, dir_name: &str, bytes: u64) {
         self.lock().disk.insert(dir_name.to_string(), bytes);
+    }
+
+    /// Makes `pids` run in cgroup `cgroup` outside its freezer (as commands run while frozen).
+    pub fn set_stragglers(&self, cgroup: &str, pids: Vec<u32>) {
+        self.lock().stragglers.insert(cgroup.to_string(), pids);
     }
 
     /// The cgroups frozen now.
@@ -707,6 +721,23 @@ impl Host for RecordingHost {
 
     fn cgroup_frozen(&self, cgroup: &str) -> Result<bool, HostError> {
         Ok(self.lock().frozen.contains(cgroup))
+    }
+
+    fn frozen_stragglers(&self, cgroup: &str) -> Result<Vec<u32>, HostError> {
+        Ok(self
+            .lock()
+            .stragglers
+            .get(cgroup)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    fn freeze_stragglers(&self, cgroup: &str, pids: &[u32]) -> Result<(), HostError> {
+        self.record(Call::FreezeStragglers(cgroup.to_string(), pids.to_vec()))?;
+        if let Some(left) = self.lock().stragglers.get_mut(cgroup) {
+            left.retain(|p| !pids.contains(p));
+        }
+        Ok(())
     }
 
     fn disk_used(&self, target: &DiskTarget) -> Result<u64, HostError> {

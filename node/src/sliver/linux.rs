@@ -1113,6 +1113,14 @@ impl Host for LinuxHost {
         Ok(self.cgroups.frozen(cgroup)?)
     }
 
+    fn frozen_stragglers(&self, cgroup: &str) -> Result<Vec<u32>, HostError> {
+        Ok(self.cgroups.outside_freezer(cgroup)?)
+    }
+
+    fn freeze_stragglers(&self, cgroup: &str, pids: &[u32]) -> Result<(), HostError> {
+        Ok(self.cgroups.join_freezer(cgroup, pids)?)
+    }
+
     fn disk_used(&self, target: &DiskTarget) -> Result<u64, HostError> {
         match target.backing {
             DiskBacking::Directory => rootfs::disk_usage(&target.dirs.upper)

@@ -30,9 +30,11 @@
 //! Disk: [`Slivers::check_disk`] is the node's disk watchdog (in the spirit of PlanetLab's
 //! `pl_mom`). A sliver whose writable layer holds more than its `disk_bytes` grant has every
 //! process frozen (cgroup freezer), is logged, and reports `over disk limit: X of Y`
-//! ([`Slivers::condition`]); a command run in it afterwards is not frozen on a v1 host, so
-//! the holder can delete files, and the sliver is thawed at the first check that finds it
-//! back under its grant. A node may instead back each layer with a tmpfs of the granted size
+//! ([`Slivers::condition`]); a command run in it afterwards is not frozen at once on a v1
+//! host, so the holder can delete files (one still running at the second check after it
+//! started, while the sliver is still over, is frozen too: a workload cannot escape by being
+//! started anew), and the sliver is thawed at the first check that finds it back under its
+//! grant. A node may instead back each layer with a tmpfs of the granted size
 //! ([`rootfs::DiskBacking::Tmpfs`]), so the kernel refuses writes past it.
 //!
 //! Speed: creating a sliver costs a few milliseconds when the node has called
@@ -301,6 +303,8 @@ struct State {
     frozen: BTreeSet<SliverId>,
     /// The disk watchdog's last report of each live sliver.
     disk: BTreeMap<SliverId, DiskReport>,
+    /// Per frozen sliver, the processes its freezer did not hold at the last check.
+    stragglers: BTreeMap<SliverId, BTreeSet<u32>>,
 }
 
 /// Which creation steps are done, so teardown undoes exactly those.
@@ -701,6 +705,7 @@ impl<H: Host> Slivers<H> {
             let mut st = self.lock();
             st.frozen.remove(id);
             st.disk.remove(id);
+            st.stragglers.remove(id);
             Ok(())
         } else {
             self.lock().live.insert(id.clone(), record);
@@ -827,6 +832,8 @@ impl<H: Host> Slivers<H> {
                         "over its disk grant, but cannot freeze it: {e}"
                     ),
                 }
+            } else if report.over && report.frozen {
+                self.freeze_stragglers(&record);
             } else if report.frozen && !report.over && report.used.is_some() {
                 match self.host.cgroup_freeze(&record.cgroup, false) {
                     Ok(()) => {
@@ -837,7 +844,9 @@ impl<H: Host> Slivers<H> {
                             "back under its disk grant: thawed"
                         );
                         report.frozen = false;
-                        self.lock().frozen.remove(&report.id);
+                        let mut st = self.lock();
+                        st.frozen.remove(&report.id);
+                        st.stragglers.remove(&report.id);
                     }
                     Err(e) => tracing::error!(sliver = %report.id, "cannot thaw: {e}"),
                 }
@@ -850,6 +859,37 @@ impl<H: Host> Slivers<H> {
             .map(|r| (r.id.clone(), r.clone()))
             .collect();
         reports
+    }
+
+    /// Freezes the processes of a frozen sliver that ran outside its freezer at this check
+    /// and the one before (commands started while it is over its grant get one to two
+    /// periods to clean up).
+    fn freeze_stragglers(&self, record: &SliverRecord) {
+        let id = &record.spec.id;
+        let now: BTreeSet<u32> = match self.host.frozen_stragglers(&record.cgroup) {
+            Ok(pids) => pids.into_iter().collect(),
+            Err(e) => {
+                tracing::warn!(sliver = %id, "listing processes outside the freezer: {e}");
+                return;
+            }
+        };
+        let seen = self.lock().stragglers.get(id).cloned().unwrap_or_default();
+        let late: Vec<u32> = now.intersection(&seen).copied().collect();
+        let mut left = now;
+        if !late.is_empty() {
+            match self.host.freeze_stragglers(&record.cgroup, &late) {
+                Ok(()) => {
+                    tracing::warn!(
+                        sliver = %id,
+                        pids = ?late,
+                        "still over its disk grant: commands run since were frozen too"
+                    );
+                    left.retain(|p| !late.contains(p));
+                }
+                Err(e) => tracing::error!(sliver = %id, "cannot freeze {late:?}: {e}"),
+            }
+        }
+        self.lock().stragglers.insert(id.clone(), left);
     }
 
     /// What is wrong with a sliver, for its holder (`None`: nothing): today, being over its

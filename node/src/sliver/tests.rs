@@ -346,6 +346,17 @@ fn the_disk_watchdog_freezes_a_sliver_over_its_grant_and_thaws_it_back_under() {
     e.host().clear_calls();
     e.check_disk();
     assert!(e.host().calls().is_empty(), "{:?}", e.host().calls());
+    // A command run meanwhile (outside the freezer) gets until the check after next.
+    e.host().set_stragglers(&rec.cgroup, vec![4242, 4343]);
+    e.check_disk();
+    assert!(e.host().calls().is_empty(), "{:?}", e.host().calls());
+    e.host().set_stragglers(&rec.cgroup, vec![4242, 4444]);
+    e.check_disk();
+    assert_eq!(
+        e.host().calls(),
+        [Call::FreezeStragglers(rec.cgroup.clone(), vec![4242])]
+    );
+    e.host().clear_calls();
     // Back under: thawed, condition cleared.
     e.host().set_disk("hog", 512 << 10);
     e.check_disk();
