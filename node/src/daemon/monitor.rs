@@ -36,13 +36,18 @@ impl<H: Host + Debug + 'static> SliverMonitor for Slivers<H> {
     }
 }
 
-/// The ad's per-sliver figures. `slices` maps sliver ids to slice names (from the ledger); a
-/// sliver missing there is named by its id. Figures the host could not read are 0.
+/// Bytes of an ad the per-sliver figures may take (well under the overlay's ad cap, which
+/// the rest of the ad shares): about a thousand slivers with short slice names.
+pub const AD_SLIVERS_BUDGET: usize = 128 * 1024;
+
+/// The ad's per-sliver figures, heaviest CPU users first, as many as fit in
+/// [`AD_SLIVERS_BUDGET`]. `slices` maps sliver ids to slice names (from the ledger); a sliver
+/// missing there is named by its id. Figures the host could not read are 0.
 pub fn sliver_usage(
     samples: &[UsageSample],
     slices: &BTreeMap<String, String>,
 ) -> Vec<SliverUsage> {
-    samples
+    let mut all: Vec<SliverUsage> = samples
         .iter()
         .map(|s| SliverUsage {
             slice: slices
@@ -53,7 +58,30 @@ pub fn sliver_usage(
             memory_bytes: s.memory_bytes.unwrap_or(0),
             egress_bytes: s.egress_bytes.unwrap_or(0),
         })
-        .collect()
+        .collect();
+    all.sort_by(|a, b| {
+        b.cpu_time_ms
+            .cmp(&a.cpu_time_ms)
+            .then_with(|| a.slice.cmp(&b.slice))
+    });
+    // CBOR: the map, its four keys and values take at most 80 bytes besides the slice name.
+    let mut spent = 0;
+    let keep = all
+        .iter()
+        .take_while(|u| {
+            spent += u.slice.len() + 80;
+            spent <= AD_SLIVERS_BUDGET
+        })
+        .count();
+    if keep < all.len() {
+        tracing::debug!(
+            kept = keep,
+            slivers = all.len(),
+            "ad lists the heaviest slivers only"
+        );
+        all.truncate(keep);
+    }
+    all
 }
 
 /// Reads host figures under a `/proc` root.
@@ -255,6 +283,25 @@ mod tests {
                 },
             ]
         );
+        // However many slivers, the figures fit the ad's budget, heaviest first.
+        let many: Vec<UsageSample> = (0..5000u64)
+            .map(|i| UsageSample {
+                id: SliverId::new(format!("s{i:04}")).unwrap(),
+                cpu_ns: Some(i * 1_000_000),
+                memory_bytes: Some(u64::MAX),
+                egress_bytes: Some(u64::MAX),
+                disk: None,
+            })
+            .collect();
+        let figures = sliver_usage(&many, &BTreeMap::new());
+        assert!(
+            figures.len() > 1000 && figures.len() < 5000,
+            "{}",
+            figures.len()
+        );
+        assert_eq!(figures[0].slice, "s4999");
+        let bytes = capability_schema::codec::encode(&figures).len();
+        assert!(bytes <= AD_SLIVERS_BUDGET, "{bytes} bytes");
         // The disk watchdog's verdict rides along with the next sample.
         engine.host().set_disk("alpha", 3 << 20);
         monitor.check_disk();
