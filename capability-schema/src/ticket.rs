@@ -3,7 +3,9 @@
 //! How a ticket flows:
 //! 1. **Mint** ([`Ticket::mint`]): the agent signs an authority block with its own key (the
 //!    biscuit root key) stating what it grants: node, federation, slice and kind, resources,
-//!    validity window, holder and allowed operations (see [`vocabulary`] for the exact facts).
+//!    validity window, holder and allowed operations, and with [`Ticket::mint_priced`] the
+//!    price agreed for it (see [`vocabulary`] for the exact facts). Nodes and auditors read the
+//!    price back from [`VerifiedTicket::price`]; no block can change it.
 //!    The root key id is the agent key's [`key_hint`], so a node picks the key among the agents
 //!    it trusts ([`TrustedIssuers`]).
 //! 2. **Attenuate** ([`Ticket::attenuate`]): anyone holding the ticket may append a block that
@@ -325,17 +327,47 @@ fn check_capability(name: &str) -> Result<(), TicketError> {
     }
 }
 
-impl Ticket {
-    /// Mints a ticket signed by the issuing agent's key.
-    pub fn mint(issuer: &SecretKey, spec: &TicketSpec) -> Result<Ticket, TicketError> {
-        Self::mint_with_rng(issuer, spec, &mut rand_core::OsRng)
+/// An issuing agent's key made ready to mint many tickets: the key is expanded once instead
+/// of once per ticket. It can be shared by threads minting in parallel.
+pub struct Minter {
+    keys: KeyPair,
+    issuer: PublicKey,
+}
+
+impl fmt::Debug for Minter {
+    // Not derived: the key pair is secret.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Minter")
+            .field("issuer", &self.issuer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Minter {
+    /// A minter for `issuer`'s tickets.
+    pub fn new(issuer: &SecretKey) -> Minter {
+        Minter {
+            keys: issuer.to_biscuit(),
+            issuer: issuer.public(),
+        }
     }
 
-    /// [`Ticket::mint`] with the given random source for the next-block key (a seeded source
-    /// makes the bytes reproducible, for golden vectors).
+    /// The issuing agent's key.
+    pub fn issuer(&self) -> PublicKey {
+        self.issuer
+    }
+
+    /// [`Ticket::mint_priced`] with this minter's key.
+    pub fn mint_priced(&self, spec: &TicketSpec, price: u64) -> Result<Ticket, TicketError> {
+        self.mint_with_rng(spec, Some(price), &mut rand_core::OsRng)
+    }
+
+    /// Mints with `price` (none: format 1, no price stated) and the given random source for
+    /// the next-block key.
     pub fn mint_with_rng<R: RngCore + CryptoRng>(
-        issuer: &SecretKey,
+        &self,
         spec: &TicketSpec,
+        price: Option<u64>,
         rng: &mut R,
     ) -> Result<Ticket, TicketError> {
         check_name("federation", &spec.federation)?;
@@ -345,12 +377,14 @@ impl Ticket {
         }
         check_resources(&spec.resources)?;
         check_window(&spec.window)?;
+        if let Some(price) = price {
+            check_i64("price", price)?;
+        }
         if spec.operations.is_empty() {
             return Err(TicketError::NoOperations);
         }
-        let issuer_public = issuer.public();
         let authority = Authority {
-            issuer: issuer_public,
+            issuer: self.issuer,
             federation: spec.federation.clone(),
             node: spec.node,
             slice: spec.slice.clone(),
@@ -359,20 +393,59 @@ impl Ticket {
             window: spec.window,
             holder: spec.holder,
             operations: spec.operations.clone(),
+            price,
         };
         let builder = Biscuit::builder()
             .fact(vocabulary::ticket_fact(&authority))?
-            .root_key_id(key_hint(&issuer_public));
+            .root_key_id(key_hint(&self.issuer));
         let next = KeyPair::new_with_rng(Algorithm::Ed25519, rng);
         let token = builder.build_with_key_pair(
-            &issuer.to_biscuit(),
+            &self.keys,
             biscuit_auth::datalog::SymbolTable::default(),
             &next,
         )?;
         Ok(Ticket {
             token,
-            issuer: issuer_public,
+            issuer: self.issuer,
         })
+    }
+}
+
+impl Ticket {
+    /// Mints a ticket signed by the issuing agent's key, stating no price (format 1).
+    pub fn mint(issuer: &SecretKey, spec: &TicketSpec) -> Result<Ticket, TicketError> {
+        Self::mint_with_rng(issuer, spec, &mut rand_core::OsRng)
+    }
+
+    /// Mints a ticket that also states the price agreed for it: `price` micro-credits for the
+    /// whole window (format 2). This is what agents issue; an agent minting many tickets uses
+    /// a [`Minter`].
+    pub fn mint_priced(
+        issuer: &SecretKey,
+        spec: &TicketSpec,
+        price: u64,
+    ) -> Result<Ticket, TicketError> {
+        Minter::new(issuer).mint_priced(spec, price)
+    }
+
+    /// [`Ticket::mint`] with the given random source for the next-block key (a seeded source
+    /// makes the bytes reproducible, for golden vectors).
+    pub fn mint_with_rng<R: RngCore + CryptoRng>(
+        issuer: &SecretKey,
+        spec: &TicketSpec,
+        rng: &mut R,
+    ) -> Result<Ticket, TicketError> {
+        Minter::new(issuer).mint_with_rng(spec, None, rng)
+    }
+
+    /// [`Ticket::mint_priced`] with the given random source for the next-block key.
+    pub fn mint_priced_with_rng<R: RngCore + CryptoRng>(
+        issuer: &SecretKey,
+        spec: &TicketSpec,
+        price: u64,
+        rng: &mut R,
+    ) -> Result<Ticket, TicketError> {
+        Minter::new(issuer).mint_with_rng(spec, Some(price), rng)
     }
 
     /// Appends a block that narrows the ticket; refuses restrictions that would widen it.

@@ -4,7 +4,10 @@
 //!
 //! The golden vector is made with fixed keys, fixed times and a seeded random source for the
 //! next-block keys, so its bytes are reproducible. After an intended format change regenerate
-//! it with `PLANETMESH_BLESS=1 cargo test -p capability-schema --test ticket`.
+//! it with `PLANETMESH_BLESS=1 cargo test -p capability-schema --test ticket`. The golden
+//! vector is a priced ticket (format 2); `ticket_v1_*` is the same chain minted without a
+//! price (format 1, the bytes tickets had before prices were stated), kept to prove that
+//! unpriced minting and reading such tickets are unchanged.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -16,8 +19,8 @@ use capability_schema::identity::{PublicKey, SecretKey, test_key};
 use capability_schema::resources::{ResourceKind, Resources};
 use capability_schema::slice::SliceKind;
 use capability_schema::ticket::{
-    Attenuation, LimitKind, MAX_TICKET_BYTES, Operation, Ticket, TicketContents, TicketError,
-    TicketField, TicketLimits, TicketRefusal, TicketSpec, TicketUse, TicketVerifier,
+    Attenuation, LimitKind, MAX_TICKET_BYTES, Minter, Operation, Ticket, TicketContents,
+    TicketError, TicketField, TicketLimits, TicketRefusal, TicketSpec, TicketUse, TicketVerifier,
     TrustedIssuers, VerifiedTicket, Window, key_hint,
 };
 use proptest::prelude::*;
@@ -27,6 +30,8 @@ const NOW: u64 = 1_700_000_000;
 const NOT_BEFORE: u64 = NOW - 60;
 const NOT_AFTER: u64 = NOW + 3600;
 const MIB: u64 = 1 << 20;
+/// The price the golden ticket states, in micro-credits for its window.
+const PRICE: u64 = 1_234_567;
 
 fn agent() -> SecretKey {
     test_key(1)
@@ -79,8 +84,13 @@ fn issuers() -> TrustedIssuers {
         .collect()
 }
 
+/// The node's verifier, with the default limits except time: unoptimized test builds on a
+/// loaded host can exceed the 10 ms default, and time is tested on its own below.
 fn verifier() -> TicketVerifier {
-    TicketVerifier::new(issuers(), node().public())
+    TicketVerifier::new(issuers(), node().public()).with_limits(TicketLimits {
+        max_time: Duration::from_secs(30),
+        ..TicketLimits::default()
+    })
 }
 
 fn ask(resources: Resources) -> TicketUse {
@@ -140,9 +150,19 @@ fn authorize_bytes(bytes: &[u8], presenter: &SecretKey) -> Result<VerifiedTicket
     verifier().authorize(bytes, &presenter.public(), NOW, &ask(small()))
 }
 
-/// A valid ticket narrowed twice and delegated from alice to bob.
+/// A valid priced ticket narrowed twice and delegated from alice to bob.
 fn two_attenuations_and_delegation(rng: &mut impl CryptoRngCore) -> [Ticket; 4] {
+    let minted = Ticket::mint_priced_with_rng(&agent(), &spec(), PRICE, rng).unwrap();
+    narrow_and_delegate(minted, rng)
+}
+
+/// The same chain from a ticket that states no price (format 1).
+fn unpriced_two_attenuations_and_delegation(rng: &mut impl CryptoRngCore) -> [Ticket; 4] {
     let minted = Ticket::mint_with_rng(&agent(), &spec(), rng).unwrap();
+    narrow_and_delegate(minted, rng)
+}
+
+fn narrow_and_delegate(minted: Ticket, rng: &mut impl CryptoRngCore) -> [Ticket; 4] {
     let narrowed = minted
         .attenuate_with_rng(
             &Attenuation {
@@ -230,7 +250,98 @@ fn fresh_ticket_is_accepted_with_its_grant() {
             not_after: NOT_AFTER,
             holder: alice().public(),
             operations: Operation::ALL.into_iter().collect(),
+            price: None,
         }
+    );
+}
+
+#[test]
+fn the_agreed_price_is_stated_by_the_authority_and_read_by_nodes_and_holders() {
+    let priced = Ticket::mint_priced(&agent(), &spec(), PRICE).unwrap();
+    let verified = present(&priced, &alice(), grant()).unwrap();
+    assert_eq!(verified.price, Some(PRICE));
+    assert_eq!(priced.contents().unwrap().price, Some(PRICE));
+    // Free is a price too, and distinct from stating none.
+    let free = Ticket::mint_priced(&agent(), &spec(), 0).unwrap();
+    assert_eq!(present(&free, &alice(), grant()).unwrap().price, Some(0));
+    assert_eq!(present(&mint(), &alice(), grant()).unwrap().price, None);
+    // The price survives attenuation and delegation unchanged.
+    let [_, _, _, delegated] = two_attenuations_and_delegation(&mut rand_core::OsRng);
+    assert_eq!(
+        present(&delegated, &bob(), small()).unwrap().price,
+        Some(PRICE)
+    );
+    let source = priced.as_biscuit().print_block_source(0).unwrap();
+    assert!(source.contains("\"version\": 2"), "{source}");
+    assert!(source.contains(&format!("\"price\": {PRICE}")), "{source}");
+    // It must fit a Datalog integer.
+    assert_eq!(
+        Ticket::mint_priced(&agent(), &spec(), u64::MAX).unwrap_err(),
+        TicketError::OutOfRange {
+            field: "price",
+            value: u64::MAX
+        }
+    );
+}
+
+#[test]
+fn no_block_can_change_the_price_and_each_format_has_one_shape() {
+    let priced = Ticket::mint_priced(&agent(), &spec(), PRICE).unwrap();
+    // A later block restating the ticket at another price is refused.
+    let raw = append_raw(&priced, &restated(&priced, "price", "1"));
+    assert_eq!(
+        authorize_bytes(&raw, &alice()).unwrap_err(),
+        TicketRefusal::Widened {
+            field: TicketField::Price
+        }
+    );
+    // Attenuations cannot speak of the price at all.
+    let raw = append_raw(&priced, "attenuation({\"price\": 1});");
+    assert!(matches!(
+        authorize_bytes(&raw, &alice()),
+        Err(TicketRefusal::Malformed { .. })
+    ));
+    // Authority blocks the agent signed but in the wrong shape: format 2 without a price,
+    // format 1 with one, an unknown format.
+    let resigned = |code: String| {
+        Biscuit::builder()
+            .code(&code)
+            .unwrap()
+            .root_key_id(key_hint(&agent().public()))
+            .build(&agent().to_biscuit())
+            .unwrap()
+            .to_vec()
+            .unwrap()
+    };
+    let priced_source = priced.as_biscuit().print_block_source(0).unwrap();
+    let unpriced_source = mint().as_biscuit().print_block_source(0).unwrap();
+    let without_price = priced_source.replace(&format!(", \"price\": {PRICE}"), "");
+    assert_ne!(without_price, priced_source);
+    let cases = [
+        (without_price, "price"),
+        (
+            unpriced_source.replace("\"operations\":", "\"price\": 5, \"operations\":"),
+            "version 1",
+        ),
+        (
+            priced_source.replace("\"version\": 2", "\"version\": 3"),
+            "unsupported ticket format 3",
+        ),
+    ];
+    for (code, says) in cases {
+        match authorize_bytes(&resigned(code.clone()), &alice()) {
+            Err(TicketRefusal::Malformed { reason }) => {
+                assert!(reason.contains(says), "{code}: {reason}")
+            }
+            other => panic!("{code}: {other:?}"),
+        }
+    }
+    // The same re-signed source, unchanged, is accepted: the cases above fail on shape alone.
+    assert_eq!(
+        authorize_bytes(&resigned(priced_source), &alice())
+            .unwrap()
+            .price,
+        Some(PRICE)
     );
 }
 
@@ -1061,11 +1172,11 @@ fn check_golden(name: &str, data: &[u8]) {
 }
 
 /// The golden ticket's human-readable companion: its text form and every block's Datalog.
-fn describe(ticket: &Ticket) -> String {
+fn describe(name: &str, ticket: &Ticket) -> String {
     let token = ticket.as_biscuit();
     let mut out = format!(
         "# {}\n# id {}\n{}\n",
-        "ticket_two_attenuations_delegation",
+        name,
         ticket.id(),
         ticket.to_text().unwrap()
     );
@@ -1087,7 +1198,7 @@ fn golden_ticket_is_byte_exact_and_still_verifies() {
     check_golden("ticket_two_attenuations_delegation.bin", &bytes(&ticket));
     check_golden(
         "ticket_two_attenuations_delegation.txt",
-        describe(&ticket).as_bytes(),
+        describe("ticket_two_attenuations_delegation", &ticket).as_bytes(),
     );
 
     let stored =
@@ -1104,6 +1215,42 @@ fn golden_ticket_is_byte_exact_and_still_verifies() {
         }
     );
     assert_eq!(verified.ticket_id, ticket.id());
+    assert_eq!(verified.price, Some(PRICE));
+}
+
+#[test]
+fn golden_unpriced_ticket_is_unchanged_and_still_verifies() {
+    let [_, _, _, ticket] = unpriced_two_attenuations_and_delegation(&mut SeededRng(0x5eed));
+    check_golden("ticket_v1_two_attenuations_delegation.bin", &bytes(&ticket));
+    check_golden(
+        "ticket_v1_two_attenuations_delegation.txt",
+        describe("ticket_v1_two_attenuations_delegation", &ticket).as_bytes(),
+    );
+    let stored =
+        std::fs::read(golden_dir().join("ticket_v1_two_attenuations_delegation.bin")).unwrap();
+    let verified = authorize_bytes(&stored, &bob()).unwrap();
+    assert_eq!(verified.ticket_id, ticket.id());
+    assert_eq!(verified.price, None);
+}
+
+#[test]
+fn a_minter_mints_the_same_bytes_as_the_one_shot_calls() {
+    let minter = Minter::new(&agent());
+    assert_eq!(minter.issuer(), agent().public());
+    let by_minter = minter
+        .mint_with_rng(&spec(), Some(PRICE), &mut SeededRng(9))
+        .unwrap();
+    let one_shot =
+        Ticket::mint_priced_with_rng(&agent(), &spec(), PRICE, &mut SeededRng(9)).unwrap();
+    assert_eq!(bytes(&by_minter), bytes(&one_shot));
+    let unpriced = minter
+        .mint_with_rng(&spec(), None, &mut SeededRng(9))
+        .unwrap();
+    assert_eq!(
+        bytes(&unpriced),
+        bytes(&Ticket::mint_with_rng(&agent(), &spec(), &mut SeededRng(9)).unwrap())
+    );
+    assert!(!format!("{minter:?}").contains("private"));
 }
 
 #[test]

@@ -32,6 +32,8 @@ pub enum TicketField {
     Holder,
     /// The allowed operations.
     Operations,
+    /// The agreed price (fixed by the issuer).
+    Price,
 }
 
 impl fmt::Display for TicketField {
@@ -44,6 +46,7 @@ impl fmt::Display for TicketField {
             TicketField::Window => "validity window",
             TicketField::Holder => "holder",
             TicketField::Operations => "operations",
+            TicketField::Price => "agreed price",
         })
     }
 }

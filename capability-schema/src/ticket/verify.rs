@@ -204,6 +204,10 @@ pub struct TicketContents {
     pub holder: PublicKey,
     /// The effective operations.
     pub operations: BTreeSet<Operation>,
+    /// The price the issuing agent agreed, in micro-credits for the whole window (none: the
+    /// ticket states no price). No block can change it.
+    #[serde(default)]
+    pub price: Option<u64>,
 }
 
 impl TicketContents {
@@ -241,6 +245,10 @@ pub struct VerifiedTicket {
     pub holder: PublicKey,
     /// The effective operations.
     pub operations: BTreeSet<Operation>,
+    /// The price the issuing agent agreed, in micro-credits for the whole window (none: the
+    /// ticket states no price).
+    #[serde(default)]
+    pub price: Option<u64>,
 }
 
 impl From<TicketContents> for VerifiedTicket {
@@ -257,6 +265,7 @@ impl From<TicketContents> for VerifiedTicket {
             not_after: c.not_after,
             holder: c.holder,
             operations: c.operations,
+            price: c.price,
         }
     }
 }
@@ -745,6 +754,7 @@ fn evaluate(
         holders,
         holder,
         operations,
+        price: authority.price,
     };
     Ok(Evaluated {
         contents,

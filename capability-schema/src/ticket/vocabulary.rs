@@ -3,11 +3,12 @@
 //!
 //! ```text
 //! // authority block: written by the issuing agent, signed by its (root) key; one fact
-//! ticket({"version": 1, "issuer": "ed25519/…", "federation": "…", "node": "ed25519/…",
+//! ticket({"version": 1 | 2, "issuer": "ed25519/…", "federation": "…", "node": "ed25519/…",
 //!         "slice": "…", "kind": "regular" | "admin", "capabilities": {"CAP_…", …},
 //!         "host_pid_view": false, "cpu_millis": …, "memory_bytes": …, "disk_bytes": …,
 //!         "egress_kbps": …, "not_before": …, "not_after": …,  // unix seconds, [before, after)
-//!         "holder": "ed25519/…", "operations": {"redeem", "renew"}});
+//!         "holder": "ed25519/…", "operations": {"redeem", "renew"},
+//!         "price": …});  // version 2 only (required there): micro-credits for the window
 //!
 //! // attenuation block: appended by anyone holding the ticket; each key is optional
 //! attenuation({"cpu_millis": …, "memory_bytes": …, "disk_bytes": …, "egress_kbps": …,
@@ -41,8 +42,11 @@ use crate::identity::PublicKey;
 use crate::resources::Resources;
 use crate::slice::SliceKind;
 
-/// The format version in the `ticket` fact.
-pub(crate) const FORMAT_VERSION: i64 = 1;
+/// The format version of a `ticket` fact that states no price.
+pub(crate) const FORMAT_UNPRICED: i64 = 1;
+/// The format version of a `ticket` fact that states the agreed price (version 1 plus
+/// `price`, which is then required).
+pub(crate) const FORMAT_PRICED: i64 = 2;
 
 const TICKET: &str = "ticket";
 const ATTENUATION: &str = "attenuation";
@@ -68,6 +72,7 @@ const NOT_BEFORE: &str = "not_before";
 const NOT_AFTER: &str = "not_after";
 const HOLDER: &str = "holder";
 const OPERATIONS: &str = "operations";
+const PRICE: &str = "price";
 
 const KIND_REGULAR: &str = "regular";
 const KIND_ADMIN: &str = "admin";
@@ -81,6 +86,7 @@ fn field_of(key: &str) -> TicketField {
         NOT_BEFORE | NOT_AFTER => TicketField::Window,
         HOLDER => TicketField::Holder,
         OPERATIONS => TicketField::Operations,
+        PRICE => TicketField::Price,
         _ => TicketField::Identity,
     }
 }
@@ -126,6 +132,8 @@ pub(crate) struct Authority {
     pub(crate) window: Window,
     pub(crate) holder: PublicKey,
     pub(crate) operations: BTreeSet<Operation>,
+    /// The agreed price in micro-credits for the whole window (none: format 1).
+    pub(crate) price: Option<u64>,
 }
 
 /// What one attenuation restricts.
@@ -182,8 +190,13 @@ pub(crate) fn ticket_fact(a: &Authority) -> Fact {
             *host_pid_view,
         ),
     };
-    let entries = vec![
-        (VERSION, builder::int(FORMAT_VERSION)),
+    let version = if a.price.is_some() {
+        FORMAT_PRICED
+    } else {
+        FORMAT_UNPRICED
+    };
+    let mut entries = vec![
+        (VERSION, builder::int(version)),
         (ISSUER, key_term(&a.issuer)),
         (FEDERATION, builder::string(&a.federation)),
         (NODE, key_term(&a.node)),
@@ -200,6 +213,9 @@ pub(crate) fn ticket_fact(a: &Authority) -> Fact {
         (HOLDER, key_term(&a.holder)),
         (OPERATIONS, operations_term(&a.operations)),
     ];
+    if let Some(price) = a.price {
+        entries.push((PRICE, int(price)));
+    }
     builder::fact(TICKET, &[map(entries)])
 }
 
@@ -335,7 +351,7 @@ fn fact_map<'a>(fact: &'a Fact, name: &str) -> Result<&'a BTreeMap<MapKey, Term>
 /// pass without allocating.
 struct Entries<'a> {
     allowed: &'static [&'static str],
-    values: [Option<&'a Term>; 16],
+    values: [Option<&'a Term>; MAX_KEYS],
     what: &'static str,
 }
 
@@ -345,7 +361,7 @@ impl<'a> Entries<'a> {
         what: &'static str,
         allowed: &'static [&'static str],
     ) -> Result<Self, TicketRefusal> {
-        let mut values = [None; 16];
+        let mut values = [None; MAX_KEYS];
         for (key, value) in map {
             let slot = match key {
                 MapKey::Str(k) => allowed.iter().position(|a| a == k),
@@ -378,7 +394,10 @@ impl<'a> Entries<'a> {
     }
 }
 
-const TICKET_KEYS: [&str; 16] = [
+/// The most keys a map of this vocabulary has.
+const MAX_KEYS: usize = TICKET_KEYS.len();
+
+const TICKET_KEYS: [&str; 17] = [
     VERSION,
     ISSUER,
     FEDERATION,
@@ -395,6 +414,7 @@ const TICKET_KEYS: [&str; 16] = [
     NOT_AFTER,
     HOLDER,
     OPERATIONS,
+    PRICE,
 ];
 
 const ATTENUATION_KEYS: [&str; 7] = [CPU, MEMORY, DISK, EGRESS, NOT_BEFORE, NOT_AFTER, OPERATIONS];
@@ -402,13 +422,15 @@ const ATTENUATION_KEYS: [&str; 7] = [CPU, MEMORY, DISK, EGRESS, NOT_BEFORE, NOT_
 /// Reads the authority's `ticket` fact; `known` are keys already checked (see [`term_key`]).
 pub(crate) fn read_ticket(fact: &Fact, known: &[PublicKey]) -> Result<Authority, TicketRefusal> {
     let e = Entries::new(fact_map(fact, TICKET)?, TICKET, &TICKET_KEYS)?;
-    if e.need(VERSION)? != &Term::Integer(FORMAT_VERSION) {
-        return Err(malformed(format!(
-            "unsupported ticket format {}",
-            e.need(VERSION)?
-        )));
-    }
     let u64_of = |key: &str| term_u64(e.need(key)?, key);
+    let price = match e.need(VERSION)? {
+        Term::Integer(FORMAT_UNPRICED) if e.get(PRICE).is_none() => None,
+        Term::Integer(FORMAT_UNPRICED) => {
+            return Err(malformed("a version 1 ticket states a price"));
+        }
+        Term::Integer(FORMAT_PRICED) => Some(u64_of(PRICE)?),
+        other => return Err(malformed(format!("unsupported ticket format {other}"))),
+    };
     let capabilities = term_strings(e.need(CAPABILITIES)?, CAPABILITIES)?;
     let &Term::Bool(host_pid_view) = e.need(HOST_PID_VIEW)? else {
         return Err(malformed("host_pid_view is not a boolean"));
@@ -440,6 +462,7 @@ pub(crate) fn read_ticket(fact: &Fact, known: &[PublicKey]) -> Result<Authority,
         },
         holder: term_key(e.need(HOLDER)?, HOLDER, known)?,
         operations: term_operations(e.need(OPERATIONS)?)?,
+        price,
     })
 }
 
