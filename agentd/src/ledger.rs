@@ -4,6 +4,11 @@
 //! expires or is released (the holder gave it back, e.g. after a failed all-or-nothing
 //! acquisition). Ticket ids are biscuit revocation ids, unique by construction; the ledger
 //! refuses to write an id twice, so a restart can never reuse one.
+//!
+//! Who may release a ticket ([`TicketRecord::may_release`]): the principal it is bound to, the
+//! peer that obtained it (a broker acting for the principal, or the principal itself), or the
+//! node it names (reporting it released). Anyone else is refused with
+//! [`LedgerError::NotReleasable`] and nothing in that request is released.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -30,6 +35,38 @@ pub enum LedgerError {
     /// A ticket id was written twice.
     #[error("ticket id {0} is already in the ledger")]
     DuplicateId(String),
+    /// The caller may not release this ticket.
+    #[error(transparent)]
+    NotReleasable(Box<ReleaseRefusal>),
+}
+
+/// Who asked to release a ticket, and who may.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "ticket {} may be released only by its principal {}, the peer that obtained it ({}) or its \
+     node {}; {} is none of them (nothing was released)",
+    short_id(ticket_id),
+    principal.short(),
+    requester.map_or_else(|| "not recorded".to_owned(), |r| r.short()),
+    node.short(),
+    caller.short()
+)]
+pub struct ReleaseRefusal {
+    /// The ticket.
+    pub ticket_id: String,
+    /// Who asked.
+    pub caller: PublicKey,
+    /// The principal the ticket is bound to.
+    pub principal: PublicKey,
+    /// The peer that obtained it (none for tickets minted before it was recorded).
+    pub requester: Option<PublicKey>,
+    /// The node it names.
+    pub node: PublicKey,
+}
+
+/// The first 8 characters of a ticket id, for messages.
+fn short_id(id: &str) -> &str {
+    id.get(..8).unwrap_or(id)
 }
 
 /// One minted ticket.
@@ -41,6 +78,10 @@ pub struct TicketRecord {
     pub node: PublicKey,
     /// The principal it is bound to.
     pub principal: PublicKey,
+    /// The peer that asked for it (the principal itself, or a broker acting for it). Absent
+    /// in records written before it was kept.
+    #[serde(default)]
+    pub requester: Option<PublicKey>,
     /// The slice.
     pub slice: String,
     /// The resources granted.
@@ -59,6 +100,11 @@ impl TicketRecord {
     /// Whether it still counts against the share at `now`.
     pub fn outstanding(&self, now: u64) -> bool {
         !self.released && now < self.not_after
+    }
+
+    /// Whether `caller` may release it: its principal, the peer that obtained it, or its node.
+    pub fn may_release(&self, caller: &PublicKey) -> bool {
+        *caller == self.principal || Some(*caller) == self.requester || *caller == self.node
     }
 }
 
@@ -155,8 +201,10 @@ impl TicketLedger {
         Ok(())
     }
 
-    /// Marks tickets released; returns how many the ledger knew.
-    pub fn release(&self, ticket_ids: &[String]) -> Result<u32, LedgerError> {
+    /// Marks tickets released on behalf of `caller`; returns how many the ledger knew (ids it
+    /// never minted are not counted). If `caller` may not release one of the known tickets
+    /// ([`TicketRecord::may_release`]), nothing is released.
+    pub fn release(&self, caller: &PublicKey, ticket_ids: &[String]) -> Result<u32, LedgerError> {
         let txn = self.db.begin_write().map_err(|e| self.storage(e))?;
         let mut known = 0;
         {
@@ -169,12 +217,23 @@ impl TicketLedger {
                     Some(bytes) => Some(codec::decode(bytes.value()).map_err(|e| self.storage(e))?),
                     None => None,
                 };
-                if let Some(mut record) = record {
+                let Some(mut record) = record else { continue };
+                if !record.may_release(caller) {
+                    // Dropping the transaction uncommitted releases nothing.
+                    return Err(LedgerError::NotReleasable(Box::new(ReleaseRefusal {
+                        ticket_id: record.ticket_id,
+                        caller: *caller,
+                        principal: record.principal,
+                        requester: record.requester,
+                        node: record.node,
+                    })));
+                }
+                known += 1;
+                if !record.released {
                     record.released = true;
                     table
                         .insert(id.as_str(), codec::encode(&record).as_slice())
                         .map_err(|e| self.storage(e))?;
-                    known += 1;
                 }
             }
         }
@@ -234,6 +293,7 @@ mod tests {
             ticket_id: id.into(),
             node: test_key(1).public(),
             principal: test_key(50).public(),
+            requester: Some(test_key(60).public()),
             slice: "s".into(),
             resources: Resources {
                 cpu_millis: 100,
@@ -273,7 +333,82 @@ mod tests {
             2,
             "a failed batch writes nothing"
         );
-        assert_eq!(ledger.release(&["a".into(), "zz".into()]).unwrap(), 1);
+        assert_eq!(
+            ledger
+                .release(&test_key(50).public(), &["a".into(), "zz".into()])
+                .unwrap(),
+            1
+        );
         assert!(ledger.outstanding(10).unwrap().by_node[&test_key(1).public()].cpu_millis == 100);
+    }
+
+    #[test]
+    fn only_the_principal_the_requester_or_the_node_may_release() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = TicketLedger::open(&dir.path().join("tickets.redb")).unwrap();
+        let ids = ["p", "r", "n", "x"].map(String::from);
+        ledger
+            .record_all(&ids.clone().map(|id| record(&id, 100)))
+            .unwrap();
+        let cpu = |l: &TicketLedger| {
+            l.outstanding(10)
+                .unwrap()
+                .by_node
+                .get(&test_key(1).public())
+                .map_or(0, |r| r.cpu_millis)
+        };
+        // A stranger is refused, naming the rule's parties, and a batch that includes a
+        // ticket it may not release releases none of them.
+        let stranger = test_key(99).public();
+        match ledger.release(&stranger, &ids[..2]).unwrap_err() {
+            LedgerError::NotReleasable(refusal) => {
+                let ReleaseRefusal {
+                    ticket_id,
+                    caller,
+                    principal,
+                    requester,
+                    node,
+                } = *refusal;
+                assert_eq!(ticket_id, "p");
+                assert_eq!(caller, stranger);
+                assert_eq!(principal, test_key(50).public());
+                assert_eq!(requester, Some(test_key(60).public()));
+                assert_eq!(node, test_key(1).public());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(cpu(&ledger), 400);
+        assert!(ledger.all().unwrap().iter().all(|r| !r.released));
+        // Unknown ids are not the stranger's business either way: nothing known, nothing done.
+        assert_eq!(ledger.release(&stranger, &["zz".into()]).unwrap(), 0);
+        // The principal, the requester and the node each may.
+        for (who, id) in [(50, "p"), (60, "r"), (1, "n")] {
+            assert_eq!(
+                ledger
+                    .release(&test_key(who).public(), &[id.into()])
+                    .unwrap(),
+                1
+            );
+        }
+        assert_eq!(cpu(&ledger), 100);
+        // A record without a requester (written before it was kept) is the principal's or
+        // the node's to release.
+        let mut old = record("old", 100);
+        old.requester = None;
+        ledger.record_all(&[old]).unwrap();
+        assert!(matches!(
+            ledger.release(&test_key(60).public(), &["old".into()]),
+            Err(LedgerError::NotReleasable(r)) if r.requester.is_none()
+        ));
+        assert_eq!(
+            ledger
+                .release(&test_key(1).public(), &["old".into()])
+                .unwrap(),
+            1
+        );
+        // State survives a restart: released stays released.
+        drop(ledger);
+        let ledger = TicketLedger::open(&dir.path().join("tickets.redb")).unwrap();
+        assert_eq!(cpu(&ledger), 100);
     }
 }

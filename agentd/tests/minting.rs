@@ -141,6 +141,19 @@ fn request(
     }
 }
 
+/// What `node` checks tickets with, trusting `agent`. Time is generous: unoptimized test
+/// builds on a loaded host can exceed the 10 ms default.
+fn node_verifier(agent: &SecretKey, node: &TestNode) -> TicketVerifier {
+    TicketVerifier::new(
+        TrustedIssuers::from_iter([agent.public()]),
+        node.key.public(),
+    )
+    .with_limits(capability_schema::ticket::TicketLimits {
+        max_time: std::time::Duration::from_secs(30),
+        ..Default::default()
+    })
+}
+
 fn tickets(
     reply: Result<AgentResponse, capability_schema::ErrorReply>,
 ) -> (
@@ -178,10 +191,7 @@ fn minted_tickets_are_accepted_by_the_node_and_never_exceed_the_share() {
     ));
     assert_eq!((issued.len(), refused.len()), (1, 0));
     // The node accepts it for alice, and only for alice.
-    let verifier = TicketVerifier::new(
-        TrustedIssuers::from_iter([agent_key.public()]),
-        node1.key.public(),
-    );
+    let verifier = node_verifier(&agent_key, &node1);
     let ticket_use = TicketUse {
         operation: Operation::Redeem,
         resources: cores(1),
@@ -537,4 +547,175 @@ fn bad_requests_are_refused_with_the_rule_that_refused() {
         )),
         "malformed"
     );
+}
+
+#[test]
+fn tickets_state_the_agreed_price_and_parallel_minting_keeps_the_request_order() {
+    let mut w = world();
+    let dir = tempfile::tempdir().unwrap();
+    let key = test_key(20);
+    let a = Agent::new(AgentParts {
+        key: key.clone(),
+        federation: "plc".into(),
+        policy: Policy::new(PolicyConfig {
+            default_quota: agentd::policy::Quota {
+                max_slivers: None,
+                max_total: None,
+            },
+            ..PolicyConfig::default()
+        }),
+        pricing: Pricing {
+            base: capability_schema::ad::PriceList {
+                cpu_core_hour: 1_000,
+                memory_gib_hour: 100,
+                disk_gib_hour: 10,
+                egress_mbit_hour: 1,
+            },
+            surge_percent: 50,
+        },
+        oversubscription_permille: 1000,
+        ledger: TicketLedger::open(&dir.path().join("tickets.redb")).unwrap(),
+    })
+    .with_mint_threads(4);
+    assert_eq!(a.mint_threads(), 4);
+    feed(&a, &w, cores(64), &[&key]);
+    let alice = test_key(50);
+    let cert = principal(&mut w, "plc", &alice, "site1");
+    // 30 slivers over the three nodes, interleaved, so several threads mint.
+    let nodes: Vec<&TestNode> = (0..30).map(|i| &w.nodes[i % 3]).collect();
+    let each = Resources {
+        cpu_millis: 1000,
+        memory_bytes: 1 << 30,
+        ..Resources::ZERO
+    };
+    let (issued, refused) = tickets(a.handle(
+        &w.trust,
+        &alice.public(),
+        AgentRequest::GetTickets(request(&alice, Some(cert), "site1_x", &nodes, each)),
+        NOW,
+    ));
+    assert_eq!((issued.len(), refused.len()), (30, 0));
+    let records: std::collections::BTreeMap<String, agentd::ledger::TicketRecord> = a
+        .ledger()
+        .all()
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.ticket_id.clone(), r))
+        .collect();
+    let mut ids = std::collections::BTreeSet::new();
+    for (i, t) in issued.iter().enumerate() {
+        assert_eq!(
+            t.node,
+            nodes[i].key.public(),
+            "answer {i} is for the node asked"
+        );
+        assert!(ids.insert(t.ticket_id.clone()), "ids are unique");
+        let verifier = node_verifier(&key, nodes[i]);
+        let verified = verifier
+            .authorize(
+                &t.ticket.0,
+                &alice.public(),
+                NOW,
+                &TicketUse {
+                    operation: Operation::Redeem,
+                    resources: each,
+                    window: None,
+                },
+            )
+            .unwrap();
+        // The node reads the same price the agent answered and recorded.
+        assert!(t.price > 0);
+        assert_eq!(verified.price, Some(t.price));
+        assert_eq!(records[&t.ticket_id].price, t.price);
+        assert_eq!(records[&t.ticket_id].requester, Some(alice.public()));
+    }
+    // Surge: later slivers on a node cost more than the first, and the ticket says so.
+    assert!(issued[27].price > issued[0].price, "{issued:?}");
+}
+
+#[test]
+fn only_the_principal_the_requester_or_the_node_may_release_a_ticket() {
+    let mut w = world();
+    let dir = tempfile::tempdir().unwrap();
+    let key = test_key(20);
+    let a = agent(&key, dir.path(), PolicyConfig::default());
+    feed(&a, &w, cores(4), &[&key]);
+    let alice = test_key(50);
+    let broker = test_key(30);
+    let stranger = test_key(31);
+    let cert = principal(&mut w, "plc", &alice, "site1");
+    let node1 = w.nodes[0].clone();
+    // A broker asks on alice's behalf: four tickets of one core each.
+    let (issued, _) = tickets(a.handle(
+        &w.trust,
+        &broker.public(),
+        AgentRequest::GetTickets(request(
+            &alice,
+            Some(cert),
+            "site1_x",
+            &[&node1, &node1, &node1, &node1],
+            cores(1),
+        )),
+        NOW,
+    ));
+    assert_eq!(issued.len(), 4);
+    let ids: Vec<String> = issued.iter().map(|t| t.ticket_id.clone()).collect();
+    let outstanding_cpu = || {
+        a.ledger()
+            .outstanding(NOW)
+            .unwrap()
+            .by_node
+            .get(&node1.key.public())
+            .map_or(0, |r| r.cpu_millis)
+    };
+    let release = |caller: &SecretKey, ids: &[String]| {
+        a.handle(
+            &w.trust,
+            &caller.public(),
+            AgentRequest::Released {
+                ticket_ids: ids.to_vec(),
+            },
+            NOW,
+        )
+    };
+
+    // Anyone else: refused under the rule `release`, naming who may, and nothing is freed,
+    // even when the request mixes in a ticket the caller could release.
+    let refusal = release(&stranger, &ids[..1]).unwrap_err();
+    match &refusal.reason {
+        Rejection::Policy { rule, detail } => {
+            assert_eq!(rule, "release");
+            for who in [&alice, &broker, &stranger] {
+                assert!(detail.contains(&who.public().short()), "{detail}");
+            }
+            assert!(detail.contains(&node1.key.public().short()), "{detail}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(outstanding_cpu(), 4000);
+    // Another node is not this ticket's node.
+    assert!(release(&w.nodes[1].key, &ids[..1]).is_err());
+    assert_eq!(outstanding_cpu(), 4000);
+
+    // The requester (the broker's all-or-nothing abort), the principal (`slicectl slice
+    // delete`) and the node the ticket names (reporting a release) each may.
+    let released = |r: Result<AgentResponse, capability_schema::ErrorReply>| match r.unwrap() {
+        AgentResponse::Released { known } => known,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(released(release(&broker, &ids[..1])), 1);
+    assert_eq!(outstanding_cpu(), 3000);
+    assert_eq!(released(release(&alice, &ids[1..2])), 1);
+    assert_eq!(outstanding_cpu(), 2000);
+    assert_eq!(released(release(&node1.key, &ids[2..3])), 1);
+    assert_eq!(outstanding_cpu(), 1000);
+    // Releasing again, or ids never minted, changes nothing and counts only what is known.
+    assert_eq!(
+        released(release(&alice, &[ids[0].clone(), "00".repeat(64)])),
+        1
+    );
+    assert_eq!(outstanding_cpu(), 1000);
+    // The last one is still refused to the stranger after all that.
+    assert!(release(&stranger, &ids[3..]).is_err());
+    assert_eq!(outstanding_cpu(), 1000);
 }

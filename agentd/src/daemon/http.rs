@@ -67,6 +67,7 @@ async fn tickets(State(state): State<Arc<AgentState>>) -> Json<Value> {
                     "ticket_id": r.ticket_id,
                     "node": r.node.to_string(),
                     "principal": r.principal.to_string(),
+                    "requester": r.requester.map(|k| k.to_string()),
                     "slice": r.slice,
                     "resources": r.resources.to_string(),
                     "not_after": r.not_after,
