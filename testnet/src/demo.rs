@@ -2,9 +2,10 @@
 //! against the running testnet, printed with its time: acquire a slice spanning both
 //! federations through the broker, look at it, run a command in every sliver, renew, delete.
 
-use std::path::Path;
-use std::process::Command;
-use std::time::Instant;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
@@ -70,43 +71,120 @@ fn steps(manifest: &Manifest) -> Vec<(&'static str, Vec<String>)> {
     ]
 }
 
-/// Runs the demo against the testnet in `dir`; returns the total time.
-pub fn run(dir: &Path) -> anyhow::Result<std::time::Duration> {
-    let manifest = Manifest::load(dir)?;
-    let slicectl = bin_dir()?.join("slicectl");
-    if !slicectl.exists() {
-        anyhow::bail!(
-            "{} is missing: build it with `cargo build --workspace --bins`",
-            slicectl.display()
-        );
+/// `slicectl` as the demo and scenarios run it: the workspace's binary with a testnet's
+/// config, one process per command.
+#[derive(Debug, Clone)]
+pub struct Slicectl {
+    /// The binary.
+    pub bin: PathBuf,
+    /// The config file (`DIR/slicectl.toml`).
+    pub config: PathBuf,
+}
+
+/// What one `slicectl` call did.
+#[derive(Debug, Clone)]
+pub struct SlicectlRun {
+    /// Its exit code (slicectl's failure class; -1 if it died of a signal).
+    pub code: i32,
+    /// Its standard output.
+    pub stdout: String,
+    /// Its standard error.
+    pub stderr: String,
+    /// How long it took.
+    pub elapsed: Duration,
+}
+
+impl Slicectl {
+    /// The binary next to this program, with the config of the testnet in `dir`.
+    pub fn for_testnet(dir: &Path) -> anyhow::Result<Slicectl> {
+        let bin = bin_dir()?.join("slicectl");
+        if !bin.exists() {
+            anyhow::bail!(
+                "{} is missing: build it with `cargo build --workspace --bins`",
+                bin.display()
+            );
+        }
+        Ok(Slicectl {
+            bin,
+            config: dir.join("slicectl.toml"),
+        })
     }
-    let config = dir.join("slicectl.toml");
+
+    /// Runs `slicectl --config CONFIG ARGS…`, killing it (by its own handle) after `limit`.
+    pub fn run(&self, args: &[String], limit: Duration) -> anyhow::Result<SlicectlRun> {
+        let start = Instant::now();
+        let mut child = Command::new(&self.bin)
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("running {}", self.bin.display()))?;
+        // Read both pipes on threads so a chatty child never blocks on a full pipe.
+        let mut out_pipe = child.stdout.take().context("slicectl stdout")?;
+        let mut err_pipe = child.stderr.take().context("slicectl stderr")?;
+        let out_reader = std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = out_pipe.read_to_end(&mut buf);
+            buf
+        });
+        let err_reader = std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = err_pipe.read_to_end(&mut buf);
+            buf
+        });
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if start.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                anyhow::bail!(
+                    "slicectl {} did not finish in {:.0}s (killed)",
+                    args.join(" "),
+                    limit.as_secs_f64()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let stdout = out_reader.join().unwrap_or_default();
+        let stderr = err_reader.join().unwrap_or_default();
+        Ok(SlicectlRun {
+            code: status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+            elapsed: start.elapsed(),
+        })
+    }
+}
+
+/// Runs the demo against the testnet in `dir`; returns the total time.
+pub fn run(dir: &Path) -> anyhow::Result<Duration> {
+    let manifest = Manifest::load(dir)?;
+    let slicectl = Slicectl::for_testnet(dir)?;
     let total = Instant::now();
     for (n, (title, args)) in steps(&manifest).into_iter().enumerate() {
         println!("\n[{}] {title}", n + 1);
         println!("    $ slicectl {}", args.join(" "));
-        let start = Instant::now();
-        let out = Command::new(&slicectl)
-            .arg("--config")
-            .arg(&config)
-            .args(&args)
-            .output()
-            .with_context(|| format!("running {}", slicectl.display()))?;
-        for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let out = slicectl.run(&args, Duration::from_secs(300))?;
+        for line in out.stdout.lines() {
             println!("    {line}");
         }
-        if !out.status.success() {
-            for line in String::from_utf8_lossy(&out.stderr).lines() {
+        if out.code != 0 {
+            for line in out.stderr.lines() {
                 println!("    {line}");
             }
             anyhow::bail!(
-                "step {} failed ({}) after {:.2}s",
+                "step {} failed (exit {}) after {:.2}s",
                 n + 1,
-                out.status,
-                start.elapsed().as_secs_f64()
+                out.code,
+                out.elapsed.as_secs_f64()
             );
         }
-        println!("    ({:.2}s)", start.elapsed().as_secs_f64());
+        println!("    ({:.2}s)", out.elapsed.as_secs_f64());
     }
     Ok(total.elapsed())
 }

@@ -6,6 +6,8 @@
 //! - [`launch`]: daemons as real processes, started and ended by pid;
 //! - [`netns`]: hosts in network namespaces on a bridge (root);
 //! - [`probe`]: the daemons' HTTP state and ad convergence;
+//! - [`scenario`]: scenario files (TOML) scripting acquisitions, faults and checks
+//!   (`testnet scenario run`), which the end-to-end tests run;
 //! - [`dashboard`]: a live web page of the whole testnet (`testnet dashboard`);
 //! - [`sim`]: thousands of in-process overlay peers: ad convergence and planning at scale.
 
@@ -15,5 +17,6 @@ pub mod generate;
 pub mod launch;
 pub mod netns;
 pub mod probe;
+pub mod scenario;
 pub mod sim;
 pub mod topology;

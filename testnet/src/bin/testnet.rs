@@ -2,16 +2,18 @@
 //!
 //! `testnet up` generates authorities, keys, certificates, peering and configs, starts every
 //! daemon as a real process, waits until ads have converged and prints how to use it;
-//! `testnet down` ends every process and removes everything it made on the machine.
+//! `testnet down` ends every process and removes everything it made on the machine;
+//! `testnet scenario run FILE` runs a scenario file (acquisitions, faults, checks) on one.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use testnet::generate::{Manifest, Network, generate};
+use testnet::generate::Manifest;
 use testnet::launch;
 use testnet::probe;
+use testnet::scenario::{IsolationChoice, NetworkChoice};
 use testnet::topology::{HostRole, Topology};
 
 #[derive(Parser, Debug)]
@@ -85,6 +87,10 @@ enum Cmd {
         #[arg(long)]
         keep: bool,
     },
+    /// Scenario files (TOML): a testnet to bring up and steps to run on it — acquire, exec,
+    /// renew, delete, kill, restart, partition, heal, and checks.
+    #[command(subcommand)]
+    Scenario(ScenarioCmd),
     /// End every daemon and remove every namespace, link and state the testnet made.
     Down {
         /// Also delete the testnet directory.
@@ -169,16 +175,56 @@ enum Cmd {
     },
 }
 
+#[derive(Subcommand, Debug)]
+enum ScenarioCmd {
+    /// Run a scenario: bring its [testnet] up in --dir (or use the testnet running there, or
+    /// the one its `reuse` names), run every step in order printing each and its time, and
+    /// take down what it brought up — after a failure too, keeping the directory's logs.
+    #[command(after_help = SCENARIO_HELP)]
+    Run {
+        /// The scenario file.
+        file: PathBuf,
+        /// Leave the testnet running afterwards (default: take it down).
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Parse and validate scenario files without running anything; errors name the line and
+    /// the field.
+    #[command(after_help = SCENARIO_HELP)]
+    Check {
+        /// The scenario files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+const SCENARIO_HELP: &str = "\
+A scenario file (see testnet/scenarios/ for examples):
+
+  description = \"what it shows\"
+  [testnet]                 # federations, nodes, agents, brokers, network, isolation,
+  nodes = 4                 # converge_secs; or: reuse = \".testnet\" (a running testnet)
+  [[step]]
+  do = \"acquire\"            # then: slice, slivers | nodes, resources, duration, lease,
+  slice = \"fed0-site0_x\"    #   federations, min_sites, mode, via = broker | agents, agents
+  slivers = 4
+  resources = \"cpu=200m,memory=96MiB\"
+  expect_slivers = 4
+
+Steps (do = ...): acquire, exec (command, expect_output, expect_exit), status (expect_live),
+renew (for, expect_renewed), sync (expect_held), delete (expect_released), kill, restart,
+partition (hosts), heal, wait_converged, sleep (secs), expect_leases (nodes, slice, each,
+total, within_secs), down (last: take the testnet down, expect nothing left).
+slicectl steps take expect = \"<class>\" or a list: ok, internal, usage, setup, unsatisfiable,
+refused, unreachable, partial, not_found, command_failed; timeout_secs; exec, status, renew
+and sync also retry_secs. Every step takes a title.";
+
 fn main() {
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
         eprintln!("testnet: {e:#}");
         std::process::exit(1);
     }
-}
-
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -201,33 +247,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 brokers,
             };
             let network = match network {
-                Some(NetworkArg::Namespaces) => Network::Namespaces,
-                Some(NetworkArg::Loopback) => Network::Loopback,
-                None if is_root() => Network::Namespaces,
-                None => Network::Loopback,
+                Some(NetworkArg::Namespaces) => NetworkChoice::Namespaces,
+                Some(NetworkArg::Loopback) => NetworkChoice::Loopback,
+                None => NetworkChoice::Auto,
             };
             let isolation = match isolation {
-                Some(IsolationArg::Linux) => "linux",
-                Some(IsolationArg::Memory) => "memory",
-                None if is_root() => "linux",
-                None => "memory",
+                Some(IsolationArg::Linux) => IsolationChoice::Linux,
+                Some(IsolationArg::Memory) => IsolationChoice::Memory,
+                None => IsolationChoice::Auto,
             };
-            if !is_root() && (network == Network::Namespaces || isolation == "linux") {
-                anyhow::bail!(
-                    "namespaces and linux isolation need root; use --network loopback --isolation memory"
-                );
-            }
+            let (network, isolation) = testnet::scenario::resolve(network, isolation)?;
             println!(
                 "generating {federations} federations, {nodes} nodes, {agents} agents, {brokers} brokers in {} ({network:?} network, {isolation} isolation)",
                 dir.display()
             );
-            let manifest = generate(&dir, topology, network, isolation)?;
+            let manifest = testnet::scenario::start(&dir, topology, network, isolation)?;
             let dir = dir.canonicalize()?;
-            println!("starting {} daemons", manifest.hosts.len());
-            if let Err(e) = launch::start_all(&manifest) {
-                let _ = launch::stop_all(&manifest, &dir);
-                return Err(e);
-            }
+            println!("started {} daemons", manifest.hosts.len());
             let took =
                 probe::wait_converged(&manifest, Duration::from_secs(wait), |known, expected| {
                     eprintln!("  ads: {known}/{expected} node-agent pairs known");
@@ -261,6 +297,36 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let took = result?;
             println!("\ndemo done in {:.2}s", took.as_secs_f64());
             Ok(())
+        }
+        Cmd::Scenario(ScenarioCmd::Check { files }) => {
+            let mut bad = 0;
+            for file in &files {
+                match testnet::scenario::load(file) {
+                    Ok(s) => println!(
+                        "{}: ok ({} steps{})",
+                        file.display(),
+                        s.steps.len(),
+                        s.testnet
+                            .reuse
+                            .as_ref()
+                            .map(|r| format!(", on the testnet in {}", r.display()))
+                            .unwrap_or_default()
+                    ),
+                    Err(e) => {
+                        eprintln!("{e}");
+                        bad += 1;
+                    }
+                }
+            }
+            if bad > 0 {
+                anyhow::bail!("{bad} of {} scenario files are not valid", files.len());
+            }
+            Ok(())
+        }
+        Cmd::Scenario(ScenarioCmd::Run { file, keep }) => {
+            let scenario = testnet::scenario::load(&file)?;
+            testnet::scenario::run(&scenario, &testnet::scenario::RunOptions { dir, keep })
+                .map(|_| ())
         }
         Cmd::Down { purge } => {
             let manifest = Manifest::load(&dir)?;
