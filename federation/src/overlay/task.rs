@@ -28,7 +28,7 @@ use super::identity;
 use super::protocol::ProtocolKind;
 use super::swarm::{self, Behaviour, BehaviourEvent, GRAYLIST_THRESHOLD};
 use super::{KAD_PROTOCOL, MAX_AD_BYTES, OverlayConfig, OverlayError, SharedTrust};
-use crate::trust::{AdRejection, TrustStore};
+use crate::trust::{AdRejection, CertCache, TrustStore};
 use crate::unix_now;
 
 /// Most addresses remembered per peer.
@@ -182,6 +182,7 @@ pub(crate) async fn start(
         ads: ads_tx,
         topics: HashMap::new(),
         last_seq: HashMap::new(),
+        certs: CertCache::default(),
         pending: HashMap::new(),
         routing: HashMap::new(),
         dials: HashMap::new(),
@@ -211,6 +212,8 @@ struct Runner {
     topics: HashMap<TopicHash, String>,
     /// Per node: the last accepted `seq` and when that ad expires.
     last_seq: HashMap<PublicKey, (u64, u64)>,
+    /// Membership certificates already verified (each ad carries its node's).
+    certs: CertCache,
     pending: HashMap<(ProtocolKind, OutboundRequestId), Pending>,
     /// Requests parked on a Kademlia lookup of their peer.
     routing: HashMap<kad::QueryId, (PeerId, Vec<Pending>)>,
@@ -429,7 +432,7 @@ impl Runner {
         let node = signed.signer;
         let last = self.last_seq.get(&node).map(|(seq, _)| *seq);
         let ad = read_trust(&self.trust)
-            .validate_ad(&signed, now, last)
+            .validate_ad_cached(&signed, now, last, &mut self.certs)
             .map_err(OverlayError::InvalidAd)?;
         let bytes = signed.to_bytes();
         if bytes.len() > MAX_AD_BYTES {
@@ -760,7 +763,7 @@ impl Runner {
     }
 
     fn check_ad(
-        &self,
+        &mut self,
         message: &gossipsub::Message,
     ) -> Result<(ResourceAd, Signed<ResourceAd>), AdRejection> {
         let federation = self
@@ -770,7 +773,12 @@ impl Runner {
         let signed = codec::decode_with_limit::<Signed<ResourceAd>>(&message.data, MAX_AD_BYTES)
             .map_err(|e| AdRejection::Malformed(e.to_string()))?;
         let last = self.last_seq.get(&signed.signer).map(|(seq, _)| *seq);
-        let ad = read_trust(&self.trust).validate_ad(&signed, unix_now(), last)?;
+        let ad = read_trust(&self.trust).validate_ad_cached(
+            &signed,
+            unix_now(),
+            last,
+            &mut self.certs,
+        )?;
         if ad.federation != *federation {
             return Err(AdRejection::WrongTopic {
                 federation: ad.federation,

@@ -8,8 +8,20 @@
 //! 4. the certificate's subject is the node, and its site the ad's site;
 //! 5. the ad is not issued in the future (beyond [`MAX_CLOCK_SKEW_SECS`]) and not expired;
 //! 6. its `seq` is above the last one seen from that node.
+//!
+//! The cheap checks run first on the decoded body, before any signature is verified: a node
+//! receives every ad of its federation on every heartbeat, mostly re-announcements, and a
+//! stale or expired copy is dropped for the price of a CBOR decode. Such an ad is dropped
+//! whatever its signature, so only the reason reported differs for a forged one.
+//!
+//! A node's membership certificate rides in each of its ads, unchanged for months. A
+//! [`CertCache`] (one per overlay) remembers certificates whose signature already verified, so
+//! each ad costs one signature check instead of two; expiry, revocation, authority and role
+//! are still checked on every ad.
 
-use capability_schema::{PublicKey, ResourceAd, Role, SignatureError, Signed};
+use std::collections::HashMap;
+
+use capability_schema::{MembershipCert, PublicKey, ResourceAd, Role, SignatureError, Signed};
 
 use super::store::{TrustError, TrustStore};
 
@@ -111,6 +123,63 @@ impl AdRejection {
     }
 }
 
+/// Membership certificates whose signature verified, keyed by that signature (ed25519
+/// signatures are deterministic, and an entry is used only for the identical signed object).
+/// Bounded: when full it starts over, which costs one signature check per certificate.
+#[derive(Debug, Clone)]
+pub struct CertCache {
+    verified: HashMap<[u8; 64], (Signed<MembershipCert>, MembershipCert)>,
+    capacity: usize,
+}
+
+impl CertCache {
+    /// A cache of at most `capacity` certificates.
+    pub fn new(capacity: usize) -> Self {
+        CertCache {
+            verified: HashMap::new(),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// How many certificates it holds.
+    pub fn len(&self) -> usize {
+        self.verified.len()
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.verified.is_empty()
+    }
+
+    /// The body of `signed`, its signature verified now or on an earlier call.
+    fn verify(
+        &mut self,
+        signed: &Signed<MembershipCert>,
+    ) -> Result<MembershipCert, SignatureError> {
+        let Ok(key) = <[u8; 64]>::try_from(signed.signature.as_slice()) else {
+            return signed.verify();
+        };
+        if let Some((known, cert)) = self.verified.get(&key)
+            && known == signed
+        {
+            return Ok(cert.clone());
+        }
+        let cert = signed.verify()?;
+        if self.verified.len() >= self.capacity {
+            self.verified.clear();
+        }
+        self.verified.insert(key, (signed.clone(), cert.clone()));
+        Ok(cert)
+    }
+}
+
+impl Default for CertCache {
+    /// Room for the certificates of 16,384 nodes (a few MiB).
+    fn default() -> Self {
+        CertCache::new(16_384)
+    }
+}
+
 impl TrustStore {
     /// Validates an ad at `now`, given the last `seq` seen from its node (if any).
     pub fn validate_ad(
@@ -119,15 +188,33 @@ impl TrustStore {
         now: u64,
         last_seq: Option<u64>,
     ) -> Result<ResourceAd, AdRejection> {
-        let ad = signed.verify()?;
+        self.validate_ad_cached(signed, now, last_seq, &mut CertCache::new(1))
+    }
+
+    /// [`TrustStore::validate_ad`], skipping the signature check of a membership certificate
+    /// already verified into `certs`.
+    pub fn validate_ad_cached(
+        &self,
+        signed: &Signed<ResourceAd>,
+        now: u64,
+        last_seq: Option<u64>,
+        certs: &mut CertCache,
+    ) -> Result<ResourceAd, AdRejection> {
+        let ad = signed.peek_unverified().map_err(SignatureError::from)?;
         if signed.signer != ad.node {
             return Err(AdRejection::SignerNotNode {
                 node: ad.node,
                 signer: signed.signer,
             });
         }
-        let cert = self
-            .check_member_of(&ad.membership, &ad.federation, Role::Node, now)
+        Self::check_ad_freshness(&ad, now, last_seq)?;
+        let ad = signed.verify()?;
+        let cert = certs
+            .verify(&ad.membership)
+            .map_err(TrustError::from)
+            .and_then(|cert| {
+                self.check_verified_member_of(&ad.membership, cert, &ad.federation, Role::Node, now)
+            })
             .map_err(|error| AdRejection::Membership {
                 node: ad.node,
                 error: Box::new(error),
@@ -145,6 +232,15 @@ impl TrustStore {
                 certified: cert.site,
             });
         }
+        Ok(ad)
+    }
+
+    /// The checks that need no signature: not from the future, not expired, not stale.
+    fn check_ad_freshness(
+        ad: &ResourceAd,
+        now: u64,
+        last_seq: Option<u64>,
+    ) -> Result<(), AdRejection> {
         if ad.issued_at > now.saturating_add(MAX_CLOCK_SKEW_SECS) {
             return Err(AdRejection::IssuedInFuture {
                 node: ad.node,
@@ -168,7 +264,7 @@ impl TrustStore {
                 last_seen,
             });
         }
-        Ok(ad)
+        Ok(())
     }
 }
 
@@ -243,5 +339,73 @@ mod tests {
             }
             .is_misbehaviour()
         );
+    }
+
+    #[test]
+    fn cached_certificates_are_still_checked_for_revocation_and_tampering() {
+        let mut fed = TestFederation::new("f1", 100);
+        let mut store = TrustStore::new();
+        fed.trust(&mut store);
+        let node = fed.node(1, "s1");
+        let mut certs = CertCache::new(4);
+        store
+            .validate_ad_cached(&node.ad(1, NOW, 60), NOW, None, &mut certs)
+            .unwrap();
+        assert_eq!(certs.len(), 1);
+        // The next ad of the node reuses the verified certificate.
+        store
+            .validate_ad_cached(&node.ad(2, NOW, 60), NOW, Some(1), &mut certs)
+            .unwrap();
+        assert_eq!(certs.len(), 1);
+
+        // A certificate with the cached signature but another body is not taken from the cache.
+        let mut tampered_cert = node.cert.clone();
+        let mut body = tampered_cert.peek_unverified().unwrap();
+        body.site = "s2".into();
+        tampered_cert.body = capability_schema::codec::encode(&body);
+        let mut ad = node.ad_body(3, NOW, 60);
+        ad.site = "s2".into();
+        ad.membership = tampered_cert;
+        let forged = Signed::sign(&node.key, &ad);
+        assert!(matches!(
+            store.validate_ad_cached(&forged, NOW, Some(2), &mut certs),
+            Err(AdRejection::Membership { .. })
+        ));
+
+        // Revoking the node takes effect although its certificate is cached.
+        let serial = node.cert.peek_unverified().unwrap().serial;
+        let list = fed.authority.revoke(&[serial], &[], NOW);
+        store.add_revocation(&list).unwrap();
+        assert!(matches!(
+            store.validate_ad_cached(&node.ad(4, NOW, 60), NOW, Some(2), &mut certs),
+            Err(AdRejection::Membership { .. })
+        ));
+
+        // A full cache starts over rather than growing.
+        for seed in 10..20 {
+            let other = fed.node(seed, "s1");
+            let _ = store.validate_ad_cached(&other.ad(1, NOW, 60), NOW, None, &mut certs);
+        }
+        assert!(certs.len() <= 4);
+    }
+
+    #[test]
+    fn stale_copies_are_dropped_before_any_signature_check() {
+        let mut fed = TestFederation::new("f1", 100);
+        let mut store = TrustStore::new();
+        fed.trust(&mut store);
+        let node = fed.node(1, "s1");
+        let mut ad = node.ad(5, NOW, 60);
+        let last = ad.signature.len() - 1;
+        ad.signature[last] ^= 1;
+        // Stale: ignored (not misbehaviour) without verifying; fresh: the signature fails.
+        assert!(matches!(
+            store.validate_ad(&ad, NOW, Some(5)),
+            Err(AdRejection::Stale { .. })
+        ));
+        assert!(matches!(
+            store.validate_ad(&ad, NOW, Some(4)),
+            Err(AdRejection::Signature(_))
+        ));
     }
 }

@@ -19,7 +19,7 @@ mod authority;
 mod files;
 mod store;
 
-pub use ads::{AdRejection, MAX_CLOCK_SKEW_SECS};
+pub use ads::{AdRejection, CertCache, MAX_CLOCK_SKEW_SECS};
 pub use authority::{
     ANCHOR_FILE, Authority, AuthorityError, AuthorityState, FederationAnchor, KEY_FILE,
     MAX_FEDERATION_NAME, STATE_FILE, Validity, check_federation_name,

@@ -438,6 +438,19 @@ impl TrustStore {
         now: u64,
     ) -> Result<MembershipCert, TrustError> {
         let cert = signed.verify()?;
+        self.check_verified_member_of(signed, cert, federation, role, now)
+    }
+
+    /// [`TrustStore::check_member_of`] for a certificate whose signature was already verified
+    /// into `cert` (the body of `signed`).
+    pub(crate) fn check_verified_member_of(
+        &self,
+        signed: &Signed<MembershipCert>,
+        cert: MembershipCert,
+        federation: &str,
+        role: Role,
+        now: u64,
+    ) -> Result<MembershipCert, TrustError> {
         if cert.federation != federation {
             return Err(TrustError::WrongFederation {
                 expected: federation.to_owned(),
