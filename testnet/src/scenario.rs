@@ -1853,6 +1853,13 @@ impl Runner<'_> {
                 f["error"].as_str().unwrap_or("failed")
             ));
         }
+        if let Some(left) = call.json["leases_left"].as_u64() {
+            lines.push(if left == 0 {
+                "all-or-nothing: the leases obtained were released, the tickets returned".to_owned()
+            } else {
+                format!("all-or-nothing: {left} leases could not be released yet")
+            });
+        }
         if call.class != Class::Ok {
             let said = call.error_text();
             lines.push(if said.is_empty() {

@@ -106,6 +106,57 @@ fn node_down_during_all_or_nothing_create_leaves_no_lease() {
     run("all-or-nothing-node-down.toml");
 }
 
+/// A step that fails: the error names the step, its line and why, points at the logs; the
+/// testnet is taken down (nothing left) and its directory kept for the logs.
+#[test]
+fn a_failing_step_is_reported_and_the_testnet_taken_down() {
+    if !daemons_built() {
+        return;
+    }
+    let text = r#"
+description = "fails on purpose at step 2"
+[testnet]
+federations = 1
+nodes = 1
+agents = 1
+brokers = 0
+
+[[step]]
+do = "expect_leases"
+total = 0
+
+[[step]]
+do = "expect_leases"
+title = "a lease nobody acquired"
+total = 1
+
+[[step]]
+do = "down"
+"#;
+    let scenario = scenario::parse(text, "inline").unwrap();
+    let _serial = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let dir = tempfile::tempdir().unwrap();
+    let options = RunOptions {
+        dir: dir.path().join("testnet"),
+        keep: false,
+    };
+    let error = format!("{:#}", scenario::run(&scenario, &options).unwrap_err());
+    for part in [
+        "step 2 of 3 (line 13 of inline: a lease nobody acquired",
+        "0 in all, expected 1",
+        "logs: ",
+        "taken down; its directory",
+    ] {
+        assert!(error.contains(part), "{part:?} missing from:\n{error}");
+    }
+    let manifest = testnet::generate::Manifest::load(&options.dir).unwrap();
+    assert!(manifest.hosts[0].log_file().exists(), "logs kept");
+    let left = scenario::leftovers(&manifest);
+    assert!(left.is_empty(), "left after a failed run: {left:?}");
+}
+
 #[test]
 fn every_scenario_file_is_in_the_suite() {
     let mut files: Vec<String> = std::fs::read_dir(scenarios_dir())
