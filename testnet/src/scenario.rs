@@ -1332,9 +1332,6 @@ fn validate(s: &Scenario) -> Vec<String> {
                 if argv.is_empty() || argv.iter().all(|a| a.trim().is_empty()) {
                     bad("`command` is empty".into());
                 }
-                if e.retry_secs == Some(0) {
-                    bad("`retry_secs` must be at least 1 (or leave it out)".into());
-                }
             }
             Step::Status(st) => {
                 if let Some(problem) = not_held(&live, &st.slice, &st.expect) {
@@ -1427,23 +1424,25 @@ fn validate(s: &Scenario) -> Vec<String> {
                 }
             }
         }
-        // Every slicectl step's `timeout_secs` must be positive.
-        let timeout = match &placed.step {
-            Step::Acquire(a) => a.timeout_secs,
-            Step::Exec(e) => e.timeout_secs,
-            Step::Status(s) => s.timeout_secs,
-            Step::Renew(r) => r.timeout_secs,
-            Step::Sync(s) => s.timeout_secs,
-            Step::Delete(d) => d.timeout_secs,
-            _ => None,
+        // Waits and retries of zero are mistakes (leave the field out instead).
+        let (timeout, retry) = match &placed.step {
+            Step::Acquire(a) => (a.timeout_secs, None),
+            Step::Exec(e) => (e.timeout_secs, e.retry_secs),
+            Step::Status(s) => (s.timeout_secs, s.retry_secs),
+            Step::Renew(r) => (r.timeout_secs, r.retry_secs),
+            Step::Sync(s) => (s.timeout_secs, s.retry_secs),
+            Step::Delete(d) => (d.timeout_secs, None),
+            _ => (None, None),
         };
-        if timeout == Some(0) {
-            problems.push(format!(
-                "line {}: step {} (do = {:?}): `timeout_secs` must be at least 1",
-                placed.line,
-                i + 1,
-                placed.step.kind()
-            ));
+        for (field, value) in [("timeout_secs", timeout), ("retry_secs", retry)] {
+            if value == Some(0) {
+                problems.push(format!(
+                    "line {}: step {} (do = {:?}): `{field}` must be at least 1 (or leave it out)",
+                    placed.line,
+                    i + 1,
+                    placed.step.kind()
+                ));
+            }
         }
     }
     problems
@@ -2662,6 +2661,13 @@ do = "down"
         assert!(p[0].contains("it takes slice, for,"), "{p:#?}");
         assert!(p[1].starts_with("line 6: step 2 (do = \"exec\"): `slice` is missing"));
         assert!(p[2].contains("`command` is missing"));
+        let p = one_problem(
+            "[testnet]\nreuse = \"x\"\n[[step]]\ndo = \"renew\"\nslice = \"fed0-site0_x\"\nretry_secs = 0\nexpect = \"not_found\"\n",
+        );
+        assert!(
+            p.contains("line 3") && p.contains("`retry_secs` must be at least 1"),
+            "{p}"
+        );
         let p = one_problem("[[step]]\ndo = \"heal\"\nhosts = [\"node0\"]\n");
         assert!(p.contains("it takes only `title`"), "{p}");
     }
