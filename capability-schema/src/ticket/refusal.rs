@@ -73,6 +73,19 @@ impl fmt::Display for LimitKind {
     }
 }
 
+/// What the holder of a ticket refused for `limit` can do about it.
+fn limit_advice(limit: LimitKind) -> &'static str {
+    match limit {
+        LimitKind::Time => {
+            "its Datalog is too costly, or the node is overloaded: retry later, or ask for a \
+             ticket with fewer blocks or rules"
+        }
+        LimitKind::Facts | LimitKind::Iterations => {
+            "it carries too much Datalog: ask for a ticket with fewer blocks or rules"
+        }
+    }
+}
+
 fn list(ops: &BTreeSet<Operation>) -> String {
     if ops.is_empty() {
         return "none".to_owned();
@@ -272,10 +285,7 @@ pub enum TicketRefusal {
         check: String,
     },
     /// Evaluating the ticket exceeded a limit.
-    #[error(
-        "evaluating the ticket exceeded the {limit} limit; it carries too much Datalog: ask for \
-         a ticket with fewer blocks or rules"
-    )]
+    #[error("evaluating the ticket exceeded the {limit} limit; {}", limit_advice(*limit))]
     LimitsExceeded {
         /// Which limit.
         limit: LimitKind,

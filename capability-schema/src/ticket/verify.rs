@@ -139,8 +139,10 @@ pub struct TicketLimits {
     pub max_facts: u64,
     /// Most rule iterations (default 32).
     pub max_iterations: u64,
-    /// Most Datalog evaluation time (default 10 ms; facts and iterations bound the work, this
-    /// is the backstop for costly expressions).
+    /// Most Datalog evaluation time (default 100 ms; facts and iterations bound the work, this
+    /// is the backstop for costly expressions). It is wall-clock time, so it is set far above
+    /// the tenth of a millisecond an honest ticket takes: on a loaded node a thread can be
+    /// descheduled for tens of milliseconds mid-evaluation, and that must not refuse a ticket.
     pub max_time: Duration,
 }
 
@@ -151,7 +153,7 @@ impl Default for TicketLimits {
             max_blocks: MAX_TICKET_BLOCKS,
             max_facts: 512,
             max_iterations: 32,
-            max_time: Duration::from_millis(10),
+            max_time: Duration::from_millis(100),
         }
     }
 }
