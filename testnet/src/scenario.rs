@@ -1742,6 +1742,26 @@ impl Runner<'_> {
             "--timeout".to_owned(),
             timeout.to_string(),
         ];
+        // What the step runs, as one would type it (before it runs: acquisitions take a while).
+        let shown: Vec<String> = args
+            .iter()
+            .map(|a| {
+                if a.is_empty()
+                    || a.contains(|c: char| c.is_whitespace() || "$;'\"|&()<>".contains(c))
+                {
+                    format!("'{}'", a.replace('\'', "'\\''"))
+                } else {
+                    a.clone()
+                }
+            })
+            .collect();
+        let config = match slicectl.config.file_name() {
+            Some(name) if name != "slicectl.toml" => {
+                format!("--config {} ", name.to_string_lossy())
+            }
+            _ => String::new(),
+        };
+        println!("      $ slicectl {config}{}", shown.join(" "));
         full.extend(args);
         let command = format!(
             "slicectl --config {} {}",
