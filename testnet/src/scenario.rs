@@ -60,6 +60,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -1518,6 +1519,64 @@ pub fn start(
 // Running.
 // ---------------------------------------------------------------------------------------------
 
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// From now on SIGINT and SIGTERM stop a running scenario at its next step (or its next look
+/// while waiting), which then takes its testnet down as after a failure, instead of ending
+/// the process with the daemons still running. For programs (`testnet scenario run`); a
+/// library caller decides its own signal handling.
+pub fn stop_on_signals() -> anyhow::Result<()> {
+    let (ready, answer) = std::sync::mpsc::channel::<Result<(), String>>();
+    std::thread::Builder::new()
+        .name("scenario-signals".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = ready.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                use tokio::signal::unix::{SignalKind, signal};
+                let (mut int, mut term) =
+                    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+                        (Ok(i), Ok(t)) => (i, t),
+                        (Err(e), _) | (_, Err(e)) => {
+                            let _ = ready.send(Err(e.to_string()));
+                            return;
+                        }
+                    };
+                let _ = ready.send(Ok(()));
+                loop {
+                    tokio::select! {
+                        _ = int.recv() => {}
+                        _ = term.recv() => {}
+                    }
+                    if INTERRUPTED.swap(true, Ordering::SeqCst) {
+                        eprintln!("testnet: taking the testnet down; please wait");
+                    } else {
+                        eprintln!(
+                            "\ntestnet: interrupted: stopping at the next step and taking the testnet down"
+                        );
+                    }
+                }
+            });
+        })
+        .context("starting the signal thread")?;
+    answer
+        .recv()
+        .context("the signal thread ended")?
+        .map_err(|e| anyhow::anyhow!("installing signal handlers: {e}"))
+}
+
 /// Where and how to run a scenario.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -2068,7 +2127,7 @@ impl Runner<'_> {
                         host.log_file().display()
                     )));
                 }
-                if started.elapsed() > wait {
+                if started.elapsed() > wait || interrupted() {
                     return Err(StepFailure::new(format!(
                         "{name} (pid {pid}) did not answer within {}s (see {})",
                         wait.as_secs(),
@@ -2147,7 +2206,9 @@ impl Runner<'_> {
             });
             match verdict {
                 Ok(line) => return Ok(vec![line]),
-                Err(why) if Instant::now() >= deadline => return Err(StepFailure::new(why)),
+                Err(why) if Instant::now() >= deadline || interrupted() => {
+                    return Err(StepFailure::new(why));
+                }
                 Err(_) => std::thread::sleep(Duration::from_millis(500)),
             }
         }
@@ -2304,12 +2365,12 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> anyhow::Result<Report> 
             let topology = spec.topology();
             let (network, isolation) = resolve(spec.network, spec.isolation)?;
             println!(
-                "bringing up {} federations, {} nodes, {} agents, {} brokers in {} ({network:?} network, {isolation} isolation)",
+                "bringing up a testnet in {} (federations {}, nodes {}, agents {}, brokers {}; {network:?} network, {isolation} isolation)",
+                options.dir.display(),
                 topology.federations,
                 topology.nodes,
                 topology.agents,
                 topology.brokers,
-                options.dir.display()
             );
             let started = Instant::now();
             let manifest = start(&options.dir, topology, network, isolation)?;
@@ -2344,7 +2405,13 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> anyhow::Result<Report> 
         let summary = placed.step.summary();
         println!("\n[{}/{count}] line {}: {summary}", i + 1, placed.line);
         let started = Instant::now();
-        let result = run_step(&context, &mut running, &placed.step);
+        let result = if interrupted() {
+            Err(StepFailure::new(
+                "interrupted (SIGINT or SIGTERM) before it ran",
+            ))
+        } else {
+            run_step(&context, &mut running, &placed.step)
+        };
         let took = started.elapsed();
         match result {
             Ok(lines) => {
@@ -2441,7 +2508,7 @@ fn run_step(
                     }
                     return Ok(lines);
                 }
-                Err(mut f) if Instant::now() >= deadline => {
+                Err(mut f) if Instant::now() >= deadline || interrupted() => {
                     if tries > 1 {
                         f.reason = format!("{} (still, after {tries} attempts)", f.reason);
                     }
@@ -2501,7 +2568,13 @@ fn run_step(
             )])
         }
         Step::Sleep(s) => {
-            std::thread::sleep(Duration::from_secs_f64(s.secs));
+            let until = Instant::now() + Duration::from_secs_f64(s.secs);
+            while Instant::now() < until {
+                if interrupted() {
+                    return Err(StepFailure::new("interrupted (SIGINT or SIGTERM)"));
+                }
+                std::thread::sleep((until - Instant::now()).min(Duration::from_millis(100)));
+            }
             Ok(Vec::new())
         }
         Step::ExpectLeases(e) => cx.expect_leases(e),

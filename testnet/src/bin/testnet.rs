@@ -325,6 +325,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Scenario(ScenarioCmd::Run { file, keep }) => {
             let scenario = testnet::scenario::load(&file)?;
+            testnet::scenario::stop_on_signals()?;
             testnet::scenario::run(&scenario, &testnet::scenario::RunOptions { dir, keep })
                 .map(|_| ())
         }
