@@ -1602,6 +1602,8 @@ pub struct Report {
 struct Running {
     manifest: Manifest,
     dir: PathBuf,
+    /// The run made the directory (so it may remove all of it).
+    fresh_dir: bool,
     /// The run brought it up (so it takes it down).
     owned: bool,
     keep: bool,
@@ -2298,6 +2300,28 @@ fn log_excerpts(manifest: &Manifest, per_host: usize) -> Vec<String> {
     out
 }
 
+/// Removes a testnet's directory once it is down: all of it if the run made it, else only
+/// what `generate` and the runner wrote there (an existing directory may hold other files).
+fn remove_testnet_files(dir: &Path, fresh: bool) -> anyhow::Result<()> {
+    if fresh {
+        return std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()));
+    }
+    for sub in ["authorities", "peering", "hosts", "principal"] {
+        let path = dir.join(sub);
+        if path.exists() {
+            std::fs::remove_dir_all(&path)
+                .with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
+    for file in ["slicectl.toml", "slicectl-agents.toml", "testnet.toml"] {
+        let path = dir.join(file);
+        if path.exists() {
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
 /// Runs a scenario: brings its testnet up (or uses the one running in `options.dir` or named
 /// by `reuse`), runs every step in order, printing each and its time, and takes down what it
 /// brought up — after a failure too, keeping the directory with the logs — unless
@@ -2353,6 +2377,7 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> anyhow::Result<Report> 
                 Running {
                     manifest,
                     dir,
+                    fresh_dir: false,
                     owned: false,
                     keep: true,
                     down: false,
@@ -2373,10 +2398,12 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> anyhow::Result<Report> 
                 topology.brokers,
             );
             let started = Instant::now();
+            let fresh_dir = !options.dir.exists();
             let manifest = start(&options.dir, topology, network, isolation)?;
             let running = Running {
                 manifest,
                 dir: options.dir.canonicalize()?,
+                fresh_dir,
                 owned: true,
                 keep: options.keep,
                 down: false,
@@ -2467,9 +2494,15 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> anyhow::Result<Report> 
         if !running.down {
             running.take_down()?;
         }
-        std::fs::remove_dir_all(&running.dir)
-            .with_context(|| format!("removing {}", running.dir.display()))?;
-        println!("\ntestnet taken down and {} removed", running.dir.display());
+        remove_testnet_files(&running.dir, running.fresh_dir)?;
+        if running.fresh_dir {
+            println!("\ntestnet taken down and {} removed", running.dir.display());
+        } else {
+            println!(
+                "\ntestnet taken down and its files removed from {}",
+                running.dir.display()
+            );
+        }
     } else if running.owned && !running.down {
         println!(
             "\ntestnet left running in {}: `testnet down --purge --dir {}` when done",
