@@ -6,7 +6,8 @@
 //! - `node-restart.toml`: a node killed and restarted mid-slice keeps its lease and sliver;
 //! - `partition-heal.toml`: renew during a partition reaches the others, all after healing;
 //! - `all-or-nothing-node-down.toml`: a node down during an all-or-nothing create leaves no
-//!   lease anywhere, and the slice can be had whole once it is back;
+//!   lease anywhere; a best-effort create keeps the rest and `sync` completes it once the node
+//!   is back, when the all-or-nothing slice can be had whole;
 //!
 //! each ending with `down`: nothing of the testnet is left (processes, namespaces, links,
 //! cgroups). As root: hosts in network namespaces and real slivers. Without root: loopback and
