@@ -2337,6 +2337,8 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> anyhow::Result<Report> 
             .map(|d| format!(": {d}"))
             .unwrap_or_default()
     );
+    // Before anything is brought up: slicectl must be there.
+    Slicectl::for_testnet(&options.dir)?;
     let reuse = scenario.testnet.reuse.clone().or_else(|| {
         options
             .dir
@@ -2409,7 +2411,16 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> anyhow::Result<Report> 
                 down: false,
             };
             let converge = Duration::from_secs(spec.converge_secs.unwrap_or(90));
-            probe::wait_converged(&running.manifest, converge, |_, _| {})?;
+            probe::wait_converged(&running.manifest, converge, |_, _| {}).with_context(|| {
+                if running.keep {
+                    format!("the testnet is left running in {}", running.dir.display())
+                } else {
+                    format!(
+                        "the testnet is taken down; its logs are kept in {}/hosts/HOST/daemon.log",
+                        running.dir.display()
+                    )
+                }
+            })?;
             let up = started.elapsed();
             println!(
                 "{} daemons up, ads converged, in {:.2}s",
