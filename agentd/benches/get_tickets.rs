@@ -4,13 +4,14 @@
 //! Prints p50/p99 over repeated requests for the agent as configured (minting on every
 //! available core) and, interleaved round by round so both see the same load, for the same
 //! agent minting on one thread. As references from the same run: one ticket minted alone
-//! (one biscuit: build, sign, serialize) and one empty durable redb commit. The load average is printed with the figures: the host is
+//! (one biscuit: build, sign, serialize), the ledger write alone (100 records in one durable
+//! transaction) and one empty durable redb commit. The load average is printed with the figures: the host is
 //! shared.
 
 use std::time::{Duration, Instant};
 
 use agentd::agent::{Agent, AgentParts, Pricing};
-use agentd::ledger::TicketLedger;
+use agentd::ledger::{TicketLedger, TicketRecord};
 use agentd::policy::{Policy, PolicyConfig, Quota};
 use capability_schema::ad::{PriceList, ShareState};
 use capability_schema::identity::test_key;
@@ -166,6 +167,27 @@ fn main() {
         let ticket = minter.mint_priced(&spec, 1234).expect("mint");
         (ticket.id().to_string(), ticket.to_bytes().expect("bytes"))
     });
+    // The ledger write alone: 100 records in one durable transaction, as a request makes.
+    let ledger = TicketLedger::open(&dir.path().join("write.redb")).expect("ledger");
+    let mut batch = 0u64;
+    let mut ledger_write = repeat(60, || {
+        batch += 1;
+        let records: Vec<TicketRecord> = (0..100)
+            .map(|i| TicketRecord {
+                ticket_id: format!("{batch:016x}{i:0112x}"),
+                node: nodes[i].key.public(),
+                principal: alice.public(),
+                requester: Some(alice.public()),
+                slice: "site0_bench".into(),
+                resources: per,
+                issued_at: NOW,
+                not_after: NOW + 3600,
+                price: 1234,
+                released: false,
+            })
+            .collect();
+        ledger.record_all(&records).expect("durable write");
+    });
     let db = redb::Database::create(dir.path().join("empty.redb")).expect("redb");
     let mut empty_commit = repeat(100, || {
         db.begin_write().expect("txn").commit().expect("commit");
@@ -198,11 +220,17 @@ fn main() {
     }
     let (m50, _, mmin) = percentiles(&mut one_mint);
     let (c50, c99, cmin) = percentiles(&mut empty_commit);
+    let (w50, w99, wmin) = percentiles(&mut ledger_write);
     println!(
         "reference: one ticket minted alone (Minter::mint_priced + id + bytes) p50 {:.0} µs \
-         (min {:.0}); one empty durable redb commit p50 {:.2} ms, p99 {:.2} ms (min {:.2})",
+         (min {:.0}); the ledger write alone (100 records, one durable transaction) p50 {:.2} \
+         ms, p99 {:.2} ms (min {:.2}); one empty durable redb commit p50 {:.2} ms, p99 {:.2} ms \
+         (min {:.2})",
         us(m50),
         us(mmin),
+        ms(w50),
+        ms(w99),
+        ms(wmin),
         ms(c50),
         ms(c99),
         ms(cmin)
