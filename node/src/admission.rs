@@ -52,6 +52,17 @@ impl Commitments {
         Some(())
     }
 
+    /// Takes one lease's resources back (a lease removed or aborted).
+    pub fn remove(&mut self, agent: &PublicKey, resources: &Resources) {
+        self.total = self.total.saturating_sub(resources);
+        if let Some(entry) = self.by_agent.get_mut(agent) {
+            *entry = entry.saturating_sub(resources);
+            if entry.is_zero() {
+                self.by_agent.remove(agent);
+            }
+        }
+    }
+
     /// What is committed under `agent`'s share.
     pub fn of(&self, agent: &PublicKey) -> Resources {
         self.by_agent.get(agent).copied().unwrap_or_default()

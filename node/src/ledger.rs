@@ -1,11 +1,10 @@
 //! The node's durable ledger (redb): leases and the ticket spend ledger.
 //!
 //! How a redeem flows through it:
-//! 1. [`Ledger::reserve`], one write transaction: the ticket's spend is checked (a ticket id is
-//!    spent up to its grant and never more, whatever copies exist), commitments are summed over
-//!    the live leases and [`Capacity::admit`] decides; the lease is written as `Pending` and the
-//!    spend recorded. redb serializes write transactions, so two clients redeeming the same
-//!    ticket at the same instant get exactly one reservation.
+//! 1. [`Ledger::reserve`]: the ticket's spend is checked (a ticket id is spent up to its grant
+//!    and never more, whatever copies exist), the sliver id must be free, and
+//!    [`Capacity::admit`] decides against what the live leases commit; the lease is written as
+//!    `Pending` and the spend recorded.
 //! 2. The caller creates the sliver.
 //! 3. [`Ledger::activate`] marks the lease `Active` with the sliver's address; only then is the
 //!    signed lease returned. If creation failed, [`Ledger::abort`] removes the lease and refunds
@@ -13,11 +12,28 @@
 //!
 //! On restart, `Pending` leases are the ones whose client never got an answer: the caller
 //! re-adopts or aborts them (see `reconcile` in the daemon).
+//!
+//! **Group commit.** Every change is an [`Op`] applied by one writer at a time. A caller
+//! queues its op; if no batch is being written it becomes the writer, takes every op queued so
+//! far and applies them in order in one redb write transaction, committed once with
+//! `Durability::Immediate` (one fsync for the whole batch); otherwise it waits for the writer,
+//! which answers every op of its batch only after that commit. Ops queued meanwhile form the next
+//! batch. So concurrent redeems share fsyncs, each op still sees every op before it (two
+//! redeems of one ticket in one batch: the second is refused), and no answer is given before
+//! its change is durable. An op refused by a check writes nothing (every check precedes every
+//! write), so it does not disturb the others in its batch; if the commit fails, every op of the
+//! batch fails.
+//!
+//! **Index.** What the live leases commit, which sliver ids they hold and each lease's share of
+//! both are mirrored in memory ([`Index`], built at open, changed only by the writer), so a
+//! reservation and the ad's commitments never decode the whole lease table.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 use capability_schema::{Lease, PublicKey, Rejection, Resources, codec};
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableTable, Table, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::admission::{Capacity, Commitments};
@@ -26,7 +42,7 @@ const LEASES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("leases");
 const SPENT: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("spent");
 
 /// Errors of the ledger.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum LedgerError {
     /// The request was refused (admission, spend, holder, renewal).
     #[error(transparent)]
@@ -92,11 +108,121 @@ pub struct Reservation {
     pub sliver_id: String,
 }
 
+/// One change to the ledger, applied by the writer inside a batch (see the module docs).
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Step 1 of a redeem.
+    Reserve {
+        /// The node's capacity and shares.
+        capacity: Capacity,
+        /// The lease to reserve.
+        reservation: Box<Reservation>,
+        /// Unix seconds.
+        now: u64,
+    },
+    /// Step 3 of a redeem: the lease becomes active with the sliver's address.
+    Activate {
+        /// The lease.
+        lease_id: String,
+        /// The sliver's address.
+        address: Option<String>,
+    },
+    /// A failed redeem: the pending lease goes, its spend is refunded.
+    Abort {
+        /// The lease.
+        lease_id: String,
+    },
+    /// The lease's end moves to `until` (bounded by its ticket's end).
+    Renew {
+        /// The lease.
+        lease_id: String,
+        /// Who asks (must hold the lease).
+        caller: PublicKey,
+        /// The end asked.
+        until: u64,
+        /// Unix seconds.
+        now: u64,
+    },
+    /// The holder gives the lease up.
+    Release {
+        /// The lease.
+        lease_id: String,
+        /// Who asks (must hold the lease).
+        caller: PublicKey,
+    },
+    /// The lease goes (expired, released, orphaned); the spend stays spent.
+    Remove {
+        /// The lease.
+        lease_id: String,
+    },
+}
+
+/// What the live leases hold, mirrored in memory (see the module docs).
+#[derive(Debug, Default)]
+struct Index {
+    /// Each lease's agent, resources and sliver id.
+    leases: BTreeMap<String, (PublicKey, Resources, String)>,
+    /// The sliver ids held.
+    slivers: BTreeSet<String>,
+    /// The sum of the leases' resources, in all and per agent.
+    committed: Commitments,
+}
+
+impl Index {
+    fn insert(&mut self, record: &LeaseRecord) -> Option<()> {
+        let lease = &record.lease;
+        self.committed.add(lease.agent, &lease.resources)?;
+        self.slivers.insert(record.sliver_id.clone());
+        self.leases.insert(
+            lease.lease_id.clone(),
+            (lease.agent, lease.resources, record.sliver_id.clone()),
+        );
+        Some(())
+    }
+
+    fn remove(&mut self, lease_id: &str) {
+        if let Some((agent, resources, sliver_id)) = self.leases.remove(lease_id) {
+            self.committed.remove(&agent, &resources);
+            self.slivers.remove(&sliver_id);
+        }
+    }
+}
+
+/// The queue of ops waiting for the writer.
+#[derive(Debug, Default)]
+struct Queue {
+    /// Ops not yet taken by a writer, with their tickets.
+    waiting: Vec<(u64, Op)>,
+    /// Answers not yet collected, by ticket.
+    answers: BTreeMap<u64, Result<Option<LeaseRecord>, LedgerError>>,
+    /// The next ticket.
+    next: u64,
+    /// Whether a writer is applying a batch.
+    writing: bool,
+}
+
+/// Counters of the group commit, for benchmarks and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Write transactions committed (one fsync each).
+    pub batches: u64,
+    /// Ops applied in them.
+    pub ops: u64,
+}
+
 /// The node's ledger.
 #[derive(Debug)]
 pub struct Ledger {
     db: Database,
     path: PathBuf,
+    index: Mutex<Index>,
+    queue: Mutex<Queue>,
+    answered: Condvar,
+    stats: Mutex<CommitStats>,
+}
+
+fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Ledger {
@@ -107,17 +233,19 @@ impl Ledger {
             detail,
         };
         let db = Database::create(path).map_err(|e| storage(e.to_string()))?;
-        let ledger = Ledger {
-            db,
-            path: path.to_owned(),
-        };
-        let txn = ledger
-            .db
-            .begin_write()
-            .map_err(|e| storage(e.to_string()))?;
+        let txn = db.begin_write().map_err(|e| storage(e.to_string()))?;
         txn.open_table(LEASES).map_err(|e| storage(e.to_string()))?;
         txn.open_table(SPENT).map_err(|e| storage(e.to_string()))?;
         txn.commit().map_err(|e| storage(e.to_string()))?;
+        let ledger = Ledger {
+            db,
+            path: path.to_owned(),
+            index: Mutex::default(),
+            queue: Mutex::default(),
+            answered: Condvar::new(),
+            stats: Mutex::default(),
+        };
+        *relock(&ledger.index) = ledger.load_index()?;
         Ok(ledger)
     }
 
@@ -128,6 +256,16 @@ impl Ledger {
         }
     }
 
+    fn load_index(&self) -> Result<Index, LedgerError> {
+        let mut index = Index::default();
+        for record in self.leases()? {
+            index
+                .insert(&record)
+                .ok_or_else(|| self.storage("commitments overflow"))?;
+        }
+        Ok(index)
+    }
+
     /// Step 1 of a redeem: check the spend and admission, write the lease as pending.
     pub fn reserve(
         &self,
@@ -135,64 +273,12 @@ impl Ledger {
         r: &Reservation,
         now: u64,
     ) -> Result<(), LedgerError> {
-        let txn = self.db.begin_write().map_err(|e| self.storage(e))?;
-        {
-            let mut spent_table = txn.open_table(SPENT).map_err(|e| self.storage(e))?;
-            let mut leases = txn.open_table(LEASES).map_err(|e| self.storage(e))?;
-            let ticket_id = r.lease.ticket_id.as_str();
-            let mut spend: SpendRecord =
-                match spent_table.get(ticket_id).map_err(|e| self.storage(e))? {
-                    Some(bytes) => codec::decode(bytes.value()).map_err(|e| self.storage(e))?,
-                    None => SpendRecord {
-                        grant: r.grant,
-                        ..SpendRecord::default()
-                    },
-                };
-            let after = spend.spent.checked_add(&r.lease.resources);
-            if after.is_none_or(|after| !after.fits_within(&r.grant.min(&spend.grant))) {
-                return Err(Rejection::AlreadySpent {
-                    ticket_id: r.lease.ticket_id.clone(),
-                    detail: format!(
-                        "{} spent of {} granted, by lease(s) {}",
-                        spend.spent,
-                        spend.grant,
-                        spend.leases.join(", ")
-                    ),
-                }
-                .into());
-            }
-            if lease_records(&leases, &self.path)?
-                .iter()
-                .any(|l| l.sliver_id == r.sliver_id)
-            {
-                return Err(Rejection::Policy {
-                    rule: "one-sliver-per-slice".into(),
-                    detail: format!(
-                        "slice {} already has a sliver on this node; renew its lease instead",
-                        r.lease.slice
-                    ),
-                }
-                .into());
-            }
-            let committed = commitments_in(&leases, &self.path)?;
-            capacity.admit(&committed, &r.lease.agent, &r.lease.resources, now)?;
-            spend.spent = after.unwrap_or(spend.spent);
-            spend.leases.push(r.lease.lease_id.clone());
-            let record = LeaseRecord {
-                lease: r.lease.clone(),
-                state: LeaseState::Pending,
-                sliver_id: r.sliver_id.clone(),
-                ticket_not_after: r.ticket_not_after,
-                renewable: r.renewable,
-            };
-            spent_table
-                .insert(ticket_id, codec::encode(&spend).as_slice())
-                .map_err(|e| self.storage(e))?;
-            leases
-                .insert(r.lease.lease_id.as_str(), codec::encode(&record).as_slice())
-                .map_err(|e| self.storage(e))?;
-        }
-        txn.commit().map_err(|e| self.storage(e))
+        self.submit(Op::Reserve {
+            capacity: capacity.clone(),
+            reservation: Box::new(r.clone()),
+            now,
+        })
+        .map(drop)
     }
 
     /// Step 3 of a redeem: the sliver exists; the lease becomes active with its address.
@@ -201,43 +287,19 @@ impl Ledger {
         lease_id: &str,
         address: Option<String>,
     ) -> Result<LeaseRecord, LedgerError> {
-        self.update(lease_id, |record| {
-            record.state = LeaseState::Active;
-            record.lease.address = address.clone();
-            Ok(())
+        self.submit(Op::Activate {
+            lease_id: lease_id.to_owned(),
+            address,
         })
+        .and_then(|r| r.ok_or_else(|| self.storage("activate returned no lease")))
     }
 
     /// A failed redeem: remove the pending lease and refund the ticket's spend.
     pub fn abort(&self, lease_id: &str) -> Result<(), LedgerError> {
-        let txn = self.db.begin_write().map_err(|e| self.storage(e))?;
-        {
-            let mut leases = txn.open_table(LEASES).map_err(|e| self.storage(e))?;
-            let mut spent_table = txn.open_table(SPENT).map_err(|e| self.storage(e))?;
-            let record: Option<LeaseRecord> =
-                match leases.remove(lease_id).map_err(|e| self.storage(e))? {
-                    Some(bytes) => Some(codec::decode(bytes.value()).map_err(|e| self.storage(e))?),
-                    None => None,
-                };
-            if let Some(record) = record {
-                let ticket_id = record.lease.ticket_id.as_str();
-                let spend: Option<SpendRecord> = match spent_table
-                    .get(ticket_id)
-                    .map_err(|e| self.storage(e))?
-                {
-                    Some(bytes) => Some(codec::decode(bytes.value()).map_err(|e| self.storage(e))?),
-                    None => None,
-                };
-                if let Some(mut spend) = spend {
-                    spend.spent = spend.spent.saturating_sub(&record.lease.resources);
-                    spend.leases.retain(|l| l != lease_id);
-                    spent_table
-                        .insert(ticket_id, codec::encode(&spend).as_slice())
-                        .map_err(|e| self.storage(e))?;
-                }
-            }
-        }
-        txn.commit().map_err(|e| self.storage(e))
+        self.submit(Op::Abort {
+            lease_id: lease_id.to_owned(),
+        })
+        .map(drop)
     }
 
     /// Extends a lease to `until`, bounded by its ticket's end; returns the lease as renewed.
@@ -248,60 +310,296 @@ impl Ledger {
         until: u64,
         now: u64,
     ) -> Result<LeaseRecord, LedgerError> {
-        self.update(lease_id, |record| {
-            check_holder(record, caller)?;
-            if !record.renewable {
-                return Err(Rejection::Ticket {
-                    check: "operation_not_allowed".into(),
-                    detail: "the ticket of this lease does not allow renewal".into(),
-                });
-            }
-            if until > record.ticket_not_after {
-                return Err(Rejection::RenewPastTicket {
-                    asked: until,
-                    not_after: record.ticket_not_after,
-                });
-            }
-            if record.lease.is_over(now) {
-                return Err(Rejection::UnknownLease {
-                    lease_id: record.lease.lease_id.clone(),
-                });
-            }
-            record.lease.end = record.lease.end.max(until);
-            Ok(())
+        self.submit(Op::Renew {
+            lease_id: lease_id.to_owned(),
+            caller: *caller,
+            until,
+            now,
         })
+        .and_then(|r| r.ok_or_else(|| self.storage("renew returned no lease")))
     }
 
     /// Removes a lease the caller holds and returns it (the caller tears its sliver down).
     pub fn release(&self, lease_id: &str, caller: &PublicKey) -> Result<LeaseRecord, LedgerError> {
-        let record = self.get(lease_id)?.ok_or_else(|| Rejection::UnknownLease {
+        self.submit(Op::Release {
             lease_id: lease_id.to_owned(),
-        })?;
-        check_holder(&record, caller)?;
-        self.remove(lease_id)?;
-        Ok(record)
+            caller: *caller,
+        })
+        .and_then(|r| r.ok_or_else(|| self.storage("release returned no lease")))
     }
 
     /// Removes a lease (expired, released, or orphaned); the spend stays spent.
     pub fn remove(&self, lease_id: &str) -> Result<(), LedgerError> {
-        let txn = self.db.begin_write().map_err(|e| self.storage(e))?;
-        txn.open_table(LEASES)
-            .map_err(|e| self.storage(e))?
-            .remove(lease_id)
-            .map_err(|e| self.storage(e))?;
-        txn.commit().map_err(|e| self.storage(e))
+        self.submit(Op::Remove {
+            lease_id: lease_id.to_owned(),
+        })
+        .map(drop)
     }
 
-    /// One lease.
-    pub fn get(&self, lease_id: &str) -> Result<Option<LeaseRecord>, LedgerError> {
-        let txn = self.db.begin_read().map_err(|e| self.storage(e))?;
-        let table = txn.open_table(LEASES).map_err(|e| self.storage(e))?;
+    /// Applies `op` durably (group commit, see the module docs) and returns the lease it
+    /// changed, if any.
+    pub fn submit(&self, op: Op) -> Result<Option<LeaseRecord>, LedgerError> {
+        let mut queue = relock(&self.queue);
+        let ticket = queue.next;
+        queue.next += 1;
+        queue.waiting.push((ticket, op));
+        loop {
+            if let Some(answer) = queue.answers.remove(&ticket) {
+                return answer;
+            }
+            if queue.writing {
+                queue = self
+                    .answered
+                    .wait(queue)
+                    .unwrap_or_else(PoisonError::into_inner);
+                continue;
+            }
+            // This caller writes the next batch: every op queued so far (its own included).
+            queue.writing = true;
+            let batch = std::mem::take(&mut queue.waiting);
+            drop(queue);
+            let answers = self.write_batch(batch);
+            queue = relock(&self.queue);
+            queue.writing = false;
+            queue.answers.extend(answers);
+            self.answered.notify_all();
+        }
+    }
+
+    /// Applies a batch in one write transaction and commits it once.
+    fn write_batch(
+        &self,
+        batch: Vec<(u64, Op)>,
+    ) -> Vec<(u64, Result<Option<LeaseRecord>, LedgerError>)> {
+        let mut index = relock(&self.index);
+        let mut answers = Vec::with_capacity(batch.len());
+        let written = (|| -> Result<(), LedgerError> {
+            let mut txn = self.db.begin_write().map_err(|e| self.storage(e))?;
+            txn.set_durability(Durability::Immediate);
+            {
+                let mut tables = Tables {
+                    leases: txn.open_table(LEASES).map_err(|e| self.storage(e))?,
+                    spent: txn.open_table(SPENT).map_err(|e| self.storage(e))?,
+                };
+                for (ticket, op) in &batch {
+                    match self.apply(&mut tables, &mut index, op) {
+                        Err(LedgerError::Storage { path, detail }) => {
+                            return Err(LedgerError::Storage { path, detail });
+                        }
+                        answer => answers.push((*ticket, answer)),
+                    }
+                }
+            }
+            txn.commit().map_err(|e| self.storage(e))
+        })();
+        if let Err(e) = written {
+            // Nothing of the batch is durable: every op fails and the index is rebuilt from
+            // what is.
+            match self.load_index() {
+                Ok(fresh) => *index = fresh,
+                Err(e) => tracing::error!(error = %e, "ledger index not rebuilt"),
+            }
+            return batch.iter().map(|(t, _)| (*t, Err(e.clone()))).collect();
+        }
+        let mut stats = relock(&self.stats);
+        stats.batches += 1;
+        stats.ops += batch.len() as u64;
+        answers
+    }
+
+    /// Applies one op inside the writer's transaction. A refusal writes nothing.
+    fn apply(
+        &self,
+        tables: &mut Tables<'_>,
+        index: &mut Index,
+        op: &Op,
+    ) -> Result<Option<LeaseRecord>, LedgerError> {
+        match op {
+            Op::Reserve {
+                capacity,
+                reservation,
+                now,
+            } => self.apply_reserve(tables, index, capacity, reservation, *now),
+            Op::Activate { lease_id, address } => self
+                .apply_update(tables, lease_id, |record| {
+                    record.state = LeaseState::Active;
+                    record.lease.address = address.clone();
+                    Ok(())
+                })
+                .map(Some),
+            Op::Abort { lease_id } => {
+                let Some(record) = self.take(tables, index, lease_id)? else {
+                    return Ok(None);
+                };
+                let ticket_id = record.lease.ticket_id.as_str();
+                if let Some(mut spend) = self.spend_in(&tables.spent, ticket_id)? {
+                    spend.spent = spend.spent.saturating_sub(&record.lease.resources);
+                    spend.leases.retain(|l| l != lease_id);
+                    tables
+                        .spent
+                        .insert(ticket_id, codec::encode(&spend).as_slice())
+                        .map_err(|e| self.storage(e))?;
+                }
+                Ok(None)
+            }
+            Op::Renew {
+                lease_id,
+                caller,
+                until,
+                now,
+            } => self
+                .apply_update(tables, lease_id, |record| {
+                    renewal(record, caller, *until, *now)
+                })
+                .map(Some),
+            Op::Release { lease_id, caller } => {
+                let record = self.record_in(&tables.leases, lease_id)?.ok_or_else(|| {
+                    Rejection::UnknownLease {
+                        lease_id: lease_id.clone(),
+                    }
+                })?;
+                check_holder(&record, caller)?;
+                self.take(tables, index, lease_id)?;
+                Ok(Some(record))
+            }
+            Op::Remove { lease_id } => self.take(tables, index, lease_id),
+        }
+    }
+
+    fn apply_reserve(
+        &self,
+        tables: &mut Tables<'_>,
+        index: &mut Index,
+        capacity: &Capacity,
+        r: &Reservation,
+        now: u64,
+    ) -> Result<Option<LeaseRecord>, LedgerError> {
+        let ticket_id = r.lease.ticket_id.as_str();
+        let mut spend = self
+            .spend_in(&tables.spent, ticket_id)?
+            .unwrap_or_else(|| SpendRecord {
+                grant: r.grant,
+                ..SpendRecord::default()
+            });
+        let after = spend.spent.checked_add(&r.lease.resources);
+        let Some(after) = after.filter(|after| after.fits_within(&r.grant.min(&spend.grant)))
+        else {
+            return Err(Rejection::AlreadySpent {
+                ticket_id: r.lease.ticket_id.clone(),
+                detail: format!(
+                    "{} spent of {} granted, by lease(s) {}",
+                    spend.spent,
+                    spend.grant,
+                    spend.leases.join(", ")
+                ),
+            }
+            .into());
+        };
+        if index.slivers.contains(&r.sliver_id) {
+            return Err(Rejection::Policy {
+                rule: "one-sliver-per-slice".into(),
+                detail: format!(
+                    "slice {} already has a sliver on this node; renew its lease instead",
+                    r.lease.slice
+                ),
+            }
+            .into());
+        }
+        capacity.admit(&index.committed, &r.lease.agent, &r.lease.resources, now)?;
+        // Checks done; from here on the op writes.
+        spend.spent = after;
+        spend.leases.push(r.lease.lease_id.clone());
+        let record = LeaseRecord {
+            lease: r.lease.clone(),
+            state: LeaseState::Pending,
+            sliver_id: r.sliver_id.clone(),
+            ticket_not_after: r.ticket_not_after,
+            renewable: r.renewable,
+        };
+        tables
+            .spent
+            .insert(ticket_id, codec::encode(&spend).as_slice())
+            .map_err(|e| self.storage(e))?;
+        tables
+            .leases
+            .insert(r.lease.lease_id.as_str(), codec::encode(&record).as_slice())
+            .map_err(|e| self.storage(e))?;
+        index
+            .insert(&record)
+            .ok_or_else(|| self.storage("commitments overflow"))?;
+        Ok(None)
+    }
+
+    /// Changes one lease record; a refusal by `change` writes nothing.
+    fn apply_update(
+        &self,
+        tables: &mut Tables<'_>,
+        lease_id: &str,
+        change: impl Fn(&mut LeaseRecord) -> Result<(), Rejection>,
+    ) -> Result<LeaseRecord, LedgerError> {
+        let mut record =
+            self.record_in(&tables.leases, lease_id)?
+                .ok_or_else(|| Rejection::UnknownLease {
+                    lease_id: lease_id.to_owned(),
+                })?;
+        change(&mut record)?;
+        tables
+            .leases
+            .insert(lease_id, codec::encode(&record).as_slice())
+            .map_err(|e| self.storage(e))?;
+        Ok(record)
+    }
+
+    /// Removes a lease from the table and the index; returns it if it was there.
+    fn take(
+        &self,
+        tables: &mut Tables<'_>,
+        index: &mut Index,
+        lease_id: &str,
+    ) -> Result<Option<LeaseRecord>, LedgerError> {
+        let removed = tables
+            .leases
+            .remove(lease_id)
+            .map_err(|e| self.storage(e))?;
+        let record = match removed {
+            Some(bytes) => Some(codec::decode(bytes.value()).map_err(|e| self.storage(e))?),
+            None => None,
+        };
+        index.remove(lease_id);
+        Ok(record)
+    }
+
+    fn record_in(
+        &self,
+        table: &impl ReadableTable<&'static str, &'static [u8]>,
+        lease_id: &str,
+    ) -> Result<Option<LeaseRecord>, LedgerError> {
         match table.get(lease_id).map_err(|e| self.storage(e))? {
             Some(bytes) => Ok(Some(
                 codec::decode(bytes.value()).map_err(|e| self.storage(e))?,
             )),
             None => Ok(None),
         }
+    }
+
+    fn spend_in(
+        &self,
+        table: &impl ReadableTable<&'static str, &'static [u8]>,
+        ticket_id: &str,
+    ) -> Result<Option<SpendRecord>, LedgerError> {
+        match table.get(ticket_id).map_err(|e| self.storage(e))? {
+            Some(bytes) => Ok(Some(
+                codec::decode(bytes.value()).map_err(|e| self.storage(e))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// One lease.
+    pub fn get(&self, lease_id: &str) -> Result<Option<LeaseRecord>, LedgerError> {
+        let txn = self.db.begin_read().map_err(|e| self.storage(e))?;
+        let table = txn.open_table(LEASES).map_err(|e| self.storage(e))?;
+        self.record_in(&table, lease_id)
     }
 
     /// Every lease.
@@ -320,19 +618,17 @@ impl Ledger {
     pub fn spend(&self, ticket_id: &str) -> Result<Option<SpendRecord>, LedgerError> {
         let txn = self.db.begin_read().map_err(|e| self.storage(e))?;
         let table = txn.open_table(SPENT).map_err(|e| self.storage(e))?;
-        match table.get(ticket_id).map_err(|e| self.storage(e))? {
-            Some(bytes) => Ok(Some(
-                codec::decode(bytes.value()).map_err(|e| self.storage(e))?,
-            )),
-            None => Ok(None),
-        }
+        self.spend_in(&table, ticket_id)
     }
 
-    /// What the live leases commit, in all and per agent.
+    /// What the live leases commit, in all and per agent (from the in-memory index).
     pub fn commitments(&self) -> Result<Commitments, LedgerError> {
-        let txn = self.db.begin_read().map_err(|e| self.storage(e))?;
-        let table = txn.open_table(LEASES).map_err(|e| self.storage(e))?;
-        commitments_in(&table, &self.path)
+        Ok(relock(&self.index).committed.clone())
+    }
+
+    /// The group commit's counters so far.
+    pub fn commit_stats(&self) -> CommitStats {
+        *relock(&self.stats)
     }
 
     /// Leases whose end has passed at `now`.
@@ -343,33 +639,40 @@ impl Ledger {
             .filter(|r| r.lease.is_over(now))
             .collect())
     }
+}
 
-    fn update(
-        &self,
-        lease_id: &str,
-        change: impl Fn(&mut LeaseRecord) -> Result<(), Rejection>,
-    ) -> Result<LeaseRecord, LedgerError> {
-        let txn = self.db.begin_write().map_err(|e| self.storage(e))?;
-        let record = {
-            let mut table = txn.open_table(LEASES).map_err(|e| self.storage(e))?;
-            let mut record: LeaseRecord = match table.get(lease_id).map_err(|e| self.storage(e))? {
-                Some(bytes) => codec::decode(bytes.value()).map_err(|e| self.storage(e))?,
-                None => {
-                    return Err(Rejection::UnknownLease {
-                        lease_id: lease_id.to_owned(),
-                    }
-                    .into());
-                }
-            };
-            change(&mut record)?;
-            table
-                .insert(lease_id, codec::encode(&record).as_slice())
-                .map_err(|e| self.storage(e))?;
-            record
-        };
-        txn.commit().map_err(|e| self.storage(e))?;
-        Ok(record)
+/// The tables a batch writes.
+struct Tables<'txn> {
+    leases: Table<'txn, &'static str, &'static [u8]>,
+    spent: Table<'txn, &'static str, &'static [u8]>,
+}
+
+fn renewal(
+    record: &mut LeaseRecord,
+    caller: &PublicKey,
+    until: u64,
+    now: u64,
+) -> Result<(), Rejection> {
+    check_holder(record, caller)?;
+    if !record.renewable {
+        return Err(Rejection::Ticket {
+            check: "operation_not_allowed".into(),
+            detail: "the ticket of this lease does not allow renewal".into(),
+        });
     }
+    if until > record.ticket_not_after {
+        return Err(Rejection::RenewPastTicket {
+            asked: until,
+            not_after: record.ticket_not_after,
+        });
+    }
+    if record.lease.is_over(now) {
+        return Err(Rejection::UnknownLease {
+            lease_id: record.lease.lease_id.clone(),
+        });
+    }
+    record.lease.end = record.lease.end.max(until);
+    Ok(())
 }
 
 fn check_holder(record: &LeaseRecord, caller: &PublicKey) -> Result<(), Rejection> {
@@ -380,38 +683,6 @@ fn check_holder(record: &LeaseRecord, caller: &PublicKey) -> Result<(), Rejectio
         });
     }
     Ok(())
-}
-
-fn lease_records(
-    table: &impl ReadableTable<&'static str, &'static [u8]>,
-    path: &Path,
-) -> Result<Vec<LeaseRecord>, LedgerError> {
-    let storage = |detail: String| LedgerError::Storage {
-        path: path.to_owned(),
-        detail,
-    };
-    let mut out = Vec::new();
-    for entry in table.iter().map_err(|e| storage(e.to_string()))? {
-        let (_, bytes) = entry.map_err(|e| storage(e.to_string()))?;
-        out.push(codec::decode(bytes.value()).map_err(|e| storage(e.to_string()))?);
-    }
-    Ok(out)
-}
-
-fn commitments_in(
-    table: &impl ReadableTable<&'static str, &'static [u8]>,
-    path: &Path,
-) -> Result<Commitments, LedgerError> {
-    let mut committed = Commitments::default();
-    for record in lease_records(table, path)? {
-        committed
-            .add(record.lease.agent, &record.lease.resources)
-            .ok_or_else(|| LedgerError::Storage {
-                path: path.to_owned(),
-                detail: "commitments overflow".into(),
-            })?;
-    }
-    Ok(committed)
 }
 
 #[cfg(test)]

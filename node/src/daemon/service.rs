@@ -5,17 +5,25 @@
 //! Redeem, in order (the reply leaves only after step 5):
 //! 1. the ticket is read and authorized: issuer among the agents this node delegated to,
 //!    signature chain, window, presenter = final holder, node = this node, operation `redeem`;
-//! 2. [`Ledger::reserve`]: spend ledger and admission (agent share, node capacity) in one
-//!    durable transaction, lease written as pending;
+//! 2. [`Ledger::reserve`]: spend ledger and admission (agent share, node capacity), lease
+//!    written as pending, durable before the sliver exists;
 //! 3. the sliver is created (on failure: [`Ledger::abort`], the spend is refunded);
 //! 4. [`Ledger::activate`]: the lease is durable and active;
 //! 5. the lease is signed and returned.
+//!
+//! Concurrent redeems do not wait for one another except where they must: the ledger commits
+//! the reservations and activations of concurrent redeems together (group commit: one fsync
+//! per batch, see [`crate::ledger`]), and slivers are created in parallel, at most
+//! [`MAX_CONCURRENT_CREATES`] at once. No lock is held across a sliver creation. The time each
+//! step takes is summed in [`RedeemTimings`] (`NodeService::timings`).
 //!
 //! Slivers are reached through [`SliverBackend`], so this logic is tested with a fake and runs
 //! with the real isolation engine in the daemon.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use capability_schema::protocol::{ExecOutput, NodeRequest, NodeResponse, NodeStatus, Reply};
 use capability_schema::ticket::{
@@ -58,6 +66,135 @@ pub const SPAWN_LOG: &str = "/tmp/.planetmesh-spawn.log";
 /// The longest an `Exec` may run.
 pub const MAX_EXEC_MS: u64 = 10 * 60 * 1000;
 
+/// Most slivers created at once; further redeems wait for a slot after their reservation.
+pub const MAX_CONCURRENT_CREATES: usize = 8;
+
+/// The steps of a redeem, as [`RedeemTimings`] counts them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedeemStep {
+    /// Parsing and authorizing the ticket (signatures, datalog).
+    Verify,
+    /// The durable reservation (spend, admission, pending lease).
+    Reserve,
+    /// Waiting for a creation slot.
+    CreateWait,
+    /// Creating the sliver.
+    Create,
+    /// The durable activation.
+    Activate,
+    /// Signing the lease.
+    Sign,
+}
+
+impl RedeemStep {
+    /// Every step, in order.
+    pub const ALL: [RedeemStep; 6] = [
+        RedeemStep::Verify,
+        RedeemStep::Reserve,
+        RedeemStep::CreateWait,
+        RedeemStep::Create,
+        RedeemStep::Activate,
+        RedeemStep::Sign,
+    ];
+
+    /// Its name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            RedeemStep::Verify => "verify",
+            RedeemStep::Reserve => "reserve",
+            RedeemStep::CreateWait => "create_wait",
+            RedeemStep::Create => "create",
+            RedeemStep::Activate => "activate",
+            RedeemStep::Sign => "sign",
+        }
+    }
+}
+
+/// Time spent in each step of the redeems that got this far, summed (nanoseconds), and how many
+/// redeems were timed: where redeem time goes, for benchmarks and metrics.
+#[derive(Debug, Default)]
+pub struct RedeemTimings {
+    nanos: [AtomicU64; RedeemStep::ALL.len()],
+    counts: [AtomicU64; RedeemStep::ALL.len()],
+}
+
+impl RedeemTimings {
+    fn add(&self, step: RedeemStep, took: Duration) {
+        let i = step as usize;
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.nanos[i].fetch_add(nanos, Ordering::Relaxed);
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Times `f` as `step`.
+    fn time<T>(&self, step: RedeemStep, f: impl FnOnce() -> T) -> T {
+        let start = Instant::now();
+        let out = f();
+        self.add(step, start.elapsed());
+        out
+    }
+
+    /// The mean time of `step` and how many times it ran.
+    pub fn mean(&self, step: RedeemStep) -> (Duration, u64) {
+        let i = step as usize;
+        let count = self.counts[i].load(Ordering::Relaxed);
+        let nanos = self.nanos[i].load(Ordering::Relaxed);
+        (Duration::from_nanos(nanos / count.max(1)), count)
+    }
+
+    /// One line: each step's mean, e.g. `verify 0.41 ms, reserve 2.10 ms, …`.
+    pub fn summary(&self) -> String {
+        RedeemStep::ALL
+            .iter()
+            .map(|&step| {
+                let (mean, _) = self.mean(step);
+                format!("{} {:.2} ms", step.name(), mean.as_secs_f64() * 1e3)
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// A counting gate: at most `limit` holders at once.
+#[derive(Debug)]
+struct Gate {
+    held: Mutex<usize>,
+    freed: Condvar,
+    limit: usize,
+}
+
+struct GatePass<'a>(&'a Gate);
+
+impl Gate {
+    fn new(limit: usize) -> Gate {
+        Gate {
+            held: Mutex::new(0),
+            freed: Condvar::new(),
+            limit: limit.max(1),
+        }
+    }
+
+    fn enter(&self) -> GatePass<'_> {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        while *held >= self.limit {
+            held = self
+                .freed
+                .wait(held)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        *held += 1;
+        GatePass(self)
+    }
+}
+
+impl Drop for GatePass<'_> {
+    fn drop(&mut self) {
+        let mut held = self.0.held.lock().unwrap_or_else(PoisonError::into_inner);
+        *held -= 1;
+        self.0.freed.notify_one();
+    }
+}
+
 /// The node's service.
 pub struct NodeService {
     key: SecretKey,
@@ -66,6 +203,8 @@ pub struct NodeService {
     verifier: TicketVerifier,
     ledger: Ledger,
     backend: Arc<dyn SliverBackend>,
+    creates: Gate,
+    timings: RedeemTimings,
 }
 
 impl std::fmt::Debug for NodeService {
@@ -146,7 +285,14 @@ impl NodeService {
             verifier,
             ledger,
             backend,
+            creates: Gate::new(MAX_CONCURRENT_CREATES),
+            timings: RedeemTimings::default(),
         }
+    }
+
+    /// Where redeem time went so far.
+    pub fn timings(&self) -> &RedeemTimings {
+        &self.timings
     }
 
     /// This node's key.
@@ -328,6 +474,53 @@ impl NodeService {
         until: Option<u64>,
         now: u64,
     ) -> Result<Signed<Lease>, Rejection> {
+        let reservation = self.timings.time(RedeemStep::Verify, || {
+            self.verify(caller, bytes, until, now)
+        })?;
+        let lease_id = reservation.lease.lease_id.clone();
+        self.timings
+            .time(RedeemStep::Reserve, || {
+                self.ledger.reserve(&self.capacity, &reservation, now)
+            })
+            .map_err(storage)?;
+        let pass = self
+            .timings
+            .time(RedeemStep::CreateWait, || self.creates.enter());
+        let created = self.timings.time(RedeemStep::Create, || {
+            self.backend
+                .create(&reservation.sliver_id, &reservation.lease)
+        });
+        drop(pass);
+        let address = match created {
+            Ok(address) => address,
+            Err(detail) => {
+                if let Err(e) = self.ledger.abort(&lease_id) {
+                    tracing::error!(lease = %lease_id, error = %e, "could not abort a failed redeem");
+                }
+                return Err(Rejection::Internal {
+                    detail: format!("creating the sliver failed: {detail}"),
+                });
+            }
+        };
+        let record = self
+            .timings
+            .time(RedeemStep::Activate, || {
+                self.ledger.activate(&lease_id, address)
+            })
+            .map_err(storage)?;
+        Ok(self
+            .timings
+            .time(RedeemStep::Sign, || self.sign(&record.lease)))
+    }
+
+    /// Step 1 of a redeem: parses and authorizes the ticket; returns the reservation to make.
+    fn verify(
+        &self,
+        caller: &PublicKey,
+        bytes: &[u8],
+        until: Option<u64>,
+        now: u64,
+    ) -> Result<Reservation, Rejection> {
         let ticket = capability_schema::ticket::Ticket::from_bytes(bytes, self.verifier_issuers())
             .map_err(ticket_refusal)?;
         let contents = ticket.contents().map_err(ticket_refusal)?;
@@ -350,48 +543,28 @@ impl NodeService {
                 detail: format!("the lease would end at {end}, which has passed"),
             });
         }
-        let slice = verified.slice.clone();
-        let sliver_id = sliver_id_for(&slice);
+        let sliver_id = sliver_id_for(&verified.slice);
         let lease = Lease {
             lease_id: new_lease_id(),
             ticket_id: verified.ticket_id.to_string(),
             node: self.public(),
             federation: self.federation.clone(),
             agent: verified.issuer,
-            slice,
-            kind: verified.kind.clone(),
+            slice: verified.slice,
+            kind: verified.kind,
             holder: verified.holder,
             resources: verified.grant,
             address: None,
             start: now,
             end,
         };
-        let reservation = Reservation {
-            lease: lease.clone(),
+        Ok(Reservation {
+            lease,
             grant: verified.grant,
             ticket_not_after: verified.not_after,
             renewable: verified.operations.contains(&Operation::Renew),
-            sliver_id: sliver_id.clone(),
-        };
-        self.ledger
-            .reserve(&self.capacity, &reservation, now)
-            .map_err(storage)?;
-        let address = match self.backend.create(&sliver_id, &lease) {
-            Ok(address) => address,
-            Err(detail) => {
-                if let Err(e) = self.ledger.abort(&lease.lease_id) {
-                    tracing::error!(lease = %lease.lease_id, error = %e, "could not abort a failed redeem");
-                }
-                return Err(Rejection::Internal {
-                    detail: format!("creating the sliver failed: {detail}"),
-                });
-            }
-        };
-        let record = self
-            .ledger
-            .activate(&lease.lease_id, address)
-            .map_err(storage)?;
-        Ok(self.sign(&record.lease))
+            sliver_id,
+        })
     }
 
     fn verifier_issuers(&self) -> &TrustedIssuers {
