@@ -15,7 +15,8 @@
 //!    for at most `max_rounds` rounds.
 //! 5. **Settle.** Complete: the tickets and the report. Short, `all-or-nothing`: every ticket
 //!    obtained is handed back with `Released` (the agents stop counting it; unredeemed, it
-//!    lapses anyway) and the answer is an error naming the binding constraint. Short,
+//!    lapses anyway; an agent accepts it from the peer that obtained the tickets, which is
+//!    this broker, as well as from their principal or node) and the answer is an error naming the binding constraint. Short,
 //!    `best-effort`: the tickets obtained, with `missing` and the report.
 //!
 //! The network is behind [`AgentClient`]: [`OverlayAgents`] in daemons and `slicectl`, a fake

@@ -732,7 +732,9 @@ impl Manager {
             class = class.worst(call_class(e));
             lines.push(format!("  {}: not released: {}", l.label(), short_error(e)));
         }
-        // The agents may stop counting the tickets (best effort: they lapse anyway).
+        // The agents may stop counting the tickets (best effort: they lapse anyway). They
+        // accept this from the principal the tickets are bound to, which this manager is,
+        // whether it or a broker obtained them.
         let known = self.session.release_tickets(ids).await;
         if stuck.is_empty() {
             self.state.remove_slice(name)?;
