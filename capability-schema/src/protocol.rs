@@ -64,8 +64,10 @@ pub enum AgentRequest {
     GetAds(AdQuery),
     /// Mint tickets for a principal.
     GetTickets(TicketRequest),
-    /// Tickets the caller will not redeem (an all-or-nothing acquisition failed); the agent
-    /// may stop counting them against the share.
+    /// Tickets the caller will not redeem (an all-or-nothing acquisition failed) or no longer
+    /// uses; the agent stops counting them against the share. Only the principal a ticket is
+    /// bound to, the peer that obtained it or the node it names may release it; anyone else
+    /// is refused by the policy rule `release`.
     Released {
         /// The ticket ids.
         ticket_ids: Vec<String>,
