@@ -117,6 +117,10 @@ struct Live {
     not_after: u64,
 }
 
+/// How long after its end an unreleased ticket stays in the in-memory index (an hour: calls
+/// with a slightly earlier `now` from another thread still see it).
+pub const FORGET_AFTER_SECS: u64 = 3600;
+
 /// The agent's ledger.
 #[derive(Debug)]
 pub struct TicketLedger {
@@ -259,9 +263,14 @@ impl TicketLedger {
 
     /// What is outstanding at `now`: per node, and per principal (from the in-memory index of
     /// unreleased tickets, so no record is decoded).
+    /// Tickets past their end by more than [`FORGET_AFTER_SECS`] leave the in-memory index
+    /// here (their durable records stay), so it holds what can still count, not every ticket
+    /// ever minted.
     pub fn outstanding(&self, now: u64) -> Result<Outstanding, LedgerError> {
         let mut out = Outstanding::default();
-        let live = self.lock();
+        let mut live = self.lock();
+        let horizon = now.saturating_sub(FORGET_AFTER_SECS);
+        live.retain(|_, t| t.not_after > horizon);
         for t in live.values().filter(|t| now < t.not_after) {
             let node = out.by_node.entry(t.node).or_default();
             *node = node.checked_add(&t.resources).unwrap_or(*node);
@@ -340,6 +349,10 @@ mod tests {
             1
         );
         assert!(ledger.outstanding(10).unwrap().by_node[&test_key(1).public()].cpu_millis == 100);
+        // Long past their end, tickets leave the index; their records stay.
+        ledger.outstanding(50 + FORGET_AFTER_SECS + 1).unwrap();
+        assert!(ledger.lock().is_empty());
+        assert_eq!(ledger.all().unwrap().len(), 2);
     }
 
     #[test]
