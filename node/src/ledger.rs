@@ -791,6 +791,40 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_batches_refuse_double_spends_and_the_index_matches_the_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.redb");
+        let ledger = Arc::new(Ledger::open(&path).unwrap());
+        // 16 threads, 4 tickets: each ticket is presented 4 times at once.
+        let handles: Vec<_> = (0..16)
+            .map(|i| {
+                let ledger = Arc::clone(&ledger);
+                std::thread::spawn(move || {
+                    let mut r = reservation(&format!("l{i}"), &format!("t{}", i % 4), 100);
+                    r.sliver_id = format!("sliver-t{}", i % 4);
+                    ledger.reserve(&capacity(), &r, 0).is_ok()
+                })
+            })
+            .collect();
+        let wins = handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .filter(|ok| *ok)
+            .count();
+        assert_eq!(wins, 4);
+        let stats = ledger.commit_stats();
+        assert!(stats.batches >= 1 && stats.ops == 16, "{stats:?}");
+        let leases = ledger.leases().unwrap();
+        ledger.abort(&leases[0].lease.lease_id).unwrap();
+        ledger.remove(&leases[1].lease.lease_id).unwrap();
+        assert_eq!(ledger.commitments().unwrap().total, cpu(200));
+        drop(ledger);
+        let reopened = Ledger::open(&path).unwrap();
+        assert_eq!(reopened.commitments().unwrap().total, cpu(200));
+        assert_eq!(reopened.leases().unwrap().len(), 2);
+    }
+
+    #[test]
     fn admission_counts_live_leases_and_release_frees() {
         let dir = tempfile::tempdir().unwrap();
         let ledger = Ledger::open(&dir.path().join("ledger.redb")).unwrap();
