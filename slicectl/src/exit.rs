@@ -15,10 +15,12 @@
 //! | 9 | command failed | `exec`: the command exited non-zero on at least one sliver |
 
 use capability_schema::Rejection;
-use serde::Serialize;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
 
 /// A failure class and its exit code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ExitClass {
     /// Success.
@@ -44,6 +46,41 @@ pub enum ExitClass {
 }
 
 impl ExitClass {
+    /// Every class, in exit-code order.
+    pub const ALL: [ExitClass; 10] = [
+        ExitClass::Ok,
+        ExitClass::Internal,
+        ExitClass::Usage,
+        ExitClass::Setup,
+        ExitClass::Unsatisfiable,
+        ExitClass::Refused,
+        ExitClass::Unreachable,
+        ExitClass::Partial,
+        ExitClass::NotFound,
+        ExitClass::CommandFailed,
+    ];
+
+    /// The class of a `slicectl` exit code.
+    pub fn of_code(code: i32) -> Option<ExitClass> {
+        ExitClass::ALL.into_iter().find(|c| c.code() == code)
+    }
+
+    /// Its name, as `--json` output and scenario files spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ExitClass::Ok => "ok",
+            ExitClass::Internal => "internal",
+            ExitClass::Usage => "usage",
+            ExitClass::Setup => "setup",
+            ExitClass::Unsatisfiable => "unsatisfiable",
+            ExitClass::Refused => "refused",
+            ExitClass::Unreachable => "unreachable",
+            ExitClass::Partial => "partial",
+            ExitClass::NotFound => "not_found",
+            ExitClass::CommandFailed => "command_failed",
+        }
+    }
+
     /// The process exit code.
     pub fn code(self) -> i32 {
         match self {
@@ -105,6 +142,12 @@ impl ExitClass {
     }
 }
 
+impl fmt::Display for ExitClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// The table of exit codes, for `--help`.
 pub const EXIT_CODES_HELP: &str = "\
 Exit codes:
@@ -125,23 +168,18 @@ mod tests {
 
     #[test]
     fn codes_are_distinct_and_documented() {
-        let all = [
-            ExitClass::Ok,
-            ExitClass::Internal,
-            ExitClass::Usage,
-            ExitClass::Setup,
-            ExitClass::Unsatisfiable,
-            ExitClass::Refused,
-            ExitClass::Unreachable,
-            ExitClass::Partial,
-            ExitClass::NotFound,
-            ExitClass::CommandFailed,
-        ];
+        let all = ExitClass::ALL;
         let codes: std::collections::BTreeSet<i32> = all.iter().map(|c| c.code()).collect();
         assert_eq!(codes.len(), all.len());
         for c in all {
             assert!(EXIT_CODES_HELP.contains(&format!("  {}  ", c.code())));
+            assert_eq!(ExitClass::of_code(c.code()), Some(c));
+            // The name is the serialized form, both ways.
+            let json = serde_json::to_string(&c).unwrap();
+            assert_eq!(json, format!("\"{}\"", c.name()));
+            assert_eq!(serde_json::from_str::<ExitClass>(&json).unwrap(), c);
         }
+        assert_eq!(ExitClass::of_code(42), None);
         assert_eq!(
             ExitClass::Partial.worst(ExitClass::Unreachable),
             ExitClass::Unreachable

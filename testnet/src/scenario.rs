@@ -66,7 +66,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde::Deserialize;
 use serde_json::Value;
-use slicectl::exit::ExitClass;
 
 use crate::demo::{Slicectl, SlicectlRun};
 use crate::generate::{Manifest, Network, generate};
@@ -145,92 +144,9 @@ impl TestnetSpec {
     }
 }
 
-/// A `slicectl` failure class (its exit code), as scenarios name it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Class {
-    /// Exit 0.
-    Ok,
-    /// Exit 1.
-    Internal,
-    /// Exit 2.
-    Usage,
-    /// Exit 3.
-    Setup,
-    /// Exit 4.
-    Unsatisfiable,
-    /// Exit 5.
-    Refused,
-    /// Exit 6.
-    Unreachable,
-    /// Exit 7.
-    Partial,
-    /// Exit 8.
-    NotFound,
-    /// Exit 9.
-    CommandFailed,
-}
-
-impl Class {
-    /// Every class.
-    pub const ALL: [Class; 10] = [
-        Class::Ok,
-        Class::Internal,
-        Class::Usage,
-        Class::Setup,
-        Class::Unsatisfiable,
-        Class::Refused,
-        Class::Unreachable,
-        Class::Partial,
-        Class::NotFound,
-        Class::CommandFailed,
-    ];
-
-    /// `slicectl`'s class.
-    pub fn exit_class(self) -> ExitClass {
-        match self {
-            Class::Ok => ExitClass::Ok,
-            Class::Internal => ExitClass::Internal,
-            Class::Usage => ExitClass::Usage,
-            Class::Setup => ExitClass::Setup,
-            Class::Unsatisfiable => ExitClass::Unsatisfiable,
-            Class::Refused => ExitClass::Refused,
-            Class::Unreachable => ExitClass::Unreachable,
-            Class::Partial => ExitClass::Partial,
-            Class::NotFound => ExitClass::NotFound,
-            Class::CommandFailed => ExitClass::CommandFailed,
-        }
-    }
-
-    /// The class of a `slicectl` exit code.
-    pub fn of_code(code: i32) -> Option<Class> {
-        Class::ALL
-            .into_iter()
-            .find(|c| c.exit_class().code() == code)
-    }
-
-    /// Its name in scenario files.
-    pub fn name(self) -> &'static str {
-        match self {
-            Class::Ok => "ok",
-            Class::Internal => "internal",
-            Class::Usage => "usage",
-            Class::Setup => "setup",
-            Class::Unsatisfiable => "unsatisfiable",
-            Class::Refused => "refused",
-            Class::Unreachable => "unreachable",
-            Class::Partial => "partial",
-            Class::NotFound => "not_found",
-            Class::CommandFailed => "command_failed",
-        }
-    }
-}
-
-impl fmt::Display for Class {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
+/// A `slicectl` failure class (its exit code), named in scenario files as `slicectl --json`
+/// prints it (`ok`, `refused`, `not_found`, …).
+pub use slicectl::exit::ExitClass as Class;
 
 /// One value or a list of them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -2939,7 +2855,7 @@ agents = ["node0"]
     #[test]
     fn classes_match_slicectl_exit_codes() {
         for c in Class::ALL {
-            assert_eq!(Class::of_code(c.exit_class().code()), Some(c));
+            assert_eq!(Class::of_code(c.code()), Some(c));
             let named: Class = Deserialize::deserialize(serde::de::value::StrDeserializer::<
                 serde::de::value::Error,
             >::new(c.name()))
