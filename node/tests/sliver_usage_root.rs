@@ -11,35 +11,14 @@ use std::net::{Ipv4Addr, TcpListener};
 use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
-use common::{Fixture, id, root_or_skip, spec};
+use common::{Fixture, id, spec};
 use node::daemon::monitor::{SliverMonitor, sliver_usage};
-use node::sliver::linux::LinuxHost;
 use node::sliver::netlink::Netlink;
-use node::sliver::{DiskBacking, ExecCommand, NodeConfig, SliverRecord, Slivers};
+use node::sliver::{DiskBacking, ExecCommand, SliverRecord};
 
 /// A fixture like [`Fixture::new`] whose slivers' writable layers are backed by `backing`.
 fn fixture(backing: DiskBacking) -> Option<Fixture> {
-    if !root_or_skip() {
-        return None;
-    }
-    let r: u32 = rand::random();
-    let tag = format!("{:04x}", r & 0xffff);
-    let state = tempfile::Builder::new()
-        .prefix("pmtest-")
-        .tempdir()
-        .expect("state dir");
-    let mut config = NodeConfig::new(state.path(), env!("CARGO_BIN_EXE_sliver-init"));
-    config.cgroup_parent = format!("pmtest-{tag}");
-    config.slots.ifname_prefix = format!("pu{tag}");
-    config.slots.pool = Ipv4Addr::new(10, 201 + (r >> 16) as u8 % 50, (r >> 8) as u8, 0);
-    config.slots.pool_prefix = 24;
-    config.slots.uid_base = (1 << 28) + ((r & 0xff) << 24 >> 4);
-    config.shaping.ifb = format!("pc{tag}");
-    config.tmp_bytes = 16 << 20;
-    config.disk_backing = backing;
-    let host = LinuxHost::detect().expect("cgroups");
-    let (engine, _) = Slivers::open(host, config).expect("open engine");
-    Some(Fixture { engine, tag, state })
+    Fixture::configured(|config| config.disk_backing = backing)
 }
 
 fn sh(f: &Fixture, sliver: &str, script: &str) -> node::sliver::ExecOutput {

@@ -37,6 +37,12 @@ impl Fixture {
 
     /// A fixture whose node-wide egress bucket is `node_kbps`.
     pub fn with_node_cap(node_kbps: u64) -> Option<Fixture> {
+        Self::configured(|config| config.shaping.node_kbps = node_kbps)
+    }
+
+    /// A fixture with unique names (cgroup parent, links, address pool, uid range), then
+    /// `adjust`ed.
+    pub fn configured(adjust: impl FnOnce(&mut NodeConfig)) -> Option<Fixture> {
         if !root_or_skip() {
             return None;
         }
@@ -53,8 +59,9 @@ impl Fixture {
         config.slots.pool_prefix = 24;
         config.slots.uid_base = (1 << 28) + ((r & 0xff) << 24 >> 4);
         config.shaping.ifb = format!("pb{tag}");
-        config.shaping.node_kbps = node_kbps;
+        config.shaping.node_kbps = 1_000_000;
         config.tmp_bytes = 16 << 20;
+        adjust(&mut config);
         let host = LinuxHost::detect().expect("cgroups");
         let (engine, _) = Slivers::open(host, config).expect("open engine");
         Some(Fixture { engine, tag, state })
