@@ -2,6 +2,8 @@
 //! memory use reach the node's signed ad, and `/slivers` and `/metrics`; the disk watchdog
 //! freezes a sliver written past its grant and says so on `/slivers`.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::sync::{Arc, RwLock};
@@ -11,6 +13,7 @@ use capability_schema::identity::{SecretKey, test_key};
 use capability_schema::protocol::{NodeRequest, NodeResponse, TicketBytes};
 use capability_schema::ticket::{Operation, Ticket, TicketSpec, Window};
 use capability_schema::{Resources, SliceKind, codec};
+use common::root_or_skip;
 use federation::overlay::NodeProtocol;
 use federation::testing::TestFederation;
 use federation::{Overlay, OverlayConfig, TrustStore, unix_now};
@@ -20,18 +23,6 @@ use node::sliver::{NodeConfig, Slivers};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn root_or_skip() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "this test needs root, and CI is set"
-    );
-    eprintln!("skipped: needs root");
-    false
-}
 
 async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(WAIT, f).await.expect("timed out")
