@@ -100,14 +100,30 @@ impl Drop for HostGuard {
         {
             eprintln!("warning: decommissioning the bench node: {e}");
         }
-        if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
-            for h in hierarchies.flatten() {
-                let dir = h.path().join(&self.cgroup_parent);
-                if dir.exists()
-                    && let Err(e) = std::fs::remove_dir(&dir)
-                {
+        // A parent is busy until the kernel has let go of its last child cgroup: retry briefly.
+        let parents: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
+            .map(|hierarchies| {
+                hierarchies
+                    .flatten()
+                    .map(|h| h.path().join(&self.cgroup_parent))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for attempt in 0..100 {
+            let left: Vec<(&PathBuf, std::io::Error)> = parents
+                .iter()
+                .filter(|dir| dir.exists())
+                .filter_map(|dir| std::fs::remove_dir(dir).err().map(|e| (dir, e)))
+                .collect();
+            if left.is_empty() {
+                break;
+            }
+            if attempt == 99 {
+                for (dir, e) in left {
                     eprintln!("warning: removing {}: {e}", dir.display());
                 }
+            } else {
+                std::thread::sleep(Duration::from_millis(50));
             }
         }
         let links = std::process::Command::new("ip")
