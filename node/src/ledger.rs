@@ -358,7 +358,17 @@ impl Ledger {
             queue.writing = true;
             let batch = std::mem::take(&mut queue.waiting);
             drop(queue);
-            let answers = self.write_batch(batch);
+            // A panicking writer must not leave the others waiting forever.
+            let tickets: Vec<u64> = batch.iter().map(|(t, _)| *t).collect();
+            let answers =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.write_batch(batch)))
+                    .unwrap_or_else(|_| {
+                        if let Ok(fresh) = self.load_index() {
+                            *relock(&self.index) = fresh;
+                        }
+                        let failed = self.storage("the ledger writer panicked");
+                        tickets.iter().map(|t| (*t, Err(failed.clone()))).collect()
+                    });
             queue = relock(&self.queue);
             queue.writing = false;
             queue.answers.extend(answers);

@@ -37,14 +37,15 @@ fn root_or_skip() -> bool {
 struct Daemon {
     child: Option<Child>,
     config: std::path::PathBuf,
+    log: std::path::PathBuf,
 }
 
 impl Daemon {
-    fn start(config: &std::path::Path, log: &std::path::Path) -> Daemon {
+    fn start(config: &std::path::Path, log_path: &std::path::Path) -> Daemon {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(log)
+            .open(log_path)
             .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_nodemgr"))
             .args(["run", "--config"])
@@ -58,6 +59,7 @@ impl Daemon {
         Daemon {
             child: Some(child),
             config: config.to_owned(),
+            log: log_path.to_owned(),
         }
     }
 
@@ -72,6 +74,14 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("nodemgr log (last lines):");
+            for line in tail.into_iter().rev() {
+                eprintln!("  {line}");
+            }
+        }
         let status = Command::new(env!("CARGO_BIN_EXE_nodemgr"))
             .args(["wipe", "--config"])
             .arg(&self.config)
