@@ -282,6 +282,25 @@ impl Cgroups {
         self.dirs(rel).iter().any(|d| d.is_dir())
     }
 
+    /// Sets (or, with `None`, lifts) the hard CPU quota of cgroup `rel`.
+    pub fn set_cpu_quota(&self, rel: &str, millis: Option<u64>) -> Result<(), CgroupError> {
+        match self {
+            Cgroups::V1 { cpu, .. } => {
+                let dir = cpu.join(rel);
+                let quota = millis.map_or_else(|| "-1".to_string(), |q| quota_us(q).to_string());
+                write(&dir.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
+                write(&dir.join("cpu.cfs_quota_us"), &quota)
+            }
+            Cgroups::V2 { root } => {
+                let quota = millis.map_or_else(|| "max".to_string(), |q| quota_us(q).to_string());
+                write(
+                    &root.join(rel).join("cpu.max"),
+                    &format!("{quota} {CPU_PERIOD_US}"),
+                )
+            }
+        }
+    }
+
     /// Creates cgroup `rel` (and its parents) and writes its limits.
     pub fn create(&self, rel: &str, limits: &CgroupLimits) -> Result<(), CgroupError> {
         match self {
@@ -811,6 +830,10 @@ mod tests {
         assert_eq!(read("cpu/pm/s1/cpu.shares"), "512");
         assert_eq!(read("cpu/pm/s1/cpu.cfs_period_us"), "100000");
         assert_eq!(read("cpu/pm/s1/cpu.cfs_quota_us"), "25000");
+        cg.set_cpu_quota("pm/s1", None).unwrap();
+        assert_eq!(read("cpu/pm/s1/cpu.cfs_quota_us"), "-1");
+        cg.set_cpu_quota("pm/s1", Some(10)).unwrap();
+        assert_eq!(read("cpu/pm/s1/cpu.cfs_quota_us"), "1000");
         assert_eq!(
             read("memory/pm/s1/memory.limit_in_bytes"),
             (64u64 << 20).to_string()
@@ -849,6 +872,10 @@ mod tests {
         assert_eq!(read("pm/cgroup.subtree_control"), "+cpu +memory +pids");
         assert_eq!(read("pm/s1/cpu.weight"), "200");
         assert_eq!(read("pm/s1/cpu.max"), "150000 100000");
+        cg.set_cpu_quota("pm/s1", None).unwrap();
+        assert_eq!(read("pm/s1/cpu.max"), "max 100000");
+        cg.set_cpu_quota("pm/s1", Some(10)).unwrap();
+        assert_eq!(read("pm/s1/cpu.max"), "1000 100000");
         assert_eq!(read("pm/s1/memory.max"), (1u64 << 30).to_string());
         assert!(!tmp.path().join("pm/s1/pids.max").exists());
         fs::write(

@@ -285,6 +285,8 @@ pub trait Host: Send + Sync {
     fn cgroup_create(&self, cgroup: &str, limits: &CgroupLimits) -> Result<(), HostError>;
     /// Kills what is left in a cgroup and removes it.
     fn cgroup_destroy(&self, cgroup: &str) -> Result<(), HostError>;
+    /// Sets the hard CPU quota of a cgroup, in thousandths of a core.
+    fn cgroup_cpu_quota(&self, cgroup: &str, millis: u64) -> Result<(), HostError>;
     /// Clones the init into new namespaces, writes its id maps and puts it in its cgroup. It
     /// waits, before exec, for [`Host::start_init`].
     fn spawn_init(&self, req: &InitRequest) -> Result<InitHandle, HostError>;
@@ -342,6 +344,8 @@ pub enum Call {
     RemoveDirs(String, bool),
     /// [`Host::cgroup_create`].
     CgroupCreate(String, CgroupLimits),
+    /// [`Host::cgroup_cpu_quota`].
+    CgroupCpuQuota(String, u64),
     /// [`Host::cgroup_destroy`].
     CgroupDestroy(String),
     /// [`Host::spawn_init`] (cgroup, uid base, host pid).
@@ -380,6 +384,7 @@ impl Call {
             Call::PrepareDirs(..) => "prepare_dirs",
             Call::RemoveDirs(..) => "remove_dirs",
             Call::CgroupCreate(..) => "cgroup_create",
+            Call::CgroupCpuQuota(..) => "cgroup_cpu_quota",
             Call::CgroupDestroy(..) => "cgroup_destroy",
             Call::SpawnInit(..) => "spawn_init",
             Call::StartInit(..) => "start_init",
@@ -566,6 +571,10 @@ impl Host for RecordingHost {
         self.record(Call::CgroupCreate(cgroup.to_string(), *limits))?;
         self.hold(format!("cgroup:{cgroup}"));
         Ok(())
+    }
+
+    fn cgroup_cpu_quota(&self, cgroup: &str, millis: u64) -> Result<(), HostError> {
+        self.record(Call::CgroupCpuQuota(cgroup.to_string(), millis))
     }
 
     fn cgroup_destroy(&self, cgroup: &str) -> Result<(), HostError> {

@@ -520,6 +520,10 @@ impl Host for LinuxHost {
         Ok(self.cgroups.destroy(cgroup)?)
     }
 
+    fn cgroup_cpu_quota(&self, cgroup: &str, millis: u64) -> Result<(), HostError> {
+        Ok(self.cgroups.set_cpu_quota(cgroup, Some(millis))?)
+    }
+
     fn spawn_init(&self, req: &InitRequest) -> Result<InitHandle, HostError> {
         let (go_r, go_w) = pipe()?;
         let (plan_r, plan_w) = nix::sys::socket::socketpair(

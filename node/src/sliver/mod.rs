@@ -576,8 +576,18 @@ impl<H: Host> Slivers<H> {
             .prepare_dirs(&record.dirs, &record.slot.uids)
             .map_err(|e| ("prepare dirs", e))?;
         done.dirs = true;
+        // The hard CPU quota waits until the sliver is ready: setting it up (mounts, pivot,
+        // network) is the node's work, and under a small quota (10 millicores: 1 ms of CPU per
+        // 100 ms period) the init would be throttled for hundreds of milliseconds.
+        let limits = Self::limits(&spec);
         self.host
-            .cgroup_create(&record.cgroup, &Self::limits(&spec))
+            .cgroup_create(
+                &record.cgroup,
+                &CgroupLimits {
+                    cpu_quota_millis: None,
+                    ..limits
+                },
+            )
             .map_err(|e| ("create cgroup", e))?;
         done.cgroup = true;
         let image = match &spec.image {
@@ -631,6 +641,11 @@ impl<H: Host> Slivers<H> {
         self.host
             .start_init(&mut init, &plan)
             .map_err(|e| ("start init", e))?;
+        if let Some(millis) = limits.cpu_quota_millis {
+            self.host
+                .cgroup_cpu_quota(&record.cgroup, millis)
+                .map_err(|e| ("set cpu quota", e))?;
+        }
         self.store.save(record).map_err(|e| {
             (
                 "save record",

@@ -25,14 +25,15 @@ fn engine(dir: &std::path::Path) -> Slivers<RecordingHost> {
     Slivers::open(RecordingHost::new(), config(dir)).unwrap().0
 }
 
-/// The steps of a create, in order.
-const CREATE: [&str; 6] = [
+/// The steps of a create, in order (the hard CPU quota is set once the sliver is ready).
+const CREATE: [&str; 7] = [
     "prepare_dirs",
     "cgroup_create",
     "spawn_init",
     "net_attach",
     "shape_add",
     "start_init",
+    "cgroup_cpu_quota",
 ];
 
 #[test]
@@ -51,7 +52,7 @@ fn create_runs_every_step_in_order() {
             "planetmesh/alpha".into(),
             CgroupLimits {
                 cpu_weight_millis: 250,
-                cpu_quota_millis: Some(250),
+                cpu_quota_millis: None,
                 memory_bytes: Some(64 << 20),
                 pids_max: Some(1024)
             }
@@ -67,6 +68,10 @@ fn create_runs_every_step_in_order() {
     );
     assert_eq!(calls[4], Call::ShapeAdd(0x10, 8_000, 1_000_000));
     assert_eq!(calls[5], Call::StartInit(rec.init_pid, "alpha".into()));
+    assert_eq!(
+        calls[6],
+        Call::CgroupCpuQuota("planetmesh/alpha".into(), 250)
+    );
     assert_eq!(e.list().len(), 1);
     assert!(tmp.path().join("records/alpha.json").is_file());
 }
