@@ -210,6 +210,9 @@ struct Pending {
 #[derive(Debug)]
 struct ChildArgs {
     go_fd: RawFd,
+    /// The go pipe's write end (the node's; the child closes its copy).
+    go_write_fd: RawFd,
+
     plan_fd: RawFd,
     status_fd: RawFd,
     path: CString,
@@ -235,6 +238,22 @@ unsafe impl Send for ChildMemory {}
 extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: `arg` is the ChildArgs the node keeps alive until this child has exec'd or died.
     let a = unsafe { &*arg.cast::<ChildArgs>() };
+    // Until exec the child holds copies of the node's descriptors (its ledger's lock among
+    // them): if the node dies meanwhile (kill -9), the child must die too, not wait forever
+    // and keep a restarted node from opening its ledger. So it is killed with its parent, and
+    // drops its copy of the go pipe's write end so that a node that died before the signal
+    // was armed reads as end of file. (getppid cannot tell: in a new pid namespace it is 0.)
+    // SAFETY: prctl and close with integer arguments on this task.
+    unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
+        libc::close(a.go_write_fd);
+    }
     let mut byte = [0u8; 1];
     // SAFETY: reading one byte into a local buffer from our pipe.
     if unsafe { libc::read(a.go_fd, byte.as_mut_ptr().cast(), 1) } != 1 {
@@ -254,6 +273,8 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         }
         libc::fcntl(a.plan_fd, libc::F_SETFD, 0);
         libc::fcntl(a.status_fd, libc::F_SETFD, 0);
+        // The sliver outlives the thread that made it: no parent-death signal after exec.
+        libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0);
         libc::execve(a.path.as_ptr(), a.argv_ptrs.as_ptr(), a.envp_ptrs.as_ptr());
     }
     child_fail(a.status_fd, b"error: exec init")
@@ -542,6 +563,7 @@ impl Host for LinuxHost {
         argv_ptrs.push(std::ptr::null());
         let args = Box::new(ChildArgs {
             go_fd: go_r.as_raw_fd(),
+            go_write_fd: go_w.as_raw_fd(),
             plan_fd: plan_r.as_raw_fd(),
             status_fd: status_w.as_raw_fd(),
             path,
