@@ -579,12 +579,13 @@ impl Ledger {
         Ok(record)
     }
 
-    fn record_in(
+    /// The value stored under `key` in `table`, decoded.
+    fn decoded_in<T: serde::de::DeserializeOwned>(
         &self,
         table: &impl ReadableTable<&'static str, &'static [u8]>,
-        lease_id: &str,
-    ) -> Result<Option<LeaseRecord>, LedgerError> {
-        match table.get(lease_id).map_err(|e| self.storage(e))? {
+        key: &str,
+    ) -> Result<Option<T>, LedgerError> {
+        match table.get(key).map_err(|e| self.storage(e))? {
             Some(bytes) => Ok(Some(
                 codec::decode(bytes.value()).map_err(|e| self.storage(e))?,
             )),
@@ -592,17 +593,20 @@ impl Ledger {
         }
     }
 
+    fn record_in(
+        &self,
+        table: &impl ReadableTable<&'static str, &'static [u8]>,
+        lease_id: &str,
+    ) -> Result<Option<LeaseRecord>, LedgerError> {
+        self.decoded_in(table, lease_id)
+    }
+
     fn spend_in(
         &self,
         table: &impl ReadableTable<&'static str, &'static [u8]>,
         ticket_id: &str,
     ) -> Result<Option<SpendRecord>, LedgerError> {
-        match table.get(ticket_id).map_err(|e| self.storage(e))? {
-            Some(bytes) => Ok(Some(
-                codec::decode(bytes.value()).map_err(|e| self.storage(e))?,
-            )),
-            None => Ok(None),
-        }
+        self.decoded_in(table, ticket_id)
     }
 
     /// One lease.

@@ -2,17 +2,19 @@
 //! reaches a peer, a ticket is redeemed over libp2p into a signed lease, bad requests are
 //! refused while it keeps serving, the HTTP endpoint answers, and shutdown is graceful.
 
+mod common;
+
 use std::collections::BTreeSet;
-use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use capability_schema::identity::{SecretKey, test_key};
 use capability_schema::protocol::{NodeRequest, NodeResponse, TicketBytes};
 use capability_schema::ticket::{Operation, Ticket, TicketSpec, Window};
 use capability_schema::{Resources, SliceKind, codec};
+use common::principal_overlay;
 use federation::overlay::NodeProtocol;
 use federation::testing::TestFederation;
-use federation::{Overlay, OverlayConfig, OverlayError, TrustStore, unix_now};
+use federation::{OverlayError, unix_now};
 use node::daemon::config::NodeManagerConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -58,20 +60,8 @@ async fn redeem_over_libp2p_and_serve_status() {
     let (running, shutdown) = within(node::daemon::run::start(config)).await.unwrap();
 
     // A principal's overlay joins through the node and sees its ad.
-    let mut trust = TrustStore::new();
-    plc.trust(&mut trust);
     let node_addr = running.overlay.listen_addrs().await.unwrap()[0].clone();
-    let client = Overlay::start(
-        &alice,
-        OverlayConfig {
-            bootstrap: vec![node_addr],
-            federations: vec!["plc".into()],
-            ..OverlayConfig::loopback()
-        },
-        Arc::new(RwLock::new(trust)),
-    )
-    .await
-    .unwrap();
+    let client = principal_overlay(&alice, &plc, node_addr).await;
     let mut ads = client.ads();
     let event = within(async {
         loop {

@@ -6,17 +6,16 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
-use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use capability_schema::identity::{SecretKey, test_key};
 use capability_schema::protocol::{NodeRequest, NodeResponse, TicketBytes};
 use capability_schema::ticket::{Operation, Ticket, TicketSpec, Window};
 use capability_schema::{Resources, SliceKind, codec};
-use common::root_or_skip;
+use common::{principal_overlay, root_or_skip};
 use federation::overlay::NodeProtocol;
 use federation::testing::TestFederation;
-use federation::{Overlay, OverlayConfig, TrustStore, unix_now};
+use federation::unix_now;
 use node::daemon::config::NodeManagerConfig;
 use node::sliver::linux::LinuxHost;
 use node::sliver::{NodeConfig, Slivers};
@@ -112,20 +111,8 @@ async fn sliver_use_reaches_the_ad_and_http_and_the_watchdog_freezes_a_disk_hog(
     let config = NodeManagerConfig::load(&dir.path().join("node.toml")).unwrap();
     let (running, shutdown) = within(node::daemon::run::start(config)).await.unwrap();
 
-    let mut trust = TrustStore::new();
-    plc.trust(&mut trust);
     let node_addr = running.overlay.listen_addrs().await.unwrap()[0].clone();
-    let client = Overlay::start(
-        &alice,
-        OverlayConfig {
-            bootstrap: vec![node_addr],
-            federations: vec!["plc".into()],
-            ..OverlayConfig::loopback()
-        },
-        Arc::new(RwLock::new(trust)),
-    )
-    .await
-    .unwrap();
+    let client = principal_overlay(&alice, &plc, node_addr).await;
     let mut ads = client.ads();
 
     let now = unix_now();

@@ -504,18 +504,7 @@ impl Cgroups {
                 .collect();
             for pid in self.procs(rel)? {
                 if !inside.contains(&pid) {
-                    // A process may exit meanwhile: ESRCH is not a failure.
-                    match fs::write(&procs, pid.to_string()) {
-                        Ok(()) => {}
-                        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
-                        Err(source) => {
-                            return Err(CgroupError::Write {
-                                path: procs,
-                                value: pid.to_string(),
-                                source,
-                            });
-                        }
-                    }
+                    move_pid(&procs, pid)?;
                 }
             }
         }
@@ -562,18 +551,8 @@ impl Cgroups {
             return Ok(());
         };
         let procs = f.join(rel).join("cgroup.procs");
-        for pid in pids {
-            match fs::write(&procs, pid.to_string()) {
-                Ok(()) => {}
-                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
-                Err(source) => {
-                    return Err(CgroupError::Write {
-                        path: procs,
-                        value: pid.to_string(),
-                        source,
-                    });
-                }
-            }
+        for &pid in pids {
+            move_pid(&procs, pid)?;
         }
         Ok(())
     }
@@ -701,6 +680,19 @@ pub fn favor_dynamic_modifications(mountinfo: &Path) -> Result<Option<PathBuf>, 
         return Ok(Some(path));
     }
     Ok(None)
+}
+
+/// Moves process `pid` into the cgroup whose `cgroup.procs` is `procs`. A process may exit
+/// meanwhile: ESRCH is not a failure.
+fn move_pid(procs: &Path, pid: u32) -> Result<(), CgroupError> {
+    match fs::write(procs, pid.to_string()) {
+        Err(e) if e.raw_os_error() != Some(libc::ESRCH) => Err(CgroupError::Write {
+            path: procs.to_owned(),
+            value: pid.to_string(),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// The CFS quota for `millis` thousandths of a core.

@@ -472,21 +472,30 @@ impl Netlink {
         }
     }
 
-    /// The classes on link `index`, as (major, minor) handles.
-    pub fn classes(&mut self, index: u32) -> Result<Vec<TcHandle>, NetlinkError> {
+    /// The classes on link `index` (one dump, for `what`).
+    fn dump_classes(
+        &mut self,
+        index: u32,
+        what: &'static str,
+    ) -> Result<Vec<TcMessage>, NetlinkError> {
         let mut msg = TcMessage::default();
         msg.header.index = i32::try_from(index).unwrap_or(i32::MAX);
-        let replies = self.request(
-            "dump classes",
-            RouteNetlinkMessage::GetTrafficClass(msg),
-            NLM_F_DUMP,
-        )?;
+        let replies = self.request(what, RouteNetlinkMessage::GetTrafficClass(msg), NLM_F_DUMP)?;
         Ok(replies
             .into_iter()
             .filter_map(|m| match m {
-                RouteNetlinkMessage::NewTrafficClass(t) => Some(t.header.handle),
+                RouteNetlinkMessage::NewTrafficClass(t) => Some(t),
                 _ => None,
             })
+            .collect())
+    }
+
+    /// The classes on link `index`, as (major, minor) handles.
+    pub fn classes(&mut self, index: u32) -> Result<Vec<TcHandle>, NetlinkError> {
+        Ok(self
+            .dump_classes(index, "dump classes")?
+            .into_iter()
+            .map(|t| t.header.handle)
             .collect())
     }
 
@@ -494,27 +503,18 @@ impl Netlink {
     /// let through, headers included).
     pub fn class_bytes(&mut self, index: u32) -> Result<Vec<(TcHandle, u64)>, NetlinkError> {
         use rtnetlink::packet_route::tc::TcStats2;
-        let mut msg = TcMessage::default();
-        msg.header.index = i32::try_from(index).unwrap_or(i32::MAX);
-        let replies = self.request(
-            "dump class counters",
-            RouteNetlinkMessage::GetTrafficClass(msg),
-            NLM_F_DUMP,
-        )?;
-        Ok(replies
+        Ok(self
+            .dump_classes(index, "dump class counters")?
             .into_iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewTrafficClass(t) => {
-                    let bytes = t.attributes.iter().find_map(|a| match a {
-                        TcAttribute::Stats2(stats) => stats.iter().find_map(|s| match s {
-                            TcStats2::Basic(b) => Some(b.bytes),
-                            _ => None,
-                        }),
+            .map(|t| {
+                let bytes = t.attributes.iter().find_map(|a| match a {
+                    TcAttribute::Stats2(stats) => stats.iter().find_map(|s| match s {
+                        TcStats2::Basic(b) => Some(b.bytes),
                         _ => None,
-                    });
-                    Some((t.header.handle, bytes.unwrap_or(0)))
-                }
-                _ => None,
+                    }),
+                    _ => None,
+                });
+                (t.header.handle, bytes.unwrap_or(0))
             })
             .collect())
     }

@@ -6,7 +6,13 @@
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
+use std::sync::{Arc, RwLock};
+
 use capability_schema::Resources;
+use capability_schema::identity::SecretKey;
+use federation::overlay::Multiaddr;
+use federation::testing::TestFederation;
+use federation::{Overlay, OverlayConfig, OverlayHandle, TrustStore};
 use node::sliver::linux::LinuxHost;
 use node::sliver::{NodeConfig, SliverId, SliverSpec, Slivers};
 
@@ -100,4 +106,26 @@ pub fn spec(name: &str) -> SliverSpec {
             egress_kbps: 10_000,
         },
     )
+}
+
+/// A principal's overlay with `key`, trusting `fed`, joined through `node` and following the
+/// ads of `fed`.
+pub async fn principal_overlay(
+    key: &SecretKey,
+    fed: &TestFederation,
+    node: Multiaddr,
+) -> OverlayHandle {
+    let mut trust = TrustStore::new();
+    fed.trust(&mut trust);
+    Overlay::start(
+        key,
+        OverlayConfig {
+            bootstrap: vec![node],
+            federations: vec![fed.name().to_owned()],
+            ..OverlayConfig::loopback()
+        },
+        Arc::new(RwLock::new(trust)),
+    )
+    .await
+    .expect("principal overlay")
 }
