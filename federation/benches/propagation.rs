@@ -42,25 +42,6 @@ struct Peer {
     node: TestNode,
 }
 
-/// CPU seconds (user + system) this process has used, from /proc (0 where unavailable).
-fn cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return 0.0;
-    };
-    // Fields after the command name (which ends with ')'): utime and stime are the 12th and
-    // 13th of them, in clock ticks (100 per second on Linux).
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
-}
-
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -148,9 +129,12 @@ async fn run(n: usize, ads: usize, kademlia: bool) {
     };
     let opened_before = opened(&peers).await;
     let idle_cpu = {
-        let before = cpu_seconds();
+        let before = federation::testing::cpu_time();
         tokio::time::sleep(Duration::from_secs(3)).await;
-        (cpu_seconds() - before) / 3.0
+        federation::testing::cpu_time()
+            .saturating_sub(before)
+            .as_secs_f64()
+            / 3.0
     };
     let churn = (opened(&peers).await - opened_before) as f64 / 3.0;
     println!(

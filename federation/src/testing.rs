@@ -133,3 +133,22 @@ impl TestNode {
         Signed::sign(&self.key, &self.ad_body(seq, issued_at, ttl_secs))
     }
 }
+
+/// CPU time (user + system) this process has used, from `/proc` (zero where unavailable).
+pub fn cpu_time() -> std::time::Duration {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return std::time::Duration::ZERO;
+    };
+    // After the command name (which ends with ')'): utime and stime are the 12th and 13th
+    // fields, in clock ticks (100 per second on Linux).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    std::time::Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}

@@ -58,7 +58,7 @@ use capability_schema::ad::{PriceList, ShareState};
 use capability_schema::slice::{SliceConstraints, SliceKind, SliceRequest, SliverTarget};
 use capability_schema::{AcquireMode, PublicKey, ResourceAd, Resources, SecretKey, Signed};
 use federation::overlay::{AdEvent, Multiaddr, OverlayError, OverlayStats};
-use federation::testing::{TestFederation, TestNode};
+use federation::testing::{TestFederation, TestNode, cpu_time};
 use federation::{Overlay, OverlayConfig, OverlayHandle, TrustStore, unix_now};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -477,25 +477,6 @@ pub fn summary_table(reports: &[SimReport]) -> String {
         ));
     }
     out
-}
-
-/// CPU time (user + system) this process has used, from `/proc` (zero where unavailable).
-pub fn cpu_time() -> Duration {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return Duration::ZERO;
-    };
-    // After the command name (which ends with ')'): utime and stime are the 12th and 13th
-    // fields, in clock ticks (100 per second on Linux).
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }
 
 fn status_kib(field: &str) -> u64 {
