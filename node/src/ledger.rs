@@ -160,8 +160,10 @@ pub enum Op {
 /// What the live leases hold, mirrored in memory (see the module docs).
 #[derive(Debug, Default)]
 struct Index {
-    /// Each lease's agent, resources and sliver id.
-    leases: BTreeMap<String, (PublicKey, Resources, String)>,
+    /// Each lease's agent, resources, sliver id and ticket id.
+    leases: BTreeMap<String, (PublicKey, Resources, String, String)>,
+    /// How many live leases each ticket paid for (tickets with none are absent).
+    tickets: BTreeMap<String, u32>,
     /// The sliver ids held.
     slivers: BTreeSet<String>,
     /// The sum of the leases' resources, in all and per agent.
@@ -173,17 +175,29 @@ impl Index {
         let lease = &record.lease;
         self.committed.add(lease.agent, &lease.resources)?;
         self.slivers.insert(record.sliver_id.clone());
+        *self.tickets.entry(lease.ticket_id.clone()).or_default() += 1;
         self.leases.insert(
             lease.lease_id.clone(),
-            (lease.agent, lease.resources, record.sliver_id.clone()),
+            (
+                lease.agent,
+                lease.resources,
+                record.sliver_id.clone(),
+                lease.ticket_id.clone(),
+            ),
         );
         Some(())
     }
 
     fn remove(&mut self, lease_id: &str) {
-        if let Some((agent, resources, sliver_id)) = self.leases.remove(lease_id) {
+        if let Some((agent, resources, sliver_id, ticket_id)) = self.leases.remove(lease_id) {
             self.committed.remove(&agent, &resources);
             self.slivers.remove(&sliver_id);
+            if let Some(live) = self.tickets.get_mut(&ticket_id) {
+                *live = live.saturating_sub(1);
+                if *live == 0 {
+                    self.tickets.remove(&ticket_id);
+                }
+            }
         }
     }
 }
@@ -633,6 +647,16 @@ impl Ledger {
         let txn = self.db.begin_read().map_err(|e| self.storage(e))?;
         let table = txn.open_table(SPENT).map_err(|e| self.storage(e))?;
         self.spend_in(&table, ticket_id)
+    }
+
+    /// How many live (pending or active) leases ticket `ticket_id` paid for (from the
+    /// in-memory index).
+    pub fn live_leases_of(&self, ticket_id: &str) -> u32 {
+        relock(&self.index)
+            .tickets
+            .get(ticket_id)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// What the live leases commit, in all and per agent (from the in-memory index).

@@ -338,6 +338,79 @@ fn renew_is_bounded_by_the_ticket_and_release_frees_the_share() {
 }
 
 #[test]
+fn tickets_whose_leases_end_early_wait_for_their_agent_to_be_told() {
+    let f = fixture();
+    let s = &f.service;
+    // Released by the holder: the ticket's end waits for its agent.
+    let lease = redeem(s, ticket("plc_rel", 500)).unwrap().verify().unwrap();
+    assert!(
+        s.take_ended_tickets().is_empty(),
+        "a live lease ends nothing"
+    );
+    s.handle(
+        &alice().public(),
+        NodeRequest::Release {
+            lease_id: lease.lease_id.clone(),
+        },
+        NOW,
+        None,
+    )
+    .unwrap();
+    let ended = s.take_ended_tickets();
+    assert_eq!(ended.len(), 1, "{ended:?}");
+    assert_eq!(ended[0].agent, agent().public());
+    assert_eq!(ended[0].ticket_id, lease.ticket_id);
+    assert_eq!(ended[0].attempts, 0);
+    assert!(s.take_ended_tickets().is_empty(), "taken once");
+
+    // Reaped at the lease's end: reported too.
+    let short = ticket_by(
+        &test_key(21),
+        "plc_short2",
+        100,
+        Window::new(NOW - 10, NOW + 60),
+    );
+    let short = redeem(s, short).unwrap().verify().unwrap();
+    assert_eq!(s.reap(NOW + 60).len(), 1);
+    let ended = s.take_ended_tickets();
+    assert_eq!(ended.len(), 1, "{ended:?}");
+    assert_eq!(ended[0].agent, test_key(21).public());
+    assert_eq!(ended[0].ticket_id, short.ticket_id);
+
+    // A failed create refunds the ticket (it may be redeemed again): nothing to report.
+    f.backend.fail_next_create();
+    assert!(redeem(s, ticket("plc_failed", 500)).is_err());
+    assert!(s.take_ended_tickets().is_empty());
+
+    // Failed reports come back once each, and the queue stays bounded.
+    let mut back = ended.clone();
+    back[0].attempts = 1;
+    s.requeue_ended(back.clone());
+    s.requeue_ended(back);
+    let again = s.take_ended_tickets();
+    assert_eq!(again.len(), 1, "requeued once: {again:?}");
+    assert_eq!(again[0].attempts, 1);
+    let flood: Vec<_> = (0..node::daemon::service::MAX_PENDING_RELEASE_REPORTS + 10)
+        .map(|i| node::daemon::service::TicketEnded {
+            agent: agent().public(),
+            ticket_id: format!("{i:032x}"),
+            attempts: 0,
+        })
+        .collect();
+    s.requeue_ended(flood);
+    let kept = s.take_ended_tickets();
+    assert_eq!(
+        kept.len(),
+        node::daemon::service::MAX_PENDING_RELEASE_REPORTS
+    );
+    assert_eq!(
+        kept[0].ticket_id,
+        format!("{:032x}", 10),
+        "the oldest went first"
+    );
+}
+
+#[test]
 fn failed_create_rolls_back_and_the_ticket_can_be_retried() {
     let f = fixture();
     let bytes = ticket("plc_fail", 500);

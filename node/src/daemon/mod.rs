@@ -7,6 +7,7 @@
 //! - [`memory`]: in-memory slivers for tests and simulation;
 //! - [`monitor`]: host sampling and the signed ad;
 //! - [`http`]: `/status`, `/leases`, `/slivers`, `/metrics`;
+//! - [`release_report`]: telling agents which of their tickets ended here early;
 //! - [`run`]: the wiring and graceful shutdown.
 
 pub mod config;
@@ -14,5 +15,6 @@ pub mod engine;
 pub mod http;
 pub mod memory;
 pub mod monitor;
+pub mod release_report;
 pub mod run;
 pub mod service;

@@ -10,6 +10,8 @@
 //!   sliver used (CPU time, memory, egress bytes), sampled then;
 //! - the disk watchdog measures every sliver's writable layer each `disk_check_secs` and
 //!   freezes the ones over their grant, thawing them once back under (`node::sliver`);
+//! - tickets whose last lease here went early (released, reaped, lost) are reported to their
+//!   agents every few seconds (`release_report`), so the agents' shares free up at once;
 //! - on shutdown the server stops taking requests, waits for those in flight, publishes
 //!   nothing more and closes the overlay. Slivers keep running: they are leased, not owned by
 //!   the process.
@@ -343,6 +345,12 @@ pub async fn start(
             }
         })
     };
+    // Ticket ends reported to their agents.
+    let reporter = tokio::spawn(super::release_report::report_loop(
+        Arc::clone(&service),
+        overlay.clone(),
+        stop.clone(),
+    ));
     // HTTP.
     let (http_addr, http_task) = if config.http.is_empty() {
         (None, None)
@@ -438,6 +446,7 @@ pub async fn start(
         }
         let _ = ads.await;
         let _ = reaper.await;
+        let _ = reporter.await;
         if let Some(watchdog) = watchdog {
             let _ = watchdog.await;
         }

@@ -199,6 +199,22 @@ impl Drop for GatePass<'_> {
     }
 }
 
+/// Most ticket ends waiting to be reported to agents; past this the oldest are dropped (their
+/// agents count them until the tickets end, as they would if the node were unreachable).
+pub const MAX_PENDING_RELEASE_REPORTS: usize = 4096;
+
+/// A ticket none of whose leases lives on this node any more, to be reported to its agent
+/// (`AgentRequest::Released`) so the agent stops counting it against the node's share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TicketEnded {
+    /// The agent that issued the ticket.
+    pub agent: PublicKey,
+    /// The ticket id.
+    pub ticket_id: String,
+    /// Reports of it that failed so far.
+    pub attempts: u32,
+}
+
 /// The node's service.
 pub struct NodeService {
     key: SecretKey,
@@ -209,6 +225,7 @@ pub struct NodeService {
     backend: Arc<dyn SliverBackend>,
     creates: Gate,
     timings: RedeemTimings,
+    ended: Mutex<std::collections::VecDeque<TicketEnded>>,
 }
 
 impl std::fmt::Debug for NodeService {
@@ -291,6 +308,41 @@ impl NodeService {
             backend,
             creates: Gate::new(MAX_CONCURRENT_CREATES),
             timings: RedeemTimings::default(),
+            ended: Mutex::default(),
+        }
+    }
+
+    /// Notes that `lease`'s sliver is gone: once its ticket pays for no live lease here, the
+    /// ticket's end waits in the outbox for [`NodeService::take_ended_tickets`].
+    fn lease_gone(&self, lease: &Lease) {
+        if self.ledger.live_leases_of(&lease.ticket_id) > 0 {
+            return;
+        }
+        self.requeue_ended(vec![TicketEnded {
+            agent: lease.agent,
+            ticket_id: lease.ticket_id.clone(),
+            attempts: 0,
+        }]);
+    }
+
+    /// Tickets that ended here since the last call, for the daemon to report to their agents.
+    pub fn take_ended_tickets(&self) -> Vec<TicketEnded> {
+        let mut ended = self.ended.lock().unwrap_or_else(PoisonError::into_inner);
+        ended.drain(..).collect()
+    }
+
+    /// Puts back ticket ends whose report failed (bounded: the oldest go first).
+    pub fn requeue_ended(&self, tickets: Vec<TicketEnded>) {
+        let mut ended = self.ended.lock().unwrap_or_else(PoisonError::into_inner);
+        for t in tickets {
+            if !ended.iter().any(|e| e.ticket_id == t.ticket_id) {
+                ended.push_back(t);
+            }
+        }
+        while ended.len() > MAX_PENDING_RELEASE_REPORTS {
+            if let Some(dropped) = ended.pop_front() {
+                tracing::warn!(ticket = %dropped.ticket_id, "ticket end not reported: too many waiting");
+            }
         }
     }
 
@@ -577,6 +629,7 @@ impl NodeService {
 
     fn release(&self, caller: &PublicKey, lease_id: &str) -> Result<(), Rejection> {
         let record = self.ledger.release(lease_id, caller).map_err(storage)?;
+        self.lease_gone(&record.lease);
         self.backend
             .destroy(&record.sliver_id)
             .map_err(|detail| Rejection::Internal { detail })
@@ -606,6 +659,7 @@ impl NodeService {
                 continue;
             }
             if self.ledger.remove(&record.lease.lease_id).is_ok() {
+                self.lease_gone(&record.lease);
                 reaped.push(record.lease.lease_id);
             }
         }
@@ -653,6 +707,7 @@ impl NodeService {
                     self.ledger
                         .remove(&record.lease.lease_id)
                         .map_err(storage)?;
+                    self.lease_gone(&record.lease);
                     out.lost.push(record.lease.lease_id.clone());
                     continue;
                 }
