@@ -253,3 +253,287 @@ fn bad_arguments_are_explained() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("ed25519"));
 }
+
+/// `fedctl <command> --help` for every command: what it accepts, what it writes, an example.
+#[test]
+fn every_command_explains_itself() {
+    let help = |args: &[&str]| {
+        let out = fedctl(args);
+        assert!(out.status.success(), "fedctl {args:?}");
+        String::from_utf8(out.stdout).expect("utf-8 help")
+    };
+    let top = help(&["--help"]);
+    for needle in [
+        "CBOR, except key files",
+        "ed25519-private/",
+        "inspected and backed",
+        "fedctl <command> --help",
+    ] {
+        assert!(
+            top.contains(needle),
+            "top-level help lacks {needle:?}:\n{top}"
+        );
+    }
+    let expected: [(&str, &[&str]); 6] = [
+        (
+            "keygen",
+            &[
+                "Writes:",
+                "ed25519-private/",
+                "0600",
+                "never overwritten",
+                "stdout",
+                "Example:",
+            ],
+        ),
+        (
+            "init-authority",
+            &[
+                "Writes",
+                "authority.key",
+                "authority.cbor",
+                "anchor.cbor",
+                "0600",
+                "Example:",
+            ],
+        ),
+        (
+            "certify",
+            &[
+                "[possible values: node, agent, broker, principal]",
+                "days of 86400 s",
+                "at least 1",
+                "membership certificate (CBOR",
+                "serial counter",
+                "Example:",
+                "--role principal",
+            ],
+        ),
+        (
+            "peer",
+            &[
+                "[possible values: node, agent, broker, principal]",
+                "comma-separated",
+                "--max-total",
+                "--max-slivers",
+                "--max-duration-secs",
+                "in seconds",
+                "days of 86400 s",
+                "cpu=16 cores,memory=64GiB",
+                "A key left out is a limit of zero",
+                "absent means unlimited",
+                "peering agreement (CBOR",
+                "Example:",
+            ],
+        ),
+        (
+            "revoke",
+            &[
+                "--serial",
+                "--key",
+                "revocation list (CBOR",
+                "authority.cbor",
+                "Example:",
+            ],
+        ),
+        (
+            "show",
+            &[
+                "key files (text",
+                "public key",
+                "Writes nothing",
+                "Examples:",
+            ],
+        ),
+    ];
+    for (command, needles) in expected {
+        assert!(top.contains(command), "{top}");
+        let text = help(&[command, "--help"]);
+        for needle in needles {
+            assert!(
+                text.contains(needle),
+                "`fedctl {command} --help` lacks {needle:?}:\n{text}"
+            );
+        }
+        // `help <command>` says the same.
+        assert_eq!(help(&["help", command]), text, "fedctl help {command}");
+    }
+}
+
+#[test]
+fn roles_days_and_resources_are_checked_with_the_accepted_values() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = |name: &str| tmp.path().join(name);
+    ok(&["init-authority", "--name", "fa", "--out", path(&dir("fa"))]);
+    let key = ok(&["keygen", "--out", path(&dir("k.key"))])
+        .trim()
+        .to_owned();
+    let certify = |role: &str, days: &str| {
+        fedctl(&[
+            "certify",
+            "--authority",
+            path(&dir("fa")),
+            "--subject",
+            &key,
+            "--role",
+            role,
+            "--site",
+            "s",
+            "--name",
+            "n",
+            "--days",
+            days,
+            "--out",
+            path(&dir(&format!("{role}-{days}.cert"))),
+        ])
+    };
+    let out = certify("admin", "30");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("node, agent, broker, principal"),
+        "the refusal lists the roles: {err}"
+    );
+    let out = certify("principal", "0");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--days"));
+    // `user` is another name for a principal.
+    assert!(certify("user", "30").status.success());
+    let cert: capability_schema::Signed<MembershipCert> =
+        Signed::from_bytes(&std::fs::read(dir("user-30.cert")).unwrap()).unwrap();
+    assert_eq!(cert.verify().unwrap().role, Role::Principal);
+
+    // A malformed --max-total is refused with the syntax expected.
+    let f2 = ok(&["keygen", "--out", path(&dir("f2.key"))])
+        .trim()
+        .to_owned();
+    let out = fedctl(&[
+        "peer",
+        "--authority",
+        path(&dir("fa")),
+        "--with-name",
+        "fb",
+        "--with-key",
+        &f2,
+        "--roles",
+        "principal",
+        "--max-total",
+        "cpu",
+        "--out",
+        path(&dir("bad.peer")),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--max-total") && err.contains("key=value"),
+        "{err}"
+    );
+    assert!(!dir("bad.peer").exists());
+}
+
+#[test]
+fn peer_sets_the_total_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = |name: &str| tmp.path().join(name);
+    ok(&["init-authority", "--name", "fa", "--out", path(&dir("fa"))]);
+    let other = ok(&["keygen", "--out", path(&dir("fb.key"))])
+        .trim()
+        .to_owned();
+    let shown = ok(&[
+        "peer",
+        "--authority",
+        path(&dir("fa")),
+        "--with-name",
+        "fb",
+        "--with-key",
+        &other,
+        "--roles",
+        "principal,broker",
+        "--max-total",
+        "cpu=16 cores,memory=64GiB,disk=500GiB,egress=1Gbit",
+        "--out",
+        path(&dir("fa-fb.peer")),
+    ]);
+    assert!(
+        shown.contains("total cpu=16 cores,memory=64GiB,disk=500GiB,egress=1Gbit"),
+        "{shown}"
+    );
+    let agreement: Signed<PeeringAgreement> =
+        Signed::from_bytes(&std::fs::read(dir("fa-fb.peer")).unwrap()).unwrap();
+    let limits = agreement.verify().unwrap().limits;
+    assert_eq!(
+        limits.max_total,
+        Some(
+            "cpu=16 cores,memory=64GiB,disk=500GiB,egress=1Gbit"
+                .parse()
+                .unwrap()
+        )
+    );
+    assert_eq!(limits.max_slivers_per_principal, None);
+    assert_eq!(limits.max_duration_secs, None);
+    // Without the flag there is no total limit.
+    let shown = ok(&[
+        "peer",
+        "--authority",
+        path(&dir("fa")),
+        "--with-name",
+        "fb",
+        "--with-key",
+        &other,
+        "--roles",
+        "principal",
+        "--out",
+        path(&dir("fa-fb-2.peer")),
+    ]);
+    assert!(shown.contains("total unlimited"), "{shown}");
+}
+
+#[test]
+fn key_files_are_text_and_show_prints_their_public_key() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = |name: &str| tmp.path().join(name);
+    let public = ok(&["keygen", "--out", path(&dir("alice.key"))])
+        .trim()
+        .to_owned();
+    let text = std::fs::read_to_string(dir("alice.key")).expect("a key file is text");
+    assert!(text.starts_with("ed25519-private/"), "{text}");
+    assert_eq!(
+        std::fs::metadata(dir("alice.key"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    let shown = ok(&["show", path(&dir("alice.key"))]);
+    assert_eq!(
+        shown,
+        format!("secret key file (text, not CBOR)\npublic key: {public}\n")
+    );
+
+    // The authority's key file shows the key its anchor names.
+    ok(&["init-authority", "--name", "fk", "--out", path(&dir("fk"))]);
+    let anchor: Signed<FederationAnchor> =
+        Signed::from_bytes(&std::fs::read(dir("fk").join("anchor.cbor")).unwrap()).unwrap();
+    let shown = ok(&["show", path(&dir("fk").join("authority.key"))]);
+    assert!(
+        shown.contains(&format!("public key: {}", anchor.signer)),
+        "{shown}"
+    );
+
+    // A public key given as text shows as itself.
+    std::fs::write(dir("alice.pub"), format!("{public}\n")).unwrap();
+    assert_eq!(
+        ok(&["show", path(&dir("alice.pub"))]),
+        format!("public key: {public}\n")
+    );
+
+    // A key file others may read is refused, naming the file and what to do.
+    std::fs::set_permissions(dir("alice.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = fedctl(&["show", path(&dir("alice.key"))]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("alice.key") && err.contains("chmod"), "{err}");
+}

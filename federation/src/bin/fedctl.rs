@@ -2,7 +2,9 @@
 //!
 //! Creates a federation authority, certifies members, signs peering agreements and
 //! revocation lists, and shows any of these files in readable form. Every output file is
-//! CBOR; `fedctl show FILE` prints it and says whether its signature verifies.
+//! CBOR except the key files, which are text (`ed25519-private/<hex>`, mode 0600) so they can
+//! be inspected and backed up like any secret key; `fedctl show FILE` prints either kind (a key
+//! file as its public key) and says whether a signature verifies.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -11,9 +13,10 @@ use anyhow::{Context, Result, bail};
 use capability_schema::ad::ResourceAd;
 use capability_schema::membership::{PeeringLimits, PrincipalFilter};
 use capability_schema::{
-    Delegation, MembershipCert, PeeringAgreement, PublicKey, RevocationList, Role, SecretKey,
-    Signed, SignedType,
+    Delegation, MembershipCert, PeeringAgreement, PublicKey, Resources, RevocationList, Role,
+    SecretKey, Signed, SignedType,
 };
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Parser, Subcommand};
 use federation::trust::{
     ANCHOR_FILE, Authority, AuthorityState, FederationAnchor, STATE_FILE, Validity, write_signed,
@@ -24,20 +27,126 @@ use federation::unix_now;
 ///
 /// A federation is a name plus an authority key. The authority certifies members (nodes,
 /// agents, brokers, principals), signs peering agreements with other federations and
-/// revokes what it no longer stands behind. Output files are CBOR; inspect any of them with
-/// `fedctl show FILE`.
+/// revokes what it no longer stands behind. Every output file is CBOR except the key files,
+/// which are text (`ed25519-private/<hex>`, mode 0600) so they can be inspected and backed up;
+/// `fedctl show FILE` prints any of them readably.
 #[derive(Debug, Parser)]
-#[command(name = "fedctl", version, about, long_about)]
+#[command(name = "fedctl", version, about, long_about, after_help = TOP_HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+const TOP_HELP: &str = "\
+Files:
+  Every file fedctl writes is CBOR, except key files (`keygen`, `authority.key`): those are
+  text, `ed25519-private/<64 hex digits>` with mode 0600, so they can be inspected and backed
+  up like any secret key. `fedctl show FILE` prints any of them (a key file as its public key).
+
+A federation from scratch:
+  fedctl init-authority --name plc --out plc/
+  fedctl keygen --out node1.key                  # prints ed25519/...
+  fedctl certify --authority plc/ --subject ed25519/... --role node --site mit \\
+                 --name node1.mit.edu --days 365 --out node1.cert
+  fedctl show node1.cert
+
+Run `fedctl <command> --help` for what each command accepts and writes.";
+
+const KEYGEN_HELP: &str = "\
+Writes:
+  --out FILE: text `ed25519-private/<64 hex digits>`, mode 0600 (never overwritten; an
+  existing file is an error). The public key `ed25519/<64 hex digits>` goes to stdout: give it
+  to the authority (`fedctl certify --subject`). Back the file up; whoever holds it is the party.
+
+Example:
+  fedctl keygen --out alice.key
+  fedctl show alice.key                           # prints the public key again";
+
+const INIT_AUTHORITY_HELP: &str = "\
+Writes, in the new directory --out:
+  authority.key   the authority's secret key (text `ed25519-private/<hex>`, mode 0600)
+  authority.cbor  its state: the next serial and everything revoked (CBOR)
+  anchor.cbor     the self-signed federation name and key (CBOR): give it to every party that
+                  trusts this federation, and to peer federations
+
+Example:
+  fedctl init-authority --name plc --out /etc/planetmesh/plc-authority";
+
+const CERTIFY_HELP: &str = "\
+Roles (--role): node, agent, broker or principal (a user; `user` is accepted too).
+Expiry (--days): whole days of 86400 s from now, at least 1 (default 365).
+
+Writes:
+  --out FILE       the membership certificate (CBOR, signed by the authority)
+  authority.cbor   in the authority directory: the serial counter moves on
+
+Example:
+  fedctl certify --authority plc/ --subject ed25519/3b6a... --role principal \\
+                 --site princeton --name 'Larry Peterson' --days 90 --out llp.cert";
+
+const PEER_HELP: &str = "\
+Roles (--roles): comma-separated among node, agent, broker and principal: which members of the
+  other federation this one serves (usually principal,broker).
+Limits (all optional; absent means unlimited):
+  --max-slivers N        slivers at once per principal of the other federation
+  --max-duration-secs S  longest lease, in seconds
+  --max-total R          resources at once for all the other federation's principals together,
+                         as key=value pairs: cpu (cores or millicores: `4 cores`, `1500m`),
+                         memory and disk (B, KiB, MiB, GiB, TiB, or kB, MB, GB, TB),
+                         egress (kbit, Mbit, Gbit). A key left out is a limit of zero.
+Expiry (--days): whole days of 86400 s from now, at least 1 (default 365).
+
+Writes:
+  --out FILE       the peering agreement (CBOR, signed by this authority): give it to this
+                   federation's agents (`peering = [...]` in agent.toml)
+  authority.cbor   in the authority directory: the serial counter moves on
+
+Example:
+  fedctl peer --authority plc/ --with-name ple --with-key ed25519/9f0c... \\
+              --roles principal,broker --max-slivers 10 --max-duration-secs 604800 \\
+              --max-total 'cpu=16 cores,memory=64GiB,disk=500GiB,egress=1Gbit' \\
+              --days 180 --out plc-ple.peer";
+
+const REVOKE_HELP: &str = "\
+Serials (--serial) are those `certify` and `peer` print (and `fedctl show` shows); a revoked
+key (--key) loses every certificate issued to it. The new list holds everything revoked so far.
+
+Writes:
+  --out FILE       the revocation list (CBOR, signed; version one above the previous list):
+                   give it to every party that trusts this federation
+  authority.cbor   in the authority directory: what is revoked and the list's version
+
+Example:
+  fedctl revoke --authority plc/ --serial 12,15 --out plc-revoked-3.cbor";
+
+const SHOW_HELP: &str = "\
+Reads certificates, peering agreements, revocation lists, anchors, ads and delegations (CBOR;
+the signature is checked and the validity window compared with now), authority.cbor or an
+authority directory, key files (text: the public key of a secret key file, which must be mode
+0600) and public keys (`ed25519/<hex>`). Writes nothing.
+
+Examples:
+  fedctl show node1.cert
+  fedctl show plc/                   # the authority's state: next serial, revocations
+  fedctl show alice.key              # the public key of a secret key file";
+
+/// The roles a member can have, as clap lists them (`user` is accepted for `principal`).
+fn role_parser() -> impl TypedValueParser<Value = Role> {
+    PossibleValuesParser::new([
+        PossibleValue::new("node"),
+        PossibleValue::new("agent"),
+        PossibleValue::new("broker"),
+        PossibleValue::new("principal").alias("user"),
+    ])
+    .try_map(|name| name.parse::<Role>())
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Generate a party key (node, agent, broker or principal) and print its public key.
     ///
-    /// The file holds `ed25519-private/<hex>` with mode 0600 and is never overwritten.
+    /// The file holds `ed25519-private/<hex>` as text with mode 0600 and is never overwritten.
+    #[command(after_help = KEYGEN_HELP)]
     Keygen {
         /// Where to write the secret key.
         #[arg(long)]
@@ -47,6 +156,7 @@ enum Command {
     ///
     /// Writes authority.key (secret, mode 0600), authority.cbor (serial counter and
     /// revocations) and anchor.cbor (the self-signed name and key to give to other parties).
+    #[command(after_help = INIT_AUTHORITY_HELP)]
     InitAuthority {
         /// The federation's name: 1 to 64 characters among a-z, 0-9, '.', '_' and '-'.
         #[arg(long)]
@@ -56,6 +166,7 @@ enum Command {
         out: PathBuf,
     },
     /// Certify a key as a member of the federation.
+    #[command(after_help = CERTIFY_HELP)]
     Certify {
         /// The authority's directory.
         #[arg(long)]
@@ -63,8 +174,8 @@ enum Command {
         /// The member's public key, `ed25519/<64 hex digits>`.
         #[arg(long)]
         subject: PublicKey,
-        /// What the member is: node, agent, broker or principal.
-        #[arg(long)]
+        /// What the member is.
+        #[arg(long, value_parser = role_parser())]
         role: Role,
         /// The member's site (institution).
         #[arg(long)]
@@ -72,14 +183,15 @@ enum Command {
         /// A human name for the member (host name, person's name).
         #[arg(long)]
         name: String,
-        /// Days of validity from now.
-        #[arg(long, default_value_t = 365)]
+        /// Days of validity from now (days of 86400 s, at least 1).
+        #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u64).range(1..))]
         days: u64,
         /// Where to write the certificate.
         #[arg(long)]
         out: PathBuf,
     },
     /// Sign a peering agreement: this federation serves members of another one.
+    #[command(after_help = PEER_HELP)]
     Peer {
         /// The authority's directory.
         #[arg(long)]
@@ -91,7 +203,7 @@ enum Command {
         #[arg(long)]
         with_key: PublicKey,
         /// Which roles of the other federation are served, comma-separated.
-        #[arg(long, value_delimiter = ',', required = true)]
+        #[arg(long, value_delimiter = ',', required = true, value_parser = role_parser())]
         roles: Vec<Role>,
         /// Serve only these principals of the other federation (comma-separated keys);
         /// without it every certified principal is served.
@@ -103,8 +215,12 @@ enum Command {
         /// At most this lease duration, in seconds.
         #[arg(long)]
         max_duration_secs: Option<u64>,
-        /// Days of validity from now.
-        #[arg(long, default_value_t = 365)]
+        /// At most these resources at once for all the other federation's principals together,
+        /// e.g. `cpu=16 cores,memory=64GiB,disk=500GiB,egress=1Gbit` (a key left out is zero).
+        #[arg(long)]
+        max_total: Option<Resources>,
+        /// Days of validity from now (days of 86400 s, at least 1).
+        #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u64).range(1..))]
         days: u64,
         /// Where to write the agreement.
         #[arg(long)]
@@ -113,6 +229,7 @@ enum Command {
     /// Revoke certificates or agreements (by serial) or keys, and sign the new revocation list.
     ///
     /// The list holds everything revoked so far, with a version one above the previous list.
+    #[command(after_help = REVOKE_HELP)]
     Revoke {
         /// The authority's directory.
         #[arg(long)]
@@ -131,6 +248,7 @@ enum Command {
     ///
     /// Accepts certificates, agreements, revocation lists, anchors, ads, delegations,
     /// authority.cbor, key files and authority directories.
+    #[command(after_help = SHOW_HELP)]
     Show {
         /// The file or authority directory.
         file: PathBuf,
@@ -176,6 +294,7 @@ fn main() -> Result<()> {
             principals,
             max_slivers,
             max_duration_secs,
+            max_total,
             days,
             out,
         } => {
@@ -191,7 +310,7 @@ fn main() -> Result<()> {
             };
             let limits = PeeringLimits {
                 max_slivers_per_principal: max_slivers,
-                max_total: None,
+                max_total,
                 max_duration_secs,
             };
             let agreement = authority.peer(
@@ -232,8 +351,12 @@ fn show(path: &Path, now: u64) -> Result<String> {
     if let Ok(text) = std::str::from_utf8(&bytes) {
         let text = text.trim();
         if text.starts_with(capability_schema::identity::SECRET_PREFIX) {
-            let key = SecretKey::load(path)?;
-            return Ok(format!("secret key file\npublic key: {}\n", key.public()));
+            let key = SecretKey::load(path)
+                .with_context(|| format!("cannot show the key file {}", path.display()))?;
+            return Ok(format!(
+                "secret key file (text, not CBOR)\npublic key: {}\n",
+                key.public()
+            ));
         }
         if let Ok(key) = text.parse::<PublicKey>() {
             return Ok(format!("public key: {key}\n"));
@@ -375,7 +498,7 @@ fn show_agreement(signed: &Signed<PeeringAgreement>, now: u64) -> String {
             limits
                 .max_total
                 .as_ref()
-                .map_or("unlimited".into(), |r| format!("{r:?}")),
+                .map_or("unlimited".into(), ToString::to_string),
         );
         out += &format!("serial:     {}\n", a.serial);
         out += &window(a.issued_at, a.expires_at, now);
