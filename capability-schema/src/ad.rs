@@ -85,6 +85,14 @@ pub struct SliverUsage {
     pub memory_bytes: u64,
     /// Bytes sent so far.
     pub egress_bytes: u64,
+    /// Bytes in the sliver's writable layer at the node's last disk check (absent: not
+    /// measured, or an ad from before this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_bytes: Option<u64>,
+    /// What is wrong with the sliver, for its holder, e.g. `over disk limit: 3.0 MiB of
+    /// 2.0 MiB; its processes are frozen until …` (absent: nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<String>,
 }
 
 /// What the node's resource monitor measured.

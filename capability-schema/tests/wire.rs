@@ -122,6 +122,8 @@ fn ad() -> Signed<ResourceAd> {
                     cpu_time_ms: 1234,
                     memory_bytes: 64 << 20,
                     egress_bytes: 99_999,
+                    disk_bytes: None,
+                    condition: None,
                 }],
             },
             membership: membership(),
@@ -629,4 +631,28 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn sliver_disk_figures_are_optional_on_the_wire() {
+    let mut usage = SliverUsage {
+        slice: "princeton_codeen".into(),
+        cpu_time_ms: 1,
+        memory_bytes: 2,
+        egress_bytes: 3,
+        disk_bytes: None,
+        condition: None,
+    };
+    let without = capability_schema::codec::encode(&usage);
+    // Absent fields are not written: ads from nodes that never set them keep their bytes.
+    assert!(!without.windows(10).any(|w| w == b"disk_bytes"));
+    usage.disk_bytes = Some(3 << 20);
+    usage.condition = Some("over disk limit: 3.0 MiB of 2.0 MiB".into());
+    let with = capability_schema::codec::encode(&usage);
+    assert!(with.len() > without.len());
+    let back: SliverUsage = capability_schema::codec::decode(&with).unwrap();
+    assert_eq!(back, usage);
+    let old: SliverUsage = capability_schema::codec::decode(&without).unwrap();
+    assert_eq!(old.disk_bytes, None);
+    assert_eq!(old.condition, None);
 }

@@ -57,6 +57,8 @@ pub fn sliver_usage(
             cpu_time_ms: s.cpu_ns.unwrap_or(0) / 1_000_000,
             memory_bytes: s.memory_bytes.unwrap_or(0),
             egress_bytes: s.egress_bytes.unwrap_or(0),
+            disk_bytes: s.disk.as_ref().and_then(|d| d.used),
+            condition: s.disk.as_ref().and_then(DiskReport::condition),
         })
         .collect();
     all.sort_by(|a, b| {
@@ -64,12 +66,16 @@ pub fn sliver_usage(
             .cmp(&a.cpu_time_ms)
             .then_with(|| a.slice.cmp(&b.slice))
     });
-    // CBOR: the map, its four keys and values take at most 80 bytes besides the slice name.
+    // CBOR: the map, its four keys and values take at most 80 bytes besides the slice name;
+    // the disk figure 24 more, the condition 16 besides its text.
     let mut spent = 0;
     let keep = all
         .iter()
         .take_while(|u| {
-            spent += u.slice.len() + 80;
+            spent += u.slice.len()
+                + 80
+                + if u.disk_bytes.is_some() { 24 } else { 0 }
+                + u.condition.as_ref().map_or(0, |c| c.len() + 16);
             spent <= AD_SLIVERS_BUDGET
         })
         .count();
@@ -274,12 +280,16 @@ mod tests {
                     cpu_time_ms: 2500,
                     memory_bytes: 7 << 20,
                     egress_bytes: 123_456,
+                    disk_bytes: None,
+                    condition: None,
                 },
                 SliverUsage {
                     slice: "beta".into(),
                     cpu_time_ms: 0,
                     memory_bytes: 0,
                     egress_bytes: 0,
+                    disk_bytes: None,
+                    condition: None,
                 },
             ]
         );
@@ -309,6 +319,18 @@ mod tests {
         let disk = alpha.disk.unwrap();
         assert!(disk.over && disk.frozen, "{disk:?}");
         assert_eq!(disk.used, Some(3 << 20));
+        // … and reaches the ad, so a holder's `Status` shows it.
+        let figures = sliver_usage(&monitor.usage(), &slices);
+        let alpha = figures
+            .iter()
+            .find(|u| u.slice == "princeton_alpha")
+            .unwrap();
+        assert_eq!(alpha.disk_bytes, Some(3 << 20));
+        let condition = alpha.condition.as_deref().unwrap();
+        assert!(
+            condition.starts_with("over disk limit") && condition.contains("frozen"),
+            "{condition}"
+        );
     }
 
     #[test]
