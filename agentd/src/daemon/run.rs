@@ -96,6 +96,7 @@ pub async fn start(
             .collect::<Result<_, _>>()
             .context("bootstrap address")?,
         federations: config.follow.clone(),
+        mdns: config.mdns,
         ..OverlayConfig::default()
     };
     let overlay = Overlay::start(

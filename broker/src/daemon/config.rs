@@ -54,11 +54,17 @@ pub struct BrokerConfig {
     #[serde(default = "yes")]
     pub discover_agents: bool,
     /// libp2p listen addresses (default `/ip4/0.0.0.0/tcp/4201`).
+    /// A `/udp/PORT/quic-v1` address listens on QUIC once the overlay supports it (TCP and
+    /// QUIC addresses may be mixed).
     #[serde(default = "default_listen")]
     pub listen: Vec<String>,
     /// Peers to join through (default none).
     #[serde(default)]
     pub bootstrap: Vec<String>,
+    /// Discover peers on the local network by multicast DNS (default false: off; turn it on
+    /// for a LAN testbed, where peers then need no `bootstrap`).
+    #[serde(default)]
+    pub mdns: bool,
     /// HTTP status and metrics endpoint (default `127.0.0.1:9182`; empty string: off).
     #[serde(default = "default_http")]
     pub http: String,
@@ -127,8 +133,11 @@ federation = "{federation}"
 
 # follow = ["{federation}"]           # federations whose ads to follow
 # discover_agents = true              # also ask agents named in the ads' delegations
-# listen = ["/ip4/0.0.0.0/tcp/4201"]
+# listen = ["/ip4/0.0.0.0/tcp/4201"]  # add "/ip4/0.0.0.0/udp/4201/quic-v1" for QUIC
+#                                     # (once the overlay supports it)
 # bootstrap = []
+# mdns = false                        # discover peers on the local network by multicast DNS;
+#                                     # off by default, turn on for a LAN testbed
 # http = "127.0.0.1:9182"             # /status, /metrics ("" = off)
 # call_timeout_secs = 10              # the longest one agent call may take
 # concurrency = 16                    # agent calls in flight per request
@@ -224,5 +233,27 @@ mod tests {
         let config = BrokerConfig::load(&path).unwrap();
         assert_eq!(config.agents.len(), 1);
         assert_eq!(config.follow.len(), 2);
+    }
+
+    #[test]
+    fn mdns_is_off_by_default_and_documented_in_the_default_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("broker.toml");
+        let text = DEFAULT_CONFIG.replace("{federation}", "plc");
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("# mdns = false"))
+            .expect("the default config shows the mdns key");
+        assert!(line.contains("multicast DNS"), "{line}");
+        assert!(text.contains("turn on for a LAN testbed"), "{text}");
+        assert!(text.contains("quic-v1"), "{text}");
+        std::fs::write(&path, &text).unwrap();
+        assert!(!BrokerConfig::load(&path).unwrap().mdns);
+        // Uncommenting the line with `true` turns it on.
+        std::fs::write(&path, text.replace("# mdns = false", "mdns = true")).unwrap();
+        assert!(BrokerConfig::load(&path).unwrap().mdns);
+        std::fs::write(&path, "federation = \"plc\"\nmdns = \"yes\"\n").unwrap();
+        let err = BrokerConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("mdns"), "{err}");
     }
 }

@@ -125,6 +125,7 @@ pub async fn start(
         listen: parse_addrs(&config.listen, "listen")?,
         bootstrap: parse_addrs(&config.bootstrap, "bootstrap")?,
         federations: follow,
+        mdns: config.mdns,
         ..OverlayConfig::default()
     };
     let overlay = Overlay::start(&key, overlay_config, Arc::new(RwLock::new(trust))).await?;

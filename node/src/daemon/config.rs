@@ -86,11 +86,17 @@ pub struct NodeManagerConfig {
     #[serde(default)]
     pub trust: Vec<TrustedFederation>,
     /// libp2p listen addresses (default `/ip4/0.0.0.0/tcp/4001`).
+    /// A `/udp/PORT/quic-v1` address listens on QUIC once the overlay supports it (TCP and
+    /// QUIC addresses may be mixed).
     #[serde(default = "default_listen")]
     pub listen: Vec<String>,
     /// Peers to join through (multiaddresses with `/p2p/<peer id>`; default none).
     #[serde(default)]
     pub bootstrap: Vec<String>,
+    /// Discover peers on the local network by multicast DNS (default false: off; turn it on
+    /// for a LAN testbed, where peers then need no `bootstrap`).
+    #[serde(default)]
+    pub mdns: bool,
     /// Addresses announced in ads (default: the listen addresses actually bound).
     #[serde(default)]
     pub announce: Vec<String>,
@@ -208,8 +214,11 @@ federation = "{federation}"
 # name = "{federation}"
 # authority = "ed25519/..."
 
-# listen = ["/ip4/0.0.0.0/tcp/4001"] # libp2p
+# listen = ["/ip4/0.0.0.0/tcp/4001"] # libp2p; add "/ip4/0.0.0.0/udp/4001/quic-v1" for QUIC
+#                                    # (once the overlay supports it)
 # bootstrap = []                     # e.g. ["/ip4/10.0.0.1/tcp/4001/p2p/12D3..."]
+# mdns = false                       # discover peers on the local network by multicast DNS;
+#                                    # off by default, turn on for a LAN testbed
 # announce = []                      # addresses put in ads (default: those bound)
 # http = "127.0.0.1:9180"            # /status, /leases, /slivers, /metrics ("" = off)
 
@@ -365,5 +374,27 @@ mod tests {
                 .to_string()
                 .contains("federatoin")
         );
+    }
+
+    #[test]
+    fn mdns_is_off_by_default_and_documented_in_the_default_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        let text = DEFAULT_CONFIG.replace("{federation}", "plc");
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("# mdns = false"))
+            .expect("the default config shows the mdns key");
+        assert!(line.contains("multicast DNS"), "{line}");
+        assert!(text.contains("turn on for a LAN testbed"), "{text}");
+        assert!(text.contains("quic-v1"), "{text}");
+        std::fs::write(&path, &text).unwrap();
+        assert!(!NodeManagerConfig::load(&path).unwrap().mdns);
+        // Uncommenting the line with `true` turns it on.
+        std::fs::write(&path, text.replace("# mdns = false", "mdns = true")).unwrap();
+        assert!(NodeManagerConfig::load(&path).unwrap().mdns);
+        std::fs::write(&path, "federation = \"plc\"\nmdns = \"yes\"\n").unwrap();
+        let err = NodeManagerConfig::load(&path).unwrap_err().to_string();
+        assert!(err.contains("mdns"), "{err}");
     }
 }

@@ -253,6 +253,7 @@ pub async fn start(
             .collect::<Result<_, _>>()
             .context("bootstrap address")?,
         federations: vec![config.federation.clone()],
+        mdns: config.mdns,
         ..OverlayConfig::default()
     };
     let overlay = Overlay::start(&key, overlay_config, Arc::new(RwLock::new(trust)))
