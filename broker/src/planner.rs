@@ -11,8 +11,19 @@
 //!    load spreads to the emptiest nodes), then load, then price.
 //! 4. Selection takes one node per site in rounds (best site first) until the count is met, so
 //!    the plan spans as many sites as the candidates allow; `min_sites` is then checked.
-//! 5. When the request cannot be met, the explanation names the binding constraint and what
-//!    would make it satisfiable ("12 nodes would fit with memory ≤ 256MiB").
+//! 5. Every node not picked is accounted for in `rejected`: the groups of step 1 by reason
+//!    ("37 nodes: memory"), and "fit, not needed" for nodes that passed but were not chosen, so
+//!    the counts add up to the nodes offered minus those picked.
+//! 6. When the request cannot be met, the explanation names the binding constraint and what
+//!    would make it satisfiable ("would be satisfiable with memory ≤ 256MiB per sliver"). A
+//!    node counts only under its first failed check, so the largest group need not be the
+//!    binding one: each suggested relaxation is confirmed by planning again with it applied
+//!    (at most [`MAX_HINT_REPLANS`] re-plans); when no single one suffices, the explanation
+//!    names those that must be relaxed together.
+//!
+//! Requests whose shape no offer can satisfy (no slivers, `min_sites` above the sliver count,
+//! a node listed twice or listed and excluded) are refused by [`check_shape`], which the broker
+//! daemon also applies before asking any agent.
 //!
 //! The planner never performs I/O; the broker and `slicectl --agent` call it with the offers
 //! they gathered.
@@ -29,6 +40,8 @@ use capability_schema::slice::{SliceRequest, SliverTarget};
 const EXAMPLES_PER_GROUP: usize = 5;
 /// How many alternatives a plan carries beyond its choice.
 const MAX_ALTERNATIVES: usize = 200;
+/// The reason of the group of nodes that fit but were not needed.
+pub const FIT_NOT_NEEDED: &str = "fit, not needed";
 
 /// One node as one agent offers it, in the planner's terms.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,6 +144,74 @@ fn pressure(asked: &Resources, free: &Resources) -> u64 {
         .unwrap_or(0)
 }
 
+/// Why a request cannot be planned whatever the offers: its shape is impossible.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShapeError {
+    /// Neither a count nor a node list.
+    #[error("the request asks for no slivers; ask for a count of at least 1 or list nodes")]
+    NoSlivers,
+    /// More distinct sites than slivers: a sliver sits on one site.
+    #[error(
+        "min_sites {min_sites} is more than the {count} slivers asked (each sliver sits on one \
+         site); lower min_sites to at most {count} or ask for more slivers"
+    )]
+    MinSitesAboveCount {
+        /// The sites asked.
+        min_sites: u32,
+        /// The slivers asked.
+        count: usize,
+    },
+    /// A node listed twice can hold only one sliver of the slice.
+    #[error("node {node} is listed {times} times; list each node once")]
+    DuplicateNode {
+        /// The node (short form).
+        node: String,
+        /// How often it is listed.
+        times: usize,
+    },
+    /// A node both asked for and excluded.
+    #[error("node {node} is both asked for and excluded; drop it from one of the two lists")]
+    ListedAndExcluded {
+        /// The node (short form).
+        node: String,
+    },
+}
+
+/// Checks what no offer can fix: a request for no slivers, `min_sites` above the sliver count,
+/// a node listed twice, or listed and excluded. The broker refuses such requests as malformed
+/// before asking any agent; [`plan`] explains them the same way.
+pub fn check_shape(request: &SliceRequest) -> Result<(), ShapeError> {
+    let count = request.target.count();
+    if count == 0 {
+        return Err(ShapeError::NoSlivers);
+    }
+    let min_sites = request.constraints.min_sites;
+    if min_sites as usize > count {
+        return Err(ShapeError::MinSitesAboveCount { min_sites, count });
+    }
+    if let SliverTarget::Nodes(nodes) = &request.target {
+        let mut times: BTreeMap<PublicKey, usize> = BTreeMap::new();
+        for node in nodes {
+            *times.entry(*node).or_default() += 1;
+        }
+        if let Some((node, n)) = times.iter().find(|(_, n)| **n > 1) {
+            return Err(ShapeError::DuplicateNode {
+                node: node.short(),
+                times: *n,
+            });
+        }
+        if let Some(node) = request
+            .constraints
+            .exclude_nodes
+            .iter()
+            .find(|n| times.contains_key(n))
+        {
+            return Err(ShapeError::ListedAndExcluded { node: node.short() });
+        }
+    }
+    Ok(())
+}
+
 /// Plans `request` over `candidates`.
 pub fn plan(request: &SliceRequest, candidates: &[Candidate]) -> SlicePlan {
     plan_around(request, candidates, &[])
@@ -144,6 +225,26 @@ pub fn plan_around(
     request: &SliceRequest,
     candidates: &[Candidate],
     held: &[PlannedSliver],
+) -> SlicePlan {
+    if let Err(e) = check_shape(request) {
+        return SlicePlan {
+            chosen: Vec::new(),
+            alternatives: Vec::new(),
+            rejected: Vec::new(),
+            satisfiable: false,
+            explanation: format!("malformed request: {e}"),
+        };
+    }
+    plan_inner(request, candidates, held, true)
+}
+
+/// The planner proper; `hints` says whether an unsatisfiable plan tries relaxations (re-plans
+/// for hints do not).
+fn plan_inner(
+    request: &SliceRequest,
+    candidates: &[Candidate],
+    held: &[PlannedSliver],
+    hints: bool,
 ) -> SlicePlan {
     let held_nodes: HashSet<PublicKey> = held.iter().map(|s| s.node).collect();
     let held_sites: HashSet<&str> = held.iter().map(|s| s.site.as_str()).collect();
@@ -257,11 +358,15 @@ pub fn plan_around(
         agent: f.candidate.agent,
         price: f.price,
     };
-    let alternatives: Vec<PlannedSliver> = ranked
+    // Every node that fits but was not picked, best first.
+    let not_needed: Vec<&Feasible<'_>> = ranked
         .iter()
         .filter(|f| !chosen_nodes.contains(&f.candidate.node))
+        .collect();
+    let alternatives: Vec<PlannedSliver> = not_needed
+        .iter()
         .take(MAX_ALTERNATIVES)
-        .map(to_planned)
+        .map(|f| to_planned(f))
         .collect();
 
     // Rejected groups, largest first.
@@ -281,29 +386,35 @@ pub fn plan_around(
             "{} slivers on {} sites; {} more nodes fit as alternatives; {} nodes did not fit",
             chosen.len() + held_nodes.len(),
             distinct_sites,
-            alternatives.len(),
+            not_needed.len(),
             failed.len()
         )
-    } else if total_wanted == 0 {
-        "the request asks for no slivers".to_owned()
-    } else if !count_met {
-        explain_short(
-            request,
-            candidates,
-            &listed,
-            &rejected,
-            chosen.len() + held_nodes.len(),
-            total_wanted,
-        )
     } else {
-        format!(
-            "only {feasible_sites} distinct sites have a node that fits, {} asked; lower min_sites to \
-             {feasible_sites}, allow more federations, or ask for less per sliver",
-            request.constraints.min_sites
-        )
+        let got = chosen.len() + held_nodes.len();
+        let mut text = if count_met {
+            format!(
+                "only {feasible_sites} distinct sites have a node that fits, {} asked",
+                request.constraints.min_sites
+            )
+        } else {
+            short_of_slivers(request, candidates, &listed, got, total_wanted)
+        };
+        if hints {
+            let shortfall = Shortfall {
+                request,
+                candidates,
+                held,
+                rejected: &rejected,
+                missing: wanted.saturating_sub(chosen.len()),
+                sites_short: count_met,
+                feasible_sites,
+            };
+            text.push_str(&shortfall.explain());
+        }
+        text
     };
 
-    let rejected = rejected
+    let mut rejected: Vec<RejectedGroup> = rejected
         .into_iter()
         .map(|(reason, mut nodes)| {
             nodes.sort();
@@ -314,6 +425,17 @@ pub fn plan_around(
             }
         })
         .collect();
+    if !not_needed.is_empty() {
+        rejected.push(RejectedGroup {
+            reason: FIT_NOT_NEEDED.to_owned(),
+            count: not_needed.len() as u32,
+            examples: not_needed
+                .iter()
+                .take(EXAMPLES_PER_GROUP)
+                .map(|f| f.candidate.node)
+                .collect(),
+        });
+    }
 
     SlicePlan {
         chosen: chosen.into_iter().map(to_planned).collect(),
@@ -324,16 +446,14 @@ pub fn plan_around(
     }
 }
 
-/// Explains a plan short of slivers: the binding constraint and what would satisfy it.
-fn explain_short(
+/// "N of M slivers can be placed", and how many of the nodes asked for nobody offers.
+fn short_of_slivers(
     request: &SliceRequest,
     candidates: &[Candidate],
     listed: &Option<HashSet<PublicKey>>,
-    rejected: &[(Unfit, Vec<PublicKey>)],
     got: usize,
     wanted: usize,
 ) -> String {
-    let missing = wanted - got;
     let mut text = format!("{got} of {wanted} slivers can be placed");
     if let (Some(listed), SliverTarget::Nodes(_)) = (listed, &request.target) {
         let offered: HashSet<PublicKey> = candidates.iter().map(|c| c.node).collect();
@@ -344,54 +464,337 @@ fn explain_short(
             ));
         }
     }
-    let Some((reason, nodes)) = rejected.first() else {
-        text.push_str(&format!("; only {got} nodes are offered at all"));
-        return text;
-    };
-    text.push_str(&format!(
-        "; binding constraint: {} ({} nodes)",
-        reason.label(),
-        nodes.len()
-    ));
-    match reason {
-        Unfit::Resource(kind) => {
-            // The `missing`-th largest free amount among nodes short only of this resource.
-            let node_set: HashSet<&PublicKey> = nodes.iter().collect();
-            let mut frees: Vec<u64> = candidates
-                .iter()
-                .filter(|c| node_set.contains(&c.node))
-                .map(|c| c.free.get(*kind))
-                .collect();
-            frees.sort_unstable_by(|a, b| b.cmp(a));
-            frees.dedup();
-            if let Some(level) = frees.get(missing.saturating_sub(1)).or(frees.last()) {
-                let would = nodes
+    text
+}
+
+/// One way to loosen a request, as a hint proposes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Relax {
+    /// Ask at most this much of a resource per sliver.
+    Resource(ResourceKind, u64),
+    /// Allow every federation.
+    Federations,
+    /// Raise the price cap to this (`None`: drop it).
+    Price(Option<u64>),
+    /// Exclude no node.
+    Exclusions,
+    /// Ask for a count instead of a node list.
+    Count,
+    /// Ask for this many distinct sites.
+    MinSites(u32),
+}
+
+impl Relax {
+    fn apply(self, request: &mut SliceRequest) {
+        match self {
+            Relax::Resource(kind, level) => set_resource(&mut request.per_sliver, kind, level),
+            Relax::Federations => request.constraints.federations.clear(),
+            Relax::Price(cap) => request.constraints.max_price = cap,
+            Relax::Exclusions => request.constraints.exclude_nodes.clear(),
+            Relax::Count => {
+                request.target = SliverTarget::Count(request.target.count() as u32);
+            }
+            Relax::MinSites(n) => request.constraints.min_sites = n,
+        }
+    }
+
+    fn describe(self, request: &SliceRequest) -> String {
+        match self {
+            Relax::Resource(kind, level) => format!(
+                "{kind} ≤ {} per sliver (asked {})",
+                kind.format(level),
+                kind.format(request.per_sliver.get(kind))
+            ),
+            Relax::Federations => "every federation allowed".to_owned(),
+            Relax::Price(Some(cap)) => format!(
+                "max_price raised to {cap} (asked {})",
+                request.constraints.max_price.unwrap_or_default()
+            ),
+            Relax::Price(None) => "no max_price".to_owned(),
+            Relax::Exclusions => format!(
+                "none of the {} excluded nodes excluded",
+                request.constraints.exclude_nodes.len()
+            ),
+            Relax::Count => format!(
+                "a count of {} instead of the node list",
+                request.target.count()
+            ),
+            Relax::MinSites(n) => format!(
+                "min_sites lowered to {n} (asked {})",
+                request.constraints.min_sites
+            ),
+        }
+    }
+}
+
+/// The rejected group a relaxation comes from, with its size (none for `min_sites`).
+type Group = Option<(Unfit, usize)>;
+
+/// Most re-plans one unsatisfiable plan spends confirming its hint.
+const MAX_HINT_REPLANS: usize = 12;
+/// Most single relaxations tried before trying them together.
+const MAX_SINGLE_RELAXATIONS: usize = 6;
+
+/// Why a plan fell short, and the relaxations that would fix it, each confirmed by planning
+/// again with it applied.
+struct Shortfall<'a> {
+    request: &'a SliceRequest,
+    candidates: &'a [Candidate],
+    held: &'a [PlannedSliver],
+    /// Rejected nodes by reason, largest group first.
+    rejected: &'a [(Unfit, Vec<PublicKey>)],
+    /// Slivers the plan could not place.
+    missing: usize,
+    /// The count is met; only `min_sites` is not.
+    sites_short: bool,
+    /// Distinct sites with a node that fits (held ones included).
+    feasible_sites: usize,
+}
+
+impl Shortfall<'_> {
+    /// Re-plans with `relax` applied; `None` once the re-plan budget is spent.
+    fn replan(&self, relax: &[Relax], replans: &mut usize) -> Option<SlicePlan> {
+        if *replans >= MAX_HINT_REPLANS {
+            return None;
+        }
+        *replans += 1;
+        let mut request = self.request.clone();
+        for r in relax {
+            r.apply(&mut request);
+        }
+        Some(plan_inner(&request, self.candidates, self.held, false))
+    }
+
+    /// Re-plans with `relax` applied; the plan if it is satisfiable.
+    fn try_relaxed(&self, relax: &[Relax], replans: &mut usize) -> Option<SlicePlan> {
+        self.replan(relax, replans).filter(|p| p.satisfiable)
+    }
+
+    /// The relaxation one rejected group suggests.
+    fn relaxation(&self, reason: Unfit, nodes: &[PublicKey]) -> Relax {
+        match reason {
+            Unfit::Resource(kind) => {
+                // The level at which `missing` nodes of the group would pass this check.
+                let node_set: HashSet<&PublicKey> = nodes.iter().collect();
+                let mut best_free: HashMap<PublicKey, u64> = HashMap::new();
+                for c in self
+                    .candidates
                     .iter()
-                    .filter(|n| {
-                        candidates
-                            .iter()
-                            .any(|c| c.node == **n && c.free.get(*kind) >= *level)
-                    })
-                    .count();
-                text.push_str(&format!(
-                    "; {would} more nodes would fit with {kind} ≤ {} per sliver (asked {})",
-                    kind.format(*level),
-                    kind.format(request.per_sliver.get(*kind))
-                ));
+                    .filter(|c| node_set.contains(&c.node))
+                {
+                    let slot = best_free.entry(c.node).or_default();
+                    *slot = (*slot).max(c.free.get(kind));
+                }
+                let mut frees: Vec<u64> = best_free.into_values().collect();
+                frees.sort_unstable_by(|a, b| b.cmp(a));
+                let at = self.missing.clamp(1, frees.len().max(1)) - 1;
+                Relax::Resource(kind, frees.get(at).copied().unwrap_or(0))
+            }
+            Unfit::Federation => Relax::Federations,
+            Unfit::Price => Relax::Price(None),
+            Unfit::Excluded => Relax::Exclusions,
+            Unfit::NotListed => Relax::Count,
+        }
+    }
+
+    /// A price relaxation made concrete: the highest price the relaxed plan pays, if a cap
+    /// at that price still plans.
+    fn concrete(&self, set: &mut [Relax], plan: &SlicePlan, replans: &mut usize) {
+        let Some(at) = set.iter().position(|r| *r == Relax::Price(None)) else {
+            return;
+        };
+        let Some(top) = plan.chosen.iter().map(|s| s.price).max() else {
+            return;
+        };
+        let mut capped = set.to_vec();
+        capped[at] = Relax::Price(Some(top));
+        if self.try_relaxed(&capped, replans).is_some() {
+            set[at] = Relax::Price(Some(top));
+        }
+    }
+
+    /// Every constraint the request sets, loosened: each resource down to the level at which
+    /// `missing` of the nodes left out would have enough, the price cap dropped, every
+    /// federation allowed, no exclusions, a count instead of a node list.
+    fn every_relaxation(&self) -> Vec<Relax> {
+        let out_nodes: HashSet<&PublicKey> =
+            self.rejected.iter().flat_map(|(_, nodes)| nodes).collect();
+        let mut out = Vec::new();
+        for kind in ResourceKind::ALL {
+            let asked = self.request.per_sliver.get(kind);
+            let mut best_free: HashMap<PublicKey, u64> = HashMap::new();
+            for c in self
+                .candidates
+                .iter()
+                .filter(|c| out_nodes.contains(&c.node))
+            {
+                let slot = best_free.entry(c.node).or_default();
+                *slot = (*slot).max(c.free.get(kind));
+            }
+            let mut frees: Vec<u64> = best_free.into_values().collect();
+            frees.sort_unstable_by(|a, b| b.cmp(a));
+            let at = self.missing.clamp(1, frees.len().max(1)) - 1;
+            if let Some(level) = frees.get(at).copied().filter(|l| *l < asked) {
+                out.push(Relax::Resource(kind, level));
             }
         }
-        Unfit::Federation => text.push_str("; allow more federations"),
-        Unfit::Price => text.push_str("; raise max_price or shorten the duration"),
-        Unfit::Excluded => text.push_str("; exclude fewer nodes"),
-        Unfit::NotListed => text.push_str("; list more nodes or ask for a count instead"),
+        let constraints = &self.request.constraints;
+        if constraints.max_price.is_some() {
+            out.push(Relax::Price(None));
+        }
+        if !constraints.federations.is_empty() {
+            out.push(Relax::Federations);
+        }
+        if !constraints.exclude_nodes.is_empty() {
+            out.push(Relax::Exclusions);
+        }
+        if matches!(self.request.target, SliverTarget::Nodes(_)) {
+            out.push(Relax::Count);
+        }
+        out
     }
-    text
+
+    fn describe(&self, set: &[Relax]) -> String {
+        set.iter()
+            .map(|r| r.describe(self.request))
+            .collect::<Vec<_>>()
+            .join(" and ")
+    }
+
+    /// The hint: "; binding constraint: … would be satisfiable with …", or which constraints
+    /// must be relaxed together, or that no relaxation helps. At most [`MAX_HINT_REPLANS`]
+    /// re-plans.
+    fn explain(&self) -> String {
+        let mut singles: Vec<(Relax, Group)> = Vec::new();
+        if self.sites_short {
+            singles.push((Relax::MinSites(self.feasible_sites as u32), None));
+        }
+        for (reason, nodes) in self.rejected {
+            let relax = self.relaxation(*reason, nodes);
+            if !singles.iter().any(|(r, _)| *r == relax) {
+                singles.push((relax, Some((*reason, nodes.len()))));
+            }
+        }
+        if singles.is_empty() {
+            return format!(
+                "; no node that is offered is left out, so more nodes must be offered ({} \
+                 offered)",
+                self.candidates
+                    .iter()
+                    .map(|c| c.node)
+                    .collect::<HashSet<_>>()
+                    .len()
+            );
+        }
+        let mut replans = 0;
+        // One relaxation at a time, largest group first; the rest of the budget is for the
+        // combination.
+        let mut confirmed: Vec<(Vec<Relax>, Group)> = Vec::new();
+        for (relax, group) in singles.iter().take(MAX_SINGLE_RELAXATIONS) {
+            if let Some(plan) = self.try_relaxed(&[*relax], &mut replans) {
+                let mut set = vec![*relax];
+                self.concrete(&mut set, &plan, &mut replans);
+                confirmed.push((set, *group));
+            }
+        }
+        if let Some((_, group)) = confirmed.first() {
+            let mut text = String::new();
+            if let Some((reason, count)) = group {
+                text.push_str(&format!(
+                    "; binding constraint: {} ({count} nodes)",
+                    reason.label()
+                ));
+            }
+            let ways: Vec<String> = confirmed.iter().map(|(s, _)| self.describe(s)).collect();
+            text.push_str(&format!(
+                "; would be satisfiable with {}",
+                ways.join(", or with ")
+            ));
+            return text;
+        }
+        // No single relaxation is enough: all of them together, then drop what is not needed.
+        let counts: Vec<String> = self
+            .rejected
+            .iter()
+            .map(|(reason, nodes)| format!("{} {}", nodes.len(), reason.label()))
+            .collect();
+        let mut set: Vec<Relax> = singles.iter().map(|(r, _)| *r).collect();
+        // A node counts only under its first failed check, so constraints it also fails hide
+        // behind that one: relax every constraint the request sets.
+        for relax in self.every_relaxation() {
+            match (relax, set.iter_mut().find(|r| same_kind(**r, relax))) {
+                (Relax::Resource(_, level), Some(Relax::Resource(_, have))) => {
+                    *have = (*have).min(level);
+                }
+                (_, Some(_)) => {}
+                (_, None) => set.push(relax),
+            }
+        }
+        let mut plan = match self.replan(&set, &mut replans) {
+            Some(plan) if plan.satisfiable => plan,
+            Some(plan) => {
+                return format!(
+                    "; not satisfiable even with {} ({} of {} slivers could then be placed): \
+                     more nodes must be offered",
+                    self.describe(&set),
+                    plan.chosen.len() + self.held.len(),
+                    self.request.target.count()
+                );
+            }
+            None => {
+                return format!(
+                    "; no single change tried makes it satisfiable (nodes not fitting, by first \
+                     failed check: {}); relax several of: {}",
+                    counts.join(", "),
+                    self.describe(&set)
+                );
+            }
+        };
+        let mut i = 0;
+        while i < set.len() && set.len() > 1 && replans < MAX_HINT_REPLANS {
+            let mut fewer = set.clone();
+            fewer.remove(i);
+            match self.try_relaxed(&fewer, &mut replans) {
+                Some(p) => {
+                    set = fewer;
+                    plan = p;
+                }
+                None => i += 1,
+            }
+        }
+        self.concrete(&mut set, &plan, &mut replans);
+        format!(
+            "; no single constraint is binding (nodes not fitting, by first failed check: {}); \
+             would be satisfiable only with these together: {}",
+            counts.join(", "),
+            self.describe(&set)
+        )
+    }
+}
+
+/// Whether two relaxations loosen the same constraint.
+fn same_kind(a: Relax, b: Relax) -> bool {
+    match (a, b) {
+        (Relax::Resource(x, _), Relax::Resource(y, _)) => x == y,
+        _ => std::mem::discriminant(&a) == std::mem::discriminant(&b),
+    }
+}
+
+fn set_resource(resources: &mut Resources, kind: ResourceKind, amount: u64) {
+    match kind {
+        ResourceKind::Cpu => resources.cpu_millis = amount,
+        ResourceKind::Memory => resources.memory_bytes = amount,
+        ResourceKind::Disk => resources.disk_bytes = amount,
+        ResourceKind::Egress => resources.egress_kbps = amount,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use capability_schema::AcquireMode;
-    use capability_schema::identity::test_key;
+    use capability_schema::identity::{SecretKey, test_key};
+    use std::collections::BTreeSet;
+
     use capability_schema::slice::{SliceConstraints, SliceKind};
 
     use super::*;
@@ -494,6 +897,12 @@ mod tests {
             "{}",
             p.explanation
         );
+        assert!(
+            p.explanation
+                .contains("would be satisfiable with min_sites lowered to 1 (asked 2)"),
+            "{}",
+            p.explanation
+        );
     }
 
     #[test]
@@ -525,17 +934,85 @@ mod tests {
             test_key(3).public(),
             test_key(9).public(),
         ]);
-        req.constraints.exclude_nodes = vec![test_key(3).public()];
+        req.constraints.exclude_nodes = vec![test_key(4).public()];
         let p = plan(&req, &cands);
         assert!(!p.satisfiable);
-        assert_eq!(p.chosen.len(), 1);
-        assert_eq!(p.chosen[0].node, test_key(2).public());
+        assert_eq!(p.chosen.len(), 2);
+        assert!(p.chosen.iter().all(|s| s.node != test_key(4).public()));
         assert!(
             p.explanation
                 .contains("1 of the nodes asked for are offered by no agent"),
             "{}",
             p.explanation
         );
+        let groups: Vec<(&str, u32)> = p
+            .rejected
+            .iter()
+            .map(|g| (g.reason.as_str(), g.count))
+            .collect();
+        assert_eq!(
+            groups,
+            vec![
+                ("excluded by the request", 1),
+                ("not among the nodes asked for", 1)
+            ]
+        );
+    }
+
+    #[test]
+    fn impossible_shapes_are_malformed_not_unsatisfiable() {
+        let cands: Vec<Candidate> = (1..=6)
+            .map(|i| cand(i, "a", &format!("s{i}"), res(4000, 4096), 1))
+            .collect();
+        let mut req = request(3, res(100, 1));
+        req.constraints.min_sites = 5;
+        assert_eq!(
+            check_shape(&req),
+            Err(ShapeError::MinSitesAboveCount {
+                min_sites: 5,
+                count: 3
+            })
+        );
+        let p = plan(&req, &cands);
+        assert!(!p.satisfiable);
+        assert!(p.chosen.is_empty());
+        assert!(
+            p.explanation.starts_with("malformed request: min_sites 5"),
+            "{}",
+            p.explanation
+        );
+        assert!(
+            p.explanation.contains("lower min_sites to at most 3"),
+            "{}",
+            p.explanation
+        );
+        assert!(!p.explanation.contains("lower min_sites to 5"));
+        // min_sites equal to the count is fine.
+        req.constraints.min_sites = 3;
+        assert_eq!(check_shape(&req), Ok(()));
+        assert!(plan(&req, &cands).satisfiable);
+
+        assert_eq!(
+            check_shape(&request(0, res(100, 1))),
+            Err(ShapeError::NoSlivers)
+        );
+        assert!(
+            plan(&request(0, res(100, 1)), &cands)
+                .explanation
+                .contains("asks for no slivers")
+        );
+        let mut twice = request(0, res(100, 1));
+        twice.target = SliverTarget::Nodes(vec![test_key(1).public(), test_key(1).public()]);
+        assert!(matches!(
+            check_shape(&twice),
+            Err(ShapeError::DuplicateNode { times: 2, .. })
+        ));
+        let mut both = request(0, res(100, 1));
+        both.target = SliverTarget::Nodes(vec![test_key(1).public(), test_key(2).public()]);
+        both.constraints.exclude_nodes = vec![test_key(2).public()];
+        let err = check_shape(&both).unwrap_err();
+        assert!(matches!(err, ShapeError::ListedAndExcluded { .. }));
+        assert!(err.to_string().contains("drop it from one"), "{err}");
     }
 
     #[test]
@@ -588,5 +1065,262 @@ mod tests {
         ];
         let p = plan(&request(1, res(500, 1)), &cands);
         assert_eq!(p.chosen[0].node, test_key(2).public());
+    }
+
+    #[test]
+    fn every_node_not_picked_is_in_exactly_one_group() {
+        // 2,000 offers, 100 picked: the nodes that fit but were not needed are counted in
+        // full, not capped at the alternatives kept.
+        let cands: Vec<Candidate> = (0..2_000u32)
+            .map(|i| {
+                let mut seed = [7u8; 32];
+                seed[..4].copy_from_slice(&i.to_le_bytes());
+                let mut c = cand(0, "a", &format!("s{}", i % 100), res(4000, 4096), 1);
+                c.node = SecretKey::from_bytes(&seed).public();
+                if i % 4 == 0 {
+                    c.free = res(4000, 64);
+                }
+                c
+            })
+            .collect();
+        let p = plan(&request(100, res(500, 256)), &cands);
+        assert!(p.satisfiable, "{}", p.explanation);
+        let total: u32 = p.rejected.iter().map(|g| g.count).sum();
+        assert_eq!(total as usize, 2_000 - 100);
+        let fit = p
+            .rejected
+            .iter()
+            .find(|g| g.reason == FIT_NOT_NEEDED)
+            .expect("a fit, not needed group");
+        assert_eq!(fit.count, 1_500 - 100);
+        assert_eq!(fit.examples.len(), EXAMPLES_PER_GROUP);
+        assert_eq!(p.alternatives.len(), MAX_ALTERNATIVES);
+        assert!(
+            p.explanation
+                .contains("1400 more nodes fit as alternatives"),
+            "{}",
+            p.explanation
+        );
+    }
+
+    /// A small deterministic generator, so the case table is large but reproducible.
+    struct Lcg(u64);
+
+    impl Lcg {
+        fn next(&mut self, below: u64) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (self.0 >> 33) % below.max(1)
+        }
+    }
+
+    #[test]
+    fn group_counts_add_up_to_the_nodes_not_picked_in_every_case() {
+        let feds = ["a", "b", "c"];
+        let (mut ran, mut satisfiable) = (0, 0);
+        for seed in 0..300u64 {
+            let mut rng = Lcg(seed);
+            let nodes = 1 + rng.next(40) as u8;
+            let mut cands = Vec::new();
+            for n in 0..nodes {
+                // One or two offers per node, from different agents and prices.
+                for agent in 0..1 + rng.next(2) as u8 {
+                    let mut c = cand(
+                        n,
+                        feds[rng.next(3) as usize],
+                        &format!("s{}", rng.next(6)),
+                        res(rng.next(3000), rng.next(2048)),
+                        rng.next(50),
+                    );
+                    c.agent = test_key(200 + agent).public();
+                    c.load_milli = rng.next(3000);
+                    cands.push(c);
+                }
+            }
+            let count = 1 + rng.next(u64::from(nodes) + 3) as u32;
+            let mut req = request(count, res(rng.next(1500), rng.next(1024)));
+            req.constraints.min_sites = rng.next(u64::from(count.min(4)) + 1) as u32;
+            if rng.next(2) == 0 {
+                req.constraints.federations = vec![feds[rng.next(3) as usize].into()];
+            }
+            if rng.next(2) == 0 {
+                req.constraints.max_price = Some(rng.next(40));
+            }
+            let excluded: Vec<PublicKey> = (0..rng.next(4))
+                .map(|_| test_key(rng.next(u64::from(nodes)) as u8).public())
+                .collect();
+            if rng.next(4) == 0 {
+                let listed: BTreeSet<u8> = (0..count)
+                    .map(|_| rng.next(u64::from(nodes) + 2) as u8)
+                    .collect();
+                req.target = SliverTarget::Nodes(
+                    listed
+                        .into_iter()
+                        .map(|n| test_key(n).public())
+                        .filter(|k| !excluded.contains(k))
+                        .collect(),
+                );
+                req.constraints.min_sites =
+                    req.constraints.min_sites.min(req.target.count() as u32);
+            }
+            req.constraints.exclude_nodes = excluded;
+            if check_shape(&req).is_err() {
+                continue;
+            }
+            let p = plan(&req, &cands);
+            ran += 1;
+            satisfiable += usize::from(p.satisfiable);
+            let offered: HashSet<PublicKey> = cands.iter().map(|c| c.node).collect();
+            let picked: HashSet<PublicKey> = p.chosen.iter().map(|s| s.node).collect();
+            assert_eq!(
+                picked.len(),
+                p.chosen.len(),
+                "seed {seed}: a node picked twice"
+            );
+            let total: u32 = p.rejected.iter().map(|g| g.count).sum();
+            assert_eq!(
+                total as usize,
+                offered.len() - picked.len(),
+                "seed {seed}: {:?}",
+                p.rejected
+            );
+            assert!(p.chosen.len() <= req.target.count(), "seed {seed}");
+            if p.satisfiable {
+                let sites: HashSet<&str> = p.chosen.iter().map(|s| s.site.as_str()).collect();
+                assert_eq!(p.chosen.len(), req.target.count(), "seed {seed}");
+                assert!(
+                    sites.len() >= req.constraints.min_sites as usize,
+                    "seed {seed}"
+                );
+            } else {
+                assert!(!p.explanation.is_empty(), "seed {seed}");
+            }
+        }
+        // The table covers both outcomes, not only malformed shapes.
+        assert!(ran >= 250, "only {ran} cases planned");
+        assert!(
+            satisfiable > 20 && satisfiable < ran - 20,
+            "{satisfiable} of {ran}"
+        );
+    }
+
+    #[test]
+    fn among_equal_fits_the_cheaper_node_wins_at_the_same_spread() {
+        // Two sites, two equally free nodes each, different prices.
+        let cands = vec![
+            cand(1, "a", "s1", res(4000, 4096), 50),
+            cand(2, "a", "s1", res(4000, 4096), 5),
+            cand(3, "a", "s2", res(4000, 4096), 7),
+            cand(4, "a", "s2", res(4000, 4096), 70),
+        ];
+        let p = plan(&request(2, res(1000, 256)), &cands);
+        assert!(p.satisfiable, "{}", p.explanation);
+        let mut picked: Vec<PublicKey> = p.chosen.iter().map(|s| s.node).collect();
+        picked.sort();
+        let mut cheap = vec![test_key(2).public(), test_key(3).public()];
+        cheap.sort();
+        assert_eq!(picked, cheap, "{:?}", p.chosen);
+        // One sliver: the cheapest of all.
+        let p = plan(&request(1, res(1000, 256)), &cands);
+        assert_eq!(p.chosen[0].node, test_key(2).public());
+        // Cheaper does not beat spread: three slivers take both sites.
+        let p = plan(&request(3, res(1000, 256)), &cands);
+        let sites: HashSet<&str> = p.chosen.iter().map(|s| s.site.as_str()).collect();
+        assert_eq!(sites.len(), 2);
+        assert!(p.chosen.iter().all(|s| s.node != test_key(4).public()));
+    }
+
+    #[test]
+    fn the_hint_names_the_constraint_whose_relaxation_works_not_the_largest_group() {
+        // One node fits. Ten fail memory first, and their price is above the cap too; three
+        // fail only the federation. Relaxing memory alone would not help.
+        let mut cands = vec![cand(1, "a", "ok", res(4000, 4096), 1)];
+        cands.extend((10..20).map(|i| cand(i, "a", &format!("m{i}"), res(4000, 128), 100)));
+        cands.extend((30..33).map(|i| cand(i, "z", &format!("z{i}"), res(4000, 4096), 1)));
+        let mut req = request(4, res(500, 512));
+        req.constraints.federations = vec!["a".into()];
+        req.constraints.max_price = Some(10);
+        let p = plan(&req, &cands);
+        assert!(!p.satisfiable);
+        assert_eq!(
+            (p.rejected[0].reason.as_str(), p.rejected[0].count),
+            ("memory", 10)
+        );
+        assert!(
+            p.explanation
+                .contains("binding constraint: federation not allowed (3 nodes)"),
+            "{}",
+            p.explanation
+        );
+        assert!(
+            p.explanation
+                .contains("would be satisfiable with every federation allowed"),
+            "{}",
+            p.explanation
+        );
+        assert!(!p.explanation.contains("memory ≤"), "{}", p.explanation);
+        // The hint holds: applying it plans.
+        req.constraints.federations.clear();
+        assert!(plan(&req, &cands).satisfiable);
+    }
+
+    #[test]
+    fn constraints_that_only_help_together_are_named_together() {
+        let mut cands = vec![cand(1, "a", "ok", res(4000, 4096), 1)];
+        cands.extend((10..20).map(|i| cand(i, "a", &format!("m{i}"), res(4000, 128), 100)));
+        let mut req = request(4, res(500, 512));
+        req.constraints.max_price = Some(10);
+        let p = plan(&req, &cands);
+        assert!(!p.satisfiable);
+        assert!(
+            p.explanation.contains("no single constraint is binding"),
+            "{}",
+            p.explanation
+        );
+        assert!(
+            p.explanation.contains(
+                "only with these together: memory ≤ 128MiB per sliver (asked 512MiB) and \
+                 max_price raised to 50 (asked 10)"
+            ),
+            "{}",
+            p.explanation
+        );
+        // Confirm the claim, and that neither half alone is enough.
+        let mut both = req.clone();
+        both.per_sliver.memory_bytes = 128 << 20;
+        both.constraints.max_price = Some(50);
+        assert!(plan(&both, &cands).satisfiable);
+        let mut memory_only = req.clone();
+        memory_only.per_sliver.memory_bytes = 128 << 20;
+        assert!(!plan(&memory_only, &cands).satisfiable);
+    }
+
+    #[test]
+    fn no_hint_is_made_up_when_nothing_would_help() {
+        let cands = vec![
+            cand(1, "a", "s1", res(4000, 4096), 1),
+            cand(2, "a", "s2", res(4000, 64), 1),
+        ];
+        let p = plan(&request(5, res(500, 512)), &cands);
+        assert!(!p.satisfiable);
+        assert!(
+            !p.explanation.contains("would be satisfiable"),
+            "{}",
+            p.explanation
+        );
+        assert!(
+            p.explanation
+                .contains("not satisfiable even with memory ≤ 64MiB"),
+            "{}",
+            p.explanation
+        );
+        assert!(
+            p.explanation
+                .contains("2 of 5 slivers could then be placed"),
+            "{}",
+            p.explanation
+        );
     }
 }

@@ -280,7 +280,9 @@ pub async fn start(
     Ok((running, shutdown))
 }
 
-/// Checks what a request must hold before any agent is asked.
+/// Checks what a request must hold before any agent is asked: a name, a duration, and a shape
+/// some offers could satisfy ([`crate::planner::check_shape`]: slivers asked, `min_sites` at
+/// most the sliver count, nodes listed once and not excluded).
 pub fn check_request(request: &SliceRequest) -> Result<(), Rejection> {
     let malformed = |detail: &str| {
         Err(Rejection::Malformed {
@@ -293,10 +295,9 @@ pub fn check_request(request: &SliceRequest) -> Result<(), Rejection> {
     if request.duration_secs == 0 {
         return malformed("the slice needs a duration");
     }
-    if request.target.count() == 0 {
-        return malformed("the request asks for no slivers");
-    }
-    Ok(())
+    crate::planner::check_shape(request).map_err(|e| Rejection::Malformed {
+        detail: e.to_string(),
+    })
 }
 
 async fn serve_one(
@@ -351,5 +352,59 @@ async fn serve_one(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use capability_schema::identity::test_key;
+    use capability_schema::slice::{SliceConstraints, SliceKind, SliverTarget};
+    use capability_schema::{AcquireMode, Resources};
+
+    use super::*;
+
+    fn request(count: u32, min_sites: u32) -> SliceRequest {
+        SliceRequest {
+            name: "site_s".into(),
+            principal: test_key(1).public(),
+            principal_federation: "plc".into(),
+            kind: SliceKind::Regular,
+            per_sliver: Resources::ZERO,
+            target: SliverTarget::Count(count),
+            constraints: SliceConstraints {
+                min_sites,
+                ..SliceConstraints::default()
+            },
+            duration_secs: 60,
+            mode: AcquireMode::AllOrNothing,
+        }
+    }
+
+    fn detail(request: &SliceRequest) -> String {
+        match check_request(request) {
+            Err(Rejection::Malformed { detail }) => detail,
+            other => panic!("not malformed: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn impossible_shapes_are_refused_as_malformed_before_planning() {
+        assert_eq!(check_request(&request(3, 3)), Ok(()));
+        let text = detail(&request(3, 5));
+        assert!(
+            text.contains("min_sites 5 is more than the 3 slivers"),
+            "{text}"
+        );
+        assert!(text.contains("lower min_sites to at most 3"), "{text}");
+        assert!(detail(&request(0, 0)).contains("asks for no slivers"));
+        let mut twice = request(0, 0);
+        twice.target = SliverTarget::Nodes(vec![test_key(2).public(), test_key(2).public()]);
+        assert!(detail(&twice).contains("list each node once"));
+        let mut unnamed = request(1, 0);
+        unnamed.name.clear();
+        assert!(detail(&unnamed).contains("needs a name"));
+        let mut instant = request(1, 0);
+        instant.duration_secs = 0;
+        assert!(detail(&instant).contains("needs a duration"));
     }
 }
