@@ -178,6 +178,7 @@ fn main() {
                 node: nodes[i].key.public(),
                 principal: alice.public(),
                 requester: Some(alice.public()),
+                principal_federation: Some("plc".into()),
                 slice: "site0_bench".into(),
                 resources: per,
                 issued_at: NOW,

@@ -4,7 +4,9 @@
 //! `GetTickets` flows as follows:
 //! 1. who is the principal? Its membership certificate is checked by the trust store: a member
 //!    of this agent's federation, or of another under a peering agreement in force;
-//! 2. the policy judges the whole ask (prefix, admin, duration, quota, peering limits);
+//! 2. the policy judges the whole ask (prefix, admin, duration, quota, peering limits; the
+//!    peering total counts the outstanding tickets of every principal of the principal's
+//!    federation, which the ledger records with each ticket);
 //! 3. each sliver is checked against the node's entry in the inventory: the free part of this
 //!    agent's share (share × oversubscription − outstanding tickets, bounded by what the node
 //!    reports free) and the price cap; slivers that fail are refused one by one with a reason;
@@ -351,7 +353,13 @@ impl Agent {
             total,
             duration_secs: request.not_after - start,
         };
-        self.policy.check(&facts, usage, &ask)?;
+        let federation_total = facts
+            .federation
+            .as_ref()
+            .and_then(|f| outstanding.by_federation.get(f))
+            .copied()
+            .unwrap_or_default();
+        self.policy.check(&facts, usage, federation_total, &ask)?;
 
         let mut inventory = lock(&self.inventory);
         inventory.expire(now);
@@ -442,6 +450,7 @@ impl Agent {
                 node: spec.node,
                 principal: request.principal,
                 requester: Some(*caller),
+                principal_federation: facts.federation.clone(),
                 slice: request.slice.clone(),
                 resources: spec.resources,
                 issued_at: now,

@@ -82,6 +82,11 @@ pub struct TicketRecord {
     /// in records written before it was kept.
     #[serde(default)]
     pub requester: Option<PublicKey>,
+    /// The federation of the principal's membership certificate (none: not certified, or a
+    /// record written before it was kept). A peering agreement's `max_total` counts the
+    /// tickets of all principals of one federation by it.
+    #[serde(default)]
+    pub principal_federation: Option<String>,
     /// The slice.
     pub slice: String,
     /// The resources granted.
@@ -109,10 +114,11 @@ impl TicketRecord {
 }
 
 /// What counting needs of one ticket, kept in memory so a request never decodes the ledger.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Live {
     node: PublicKey,
     principal: PublicKey,
+    principal_federation: Option<std::sync::Arc<str>>,
     resources: Resources,
     not_after: u64,
 }
@@ -134,6 +140,7 @@ fn live_of(record: &TicketRecord) -> Live {
     Live {
         node: record.node,
         principal: record.principal,
+        principal_federation: record.principal_federation.as_deref().map(Into::into),
         resources: record.resources,
         not_after: record.not_after,
     }
@@ -261,8 +268,8 @@ impl TicketLedger {
         Ok(out)
     }
 
-    /// What is outstanding at `now`: per node, and per principal (from the in-memory index of
-    /// unreleased tickets, so no record is decoded).
+    /// What is outstanding at `now`: per node, per principal and per principals' federation
+    /// (from the in-memory index of unreleased tickets, so no record is decoded).
     /// Tickets past their end by more than [`FORGET_AFTER_SECS`] leave the in-memory index
     /// here (their durable records stay), so it holds what can still count, not every ticket
     /// ever minted.
@@ -277,6 +284,13 @@ impl TicketLedger {
             let usage = out.by_principal.entry(t.principal).or_default();
             usage.slivers = usage.slivers.saturating_add(1);
             usage.total = usage.total.checked_add(&t.resources).unwrap_or(usage.total);
+            if let Some(federation) = &t.principal_federation {
+                let total = match out.by_federation.get_mut(&**federation) {
+                    Some(total) => total,
+                    None => out.by_federation.entry(federation.to_string()).or_default(),
+                };
+                *total = total.checked_add(&t.resources).unwrap_or(*total);
+            }
         }
         Ok(out)
     }
@@ -289,6 +303,9 @@ pub struct Outstanding {
     pub by_node: BTreeMap<PublicKey, Resources>,
     /// Per principal.
     pub by_principal: BTreeMap<PublicKey, Usage>,
+    /// Resources per federation of the principals (tickets whose principal's federation is
+    /// recorded).
+    pub by_federation: BTreeMap<String, Resources>,
 }
 
 #[cfg(test)]
@@ -303,6 +320,7 @@ mod tests {
             node: test_key(1).public(),
             principal: test_key(50).public(),
             requester: Some(test_key(60).public()),
+            principal_federation: Some("ple".into()),
             slice: "s".into(),
             resources: Resources {
                 cpu_millis: 100,
@@ -329,6 +347,7 @@ mod tests {
         let out = ledger.outstanding(10).unwrap();
         assert_eq!(out.by_node[&test_key(1).public()].cpu_millis, 200);
         assert_eq!(out.by_principal[&test_key(50).public()].slivers, 2);
+        assert_eq!(out.by_federation["ple"].cpu_millis, 200);
         assert_eq!(
             ledger.outstanding(60).unwrap().by_node[&test_key(1).public()].cpu_millis,
             100
@@ -349,6 +368,10 @@ mod tests {
             1
         );
         assert!(ledger.outstanding(10).unwrap().by_node[&test_key(1).public()].cpu_millis == 100);
+        assert_eq!(
+            ledger.outstanding(10).unwrap().by_federation["ple"].cpu_millis,
+            100
+        );
         // Long past their end, tickets leave the index; their records stay.
         ledger.outstanding(50 + FORGET_AFTER_SECS + 1).unwrap();
         assert!(ledger.lock().is_empty());

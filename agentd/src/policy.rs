@@ -4,7 +4,9 @@
 //! 1. `principal`: the principal is listed in the policy, or presents a membership certificate
 //!    the trust store accepts (its own federation, or another under a peering agreement);
 //! 2. `peering`: a principal of another federation needs an agreement in force (the trust store
-//!    says which) and stays within its limits (slivers per principal, duration);
+//!    says which) and stays within its limits: slivers per principal, duration, and the total
+//!    resources outstanding for all principals of that federation together (`max_total`; the
+//!    refusal says how much of it is left);
 //! 3. `slice-prefix`: the slice name starts with one of the principal's prefixes (by default
 //!    the principal's site followed by `_`, as PlanetLab named slices);
 //! 4. `admin-only`: admin slices, and their capabilities, only for admins;
@@ -14,6 +16,7 @@
 use std::collections::BTreeMap;
 
 use capability_schema::membership::PeeringLimits;
+use capability_schema::resources::ResourceKind;
 use capability_schema::{PublicKey, Rejection, Resources};
 use serde::{Deserialize, Serialize};
 
@@ -112,7 +115,8 @@ pub struct PrincipalFacts {
     pub peering: Option<PeeringLimits>,
 }
 
-/// What a principal has outstanding now.
+/// What a principal has outstanding now (and, for the peering limit on the total, what all
+/// principals of its federation have: [`Policy::check`]'s `federation_total`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
     /// Slivers.
@@ -166,11 +170,14 @@ impl Policy {
         &self.config
     }
 
-    /// Judges an ask, or names the rule that refuses it.
+    /// Judges an ask, or names the rule that refuses it. `usage` is what the principal has
+    /// outstanding; `federation_total` what all principals of its federation have (only a
+    /// peering agreement's `max_total` reads it).
     pub fn check(
         &self,
         who: &PrincipalFacts,
         usage: Usage,
+        federation_total: Resources,
         ask: &Ask<'_>,
     ) -> Result<PrincipalRole, Rejection> {
         // 1. principal
@@ -205,6 +212,26 @@ impl Policy {
                     format!(
                         "the peering agreement allows leases of at most {max} s; {} s asked",
                         ask.duration_secs
+                    ),
+                ));
+            }
+            if let Some(max) = &limits.max_total
+                && let Some(kind) = federation_total
+                    .checked_add(&ask.total)
+                    .map_or(Some(ResourceKind::Cpu), |after| after.first_excess(max))
+            {
+                let left = max.saturating_sub(&federation_total);
+                return Err(refuse(
+                    "peering",
+                    format!(
+                        "the peering agreement allows {} {kind} at once for all principals of \
+                         federation {}: {} outstanding, {} asked, {} left (all that is left: {left}); \
+                         ask for less or wait for tickets to end",
+                        kind.format(max.get(kind)),
+                        who.federation.as_deref().unwrap_or("?"),
+                        kind.format(federation_total.get(kind)),
+                        kind.format(ask.total.get(kind)),
+                        kind.format(left.get(kind)),
                     ),
                 ));
             }
@@ -259,11 +286,7 @@ impl Policy {
         }
         if let Some(max) = &quota.max_total {
             let after = usage.total.checked_add(&ask.total);
-            if let Some(kind) = after
-                .map_or(Some(capability_schema::resources::ResourceKind::Cpu), |a| {
-                    a.first_excess(max)
-                })
-            {
+            if let Some(kind) = after.map_or(Some(ResourceKind::Cpu), |a| a.first_excess(max)) {
                 return Err(refuse(
                     "quota",
                     format!(
@@ -339,12 +362,22 @@ mod tests {
     fn certified_member_gets_its_site_prefix() {
         let p = Policy::new(PolicyConfig::default());
         assert_eq!(
-            p.check(&member(1), Usage::default(), &ask("princeton_codeen", 2))
-                .unwrap(),
+            p.check(
+                &member(1),
+                Usage::default(),
+                Resources::ZERO,
+                &ask("princeton_codeen", 2)
+            )
+            .unwrap(),
             PrincipalRole::User
         );
         assert_eq!(
-            rule_of(p.check(&member(1), Usage::default(), &ask("mit_x", 2))),
+            rule_of(p.check(
+                &member(1),
+                Usage::default(),
+                Resources::ZERO,
+                &ask("mit_x", 2)
+            )),
             "slice-prefix"
         );
     }
@@ -359,7 +392,7 @@ mod tests {
             peering: None,
         };
         assert!(matches!(
-            p.check(&stranger, Usage::default(), &ask("x_y", 1)),
+            p.check(&stranger, Usage::default(), Resources::ZERO, &ask("x_y", 1)),
             Err(Rejection::UnknownPrincipal { .. })
         ));
     }
@@ -377,11 +410,12 @@ mod tests {
         let mut admin_ask = ask("princeton_admin", 1);
         admin_ask.admin = true;
         assert_eq!(
-            rule_of(p.check(&member(1), Usage::default(), &admin_ask)),
+            rule_of(p.check(&member(1), Usage::default(), Resources::ZERO, &admin_ask)),
             "admin-only"
         );
         assert_eq!(
-            p.check(&member(2), Usage::default(), &admin_ask).unwrap(),
+            p.check(&member(2), Usage::default(), Resources::ZERO, &admin_ask)
+                .unwrap(),
             PrincipalRole::Admin
         );
     }
@@ -394,7 +428,7 @@ mod tests {
             total: Resources::ZERO,
         };
         assert_eq!(
-            rule_of(p.check(&member(1), used, &ask("princeton_a", 2))),
+            rule_of(p.check(&member(1), used, Resources::ZERO, &ask("princeton_a", 2))),
             "quota"
         );
         let mut foreign = member(3);
@@ -404,14 +438,99 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(
-            rule_of(p.check(&foreign, Usage::default(), &ask("princeton_a", 2))),
+            rule_of(p.check(
+                &foreign,
+                Usage::default(),
+                Resources::ZERO,
+                &ask("princeton_a", 2)
+            )),
             "peering"
         );
         let mut long = ask("princeton_a", 1);
         long.duration_secs = 30 * 86_400;
         assert_eq!(
-            rule_of(p.check(&member(1), Usage::default(), &long)),
+            rule_of(p.check(&member(1), Usage::default(), Resources::ZERO, &long)),
             "duration"
+        );
+    }
+
+    #[test]
+    fn peering_total_counts_the_whole_federation_and_says_what_is_left() {
+        let p = Policy::new(PolicyConfig::default());
+        let max: Resources = "cpu=2 cores,memory=2GiB,disk=10GiB,egress=10Mbit"
+            .parse()
+            .unwrap();
+        let mut foreign = member(5);
+        foreign.federation = Some("ple".into());
+        foreign.peering = Some(PeeringLimits {
+            max_total: Some(max),
+            ..Default::default()
+        });
+        let asking = |total: &str| Ask {
+            total: total.parse().unwrap(),
+            ..ask("princeton_a", 1)
+        };
+        let held: Resources = "cpu=1 core,memory=1GiB".parse().unwrap();
+        // Up to the limit exactly is served; the principal's own usage is not what counts.
+        assert_eq!(
+            p.check(
+                &foreign,
+                Usage::default(),
+                held,
+                &asking("cpu=1 core,memory=1GiB,disk=10GiB,egress=10Mbit")
+            ),
+            Ok(PrincipalRole::User)
+        );
+        // One millicore more is refused, by the peering rule, with what is left.
+        let refused = p.check(
+            &foreign,
+            Usage::default(),
+            held,
+            &asking("cpu=1001m,memory=1GiB"),
+        );
+        let Err(Rejection::Policy { rule, detail }) = refused else {
+            panic!("not a policy refusal: {refused:?}");
+        };
+        assert_eq!(rule, "peering");
+        for needle in [
+            "federation ple",
+            "2 cores cpu",
+            "1 core outstanding",
+            "1001m asked",
+            "1 core left",
+            "all that is left: cpu=1 core,memory=1GiB,disk=10GiB,egress=10Mbit",
+        ] {
+            assert!(detail.contains(needle), "{needle:?} not in {detail:?}");
+        }
+        // A component the limit leaves out is a limit of zero there.
+        let mut cpu_only = foreign.clone();
+        cpu_only.peering = Some(PeeringLimits {
+            max_total: Some("cpu=4 cores".parse().unwrap()),
+            ..Default::default()
+        });
+        let refused = p.check(
+            &cpu_only,
+            Usage::default(),
+            Resources::ZERO,
+            &asking("cpu=1 core,memory=1MiB"),
+        );
+        assert!(
+            matches!(&refused, Err(Rejection::Policy { rule, detail }) if rule == "peering" && detail.contains("memory")),
+            "{refused:?}"
+        );
+        // An outstanding total that would overflow is refused, not wrapped.
+        let huge = Resources {
+            cpu_millis: u64::MAX,
+            ..Resources::ZERO
+        };
+        assert_eq!(
+            rule_of(p.check(&foreign, Usage::default(), huge, &asking("cpu=1m"))),
+            "peering"
+        );
+        // Members of the agent's own federation are not under a peering limit.
+        assert_eq!(
+            p.check(&member(5), Usage::default(), huge, &asking("cpu=1 core")),
+            Ok(PrincipalRole::User)
         );
     }
 
