@@ -2,6 +2,8 @@
 //! steps 2–4), across the agents of several federations.
 //!
 //! How an acquisition flows:
+//! 0. **Shape.** A request no offer could satisfy ([`planner::check_shape`]) fails as
+//!    `malformed` before any agent is asked.
 //! 1. **Gather.** `GetAds` goes to every agent at once (at most `concurrency` in flight, each
 //!    bounded by `call_timeout`). Every offer's ad is checked by the trust store (node
 //!    signature, membership, expiry) and must come from the agent asked; what passes becomes a
@@ -9,10 +11,15 @@
 //! 2. **Plan** with [`planner::plan_around`] (nothing held yet).
 //! 3. **Ask.** The chosen slivers are grouped per agent; one `GetTickets` per agent, in
 //!    parallel. Issued tickets are kept (a ticket for a node that was not asked is released at
-//!    once); a refused sliver excludes that (node, agent) pair; an agent that refuses the whole
+//!    once, to all such agents in parallel); a refused sliver excludes that (node, agent) pair; an agent that refuses the whole
 //!    request, times out or cannot be reached is excluded altogether.
 //! 4. **Replan** around the exclusions for the slivers still missing, preferring new sites,
 //!    for at most `max_rounds` rounds.
+//!
+//! The whole of steps 1–4 is bounded by the acquisition's deadline ([`Acquirer::with_deadline`],
+//! by default [`DEADLINE_CALLS`] × `call_timeout`): a call never outlives it, and no round
+//! starts after it. Settling still hands tickets back (each call bounded by `call_timeout`), so
+//! an acquisition answers within the deadline plus one `call_timeout`.
 //! 5. **Settle.** Complete: the tickets and the report. Short, `all-or-nothing`: every ticket
 //!    obtained is handed back with `Released` (the agents stop counting it; unredeemed, it
 //!    lapses anyway; an agent accepts it from the peer that obtained the tickets, which is
@@ -25,6 +32,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::future::Future;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use capability_schema::protocol::{
     AdQuery, AgentRequest, AgentResponse, IssuedTicket, NodeOffer, PlannedSliver, RefusedSliver,
@@ -177,6 +186,10 @@ impl Default for AcquireSettings {
     }
 }
 
+/// The default deadline of a whole acquisition, in call timeouts: the offers, one round of
+/// tickets and one replan, each with an agent answering at the last moment.
+pub const DEADLINE_CALLS: u32 = 3;
+
 /// What the agents offered.
 #[derive(Debug, Clone, Default)]
 pub struct Gathered {
@@ -193,7 +206,10 @@ pub struct Gathered {
 /// Why an acquisition returned nothing: the reply to send, whose reason says the class
 /// (`unsatisfiable`, `unreachable`, `policy`, `no_peering`, …) and whose message names the
 /// binding constraint and what happened.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+///
+/// It travels to callers that ask for it (`crate::wire::SliceAsk::detailed_failure`), so they
+/// can show the plan and the report, not only the sentence.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 #[error("{reply}")]
 pub struct AcquireFailure {
     /// The reply.
@@ -210,6 +226,7 @@ pub struct Acquirer<C> {
     client: C,
     trust: SharedTrust,
     settings: AcquireSettings,
+    deadline: Duration,
 }
 
 /// One sliver obtained.
@@ -220,13 +237,24 @@ struct Held {
 }
 
 impl<C: AgentClient> Acquirer<C> {
-    /// An acquirer asking agents through `client`, checking ads with `trust`.
+    /// An acquirer asking agents through `client`, checking ads with `trust`. Each
+    /// acquisition's deadline is [`DEADLINE_CALLS`] × `call_timeout` (30 s at the default
+    /// 10 s); [`Acquirer::with_deadline`] sets another.
     pub fn new(client: C, trust: SharedTrust, settings: AcquireSettings) -> Self {
+        let deadline = settings.call_timeout.saturating_mul(DEADLINE_CALLS);
         Acquirer {
             client,
             trust,
             settings,
+            deadline,
         }
+    }
+
+    /// The same acquirer with `deadline` for each whole acquisition (gathering, ticket
+    /// rounds, replans; handing tickets back afterwards is bounded by `call_timeout` alone).
+    pub fn with_deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
     }
 
     /// The settings.
@@ -234,6 +262,12 @@ impl<C: AgentClient> Acquirer<C> {
         &self.settings
     }
 
+    /// The deadline of each whole acquisition.
+    pub fn deadline(&self) -> Duration {
+        self.deadline
+    }
+
+    /// `call` bounded by `call_timeout`.
     async fn bounded<T>(
         &self,
         call: impl Future<Output = Result<T, CallError>>,
@@ -243,17 +277,54 @@ impl<C: AgentClient> Acquirer<C> {
             .unwrap_or(Err(CallError::Timeout(self.settings.call_timeout)))
     }
 
+    /// `call` bounded by `call_timeout` and by `until`, whichever comes first.
+    async fn bounded_until<T>(
+        &self,
+        call: impl Future<Output = Result<T, CallError>>,
+        until: Instant,
+    ) -> Result<T, CallError> {
+        let limit = self
+            .settings
+            .call_timeout
+            .min(until.saturating_duration_since(Instant::now()));
+        tokio::time::timeout(limit, call)
+            .await
+            .unwrap_or(Err(CallError::Timeout(limit)))
+    }
+
+    /// Hands tickets back, all agents at once (at most `concurrency` in flight); answers how
+    /// many agents could not be told.
+    async fn release(&self, per_agent: BTreeMap<PublicKey, Vec<String>>) -> usize {
+        let results: Vec<Result<u32, CallError>> = futures::stream::iter(per_agent)
+            .map(|(agent, ids)| self.bounded(self.client.released(agent, ids)))
+            .buffer_unordered(self.settings.concurrency.max(1))
+            .collect()
+            .await;
+        results.iter().filter(|r| r.is_err()).count()
+    }
+
     /// Asks every agent of `agents` for offers matching `request` (all offers, so the plan
     /// can explain every node it leaves out; filtered by the request if an agent's answer is
     /// too large).
     pub async fn gather(&self, agents: &[PublicKey], request: &SliceRequest) -> Gathered {
+        self.gather_until(agents, request, Instant::now() + self.deadline)
+            .await
+    }
+
+    /// [`Acquirer::gather`], every call ending by `until`.
+    async fn gather_until(
+        &self,
+        agents: &[PublicKey],
+        request: &SliceRequest,
+        until: Instant,
+    ) -> Gathered {
         let now = unix_now();
         let agents: BTreeSet<PublicKey> = agents.iter().copied().collect();
         let answers: Vec<(PublicKey, Result<Vec<NodeOffer>, CallError>)> =
             futures::stream::iter(agents.iter().copied())
                 .map(|agent| async move {
                     let mut answer = self
-                        .bounded(self.client.get_ads(agent, AdQuery::default()))
+                        .bounded_until(self.client.get_ads(agent, AdQuery::default()), until)
                         .await;
                     if let Err(CallError::TooLarge(_)) = &answer {
                         // Too many offers for one answer: ask only for those that fit.
@@ -262,7 +333,9 @@ impl<C: AgentClient> Acquirer<C> {
                             federations: request.constraints.federations.clone(),
                             ..AdQuery::default()
                         };
-                        answer = self.bounded(self.client.get_ads(agent, narrow)).await;
+                        answer = self
+                            .bounded_until(self.client.get_ads(agent, narrow), until)
+                            .await;
                     }
                     (agent, answer)
                 })
@@ -326,6 +399,10 @@ impl<C: AgentClient> Acquirer<C> {
 
     /// Plans `request` over the offers of `agents` (the broker's `FindSlice`).
     pub async fn find(&self, agents: &[PublicKey], request: &SliceRequest) -> SlicePlan {
+        if planner::check_shape(request).is_err() {
+            // Malformed: the plan says why, and no agent is asked.
+            return planner::plan(request, &[]);
+        }
         let gathered = self.gather(agents, request).await;
         let mut plan = planner::plan(request, &gathered.candidates);
         if !gathered.report.is_empty() {
@@ -347,7 +424,18 @@ impl<C: AgentClient> Acquirer<C> {
         request: &SliceRequest,
         principal_cert: Option<&Signed<MembershipCert>>,
     ) -> Result<capability_schema::protocol::AcquiredSlice, AcquireFailure> {
-        let gathered = self.gather(agents, request).await;
+        if let Err(e) = planner::check_shape(request) {
+            return Err(AcquireFailure {
+                reply: Rejection::Malformed {
+                    detail: e.to_string(),
+                }
+                .into(),
+                plan: planner::plan(request, &[]),
+                report: Vec::new(),
+            });
+        }
+        let until = Instant::now() + self.deadline;
+        let gathered = self.gather_until(agents, request, until).await;
         let mut report = gathered.report.clone();
         let wanted = request.target.count();
         let now = unix_now();
@@ -367,6 +455,15 @@ impl<C: AgentClient> Acquirer<C> {
         };
 
         for round in 1..=self.settings.max_rounds.max(1) {
+            if Instant::now() >= until {
+                report.push(format!(
+                    "deadline of {:?} for the whole acquisition reached before round {round}; \
+                     settling with {} of {wanted} slivers",
+                    self.deadline,
+                    held.len()
+                ));
+                break;
+            }
             let candidates: Vec<Candidate> = gathered
                 .candidates
                 .iter()
@@ -417,7 +514,9 @@ impl<C: AgentClient> Acquirer<C> {
                         max_price: request.constraints.max_price,
                     };
                     async move {
-                        let answer = self.bounded(self.client.get_tickets(agent, ask)).await;
+                        let answer = self
+                            .bounded_until(self.client.get_tickets(agent, ask), until)
+                            .await;
                         (agent, slivers, answer)
                     }
                 })
@@ -491,13 +590,21 @@ impl<C: AgentClient> Acquirer<C> {
                     }
                 }
             }
-            for (agent, ids) in stray {
+            for (agent, ids) in &stray {
                 report.push(format!(
                     "agent {} issued {} tickets not asked for; released",
                     agent.short(),
                     ids.len()
                 ));
-                let _ = self.bounded(self.client.released(agent, ids)).await;
+            }
+            if !stray.is_empty() {
+                let untold = self.release(stray).await;
+                if untold > 0 {
+                    report.push(format!(
+                        "{untold} agents not told of the tickets not asked for; they lapse \
+                         unredeemed"
+                    ));
+                }
             }
             if held.len() >= wanted && last_plan.satisfiable {
                 break;
@@ -574,12 +681,7 @@ impl<C: AgentClient> Acquirer<C> {
             }
             let count = held.len();
             let agents_told = per_agent.len();
-            let results: Vec<Result<u32, CallError>> = futures::stream::iter(per_agent)
-                .map(|(agent, ids)| self.bounded(self.client.released(agent, ids)))
-                .buffer_unordered(self.settings.concurrency.max(1))
-                .collect()
-                .await;
-            let failed = results.iter().filter(|r| r.is_err()).count();
+            let failed = self.release(per_agent).await;
             report.push(format!(
                 "all-or-nothing: released {count} tickets at {agents_told} agents{}",
                 if failed > 0 {

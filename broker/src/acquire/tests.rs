@@ -1,7 +1,8 @@
 //! Acquisition against fake agents: parallel gathering, replanning around refusals and dead
-//! agents, all-or-nothing release, best effort, timeouts.
+//! agents, all-or-nothing release, best effort, timeouts, bounded concurrency, the deadline.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use capability_schema::ad::{PriceList, ShareState};
@@ -34,6 +35,39 @@ struct FakeAgent {
     hang: bool,
     /// Unreachable.
     down: bool,
+    /// Never answers `GetAds`.
+    hang_ads: bool,
+    /// How long every call takes.
+    delay: Duration,
+    /// Also issues a ticket for a node it was not asked about.
+    stray: bool,
+}
+
+/// Calls in flight now, and the most at once.
+#[derive(Default)]
+struct Gauge {
+    now: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+struct InFlight<'a>(&'a Gauge);
+
+impl Gauge {
+    fn enter(&self) -> InFlight<'_> {
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+        InFlight(self)
+    }
+
+    fn peak(&self) -> usize {
+        self.peak.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 #[derive(Default)]
@@ -41,6 +75,10 @@ struct Fake {
     agents: BTreeMap<PublicKey, FakeAgent>,
     released: Mutex<Vec<String>>,
     asked: Mutex<Vec<(PublicKey, usize)>>,
+    /// `GetAds` and `GetTickets` calls.
+    calls: Gauge,
+    /// `Released` calls.
+    releases: Gauge,
 }
 
 impl Fake {
@@ -62,7 +100,13 @@ impl AgentClient for Arc<Fake> {
         agent: PublicKey,
         _query: AdQuery,
     ) -> Result<Vec<NodeOffer>, CallError> {
-        Ok(self.agent(&agent)?.offers.clone())
+        let _in_flight = self.calls.enter();
+        let a = self.agent(&agent)?;
+        tokio::time::sleep(a.delay).await;
+        if a.hang_ads {
+            futures::future::pending::<()>().await;
+        }
+        Ok(a.offers.clone())
     }
 
     async fn get_tickets(
@@ -70,8 +114,10 @@ impl AgentClient for Arc<Fake> {
         agent: PublicKey,
         request: TicketRequest,
     ) -> Result<TicketsAnswer, CallError> {
+        let _in_flight = self.calls.enter();
         let a = self.agent(&agent)?;
         lock(&self.asked).push((agent, request.slivers.len()));
+        tokio::time::sleep(a.delay).await;
         if a.hang {
             futures::future::pending::<()>().await;
         }
@@ -79,6 +125,17 @@ impl AgentClient for Arc<Fake> {
             return Err(CallError::Refused(reply.clone()));
         }
         let mut out = TicketsAnswer::default();
+        if a.stray {
+            out.issued.push(IssuedTicket {
+                node: test_key(99).public(),
+                federation: "x".into(),
+                agent,
+                ticket_id: format!("{}-stray", agent.short()),
+                ticket: TicketBytes(vec![1]),
+                price: 0,
+                addresses: vec![],
+            });
+        }
         for s in request.slivers {
             if a.refuse.contains(&s.node) {
                 out.refused.push(RefusedSliver {
@@ -108,7 +165,8 @@ impl AgentClient for Arc<Fake> {
     }
 
     async fn released(&self, agent: PublicKey, ticket_ids: Vec<String>) -> Result<u32, CallError> {
-        self.agent(&agent)?;
+        let _in_flight = self.releases.enter();
+        tokio::time::sleep(self.agent(&agent)?.delay).await;
         let n = ticket_ids.len() as u32;
         lock(&self.released).extend(ticket_ids);
         Ok(n)
@@ -217,11 +275,22 @@ fn request(count: u32, mode: AcquireMode) -> SliceRequest {
 }
 
 fn acquirer(fake: Fake, trust: &SharedTrust) -> (Acquirer<Arc<Fake>>, Arc<Fake>) {
+    acquirer_with(
+        fake,
+        trust,
+        AcquireSettings {
+            call_timeout: Duration::from_millis(500),
+            ..AcquireSettings::default()
+        },
+    )
+}
+
+fn acquirer_with(
+    fake: Fake,
+    trust: &SharedTrust,
+    settings: AcquireSettings,
+) -> (Acquirer<Arc<Fake>>, Arc<Fake>) {
     let fake = Arc::new(fake);
-    let settings = AcquireSettings {
-        call_timeout: Duration::from_millis(500),
-        ..AcquireSettings::default()
-    };
     (
         Acquirer::new(Arc::clone(&fake), Arc::clone(trust), settings),
         fake,
@@ -443,4 +512,170 @@ async fn unreachable_agents_make_an_unreachable_failure() {
         .await
         .unwrap_err();
     assert_eq!(err.reply.reason.code(), "unreachable", "{err}");
+}
+
+/// `n` more agents with no offers, each configured by `setup`.
+fn extra_agents(f: &mut Fake, n: u8, setup: impl Fn(&mut FakeAgent)) -> Vec<PublicKey> {
+    (0..n)
+        .map(|i| {
+            let key = test_key(60 + i).public();
+            let mut agent = FakeAgent::default();
+            setup(&mut agent);
+            f.agents.insert(key, agent);
+            key
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn offers_are_gathered_in_parallel_but_never_more_than_concurrency_at_once() {
+    let w = world(1);
+    let mut f = Fake::default();
+    let agents = extra_agents(&mut f, 10, |a| a.delay = Duration::from_millis(60));
+    let (acq, fake) = acquirer_with(
+        f,
+        &w.trust,
+        AcquireSettings {
+            call_timeout: Duration::from_secs(5),
+            concurrency: 3,
+            ..AcquireSettings::default()
+        },
+    );
+    let g = acq
+        .gather(&agents, &request(1, AcquireMode::BestEffort))
+        .await;
+    assert_eq!((g.asked, g.answered), (10, 10), "{:?}", g.report);
+    let peak = fake.calls.peak();
+    assert!(peak <= 3, "{peak} calls in flight with concurrency 3");
+    assert!(peak > 1, "calls never overlapped: gathering is serial");
+}
+
+#[tokio::test]
+async fn hanging_agents_cost_one_timeout_in_total_not_one_each() {
+    let w = world(1);
+    let mut f = Fake::default();
+    let agents = extra_agents(&mut f, 10, |a| a.hang_ads = true);
+    let timeout = Duration::from_millis(200);
+    let (acq, _) = acquirer_with(
+        f,
+        &w.trust,
+        AcquireSettings {
+            call_timeout: timeout,
+            ..AcquireSettings::default()
+        },
+    );
+    let started = std::time::Instant::now();
+    let g = acq
+        .gather(&agents, &request(1, AcquireMode::BestEffort))
+        .await;
+    let took = started.elapsed();
+    assert_eq!(g.answered, 0);
+    assert_eq!(
+        g.report
+            .iter()
+            .filter(|l| l.contains("no answer within 200ms"))
+            .count(),
+        10,
+        "{:?}",
+        g.report
+    );
+    // One after the other would take 10 × 200 ms.
+    assert!(took >= timeout, "{took:?}");
+    assert!(
+        took < timeout * 2 + Duration::from_millis(300),
+        "10 hanging agents took {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_acquisition_ends_by_its_deadline_and_hands_back_what_it_got() {
+    let w = world(2);
+    let mut f = fake(&w);
+    f.agents.get_mut(&w.agents[1].public()).unwrap().hang = true;
+    let (acq, fake) = acquirer_with(
+        f,
+        &w.trust,
+        AcquireSettings {
+            call_timeout: Duration::from_secs(5),
+            max_rounds: 8,
+            ..AcquireSettings::default()
+        },
+    );
+    assert_eq!(acq.deadline(), Duration::from_secs(5) * DEADLINE_CALLS);
+    let acq = acq.with_deadline(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let err = acq
+        .acquire(&keys(&w), &request(4, AcquireMode::AllOrNothing), None)
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    // Well before the 5 s call timeout.
+    assert!(took < Duration::from_millis(1000), "took {took:?}");
+    assert!(
+        err.report
+            .iter()
+            .any(|l| l.contains("deadline of 300ms for the whole acquisition reached")),
+        "{:?}",
+        err.report
+    );
+    // The two tickets agent 0 issued went back.
+    assert_eq!(lock(&fake.released).len(), 2, "{err}");
+}
+
+#[tokio::test]
+async fn stray_tickets_go_back_to_every_agent_at_once() {
+    for (concurrency, peak) in [(16, 2), (1, 1)] {
+        let w = world(2);
+        let mut f = fake(&w);
+        for a in f.agents.values_mut() {
+            a.stray = true;
+            a.delay = Duration::from_millis(50);
+        }
+        let (acq, fake) = acquirer_with(
+            f,
+            &w.trust,
+            AcquireSettings {
+                call_timeout: Duration::from_secs(5),
+                concurrency,
+                ..AcquireSettings::default()
+            },
+        );
+        let got = acq
+            .acquire(&keys(&w), &request(4, AcquireMode::AllOrNothing), None)
+            .await
+            .unwrap();
+        assert_eq!(got.tickets.len(), 4);
+        let mut released = lock(&fake.released).clone();
+        released.sort();
+        let mut strays: Vec<String> = w
+            .agents
+            .iter()
+            .map(|a| format!("{}-stray", a.public().short()))
+            .collect();
+        strays.sort();
+        assert_eq!(released, strays);
+        assert_eq!(
+            fake.releases.peak(),
+            peak,
+            "releases in flight with concurrency {concurrency}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn malformed_requests_ask_no_agent() {
+    let w = world(2);
+    let (acq, fake) = acquirer(fake(&w), &w.trust);
+    let mut req = request(2, AcquireMode::AllOrNothing);
+    req.constraints.min_sites = 3;
+    let err = acq.acquire(&keys(&w), &req, None).await.unwrap_err();
+    assert_eq!(err.reply.reason.code(), "malformed");
+    assert!(
+        err.reply.message.contains("lower min_sites to at most 2"),
+        "{}",
+        err.reply.message
+    );
+    let plan = acq.find(&keys(&w), &req).await;
+    assert!(plan.explanation.starts_with("malformed request"));
+    assert_eq!(fake.calls.peak(), 0, "an agent was asked");
 }
