@@ -143,6 +143,12 @@ async fn invalid_ads_are_dropped_never_relayed_and_repeat_offenders_are_cut_off(
     assert_eq!(seqs(&got), vec![5, 6, 7]);
     assert!(got.iter().all(|e| e.relayed_by == relay.local_key()));
     assert!(drain(&mut observed).is_empty());
+    // The observer validates ads itself, so what its stream shows cannot tell whether the
+    // relay forwarded the bad ones: its counters can. It judged only the valid ads, so nothing
+    // invalid or stale was relayed to it; the relay judged (and dropped) all of them.
+    // Rejected: uncertified, bad signature, expired, wrong topic. Ignored: the replay of 3.
+    assert_judged(&observer, (3, 0, 0)).await;
+    assert_judged(&relay, (3, 4, 1)).await;
 
     // A third invalid ad brings rogue1 under the graylist threshold: the relay disconnects
     // and blocks it, while rogue2 (two strikes) stays connected.
@@ -162,6 +168,22 @@ async fn invalid_ads_are_dropped_never_relayed_and_repeat_offenders_are_cut_off(
     publish(&rogue2, ad(10)).await;
     assert_eq!(next_ad(&mut observed).await.ad.seq, 10);
     assert!(drain(&mut observed).is_empty());
+
+    // Still nothing invalid relayed; the relay rejected "not an ad" too.
+    assert_judged(&observer, (4, 0, 0)).await;
+    assert_judged(&relay, (4, 5, 1)).await;
+    assert_eq!(relay.stats().await.unwrap().peers_blocked, 1);
+}
+
+/// Asserts the ads `handle` judged so far: (accepted, rejected, ignored).
+async fn assert_judged(handle: &federation::OverlayHandle, expected: (u64, u64, u64)) {
+    let stats = handle.stats().await.unwrap();
+    assert_eq!(
+        (stats.ads_accepted, stats.ads_rejected, stats.ads_ignored),
+        expected,
+        "ads judged by {} (accepted, rejected, ignored): {stats:?}",
+        handle.local_key()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

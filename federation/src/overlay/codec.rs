@@ -8,6 +8,9 @@
 //! - a response over [`MAX_RESPONSE_BYTES`] becomes [`Frame::TooLarge`] without draining
 //!   (the caller drops the stream).
 //!
+//! Writing is capped the same way: a frame over the cap is never sent (an `InvalidInput`
+//! error; the typed handle API refuses such requests before they reach the codec).
+//!
 //! CBOR decoding happens above this layer (in the typed handle API), so a malformed body is
 //! answered with a `malformed` error reply instead of killing the stream or the connection.
 
@@ -75,11 +78,19 @@ where
     Ok(Frame::TooLarge { limit })
 }
 
-async fn write_frame<T>(io: &mut T, frame: Frame) -> io::Result<()>
+/// Writes a frame of at most `limit` bytes (the peer reads no more than that anyway).
+async fn write_frame<T>(io: &mut T, frame: Frame, limit: usize) -> io::Result<()>
 where
     T: AsyncWrite + Unpin + Send,
 {
     match frame {
+        Frame::Bytes(bytes) if bytes.len() > limit => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "a frame of {} bytes exceeds the {limit}-byte limit; it was not sent",
+                bytes.len()
+            ),
+        )),
         Frame::Bytes(bytes) => io.write_all(&bytes).await,
         Frame::TooLarge { .. } => Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -116,7 +127,7 @@ impl libp2p::request_response::Codec for FrameCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, req).await
+        write_frame(io, req, self.request_limit).await
     }
 
     async fn write_response<T>(
@@ -128,7 +139,7 @@ impl libp2p::request_response::Codec for FrameCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, res).await
+        write_frame(io, res, self.response_limit).await
     }
 }
 
@@ -195,5 +206,31 @@ mod tests {
                 .await
                 .is_err()
         );
+    }
+
+    #[tokio::test]
+    async fn frames_over_the_cap_are_never_written() {
+        let mut codec = FrameCodec {
+            request_limit: 8,
+            response_limit: 4,
+        };
+        let mut out = Cursor::new(Vec::new());
+        let error = codec
+            .write_request(&protocol(), &mut out, Frame::Bytes(vec![1; 9]))
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidInput);
+        let error = codec
+            .write_response(&protocol(), &mut out, Frame::Bytes(vec![1; 5]))
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidInput);
+        assert!(out.into_inner().is_empty(), "nothing of either was written");
+        let mut out = Cursor::new(Vec::new());
+        codec
+            .write_response(&protocol(), &mut out, Frame::Bytes(vec![1; 4]))
+            .await
+            .unwrap();
+        assert_eq!(out.into_inner(), vec![1; 4]);
     }
 }

@@ -61,6 +61,10 @@ pub struct OverlayStats {
     pub requests_failed: u64,
     /// Requests received.
     pub requests_received: u64,
+    /// Nodes whose last ad `seq` is remembered now (replays of older ads are dropped).
+    pub seqs_tracked: u64,
+    /// Nodes forgotten before their ad expired because `max_tracked_nodes` were tracked.
+    pub seqs_evicted: u64,
 }
 
 /// A daemon's handle on its overlay. Cheap to clone; the overlay stops when
@@ -173,12 +177,7 @@ impl OverlayHandle {
             request_id,
             body: request,
         });
-        if bytes.len() > MAX_REQUEST_BYTES {
-            return Err(OverlayError::RequestTooLarge {
-                size: bytes.len(),
-                limit: MAX_REQUEST_BYTES,
-            });
-        }
+        // `request_raw` refuses frames over the request cap before anything is sent.
         let frame = self.request_raw(P::KIND, peer, bytes, timeout).await?;
         let bytes = match frame {
             Frame::Bytes(bytes) => bytes,
@@ -204,8 +203,9 @@ impl OverlayHandle {
 
     /// Sends raw bytes as a request of protocol `kind` and returns the raw answer.
     ///
-    /// For diagnostics and tests (it skips the size check and typed decoding); daemons use
-    /// [`OverlayHandle::request`].
+    /// For diagnostics and tests (it skips typed encoding and decoding); daemons use
+    /// [`OverlayHandle::request`]. Like every request, `bytes` over the request cap are
+    /// refused with [`OverlayError::RequestTooLarge`] and not sent.
     pub async fn request_raw(
         &self,
         kind: ProtocolKind,
@@ -213,11 +213,16 @@ impl OverlayHandle {
         bytes: Vec<u8>,
         timeout: Duration,
     ) -> Result<Frame, OverlayError> {
-        let peer_id = identity::peer_id(peer);
+        if bytes.len() > MAX_REQUEST_BYTES {
+            return Err(OverlayError::RequestTooLarge {
+                size: bytes.len(),
+                limit: MAX_REQUEST_BYTES,
+            });
+        }
         let (tx, rx) = oneshot::channel();
         let command = Command::Request {
             kind,
-            peer: peer_id,
+            peer: *peer,
             frame: Frame::Bytes(bytes),
             reply: tx,
         };

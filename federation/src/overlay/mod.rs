@@ -1,7 +1,7 @@
 //! The libp2p overlay every PlanetMesh daemon embeds.
 //!
-//! One swarm per daemon: TCP (and in-process memory) transports with noise and yamux (QUIC
-//! with the `quic` feature), identify, ping, Kademlia for peer routing, gossipsub with one ad
+//! One swarm per daemon: TCP (and in-process memory) transports with noise and yamux, QUIC
+//! (`/udp/N/quic-v1` addresses, unless [`OverlayConfig::quic`] is off), identify, ping, Kademlia for peer routing, gossipsub with one ad
 //! topic per federation, the agent/node/broker request-response protocols with size-capped
 //! CBOR frames, optional mDNS, connection limits and a block list for misbehaving peers.
 //!
@@ -25,6 +25,7 @@ mod codec;
 mod handle;
 mod identity;
 mod protocol;
+mod seq;
 mod swarm;
 mod task;
 
@@ -58,8 +59,13 @@ pub const GOSSIP_PROTOCOL_PREFIX: &str = "/planetmesh/meshsub";
 #[derive(Debug, Clone)]
 pub struct OverlayConfig {
     /// Addresses to listen on. Default: `/ip4/0.0.0.0/tcp/0` (any interface, a free port).
-    /// `/memory/0` listens on the in-process memory transport (tests, simulations).
+    /// `/memory/0` listens on the in-process memory transport (tests, simulations);
+    /// `/ip4/0.0.0.0/udp/0/quic-v1` on QUIC (with [`OverlayConfig::quic`]).
     pub listen: Vec<Multiaddr>,
+    /// The QUIC transport: listen on and dial `/udp/N/quic-v1` addresses (TLS 1.3 with the
+    /// same key, streams multiplexed by QUIC itself). Off, such addresses are refused as
+    /// unsupported. Default: on.
+    pub quic: bool,
     /// Peers to join through, ideally with a `/p2p/<peer id>` suffix (then they also seed
     /// Kademlia). Default: none.
     pub bootstrap: Vec<Multiaddr>,
@@ -85,8 +91,12 @@ pub struct OverlayConfig {
     /// flight and fresh connections. Gossip streams never go idle, so without this every peer
     /// a Kademlia query touched would stay connected for good. Default: 32.
     pub max_peers: usize,
-    /// How often to check `target_peers` and `max_peers`. Default: 5 s.
+    /// How often to check `target_peers` and `max_peers` (on the next one-second tick).
+    /// Default: 5 s.
     pub discovery_interval: Duration,
+    /// Connections younger than this are never trimmed (a caller may be about to use them).
+    /// Default: 10 s.
+    pub trim_grace: Duration,
     /// Most established connections in all. Default: 256.
     pub max_connections: u32,
     /// Most established connections per peer. Default: 2.
@@ -110,7 +120,9 @@ pub struct OverlayConfig {
     pub ad_queue: usize,
     /// Incoming requests queued for a served protocol before refusing as busy. Default: 64.
     pub serve_queue: usize,
-    /// Nodes whose last `seq` is remembered (expired ones are forgotten first). Default: 100000.
+    /// Nodes whose last `seq` is remembered, and peers whose addresses are. When full, nodes
+    /// whose ad expired are forgotten first, then the node updated least recently (an ad of
+    /// a forgotten node can be replayed once, until it expires). Default: 100000.
     pub max_tracked_nodes: usize,
     /// Identify's agent version. Default: `planetmesh/<crate version>`.
     pub agent_version: String,
@@ -126,6 +138,7 @@ impl Default for OverlayConfig {
                     ))
                     .with(libp2p::multiaddr::Protocol::Tcp(0)),
             ],
+            quic: true,
             bootstrap: Vec::new(),
             federations: Vec::new(),
             kademlia: true,
@@ -137,6 +150,7 @@ impl Default for OverlayConfig {
             target_peers: 8,
             max_peers: 32,
             discovery_interval: Duration::from_secs(5),
+            trim_grace: Duration::from_secs(10),
             max_connections: 256,
             max_connections_per_peer: 2,
             max_pending_connections: 64,

@@ -1,8 +1,8 @@
 //! The swarm: transport stack and the composed network behaviour.
 //!
-//! Transport: TCP and in-process memory (QUIC with the `quic` feature), each upgraded with
-//! noise (authenticating the PlanetMesh key) and yamux, wrapped in DNS resolution when the
-//! system resolver configuration is readable.
+//! Transport: TCP and in-process memory, each upgraded with noise (authenticating the
+//! PlanetMesh key) and yamux; QUIC (TLS 1.3 with the same key) when `OverlayConfig::quic`
+//! is on; all wrapped in DNS resolution when the system resolver configuration is readable.
 //!
 //! Behaviour, in the order the swarm polls it: block list, connection limits, identify,
 //! ping, Kademlia, gossipsub, one request-response behaviour per protocol, optional mDNS.
@@ -197,7 +197,7 @@ type BoxedTransport = Boxed<(PeerId, StreamMuxerBox)>;
 /// Longest time to connect and finish the noise and yamux handshakes.
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
-fn base_transport(key: &Keypair) -> Result<BoxedTransport, OverlayError> {
+fn base_transport(key: &Keypair, quic: bool) -> Result<BoxedTransport, OverlayError> {
     let noise = || noise::Config::new(key).map_err(|e| OverlayError::Setup(format!("noise: {e}")));
     let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
         .upgrade(Version::V1Lazy)
@@ -214,7 +214,10 @@ fn base_transport(key: &Keypair) -> Result<BoxedTransport, OverlayError> {
     let transport =
         libp2p::core::transport::timeout::TransportTimeout::new(transport, HANDSHAKE_TIMEOUT)
             .boxed();
-    #[cfg(feature = "quic")]
+    if !quic {
+        return Ok(transport);
+    }
+    // QUIC has its own handshake timeout (`handshake_timeout`, 5 s by default).
     let transport = transport
         .or_transport(
             libp2p::quic::tokio::Transport::new(libp2p::quic::Config::new(key))
@@ -225,12 +228,12 @@ fn base_transport(key: &Keypair) -> Result<BoxedTransport, OverlayError> {
     Ok(transport)
 }
 
-fn transport(key: &Keypair) -> Result<BoxedTransport, OverlayError> {
-    match libp2p::dns::tokio::Transport::system(base_transport(key)?) {
+fn transport(key: &Keypair, quic: bool) -> Result<BoxedTransport, OverlayError> {
+    match libp2p::dns::tokio::Transport::system(base_transport(key, quic)?) {
         Ok(dns) => Ok(dns.boxed()),
         Err(e) => {
             tracing::warn!(error = %e, "no system DNS configuration; /dns addresses will not resolve");
-            base_transport(key)
+            base_transport(key, quic)
         }
     }
 }
@@ -243,7 +246,7 @@ pub(crate) fn build(
     let swarm_config = libp2p::swarm::Config::with_tokio_executor()
         .with_idle_connection_timeout(config.idle_timeout);
     Ok(Swarm::new(
-        transport(key)?,
+        transport(key, config.quic)?,
         behaviour(key, config)?,
         key.public().to_peer_id(),
         swarm_config,

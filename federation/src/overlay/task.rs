@@ -26,6 +26,7 @@ use super::codec::Frame;
 use super::handle::{AdEvent, OverlayHandle, OverlayStats, encode_reply, peek_request_id};
 use super::identity;
 use super::protocol::ProtocolKind;
+use super::seq::SeqTracker;
 use super::swarm::{self, Behaviour, BehaviourEvent, GRAYLIST_THRESHOLD};
 use super::{KAD_PROTOCOL, MAX_AD_BYTES, OverlayConfig, OverlayError, SharedTrust};
 use crate::trust::{AdRejection, CertCache, TrustStore};
@@ -33,8 +34,6 @@ use crate::unix_now;
 
 /// Most addresses remembered per peer.
 const MAX_ADDRS_PER_PEER: usize = 8;
-/// Connections younger than this are never trimmed (a caller may be about to use them).
-const TRIM_GRACE: Duration = Duration::from_secs(10);
 /// How long [`start`] waits for each listener's first address.
 const LISTEN_WAIT: Duration = Duration::from_secs(5);
 
@@ -60,7 +59,7 @@ pub(crate) enum Command {
     },
     Request {
         kind: ProtocolKind,
-        peer: PeerId,
+        peer: PublicKey,
         frame: Frame,
         reply: oneshot::Sender<Result<Frame, OverlayError>>,
     },
@@ -112,6 +111,8 @@ pub(crate) struct RawInbound {
 struct Pending {
     kind: ProtocolKind,
     peer: PeerId,
+    /// The key `peer` was derived from (errors name it).
+    key: PublicKey,
     /// Kept only while the peer is not connected, to retry once after a Kademlia lookup.
     retry: Option<Frame>,
     reply: oneshot::Sender<Result<Frame, OverlayError>>,
@@ -181,7 +182,7 @@ pub(crate) async fn start(
         commands: commands_rx,
         ads: ads_tx,
         topics: HashMap::new(),
-        last_seq: HashMap::new(),
+        seqs: SeqTracker::new(config.max_tracked_nodes),
         certs: CertCache::default(),
         pending: HashMap::new(),
         routing: HashMap::new(),
@@ -210,8 +211,8 @@ struct Runner {
     ads: broadcast::Sender<AdEvent>,
     /// Subscribed topics and their federations.
     topics: HashMap<TopicHash, String>,
-    /// Per node: the last accepted `seq` and when that ad expires.
-    last_seq: HashMap<PublicKey, (u64, u64)>,
+    /// Per node: the last accepted `seq` (bounded, see [`SeqTracker`]).
+    seqs: SeqTracker,
     /// Membership certificates already verified (each ad carries its node's).
     certs: CertCache,
     pending: HashMap<(ProtocolKind, OutboundRequestId), Pending>,
@@ -247,12 +248,11 @@ fn split_peer(addr: &Multiaddr) -> (Multiaddr, Option<PeerId>) {
     }
 }
 
-fn public_of(peer: &PeerId) -> PublicKey {
-    // Only ed25519 identities exist in this build of libp2p, and every one of them inlines its
-    // key in the peer id; the fallback is unreachable in practice.
-    identity::public_key(peer).unwrap_or_else(|_| {
-        unreachable!("peer {peer} authenticated with a key that is not ed25519")
-    })
+/// The PlanetMesh key of a peer, or `None` for a peer whose identity is not an ed25519 key
+/// (only ed25519 identities exist in this build of libp2p; if another key type ever gets in,
+/// that peer is treated as unknown: disconnected, never answered, never named).
+fn public_of(peer: &PeerId) -> Option<PublicKey> {
+    identity::public_key(peer).ok()
 }
 
 impl Runner {
@@ -316,7 +316,10 @@ impl Runner {
                 peer,
                 frame,
                 reply,
-            } => self.send_request(kind, peer, frame, reply, false),
+            } => {
+                let peer_id = identity::peer_id(&peer);
+                self.send_request(kind, peer, peer_id, frame, reply, false);
+            }
             Command::Respond {
                 kind,
                 channel,
@@ -381,7 +384,7 @@ impl Runner {
                 let _ = reply.send(addrs);
             }
             Command::ConnectedPeers { reply } => {
-                let peers = self.swarm.connected_peers().map(public_of).collect();
+                let peers = self.swarm.connected_peers().filter_map(public_of).collect();
                 let _ = reply.send(peers);
             }
             Command::MeshPeers { federation, reply } => {
@@ -391,13 +394,15 @@ impl Runner {
                     .behaviour()
                     .gossipsub
                     .mesh_peers(&topic)
-                    .map(public_of)
+                    .filter_map(public_of)
                     .collect();
                 let _ = reply.send(peers);
             }
             Command::Stats { reply } => {
                 let stats = OverlayStats {
                     connected_peers: self.connected_since.len() as u64,
+                    seqs_tracked: self.seqs.len() as u64,
+                    seqs_evicted: self.seqs.evicted(),
                     ..self.stats
                 };
                 let _ = reply.send(stats);
@@ -430,7 +435,7 @@ impl Runner {
     fn publish(&mut self, signed: Signed<ResourceAd>) -> Result<(), OverlayError> {
         let now = unix_now();
         let node = signed.signer;
-        let last = self.last_seq.get(&node).map(|(seq, _)| *seq);
+        let last = self.seqs.last(&node);
         let ad = read_trust(&self.trust)
             .validate_ad_cached(&signed, now, last, &mut self.certs)
             .map_err(OverlayError::InvalidAd)?;
@@ -457,6 +462,7 @@ impl Runner {
     fn send_request(
         &mut self,
         kind: ProtocolKind,
+        key: PublicKey,
         peer: PeerId,
         frame: Frame,
         reply: oneshot::Sender<Result<Frame, OverlayError>>,
@@ -475,6 +481,7 @@ impl Runner {
             Pending {
                 kind,
                 peer,
+                key,
                 retry,
                 reply,
             },
@@ -497,6 +504,20 @@ impl Runner {
                 known.remove(0);
             }
             known.push(addr);
+        }
+    }
+
+    /// Forgets one address of `peer` (mDNS saw it expire), and tells Kademlia too.
+    fn forget_address(&mut self, peer: PeerId, addr: &Multiaddr) {
+        let (plain, _) = split_peer(addr);
+        if let Some(known) = self.addresses.get_mut(&peer) {
+            known.retain(|a| *a != plain);
+            if known.is_empty() {
+                self.addresses.remove(&peer);
+            }
+        }
+        if let Some(kad) = self.kad() {
+            let _ = kad.remove_address(&peer, &plain);
         }
     }
 
@@ -540,9 +561,8 @@ impl Runner {
             self.banned.remove(&peer);
             self.swarm.behaviour_mut().blocked.unblock_peer(peer);
         }
-        if self.last_seq.len() * 2 > self.config.max_tracked_nodes {
-            let unix = unix_now();
-            self.last_seq.retain(|_, (_, expires)| *expires >= unix);
+        if self.seqs.len() * 2 > self.config.max_tracked_nodes {
+            self.seqs.forget_expired(unix_now());
         }
         if now.duration_since(self.last_discovery) >= self.config.discovery_interval {
             self.last_discovery = now;
@@ -595,7 +615,7 @@ impl Runner {
     }
 
     /// Disconnects peers above `max_peers`: never gossip mesh peers, peers with requests in
-    /// flight, or peers connected less than [`TRIM_GRACE`] ago.
+    /// flight, or peers connected less than `trim_grace` ago.
     fn trim(&mut self) {
         let connected = self.connected_since.len();
         if connected <= self.config.max_peers {
@@ -612,7 +632,7 @@ impl Runner {
             .connected_since
             .iter()
             .filter(|(peer, since)| {
-                !keep.contains(peer) && now.duration_since(**since) >= TRIM_GRACE
+                !keep.contains(peer) && now.duration_since(**since) >= self.config.trim_grace
             })
             .map(|(peer, _)| *peer)
             .take(connected - self.config.max_peers)
@@ -641,6 +661,17 @@ impl Runner {
                 endpoint,
                 ..
             } => {
+                let Some(key) = public_of(&peer_id) else {
+                    tracing::warn!(peer = %peer_id, "disconnecting a peer whose key is not ed25519");
+                    let _ = self.swarm.close_connection(connection_id);
+                    if let Some((addr, reply)) = self.dials.remove(&connection_id) {
+                        let _ = reply.send(Err(OverlayError::Dial {
+                            addr: addr.to_string(),
+                            detail: format!("peer {peer_id} does not have an ed25519 key"),
+                        }));
+                    }
+                    return;
+                };
                 self.stats.connections_opened += 1;
                 self.connected_since
                     .entry(peer_id)
@@ -649,7 +680,7 @@ impl Runner {
                     self.remember_address(peer_id, endpoint.get_remote_address().clone());
                 }
                 if let Some((_, reply)) = self.dials.remove(&connection_id) {
-                    let _ = reply.send(Ok(public_of(&peer_id)));
+                    let _ = reply.send(Ok(key));
                 }
             }
             SwarmEvent::ConnectionClosed {
@@ -657,6 +688,10 @@ impl Runner {
                 num_established,
                 ..
             } => {
+                if !self.connected_since.contains_key(&peer_id) {
+                    // A connection refused above (not an ed25519 key): never counted as open.
+                    return;
+                }
                 self.stats.connections_closed += 1;
                 if num_established == 0 {
                     self.connected_since.remove(&peer_id);
@@ -698,16 +733,36 @@ impl Runner {
                 id, result, step, ..
             }) => self.on_kad_progress(id, result, step.last),
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                // One dial per peer with all its addresses: dialing address by address, the
+                // first (perhaps a stale one) would stop the others. From a new port: mDNS
+                // answers reach both peers at once, and two dials from the listening ports
+                // would meet as one simultaneous TCP open where both sides are dialers, which
+                // fails both (and mDNS asks again only minutes later).
+                let mut by_peer: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
                 for (peer, addr) in found {
                     if let Some(kad) = self.kad() {
                         kad.add_address(&peer, addr.clone());
                     }
                     self.remember_address(peer, addr.clone());
+                    by_peer.entry(peer).or_default().push(addr);
+                }
+                for (peer, addrs) in by_peer {
+                    if self.banned.contains_key(&peer) {
+                        continue;
+                    }
                     let opts = DialOpts::peer_id(peer)
-                        .addresses(vec![addr])
+                        .addresses(addrs)
                         .condition(PeerCondition::DisconnectedAndNotDialing)
+                        .allocate_new_port()
                         .build();
-                    let _ = self.swarm.dial(opts);
+                    if let Err(e) = self.swarm.dial(opts) {
+                        tracing::debug!(%peer, error = %e, "not dialing a peer mDNS found");
+                    }
+                }
+            }
+            BehaviourEvent::Mdns(mdns::Event::Expired(gone)) => {
+                for (peer, addr) in gone {
+                    self.forget_address(peer, &addr);
                 }
             }
             BehaviourEvent::Agent(event) => self.on_request_response(ProtocolKind::Agent, event),
@@ -720,6 +775,13 @@ impl Runner {
     // ------------------------------------------------------------------ gossip
 
     fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
+        let Some(relayed_by) = public_of(&source) else {
+            // Connections of such peers are closed as they open; drop without blame.
+            self.stats.ads_ignored += 1;
+            let gossipsub = &mut self.swarm.behaviour_mut().gossipsub;
+            gossipsub.report_message_validation_result(&id, &source, MessageAcceptance::Ignore);
+            return;
+        };
         let verdict = self.check_ad(&message);
         let acceptance = match &verdict {
             Ok(_) => {
@@ -750,7 +812,7 @@ impl Runner {
                 let _ = self.ads.send(AdEvent {
                     ad,
                     signed,
-                    relayed_by: public_of(&source),
+                    relayed_by,
                 });
             }
             Err(rejection) => {
@@ -772,7 +834,7 @@ impl Runner {
             .ok_or_else(|| AdRejection::Malformed(format!("unknown topic {}", message.topic)))?;
         let signed = codec::decode_with_limit::<Signed<ResourceAd>>(&message.data, MAX_AD_BYTES)
             .map_err(|e| AdRejection::Malformed(e.to_string()))?;
-        let last = self.last_seq.get(&signed.signer).map(|(seq, _)| *seq);
+        let last = self.seqs.last(&signed.signer);
         let ad = read_trust(&self.trust).validate_ad_cached(
             &signed,
             unix_now(),
@@ -789,20 +851,8 @@ impl Runner {
     }
 
     fn record_seq(&mut self, ad: &ResourceAd) {
-        if !self.last_seq.contains_key(&ad.node)
-            && self.last_seq.len() >= self.config.max_tracked_nodes
-        {
-            let now = unix_now();
-            self.last_seq.retain(|_, (_, expires)| *expires >= now);
-            if self.last_seq.len() >= self.config.max_tracked_nodes {
-                tracing::warn!(
-                    "too many nodes to remember their last seq; not tracking {}",
-                    ad.node
-                );
-                return;
-            }
-        }
-        self.last_seq.insert(ad.node, (ad.seq, ad.expires_at()));
+        self.seqs
+            .record(ad.node, ad.seq, ad.expires_at(), unix_now());
     }
 
     /// Disconnects and blocks a peer whose gossip score fell under the graylist threshold.
@@ -840,10 +890,7 @@ impl Runner {
                 }
             },
             request_response::Event::OutboundFailure {
-                peer,
-                request_id,
-                error,
-                ..
+                request_id, error, ..
             } => {
                 let Some(pending) = self.pending.remove(&(kind, request_id)) else {
                     return;
@@ -853,7 +900,7 @@ impl Runner {
                     return;
                 }
                 self.stats.requests_failed += 1;
-                let peer = public_of(&peer);
+                let peer = pending.key;
                 let error = match error {
                     OutboundFailure::DialFailure => OverlayError::Unreachable {
                         peer,
@@ -918,8 +965,17 @@ impl Runner {
                 Rejection::Unavailable { detail },
             );
         };
+        let Some(key) = public_of(&peer) else {
+            let detail = "this peer answers ed25519 identities only".to_owned();
+            return refuse(
+                self,
+                channel,
+                peek_request_id(&bytes),
+                Rejection::Unavailable { detail },
+            );
+        };
         let inbound = RawInbound {
-            peer: public_of(&peer),
+            peer: key,
             bytes,
             channel,
         };
@@ -948,7 +1004,7 @@ impl Runner {
         }
         let Some(kad) = self.kad() else {
             let _ = pending.reply.send(Err(OverlayError::Unreachable {
-                peer: public_of(&peer),
+                peer: pending.key,
                 detail: "no address known (Kademlia is off)".into(),
             }));
             return;
@@ -990,11 +1046,18 @@ impl Runner {
         for pending in parked {
             match (found_any, pending.retry) {
                 (true, Some(frame)) => {
-                    self.send_request(pending.kind, pending.peer, frame, pending.reply, true);
+                    self.send_request(
+                        pending.kind,
+                        pending.key,
+                        pending.peer,
+                        frame,
+                        pending.reply,
+                        true,
+                    );
                 }
                 _ => {
                     let _ = pending.reply.send(Err(OverlayError::Unreachable {
-                        peer: public_of(&target),
+                        peer: pending.key,
                         detail: "no address known, and Kademlia did not find one".into(),
                     }));
                 }
