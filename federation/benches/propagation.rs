@@ -4,6 +4,9 @@
 //! Each peer dials up to `DIALS` random earlier peers (a connected random graph), every peer
 //! is a certified node, and ads are published one at a time by random peers. Reported per N:
 //! p50/p95/p99/max over the ads, next to the hop floor `ceil(ln N / ln D)` (D = mesh degree).
+//! An ad that did not reach every peer within `AD_TIMEOUT` counts as infinitely late in the
+//! percentiles (and their number is printed), so losses cannot flatter p95/p99. At N = 200
+//! the p95 is judged against the target, [`TARGET_P95`], with PASS or MISS.
 //!
 //! `cargo bench -p federation --bench propagation`; environment: `PROPAGATION_N` (default
 //! `50,200`), `PROPAGATION_ADS` (default 100), `PROPAGATION_KAD=1` (Kademlia on; off by
@@ -22,8 +25,12 @@ use tokio::sync::{broadcast, mpsc};
 const DIALS: usize = 6;
 /// Idle timeout of the bench's connections, and how long setup waits for them to settle.
 const SETTLE: Duration = Duration::from_secs(10);
-/// Give up on one ad after this long (counted as not delivered).
+/// Give up on one ad after this long (counted as not delivered: infinitely late).
 const AD_TIMEOUT: Duration = Duration::from_secs(10);
+/// The target: p95 at most this at [`TARGET_N`] peers.
+const TARGET_P95: Duration = Duration::from_millis(500);
+/// The network size the target is for.
+const TARGET_N: usize = 200;
 
 /// A small deterministic generator (xorshift64*), so runs pick the same graph and publishers.
 struct Rng(u64);
@@ -42,17 +49,30 @@ struct Peer {
     node: TestNode,
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
+/// Nearest-rank percentile of `sorted` delivered latencies among `total` ads, the
+/// `total - sorted.len()` undelivered ones ranking last as infinitely late (`None`).
+fn percentile(sorted: &[Duration], total: usize, p: f64) -> Option<Duration> {
+    if total == 0 {
+        return None;
     }
-    // Nearest-rank percentile.
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
+    let rank = ((p / 100.0) * total as f64).ceil() as usize;
+    sorted.get(rank.clamp(1, total) - 1).copied()
 }
 
-fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+fn ms(d: Option<Duration>) -> String {
+    match d {
+        Some(d) => format!("{:.1} ms", d.as_secs_f64() * 1000.0),
+        None => "inf".into(),
+    }
+}
+
+/// PASS or MISS of a p95 against [`TARGET_P95`] (an infinite p95 misses).
+fn verdict(p95: Option<Duration>) -> &'static str {
+    if p95.is_some_and(|p95| p95 <= TARGET_P95) {
+        "PASS"
+    } else {
+        "MISS"
+    }
 }
 
 async fn run(n: usize, ads: usize, kademlia: bool) {
@@ -200,18 +220,34 @@ async fn run(n: usize, ads: usize, kademlia: bool) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     latencies.sort();
-    let mean = latencies.iter().sum::<Duration>() / latencies.len().max(1) as u32;
+    let total = latencies.len() + undelivered;
+    let mean = (!latencies.is_empty())
+        .then(|| latencies.iter().sum::<Duration>() / latencies.len() as u32);
+    let max = if undelivered > 0 {
+        None
+    } else {
+        latencies.last().copied()
+    };
+    let p95 = percentile(&latencies, total, 95.0);
     let floor = ((n as f64).ln() / (degree as f64).ln()).ceil();
     println!(
-        "N={n:4} D={degree} hop floor={floor} | ads={} undelivered={undelivered} | p50={} p95={} p99={} max={} mean={} | setup {:.1} s",
-        latencies.len(),
-        ms(percentile(&latencies, 50.0)),
-        ms(percentile(&latencies, 95.0)),
-        ms(percentile(&latencies, 99.0)),
-        ms(latencies.last().copied().unwrap_or_default()),
+        "N={n:4} D={degree} hop floor={floor} | ads={total} undelivered={undelivered} (infinitely \
+         late in the percentiles) | p50={} p95={} p99={} max={} mean of delivered={} | setup {:.1} s",
+        ms(percentile(&latencies, total, 50.0)),
+        ms(p95),
+        ms(percentile(&latencies, total, 99.0)),
+        ms(max),
         ms(mean),
         setup.as_secs_f64(),
     );
+    if n == TARGET_N {
+        println!(
+            "N={n:4} target p95 \u{2264} {} at N = {TARGET_N}: measured {} {}",
+            ms(Some(TARGET_P95)),
+            ms(p95),
+            verdict(p95),
+        );
+    }
     for peer in &peers {
         peer.handle.shutdown().await;
     }
@@ -241,10 +277,11 @@ fn main() {
         .expect("tokio runtime");
     println!(
         "ad propagation, in-process memory transport, {} worker threads, Kademlia {}; reference: \
-         95 go-libp2p nodes on a zero-latency network, 65-154 ms mean; target p95 <= 500 ms at \
-         N = 200",
+         95 go-libp2p nodes on a zero-latency network, 65-154 ms mean; target p95 \u{2264} {} at \
+         N = {TARGET_N}",
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         if kademlia { "on" } else { "off" },
+        ms(Some(TARGET_P95)),
     );
     for n in sizes {
         runtime.block_on(run(n, ads, kademlia));

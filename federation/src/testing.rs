@@ -140,7 +140,7 @@ pub fn cpu_time() -> std::time::Duration {
         return std::time::Duration::ZERO;
     };
     // After the command name (which ends with ')'): utime and stime are the 12th and 13th
-    // fields, in clock ticks (100 per second on Linux).
+    // fields, in clock ticks of `sysconf(_SC_CLK_TCK)` per second.
     let fields: Vec<&str> = stat
         .rsplit_once(')')
         .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
@@ -150,5 +150,50 @@ pub fn cpu_time() -> std::time::Duration {
             .and_then(|f| f.parse::<u64>().ok())
             .unwrap_or(0)
     };
-    std::time::Duration::from_millis((ticks(11) + ticks(12)) * 10)
+    ticks_to_duration(ticks(11) + ticks(12), clock_ticks_per_second())
+}
+
+/// The kernel's clock ticks per second (`sysconf(_SC_CLK_TCK)`), 100 if it cannot say.
+fn clock_ticks_per_second() -> u64 {
+    match nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK) {
+        Ok(Some(hz)) if hz > 0 => hz.unsigned_abs(),
+        _ => 100,
+    }
+}
+
+fn ticks_to_duration(ticks: u64, per_second: u64) -> std::time::Duration {
+    let per_second = per_second.max(1);
+    let nanos = u128::from(ticks) * 1_000_000_000 / u128::from(per_second);
+    std::time::Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn clock_ticks_convert_at_the_kernel_rate() {
+        assert!(clock_ticks_per_second() > 0);
+        assert_eq!(ticks_to_duration(250, 100), Duration::from_millis(2500));
+        assert_eq!(ticks_to_duration(3, 1000), Duration::from_millis(3));
+        assert_eq!(ticks_to_duration(1, 300), Duration::from_nanos(3_333_333));
+    }
+
+    #[test]
+    fn cpu_time_grows_with_work() {
+        let before = cpu_time();
+        let started = std::time::Instant::now();
+        let mut x = 0u64;
+        // Busy for at least 100 ms of wall time (bounded), so a few ticks pass.
+        while started.elapsed() < Duration::from_millis(100) {
+            x = std::hint::black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1));
+        }
+        let used = cpu_time().saturating_sub(before);
+        assert!(
+            used > Duration::ZERO,
+            "no CPU time counted for 100 ms of work"
+        );
+    }
 }
