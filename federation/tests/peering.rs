@@ -15,7 +15,10 @@ use federation::testing::CERT_VALIDITY;
 use federation::{OverlayError, SharedTrust, TrustError, unix_now};
 
 /// The agent's policy, reduced to peering: the caller must be the certified party, and its
-/// federation must be f1 or covered by an agreement of f1.
+/// federation must be f1 or covered by an agreement of f1. Refusals are mapped as agentd maps
+/// them (`agentd::agent`, which `federation` cannot depend on): no agreement is `no_peering`,
+/// anything else the trust store refuses is a `policy` refusal under rule `principal` whose
+/// detail is the trust store's sentence.
 async fn serve_agent(mut stream: ServeStream<AgentProtocol>, trust: SharedTrust) {
     while let Some(incoming) = stream.next().await {
         let reply: Reply<AgentResponse> = match incoming.request {
@@ -41,7 +44,7 @@ async fn serve_agent(mut stream: ServeStream<AgentProtocol>, trust: SharedTrust)
                                 federation: peer_federation,
                             },
                             other => Rejection::Policy {
-                                rule: "peering".into(),
+                                rule: "principal".into(),
                                 detail: other.to_string(),
                             },
                         })
@@ -111,7 +114,7 @@ async fn an_agent_serves_exactly_what_its_peering_agreement_says() {
     ));
     let agent_addr = addr(&agent).await;
 
-    let mut outcomes = Vec::new();
+    let mut outcomes: Vec<(String, String)> = Vec::new();
     for (key, cert) in &certs {
         let caller = federation::Overlay::start(key, config(&[]), trust(&[]))
             .await
@@ -125,22 +128,47 @@ async fn an_agent_serves_exactly_what_its_peering_agreement_says() {
             )
             .await;
         outcomes.push(match result {
-            Ok(_) => "served".to_owned(),
-            Err(OverlayError::Rejected(reply)) => reply.reason.code().to_owned(),
+            Ok(_) => ("served".to_owned(), String::new()),
+            Err(OverlayError::Rejected(reply)) => match reply.reason {
+                Rejection::Policy { rule, detail } => (format!("policy/{rule}"), detail),
+                other => (other.code().to_owned(), reply.message),
+            },
             Err(other) => panic!("unexpected {other}"),
         });
         caller.shutdown().await;
     }
+    let codes: Vec<&str> = outcomes.iter().map(|(code, _)| code.as_str()).collect();
     assert_eq!(
-        outcomes,
+        codes,
         [
-            "served",     // alice: f2 principal listed in the agreement
-            "policy",     // bob: f2 principal not listed
-            "served",     // f2 broker: role covered
-            "policy",     // f2 agent: role not covered
-            "no_peering", // carol: f3 has no agreement
-            "served",     // dave: member of f1 itself
+            "served",           // alice: f2 principal listed in the agreement
+            "policy/principal", // bob: f2 principal not listed
+            "served",           // f2 broker: role covered
+            "policy/principal", // f2 agent: role not covered
+            "no_peering",       // carol: f3 has no agreement
+            "served",           // dave: member of f1 itself
         ]
+    );
+    // The two policy refusals say which part of the agreement refused: the principal list
+    // (naming the principal) or the roles served (naming the role), with the agreement.
+    let serial = agreement.peek_unverified().unwrap().serial;
+    let (not_listed, role_not_served) = (&outcomes[1].1, &outcomes[3].1);
+    assert_eq!(
+        not_listed,
+        &format!(
+            "federation \"f1\" serves only listed principals of \"f2\"; {} is not one \
+             (agreement serial {serial})",
+            bob.public()
+        )
+    );
+    assert_eq!(
+        role_not_served,
+        &format!("federation \"f1\" does not serve agents of \"f2\" (agreement serial {serial})")
+    );
+    assert!(
+        outcomes[4].1.contains("f3"),
+        "no_peering names the federation: {:?}",
+        outcomes[4]
     );
 
     // Presenting someone else's certificate does not help.
