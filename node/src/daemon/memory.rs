@@ -1,6 +1,18 @@
 //! Slivers kept in memory, without isolation: for the service's tests and for the testnet's
-//! in-process simulation, where thousands of nodes run in one process. `exec` runs nothing; it
-//! answers with the arguments echoed, so callers can see where a command went.
+//! in-process simulation, where thousands of nodes run in one process.
+//!
+//! Memory isolation runs nothing, by design. What it answers instead:
+//! - `exec` answers exit 0 with `<sliver id>: <argv joined by spaces>\n` on stdout (the
+//!   arguments echoed), so callers can see where a command went;
+//! - `Spawn` (the service runs `/bin/sh -c '"$@" >>SPAWN_LOG … & echo $!' sh ARGV…` through
+//!   `exec`) answers a synthetic pid: per sliver, 2 for the first spawn, then 3, 4, … (as in a
+//!   pid namespace whose init is 1); no process exists. The sliver's log gets the line
+//!   `memory isolation runs nothing: spawned <argv>`;
+//! - `Logs` (the service runs `tail -c N SPAWN_LOG` through `exec`) answers the last N bytes of
+//!   that log.
+//!
+//! So the protocol path of every call is exercised; what a program really does in a sliver is
+//! tested on real slivers (`testnet/scenarios/two-federations.toml`).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -8,13 +20,68 @@ use std::sync::Mutex;
 use capability_schema::Lease;
 use capability_schema::protocol::ExecOutput;
 
-use super::service::SliverBackend;
+use super::service::{SPAWN_LOG, SliverBackend};
+
+/// The first synthetic pid a sliver's spawn answers (1 would be its init).
+pub const FIRST_SYNTHETIC_PID: u32 = 2;
+
+/// The line a spawn adds to the sliver's in-memory log (followed by the argv).
+pub const SPAWN_LOG_PREFIX: &str = "memory isolation runs nothing: spawned ";
+
+/// One in-memory sliver.
+#[derive(Debug, Clone)]
+struct MemorySliver {
+    keys: Vec<String>,
+    /// What `Logs` answers: a line per spawn.
+    log: Vec<u8>,
+    /// The synthetic pid the next spawn answers.
+    next_pid: u32,
+}
+
+impl Default for MemorySliver {
+    fn default() -> Self {
+        MemorySliver {
+            keys: Vec::new(),
+            log: Vec::new(),
+            next_pid: FIRST_SYNTHETIC_PID,
+        }
+    }
+}
 
 /// In-memory slivers.
 #[derive(Debug, Default)]
 pub struct InMemorySlivers {
-    slivers: Mutex<BTreeMap<String, Vec<String>>>,
+    slivers: Mutex<BTreeMap<String, MemorySliver>>,
     fail_next_create: Mutex<bool>,
+}
+
+/// The program of a `Spawn`, if `argv` is the service's spawn wrapper.
+fn spawned(argv: &[String]) -> Option<&[String]> {
+    match argv {
+        [sh, c, script, zero, rest @ ..]
+            if sh == "/bin/sh"
+                && c == "-c"
+                && zero == "sh"
+                && script.contains(SPAWN_LOG)
+                && script.ends_with("& echo $!") =>
+        {
+            Some(rest)
+        }
+        _ => None,
+    }
+}
+
+/// The byte count of a `Logs`, if `argv` is the service's log tail.
+fn log_tail(argv: &[String]) -> Option<usize> {
+    match argv {
+        [sh, c, script] if sh == "/bin/sh" && c == "-c" && script.contains(SPAWN_LOG) => script
+            .strip_prefix("tail -c ")?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok(),
+        _ => None,
+    }
 }
 
 impl InMemorySlivers {
@@ -33,10 +100,10 @@ impl InMemorySlivers {
 
     /// Adds a sliver no lease knows (to test orphan removal).
     pub fn insert_orphan(&self, id: &str) {
-        self.lock().insert(id.to_owned(), Vec::new());
+        self.lock().insert(id.to_owned(), MemorySliver::default());
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Vec<String>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, MemorySliver>> {
         self.slivers
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -56,7 +123,7 @@ impl SliverBackend for InMemorySlivers {
         if slivers.contains_key(sliver_id) {
             return Err(format!("sliver {sliver_id} exists"));
         }
-        slivers.insert(sliver_id.to_owned(), Vec::new());
+        slivers.insert(sliver_id.to_owned(), MemorySliver::default());
         Ok(Some(format!("10.199.0.{}", slivers.len() + 1)))
     }
 
@@ -76,12 +143,25 @@ impl SliverBackend for InMemorySlivers {
         _stdin: &[u8],
         _timeout_ms: u64,
     ) -> Result<ExecOutput, String> {
-        if !self.lock().contains_key(sliver_id) {
-            return Err(format!("no sliver {sliver_id}"));
-        }
+        let mut slivers = self.lock();
+        let sliver = slivers
+            .get_mut(sliver_id)
+            .ok_or_else(|| format!("no sliver {sliver_id}"))?;
+        let stdout = if let Some(program) = spawned(argv) {
+            let pid = sliver.next_pid;
+            sliver.next_pid = sliver.next_pid.saturating_add(1);
+            sliver
+                .log
+                .extend(format!("{SPAWN_LOG_PREFIX}{}\n", program.join(" ")).into_bytes());
+            format!("{pid}\n").into_bytes()
+        } else if let Some(n) = log_tail(argv) {
+            sliver.log[sliver.log.len().saturating_sub(n)..].to_vec()
+        } else {
+            format!("{sliver_id}: {}\n", argv.join(" ")).into_bytes()
+        };
         Ok(ExecOutput {
             exit_code: 0,
-            stdout: format!("{sliver_id}: {}\n", argv.join(" ")).into_bytes(),
+            stdout,
             stderr: Vec::new(),
             truncated: false,
             timed_out: false,
@@ -91,15 +171,16 @@ impl SliverBackend for InMemorySlivers {
     fn list_keys(&self, sliver_id: &str) -> Result<Vec<String>, String> {
         self.lock()
             .get(sliver_id)
-            .cloned()
+            .map(|s| s.keys.clone())
             .ok_or_else(|| format!("no sliver {sliver_id}"))
     }
 
     fn add_key(&self, sliver_id: &str, key: &str) -> Result<(), String> {
         let mut slivers = self.lock();
-        let keys = slivers
+        let keys = &mut slivers
             .get_mut(sliver_id)
-            .ok_or_else(|| format!("no sliver {sliver_id}"))?;
+            .ok_or_else(|| format!("no sliver {sliver_id}"))?
+            .keys;
         if !keys.iter().any(|k| k == key) {
             keys.push(key.to_owned());
         }
@@ -108,9 +189,10 @@ impl SliverBackend for InMemorySlivers {
 
     fn remove_key(&self, sliver_id: &str, key: &str) -> Result<(), String> {
         let mut slivers = self.lock();
-        let keys = slivers
+        let keys = &mut slivers
             .get_mut(sliver_id)
-            .ok_or_else(|| format!("no sliver {sliver_id}"))?;
+            .ok_or_else(|| format!("no sliver {sliver_id}"))?
+            .keys;
         keys.retain(|k| k != key && !k.ends_with(&format!(" {key}")));
         Ok(())
     }
@@ -118,5 +200,53 @@ impl SliverBackend for InMemorySlivers {
     fn wipe(&self) -> Result<(), String> {
         self.lock().clear();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shell(script: String, rest: &[&str]) -> Vec<String> {
+        let mut argv = vec!["/bin/sh".to_owned(), "-c".to_owned(), script];
+        argv.extend(rest.iter().map(|a| (*a).to_owned()));
+        argv
+    }
+
+    #[test]
+    fn spawn_answers_synthetic_pids_and_logs_say_nothing_ran() {
+        let m = InMemorySlivers::new();
+        m.insert_orphan("s1");
+        // The service's spawn wrapper, as `NodeService` builds it.
+        let wrapper = format!("\"$@\" >>{SPAWN_LOG} 2>&1 </dev/null & echo $!");
+        let out = m
+            .exec(
+                "s1",
+                &shell(wrapper.clone(), &["sh", "sleep", "60"]),
+                &[],
+                1000,
+            )
+            .unwrap();
+        assert_eq!(out.stdout, b"2\n");
+        let out = m
+            .exec("s1", &shell(wrapper, &["sh", "true"]), &[], 1000)
+            .unwrap();
+        assert_eq!(out.stdout, b"3\n");
+        let tail = format!("tail -c 65536 {SPAWN_LOG} 2>/dev/null || true");
+        let out = m.exec("s1", &shell(tail, &[]), &[], 1000).unwrap();
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap(),
+            format!("{SPAWN_LOG_PREFIX}sleep 60\n{SPAWN_LOG_PREFIX}true\n")
+        );
+        // A short tail is the end of the log.
+        let tail = format!("tail -c 5 {SPAWN_LOG} 2>/dev/null || true");
+        let out = m.exec("s1", &shell(tail, &[]), &[], 1000).unwrap();
+        assert_eq!(out.stdout, b"true\n");
+        // Anything else is echoed.
+        let out = m
+            .exec("s1", &["id".to_owned(), "-u".to_owned()], &[], 1000)
+            .unwrap();
+        assert_eq!(out.stdout, b"s1: id -u\n");
+        assert!(m.exec("nope", &["id".to_owned()], &[], 1000).is_err());
     }
 }
