@@ -5,7 +5,9 @@
 //! - the agents asked are those of the config plus, with `discover_agents`, every agent a
 //!   validated ad delegates to (reached through Kademlia, as ads carry no agent address);
 //! - each broker request runs in its own task, at most `max_in_flight` at once: `FindSlice`
-//!   gathers and plans, `AcquireSlice` runs [`Acquirer::acquire`] for the caller;
+//!   gathers and plans, `AcquireSlice` runs [`Acquirer::acquire`] for the caller; a failed
+//!   acquisition is an error reply, or [`BrokerAnswer::NotAcquired`] with the plan and the
+//!   report for callers that ask for it (`crate::wire`);
 //! - a broker acquires only for the caller itself (the noise handshake authenticates it), so
 //!   nobody can spend another principal's quota through it. Tickets are bound to the principal
 //!   by the agents; the broker only relays them.
@@ -16,7 +18,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use capability_schema::protocol::BrokerResponse;
 use capability_schema::{ErrorReply, PublicKey, Rejection, Role, SecretKey, SliceRequest};
 use federation::overlay::Multiaddr;
 use federation::{Overlay, OverlayConfig, OverlayHandle};
@@ -26,7 +27,7 @@ use super::DaemonError;
 use super::config::BrokerConfig;
 use super::http;
 use crate::acquire::{Acquirer, OverlayAgents};
-use crate::wire::{BrokerCall, BrokerCallProtocol};
+use crate::wire::{BrokerAnswer, BrokerAnswerProtocol, BrokerCall, failure_answer};
 
 /// Where the broker learned of an agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -234,7 +235,7 @@ pub async fn start(
     };
 
     // Protocol server.
-    let mut requests = overlay.serve::<BrokerCallProtocol>().await?;
+    let mut requests = overlay.serve::<BrokerAnswerProtocol>().await?;
     let max_in_flight = config.max_in_flight;
     let server = {
         let (state, mut stop) = (Arc::clone(&state), stop.clone());
@@ -305,7 +306,7 @@ async fn serve_one(
     acquirer: &Acquirer<OverlayAgents>,
     caller: PublicKey,
     call: BrokerCall,
-) -> Result<BrokerResponse, ErrorReply> {
+) -> Result<BrokerAnswer, ErrorReply> {
     let refuse = |r: Rejection| {
         state.refused.fetch_add(1, Ordering::Relaxed);
         Err(ErrorReply::from(r))
@@ -319,9 +320,10 @@ async fn serve_one(
             }
             let plan = acquirer.find(&agents, &request).await;
             state.finds.fetch_add(1, Ordering::Relaxed);
-            Ok(BrokerResponse::Plan(plan))
+            Ok(BrokerAnswer::Plan(plan))
         }
         BrokerCall::AcquireSlice(ask) => {
+            let detailed = ask.detailed_failure;
             let (request, cert) = ask.into_parts();
             if let Err(r) = check_request(&request) {
                 return refuse(r);
@@ -343,12 +345,12 @@ async fn serve_one(
                         .tickets
                         .fetch_add(slice.tickets.len() as u64, Ordering::Relaxed);
                     tracing::info!(slice = %request.name, principal = %caller.short(), tickets = slice.tickets.len(), missing = slice.missing, "acquired");
-                    Ok(BrokerResponse::Acquired(slice))
+                    Ok(BrokerAnswer::Acquired(slice))
                 }
                 Err(failure) => {
                     state.failed.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(slice = %request.name, principal = %caller.short(), reason = %failure.reply.reason.code(), "acquisition failed");
-                    Err(failure.reply)
+                    failure_answer(failure, detailed)
                 }
             }
         }
