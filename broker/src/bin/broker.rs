@@ -51,17 +51,23 @@ fn main() -> anyhow::Result<()> {
         Command::Init { dir, federation } => {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             let config = dir.join("broker.toml");
-            if config.exists() {
-                anyhow::bail!("{} exists already; not overwriting it", config.display());
+            let key_file = dir.join("broker.key");
+            for path in [&config, &key_file] {
+                if path.exists() {
+                    anyhow::bail!(
+                        "{} exists already; not overwriting it (this directory holds a broker: \
+                         run it with `broker run --config {}`, or init into another --dir)",
+                        path.display(),
+                        config.display()
+                    );
+                }
             }
             let key = SecretKey::generate();
-            key.save(&dir.join("broker.key"))?;
-            std::fs::write(&config, DEFAULT_CONFIG.replace("{federation}", &federation))?;
-            println!(
-                "wrote {} and {}",
-                config.display(),
-                dir.join("broker.key").display()
-            );
+            key.save(&key_file)
+                .with_context(|| format!("writing the key {}", key_file.display()))?;
+            std::fs::write(&config, DEFAULT_CONFIG.replace("{federation}", &federation))
+                .with_context(|| format!("writing {}", config.display()))?;
+            println!("wrote {} and {}", config.display(), key_file.display());
             println!("broker key: {}", key.public());
             println!(
                 "next: list agents under [[agents]] and trusted federations under [[trust]]; \
