@@ -46,6 +46,13 @@ pub enum OpError {
     /// Bad arguments.
     #[error("{0}")]
     Usage(String),
+    /// Something this machine must provide is missing or unusable (a key, a state
+    /// directory, a file that cannot be written).
+    #[error("{0}")]
+    Setup(String),
+    /// An unexpected failure outside the commands (the async runtime).
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl OpError {
@@ -56,7 +63,8 @@ impl OpError {
             OpError::State(StateError::Exists(_)) => ExitClass::Usage,
             OpError::State(StateError::Storage { .. }) => ExitClass::Setup,
             OpError::Spec(_) | OpError::Usage(_) => ExitClass::Usage,
-            OpError::Config(_) => ExitClass::Setup,
+            OpError::Config(_) | OpError::Setup(_) => ExitClass::Setup,
+            OpError::Internal(_) => ExitClass::Internal,
             OpError::Client(e) => e.class(),
         }
     }
@@ -65,7 +73,7 @@ impl OpError {
     pub fn to_json(&self) -> Value {
         let reason = match self {
             OpError::Client(ClientError::Refused(reply)) => reply.reason.code().to_owned(),
-            _ => format!("{:?}", self.class()).to_lowercase(),
+            _ => self.class().name().to_owned(),
         };
         json!({
             "ok": false,
@@ -970,8 +978,10 @@ impl Manager {
         }
     }
 
-    /// `slice sync`: redeems unredeemed tickets (dropping expired ones), forgets expired
-    /// leases, and acquires tickets for slivers still missing (best effort).
+    /// `slice sync`: forgets expired leases, asks every node holding a lease whether it still
+    /// has it (a lease its node no longer has is forgotten and its sliver acquired again),
+    /// redeems unredeemed tickets (dropping expired ones), and acquires tickets for slivers
+    /// still missing (best effort, keeping the slice's `min_sites`).
     pub async fn sync(&self, name: Option<&str>) -> Result<Outcome, OpError> {
         let names: Vec<String> = match name {
             Some(n) => {
@@ -1001,6 +1011,32 @@ impl Manager {
         })
     }
 
+    /// The leases of `name` whose node answers its status without them (asked in parallel,
+    /// at most the session's concurrency at once). Unanswered nodes count as still holding.
+    async fn gone_leases(&self, name: &str) -> Result<Vec<LeaseEntry>, OpError> {
+        let leases = self.state.leases(name)?;
+        let results = self
+            .session
+            .fan_out(&leases, |l| {
+                self.session
+                    .node_call(l.lease.node, &l.addresses, NodeRequest::Status)
+            })
+            .await;
+        let mut gone: Vec<LeaseEntry> = results
+            .into_iter()
+            .filter(|(l, r)| match r {
+                Ok(NodeResponse::Status(status)) => !status.leases.iter().any(|s| {
+                    s.verify_by(&l.lease.node)
+                        .is_ok_and(|x| x.lease_id == l.lease.lease_id)
+                }),
+                _ => false,
+            })
+            .map(|(l, _)| l.clone())
+            .collect();
+        gone.sort_by_key(LeaseEntry::label);
+        Ok(gone)
+    }
+
     async fn sync_one(&self, name: &str) -> Result<((Value, Vec<String>), ExitClass), OpError> {
         let record = self.state.slice(name)?;
         let now = unix_now();
@@ -1016,6 +1052,28 @@ impl Manager {
                 ));
             }
         }
+        // Leases the slice holds: does each node still have it? (A node wiped, or a lease
+        // released behind slicectl's back.) A node that does not answer keeps its lease here:
+        // only a node's own answer makes a lease gone.
+        let gone = self.gone_leases(name).await?;
+        for l in &gone {
+            self.state.remove_lease(name, &l.lease.node)?;
+            lines.push(format!(
+                "{}: lease {} is gone from its node; acquiring the sliver again",
+                l.label(),
+                l.lease.lease_id
+            ));
+        }
+        if !gone.is_empty() {
+            // Its agent may stop counting the ticket against its share (best effort).
+            self.session
+                .release_tickets(
+                    gone.iter()
+                        .map(|l| (l.lease.agent, l.lease.ticket_id.clone()))
+                        .collect(),
+                )
+                .await;
+        }
         let mut tickets = Vec::new();
         for t in self.state.tickets(name)? {
             if t.not_after <= now {
@@ -1029,12 +1087,16 @@ impl Manager {
             }
         }
         // Slivers missing altogether: acquire tickets for them.
-        let held: Vec<capability_schema::PublicKey> = self
-            .state
-            .leases(name)?
+        let leases = self.state.leases(name)?;
+        let held: Vec<capability_schema::PublicKey> = leases
             .iter()
             .map(|l| l.lease.node)
             .chain(tickets.iter().map(|t| t.ticket.node))
+            .collect();
+        let held_sites: std::collections::BTreeSet<String> = leases
+            .iter()
+            .map(|l| l.site.clone())
+            .chain(tickets.iter().map(|t| t.site.clone()))
             .collect();
         let wanted = record.request.target.count();
         let mut acquired_report = Vec::new();
@@ -1058,7 +1120,13 @@ impl Manager {
                 .constraints
                 .exclude_nodes
                 .extend(held.iter().copied());
-            request.constraints.min_sites = 0;
+            // The original `min_sites` still binds: the new slivers must bring the sites the
+            // held ones lack (at most one site per new sliver).
+            request.constraints.min_sites = rest_min_sites(
+                record.request.constraints.min_sites,
+                held_sites.len(),
+                request.target.count(),
+            );
             match self.session.acquire(&request).await {
                 Ok(acquired) => {
                     let more = ticket_entries(&acquired, &request);
@@ -1104,15 +1172,31 @@ impl Manager {
                 ));
             }
         }
-        let have = self.state.leases(name)?.len();
+        let now_held = self.state.leases(name)?;
+        let have = now_held.len();
         if have < wanted {
             class = class.worst(ExitClass::Partial);
+        }
+        let min_sites = record.request.constraints.min_sites as usize;
+        let sites = now_held
+            .iter()
+            .map(|l| l.site.as_str())
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
+        if have == wanted && sites < min_sites {
+            class = class.worst(ExitClass::Partial);
+            lines.push(format!(
+                "the slivers span {sites} sites, fewer than min_sites {min_sites}: delete the \
+                 slice and create it again to spread it"
+            ));
         }
         lines.insert(0, format!("slice {name}: {have} of {wanted} slivers held"));
         let json = json!({
             "slice": name,
             "wanted": wanted,
             "held": have,
+            "sites": sites,
+            "gone": gone.iter().map(lease_json).collect::<Vec<_>>(),
             "redeemed": redeemed.leases.iter().map(lease_json).collect::<Vec<_>>(),
             "unredeemed": redeemed.failed.iter().map(|(t, e)| {
                 let mut v = ticket_json(t);
@@ -1123,6 +1207,13 @@ impl Manager {
         });
         Ok(((json, lines), class))
     }
+}
+
+/// The `min_sites` of a request for the slivers a slice still lacks: the sites the original
+/// asked for beyond those held, at most one per new sliver.
+fn rest_min_sites(original: u32, held_sites: usize, new_slivers: usize) -> u32 {
+    let lacking = (original as usize).saturating_sub(held_sites);
+    u32::try_from(lacking.min(new_slivers)).unwrap_or(u32::MAX)
 }
 
 /// `slice list`: the slices in the local state (no network).
@@ -1172,4 +1263,20 @@ pub enum KeyAction {
     Del(String),
     /// List keys.
     List,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rest_min_sites;
+
+    #[test]
+    fn the_rest_of_a_slice_keeps_its_min_sites() {
+        // 4 sites wanted, 3 held, 1 sliver missing: the new one must be on a fourth site.
+        assert_eq!(rest_min_sites(4, 3, 1), 1);
+        // Enough sites held already: no constraint on the new slivers.
+        assert_eq!(rest_min_sites(2, 3, 1), 0);
+        assert_eq!(rest_min_sites(0, 0, 5), 0);
+        // Never more than the slivers asked (the planner refuses that shape).
+        assert_eq!(rest_min_sites(5, 0, 2), 2);
+    }
 }

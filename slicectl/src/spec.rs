@@ -168,6 +168,23 @@ impl SliceSpec {
         self.lease.as_deref().map(parse_duration).transpose()
     }
 
+    /// Checks the spec without making a request (name, sliver count, resources, window,
+    /// first lease), so a bad one fails before any identity or network is needed.
+    pub fn check(&self) -> Result<(), SpecError> {
+        if self.name.trim().is_empty() {
+            return Err(SpecError::Invalid("the slice needs a name".into()));
+        }
+        if self.nodes.is_empty() && self.slivers.is_none_or(|n| n == 0) {
+            return Err(SpecError::Invalid(
+                "say how many slivers (slivers = N) or where (nodes = [...])".into(),
+            ));
+        }
+        self.per_sliver()?;
+        parse_duration(&self.duration)?;
+        self.lease_secs()?;
+        Ok(())
+    }
+
     /// The request this spec makes for `principal` of `federation`.
     pub fn to_request(
         &self,

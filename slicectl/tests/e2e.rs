@@ -1,7 +1,9 @@
 //! End to end on real daemons in this process (two federations, two agents, memory-isolation
 //! nodes, a broker) over loopback TCP: a slice spanning both federations is created, used,
-//! renewed and deleted; a node is down during create; an impossible request is explained;
-//! the `slicectl` binary itself is driven for exit codes and JSON.
+//! renewed and deleted (exec, spawn, logs and keys on memory slivers, which run nothing and
+//! answer documented stand-ins); a node is down during create; a lease gone from its node is
+//! acquired again by sync; an impossible request is explained; the `slicectl` binary itself is
+//! driven for exit codes, JSON errors and help.
 
 mod testnet;
 
@@ -13,6 +15,8 @@ use capability_schema::protocol::BrokerResponse;
 use capability_schema::slice::SliverTarget;
 use capability_schema::{AcquireMode, SecretKey};
 use federation::{Overlay, OverlayConfig, OverlayError};
+use node::daemon::memory::{FIRST_SYNTHETIC_PID, SPAWN_LOG_PREFIX};
+use node::daemon::service::sliver_id_for;
 use slicectl::exit::ExitClass;
 use slicectl::spec::SliceSpec;
 use testnet::{Testnet, within};
@@ -47,21 +51,75 @@ async fn create_exec_renew_delete_across_two_federations() {
     let stored: BTreeSet<String> = leases.iter().map(|l| l.lease.lease_id.clone()).collect();
     assert_eq!(on_nodes, stored);
 
-    // Exec in every sliver, output prefixed by node.
+    // Exec in every sliver, output prefixed by node. Memory isolation runs nothing: each
+    // node answers `<sliver id>: <argv>` (documented in node::daemon::memory), so this checks
+    // that the command reached every sliver of the slice, prefixed by its node; what a real
+    // sliver answers is checked by testnet/scenarios/two-federations.toml.
     let out = within(m.exec("plc-site0_demo", vec!["hostname".into()], 5000))
         .await
         .unwrap();
     assert_eq!(out.class, ExitClass::Ok);
-    assert_eq!(out.lines.len(), 4, "{:#?}", out.lines);
+    let sliver = sliver_id_for("plc-site0_demo");
+    let mut want: Vec<String> = leases
+        .iter()
+        .map(|l| format!("[{}] {sliver}: hostname", l.label()))
+        .collect();
+    want.sort();
+    let mut got = out.lines.clone();
+    got.sort();
+    assert_eq!(got, want);
+    for s in out.json["slivers"].as_array().unwrap() {
+        assert_eq!(s["stdout"], format!("{sliver}: hostname\n"), "{s}");
+        assert_eq!(s["exit_code"], 0, "{s}");
+    }
+
+    // Spawn: memory isolation answers synthetic pids (2, then 3, … per sliver) and logs a
+    // line per spawn instead of running anything; the protocol path is what this checks.
+    let spawned = within(m.spawn("plc-site0_demo", vec!["sleep".into(), "60".into()]))
+        .await
+        .unwrap();
+    assert_eq!(spawned.class, ExitClass::Ok, "{:#?}", spawned.lines);
+    let pids: Vec<u64> = spawned.json["slivers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["pid"].as_u64().unwrap())
+        .collect();
+    assert_eq!(pids, vec![u64::from(FIRST_SYNTHETIC_PID); 4]);
+    let again = within(m.spawn("plc-site0_demo", vec!["true".into()]))
+        .await
+        .unwrap();
+    assert_eq!(again.class, ExitClass::Ok, "{:#?}", again.lines);
     for l in &leases {
         assert!(
-            out.lines
-                .iter()
-                .any(|line| line.starts_with(&format!("[{}]", l.label()))
-                    && line.contains("hostname")),
+            again
+                .lines
+                .contains(&format!("[{}] pid {}", l.label(), FIRST_SYNTHETIC_PID + 1)),
             "{:#?}",
-            out.lines
+            again.lines
         );
+    }
+    // Logs: the tail of each sliver's spawn log, prefixed by node.
+    let logs = within(m.logs("plc-site0_demo", 65536)).await.unwrap();
+    assert_eq!(logs.class, ExitClass::Ok, "{:#?}", logs.lines);
+    for s in logs.json["slivers"].as_array().unwrap() {
+        assert_eq!(
+            s["logs"],
+            format!("{SPAWN_LOG_PREFIX}sleep 60\n{SPAWN_LOG_PREFIX}true\n"),
+            "{s}"
+        );
+    }
+    for l in &leases {
+        assert!(
+            logs.lines
+                .contains(&format!("[{}] {SPAWN_LOG_PREFIX}true", l.label())),
+            "{:#?}",
+            logs.lines
+        );
+    }
+    let tail = within(m.logs("plc-site0_demo", 5)).await.unwrap();
+    for s in tail.json["slivers"].as_array().unwrap() {
+        assert_eq!(s["logs"], "true\n", "{s}");
     }
 
     // Status: all live.
@@ -114,6 +172,37 @@ async fn create_exec_renew_delete_across_two_federations() {
             .count(),
         4
     );
+    let listed = within(m.keys("plc-site0_demo", slicectl::ops::KeyAction::List))
+        .await
+        .unwrap();
+    assert_eq!(listed.class, ExitClass::Ok, "{:#?}", listed.lines);
+    for s in listed.json["slivers"].as_array().unwrap() {
+        assert_eq!(s["keys"], serde_json::json!([key_line]), "{s}");
+    }
+    // Removed by its comment: every sliver says it has none left.
+    let removed = within(m.keys(
+        "plc-site0_demo",
+        slicectl::ops::KeyAction::Del("alice@laptop".into()),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(removed.class, ExitClass::Ok, "{:#?}", removed.lines);
+    assert_eq!(
+        removed
+            .lines
+            .iter()
+            .filter(|l| l.ends_with("(no keys)"))
+            .count(),
+        4,
+        "{:#?}",
+        removed.lines
+    );
+    let listed = within(m.keys("plc-site0_demo", slicectl::ops::KeyAction::List))
+        .await
+        .unwrap();
+    for s in listed.json["slivers"].as_array().unwrap() {
+        assert_eq!(s["keys"], serde_json::json!([]), "{s}");
+    }
 
     // Delete: nothing left on any node or in the state.
     let deleted = within(m.delete("plc-site0_demo")).await.unwrap();
@@ -350,6 +439,44 @@ async fn the_cli_explains_impossible_requests_and_brokers_itself() {
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(net.all_leases().is_empty());
 
+    // Refused, 5: the principal (site plc-site0) asks for a slice under another site's prefix,
+    // which the agents' policy does not allow it; the rule is named, nothing is recorded.
+    for json in [false, true] {
+        let mut args = vec!["--config", &cfg_agents];
+        if json {
+            args.push("--json");
+        }
+        args.extend([
+            "slice",
+            "create",
+            "--name",
+            "ple-site0_theirs",
+            "--slivers",
+            "1",
+            "--resources",
+            "cpu=100m,memory=64MiB",
+            "--duration",
+            "10m",
+        ]);
+        let (code, stdout, stderr) = cli(&args).await;
+        assert_eq!(code, ExitClass::Refused.code(), "{stdout}{stderr}");
+        if json {
+            let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+            assert_eq!(v["ok"], false, "{v}");
+            assert_eq!(v["exit_code"], 5, "{v}");
+            assert_eq!(v["reason"], "policy", "{v}");
+            assert!(v["error"].as_str().unwrap().contains("slice-prefix"), "{v}");
+        } else {
+            assert!(stderr.contains("slice-prefix"), "{stderr}");
+        }
+    }
+    assert!(net.all_leases().is_empty());
+    let args = ["--config", &cfg_agents, "--json", "slice", "list"];
+    let (code, stdout, _) = cli(&args).await;
+    assert_eq!(code, 0);
+    let list: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(list["slices"].as_array().unwrap().len(), 0, "{stdout}");
+
     net.stop().await;
 }
 
@@ -476,4 +603,261 @@ async fn sync_adopts_a_lease_granted_just_before_a_crash() {
     assert!(net.all_leases().is_empty());
     m.session.shutdown().await;
     net.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_acquires_again_a_lease_gone_from_its_node() {
+    let net = Testnet::start(2).await;
+    let state = tempfile::tempdir().unwrap();
+    let m = net.manager(state.path(), false).await;
+    let name = "plc-site0_gone";
+    // One sliver per site: min_sites 4 of the four nodes.
+    let mut s = spec(name, 4, AcquireMode::AllOrNothing);
+    s.constraints.min_sites = 4;
+    let created = within(m.create(&s)).await.unwrap();
+    assert_eq!(created.class, ExitClass::Ok, "{:#?}", created.lines);
+    let leases = m.state.leases(name).unwrap();
+    assert_eq!(leases.len(), 4);
+
+    // Behind slicectl's back, the lease on one node is released at the node itself.
+    let victim = leases[1].clone();
+    let release = capability_schema::protocol::NodeRequest::Release {
+        lease_id: victim.lease.lease_id.clone(),
+    };
+    within(
+        m.session
+            .node_call(victim.lease.node, &victim.addresses, release),
+    )
+    .await
+    .unwrap();
+    let node = net
+        .nodes
+        .iter()
+        .find(|n| n.key == victim.lease.node)
+        .unwrap();
+    assert!(node.leases().is_empty());
+    // The local state still believes in it; status says the node does not.
+    assert_eq!(m.state.leases(name).unwrap().len(), 4);
+    let status = within(m.status(name)).await.unwrap();
+    assert_eq!(status.class, ExitClass::Partial, "{:#?}", status.lines);
+
+    // Sync asks every node, forgets the gone lease and acquires the sliver again. With
+    // min_sites kept, the only placement is the node that lost it (the fourth site).
+    let synced = within(m.sync(Some(name))).await.unwrap();
+    assert_eq!(synced.class, ExitClass::Ok, "{:#?}", synced.lines);
+    let slice = &synced.json["slices"][0];
+    assert_eq!(slice["gone"].as_array().unwrap().len(), 1, "{slice}");
+    assert_eq!(
+        slice["gone"][0]["lease_id"],
+        victim.lease.lease_id.as_str(),
+        "{slice}"
+    );
+    assert_eq!(slice["held"], 4, "{slice}");
+    assert_eq!(slice["sites"], 4, "{slice}");
+    assert!(
+        synced
+            .lines
+            .iter()
+            .any(|l| l.contains("gone from its node")),
+        "{:#?}",
+        synced.lines
+    );
+    let after = m.state.leases(name).unwrap();
+    assert_eq!(after.len(), 4);
+    let renewed = after
+        .iter()
+        .find(|l| l.lease.node == victim.lease.node)
+        .expect("the sliver is back on its node");
+    assert_ne!(renewed.lease.lease_id, victim.lease.lease_id);
+    assert_eq!(node.leases().len(), 1);
+    let on_nodes: BTreeSet<String> = net.all_leases().into_iter().map(|l| l.lease_id).collect();
+    let stored: BTreeSet<String> = after.iter().map(|l| l.lease.lease_id.clone()).collect();
+    assert_eq!(on_nodes, stored);
+    // A second sync finds nothing to do.
+    let again = within(m.sync(Some(name))).await.unwrap();
+    assert_eq!(again.class, ExitClass::Ok, "{:#?}", again.lines);
+    assert_eq!(again.json["slices"][0]["gone"], serde_json::json!([]));
+
+    let deleted = within(m.delete(name)).await.unwrap();
+    assert_eq!(deleted.class, ExitClass::Ok, "{:#?}", deleted.lines);
+    assert!(net.all_leases().is_empty());
+    m.session.shutdown().await;
+    net.stop().await;
+}
+
+/// The JSON error `--json` prints on stdout, checked against the exit code.
+fn json_error(code: i32, stdout: &str) -> serde_json::Value {
+    let v: serde_json::Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("not one JSON object ({e}): {stdout}"));
+    assert_eq!(v["ok"], false, "{v}");
+    assert_eq!(v["exit_code"], code, "{v}");
+    assert_eq!(v["reason"], ExitClass::of_code(code).unwrap().name(), "{v}");
+    v
+}
+
+#[test]
+fn bad_flags_and_missing_setup_have_their_exit_codes_in_text_and_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let state = state.to_str().unwrap();
+    let missing_key = dir.path().join("no-such.key");
+    let missing_key = missing_key.to_str().unwrap();
+
+    // A flag slicectl does not have: usage, 2 (clap's own message, and as JSON).
+    let (code, stdout, stderr) = slicectl(&["slice", "list", "--no-such-flag"]);
+    assert_eq!(code, ExitClass::Usage.code(), "{stdout}{stderr}");
+    assert!(stderr.contains("--no-such-flag"), "{stderr}");
+    let (code, stdout, stderr) = slicectl(&["--json", "slice", "list", "--no-such-flag"]);
+    assert_eq!(code, 2, "{stdout}{stderr}");
+    let v = json_error(code, &stdout);
+    assert!(
+        v["error"].as_str().unwrap().contains("--no-such-flag"),
+        "{v}"
+    );
+    // A bad value for a flag: usage too.
+    let (code, stdout, _) = slicectl(&["--json", "--timeout", "soon", "slice", "list"]);
+    json_error(code, &stdout);
+    assert_eq!(code, 2);
+    // A bad spec value is slicectl's own usage failure.
+    let args = [
+        "--json",
+        "--key",
+        missing_key,
+        "--state-dir",
+        state,
+        "slice",
+        "create",
+        "--name",
+        "plc-site0_x",
+        "--slivers",
+        "1",
+        "--mode",
+        "sometimes",
+    ];
+    let (code, stdout, _) = slicectl(&args);
+    assert_eq!(code, 2, "{stdout}");
+    let v = json_error(code, &stdout);
+    assert!(v["error"].as_str().unwrap().contains("sometimes"), "{v}");
+
+    // The key file is missing: setup, 3, naming the file.
+    let args = [
+        "--key",
+        missing_key,
+        "--state-dir",
+        state,
+        "slice",
+        "status",
+        "x",
+    ];
+    let (code, stdout, stderr) = slicectl(&args);
+    assert_eq!(code, ExitClass::Setup.code(), "{stdout}{stderr}");
+    assert!(stderr.contains("no-such.key"), "{stderr}");
+    let args = [
+        "--json",
+        "--key",
+        missing_key,
+        "--state-dir",
+        state,
+        "slice",
+        "status",
+        "x",
+    ];
+    let (code, stdout, stderr) = slicectl(&args);
+    assert_eq!(code, 3, "{stdout}{stderr}");
+    let v = json_error(code, &stdout);
+    assert!(v["error"].as_str().unwrap().contains("no-such.key"), "{v}");
+    // No key and no home to find one in: setup, 3, saying what to give.
+    let out = Command::new(env!("CARGO_BIN_EXE_slicectl"))
+        .args(["--json", "--state-dir", state, "slice", "status", "x"])
+        .env_clear()
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{stdout}");
+    let v = json_error(3, &stdout);
+    assert!(v["error"].as_str().unwrap().contains("give --key"), "{v}");
+    // No state directory either.
+    let out = Command::new(env!("CARGO_BIN_EXE_slicectl"))
+        .args(["--json", "slice", "list"])
+        .env_clear()
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{stdout}");
+    let v = json_error(3, &stdout);
+    assert!(
+        v["error"].as_str().unwrap().contains("give --state-dir"),
+        "{v}"
+    );
+
+    // keygen answers JSON; a second keygen to the same file is refused (usage), in JSON.
+    let key = dir.path().join("keys/principal.key");
+    let key = key.to_str().unwrap();
+    let (code, stdout, stderr) = slicectl(&["--json", "keygen", "--out", key]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let made: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(made["ok"], true, "{made}");
+    assert_eq!(made["key_file"], key, "{made}");
+    assert!(
+        made["principal"].as_str().unwrap().starts_with("ed25519/"),
+        "{made}"
+    );
+    assert_eq!(made["exit_code"], 0, "{made}");
+    let (code, stdout, _) = slicectl(&["--json", "keygen", "--out", key]);
+    assert_eq!(code, 2, "{stdout}");
+    let v = json_error(code, &stdout);
+    assert!(v["error"].as_str().unwrap().contains("exists"), "{v}");
+}
+
+#[test]
+fn help_lists_exit_codes_and_explains_each_command() {
+    let (code, stdout, stderr) = slicectl(&["--help"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("Exit codes:"), "{stdout}");
+    for class in ExitClass::ALL {
+        let row = format!("  {}  {}", class.code(), class.name().replace('_', " "));
+        assert!(stdout.contains(&row), "{row:?} missing from:\n{stdout}");
+    }
+    for word in ["keygen", "slice"] {
+        assert!(stdout.contains(word), "{stdout}");
+    }
+    let (code, stdout, _) = slicectl(&["slice", "--help"]);
+    assert_eq!(code, 0);
+    for sub in [
+        "create", "plan", "status", "renew", "delete", "exec", "spawn", "logs", "keys", "sync",
+        "list",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l.trim_start().starts_with(sub)),
+            "{sub} missing from:\n{stdout}"
+        );
+    }
+    // Spot checks: each subcommand's help says what it does and what it takes.
+    for (args, says) in [
+        (
+            vec!["slice", "sync", "--help"],
+            vec!["acquired again", "unredeemed tickets"],
+        ),
+        (
+            vec!["slice", "exec", "--help"],
+            vec!["prefixed by node", "--timeout-cmd"],
+        ),
+        (
+            vec!["slice", "spawn", "--help"],
+            vec!["pid", "slicectl slice logs"],
+        ),
+        (vec!["slice", "logs", "--help"], vec!["--tail", "spawn"]),
+        (vec!["slice", "keys", "--help"], vec!["add", "del", "list"]),
+        (vec!["slice", "renew", "--help"], vec!["--for", "granted"]),
+        (
+            vec!["slice", "create", "--help"],
+            vec!["--min-sites", "--mode", "in parallel"],
+        ),
+    ] {
+        let (code, stdout, stderr) = slicectl(&args);
+        assert_eq!(code, 0, "{args:?}: {stderr}");
+        for s in says {
+            assert!(stdout.contains(s), "{args:?} lacks {s:?}:\n{stdout}");
+        }
+    }
 }

@@ -6,7 +6,6 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
 use capability_schema::{AcquireMode, PublicKey, SecretKey};
 use clap::{Args, Parser, Subcommand};
 use slicectl::client::{Endpoints, Session, Settings};
@@ -212,7 +211,8 @@ enum SliceCommand {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
-    /// Start a command in the background in every sliver.
+    /// Start a command in the background in every sliver; answers each sliver's pid. Its
+    /// output goes to the sliver's spawn log (`slicectl slice logs`).
     Spawn {
         /// The slice.
         name: String,
@@ -220,7 +220,8 @@ enum SliceCommand {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
-    /// Output of spawned commands, prefixed by node.
+    /// The output of commands started with `spawn` (the end of each sliver's spawn log),
+    /// prefixed by node.
     Logs {
         /// The slice.
         name: String,
@@ -228,14 +229,15 @@ enum SliceCommand {
         #[arg(long, default_value_t = 65536)]
         tail: u64,
     },
-    /// SSH keys of every sliver.
+    /// The SSH keys authorized in every sliver: add, del (by line or comment), list.
     Keys {
         /// The slice.
         name: String,
         #[command(subcommand)]
         action: KeysCommand,
     },
-    /// Redeem unredeemed tickets and acquire missing slivers.
+    /// Finish a slice: forget expired leases, check every lease with its node (one the node
+    /// no longer has is acquired again), redeem unredeemed tickets, acquire missing slivers.
     Sync {
         /// The slice (default: every slice).
         name: Option<String>,
@@ -284,53 +286,105 @@ fn fail(e: &OpError, json: bool) -> i32 {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => std::process::exit(bad_flags(&e)),
+    };
     if std::env::var_os("RUST_LOG").is_some() {
         federation::daemon::init_tracing(false);
     }
-    let code = match run(cli) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("slicectl: {e:#}");
-            ExitClass::Internal.code()
-        }
-    };
-    std::process::exit(code);
+    std::process::exit(run(cli));
 }
 
-fn run(cli: Cli) -> anyhow::Result<i32> {
+/// Clap's answer to the command line: help and version print as usual (exit 0); a bad flag is
+/// a usage failure (exit 2), in JSON when `--json` was asked.
+fn bad_flags(e: &clap::Error) -> i32 {
+    let json = std::env::args_os().skip(1).any(|a| a == "--json");
+    if !e.use_stderr() || !json {
+        e.exit();
+    }
+    let text = e.to_string();
+    let message = text
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("bad command line")
+        .trim_start_matches("error: ");
+    fail(
+        &OpError::Usage(format!("{message} (see `slicectl --help`)")),
+        true,
+    )
+}
+
+/// Runs the command; answers the exit code. Every failure goes through [`fail`], so `--json`
+/// always gets a JSON error and the code is its failure class.
+fn run(cli: Cli) -> i32 {
+    let json = cli.global.json;
+    match try_run(cli) {
+        Ok(code) => code,
+        Err(e) => fail(&e, json),
+    }
+}
+
+fn keygen(out: Option<PathBuf>, key_file: Option<PathBuf>, json: bool) -> Result<i32, OpError> {
+    let path = out.or(key_file).ok_or_else(|| {
+        OpError::Setup("no place for the key: give --out (no home directory to default to)".into())
+    })?;
+    if path.exists() {
+        return Err(OpError::Usage(format!(
+            "{} exists; not overwriting it (give --out for another file)",
+            path.display()
+        )));
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            OpError::Setup(format!(
+                "cannot make {}: {e}; give --out a writable place",
+                dir.display()
+            ))
+        })?;
+    }
+    let key = SecretKey::generate();
+    key.save(&path).map_err(|e| {
+        OpError::Setup(format!(
+            "cannot write {}: {e}; give --out a writable place",
+            path.display()
+        ))
+    })?;
+    let next = format!(
+        "fedctl certify --role principal --subject {} --site <site>",
+        key.public()
+    );
+    let outcome = Outcome {
+        json: serde_json::json!({
+            "ok": true,
+            "key_file": path.display().to_string(),
+            "principal": key.public().to_string(),
+            "next": next,
+        }),
+        lines: vec![
+            format!("wrote {}", path.display()),
+            format!("principal key: {}", key.public()),
+            format!("next: {next}"),
+        ],
+        class: ExitClass::Ok,
+    };
+    print(&outcome, json);
+    Ok(0)
+}
+
+fn try_run(cli: Cli) -> Result<i32, OpError> {
     let g = &cli.global;
     let config = match &g.config {
-        Some(path) => match ClientConfig::load(path) {
-            Ok(c) => c,
-            Err(e) => return Ok(fail(&e.into(), g.json)),
-        },
+        Some(path) => ClientConfig::load(path)?,
         None => ClientConfig::default(),
     };
     let key_file = g
         .key
         .clone()
         .or(config.key_file.clone())
-        .or_else(default_key_file)
-        .context("no key file: give --key")?;
+        .or_else(default_key_file);
     if let Command::Keygen { out } = &cli.command {
-        let path = out.clone().unwrap_or(key_file);
-        if path.exists() {
-            eprintln!("slicectl: {} exists; not overwriting it", path.display());
-            return Ok(ExitClass::Usage.code());
-        }
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let key = SecretKey::generate();
-        key.save(&path)?;
-        println!("wrote {}", path.display());
-        println!("principal key: {}", key.public());
-        println!(
-            "next: fedctl certify --role principal --subject {} --site <site>",
-            key.public()
-        );
-        return Ok(0);
+        return keygen(out.clone(), key_file, g.json);
     }
     let Command::Slice(command) = cli.command else {
         return Ok(0);
@@ -340,31 +394,34 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         .clone()
         .or(config.state_dir.clone())
         .or_else(slicectl::state::default_dir)
-        .context("no state directory: give --state-dir")?;
-    let state = match State::open(&state_dir) {
-        Ok(s) => s,
-        Err(e) => return Ok(fail(&e.into(), g.json)),
-    };
+        .ok_or_else(|| {
+            OpError::Setup(
+                "no state directory: give --state-dir (or state_dir in the config; no home \
+                 directory to default to)"
+                    .into(),
+            )
+        })?;
+    let state = State::open(&state_dir)?;
     if let SliceCommand::List = command {
-        return Ok(match ops::list(&state) {
-            Ok(o) => {
-                print(&o, g.json);
-                o.class.code()
-            }
-            Err(e) => fail(&e, g.json),
-        });
+        let o = ops::list(&state)?;
+        print(&o, g.json);
+        return Ok(o.class.code());
     }
+    // Bad flags are usage failures whatever else is missing: check them before the identity
+    // and the network.
+    command.check()?;
+    let key_file = key_file.ok_or_else(|| {
+        OpError::Setup(
+            "no key file: give --key (or key_file in the config; no home directory to default \
+             to); `slicectl keygen` makes one"
+                .into(),
+        )
+    })?;
     let cert = g.cert.clone().or(config.membership.clone());
-    let identity = match Identity::load(&key_file, cert.as_deref()) {
-        Ok(i) => i,
-        Err(e) => return Ok(fail(&e.into(), g.json)),
-    };
+    let identity = Identity::load(&key_file, cert.as_deref())?;
     let mut trust = config.trust.clone();
     for t in &g.trust {
-        match parse_trust(t) {
-            Ok(t) => trust.push(t),
-            Err(e) => return Ok(fail(&e.into(), g.json)),
-        }
+        trust.push(parse_trust(t)?);
     }
     let endpoints = Endpoints {
         broker: g.broker.clone().or(config.broker.clone()),
@@ -387,12 +444,10 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
-        .build()?;
-    Ok(runtime.block_on(async move {
-        let session = match Session::connect(identity, &endpoints, settings).await {
-            Ok(s) => s,
-            Err(e) => return fail(&e.into(), json),
-        };
+        .build()
+        .map_err(|e| OpError::Internal(format!("cannot start the async runtime: {e}")))?;
+    runtime.block_on(async move {
+        let session = Session::connect(identity, &endpoints, settings).await?;
         let manager = Manager {
             session,
             state,
@@ -400,14 +455,29 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         };
         let result = dispatch(&manager, command).await;
         manager.session.shutdown().await;
-        match result {
-            Ok(o) => {
-                print(&o, json);
-                o.class.code()
+        let o = result?;
+        print(&o, json);
+        Ok(o.class.code())
+    })
+}
+
+impl SliceCommand {
+    /// Checks what can be checked without the network: specs and durations.
+    fn check(&self) -> Result<(), OpError> {
+        match self {
+            SliceCommand::Create(flags) | SliceCommand::Plan(flags) => {
+                flags.spec()?.check()?;
             }
-            Err(e) => fail(&e, json),
+            SliceCommand::Renew { for_: Some(f), .. } => {
+                parse_duration(f)?;
+            }
+            SliceCommand::Exec { timeout_cmd, .. } => {
+                parse_duration(timeout_cmd)?;
+            }
+            _ => {}
         }
-    }))
+        Ok(())
+    }
 }
 
 async fn dispatch(m: &Manager, command: SliceCommand) -> Result<Outcome, OpError> {
