@@ -7,7 +7,9 @@
 //! - with the integrated broker (`--agent`: the client asks both agents itself);
 //! - the `slicectl` binary through the broker (process start to exit, JSON output).
 //!
-//! `cargo bench -p slicectl --bench e2e` (release build). Prints min / median / max.
+//! `cargo bench -p slicectl --bench e2e` (release build). Prints min / median / max, and the
+//! median against the target (≤ 2 s) as PASS or MISS. The same on real slivers (namespaced
+//! testnet, as root): `slicectl/bench-testnet.sh`.
 
 #[path = "../tests/testnet/mod.rs"]
 mod testnet;
@@ -30,15 +32,22 @@ fn spec(name: &str) -> SliceSpec {
     spec
 }
 
+/// The issue's target: a 20-sliver slice across two federations, create to all leases held.
+const TARGET: Duration = Duration::from_secs(2);
+
 fn report(what: &str, mut times: Vec<Duration>) {
     times.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let median = times[times.len() / 2];
     println!(
-        "{what:<44} {SLIVERS} slivers: min {:>7.1} ms  median {:>7.1} ms  max {:>7.1} ms  ({} runs)",
+        "{what:<44} {SLIVERS} slivers: min {:>7.1} ms  median {:>7.1} ms  max {:>7.1} ms  ({} runs)  \
+         target ≤ {} s: {}",
         ms(times[0]),
-        ms(times[times.len() / 2]),
+        ms(median),
         ms(times[times.len() - 1]),
-        times.len()
+        times.len(),
+        TARGET.as_secs(),
+        if median <= TARGET { "PASS" } else { "MISS" }
     );
 }
 
