@@ -1,6 +1,7 @@
 //! Scenario files: a testnet to bring up (or one already running) and an ordered list of steps
-//! — acquisitions, commands in slivers, renewals, deletions, faults (kill, restart, partition,
-//! heal) and assertions — run against real daemons, each step printed with its time.
+//! — acquisitions, commands in slivers (exec, spawn, logs, keys), renewals, deletions, faults
+//! (kill, restart, partition, heal) and assertions — run against real daemons, each step
+//! printed with its time.
 //!
 //! ```toml
 //! description = "a node killed and restarted mid-slice keeps its lease"
@@ -39,6 +40,9 @@
 //! | `renew` | `slice`, `for`, `expect_renewed`, `expect`, `timeout_secs`, `retry_secs` |
 //! | `sync` | `slice`, `expect_held`, `expect`, `timeout_secs`, `retry_secs` |
 //! | `delete` | `slice`, `expect_released`, `expect`, `timeout_secs` |
+//! | `spawn` | `slice`, `command` (as for `exec`), `expect_slivers` (each answered a pid), `expect`, `timeout_secs` |
+//! | `logs` | `slice`, `expect_output` (in every sliver's spawn log), `expect_slivers`, `expect`, `timeout_secs`, `retry_secs` |
+//! | `keys` | `slice`, `add` or `del` (a key line, or for `del` its comment; neither: list), `expect_keys` (keys each sliver lists after), `expect_slivers`, `expect`, `timeout_secs` |
 //! | `kill` | `hosts` (SIGKILL) |
 //! | `restart` | `hosts`, `wait_secs` (30: until each answers) |
 //! | `partition` | `hosts` |
@@ -340,6 +344,72 @@ pub struct Delete {
     pub timeout_secs: Option<u64>,
 }
 
+/// `do = "spawn"`: `slicectl slice spawn`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spawn {
+    /// What the step is for.
+    pub title: Option<String>,
+    /// The slice.
+    pub slice: String,
+    /// A string runs under `/bin/sh -c`; a list runs as is.
+    pub command: OneOrMany<String>,
+    /// Slivers that answered with a pid.
+    pub expect_slivers: Option<usize>,
+    /// The class (default `ok`).
+    pub expect: Option<OneOrMany<Class>>,
+    /// `slicectl --timeout`.
+    pub timeout_secs: Option<u64>,
+}
+
+/// `do = "logs"`: `slicectl slice logs`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Logs {
+    /// What the step is for.
+    pub title: Option<String>,
+    /// The slice.
+    pub slice: String,
+    /// Every sliver's spawn log contains this.
+    pub expect_output: Option<String>,
+    /// Slivers that answered.
+    pub expect_slivers: Option<usize>,
+    /// The class (default `ok`).
+    pub expect: Option<OneOrMany<Class>>,
+    /// `slicectl --timeout`.
+    pub timeout_secs: Option<u64>,
+    /// Repeat until the expectations hold, for at most this long.
+    pub retry_secs: Option<u64>,
+}
+
+/// What a `keys` step does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeysAction {
+    /// `keys add LINE`: every sliver then lists the line.
+    Add(String),
+    /// `keys del LINE-OR-COMMENT`: no sliver lists it after.
+    Del(String),
+    /// `keys list`.
+    List,
+}
+
+/// `do = "keys"`: `slicectl slice keys add|del|list`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    /// What the step is for.
+    pub title: Option<String>,
+    /// The slice.
+    pub slice: String,
+    /// Add, delete or list.
+    pub action: KeysAction,
+    /// Keys each sliver lists afterwards.
+    pub expect_keys: Option<usize>,
+    /// Slivers that answered.
+    pub expect_slivers: Option<usize>,
+    /// The class (default `ok`).
+    pub expect: Option<OneOrMany<Class>>,
+    /// `slicectl --timeout`.
+    pub timeout_secs: Option<u64>,
+}
+
 /// `do = "kill"` or `"partition"`: hosts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hosts {
@@ -417,6 +487,12 @@ pub enum Step {
     Sync(Sync),
     /// `slicectl slice delete`.
     Delete(Delete),
+    /// `slicectl slice spawn`.
+    Spawn(Spawn),
+    /// `slicectl slice logs`.
+    Logs(Logs),
+    /// `slicectl slice keys`.
+    Keys(Keys),
     /// SIGKILL hosts' daemons.
     Kill(Hosts),
     /// Stop (gracefully, if running) and start hosts' daemons; wait until they answer.
@@ -445,6 +521,9 @@ impl Step {
             Step::Renew(_) => "renew",
             Step::Sync(_) => "sync",
             Step::Delete(_) => "delete",
+            Step::Spawn(_) => "spawn",
+            Step::Logs(_) => "logs",
+            Step::Keys(_) => "keys",
             Step::Kill(_) => "kill",
             Step::Restart(_) => "restart",
             Step::Partition(_) => "partition",
@@ -464,6 +543,9 @@ impl Step {
             Step::Renew(s) => s.title.as_deref(),
             Step::Sync(s) => s.title.as_deref(),
             Step::Delete(s) => s.title.as_deref(),
+            Step::Spawn(s) => s.title.as_deref(),
+            Step::Logs(s) => s.title.as_deref(),
+            Step::Keys(s) => s.title.as_deref(),
             Step::Kill(s) | Step::Partition(s) => s.title.as_deref(),
             Step::Restart(s) => s.title.as_deref(),
             Step::Heal(s) | Step::Down(s) => s.title.as_deref(),
@@ -514,6 +596,19 @@ impl Step {
             ),
             Step::Sync(s) => format!("sync {}", s.slice),
             Step::Delete(d) => format!("delete {}", d.slice),
+            Step::Spawn(sp) => format!(
+                "spawn in every sliver of {}: {}",
+                sp.slice,
+                sp.command.to_vec().join(" ")
+            ),
+            Step::Logs(l) => format!("logs of every sliver of {}", l.slice),
+            Step::Keys(k) => match &k.action {
+                KeysAction::Add(key) => format!("add key {key:?} to every sliver of {}", k.slice),
+                KeysAction::Del(key) => {
+                    format!("remove key {key:?} from every sliver of {}", k.slice)
+                }
+                KeysAction::List => format!("list the keys of every sliver of {}", k.slice),
+            },
             Step::Kill(h) => format!("kill {} (SIGKILL)", h.hosts.to_vec().join(", ")),
             Step::Restart(h) => format!("restart {}", h.hosts.to_vec().join(", ")),
             Step::Partition(h) => format!("partition {}", h.hosts.to_vec().join(", ")),
@@ -570,6 +665,9 @@ enum Kind {
     Renew,
     Sync,
     Delete,
+    Spawn,
+    Logs,
+    Keys,
     Kill,
     Restart,
     Partition,
@@ -620,6 +718,9 @@ struct RawStep {
     each: Option<usize>,
     total: Option<usize>,
     within_secs: Option<u64>,
+    add: Option<String>,
+    del: Option<String>,
+    expect_keys: Option<usize>,
 }
 
 impl Kind {
@@ -631,6 +732,9 @@ impl Kind {
             Kind::Renew => "renew",
             Kind::Sync => "sync",
             Kind::Delete => "delete",
+            Kind::Spawn => "spawn",
+            Kind::Logs => "logs",
+            Kind::Keys => "keys",
             Kind::Kill => "kill",
             Kind::Restart => "restart",
             Kind::Partition => "partition",
@@ -694,6 +798,30 @@ impl Kind {
                 "retry_secs",
             ],
             Kind::Delete => &["slice", "expect_released", "expect", "timeout_secs"],
+            Kind::Spawn => &[
+                "slice",
+                "command",
+                "expect_slivers",
+                "expect",
+                "timeout_secs",
+            ],
+            Kind::Logs => &[
+                "slice",
+                "expect_output",
+                "expect_slivers",
+                "expect",
+                "timeout_secs",
+                "retry_secs",
+            ],
+            Kind::Keys => &[
+                "slice",
+                "add",
+                "del",
+                "expect_keys",
+                "expect_slivers",
+                "expect",
+                "timeout_secs",
+            ],
             Kind::Kill | Kind::Partition => &["hosts"],
             Kind::Restart => &["hosts", "wait_secs"],
             Kind::Heal | Kind::Down => &[],
@@ -707,8 +835,10 @@ impl Kind {
     fn required(self) -> &'static [&'static str] {
         match self {
             Kind::Acquire => &["slice", "resources"],
-            Kind::Exec => &["slice", "command"],
-            Kind::Status | Kind::Renew | Kind::Sync | Kind::Delete => &["slice"],
+            Kind::Exec | Kind::Spawn => &["slice", "command"],
+            Kind::Status | Kind::Renew | Kind::Sync | Kind::Delete | Kind::Logs | Kind::Keys => {
+                &["slice"]
+            }
             Kind::Kill | Kind::Partition | Kind::Restart => &["hosts"],
             Kind::Sleep => &["secs"],
             Kind::Heal | Kind::Down | Kind::WaitConverged | Kind::ExpectLeases => &[],
@@ -719,7 +849,7 @@ impl Kind {
 impl RawStep {
     /// The fields given (besides `do` and `title`).
     fn given(&self) -> Vec<&'static str> {
-        let all: [(&'static str, bool); 31] = [
+        let all: [(&'static str, bool); 34] = [
             ("slice", self.slice.is_some()),
             ("slivers", self.slivers.is_some()),
             ("nodes", self.nodes.is_some()),
@@ -749,6 +879,9 @@ impl RawStep {
             ("each", self.each.is_some()),
             ("total", self.total.is_some()),
             ("within_secs", self.within_secs.is_some()),
+            ("add", self.add.is_some()),
+            ("del", self.del.is_some()),
+            ("expect_keys", self.expect_keys.is_some()),
             ("title", false),
             ("do", false),
         ];
@@ -852,6 +985,44 @@ impl RawStep {
                 expect: self.expect,
                 timeout_secs: self.timeout_secs,
             }),
+            Kind::Spawn => Step::Spawn(Spawn {
+                title,
+                slice,
+                command: self.command.unwrap_or(OneOrMany::Many(Vec::new())),
+                expect_slivers: self.expect_slivers,
+                expect: self.expect,
+                timeout_secs: self.timeout_secs,
+            }),
+            Kind::Logs => Step::Logs(Logs {
+                title,
+                slice,
+                expect_output: self.expect_output,
+                expect_slivers: self.expect_slivers,
+                expect: self.expect,
+                timeout_secs: self.timeout_secs,
+                retry_secs: self.retry_secs,
+            }),
+            Kind::Keys => {
+                let action = match (self.add, self.del) {
+                    (Some(_), Some(_)) => {
+                        return Err(vec![
+                            "give `add` or `del`, not both (neither: list the keys)".into(),
+                        ]);
+                    }
+                    (Some(k), None) => KeysAction::Add(k),
+                    (None, Some(k)) => KeysAction::Del(k),
+                    (None, None) => KeysAction::List,
+                };
+                Step::Keys(Keys {
+                    title,
+                    slice,
+                    action,
+                    expect_keys: self.expect_keys,
+                    expect_slivers: self.expect_slivers,
+                    expect: self.expect,
+                    timeout_secs: self.timeout_secs,
+                })
+            }
             Kind::Kill => Step::Kill(Hosts { title, hosts }),
             Kind::Partition => Step::Partition(Hosts { title, hosts }),
             Kind::Restart => Step::Restart(Restart {
@@ -1270,6 +1441,30 @@ fn validate(s: &Scenario) -> Vec<String> {
                     bad(problem);
                 }
             }
+            Step::Spawn(sp) => {
+                if let Some(problem) = not_held(&live, &sp.slice, &sp.expect) {
+                    bad(problem);
+                }
+                let argv = sp.command.to_vec();
+                if argv.is_empty() || argv.iter().all(|a| a.trim().is_empty()) {
+                    bad("`command` is empty".into());
+                }
+            }
+            Step::Logs(l) => {
+                if let Some(problem) = not_held(&live, &l.slice, &l.expect) {
+                    bad(problem);
+                }
+            }
+            Step::Keys(k) => {
+                if let Some(problem) = not_held(&live, &k.slice, &k.expect) {
+                    bad(problem);
+                }
+                if let KeysAction::Add(key) | KeysAction::Del(key) = &k.action
+                    && key.trim().is_empty()
+                {
+                    bad("the key is empty".into());
+                }
+            }
             Step::Delete(d) => {
                 if let Some(problem) = not_held(&live, &d.slice, &d.expect) {
                     bad(problem);
@@ -1349,6 +1544,9 @@ fn validate(s: &Scenario) -> Vec<String> {
             Step::Renew(r) => (r.timeout_secs, r.retry_secs),
             Step::Sync(s) => (s.timeout_secs, s.retry_secs),
             Step::Delete(d) => (d.timeout_secs, None),
+            Step::Spawn(sp) => (sp.timeout_secs, None),
+            Step::Logs(l) => (l.timeout_secs, l.retry_secs),
+            Step::Keys(k) => (k.timeout_secs, None),
             _ => (None, None),
         };
         for (field, value) in [("timeout_secs", timeout), ("retry_secs", retry)] {
@@ -1640,6 +1838,14 @@ impl Call {
     }
 }
 
+/// A step's `command`: a string runs under `/bin/sh -c`, a list as is.
+fn shell_argv(command: &OneOrMany<String>) -> Vec<String> {
+    match command {
+        OneOrMany::One(cmd) => vec!["/bin/sh".to_owned(), "-c".to_owned(), cmd.clone()],
+        OneOrMany::Many(v) => v.clone(),
+    }
+}
+
 /// What a run needs at hand.
 struct Runner<'a> {
     manifest: &'a Manifest,
@@ -1873,10 +2079,7 @@ impl Runner<'_> {
     }
 
     fn exec(&self, e: &Exec) -> Result<Vec<String>, StepFailure> {
-        let argv = match &e.command {
-            OneOrMany::One(cmd) => vec!["/bin/sh".to_owned(), "-c".to_owned(), cmd.clone()],
-            OneOrMany::Many(v) => v.clone(),
-        };
+        let argv = shell_argv(&e.command);
         let mut args = vec![
             "slice".to_owned(),
             "exec".to_owned(),
@@ -2022,6 +2225,137 @@ impl Runner<'_> {
             return Err(call.fail(format!("expected {n} leases released, {released} were")));
         }
         Ok(lines)
+    }
+
+    fn spawn(&self, sp: &Spawn) -> Result<Vec<String>, StepFailure> {
+        let mut args = vec![
+            "slice".to_owned(),
+            "spawn".to_owned(),
+            sp.slice.clone(),
+            "--".to_owned(),
+        ];
+        args.extend(shell_argv(&sp.command));
+        let call = self.call(&self.slicectl, args, sp.timeout_secs)?;
+        call.expect_class(
+            &sp.expect
+                .as_ref()
+                .map_or(vec![Class::Ok], OneOrMany::to_vec),
+        )?;
+        let mut lines = Vec::new();
+        let mut started = 0;
+        let mut problems = Vec::new();
+        for (name, v) in self.by_node(&call.json["slivers"]) {
+            match (v["pid"].as_u64(), v["error"].as_str()) {
+                // Pid 1 is the sliver's init: a program it starts is never 1.
+                (Some(pid), _) if pid > 1 => {
+                    started += 1;
+                    lines.push(format!("{name}: pid {pid}"));
+                }
+                (Some(pid), _) => problems.push(format!("{name} answered pid {pid}")),
+                (None, Some(err)) => lines.push(format!("{name}: error: {err}")),
+                (None, None) => problems.push(format!("{name} answered no pid")),
+            }
+        }
+        if let Some(n) = sp.expect_slivers
+            && started != n
+        {
+            problems.push(format!("expected {n} slivers to start it, {started} did"));
+        }
+        if problems.is_empty() {
+            Ok(lines)
+        } else {
+            Err(call.fail(problems.join("; ")))
+        }
+    }
+
+    fn logs(&self, l: &Logs) -> Result<Vec<String>, StepFailure> {
+        let args = vec!["slice".to_owned(), "logs".to_owned(), l.slice.clone()];
+        let call = self.call(&self.slicectl, args, l.timeout_secs)?;
+        call.expect_class(&l.expect.as_ref().map_or(vec![Class::Ok], OneOrMany::to_vec))?;
+        let mut lines = Vec::new();
+        let mut answered = 0;
+        let mut problems = Vec::new();
+        for (name, v) in self.by_node(&call.json["slivers"]) {
+            let Some(text) = v["logs"].as_str() else {
+                lines.push(format!(
+                    "{name}: error: {}",
+                    v["error"].as_str().unwrap_or("no logs")
+                ));
+                continue;
+            };
+            answered += 1;
+            let last = text.lines().last().unwrap_or("(empty)");
+            lines.push(format!("{name}: {last}"));
+            if let Some(want) = &l.expect_output
+                && !text.contains(want.as_str())
+            {
+                problems.push(format!("{name}'s log lacks {want:?}"));
+            }
+        }
+        if let Some(n) = l.expect_slivers
+            && answered != n
+        {
+            problems.push(format!("expected {n} slivers to answer, {answered} did"));
+        }
+        if problems.is_empty() {
+            Ok(lines)
+        } else {
+            Err(call.fail(problems.join("; ")))
+        }
+    }
+
+    fn keys(&self, k: &Keys) -> Result<Vec<String>, StepFailure> {
+        let mut args = vec!["slice".to_owned(), "keys".to_owned(), k.slice.clone()];
+        match &k.action {
+            KeysAction::Add(key) => args.extend(["add".to_owned(), key.clone()]),
+            KeysAction::Del(key) => args.extend(["del".to_owned(), key.clone()]),
+            KeysAction::List => args.push("list".to_owned()),
+        }
+        let call = self.call(&self.slicectl, args, k.timeout_secs)?;
+        call.expect_class(&k.expect.as_ref().map_or(vec![Class::Ok], OneOrMany::to_vec))?;
+        let mut lines = Vec::new();
+        let mut answered = 0;
+        let mut problems = Vec::new();
+        for (name, v) in self.by_node(&call.json["slivers"]) {
+            let Some(keys) = v["keys"].as_array() else {
+                lines.push(format!(
+                    "{name}: error: {}",
+                    v["error"].as_str().unwrap_or("no keys answered")
+                ));
+                continue;
+            };
+            answered += 1;
+            let keys: Vec<&str> = keys.iter().filter_map(Value::as_str).collect();
+            lines.push(format!("{name}: {} keys", keys.len()));
+            match &k.action {
+                KeysAction::Add(key) if !keys.contains(&key.as_str()) => {
+                    problems.push(format!("{name} does not list the key added"));
+                }
+                KeysAction::Del(key)
+                    if keys
+                        .iter()
+                        .any(|l| *l == key || l.ends_with(&format!(" {key}"))) =>
+                {
+                    problems.push(format!("{name} still lists the key removed"));
+                }
+                _ => {}
+            }
+            if let Some(n) = k.expect_keys
+                && keys.len() != n
+            {
+                problems.push(format!("{name} lists {} keys, expected {n}", keys.len()));
+            }
+        }
+        if let Some(n) = k.expect_slivers
+            && answered != n
+        {
+            problems.push(format!("expected {n} slivers to answer, {answered} did"));
+        }
+        if problems.is_empty() {
+            Ok(lines)
+        } else {
+            Err(call.fail(problems.join("; ")))
+        }
     }
 
     fn restart(&self, r: &Restart) -> Result<Vec<String>, StepFailure> {
@@ -2488,6 +2822,9 @@ fn run_step(
         Step::Renew(r) => retry(r.retry_secs, &|| cx.renew(r)),
         Step::Sync(s) => retry(s.retry_secs, &|| cx.sync(s)),
         Step::Delete(d) => cx.delete(d),
+        Step::Spawn(sp) => cx.spawn(sp),
+        Step::Logs(l) => retry(l.retry_secs, &|| cx.logs(l)),
+        Step::Keys(k) => cx.keys(k),
         Step::Kill(h) => {
             let mut lines = Vec::new();
             for name in h.hosts.to_vec() {
@@ -2656,6 +2993,95 @@ do = "down"
         };
         assert_eq!(k.hosts.to_vec(), ["node1"]);
         assert!(s.steps[0].step.summary().contains("acquire fed0-site0_t"));
+    }
+
+    #[test]
+    fn spawn_logs_and_keys_steps_are_typed_and_checked() {
+        let text = r#"
+[[step]]
+do = "acquire"
+slice = "fed0-site0_k"
+slivers = 2
+resources = "cpu=100m"
+
+[[step]]
+do = "spawn"
+slice = "fed0-site0_k"
+command = "echo up; sleep 30"
+expect_slivers = 2
+
+[[step]]
+do = "logs"
+slice = "fed0-site0_k"
+expect_output = "up"
+retry_secs = 5
+
+[[step]]
+do = "keys"
+slice = "fed0-site0_k"
+add = "ssh-ed25519 AAAA x@y"
+expect_keys = 1
+
+[[step]]
+do = "keys"
+slice = "fed0-site0_k"
+del = "x@y"
+
+[[step]]
+do = "keys"
+slice = "fed0-site0_k"
+expect_keys = 0
+
+[[step]]
+do = "down"
+"#;
+        let s = parse(text, "t.toml").unwrap();
+        let Step::Spawn(sp) = &s.steps[1].step else {
+            panic!("{:?}", s.steps[1])
+        };
+        assert_eq!(
+            shell_argv(&sp.command),
+            ["/bin/sh", "-c", "echo up; sleep 30"]
+        );
+        assert_eq!(sp.expect_slivers, Some(2));
+        let Step::Logs(l) = &s.steps[2].step else {
+            panic!("{:?}", s.steps[2])
+        };
+        assert_eq!(l.expect_output.as_deref(), Some("up"));
+        assert_eq!(l.retry_secs, Some(5));
+        let actions: Vec<&KeysAction> = s.steps[3..6]
+            .iter()
+            .map(|p| match &p.step {
+                Step::Keys(k) => &k.action,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                &KeysAction::Add("ssh-ed25519 AAAA x@y".into()),
+                &KeysAction::Del("x@y".into()),
+                &KeysAction::List
+            ]
+        );
+        assert!(s.steps[5].step.summary().contains("list the keys"));
+
+        // Both add and del, a field that does not apply, a slice not held, an empty command.
+        let p = one_problem(
+            "[[step]]\ndo = \"keys\"\nslice = \"fed0-site0_x\"\nadd = \"k\"\ndel = \"k\"\n",
+        );
+        assert!(p.contains("line 1") && p.contains("not both"), "{p}");
+        let p = one_problem(
+            "[[step]]\ndo = \"logs\"\nslice = \"fed0-site0_x\"\ncommand = \"ls\"\nexpect = \"not_found\"\n",
+        );
+        assert!(p.contains("`command` does not apply"), "{p}");
+        let p =
+            one_problem("[[step]]\ndo = \"spawn\"\nslice = \"fed0-site0_x\"\ncommand = \"ls\"\n");
+        assert!(p.contains("is not held here"), "{p}");
+        let p = problems(
+            "[[step]]\ndo = \"acquire\"\nslice = \"fed0-site0_x\"\nslivers = 1\nresources = \"cpu=1\"\n\n[[step]]\ndo = \"spawn\"\nslice = \"fed0-site0_x\"\ncommand = \" \"\n",
+        );
+        assert!(p.iter().any(|p| p.contains("`command` is empty")), "{p:#?}");
     }
 
     #[test]
