@@ -617,16 +617,36 @@ impl<C: AgentClient> Acquirer<C> {
         let sites_short = sites.len() < request.constraints.min_sites as usize;
         let complete = missing == 0 && !sites_short && wanted > 0;
 
-        let mut rejected = first_plan.rejected.clone();
+        // Nodes not picked: those that did not fit (first plan), those refused and not obtained
+        // from another agent, and those that fit but were not needed in the last plan (the
+        // first plan's count of these includes nodes picked in later rounds).
+        let held_nodes: HashSet<PublicKey> = held.iter().map(|h| h.planned.node).collect();
+        let mut rejected: Vec<RejectedGroup> = first_plan
+            .rejected
+            .iter()
+            .filter(|g| g.reason != planner::FIT_NOT_NEEDED)
+            .cloned()
+            .collect();
         for (reason, mut nodes) in refusals {
+            nodes.retain(|n| !held_nodes.contains(n));
             nodes.sort();
             nodes.dedup();
+            if nodes.is_empty() {
+                continue;
+            }
             rejected.push(RejectedGroup {
                 reason,
                 count: nodes.len() as u32,
                 examples: nodes.into_iter().take(5).collect(),
             });
         }
+        rejected.extend(
+            last_plan
+                .rejected
+                .iter()
+                .filter(|g| g.reason == planner::FIT_NOT_NEEDED)
+                .cloned(),
+        );
         let explanation = if complete {
             format!(
                 "{} slivers on {} sites from {} agents",

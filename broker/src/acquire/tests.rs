@@ -346,6 +346,18 @@ async fn replans_around_refused_nodes() {
         got.report
     );
     assert!(got.report.iter().any(|l| l.contains("replanned")));
+    // Six nodes offered, five obtained: the one refused is the one not picked, counted once.
+    let groups: Vec<(&str, u32)> = got
+        .plan
+        .rejected
+        .iter()
+        .map(|g| (g.reason.as_str(), g.count))
+        .collect();
+    assert_eq!(
+        groups,
+        vec![("refused by the agent (over_share)", 1)],
+        "{groups:?}"
+    );
 }
 
 #[tokio::test]
@@ -380,6 +392,15 @@ async fn another_agent_for_the_same_node() {
     let got = acq.acquire(&keys(&w), &req, None).await.unwrap();
     assert_eq!(got.tickets.len(), 1);
     assert_eq!(got.tickets[0].agent, w.agents[1].public());
+    // Refused by one agent but obtained from the other: not among the nodes not picked.
+    assert!(
+        got.plan
+            .rejected
+            .iter()
+            .all(|g| !g.reason.starts_with("refused")),
+        "{:?}",
+        got.plan.rejected
+    );
 }
 
 #[tokio::test]
