@@ -9,7 +9,7 @@ pub use federation::daemon::TrustedFederation;
 use serde::{Deserialize, Serialize};
 
 use super::DaemonError;
-use crate::acquire::AcquireSettings;
+use crate::acquire::{AcquireSettings, DEADLINE_CALLS};
 
 /// An agent the broker asks, as the config lists it (`[[agents]]`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,6 +80,11 @@ pub struct BrokerConfig {
     /// Most broker requests served at once (default 32).
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
+    /// The longest a whole acquisition may take, in seconds: gathering offers, ticket rounds
+    /// and replans (default 0: three times `call_timeout_secs`). Handing tickets back after a
+    /// failure is bounded by `call_timeout_secs` alone.
+    #[serde(default)]
+    pub acquire_deadline_secs: u64,
 }
 
 fn yes() -> bool {
@@ -142,6 +147,7 @@ federation = "{federation}"
 # call_timeout_secs = 10              # the longest one agent call may take
 # concurrency = 16                    # agent calls in flight per request
 # max_rounds = 4                      # ticket rounds per acquisition (first plan + replans)
+# acquire_deadline_secs = 0           # a whole acquisition's limit (0: 3 x call_timeout_secs)
 # max_in_flight = 32                  # broker requests served at once
 "#;
 
@@ -181,6 +187,15 @@ impl BrokerConfig {
         Ok(config)
     }
 
+    /// The limit of one whole acquisition.
+    pub fn acquire_deadline(&self) -> Duration {
+        if self.acquire_deadline_secs == 0 {
+            Duration::from_secs(self.call_timeout_secs).saturating_mul(DEADLINE_CALLS)
+        } else {
+            Duration::from_secs(self.acquire_deadline_secs)
+        }
+    }
+
     /// The acquisition limits.
     pub fn acquire_settings(&self) -> AcquireSettings {
         AcquireSettings {
@@ -205,6 +220,7 @@ mod tests {
         assert_eq!(config.key_file, dir.path().join("broker.key"));
         assert!(config.discover_agents);
         assert_eq!(config.acquire_settings().max_rounds, 4);
+        assert_eq!(config.acquire_deadline(), Duration::from_secs(30));
 
         std::fs::write(
             &path,

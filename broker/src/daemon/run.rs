@@ -166,11 +166,14 @@ pub async fn start(
         tickets: 0.into(),
         refused: 0.into(),
     });
-    let acquirer = Arc::new(Acquirer::new(
-        OverlayAgents::new(overlay.clone(), config.acquire_settings().call_timeout),
-        Arc::clone(overlay.trust()),
-        config.acquire_settings(),
-    ));
+    let acquirer = Arc::new(
+        Acquirer::new(
+            OverlayAgents::new(overlay.clone(), config.acquire_settings().call_timeout),
+            Arc::clone(overlay.trust()),
+            config.acquire_settings(),
+        )
+        .with_deadline(config.acquire_deadline()),
+    );
     let (stop_tx, stop) = watch::channel(false);
 
     // Agents learned from ads.
