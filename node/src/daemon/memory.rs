@@ -193,7 +193,10 @@ impl SliverBackend for InMemorySlivers {
             .get_mut(sliver_id)
             .ok_or_else(|| format!("no sliver {sliver_id}"))?
             .keys;
-        keys.retain(|k| k != key && !k.ends_with(&format!(" {key}")));
+        // As the Linux engine does: a key line names the key by its blob (the comment may
+        // differ). Removing by comment is slicectl's work (it lists, then removes lines).
+        let blob = |line: &str| line.split_whitespace().nth(1).unwrap_or("").to_owned();
+        keys.retain(|k| blob(k) != blob(key));
         Ok(())
     }
 
@@ -248,5 +251,19 @@ mod tests {
             .unwrap();
         assert_eq!(out.stdout, b"s1: id -u\n");
         assert!(m.exec("nope", &["id".to_owned()], &[], 1000).is_err());
+    }
+
+    #[test]
+    fn keys_are_removed_by_their_line_as_on_linux() {
+        let m = InMemorySlivers::new();
+        m.insert_orphan("s1");
+        m.add_key("s1", "ssh-ed25519 AAAA1 alice@a").unwrap();
+        m.add_key("s1", "ssh-ed25519 AAAA2 bob@b").unwrap();
+        // A comment alone is not a key line: nothing is removed.
+        m.remove_key("s1", "alice@a").unwrap();
+        assert_eq!(m.list_keys("s1").unwrap().len(), 2);
+        // The same key with another comment is the same key.
+        m.remove_key("s1", "ssh-ed25519 AAAA1 other").unwrap();
+        assert_eq!(m.list_keys("s1").unwrap(), ["ssh-ed25519 AAAA2 bob@b"]);
     }
 }
