@@ -911,24 +911,31 @@ impl Manager {
         }))
     }
 
-    /// `slice keys add|del|list`.
+    /// `slice keys add|del|list`. `del` takes a key line, or a comment: then each sliver's
+    /// keys are listed and every line with that comment is removed (nodes match key lines).
     pub async fn keys(&self, name: &str, action: KeyAction) -> Result<Outcome, OpError> {
-        let results = self
-            .on_every_sliver(name, |l| {
-                let lease_id = l.lease.lease_id.clone();
-                match &action {
-                    KeyAction::Add(key) => NodeRequest::AddKey {
-                        lease_id,
-                        key: key.clone(),
-                    },
-                    KeyAction::Del(key) => NodeRequest::DelKey {
-                        lease_id,
-                        key: key.clone(),
-                    },
-                    KeyAction::List => NodeRequest::ListKeys { lease_id },
-                }
-            })
-            .await?;
+        let results = match &action {
+            KeyAction::Del(comment) if !is_key_line(comment) => {
+                self.del_keys_by_comment(name, comment.trim()).await?
+            }
+            _ => {
+                self.on_every_sliver(name, |l| {
+                    let lease_id = l.lease.lease_id.clone();
+                    match &action {
+                        KeyAction::Add(key) => NodeRequest::AddKey {
+                            lease_id,
+                            key: key.clone(),
+                        },
+                        KeyAction::Del(key) => NodeRequest::DelKey {
+                            lease_id,
+                            key: key.clone(),
+                        },
+                        KeyAction::List => NodeRequest::ListKeys { lease_id },
+                    }
+                })
+                .await?
+            }
+        };
         Ok(self.simple(name, results, |label, r| match r {
             NodeResponse::Keys(keys) => {
                 let mut lines: Vec<String> =
@@ -940,6 +947,51 @@ impl Manager {
             }
             other => (vec![format!("[{label}] {other:?}")], json!(null)),
         }))
+    }
+
+    /// On every sliver at once: lists its keys, removes each line whose comment is `comment`;
+    /// answers the keys left (as `DelKey` does).
+    async fn del_keys_by_comment(
+        &self,
+        name: &str,
+        comment: &str,
+    ) -> Result<Vec<(LeaseEntry, Result<NodeResponse, CallError>)>, OpError> {
+        self.state.slice(name)?;
+        let leases = self.state.leases(name)?;
+        if leases.is_empty() {
+            return Err(OpError::Usage(format!("slice {name} holds no sliver")));
+        }
+        let results = self
+            .session
+            .fan_out(&leases, |l| async move {
+                let call = |request| self.session.node_call(l.lease.node, &l.addresses, request);
+                let lease_id = l.lease.lease_id.clone();
+                let mut answer = call(NodeRequest::ListKeys {
+                    lease_id: lease_id.clone(),
+                })
+                .await?;
+                let NodeResponse::Keys(keys) = &answer else {
+                    return Err(CallError::Unexpected(format!("{answer:?}")));
+                };
+                let matching: Vec<String> = keys
+                    .iter()
+                    .filter(|k| key_comment(k) == comment)
+                    .cloned()
+                    .collect();
+                for key in matching {
+                    answer = call(NodeRequest::DelKey {
+                        lease_id: lease_id.clone(),
+                        key,
+                    })
+                    .await?;
+                }
+                Ok(answer)
+            })
+            .await;
+        let mut results: Vec<(LeaseEntry, Result<NodeResponse, CallError>)> =
+            results.into_iter().map(|(l, r)| (l.clone(), r)).collect();
+        results.sort_by_key(|a| a.0.label());
+        Ok(results)
     }
 
     fn simple(
@@ -1209,6 +1261,23 @@ impl Manager {
     }
 }
 
+/// Whether `text` is an OpenSSH public key line (`ssh-ed25519 AAAA… comment`, `ecdsa-…`,
+/// `sk-…`) rather than a bare comment.
+fn is_key_line(text: &str) -> bool {
+    let mut fields = text.split_whitespace();
+    let kind = fields.next().unwrap_or("");
+    (kind.starts_with("ssh-") || kind.starts_with("ecdsa-") || kind.starts_with("sk-"))
+        && fields.next().is_some()
+}
+
+/// A key line's comment: what follows its type and key (empty if none).
+fn key_comment(line: &str) -> String {
+    line.split_whitespace()
+        .skip(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// The `min_sites` of a request for the slivers a slice still lacks: the sites the original
 /// asked for beyond those held, at most one per new sliver.
 fn rest_min_sites(original: u32, held_sites: usize, new_slivers: usize) -> u32 {
@@ -1267,7 +1336,19 @@ pub enum KeyAction {
 
 #[cfg(test)]
 mod tests {
-    use super::rest_min_sites;
+    use super::{is_key_line, key_comment, rest_min_sites};
+
+    #[test]
+    fn key_lines_and_comments() {
+        let line = "ssh-ed25519 AAAAC3Nza alice@laptop";
+        assert!(is_key_line(line));
+        assert!(is_key_line("ecdsa-sha2-nistp256 AAAA"));
+        assert!(!is_key_line("alice@laptop"));
+        assert!(!is_key_line("ssh-ed25519"));
+        assert_eq!(key_comment(line), "alice@laptop");
+        assert_eq!(key_comment("ssh-rsa AAAA my  old key"), "my old key");
+        assert_eq!(key_comment("ssh-rsa AAAA"), "");
+    }
 
     #[test]
     fn the_rest_of_a_slice_keeps_its_min_sites() {

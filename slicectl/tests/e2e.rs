@@ -430,6 +430,32 @@ async fn the_cli_explains_impossible_requests_and_brokers_itself() {
         2,
         "{stdout}"
     );
+    // Keys through the binary: add (one quoted argument), list, del by comment.
+    let key_line = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample bob@cli";
+    for (action, arg, want) in [
+        ("add", Some(key_line), serde_json::json!([key_line])),
+        ("list", None, serde_json::json!([key_line])),
+        ("del", Some("bob@cli"), serde_json::json!([])),
+    ] {
+        let mut args = vec![
+            "--config",
+            &cfg_agents,
+            "--json",
+            "slice",
+            "keys",
+            "plc-site0_cli",
+            action,
+        ];
+        args.extend(arg);
+        let (code, stdout, stderr) = cli(&args).await;
+        assert_eq!(code, 0, "keys {action}: {stdout}{stderr}");
+        let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+        let slivers = v["slivers"].as_array().unwrap();
+        assert_eq!(slivers.len(), 2, "{v}");
+        for s in slivers {
+            assert_eq!(s["keys"], want, "keys {action}: {v}");
+        }
+    }
     // Unknown slice: exit 8.
     let args = ["--config", &cfg_agents, "slice", "status", "plc-site0_nope"];
     let (code, _, stderr) = cli(&args).await;

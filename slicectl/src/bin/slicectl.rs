@@ -250,13 +250,16 @@ enum SliceCommand {
 enum KeysCommand {
     /// Authorize a key (an OpenSSH public key line).
     Add {
-        /// The key line.
-        key: String,
+        /// The key line, e.g. "ssh-ed25519 AAAA… alice@laptop" (one argument: quote it).
+        // Not named `key`: the global `--key` (the principal's key file) has that id.
+        #[arg(value_name = "KEY")]
+        line: String,
     },
     /// Remove a key (the line or its comment).
     Del {
-        /// The key line.
-        key: String,
+        /// The key line, or its comment (e.g. alice@laptop).
+        #[arg(value_name = "KEY")]
+        line: String,
     },
     /// List keys.
     List,
@@ -502,13 +505,39 @@ async fn dispatch(m: &Manager, command: SliceCommand) -> Result<Outcome, OpError
         SliceCommand::Logs { name, tail } => m.logs(&name, tail).await,
         SliceCommand::Keys { name, action } => {
             let action = match action {
-                KeysCommand::Add { key } => KeyAction::Add(key),
-                KeysCommand::Del { key } => KeyAction::Del(key),
+                KeysCommand::Add { line } => KeyAction::Add(line),
+                KeysCommand::Del { line } => KeyAction::Del(line),
                 KeysCommand::List => KeyAction::List,
             };
             m.keys(&name, action).await
         }
         SliceCommand::Sync { name } => m.sync(name.as_deref()).await,
         SliceCommand::List => ops::list(&m.state),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::Cli;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+        // A subcommand argument that shares an id with a global one (as `keys add <key>` once
+        // did with `--key`) panics only when parsed: parse it.
+        let cli = Cli::try_parse_from([
+            "slicectl",
+            "--key",
+            "/k",
+            "slice",
+            "keys",
+            "s",
+            "add",
+            "ssh-ed25519 AAAA x@y",
+        ])
+        .unwrap();
+        assert_eq!(cli.global.key.as_deref(), Some(std::path::Path::new("/k")));
     }
 }
