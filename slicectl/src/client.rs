@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use broker::acquire::{AcquireSettings, Acquirer, AgentClient, CallError, OverlayAgents};
-use broker::wire::{BrokerCall, BrokerCallProtocol, SliceAsk};
+use broker::wire::{BrokerAnswer, BrokerAnswerProtocol, BrokerCall, BrokerCallProtocol, SliceAsk};
 use capability_schema::protocol::{
     AcquiredSlice, BrokerResponse, NodeRequest, NodeResponse, SlicePlan,
 };
@@ -36,6 +36,17 @@ pub enum ClientError {
     /// A broker or agent refused, with its reason.
     #[error("{0}")]
     Refused(ErrorReply),
+    /// An acquisition returned nothing: the refusal, with the plan as it stood at the end and
+    /// what happened (the plan is absent when an older broker sent the refusal alone).
+    #[error("{reply}")]
+    NotAcquired {
+        /// The reason and the sentence.
+        reply: ErrorReply,
+        /// The plan at the end.
+        plan: Option<Box<SlicePlan>>,
+        /// What happened, line by line.
+        report: Vec<String>,
+    },
     /// A broker could not be reached.
     #[error("{party} unreachable: {detail}")]
     Unreachable {
@@ -51,7 +62,9 @@ impl ClientError {
     pub fn class(&self) -> ExitClass {
         match self {
             ClientError::Setup(_) => ExitClass::Setup,
-            ClientError::Refused(reply) => ExitClass::of_rejection(&reply.reason),
+            ClientError::Refused(reply) | ClientError::NotAcquired { reply, .. } => {
+                ExitClass::of_rejection(&reply.reason)
+            }
             ClientError::Unreachable { .. } => ExitClass::Unreachable,
         }
     }
@@ -286,21 +299,45 @@ impl Session {
     pub async fn acquire(&self, request: &SliceRequest) -> Result<AcquiredSlice, ClientError> {
         match &self.via {
             Via::Broker(broker) => {
-                let call = BrokerCall::AcquireSlice(SliceAsk::new(
-                    request.clone(),
-                    self.identity.cert.clone(),
-                ));
-                match self.broker_call(broker, call).await? {
-                    BrokerResponse::Acquired(slice) => Ok(slice),
-                    other => Err(ClientError::Setup(format!(
+                // Ask for the plan and the report with a failure, to show them.
+                let call = BrokerCall::AcquireSlice(
+                    SliceAsk::new(request.clone(), self.identity.cert.clone())
+                        .with_detailed_failure(),
+                );
+                let answer = self
+                    .overlay
+                    .request::<BrokerAnswerProtocol>(broker, call, self.settings.timeout * 3)
+                    .await;
+                let answer = match answer.map_err(CallError::from) {
+                    Ok(answer) => Ok(answer),
+                    Err(CallError::Refused(reply)) => Err(reply),
+                    Err(other) => {
+                        return Err(ClientError::Unreachable {
+                            party: format!("broker {}", broker.short()),
+                            detail: other.to_string(),
+                        });
+                    }
+                };
+                match BrokerAnswer::into_result(answer) {
+                    Ok(BrokerResponse::Acquired(slice)) => Ok(slice),
+                    Ok(other) => Err(ClientError::Setup(format!(
                         "the broker answered {other:?} to AcquireSlice"
                     ))),
+                    Err(failure) => Err(ClientError::NotAcquired {
+                        reply: failure.reply,
+                        plan: failure.plan,
+                        report: failure.report,
+                    }),
                 }
             }
             Via::Agents(agents, acquirer) => acquirer
                 .acquire(agents, request, self.identity.cert.as_ref())
                 .await
-                .map_err(|f| ClientError::Refused(f.reply)),
+                .map_err(|f| ClientError::NotAcquired {
+                    reply: f.reply,
+                    plan: Some(Box::new(f.plan)),
+                    report: f.report,
+                }),
             Via::Nobody => Err(Self::nobody()),
         }
     }

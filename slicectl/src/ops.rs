@@ -15,6 +15,7 @@
 
 use broker::acquire::CallError;
 use capability_schema::protocol::{AcquiredSlice, NodeRequest, NodeResponse, SlicePlan};
+use capability_schema::resources::human_bytes;
 use capability_schema::slice::SliverTarget;
 use capability_schema::ticket::{Ticket, TrustedIssuers};
 use capability_schema::{AcquireMode, Rejection, SliceRequest};
@@ -72,15 +73,24 @@ impl OpError {
     /// JSON for `--json`.
     pub fn to_json(&self) -> Value {
         let reason = match self {
-            OpError::Client(ClientError::Refused(reply)) => reply.reason.code().to_owned(),
+            OpError::Client(
+                ClientError::Refused(reply) | ClientError::NotAcquired { reply, .. },
+            ) => reply.reason.code().to_owned(),
             _ => self.class().name().to_owned(),
         };
-        json!({
+        let mut out = json!({
             "ok": false,
             "exit_code": self.class().code(),
             "reason": reason,
             "error": self.to_string(),
-        })
+        });
+        if let OpError::Client(ClientError::NotAcquired { plan, report, .. }) = self {
+            out["plan"] = plan.as_ref().map_or(Value::Null, |p| {
+                serde_json::to_value(p).unwrap_or(Value::Null)
+            });
+            out["report"] = json!(report);
+        }
+        out
     }
 }
 
@@ -559,6 +569,18 @@ impl Manager {
         let mut sorted = results;
         sorted.sort_by_key(|a| a.0.label());
         for (l, r) in sorted {
+            // What the node measured of this sliver, from its signed ad.
+            let usage = match &r {
+                Ok(NodeResponse::Status(status)) => {
+                    status.ad.verify_by(&l.lease.node).ok().and_then(|ad| {
+                        ad.measured
+                            .slivers
+                            .into_iter()
+                            .find(|u| u.slice == l.lease.slice)
+                    })
+                }
+                _ => None,
+            };
             let (state, end) = match r {
                 Ok(NodeResponse::Status(status)) => {
                     match status.leases.iter().find_map(|s| {
@@ -588,6 +610,27 @@ impl Manager {
             let mut v = lease_json(l);
             v["state"] = json!(state);
             v["end"] = json!(end);
+            if let Some(u) = &usage {
+                lines.push(format!(
+                    "    used: cpu {:.1} s, memory {}, sent {}{}",
+                    u.cpu_time_ms as f64 / 1000.0,
+                    human_bytes(u.memory_bytes),
+                    human_bytes(u.egress_bytes),
+                    u.disk_bytes
+                        .map(|d| format!(", disk {}", human_bytes(d)))
+                        .unwrap_or_default()
+                ));
+                if let Some(condition) = &u.condition {
+                    lines.push(format!("    condition: {condition}"));
+                }
+                v["usage"] = json!({
+                    "cpu_time_ms": u.cpu_time_ms,
+                    "memory_bytes": u.memory_bytes,
+                    "egress_bytes": u.egress_bytes,
+                    "disk_bytes": u.disk_bytes,
+                });
+                v["condition"] = json!(u.condition);
+            }
             slivers.push(v);
         }
         for t in &tickets {

@@ -391,6 +391,35 @@ async fn the_cli_explains_impossible_requests_and_brokers_itself() {
         "{stderr}"
     );
 
+    // Under --json a failed create carries the plan and the report, through a broker and
+    // through the integrated broker alike.
+    for config in [&cfg, &cfg_agents] {
+        let args = [
+            "--config",
+            config,
+            "--json",
+            "slice",
+            "create",
+            "--name",
+            "plc-site0_bigjson",
+            "--slivers",
+            "2",
+            "--resources",
+            "cpu=1,memory=64GiB",
+        ];
+        let (code, stdout, stderr) = cli(&args).await;
+        assert_eq!(code, ExitClass::Unsatisfiable.code(), "{stdout}{stderr}");
+        let failed: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(failed["ok"], false, "{stdout}");
+        assert_eq!(failed["reason"], "unsatisfiable", "{stdout}");
+        assert_eq!(
+            failed["plan"]["rejected"][0]["reason"], "memory",
+            "{stdout}"
+        );
+        assert_eq!(failed["plan"]["rejected"][0]["count"], 2, "{stdout}");
+        assert!(failed["report"].is_array(), "{stdout}");
+    }
+
     // The integrated broker (--agent): a two-federation slice, JSON out, exit 0; then exec
     // and delete through the CLI.
     let args = [
