@@ -36,7 +36,7 @@
 //! |---|---|
 //! | `acquire` | `slice`, `slivers` or `nodes`, `resources`, `duration` (1h), `lease`, `federations`, `min_sites`, `mode`, `via`, `agents`, `expect`, `expect_slivers`, `timeout_secs` |
 //! | `exec` | `slice`, `command` (a string runs under `/bin/sh -c`, a list as is), `expect_output` (in every sliver's stdout), `expect_exit` (0), `expect_slivers`, `expect`, `timeout_secs`, `retry_secs` |
-//! | `status` | `slice`, `expect_live`, `expect`, `timeout_secs`, `retry_secs` |
+//! | `status` | `slice`, `expect_live`, `expect_measured`, `expect`, `timeout_secs`, `retry_secs` |
 //! | `renew` | `slice`, `for`, `expect_renewed`, `expect`, `timeout_secs`, `retry_secs` |
 //! | `sync` | `slice`, `expect_held`, `expect`, `timeout_secs`, `retry_secs` |
 //! | `delete` | `slice`, `expect_released`, `expect`, `timeout_secs` |
@@ -285,6 +285,8 @@ pub struct Status {
     pub slice: String,
     /// Slivers whose node says their lease is live.
     pub expect_live: Option<usize>,
+    /// Slivers whose node reports what they used (CPU, memory, egress) in its signed ad.
+    pub expect_measured: Option<usize>,
     /// The class.
     pub expect: Option<OneOrMany<Class>>,
     /// `slicectl --timeout`.
@@ -706,6 +708,7 @@ struct RawStep {
     expect_output: Option<String>,
     expect_exit: Option<i32>,
     expect_live: Option<usize>,
+    expect_measured: Option<usize>,
     #[serde(rename = "for")]
     for_: Option<String>,
     expect_renewed: Option<usize>,
@@ -778,6 +781,7 @@ impl Kind {
             Kind::Status => &[
                 "slice",
                 "expect_live",
+                "expect_measured",
                 "expect",
                 "timeout_secs",
                 "retry_secs",
@@ -849,7 +853,7 @@ impl Kind {
 impl RawStep {
     /// The fields given (besides `do` and `title`).
     fn given(&self) -> Vec<&'static str> {
-        let all: [(&'static str, bool); 34] = [
+        let all: [(&'static str, bool); 35] = [
             ("slice", self.slice.is_some()),
             ("slivers", self.slivers.is_some()),
             ("nodes", self.nodes.is_some()),
@@ -869,6 +873,7 @@ impl RawStep {
             ("expect_output", self.expect_output.is_some()),
             ("expect_exit", self.expect_exit.is_some()),
             ("expect_live", self.expect_live.is_some()),
+            ("expect_measured", self.expect_measured.is_some()),
             ("for", self.for_.is_some()),
             ("expect_renewed", self.expect_renewed.is_some()),
             ("expect_held", self.expect_held.is_some()),
@@ -957,6 +962,7 @@ impl RawStep {
                 title,
                 slice,
                 expect_live: self.expect_live,
+                expect_measured: self.expect_measured,
                 expect: self.expect,
                 timeout_secs: self.timeout_secs,
                 retry_secs: self.retry_secs,
@@ -2139,12 +2145,28 @@ impl Runner<'_> {
         call.expect_class(&s.expect.as_ref().map_or(vec![Class::Ok], OneOrMany::to_vec))?;
         let mut lines = Vec::new();
         let mut live = 0;
+        let mut measured = 0;
         for (name, v) in self.by_node(&call.json["slivers"]) {
             let state = v["state"].as_str().unwrap_or("?");
             if state == "live" {
                 live += 1;
             }
-            lines.push(format!("{name}: {state}"));
+            let usage = &v["usage"];
+            if usage.is_object() {
+                measured += 1;
+                lines.push(format!(
+                    "{name}: {state}, cpu {} ms, memory {} B, sent {} B{}",
+                    usage["cpu_time_ms"],
+                    usage["memory_bytes"],
+                    usage["egress_bytes"],
+                    v["condition"]
+                        .as_str()
+                        .map(|c| format!(", {c}"))
+                        .unwrap_or_default()
+                ));
+            } else {
+                lines.push(format!("{name}: {state}"));
+            }
         }
         if call.class == Class::NotFound {
             lines.push(format!("no slice {} ({})", s.slice, call.error_text()));
@@ -2153,6 +2175,13 @@ impl Runner<'_> {
             && live != n
         {
             return Err(call.fail(format!("expected {n} slivers live, {live} are")));
+        }
+        if let Some(n) = s.expect_measured
+            && measured != n
+        {
+            return Err(call.fail(format!(
+                "expected {n} slivers measured by their nodes, {measured} are"
+            )));
         }
         Ok(lines)
     }

@@ -213,7 +213,7 @@ A scenario file (see testnet/scenarios/ for examples):
   resources = \"cpu=200m,memory=96MiB\"
   expect_slivers = 4
 
-Steps (do = ...): acquire, exec (command, expect_output, expect_exit), status (expect_live),
+Steps (do = ...): acquire, exec (command, expect_output, expect_exit), status (expect_live, expect_measured),
 renew (for, expect_renewed), sync (expect_held), delete (expect_released), kill, restart,
 partition (hosts), heal, wait_converged, sleep (secs), expect_leases (nodes, slice, each,
 total, within_secs), down (last: take the testnet down, expect nothing left).
