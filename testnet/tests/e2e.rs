@@ -1,8 +1,10 @@
 //! The end-to-end suite on real testnets: every scenario file of `testnet/scenarios/`, each on
 //! its own testnet of two federations with the daemons as processes —
 //!
-//! - `two-federations.toml`: acquisition through the broker across both federations, exec in
-//!   every sliver (and a failing command), renew, delete; then through the agents directly;
+//! - `two-federations.toml`: acquisition through the broker across both federations, status
+//!   with what each node measured, exec in every sliver (its own hostname and pid namespace,
+//!   and a failing command), spawn and its log, SSH keys added, listed and removed, renew,
+//!   delete; then through the agents directly;
 //! - `node-restart.toml`: a node killed and restarted mid-slice keeps its lease and sliver;
 //! - `partition-heal.toml`: renew during a partition reaches the others, all after healing;
 //! - `all-or-nothing-node-down.toml`: a node down during an all-or-nothing create leaves no

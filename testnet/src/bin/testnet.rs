@@ -213,13 +213,14 @@ A scenario file (see testnet/scenarios/ for examples):
   resources = \"cpu=200m,memory=96MiB\"
   expect_slivers = 4
 
-Steps (do = ...): acquire, exec (command, expect_output, expect_exit), status (expect_live, expect_measured),
-renew (for, expect_renewed), sync (expect_held), delete (expect_released), kill, restart,
+Steps (do = ...): acquire, exec (command, expect_output, expect_exit), status (expect_live,
+expect_measured), renew (for, expect_renewed), sync (expect_held), delete (expect_released),
+spawn (command), logs (expect_output), keys (add | del, expect_keys), kill, restart,
 partition (hosts), heal, wait_converged, sleep (secs), expect_leases (nodes, slice, each,
 total, within_secs), down (last: take the testnet down, expect nothing left).
 slicectl steps take expect = \"<class>\" or a list: ok, internal, usage, setup, unsatisfiable,
-refused, unreachable, partial, not_found, command_failed; timeout_secs; exec, status, renew
-and sync also retry_secs. Every step takes a title.";
+refused, unreachable, partial, not_found, command_failed; timeout_secs; exec, status, renew,
+sync and logs also retry_secs. Every step takes a title.";
 
 fn main() {
     let cli = Cli::parse();
