@@ -22,7 +22,6 @@ use capability_schema::{ErrorReply, PublicKey, SliceRequest};
 use federation::overlay::{Multiaddr, NodeProtocol};
 use federation::{Overlay, OverlayConfig, OverlayHandle};
 use futures::StreamExt;
-use libp2p::multiaddr::Protocol as AddrPart;
 
 use crate::config::{Identity, TrustedFederation};
 use crate::exit::ExitClass;
@@ -129,10 +128,7 @@ pub struct Session {
 
 /// The peer key of a multiaddress ending in `/p2p/<peer id>`.
 pub fn peer_of(addr: &Multiaddr) -> Option<PublicKey> {
-    addr.iter().find_map(|p| match p {
-        AddrPart::P2p(peer) => federation::overlay::public_key(&peer).ok(),
-        _ => None,
-    })
+    federation::overlay::addr_peer(addr)
 }
 
 fn parse_peer_addr(text: &str, what: &str) -> Result<(Multiaddr, PublicKey), ClientError> {
@@ -358,7 +354,7 @@ impl Session {
             let addrs: Vec<Multiaddr> = addresses
                 .iter()
                 .filter_map(|a| a.parse::<Multiaddr>().ok())
-                .map(|a| strip_p2p(a, &node))
+                .map(|a| federation::overlay::addr_for_peer(a, &node))
                 .collect();
             if !addrs.is_empty() {
                 self.overlay
@@ -417,17 +413,5 @@ impl Session {
     /// Stops the client.
     pub async fn shutdown(&self) {
         self.overlay.shutdown().await;
-    }
-}
-
-/// `addr` with its `/p2p/` part only if it names `node` (announced addresses carry it).
-fn strip_p2p(addr: Multiaddr, node: &PublicKey) -> Multiaddr {
-    match peer_of(&addr) {
-        Some(peer) if peer == *node => addr,
-        Some(_) => addr
-            .iter()
-            .filter(|p| !matches!(p, AddrPart::P2p(_)))
-            .collect(),
-        None => addr,
     }
 }

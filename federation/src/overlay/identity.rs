@@ -5,8 +5,9 @@
 //! schema crate links.
 
 use capability_schema::{KeyError, PublicKey, SecretKey};
-use libp2p::PeerId;
 use libp2p::identity;
+use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, PeerId};
 
 /// The libp2p keypair of a PlanetMesh secret key (the same ed25519 key).
 pub fn keypair(key: &SecretKey) -> identity::Keypair {
@@ -57,5 +58,45 @@ mod tests {
         // The same peer id the schema crate derives (through libp2p-identity 0.2).
         assert_eq!(peer.to_bytes(), key.public().to_peer_id().to_bytes());
         assert!(public_key(&PeerId::random()).is_err());
+    }
+}
+
+/// The PlanetMesh key named by a multiaddress's `/p2p/<peer id>` part, if it has one.
+pub fn addr_peer(addr: &Multiaddr) -> Option<PublicKey> {
+    addr.iter().find_map(|part| match part {
+        Protocol::P2p(peer) => public_key(&peer).ok(),
+        _ => None,
+    })
+}
+
+/// `addr` as an address of `peer`: unchanged when it names `peer` or no one; with its `/p2p/`
+/// part removed when it names someone else (a stale announcement must not make a dial to
+/// `peer` fail the peer-id check).
+pub fn addr_for_peer(addr: Multiaddr, peer: &PublicKey) -> Multiaddr {
+    match addr_peer(&addr) {
+        Some(named) if named != *peer => addr
+            .iter()
+            .filter(|part| !matches!(part, Protocol::P2p(_)))
+            .collect(),
+        _ => addr,
+    }
+}
+
+#[cfg(test)]
+mod addr_tests {
+    use capability_schema::identity::test_key;
+
+    use super::*;
+
+    #[test]
+    fn addresses_name_their_peer_or_lose_a_wrong_name() {
+        let (a, b) = (test_key(1).public(), test_key(2).public());
+        let bare: Multiaddr = "/ip4/127.0.0.1/tcp/4001".parse().unwrap();
+        let of_a = bare.clone().with(Protocol::P2p(peer_id(&a)));
+        assert_eq!(addr_peer(&bare), None);
+        assert_eq!(addr_peer(&of_a), Some(a));
+        assert_eq!(addr_for_peer(of_a.clone(), &a), of_a);
+        assert_eq!(addr_for_peer(of_a, &b), bare);
+        assert_eq!(addr_for_peer(bare.clone(), &b), bare);
     }
 }

@@ -35,7 +35,7 @@ use std::time::Duration;
 use capability_schema::{DecodeError, ErrorReply, PublicKey, SecretKey};
 pub use codec::{Frame, FrameCodec, MAX_DRAIN_BYTES};
 pub use handle::{AdEvent, Incoming, OverlayHandle, OverlayStats, Responder, ServeStream};
-pub use identity::{keypair, libp2p_public, peer_id, public_key};
+pub use identity::{addr_for_peer, addr_peer, keypair, libp2p_public, peer_id, public_key};
 pub use libp2p::{Multiaddr, PeerId};
 pub use protocol::{AgentProtocol, BrokerProtocol, NodeProtocol, Protocol, ProtocolKind};
 
