@@ -167,6 +167,55 @@ fn ticks_to_duration(ticks: u64, per_second: u64) -> std::time::Duration {
     std::time::Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
 }
 
+/// Checks a daemon's `mdns` setting the same way for every daemon: its default config (with
+/// the federation filled in) shows `# mdns = false` with its meaning and the QUIC listen hint;
+/// loaded as written, mDNS is off; uncommented with `true`, on; a wrong type is refused naming
+/// the key. `load` reads a config file and returns its `mdns` value or the error's text.
+///
+/// Panics (it is for tests) on the first expectation that fails.
+pub fn check_mdns_setting(
+    default_config: &str,
+    load: impl Fn(&std::path::Path) -> Result<bool, String>,
+) {
+    let dir = std::env::temp_dir().join(format!(
+        "planetmesh-mdns-check-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    struct Cleanup(std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(dir.clone());
+    let path = dir.join("daemon.toml");
+    let line = default_config
+        .lines()
+        .find(|l| l.starts_with("# mdns = false"))
+        .expect("the default config shows the mdns key");
+    assert!(line.contains("multicast DNS"), "{line}");
+    assert!(
+        default_config.contains("turn on for a LAN testbed"),
+        "{default_config}"
+    );
+    assert!(default_config.contains("quic-v1"), "{default_config}");
+    std::fs::write(&path, default_config).expect("write config");
+    assert!(!load(&path).expect("the default config loads"));
+    std::fs::write(
+        &path,
+        default_config.replace("# mdns = false", "mdns = true"),
+    )
+    .expect("write config");
+    assert!(load(&path).expect("mdns = true loads"));
+    std::fs::write(&path, "federation = \"plc\"\nmdns = \"yes\"\n").expect("write config");
+    let err = load(&path).expect_err("mdns = \"yes\" is refused");
+    assert!(err.contains("mdns"), "{err}");
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

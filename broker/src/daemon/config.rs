@@ -253,23 +253,13 @@ mod tests {
 
     #[test]
     fn mdns_is_off_by_default_and_documented_in_the_default_config() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("broker.toml");
-        let text = DEFAULT_CONFIG.replace("{federation}", "plc");
-        let line = text
-            .lines()
-            .find(|l| l.starts_with("# mdns = false"))
-            .expect("the default config shows the mdns key");
-        assert!(line.contains("multicast DNS"), "{line}");
-        assert!(text.contains("turn on for a LAN testbed"), "{text}");
-        assert!(text.contains("quic-v1"), "{text}");
-        std::fs::write(&path, &text).unwrap();
-        assert!(!BrokerConfig::load(&path).unwrap().mdns);
-        // Uncommenting the line with `true` turns it on.
-        std::fs::write(&path, text.replace("# mdns = false", "mdns = true")).unwrap();
-        assert!(BrokerConfig::load(&path).unwrap().mdns);
-        std::fs::write(&path, "federation = \"plc\"\nmdns = \"yes\"\n").unwrap();
-        let err = BrokerConfig::load(&path).unwrap_err().to_string();
-        assert!(err.contains("mdns"), "{err}");
+        federation::testing::check_mdns_setting(
+            &DEFAULT_CONFIG.replace("{federation}", "plc"),
+            |path| {
+                BrokerConfig::load(path)
+                    .map(|c| c.mdns)
+                    .map_err(|e| e.to_string())
+            },
+        );
     }
 }
