@@ -113,7 +113,7 @@ async fn run(n: usize, ads: usize, kademlia: bool) {
     for peer in &peers {
         addrs.push(peer.handle.listen_addrs().await.expect("addrs")[0].clone());
     }
-    for i in 0..n {
+    for (i, peer) in peers.iter().enumerate() {
         let mut targets: Vec<usize> = (0..n).filter(|&j| j != i).collect();
         let dials = DIALS.min(targets.len());
         for k in 0..dials {
@@ -121,7 +121,7 @@ async fn run(n: usize, ads: usize, kademlia: bool) {
             targets.swap(k, j);
         }
         for &j in &targets[..dials] {
-            peers[i].handle.dial(addrs[j].clone()).await.expect("dial");
+            peer.handle.dial(addrs[j].clone()).await.expect("dial");
         }
     }
     // Every peer relays to a mesh of its own before we measure.
