@@ -203,22 +203,7 @@ pub struct Gathered {
     pub report: Vec<String>,
 }
 
-/// Why an acquisition returned nothing: the reply to send, whose reason says the class
-/// (`unsatisfiable`, `unreachable`, `policy`, `no_peering`, …) and whose message names the
-/// binding constraint and what happened.
-///
-/// It travels to callers that ask for it (`crate::wire::SliceAsk::detailed_failure`), so they
-/// can show the plan and the report, not only the sentence.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
-#[error("{reply}")]
-pub struct AcquireFailure {
-    /// The reply.
-    pub reply: ErrorReply,
-    /// The plan as it stood at the end.
-    pub plan: SlicePlan,
-    /// What happened, line by line.
-    pub report: Vec<String>,
-}
+pub use capability_schema::protocol::AcquireFailure;
 
 /// The acquisition engine over an [`AgentClient`].
 #[derive(Debug)]

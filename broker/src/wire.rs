@@ -1,198 +1,22 @@
-//! The broker protocol as this broker serves it: `/planetmesh/broker/1` with the principal's
-//! membership certificate alongside the request.
+//! The broker protocol as this broker serves it: `/planetmesh/broker/1` with
+//! [`BrokerCall`] requests (a `SliceRequest` plus the principal's membership certificate and
+//! whether a failure should come with its plan) and [`BrokerAnswer`] answers. The message types
+//! live in `capability_schema::protocol` (so the fuzz targets decode them); this module adds
+//! the overlay protocols that carry them and how a failure is answered.
 //!
-//! Agents serve a principal only on the strength of its membership certificate
-//! (`TicketRequest::principal_cert`), but `capability_schema::protocol::BrokerRequest` carries
-//! a bare `SliceRequest`, so a broker acting for a principal could not show one. [`BrokerCall`]
-//! is the same message with an optional `principal_cert` field: its encoding is a superset of
-//! `BrokerRequest`'s (a plain `BrokerRequest` decodes as a `BrokerCall` without certificate, and
-//! a `BrokerCall` without certificate decodes as a plain `BrokerRequest`), so both kinds of
-//! callers reach the same server. When the schema grows the field, this module reduces to a
-//! re-export.
-//!
-//! A failed `AcquireSlice` is an error reply, a reason and a sentence, since the overlay's
-//! error type is fixed. A caller that wants the plan and the report behind the failure (to
-//! print under `--json`) sets [`SliceAsk::detailed_failure`]; the broker then answers with
-//! [`BrokerAnswer::NotAcquired`] instead, whose reply is the same error reply. Both ways stay
-//! compatible: plain callers never set the flag and so never see the new variant (the other
-//! variants encode exactly as `BrokerResponse`'s), and a broker that predates the flag ignores
-//! it and answers with the error reply alone. [`BrokerAnswer::into_result`] folds both
-//! answers back into one `Result`.
+//! Both ways stay compatible with plain `BrokerRequest`/`BrokerResponse` callers: a plain
+//! request decodes as a call without certificate, and a caller that never sets
+//! `detailed_failure` never sees [`BrokerAnswer::NotAcquired`] (the other variants encode
+//! exactly as `BrokerResponse`'s); a broker that predates the flag ignores it and answers with
+//! the error reply alone. [`BrokerAnswer::into_result`] folds both answers into one `Result`.
 
-use capability_schema::protocol::{AcquiredSlice, BrokerRequest, BrokerResponse, SlicePlan};
-use capability_schema::slice::{SliceConstraints, SliceKind, SliverTarget};
-use capability_schema::{
-    AcquireMode, ErrorReply, MembershipCert, PublicKey, Resources, Signed, SliceRequest,
-};
+use capability_schema::ErrorReply;
+use capability_schema::protocol::BrokerResponse;
 use federation::overlay::{Protocol, ProtocolKind};
-use serde::{Deserialize, Serialize};
 
-/// A slice request with the principal's membership certificate.
-///
-/// The fields are `SliceRequest`'s, in its order and spelling, plus `principal_cert`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SliceAsk {
-    /// The slice's name.
-    pub name: String,
-    /// On whose behalf.
-    pub principal: PublicKey,
-    /// The principal's federation.
-    pub principal_federation: String,
-    /// Regular or admin.
-    pub kind: SliceKind,
-    /// Resources of each sliver.
-    pub per_sliver: Resources,
-    /// How many slivers, or on which nodes.
-    pub target: SliverTarget,
-    /// Where they may go.
-    pub constraints: SliceConstraints,
-    /// How long, in seconds.
-    pub duration_secs: u64,
-    /// All or nothing, or best effort.
-    pub mode: AcquireMode,
-    /// The principal's membership certificate, shown to agents (none: agents serve the
-    /// principal only if their policy lists its key).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub principal_cert: Option<Signed<MembershipCert>>,
-    /// A failed `AcquireSlice` answers [`BrokerAnswer::NotAcquired`] (the plan and the report
-    /// too) instead of the bare error reply; only for callers decoding [`BrokerAnswer`]
-    /// (default false).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub detailed_failure: bool,
-}
-
-impl SliceAsk {
-    /// A request with a certificate.
-    pub fn new(request: SliceRequest, principal_cert: Option<Signed<MembershipCert>>) -> Self {
-        let SliceRequest {
-            name,
-            principal,
-            principal_federation,
-            kind,
-            per_sliver,
-            target,
-            constraints,
-            duration_secs,
-            mode,
-        } = request;
-        SliceAsk {
-            name,
-            principal,
-            principal_federation,
-            kind,
-            per_sliver,
-            target,
-            constraints,
-            duration_secs,
-            mode,
-            principal_cert,
-            detailed_failure: false,
-        }
-    }
-
-    /// The same request, asking for [`BrokerAnswer::NotAcquired`] when acquisition fails.
-    pub fn with_detailed_failure(mut self) -> Self {
-        self.detailed_failure = true;
-        self
-    }
-
-    /// The request and the certificate, apart.
-    pub fn into_parts(self) -> (SliceRequest, Option<Signed<MembershipCert>>) {
-        let request = SliceRequest {
-            name: self.name,
-            principal: self.principal,
-            principal_federation: self.principal_federation,
-            kind: self.kind,
-            per_sliver: self.per_sliver,
-            target: self.target,
-            constraints: self.constraints,
-            duration_secs: self.duration_secs,
-            mode: self.mode,
-        };
-        (request, self.principal_cert)
-    }
-}
-
-/// `BrokerRequest` with certificates.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BrokerCall {
-    /// Plan only.
-    FindSlice(SliceAsk),
-    /// Plan and obtain tickets.
-    AcquireSlice(SliceAsk),
-}
-
-impl From<BrokerRequest> for BrokerCall {
-    fn from(request: BrokerRequest) -> Self {
-        match request {
-            BrokerRequest::FindSlice(r) => BrokerCall::FindSlice(SliceAsk::new(r, None)),
-            BrokerRequest::AcquireSlice(r) => BrokerCall::AcquireSlice(SliceAsk::new(r, None)),
-        }
-    }
-}
-
-/// An acquisition that returned nothing, in full: the error reply plain callers get, the plan
-/// as it stood at the end (chosen, alternatives, nodes not picked by reason, the explanation
-/// with its hint) and what happened, line by line.
-pub use crate::acquire::AcquireFailure as NotAcquired;
-
-/// What this broker answers: `BrokerResponse`'s answers, encoded the same, plus the detailed
-/// failure of an `AcquireSlice` for callers that set [`SliceAsk::detailed_failure`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BrokerAnswer {
-    /// Answer to `FindSlice`.
-    Plan(SlicePlan),
-    /// Answer to `AcquireSlice`.
-    Acquired(AcquiredSlice),
-    /// A failed `AcquireSlice`, with its plan and report.
-    NotAcquired(NotAcquired),
-}
-
-impl From<BrokerResponse> for BrokerAnswer {
-    fn from(response: BrokerResponse) -> Self {
-        match response {
-            BrokerResponse::Plan(plan) => BrokerAnswer::Plan(plan),
-            BrokerResponse::Acquired(slice) => BrokerAnswer::Acquired(slice),
-        }
-    }
-}
-
-/// Why a broker call failed: the error reply, with the plan and the report when the broker
-/// sent them.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{reply}")]
-pub struct BrokerFailure {
-    /// The reason and the sentence.
-    pub reply: ErrorReply,
-    /// The plan as it stood at the end (a broker answering [`BrokerAnswer::NotAcquired`]).
-    pub plan: Option<Box<SlicePlan>>,
-    /// What happened, line by line (empty without a plan).
-    pub report: Vec<String>,
-}
-
-impl BrokerAnswer {
-    /// The answer as one `Result`: the response, or the failure with whatever detail came.
-    pub fn into_result(
-        reply: Result<BrokerAnswer, ErrorReply>,
-    ) -> Result<BrokerResponse, BrokerFailure> {
-        match reply {
-            Ok(BrokerAnswer::Plan(plan)) => Ok(BrokerResponse::Plan(plan)),
-            Ok(BrokerAnswer::Acquired(slice)) => Ok(BrokerResponse::Acquired(slice)),
-            Ok(BrokerAnswer::NotAcquired(failure)) => Err(BrokerFailure {
-                reply: failure.reply,
-                plan: Some(Box::new(failure.plan)),
-                report: failure.report,
-            }),
-            Err(reply) => Err(BrokerFailure {
-                reply,
-                plan: None,
-                report: Vec::new(),
-            }),
-        }
-    }
-}
+pub use capability_schema::protocol::{
+    AcquireFailure as NotAcquired, BrokerAnswer, BrokerCall, BrokerFailure, SliceAsk,
+};
 
 /// How the broker answers a failed acquisition: the detailed answer if the caller asked for
 /// it, else the error reply alone.
@@ -234,6 +58,9 @@ mod tests {
     use federation::testing::TestFederation;
 
     use super::*;
+    use capability_schema::protocol::{BrokerRequest, SlicePlan};
+    use capability_schema::slice::{SliceConstraints, SliceKind, SliverTarget};
+    use capability_schema::{AcquireMode, Resources, SliceRequest};
 
     fn request() -> SliceRequest {
         SliceRequest {

@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | agent | `/planetmesh/agent/1` | [`AgentRequest`]: `GetAds`, `GetTickets`, `Released` |
 //! | node | `/planetmesh/node/1` | [`NodeRequest`]: `Redeem`, `Renew`, `Release`, `Status`, `Exec`, `Spawn`, `Logs`, `AddKey`, `DelKey`, `ListKeys` |
-//! | broker | `/planetmesh/broker/1` | [`BrokerRequest`]: `FindSlice`, `AcquireSlice` |
+//! | broker | `/planetmesh/broker/1` | [`BrokerRequest`]: `FindSlice`, `AcquireSlice`; as served, [`BrokerCall`] (the same with the principal's certificate) answered by [`BrokerAnswer`] |
 //!
 //! Each message travels in an [`Envelope`] with a request id; every answer is
 //! `Result<Response, ErrorReply>` so every error carries a reason and a sentence. The caller's
@@ -18,7 +18,7 @@ use crate::membership::MembershipCert;
 use crate::rejection::ErrorReply;
 use crate::resources::Resources;
 use crate::signed::Signed;
-use crate::slice::{Lease, SliceKind, SliceRequest};
+use crate::slice::{AcquireMode, Lease, SliceConstraints, SliceKind, SliceRequest, SliverTarget};
 
 /// Protocol name of the agent protocol.
 pub const AGENT_PROTOCOL: &str = "/planetmesh/agent/1";
@@ -382,4 +382,193 @@ pub enum BrokerResponse {
     Plan(SlicePlan),
     /// Answer to `AcquireSlice`.
     Acquired(AcquiredSlice),
+}
+
+// ---------------------------------------------------------------- broker protocol, as served
+
+// `BrokerRequest` carries a bare `SliceRequest`, but agents serve a principal only on its
+// membership certificate. `BrokerCall` is the same message with an optional
+// `principal_cert` (and `detailed_failure`): its encoding is a superset of `BrokerRequest`'s,
+// so a plain `BrokerRequest` decodes as a `BrokerCall` without certificate and the other way
+// round. A failed `AcquireSlice` is an error reply; a caller that sets
+// `SliceAsk::detailed_failure` gets `BrokerAnswer::NotAcquired` instead, with the plan and the
+// report; the other `BrokerAnswer` variants encode exactly as `BrokerResponse`'s.
+
+/// A slice request with the principal's membership certificate.
+///
+/// The fields are `SliceRequest`'s, in its order and spelling, plus `principal_cert`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SliceAsk {
+    /// The slice's name.
+    pub name: String,
+    /// On whose behalf.
+    pub principal: PublicKey,
+    /// The principal's federation.
+    pub principal_federation: String,
+    /// Regular or admin.
+    pub kind: SliceKind,
+    /// Resources of each sliver.
+    pub per_sliver: Resources,
+    /// How many slivers, or on which nodes.
+    pub target: SliverTarget,
+    /// Where they may go.
+    pub constraints: SliceConstraints,
+    /// How long, in seconds.
+    pub duration_secs: u64,
+    /// All or nothing, or best effort.
+    pub mode: AcquireMode,
+    /// The principal's membership certificate, shown to agents (none: agents serve the
+    /// principal only if their policy lists its key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal_cert: Option<Signed<MembershipCert>>,
+    /// A failed `AcquireSlice` answers [`BrokerAnswer::NotAcquired`] (the plan and the report
+    /// too) instead of the bare error reply; only for callers decoding [`BrokerAnswer`]
+    /// (default false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub detailed_failure: bool,
+}
+
+impl SliceAsk {
+    /// A request with a certificate.
+    pub fn new(request: SliceRequest, principal_cert: Option<Signed<MembershipCert>>) -> Self {
+        let SliceRequest {
+            name,
+            principal,
+            principal_federation,
+            kind,
+            per_sliver,
+            target,
+            constraints,
+            duration_secs,
+            mode,
+        } = request;
+        SliceAsk {
+            name,
+            principal,
+            principal_federation,
+            kind,
+            per_sliver,
+            target,
+            constraints,
+            duration_secs,
+            mode,
+            principal_cert,
+            detailed_failure: false,
+        }
+    }
+
+    /// The same request, asking for [`BrokerAnswer::NotAcquired`] when acquisition fails.
+    pub fn with_detailed_failure(mut self) -> Self {
+        self.detailed_failure = true;
+        self
+    }
+
+    /// The request and the certificate, apart.
+    pub fn into_parts(self) -> (SliceRequest, Option<Signed<MembershipCert>>) {
+        let request = SliceRequest {
+            name: self.name,
+            principal: self.principal,
+            principal_federation: self.principal_federation,
+            kind: self.kind,
+            per_sliver: self.per_sliver,
+            target: self.target,
+            constraints: self.constraints,
+            duration_secs: self.duration_secs,
+            mode: self.mode,
+        };
+        (request, self.principal_cert)
+    }
+}
+
+/// `BrokerRequest` with certificates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BrokerCall {
+    /// Plan only.
+    FindSlice(SliceAsk),
+    /// Plan and obtain tickets.
+    AcquireSlice(SliceAsk),
+}
+
+impl From<BrokerRequest> for BrokerCall {
+    fn from(request: BrokerRequest) -> Self {
+        match request {
+            BrokerRequest::FindSlice(r) => BrokerCall::FindSlice(SliceAsk::new(r, None)),
+            BrokerRequest::AcquireSlice(r) => BrokerCall::AcquireSlice(SliceAsk::new(r, None)),
+        }
+    }
+}
+
+/// Why an acquisition returned nothing: the reply to send, whose reason says the class
+/// (`unsatisfiable`, `unreachable`, `policy`, `no_peering`, …) and whose message names the
+/// binding constraint and what happened.
+///
+/// It travels to callers that ask for it ([`SliceAsk::detailed_failure`]), so they
+/// can show the plan and the report, not only the sentence.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[error("{reply}")]
+pub struct AcquireFailure {
+    /// The reply.
+    pub reply: ErrorReply,
+    /// The plan as it stood at the end.
+    pub plan: SlicePlan,
+    /// What happened, line by line.
+    pub report: Vec<String>,
+}
+
+/// What this broker answers: `BrokerResponse`'s answers, encoded the same, plus the detailed
+/// failure of an `AcquireSlice` for callers that set [`SliceAsk::detailed_failure`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BrokerAnswer {
+    /// Answer to `FindSlice`.
+    Plan(SlicePlan),
+    /// Answer to `AcquireSlice`.
+    Acquired(AcquiredSlice),
+    /// A failed `AcquireSlice`, with its plan and report.
+    NotAcquired(AcquireFailure),
+}
+
+impl From<BrokerResponse> for BrokerAnswer {
+    fn from(response: BrokerResponse) -> Self {
+        match response {
+            BrokerResponse::Plan(plan) => BrokerAnswer::Plan(plan),
+            BrokerResponse::Acquired(slice) => BrokerAnswer::Acquired(slice),
+        }
+    }
+}
+
+/// Why a broker call failed: the error reply, with the plan and the report when the broker
+/// sent them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reply}")]
+pub struct BrokerFailure {
+    /// The reason and the sentence.
+    pub reply: ErrorReply,
+    /// The plan as it stood at the end (a broker answering [`BrokerAnswer::NotAcquired`]).
+    pub plan: Option<Box<SlicePlan>>,
+    /// What happened, line by line (empty without a plan).
+    pub report: Vec<String>,
+}
+
+impl BrokerAnswer {
+    /// The answer as one `Result`: the response, or the failure with whatever detail came.
+    pub fn into_result(
+        reply: Result<BrokerAnswer, ErrorReply>,
+    ) -> Result<BrokerResponse, BrokerFailure> {
+        match reply {
+            Ok(BrokerAnswer::Plan(plan)) => Ok(BrokerResponse::Plan(plan)),
+            Ok(BrokerAnswer::Acquired(slice)) => Ok(BrokerResponse::Acquired(slice)),
+            Ok(BrokerAnswer::NotAcquired(failure)) => Err(BrokerFailure {
+                reply: failure.reply,
+                plan: Some(Box::new(failure.plan)),
+                report: failure.report,
+            }),
+            Err(reply) => Err(BrokerFailure {
+                reply,
+                plan: None,
+                report: Vec::new(),
+            }),
+        }
+    }
 }

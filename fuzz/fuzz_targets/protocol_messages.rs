@@ -2,10 +2,10 @@
 //! protocols, as a server or client decodes them off a stream.
 #![no_main]
 
-use capability_schema::codec::decode;
+use capability_schema::codec::{decode, encode};
 use capability_schema::protocol::{
-    AgentRequest, AgentResponse, BrokerRequest, BrokerResponse, Envelope, NodeRequest,
-    NodeResponse, Reply,
+    AgentRequest, AgentResponse, BrokerAnswer, BrokerCall, BrokerRequest, BrokerResponse, Envelope,
+    NodeRequest, NodeResponse, Reply,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -16,5 +16,15 @@ fuzz_target!(|data: &[u8]| {
     let _ = decode::<Envelope<Reply<NodeResponse>>>(data);
     let _ = decode::<Envelope<BrokerRequest>>(data);
     let _ = decode::<Envelope<Reply<BrokerResponse>>>(data);
+    // The broker as served: what decodes must encode and decode to the same value.
+    if let Ok(call) = decode::<Envelope<BrokerCall>>(data) {
+        let again: Envelope<BrokerCall> = decode(&encode(&call)).expect("re-encoded call decodes");
+        assert_eq!(again, call);
+    }
+    if let Ok(answer) = decode::<Envelope<Reply<BrokerAnswer>>>(data) {
+        let again: Envelope<Reply<BrokerAnswer>> =
+            decode(&encode(&answer)).expect("re-encoded answer decodes");
+        assert_eq!(again, answer);
+    }
     let _ = decode::<ciborium::Value>(data);
 });
