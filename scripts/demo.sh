@@ -12,4 +12,4 @@ source scripts/prereqs.sh
 ensure_prereqs
 echo "== building (cargo build --workspace --bins)"
 cargo build --workspace --bins --quiet
-exec target/debug/testnet --dir "${PLANETMESH_TESTNET:-.testnet}" demo "$@"
+exec "${CARGO_TARGET_DIR:-target}/debug/testnet" --dir "${PLANETMESH_TESTNET:-.testnet}" demo "$@"
