@@ -19,7 +19,7 @@ use capability_schema::protocol::{
     AcquiredSlice, BrokerResponse, NodeRequest, NodeResponse, SlicePlan,
 };
 use capability_schema::{ErrorReply, PublicKey, SliceRequest};
-use federation::overlay::{Multiaddr, NodeProtocol};
+use federation::overlay::{Multiaddr, NodeProtocol, Protocol};
 use federation::{Overlay, OverlayConfig, OverlayHandle};
 use futures::StreamExt;
 
@@ -254,21 +254,26 @@ impl Session {
         )
     }
 
-    async fn broker_call(
+    /// One call to the broker over protocol `P`; a refusal stays the broker's error reply,
+    /// anything else is the broker being unreachable.
+    async fn broker_call<P: Protocol<Request = BrokerCall>>(
         &self,
         broker: &PublicKey,
         call: BrokerCall,
-    ) -> Result<BrokerResponse, ClientError> {
-        self.overlay
-            .request::<BrokerCallProtocol>(broker, call, self.settings.timeout * 3)
+    ) -> Result<Result<P::Response, ErrorReply>, ClientError> {
+        match self
+            .overlay
+            .request::<P>(broker, call, self.settings.timeout * 3)
             .await
-            .map_err(|e| match CallError::from(e) {
-                CallError::Refused(reply) => ClientError::Refused(reply),
-                other => ClientError::Unreachable {
-                    party: format!("broker {}", broker.short()),
-                    detail: other.to_string(),
-                },
-            })
+            .map_err(CallError::from)
+        {
+            Ok(answer) => Ok(Ok(answer)),
+            Err(CallError::Refused(reply)) => Ok(Err(reply)),
+            Err(other) => Err(ClientError::Unreachable {
+                party: format!("broker {}", broker.short()),
+                detail: other.to_string(),
+            }),
+        }
     }
 
     /// Plans `request` (`FindSlice`).
@@ -279,7 +284,11 @@ impl Session {
                     request.clone(),
                     self.identity.cert.clone(),
                 ));
-                match self.broker_call(broker, call).await? {
+                match self
+                    .broker_call::<BrokerCallProtocol>(broker, call)
+                    .await?
+                    .map_err(ClientError::Refused)?
+                {
                     BrokerResponse::Plan(plan) => Ok(plan),
                     other => Err(ClientError::Setup(format!(
                         "the broker answered {other:?} to FindSlice"
@@ -301,19 +310,8 @@ impl Session {
                         .with_detailed_failure(),
                 );
                 let answer = self
-                    .overlay
-                    .request::<BrokerAnswerProtocol>(broker, call, self.settings.timeout * 3)
-                    .await;
-                let answer = match answer.map_err(CallError::from) {
-                    Ok(answer) => Ok(answer),
-                    Err(CallError::Refused(reply)) => Err(reply),
-                    Err(other) => {
-                        return Err(ClientError::Unreachable {
-                            party: format!("broker {}", broker.short()),
-                            detail: other.to_string(),
-                        });
-                    }
-                };
+                    .broker_call::<BrokerAnswerProtocol>(broker, call)
+                    .await?;
                 match BrokerAnswer::into_result(answer) {
                     Ok(BrokerResponse::Acquired(slice)) => Ok(slice),
                     Ok(other) => Err(ClientError::Setup(format!(
