@@ -176,6 +176,13 @@ pub struct AcquireSettings {
     pub max_rounds: u32,
 }
 
+impl AcquireSettings {
+    /// The deadline of a whole acquisition when none is set: [`DEADLINE_CALLS`] call timeouts.
+    pub fn default_deadline(&self) -> Duration {
+        self.call_timeout.saturating_mul(DEADLINE_CALLS)
+    }
+}
+
 impl Default for AcquireSettings {
     fn default() -> Self {
         AcquireSettings {
@@ -226,7 +233,7 @@ impl<C: AgentClient> Acquirer<C> {
     /// acquisition's deadline is [`DEADLINE_CALLS`] × `call_timeout` (30 s at the default
     /// 10 s); [`Acquirer::with_deadline`] sets another.
     pub fn new(client: C, trust: SharedTrust, settings: AcquireSettings) -> Self {
-        let deadline = settings.call_timeout.saturating_mul(DEADLINE_CALLS);
+        let deadline = settings.default_deadline();
         Acquirer {
             client,
             trust,

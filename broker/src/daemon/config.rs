@@ -9,7 +9,7 @@ pub use federation::daemon::TrustedFederation;
 use serde::{Deserialize, Serialize};
 
 use super::DaemonError;
-use crate::acquire::{AcquireSettings, DEADLINE_CALLS};
+use crate::acquire::AcquireSettings;
 
 /// An agent the broker asks, as the config lists it (`[[agents]]`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -190,7 +190,7 @@ impl BrokerConfig {
     /// The limit of one whole acquisition.
     pub fn acquire_deadline(&self) -> Duration {
         if self.acquire_deadline_secs == 0 {
-            Duration::from_secs(self.call_timeout_secs).saturating_mul(DEADLINE_CALLS)
+            self.acquire_settings().default_deadline()
         } else {
             Duration::from_secs(self.acquire_deadline_secs)
         }
