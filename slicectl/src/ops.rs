@@ -547,19 +547,27 @@ impl Manager {
         })
     }
 
+    /// Each lease's node asked for its status, in parallel (at most the session's concurrency
+    /// at once); answers in completion order, each with its lease.
+    async fn lease_statuses<'a>(
+        &'a self,
+        leases: &'a [LeaseEntry],
+    ) -> Vec<(&'a LeaseEntry, Result<NodeResponse, CallError>)> {
+        self.session
+            .fan_out(leases, |l| {
+                self.session
+                    .node_call(l.lease.node, &l.addresses, NodeRequest::Status)
+            })
+            .await
+    }
+
     /// `slice status`: each sliver as its node sees it now.
     pub async fn status(&self, name: &str) -> Result<Outcome, OpError> {
         let record = self.state.slice(name)?;
         let leases = self.state.leases(name)?;
         let tickets = self.state.tickets(name)?;
         let now = unix_now();
-        let results = self
-            .session
-            .fan_out(&leases, |l| {
-                self.session
-                    .node_call(l.lease.node, &l.addresses, NodeRequest::Status)
-            })
-            .await;
+        let results = self.lease_statuses(&leases).await;
         let mut lines = vec![format!(
             "slice {name}: {} slivers wanted",
             record.request.target.count()
@@ -1110,13 +1118,7 @@ impl Manager {
     /// at most the session's concurrency at once). Unanswered nodes count as still holding.
     async fn gone_leases(&self, name: &str) -> Result<Vec<LeaseEntry>, OpError> {
         let leases = self.state.leases(name)?;
-        let results = self
-            .session
-            .fan_out(&leases, |l| {
-                self.session
-                    .node_call(l.lease.node, &l.addresses, NodeRequest::Status)
-            })
-            .await;
+        let results = self.lease_statuses(&leases).await;
         let mut gone: Vec<LeaseEntry> = results
             .into_iter()
             .filter(|(l, r)| match r {
