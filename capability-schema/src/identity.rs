@@ -187,10 +187,11 @@ impl SecretKey {
 
 /// A party's public key: its name everywhere in PlanetMesh.
 ///
-/// It holds the key's 32 bytes. Keys read from text are checked to be valid ed25519 points at
-/// once; keys decoded from the wire are checked when first used to verify or converted, so
-/// decoding a message with many names costs no curve arithmetic (an invalid point simply never
-/// verifies anything).
+/// It holds the key's 32 bytes, and they are always a valid ed25519 point: every way to make
+/// one checks it ([`PublicKey::from_bytes`], the text form, and decoding from the wire in both
+/// the binary and the human-readable form), so a key decoded from a peer's message can be
+/// converted (peer id, libp2p or biscuit key) without a failure path that a peer could reach.
+/// The check is one point decompression per key decoded.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PublicKey([u8; 32]);
 
@@ -228,6 +229,9 @@ impl PublicKey {
         let mut multihash = [0u8; 38];
         multihash[..2].copy_from_slice(&[0x00, 36]); // identity hash code, digest length
         multihash[2..].copy_from_slice(&encoded);
+        // Cannot fail, whatever the key's bytes: `from_bytes` parses the multihash (a fixed,
+        // well-formed header of code 0 and length 36 over 36 bytes) and accepts any identity
+        // multihash whose digest is at most 42 bytes; it never decodes the key inside.
         libp2p_identity::PeerId::from_bytes(&multihash)
             .expect("an identity multihash of 36 bytes is a valid peer id")
     }
@@ -326,7 +330,7 @@ impl<'de> Deserialize<'de> for PublicKey {
                 .as_slice()
                 .try_into()
                 .map_err(|_| D::Error::invalid_length(bytes.len(), &"32 bytes"))?;
-            Ok(PublicKey(array))
+            PublicKey::from_bytes(&array).map_err(D::Error::custom)
         }
     }
 }
@@ -389,6 +393,74 @@ mod tests {
         assert!(secret.public().verify(b"hello", &sig));
         assert!(!secret.public().verify(b"hellp", &sig));
         assert!(!test_key(5).public().verify(b"hello", &sig));
+    }
+
+    /// 32 bytes that are not an ed25519 point: y = 2 has no x on the curve.
+    fn invalid_point() -> [u8; 32] {
+        let mut bytes = [0u8; 32];
+        bytes[0] = 2;
+        assert!(
+            ed25519_dalek::VerifyingKey::from_bytes(&bytes).is_err(),
+            "the test bytes must not be a point"
+        );
+        bytes
+    }
+
+    #[test]
+    fn keys_that_are_not_points_are_refused_in_every_form() {
+        let bad = invalid_point();
+        assert!(matches!(
+            PublicKey::from_bytes(&bad),
+            Err(KeyError::BadPublicBytes)
+        ));
+        // Binary (CBOR bytes, as on the wire).
+        let wire = crate::codec::encode(&serde_bytes::Bytes::new(&bad));
+        let err = crate::codec::decode::<PublicKey>(&wire).unwrap_err();
+        assert!(matches!(err, crate::DecodeError::Shape(_)), "{err:?}");
+        assert!(
+            err.to_string().contains("not a valid ed25519 public key"),
+            "{err}"
+        );
+        // The same bytes of a valid key decode.
+        let good = test_key(8).public();
+        let wire = crate::codec::encode(&serde_bytes::Bytes::new(good.as_bytes()));
+        assert_eq!(crate::codec::decode::<PublicKey>(&wire).unwrap(), good);
+        // Text, in a config or any human-readable format.
+        let text = format!("{PUBLIC_PREFIX}{}", hex::encode(bad));
+        assert!(matches!(
+            text.parse::<PublicKey>(),
+            Err(KeyError::BadPublicBytes)
+        ));
+        let readable = serde::de::value::StrDeserializer::<serde::de::value::Error>::new(&text);
+        assert!(PublicKey::deserialize(readable).is_err());
+        let good_text = good.to_string();
+        let readable =
+            serde::de::value::StrDeserializer::<serde::de::value::Error>::new(&good_text);
+        assert_eq!(PublicKey::deserialize(readable).unwrap(), good);
+    }
+
+    #[test]
+    fn a_message_naming_a_key_that_is_not_a_point_does_not_decode() {
+        // A delegation to a valid agent, then the agent's bytes replaced by a non-point.
+        let agent = test_key(9).public();
+        let delegation = crate::ad::Delegation {
+            node: test_key(10).public(),
+            agent,
+            share: crate::Resources::ZERO,
+            issued_at: 1,
+            not_after: 2,
+        };
+        let mut bytes = crate::codec::encode(&delegation);
+        let at = bytes
+            .windows(32)
+            .position(|w| w == agent.as_bytes())
+            .unwrap();
+        bytes[at..at + 32].copy_from_slice(&invalid_point());
+        let err = crate::codec::decode::<crate::ad::Delegation>(&bytes).unwrap_err();
+        assert!(matches!(err, crate::DecodeError::Shape(_)), "{err:?}");
+        // Keys of other lengths are refused as before.
+        let short = crate::codec::encode(&serde_bytes::Bytes::new(&[1u8; 31]));
+        assert!(crate::codec::decode::<PublicKey>(&short).is_err());
     }
 
     #[test]
