@@ -5,6 +5,7 @@
 //! and answers happens here, in the caller's task, so the overlay task stays protocol-agnostic
 //! and a slow decoder never stalls the network.
 
+use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,7 +18,7 @@ use capability_schema::{ErrorReply, PublicKey, ResourceAd, Signed};
 use libp2p::request_response::ResponseChannel;
 use libp2p::{Multiaddr, PeerId};
 use serde::de::IgnoredAny;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use super::codec::Frame;
 use super::identity;
@@ -67,6 +68,31 @@ pub struct OverlayStats {
     pub seqs_evicted: u64,
 }
 
+/// How the overlay task ended ([`OverlayHandle::closed`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OverlayExit {
+    /// [`OverlayHandle::shutdown`] stopped it.
+    #[error("the overlay was shut down")]
+    Shutdown,
+    /// Every handle, serving stream and responder was dropped.
+    #[error("the overlay stopped: nothing held it any more")]
+    Dropped,
+    /// It panicked; the panic's message.
+    #[error("the overlay task panicked: {0}")]
+    Panicked(String),
+    /// It was cancelled (its tokio runtime shut down under it).
+    #[error("the overlay task was cancelled")]
+    Cancelled,
+}
+
+impl OverlayExit {
+    /// Whether the overlay ended because it was asked to ([`OverlayExit::Shutdown`],
+    /// [`OverlayExit::Dropped`]) rather than by a failure.
+    pub fn is_clean(&self) -> bool {
+        matches!(self, OverlayExit::Shutdown | OverlayExit::Dropped)
+    }
+}
+
 /// A daemon's handle on its overlay. Cheap to clone; the overlay stops when
 /// [`OverlayHandle::shutdown`] is called or every handle and serving stream is dropped.
 #[derive(Debug, Clone)]
@@ -76,6 +102,8 @@ pub struct OverlayHandle {
     local: PublicKey,
     trust: SharedTrust,
     next_request_id: Arc<AtomicU64>,
+    /// `None` while the overlay task runs, then how it ended (set by its supervisor).
+    exit: watch::Receiver<Option<OverlayExit>>,
 }
 
 impl OverlayHandle {
@@ -84,6 +112,7 @@ impl OverlayHandle {
         ads: broadcast::Sender<AdEvent>,
         local: PublicKey,
         trust: SharedTrust,
+        exit: watch::Receiver<Option<OverlayExit>>,
     ) -> Self {
         OverlayHandle {
             commands,
@@ -91,7 +120,52 @@ impl OverlayHandle {
             local,
             trust,
             next_request_id: Arc::new(AtomicU64::new(1)),
+            exit,
         }
+    }
+
+    /// Resolves once the overlay task has ended, with how it ended: by
+    /// [`OverlayHandle::shutdown`], by being dropped, by a panic, or cancelled with its
+    /// runtime. Once it has ended every call fails with [`OverlayError::Closed`].
+    pub async fn closed(&self) -> OverlayExit {
+        let mut exit = self.exit.clone();
+        match exit.wait_for(Option::is_some).await {
+            Ok(how) => how.clone().unwrap_or(OverlayExit::Cancelled),
+            // The supervisor went away without a word: the runtime is shutting down.
+            Err(_) => OverlayExit::Cancelled,
+        }
+    }
+
+    /// How the overlay task ended, or `None` while it runs (for status endpoints).
+    pub fn exit(&self) -> Option<OverlayExit> {
+        self.exit.borrow().clone()
+    }
+
+    /// What a daemon waits on while it serves: `signal` (SIGTERM, ctrl-c), or the end of the
+    /// overlay task, whichever comes first.
+    ///
+    /// `Ok(())` when the signal came; the daemon then shuts down as usual. `Err(exit)` when
+    /// the overlay ended first (a panic, or anything else: the daemon has not asked it to
+    /// stop), logged as an error naming the cause: the daemon should shut down what it still
+    /// runs and exit with an error rather than keep serving without an overlay.
+    pub async fn alive_until(&self, signal: impl Future<Output = ()>) -> Result<(), OverlayExit> {
+        tokio::select! {
+            () = signal => Ok(()),
+            exit = self.closed() => {
+                tracing::error!(
+                    peer = %self.local,
+                    cause = %exit,
+                    "the overlay ended while the daemon was running; exiting with an error"
+                );
+                Err(exit)
+            }
+        }
+    }
+
+    /// Makes the overlay task panic (tests of [`OverlayHandle::closed`]).
+    #[cfg(test)]
+    pub(crate) async fn crash(&self) {
+        let _ = self.commands.send(Command::Crash).await;
     }
 
     /// This daemon's key.
@@ -433,5 +507,89 @@ impl<P: Protocol> Drop for Responder<P> {
                 frame,
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, RwLock};
+    use std::time::Duration;
+
+    use capability_schema::SecretKey;
+
+    use super::*;
+    use crate::{Overlay, OverlayConfig, TrustStore};
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    async fn start() -> OverlayHandle {
+        let config = OverlayConfig {
+            kademlia: false,
+            target_peers: 0,
+            ..OverlayConfig::memory()
+        };
+        let trust = Arc::new(RwLock::new(TrustStore::new()));
+        Overlay::start(&SecretKey::generate(), config, trust)
+            .await
+            .unwrap()
+    }
+
+    async fn closed(overlay: &OverlayHandle) -> OverlayExit {
+        tokio::time::timeout(WAIT, overlay.closed())
+            .await
+            .expect("the overlay ends")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_shutdown_is_reported_as_a_clean_end() {
+        let overlay = start().await;
+        assert_eq!(overlay.exit(), None);
+        overlay.shutdown().await;
+        let how = closed(&overlay).await;
+        assert_eq!(how, OverlayExit::Shutdown);
+        assert!(how.is_clean());
+        assert_eq!(overlay.exit(), Some(OverlayExit::Shutdown));
+        // Every later call fails, and a daemon still waiting for its signal is told at once.
+        assert_eq!(overlay.stats().await, Err(OverlayError::Closed));
+        assert_eq!(
+            overlay.alive_until(std::future::pending()).await,
+            Err(OverlayExit::Shutdown)
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panic_of_the_overlay_task_is_caught_and_reported_to_every_handle() {
+        let overlay = start().await;
+        let daemon = {
+            let overlay = overlay.clone();
+            tokio::spawn(async move { overlay.alive_until(std::future::pending()).await })
+        };
+        overlay.crash().await;
+        let how = closed(&overlay).await;
+        assert!(
+            matches!(&how, OverlayExit::Panicked(message) if message.contains("crash requested")),
+            "{how:?}"
+        );
+        assert!(!how.is_clean());
+        assert!(how.to_string().contains("panicked"), "{how}");
+        // The daemon's wait ends with the cause instead of serving a dead overlay.
+        let waited = tokio::time::timeout(WAIT, daemon).await.unwrap().unwrap();
+        assert_eq!(waited, Err(how.clone()));
+        assert_eq!(overlay.exit(), Some(how));
+        assert_eq!(overlay.stats().await, Err(OverlayError::Closed));
+        // Shutting a dead overlay down returns at once.
+        tokio::time::timeout(WAIT, overlay.shutdown())
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_signal_first_leaves_the_overlay_running() {
+        let overlay = start().await;
+        assert_eq!(overlay.alive_until(async {}).await, Ok(()));
+        assert_eq!(overlay.exit(), None);
+        assert!(overlay.stats().await.is_ok());
+        overlay.shutdown().await;
+        assert_eq!(closed(&overlay).await, OverlayExit::Shutdown);
     }
 }

@@ -12,21 +12,39 @@ use libp2p::{Multiaddr, PeerId};
 /// The libp2p keypair of a PlanetMesh secret key (the same ed25519 key).
 pub fn keypair(key: &SecretKey) -> identity::Keypair {
     let mut bytes = key.to_bytes();
+    // Cannot fail: an ed25519 secret is any 32 bytes (the only check is the length), and the
+    // key is this daemon's own, never a peer's.
     let secret = identity::ed25519::SecretKey::try_from_bytes(&mut bytes)
         .unwrap_or_else(|_| unreachable!("32 bytes are always an ed25519 secret"));
     identity::Keypair::from(identity::ed25519::Keypair::from(secret))
 }
 
 /// The libp2p public key of a PlanetMesh public key.
-pub fn libp2p_public(key: &PublicKey) -> identity::PublicKey {
+///
+/// A [`PublicKey`] is checked to be a valid point when it is made or decoded, but by another
+/// ed25519 implementation than libp2p's; a disagreement is an error here, never a panic.
+pub fn libp2p_public(key: &PublicKey) -> Result<identity::PublicKey, KeyError> {
     let ed = identity::ed25519::PublicKey::try_from_bytes(key.as_bytes())
-        .unwrap_or_else(|_| unreachable!("a valid ed25519 point is a valid libp2p key"));
-    identity::PublicKey::from(ed)
+        .map_err(|_| KeyError::BadPublicBytes)?;
+    Ok(identity::PublicKey::from(ed))
 }
 
-/// The peer id of a PlanetMesh public key.
+/// The peer id of a PlanetMesh public key: the identity multihash of the key's protobuf
+/// encoding, exactly as libp2p derives it for every ed25519 key.
+///
+/// Built from the key's bytes without decoding the point, so any key, even one a peer sent,
+/// has its peer id and the overlay task never meets a failure here.
 pub fn peer_id(key: &PublicKey) -> PeerId {
-    libp2p_public(key).to_peer_id()
+    // Multihash header (identity code 0, digest length 36), then the protobuf PublicKey
+    // { Type = Ed25519 (field 1, varint 1), Data (field 2, 32 bytes) }.
+    let mut multihash = [0u8; 38];
+    multihash[..6].copy_from_slice(&[0x00, 36, 0x08, 0x01, 0x12, 0x20]);
+    multihash[6..].copy_from_slice(key.as_bytes());
+    // Cannot fail, whatever the key's bytes: the multihash is well formed by construction, and
+    // libp2p accepts every identity multihash with a digest of at most 42 bytes without
+    // looking inside it.
+    PeerId::from_bytes(&multihash)
+        .unwrap_or_else(|_| unreachable!("an identity multihash of 36 bytes is a peer id"))
 }
 
 /// The PlanetMesh key a peer id carries (ed25519 peer ids inline their key).
@@ -57,7 +75,12 @@ mod tests {
         assert_eq!(public_key(&peer).unwrap(), key.public());
         // The same peer id the schema crate derives (through libp2p-identity 0.2).
         assert_eq!(peer.to_bytes(), key.public().to_peer_id().to_bytes());
+        assert_eq!(libp2p_public(&key.public()).unwrap().to_peer_id(), peer);
         assert!(public_key(&PeerId::random()).is_err());
+        for seed in 0..=255u8 {
+            let key = test_key(seed);
+            assert_eq!(peer_id(&key.public()), keypair(&key).public().to_peer_id());
+        }
     }
 }
 

@@ -20,6 +20,10 @@
 //!    and decodes the answer; [`OverlayHandle::serve`] gives a daemon a bounded stream of
 //!    decoded requests with a responder each. Oversized or malformed requests are answered
 //!    with a typed error reply by the overlay itself and never reach the daemon.
+//! 5. The end of the task is visible: [`OverlayHandle::closed`] resolves with how it ended
+//!    (shutdown, dropped, or a panic, caught from the task's join handle), and daemons wait
+//!    on [`OverlayHandle::alive_until`] so that an overlay that dies under them makes them
+//!    exit with an error instead of serving without a network.
 
 mod codec;
 mod handle;
@@ -34,7 +38,9 @@ use std::time::Duration;
 
 use capability_schema::{DecodeError, ErrorReply, PublicKey, SecretKey};
 pub use codec::{Frame, FrameCodec, MAX_DRAIN_BYTES};
-pub use handle::{AdEvent, Incoming, OverlayHandle, OverlayStats, Responder, ServeStream};
+pub use handle::{
+    AdEvent, Incoming, OverlayExit, OverlayHandle, OverlayStats, Responder, ServeStream,
+};
 pub use identity::{addr_for_peer, addr_peer, keypair, libp2p_public, peer_id, public_key};
 pub use libp2p::{Multiaddr, PeerId};
 pub use protocol::{AgentProtocol, BrokerProtocol, NodeProtocol, Protocol, ProtocolKind};

@@ -20,10 +20,13 @@ use libp2p::request_response::{self, OutboundFailure, OutboundRequestId, Respons
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, identify, kad, mdns};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
 
 use super::codec::Frame;
-use super::handle::{AdEvent, OverlayHandle, OverlayStats, encode_reply, peek_request_id};
+use super::handle::{
+    AdEvent, OverlayExit, OverlayHandle, OverlayStats, encode_reply, peek_request_id,
+};
 use super::identity;
 use super::protocol::ProtocolKind;
 use super::seq::SeqTracker;
@@ -97,6 +100,9 @@ pub(crate) enum Command {
     Shutdown {
         reply: oneshot::Sender<()>,
     },
+    /// Panics the task (tests of how its end is reported).
+    #[cfg(test)]
+    Crash,
 }
 
 /// An incoming request on its way to the serving daemon.
@@ -174,7 +180,8 @@ pub(crate) async fn start(
     let (commands_tx, commands_rx) = mpsc::channel(config.command_queue.max(1));
     let (ads_tx, _) = broadcast::channel(config.ad_queue.max(1));
     let public = identity::public_key(&local).map_err(|e| OverlayError::Setup(e.to_string()))?;
-    let handle = OverlayHandle::new(commands_tx, ads_tx.clone(), public, trust.clone());
+    let (exit_tx, exit_rx) = watch::channel(None);
+    let handle = OverlayHandle::new(commands_tx, ads_tx.clone(), public, trust.clone(), exit_rx);
 
     let mut runner = Runner {
         swarm,
@@ -200,8 +207,33 @@ pub(crate) async fn start(
         runner.subscribe(&federation)?;
     }
     runner.bootstrap();
-    tokio::spawn(runner.run());
+    tokio::spawn(supervise(tokio::spawn(runner.run()), exit_tx));
     Ok(handle)
+}
+
+/// Waits for the overlay task to end and tells every handle how it did; a panic is caught
+/// here (from the task's `JoinHandle`), logged and reported as [`OverlayExit::Panicked`].
+async fn supervise(task: JoinHandle<OverlayExit>, exit: watch::Sender<Option<OverlayExit>>) {
+    let how = match task.await {
+        Ok(how) => how,
+        Err(error) if error.is_panic() => {
+            let message = panic_message(error.into_panic());
+            tracing::error!(panic = %message, "the overlay task panicked");
+            OverlayExit::Panicked(message)
+        }
+        Err(_) => OverlayExit::Cancelled,
+    };
+    exit.send_replace(Some(how));
+}
+
+/// The message of a panic payload (`panic!` with a literal or with a format).
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(message) => *message,
+        Err(payload) => payload
+            .downcast_ref::<&str>()
+            .map_or_else(|| "(no message)".to_owned(), |m| (*m).to_owned()),
+    }
 }
 
 struct Runner {
@@ -256,24 +288,25 @@ fn public_of(peer: &PeerId) -> Option<PublicKey> {
 }
 
 impl Runner {
-    async fn run(mut self) {
+    async fn run(mut self) -> OverlayExit {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
+        let how = loop {
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
                 command = self.commands.recv() => match command {
                     Some(Command::Shutdown { reply }) => {
                         let _ = reply.send(());
-                        break;
+                        break OverlayExit::Shutdown;
                     }
                     Some(command) => self.on_command(command),
-                    None => break,
+                    None => break OverlayExit::Dropped,
                 },
                 _ = tick.tick() => self.maintain(),
             }
-        }
-        tracing::debug!(peer = %self.swarm.local_peer_id(), "overlay stopped");
+        };
+        tracing::debug!(peer = %self.swarm.local_peer_id(), %how, "overlay stopped");
+        how
     }
 
     fn kad(&mut self) -> Option<&mut kad::Behaviour<kad::store::MemoryStore>> {
@@ -411,6 +444,8 @@ impl Runner {
                 // Handled in `run`.
                 let _ = reply.send(());
             }
+            #[cfg(test)]
+            Command::Crash => panic!("overlay crash requested by a test"),
         }
     }
 
