@@ -78,10 +78,13 @@ fn main() -> anyhow::Result<()> {
                     http = ?running.http,
                     "agentd running"
                 );
-                federation::daemon::shutdown_signal().await;
+                let died = running
+                    .overlay
+                    .alive_until(federation::daemon::shutdown_signal())
+                    .await;
                 tracing::info!("shutting down: finishing requests in flight");
                 shutdown.await;
-                anyhow::Ok(())
+                died.context("the agent lost its overlay")
             })
         }
     }

@@ -87,10 +87,13 @@ fn main() -> anyhow::Result<()> {
                     agents = running.state.agent_keys().len(),
                     "broker running"
                 );
-                federation::daemon::shutdown_signal().await;
+                let died = running
+                    .overlay
+                    .alive_until(federation::daemon::shutdown_signal())
+                    .await;
                 tracing::info!("shutting down: finishing requests in flight");
                 shutdown.await;
-                anyhow::Ok(())
+                died.context("the broker lost its overlay")
             })
         }
     }

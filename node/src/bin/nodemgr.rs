@@ -102,10 +102,13 @@ fn main() -> anyhow::Result<()> {
                     http = ?running.http,
                     "nodemgr running"
                 );
-                federation::daemon::shutdown_signal().await;
+                let died = running
+                    .overlay
+                    .alive_until(federation::daemon::shutdown_signal())
+                    .await;
                 tracing::info!("shutting down: finishing requests in flight; slivers keep running");
                 shutdown.await;
-                anyhow::Ok(())
+                died.context("the node manager lost its overlay")
             })
         }
     }
