@@ -1,8 +1,9 @@
 //! Wiring the agent daemon: config → key, trust (anchors and peering), policy, ledger →
 //! overlay (ads feed the inventory), agent-protocol server, HTTP → graceful shutdown.
 //!
-//! Requests run on the blocking pool (minting and the durable ledger write are synchronous),
-//! at most [`MAX_IN_FLIGHT`] at once. Validated ads from the overlay enter the inventory as
+//! Requests are admitted fairly (`federation::daemon::serve`: one principal holds at most a
+//! quarter of the [`MAX_IN_FLIGHT`] places) and run on the blocking pool (minting and the
+//! durable ledger write are synchronous). Validated ads from the overlay enter the inventory as
 //! they arrive; expired ones leave it when queried.
 
 use std::future::Future;
@@ -12,10 +13,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context;
 use capability_schema::protocol::{AgentRequest, AgentResponse};
-use capability_schema::{Role, SecretKey, Signed, codec};
+use capability_schema::{PublicKey, Role, SecretKey, Signed, codec};
+use federation::daemon::{DRAIN_DEADLINE, Fairness};
 use federation::overlay::AgentProtocol;
 use federation::{Overlay, OverlayConfig, OverlayHandle, unix_now};
-use tokio::sync::{Semaphore, broadcast, watch};
+use tokio::sync::{broadcast, watch};
 
 use super::config::AgentConfig;
 use super::http;
@@ -161,55 +163,49 @@ pub async fn start(
         (Some(addr), Some(task))
     };
     // Protocol server.
-    let mut requests = overlay.serve::<AgentProtocol>().await?;
+    let requests = overlay.serve::<AgentProtocol>().await?;
     let server = {
-        let (state, mut stop, overlay) = (Arc::clone(&state), stop.clone(), overlay.clone());
-        tokio::spawn(async move {
-            let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-            loop {
-                let incoming = tokio::select! {
-                    _ = stop.wait_for(|s| *s) => break,
-                    next = requests.next() => match next { Some(i) => i, None => break },
-                };
-                let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-                    break;
-                };
-                let (state, trust) = (Arc::clone(&state), Arc::clone(overlay.trust()));
-                tokio::spawn(async move {
-                    let (peer, request) = (incoming.peer, incoming.request);
-                    let handler = Arc::clone(&state);
-                    let reply = tokio::task::spawn_blocking(move || {
-                        let trust = trust
-                            .read()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner);
-                        handler.agent.handle(&trust, &peer, request, unix_now())
-                    })
-                    .await
-                    .unwrap_or_else(|e| {
-                        Err(capability_schema::Rejection::Internal {
-                            detail: format!("handler failed: {e}"),
-                        }
-                        .into())
-                    });
-                    match &reply {
-                        Ok(AgentResponse::Tickets { issued, .. }) => {
-                            state
-                                .tickets_minted
-                                .fetch_add(issued.len() as u64, Ordering::Relaxed);
-                        }
-                        Err(_) => {
-                            state.refused.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Ok(_) => {}
+        let (state, trust) = (Arc::clone(&state), Arc::clone(overlay.trust()));
+        let handler = move |peer: PublicKey, request: AgentRequest| {
+            let (state, trust) = (Arc::clone(&state), Arc::clone(&trust));
+            async move {
+                let handler = Arc::clone(&state);
+                let reply = tokio::task::spawn_blocking(move || {
+                    let trust = trust
+                        .read()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    handler.agent.handle(&trust, &peer, request, unix_now())
+                })
+                .await
+                .unwrap_or_else(|e| {
+                    Err(capability_schema::Rejection::Internal {
+                        detail: format!("handler failed: {e}"),
                     }
-                    if let Err(e) = incoming.responder.send(reply).await {
-                        tracing::debug!(error = %e, "answer not delivered");
-                    }
-                    drop(permit);
+                    .into())
                 });
+                match &reply {
+                    Ok(AgentResponse::Tickets { issued, .. }) => {
+                        state
+                            .tickets_minted
+                            .fetch_add(issued.len() as u64, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        state.refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(_) => {}
+                }
+                reply
             }
-            let _all = permits.acquire_many(MAX_IN_FLIGHT as u32).await;
-        })
+        };
+        tokio::spawn(federation::daemon::serve_protocol(
+            requests,
+            Fairness::with_limit(MAX_IN_FLIGHT),
+            1,
+            |_| 0,
+            handler,
+            stop.clone(),
+            DRAIN_DEADLINE,
+        ))
     };
     let running = RunningAgent {
         overlay: overlay.clone(),

@@ -4,7 +4,8 @@
 //! Data flow:
 //! - the agents asked are those of the config plus, with `discover_agents`, every agent a
 //!   validated ad delegates to (reached through Kademlia, as ads carry no agent address);
-//! - each broker request runs in its own task, at most `max_in_flight` at once: `FindSlice`
+//! - each broker request runs in its own task, admitted fairly (`federation::daemon::serve`:
+//!   `max_in_flight` places, a quarter of them at most for one principal): `FindSlice`
 //!   gathers and plans, `AcquireSlice` runs [`Acquirer::acquire`] for the caller; a failed
 //!   acquisition is an error reply, or [`BrokerAnswer::NotAcquired`] with the plan and the
 //!   report for callers that ask for it (`crate::wire`);
@@ -19,9 +20,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use capability_schema::{ErrorReply, PublicKey, Rejection, Role, SecretKey, SliceRequest};
+use federation::daemon::{DRAIN_DEADLINE, Fairness};
 use federation::overlay::Multiaddr;
 use federation::{Overlay, OverlayConfig, OverlayHandle};
-use tokio::sync::{Semaphore, broadcast, watch};
+use tokio::sync::{broadcast, watch};
 
 use super::DaemonError;
 use super::config::BrokerConfig;
@@ -238,31 +240,23 @@ pub async fn start(
     };
 
     // Protocol server.
-    let mut requests = overlay.serve::<BrokerAnswerProtocol>().await?;
+    let requests = overlay.serve::<BrokerAnswerProtocol>().await?;
     let max_in_flight = config.max_in_flight;
     let server = {
-        let (state, mut stop) = (Arc::clone(&state), stop.clone());
-        tokio::spawn(async move {
-            let permits = Arc::new(Semaphore::new(max_in_flight));
-            loop {
-                let incoming = tokio::select! {
-                    _ = stop.wait_for(|s| *s) => break,
-                    next = requests.next() => match next { Some(i) => i, None => break },
-                };
-                let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-                    break;
-                };
-                let (state, acquirer) = (Arc::clone(&state), Arc::clone(&acquirer));
-                tokio::spawn(async move {
-                    let reply = serve_one(&state, &acquirer, incoming.peer, incoming.request).await;
-                    if let Err(e) = incoming.responder.send(reply).await {
-                        tracing::debug!(error = %e, "answer not delivered");
-                    }
-                    drop(permit);
-                });
-            }
-            let _all = permits.acquire_many(max_in_flight as u32).await;
-        })
+        let state = Arc::clone(&state);
+        let handler = move |peer: PublicKey, call: BrokerCall| {
+            let (state, acquirer) = (Arc::clone(&state), Arc::clone(&acquirer));
+            async move { serve_one(&state, &acquirer, peer, call).await }
+        };
+        tokio::spawn(federation::daemon::serve_protocol(
+            requests,
+            Fairness::with_limit(max_in_flight),
+            1,
+            |_| 0,
+            handler,
+            stop.clone(),
+            DRAIN_DEADLINE,
+        ))
     };
 
     let running = RunningBroker {

@@ -1,5 +1,6 @@
 //! What every PlanetMesh daemon's `main` shares: logging set-up, waiting for SIGTERM or
-//! ctrl-c, the trusted-federations section of configs, and reading certificates.
+//! ctrl-c, the trusted-federations section of configs, reading certificates, and serving a
+//! protocol fairly ([`serve`]).
 
 use std::path::Path;
 
@@ -7,6 +8,10 @@ use capability_schema::{MembershipCert, PublicKey, Role, SecretKey, Signed, code
 use serde::{Deserialize, Serialize};
 
 use crate::TrustStore;
+
+pub mod serve;
+
+pub use serve::{DRAIN_DEADLINE, Fairness, serve_protocol};
 
 /// A trusted federation authority, as configs list them (`[[trust]]`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

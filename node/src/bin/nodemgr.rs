@@ -56,6 +56,8 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    node::sliver::enter::shield_node_process()
+        .context("clearing the dumpable flag and closing inherited descriptors at exec")?;
     let cli = Cli::parse();
     federation::daemon::init_tracing(cli.json_logs);
     match cli.command {

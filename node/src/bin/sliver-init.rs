@@ -1,7 +1,15 @@
-//! `sliver-init`: pid 1 of a sliver. Started by the node (never by hand) with the fds of its
-//! plan and status pipes; see `node::sliver::init`.
+//! `sliver-init`: pid 1 of a sliver, and (as `sliver-init enter`) the helper that turns a
+//! fresh process into a sliver's command. Started by the node (never by hand); see
+//! `node::sliver::init` and `node::sliver::enter`.
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    std::process::exit(node::sliver::init::main_from_args(&args));
+    let code = if args.get(1).map(String::as_str) == Some(node::sliver::enter::SUBCOMMAND) {
+        node::sliver::enter::main_from_args(&args)
+    } else {
+        // Started from a sealed memory copy, the kernel named it after its descriptor.
+        let _ = nix::sys::prctl::set_name(c"sliver-init");
+        node::sliver::init::main_from_args(&args)
+    };
+    std::process::exit(code);
 }

@@ -2,9 +2,11 @@
 //! server, ad heartbeat, reaper, HTTP → graceful shutdown.
 //!
 //! Data flow:
-//! - requests arrive on the overlay's node-protocol stream; each runs on the blocking pool
-//!   (sliver creation is synchronous), at most [`MAX_IN_FLIGHT`] at once, and its answer goes
-//!   back on its responder;
+//! - requests arrive on the overlay's node-protocol stream and are admitted fairly
+//!   (`federation::daemon::serve`): lease operations and commands run in slivers are separate
+//!   lanes of [`MAX_IN_FLIGHT`] places each, of which one principal may hold a quarter; each
+//!   runs on the blocking pool (sliver creation is synchronous) and its answer goes back on
+//!   its responder;
 //! - any change (redeem, renew, release, reap) pokes the ad task, which signs and publishes a
 //!   new ad at once; otherwise it publishes on the heartbeat. Each ad carries what every live
 //!   sliver used (CPU time, memory, egress bytes), sampled then;
@@ -12,7 +14,8 @@
 //!   freezes the ones over their grant, thawing them once back under (`node::sliver`);
 //! - tickets whose last lease here went early (released, reaped, lost) are reported to their
 //!   agents every few seconds (`release_report`), so the agents' shares free up at once;
-//! - on shutdown the server stops taking requests, waits for those in flight, publishes
+//! - on shutdown the server stops taking requests, waits for those in flight (at most
+//!   [`DRAIN_DEADLINE`]), publishes
 //!   nothing more and closes the overlay. Slivers keep running: they are leased, not owned by
 //!   the process.
 
@@ -23,10 +26,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use capability_schema::protocol::NodeRequest;
-use capability_schema::{Delegation, ResourceAd, Role, SecretKey, Signed};
-use federation::overlay::NodeProtocol;
+use capability_schema::{Delegation, PublicKey, ResourceAd, Role, SecretKey, Signed};
+use federation::daemon::{DRAIN_DEADLINE, Fairness};
 use federation::{Overlay, OverlayConfig, OverlayHandle, unix_now};
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Notify, watch};
 
 use super::config::{Isolation, NodeManagerConfig};
 use super::http;
@@ -39,8 +42,20 @@ use crate::admission::{Capacity, Share};
 use crate::ledger::Ledger;
 use crate::sliver::UsageSample;
 
-/// Most requests served at once.
+/// Most requests served at once in each lane (lease operations, commands in slivers); one
+/// principal may hold a quarter of a lane ([`Fairness::with_limit`]).
 pub const MAX_IN_FLIGHT: usize = 64;
+
+/// The lane of a request: lease operations (0) never wait behind commands run in slivers (1).
+fn request_lane(request: &NodeRequest) -> usize {
+    match request {
+        NodeRequest::Redeem { .. }
+        | NodeRequest::Renew { .. }
+        | NodeRequest::Release { .. }
+        | NodeRequest::Status => 0,
+        _ => 1,
+    }
+}
 
 /// What the HTTP endpoint and tests see of a running node.
 #[derive(Debug)]
@@ -373,65 +388,57 @@ pub async fn start(
         (Some(addr), Some(task))
     };
     // Protocol server.
-    let mut requests = overlay.serve::<NodeProtocol>().await?;
+    let requests = overlay.serve::<federation::overlay::NodeProtocol>().await?;
     let server = {
-        let (state, changed, mut stop) = (Arc::clone(&state), Arc::clone(&changed), stop.clone());
-        tokio::spawn(async move {
-            let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-            loop {
-                let incoming = tokio::select! {
-                    _ = stop.wait_for(|s| *s) => break,
-                    next = requests.next() => match next { Some(i) => i, None => break },
-                };
-                let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-                    break;
-                };
-                let (state, changed) = (Arc::clone(&state), Arc::clone(&changed));
-                tokio::spawn(async move {
-                    let mutating = matches!(
-                        incoming.request,
-                        NodeRequest::Redeem { .. }
-                            | NodeRequest::Renew { .. }
-                            | NodeRequest::Release { .. }
-                    );
-                    let peer = incoming.peer;
-                    let request = incoming.request;
-                    let handler_state = Arc::clone(&state);
-                    let reply = tokio::task::spawn_blocking(move || {
-                        let ad = handler_state
-                            .ad
-                            .read()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .clone();
-                        handler_state
-                            .service
-                            .handle(&peer, request, unix_now(), ad.as_ref())
-                    })
-                    .await
-                    .unwrap_or_else(|e| {
-                        Err(capability_schema::Rejection::Internal {
-                            detail: format!("handler failed: {e}"),
-                        }
-                        .into())
-                    });
-                    let counter = if reply.is_ok() {
-                        &state.served_ok
-                    } else {
-                        &state.served_err
-                    };
-                    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    if mutating && reply.is_ok() {
-                        changed.notify_one();
+        let (state, changed, stop) = (Arc::clone(&state), Arc::clone(&changed), stop.clone());
+        let handler = move |peer: PublicKey, request: NodeRequest| {
+            let (state, changed) = (Arc::clone(&state), Arc::clone(&changed));
+            async move {
+                let mutating = matches!(
+                    request,
+                    NodeRequest::Redeem { .. }
+                        | NodeRequest::Renew { .. }
+                        | NodeRequest::Release { .. }
+                );
+                let handler_state = Arc::clone(&state);
+                let reply = tokio::task::spawn_blocking(move || {
+                    let ad = handler_state
+                        .ad
+                        .read()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .clone();
+                    handler_state
+                        .service
+                        .handle(&peer, request, unix_now(), ad.as_ref())
+                })
+                .await
+                .unwrap_or_else(|e| {
+                    Err(capability_schema::Rejection::Internal {
+                        detail: format!("handler failed: {e}"),
                     }
-                    if let Err(e) = incoming.responder.send(reply).await {
-                        tracing::debug!(error = %e, "answer not delivered");
-                    }
-                    drop(permit);
+                    .into())
                 });
+                let counter = if reply.is_ok() {
+                    &state.served_ok
+                } else {
+                    &state.served_err
+                };
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if mutating && reply.is_ok() {
+                    changed.notify_one();
+                }
+                reply
             }
-            // Finish what is in flight.
-            let _all = permits.acquire_many(MAX_IN_FLIGHT as u32).await;
-        })
+        };
+        tokio::spawn(federation::daemon::serve_protocol(
+            requests,
+            Fairness::with_limit(MAX_IN_FLIGHT),
+            2,
+            request_lane,
+            handler,
+            stop,
+            DRAIN_DEADLINE,
+        ))
     };
 
     let running = RunningNode {

@@ -180,6 +180,9 @@ pub struct ExecTarget {
     pub caps: CapMask,
     /// The sliver shares the host's pid namespace.
     pub host_pid: bool,
+    /// The program that enters the sliver (`sliver-init`, run as `sliver-init enter`; see
+    /// [`super::enter`]).
+    pub enter_program: PathBuf,
 }
 
 /// A command to run in a sliver.

@@ -13,7 +13,7 @@
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -31,6 +31,7 @@ use rtnetlink::packet_route::tc::TcHandle;
 use super::alloc::UidRange;
 use super::caps;
 use super::cgroup::{CgroupLimits, CgroupUsage, Cgroups};
+use super::enter::{self, EnterPlan};
 use super::host::{
     DiskTarget, ExecCommand, ExecOutput, ExecTarget, Host, HostError, InitHandle, InitRequest,
     NetAttach, NodeShaping, Orphan, OrphanScope, Shape, Spawned,
@@ -38,7 +39,9 @@ use super::host::{
 use super::init::{self, InitPlan, READY};
 use super::mountfd;
 use super::netlink::{ETH_P_IP, Netlink};
+use super::output::{self, pidfd_open};
 use super::rootfs::{self, DiskBacking, Image, SliverDirs, UPPER_OWNED_DIRS};
+use super::sealed::SealedImage;
 
 /// How long an init may take to build its sliver.
 const INIT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -215,7 +218,8 @@ struct ChildArgs {
 
     plan_fd: RawFd,
     status_fd: RawFd,
-    path: CString,
+    /// The sealed copy of the init program ([`super::sealed`]), executed by descriptor.
+    image_fd: RawFd,
     _argv: Vec<CString>,
     argv_ptrs: Vec<*const libc::c_char>,
     envp_ptrs: [*const libc::c_char; 1],
@@ -271,11 +275,29 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         if libc::syscall(libc::SYS_setresuid, 0, 0, 0) != 0 {
             return child_fail(a.status_fd, b"error: setresuid 0");
         }
+        // Nothing the node holds reaches the init: every descriptor but the two pipes is
+        // closed at exec, whoever opened it and however.
+        if libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        ) != 0
+        {
+            return child_fail(a.status_fd, b"error: close_range");
+        }
         libc::fcntl(a.plan_fd, libc::F_SETFD, 0);
         libc::fcntl(a.status_fd, libc::F_SETFD, 0);
         // The sliver outlives the thread that made it: no parent-death signal after exec.
         libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0);
-        libc::execve(a.path.as_ptr(), a.argv_ptrs.as_ptr(), a.envp_ptrs.as_ptr());
+        libc::syscall(
+            libc::SYS_execveat,
+            a.image_fd,
+            c"".as_ptr(),
+            a.argv_ptrs.as_ptr(),
+            a.envp_ptrs.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        );
     }
     child_fail(a.status_fd, b"error: exec init")
 }
@@ -415,17 +437,6 @@ fn empty_trash_later(trash: PathBuf) {
     }
 }
 
-fn pidfd_open(pid: u32) -> Result<OwnedFd, Errno> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if fd < 0 {
-        return Err(Errno::last());
-    }
-    let fd = RawFd::try_from(fd).map_err(|_| Errno::EBADF)?;
-    // SAFETY: the kernel just returned this fd and nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
 impl Host for LinuxHost {
     fn prepare_image(&self, skeleton: &Path) -> Result<Image, HostError> {
         rootfs::make_skeleton(skeleton, &self.host_root).map_err(io_err("make skeleton", skeleton))
@@ -555,9 +566,7 @@ impl Host for LinuxHost {
         )
         .map_err(sys("socketpair"))?;
         let (status_r, status_w) = pipe()?;
-        let path = CString::new(req.init_path.as_os_str().as_encoded_bytes()).map_err(|_| {
-            HostError::Init(format!("init path {} has a NUL", req.init_path.display()))
-        })?;
+        let image = SealedImage::shared(&req.init_path).map_err(io_err("copy", &req.init_path))?;
         let argv = init::argv("sliver-init", plan_r.as_raw_fd(), status_w.as_raw_fd());
         let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
         argv_ptrs.push(std::ptr::null());
@@ -566,7 +575,7 @@ impl Host for LinuxHost {
             go_write_fd: go_w.as_raw_fd(),
             plan_fd: plan_r.as_raw_fd(),
             status_fd: status_w.as_raw_fd(),
-            path,
+            image_fd: image.raw_fd(),
             _argv: argv,
             argv_ptrs,
             envp_ptrs: [std::ptr::null()],
@@ -915,80 +924,21 @@ impl Host for LinuxHost {
 
     fn exec(&self, target: &ExecTarget, cmd: &ExecCommand) -> Result<ExecOutput, HostError> {
         let Spawned { mut child } = self.spawn(target, cmd)?;
-        let limit = cmd.output_limit;
-        let reader = |pipe: Option<Box<dyn Read + Send>>| {
-            thread::spawn(move || -> (Vec<u8>, bool) {
-                let Some(mut pipe) = pipe else {
-                    return (Vec::new(), false);
-                };
-                let mut kept = Vec::new();
-                let mut truncated = false;
-                let mut buf = [0u8; 8192];
-                while let Ok(n) = pipe.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    let room = limit.saturating_sub(kept.len());
-                    kept.extend_from_slice(&buf[..n.min(room)]);
-                    truncated |= n > room;
+        output::run_to_end(
+            &mut child,
+            &cmd.stdin,
+            cmd.output_limit,
+            cmd.timeout,
+            |pid| {
+                // Frozen by the disk watchdog while it ran, it would not die (v1): out of the
+                // freezer it goes, so the kill lands and this thread is not stuck.
+                if self.cgroups.frozen(&target.cgroup).unwrap_or(false)
+                    && let Err(e) = self.cgroups.release_from_freezer(pid)
+                {
+                    tracing::warn!("exec timed out in a frozen sliver: {e}");
                 }
-                (kept, truncated)
-            })
-        };
-        let out = reader(
-            child
-                .stdout
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-        );
-        let err = reader(
-            child
-                .stderr
-                .take()
-                .map(|p| Box::new(p) as Box<dyn Read + Send>),
-        );
-        if let Some(mut stdin) = child.stdin.take() {
-            let input = cmd.stdin.clone();
-            thread::spawn(move || {
-                let _ = stdin.write_all(&input);
-            });
-        }
-        let deadline = Instant::now() + cmd.timeout;
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break status,
-                Ok(None) if Instant::now() > deadline => {
-                    let _ = child.kill();
-                    // Frozen by the disk watchdog while it ran, it would not die (v1): out of
-                    // the freezer it goes, so the kill lands and this thread is not stuck.
-                    if self.cgroups.frozen(&target.cgroup).unwrap_or(false)
-                        && let Err(e) = self.cgroups.release_from_freezer(child.id())
-                    {
-                        tracing::warn!("exec timed out in a frozen sliver: {e}");
-                    }
-                    let _ = child.wait();
-                    return Err(HostError::Timeout(cmd.timeout));
-                }
-                Ok(None) => thread::sleep(Duration::from_millis(2)),
-                Err(e) => {
-                    return Err(HostError::Io {
-                        op: "wait",
-                        path: PathBuf::new(),
-                        source: e,
-                    });
-                }
-            }
-        };
-        let (stdout, t1) = out.join().unwrap_or_default();
-        let (stderr, t2) = err.join().unwrap_or_default();
-        use std::os::unix::process::ExitStatusExt;
-        Ok(ExecOutput {
-            code: status.code(),
-            signal: status.signal(),
-            stdout,
-            stderr,
-            truncated: t1 || t2,
-        })
+            },
+        )
     }
 
     fn spawn(&self, target: &ExecTarget, cmd: &ExecCommand) -> Result<Spawned, HostError> {
@@ -998,15 +948,17 @@ impl Host for LinuxHost {
                 target.init_pid
             )));
         }
-        let program = cmd
-            .argv
-            .first()
-            .ok_or_else(|| HostError::Init("empty command".into()))?;
+        if cmd.argv.is_empty() {
+            return Err(HostError::Init("empty command".into()));
+        }
+        let image = SealedImage::shared(&target.enter_program)
+            .map_err(io_err("copy", &target.enter_program))?;
         let open_ns = |name: &str| -> Result<File, HostError> {
             let p = self.proc_path(target.init_pid, &format!("ns/{name}"));
             File::open(&p).map_err(io_err("open", &p))
         };
-        // Joined in this order: user first (it grants the rights for the rest), mount last.
+        // Joined in this order by the helper: user first (it grants the rights for the
+        // rest), mount last.
         let mut namespaces = vec![(open_ns("user")?, libc::CLONE_NEWUSER)];
         for (name, flag) in [
             ("ipc", libc::CLONE_NEWIPC),
@@ -1031,28 +983,37 @@ impl Host for LinuxHost {
                     .map_err(io_err("open", &p))?,
             );
         }
-        let cwd = CString::new(cmd.cwd.as_bytes())
-            .map_err(|_| HostError::Init("cwd has a NUL".into()))?;
-        let (uid, gid, keep, last) = (cmd.uid, cmd.gid, target.caps, caps::last_cap());
-        let mut command = Command::new(program);
+        let plan = EnterPlan {
+            namespaces: namespaces
+                .iter()
+                .map(|(f, flag)| (f.as_raw_fd(), *flag))
+                .collect(),
+            cwd: cmd.cwd.clone(),
+            uid: cmd.uid,
+            gid: cmd.gid,
+            keep_caps: target.caps,
+            last_cap: caps::last_cap(),
+        };
+        let mut command = Command::new(image.proc_path());
         command
-            .args(&cmd.argv[1..])
+            .arg0(enter::ARGV0)
+            .args(enter::helper_args(&plan, &cmd.argv))
             .env_clear()
             .env(
                 "PATH",
                 "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             )
-            .env("HOME", if uid == 0 { "/root" } else { "/" })
+            .env("HOME", if cmd.uid == 0 { "/root" } else { "/" })
             .env("TERM", "xterm")
             .envs(cmd.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let ns_fds: Vec<(RawFd, libc::c_int)> = namespaces
-            .iter()
-            .map(|(f, fl)| (f.as_raw_fd(), *fl))
-            .collect();
+        let ns_fds: Vec<RawFd> = plan.namespaces.iter().map(|(fd, _)| *fd).collect();
         let cg_fds: Vec<RawFd> = cgroup_files.iter().map(|f| f.as_raw_fd()).collect();
+        // Between fork and exec this is still the node's image (in the host's user namespace,
+        // beyond any sliver's reach): it joins the sliver's cgroup, and lets nothing but 0-2
+        // and the namespaces cross the exec into the helper.
         let pre_exec = move || -> io::Result<()> {
             let fail = || Err(io::Error::from_raw_os_error(caps::errno()));
             for fd in &cg_fds {
@@ -1061,24 +1022,21 @@ impl Host for LinuxHost {
                     return fail();
                 }
             }
-            for (fd, flag) in &ns_fds {
-                // SAFETY: setns on an fd opened before the fork.
-                if unsafe { libc::setns(*fd, *flag) } != 0 {
-                    return fail();
-                }
-            }
-            // SAFETY: chdir on a NUL-terminated string prepared before the fork.
-            if unsafe { libc::chdir(cwd.as_ptr()) } != 0 {
-                return fail();
-            }
-            caps::restrict_raw(keep, last).map_err(io::Error::from_raw_os_error)?;
-            // SAFETY: raw id syscalls with integer arguments.
+            // SAFETY: close_range and fcntl take descriptor numbers and flags only.
             unsafe {
-                if libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) != 0
-                    || libc::syscall(libc::SYS_setresgid, gid, gid, gid) != 0
-                    || libc::syscall(libc::SYS_setresuid, uid, uid, uid) != 0
+                if libc::syscall(
+                    libc::SYS_close_range,
+                    3u32,
+                    u32::MAX,
+                    libc::CLOSE_RANGE_CLOEXEC,
+                ) != 0
                 {
                     return fail();
+                }
+                for fd in &ns_fds {
+                    if libc::fcntl(*fd, libc::F_SETFD, 0) != 0 {
+                        return fail();
+                    }
                 }
             }
             Ok(())
@@ -1096,7 +1054,7 @@ impl Host for LinuxHost {
                 }
                 command.spawn().map_err(|e| HostError::Io {
                     op: "spawn",
-                    path: PathBuf::from(program),
+                    path: PathBuf::from(&cmd.argv[0]),
                     source: e,
                 })
             })

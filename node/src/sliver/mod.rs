@@ -46,13 +46,16 @@
 pub mod alloc;
 pub mod caps;
 pub mod cgroup;
+pub mod enter;
 pub mod host;
 pub mod htb;
 pub mod init;
 pub mod linux;
 pub mod mountfd;
 pub mod netlink;
+pub mod output;
 pub mod rootfs;
+pub mod sealed;
 pub mod spec;
 pub mod store;
 
@@ -747,6 +750,7 @@ impl<H: Host> Slivers<H> {
             cgroup: record.cgroup,
             caps: record.caps,
             host_pid: record.spec.host_pid_view,
+            enter_program: self.config.init_path.clone(),
         })
     }
 
