@@ -6,6 +6,11 @@
 //! admin sliver any capability. Everything else leaves the bounding set, and `no_new_privs` is
 //! set, so no exec can win it back. A set is a plain bit mask ([`CapMask`]) so that the code
 //! running between `fork` and `exec` can apply it with raw `prctl` calls.
+//!
+//! A grant may also name [`NESTED_USERNS`], a pseudo-capability (no kernel capability has
+//! that name) that lets the sliver make nested user namespaces, which its seccomp filter
+//! refuses otherwise ([`super::seccomp`]). Either kind of sliver may be granted it; it never
+//! enters a [`CapMask`].
 
 use caps::Capability;
 use serde::{Deserialize, Serialize};
@@ -69,10 +74,26 @@ pub const BASE: &[Capability] = &[
 /// What a regular sliver may be granted on top of [`BASE`].
 pub const REGULAR_GRANTABLE: &[Capability] = &[Capability::CAP_NET_RAW];
 
-/// Checks capability names against the kind of sliver and returns them.
+/// The pseudo-capability that allows nested user namespaces (kernel spelling, so a ticket's
+/// capability list can carry it; `nested_userns` is accepted too).
+pub const NESTED_USERNS: &str = "CAP_NESTED_USERNS";
+
+/// Whether `name` is a pseudo-capability ([`NESTED_USERNS`]), in any accepted spelling.
+pub fn is_pseudo(name: &str) -> bool {
+    caps::to_canonical(name) == NESTED_USERNS
+}
+
+/// Whether the names grant nested user namespaces ([`NESTED_USERNS`]).
+pub fn names_nested_userns(names: &[String]) -> bool {
+    names.iter().any(|n| is_pseudo(n))
+}
+
+/// Checks capability names against the kind of sliver and returns the kernel capabilities
+/// among them (pseudo-capabilities are accepted for both kinds and left out).
 pub fn granted(kind: SliverKind, names: &[String]) -> Result<Vec<Capability>, CapsError> {
     names
         .iter()
+        .filter(|name| !is_pseudo(name))
         .map(|name| {
             let canonical = caps::to_canonical(name);
             let cap: Capability = canonical
@@ -154,6 +175,28 @@ mod tests {
         assert_eq!(
             granted(SliverKind::Admin, &["CAP_FLY".into()]),
             Err(CapsError::Unknown("CAP_FLY".into()))
+        );
+    }
+
+    #[test]
+    fn nested_userns_is_a_pseudo_capability_of_either_kind() {
+        for kind in [SliverKind::Regular, SliverKind::Admin] {
+            for name in ["CAP_NESTED_USERNS", "nested_userns"] {
+                assert_eq!(granted(kind, &[name.into()]), Ok(vec![]));
+                assert!(names_nested_userns(&[name.into()]));
+            }
+            assert_eq!(
+                sliver_mask(kind, &[NESTED_USERNS.into()]),
+                sliver_mask(kind, &[])
+            );
+        }
+        assert!(!names_nested_userns(&["CAP_NET_RAW".into()]));
+        assert_eq!(
+            granted(
+                SliverKind::Regular,
+                &["CAP_NET_RAW".into(), NESTED_USERNS.into()]
+            ),
+            Ok(vec![Capability::CAP_NET_RAW])
         );
     }
 

@@ -9,8 +9,13 @@
 //! |---|---|---|
 //! | CPU weight | `cpu.shares` (1024 per core) | `cpu.weight` (100 per core) |
 //! | CPU quota | `cpu.cfs_quota_us` / `cpu.cfs_period_us` | `cpu.max` |
-//! | memory | `memory.limit_in_bytes` | `memory.max` (and `memory.swap.max` 0) |
+//! | memory | `memory.limit_in_bytes` (and `memory.memsw.limit_in_bytes` the same) | `memory.max` (and `memory.swap.max` 0) |
 //! | pids | `pids.max` | `pids.max` |
+//!
+//! Swap counts against the memory limit where the host has swap: a v1 host with swap
+//! accounting has `memory.memsw.limit_in_bytes` (memory + swap), set to the memory limit; v2's
+//! `memory.swap.max` is set to 0. Either way a sliver cannot push its pages out to swap to hold
+//! more than its grant. (Without those files the host has no swap to account.)
 //!
 //! Use is read back for the resource monitor ([`Cgroups::usage`]): CPU time from
 //! `cpuacct.usage` (v1) or `cpu.stat`'s `usage_usec` (v2), memory from
@@ -323,10 +328,7 @@ impl Cgroups {
                     write(&cpu_dir.join("cpu.cfs_quota_us"), &quota_us(q).to_string())?;
                 }
                 if let Some(bytes) = limits.memory_bytes {
-                    write(
-                        &memory.join(rel).join("memory.limit_in_bytes"),
-                        &bytes.to_string(),
-                    )?;
+                    set_memory_v1(&memory.join(rel), bytes)?;
                 }
                 if let (Some(max), Some(pids)) = (limits.pids_max, pids) {
                     write(&pids.join(rel).join("pids.max"), &max.to_string())?;
@@ -700,6 +702,39 @@ fn quota_us(millis: u64) -> u64 {
     (millis.saturating_mul(CPU_PERIOD_US) / 1000).max(1000)
 }
 
+/// The v1 memory limit file.
+const V1_LIMIT: &str = "memory.limit_in_bytes";
+/// The v1 memory + swap limit file (present only with swap accounting).
+const V1_MEMSW: &str = "memory.memsw.limit_in_bytes";
+
+/// Sets the v1 memory limit of the cgroup at `dir` to `bytes`, and its memory + swap limit
+/// to the same where swap is accounted.
+fn set_memory_v1(dir: &Path, bytes: u64) -> Result<(), CgroupError> {
+    let limit = dir.join(V1_LIMIT);
+    let memsw = dir.join(V1_MEMSW);
+    if !memsw.exists() {
+        return write(&limit, &bytes.to_string());
+    }
+    let current = fs::read_to_string(&limit)
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    for file in v1_memory_order(current, bytes) {
+        write(&dir.join(file), &bytes.to_string())?;
+    }
+    Ok(())
+}
+
+/// The order to write the v1 memory files in: the kernel refuses a memory + swap limit below
+/// the memory limit, so going down the memory limit is written first, going up the memory +
+/// swap limit is. (`current` is the memory limit now; unknown counts as going down, which is
+/// always the case from a new cgroup's unlimited value.)
+fn v1_memory_order(current: Option<u64>, bytes: u64) -> [&'static str; 2] {
+    match current {
+        Some(now) if bytes > now => [V1_MEMSW, V1_LIMIT],
+        _ => [V1_LIMIT, V1_MEMSW],
+    }
+}
+
 fn create_dir(dir: &Path) -> Result<(), CgroupError> {
     match fs::create_dir_all(dir) {
         Ok(()) => Ok(()),
@@ -839,6 +874,61 @@ mod tests {
     }
 
     #[test]
+    fn v1_memory_and_swap_share_one_limit_where_swap_is_accounted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cg = fake_v1(tmp.path());
+        let limits = CgroupLimits {
+            cpu_weight_millis: 0,
+            cpu_quota_millis: None,
+            memory_bytes: Some(64 << 20),
+            pids_max: None,
+        };
+        // Without swap accounting there is no memsw file, and none is made.
+        cg.create("pm/noswap", &limits).unwrap();
+        let dir = tmp.path().join("memory/pm/noswap");
+        assert!(!dir.join(V1_MEMSW).exists());
+        // With it, the kernel's files exist as soon as the cgroup does (unlimited).
+        let dir = tmp.path().join("memory/pm/swap");
+        fs::create_dir_all(&dir).unwrap();
+        let unlimited = "9223372036854771712\n";
+        fs::write(dir.join(V1_LIMIT), unlimited).unwrap();
+        fs::write(dir.join(V1_MEMSW), unlimited).unwrap();
+        cg.create("pm/swap", &limits).unwrap();
+        let read = |f: &str| fs::read_to_string(dir.join(f)).unwrap();
+        assert_eq!(read(V1_LIMIT), (64u64 << 20).to_string());
+        assert_eq!(read(V1_MEMSW), (64u64 << 20).to_string());
+        // Lower again and raise: both files follow.
+        set_memory_v1(&dir, 32 << 20).unwrap();
+        assert_eq!(read(V1_MEMSW), (32u64 << 20).to_string());
+        set_memory_v1(&dir, 128 << 20).unwrap();
+        assert_eq!(read(V1_LIMIT), (128u64 << 20).to_string());
+        assert_eq!(read(V1_MEMSW), (128u64 << 20).to_string());
+    }
+
+    #[test]
+    fn v1_memory_files_are_written_so_memsw_never_drops_below_the_limit() {
+        // Down (and from a new cgroup's unlimited value): the limit first.
+        assert_eq!(
+            v1_memory_order(Some(u64::MAX / 2), 64 << 20),
+            [V1_LIMIT, V1_MEMSW]
+        );
+        assert_eq!(
+            v1_memory_order(Some(128 << 20), 64 << 20),
+            [V1_LIMIT, V1_MEMSW]
+        );
+        assert_eq!(v1_memory_order(None, 64 << 20), [V1_LIMIT, V1_MEMSW]);
+        assert_eq!(
+            v1_memory_order(Some(64 << 20), 64 << 20),
+            [V1_LIMIT, V1_MEMSW]
+        );
+        // Up: memory + swap first.
+        assert_eq!(
+            v1_memory_order(Some(64 << 20), 128 << 20),
+            [V1_MEMSW, V1_LIMIT]
+        );
+    }
+
+    #[test]
     fn v2_enables_controllers_top_down() {
         let tmp = tempfile::tempdir().unwrap();
         fs::write(
@@ -869,7 +959,16 @@ mod tests {
         cg.set_cpu_quota("pm/s1", Some(10)).unwrap();
         assert_eq!(read("pm/s1/cpu.max"), "1000 100000");
         assert_eq!(read("pm/s1/memory.max"), (1u64 << 30).to_string());
+        assert!(
+            !tmp.path().join("pm/s1/memory.swap.max").exists(),
+            "no swap controller, nothing made"
+        );
         assert!(!tmp.path().join("pm/s1/pids.max").exists());
+        // Where the host has swap, the kernel makes memory.swap.max: it is set to 0.
+        fs::create_dir_all(tmp.path().join("pm/s2")).unwrap();
+        fs::write(tmp.path().join("pm/s2/memory.swap.max"), "max\n").unwrap();
+        cg.create("pm/s2", &limits).unwrap();
+        assert_eq!(read("pm/s2/memory.swap.max"), "0");
         fs::write(
             tmp.path().join("pm/s1/cpu.stat"),
             "usage_usec 1500\nuser_usec 1000\n",

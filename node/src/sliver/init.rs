@@ -5,9 +5,12 @@
 //! re-executed). [`run`] is that program: it reads an [`InitPlan`] (JSON) from one inherited
 //! fd, enters a fresh cgroup namespace, sets the hostname, performs the [`MountStep`]s (overlay
 //! root, `/proc`, a minimal `/dev`, `/tmp`, read-only host system dirs, …), pivots into the new
-//! root, reduces its capability bounding set and sets `no_new_privs`, writes `ready` (or the
-//! error) on a second fd, and then only reaps children until it is sent SIGTERM or SIGINT. As
-//! pid 1 of the sliver's pid namespace, its exit takes every process of the sliver with it.
+//! root, reduces its capability bounding set and sets `no_new_privs`, installs the sliver's
+//! seccomp filter ([`super::seccomp`], compiled here from the plan's [`SeccompPlan`]), writes
+//! `ready` (or the error) on a second fd, and then only reaps children until it is sent SIGTERM
+//! or SIGINT. As pid 1 of the sliver's pid namespace, its exit takes every process of the
+//! sliver with it. The filter is in place before `ready`, so a filter that cannot be compiled
+//! or installed fails the create like any other step.
 
 use std::ffi::CString;
 use std::fs::{self, File};
@@ -25,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use super::caps::{self, CapMask};
 use super::netlink::Netlink;
+use super::seccomp::{self, SeccompPlan};
 
 /// The status line an init writes once its sliver is ready.
 pub const READY: &str = "ready";
@@ -127,6 +131,10 @@ pub struct InitPlan {
     /// when the sliver's root lacks CAP_SYS_ADMIN, so it cannot lift the cover.
     #[serde(default)]
     pub defer_detach: bool,
+    /// What the sliver's seccomp filter is built from (with [`InitPlan::caps`]); absent, the
+    /// strictest (a regular sliver's default).
+    #[serde(default)]
+    pub seccomp: SeccompPlan,
 }
 
 /// The sliver's end of its veth.
@@ -264,11 +272,19 @@ pub fn build(plan: &InitPlan, layer: Option<&std::os::fd::OwnedFd>) -> Result<()
         run_step(step, plan.defer_detach, layer)?;
     }
     chdir("/").map_err(|e| step_err("chdir /", e))?;
+    let filter = plan
+        .seccomp
+        .compile(plan.caps)
+        .map_err(|e| step_err("compile seccomp filter", e))?;
     caps::restrict_raw(plan.caps, caps::last_cap())
         .map_err(|errno| step_err("drop capabilities", nix::errno::Errno::from_raw(errno)))?;
     if !plan.defer_detach {
         drop_own_caps(plan.caps)?;
     }
+    // After `no_new_privs` (set above), which an unprivileged filter needs. What is left to do
+    // after ready (detaching the old root, dropping the init's own capabilities) is allowed.
+    seccomp::install_raw(&filter)
+        .map_err(|errno| step_err("install seccomp filter", nix::errno::Errno::from_raw(errno)))?;
     Ok(())
 }
 
@@ -631,10 +647,21 @@ mod tests {
                 gateway: Ipv4Addr::new(10, 0, 0, 0),
             }),
             defer_detach: true,
+            seccomp: SeccompPlan {
+                profile: seccomp::SeccompProfile {
+                    nested_userns: true,
+                },
+                kind: crate::sliver::SliverKind::Admin,
+            },
         };
         let json = serde_json::to_string(&plan).unwrap();
         assert!(json.contains("\"op\":\"make_private\""));
         assert_eq!(serde_json::from_str::<InitPlan>(&json).unwrap(), plan);
+        // A plan without the field gets the strictest filter.
+        let mut value = serde_json::to_value(&plan).unwrap();
+        value.as_object_mut().unwrap().remove("seccomp");
+        let bare: InitPlan = serde_json::from_value(value).unwrap();
+        assert_eq!(bare.seccomp, SeccompPlan::default());
     }
 
     #[test]

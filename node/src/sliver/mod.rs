@@ -56,6 +56,7 @@ pub mod netlink;
 pub mod output;
 pub mod rootfs;
 pub mod sealed;
+pub mod seccomp;
 pub mod spec;
 pub mod store;
 
@@ -626,6 +627,7 @@ impl<H: Host> Slivers<H> {
             defer_detach: !record
                 .caps
                 .contains(::caps::Capability::CAP_SYS_ADMIN.index()),
+            seccomp: seccomp::SeccompPlan::for_spec(&spec),
         };
         self.host
             .start_init(&mut init, &plan)

@@ -1,7 +1,8 @@
 //! What a sliver is asked to be: its id, kind, resources and the capabilities its grant names.
 //!
 //! [`SliverSpec`] is built by the node manager from an admitted ticket; [`SliverSpec::validate`]
-//! checks it before anything touches the host.
+//! checks it before anything touches the host. Its seccomp profile
+//! ([`SliverSpec::seccomp_profile`]) says what the sliver's filter lets it do.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -10,6 +11,7 @@ use capability_schema::Resources;
 use serde::{Deserialize, Serialize};
 
 use super::caps::{self, CapsError};
+use super::seccomp::SeccompProfile;
 
 /// The largest sliver id, in bytes (it is also the sliver's hostname).
 pub const MAX_ID_LEN: usize = 48;
@@ -110,7 +112,8 @@ pub struct SliverSpec {
     /// [`SliverSpec::cpu_hard_cap`]); `memory_bytes` the hard memory limit; `disk_bytes` the
     /// upper-dir limit; `egress_kbps` the guaranteed egress rate.
     pub resources: Resources,
-    /// Extra capabilities the grant names, e.g. `CAP_NET_RAW` (kernel spelling).
+    /// Extra capabilities the grant names, e.g. `CAP_NET_RAW` (kernel spelling), and
+    /// pseudo-capabilities such as [`caps::NESTED_USERNS`].
     #[serde(default)]
     pub capabilities: Vec<String>,
     /// Admin only: share the host's pid namespace (see every process on the node).
@@ -129,6 +132,10 @@ pub struct SliverSpec {
     /// A reference image directory for this sliver; `None` uses the node's default.
     #[serde(default)]
     pub image: Option<PathBuf>,
+    /// What its seccomp filter lets it do beyond its kind's default (records from before
+    /// this field: the default, the strictest). See [`SliverSpec::seccomp_profile`].
+    #[serde(default)]
+    pub seccomp: SeccompProfile,
 }
 
 fn default_true() -> bool {
@@ -152,6 +159,17 @@ impl SliverSpec {
             egress_ceil_kbps: None,
             pids_max: default_pids(),
             image: None,
+            seccomp: SeccompProfile::default(),
+        }
+    }
+
+    /// The seccomp profile its filter is built from: [`SliverSpec::seccomp`], with nested
+    /// user namespaces also allowed when the capability list names
+    /// [`caps::NESTED_USERNS`].
+    pub fn seccomp_profile(&self) -> SeccompProfile {
+        SeccompProfile {
+            nested_userns: self.seccomp.nested_userns
+                || caps::names_nested_userns(&self.capabilities),
         }
     }
 
@@ -202,6 +220,27 @@ mod tests {
         ));
         spec.kind = SliverKind::Admin;
         assert!(spec.validate().is_ok());
+    }
+
+    #[test]
+    fn nested_userns_comes_from_the_profile_or_the_grant() {
+        let mut spec = SliverSpec::regular(SliverId::new("s").unwrap(), Resources::default());
+        assert!(!spec.seccomp_profile().nested_userns);
+        spec.capabilities = vec![caps::NESTED_USERNS.into()];
+        assert!(spec.validate().is_ok(), "a regular sliver may ask for it");
+        assert!(spec.seccomp_profile().nested_userns);
+        spec.capabilities.clear();
+        spec.seccomp.nested_userns = true;
+        assert!(spec.seccomp_profile().nested_userns);
+        // Records written before the field existed read as the strictest profile.
+        let mut json = serde_json::to_value(SliverSpec::regular(
+            SliverId::new("old").unwrap(),
+            Resources::default(),
+        ))
+        .unwrap();
+        json.as_object_mut().unwrap().remove("seccomp");
+        let old: SliverSpec = serde_json::from_value(json).unwrap();
+        assert_eq!(old.seccomp, SeccompProfile::default());
     }
 
     #[test]
