@@ -80,6 +80,7 @@ pub fn start_host(manifest: &Manifest, host: &HostInfo) -> anyhow::Result<u32> {
             std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
         )
         .process_group(0);
+    stdio_only(&mut command);
     let child = command
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
@@ -89,6 +90,30 @@ pub fn start_host(manifest: &Manifest, host: &HostInfo) -> anyhow::Result<u32> {
     // is intended.
     std::mem::forget(child);
     Ok(pid)
+}
+
+/// Lets no descriptor but 0–2 reach the started program, whatever this process inherited or
+/// opened without close-on-exec (a daemon must not hold its starter's files).
+fn stdio_only(command: &mut Command) -> &mut Command {
+    let close_rest = || {
+        // SAFETY: close_range takes two descriptor numbers and flags and touches no memory;
+        // std's own exec-error pipe is close-on-exec already, so marking it changes nothing.
+        let rc = unsafe {
+            nix::libc::syscall(
+                nix::libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                nix::libc::CLOSE_RANGE_CLOEXEC,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    // SAFETY: the closure makes one raw system call, which is async-signal-safe.
+    unsafe { command.pre_exec(close_rest) }
 }
 
 /// The pid of the host's daemon if it runs (checked against its command line).
@@ -230,4 +255,40 @@ pub fn stop_all(manifest: &Manifest, dir: &Path) -> anyhow::Result<Vec<String>> 
     }
     let _ = dir;
     Ok(stopped)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn daemons_get_no_descriptor_but_stdio() {
+        let dir = tempfile::tempdir().unwrap();
+        let leaked = nix::fcntl::open(
+            &dir.path().join("leak"),
+            nix::fcntl::OFlag::O_CREAT | nix::fcntl::OFlag::O_RDWR,
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        let mut command = Command::new("/bin/ls");
+        command.arg("/proc/self/fd");
+        let out = stdio_only(&mut command).output().unwrap();
+        let fds: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        // 0-2, and the listing's own directory.
+        assert_eq!(fds.len(), 4, "{fds:?}");
+        let mut plain = Command::new("/bin/ls");
+        plain.arg("/proc/self/fd");
+        let out = plain.output().unwrap();
+        drop(leaked);
+        assert!(
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .count()
+                > 4,
+            "the leak did not reach a plain child, so this test shows nothing"
+        );
+    }
 }
