@@ -16,7 +16,8 @@
 //!    last), changes directory, drops capabilities and becomes the asked user, resolves the
 //!    program inside the sliver's root only ([`resolve`]: `openat2` with `RESOLVE_IN_ROOT |
 //!    RESOLVE_NO_MAGICLINKS`, so neither `/proc/self/exe`, `/proc/<pid>/fd/N` nor `..` lead
-//!    out), installs the sliver's seccomp filter, and execs the program by descriptor.
+//!    out), installs the sliver's seccomp filter ([`super::seccomp`]) and execs the program by
+//!    descriptor.
 //!
 //! Failures before the program runs go to stderr with a shell's exit codes: 127 when the
 //! program is not found, 126 when it cannot be executed, 125 when entering failed.
@@ -34,6 +35,7 @@ use nix::unistd::{Gid, Uid};
 use serde::{Deserialize, Serialize};
 
 use super::caps::{self, CapMask};
+use super::seccomp::SeccompPlan;
 
 /// The `sliver-init` subcommand that runs this helper.
 pub const SUBCOMMAND: &str = "enter";
@@ -57,6 +59,10 @@ pub struct EnterPlan {
     pub keep_caps: CapMask,
     /// The highest capability number of the running kernel.
     pub last_cap: u8,
+    /// The sliver's seccomp filter, compiled by the helper and installed right before the
+    /// program's exec.
+    #[serde(default)]
+    pub seccomp: SeccompPlan,
 }
 
 /// Why entering failed.
@@ -141,6 +147,10 @@ pub fn enter(plan: &EnterPlan, argv: &[String]) -> Result<Infallible, EnterError
         nix::sys::stat::Mode::empty(),
     )
     .map_err(at("open root"))?;
+    let filter = plan.seccomp.compile(plan.keep_caps).map_err(|e| {
+        eprintln!("seccomp: {e}");
+        EnterError::from_raw("compile seccomp filter", libc::EINVAL)
+    })?;
     let path_var = std::env::var("PATH").ok();
     let program = resolve(root.as_fd(), &plan.cwd, &argv[0], path_var.as_deref())
         .map_err(at("resolve program"))?;
@@ -152,6 +162,9 @@ pub fn enter(plan: &EnterPlan, argv: &[String]) -> Result<Infallible, EnterError
         kv.push(v);
         kv
     }))?;
+    // Last: nothing between the filter and the exec may need what it refuses.
+    crate::sliver::seccomp::install_raw(&filter)
+        .map_err(|e| EnterError::from_raw("install seccomp filter", e))?;
     exec_fd(&program, &args, &env)
 }
 
@@ -384,6 +397,7 @@ mod tests {
             gid: 0,
             keep_caps: CapMask(0b1011),
             last_cap: 40,
+            seccomp: SeccompPlan::default(),
         };
         let args = helper_args(&plan, &["/bin/true".into(), "x".into()]);
         assert_eq!(args[0], SUBCOMMAND);

@@ -183,6 +183,8 @@ pub struct ExecTarget {
     /// The program that enters the sliver (`sliver-init`, run as `sliver-init enter`; see
     /// [`super::enter`]).
     pub enter_program: PathBuf,
+    /// The sliver's seccomp filter, installed in every command run there.
+    pub seccomp: super::seccomp::SeccompPlan,
 }
 
 /// A command to run in a sliver.

@@ -993,6 +993,7 @@ impl Host for LinuxHost {
             gid: cmd.gid,
             keep_caps: target.caps,
             last_cap: caps::last_cap(),
+            seccomp: target.seccomp,
         };
         let mut command = Command::new(image.proc_path());
         command

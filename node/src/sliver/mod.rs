@@ -753,6 +753,7 @@ impl<H: Host> Slivers<H> {
             caps: record.caps,
             host_pid: record.spec.host_pid_view,
             enter_program: self.config.init_path.clone(),
+            seccomp: seccomp::SeccompPlan::for_spec(&record.spec),
         })
     }
 
