@@ -129,3 +129,5 @@ pub async fn principal_overlay(
     .await
     .expect("principal overlay")
 }
+
+pub mod daemon;
