@@ -122,3 +122,56 @@ async fn slow_commands_of_one_principal_do_not_hold_anyone_else() {
     bob_overlay.shutdown().await;
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_past_its_deadline_is_an_answer_that_says_so() {
+    if !root_or_skip() {
+        return;
+    }
+    let node = LinuxNode::start("pmft").await;
+    let target = node.key.public();
+    let alice = SecretKey::generate();
+    let overlay = node.principal(&alice).await;
+    let lease = node.redeem(&overlay, "princeton_late", &alice).await;
+    let t = Instant::now();
+    let late = NodeRequest::Exec {
+        lease_id: lease.lease_id.clone(),
+        argv: vec!["/bin/sh".into(), "-c".into(), "sleep 60 & sleep 61".into()],
+        stdin: vec![],
+        timeout_ms: 500,
+    };
+    match within(overlay.request::<NodeProtocol>(&target, late, WAIT))
+        .await
+        .unwrap()
+    {
+        NodeResponse::Exec(out) => {
+            assert!(out.timed_out, "{out:?}");
+            assert_eq!(out.exit_code, 128 + 9);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(t.elapsed() < PROMPT, "{:?}", t.elapsed());
+    // Its background job went with it.
+    let count = NodeRequest::Exec {
+        lease_id: lease.lease_id.clone(),
+        argv: vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            // Zombies not yet reaped by the sliver's init are gone already.
+            "n=0; for s in /proc/[0-9]*/stat; do read -r p c st r < $s; \
+             [ \"$c\" = '(sleep)' ] && [ \"$st\" != Z ] && n=$((n+1)); done; echo $n"
+                .into(),
+        ],
+        stdin: vec![],
+        timeout_ms: 5000,
+    };
+    match within(overlay.request::<NodeProtocol>(&target, count, WAIT))
+        .await
+        .unwrap()
+    {
+        NodeResponse::Exec(out) => assert_eq!(out.stdout, b"0\n", "{out:?}"),
+        other => panic!("{other:?}"),
+    }
+    overlay.shutdown().await;
+    node.stop().await;
+}

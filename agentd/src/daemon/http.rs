@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json};
 use axum::routing::get;
 use federation::unix_now;
@@ -28,10 +28,29 @@ pub fn router(state: Arc<AgentState>) -> Router {
         .with_state(state)
 }
 
-async fn status(State(state): State<Arc<AgentState>>) -> Json<Value> {
-    let agent = &state.agent;
+/// A failed request: its status and a sentence.
+type Failure = (StatusCode, String);
+
+/// Reads the ticket ledger on the blocking pool (a redb scan). A storage failure is logged
+/// and answered 500: a broken disk must not look like an agent with nothing outstanding.
+async fn read_ledger<T: Send + 'static, E: std::fmt::Display + Send + 'static>(
+    state: &Arc<AgentState>,
+    read: impl FnOnce(&crate::ledger::TicketLedger) -> Result<T, E> + Send + 'static,
+) -> Result<T, Failure> {
+    let agent = Arc::clone(&state.agent);
+    let detail = match tokio::task::spawn_blocking(move || read(agent.ledger())).await {
+        Ok(Ok(value)) => return Ok(value),
+        Ok(Err(e)) => format!("the ticket ledger cannot be read: {e}"),
+        Err(e) => format!("reading the ticket ledger failed: {e}"),
+    };
+    tracing::error!("http: {detail}");
+    Err((StatusCode::INTERNAL_SERVER_ERROR, detail))
+}
+
+async fn status(State(state): State<Arc<AgentState>>) -> Result<Json<Value>, Failure> {
     let now = unix_now();
-    let outstanding = agent.ledger().outstanding(now).unwrap_or_default();
+    let outstanding = read_ledger(&state, move |l| l.outstanding(now)).await?;
+    let agent = &state.agent;
     let nodes: Vec<Value> = agent.with_inventory(|inv| {
         inv.expire(now);
         inv.iter()
@@ -48,18 +67,18 @@ async fn status(State(state): State<Arc<AgentState>>) -> Json<Value> {
             })
             .collect()
     });
-    Json(json!({
+    Ok(Json(json!({
         "agent": agent.public().to_string(),
         "federation": agent.federation(),
         "nodes": nodes,
         "principals": outstanding.by_principal.len(),
-    }))
+    })))
 }
 
-async fn tickets(State(state): State<Arc<AgentState>>) -> Json<Value> {
+async fn tickets(State(state): State<Arc<AgentState>>) -> Result<Json<Value>, Failure> {
     let now = unix_now();
-    let records = state.agent.ledger().all().unwrap_or_default();
-    Json(Value::Array(
+    let records = read_ledger(&state, |l| l.all()).await?;
+    Ok(Json(Value::Array(
         records
             .into_iter()
             .map(|r| {
@@ -76,18 +95,16 @@ async fn tickets(State(state): State<Arc<AgentState>>) -> Json<Value> {
                 })
             })
             .collect(),
-    ))
+    )))
 }
 
-async fn metrics(State(state): State<Arc<AgentState>>) -> impl IntoResponse {
+async fn metrics(State(state): State<Arc<AgentState>>) -> Result<impl IntoResponse, Failure> {
     let nodes = state.agent.with_inventory(|inv| inv.len());
-    let outstanding = state
-        .agent
-        .ledger()
-        .all()
-        .unwrap_or_default()
+    let now = unix_now();
+    let outstanding = read_ledger(&state, |l| l.all())
+        .await?
         .iter()
-        .filter(|r| r.outstanding(unix_now()))
+        .filter(|r| r.outstanding(now))
         .count();
     let text = format!(
         "# HELP planetmesh_agent_inventory_nodes Nodes that delegated to this agent.\n\
@@ -101,5 +118,5 @@ async fn metrics(State(state): State<Arc<AgentState>>) -> impl IntoResponse {
         state.tickets_minted.load(Ordering::Relaxed),
         state.refused.load(Ordering::Relaxed),
     );
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
 }

@@ -1,26 +1,38 @@
 //! The real isolation engine behind the node service: [`SliverBackend`] for
 //! [`Slivers`](crate::sliver::Slivers). Lease fields become a [`SliverSpec`]; engine errors
-//! become sentences for the caller.
+//! become [`BackendError`]s (the caller's fault, a sliver gone, or the host's), and an exec
+//! past its deadline becomes output that says it timed out.
 
 use std::time::Duration;
 
 use capability_schema::protocol::ExecOutput;
 use capability_schema::{Lease, SliceKind};
 
-use super::service::SliverBackend;
-use crate::sliver::Slivers;
-use crate::sliver::host::{ExecCommand, Host};
+use super::service::{BackendError, SliverBackend};
+use crate::sliver::host::{ExecCommand, Host, HostError};
 use crate::sliver::spec::{SliverId, SliverKind, SliverSpec};
+use crate::sliver::{SliverError, Slivers};
 
 /// Most bytes of each of stdout and stderr an `Exec` returns.
 pub const EXEC_OUTPUT_LIMIT: usize = 1 << 20;
 
-fn id(sliver_id: &str) -> Result<SliverId, String> {
-    SliverId::new(sliver_id).map_err(|e| e.to_string())
+fn id(sliver_id: &str) -> Result<SliverId, BackendError> {
+    SliverId::new(sliver_id).map_err(|e| BackendError::Invalid(e.to_string()))
+}
+
+/// Whose fault an engine error is.
+fn backend_error(e: SliverError) -> BackendError {
+    match e {
+        SliverError::Spec(_) | SliverError::InvalidKey { .. } => {
+            BackendError::Invalid(e.to_string())
+        }
+        SliverError::NotFound(id) => BackendError::NoSliver(id.to_string()),
+        other => BackendError::Host(other.to_string()),
+    }
 }
 
 /// The spec of the sliver that backs `lease`.
-pub fn spec_for(sliver_id: &str, lease: &Lease) -> Result<SliverSpec, String> {
+pub fn spec_for(sliver_id: &str, lease: &Lease) -> Result<SliverSpec, BackendError> {
     let mut spec = SliverSpec::regular(id(sliver_id)?, lease.resources);
     if let SliceKind::Admin {
         capabilities,
@@ -35,18 +47,17 @@ pub fn spec_for(sliver_id: &str, lease: &Lease) -> Result<SliverSpec, String> {
 }
 
 impl<H: Host + 'static> SliverBackend for Slivers<H> {
-    fn create(&self, sliver_id: &str, lease: &Lease) -> Result<Option<String>, String> {
-        let record =
-            Slivers::create(self, spec_for(sliver_id, lease)?).map_err(|e| e.to_string())?;
+    fn create(&self, sliver_id: &str, lease: &Lease) -> Result<Option<String>, BackendError> {
+        let record = Slivers::create(self, spec_for(sliver_id, lease)?).map_err(backend_error)?;
         Ok(Some(record.net.sliver_addr.to_string()))
     }
 
-    fn destroy(&self, sliver_id: &str) -> Result<(), String> {
+    fn destroy(&self, sliver_id: &str) -> Result<(), BackendError> {
         let id = id(sliver_id)?;
         if self.get(&id).is_none() {
             return Ok(());
         }
-        Slivers::destroy(self, &id, false).map_err(|e| e.to_string())
+        Slivers::destroy(self, &id, false).map_err(backend_error)
     }
 
     fn live(&self) -> Vec<String> {
@@ -62,37 +73,50 @@ impl<H: Host + 'static> SliverBackend for Slivers<H> {
         argv: &[String],
         stdin: &[u8],
         timeout_ms: u64,
-    ) -> Result<ExecOutput, String> {
+    ) -> Result<ExecOutput, BackendError> {
         let mut cmd = ExecCommand::new(argv.iter().cloned());
         cmd.stdin = stdin.to_vec();
         cmd.timeout = Duration::from_millis(timeout_ms);
         cmd.output_limit = EXEC_OUTPUT_LIMIT;
-        let out = Slivers::exec(self, &id(sliver_id)?, &cmd).map_err(|e| e.to_string())?;
-        let timed_out = out.signal == Some(libc::SIGKILL) && out.code.is_none();
+        let out = match Slivers::exec(self, &id(sliver_id)?, &cmd) {
+            Ok(out) => out,
+            // Killed at its deadline with its whole process group: the holder's program ran
+            // too long, which is an answer, not a failure of the node.
+            Err(SliverError::Host { source, .. }) if matches!(*source, HostError::Timeout(_)) => {
+                return Ok(ExecOutput {
+                    exit_code: 128 + libc::SIGKILL,
+                    stdout: Vec::new(),
+                    stderr: format!("killed after {timeout_ms} ms\n").into_bytes(),
+                    truncated: false,
+                    timed_out: true,
+                });
+            }
+            Err(e) => return Err(backend_error(e)),
+        };
         Ok(ExecOutput {
             exit_code: out.code.unwrap_or_else(|| 128 + out.signal.unwrap_or(0)),
             stdout: out.stdout,
             stderr: out.stderr,
             truncated: out.truncated,
-            timed_out,
+            timed_out: false,
         })
     }
 
-    fn list_keys(&self, sliver_id: &str) -> Result<Vec<String>, String> {
-        Slivers::list_keys(self, &id(sliver_id)?).map_err(|e| e.to_string())
+    fn list_keys(&self, sliver_id: &str) -> Result<Vec<String>, BackendError> {
+        Slivers::list_keys(self, &id(sliver_id)?).map_err(backend_error)
     }
 
-    fn add_key(&self, sliver_id: &str, key: &str) -> Result<(), String> {
-        Slivers::add_key(self, &id(sliver_id)?, key).map_err(|e| e.to_string())
+    fn add_key(&self, sliver_id: &str, key: &str) -> Result<(), BackendError> {
+        Slivers::add_key(self, &id(sliver_id)?, key).map_err(backend_error)
     }
 
-    fn remove_key(&self, sliver_id: &str, key: &str) -> Result<(), String> {
+    fn remove_key(&self, sliver_id: &str, key: &str) -> Result<(), BackendError> {
         Slivers::remove_key(self, &id(sliver_id)?, key)
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(backend_error)
     }
 
-    fn wipe(&self) -> Result<(), String> {
-        self.destroy_all().map_err(|e| e.to_string())
+    fn wipe(&self) -> Result<(), BackendError> {
+        self.destroy_all().map_err(backend_error)
     }
 }

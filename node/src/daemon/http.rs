@@ -12,13 +12,13 @@ use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json};
 use axum::routing::get;
 use serde_json::{Value, json};
 
 use super::run::NodeState;
-use crate::ledger::LeaseState;
+use crate::ledger::{LeaseRecord, LeaseState};
 
 /// The routes.
 pub fn router(state: Arc<NodeState>) -> Router {
@@ -60,9 +60,26 @@ async fn status(State(state): State<Arc<NodeState>>) -> Json<Value> {
     }))
 }
 
-async fn leases(State(state): State<Arc<NodeState>>) -> Json<Value> {
-    let leases = state.service.ledger().leases().unwrap_or_default();
-    Json(Value::Array(
+/// A failed request: its status and a sentence.
+type Failure = (StatusCode, String);
+
+/// The ledger's leases, read on the blocking pool (a redb scan). A storage failure is logged
+/// and answered 500: a broken disk must not look like an idle node.
+async fn ledger_leases(state: &Arc<NodeState>) -> Result<Vec<LeaseRecord>, Failure> {
+    let service = Arc::clone(&state.service);
+    let read = tokio::task::spawn_blocking(move || service.ledger().leases()).await;
+    let detail = match read {
+        Ok(Ok(leases)) => return Ok(leases),
+        Ok(Err(e)) => format!("the ledger cannot be read: {e}"),
+        Err(e) => format!("reading the ledger failed: {e}"),
+    };
+    tracing::error!("http: {detail}");
+    Err((StatusCode::INTERNAL_SERVER_ERROR, detail))
+}
+
+async fn leases(State(state): State<Arc<NodeState>>) -> Result<Json<Value>, Failure> {
+    let leases = ledger_leases(&state).await?;
+    Ok(Json(Value::Array(
         leases
             .into_iter()
             .map(|r| {
@@ -82,17 +99,17 @@ async fn leases(State(state): State<Arc<NodeState>>) -> Json<Value> {
                 })
             })
             .collect(),
-    ))
+    )))
 }
 
-async fn slivers(State(state): State<Arc<NodeState>>) -> Json<Value> {
-    let leases = state.service.ledger().leases().unwrap_or_default();
+async fn slivers(State(state): State<Arc<NodeState>>) -> Result<Json<Value>, Failure> {
+    let leases = ledger_leases(&state).await?;
     let usage = state
         .usage
         .read()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone();
-    Json(Value::Array(
+    Ok(Json(Value::Array(
         leases
             .iter()
             .map(|r| {
@@ -114,7 +131,7 @@ async fn slivers(State(state): State<Arc<NodeState>>) -> Json<Value> {
                 })
             })
             .collect(),
-    ))
+    )))
 }
 
 /// Per-sliver series (one line per live sliver and figure), for `/metrics`.
@@ -179,11 +196,11 @@ fn sliver_metrics(state: &NodeState) -> String {
     out
 }
 
-async fn metrics(State(state): State<Arc<NodeState>>) -> impl IntoResponse {
+async fn metrics(State(state): State<Arc<NodeState>>) -> Result<impl IntoResponse, Failure> {
     let service = &state.service;
     let capacity = service.capacity().total;
     let committed = service.commitments().total;
-    let leases = service.ledger().leases().unwrap_or_default().len();
+    let leases = ledger_leases(&state).await?.len();
     let mut text = format!(
         "# HELP planetmesh_node_capacity_cpu_millis CPU the node offers, in thousandths of a core.\n\
          # TYPE planetmesh_node_capacity_cpu_millis gauge\nplanetmesh_node_capacity_cpu_millis {}\n\
@@ -211,5 +228,5 @@ async fn metrics(State(state): State<Arc<NodeState>>) -> impl IntoResponse {
         state.ads_published.load(Ordering::Relaxed),
     );
     text.push_str(&sliver_metrics(&state));
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
 }

@@ -20,7 +20,7 @@ use std::sync::Mutex;
 use capability_schema::Lease;
 use capability_schema::protocol::ExecOutput;
 
-use super::service::{SPAWN_LOG, SliverBackend};
+use super::service::{BackendError, SPAWN_LOG, SliverBackend};
 
 /// The first synthetic pid a sliver's spawn answers (1 would be its init).
 pub const FIRST_SYNTHETIC_PID: u32 = 2;
@@ -111,23 +111,23 @@ impl InMemorySlivers {
 }
 
 impl SliverBackend for InMemorySlivers {
-    fn create(&self, sliver_id: &str, _lease: &Lease) -> Result<Option<String>, String> {
+    fn create(&self, sliver_id: &str, _lease: &Lease) -> Result<Option<String>, BackendError> {
         let mut fail = self
             .fail_next_create
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if std::mem::take(&mut *fail) {
-            return Err("injected failure".into());
+            return Err(BackendError::Host("injected failure".into()));
         }
         let mut slivers = self.lock();
         if slivers.contains_key(sliver_id) {
-            return Err(format!("sliver {sliver_id} exists"));
+            return Err(BackendError::Host(format!("sliver {sliver_id} exists")));
         }
         slivers.insert(sliver_id.to_owned(), MemorySliver::default());
         Ok(Some(format!("10.199.0.{}", slivers.len() + 1)))
     }
 
-    fn destroy(&self, sliver_id: &str) -> Result<(), String> {
+    fn destroy(&self, sliver_id: &str) -> Result<(), BackendError> {
         self.lock().remove(sliver_id);
         Ok(())
     }
@@ -142,11 +142,11 @@ impl SliverBackend for InMemorySlivers {
         argv: &[String],
         _stdin: &[u8],
         _timeout_ms: u64,
-    ) -> Result<ExecOutput, String> {
+    ) -> Result<ExecOutput, BackendError> {
         let mut slivers = self.lock();
         let sliver = slivers
             .get_mut(sliver_id)
-            .ok_or_else(|| format!("no sliver {sliver_id}"))?;
+            .ok_or_else(|| BackendError::NoSliver(sliver_id.to_owned()))?;
         let stdout = if let Some(program) = spawned(argv) {
             let pid = sliver.next_pid;
             sliver.next_pid = sliver.next_pid.saturating_add(1);
@@ -168,18 +168,21 @@ impl SliverBackend for InMemorySlivers {
         })
     }
 
-    fn list_keys(&self, sliver_id: &str) -> Result<Vec<String>, String> {
+    fn list_keys(&self, sliver_id: &str) -> Result<Vec<String>, BackendError> {
         self.lock()
             .get(sliver_id)
             .map(|s| s.keys.clone())
-            .ok_or_else(|| format!("no sliver {sliver_id}"))
+            .ok_or_else(|| BackendError::NoSliver(sliver_id.to_owned()))
     }
 
-    fn add_key(&self, sliver_id: &str, key: &str) -> Result<(), String> {
+    fn add_key(&self, sliver_id: &str, key: &str) -> Result<(), BackendError> {
+        // The same check as the Linux engine's, so both answer a bad line alike.
+        let key = crate::sliver::keyline::check(key)
+            .map_err(|reason| BackendError::Invalid(format!("invalid SSH public key: {reason}")))?;
         let mut slivers = self.lock();
         let keys = &mut slivers
             .get_mut(sliver_id)
-            .ok_or_else(|| format!("no sliver {sliver_id}"))?
+            .ok_or_else(|| BackendError::NoSliver(sliver_id.to_owned()))?
             .keys;
         if !keys.iter().any(|k| k == key) {
             keys.push(key.to_owned());
@@ -187,11 +190,11 @@ impl SliverBackend for InMemorySlivers {
         Ok(())
     }
 
-    fn remove_key(&self, sliver_id: &str, key: &str) -> Result<(), String> {
+    fn remove_key(&self, sliver_id: &str, key: &str) -> Result<(), BackendError> {
         let mut slivers = self.lock();
         let keys = &mut slivers
             .get_mut(sliver_id)
-            .ok_or_else(|| format!("no sliver {sliver_id}"))?
+            .ok_or_else(|| BackendError::NoSliver(sliver_id.to_owned()))?
             .keys;
         // As the Linux engine does: a key line names the key by its blob (the comment may
         // differ). Removing by comment is slicectl's work (it lists, then removes lines).
@@ -200,7 +203,7 @@ impl SliverBackend for InMemorySlivers {
         Ok(())
     }
 
-    fn wipe(&self) -> Result<(), String> {
+    fn wipe(&self) -> Result<(), BackendError> {
         self.lock().clear();
         Ok(())
     }
@@ -257,13 +260,37 @@ mod tests {
     fn keys_are_removed_by_their_line_as_on_linux() {
         let m = InMemorySlivers::new();
         m.insert_orphan("s1");
-        m.add_key("s1", "ssh-ed25519 AAAA1 alice@a").unwrap();
-        m.add_key("s1", "ssh-ed25519 AAAA2 bob@b").unwrap();
+        m.add_key("s1", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA1 alice@a")
+            .unwrap();
+        m.add_key("s1", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA2 bob@b")
+            .unwrap();
         // A comment alone is not a key line: nothing is removed.
         m.remove_key("s1", "alice@a").unwrap();
         assert_eq!(m.list_keys("s1").unwrap().len(), 2);
         // The same key with another comment is the same key.
-        m.remove_key("s1", "ssh-ed25519 AAAA1 other").unwrap();
-        assert_eq!(m.list_keys("s1").unwrap(), ["ssh-ed25519 AAAA2 bob@b"]);
+        m.remove_key("s1", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA1 other")
+            .unwrap();
+        assert_eq!(
+            m.list_keys("s1").unwrap(),
+            ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA2 bob@b"]
+        );
+    }
+
+    #[test]
+    fn errors_say_whose_fault_they_are() {
+        use capability_schema::Rejection;
+        let m = InMemorySlivers::new();
+        m.insert_orphan("s1");
+        let bad = m.add_key("s1", "ssh-ed25519 short").unwrap_err();
+        assert_eq!(
+            bad,
+            BackendError::Invalid("invalid SSH public key: key material is not base64".into())
+        );
+        assert!(matches!(Rejection::from(bad), Rejection::Malformed { .. }));
+        let gone = m.list_keys("nope").unwrap_err();
+        assert_eq!(gone, BackendError::NoSliver("nope".into()));
+        assert!(
+            matches!(Rejection::from(gone), Rejection::Internal { detail } if detail == "sliver nope is not running on this node")
+        );
     }
 }

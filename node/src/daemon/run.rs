@@ -351,12 +351,14 @@ pub async fn start(
                     () = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
                 let service = Arc::clone(&service);
-                let reaped = tokio::task::spawn_blocking(move || service.reap(unix_now()))
-                    .await
-                    .unwrap_or_default();
-                if !reaped.is_empty() {
-                    tracing::info!(?reaped, "leases expired; slivers destroyed");
-                    changed.notify_one();
+                match tokio::task::spawn_blocking(move || service.reap(unix_now())).await {
+                    Ok(Ok(reaped)) if !reaped.is_empty() => {
+                        tracing::info!(?reaped, "leases expired; slivers destroyed");
+                        changed.notify_one();
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::error!(error = %e, "reaper: the ledger cannot be read"),
+                    Err(e) => tracing::error!(error = %e, "reaper failed"),
                 }
             }
         })
@@ -493,13 +495,16 @@ async fn ad_loop(
                     let slices: std::collections::BTreeMap<String, String> = if samples.is_empty() {
                         Default::default()
                     } else {
-                        service
-                            .ledger()
-                            .leases()
-                            .unwrap_or_default()
-                            .into_iter()
-                            .map(|r| (r.sliver_id, r.lease.slice))
-                            .collect()
+                        match service.ledger().leases() {
+                            Ok(leases) => leases
+                                .into_iter()
+                                .map(|r| (r.sliver_id, r.lease.slice))
+                                .collect(),
+                            Err(e) => {
+                                tracing::error!(error = %e, "ad: the ledger cannot be read; per-sliver use left out");
+                                Default::default()
+                            }
+                        }
                     };
                     let ad = sliver_usage(&samples, &slices);
                     (samples, ad)

@@ -34,30 +34,56 @@ use capability_schema::{ErrorReply, Lease, PublicKey, Rejection, ResourceAd, Sec
 use crate::admission::{Capacity, Commitments};
 use crate::ledger::{LeaseRecord, LeaseState, Ledger, LedgerError, Reservation};
 
-/// How the service reaches slivers. Errors are sentences for the caller.
+/// Why the sliver backend could not do what a request asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    /// What the caller sent cannot be used (an SSH key line, a program): its own fault.
+    #[error("{0}")]
+    Invalid(String),
+    /// The lease's sliver is not on this node (it died, or the node lost it).
+    #[error("sliver {0} is not running on this node")]
+    NoSliver(String),
+    /// The host failed; the caller can do nothing about it.
+    #[error("{0}")]
+    Host(String),
+}
+
+impl From<BackendError> for Rejection {
+    fn from(e: BackendError) -> Self {
+        match e {
+            BackendError::Invalid(detail) => Rejection::Malformed { detail },
+            other => Rejection::Internal {
+                detail: other.to_string(),
+            },
+        }
+    }
+}
+
+/// How the service reaches slivers.
 pub trait SliverBackend: Send + Sync + 'static {
     /// Creates the sliver for `lease` with id `sliver_id`; returns its address.
-    fn create(&self, sliver_id: &str, lease: &Lease) -> Result<Option<String>, String>;
+    fn create(&self, sliver_id: &str, lease: &Lease) -> Result<Option<String>, BackendError>;
     /// Destroys a sliver (no error if it is already gone).
-    fn destroy(&self, sliver_id: &str) -> Result<(), String>;
+    fn destroy(&self, sliver_id: &str) -> Result<(), BackendError>;
     /// The ids of the live slivers.
     fn live(&self) -> Vec<String>;
-    /// Runs a program and waits for it.
+    /// Runs a program and waits for it; past `timeout_ms` it is killed and the output says
+    /// it timed out.
     fn exec(
         &self,
         sliver_id: &str,
         argv: &[String],
         stdin: &[u8],
         timeout_ms: u64,
-    ) -> Result<ExecOutput, String>;
+    ) -> Result<ExecOutput, BackendError>;
     /// The authorized SSH keys.
-    fn list_keys(&self, sliver_id: &str) -> Result<Vec<String>, String>;
-    /// Authorizes an SSH key.
-    fn add_key(&self, sliver_id: &str, key: &str) -> Result<(), String>;
+    fn list_keys(&self, sliver_id: &str) -> Result<Vec<String>, BackendError>;
+    /// Authorizes an SSH key (a line [`crate::sliver::keyline::check`] accepts).
+    fn add_key(&self, sliver_id: &str, key: &str) -> Result<(), BackendError>;
     /// Removes an SSH key.
-    fn remove_key(&self, sliver_id: &str, key: &str) -> Result<(), String>;
+    fn remove_key(&self, sliver_id: &str, key: &str) -> Result<(), BackendError>;
     /// Destroys every sliver and the node-wide state the backend set up (decommissioning).
-    fn wipe(&self) -> Result<(), String>;
+    fn wipe(&self) -> Result<(), BackendError>;
 }
 
 /// Where spawned programs write their output inside a sliver.
@@ -368,7 +394,7 @@ impl NodeService {
 
     /// What the live leases commit.
     pub fn commitments(&self) -> Commitments {
-        self.ledger.commitments().unwrap_or_default()
+        self.ledger.commitments()
     }
 
     fn sign(&self, lease: &Lease) -> Signed<Lease> {
@@ -422,7 +448,7 @@ impl NodeService {
                         timeout_ms.clamp(1, MAX_EXEC_MS),
                     )
                     .map(NodeResponse::Exec)
-                    .map_err(|detail| Rejection::Internal { detail })
+                    .map_err(Rejection::from)
             }),
             NodeRequest::Spawn { lease_id, argv } => self
                 .active(caller, &lease_id, now)
@@ -439,14 +465,14 @@ impl NodeService {
                 self.backend
                     .exec(&r.sliver_id, &argv, &[], 10_000)
                     .map(|out| NodeResponse::Logs { bytes: out.stdout })
-                    .map_err(|detail| Rejection::Internal { detail })
+                    .map_err(Rejection::from)
             }),
             NodeRequest::AddKey { lease_id, key } => {
                 self.active(caller, &lease_id, now).and_then(|r| {
                     check_ssh_key(&key)?;
                     self.backend
                         .add_key(&r.sliver_id, &key)
-                        .map_err(|detail| Rejection::Internal { detail })?;
+                        .map_err(Rejection::from)?;
                     self.keys(&r)
                 })
             }
@@ -454,7 +480,7 @@ impl NodeService {
                 self.active(caller, &lease_id, now).and_then(|r| {
                     self.backend
                         .remove_key(&r.sliver_id, &key)
-                        .map_err(|detail| Rejection::Internal { detail })?;
+                        .map_err(Rejection::from)?;
                     self.keys(&r)
                 })
             }
@@ -469,7 +495,7 @@ impl NodeService {
         self.backend
             .list_keys(&record.sliver_id)
             .map(NodeResponse::Keys)
-            .map_err(|detail| Rejection::Internal { detail })
+            .map_err(Rejection::from)
     }
 
     fn spawn(&self, record: &LeaseRecord, argv: &[String]) -> Result<NodeResponse, Rejection> {
@@ -488,7 +514,7 @@ impl NodeService {
         let out = self
             .backend
             .exec(&record.sliver_id, &shell, &[], 10_000)
-            .map_err(|detail| Rejection::Internal { detail })?;
+            .map_err(Rejection::from)?;
         let pid = String::from_utf8_lossy(&out.stdout)
             .trim()
             .parse()
@@ -549,12 +575,14 @@ impl NodeService {
         drop(pass);
         let address = match created {
             Ok(address) => address,
-            Err(detail) => {
+            Err(e) => {
                 if let Err(e) = self.ledger.abort(&lease_id) {
                     tracing::error!(lease = %lease_id, error = %e, "could not abort a failed redeem");
                 }
-                return Err(Rejection::Internal {
-                    detail: format!("creating the sliver failed: {detail}"),
+                let detail = format!("creating the sliver failed: {e}");
+                return Err(match e {
+                    BackendError::Invalid(_) => Rejection::Malformed { detail },
+                    _ => Rejection::Internal { detail },
                 });
             }
         };
@@ -632,7 +660,7 @@ impl NodeService {
         self.lease_gone(&record.lease);
         self.backend
             .destroy(&record.sliver_id)
-            .map_err(|detail| Rejection::Internal { detail })
+            .map_err(Rejection::from)
     }
 
     fn status(&self, caller: &PublicKey, ad: &Signed<ResourceAd>) -> Result<NodeStatus, Rejection> {
@@ -650,10 +678,11 @@ impl NodeService {
         })
     }
 
-    /// Tears down slivers whose lease ended; returns the lease ids reaped.
-    pub fn reap(&self, now: u64) -> Vec<String> {
+    /// Tears down slivers whose lease ended; returns the lease ids reaped, or why the ledger
+    /// could not be read (nothing is reaped then).
+    pub fn reap(&self, now: u64) -> Result<Vec<String>, LedgerError> {
         let mut reaped = Vec::new();
-        for record in self.ledger.expired(now).unwrap_or_default() {
+        for record in self.ledger.expired(now)? {
             if let Err(e) = self.backend.destroy(&record.sliver_id) {
                 tracing::warn!(lease = %record.lease.lease_id, error = %e, "expired sliver not destroyed; will retry");
                 continue;
@@ -663,16 +692,14 @@ impl NodeService {
                 reaped.push(record.lease.lease_id);
             }
         }
-        reaped
+        Ok(reaped)
     }
 
     /// Decommissions the node: destroys every sliver, removes every lease from the ledger and
     /// tears down node-wide state. Spends stay recorded (a ticket is never spent twice).
     pub fn decommission(&self) -> Result<usize, Rejection> {
         let leases = self.ledger.leases().map_err(storage)?;
-        self.backend
-            .wipe()
-            .map_err(|detail| Rejection::Internal { detail })?;
+        self.backend.wipe().map_err(Rejection::from)?;
         for record in &leases {
             self.ledger
                 .remove(&record.lease.lease_id)
@@ -716,9 +743,7 @@ impl NodeService {
         }
         for id in live {
             if !leased.contains_key(&id) {
-                self.backend
-                    .destroy(&id)
-                    .map_err(|detail| Rejection::Internal { detail })?;
+                self.backend.destroy(&id).map_err(Rejection::from)?;
                 out.orphans.push(id);
             }
         }
@@ -732,17 +757,9 @@ fn new_lease_id() -> String {
 }
 
 fn check_ssh_key(key: &str) -> Result<(), Rejection> {
-    let mut parts = key.split_whitespace();
-    let (Some(kind), Some(body)) = (parts.next(), parts.next()) else {
-        return Err(Rejection::Malformed {
-            detail: "an SSH key line is `<type> <base64> [comment]`".into(),
-        });
-    };
-    let known = kind.starts_with("ssh-") || kind.starts_with("ecdsa-") || kind.starts_with("sk-");
-    if !known || body.len() < 16 || key.contains('\n') || key.len() > 16 * 1024 {
-        return Err(Rejection::Malformed {
-            detail: format!("not an OpenSSH public key line: {kind:?}"),
-        });
-    }
-    Ok(())
+    crate::sliver::keyline::check(key)
+        .map(drop)
+        .map_err(|reason| Rejection::Malformed {
+            detail: format!("not an OpenSSH public key line: {reason}"),
+        })
 }

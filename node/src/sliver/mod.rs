@@ -50,6 +50,7 @@ pub mod enter;
 pub mod host;
 pub mod htb;
 pub mod init;
+pub mod keyline;
 pub mod linux;
 pub mod mountfd;
 pub mod netlink;
@@ -997,31 +998,16 @@ impl<H: Host> Slivers<H> {
 }
 
 fn check_key(id: &SliverId, key: &str) -> Result<String, SliverError> {
-    let key = key.trim();
-    let bad = |reason| SliverError::InvalidKey {
-        id: id.clone(),
-        reason,
-    };
-    if key.contains('\n') || key.contains('\r') {
-        return Err(bad("more than one line"));
-    }
-    let mut parts = key.split_whitespace();
-    let kind = parts.next().ok_or(bad("empty"))?;
-    if !(kind.starts_with("ssh-") || kind.starts_with("ecdsa-") || kind.starts_with("sk-")) {
-        return Err(bad("expected a key type such as ssh-ed25519"));
-    }
-    let blob = parts.next().ok_or(bad("no key material"))?;
-    if !blob
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=')
-    {
-        return Err(bad("key material is not base64"));
-    }
-    Ok(key.to_string())
+    keyline::check(key)
+        .map(str::to_owned)
+        .map_err(|reason| SliverError::InvalidKey {
+            id: id.clone(),
+            reason,
+        })
 }
 
 fn key_blob(key: &str) -> &str {
-    key.split_whitespace().nth(1).unwrap_or("")
+    keyline::blob(key)
 }
 
 fn read_keys(id: &SliverId, path: &std::path::Path) -> Result<Vec<String>, SliverError> {
