@@ -5,10 +5,11 @@
 
 use std::path::PathBuf;
 
-use agentd::daemon::config::{AgentConfig, DEFAULT_CONFIG};
+use agentd::daemon::config::{AgentConfig, AgentKind, default_config};
 use anyhow::Context;
-use capability_schema::SecretKey;
 use clap::{Parser, Subcommand};
+use federation::daemon::DaemonKind;
+use federation::daemon::runtime::{describe_key, init, load_key};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -35,6 +36,13 @@ enum Command {
         #[arg(long)]
         federation: String,
     },
+    /// Print this agent's public key and peer id (for `fedctl certify --subject` and for
+    /// others' bootstrap addresses).
+    Key {
+        /// The key file.
+        #[arg(long, default_value = AgentKind::KEY_FILE)]
+        key: PathBuf,
+    },
     /// Run the daemon.
     Run {
         /// The config file.
@@ -48,24 +56,21 @@ fn main() -> anyhow::Result<()> {
     federation::daemon::init_tracing(cli.json_logs);
     match cli.command {
         Command::Init { dir, federation } => {
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            let config = dir.join("agent.toml");
-            if config.exists() {
-                anyhow::bail!("{} exists already; not overwriting it", config.display());
-            }
-            let key = SecretKey::generate();
-            key.save(&dir.join("agent.key"))?;
-            std::fs::write(&config, DEFAULT_CONFIG.replace("{federation}", &federation))?;
+            let key = init::<AgentKind>(&dir, "agent.toml", &default_config(&federation))?;
             println!(
                 "wrote {} and {}",
-                config.display(),
-                dir.join("agent.key").display()
+                dir.join("agent.toml").display(),
+                dir.join(AgentKind::KEY_FILE).display()
             );
-            println!("agent key: {}", key.public());
+            println!("{}", describe_key(&key.public()));
             println!(
                 "next: fedctl certify --role agent --subject {}",
                 key.public()
             );
+            Ok(())
+        }
+        Command::Key { key } => {
+            println!("{}", describe_key(&load_key::<AgentKind>(&key)?.public()));
             Ok(())
         }
         Command::Run { config } => {

@@ -1,9 +1,9 @@
 //! Wiring the agent daemon: config → key, trust (anchors and peering), policy, ledger →
 //! overlay (ads feed the inventory), agent-protocol server, HTTP → graceful shutdown.
 //!
-//! Requests are admitted fairly (`federation::daemon::serve`: one principal holds at most a
-//! quarter of the [`MAX_IN_FLIGHT`] places) and run on the blocking pool (minting and the
-//! durable ledger write are synchronous). Validated ads from the overlay enter the inventory as
+//! It runs on the daemon skeleton (`federation::daemon::Runtime`): requests are admitted fairly
+//! (one principal holds at most a quarter of `max_in_flight` places) and run on the blocking
+//! pool (minting and the durable ledger write are synchronous). Validated ads from the overlay enter the inventory as
 //! they arrive; expired ones leave it when queried.
 
 use std::future::Future;
@@ -11,22 +11,19 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use anyhow::Context;
 use capability_schema::protocol::{AgentRequest, AgentResponse};
-use capability_schema::{PublicKey, Role, SecretKey, Signed, codec};
-use federation::daemon::{DRAIN_DEADLINE, Fairness};
+use capability_schema::{PublicKey, Role, Signed, codec};
+use federation::daemon::runtime::load_key;
+use federation::daemon::{DaemonError, Fairness, Runtime, SHUTDOWN_DEADLINE};
 use federation::overlay::AgentProtocol;
 use federation::{Overlay, OverlayConfig, OverlayHandle, unix_now};
 use tokio::sync::{broadcast, watch};
 
-use super::config::AgentConfig;
+use super::config::{AgentConfig, AgentKind};
 use super::http;
 use crate::agent::{Agent, AgentParts, Pricing};
 use crate::ledger::TicketLedger;
 use crate::policy::Policy;
-
-/// Most requests served at once.
-pub const MAX_IN_FLIGHT: usize = 64;
 
 /// What the HTTP endpoint and tests see of a running agent.
 #[derive(Debug)]
@@ -55,27 +52,40 @@ pub struct RunningAgent {
 /// Starts the agent; returns once it is serving, with the future that shuts it down.
 pub async fn start(
     config: AgentConfig,
-) -> anyhow::Result<(RunningAgent, impl Future<Output = ()>)> {
-    std::fs::create_dir_all(&config.state_dir)
-        .with_context(|| format!("creating {}", config.state_dir.display()))?;
-    let key = SecretKey::load(&config.key_file)
-        .context("loading the agent key (run `agentd init` first?)")?;
-    federation::daemon::load_membership(&config.membership, &key, Role::Agent, &config.federation)?;
-    let mut trust = federation::daemon::trust_store(&config.trust)?;
+) -> Result<(RunningAgent, impl Future<Output = ()>), DaemonError> {
+    let common = &config.common;
+    std::fs::create_dir_all(&config.state_dir).map_err(|e| DaemonError::State {
+        path: config.state_dir.clone(),
+        detail: e.to_string(),
+    })?;
+    let key = load_key::<AgentKind>(&common.key_file)?;
+    let trust_error = |e: anyhow::Error| DaemonError::Trust(format!("{e:#}"));
+    federation::daemon::load_membership(&common.membership, &key, Role::Agent, &common.federation)
+        .map_err(trust_error)?;
+    let mut trust = federation::daemon::trust_store(&common.trust).map_err(trust_error)?;
     for path in &config.peering {
-        let bytes = std::fs::read(path)
-            .with_context(|| format!("reading peering agreement {}", path.display()))?;
-        let signed: Signed<capability_schema::PeeringAgreement> = codec::decode(&bytes)
-            .with_context(|| format!("{} is not a peering agreement", path.display()))?;
-        trust
-            .add_agreement(&signed)
-            .map_err(|e| anyhow::anyhow!("peering agreement {}: {e}", path.display()))?;
+        let agreement = std::fs::read(path)
+            .map_err(|e| format!("reading peering agreement {}: {e}", path.display()))
+            .and_then(|bytes| {
+                codec::decode::<Signed<capability_schema::PeeringAgreement>>(&bytes)
+                    .map_err(|e| format!("{} is not a peering agreement: {e}", path.display()))
+            })
+            .and_then(|signed| {
+                trust
+                    .add_agreement(&signed)
+                    .map_err(|e| format!("peering agreement {}: {e}", path.display()))
+            });
+        agreement.map_err(DaemonError::Trust)?;
     }
     let policy = Policy::new(config.load_policy()?);
-    let ledger = TicketLedger::open(&config.state_dir.join("tickets.redb"))?;
+    let ledger_path = config.state_dir.join("tickets.redb");
+    let ledger = TicketLedger::open(&ledger_path).map_err(|e| DaemonError::State {
+        path: ledger_path,
+        detail: e.to_string(),
+    })?;
     let agent = Arc::new(Agent::new(AgentParts {
         key: key.clone(),
-        federation: config.federation.clone(),
+        federation: common.federation.clone(),
         policy,
         pricing: Pricing {
             base: config.prices,
@@ -85,20 +95,10 @@ pub async fn start(
         ledger,
     }));
     let overlay_config = OverlayConfig {
-        listen: config
-            .listen
-            .iter()
-            .map(|a| a.parse())
-            .collect::<Result<_, _>>()
-            .context("listen address")?,
-        bootstrap: config
-            .bootstrap
-            .iter()
-            .map(|a| a.parse())
-            .collect::<Result<_, _>>()
-            .context("bootstrap address")?,
+        listen: common.listen.clone(),
+        bootstrap: common.bootstrap.clone(),
         federations: config.follow.clone(),
-        mdns: config.mdns,
+        mdns: common.mdns,
         ..OverlayConfig::default()
     };
     let overlay = Overlay::start(
@@ -106,122 +106,105 @@ pub async fn start(
         overlay_config,
         Arc::new(std::sync::RwLock::new(trust)),
     )
-    .await
-    .context("starting the overlay")?;
+    .await?;
     let state = Arc::new(AgentState {
         agent: Arc::clone(&agent),
         tickets_minted: 0.into(),
         refused: 0.into(),
         ads_taken: 0.into(),
     });
-    let (stop_tx, stop) = watch::channel(false);
-
-    // Ads into the inventory.
-    let ads = {
-        let (state, mut stop, mut feed) = (Arc::clone(&state), stop.clone(), overlay.ads());
-        tokio::spawn(async move {
-            loop {
-                let event = tokio::select! {
-                    _ = stop.wait_for(|s| *s) => break,
-                    event = feed.recv() => event,
-                };
-                match event {
-                    Ok(event) => {
-                        let taken = state
-                            .agent
-                            .with_inventory(|inv| inv.offer(event.signed, event.ad, unix_now()));
-                        if taken.is_ok() {
-                            state.ads_taken.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(lost = n, "ad feed lagged; nodes re-announce")
-                    }
-                    Err(broadcast::error::RecvError::Closed) => break,
-                }
-            }
-        })
-    };
-    // HTTP.
-    let (http_addr, http_task) = if config.http.is_empty() {
-        (None, None)
-    } else {
-        let listener = tokio::net::TcpListener::bind(&config.http)
-            .await
-            .with_context(|| format!("binding http {}", config.http))?;
-        let addr = listener.local_addr()?;
-        let (state, mut stop) = (Arc::clone(&state), stop.clone());
-        let task = tokio::spawn(async move {
-            let serve =
-                axum::serve(listener, http::router(state)).with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                });
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "http server");
-            }
-        });
-        (Some(addr), Some(task))
-    };
-    // Protocol server.
-    let requests = overlay.serve::<AgentProtocol>().await?;
-    let server = {
+    let mut runtime = Runtime::new(overlay.clone());
+    runtime.spawn(
+        "inventory",
+        take_ads(Arc::clone(&state), overlay.ads(), runtime.stop_signal()),
+    );
+    let http = runtime
+        .serve_http(common.http, http::router(Arc::clone(&state)))
+        .await?;
+    let handler = {
         let (state, trust) = (Arc::clone(&state), Arc::clone(overlay.trust()));
-        let handler = move |peer: PublicKey, request: AgentRequest| {
+        move |peer: PublicKey, request: AgentRequest| {
             let (state, trust) = (Arc::clone(&state), Arc::clone(&trust));
-            async move {
-                let handler = Arc::clone(&state);
-                let reply = tokio::task::spawn_blocking(move || {
-                    let trust = trust
-                        .read()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
-                    handler.agent.handle(&trust, &peer, request, unix_now())
-                })
-                .await
-                .unwrap_or_else(|e| {
-                    Err(capability_schema::Rejection::Internal {
-                        detail: format!("handler failed: {e}"),
-                    }
-                    .into())
-                });
-                match &reply {
-                    Ok(AgentResponse::Tickets { issued, .. }) => {
-                        state
-                            .tickets_minted
-                            .fetch_add(issued.len() as u64, Ordering::Relaxed);
-                    }
-                    Err(_) => {
-                        state.refused.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(_) => {}
-                }
-                reply
-            }
-        };
-        tokio::spawn(federation::daemon::serve_protocol(
-            requests,
-            Fairness::with_limit(MAX_IN_FLIGHT),
+            async move { answer(&state, trust, peer, request).await }
+        }
+    };
+    runtime
+        .serve::<AgentProtocol, _, _>(
+            Fairness::with_limit(common.max_in_flight),
             1,
             |_| 0,
             handler,
-            stop.clone(),
-            DRAIN_DEADLINE,
-        ))
-    };
+        )
+        .await?;
     let running = RunningAgent {
-        overlay: overlay.clone(),
-        http: http_addr,
+        overlay,
+        http,
         state,
     };
-    let shutdown = async move {
-        let _ = stop_tx.send(true);
-        let _ = server.await;
-        if let Some(task) = http_task {
-            let _ = task.await;
+    Ok((running, runtime.shutdown(SHUTDOWN_DEADLINE)))
+}
+
+/// Validated ads from the overlay into the inventory, until the daemon stops.
+async fn take_ads(
+    state: Arc<AgentState>,
+    mut feed: broadcast::Receiver<federation::overlay::AdEvent>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let event = tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            event = feed.recv() => event,
+        };
+        match event {
+            Ok(event) => {
+                let taken = state
+                    .agent
+                    .with_inventory(|inv| inv.offer(event.signed, event.ad, unix_now()));
+                if taken.is_ok() {
+                    state.ads_taken.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(lost = n, "ad feed lagged; nodes re-announce")
+            }
+            Err(broadcast::error::RecvError::Closed) => break,
         }
-        let _ = ads.await;
-        overlay.shutdown().await;
-    };
-    Ok((running, shutdown))
+    }
+}
+
+/// One agent-protocol request, on the blocking pool (minting writes the durable ledger).
+async fn answer(
+    state: &Arc<AgentState>,
+    trust: federation::SharedTrust,
+    peer: PublicKey,
+    request: AgentRequest,
+) -> capability_schema::protocol::Reply<AgentResponse> {
+    let handler = Arc::clone(state);
+    let reply = tokio::task::spawn_blocking(move || {
+        let trust = trust
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        handler.agent.handle(&trust, &peer, request, unix_now())
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(capability_schema::Rejection::Internal {
+            detail: format!("handler failed: {e}"),
+        }
+        .into())
+    });
+    match &reply {
+        Ok(AgentResponse::Tickets { issued, .. }) => {
+            state
+                .tickets_minted
+                .fetch_add(issued.len() as u64, Ordering::Relaxed);
+        }
+        Err(_) => {
+            state.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(_) => {}
+    }
+    reply
 }
 
 /// For tests and tools: the request type this daemon serves.

@@ -9,8 +9,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::TrustStore;
 
+pub mod config;
+pub mod runtime;
 pub mod serve;
 
+pub use config::{CommonConfig, ConfigError, DaemonKind};
+pub use runtime::{DaemonError, Runtime, SHUTDOWN_DEADLINE};
 pub use serve::{DRAIN_DEADLINE, Fairness, serve_protocol};
 
 /// A trusted federation authority, as configs list them (`[[trust]]`).
