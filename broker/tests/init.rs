@@ -39,8 +39,8 @@ fn init_writes_a_loadable_config_and_a_private_key_and_never_overwrites() {
     );
 
     let config = BrokerConfig::load(&dir.join("broker.toml")).expect("the written config loads");
-    assert_eq!(config.federation, "plc");
-    assert_eq!(config.key_file, key_file);
+    assert_eq!(config.common.federation, "plc");
+    assert_eq!(config.common.key_file, key_file);
     assert_eq!(config.follow, vec!["plc".to_owned()]);
 
     // A second init refuses, says what to do, and leaves both files as they were.

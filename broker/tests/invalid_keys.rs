@@ -15,6 +15,7 @@ use capability_schema::slice::{SliceConstraints, SliceKind, SliverTarget};
 use capability_schema::{
     AcquireMode, PublicKey, Resources, SecretKey, SignatureError, Signed, SliceRequest,
 };
+use federation::daemon::CommonConfig;
 use federation::overlay::{AgentProtocol, ServeStream};
 use federation::testing::TestFederation;
 use federation::{Overlay, OverlayConfig, OverlayHandle, TrustStore, unix_now};
@@ -94,25 +95,24 @@ async fn an_ad_naming_an_agent_key_that_is_no_point_does_not_take_the_broker_dow
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("broker.key");
     SecretKey::generate().save(&key_file).unwrap();
+    let mut common = CommonConfig::new("f1");
+    common.key_file = key_file;
+    common.membership = dir.path().join("membership.cbor");
+    common.trust = vec![TrustedFederation {
+        name: "f1".into(),
+        authority: f1.authority.public(),
+    }];
+    common.listen = vec!["/memory/0".parse().unwrap()];
+    common.http = None;
+    common.max_in_flight = 4;
     let config = BrokerConfig {
-        key_file,
-        federation: "f1".into(),
-        membership: dir.path().join("membership.cbor"),
-        trust: vec![TrustedFederation {
-            name: "f1".into(),
-            authority: f1.authority.public(),
-        }],
+        common,
         follow: vec!["f1".into()],
         agents: Vec::new(),
         discover_agents: true,
-        listen: vec!["/memory/0".into()],
-        bootstrap: Vec::new(),
-        mdns: false,
-        http: String::new(),
         call_timeout_secs: 5,
         concurrency: 4,
         max_rounds: 2,
-        max_in_flight: 4,
         acquire_deadline_secs: 0,
     };
     let (running, shutdown) = broker::daemon::run::start(config).await.unwrap();

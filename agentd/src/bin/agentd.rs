@@ -62,7 +62,7 @@ fn main() -> anyhow::Result<()> {
                 dir.join("agent.toml").display(),
                 dir.join(AgentKind::KEY_FILE).display()
             );
-            println!("{}", describe_key(&key.public()));
+            println!("{}", describe_key::<AgentKind>(&key.public()));
             println!(
                 "next: fedctl certify --role agent --subject {}",
                 key.public()
@@ -70,7 +70,10 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Key { key } => {
-            println!("{}", describe_key(&load_key::<AgentKind>(&key)?.public()));
+            println!(
+                "{}",
+                describe_key::<AgentKind>(&load_key::<AgentKind>(&key)?.public())
+            );
             Ok(())
         }
         Command::Run { config } => {

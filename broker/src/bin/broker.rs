@@ -7,9 +7,10 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use broker::daemon::config::{BrokerConfig, DEFAULT_CONFIG};
-use capability_schema::SecretKey;
+use broker::daemon::config::{BrokerConfig, BrokerKind, default_config};
 use clap::{Parser, Subcommand};
+use federation::daemon::DaemonKind;
+use federation::daemon::runtime::{describe_key, init, load_key};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -36,6 +37,13 @@ enum Command {
         #[arg(long)]
         federation: String,
     },
+    /// Print this broker's public key and peer id (for `fedctl certify --subject` and for
+    /// others' bootstrap addresses).
+    Key {
+        /// The key file.
+        #[arg(long, default_value = BrokerKind::KEY_FILE)]
+        key: PathBuf,
+    },
     /// Run the daemon.
     Run {
         /// The config file.
@@ -49,30 +57,24 @@ fn main() -> anyhow::Result<()> {
     federation::daemon::init_tracing(cli.json_logs);
     match cli.command {
         Command::Init { dir, federation } => {
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            let config = dir.join("broker.toml");
-            let key_file = dir.join("broker.key");
-            for path in [&config, &key_file] {
-                if path.exists() {
-                    anyhow::bail!(
-                        "{} exists already; not overwriting it (this directory holds a broker: \
-                         run it with `broker run --config {}`, or init into another --dir)",
-                        path.display(),
-                        config.display()
-                    );
-                }
-            }
-            let key = SecretKey::generate();
-            key.save(&key_file)
-                .with_context(|| format!("writing the key {}", key_file.display()))?;
-            std::fs::write(&config, DEFAULT_CONFIG.replace("{federation}", &federation))
-                .with_context(|| format!("writing {}", config.display()))?;
-            println!("wrote {} and {}", config.display(), key_file.display());
-            println!("broker key: {}", key.public());
+            let key = init::<BrokerKind>(&dir, "broker.toml", &default_config(&federation))?;
+            println!(
+                "wrote {} and {}",
+                dir.join("broker.toml").display(),
+                dir.join(BrokerKind::KEY_FILE).display()
+            );
+            println!("{}", describe_key::<BrokerKind>(&key.public()));
             println!(
                 "next: list agents under [[agents]] and trusted federations under [[trust]]; \
                  optionally fedctl certify --role broker --subject {}",
                 key.public()
+            );
+            Ok(())
+        }
+        Command::Key { key } => {
+            println!(
+                "{}",
+                describe_key::<BrokerKind>(&load_key::<BrokerKind>(&key)?.public())
             );
             Ok(())
         }

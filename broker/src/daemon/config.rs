@@ -1,14 +1,15 @@
 //! `broker.toml`: the broker daemon's configuration. Every field documents its default; paths
-//! are relative to the config file's directory. `broker init` writes [`DEFAULT_CONFIG`].
+//! are relative to the config file's directory. The settings every daemon has are
+//! `federation::daemon::CommonConfig`, flattened in; `broker init` writes [`default_config`].
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use capability_schema::PublicKey;
+use capability_schema::{PublicKey, Role};
 pub use federation::daemon::TrustedFederation;
+use federation::daemon::{CommonConfig, ConfigError, DaemonKind};
 use serde::{Deserialize, Serialize};
 
-use super::DaemonError;
 use crate::acquire::AcquireSettings;
 
 /// An agent the broker asks, as the config lists it (`[[agents]]`).
@@ -26,24 +27,27 @@ pub struct AgentEntry {
     pub federation: Option<String>,
 }
 
+/// The broker's place in the daemon skeleton: its defaults for the common settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BrokerKind;
+
+impl DaemonKind for BrokerKind {
+    const PROGRAM: &'static str = "broker";
+    const ROLE: Role = Role::Broker;
+    const KEY_FILE: &'static str = "broker.key";
+    const PORT: u16 = 4201;
+    const HTTP_PORT: u16 = 9182;
+    const MAX_IN_FLIGHT: usize = 32;
+}
+
 /// The broker daemon's configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct BrokerConfig {
-    /// The broker's key file (default `broker.key`).
-    #[serde(default = "default_key_file")]
-    pub key_file: PathBuf,
-    /// The federation the broker belongs to.
-    pub federation: String,
-    /// The broker's membership certificate (default `membership.cbor`, from `fedctl certify
-    /// --role broker`); checked when present, optional because agents judge principals, not
-    /// brokers.
-    #[serde(default = "default_membership")]
-    pub membership: PathBuf,
-    /// Federation authorities the broker trusts: ads of other federations are believed only
-    /// under their authority.
-    #[serde(default)]
-    pub trust: Vec<TrustedFederation>,
+    /// Key, federation, membership (checked when present: agents judge principals, not
+    /// brokers), trust (ads of other federations are believed only under their authority),
+    /// listen, bootstrap, mdns, http, max_in_flight.
+    #[serde(flatten)]
+    pub common: CommonConfig<BrokerKind>,
     /// Federations whose ads to follow, to learn agents from delegations (default: its own).
     #[serde(default)]
     pub follow: Vec<String>,
@@ -53,21 +57,6 @@ pub struct BrokerConfig {
     /// Also ask agents named in the delegations of ads seen (default true).
     #[serde(default = "yes")]
     pub discover_agents: bool,
-    /// libp2p listen addresses (default `/ip4/0.0.0.0/tcp/4201`).
-    /// A `/udp/PORT/quic-v1` address listens on QUIC once the overlay supports it (TCP and
-    /// QUIC addresses may be mixed).
-    #[serde(default = "default_listen")]
-    pub listen: Vec<String>,
-    /// Peers to join through (default none).
-    #[serde(default)]
-    pub bootstrap: Vec<String>,
-    /// Discover peers on the local network by multicast DNS (default false: off; turn it on
-    /// for a LAN testbed, where peers then need no `bootstrap`).
-    #[serde(default)]
-    pub mdns: bool,
-    /// HTTP status and metrics endpoint (default `127.0.0.1:9182`; empty string: off).
-    #[serde(default = "default_http")]
-    pub http: String,
     /// The longest one agent call may take, in seconds (default 10).
     #[serde(default = "default_call_timeout")]
     pub call_timeout_secs: u64,
@@ -77,9 +66,6 @@ pub struct BrokerConfig {
     /// Most ticket rounds per acquisition: the first plan plus replans (default 4).
     #[serde(default = "default_max_rounds")]
     pub max_rounds: u32,
-    /// Most broker requests served at once (default 32).
-    #[serde(default = "default_max_in_flight")]
-    pub max_in_flight: usize,
     /// The longest a whole acquisition may take, in seconds: gathering offers, ticket rounds
     /// and replans (default 0: three times `call_timeout_secs`). Handing tickets back after a
     /// failure is bounded by `call_timeout_secs` alone.
@@ -90,18 +76,6 @@ pub struct BrokerConfig {
 fn yes() -> bool {
     true
 }
-fn default_key_file() -> PathBuf {
-    "broker.key".into()
-}
-fn default_membership() -> PathBuf {
-    "membership.cbor".into()
-}
-fn default_listen() -> Vec<String> {
-    vec!["/ip4/0.0.0.0/tcp/4201".into()]
-}
-fn default_http() -> String {
-    "127.0.0.1:9182".into()
-}
 fn default_call_timeout() -> u64 {
     10
 }
@@ -111,25 +85,9 @@ fn default_concurrency() -> usize {
 fn default_max_rounds() -> u32 {
     4
 }
-fn default_max_in_flight() -> usize {
-    32
-}
 
-/// The commented default config `broker init` writes (`{federation}` is filled in).
-pub const DEFAULT_CONFIG: &str = r#"# PlanetMesh broker configuration. Paths are relative to this file.
-# Every commented line shows a default.
-
-# The federation this broker belongs to.
-federation = "{federation}"
-
-# key_file = "broker.key"             # this broker's key (0600)
-# membership = "membership.cbor"      # from: fedctl certify --role broker (optional)
-
-# Federation authorities this broker trusts (ads of a federation not listed are dropped):
-# [[trust]]
-# name = "{federation}"
-# authority = "ed25519/..."
-
+/// The broker's own settings in the commented default config.
+const BROKER_TEMPLATE: &str = r#"
 # Agents to ask for offers and tickets:
 # [[agents]]
 # key = "ed25519/..."
@@ -138,40 +96,37 @@ federation = "{federation}"
 
 # follow = ["{federation}"]           # federations whose ads to follow
 # discover_agents = true              # also ask agents named in the ads' delegations
-# listen = ["/ip4/0.0.0.0/tcp/4201"]  # add "/ip4/0.0.0.0/udp/4201/quic-v1" for QUIC
-#                                     # (once the overlay supports it)
-# bootstrap = []
-# mdns = false                        # discover peers on the local network by multicast DNS;
-#                                     # off by default, turn on for a LAN testbed
-# http = "127.0.0.1:9182"             # /status, /metrics ("" = off)
 # call_timeout_secs = 10              # the longest one agent call may take
 # concurrency = 16                    # agent calls in flight per request
 # max_rounds = 4                      # ticket rounds per acquisition (first plan + replans)
 # acquire_deadline_secs = 0           # a whole acquisition's limit (0: 3 x call_timeout_secs)
-# max_in_flight = 32                  # broker requests served at once
 "#;
+
+/// The commented default config `broker init` writes for `federation`.
+pub fn default_config(federation: &str) -> String {
+    format!(
+        "# PlanetMesh broker configuration. Paths are relative to this file.\n\
+         # Every commented line shows a default.\n\n{}{}",
+        CommonConfig::<BrokerKind>::template(federation),
+        BROKER_TEMPLATE.replace("{federation}", federation)
+    )
+}
 
 impl BrokerConfig {
     /// Reads and checks `path`; relative paths are resolved against its directory.
-    pub fn load(path: &Path) -> Result<BrokerConfig, DaemonError> {
-        let config_error = |detail: String| DaemonError::Config {
+    pub fn load(path: &Path) -> Result<BrokerConfig, ConfigError> {
+        let mut config: BrokerConfig = federation::daemon::config::load(path, BrokerKind::PROGRAM)?;
+        let invalid = |detail: String| ConfigError::Invalid {
             path: path.to_owned(),
             detail,
         };
-        let text = std::fs::read_to_string(path).map_err(|e| config_error(e.to_string()))?;
-        let mut config: BrokerConfig =
-            toml::from_str(&text).map_err(|e| config_error(e.to_string()))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [&mut config.key_file, &mut config.membership] {
-            if p.is_relative() {
-                *p = base.join(&*p);
-            }
-        }
+        config.common.resolve(base).map_err(invalid)?;
         if config.follow.is_empty() {
-            config.follow.push(config.federation.clone());
+            config.follow.push(config.common.federation.clone());
         }
-        if config.call_timeout_secs == 0 || config.concurrency == 0 || config.max_in_flight == 0 {
-            return Err(config_error(
+        if config.call_timeout_secs == 0 || config.concurrency == 0 {
+            return Err(invalid(
                 "call_timeout_secs, concurrency and max_in_flight must be at least 1".into(),
             ));
         }
@@ -180,7 +135,7 @@ impl BrokerConfig {
                 address
                     .parse::<federation::overlay::Multiaddr>()
                     .map_err(|e| {
-                        config_error(format!("agent {}: address {address:?}: {e}", agent.key))
+                        invalid(format!("agent {}: address {address:?}: {e}", agent.key))
                     })?;
             }
         }
@@ -214,10 +169,10 @@ mod tests {
     fn default_config_parses_and_mistakes_name_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("broker.toml");
-        std::fs::write(&path, DEFAULT_CONFIG.replace("{federation}", "plc")).unwrap();
+        std::fs::write(&path, default_config("plc")).unwrap();
         let config = BrokerConfig::load(&path).unwrap();
         assert_eq!(config.follow, vec!["plc".to_owned()]);
-        assert_eq!(config.key_file, dir.path().join("broker.key"));
+        assert_eq!(config.common.key_file, dir.path().join("broker.key"));
         assert!(config.discover_agents);
         assert_eq!(config.acquire_settings().max_rounds, 4);
         assert_eq!(config.acquire_deadline(), Duration::from_secs(30));
@@ -253,13 +208,10 @@ mod tests {
 
     #[test]
     fn mdns_is_off_by_default_and_documented_in_the_default_config() {
-        federation::testing::check_mdns_setting(
-            &DEFAULT_CONFIG.replace("{federation}", "plc"),
-            |path| {
-                BrokerConfig::load(path)
-                    .map(|c| c.mdns)
-                    .map_err(|e| e.to_string())
-            },
-        );
+        federation::testing::check_mdns_setting(&default_config("plc"), |path| {
+            BrokerConfig::load(path)
+                .map(|c| c.common.mdns)
+                .map_err(|e| e.to_string())
+        });
     }
 }

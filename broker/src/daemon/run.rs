@@ -19,14 +19,15 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use capability_schema::{ErrorReply, PublicKey, Rejection, Role, SecretKey, SliceRequest};
-use federation::daemon::{DRAIN_DEADLINE, Fairness};
+use capability_schema::{ErrorReply, PublicKey, Rejection, Role, SliceRequest};
+use federation::daemon::runtime::load_key;
+use federation::daemon::{Fairness, Runtime, SHUTDOWN_DEADLINE};
 use federation::overlay::Multiaddr;
 use federation::{Overlay, OverlayConfig, OverlayHandle};
 use tokio::sync::{broadcast, watch};
 
 use super::DaemonError;
-use super::config::BrokerConfig;
+use super::config::{BrokerConfig, BrokerKind};
 use super::http;
 use crate::acquire::{Acquirer, OverlayAgents};
 use crate::wire::{BrokerAnswer, BrokerAnswerProtocol, BrokerCall, failure_answer};
@@ -82,37 +83,24 @@ pub struct RunningBroker {
     pub state: Arc<BrokerState>,
 }
 
-fn parse_addrs(list: &[String], what: &str) -> Result<Vec<Multiaddr>, DaemonError> {
-    list.iter()
-        .map(|a| {
-            a.parse().map_err(|e| DaemonError::Config {
-                path: what.into(),
-                detail: format!("{a:?}: {e}"),
-            })
-        })
-        .collect()
-}
-
 /// Starts the broker; returns once it is serving, with the future that shuts it down.
 pub async fn start(
     config: BrokerConfig,
 ) -> Result<(RunningBroker, impl Future<Output = ()>), DaemonError> {
-    let key = SecretKey::load(&config.key_file).map_err(|source| DaemonError::Key {
-        path: config.key_file.clone(),
-        source,
-    })?;
-    if config.membership.exists() {
+    let common = &config.common;
+    let key = load_key::<BrokerKind>(&common.key_file)?;
+    if common.membership.exists() {
         federation::daemon::load_membership(
-            &config.membership,
+            &common.membership,
             &key,
             Role::Broker,
-            &config.federation,
+            &common.federation,
         )
         .map_err(|e| DaemonError::Trust(e.to_string()))?;
     } else {
-        tracing::info!(path = %config.membership.display(), "no membership certificate; serving without one");
+        tracing::info!(path = %common.membership.display(), "no membership certificate; serving without one");
     }
-    let trust = federation::daemon::trust_store(&config.trust)
+    let trust = federation::daemon::trust_store(&common.trust)
         .map_err(|e| DaemonError::Trust(e.to_string()))?;
     let trusted: Vec<String> = trust.federations().map(|(n, _)| n.to_owned()).collect();
     let follow: Vec<String> = config
@@ -125,40 +113,15 @@ pub async fn start(
         tracing::warn!(federation = %f, "not following: no [[trust]] entry for it");
     }
     let overlay_config = OverlayConfig {
-        listen: parse_addrs(&config.listen, "listen")?,
-        bootstrap: parse_addrs(&config.bootstrap, "bootstrap")?,
+        listen: common.listen.clone(),
+        bootstrap: common.bootstrap.clone(),
         federations: follow,
-        mdns: config.mdns,
+        mdns: common.mdns,
         ..OverlayConfig::default()
     };
     let overlay = Overlay::start(&key, overlay_config, Arc::new(RwLock::new(trust))).await?;
-
-    let mut agents = BTreeMap::new();
-    for entry in &config.agents {
-        agents.insert(
-            entry.key,
-            KnownAgent {
-                federation: entry.federation.clone(),
-                configured: true,
-            },
-        );
-        if let Some(address) = &entry.address {
-            let addr: Multiaddr = address.parse().map_err(|e| DaemonError::Config {
-                path: "agents".into(),
-                detail: format!("{address:?}: {e}"),
-            })?;
-            overlay
-                .add_addresses(&entry.key, vec![addr.clone()])
-                .await?;
-            // Connect early; a failure here is retried by each request.
-            let overlay = overlay.clone();
-            tokio::spawn(async move {
-                if let Err(e) = overlay.dial(addr).await {
-                    tracing::warn!(error = %e, "agent not reachable yet");
-                }
-            });
-        }
-    }
+    let mut runtime = Runtime::new(overlay.clone());
+    let agents = configured_agents(&config, &mut runtime).await?;
     let state = Arc::new(BrokerState {
         key: key.public(),
         agents: RwLock::new(agents),
@@ -176,106 +139,104 @@ pub async fn start(
         )
         .with_deadline(config.acquire_deadline()),
     );
-    let (stop_tx, stop) = watch::channel(false);
-
-    // Agents learned from ads.
-    let discovery = if config.discover_agents {
-        let (state, mut stop, mut feed) = (Arc::clone(&state), stop.clone(), overlay.ads());
-        Some(tokio::spawn(async move {
-            loop {
-                let event = tokio::select! {
-                    _ = stop.wait_for(|s| *s) => break,
-                    event = feed.recv() => event,
-                };
-                match event {
-                    Ok(event) => {
-                        let mut agents = state
-                            .agents
-                            .write()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner);
-                        for share in &event.ad.shares {
-                            agents.entry(share.agent).or_insert_with(|| {
-                                tracing::info!(agent = %share.agent, federation = %event.ad.federation, "agent learned from an ad");
-                                KnownAgent {
-                                    federation: Some(event.ad.federation.clone()),
-                                    configured: false,
-                                }
-                            });
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(broadcast::error::RecvError::Closed) => break,
-                }
-            }
-        }))
-    } else {
-        None
-    };
-
-    // HTTP.
-    let (http_addr, http_task) = if config.http.is_empty() {
-        (None, None)
-    } else {
-        let listener = tokio::net::TcpListener::bind(&config.http)
-            .await
-            .map_err(|source| DaemonError::Http {
-                addr: config.http.clone(),
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(|source| DaemonError::Http {
-            addr: config.http.clone(),
-            source,
-        })?;
-        let (state, mut stop) = (Arc::clone(&state), stop.clone());
-        let task = tokio::spawn(async move {
-            let serve =
-                axum::serve(listener, http::router(state)).with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                });
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "http server");
-            }
-        });
-        (Some(addr), Some(task))
-    };
-
-    // Protocol server.
-    let requests = overlay.serve::<BrokerAnswerProtocol>().await?;
-    let max_in_flight = config.max_in_flight;
-    let server = {
+    if config.discover_agents {
+        runtime.spawn(
+            "agent discovery",
+            learn_agents(Arc::clone(&state), overlay.ads(), runtime.stop_signal()),
+        );
+    }
+    let http = runtime
+        .serve_http(common.http, http::router(Arc::clone(&state)))
+        .await?;
+    let handler = {
         let state = Arc::clone(&state);
-        let handler = move |peer: PublicKey, call: BrokerCall| {
+        move |peer: PublicKey, call: BrokerCall| {
             let (state, acquirer) = (Arc::clone(&state), Arc::clone(&acquirer));
             async move { serve_one(&state, &acquirer, peer, call).await }
-        };
-        tokio::spawn(federation::daemon::serve_protocol(
-            requests,
-            Fairness::with_limit(max_in_flight),
+        }
+    };
+    runtime
+        .serve::<BrokerAnswerProtocol, _, _>(
+            Fairness::with_limit(common.max_in_flight),
             1,
             |_| 0,
             handler,
-            stop.clone(),
-            DRAIN_DEADLINE,
-        ))
-    };
-
+        )
+        .await?;
     let running = RunningBroker {
-        overlay: overlay.clone(),
-        http: http_addr,
+        overlay,
+        http,
         state,
     };
-    let shutdown = async move {
-        let _ = stop_tx.send(true);
-        let _ = server.await;
-        if let Some(task) = http_task {
-            let _ = task.await;
+    Ok((running, runtime.shutdown(SHUTDOWN_DEADLINE)))
+}
+
+/// The agents of the config, their addresses given to the overlay and dialed early (a failure
+/// here is retried by each request).
+async fn configured_agents(
+    config: &BrokerConfig,
+    runtime: &mut Runtime,
+) -> Result<BTreeMap<PublicKey, KnownAgent>, DaemonError> {
+    let mut agents = BTreeMap::new();
+    for entry in &config.agents {
+        agents.insert(
+            entry.key,
+            KnownAgent {
+                federation: entry.federation.clone(),
+                configured: true,
+            },
+        );
+        let Some(address) = &entry.address else {
+            continue;
+        };
+        // Checked when the config was loaded.
+        let Ok(addr) = address.parse::<Multiaddr>() else {
+            continue;
+        };
+        let overlay = runtime.overlay().clone();
+        overlay
+            .add_addresses(&entry.key, vec![addr.clone()])
+            .await?;
+        runtime.spawn("dial agent", async move {
+            if let Err(e) = overlay.dial(addr).await {
+                tracing::warn!(error = %e, "agent not reachable yet");
+            }
+        });
+    }
+    Ok(agents)
+}
+
+/// Agents named in the delegations of validated ads, until the daemon stops.
+async fn learn_agents(
+    state: Arc<BrokerState>,
+    mut feed: broadcast::Receiver<federation::overlay::AdEvent>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let event = tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            event = feed.recv() => event,
+        };
+        match event {
+            Ok(event) => {
+                let mut agents = state
+                    .agents
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                for share in &event.ad.shares {
+                    agents.entry(share.agent).or_insert_with(|| {
+                        tracing::info!(agent = %share.agent, federation = %event.ad.federation, "agent learned from an ad");
+                        KnownAgent {
+                            federation: Some(event.ad.federation.clone()),
+                            configured: false,
+                        }
+                    });
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => break,
         }
-        if let Some(task) = discovery {
-            let _ = task.await;
-        }
-        overlay.shutdown().await;
-    };
-    Ok((running, shutdown))
+    }
 }
 
 /// Checks what a request must hold before any agent is asked: a name, a duration, and a shape

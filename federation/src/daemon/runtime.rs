@@ -62,10 +62,17 @@ pub enum DaemonError {
         source: std::io::Error,
     },
     /// `init` would overwrite something.
-    #[error("{path} exists already; not overwriting it (move it away, or use another --dir)")]
+    #[error(
+        "{path} exists already; not overwriting it (this directory holds a {program}: run it \
+         with `{program} run --config {config}`, or init into another --dir)"
+    )]
     Exists {
+        /// The program.
+        program: &'static str,
         /// What exists.
         path: PathBuf,
+        /// The config in that directory.
+        config: PathBuf,
     },
 }
 
@@ -195,7 +202,11 @@ pub fn init<K: DaemonKind>(
     let (config, key_file) = (dir.join(config_name), dir.join(K::KEY_FILE));
     for path in [&config, &key_file] {
         if path.exists() {
-            return Err(DaemonError::Exists { path: path.clone() });
+            return Err(DaemonError::Exists {
+                program: K::PROGRAM,
+                path: path.clone(),
+                config: config.clone(),
+            });
         }
     }
     let key = SecretKey::generate();
@@ -217,9 +228,10 @@ pub fn load_key<K: DaemonKind>(path: &Path) -> Result<SecretKey, DaemonError> {
     })
 }
 
-/// What `key` prints: the public key, and the peer id others put in bootstrap addresses.
-pub fn describe_key(key: &PublicKey) -> String {
-    format!("key: {key}\npeer id: {}", key.to_peer_id())
+/// What `init` and `key` print: the public key (for `fedctl certify --subject`), and the peer
+/// id others put in their bootstrap addresses (`/ip4/…/tcp/…/p2p/<peer id>`).
+pub fn describe_key<K: DaemonKind>(key: &PublicKey) -> String {
+    format!("{} key: {key}\npeer id: {}", K::ROLE, key.to_peer_id())
 }
 
 #[cfg(test)]
@@ -267,7 +279,8 @@ mod tests {
     #[test]
     fn a_key_is_described_with_its_peer_id() {
         let key = SecretKey::generate().public();
-        let text = describe_key(&key);
+        let text = describe_key::<TestKind>(&key);
+        assert!(text.starts_with("broker key: "), "{text}");
         assert!(text.contains(&key.to_string()));
         assert!(text.contains(&key.to_peer_id().to_string()));
     }
