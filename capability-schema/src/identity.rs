@@ -4,8 +4,9 @@
 //!   the secret.
 //! - [`PublicKey`] names a party everywhere: in tickets, leases, configs and logs its text form is
 //!   `ed25519/<64 hex digits>` (biscuit's own spelling), on the wire it is its 32 raw bytes.
-//! - [`PublicKey::to_peer_id`] gives the libp2p `PeerId` of the same key, so the transport
-//!   handshake authenticates exactly the party named in tickets and leases.
+//! - The libp2p `PeerId` of a key is derived by the overlay (`federation::overlay::peer_id`),
+//!   so the transport handshake authenticates exactly the party named in tickets and leases;
+//!   this crate has no libp2p dependency.
 //! - Key files hold `ed25519-private/<hex>`; they are written with mode 0600 and refused on load
 //!   when anyone but the owner may read them.
 
@@ -111,13 +112,6 @@ impl SecretKey {
         biscuit_auth::KeyPair::from(&private)
     }
 
-    /// The same key as a libp2p identity keypair (for the transport handshake).
-    pub fn to_libp2p(&self) -> libp2p_identity::Keypair {
-        let mut bytes = self.to_bytes();
-        libp2p_identity::Keypair::ed25519_from_bytes(&mut bytes)
-            .expect("an ed25519 secret is always 32 valid bytes")
-    }
-
     /// The text form `ed25519-private/<hex>` (the content of a key file).
     pub fn to_secret_text(&self) -> String {
         format!("{SECRET_PREFIX}{}", hex::encode(self.to_bytes()))
@@ -217,44 +211,6 @@ impl PublicKey {
         let signature = ed25519_dalek::Signature::from_bytes(signature);
         self.point()
             .is_ok_and(|key| key.verify_strict(message, &signature).is_ok())
-    }
-
-    /// The libp2p peer id of the same key: the identity multihash of the key's protobuf
-    /// encoding, as libp2p derives it for every ed25519 key.
-    pub fn to_peer_id(&self) -> libp2p_identity::PeerId {
-        // protobuf PublicKey { Type = Ed25519 (field 1, varint 1), Data (field 2, 32 bytes) }
-        let mut encoded = [0u8; 36];
-        encoded[..4].copy_from_slice(&[0x08, 0x01, 0x12, 0x20]);
-        encoded[4..].copy_from_slice(&self.0);
-        let mut multihash = [0u8; 38];
-        multihash[..2].copy_from_slice(&[0x00, 36]); // identity hash code, digest length
-        multihash[2..].copy_from_slice(&encoded);
-        // Cannot fail, whatever the key's bytes: `from_bytes` parses the multihash (a fixed,
-        // well-formed header of code 0 and length 36 over 36 bytes) and accepts any identity
-        // multihash whose digest is at most 42 bytes; it never decodes the key inside.
-        libp2p_identity::PeerId::from_bytes(&multihash)
-            .expect("an identity multihash of 36 bytes is a valid peer id")
-    }
-
-    /// The same key as a libp2p public key.
-    pub fn to_libp2p(&self) -> Result<libp2p_identity::PublicKey, KeyError> {
-        let key = libp2p_identity::ed25519::PublicKey::try_from_bytes(&self.0)
-            .map_err(|_| KeyError::BadPublicBytes)?;
-        Ok(libp2p_identity::PublicKey::from(key))
-    }
-
-    /// The key a libp2p peer id carries (ed25519 peer ids inline their key).
-    pub fn from_peer_id(peer: &libp2p_identity::PeerId) -> Result<Self, KeyError> {
-        let not_ed = || KeyError::NotEd25519PeerId(peer.to_string());
-        let multihash = peer.as_ref();
-        // Identity multihash (code 0) of the protobuf-encoded public key.
-        if multihash.code() != 0 {
-            return Err(not_ed());
-        }
-        let public = libp2p_identity::PublicKey::try_decode_protobuf(multihash.digest())
-            .map_err(|_| not_ed())?;
-        let ed = public.try_into_ed25519().map_err(|_| not_ed())?;
-        Self::from_bytes(&ed.to_bytes())
     }
 
     /// The same key as a biscuit public key.
@@ -364,15 +320,6 @@ mod tests {
         ] {
             assert!(bad.parse::<PublicKey>().is_err(), "{bad:?} accepted");
         }
-    }
-
-    #[test]
-    fn peer_id_is_derived_from_the_same_key() {
-        let secret = test_key(2);
-        let peer = secret.public().to_peer_id();
-        assert_eq!(peer, secret.to_libp2p().public().to_peer_id());
-        assert_eq!(PublicKey::from_peer_id(&peer).unwrap(), secret.public());
-        assert_eq!(secret.public().to_libp2p().unwrap().to_peer_id(), peer);
     }
 
     #[test]

@@ -170,7 +170,7 @@ async fn scenario() {
     plc.trust(&mut trust);
     let node_addr: federation::overlay::Multiaddr = format!(
         "/ip4/127.0.0.1/tcp/{port}/p2p/{}",
-        node_key.public().to_peer_id()
+        federation::overlay::peer_id(&node_key.public())
     )
     .parse()
     .unwrap();

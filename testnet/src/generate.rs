@@ -61,7 +61,7 @@ impl HostInfo {
             "/ip4/{}/tcp/{}/p2p/{}",
             self.ip,
             self.p2p_port,
-            self.key.to_peer_id()
+            federation::overlay::peer_id(&self.key)
         )
     }
 

@@ -198,7 +198,7 @@ mod tests {
             "federation = \"fed0\"\nlisten = [\"/ip4/127.0.0.1/tcp/4300\"]\nbootstrap = []\nhttp = \"127.0.0.1:9300\"\n\
              follow = [\"fed0\", \"fed1\"]\n\n[[trust]]\nname = \"fed0\"\nauthority = \"{key}\"\n\n\
              [[agents]]\nkey = \"{key}\"\naddress = \"/ip4/127.0.0.1/tcp/4101/p2p/{}\"\nfederation = \"fed0\"\n",
-            key.to_peer_id()
+            federation::overlay::peer_id(&key)
         );
         std::fs::write(&path, text).unwrap();
         let config = BrokerConfig::load(&path).unwrap();

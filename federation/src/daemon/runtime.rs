@@ -231,7 +231,11 @@ pub fn load_key<K: DaemonKind>(path: &Path) -> Result<SecretKey, DaemonError> {
 /// What `init` and `key` print: the public key (for `fedctl certify --subject`), and the peer
 /// id others put in their bootstrap addresses (`/ip4/…/tcp/…/p2p/<peer id>`).
 pub fn describe_key<K: DaemonKind>(key: &PublicKey) -> String {
-    format!("{} key: {key}\npeer id: {}", K::ROLE, key.to_peer_id())
+    format!(
+        "{} key: {key}\npeer id: {}",
+        K::ROLE,
+        crate::overlay::peer_id(key)
+    )
 }
 
 #[cfg(test)]
@@ -282,7 +286,7 @@ mod tests {
         let text = describe_key::<TestKind>(&key);
         assert!(text.starts_with("broker key: "), "{text}");
         assert!(text.contains(&key.to_string()));
-        assert!(text.contains(&key.to_peer_id().to_string()));
+        assert!(text.contains(&crate::overlay::peer_id(&key).to_string()));
     }
 
     #[tokio::test]

@@ -73,8 +73,6 @@ mod tests {
         let peer = peer_id(&key.public());
         assert_eq!(keypair(&key).public().to_peer_id(), peer);
         assert_eq!(public_key(&peer).unwrap(), key.public());
-        // The same peer id the schema crate derives (through libp2p-identity 0.2).
-        assert_eq!(peer.to_bytes(), key.public().to_peer_id().to_bytes());
         assert_eq!(libp2p_public(&key.public()).unwrap().to_peer_id(), peer);
         assert!(public_key(&PeerId::random()).is_err());
         for seed in 0..=255u8 {
