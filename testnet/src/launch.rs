@@ -166,10 +166,11 @@ pub fn stop_host(host: &HostInfo, grace: Duration, kill9: bool) -> anyhow::Resul
 }
 
 /// Removes the (empty, once every sliver is gone) cgroup directories the testnet's nodes used,
-/// in every hierarchy: `planetmesh-tn<tag>` and below, deepest first; rmdir never removes a
+/// in every hierarchy: `planetmesh-tn<tag>` (each node's own parent, `<id>.node`, is below it,
+/// and `nodemgr wipe` removed it already) and below, deepest first; rmdir never removes a
 /// cgroup that still has processes.
 fn remove_cgroup_parents(manifest: &Manifest) {
-    let name = format!("planetmesh-tn{}", manifest.tag);
+    let name = crate::generate::cgroup_base(&manifest.tag);
     let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
         return;
     };
@@ -239,7 +240,9 @@ pub fn stop_all(manifest: &Manifest, dir: &Path) -> anyhow::Result<Vec<String>> 
         }
     }
     // Slivers outlive their node manager by design (they are leased); a testnet going away
-    // takes them too, before their namespaces go.
+    // takes them too, before their namespaces go. Wiping a node also removes its own cgroup
+    // parent and gives up its claims on the machine (cgroup parent, uid range, link names,
+    // address pool); a node that cannot be wiped keeps them, since its slivers may remain.
     if manifest.isolation == "linux" {
         for host in manifest.of_role(crate::topology::HostRole::Node) {
             if let Err(e) = wipe_node(manifest, host) {

@@ -125,12 +125,24 @@ pub struct NodeManagerConfig {
     /// Sliver address pool, `a.b.c.d/len` (default `10.199.0.0/16`).
     #[serde(default = "default_pool")]
     pub address_pool: String,
-    /// Name prefix of host-side veths (default `pmv`).
-    #[serde(default = "default_ifname_prefix")]
-    pub ifname_prefix: String,
-    /// cgroup directory parent of every sliver (default `planetmesh`).
+    /// Name prefix of host-side veths, 1 to 8 letters and digits; the node's shaping device is
+    /// `<prefix>ifb` (default `pm<first 5 hex digits of the node's key>v`, unique per node).
+    #[serde(default)]
+    pub ifname_prefix: Option<String>,
+    /// cgroup directory under which the node makes its own, `<cgroup_parent>/<id>.node` (`id`:
+    /// the first 8 hex digits of its key), parent of its slivers' (default `planetmesh`).
     #[serde(default = "default_cgroup_parent")]
     pub cgroup_parent: String,
+    /// Host uid (and gid) of the first sliver's root; sliver `n` maps `uid_base + n * 65536`
+    /// (default: the node picks a free range between 2^28 and 2^31, starting from one its key
+    /// picks, and keeps it while its slivers live).
+    #[serde(default)]
+    pub uid_base: Option<u32>,
+    /// Host-wide directory where each node claims its cgroup parent, uid range, link names,
+    /// address pool and state dir, so no two nodes of a machine share them (default
+    /// `/run/planetmesh/claims`).
+    #[serde(default = "default_claim_dir")]
+    pub claim_dir: PathBuf,
     /// What backs each sliver's writable layer (default `directory`: on the state dir,
     /// capped by the disk watchdog; `tmpfs`: a tmpfs of the granted size, capped by the kernel,
     /// in memory and charged to the sliver's memory limit).
@@ -179,11 +191,11 @@ fn default_reserve() -> Resources {
 fn default_pool() -> String {
     "10.199.0.0/16".into()
 }
-fn default_ifname_prefix() -> String {
-    "pmv".into()
-}
 fn default_cgroup_parent() -> String {
     "planetmesh".into()
+}
+fn default_claim_dir() -> PathBuf {
+    crate::sliver::claim::DEFAULT_CLAIM_DIR.into()
 }
 fn default_disk_check() -> u64 {
     10
@@ -234,8 +246,10 @@ federation = "{federation}"
 # isolation = "linux"                # or "memory" (no isolation: tests, simulation)
 # image = "/srv/images/debian"       # default: the host's system directories, read-only
 # address_pool = "10.199.0.0/16"
-# ifname_prefix = "pmv"
-# cgroup_parent = "planetmesh"
+# ifname_prefix = "pm1a2b3v"          # default: from the node's key (unique per node)
+# cgroup_parent = "planetmesh"       # the node's slivers go in <this>/<key's first 8 hex>.node
+# uid_base = 268435456               # default: a free range between 2^28 and 2^31
+# claim_dir = "/run/planetmesh/claims"  # where nodes of one machine claim what is theirs
 # disk_backing = "directory"         # or "tmpfs": a kernel-capped tmpfs of the grant's size
 #                                    # (in memory, charged to the sliver's memory limit)
 # disk_check_secs = 10               # disk watchdog: freezes slivers over their disk grant
@@ -282,6 +296,24 @@ impl NodeManagerConfig {
             )));
         }
         config.pool().map_err(invalid)?;
+        if let Some(prefix) = &config.ifname_prefix
+            && (!(1..=8).contains(&prefix.len())
+                || !prefix.bytes().all(|b| b.is_ascii_alphanumeric()))
+        {
+            return Err(invalid(format!(
+                "ifname_prefix {prefix:?}: expected 1 to 8 letters and digits"
+            )));
+        }
+        if let Some(base) = config.uid_base
+            && base < 1 << 16
+        {
+            return Err(invalid(format!(
+                "uid_base {base}: below 65536, sliver ids would be the host's own users'"
+            )));
+        }
+        if config.claim_dir.is_relative() {
+            config.claim_dir = base.join(&config.claim_dir);
+        }
         Ok(config)
     }
 
@@ -344,6 +376,10 @@ mod tests {
         assert_eq!(config.disk_backing, DiskBacking::Directory);
         assert_eq!(config.disk_check_secs, 10);
         assert!(config.favor_dynamic_cgroups);
+        assert_eq!(
+            (config.ifname_prefix, config.uid_base, config.claim_dir),
+            (None, None, PathBuf::from("/run/planetmesh/claims"))
+        );
         std::fs::write(&path, "federation = \"plc\"\ndisk_backing = \"tmpfs\"\n").unwrap();
         let config = NodeManagerConfig::load(&path).unwrap();
         assert_eq!(config.disk_backing, DiskBacking::Tmpfs);
@@ -367,6 +403,15 @@ mod tests {
                 .to_string()
                 .contains("ad_ttl_secs")
         );
+        for bad in [
+            "ifname_prefix = \"toolong12\"",
+            "ifname_prefix = \"a/b\"",
+            "uid_base = 1000",
+        ] {
+            std::fs::write(&path, format!("federation = \"plc\"\n{bad}\n")).unwrap();
+            let err = NodeManagerConfig::load(&path).unwrap_err().to_string();
+            assert!(err.contains(bad.split(' ').next().unwrap()), "{err}");
+        }
         std::fs::write(&path, "federation = \"plc\"\nfederatoin = \"x\"\n").unwrap();
         assert!(
             NodeManagerConfig::load(&path)
@@ -374,6 +419,53 @@ mod tests {
                 .to_string()
                 .contains("federatoin")
         );
+    }
+
+    #[test]
+    fn two_nodes_with_one_config_get_a_share_of_the_host_each() {
+        use crate::sliver::claim::NodeId;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, DEFAULT_CONFIG.replace("{federation}", "plc")).unwrap();
+        let config = NodeManagerConfig::load(&path).unwrap();
+        let engine = |id: &str| {
+            crate::daemon::run::sliver_config(&config, &NodeId::new(id).unwrap(), "init".into())
+                .unwrap()
+        };
+        let (a, b) = (engine("1a2b3c4d"), engine("5e6f7a8b"));
+        assert_eq!(a.cgroup_parent, "planetmesh/1a2b3c4d.node");
+        assert_eq!(b.cgroup_parent, "planetmesh/5e6f7a8b.node");
+        assert_eq!(
+            (a.slots.ifname_prefix.as_str(), a.shaping.ifb.as_str()),
+            ("pm1a2b3v", "pm1a2b3vifb")
+        );
+        assert_ne!(a.slots.ifname_prefix, b.slots.ifname_prefix);
+        let share = a.share.unwrap();
+        assert!(share.uid_auto);
+        assert_eq!(share.claim_dir, PathBuf::from("/run/planetmesh/claims"));
+        // Configured, the prefix and uid base are the operator's; the parent is still the
+        // node's own.
+        std::fs::write(
+            &path,
+            "federation = \"plc\"\nifname_prefix = \"pmx\"\nuid_base = 300000000\n\
+             cgroup_parent = \"a/b\"\nclaim_dir = \"claims\"\n",
+        )
+        .unwrap();
+        let config = NodeManagerConfig::load(&path).unwrap();
+        let c = crate::daemon::run::sliver_config(
+            &config,
+            &NodeId::new("1a2b3c4d").unwrap(),
+            "init".into(),
+        )
+        .unwrap();
+        assert_eq!(c.cgroup_parent, "a/b/1a2b3c4d.node");
+        assert_eq!(
+            (c.slots.ifname_prefix.as_str(), c.slots.uid_base),
+            ("pmx", 300_000_000)
+        );
+        let share = c.share.unwrap();
+        assert!(!share.uid_auto);
+        assert_eq!(share.claim_dir, dir.path().join("claims"));
     }
 
     #[test]

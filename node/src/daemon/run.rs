@@ -105,12 +105,49 @@ fn sliver_init_path() -> anyhow::Result<std::path::PathBuf> {
 /// The sliver backend, and its monitor when it has real slivers to measure.
 type Backend = (Arc<dyn SliverBackend>, Option<Arc<dyn SliverMonitor>>);
 
+/// The sliver engine's configuration of node `node` (its key's [`NodeId`]) under `config`:
+/// its own cgroup parent `<cgroup_parent>/<id>.node`, veth prefix and shaping device `<veth
+/// prefix>ifb` (configured, else derived from the id), uid range (configured, else picked when
+/// the engine opens) and claims in `claim_dir`.
+///
+/// [`NodeId`]: crate::sliver::claim::NodeId
+pub fn sliver_config(
+    config: &NodeManagerConfig,
+    node: &crate::sliver::claim::NodeId,
+    init: std::path::PathBuf,
+) -> anyhow::Result<crate::sliver::NodeConfig> {
+    let mut engine =
+        crate::sliver::NodeConfig::for_node(config.state_dir.join("slivers"), init, node);
+    engine.cgroup_parent = node.cgroup_parent(&config.cgroup_parent);
+    if let Some(prefix) = &config.ifname_prefix {
+        engine.slots.ifname_prefix = prefix.clone();
+    }
+    // One IFB per node manager, so several can share a host.
+    engine.shaping.ifb = format!("{}ifb", engine.slots.ifname_prefix);
+    let (pool, prefix) = config.pool().map_err(anyhow::Error::msg)?;
+    engine.slots.pool = pool;
+    engine.slots.pool_prefix = prefix;
+    if let Some(share) = &mut engine.share {
+        share.claim_dir = config.claim_dir.clone();
+        if let Some(base) = config.uid_base {
+            engine.slots.uid_base = base;
+            share.uid_auto = false;
+        }
+    }
+    if let Some(image) = &config.image {
+        engine.image = Some(crate::sliver::rootfs::Image::Directory(image.clone()));
+    }
+    engine.disk_backing = config.disk_backing;
+    Ok(engine)
+}
+
 fn open_backend(config: &NodeManagerConfig) -> anyhow::Result<Backend> {
     match config.isolation {
         Isolation::Memory => Ok((Arc::new(InMemorySlivers::new()), None)),
         Isolation::Linux => {
+            use crate::sliver::Slivers;
+            use crate::sliver::claim::NodeId;
             use crate::sliver::linux::LinuxHost;
-            use crate::sliver::{NodeConfig, Slivers};
             let init = sliver_init_path()?;
             if !init.exists() {
                 bail!(
@@ -118,18 +155,9 @@ fn open_backend(config: &NodeManagerConfig) -> anyhow::Result<Backend> {
                     init.display()
                 );
             }
-            let mut engine = NodeConfig::new(config.state_dir.join("slivers"), init);
-            engine.cgroup_parent = config.cgroup_parent.clone();
-            engine.slots.ifname_prefix = config.ifname_prefix.clone();
-            // One IFB per node manager, so several can share a host (testnets).
-            engine.shaping.ifb = format!("{}ifb", config.ifname_prefix);
-            let (pool, prefix) = config.pool().map_err(anyhow::Error::msg)?;
-            engine.slots.pool = pool;
-            engine.slots.pool_prefix = prefix;
-            if let Some(image) = &config.image {
-                engine.image = Some(crate::sliver::rootfs::Image::Directory(image.clone()));
-            }
-            engine.disk_backing = config.disk_backing;
+            let key = SecretKey::load(&config.key_file).context("loading the node key")?;
+            let engine = sliver_config(config, &NodeId::of_key(&key.public()), init)?;
+            drop(key);
             let host = LinuxHost::detect()
                 .context("finding cgroup hierarchies (is this Linux, and are you root?)")?;
             if config.favor_dynamic_cgroups {
@@ -147,9 +175,14 @@ fn open_backend(config: &NodeManagerConfig) -> anyhow::Result<Backend> {
             }
             let (slivers, reconciled) = Slivers::open(host, engine)
                 .context("opening the sliver engine (root is needed for isolation = \"linux\")")?;
+            let own = slivers.config();
+            let (uid_first, uid_end) = own.slots.uid_span();
             tracing::info!(
                 adopted = reconciled.adopted.len(),
                 reaped = reconciled.reaped.len(),
+                cgroup_parent = %own.cgroup_parent,
+                veths = %format!("{}<n>", own.slots.ifname_prefix),
+                uids = %format!("{uid_first}..{uid_end}"),
                 "sliver engine ready"
             );
             for problem in reconciled.problems {

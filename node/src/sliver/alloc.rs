@@ -4,6 +4,12 @@
 //! follow, without any other shared state: its host uid/gid range (root in the sliver maps to
 //! `uid_base + slot * uid_count`), its /31 address pair in the node-local pool (host side even,
 //! sliver side odd), its HTB class minor and filter priority, and its host-side veth name.
+//!
+//! A node's slivers take host ids `uid_base .. uid_base + capacity * uid_count`
+//! ([`SlotLayout::uid_span`]). Unless configured, a node's `uid_base` is one of the blocks of
+//! that size between [`AUTO_UID_FIRST`] and [`AUTO_UID_END`] ([`SlotLayout::auto_uid_bases`]),
+//! the first free one from a block picked by its node id; claims ([`super::claim`]) keep two
+//! nodes of one machine out of each other's ids.
 
 use std::net::Ipv4Addr;
 
@@ -24,6 +30,12 @@ impl UidRange {
         format!("0 {} {}\n", self.host_base, self.count)
     }
 }
+
+/// The lowest host id a derived uid range uses (ids below are left to the host's users).
+pub const AUTO_UID_FIRST: u32 = 1 << 28;
+/// One past the highest host id a derived uid range uses (ids from 2^31 trip tools that read
+/// them as signed).
+pub const AUTO_UID_END: u32 = 1 << 31;
 
 /// The node-local address pool and uid ranges, and the naming scheme of host objects.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,6 +101,30 @@ impl SlotLayout {
             .min()
             .unwrap_or(0);
         u32::try_from(cap).unwrap_or(u32::MAX)
+    }
+
+    /// The host ids the layout's slots use: `(first, end)`, `end` excluded.
+    pub fn uid_span(&self) -> (u32, u64) {
+        let count = u64::from(self.capacity()) * u64::from(self.uid_count);
+        (self.uid_base, u64::from(self.uid_base) + count)
+    }
+
+    /// The uid bases a node may take by default: blocks of the size its slots need between
+    /// [`AUTO_UID_FIRST`] and [`AUTO_UID_END`], starting at the block `preferred` picks and
+    /// wrapping around (empty when not even one block fits).
+    pub fn auto_uid_bases(&self, preferred: u32) -> Vec<u32> {
+        let probe = SlotLayout {
+            uid_base: AUTO_UID_FIRST,
+            ..self.clone()
+        };
+        let size = probe.uid_span().1 - u64::from(AUTO_UID_FIRST);
+        let blocks = (u64::from(AUTO_UID_END - AUTO_UID_FIRST))
+            .checked_div(size)
+            .unwrap_or(0);
+        (0..blocks)
+            .map(|i| (u64::from(preferred) + i) % blocks)
+            .filter_map(|b| u32::try_from(u64::from(AUTO_UID_FIRST) + b * size).ok())
+            .collect()
     }
 
     /// What slot `slot` gives.
@@ -181,6 +217,35 @@ mod tests {
         assert_eq!(a.sliver_addr, Ipv4Addr::new(10, 200, 0, 7));
         assert_eq!(a.host_if, "pmab3");
         assert_eq!(a.class_minor, 0x13);
+    }
+
+    #[test]
+    fn derived_uid_bases_are_disjoint_blocks_below_2_31() {
+        let l = layout(); // 128 slots of 65536 ids: blocks of 2^23
+        let bases = l.auto_uid_bases(5);
+        assert_eq!(bases.len(), 7 << 5);
+        assert_eq!(bases[0], AUTO_UID_FIRST + 5 * (1 << 23));
+        assert_eq!(*bases.last().unwrap(), AUTO_UID_FIRST + 4 * (1 << 23));
+        let mut sorted = bases.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), bases.len());
+        for base in bases {
+            let span = SlotLayout {
+                uid_base: base,
+                ..l.clone()
+            }
+            .uid_span();
+            assert_eq!(span.1 - u64::from(span.0), 1 << 23);
+            assert!(span.1 <= u64::from(AUTO_UID_END));
+        }
+        // A layout too big for even one block has none.
+        let huge = SlotLayout {
+            uid_count: 1 << 24,
+            max_slots: 1 << 10,
+            ..l
+        };
+        assert!(huge.auto_uid_bases(0).is_empty());
     }
 
     #[test]

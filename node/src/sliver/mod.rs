@@ -20,6 +20,14 @@
 //! asked) and the record. [`Slivers::open`] re-adopts slivers whose init still runs, tears down
 //! the others, and removes traces no record accounts for (a crash mid-creation).
 //!
+//! Several nodes on one machine: a node made with [`NodeConfig::for_node`] has a cgroup parent,
+//! veth prefix, shaping device and uid range of its own, derived from its [`claim::NodeId`],
+//! and claims them with its state dir and address pool when its engine opens ([`claim`]): a
+//! second node that would share any of them is refused at start, with the holder named. So
+//! one node's orphan sweep, which looks only under its own parent, at its own link names and
+//! in its own state dir (and only at cgroups named like slivers), never meets another's
+//! slivers, and a slice's slivers on two nodes get two cgroups and two uid ranges.
+//!
 //! Every privileged call goes through [`host::Host`]; [`linux::LinuxHost`] is the machine,
 //! [`host::RecordingHost`] the fake used by the unit tests below.
 //!
@@ -46,6 +54,7 @@
 pub mod alloc;
 pub mod caps;
 pub mod cgroup;
+pub mod claim;
 pub mod enter;
 pub mod host;
 pub mod htb;
@@ -92,6 +101,9 @@ pub enum SliverError {
     /// No slot is free.
     #[error(transparent)]
     Alloc(#[from] AllocError),
+    /// The node's share of the host is claimed by another node (or cannot be claimed).
+    #[error("claiming this node's share of the host: {0}")]
+    Claim(#[from] claim::ClaimError),
     /// A sliver with this id exists (or is being made).
     #[error("sliver {0} already exists")]
     Exists(SliverId),
@@ -186,6 +198,22 @@ pub struct NodeConfig {
     /// What backs the writable layer of a sliver with a disk grant (one of 0 always gets a
     /// directory).
     pub disk_backing: DiskBacking,
+    /// How the node shares the machine with other nodes (`None`: it claims nothing, for tests
+    /// and tools that pick unique names themselves).
+    pub share: Option<HostShare>,
+}
+
+/// A node's place among the nodes of one machine (see [`claim`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostShare {
+    /// The node's id: it names the node's claims.
+    pub node_id: claim::NodeId,
+    /// The host-wide claims directory.
+    pub claim_dir: PathBuf,
+    /// Whether the node picks its uid range: `slots.uid_base` is then chosen when the engine
+    /// opens (the range it held before, else the first free block from the one its id
+    /// picks; [`SlotLayout::auto_uid_bases`]).
+    pub uid_auto: bool,
 }
 
 impl NodeConfig {
@@ -211,7 +239,30 @@ impl NodeConfig {
             },
             tmp_bytes: 64 << 20,
             disk_backing: DiskBacking::Directory,
+            share: None,
         }
+    }
+
+    /// The defaults of node `node_id` under `state_dir`, unique to it on the machine: cgroup
+    /// parent `planetmesh/<id>.node`, veths `pm<id[..5]>v<slot>`, IFB `<veth prefix>ifb`, at
+    /// most 1024 slivers, a uid range picked when the engine opens, claims in
+    /// [`claim::DEFAULT_CLAIM_DIR`]; otherwise as [`NodeConfig::new`].
+    pub fn for_node(
+        state_dir: impl Into<PathBuf>,
+        init_path: impl Into<PathBuf>,
+        node_id: &claim::NodeId,
+    ) -> Self {
+        let mut config = NodeConfig::new(state_dir, init_path);
+        config.cgroup_parent = node_id.cgroup_parent("planetmesh");
+        config.slots.ifname_prefix = node_id.ifname_prefix();
+        config.slots.max_slots = 1024;
+        config.shaping.ifb = format!("{}ifb", config.slots.ifname_prefix);
+        config.share = Some(HostShare {
+            node_id: node_id.clone(),
+            claim_dir: claim::DEFAULT_CLAIM_DIR.into(),
+            uid_auto: true,
+        });
+        config
     }
 }
 
@@ -328,13 +379,18 @@ pub struct Slivers<H: Host> {
     image: Image,
     store: Store,
     state: Mutex<State>,
+    /// The node's claims on the host, held while the engine lives.
+    claims: Mutex<Option<claim::Claims>>,
 }
 
 impl<H: Host> Slivers<H> {
-    /// Opens the engine: prepares the image and the node's shaping, then re-adopts the slivers
-    /// whose init still runs and removes the remains of the others.
-    pub fn open(host: H, config: NodeConfig) -> Result<(Self, Reconciled), SliverError> {
+    /// Opens the engine: claims the node's share of the host (when it has one, before
+    /// touching anything: [`claim`]), prepares the image and the node's shaping, then
+    /// re-adopts the slivers whose init still runs and removes the remains of the others.
+    pub fn open(host: H, mut config: NodeConfig) -> Result<(Self, Reconciled), SliverError> {
         let store = Store::open(&config.state_dir)?;
+        // Before anything on the host is touched: nothing of another node's is.
+        let claims = Self::claim(&mut config)?;
         let image = match &config.image {
             Some(image) => image.clone(),
             None => host
@@ -357,6 +413,7 @@ impl<H: Host> Slivers<H> {
             image,
             store,
             state: Mutex::new(State::default()),
+            claims: Mutex::new(claims),
         };
         let mut report = Reconciled::default();
         let (records, bad) = engine.store.load_all()?;
@@ -389,6 +446,74 @@ impl<H: Host> Slivers<H> {
         Ok((engine, report))
     }
 
+    /// Claims the node's share of the host (when it has one), picking its uid range if asked.
+    fn claim(config: &mut NodeConfig) -> Result<Option<claim::Claims>, SliverError> {
+        use claim::{ClaimError, Claims, Owner, Resource};
+        let Some(share) = config.share.clone() else {
+            return Ok(None);
+        };
+        let state_dir = config
+            .state_dir
+            .canonicalize()
+            .map_err(|source| ClaimError::Io {
+                op: "resolving",
+                path: config.state_dir.clone(),
+                source,
+            })?;
+        let owner = Owner {
+            node: share.node_id.clone(),
+            records_dir: state_dir.join("records"),
+            state_dir: state_dir.clone(),
+        };
+        let netns = claim::current_netns()?;
+        let mut wanted = vec![
+            Resource::State { dir: state_dir },
+            Resource::Cgroup {
+                parent: config.cgroup_parent.clone(),
+            },
+            Resource::Links {
+                netns,
+                prefix: config.slots.ifname_prefix.clone(),
+            },
+            Resource::Link {
+                netns,
+                name: config.shaping.ifb.clone(),
+            },
+            Resource::Pool {
+                netns,
+                net: config.slots.pool,
+                len: config.slots.pool_prefix,
+            },
+        ];
+        let uids = |slots: &SlotLayout| {
+            let (first, end) = slots.uid_span();
+            Resource::Uids { first, end }
+        };
+        if !share.uid_auto {
+            wanted.push(uids(&config.slots));
+            return Ok(Some(Claims::take(&share.claim_dir, &owner, &wanted)?));
+        }
+        let bases = config.slots.auto_uid_bases(share.node_id.number());
+        let choices: Vec<Resource> = bases
+            .iter()
+            .map(|&uid_base| {
+                uids(&SlotLayout {
+                    uid_base,
+                    ..config.slots.clone()
+                })
+            })
+            .collect();
+        if choices.is_empty() {
+            return Err(AllocError::OutOfRange(config.slots.capacity()).into());
+        }
+        let (claims, picked) =
+            Claims::take_with_choice(&share.claim_dir, &owner, &wanted, &choices)?;
+        if let Resource::Uids { first, .. } = picked {
+            config.slots.uid_base = first;
+        }
+        Ok(Some(claims))
+    }
+
     /// Where this node's sliver traces live.
     fn orphan_scope(&self) -> OrphanScope {
         OrphanScope {
@@ -410,6 +535,10 @@ impl<H: Host> Slivers<H> {
             }
         };
         let live: Vec<SliverRecord> = self.list();
+        // Under its parent, only what is named like a sliver can be one of this node's: a
+        // dir named otherwise (another node's own parent, `<id>.node`) is never touched.
+        let not_a_sliver =
+            |o: &Orphan| matches!(o, Orphan::Cgroup(name) if SliverId::new(name.as_str()).is_err());
         let accounted = |o: &Orphan| {
             live.iter().any(|r| match o {
                 Orphan::Cgroup(name) => name == r.spec.id.as_str(),
@@ -418,7 +547,10 @@ impl<H: Host> Slivers<H> {
                 Orphan::Dir(path) => *path == r.dirs.root,
             })
         };
-        for orphan in traces.into_iter().filter(|o| !accounted(o)) {
+        for orphan in traces
+            .into_iter()
+            .filter(|o| !accounted(o) && !not_a_sliver(o))
+        {
             match self.host.remove_orphan(&scope, &orphan) {
                 Ok(()) => report.orphans.push(orphan),
                 Err(e) => report.problems.push(format!("removing {orphan:?}: {e}")),
@@ -723,8 +855,9 @@ impl<H: Host> Slivers<H> {
         }
     }
 
-    /// Destroys every sliver and removes the node-wide shaping device and the cgroup parent
-    /// (used when a node is decommissioned, and by tests).
+    /// Destroys every sliver and removes the node-wide shaping device (used when a node is
+    /// decommissioned, and by tests). A node with a share of the host ([`HostShare`]) also
+    /// removes its own cgroup parent and gives up its claims once every sliver is gone.
     pub fn destroy_all(&self) -> Result<(), SliverError> {
         let ids: Vec<SliverId> = self.lock().live.keys().cloned().collect();
         let mut failures = Vec::new();
@@ -735,6 +868,17 @@ impl<H: Host> Slivers<H> {
         }
         if let Err(e) = self.host.shaping_teardown(&self.config.shaping) {
             failures.push(format!("remove shaping: {e}"));
+        }
+        if failures.is_empty() && self.config.share.is_some() {
+            // The node's own parent: its claim kept every other node out of it.
+            if let Err(e) = self.host.cgroup_destroy(&self.config.cgroup_parent) {
+                failures.push(format!("remove cgroup parent: {e}"));
+            } else if let Some(claims) =
+                self.claims.lock().unwrap_or_else(|p| p.into_inner()).take()
+                && let Err(e) = claims.retire()
+            {
+                failures.push(format!("give up claims: {e}"));
+            }
         }
         if failures.is_empty() {
             Ok(())

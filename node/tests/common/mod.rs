@@ -131,3 +131,136 @@ pub async fn principal_overlay(
 }
 
 pub mod daemon;
+
+/// Several nodes on this machine, as an operator or a testnet runs them: each node made by
+/// [`NodeConfig::for_node`] from a fresh key's id (its own cgroup parent, veth prefix, IFB and
+/// uid range, all derived), under a cgroup base and a claims dir unique to the test, with an
+/// address pool of its own (nodes sharing a network namespace need disjoint pools). The base
+/// cgroup is removed on drop; drop the nodes first.
+pub struct SharedHost {
+    pub tag: String,
+    pub claims: tempfile::TempDir,
+    base: String,
+    pools: std::sync::atomic::AtomicU8,
+    pool_seed: u32,
+}
+
+impl SharedHost {
+    pub fn new() -> Option<SharedHost> {
+        if !root_or_skip() {
+            return None;
+        }
+        let r: u32 = rand::random();
+        let tag = format!("{:04x}", r & 0xffff);
+        let claims = tempfile::Builder::new()
+            .prefix("pmclaims-")
+            .tempdir()
+            .expect("claims dir");
+        Some(SharedHost {
+            base: format!("pmshare-{tag}"),
+            tag,
+            claims,
+            pools: std::sync::atomic::AtomicU8::new(0),
+            pool_seed: r >> 16,
+        })
+    }
+
+    /// A new node on the host (its engine opened).
+    pub fn node(&self) -> HostNode {
+        let key = SecretKey::generate();
+        let id = node::sliver::claim::NodeId::of_key(&key.public());
+        let state = tempfile::Builder::new()
+            .prefix("pmnode-")
+            .tempdir()
+            .expect("state dir");
+        let mut config = NodeConfig::for_node(state.path(), env!("CARGO_BIN_EXE_sliver-init"), &id);
+        config.cgroup_parent = id.cgroup_parent(&self.base);
+        let n = self
+            .pools
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        config.slots.pool = Ipv4Addr::new(
+            10,
+            201 + (self.pool_seed % 50) as u8,
+            ((self.pool_seed >> 8) as u8).wrapping_add(n),
+            0,
+        );
+        config.slots.pool_prefix = 24;
+        config.tmp_bytes = 16 << 20;
+        if let Some(share) = &mut config.share {
+            share.claim_dir = self.claims.path().to_path_buf();
+        }
+        let mut node = HostNode {
+            engine: None,
+            config,
+            id,
+            state,
+        };
+        node.start();
+        node
+    }
+}
+
+impl Drop for SharedHost {
+    fn drop(&mut self) {
+        if let Ok(host) = LinuxHost::detect()
+            && let Err(e) = host.cgroups().remove_parent(&self.base)
+        {
+            eprintln!("shared host teardown: {e}");
+        }
+    }
+}
+
+/// One node of a [`SharedHost`]: its engine can be stopped and started again on its state dir
+/// (a restart); every sliver it made is destroyed on drop.
+pub struct HostNode {
+    pub engine: Option<Slivers<LinuxHost>>,
+    /// The node's configuration as made (the uid range is picked when the engine opens).
+    pub config: NodeConfig,
+    pub id: node::sliver::claim::NodeId,
+    pub state: tempfile::TempDir,
+}
+
+impl HostNode {
+    /// The running engine.
+    pub fn engine(&self) -> &Slivers<LinuxHost> {
+        self.engine.as_ref().expect("the node runs")
+    }
+
+    /// Stops the engine (its slivers keep running, as when nodemgr stops).
+    pub fn stop(&mut self) {
+        self.engine = None;
+    }
+
+    /// Starts the engine on the node's state dir: it re-adopts, reaps and sweeps orphans.
+    pub fn start(&mut self) -> node::sliver::Reconciled {
+        assert!(self.engine.is_none(), "the node runs already");
+        let host = LinuxHost::detect().expect("cgroups");
+        let (engine, report) = Slivers::open(host, self.config.clone()).expect("open engine");
+        self.engine = Some(engine);
+        report
+    }
+
+    /// A restart: stop, then start.
+    pub fn restart(&mut self) -> node::sliver::Reconciled {
+        self.stop();
+        self.start()
+    }
+}
+
+impl Drop for HostNode {
+    fn drop(&mut self) {
+        if self.engine.is_none()
+            && let Ok(host) = LinuxHost::detect()
+        {
+            match Slivers::open(host, self.config.clone()) {
+                Ok((engine, _)) => self.engine = Some(engine),
+                Err(e) => eprintln!("node {} teardown: {e}", self.id),
+            }
+        }
+        if let Some(engine) = &self.engine
+            && let Err(e) = engine.destroy_all()
+        {
+            eprintln!("node {} teardown: {e}", self.id);
+        }
+    }
+}
