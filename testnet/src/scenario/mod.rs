@@ -1,0 +1,117 @@
+//! Scenario files: a testnet to bring up (or one already running) and an ordered list of steps
+//! — acquisitions, commands in slivers (exec, spawn, logs, keys), renewals, deletions, faults
+//! (kill, restart, partition, heal) and assertions — run against real daemons, each step
+//! printed with its time.
+//!
+//! ```toml
+//! description = "a node killed and restarted mid-slice keeps its lease"
+//!
+//! [testnet]                      # every field optional; or: reuse = ".testnet"
+//! federations = 2                # default 2
+//! nodes = 4                      # default 6
+//! agents = 2                     # default 3 (at least one per federation)
+//! brokers = 1                    # default 1
+//! network = "auto"               # auto (namespaces as root, else loopback) | namespaces | loopback
+//! isolation = "auto"             # auto (linux as root, else memory) | linux | memory
+//! converge_secs = 90             # longest wait for ads to converge after start
+//!
+//! [[step]]
+//! do = "acquire"                 # slicectl slice create
+//! slice = "fed0-site0_e2e"       # the principal is of site fed0-site0
+//! slivers = 4                    # or: nodes = ["node0", "node3"]
+//! resources = "cpu=200m,memory=96MiB,disk=128MiB,egress=2Mbit"
+//! federations = ["fed0", "fed1"]
+//! mode = "all-or-nothing"        # or "best-effort"
+//! via = "broker"                 # or "agents" (slicectl --agent: the in-process broker)
+//! expect_slivers = 4
+//!
+//! [[step]]
+//! do = "kill"                    # SIGKILL, as a crash
+//! hosts = ["node1"]
+//! ```
+//!
+//! Steps (`do = …`) and their fields:
+//!
+//! | `do` | fields (besides `title`) |
+//! |---|---|
+//! | `acquire` | `slice`, `slivers` or `nodes`, `resources`, `duration` (1h), `lease`, `federations`, `min_sites`, `mode`, `via`, `agents`, `expect`, `expect_slivers`, `timeout_secs` |
+//! | `exec` | `slice`, `command` (a string runs under `/bin/sh -c`, a list as is), `expect_output` (in every sliver's stdout), `expect_exit` (0), `expect_slivers`, `expect`, `timeout_secs`, `retry_secs` |
+//! | `status` | `slice`, `expect_live`, `expect_measured`, `expect`, `timeout_secs`, `retry_secs` |
+//! | `renew` | `slice`, `for`, `expect_renewed`, `expect`, `timeout_secs`, `retry_secs` |
+//! | `sync` | `slice`, `expect_held`, `expect`, `timeout_secs`, `retry_secs` |
+//! | `delete` | `slice`, `expect_released`, `expect`, `timeout_secs` |
+//! | `spawn` | `slice`, `command` (as for `exec`), `expect_slivers` (each answered a pid), `expect`, `timeout_secs` |
+//! | `logs` | `slice`, `expect_output` (in every sliver's spawn log), `expect_slivers`, `expect`, `timeout_secs`, `retry_secs` |
+//! | `keys` | `slice`, `add` or `del` (a key line, or for `del` its comment; neither: list), `expect_keys` (keys each sliver lists after), `expect_slivers`, `expect`, `timeout_secs` |
+//! | `kill` | `hosts` (SIGKILL) |
+//! | `restart` | `hosts`, `wait_secs` (30: until each answers) |
+//! | `partition` | `hosts` |
+//! | `heal` | — |
+//! | `wait_converged` | `timeout_secs` (60) |
+//! | `sleep` | `secs` |
+//! | `expect_leases` | `nodes` (default every node), `slice`, `each`, `total`, `within_secs` |
+//! | `down` | — (takes the testnet down and checks that nothing is left; the last step) |
+//!
+//! `expect` is the `slicectl` failure class a step must end with (`ok` by default; `exec` with
+//! a non-zero `expect_exit`: `command_failed`), or a list of them: `ok`, `internal`, `usage`,
+//! `setup`, `unsatisfiable`, `refused`, `unreachable`, `partial`, `not_found`,
+//! `command_failed`. `retry_secs` repeats an idempotent step until its expectations hold.
+//!
+//! Steps drive the `slicectl` binary with `--json`, as `testnet demo` does
+//! ([`crate::demo::Slicectl`]), and the testnet's hosts through [`crate::launch`],
+//! [`crate::netns`] and [`crate::probe`].
+//!
+//! The parts:
+//! - `model`: the types: [`Scenario`], [`TestnetSpec`], and each step as a [`PlacedStep`]
+//!   (the [`StepCommon`] part: line and title) holding a [`Step`], the enum tagged by `do`
+//!   whose variants each hold the struct of that step's fields (declared there only);
+//! - `parse`: TOML into the model ([`load`], [`parse`]), keeping each step's line; a wrong
+//!   value, a field that does not apply to the step's `do` or one it lacks names the line and
+//!   the field;
+//! - `validate`: the scenario as a whole, against its topology and its earlier steps;
+//! - `run`: bringing the testnet up or using a running one, the step loop, failure reports and
+//!   teardown ([`run`], [`leftovers`]);
+//! - `runner`: how each step is carried out (slicectl calls and their checks, faults, lease
+//!   counts, `down`).
+
+use std::fmt;
+
+mod model;
+mod parse;
+mod run;
+mod runner;
+mod validate;
+
+pub use model::{
+    Acquire, Bare, Class, Delete, Exec, ExpectLeases, Hosts, IsolationChoice, Keys, KeysAction,
+    Kind, Logs, Mode, NetworkChoice, OneOrMany, PRINCIPAL_SITE, PlacedStep, Renew, Restart,
+    Scenario, Sleep, Spawn, Status, Step, StepCommon, Sync, TestnetSpec, Via, WaitConverged,
+};
+pub use parse::{load, parse};
+pub use run::{Report, RunOptions, leftovers, resolve, run, start, stop_on_signals};
+
+/// Why a scenario file is not usable: every problem found, each naming its line and field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScenarioError {
+    /// The file.
+    pub source: String,
+    /// The problems.
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ScenarioError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.problems.as_slice() {
+            [one] => write!(f, "{}: {one}", self.source),
+            many => {
+                write!(f, "{}: {} problems:", self.source, many.len())?;
+                for p in many {
+                    write!(f, "\n  {p}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::error::Error for ScenarioError {}

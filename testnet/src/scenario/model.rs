@@ -1,0 +1,791 @@
+//! What a scenario is: its `[testnet]`, and its steps as typed values.
+//!
+//! A step is a [`PlacedStep`]: the [`StepCommon`] part every step has (its line, its title)
+//! and a [`Step`], an enum tagged by the step's `do` word whose variants each hold one struct.
+//! Each struct declares its fields once, as serde reads them: a field without a default is
+//! one the step needs, and the [parser](super::parse) takes the list of fields a step takes,
+//! and of those it needs, from the struct itself. [`Kind::with_struct`] is the one table from
+//! a `do` word to its struct.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::topology::Topology;
+
+/// The site of the testnet's principal: every slice is named `fed0-site0_…`.
+pub const PRINCIPAL_SITE: &str = "fed0-site0";
+
+/// How hosts are connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkChoice {
+    /// Namespaces as root, loopback otherwise.
+    #[default]
+    Auto,
+    /// Each host in its own network namespace on a bridge (root).
+    Namespaces,
+    /// Every host on 127.0.0.1.
+    Loopback,
+}
+
+/// How nodes make slivers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IsolationChoice {
+    /// Linux as root, memory otherwise.
+    #[default]
+    Auto,
+    /// Real slivers (root).
+    Linux,
+    /// No isolation.
+    Memory,
+}
+
+/// The `[testnet]` table: what to bring up, or which running testnet to use.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestnetSpec {
+    /// A running testnet's directory (relative to the current directory) to run on instead
+    /// of bringing one up; it is left running.
+    pub reuse: Option<PathBuf>,
+    /// Federations (default 2).
+    pub federations: Option<u32>,
+    /// Nodes (default 6).
+    pub nodes: Option<u32>,
+    /// Agents (default 3).
+    pub agents: Option<u32>,
+    /// Brokers (default 1).
+    pub brokers: Option<u32>,
+    /// How hosts are connected.
+    #[serde(default)]
+    pub network: NetworkChoice,
+    /// How nodes make slivers.
+    #[serde(default)]
+    pub isolation: IsolationChoice,
+    /// Longest wait for ads to converge after start, in seconds (default 90).
+    pub converge_secs: Option<u64>,
+}
+
+impl TestnetSpec {
+    /// The topology to bring up.
+    pub fn topology(&self) -> Topology {
+        let d = Topology::default();
+        Topology {
+            federations: self.federations.unwrap_or(d.federations),
+            nodes: self.nodes.unwrap_or(d.nodes),
+            agents: self.agents.unwrap_or(d.agents),
+            brokers: self.brokers.unwrap_or(d.brokers),
+        }
+    }
+}
+
+/// A `slicectl` failure class (its exit code), named in scenario files as `slicectl --json`
+/// prints it (`ok`, `refused`, `not_found`, …).
+pub use slicectl::exit::ExitClass as Class;
+
+/// One value or a list of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OneOrMany<T> {
+    /// One.
+    One(T),
+    /// A list.
+    Many(Vec<T>),
+}
+
+// By hand rather than `untagged`, so a wrong value says what is wrong with it (an unknown
+// class name, say) instead of "did not match any variant".
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for OneOrMany<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{IntoDeserializer, value::SeqAccessDeserializer};
+        struct Either<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Either<T> {
+            type Value = OneOrMany<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or a list of strings")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                T::deserialize(v.into_deserializer()).map(OneOrMany::One)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                Vec::<T>::deserialize(SeqAccessDeserializer::new(seq)).map(OneOrMany::Many)
+            }
+        }
+        d.deserialize_any(Either(std::marker::PhantomData))
+    }
+}
+
+impl<T: Clone> OneOrMany<T> {
+    /// As a list.
+    pub fn to_vec(&self) -> Vec<T> {
+        match self {
+            OneOrMany::One(t) => vec![t.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// Acquisition mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Every sliver or none.
+    #[default]
+    AllOrNothing,
+    /// As many as can be had.
+    BestEffort,
+}
+
+impl Mode {
+    /// As `slicectl --mode` and scenario files spell it.
+    pub fn word(self) -> &'static str {
+        match self {
+            Mode::AllOrNothing => "all-or-nothing",
+            Mode::BestEffort => "best-effort",
+        }
+    }
+}
+
+/// Who plans and asks the agents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Via {
+    /// The testnet's broker (`broker0`).
+    #[default]
+    Broker,
+    /// `slicectl --agent`: the broker in-process, asking the agents directly.
+    Agents,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The steps. A field without `#[serde(default)]` (and not an `Option`) is one the step needs.
+// ---------------------------------------------------------------------------------------------
+
+/// What every step has, whatever its `do`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StepCommon {
+    /// The line of its `[[step]]` table (1-based).
+    pub line: usize,
+    /// What the step is for (`title = …`, printed before what it does).
+    pub title: Option<String>,
+}
+
+/// `do = "acquire"`: `slicectl slice create`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Acquire {
+    /// The slice (`fed0-site0_…`).
+    pub slice: String,
+    /// How many slivers.
+    pub slivers: Option<u32>,
+    /// Or: one sliver on each of these nodes (host names).
+    #[serde(default)]
+    pub nodes: Vec<String>,
+    /// Per sliver, e.g. `cpu=200m,memory=96MiB`.
+    pub resources: String,
+    /// The tickets' window (default `1h`).
+    pub duration: Option<String>,
+    /// The first lease, when shorter.
+    pub lease: Option<String>,
+    /// Federations allowed (empty: any).
+    #[serde(default)]
+    pub federations: Vec<String>,
+    /// At least this many sites.
+    pub min_sites: Option<u32>,
+    /// All-or-nothing (default) or best-effort.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Through the broker (default) or the agents.
+    #[serde(default)]
+    pub via: Via,
+    /// With `via = "agents"`: only these agents (default: every agent).
+    #[serde(default)]
+    pub agents: Vec<String>,
+    /// The class the step must end with.
+    pub expect: Option<OneOrMany<Class>>,
+    /// Slivers held afterwards.
+    pub expect_slivers: Option<usize>,
+    /// `slicectl --timeout` (default 20).
+    pub timeout_secs: Option<u64>,
+}
+
+/// `do = "exec"`: `slicectl slice exec`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Exec {
+    /// The slice.
+    pub slice: String,
+    /// A string runs under `/bin/sh -c`; a list runs as is.
+    pub command: OneOrMany<String>,
+    /// Every sliver's standard output contains this.
+    pub expect_output: Option<String>,
+    /// Every sliver's exit status (default 0).
+    #[serde(default)]
+    pub expect_exit: i32,
+    /// Slivers that answered.
+    pub expect_slivers: Option<usize>,
+    /// The class (default `ok`, or `command_failed` when `expect_exit` is not 0).
+    pub expect: Option<OneOrMany<Class>>,
+    /// `slicectl --timeout`.
+    pub timeout_secs: Option<u64>,
+    /// Repeat until the expectations hold, for at most this long.
+    pub retry_secs: Option<u64>,
+}
+
+/// `do = "status"`: `slicectl slice status`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Status {
+    /// The slice.
+    pub slice: String,
+    /// Slivers whose node says their lease is live.
+    pub expect_live: Option<usize>,
+    /// Slivers whose node reports what they used (CPU, memory, egress) in its signed ad.
+    pub expect_measured: Option<usize>,
+    /// The class.
+    pub expect: Option<OneOrMany<Class>>,
+    /// `slicectl --timeout`.
+    pub timeout_secs: Option<u64>,
+    /// Repeat until the expectations hold, for at most this long.
+    pub retry_secs: Option<u64>,
+}
+
+/// `do = "renew"`: `slicectl slice renew`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Renew {
+    /// The slice.
+    pub slice: String,
+    /// From now, e.g. `50m` (default: the slice's lease).
+    #[serde(rename = "for")]
+    pub for_: Option<String>,
+    /// Slivers renewed.
+    pub expect_renewed: Option<usize>,
+    /// The class.
+    pub expect: Option<OneOrMany<Class>>,
+    /// `slicectl --timeout`.
+    pub timeout_secs: Option<u64>,
+    /// Repeat until the expectations hold, for at most this long.
+    pub retry_secs: Option<u64>,
+}
+
+/// `do = "sync"`: `slicectl slice sync`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sync {
+    /// The slice.
+    pub slice: String,
+    /// Slivers held afterwards.
+    pub expect_held: Option<usize>,
+    /// The class.
+    pub expect: Option<OneOrMany<Class>>,
+    /// `slicectl --timeout`.
+    pub timeout_secs: Option<u64>,
+    /// Repeat until the expectations hold, for at most this long.
+    pub retry_secs: Option<u64>,
+}
+
+/// `do = "delete"`: `slicectl slice delete`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Delete {
+    /// The slice.
+    pub slice: String,
+    /// Leases released.
+    pub expect_released: Option<usize>,
+    /// The class.
+    pub expect: Option<OneOrMany<Class>>,
+    /// `slicectl --timeout`.
+    pub timeout_secs: Option<u64>,
+}
+
+/// `do = "spawn"`: `slicectl slice spawn`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spawn {
+    /// The slice.
+    pub slice: String,
+    /// A string runs under `/bin/sh -c`; a list runs as is.
+    pub command: OneOrMany<String>,
+    /// Slivers that answered with a pid.
+    pub expect_slivers: Option<usize>,
+    /// The class (default `ok`).
+    pub expect: Option<OneOrMany<Class>>,
+    /// `slicectl --timeout`.
+    pub timeout_secs: Option<u64>,
+}
+
+/// `do = "logs"`: `slicectl slice logs`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Logs {
+    /// The slice.
+    pub slice: String,
+    /// Every sliver's spawn log contains this.
+    pub expect_output: Option<String>,
+    /// Slivers that answered.
+    pub expect_slivers: Option<usize>,
+    /// The class (default `ok`).
+    pub expect: Option<OneOrMany<Class>>,
+    /// `slicectl --timeout`.
+    pub timeout_secs: Option<u64>,
+    /// Repeat until the expectations hold, for at most this long.
+    pub retry_secs: Option<u64>,
+}
+
+/// What a `keys` step does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeysAction {
+    /// `keys add LINE`: every sliver then lists the line.
+    Add(String),
+    /// `keys del LINE-OR-COMMENT`: no sliver lists it after.
+    Del(String),
+    /// `keys list`.
+    List,
+}
+
+/// `do = "keys"`: `slicectl slice keys add|del|list`. A parsed scenario never gives both
+/// `add` and `del`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Keys {
+    /// The slice.
+    pub slice: String,
+    /// A key line to add.
+    pub add: Option<String>,
+    /// Or: a key line, or its comment, to delete (neither: list the keys).
+    pub del: Option<String>,
+    /// Keys each sliver lists afterwards.
+    pub expect_keys: Option<usize>,
+    /// Slivers that answered.
+    pub expect_slivers: Option<usize>,
+    /// The class (default `ok`).
+    pub expect: Option<OneOrMany<Class>>,
+    /// `slicectl --timeout`.
+    pub timeout_secs: Option<u64>,
+}
+
+impl Keys {
+    /// Add, delete or list.
+    pub fn action(&self) -> KeysAction {
+        match (&self.add, &self.del) {
+            (Some(key), _) => KeysAction::Add(key.clone()),
+            (None, Some(key)) => KeysAction::Del(key.clone()),
+            (None, None) => KeysAction::List,
+        }
+    }
+}
+
+/// `do = "kill"` or `"partition"`: hosts.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hosts {
+    /// The hosts (`node1`, `agent0`, …); `host = …` is read as `hosts`.
+    pub hosts: OneOrMany<String>,
+}
+
+/// `do = "restart"`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Restart {
+    /// The hosts.
+    pub hosts: OneOrMany<String>,
+    /// Longest wait until each answers (default 30).
+    pub wait_secs: Option<u64>,
+}
+
+/// A step with nothing but what every step has (`heal`, `down`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bare {}
+
+/// `do = "wait_converged"`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitConverged {
+    /// Longest wait (default 60).
+    pub timeout_secs: Option<u64>,
+}
+
+/// `do = "sleep"`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sleep {
+    /// How long.
+    pub secs: f64,
+}
+
+/// `do = "expect_leases"`: leases as the nodes' ledgers show them (`/leases`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpectLeases {
+    /// The nodes to ask (default every node).
+    pub nodes: Option<Vec<String>>,
+    /// Count only this slice's leases.
+    pub slice: Option<String>,
+    /// Leases on each node.
+    pub each: Option<usize>,
+    /// Leases on all of them together.
+    pub total: Option<usize>,
+    /// Ask again until this long has passed (default: once).
+    pub within_secs: Option<u64>,
+}
+
+/// A step's `do` word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// `acquire`.
+    Acquire,
+    /// `exec`.
+    Exec,
+    /// `status`.
+    Status,
+    /// `renew`.
+    Renew,
+    /// `sync`.
+    Sync,
+    /// `delete`.
+    Delete,
+    /// `spawn`.
+    Spawn,
+    /// `logs`.
+    Logs,
+    /// `keys`.
+    Keys,
+    /// `kill`.
+    Kill,
+    /// `restart`.
+    Restart,
+    /// `partition`.
+    Partition,
+    /// `heal`.
+    Heal,
+    /// `wait_converged`.
+    WaitConverged,
+    /// `sleep`.
+    Sleep,
+    /// `expect_leases`.
+    ExpectLeases,
+    /// `down`.
+    Down,
+}
+
+/// Something done with the struct of one kind of step, whichever it is: see
+/// [`Kind::with_struct`].
+pub(super) trait WithStepStruct {
+    /// What it gives.
+    type Output;
+    /// Does it with `T`, the struct of the kind; `into_step` wraps one in its [`Step`].
+    fn with<T: DeserializeOwned>(self, into_step: fn(T) -> Step) -> Self::Output;
+}
+
+impl Kind {
+    /// Every kind, in the order the message for an unknown `do` lists them.
+    pub const ALL: [Kind; 17] = [
+        Kind::Acquire,
+        Kind::Exec,
+        Kind::Status,
+        Kind::Renew,
+        Kind::Sync,
+        Kind::Delete,
+        Kind::Spawn,
+        Kind::Logs,
+        Kind::Keys,
+        Kind::Kill,
+        Kind::Restart,
+        Kind::Partition,
+        Kind::Heal,
+        Kind::WaitConverged,
+        Kind::Sleep,
+        Kind::ExpectLeases,
+        Kind::Down,
+    ];
+
+    /// As scenario files spell it.
+    pub fn word(self) -> &'static str {
+        match self {
+            Kind::Acquire => "acquire",
+            Kind::Exec => "exec",
+            Kind::Status => "status",
+            Kind::Renew => "renew",
+            Kind::Sync => "sync",
+            Kind::Delete => "delete",
+            Kind::Spawn => "spawn",
+            Kind::Logs => "logs",
+            Kind::Keys => "keys",
+            Kind::Kill => "kill",
+            Kind::Restart => "restart",
+            Kind::Partition => "partition",
+            Kind::Heal => "heal",
+            Kind::WaitConverged => "wait_converged",
+            Kind::Sleep => "sleep",
+            Kind::ExpectLeases => "expect_leases",
+            Kind::Down => "down",
+        }
+    }
+
+    /// Calls `w` with this kind's struct: the one table from a `do` word to the struct that
+    /// holds its fields and the [`Step`] variant that holds the struct.
+    pub(super) fn with_struct<W: WithStepStruct>(self, w: W) -> W::Output {
+        match self {
+            Kind::Acquire => w.with(Step::Acquire),
+            Kind::Exec => w.with(Step::Exec),
+            Kind::Status => w.with(Step::Status),
+            Kind::Renew => w.with(Step::Renew),
+            Kind::Sync => w.with(Step::Sync),
+            Kind::Delete => w.with(Step::Delete),
+            Kind::Spawn => w.with(Step::Spawn),
+            Kind::Logs => w.with(Step::Logs),
+            Kind::Keys => w.with(Step::Keys),
+            Kind::Kill => w.with(Step::Kill),
+            Kind::Restart => w.with(Step::Restart),
+            Kind::Partition => w.with(Step::Partition),
+            Kind::Heal => w.with(Step::Heal),
+            Kind::WaitConverged => w.with(Step::WaitConverged),
+            Kind::Sleep => w.with(Step::Sleep),
+            Kind::ExpectLeases => w.with(Step::ExpectLeases),
+            Kind::Down => w.with(Step::Down),
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.word())
+    }
+}
+
+/// One step, tagged by its `do` word ([`Kind`]): each variant holds the struct of the fields
+/// that kind of step takes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// `slicectl slice create`.
+    Acquire(Acquire),
+    /// `slicectl slice exec`.
+    Exec(Exec),
+    /// `slicectl slice status`.
+    Status(Status),
+    /// `slicectl slice renew`.
+    Renew(Renew),
+    /// `slicectl slice sync`.
+    Sync(Sync),
+    /// `slicectl slice delete`.
+    Delete(Delete),
+    /// `slicectl slice spawn`.
+    Spawn(Spawn),
+    /// `slicectl slice logs`.
+    Logs(Logs),
+    /// `slicectl slice keys`.
+    Keys(Keys),
+    /// SIGKILL hosts' daemons.
+    Kill(Hosts),
+    /// Stop (gracefully, if running) and start hosts' daemons; wait until they answer.
+    Restart(Restart),
+    /// Cut hosts off the network.
+    Partition(Hosts),
+    /// Undo every partition.
+    Heal(Bare),
+    /// Wait until every agent knows every node that delegated to it.
+    WaitConverged(WaitConverged),
+    /// Wait.
+    Sleep(Sleep),
+    /// Check the nodes' leases.
+    ExpectLeases(ExpectLeases),
+    /// Take the testnet down and check that nothing is left.
+    Down(Bare),
+}
+
+impl Step {
+    /// Its `do` word.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Step::Acquire(_) => Kind::Acquire,
+            Step::Exec(_) => Kind::Exec,
+            Step::Status(_) => Kind::Status,
+            Step::Renew(_) => Kind::Renew,
+            Step::Sync(_) => Kind::Sync,
+            Step::Delete(_) => Kind::Delete,
+            Step::Spawn(_) => Kind::Spawn,
+            Step::Logs(_) => Kind::Logs,
+            Step::Keys(_) => Kind::Keys,
+            Step::Kill(_) => Kind::Kill,
+            Step::Restart(_) => Kind::Restart,
+            Step::Partition(_) => Kind::Partition,
+            Step::Heal(_) => Kind::Heal,
+            Step::WaitConverged(_) => Kind::WaitConverged,
+            Step::Sleep(_) => Kind::Sleep,
+            Step::ExpectLeases(_) => Kind::ExpectLeases,
+            Step::Down(_) => Kind::Down,
+        }
+    }
+
+    /// What the step does, in a few words.
+    pub fn describe(&self) -> String {
+        match self {
+            Step::Acquire(a) => {
+                let count = if a.nodes.is_empty() {
+                    format!("{} slivers", a.slivers.unwrap_or(0))
+                } else {
+                    format!("slivers on {}", a.nodes.join(", "))
+                };
+                let feds = if a.federations.is_empty() {
+                    String::new()
+                } else {
+                    format!(" in {}", a.federations.join(" + "))
+                };
+                let via = match a.via {
+                    Via::Broker => "the broker".to_owned(),
+                    Via::Agents if a.agents.is_empty() => "the agents".to_owned(),
+                    Via::Agents => a.agents.join(", "),
+                };
+                format!(
+                    "acquire {} ({count}{feds}, {}) via {via}",
+                    a.slice,
+                    a.mode.word()
+                )
+            }
+            Step::Exec(e) => format!(
+                "exec in every sliver of {}: {}",
+                e.slice,
+                e.command.to_vec().join(" ")
+            ),
+            Step::Status(s) => format!("status of {}", s.slice),
+            Step::Renew(r) => format!(
+                "renew {}{}",
+                r.slice,
+                r.for_
+                    .as_deref()
+                    .map(|f| format!(" for {f}"))
+                    .unwrap_or_default()
+            ),
+            Step::Sync(s) => format!("sync {}", s.slice),
+            Step::Delete(d) => format!("delete {}", d.slice),
+            Step::Spawn(sp) => format!(
+                "spawn in every sliver of {}: {}",
+                sp.slice,
+                sp.command.to_vec().join(" ")
+            ),
+            Step::Logs(l) => format!("logs of every sliver of {}", l.slice),
+            Step::Keys(k) => match k.action() {
+                KeysAction::Add(key) => format!("add key {key:?} to every sliver of {}", k.slice),
+                KeysAction::Del(key) => {
+                    format!("remove key {key:?} from every sliver of {}", k.slice)
+                }
+                KeysAction::List => format!("list the keys of every sliver of {}", k.slice),
+            },
+            Step::Kill(h) => format!("kill {} (SIGKILL)", h.hosts.to_vec().join(", ")),
+            Step::Restart(h) => format!("restart {}", h.hosts.to_vec().join(", ")),
+            Step::Partition(h) => format!("partition {}", h.hosts.to_vec().join(", ")),
+            Step::Heal(_) => "heal every partition".to_owned(),
+            Step::WaitConverged(_) => "wait until ads have converged".to_owned(),
+            Step::Sleep(s) => format!("sleep {}s", s.secs),
+            Step::ExpectLeases(e) => {
+                let mut parts = Vec::new();
+                if let Some(n) = e.each {
+                    parts.push(format!("{n} on each node"));
+                }
+                if let Some(n) = e.total {
+                    parts.push(format!("{n} in all"));
+                }
+                format!(
+                    "expect leases{}: {}{}",
+                    e.slice
+                        .as_deref()
+                        .map(|s| format!(" of {s}"))
+                        .unwrap_or_default(),
+                    parts.join(", "),
+                    e.nodes
+                        .as_ref()
+                        .map(|n| format!(" ({})", n.join(", ")))
+                        .unwrap_or_default()
+                )
+            }
+            Step::Down(_) => "take the testnet down; expect nothing left".to_owned(),
+        }
+    }
+}
+
+/// A step with what every step has: where it is and what it is for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlacedStep {
+    /// Its line and title.
+    pub common: StepCommon,
+    /// What it does.
+    pub step: Step,
+}
+
+impl PlacedStep {
+    /// What the step does, in a few words, after its title if it has one.
+    pub fn summary(&self) -> String {
+        let what = self.step.describe();
+        match &self.common.title {
+            Some(t) => format!("{t}: {what}"),
+            None => what,
+        }
+    }
+}
+
+/// A parsed and validated scenario.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scenario {
+    /// Where it came from (a file's path, or a name).
+    pub source: String,
+    /// What it shows.
+    pub description: Option<String>,
+    /// What to run it on.
+    pub testnet: TestnetSpec,
+    /// What to do, in order.
+    pub steps: Vec<PlacedStep>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes_match_slicectl_exit_codes() {
+        for c in Class::ALL {
+            assert_eq!(Class::of_code(c.code()), Some(c));
+            let named: Class = Deserialize::deserialize(serde::de::value::StrDeserializer::<
+                serde::de::value::Error,
+            >::new(c.name()))
+            .unwrap();
+            assert_eq!(named, c);
+        }
+        assert_eq!(Class::of_code(6), Some(Class::Unreachable));
+        assert_eq!(Class::of_code(42), None);
+    }
+
+    #[test]
+    fn every_kind_reads_its_own_word() {
+        for kind in Kind::ALL {
+            let read: Kind = Deserialize::deserialize(serde::de::value::StrDeserializer::<
+                serde::de::value::Error,
+            >::new(kind.word()))
+            .unwrap();
+            assert_eq!(read, kind);
+        }
+    }
+
+    #[test]
+    fn keys_add_delete_or_list() {
+        let keys = |add: Option<&str>, del: Option<&str>| Keys {
+            slice: "fed0-site0_k".into(),
+            add: add.map(str::to_owned),
+            del: del.map(str::to_owned),
+            expect_keys: None,
+            expect_slivers: None,
+            expect: None,
+            timeout_secs: None,
+        };
+        assert_eq!(keys(Some("k"), None).action(), KeysAction::Add("k".into()));
+        assert_eq!(keys(None, Some("c")).action(), KeysAction::Del("c".into()));
+        assert_eq!(keys(None, None).action(), KeysAction::List);
+    }
+}

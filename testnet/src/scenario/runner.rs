@@ -1,0 +1,887 @@
+//! How each step is carried out on a running testnet: `slicectl --json` calls (as `testnet
+//! demo` makes them, [`Slicectl`]) checked against the class and counts a step expects, faults
+//! through [`launch`] and [`crate::netns`], lease counts from the nodes' `/leases`
+//! ([`probe`]), and `down`, which checks that nothing is left ([`super::leftovers`]).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde_json::Value;
+
+use crate::demo::{Slicectl, SlicectlRun};
+use crate::generate::Manifest;
+use crate::launch;
+use crate::probe;
+use crate::topology::HostRole;
+
+use super::model::{
+    Acquire, Class, Delete, Exec, ExpectLeases, Keys, KeysAction, Logs, OneOrMany, Renew, Restart,
+    Spawn, Status, Step, Sync, Via,
+};
+use super::run::{Running, interrupted, leftovers};
+
+/// Why a step failed: a sentence, and what the step saw (slicectl's command and output).
+#[derive(Debug)]
+pub(super) struct StepFailure {
+    pub(super) reason: String,
+    pub(super) detail: Vec<String>,
+}
+
+impl StepFailure {
+    pub(super) fn new(reason: impl Into<String>) -> StepFailure {
+        StepFailure {
+            reason: reason.into(),
+            detail: Vec::new(),
+        }
+    }
+}
+
+impl From<anyhow::Error> for StepFailure {
+    fn from(e: anyhow::Error) -> StepFailure {
+        StepFailure::new(format!("{e:#}"))
+    }
+}
+
+/// One `slicectl` call's result.
+struct Call {
+    class: Class,
+    json: Value,
+    command: String,
+    run: SlicectlRun,
+}
+
+impl Call {
+    /// The command and what it printed, for a failure report.
+    fn detail(&self) -> Vec<String> {
+        let mut lines = vec![format!("$ {}", self.command)];
+        let stdout = self.run.stdout.trim();
+        if !stdout.is_empty() {
+            let text = serde_json::to_string_pretty(&self.json)
+                .ok()
+                .filter(|_| !self.json.is_null())
+                .unwrap_or_else(|| stdout.to_owned());
+            lines.extend(text.lines().take(60).map(str::to_owned));
+        }
+        lines.extend(
+            self.run
+                .stderr
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .take(30)
+                .map(|l| format!("(stderr) {l}")),
+        );
+        lines
+    }
+
+    /// slicectl's own sentence for a failure, if it gave one.
+    fn error_text(&self) -> String {
+        if let Some(e) = self.json["error"].as_str() {
+            return e.to_owned();
+        }
+        self.run
+            .stderr
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("")
+            .to_owned()
+    }
+
+    fn fail(&self, reason: String) -> StepFailure {
+        StepFailure {
+            reason,
+            detail: self.detail(),
+        }
+    }
+
+    /// Checks the class against what the step expects.
+    fn expect_class(&self, expect: &[Class]) -> Result<(), StepFailure> {
+        if expect.contains(&self.class) {
+            return Ok(());
+        }
+        let wanted: Vec<&str> = expect.iter().map(|c| c.name()).collect();
+        let said = self.error_text();
+        Err(self.fail(format!(
+            "slicectl ended {} (exit {}), expected {}{}",
+            self.class,
+            self.run.code,
+            wanted.join(" or "),
+            if said.is_empty() {
+                String::new()
+            } else {
+                format!(": {said}")
+            }
+        )))
+    }
+}
+
+/// A step's `command`: a string runs under `/bin/sh -c`, a list as is.
+fn shell_argv(command: &OneOrMany<String>) -> Vec<String> {
+    match command {
+        OneOrMany::One(cmd) => vec!["/bin/sh".to_owned(), "-c".to_owned(), cmd.clone()],
+        OneOrMany::Many(v) => v.clone(),
+    }
+}
+
+/// What a run needs at hand to carry out its steps.
+pub(super) struct Runner<'a> {
+    pub(super) manifest: &'a Manifest,
+    pub(super) dir: &'a Path,
+    pub(super) slicectl: Slicectl,
+}
+
+const DEFAULT_TIMEOUT_SECS: u64 = 20;
+
+impl Runner<'_> {
+    /// The host called `key` (a public key in `ed25519/…` form), by name.
+    fn name_of(&self, key: &str) -> String {
+        self.manifest
+            .hosts
+            .iter()
+            .find(|h| h.key.to_string() == key)
+            .map(|h| h.plan.name.clone())
+            .unwrap_or_else(|| key.chars().take(20).collect())
+    }
+
+    /// The entries of a JSON list that name a node (`"node": "ed25519/…"`), with the node's
+    /// host name, in the testnet's host order.
+    fn by_node<'v>(&self, list: &'v Value) -> Vec<(String, &'v Value)> {
+        let mut out: Vec<(usize, String, &Value)> = list
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|v| {
+                let key = v["node"].as_str().unwrap_or("");
+                let order = self
+                    .manifest
+                    .hosts
+                    .iter()
+                    .position(|h| h.key.to_string() == key)
+                    .unwrap_or(usize::MAX);
+                (order, self.name_of(key), v)
+            })
+            .collect();
+        out.sort_by_key(|(order, name, _)| (*order, name.clone()));
+        out.into_iter().map(|(_, name, v)| (name, v)).collect()
+    }
+
+    /// A slicectl config without the broker, so `--agent` (the in-process broker) is used.
+    fn agents_slicectl(&self) -> anyhow::Result<Slicectl> {
+        let path = self.dir.join("slicectl-agents.toml");
+        if !path.exists() {
+            let text = std::fs::read_to_string(&self.slicectl.config)
+                .with_context(|| format!("reading {}", self.slicectl.config.display()))?;
+            let mut table: toml::Table = toml::from_str(&text)
+                .with_context(|| format!("reading {}", self.slicectl.config.display()))?;
+            table.remove("broker");
+            std::fs::write(
+                &path,
+                format!(
+                    "# Written by `testnet scenario`: slicectl.toml without the broker, for --agent.\n{}",
+                    toml::to_string(&table)?
+                ),
+            )
+            .with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(Slicectl {
+            bin: self.slicectl.bin.clone(),
+            config: path,
+        })
+    }
+
+    /// Runs `slicectl --json --timeout T ARGS…`.
+    fn call(
+        &self,
+        slicectl: &Slicectl,
+        args: Vec<String>,
+        timeout_secs: Option<u64>,
+    ) -> Result<Call, StepFailure> {
+        let timeout = timeout_secs.unwrap_or(DEFAULT_TIMEOUT_SECS);
+        let mut full = vec![
+            "--json".to_owned(),
+            "--timeout".to_owned(),
+            timeout.to_string(),
+        ];
+        // What the step runs, as one would type it (before it runs: acquisitions take a while).
+        let shown: Vec<String> = args
+            .iter()
+            .map(|a| {
+                if a.is_empty()
+                    || a.contains(|c: char| c.is_whitespace() || "$;'\"|&()<>".contains(c))
+                {
+                    format!("'{}'", a.replace('\'', "'\\''"))
+                } else {
+                    a.clone()
+                }
+            })
+            .collect();
+        let config = match slicectl.config.file_name() {
+            Some(name) if name != "slicectl.toml" => {
+                format!("--config {} ", name.to_string_lossy())
+            }
+            _ => String::new(),
+        };
+        println!("      $ slicectl {config}{}", shown.join(" "));
+        full.extend(args);
+        let command = format!(
+            "slicectl --config {} {}",
+            slicectl.config.display(),
+            full.join(" ")
+        );
+        // Every remote call is bounded by `timeout`; an acquisition makes a few in a row.
+        let limit = Duration::from_secs(timeout * 6 + 30);
+        let run = slicectl.run(&full, limit)?;
+        let json = run
+            .stdout
+            .lines()
+            .rev()
+            .find_map(|l| serde_json::from_str::<Value>(l).ok())
+            .unwrap_or(Value::Null);
+        let Some(class) = Class::of_code(run.code) else {
+            return Err(StepFailure {
+                reason: format!("slicectl exited with {} (no failure class)", run.code),
+                detail: vec![
+                    format!("$ {command}"),
+                    run.stdout.clone(),
+                    run.stderr.clone(),
+                ],
+            });
+        };
+        Ok(Call {
+            class,
+            json,
+            command,
+            run,
+        })
+    }
+
+    fn acquire(&self, a: &Acquire) -> Result<Vec<String>, StepFailure> {
+        let mut args = vec![
+            "slice".to_owned(),
+            "create".to_owned(),
+            "--name".to_owned(),
+            a.slice.clone(),
+        ];
+        if let Some(n) = a.slivers {
+            args.extend(["--slivers".to_owned(), n.to_string()]);
+        }
+        for n in &a.nodes {
+            args.extend(["--node".to_owned(), self.manifest.host(n)?.key.to_string()]);
+        }
+        args.extend([
+            "--resources".to_owned(),
+            a.resources.clone(),
+            "--duration".to_owned(),
+            a.duration.clone().unwrap_or_else(|| "1h".to_owned()),
+        ]);
+        if let Some(l) = &a.lease {
+            args.extend(["--lease".to_owned(), l.clone()]);
+        }
+        args.extend(["--mode".to_owned(), a.mode.word().to_owned()]);
+        for f in &a.federations {
+            args.extend(["--federation".to_owned(), f.clone()]);
+        }
+        if let Some(m) = a.min_sites {
+            args.extend(["--min-sites".to_owned(), m.to_string()]);
+        }
+        let call = match a.via {
+            Via::Broker => self.call(&self.slicectl, args, a.timeout_secs)?,
+            Via::Agents => {
+                let slicectl = self.agents_slicectl()?;
+                for agent in &a.agents {
+                    args.push("--agent".to_owned());
+                    args.push(self.manifest.host(agent)?.multiaddr());
+                }
+                self.call(&slicectl, args, a.timeout_secs)?
+            }
+        };
+        let expect = a.expect.as_ref().map_or(vec![Class::Ok], OneOrMany::to_vec);
+        call.expect_class(&expect)?;
+        let held: Vec<String> = self
+            .by_node(&call.json["leases"])
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        let mut lines = Vec::new();
+        if held.is_empty() {
+            lines.push("no sliver held".to_owned());
+        } else {
+            lines.push(format!(
+                "{} of {} slivers held: {}",
+                held.len(),
+                call.json["wanted"].as_u64().unwrap_or(held.len() as u64),
+                held.join(", ")
+            ));
+        }
+        for f in call.json["failed"]
+            .as_array()
+            .into_iter()
+            .chain(call.json["unredeemed"].as_array())
+            .flatten()
+        {
+            lines.push(format!(
+                "{}: {}",
+                self.name_of(f["node"].as_str().unwrap_or("")),
+                f["error"].as_str().unwrap_or("failed")
+            ));
+        }
+        if let Some(left) = call.json["leases_left"].as_u64() {
+            lines.push(if left == 0 {
+                "all-or-nothing: the leases obtained were released, the tickets returned".to_owned()
+            } else {
+                format!("all-or-nothing: {left} leases could not be released yet")
+            });
+        }
+        if call.class != Class::Ok {
+            let said = call.error_text();
+            lines.push(if said.is_empty() {
+                format!("slicectl: {}", call.class)
+            } else {
+                format!("slicectl: {} ({said})", call.class)
+            });
+        }
+        if let Some(n) = a.expect_slivers
+            && held.len() != n
+        {
+            return Err(call.fail(format!("expected {n} slivers held, {} are", held.len())));
+        }
+        Ok(lines)
+    }
+
+    fn exec(&self, e: &Exec) -> Result<Vec<String>, StepFailure> {
+        let argv = shell_argv(&e.command);
+        let mut args = vec![
+            "slice".to_owned(),
+            "exec".to_owned(),
+            e.slice.clone(),
+            "--".to_owned(),
+        ];
+        args.extend(argv);
+        let call = self.call(&self.slicectl, args, e.timeout_secs)?;
+        let default = if e.expect_exit == 0 {
+            Class::Ok
+        } else {
+            Class::CommandFailed
+        };
+        call.expect_class(&e.expect.as_ref().map_or(vec![default], OneOrMany::to_vec))?;
+        let mut lines = Vec::new();
+        let mut answered = 0;
+        let mut problems = Vec::new();
+        for (name, s) in self.by_node(&call.json["slivers"]) {
+            if let Some(err) = s["error"].as_str() {
+                lines.push(format!("{name}: error: {err}"));
+                continue;
+            }
+            answered += 1;
+            let stdout = s["stdout"].as_str().unwrap_or("");
+            let code = s["exit_code"].as_i64().unwrap_or(-1);
+            let first = stdout.lines().next().unwrap_or("");
+            let more = if stdout.lines().count() > 1 {
+                " …"
+            } else {
+                ""
+            };
+            lines.push(format!("{name}: {first}{more} (exit {code})"));
+            if code != i64::from(e.expect_exit) {
+                problems.push(format!("{name} exited {code}, expected {}", e.expect_exit));
+            }
+            if let Some(want) = &e.expect_output
+                && !stdout.contains(want.as_str())
+            {
+                problems.push(format!("{name}'s output lacks {want:?}"));
+            }
+        }
+        if let Some(n) = e.expect_slivers
+            && answered != n
+        {
+            problems.push(format!("expected {n} slivers to answer, {answered} did"));
+        }
+        if problems.is_empty() {
+            Ok(lines)
+        } else {
+            Err(call.fail(problems.join("; ")))
+        }
+    }
+
+    fn status(&self, s: &Status) -> Result<Vec<String>, StepFailure> {
+        let args = vec!["slice".to_owned(), "status".to_owned(), s.slice.clone()];
+        let call = self.call(&self.slicectl, args, s.timeout_secs)?;
+        call.expect_class(&s.expect.as_ref().map_or(vec![Class::Ok], OneOrMany::to_vec))?;
+        let mut lines = Vec::new();
+        let mut live = 0;
+        let mut measured = 0;
+        for (name, v) in self.by_node(&call.json["slivers"]) {
+            let state = v["state"].as_str().unwrap_or("?");
+            if state == "live" {
+                live += 1;
+            }
+            let usage = &v["usage"];
+            if usage.is_object() {
+                measured += 1;
+                lines.push(format!(
+                    "{name}: {state}, cpu {} ms, memory {} B, sent {} B{}",
+                    usage["cpu_time_ms"],
+                    usage["memory_bytes"],
+                    usage["egress_bytes"],
+                    v["condition"]
+                        .as_str()
+                        .map(|c| format!(", {c}"))
+                        .unwrap_or_default()
+                ));
+            } else {
+                lines.push(format!("{name}: {state}"));
+            }
+        }
+        if call.class == Class::NotFound {
+            lines.push(format!("no slice {} ({})", s.slice, call.error_text()));
+        }
+        if let Some(n) = s.expect_live
+            && live != n
+        {
+            return Err(call.fail(format!("expected {n} slivers live, {live} are")));
+        }
+        if let Some(n) = s.expect_measured
+            && measured != n
+        {
+            return Err(call.fail(format!(
+                "expected {n} slivers measured by their nodes, {measured} are"
+            )));
+        }
+        Ok(lines)
+    }
+
+    fn renew(&self, r: &Renew) -> Result<Vec<String>, StepFailure> {
+        let mut args = vec!["slice".to_owned(), "renew".to_owned(), r.slice.clone()];
+        if let Some(f) = &r.for_ {
+            args.extend(["--for".to_owned(), f.clone()]);
+        }
+        let call = self.call(&self.slicectl, args, r.timeout_secs)?;
+        call.expect_class(&r.expect.as_ref().map_or(vec![Class::Ok], OneOrMany::to_vec))?;
+        let mut lines = Vec::new();
+        let mut renewed = 0;
+        for (name, v) in self.by_node(&call.json["slivers"]) {
+            if v["ok"].as_bool() == Some(true) {
+                renewed += 1;
+                let granted = v["granted"].as_u64().unwrap_or(0);
+                lines.push(format!(
+                    "{name}: granted until {granted} (in {} s)",
+                    granted.saturating_sub(federation::unix_now())
+                ));
+            } else {
+                lines.push(format!(
+                    "{name}: not renewed: {}",
+                    v["error"].as_str().unwrap_or("?")
+                ));
+            }
+        }
+        if let Some(n) = r.expect_renewed
+            && renewed != n
+        {
+            return Err(call.fail(format!("expected {n} slivers renewed, {renewed} were")));
+        }
+        Ok(lines)
+    }
+
+    fn sync(&self, s: &Sync) -> Result<Vec<String>, StepFailure> {
+        let args = vec!["slice".to_owned(), "sync".to_owned(), s.slice.clone()];
+        let call = self.call(&self.slicectl, args, s.timeout_secs)?;
+        call.expect_class(&s.expect.as_ref().map_or(vec![Class::Ok], OneOrMany::to_vec))?;
+        let slice = &call.json["slices"][0];
+        let held = slice["held"].as_u64().unwrap_or(0) as usize;
+        let lines = vec![format!(
+            "{held} of {} slivers held",
+            slice["wanted"].as_u64().unwrap_or(0)
+        )];
+        if let Some(n) = s.expect_held
+            && held != n
+        {
+            return Err(call.fail(format!("expected {n} slivers held, {held} are")));
+        }
+        Ok(lines)
+    }
+
+    fn delete(&self, d: &Delete) -> Result<Vec<String>, StepFailure> {
+        let args = vec!["slice".to_owned(), "delete".to_owned(), d.slice.clone()];
+        let call = self.call(&self.slicectl, args, d.timeout_secs)?;
+        call.expect_class(&d.expect.as_ref().map_or(vec![Class::Ok], OneOrMany::to_vec))?;
+        let released = call.json["released"].as_u64().unwrap_or(0) as usize;
+        let mut lines = vec![format!("{released} leases released")];
+        for (name, v) in self.by_node(&call.json["not_released"]) {
+            lines.push(format!(
+                "{name}: not released: {}",
+                v["error"].as_str().unwrap_or("?")
+            ));
+        }
+        if let Some(n) = d.expect_released
+            && released != n
+        {
+            return Err(call.fail(format!("expected {n} leases released, {released} were")));
+        }
+        Ok(lines)
+    }
+
+    fn spawn(&self, sp: &Spawn) -> Result<Vec<String>, StepFailure> {
+        let mut args = vec![
+            "slice".to_owned(),
+            "spawn".to_owned(),
+            sp.slice.clone(),
+            "--".to_owned(),
+        ];
+        args.extend(shell_argv(&sp.command));
+        let call = self.call(&self.slicectl, args, sp.timeout_secs)?;
+        call.expect_class(
+            &sp.expect
+                .as_ref()
+                .map_or(vec![Class::Ok], OneOrMany::to_vec),
+        )?;
+        let mut lines = Vec::new();
+        let mut started = 0;
+        let mut problems = Vec::new();
+        for (name, v) in self.by_node(&call.json["slivers"]) {
+            match (v["pid"].as_u64(), v["error"].as_str()) {
+                // Pid 1 is the sliver's init: a program it starts is never 1.
+                (Some(pid), _) if pid > 1 => {
+                    started += 1;
+                    lines.push(format!("{name}: pid {pid}"));
+                }
+                (Some(pid), _) => problems.push(format!("{name} answered pid {pid}")),
+                (None, Some(err)) => lines.push(format!("{name}: error: {err}")),
+                (None, None) => problems.push(format!("{name} answered no pid")),
+            }
+        }
+        if let Some(n) = sp.expect_slivers
+            && started != n
+        {
+            problems.push(format!("expected {n} slivers to start it, {started} did"));
+        }
+        if problems.is_empty() {
+            Ok(lines)
+        } else {
+            Err(call.fail(problems.join("; ")))
+        }
+    }
+
+    fn logs(&self, l: &Logs) -> Result<Vec<String>, StepFailure> {
+        let args = vec!["slice".to_owned(), "logs".to_owned(), l.slice.clone()];
+        let call = self.call(&self.slicectl, args, l.timeout_secs)?;
+        call.expect_class(&l.expect.as_ref().map_or(vec![Class::Ok], OneOrMany::to_vec))?;
+        let mut lines = Vec::new();
+        let mut answered = 0;
+        let mut problems = Vec::new();
+        for (name, v) in self.by_node(&call.json["slivers"]) {
+            let Some(text) = v["logs"].as_str() else {
+                lines.push(format!(
+                    "{name}: error: {}",
+                    v["error"].as_str().unwrap_or("no logs")
+                ));
+                continue;
+            };
+            answered += 1;
+            let last = text.lines().last().unwrap_or("(empty)");
+            lines.push(format!("{name}: {last}"));
+            if let Some(want) = &l.expect_output
+                && !text.contains(want.as_str())
+            {
+                problems.push(format!("{name}'s log lacks {want:?}"));
+            }
+        }
+        if let Some(n) = l.expect_slivers
+            && answered != n
+        {
+            problems.push(format!("expected {n} slivers to answer, {answered} did"));
+        }
+        if problems.is_empty() {
+            Ok(lines)
+        } else {
+            Err(call.fail(problems.join("; ")))
+        }
+    }
+
+    fn keys(&self, k: &Keys) -> Result<Vec<String>, StepFailure> {
+        let action = k.action();
+        let mut args = vec!["slice".to_owned(), "keys".to_owned(), k.slice.clone()];
+        match &action {
+            KeysAction::Add(key) => args.extend(["add".to_owned(), key.clone()]),
+            KeysAction::Del(key) => args.extend(["del".to_owned(), key.clone()]),
+            KeysAction::List => args.push("list".to_owned()),
+        }
+        let call = self.call(&self.slicectl, args, k.timeout_secs)?;
+        call.expect_class(&k.expect.as_ref().map_or(vec![Class::Ok], OneOrMany::to_vec))?;
+        let mut lines = Vec::new();
+        let mut answered = 0;
+        let mut problems = Vec::new();
+        for (name, v) in self.by_node(&call.json["slivers"]) {
+            let Some(keys) = v["keys"].as_array() else {
+                lines.push(format!(
+                    "{name}: error: {}",
+                    v["error"].as_str().unwrap_or("no keys answered")
+                ));
+                continue;
+            };
+            answered += 1;
+            let keys: Vec<&str> = keys.iter().filter_map(Value::as_str).collect();
+            lines.push(format!("{name}: {} keys", keys.len()));
+            match &action {
+                KeysAction::Add(key) if !keys.contains(&key.as_str()) => {
+                    problems.push(format!("{name} does not list the key added"));
+                }
+                KeysAction::Del(key)
+                    if keys
+                        .iter()
+                        .any(|l| *l == key || l.ends_with(&format!(" {key}"))) =>
+                {
+                    problems.push(format!("{name} still lists the key removed"));
+                }
+                _ => {}
+            }
+            if let Some(n) = k.expect_keys
+                && keys.len() != n
+            {
+                problems.push(format!("{name} lists {} keys, expected {n}", keys.len()));
+            }
+        }
+        if let Some(n) = k.expect_slivers
+            && answered != n
+        {
+            problems.push(format!("expected {n} slivers to answer, {answered} did"));
+        }
+        if problems.is_empty() {
+            Ok(lines)
+        } else {
+            Err(call.fail(problems.join("; ")))
+        }
+    }
+
+    fn restart(&self, r: &Restart) -> Result<Vec<String>, StepFailure> {
+        let mut lines = Vec::new();
+        let wait = Duration::from_secs(r.wait_secs.unwrap_or(30));
+        for name in r.hosts.to_vec() {
+            let host = self.manifest.host(&name)?;
+            let was = launch::stop_host(host, Duration::from_secs(10), false)?;
+            let pid = launch::start_host(self.manifest, host)?;
+            let started = Instant::now();
+            loop {
+                if probe::get_json(host, "/status").is_ok() {
+                    break;
+                }
+                // Right after the fork the child's command line is still ours: only a daemon
+                // gone for a while has exited.
+                if launch::running_pid(host).is_none() && started.elapsed() > Duration::from_secs(2)
+                {
+                    return Err(StepFailure::new(format!(
+                        "{name} exited right after starting (see {})",
+                        host.log_file().display()
+                    )));
+                }
+                if started.elapsed() > wait || interrupted() {
+                    return Err(StepFailure::new(format!(
+                        "{name} (pid {pid}) did not answer within {}s (see {})",
+                        wait.as_secs(),
+                        host.log_file().display()
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            lines.push(format!(
+                "{name} {} (pid {pid}), answering after {:.2}s",
+                if was { "restarted" } else { "started" },
+                started.elapsed().as_secs_f64()
+            ));
+        }
+        Ok(lines)
+    }
+
+    /// Leases per node (of `slice` only, if given); a node that does not answer is an error.
+    fn leases(
+        &self,
+        nodes: &[String],
+        slice: Option<&str>,
+    ) -> Result<Vec<(String, usize)>, String> {
+        nodes
+            .iter()
+            .map(|name| {
+                let host = self.manifest.host(name).map_err(|e| e.to_string())?;
+                let v = probe::get_json(host, "/leases").map_err(|e| format!("{e:#}"))?;
+                let count = v
+                    .as_array()
+                    .map(|l| {
+                        l.iter()
+                            .filter(|l| slice.is_none_or(|s| l["slice"].as_str() == Some(s)))
+                            .count()
+                    })
+                    .unwrap_or(0);
+                Ok((name.clone(), count))
+            })
+            .collect()
+    }
+
+    fn expect_leases(&self, e: &ExpectLeases) -> Result<Vec<String>, StepFailure> {
+        let nodes: Vec<String> = e.nodes.clone().unwrap_or_else(|| {
+            self.manifest
+                .of_role(HostRole::Node)
+                .map(|h| h.plan.name.clone())
+                .collect()
+        });
+        let deadline = Instant::now() + Duration::from_secs(e.within_secs.unwrap_or(0));
+        loop {
+            let verdict = self.leases(&nodes, e.slice.as_deref()).and_then(|counts| {
+                let shown: Vec<String> = counts.iter().map(|(n, c)| format!("{n}: {c}")).collect();
+                let mut wrong = Vec::new();
+                if let Some(each) = e.each {
+                    for (n, c) in &counts {
+                        if *c != each {
+                            wrong.push(format!("{n} holds {c}, expected {each}"));
+                        }
+                    }
+                }
+                let total: usize = counts.iter().map(|(_, c)| c).sum();
+                if let Some(t) = e.total
+                    && total != t
+                {
+                    wrong.push(format!("{total} in all, expected {t}"));
+                }
+                if wrong.is_empty() {
+                    Ok(format!("leases: {} ({total} in all)", shown.join(", ")))
+                } else {
+                    Err(format!(
+                        "{} (leases: {})",
+                        wrong.join("; "),
+                        shown.join(", ")
+                    ))
+                }
+            });
+            match verdict {
+                Ok(line) => return Ok(vec![line]),
+                Err(why) if Instant::now() >= deadline || interrupted() => {
+                    return Err(StepFailure::new(why));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(500)),
+            }
+        }
+    }
+}
+
+/// Runs one step on `running`; `Ok` holds what to print.
+pub(super) fn run_step(
+    cx: &Runner<'_>,
+    running: &mut Running,
+    step: &Step,
+) -> Result<Vec<String>, StepFailure> {
+    let retry = |secs: Option<u64>, attempt: &dyn Fn() -> Result<Vec<String>, StepFailure>| {
+        let deadline = Instant::now() + Duration::from_secs(secs.unwrap_or(0));
+        let mut tries = 1;
+        loop {
+            match attempt() {
+                Ok(mut lines) => {
+                    if tries > 1 {
+                        lines.push(format!("(held on attempt {tries})"));
+                    }
+                    return Ok(lines);
+                }
+                Err(mut f) if Instant::now() >= deadline || interrupted() => {
+                    if tries > 1 {
+                        f.reason = format!("{} (still, after {tries} attempts)", f.reason);
+                    }
+                    return Err(f);
+                }
+                Err(_) => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        }
+    };
+    match step {
+        Step::Acquire(a) => cx.acquire(a),
+        Step::Exec(e) => retry(e.retry_secs, &|| cx.exec(e)),
+        Step::Status(s) => retry(s.retry_secs, &|| cx.status(s)),
+        Step::Renew(r) => retry(r.retry_secs, &|| cx.renew(r)),
+        Step::Sync(s) => retry(s.retry_secs, &|| cx.sync(s)),
+        Step::Delete(d) => cx.delete(d),
+        Step::Spawn(sp) => cx.spawn(sp),
+        Step::Logs(l) => retry(l.retry_secs, &|| cx.logs(l)),
+        Step::Keys(k) => cx.keys(k),
+        Step::Kill(h) => {
+            let mut lines = Vec::new();
+            for name in h.hosts.to_vec() {
+                let host = cx.manifest.host(&name)?;
+                let pid = launch::running_pid(host);
+                if launch::stop_host(host, Duration::from_secs(5), true)? {
+                    lines.push(format!("{name} killed (pid {})", pid.unwrap_or(0)));
+                } else {
+                    lines.push(format!("{name} was not running"));
+                }
+            }
+            Ok(lines)
+        }
+        Step::Restart(r) => cx.restart(r),
+        Step::Partition(h) => {
+            let mut lines = Vec::new();
+            for name in h.hosts.to_vec() {
+                crate::netns::partition(cx.manifest, cx.manifest.host(&name)?, true)?;
+                lines.push(format!("{name} cut off"));
+            }
+            Ok(lines)
+        }
+        Step::Heal(_) => {
+            for host in &cx.manifest.hosts {
+                crate::netns::partition(cx.manifest, host, false)?;
+            }
+            Ok(vec!["every host reconnected".to_owned()])
+        }
+        Step::WaitConverged(w) => {
+            let took = probe::wait_converged(
+                cx.manifest,
+                Duration::from_secs(w.timeout_secs.unwrap_or(60)),
+                |_, _| {},
+            )?;
+            Ok(vec![format!(
+                "every agent knows every node that delegated to it ({:.2}s)",
+                took.as_secs_f64()
+            )])
+        }
+        Step::Sleep(s) => {
+            let until = Instant::now() + Duration::from_secs_f64(s.secs);
+            while Instant::now() < until {
+                if interrupted() {
+                    return Err(StepFailure::new("interrupted (SIGINT or SIGTERM)"));
+                }
+                std::thread::sleep((until - Instant::now()).min(Duration::from_millis(100)));
+            }
+            Ok(Vec::new())
+        }
+        Step::ExpectLeases(e) => cx.expect_leases(e),
+        Step::Down(_) => {
+            let stopped = running.take_down()?;
+            let left = leftovers(&running.manifest);
+            if !left.is_empty() {
+                return Err(StepFailure::new(format!(
+                    "left after down: {}",
+                    left.join(", ")
+                )));
+            }
+            Ok(vec![format!(
+                "{} daemons stopped; no process, namespace, link or cgroup of the testnet is left",
+                stopped.len()
+            )])
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_string_command_runs_under_a_shell_a_list_as_is() {
+        assert_eq!(
+            shell_argv(&OneOrMany::One("echo up; sleep 30".into())),
+            ["/bin/sh", "-c", "echo up; sleep 30"]
+        );
+        assert_eq!(
+            shell_argv(&OneOrMany::Many(vec!["/bin/hostname".into()])),
+            ["/bin/hostname"]
+        );
+    }
+}
