@@ -165,6 +165,8 @@ pub struct DiskTarget {
     pub backing: DiskBacking,
     /// The sliver's init (a tmpfs-backed layer is reached through its root).
     pub init_pid: u32,
+    /// The sliver's cgroup: its processes may hold deleted files open.
+    pub cgroup: String,
 }
 
 /// Where to run a command: a live sliver.
@@ -421,6 +423,7 @@ struct FakeState {
     disk: BTreeMap<String, u64>,
     frozen: BTreeSet<String>,
     stragglers: BTreeMap<String, Vec<u32>>,
+    disk_failing: BTreeSet<String>,
 }
 
 /// A fake host: records calls, tracks what it holds, fails where told.
@@ -499,7 +502,13 @@ impl RecordingHost {
 
     /// Sets the disk use of the sliver whose dir is named `dir_name`.
     pub fn set_disk(&self, dir_name: &str, bytes: u64) {
+        self.lock().disk_failing.remove(dir_name);
         self.lock().disk.insert(dir_name.to_string(), bytes);
+    }
+
+    /// Makes measuring the disk use of the sliver whose dir is named `dir_name` fail.
+    pub fn fail_disk(&self, dir_name: &str) {
+        self.lock().disk_failing.insert(dir_name.to_string());
     }
 
     /// Makes `pids` run in cgroup `cgroup` outside its freezer (as commands run while frozen).
@@ -755,11 +764,11 @@ impl Host for RecordingHost {
     }
 
     fn disk_used(&self, target: &DiskTarget) -> Result<u64, HostError> {
-        Ok(self
-            .lock()
-            .disk
-            .get(&dir_name(&target.dirs))
-            .copied()
-            .unwrap_or(0))
+        let s = self.lock();
+        let name = dir_name(&target.dirs);
+        if s.disk_failing.contains(&name) {
+            return Err(HostError::Injected(format!("cannot measure {name}")));
+        }
+        Ok(s.disk.get(&name).copied().unwrap_or(0))
     }
 }

@@ -1108,8 +1108,30 @@ impl Host for LinuxHost {
 
     fn disk_used(&self, target: &DiskTarget) -> Result<u64, HostError> {
         match target.backing {
-            DiskBacking::Directory => rootfs::disk_usage(&target.dirs.upper)
-                .map_err(io_err("measure", &target.dirs.upper)),
+            DiskBacking::Directory => {
+                // Everything the sliver can hold on the host's disk: its upper dir, the
+                // overlay's work dir, and files its processes deleted but keep open.
+                let upper = &target.dirs.upper;
+                let mut used = 0u64;
+                for dir in [upper, &target.dirs.work] {
+                    used = used
+                        .saturating_add(rootfs::disk_usage(dir).map_err(io_err("measure", dir))?);
+                }
+                let dev = {
+                    use std::os::unix::fs::MetadataExt;
+                    fs::symlink_metadata(upper)
+                        .map_err(io_err("stat", upper))?
+                        .dev()
+                };
+                let cgroups = self.cgroups.dirs(&target.cgroup);
+                let pids = rootfs::cgroup_pids(&cgroups).map_err(io_err(
+                    "list processes",
+                    cgroups.first().map_or(Path::new("/"), PathBuf::as_path),
+                ))?;
+                let held = rootfs::deleted_open_usage(&self.proc_root, &pids, dev)
+                    .map_err(io_err("measure deleted files held open", &self.proc_root))?;
+                Ok(used.saturating_add(held))
+            }
             DiskBacking::Tmpfs => {
                 // The tmpfs lives in the sliver's mount namespace only; an overlay reports the
                 // statistics of its upper layer's filesystem, so its root answers for it.

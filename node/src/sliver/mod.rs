@@ -36,7 +36,9 @@
 //! slivers), for the node's resource monitor and its ads.
 //!
 //! Disk: [`Slivers::check_disk`] is the node's disk watchdog (in the spirit of PlanetLab's
-//! `pl_mom`). A sliver whose writable layer holds more than its `disk_bytes` grant has every
+//! `pl_mom`). A sliver whose writable layer costs the host more than its `disk_bytes` grant
+//! (allocated blocks plus a charge per inode, deleted files it holds open included; see
+//! [`rootfs::disk_usage`]), or whose use cannot be measured (fail closed), has every
 //! process frozen (cgroup freezer), is logged, and reports `over disk limit: X of Y`
 //! ([`Slivers::condition`]); a command run in it afterwards is not frozen at once on a v1
 //! host, so the holder can delete files (one still running at the second check after it
@@ -271,12 +273,17 @@ impl NodeConfig {
 pub struct DiskReport {
     /// The sliver.
     pub id: SliverId,
-    /// Bytes in its writable layer (`None` when it could not be measured).
+    /// What its writable layer costs the host (`None` when it could not be measured); see
+    /// [`rootfs::disk_usage`].
     pub used: Option<u64>,
     /// Its granted `disk_bytes` (0: no limit).
     pub limit: u64,
-    /// Whether it uses more than granted.
+    /// Whether it uses more than granted. A directory-backed sliver with a grant whose use
+    /// could not be measured counts as over: only the watchdog holds its grant, so it fails
+    /// closed (a kernel-capped layer cannot pass its grant whatever is measured).
     pub over: bool,
+    /// Why its use could not be measured.
+    pub error: Option<String>,
     /// What backs the layer.
     pub backing: DiskBacking,
     /// Whether the disk watchdog holds its processes frozen.
@@ -287,9 +294,24 @@ impl DiskReport {
     /// What the holder is told about a sliver over its grant (`None` when it is within it).
     pub fn condition(&self) -> Option<String> {
         if !self.over {
-            return None;
+            return self
+                .error
+                .as_ref()
+                .map(|e| format!("disk use could not be measured: {e}"));
         }
-        let used = self.used.unwrap_or(0);
+        let Some(used) = self.used else {
+            let error = self.error.as_deref().unwrap_or("unknown error");
+            let frozen = if self.frozen {
+                "; its processes are frozen until a measurement completes under it"
+            } else {
+                ""
+            };
+            return Some(format!(
+                "over disk limit: its use could not be measured ({error}), which counts as over \
+                 its grant of {}{frozen}",
+                human_bytes(self.limit)
+            ));
+        };
         Some(if self.frozen {
             format!(
                 "over disk limit: {} of {}; its processes are frozen until it is back under \
@@ -931,6 +953,7 @@ impl<H: Host> Slivers<H> {
             dirs: record.dirs.clone(),
             backing: record.disk_backing,
             init_pid: record.init_pid,
+            cgroup: record.cgroup.clone(),
         }
     }
 
@@ -941,10 +964,19 @@ impl<H: Host> Slivers<H> {
         self.list()
             .into_iter()
             .map(|r| {
-                let used = self.host.disk_used(&Self::disk_target(&r)).ok();
+                let (used, error) = match self.host.disk_used(&Self::disk_target(&r)) {
+                    Ok(used) => (Some(used), None),
+                    Err(e) => (None, Some(e.to_string())),
+                };
                 let limit = r.spec.resources.disk_bytes;
+                let over = match used {
+                    Some(used) => used > limit,
+                    // Fail closed where the watchdog is what holds the grant.
+                    None => r.disk_backing == DiskBacking::Directory,
+                };
                 DiskReport {
-                    over: limit > 0 && used.is_some_and(|u| u > limit),
+                    over: limit > 0 && over,
+                    error,
                     frozen: frozen.contains(&r.spec.id),
                     backing: r.disk_backing,
                     id: r.spec.id,
@@ -966,6 +998,9 @@ impl<H: Host> Slivers<H> {
                 continue;
             };
             let used = report.used.unwrap_or(0);
+            if let (Some(error), false) = (&report.error, report.over) {
+                tracing::warn!(sliver = %report.id, "disk use could not be measured: {error}");
+            }
             if report.over && !report.frozen {
                 match self.host.cgroup_freeze(&record.cgroup, true) {
                     Ok(()) => {
@@ -973,7 +1008,8 @@ impl<H: Host> Slivers<H> {
                             sliver = %report.id,
                             used,
                             limit = report.limit,
-                            "over its disk grant: processes frozen"
+                            error = ?report.error,
+                            "over its disk grant (or not measurable): processes frozen"
                         );
                         report.frozen = true;
                         self.lock().frozen.insert(report.id.clone());
@@ -982,7 +1018,8 @@ impl<H: Host> Slivers<H> {
                         sliver = %report.id,
                         used,
                         limit = report.limit,
-                        "over its disk grant, but cannot freeze it: {e}"
+                        error = ?report.error,
+                        "over its disk grant (or not measurable), but cannot freeze it: {e}"
                     ),
                 }
             } else if report.over && report.frozen {

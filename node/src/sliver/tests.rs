@@ -374,6 +374,79 @@ fn the_disk_watchdog_freezes_a_sliver_over_its_grant_and_thaws_it_back_under() {
 }
 
 #[test]
+fn a_sliver_whose_disk_use_cannot_be_measured_counts_as_over_and_is_frozen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = engine(tmp.path());
+    let mut s = spec("murky");
+    s.resources.disk_bytes = 1 << 20;
+    let rec = e.create(s).unwrap();
+    let mut s = spec("free");
+    s.resources.disk_bytes = 0;
+    e.create(s).unwrap();
+    e.host().fail_disk("murky");
+    e.host().fail_disk("free");
+    e.host().clear_calls();
+    let reports = e.check_disk();
+    let murky = reports.iter().find(|r| r.id.as_str() == "murky").unwrap();
+    assert!(
+        murky.over && murky.frozen && murky.used.is_none(),
+        "{murky:?}"
+    );
+    assert!(
+        murky
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("cannot measure murky")
+    );
+    assert_eq!(
+        e.host().calls(),
+        [Call::CgroupFreeze(rec.cgroup.clone(), true)],
+        "only the sliver with a grant is frozen"
+    );
+    let condition = e.condition(&SliverId::new("murky").unwrap()).unwrap();
+    assert!(
+        condition.starts_with("over disk limit: its use could not be measured")
+            && condition.contains("frozen until a measurement completes"),
+        "{condition}"
+    );
+    let free = reports.iter().find(|r| r.id.as_str() == "free").unwrap();
+    assert!(!free.over && !free.frozen, "no grant, no limit: {free:?}");
+    // Still failing: stays frozen; measured under its grant again: thawed.
+    e.host().clear_calls();
+    e.check_disk();
+    assert!(e.host().calls().is_empty(), "{:?}", e.host().calls());
+    e.host().set_disk("murky", 1000);
+    e.check_disk();
+    assert_eq!(
+        e.host().calls(),
+        [Call::CgroupFreeze(rec.cgroup.clone(), false)]
+    );
+    assert_eq!(e.condition(&SliverId::new("murky").unwrap()), None);
+}
+
+#[test]
+fn a_kernel_capped_sliver_is_not_frozen_when_its_use_cannot_be_measured() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = config(tmp.path());
+    c.disk_backing = DiskBacking::Tmpfs;
+    let e = Slivers::open(RecordingHost::new(), c).unwrap().0;
+    let mut s = spec("capped");
+    s.resources.disk_bytes = 1 << 20;
+    e.create(s).unwrap();
+    e.host().fail_disk("capped");
+    e.host().clear_calls();
+    let reports = e.check_disk();
+    assert!(!reports[0].over && !reports[0].frozen, "{reports:?}");
+    assert!(e.host().calls().is_empty());
+    let condition = e.condition(&SliverId::new("capped").unwrap()).unwrap();
+    assert!(
+        condition.starts_with("disk use could not be measured"),
+        "{condition}"
+    );
+}
+
+#[test]
 fn a_frozen_sliver_is_thawed_before_its_init_is_killed() {
     let tmp = tempfile::tempdir().unwrap();
     let e = engine(tmp.path());
