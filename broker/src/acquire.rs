@@ -1,43 +1,54 @@
 //! Acquisition: from a `SliceRequest` to tickets bound to the principal (paper Figure 1,
 //! steps 2–4), across the agents of several federations.
 //!
-//! How an acquisition flows:
+//! How an acquisition flows: one `Acquisition` (a private struct holding its state: the
+//! offers, the tickets held, the (node, agent) pairs and agents not to ask again, the refusals,
+//! the first and last plans, the events) goes through named phases, one method each:
 //! 0. **Shape.** A request no offer could satisfy ([`planner::check_shape`]) fails as
 //!    `malformed` before any agent is asked.
-//! 1. **Gather.** `GetAds` goes to every agent at once (at most `concurrency` in flight, each
-//!    bounded by `call_timeout`). Every offer's ad is checked by the trust store (node
-//!    signature, membership, expiry) and must come from the agent asked; what passes becomes a
-//!    planner [`Candidate`]. Agents that fail are named in the report; the others still count.
-//! 2. **Plan** with [`planner::plan_around`] (nothing held yet).
-//! 3. **Ask.** The chosen slivers are grouped per agent; one `GetTickets` per agent, in
-//!    parallel. Issued tickets are kept (a ticket for a node that was not asked is released at
-//!    once, to all such agents in parallel); a refused sliver excludes that (node, agent) pair; an agent that refuses the whole
-//!    request, times out or cannot be reached is excluded altogether.
-//! 4. **Replan** around the exclusions for the slivers still missing, preferring new sites,
-//!    for at most `max_rounds` rounds.
+//! 1. **Gather** (`gather`). `GetAds` goes to every agent at once (at most `concurrency` in
+//!    flight, each bounded by `call_timeout`). Every offer's ad is checked by the trust store
+//!    (node signature, membership, expiry) and must come from the agent asked; what passes
+//!    becomes a planner [`Candidate`]. Agents that fail are named in the report; the others
+//!    still count.
+//! 2. **Plan** (`plan`) with [`planner::plan_around`] (nothing held yet).
+//! 3. **Ask** (`request_tickets`). The chosen slivers are grouped per agent; one `GetTickets`
+//!    per agent, in parallel. Issued tickets are kept (`take_tickets`; a ticket for a node that
+//!    was not asked is released at once, to all such agents in parallel: `release_strays`); a
+//!    refused sliver excludes that (node, agent) pair; an agent that refuses the whole request,
+//!    times out or cannot be reached is excluded altogether (`exclude_agent`).
+//! 4. **Replan** (`plan` again, in the next `round`) around the exclusions for the slivers
+//!    still missing, preferring new sites, for at most `max_rounds` rounds.
 //!
 //! The whole of steps 1–4 is bounded by the acquisition's deadline ([`Acquirer::with_deadline`],
 //! by default [`DEADLINE_CALLS`] × `call_timeout`): a call never outlives it, and no round
 //! starts after it. Settling still hands tickets back (each call bounded by `call_timeout`), so
 //! an acquisition answers within the deadline plus one `call_timeout`.
-//! 5. **Settle.** Complete: the tickets and the report. Short, `all-or-nothing`: every ticket
-//!    obtained is handed back with `Released` (the agents stop counting it; unredeemed, it
-//!    lapses anyway; an agent accepts it from the peer that obtained the tickets, which is
-//!    this broker, as well as from their principal or node) and the answer is an error naming the binding constraint. Short,
-//!    `best-effort`: the tickets obtained, with `missing` and the report.
+//! 5. **Settle** (`settle`). Complete: the tickets and the report (`finish`). Short,
+//!    `all-or-nothing`: every ticket obtained is handed back with `Released` (`hand_back`; the
+//!    agents stop counting it; unredeemed, it lapses anyway; an agent accepts it from the peer
+//!    that obtained the tickets, which is this broker, as well as from their principal or
+//!    node) and the answer is an error naming the binding constraint (`fail`). Short,
+//!    `best-effort`: the tickets obtained, with `missing` and the report (`finish`).
+//!
+//! Every phase records what happened as typed [`AcquireEvent`]s (an agent unreachable, a
+//! sliver refused with its rejection, a replan, tickets released, …); the answer carries them
+//! beside `report`, the same events rendered once by their `Display`.
 //!
 //! The network is behind [`AgentClient`]: [`OverlayAgents`] in daemons and `slicectl`, a fake
 //! in tests.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::future::Future;
+use std::ops::ControlFlow;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use capability_schema::protocol::{
-    AdQuery, AgentRequest, AgentResponse, IssuedTicket, NodeOffer, PlannedSliver, RefusedSliver,
-    RejectedGroup, SlicePlan, SliverAsk, TicketRequest,
+    AcquireEvent, AcquiredSlice, AdQuery, AgentRequest, AgentResponse, CallFailure, DroppedOffer,
+    IssuedTicket, NodeOffer, PlannedSliver, RefusedSliver, RejectedGroup, SlicePlan, SliverAsk,
+    TicketRequest,
 };
 use capability_schema::{
     AcquireMode, ErrorReply, MembershipCert, PublicKey, Rejection, Signed, SliceRequest,
@@ -75,6 +86,19 @@ impl From<OverlayError> for CallError {
             OverlayError::Timeout { after, .. } => CallError::Timeout(after),
             e @ OverlayError::ResponseTooLarge { .. } => CallError::TooLarge(e.to_string()),
             other => CallError::Unreachable(other.to_string()),
+        }
+    }
+}
+
+/// A call error as an acquisition's report carries it (the same sentence).
+impl From<CallError> for CallFailure {
+    fn from(e: CallError) -> Self {
+        match e {
+            CallError::Refused(reply) => CallFailure::Refused(reply),
+            CallError::Unreachable(detail) => CallFailure::Unreachable(detail),
+            CallError::Timeout(after) => CallFailure::Timeout(after),
+            CallError::TooLarge(detail) => CallFailure::TooLarge(detail),
+            CallError::Unexpected(detail) => CallFailure::Unexpected(detail),
         }
     }
 }
@@ -206,7 +230,9 @@ pub struct Gathered {
     pub answered: usize,
     /// Agents asked.
     pub asked: usize,
-    /// What went wrong, line by line (agents that failed, offers dropped).
+    /// What went wrong (agents that failed, offers dropped).
+    pub events: Vec<AcquireEvent>,
+    /// The same, line by line: `events` rendered.
     pub report: Vec<String>,
 }
 
@@ -284,15 +310,23 @@ impl<C: AgentClient> Acquirer<C> {
             .unwrap_or(Err(CallError::Timeout(limit)))
     }
 
-    /// Hands tickets back, all agents at once (at most `concurrency` in flight); answers how
-    /// many agents could not be told.
-    async fn release(&self, per_agent: BTreeMap<PublicKey, Vec<String>>) -> usize {
-        let results: Vec<Result<u32, CallError>> = futures::stream::iter(per_agent)
-            .map(|(agent, ids)| self.bounded(self.client.released(agent, ids)))
+    /// Hands tickets back, all agents at once (at most `concurrency` in flight); answers the
+    /// agents that could not be told.
+    async fn release(&self, per_agent: BTreeMap<PublicKey, Vec<String>>) -> Vec<PublicKey> {
+        let results: Vec<(PublicKey, Result<u32, CallError>)> = futures::stream::iter(per_agent)
+            .map(|(agent, ids)| async move {
+                (agent, self.bounded(self.client.released(agent, ids)).await)
+            })
             .buffer_unordered(self.settings.concurrency.max(1))
             .collect()
             .await;
-        results.iter().filter(|r| r.is_err()).count()
+        let mut not_told: Vec<PublicKey> = results
+            .into_iter()
+            .filter(|(_, r)| r.is_err())
+            .map(|(agent, _)| agent)
+            .collect();
+        not_told.sort();
+        not_told
     }
 
     /// Asks every agent of `agents` for offers matching `request` (all offers, so the plan
@@ -346,8 +380,10 @@ impl<C: AgentClient> Acquirer<C> {
             let offers = match answer {
                 Ok(offers) => offers,
                 Err(e) => {
-                    out.report
-                        .push(format!("agent {}: no offers ({e})", agent.short()));
+                    out.events.push(AcquireEvent::NoOffers {
+                        agent,
+                        error: e.into(),
+                    });
                     continue;
                 }
             };
@@ -357,9 +393,7 @@ impl<C: AgentClient> Acquirer<C> {
             for offer in offers {
                 if offer.agent != agent {
                     dropped += 1;
-                    first_problem.get_or_insert_with(|| {
-                        format!("an offer names agent {}", offer.agent.short())
-                    });
+                    first_problem.get_or_insert(DroppedOffer::OtherAgent(offer.agent));
                     continue;
                 }
                 match trust.validate_ad(&offer.ad, now, None) {
@@ -374,18 +408,19 @@ impl<C: AgentClient> Acquirer<C> {
                     }),
                     Err(e) => {
                         dropped += 1;
-                        first_problem.get_or_insert_with(|| e.to_string());
+                        first_problem.get_or_insert_with(|| DroppedOffer::Invalid(e.to_string()));
                     }
                 }
             }
-            if dropped > 0 {
-                out.report.push(format!(
-                    "agent {}: {dropped} offers dropped ({})",
-                    agent.short(),
-                    first_problem.unwrap_or_default()
-                ));
+            if let Some(first) = first_problem {
+                out.events.push(AcquireEvent::OffersDropped {
+                    agent,
+                    dropped: count(dropped),
+                    first,
+                });
             }
         }
+        out.report = AcquireEvent::render_all(&out.events);
         out
     }
 
@@ -409,13 +444,13 @@ impl<C: AgentClient> Acquirer<C> {
     }
 
     /// Obtains tickets for `request` from `agents`, bound to the principal (the broker's
-    /// `AcquireSlice`, and `slicectl --agent`).
+    /// `AcquireSlice`, and `slicectl --agent`): the phases of an `Acquisition`, in order.
     pub async fn acquire(
         &self,
         agents: &[PublicKey],
         request: &SliceRequest,
         principal_cert: Option<&Signed<MembershipCert>>,
-    ) -> Result<capability_schema::protocol::AcquiredSlice, AcquireFailure> {
+    ) -> Result<AcquiredSlice, AcquireFailure> {
         if let Err(e) = planner::check_shape(request) {
             return Err(AcquireFailure {
                 reply: Rejection::Malformed {
@@ -424,194 +459,319 @@ impl<C: AgentClient> Acquirer<C> {
                 .into(),
                 plan: planner::plan(request, &[]),
                 report: Vec::new(),
+                events: Vec::new(),
             });
         }
-        let until = Instant::now() + self.deadline;
-        let gathered = self.gather_until(agents, request, until).await;
-        let mut report = gathered.report.clone();
-        let wanted = request.target.count();
-        let now = unix_now();
-        let not_after = now.saturating_add(request.duration_secs);
-
-        let mut held: Vec<Held> = Vec::new();
-        let mut excluded_pairs: HashSet<(PublicKey, PublicKey)> = HashSet::new();
-        let mut excluded_agents: BTreeMap<PublicKey, CallError> = BTreeMap::new();
-        let mut refusals: BTreeMap<String, Vec<PublicKey>> = BTreeMap::new();
-        let mut first_plan: Option<SlicePlan> = None;
-        let mut last_plan = SlicePlan {
-            chosen: Vec::new(),
-            alternatives: Vec::new(),
-            rejected: Vec::new(),
-            satisfiable: false,
-            explanation: String::new(),
-        };
-
+        let mut acquisition = Acquisition::gather(self, agents, request, principal_cert).await;
         for round in 1..=self.settings.max_rounds.max(1) {
-            if Instant::now() >= until {
-                report.push(format!(
-                    "deadline of {:?} for the whole acquisition reached before round {round}; \
-                     settling with {} of {wanted} slivers",
-                    self.deadline,
-                    held.len()
-                ));
-                break;
-            }
-            let candidates: Vec<Candidate> = gathered
-                .candidates
-                .iter()
-                .filter(|c| {
-                    !excluded_agents.contains_key(&c.agent)
-                        && !excluded_pairs.contains(&(c.node, c.agent))
-                })
-                .cloned()
-                .collect();
-            let held_planned: Vec<PlannedSliver> = held.iter().map(|h| h.planned.clone()).collect();
-            let plan = planner::plan_around(request, &candidates, &held_planned);
-            first_plan.get_or_insert_with(|| plan.clone());
-            let chosen = plan.chosen.clone();
-            last_plan = plan;
-            if chosen.is_empty() {
-                break;
-            }
-            if round > 1 {
-                report.push(format!(
-                    "round {round}: replanned {} slivers around the refusals",
-                    chosen.len()
-                ));
-            }
-            let mut per_agent: BTreeMap<PublicKey, Vec<PlannedSliver>> = BTreeMap::new();
-            for sliver in chosen {
-                per_agent.entry(sliver.agent).or_default().push(sliver);
-            }
-            let answers: Vec<(
-                PublicKey,
-                Vec<PlannedSliver>,
-                Result<TicketsAnswer, CallError>,
-            )> = futures::stream::iter(per_agent)
-                .map(|(agent, slivers)| {
-                    let ask = TicketRequest {
-                        slice: request.name.clone(),
-                        principal: request.principal,
-                        principal_cert: principal_cert.cloned(),
-                        kind: request.kind.clone(),
-                        slivers: slivers
-                            .iter()
-                            .map(|s| SliverAsk {
-                                node: s.node,
-                                resources: request.per_sliver,
-                            })
-                            .collect(),
-                        not_before: now,
-                        not_after,
-                        max_price: request.constraints.max_price,
-                    };
-                    async move {
-                        let answer = self
-                            .bounded_until(self.client.get_tickets(agent, ask), until)
-                            .await;
-                        (agent, slivers, answer)
-                    }
-                })
-                .buffer_unordered(self.settings.concurrency.max(1))
-                .collect()
-                .await;
-            let mut stray: BTreeMap<PublicKey, Vec<String>> = BTreeMap::new();
-            for (agent, slivers, answer) in answers {
-                match answer {
-                    Ok(answer) => {
-                        let mut asked: BTreeMap<PublicKey, PlannedSliver> =
-                            slivers.into_iter().map(|s| (s.node, s)).collect();
-                        for ticket in answer.issued {
-                            match asked.remove(&ticket.node) {
-                                Some(mut planned) if ticket.agent == agent => {
-                                    planned.price = ticket.price;
-                                    held.push(Held { planned, ticket });
-                                }
-                                _ => stray.entry(agent).or_default().push(ticket.ticket_id),
-                            }
-                        }
-                        for refused in answer.refused {
-                            excluded_pairs.insert((refused.node, agent));
-                            asked.remove(&refused.node);
-                            report.push(format!(
-                                "node {} refused by agent {}: {}",
-                                refused.node.short(),
-                                agent.short(),
-                                refused.reason
-                            ));
-                            refusals
-                                .entry(format!(
-                                    "refused by the agent ({})",
-                                    refused.reason.reason.code()
-                                ))
-                                .or_default()
-                                .push(refused.node);
-                        }
-                        // Slivers the agent neither issued nor refused: do not ask it again.
-                        for node in asked.into_keys() {
-                            excluded_pairs.insert((node, agent));
-                            report.push(format!(
-                                "node {}: agent {} answered nothing for it",
-                                node.short(),
-                                agent.short()
-                            ));
-                        }
-                    }
-                    Err(e) => {
-                        report.push(format!(
-                            "agent {} refused {} slivers: {e}",
-                            agent.short(),
-                            slivers.len()
-                        ));
-                        let label = match &e {
-                            CallError::Refused(reply) => {
-                                format!("refused by the agent ({})", reply.reason.code())
-                            }
-                            CallError::Timeout(_) | CallError::Unreachable(_) => {
-                                "agent unreachable".to_owned()
-                            }
-                            CallError::Unexpected(_) | CallError::TooLarge(_) => {
-                                "agent misbehaved".to_owned()
-                            }
-                        };
-                        refusals
-                            .entry(label)
-                            .or_default()
-                            .extend(slivers.iter().map(|s| s.node));
-                        excluded_agents.insert(agent, e);
-                    }
-                }
-            }
-            for (agent, ids) in &stray {
-                report.push(format!(
-                    "agent {} issued {} tickets not asked for; released",
-                    agent.short(),
-                    ids.len()
-                ));
-            }
-            if !stray.is_empty() {
-                let untold = self.release(stray).await;
-                if untold > 0 {
-                    report.push(format!(
-                        "{untold} agents not told of the tickets not asked for; they lapse \
-                         unredeemed"
-                    ));
-                }
-            }
-            if held.len() >= wanted && last_plan.satisfiable {
+            if acquisition.round(round).await.is_break() {
                 break;
             }
         }
+        acquisition.settle().await
+    }
+}
 
-        let first_plan = first_plan.unwrap_or_else(|| last_plan.clone());
-        let missing = wanted.saturating_sub(held.len());
+/// One acquisition under way: what its phases share, from the offers gathered to the tickets
+/// held and the agents and nodes not to ask again.
+///
+/// [`Acquirer::acquire`] runs the phases in order: [`Acquisition::gather`], then up to
+/// `max_rounds` × [`Acquisition::round`] (each: [`Acquisition::plan`] around what is held and
+/// excluded, [`Acquisition::request_tickets`] per agent, [`Acquisition::take_tickets`] or
+/// [`Acquisition::exclude_agent`] per answer, [`Acquisition::release_strays`]), then
+/// [`Acquisition::settle`] ([`Acquisition::finish`] with the tickets, or
+/// [`Acquisition::hand_back`] and [`Acquisition::fail`]). Every phase records what happened as
+/// [`AcquireEvent`]s, rendered once when the acquisition answers.
+struct Acquisition<'a, C> {
+    acquirer: &'a Acquirer<C>,
+    request: &'a SliceRequest,
+    principal_cert: Option<&'a Signed<MembershipCert>>,
+    /// No call outlives it and no round starts after it.
+    until: Instant,
+    /// Slivers wanted.
+    wanted: usize,
+    /// The window of the tickets asked for.
+    not_before: u64,
+    not_after: u64,
+    /// What the agents offered.
+    gathered: Gathered,
+    /// What happened, in order (the gathering's events first).
+    events: Vec<AcquireEvent>,
+    /// Slivers obtained.
+    held: Vec<Held>,
+    /// (node, agent) pairs not to ask again: refused, or left unanswered.
+    excluded_pairs: HashSet<(PublicKey, PublicKey)>,
+    /// Agents not to ask again, with their failure.
+    excluded_agents: BTreeMap<PublicKey, CallError>,
+    /// Nodes refused, by the reason the final plan gives for them.
+    refusals: BTreeMap<String, Vec<PublicKey>>,
+    /// The first round's plan: what did not fit at all.
+    first_plan: Option<SlicePlan>,
+    /// The latest round's plan (empty before the first).
+    last_plan: SlicePlan,
+}
+
+/// An agent's answer to one round's `GetTickets`, with the slivers asked of it.
+type AgentAnswer = (
+    PublicKey,
+    Vec<PlannedSliver>,
+    Result<TicketsAnswer, CallError>,
+);
+
+impl<'a, C: AgentClient> Acquisition<'a, C> {
+    /// **Gather**: offers from every agent (by the acquisition's deadline); the tickets asked
+    /// for start now.
+    async fn gather(
+        acquirer: &'a Acquirer<C>,
+        agents: &[PublicKey],
+        request: &'a SliceRequest,
+        principal_cert: Option<&'a Signed<MembershipCert>>,
+    ) -> Self {
+        let until = Instant::now() + acquirer.deadline;
+        let gathered = acquirer.gather_until(agents, request, until).await;
+        let not_before = unix_now();
+        Acquisition {
+            acquirer,
+            request,
+            principal_cert,
+            until,
+            wanted: request.target.count(),
+            not_before,
+            not_after: not_before.saturating_add(request.duration_secs),
+            events: gathered.events.clone(),
+            gathered,
+            held: Vec::new(),
+            excluded_pairs: HashSet::new(),
+            excluded_agents: BTreeMap::new(),
+            refusals: BTreeMap::new(),
+            first_plan: None,
+            last_plan: SlicePlan {
+                chosen: Vec::new(),
+                alternatives: Vec::new(),
+                rejected: Vec::new(),
+                satisfiable: false,
+                explanation: String::new(),
+            },
+        }
+    }
+
+    /// One ticket round: plan what is missing, ask the agents, take their answers. Breaks when
+    /// the deadline has come, nothing is left to ask, or the request is met.
+    async fn round(&mut self, round: u32) -> ControlFlow<()> {
+        if Instant::now() >= self.until {
+            self.events.push(AcquireEvent::DeadlineReached {
+                deadline: self.acquirer.deadline,
+                round,
+                held: count(self.held.len()),
+                wanted: count(self.wanted),
+            });
+            return ControlFlow::Break(());
+        }
+        let chosen = self.plan();
+        if chosen.is_empty() {
+            return ControlFlow::Break(());
+        }
+        if round > 1 {
+            self.events.push(AcquireEvent::Replanned {
+                round,
+                slivers: count(chosen.len()),
+            });
+        }
+        let mut stray: BTreeMap<PublicKey, Vec<String>> = BTreeMap::new();
+        for (agent, slivers, answer) in self.request_tickets(chosen).await {
+            match answer {
+                Ok(answer) => self.take_tickets(agent, slivers, answer, &mut stray),
+                Err(e) => self.exclude_agent(agent, &slivers, e),
+            }
+        }
+        self.release_strays(stray).await;
+        if self.held.len() >= self.wanted && self.last_plan.satisfiable {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    }
+
+    /// **Plan** (the first round) or **replan** (later ones): the slivers still missing, over
+    /// the offers not excluded, around those held (new sites preferred); answers the slivers
+    /// to ask for.
+    fn plan(&mut self) -> Vec<PlannedSliver> {
+        let candidates: Vec<Candidate> = self
+            .gathered
+            .candidates
+            .iter()
+            .filter(|c| {
+                !self.excluded_agents.contains_key(&c.agent)
+                    && !self.excluded_pairs.contains(&(c.node, c.agent))
+            })
+            .cloned()
+            .collect();
+        let held: Vec<PlannedSliver> = self.held.iter().map(|h| h.planned.clone()).collect();
+        let plan = planner::plan_around(self.request, &candidates, &held);
+        self.first_plan.get_or_insert_with(|| plan.clone());
+        let chosen = plan.chosen.clone();
+        self.last_plan = plan;
+        chosen
+    }
+
+    /// **Ask**: one `GetTickets` per agent for its slivers of `chosen`, all agents at once (at
+    /// most `concurrency` in flight, each ending by the deadline).
+    async fn request_tickets(&self, chosen: Vec<PlannedSliver>) -> Vec<AgentAnswer> {
+        let mut per_agent: BTreeMap<PublicKey, Vec<PlannedSliver>> = BTreeMap::new();
+        for sliver in chosen {
+            per_agent.entry(sliver.agent).or_default().push(sliver);
+        }
+        futures::stream::iter(per_agent)
+            .map(|(agent, slivers)| {
+                let ask = self.ticket_request(&slivers);
+                async move {
+                    let answer = self
+                        .acquirer
+                        .bounded_until(self.acquirer.client.get_tickets(agent, ask), self.until)
+                        .await;
+                    (agent, slivers, answer)
+                }
+            })
+            .buffer_unordered(self.acquirer.settings.concurrency.max(1))
+            .collect()
+            .await
+    }
+
+    /// The `GetTickets` for `slivers`, all of one agent.
+    fn ticket_request(&self, slivers: &[PlannedSliver]) -> TicketRequest {
+        let request = self.request;
+        TicketRequest {
+            slice: request.name.clone(),
+            principal: request.principal,
+            principal_cert: self.principal_cert.cloned(),
+            kind: request.kind.clone(),
+            slivers: slivers
+                .iter()
+                .map(|s| SliverAsk {
+                    node: s.node,
+                    resources: request.per_sliver,
+                })
+                .collect(),
+            not_before: self.not_before,
+            not_after: self.not_after,
+            max_price: request.constraints.max_price,
+        }
+    }
+
+    /// An agent's answer: tickets for slivers asked of it are held, others are `stray` (to be
+    /// handed back); a refused node, or one the agent answered nothing for, is not asked of
+    /// it again.
+    fn take_tickets(
+        &mut self,
+        agent: PublicKey,
+        slivers: Vec<PlannedSliver>,
+        answer: TicketsAnswer,
+        stray: &mut BTreeMap<PublicKey, Vec<String>>,
+    ) {
+        let mut asked: BTreeMap<PublicKey, PlannedSliver> =
+            slivers.into_iter().map(|s| (s.node, s)).collect();
+        for ticket in answer.issued {
+            match asked.remove(&ticket.node) {
+                Some(mut planned) if ticket.agent == agent => {
+                    planned.price = ticket.price;
+                    self.held.push(Held { planned, ticket });
+                }
+                _ => stray.entry(agent).or_default().push(ticket.ticket_id),
+            }
+        }
+        for refused in answer.refused {
+            self.excluded_pairs.insert((refused.node, agent));
+            asked.remove(&refused.node);
+            self.refusals
+                .entry(format!(
+                    "refused by the agent ({})",
+                    refused.reason.reason.code()
+                ))
+                .or_default()
+                .push(refused.node);
+            self.events.push(AcquireEvent::SliverRefused {
+                node: refused.node,
+                agent,
+                reason: refused.reason,
+            });
+        }
+        // Slivers the agent neither issued nor refused: do not ask it again.
+        for node in asked.into_keys() {
+            self.excluded_pairs.insert((node, agent));
+            self.events
+                .push(AcquireEvent::NodeUnanswered { node, agent });
+        }
+    }
+
+    /// An agent whose `GetTickets` failed as a whole (refused, unreachable, too slow,
+    /// garbled) is not asked again; its slivers count as refused for the reason its failure
+    /// gives.
+    fn exclude_agent(&mut self, agent: PublicKey, slivers: &[PlannedSliver], e: CallError) {
+        self.events.push(AcquireEvent::AgentFailed {
+            agent,
+            slivers: count(slivers.len()),
+            error: e.clone().into(),
+        });
+        let label = match &e {
+            CallError::Refused(reply) => {
+                format!("refused by the agent ({})", reply.reason.code())
+            }
+            CallError::Timeout(_) | CallError::Unreachable(_) => "agent unreachable".to_owned(),
+            CallError::Unexpected(_) | CallError::TooLarge(_) => "agent misbehaved".to_owned(),
+        };
+        self.refusals
+            .entry(label)
+            .or_default()
+            .extend(slivers.iter().map(|s| s.node));
+        self.excluded_agents.insert(agent, e);
+    }
+
+    /// Tickets issued for nodes not asked about go back at once, to all such agents in
+    /// parallel.
+    async fn release_strays(&mut self, stray: BTreeMap<PublicKey, Vec<String>>) {
+        if stray.is_empty() {
+            return;
+        }
+        for (agent, ids) in &stray {
+            self.events.push(AcquireEvent::StrayReleased {
+                agent: *agent,
+                tickets: count(ids.len()),
+            });
+        }
+        let not_told = self.acquirer.release(stray).await;
+        if !not_told.is_empty() {
+            self.events
+                .push(AcquireEvent::StrayNotTold { agents: not_told });
+        }
+    }
+
+    /// **Settle**: complete, or short under best effort with something held, answers the
+    /// tickets ([`Acquisition::finish`]); otherwise every ticket goes back
+    /// ([`Acquisition::hand_back`]) and the answer is the failure ([`Acquisition::fail`]).
+    async fn settle(mut self) -> Result<AcquiredSlice, AcquireFailure> {
+        let plan = self.final_plan();
+        let keep = plan.satisfiable
+            || (self.request.mode == AcquireMode::BestEffort && !self.held.is_empty());
+        if keep {
+            return Ok(self.finish(plan));
+        }
+        self.hand_back().await;
+        Err(self.fail(plan))
+    }
+
+    /// The plan as executed: the slivers held, and every node not picked with its reason
+    /// (did not fit in the first plan; refused and not obtained from another agent; fit but
+    /// not needed in the last plan, as the first plan's count of these includes nodes picked
+    /// in later rounds). Satisfiable only if the request is met in full.
+    fn final_plan(&self) -> SlicePlan {
+        let first_plan = self.first_plan.as_ref().unwrap_or(&self.last_plan);
+        let held = &self.held;
+        let missing = self.wanted.saturating_sub(held.len());
         let sites: HashSet<&str> = held.iter().map(|h| h.planned.site.as_str()).collect();
-        let sites_short = sites.len() < request.constraints.min_sites as usize;
-        let complete = missing == 0 && !sites_short && wanted > 0;
+        let min_sites = self.request.constraints.min_sites;
+        let sites_short = sites.len() < min_sites as usize;
+        let complete = missing == 0 && !sites_short && self.wanted > 0;
 
-        // Nodes not picked: those that did not fit (first plan), those refused and not obtained
-        // from another agent, and those that fit but were not needed in the last plan (the
-        // first plan's count of these includes nodes picked in later rounds).
         let held_nodes: HashSet<PublicKey> = held.iter().map(|h| h.planned.node).collect();
         let mut rejected: Vec<RejectedGroup> = first_plan
             .rejected
@@ -619,91 +779,103 @@ impl<C: AgentClient> Acquirer<C> {
             .filter(|g| g.reason != planner::FIT_NOT_NEEDED)
             .cloned()
             .collect();
-        for (reason, mut nodes) in refusals {
-            nodes.retain(|n| !held_nodes.contains(n));
+        for (reason, nodes) in &self.refusals {
+            let mut nodes: Vec<PublicKey> = nodes
+                .iter()
+                .filter(|n| !held_nodes.contains(n))
+                .copied()
+                .collect();
             nodes.sort();
             nodes.dedup();
             if nodes.is_empty() {
                 continue;
             }
             rejected.push(RejectedGroup {
-                reason,
-                count: nodes.len() as u32,
+                reason: reason.clone(),
+                count: count(nodes.len()),
                 examples: nodes.into_iter().take(5).collect(),
             });
         }
         rejected.extend(
-            last_plan
+            self.last_plan
                 .rejected
                 .iter()
                 .filter(|g| g.reason == planner::FIT_NOT_NEEDED)
                 .cloned(),
         );
         let explanation = if complete {
+            let agents: BTreeSet<PublicKey> = held.iter().map(|h| h.ticket.agent).collect();
             format!(
                 "{} slivers on {} sites from {} agents",
                 held.len(),
                 sites.len(),
-                held.iter()
-                    .map(|h| h.ticket.agent)
-                    .collect::<BTreeSet<_>>()
-                    .len()
+                agents.len()
             )
-        } else if last_plan.satisfiable && sites_short {
+        } else if self.last_plan.satisfiable && sites_short {
             format!(
-                "{} distinct sites obtained, {} asked; {}",
+                "{} distinct sites obtained, {min_sites} asked; {}",
                 sites.len(),
-                request.constraints.min_sites,
-                last_plan.explanation
+                self.last_plan.explanation
             )
         } else {
-            last_plan.explanation.clone()
+            self.last_plan.explanation.clone()
         };
-        let plan = SlicePlan {
+        SlicePlan {
             chosen: held.iter().map(|h| h.planned.clone()).collect(),
-            alternatives: last_plan.alternatives.clone(),
+            alternatives: self.last_plan.alternatives.clone(),
             rejected,
             satisfiable: complete,
             explanation,
-        };
+        }
+    }
 
-        let keep = complete || (request.mode == AcquireMode::BestEffort && !held.is_empty());
-        if keep {
-            if missing > 0 {
-                report.push(format!(
-                    "{missing} of {wanted} slivers missing (best effort)"
-                ));
-            }
-            return Ok(capability_schema::protocol::AcquiredSlice {
-                tickets: held.into_iter().map(|h| h.ticket).collect(),
-                plan,
-                missing: missing as u32,
-                report,
+    /// **Finish**: the tickets held, the plan and the report (best effort names what is
+    /// missing).
+    fn finish(mut self, plan: SlicePlan) -> AcquiredSlice {
+        let missing = self.wanted.saturating_sub(self.held.len());
+        if missing > 0 {
+            self.events.push(AcquireEvent::Short {
+                missing: count(missing),
+                wanted: count(self.wanted),
             });
         }
-
-        // Nothing to return: hand back what was obtained.
-        if !held.is_empty() {
-            let mut per_agent: BTreeMap<PublicKey, Vec<String>> = BTreeMap::new();
-            for h in &held {
-                per_agent
-                    .entry(h.ticket.agent)
-                    .or_default()
-                    .push(h.ticket.ticket_id.clone());
-            }
-            let count = held.len();
-            let agents_told = per_agent.len();
-            let failed = self.release(per_agent).await;
-            report.push(format!(
-                "all-or-nothing: released {count} tickets at {agents_told} agents{}",
-                if failed > 0 {
-                    format!(" ({failed} agents not told; the tickets lapse unredeemed)")
-                } else {
-                    String::new()
-                }
-            ));
+        AcquiredSlice {
+            tickets: self.held.into_iter().map(|h| h.ticket).collect(),
+            plan,
+            missing: count(missing),
+            report: AcquireEvent::render_all(&self.events),
+            events: self.events,
         }
-        let reason = failure_reason(&gathered, &excluded_agents, &plan, wanted);
+    }
+
+    /// **All-or-nothing** came up short (or best effort got nothing): every ticket held goes
+    /// back with `Released`, all agents at once.
+    async fn hand_back(&mut self) {
+        if self.held.is_empty() {
+            return;
+        }
+        let mut per_agent: BTreeMap<PublicKey, Vec<String>> = BTreeMap::new();
+        for h in &self.held {
+            per_agent
+                .entry(h.ticket.agent)
+                .or_default()
+                .push(h.ticket.ticket_id.clone());
+        }
+        let tickets = count(self.held.len());
+        let agents = count(per_agent.len());
+        let not_told = self.acquirer.release(per_agent).await;
+        self.events.push(AcquireEvent::Released {
+            tickets,
+            agents,
+            not_told,
+        });
+    }
+
+    /// The failure: its class ([`failure_reason`]) and a message naming the binding
+    /// constraint, the nodes not picked and what happened.
+    fn fail(self, plan: SlicePlan) -> AcquireFailure {
+        let reason = failure_reason(&self.gathered, &self.excluded_agents, &plan, self.wanted);
+        let report = AcquireEvent::render_all(&self.events);
         let mut message = reason.to_string();
         if !matches!(reason, Rejection::Unsatisfiable { .. }) {
             message.push_str("; ");
@@ -722,12 +894,18 @@ impl<C: AgentClient> Acquirer<C> {
             message.push_str(&report.join("; "));
             message.push(']');
         }
-        Err(AcquireFailure {
+        AcquireFailure {
             reply: ErrorReply { reason, message },
             plan,
             report,
-        })
+            events: self.events,
+        }
     }
+}
+
+/// `n` as a count on the wire (saturating: no acquisition comes near).
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// The class of a failed acquisition: agents unreachable, agents refusing on policy, or no
@@ -774,3 +952,6 @@ fn failure_reason(
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod report_tests;

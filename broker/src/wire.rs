@@ -58,7 +58,7 @@ mod tests {
     use federation::testing::TestFederation;
 
     use super::*;
-    use capability_schema::protocol::{BrokerRequest, SlicePlan};
+    use capability_schema::protocol::{AcquireEvent, BrokerRequest, SlicePlan};
     use capability_schema::slice::{SliceConstraints, SliceKind, SliverTarget};
     use capability_schema::{AcquireMode, Resources, SliceRequest};
 
@@ -142,6 +142,11 @@ mod tests {
                 explanation: explanation.into(),
             },
             report: vec!["all-or-nothing: released 1 tickets at 1 agents".into()],
+            events: vec![AcquireEvent::Released {
+                tickets: 1,
+                agents: 1,
+                not_told: vec![],
+            }],
         }
     }
 
@@ -178,6 +183,9 @@ mod tests {
                 .contains("would be satisfiable with memory")
         );
         assert_eq!(err.report, failure().report);
+        // The typed events too, rendering to the same lines.
+        assert_eq!(err.events, failure().events);
+        assert_eq!(AcquireEvent::render_all(&err.events), err.report);
         // What a client prints under --json.
         let json = serde_json::to_value(&plan).unwrap();
         assert_eq!(json["rejected"][1]["count"], 12);
@@ -203,6 +211,7 @@ mod tests {
         let new: Envelope<Result<BrokerAnswer, ErrorReply>> = codec::decode(&bytes).unwrap();
         let err = BrokerAnswer::into_result(new.body).unwrap_err();
         assert_eq!((err.plan, err.report.len()), (None, 0));
+        assert!(err.events.is_empty());
         // Plans and acquisitions encode as BrokerResponse's.
         let plan = failure().plan;
         let answer: Result<BrokerAnswer, ErrorReply> = Ok(BrokerAnswer::Plan(plan.clone()));

@@ -9,6 +9,9 @@
 //! Each message travels in an [`Envelope`] with a request id; every answer is
 //! `Result<Response, ErrorReply>` so every error carries a reason and a sentence. The caller's
 //! identity is the libp2p peer it connected as (the noise handshake), never a field here.
+//!
+//! An acquisition's report travels as typed [`AcquireEvent`]s beside the sentences they render
+//! to (see the `report` submodule for how older peers and newer events are handled).
 
 use serde::{Deserialize, Serialize};
 
@@ -19,6 +22,10 @@ use crate::rejection::ErrorReply;
 use crate::resources::Resources;
 use crate::signed::Signed;
 use crate::slice::{AcquireMode, Lease, SliceConstraints, SliceKind, SliceRequest, SliverTarget};
+
+mod report;
+
+pub use report::{AcquireEvent, CallFailure, DroppedOffer};
 
 /// Protocol name of the agent protocol.
 pub const AGENT_PROTOCOL: &str = "/planetmesh/agent/1";
@@ -370,8 +377,16 @@ pub struct AcquiredSlice {
     pub plan: SlicePlan,
     /// How many slivers are missing (best effort).
     pub missing: u32,
-    /// What happened, line by line (refusals, replans).
+    /// What happened, line by line (refusals, replans): `events` rendered.
     pub report: Vec<String>,
+    /// What happened, as typed events (empty from a broker that predates them; left out of
+    /// the encoding when empty, and unknown events are skipped when decoding).
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "report::known_events"
+    )]
+    pub events: Vec<AcquireEvent>,
 }
 
 /// What a broker answers.
@@ -512,8 +527,16 @@ pub struct AcquireFailure {
     pub reply: ErrorReply,
     /// The plan as it stood at the end.
     pub plan: SlicePlan,
-    /// What happened, line by line.
+    /// What happened, line by line: `events` rendered.
     pub report: Vec<String>,
+    /// What happened, as typed events (empty from a broker that predates them; left out of
+    /// the encoding when empty, and unknown events are skipped when decoding).
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "report::known_events"
+    )]
+    pub events: Vec<AcquireEvent>,
 }
 
 /// What this broker answers: `BrokerResponse`'s answers, encoded the same, plus the detailed
@@ -549,26 +572,38 @@ pub struct BrokerFailure {
     pub plan: Option<Box<SlicePlan>>,
     /// What happened, line by line (empty without a plan).
     pub report: Vec<String>,
+    /// What happened, as typed events (empty without a plan, or from a broker that predates
+    /// them).
+    pub events: Vec<AcquireEvent>,
+}
+
+impl From<AcquireFailure> for BrokerFailure {
+    fn from(failure: AcquireFailure) -> Self {
+        BrokerFailure {
+            reply: failure.reply,
+            plan: Some(Box::new(failure.plan)),
+            report: failure.report,
+            events: failure.events,
+        }
+    }
 }
 
 impl BrokerAnswer {
-    /// The answer as one `Result`: the response, or the failure with whatever detail came.
+    /// The answer as one `Result`: the response, or the failure with whatever detail came
+    /// (boxed: the detail is large and rare).
     pub fn into_result(
         reply: Result<BrokerAnswer, ErrorReply>,
-    ) -> Result<BrokerResponse, BrokerFailure> {
+    ) -> Result<BrokerResponse, Box<BrokerFailure>> {
         match reply {
             Ok(BrokerAnswer::Plan(plan)) => Ok(BrokerResponse::Plan(plan)),
             Ok(BrokerAnswer::Acquired(slice)) => Ok(BrokerResponse::Acquired(slice)),
-            Ok(BrokerAnswer::NotAcquired(failure)) => Err(BrokerFailure {
-                reply: failure.reply,
-                plan: Some(Box::new(failure.plan)),
-                report: failure.report,
-            }),
-            Err(reply) => Err(BrokerFailure {
+            Ok(BrokerAnswer::NotAcquired(failure)) => Err(Box::new(failure.into())),
+            Err(reply) => Err(Box::new(BrokerFailure {
                 reply,
                 plan: None,
                 report: Vec::new(),
-            }),
+                events: Vec::new(),
+            })),
         }
     }
 }

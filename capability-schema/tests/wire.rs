@@ -434,6 +434,10 @@ fn every_protocol_message_round_trips() {
         plan,
         missing: 2,
         report: vec!["n3 refused".into()],
+        events: vec![AcquireEvent::NodeUnanswered {
+            node: test_key(3).public(),
+            agent: test_key(4).public(),
+        }],
     }));
 }
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 use broker::acquire::{AcquireSettings, Acquirer, AgentClient, CallError, OverlayAgents};
 use broker::wire::{BrokerAnswer, BrokerAnswerProtocol, BrokerCall, BrokerCallProtocol, SliceAsk};
 use capability_schema::protocol::{
-    AcquiredSlice, BrokerResponse, NodeRequest, NodeResponse, SlicePlan,
+    AcquiredSlice, BrokerFailure, BrokerResponse, NodeRequest, NodeResponse, SlicePlan,
 };
 use capability_schema::{ErrorReply, PublicKey, SliceRequest};
 use federation::overlay::{Multiaddr, NodeProtocol, Protocol};
@@ -36,16 +36,10 @@ pub enum ClientError {
     #[error("{0}")]
     Refused(ErrorReply),
     /// An acquisition returned nothing: the refusal, with the plan as it stood at the end and
-    /// what happened (the plan is absent when an older broker sent the refusal alone).
-    #[error("{reply}")]
-    NotAcquired {
-        /// The reason and the sentence.
-        reply: ErrorReply,
-        /// The plan at the end.
-        plan: Option<Box<SlicePlan>>,
-        /// What happened, line by line.
-        report: Vec<String>,
-    },
+    /// what happened, line by line and as typed events (the plan and the report are absent
+    /// when an older broker sent the refusal alone, the events when it predates them).
+    #[error("{0}")]
+    NotAcquired(Box<BrokerFailure>),
     /// A broker could not be reached.
     #[error("{party} unreachable: {detail}")]
     Unreachable {
@@ -61,9 +55,8 @@ impl ClientError {
     pub fn class(&self) -> ExitClass {
         match self {
             ClientError::Setup(_) => ExitClass::Setup,
-            ClientError::Refused(reply) | ClientError::NotAcquired { reply, .. } => {
-                ExitClass::of_rejection(&reply.reason)
-            }
+            ClientError::Refused(reply) => ExitClass::of_rejection(&reply.reason),
+            ClientError::NotAcquired(failure) => ExitClass::of_rejection(&failure.reply.reason),
             ClientError::Unreachable { .. } => ExitClass::Unreachable,
         }
     }
@@ -317,21 +310,13 @@ impl Session {
                     Ok(other) => Err(ClientError::Setup(format!(
                         "the broker answered {other:?} to AcquireSlice"
                     ))),
-                    Err(failure) => Err(ClientError::NotAcquired {
-                        reply: failure.reply,
-                        plan: failure.plan,
-                        report: failure.report,
-                    }),
+                    Err(failure) => Err(ClientError::NotAcquired(failure)),
                 }
             }
             Via::Agents(agents, acquirer) => acquirer
                 .acquire(agents, request, self.identity.cert.as_ref())
                 .await
-                .map_err(|f| ClientError::NotAcquired {
-                    reply: f.reply,
-                    plan: Some(Box::new(f.plan)),
-                    report: f.report,
-                }),
+                .map_err(|f| ClientError::NotAcquired(Box::new(f.into()))),
             Via::Nobody => Err(Self::nobody()),
         }
     }

@@ -73,9 +73,10 @@ impl OpError {
     /// JSON for `--json`.
     pub fn to_json(&self) -> Value {
         let reason = match self {
-            OpError::Client(
-                ClientError::Refused(reply) | ClientError::NotAcquired { reply, .. },
-            ) => reply.reason.code().to_owned(),
+            OpError::Client(ClientError::Refused(reply)) => reply.reason.code().to_owned(),
+            OpError::Client(ClientError::NotAcquired(failure)) => {
+                failure.reply.reason.code().to_owned()
+            }
             _ => self.class().name().to_owned(),
         };
         let mut out = json!({
@@ -84,11 +85,12 @@ impl OpError {
             "reason": reason,
             "error": self.to_string(),
         });
-        if let OpError::Client(ClientError::NotAcquired { plan, report, .. }) = self {
-            out["plan"] = plan.as_ref().map_or(Value::Null, |p| {
+        if let OpError::Client(ClientError::NotAcquired(failure)) = self {
+            out["plan"] = failure.plan.as_ref().map_or(Value::Null, |p| {
                 serde_json::to_value(p).unwrap_or(Value::Null)
             });
-            out["report"] = json!(report);
+            out["report"] = json!(failure.report);
+            out["events"] = json!(failure.events);
         }
         out
     }
@@ -482,6 +484,7 @@ impl Manager {
                     })).collect::<Vec<_>>(),
                     "leases_left": stuck.len(),
                     "report": acquired.report,
+                    "events": acquired.events,
                 }),
                 lines,
                 class,
@@ -540,6 +543,7 @@ impl Manager {
                 "missing": missing,
                 "plan": plan_json(&acquired.plan),
                 "report": acquired.report,
+                "events": acquired.events,
                 "elapsed_ms": started.elapsed().as_millis() as u64,
             }),
             lines,
@@ -1197,6 +1201,7 @@ impl Manager {
             .collect();
         let wanted = record.request.target.count();
         let mut acquired_report = Vec::new();
+        let mut acquired_events = Vec::new();
         if held.len() < wanted {
             let mut request = record.request.clone();
             request.mode = AcquireMode::BestEffort;
@@ -1233,6 +1238,7 @@ impl Manager {
                         more.len()
                     ));
                     acquired_report = acquired.report;
+                    acquired_events = acquired.events;
                     tickets.extend(more);
                 }
                 Err(e) => lines.push(format!(
@@ -1301,6 +1307,7 @@ impl Manager {
                 v
             }).collect::<Vec<_>>(),
             "report": acquired_report,
+            "events": acquired_events,
         });
         Ok(((json, lines), class))
     }
@@ -1393,6 +1400,46 @@ mod tests {
         assert_eq!(key_comment(line), "alice@laptop");
         assert_eq!(key_comment("ssh-rsa AAAA my  old key"), "my old key");
         assert_eq!(key_comment("ssh-rsa AAAA"), "");
+    }
+
+    #[test]
+    fn a_failed_acquisition_shows_its_report_and_typed_events_under_json() {
+        use capability_schema::Rejection;
+        use capability_schema::protocol::{AcquireEvent, BrokerFailure, SlicePlan};
+
+        use super::OpError;
+        use crate::client::ClientError;
+
+        let events = vec![AcquireEvent::Released {
+            tickets: 2,
+            agents: 1,
+            not_told: vec![],
+        }];
+        let failure = BrokerFailure {
+            reply: Rejection::Unsatisfiable {
+                detail: "2 of 4 slivers".into(),
+            }
+            .into(),
+            plan: Some(Box::new(SlicePlan {
+                chosen: vec![],
+                alternatives: vec![],
+                rejected: vec![],
+                satisfiable: false,
+                explanation: "2 of 4 slivers".into(),
+            })),
+            report: AcquireEvent::render_all(&events),
+            events,
+        };
+        let e = OpError::Client(ClientError::NotAcquired(Box::new(failure)));
+        assert_eq!(e.to_string(), "unsatisfiable: 2 of 4 slivers");
+        let json = e.to_json();
+        assert_eq!(json["reason"], "unsatisfiable");
+        assert_eq!(
+            json["report"][0],
+            "all-or-nothing: released 2 tickets at 1 agents"
+        );
+        assert_eq!(json["events"][0]["released"]["tickets"], 2);
+        assert_eq!(json["plan"]["explanation"], "2 of 4 slivers");
     }
 
     #[test]
