@@ -292,6 +292,8 @@ impl<'de> Deserialize<'de> for PublicKey {
 }
 
 /// Fixed keys for tests, examples and golden vectors: `test_key(n)` is the same key in every run.
+/// Only in test builds and with the `test-utils` feature: the keys are public knowledge.
+#[cfg(any(test, feature = "test-utils"))]
 pub fn test_key(n: u8) -> SecretKey {
     let mut bytes = [0u8; 32];
     bytes[0] = n;

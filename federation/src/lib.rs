@@ -11,6 +11,7 @@
 
 pub mod daemon;
 pub mod overlay;
+#[cfg(any(test, feature = "test-utils"))]
 pub mod testing;
 pub mod trust;
 
