@@ -558,6 +558,53 @@ struct Shared {
 }
 
 impl Shared {
+    /// Tallies for `nodes` and the broker: each node expects the ads of the other publishers
+    /// of its federation, the broker every publisher's; each ad is expected by every node of
+    /// its federation (counted by its receivers) and the broker.
+    fn new(
+        nodes: &[SimNode],
+        publishing: &[bool],
+        fed_size: &[usize],
+        federations: usize,
+    ) -> Shared {
+        let n = nodes.len();
+        let publishers_in: Vec<usize> = (0..federations)
+            .map(|x| {
+                (0..n)
+                    .filter(|i| publishing[*i] && nodes[*i].federation == x)
+                    .count()
+            })
+            .collect();
+        let mut peers: Vec<PeerTally> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                PeerTally::new(n, publishers_in[s.federation] - usize::from(publishing[i]))
+            })
+            .collect();
+        peers.push(PeerTally::new(n, publishing.iter().filter(|p| **p).count()));
+        Shared {
+            epoch: Instant::now(),
+            index: nodes
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.node.key.public(), i))
+                .collect(),
+            peers,
+            ads: nodes
+                .iter()
+                .map(|s| AdTally {
+                    expected: fed_size[s.federation],
+                    ..AdTally::default()
+                })
+                .collect(),
+            update: RwLock::new(None),
+            update_hits: AtomicUsize::new(0),
+            update_last_us: AtomicU64::new(0),
+            broker_view: Mutex::new(HashMap::new()),
+        }
+    }
+
     fn now_us(&self) -> u64 {
         (self.epoch.elapsed().as_micros() as u64).max(1)
     }
@@ -814,23 +861,659 @@ impl Announcer {
 }
 
 /// Runs one simulation; `progress` hears what happens (one line at a time).
-pub async fn run(config: &SimConfig, mut progress: impl FnMut(&str)) -> anyhow::Result<SimReport> {
-    anyhow::ensure!(config.nodes >= 2, "a simulation needs at least 2 nodes");
-    anyhow::ensure!(
-        config.federations >= 1 && config.federations * 2 <= config.nodes,
-        "between 1 and {} federations (at least two nodes each)",
-        config.nodes / 2
-    );
-    anyhow::ensure!(config.degree >= 1, "every node must dial at least one peer");
-    let n = config.nodes;
-    let f = config.federations;
-    let mut rng = StdRng::seed_from_u64(config.seed ^ n as u64);
+pub async fn run(config: &SimConfig, progress: impl FnMut(&str)) -> anyhow::Result<SimReport> {
+    let mut sim = Sim::build(config, progress)?;
+    sim.start().await?;
+    sim.wire().await?;
+    sim.form_meshes().await?;
+    sim.measure_idle().await?;
+    sim.converge().await?;
+    sim.time_updates().await?;
+    sim.plan();
+    Ok(sim.shut_down().await)
+}
+
+/// One simulation, phase by phase. [`Sim::build`] makes the federations, the nodes and what
+/// the counters share; then [`run`] calls, in order: `start` (every peer and its counter),
+/// `wire` (the dials), `form_meshes` (until every gossip mesh is formed, then `settle`),
+/// `measure_idle` (connections, memory and the idle overlay's CPU), `converge` (cold
+/// convergence), `time_updates` (single ad updates), `plan` (the broker's planner over its
+/// view) and `shut_down`. Each phase fills in its part of the report.
+struct Sim<'c, P> {
+    config: &'c SimConfig,
+    progress: P,
+    /// Seeded from the configuration; drawn from, in this order, by `build` (capacities,
+    /// publishers), `wire` (the graph), `converge` (the publishing order) and `time_updates`.
+    rng: StdRng,
+    report: SimReport,
+    /// The overlay configuration every peer starts from.
+    base: OverlayConfig,
+    /// Federation names (`fed0`, …).
+    names: Vec<String>,
+    /// The one trust store of every peer.
+    trust: Arc<RwLock<TrustStore>>,
+    /// Each federation's agent.
+    agents: Vec<PublicKey>,
+    /// Each federation's prices.
+    prices: Vec<PriceList>,
+    nodes: Arc<Vec<SimNode>>,
+    /// Nodes per federation.
+    fed_size: Vec<usize>,
+    /// Which nodes publish.
+    publishing: Vec<bool>,
+    shared: Arc<Shared>,
+    /// Every peer once started: the nodes, then the broker.
+    peers: Vec<OverlayHandle>,
+    /// The node peers' listen addresses.
+    addrs: Vec<Multiaddr>,
+}
+
+impl<'c, P: FnMut(&str)> Sim<'c, P> {
+    /// The federations (a trust store for every peer, an agent key and prices each), the
+    /// nodes (keys, certificates, what they advertise), who publishes, and the tallies.
+    fn build(config: &'c SimConfig, progress: P) -> anyhow::Result<Self> {
+        anyhow::ensure!(config.nodes >= 2, "a simulation needs at least 2 nodes");
+        anyhow::ensure!(
+            config.federations >= 1 && config.federations * 2 <= config.nodes,
+            "between 1 and {} federations (at least two nodes each)",
+            config.nodes / 2
+        );
+        anyhow::ensure!(config.degree >= 1, "every node must dial at least one peer");
+        let (n, f) = (config.nodes, config.federations);
+        let mut rng = StdRng::seed_from_u64(config.seed ^ n as u64);
+        let base = overlay_base(config);
+        let mut report = SimReport {
+            nodes: n,
+            federations: f,
+            degree: config.degree,
+            max_connections: base.max_connections,
+            mesh_n: base.mesh_n,
+            heartbeat: config.heartbeat,
+            boot: config.boot,
+            reannounce: config.reannounce,
+            slivers: config.slivers,
+            ..SimReport::default()
+        };
+        let mut federations: Vec<TestFederation> = (0..f)
+            .map(|i| TestFederation::new(&format!("fed{i}"), 100u8.wrapping_add(i as u8)))
+            .collect();
+        let names: Vec<String> = federations.iter().map(|x| x.name().to_owned()).collect();
+        let mut store = TrustStore::new();
+        for federation in &federations {
+            federation.trust(&mut store);
+        }
+        let agents: Vec<PublicKey> = (0..f).map(|_| SecretKey::generate().public()).collect();
+        let prices: Vec<PriceList> = (0..f as u64)
+            .map(|i| PriceList {
+                cpu_core_hour: 10 + 7 * i,
+                memory_gib_hour: 2 + i,
+                ..PriceList::default()
+            })
+            .collect();
+        let nodes: Vec<SimNode> = (0..n)
+            .map(|i| {
+                let fed = i % f;
+                let site = format!("{}-site{}", names[fed], (i / f) / SITE_SIZE);
+                let node = federations[fed].node_with_key(SecretKey::generate(), &site);
+                random_node(&mut rng, node, fed)
+            })
+            .collect();
+        let fed_size: Vec<usize> = (0..f)
+            .map(|x| nodes.iter().filter(|s| s.federation == x).count())
+            .collect();
+        report.ad_bytes = nodes[0].next_ad(agents[0], 0).1.to_bytes().len();
+        nodes[0].seq.store(0, Ordering::Release);
+        // Who publishes: every node, or a random sample.
+        let k = if config.publishers == 0 {
+            n
+        } else {
+            config.publishers.min(n)
+        };
+        let mut publishing = vec![false; n];
+        for i in rand::seq::index::sample(&mut rng, n, k) {
+            publishing[i] = true;
+        }
+        report.publishers = k;
+        let shared = Arc::new(Shared::new(&nodes, &publishing, &fed_size, f));
+        Ok(Sim {
+            config,
+            progress,
+            rng,
+            report,
+            base,
+            names,
+            trust: Arc::new(RwLock::new(store)),
+            agents,
+            prices,
+            nodes: Arc::new(nodes),
+            fed_size,
+            publishing,
+            shared,
+            peers: Vec::with_capacity(n + 1),
+            addrs: Vec::with_capacity(n),
+        })
+    }
+
+    /// Tells `progress`.
+    fn say(&mut self, line: &str) {
+        (self.progress)(line);
+    }
+
+    /// The broker's peer (after `start`).
+    fn broker(&self) -> &OverlayHandle {
+        &self.peers[self.config.nodes]
+    }
+
+    /// The node peers (after `start`).
+    fn node_peers(&self) -> &[OverlayHandle] {
+        &self.peers[..self.config.nodes]
+    }
+
+    /// Every peer's federations to ask for its mesh: each node its own, the broker each.
+    fn mesh_queries(&self) -> Vec<(OverlayHandle, String)> {
+        let mut asked: Vec<(OverlayHandle, String)> = self
+            .node_peers()
+            .iter()
+            .zip(self.nodes.iter())
+            .map(|(h, s)| (h.clone(), self.names[s.federation].clone()))
+            .collect();
+        let broker = self.broker();
+        asked.extend(self.names.iter().map(|name| (broker.clone(), name.clone())));
+        asked
+    }
+
+    /// Phase 1: starts every peer (nodes, then the broker) and its counter.
+    async fn start(&mut self) -> anyhow::Result<()> {
+        let n = self.config.nodes;
+        self.say(&format!("starting {n} node peers and a broker"));
+        let started = Instant::now();
+        for i in 0..n {
+            let sim = &self.nodes[i];
+            let config = OverlayConfig {
+                federations: vec![self.names[sim.federation].clone()],
+                ..self.base.clone()
+            };
+            let handle = Overlay::start(&sim.node.key, config, self.trust.clone())
+                .await
+                .with_context(|| format!("starting node peer {i}"))?;
+            let addr = handle
+                .listen_addrs()
+                .await?
+                .into_iter()
+                .next()
+                .context("a peer without a listen address")?;
+            tokio::spawn(counter(handle.ads(), self.shared.clone(), i, false));
+            self.peers.push(handle);
+            self.addrs.push(addr);
+            if (i + 1) % 1000 == 0 {
+                self.say(&format!("  {} peers started", i + 1));
+            }
+        }
+        let broker_config = OverlayConfig {
+            federations: self.names.clone(),
+            ad_queue: n + 64,
+            ..self.base.clone()
+        };
+        let broker =
+            Overlay::start(&SecretKey::generate(), broker_config, self.trust.clone()).await?;
+        tokio::spawn(counter(broker.ads(), self.shared.clone(), n, true));
+        self.peers.push(broker);
+        self.report.start_time = started.elapsed();
+        Ok(())
+    }
+
+    /// Who dials whom: each node `degree` random other nodes of its federation (in a random
+    /// order, so no node is everyone's first choice), with a few spare choices for dials a
+    /// full peer refuses; the broker `degree` nodes of each federation. In a random order:
+    /// (peer, dials wanted, nodes to try).
+    fn dial_plans(&mut self) -> Vec<(OverlayHandle, usize, Vec<usize>)> {
+        let (n, degree) = (self.config.nodes, self.config.degree);
+        let by_fed: Vec<Vec<usize>> = (0..self.config.federations)
+            .map(|x| (0..n).filter(|i| self.nodes[*i].federation == x).collect())
+            .collect();
+        let spare = 4;
+        let mut plans: Vec<(OverlayHandle, usize, Vec<usize>)> = Vec::with_capacity(n + 1);
+        for members in &by_fed {
+            for &i in members {
+                let others: Vec<usize> = members.iter().copied().filter(|m| *m != i).collect();
+                let k = (degree + spare).min(others.len());
+                let picked = rand::seq::index::sample(&mut self.rng, others.len(), k);
+                plans.push((
+                    self.peers[i].clone(),
+                    degree,
+                    picked.into_iter().map(|p| others[p]).collect(),
+                ));
+            }
+        }
+        for members in &by_fed {
+            let k = (degree + spare).min(members.len());
+            let picked = rand::seq::index::sample(&mut self.rng, members.len(), k);
+            plans.push((
+                self.broker().clone(),
+                degree,
+                picked.into_iter().map(|p| members[p]).collect(),
+            ));
+        }
+        rand::seq::SliceRandom::shuffle(&mut plans[..], &mut self.rng);
+        plans
+    }
+
+    /// Phase 2: wires the graph of [`Sim::dial_plans`], at most [`DIAL_CONCURRENCY`] peers
+    /// dialing at a time.
+    async fn wire(&mut self) -> anyhow::Result<()> {
+        self.say("dialing the graph");
+        let dialing = Instant::now();
+        let plans = self.dial_plans();
+        let failures = Arc::new(AtomicUsize::new(0));
+        let limit = Arc::new(Semaphore::new(DIAL_CONCURRENCY));
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut last_report = Instant::now();
+        let total = plans.len();
+        for (done, (handle, wanted, targets)) in plans.into_iter().enumerate() {
+            if last_report.elapsed() >= Duration::from_secs(30) {
+                last_report = Instant::now();
+                self.say(&format!(
+                    "  {done} of {total} peers dialing or done, {} refused dials",
+                    failures.load(Ordering::Relaxed)
+                ));
+            }
+            let permit = limit.clone().acquire_owned().await?;
+            let targets: Vec<Multiaddr> = targets.iter().map(|t| self.addrs[*t].clone()).collect();
+            let failures = failures.clone();
+            tasks.spawn(async move {
+                let mut made = 0;
+                for addr in &targets {
+                    if made == wanted {
+                        break;
+                    }
+                    match dial(&handle, addr).await {
+                        Ok(()) => made += 1,
+                        Err(_) => {
+                            failures.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                drop(permit);
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        self.report.dial_failures = failures.load(Ordering::Relaxed);
+        self.report.dial_time = dialing.elapsed();
+        Ok(())
+    }
+
+    /// Phase 3: waits until every peer relays to a mesh of its own (or a deadline that grows
+    /// with the nodes), then lets the overlay settle.
+    async fn form_meshes(&mut self) -> anyhow::Result<()> {
+        self.say("waiting for the gossip meshes");
+        let (n, f) = (self.config.nodes, self.config.federations);
+        let meshing = Instant::now();
+        let mesh_deadline =
+            Instant::now() + Duration::from_secs(60) + Duration::from_millis(20 * n as u64);
+        let asked = self.mesh_queries();
+        let low = self.base.mesh_n_low;
+        let wanted: Vec<usize> = self
+            .nodes
+            .iter()
+            .map(|s| low.min(self.fed_size[s.federation] - 1))
+            .chain((0..f).map(|fed| low.min(self.fed_size[fed]).min(self.config.degree)))
+            .collect();
+        loop {
+            let sizes = mesh_sizes(asked.clone()).await?;
+            let thin = sizes.iter().zip(&wanted).filter(|(s, w)| s < w).count();
+            self.report.thin_meshes = thin;
+            if thin == 0 || Instant::now() > mesh_deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        self.report.mesh_time = meshing.elapsed();
+        let settle = self.config.settle;
+        if !settle.is_zero() {
+            self.say(&format!(
+                "letting the overlay settle ({:.0} s)",
+                settle.as_secs_f64()
+            ));
+            tokio::time::sleep(settle).await;
+        }
+        Ok(())
+    }
+
+    /// Wired and idle: connections per peer, resident memory, and the cores the idle overlay
+    /// keeps busy (over five seconds).
+    async fn measure_idle(&mut self) -> anyhow::Result<()> {
+        let connections = connection_counts(self.peers.clone()).await?;
+        self.report.connections_per_peer = connections as f64 / (self.config.nodes + 1) as f64;
+        self.report.setup_rss = rss();
+        let idle = Duration::from_secs(5);
+        let cpu_idle = cpu_time();
+        tokio::time::sleep(idle).await;
+        self.report.idle_cores =
+            cpu_time().saturating_sub(cpu_idle).as_secs_f64() / idle.as_secs_f64();
+        let line = format!(
+            "wired: {:.1} connections per peer, {} resident, idle overlay {:.2} cores",
+            self.report.connections_per_peer,
+            mib(self.report.setup_rss),
+            self.report.idle_cores
+        );
+        self.say(&line);
+        Ok(())
+    }
+
+    /// Phase 4, cold convergence: the publishers publish their first ads over the boot
+    /// window in a random order (and re-announce), until every peer holds what it should or
+    /// the timeout; a progress line every ten seconds.
+    async fn converge(&mut self) -> anyhow::Result<()> {
+        let (n, k) = (self.config.nodes, self.report.publishers);
+        let expected: usize = self.shared.peers.iter().map(|t| t.expected).sum();
+        self.say(&format!(
+            "{k} nodes publish; waiting until {expected} (peer, publisher) pairs are known"
+        ));
+        let mut order: Vec<usize> = (0..n).filter(|i| self.publishing[*i]).collect();
+        rand::seq::SliceRandom::shuffle(&mut order[..], &mut self.rng);
+        let boot = self.config.boot;
+        let offsets: Vec<(Duration, usize)> = order
+            .iter()
+            .enumerate()
+            .map(|(rank, &i)| (boot.mul_f64(rank as f64 / k as f64), i))
+            .collect();
+        let published = Arc::new(AtomicUsize::new(0));
+        let failed = Arc::new(AtomicUsize::new(0));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stats_before = stats_sum(self.node_peers().to_vec()).await?;
+        let cpu_before = cpu_time();
+        let started_us = self.shared.now_us();
+        let wall = Instant::now();
+        let announcer = tokio::spawn(
+            Announcer {
+                shared: self.shared.clone(),
+                nodes: self.nodes.clone(),
+                handles: self.node_peers().to_vec(),
+                agents: self.agents.clone(),
+                offsets,
+                reannounce: self.config.reannounce,
+                published: published.clone(),
+                failed: failed.clone(),
+            }
+            .run(stop_rx),
+        );
+        let deadline = Instant::now() + self.config.timeout;
+        let mut last_report = Instant::now();
+        loop {
+            let known = self.shared.known();
+            if known >= expected || Instant::now() > deadline {
+                self.report.delivered = (known, expected);
+                break;
+            }
+            if last_report.elapsed() >= Duration::from_secs(10) {
+                last_report = Instant::now();
+                let line = self
+                    .convergence_line(known, expected, wall, &published, &stats_before, cpu_before)
+                    .await?;
+                self.say(&line);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.report.wall = wall.elapsed();
+        self.report.cpu = cpu_time().saturating_sub(cpu_before);
+        let _ = stop_tx.send(true);
+        let _ = announcer.await;
+        self.report.published = published.load(Ordering::Relaxed);
+        let failed = failed.load(Ordering::Relaxed);
+        if failed > 0 {
+            self.say(&format!("{failed} ads could not be published"));
+        }
+        self.report.converged = self.report.delivered.0 >= self.report.delivered.1;
+        self.tally_convergence(started_us, &stats_before).await
+    }
+
+    /// How cold convergence is going, for a progress line.
+    async fn convergence_line(
+        &self,
+        known: usize,
+        expected: usize,
+        wall: Instant,
+        published: &AtomicUsize,
+        before: &OverlayStats,
+        cpu_before: Duration,
+    ) -> anyhow::Result<String> {
+        let n = self.config.nodes;
+        let complete = self
+            .shared
+            .peers
+            .iter()
+            .filter(|t| t.complete_us.load(Ordering::Acquire) > 0)
+            .count();
+        let stats = stats_sum(self.node_peers().to_vec()).await?;
+        let links = connection_counts(self.peers.clone()).await?;
+        Ok(format!(
+            "  {:.0} s: {:.2}% known, {complete} of {} peers complete, {} ads published, {} accepted, {} ignored, {} rejected, {:.1} connections per peer, CPU {:.0} s",
+            wall.elapsed().as_secs_f64(),
+            100.0 * known as f64 / expected as f64,
+            n + 1,
+            published.load(Ordering::Relaxed),
+            stats.ads_accepted - before.ads_accepted,
+            stats.ads_ignored - before.ads_ignored,
+            stats.ads_rejected - before.ads_rejected,
+            links as f64 / (n + 1) as f64,
+            cpu_time().saturating_sub(cpu_before).as_secs_f64()
+        ))
+    }
+
+    /// What cold convergence took: per-peer completion and per-ad spread times (from
+    /// `started_us`), the ads validated, ignored and rejected since `before`, and the meshes.
+    async fn tally_convergence(
+        &mut self,
+        started_us: u64,
+        before: &OverlayStats,
+    ) -> anyhow::Result<()> {
+        let n = self.config.nodes;
+        let shared = &self.shared;
+        let after = |us: u64, from: u64| Duration::from_micros(us.saturating_sub(from));
+        let mut completion: Vec<Duration> = shared
+            .peers
+            .iter()
+            .filter_map(|t| {
+                let us = t.complete_us.load(Ordering::Acquire);
+                (us > 0).then(|| after(us, started_us))
+            })
+            .collect();
+        completion.sort();
+        self.report.completion = completion;
+        let broker_us = shared.peers[n].complete_us.load(Ordering::Acquire);
+        self.report.broker_complete = (broker_us > 0).then(|| after(broker_us, started_us));
+        let mut spread: Vec<Duration> = shared
+            .ads
+            .iter()
+            .filter_map(|a| {
+                let done = a.complete_us.load(Ordering::Acquire);
+                (done > 0).then(|| after(done, a.published_us.load(Ordering::Acquire)))
+            })
+            .collect();
+        spread.sort();
+        self.report.spread = spread;
+        let stats = stats_sum(self.node_peers().to_vec()).await?;
+        let report = &mut self.report;
+        report.ads_per_node =
+            stats.ads_accepted.saturating_sub(before.ads_accepted) as f64 / n as f64;
+        report.ignored_per_node =
+            stats.ads_ignored.saturating_sub(before.ads_ignored) as f64 / n as f64;
+        report.rejected = stats.ads_rejected.saturating_sub(before.ads_rejected);
+        report.lagged = self
+            .shared
+            .peers
+            .iter()
+            .map(|t| t.lagged.load(Ordering::Relaxed))
+            .sum();
+        let mesh: usize = mesh_sizes(self.mesh_queries()[..n].to_vec())
+            .await?
+            .iter()
+            .sum();
+        self.report.mesh_per_peer = mesh as f64 / n as f64;
+        Ok(())
+    }
+
+    /// Phase 5 (after convergence only): single ad updates by random nodes, one at a time on
+    /// the quiet overlay, each timed until every node of its federation and the broker hold it.
+    async fn time_updates(&mut self) -> anyhow::Result<()> {
+        let updates = self.config.updates;
+        if !self.report.converged || updates == 0 {
+            return Ok(());
+        }
+        self.say(&format!("timing {updates} single ad updates"));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let shared = self.shared.clone();
+        for _ in 0..updates {
+            let i = self.rng.gen_range(0..self.config.nodes);
+            let sim = &self.nodes[i];
+            let load = self.rng.gen_range(0..sim.capacity.cpu_millis);
+            let (seq, ad) = sim.next_ad(self.agents[sim.federation], load);
+            let expected = self.fed_size[sim.federation];
+            shared.update_hits.store(0, Ordering::Release);
+            shared.update_last_us.store(0, Ordering::Release);
+            *shared
+                .update
+                .write()
+                .unwrap_or_else(PoisonError::into_inner) = Some((sim.node.key.public(), seq));
+            let start_us = shared.now_us();
+            publish(&self.peers[i], ad).await?;
+            let deadline = Instant::now() + UPDATE_TIMEOUT;
+            while shared.update_hits.load(Ordering::Acquire) < expected && Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            if shared.update_hits.load(Ordering::Acquire) >= expected {
+                let last = shared.update_last_us.load(Ordering::Acquire);
+                self.report
+                    .updates
+                    .push(Duration::from_micros(last.saturating_sub(start_us)));
+            } else {
+                self.report.updates_lost += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.report.updates.sort();
+        Ok(())
+    }
+
+    /// The broker's view as the planner takes it, topped up (when only a sample published)
+    /// with the ads of the nodes that did not publish, validated as the overlay validates.
+    fn candidates(&self) -> Vec<Candidate> {
+        let mut view = self
+            .shared
+            .broker_view
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if self.report.publishers < self.config.nodes {
+            let store = self
+                .trust
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            for sim in self.nodes.iter() {
+                let key = sim.node.key.public();
+                if view.contains_key(&key) {
+                    continue;
+                }
+                let (_, signed) = sim.next_ad(self.agents[sim.federation], sim.load_milli);
+                if let Ok(ad) = store.validate_ad(&signed, unix_now(), None) {
+                    view.insert(key, ad);
+                }
+            }
+        }
+        view.values()
+            .filter_map(|ad| {
+                let fed = self.names.iter().position(|x| *x == ad.federation)?;
+                let share = ad.shares.first()?;
+                Some(Candidate {
+                    node: ad.node,
+                    federation: ad.federation.clone(),
+                    site: ad.site.clone(),
+                    agent: share.agent,
+                    free: share.free,
+                    prices: self.prices[fed],
+                    load_milli: ad.measured.load_milli,
+                })
+            })
+            .collect()
+    }
+
+    /// Phase 6: the planner over [`Sim::candidates`] for `slivers` best-effort slivers spread
+    /// over many sites; the median time of five runs.
+    fn plan(&mut self) {
+        let candidates = self.candidates();
+        self.report.candidates = candidates.len();
+        let sites = candidates
+            .iter()
+            .map(|c| c.site.as_str())
+            .collect::<HashSet<_>>()
+            .len();
+        let slivers = self.config.slivers;
+        let request = SliceRequest {
+            name: "fed0-site0_sim".into(),
+            principal: SecretKey::generate().public(),
+            principal_federation: self.names[0].clone(),
+            kind: SliceKind::Regular,
+            per_sliver: Resources {
+                cpu_millis: 1000,
+                memory_bytes: 1 << 30,
+                disk_bytes: 10 << 30,
+                egress_kbps: 5_000,
+            },
+            target: SliverTarget::Count(slivers),
+            constraints: SliceConstraints {
+                federations: self.names.clone(),
+                min_sites: (slivers / 2).min(sites as u32 / 2),
+                exclude_nodes: Vec::new(),
+                max_price: None,
+            },
+            duration_secs: 3600,
+            mode: AcquireMode::BestEffort,
+        };
+        let mut times = Vec::new();
+        let mut last_plan = None;
+        for _ in 0..5 {
+            let t = Instant::now();
+            let p = plan(&request, &candidates);
+            times.push(t.elapsed());
+            last_plan = Some(p);
+        }
+        times.sort();
+        self.report.plan_time = times[times.len() / 2];
+        if let Some(p) = last_plan {
+            self.report.chosen = p.chosen.len();
+            self.report.chosen_sites = p
+                .chosen
+                .iter()
+                .map(|s| s.site.as_str())
+                .collect::<HashSet<_>>()
+                .len();
+            self.report.satisfiable = p.satisfiable;
+            self.report.explanation = p.explanation;
+        }
+    }
+
+    /// The peak memory, then every peer shut down; the report.
+    async fn shut_down(mut self) -> SimReport {
+        self.report.peak_rss = peak_rss();
+        self.say("shutting the peers down");
+        let mut stopping = tokio::task::JoinSet::new();
+        for handle in self.peers {
+            stopping.spawn(async move { handle.shutdown().await });
+        }
+        while stopping.join_next().await.is_some() {}
+        self.report
+    }
+}
+
+/// The overlay configuration every peer of `config` starts from (each adds its federations).
+fn overlay_base(config: &SimConfig) -> OverlayConfig {
     let max_connections = if config.max_connections == 0 {
         3 * config.degree as u32 + 2
     } else {
         config.max_connections
     };
-    let base = OverlayConfig {
+    OverlayConfig {
         kademlia: false,
         target_peers: 0,
         max_connections,
@@ -839,494 +1522,7 @@ pub async fn run(config: &SimConfig, mut progress: impl FnMut(&str)) -> anyhow::
         ad_queue: NODE_AD_QUEUE,
         command_queue: 64,
         ..OverlayConfig::memory()
-    };
-    let mut report = SimReport {
-        nodes: n,
-        federations: f,
-        degree: config.degree,
-        max_connections,
-        mesh_n: base.mesh_n,
-        heartbeat: config.heartbeat,
-        boot: config.boot,
-        reannounce: config.reannounce,
-        slivers: config.slivers,
-        ..SimReport::default()
-    };
-
-    // Federations, one trust store for every peer, an agent key and prices per federation.
-    let mut federations: Vec<TestFederation> = (0..f)
-        .map(|i| TestFederation::new(&format!("fed{i}"), 100u8.wrapping_add(i as u8)))
-        .collect();
-    let names: Vec<String> = federations.iter().map(|x| x.name().to_owned()).collect();
-    let mut store = TrustStore::new();
-    for federation in &federations {
-        federation.trust(&mut store);
     }
-    let trust = Arc::new(RwLock::new(store));
-    let agents: Vec<PublicKey> = (0..f).map(|_| SecretKey::generate().public()).collect();
-    let prices: Vec<PriceList> = (0..f as u64)
-        .map(|i| PriceList {
-            cpu_core_hour: 10 + 7 * i,
-            memory_gib_hour: 2 + i,
-            ..PriceList::default()
-        })
-        .collect();
-
-    // Nodes: keys, certificates, what they advertise.
-    let nodes: Vec<SimNode> = (0..n)
-        .map(|i| {
-            let fed = i % f;
-            let site = format!("{}-site{}", names[fed], (i / f) / SITE_SIZE);
-            let node = federations[fed].node_with_key(SecretKey::generate(), &site);
-            random_node(&mut rng, node, fed)
-        })
-        .collect();
-    let fed_size: Vec<usize> = (0..f)
-        .map(|x| nodes.iter().filter(|s| s.federation == x).count())
-        .collect();
-    report.ad_bytes = nodes[0].next_ad(agents[0], 0).1.to_bytes().len();
-    nodes[0].seq.store(0, Ordering::Release);
-
-    // Who publishes: every node, or a random sample.
-    let k = if config.publishers == 0 {
-        n
-    } else {
-        config.publishers.min(n)
-    };
-    let mut publishing = vec![false; n];
-    for i in rand::seq::index::sample(&mut rng, n, k) {
-        publishing[i] = true;
-    }
-    report.publishers = k;
-    let publishers_in: Vec<usize> = (0..f)
-        .map(|x| {
-            (0..n)
-                .filter(|i| publishing[*i] && nodes[*i].federation == x)
-                .count()
-        })
-        .collect();
-    let mut peers: Vec<PeerTally> = nodes
-        .iter()
-        .enumerate()
-        .map(|(i, s)| PeerTally::new(n, publishers_in[s.federation] - usize::from(publishing[i])))
-        .collect();
-    peers.push(PeerTally::new(n, k));
-    let shared = Arc::new(Shared {
-        epoch: Instant::now(),
-        index: nodes
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.node.key.public(), i))
-            .collect(),
-        peers,
-        ads: nodes
-            .iter()
-            .map(|s| AdTally {
-                expected: fed_size[s.federation],
-                ..AdTally::default()
-            })
-            .collect(),
-        update: RwLock::new(None),
-        update_hits: AtomicUsize::new(0),
-        update_last_us: AtomicU64::new(0),
-        broker_view: Mutex::new(HashMap::new()),
-    });
-    let nodes = Arc::new(nodes);
-
-    // 1. Start every peer (nodes, then the broker) and its counter.
-    progress(&format!("starting {n} node peers and a broker"));
-    let started = Instant::now();
-    let mut handles: Vec<OverlayHandle> = Vec::with_capacity(n);
-    let mut addrs: Vec<Multiaddr> = Vec::with_capacity(n);
-    for (i, sim) in nodes.iter().enumerate() {
-        let config = OverlayConfig {
-            federations: vec![names[sim.federation].clone()],
-            ..base.clone()
-        };
-        let handle = Overlay::start(&sim.node.key, config, trust.clone())
-            .await
-            .with_context(|| format!("starting node peer {i}"))?;
-        let addr = handle
-            .listen_addrs()
-            .await?
-            .into_iter()
-            .next()
-            .context("a peer without a listen address")?;
-        tokio::spawn(counter(handle.ads(), shared.clone(), i, false));
-        handles.push(handle);
-        addrs.push(addr);
-        if (i + 1) % 1000 == 0 {
-            progress(&format!("  {} peers started", i + 1));
-        }
-    }
-    let broker_config = OverlayConfig {
-        federations: names.clone(),
-        ad_queue: n + 64,
-        ..base.clone()
-    };
-    let broker = Overlay::start(&SecretKey::generate(), broker_config, trust.clone()).await?;
-    tokio::spawn(counter(broker.ads(), shared.clone(), n, true));
-    report.start_time = started.elapsed();
-
-    // 2. Wire the graph: each node dials `degree` random other nodes of its federation (in
-    //    a random order, so no node is everyone's first choice), with a few spare choices
-    //    for dials a full peer refuses; the broker dials `degree` nodes of each federation.
-    progress("dialing the graph");
-    let dialing = Instant::now();
-    let by_fed: Vec<Vec<usize>> = (0..f)
-        .map(|x| (0..n).filter(|i| nodes[*i].federation == x).collect())
-        .collect();
-    let spare = 4;
-    let mut plans: Vec<(OverlayHandle, usize, Vec<usize>)> = Vec::with_capacity(n + 1);
-    for members in &by_fed {
-        for &i in members {
-            let others: Vec<usize> = members.iter().copied().filter(|m| *m != i).collect();
-            let k = (config.degree + spare).min(others.len());
-            let picked = rand::seq::index::sample(&mut rng, others.len(), k);
-            plans.push((
-                handles[i].clone(),
-                config.degree,
-                picked.into_iter().map(|p| others[p]).collect(),
-            ));
-        }
-    }
-    for members in &by_fed {
-        let k = (config.degree + spare).min(members.len());
-        let picked = rand::seq::index::sample(&mut rng, members.len(), k);
-        plans.push((
-            broker.clone(),
-            config.degree,
-            picked.into_iter().map(|p| members[p]).collect(),
-        ));
-    }
-    rand::seq::SliceRandom::shuffle(&mut plans[..], &mut rng);
-    let failures = Arc::new(AtomicUsize::new(0));
-    let limit = Arc::new(Semaphore::new(DIAL_CONCURRENCY));
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut last_report = Instant::now();
-    let total = plans.len();
-    for (done, (handle, wanted, targets)) in plans.into_iter().enumerate() {
-        if last_report.elapsed() >= Duration::from_secs(30) {
-            last_report = Instant::now();
-            progress(&format!(
-                "  {done} of {total} peers dialing or done, {} refused dials",
-                failures.load(Ordering::Relaxed)
-            ));
-        }
-        let permit = limit.clone().acquire_owned().await?;
-        let targets: Vec<Multiaddr> = targets.iter().map(|t| addrs[*t].clone()).collect();
-        let failures = failures.clone();
-        tasks.spawn(async move {
-            let mut made = 0;
-            for addr in &targets {
-                if made == wanted {
-                    break;
-                }
-                match dial(&handle, addr).await {
-                    Ok(()) => made += 1,
-                    Err(_) => {
-                        failures.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-            drop(permit);
-        });
-    }
-    while tasks.join_next().await.is_some() {}
-    report.dial_failures = failures.load(Ordering::Relaxed);
-    report.dial_time = dialing.elapsed();
-
-    // 3. Wait until every peer relays to a mesh of its own.
-    progress("waiting for the gossip meshes");
-    let meshing = Instant::now();
-    let mesh_deadline =
-        Instant::now() + Duration::from_secs(60) + Duration::from_millis(20 * n as u64);
-    let mut asked: Vec<(OverlayHandle, String)> = handles
-        .iter()
-        .zip(nodes.iter())
-        .map(|(h, s)| (h.clone(), names[s.federation].clone()))
-        .collect();
-    asked.extend(names.iter().map(|name| (broker.clone(), name.clone())));
-    let wanted: Vec<usize> = nodes
-        .iter()
-        .map(|s| base.mesh_n_low.min(fed_size[s.federation] - 1))
-        .chain((0..f).map(|fed| base.mesh_n_low.min(fed_size[fed]).min(config.degree)))
-        .collect();
-    loop {
-        let sizes = mesh_sizes(asked.clone()).await?;
-        let thin = sizes.iter().zip(&wanted).filter(|(s, w)| s < w).count();
-        report.thin_meshes = thin;
-        if thin == 0 || Instant::now() > mesh_deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    report.mesh_time = meshing.elapsed();
-    if !config.settle.is_zero() {
-        progress(&format!(
-            "letting the overlay settle ({:.0} s)",
-            config.settle.as_secs_f64()
-        ));
-        tokio::time::sleep(config.settle).await;
-    }
-    let mut everyone = handles.clone();
-    everyone.push(broker.clone());
-    let connections = connection_counts(everyone.clone()).await?;
-    report.connections_per_peer = connections as f64 / (n + 1) as f64;
-    report.setup_rss = rss();
-    let idle = Duration::from_secs(5);
-    let cpu_idle = cpu_time();
-    tokio::time::sleep(idle).await;
-    report.idle_cores = cpu_time().saturating_sub(cpu_idle).as_secs_f64() / idle.as_secs_f64();
-    progress(&format!(
-        "wired: {:.1} connections per peer, {} resident, idle overlay {:.2} cores",
-        report.connections_per_peer,
-        mib(report.setup_rss),
-        report.idle_cores
-    ));
-
-    // 4. Cold convergence.
-    let expected: usize = shared.peers.iter().map(|t| t.expected).sum();
-    progress(&format!(
-        "{k} nodes publish; waiting until {expected} (peer, publisher) pairs are known"
-    ));
-    let mut order: Vec<usize> = (0..n).filter(|i| publishing[*i]).collect();
-    rand::seq::SliceRandom::shuffle(&mut order[..], &mut rng);
-    let offsets: Vec<(Duration, usize)> = order
-        .iter()
-        .enumerate()
-        .map(|(rank, &i)| (config.boot.mul_f64(rank as f64 / k as f64), i))
-        .collect();
-    let published = Arc::new(AtomicUsize::new(0));
-    let failed = Arc::new(AtomicUsize::new(0));
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stats_before = stats_sum(handles.clone()).await?;
-    let cpu_before = cpu_time();
-    let started_us = shared.now_us();
-    let wall = Instant::now();
-    let announcer = tokio::spawn(
-        Announcer {
-            shared: shared.clone(),
-            nodes: nodes.clone(),
-            handles: handles.clone(),
-            agents: agents.clone(),
-            offsets,
-            reannounce: config.reannounce,
-            published: published.clone(),
-            failed: failed.clone(),
-        }
-        .run(stop_rx),
-    );
-    let deadline = Instant::now() + config.timeout;
-    let mut last_report = Instant::now();
-    loop {
-        let known = shared.known();
-        if known >= expected || Instant::now() > deadline {
-            report.delivered = (known, expected);
-            break;
-        }
-        if last_report.elapsed() >= Duration::from_secs(10) {
-            last_report = Instant::now();
-            let complete = shared
-                .peers
-                .iter()
-                .filter(|t| t.complete_us.load(Ordering::Acquire) > 0)
-                .count();
-            let stats = stats_sum(handles.clone()).await?;
-            let links = connection_counts(everyone.clone()).await?;
-            progress(&format!(
-                "  {:.0} s: {:.2}% known, {complete} of {} peers complete, {} ads published, {} accepted, {} ignored, {} rejected, {:.1} connections per peer, CPU {:.0} s",
-                wall.elapsed().as_secs_f64(),
-                100.0 * known as f64 / expected as f64,
-                n + 1,
-                published.load(Ordering::Relaxed),
-                stats.ads_accepted - stats_before.ads_accepted,
-                stats.ads_ignored - stats_before.ads_ignored,
-                stats.ads_rejected - stats_before.ads_rejected,
-                links as f64 / (n + 1) as f64,
-                cpu_time().saturating_sub(cpu_before).as_secs_f64()
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    report.wall = wall.elapsed();
-    report.cpu = cpu_time().saturating_sub(cpu_before);
-    let _ = stop_tx.send(true);
-    let _ = announcer.await;
-    report.published = published.load(Ordering::Relaxed);
-    let failed = failed.load(Ordering::Relaxed);
-    if failed > 0 {
-        progress(&format!("{failed} ads could not be published"));
-    }
-    report.converged = report.delivered.0 >= report.delivered.1;
-    let after = |us: u64, from: u64| Duration::from_micros(us.saturating_sub(from));
-    let mut completion: Vec<Duration> = shared
-        .peers
-        .iter()
-        .filter_map(|t| {
-            let us = t.complete_us.load(Ordering::Acquire);
-            (us > 0).then(|| after(us, started_us))
-        })
-        .collect();
-    completion.sort();
-    report.completion = completion;
-    let broker_us = shared.peers[n].complete_us.load(Ordering::Acquire);
-    report.broker_complete = (broker_us > 0).then(|| after(broker_us, started_us));
-    let mut spread: Vec<Duration> = shared
-        .ads
-        .iter()
-        .filter_map(|a| {
-            let done = a.complete_us.load(Ordering::Acquire);
-            (done > 0).then(|| after(done, a.published_us.load(Ordering::Acquire)))
-        })
-        .collect();
-    spread.sort();
-    report.spread = spread;
-    let stats = stats_sum(handles.clone()).await?;
-    report.ads_per_node =
-        stats.ads_accepted.saturating_sub(stats_before.ads_accepted) as f64 / n as f64;
-    report.ignored_per_node =
-        stats.ads_ignored.saturating_sub(stats_before.ads_ignored) as f64 / n as f64;
-    report.rejected = stats.ads_rejected.saturating_sub(stats_before.ads_rejected);
-    report.lagged = shared
-        .peers
-        .iter()
-        .map(|t| t.lagged.load(Ordering::Relaxed))
-        .sum();
-    let mesh: usize = mesh_sizes(asked[..n].to_vec()).await?.iter().sum();
-    report.mesh_per_peer = mesh as f64 / n as f64;
-
-    // 5. Single updates, one at a time, on the quiet overlay.
-    if report.converged && config.updates > 0 {
-        progress(&format!("timing {} single ad updates", config.updates));
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        for _ in 0..config.updates {
-            let i = rng.gen_range(0..n);
-            let sim = &nodes[i];
-            let load = rng.gen_range(0..sim.capacity.cpu_millis);
-            let (seq, ad) = sim.next_ad(agents[sim.federation], load);
-            let expected = fed_size[sim.federation];
-            shared.update_hits.store(0, Ordering::Release);
-            shared.update_last_us.store(0, Ordering::Release);
-            *shared
-                .update
-                .write()
-                .unwrap_or_else(PoisonError::into_inner) = Some((sim.node.key.public(), seq));
-            let start_us = shared.now_us();
-            publish(&handles[i], ad).await?;
-            let deadline = Instant::now() + UPDATE_TIMEOUT;
-            while shared.update_hits.load(Ordering::Acquire) < expected && Instant::now() < deadline
-            {
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-            if shared.update_hits.load(Ordering::Acquire) >= expected {
-                let last = shared.update_last_us.load(Ordering::Acquire);
-                report.updates.push(after(last, start_us));
-            } else {
-                report.updates_lost += 1;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        report.updates.sort();
-    }
-
-    // 6. Broker planning over the broker's view (topped up with the ads of the nodes that
-    //    did not publish, validated like the overlay validates).
-    if k < n {
-        let store = trust.read().unwrap_or_else(PoisonError::into_inner).clone();
-        let mut view = shared
-            .broker_view
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        for sim in nodes.iter() {
-            let key = sim.node.key.public();
-            if view.contains_key(&key) {
-                continue;
-            }
-            let (_, signed) = sim.next_ad(agents[sim.federation], sim.load_milli);
-            if let Ok(ad) = store.validate_ad(&signed, unix_now(), None) {
-                view.insert(key, ad);
-            }
-        }
-    }
-    let candidates: Vec<Candidate> = {
-        let view = shared
-            .broker_view
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        view.values()
-            .filter_map(|ad| {
-                let fed = names.iter().position(|x| *x == ad.federation)?;
-                let share = ad.shares.first()?;
-                Some(Candidate {
-                    node: ad.node,
-                    federation: ad.federation.clone(),
-                    site: ad.site.clone(),
-                    agent: share.agent,
-                    free: share.free,
-                    prices: prices[fed],
-                    load_milli: ad.measured.load_milli,
-                })
-            })
-            .collect()
-    };
-    report.candidates = candidates.len();
-    let sites = candidates
-        .iter()
-        .map(|c| c.site.as_str())
-        .collect::<HashSet<_>>()
-        .len();
-    let request = SliceRequest {
-        name: "fed0-site0_sim".into(),
-        principal: SecretKey::generate().public(),
-        principal_federation: names[0].clone(),
-        kind: SliceKind::Regular,
-        per_sliver: Resources {
-            cpu_millis: 1000,
-            memory_bytes: 1 << 30,
-            disk_bytes: 10 << 30,
-            egress_kbps: 5_000,
-        },
-        target: SliverTarget::Count(config.slivers),
-        constraints: SliceConstraints {
-            federations: names.clone(),
-            min_sites: (config.slivers / 2).min(sites as u32 / 2),
-            exclude_nodes: Vec::new(),
-            max_price: None,
-        },
-        duration_secs: 3600,
-        mode: AcquireMode::BestEffort,
-    };
-    let mut times = Vec::new();
-    let mut last_plan = None;
-    for _ in 0..5 {
-        let t = Instant::now();
-        let p = plan(&request, &candidates);
-        times.push(t.elapsed());
-        last_plan = Some(p);
-    }
-    times.sort();
-    report.plan_time = times[times.len() / 2];
-    if let Some(p) = last_plan {
-        report.chosen = p.chosen.len();
-        report.chosen_sites = p
-            .chosen
-            .iter()
-            .map(|s| s.site.as_str())
-            .collect::<HashSet<_>>()
-            .len();
-        report.satisfiable = p.satisfiable;
-        report.explanation = p.explanation;
-    }
-    report.peak_rss = peak_rss();
-
-    progress("shutting the peers down");
-    let mut stopping = tokio::task::JoinSet::new();
-    for handle in everyone {
-        stopping.spawn(async move { handle.shutdown().await });
-    }
-    while stopping.join_next().await.is_some() {}
-    Ok(report)
 }
 
 /// Runs one simulation per node count in `sizes` (each in a fresh runtime), printing each
