@@ -87,7 +87,8 @@ pub(super) fn interrupted() -> bool {
 /// the process with the daemons still running. For programs (`testnet scenario run`); a
 /// library caller decides its own signal handling.
 pub fn stop_on_signals() -> anyhow::Result<()> {
-    let (ready, answer) = std::sync::mpsc::channel::<Result<(), String>>();
+    // One message: whether the handlers are installed.
+    let (ready, answer) = std::sync::mpsc::sync_channel::<Result<(), String>>(1);
     std::thread::Builder::new()
         .name("scenario-signals".into())
         .spawn(move || {

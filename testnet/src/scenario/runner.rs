@@ -653,6 +653,10 @@ impl Runner<'_> {
         }
     }
 
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the scenario runner is synchronous: it polls the testnet between blocking slicectl runs"
+    )]
     fn restart(&self, r: &Restart) -> Result<Vec<String>, StepFailure> {
         let mut lines = Vec::new();
         let wait = Duration::from_secs(r.wait_secs.unwrap_or(30));
@@ -716,6 +720,10 @@ impl Runner<'_> {
             .collect()
     }
 
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the scenario runner is synchronous: it polls the testnet between blocking slicectl runs"
+    )]
     fn expect_leases(&self, e: &ExpectLeases) -> Result<Vec<String>, StepFailure> {
         let nodes: Vec<String> = e.nodes.clone().unwrap_or_else(|| {
             self.manifest
@@ -763,6 +771,10 @@ impl Runner<'_> {
 }
 
 /// Runs one step on `running`; `Ok` holds what to print.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "the scenario runner is synchronous: it polls the testnet between blocking slicectl runs"
+)]
 pub(super) fn run_step(
     cx: &Runner<'_>,
     running: &mut Running,
