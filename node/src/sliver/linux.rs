@@ -721,21 +721,15 @@ impl Host for LinuxHost {
             // Another process reuses the pid: ours is gone.
             _ => return Ok(()),
         }
-        // SAFETY: pidfd_send_signal on a pidfd we own, no siginfo.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                pidfd.as_raw_fd(),
-                libc::SIGKILL,
-                std::ptr::null::<u8>(),
-                0,
-            )
-        };
-        if rc != 0 && Errno::last() != Errno::ESRCH {
-            return Err(HostError::Sys {
-                op: format!("kill init {pid}"),
-                source: Errno::last(),
-            });
+        match rustix::process::pidfd_send_signal(&pidfd, rustix::process::Signal::KILL) {
+            Ok(()) => {}
+            Err(e) if e == rustix::io::Errno::SRCH => {}
+            Err(e) => {
+                return Err(HostError::Sys {
+                    op: format!("kill init {pid}"),
+                    source: Errno::from_raw(e.raw_os_error()),
+                });
+            }
         }
         let deadline = Instant::now() + KILL_TIMEOUT;
         loop {

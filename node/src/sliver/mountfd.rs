@@ -97,92 +97,52 @@ pub fn attach(fd: BorrowedFd<'_>, target: &Path) -> io::Result<()> {
     .map(|_| ())
 }
 
-/// Room for one `SCM_RIGHTS` message carrying one fd, aligned for `cmsghdr`.
-#[repr(C, align(8))]
-struct CmsgBuf([u8; 64]);
-
 /// Sends one byte and, if given, one fd over the unix socket `sock`.
 pub fn send_fd(sock: BorrowedFd<'_>, byte: u8, fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
-    let mut data = [byte];
-    let mut iov = libc::iovec {
-        iov_base: data.as_mut_ptr().cast(),
-        iov_len: 1,
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    let data = [byte];
+    let iov = [io::IoSlice::new(&data)];
+    let fds: Vec<RawFd> = fd.iter().map(AsRawFd::as_raw_fd).collect();
+    let cmsgs: Vec<ControlMessage<'_>> = if fds.is_empty() {
+        Vec::new()
+    } else {
+        vec![ControlMessage::ScmRights(&fds)]
     };
-    let mut buf = CmsgBuf([0; 64]);
-    // SAFETY: msghdr is a plain C struct; all-zero is a valid empty value.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    if let Some(fd) = fd {
-        let raw: RawFd = fd.as_raw_fd();
-        // SAFETY: CMSG_SPACE/CMSG_LEN are pure size computations.
-        let (space, len) = unsafe {
-            (
-                libc::CMSG_SPACE(size_of_fd()) as usize,
-                libc::CMSG_LEN(size_of_fd()) as usize,
-            )
-        };
-        msg.msg_control = buf.0.as_mut_ptr().cast();
-        msg.msg_controllen = space;
-        // SAFETY: the control buffer is large enough and aligned for one cmsghdr plus one fd;
-        // CMSG_FIRSTHDR points into it.
-        unsafe {
-            let cmsg = libc::CMSG_FIRSTHDR(&msg);
-            (*cmsg).cmsg_level = libc::SOL_SOCKET;
-            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*cmsg).cmsg_len = len;
-            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), raw);
-        }
-    }
-    // SAFETY: msg points at live buffers for the duration of the call.
-    let rc = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
-    if rc != 1 {
-        return Err(io::Error::last_os_error());
+    let sent = sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsgs, MsgFlags::MSG_NOSIGNAL, None)?;
+    if sent != 1 {
+        return Err(io::Error::new(io::ErrorKind::WriteZero, "the byte was not sent"));
     }
     Ok(())
 }
 
 /// Receives one byte and, if one was sent with it, one fd (close-on-exec).
 pub fn recv_fd(sock: BorrowedFd<'_>) -> io::Result<(u8, Option<OwnedFd>)> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
     let mut data = [0u8];
-    let mut iov = libc::iovec {
-        iov_base: data.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
-    let mut buf = CmsgBuf([0; 64]);
-    // SAFETY: as in send_fd.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = buf.0.as_mut_ptr().cast();
-    msg.msg_controllen = buf.0.len();
-    // SAFETY: msg points at live buffers for the duration of the call.
-    let rc = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
-    if rc != 1 {
-        return Err(if rc == 0 {
-            io::Error::new(io::ErrorKind::UnexpectedEof, "no message")
-        } else {
-            io::Error::last_os_error()
-        });
+    let mut cmsg_buf = nix::cmsg_space!([RawFd; 1]);
+    let mut iov = [io::IoSliceMut::new(&mut data)];
+    let msg = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg_buf),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    if msg.bytes != 1 {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "no message"));
     }
     let mut received = None;
-    // SAFETY: the kernel filled msg_control with msg_controllen bytes of cmsgs; we walk them
-    // with the CMSG macros and read at most one fd from an SCM_RIGHTS message.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>());
-                received = Some(OwnedFd::from_raw_fd(fd));
+    for cmsg in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg {
+            for fd in fds {
+                // SAFETY: the kernel just installed this descriptor in this process for us;
+                // nothing else owns it. A second one (never sent by the node) is closed.
+                let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+                received.get_or_insert(owned);
             }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
     }
+    drop(iov);
     Ok((data[0], received))
-}
-
-fn size_of_fd() -> libc::c_uint {
-    std::mem::size_of::<RawFd>() as libc::c_uint
 }
 
 #[cfg(test)]

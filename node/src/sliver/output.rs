@@ -10,7 +10,7 @@
 //!   so every process it forks without leaving it) is killed, and the exec times out.
 
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
@@ -28,14 +28,12 @@ pub const LINGER: Duration = Duration::from_millis(500);
 
 /// A pidfd for `pid` (readable once the process has exited).
 pub fn pidfd_open(pid: u32) -> Result<OwnedFd, Errno> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if fd < 0 {
-        return Err(Errno::last());
-    }
-    let fd = RawFd::try_from(fd).map_err(|_| Errno::EBADF)?;
-    // SAFETY: the kernel just returned this fd and nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .ok_or(Errno::ESRCH)?;
+    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
+        .map_err(|e| Errno::from_raw(e.raw_os_error()))
 }
 
 fn nonblocking(fd: &impl AsFd) -> Result<(), HostError> {
