@@ -6,6 +6,8 @@
 //! at least what the trick put on the host's disk) and freeze it. Everything a test makes is
 //! removed by the fixture's drop guard, even when it fails.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)] // a failed unwrap fails the run
+
 mod common;
 
 use std::io::{BufRead, BufReader};
@@ -151,4 +153,188 @@ fn directory_a_write_burst_is_frozen_at_the_next_check() {
     assert_eq!(out.stdout_text(), "0\n", "{out:?}");
     assert_caught(&f, "burst", 64_000_000);
     assert!(rec.dirs.upper.join("root/burst").exists());
+}
+
+// Quota backing: the kernel refuses writes past the grant with EDQUOT, whatever the layout.
+
+/// A fixture whose slivers' dirs are capped by the kernel, on a 2 GiB image.
+fn quota_fixture() -> Option<Fixture> {
+    let f = Fixture::configured(|config| {
+        config.disk_backing = DiskBacking::Quota;
+        config.disk_capacity = Some(2 << 30);
+    })?;
+    assert_eq!(
+        f.engine.config().disk_backing,
+        DiskBacking::Quota,
+        "this host can cap disk grants in the kernel (btrfs, loop devices, mkfs.btrfs): {}",
+        node::sliver::quota::available().err().unwrap_or_default()
+    );
+    Some(f)
+}
+
+/// Bytes the host's disk holds for the node's image.
+fn image_bytes(f: &Fixture) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let image = f.engine.config().state_dir.join(node::sliver::quota::IMAGE);
+    std::fs::metadata(image).expect("image").blocks() * 512
+}
+
+/// What the kernel counts for the sliver, once pending writes are committed; must be within
+/// the grant.
+fn assert_held(f: &Fixture, rec: &SliverRecord) -> u64 {
+    node::sliver::quota::sync(&rec.dirs.root).expect("sync");
+    let used = f.engine.disk_usage(&rec.spec.id).expect("measured");
+    let grant = rec.spec.resources.disk_bytes;
+    eprintln!("{}: {used} bytes of {grant}", rec.spec.id);
+    assert!(used <= grant, "{used} past the grant {grant}");
+    let report = check(f, rec.spec.id.as_str());
+    assert!(!report.over && !report.frozen, "{report:?}");
+    used
+}
+
+fn edquot(out: &node::sliver::ExecOutput) -> bool {
+    out.stderr_text().contains("Disk quota exceeded") || out.stdout_text().contains("122")
+}
+
+#[test]
+fn quota_a_write_burst_fails_at_the_grant() {
+    let Some(f) = quota_fixture() else {
+        return;
+    };
+    let rec = sliver(&f, "qburst", 64 * MIB);
+    assert_eq!(rec.disk_backing, DiskBacking::Quota);
+    let before = image_bytes(&f);
+    let t0 = std::time::Instant::now();
+    let out = sh(
+        &f,
+        "qburst",
+        "head -c 1000000000 /dev/zero > /root/burst; echo rc=$?; stat -c %s /root/burst",
+    );
+    eprintln!(
+        "writing past a 64 MiB grant took {:?}: {out:?}",
+        t0.elapsed()
+    );
+    assert!(out.stdout_text().starts_with("rc=1\n"), "{out:?}");
+    assert!(edquot(&out), "{}", out.stderr_text());
+    let size: u64 = out.stdout_text().lines().nth(1).unwrap().parse().unwrap();
+    assert!((32 * MIB..=64 * MIB).contains(&size), "stopped at {size}");
+    assert_held(&f, &rec);
+    // The host's disk: what the sliver holds plus the filesystem's bookkeeping.
+    let grown = image_bytes(&f).saturating_sub(before);
+    eprintln!("the image grew by {grown} bytes");
+    assert!(grown <= 64 * MIB + SLACK, "the host's disk grew by {grown}");
+    // Freeing space makes room again.
+    let out = sh(
+        &f,
+        "qburst",
+        "rm /root/burst && head -c 1000000 /dev/zero > /root/small && echo ok",
+    );
+    assert_eq!(out.stdout_text(), "ok\n", "{out:?}");
+}
+
+/// What the host's disk may hold beyond a grant: the filesystem's bookkeeping of the
+/// sliver's extents (at most 2.5 % of the grant) and blocks written since freed and not yet
+/// discarded.
+const SLACK: u64 = 16 * MIB;
+
+#[test]
+fn quota_a_deleted_file_held_open_still_counts() {
+    let Some(f) = quota_fixture() else {
+        return;
+    };
+    let rec = sliver(&f, "qheld", 16 * MIB);
+    let mut cmd = ExecCommand::shell(
+        "exec 3>/root/held; head -c 12000000 /dev/zero >&3; rm /root/held; echo ready; \
+         exec sleep 60",
+    );
+    cmd.timeout = Duration::from_secs(90);
+    let mut child = f.engine.spawn(&id("qheld"), &cmd).expect("spawn").child;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read");
+    assert_eq!(line, "ready\n");
+    let out = sh(
+        &f,
+        "qheld",
+        "head -c 8000000 /dev/zero > /root/more; echo rc=$?",
+    );
+    assert!(out.stdout_text().starts_with("rc=1"), "{out:?}");
+    assert!(edquot(&out), "{}", out.stderr_text());
+    assert!(assert_held(&f, &rec) >= 12_000_000);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn quota_thirty_thousand_empty_files_hit_the_grant() {
+    let Some(f) = quota_fixture() else {
+        return;
+    };
+    let rec = sliver(&f, "qmany", 4 * MIB);
+    let out = sh(
+        &f,
+        "qmany",
+        "mkdir /root/many && cd /root/many && seq 1 30000 | xargs touch 2>&1 | tail -1; ls | wc -l",
+    );
+    eprintln!("{out:?}");
+    assert!(out.stdout_text().contains("Disk quota exceeded"), "{out:?}");
+    let made: u64 = out
+        .stdout_text()
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(made < 30_000, "{made} files under a 4 MiB grant");
+    assert_held(&f, &rec);
+}
+
+#[test]
+fn quota_a_chain_longer_than_path_max_hits_the_grant() {
+    let Some(f) = quota_fixture() else {
+        return;
+    };
+    let rec = sliver(&f, "qdeep", 2 * MIB);
+    let out = sh(
+        &f,
+        "qdeep",
+        "cd /root && python3 -c \"
+import os
+try:
+    for _ in range(2100):
+        os.mkdir('d'); os.chdir('d')
+    open('blob', 'wb').write(bytes(3000000))
+    print('done')
+except OSError as e:
+    print(e.errno)\"",
+    );
+    assert_eq!(out.stdout_text(), "122\n", "{out:?}");
+    assert_held(&f, &rec);
+}
+
+#[test]
+fn quota_filesystem_is_reused_at_restart_and_removed_by_destroy_all() {
+    let Some(f) = quota_fixture() else {
+        return;
+    };
+    let state = f.engine.config().state_dir.clone();
+    let rec = sliver(&f, "qkeep", 8 * MIB);
+    assert!(sh(&f, "qkeep", "echo kept > /root/file").success());
+    // A second engine on the same state dir (a restarted node) adopts the mount.
+    let host = node::sliver::linux::LinuxHost::detect().expect("host");
+    let mut config = f.engine.config().clone();
+    config.disk_backing = DiskBacking::Quota;
+    assert!(node::sliver::quota::setup(&state, config.disk_capacity).is_ok());
+    drop(host);
+    assert_eq!(
+        std::fs::read_to_string(rec.dirs.upper.join("root/file")).unwrap(),
+        "kept\n"
+    );
+    f.engine.destroy_all().expect("destroy all");
+    assert!(!state.join(node::sliver::quota::IMAGE).exists());
+    assert!(!state.join(node::sliver::quota::MOUNT).exists());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&state.display().to_string()), "{mounts}");
 }

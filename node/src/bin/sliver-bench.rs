@@ -7,7 +7,8 @@
 //!    when `runc` and a busybox bundle are present (see `node/bench.sh`), `runc run` of an
 //!    equivalent busybox container.
 //!
-//! `sliver-bench [--cycles N] [--hold N] [--runc-bundle DIR] [--init PATH]`
+//! `sliver-bench [--cycles N] [--hold N] [--runc-bundle DIR] [--init PATH]
+//! [--disk-backing directory|quota|tmpfs]` (each sliver is granted 1 GiB of disk)
 //! `sliver-bench --reclaim PID`: removes what an interrupted run `PID` left.
 
 use std::path::PathBuf;
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use capability_schema::Resources;
 use node::sliver::linux::LinuxHost;
-use node::sliver::{NodeConfig, SliverId, SliverSpec, Slivers};
+use node::sliver::{DiskBacking, NodeConfig, SliverId, SliverSpec, Slivers};
 
 struct Args {
     cycles: usize,
@@ -24,6 +25,7 @@ struct Args {
     runc_bundle: Option<PathBuf>,
     init: PathBuf,
     reclaim: Option<u32>,
+    disk_backing: DiskBacking,
 }
 
 /// Prints a line; a closed stdout must not abort the run before it cleans up.
@@ -42,6 +44,7 @@ fn parse_args() -> Result<Args, String> {
         runc_bundle: None,
         init: exe.with_file_name("sliver-init"),
         reclaim: None,
+        disk_backing: DiskBacking::Directory,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -51,6 +54,11 @@ fn parse_args() -> Result<Args, String> {
             "--hold" => args.hold = value()?.parse().map_err(|e| format!("--hold: {e}"))?,
             "--runc-bundle" => args.runc_bundle = Some(value()?.into()),
             "--init" => args.init = value()?.into(),
+            "--disk-backing" => {
+                let v = value()?;
+                args.disk_backing = serde_json::from_value(serde_json::Value::String(v.clone()))
+                    .map_err(|_| format!("--disk-backing: unknown backing {v}"))?
+            }
             "--reclaim" => {
                 args.reclaim = Some(value()?.parse().map_err(|e| format!("--reclaim: {e}"))?)
             }
@@ -193,7 +201,7 @@ fn runc(bundle: &PathBuf, n: usize) -> Result<Vec<Duration>, String> {
 }
 
 /// The configuration of the run with process id `pid` (unique names, so runs never clash).
-fn config_for(pid: u32, init: &std::path::Path) -> NodeConfig {
+fn config_for(pid: u32, init: &std::path::Path, disk_backing: DiskBacking) -> NodeConfig {
     let state = std::env::temp_dir().join(format!("pmbench-{pid}"));
     let mut config = NodeConfig::new(&state, init);
     config.cgroup_parent = format!("pmbench-{pid}");
@@ -209,8 +217,10 @@ fn run() -> Result<(), String> {
         return Err("sliver-bench must run as root".into());
     }
     let host = LinuxHost::detect().map_err(|e| e.to_string())?;
+    config.disk_backing = disk_backing;
+    config.disk_capacity = Some(64 << 30);
     if let Some(pid) = args.reclaim {
-        let config = config_for(pid, &args.init);
+        let config = config_for(pid, &args.init, args.disk_backing);
         let state = config.state_dir.clone();
         let (engine, found) = Slivers::open(host, config).map_err(|e| e.to_string())?;
         say!(
@@ -232,7 +242,7 @@ fn run() -> Result<(), String> {
         Ok(None) => say!("no cgroup2 mount: cgroup moves wait for RCU grace periods"),
         Err(e) => say!("could not set favordynmods: {e}"),
     }
-    let config = config_for(std::process::id(), &args.init);
+    let config = config_for(std::process::id(), &args.init, args.disk_backing);
     let state = config.state_dir.clone();
     let (engine, _) = Slivers::open(host, config).map_err(|e| e.to_string())?;
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| bench(&engine, &args)))
@@ -244,6 +254,7 @@ fn run() -> Result<(), String> {
     teardown.map_err(|e| e.to_string())?;
     result
 }
+    say!("disk backing: {:?}", engine.config().disk_backing);
 
 fn bench(engine: &Slivers<LinuxHost>, args: &Args) -> Result<(), String> {
     // Warm up (page cache, image skeleton, first netns).

@@ -144,8 +144,11 @@ pub struct NodeManagerConfig {
     #[serde(default = "default_claim_dir")]
     pub claim_dir: PathBuf,
     /// What backs each sliver's writable layer (default `directory`: on the state dir,
-    /// capped by the disk watchdog; `tmpfs`: a tmpfs of the granted size, capped by the kernel,
-    /// in memory and charged to the sliver's memory limit).
+    /// held to its grant by the disk watchdog; `quota`: a btrfs subvolume on a loop-mounted
+    /// image of the node's disk capacity under the state dir, capped by the kernel at write
+    /// time (falls back to `directory`, saying so, where the host lacks loop devices, btrfs or
+    /// `mkfs.btrfs`); `tmpfs`: a tmpfs of the granted size, capped by the kernel, in memory and
+    /// charged to the sliver's memory limit).
     #[serde(default)]
     pub disk_backing: DiskBacking,
     /// Seconds between disk watchdog checks, which freeze slivers over their disk grant
@@ -250,7 +253,9 @@ federation = "{federation}"
 # cgroup_parent = "planetmesh"       # the node's slivers go in <this>/<key's first 8 hex>.node
 # uid_base = 268435456               # default: a free range between 2^28 and 2^31
 # claim_dir = "/run/planetmesh/claims"  # where nodes of one machine claim what is theirs
-# disk_backing = "directory"         # or "tmpfs": a kernel-capped tmpfs of the grant's size
+# disk_backing = "directory"         # or "quota": kernel-capped btrfs subvolumes on an image
+#                                    # (state/slivers/disk.img) of the disk capacity; or
+#                                    # "tmpfs": a kernel-capped tmpfs of the grant's size
 #                                    # (in memory, charged to the sliver's memory limit)
 # disk_check_secs = 10               # disk watchdog: freezes slivers over their disk grant
 # favor_dynamic_cgroups = true       # remount cgroup2 with favordynmods (faster creates)
@@ -383,6 +388,9 @@ mod tests {
         std::fs::write(&path, "federation = \"plc\"\ndisk_backing = \"tmpfs\"\n").unwrap();
         let config = NodeManagerConfig::load(&path).unwrap();
         assert_eq!(config.disk_backing, DiskBacking::Tmpfs);
+        std::fs::write(&path, "federation = \"plc\"\ndisk_backing = \"quota\"\n").unwrap();
+        let config = NodeManagerConfig::load(&path).unwrap();
+        assert_eq!(config.disk_backing, DiskBacking::Quota);
     }
 
     #[test]

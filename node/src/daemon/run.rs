@@ -138,6 +138,18 @@ pub fn sliver_config(
         engine.image = Some(crate::sliver::rootfs::Image::Directory(image.clone()));
     }
     engine.disk_backing = config.disk_backing;
+    // The image holding kernel-capped sliver dirs is as large as what the node offers.
+    engine.disk_capacity = Some(config.capacity.map_or_else(
+        || {
+            super::monitor::measured_capacity(
+                &super::monitor::HostProbe::default(),
+                &config.state_dir,
+                &config.reserve,
+            )
+            .disk_bytes
+        },
+        |c| c.disk_bytes,
+    ));
     Ok(engine)
 }
 

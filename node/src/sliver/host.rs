@@ -167,6 +167,8 @@ pub struct DiskTarget {
     pub init_pid: u32,
     /// The sliver's cgroup: its processes may hold deleted files open.
     pub cgroup: String,
+    /// Its grant, in bytes (a kernel cap found above it is an error).
+    pub limit: u64,
 }
 
 /// Where to run a command: a live sliver.
@@ -338,6 +340,17 @@ pub trait Host: Send + Sync {
     fn freeze_stragglers(&self, cgroup: &str, pids: &[u32]) -> Result<(), HostError>;
     /// Bytes a sliver's writable layer holds.
     fn disk_used(&self, target: &DiskTarget) -> Result<u64, HostError>;
+    /// Makes (once) or re-adopts the filesystem whose quotas cap disk grants in the kernel
+    /// ([`DiskBacking::Quota`]) under `state_dir`, of `capacity` bytes (`None`: the free space).
+    fn disk_quota_setup(
+        &self,
+        state_dir: &std::path::Path,
+        capacity: Option<u64>,
+    ) -> Result<(), HostError>;
+    /// Caps a sliver's dir (before its dirs are made) at `limit` bytes in the kernel.
+    fn disk_quota_cap(&self, dirs: &SliverDirs, limit: u64) -> Result<(), HostError>;
+    /// Removes the filesystem [`Host::disk_quota_setup`] made.
+    fn disk_quota_teardown(&self, state_dir: &std::path::Path) -> Result<(), HostError>;
 }
 
 /// One recorded call on the fake.
@@ -381,6 +394,12 @@ pub enum Call {
     CgroupFreeze(String, bool),
     /// [`Host::freeze_stragglers`] (cgroup, pids).
     FreezeStragglers(String, Vec<u32>),
+    /// [`Host::disk_quota_setup`].
+    DiskQuotaSetup,
+    /// [`Host::disk_quota_cap`] (sliver dir name, limit).
+    DiskQuotaCap(String, u64),
+    /// [`Host::disk_quota_teardown`].
+    DiskQuotaTeardown,
 }
 
 impl Call {
@@ -406,6 +425,9 @@ impl Call {
             Call::Exec(..) => "exec",
             Call::CgroupFreeze(..) => "cgroup_freeze",
             Call::FreezeStragglers(..) => "freeze_stragglers",
+            Call::DiskQuotaSetup => "disk_quota_setup",
+            Call::DiskQuotaCap(..) => "disk_quota_cap",
+            Call::DiskQuotaTeardown => "disk_quota_teardown",
         }
     }
 }
@@ -770,5 +792,21 @@ impl Host for RecordingHost {
             return Err(HostError::Injected(format!("cannot measure {name}")));
         }
         Ok(s.disk.get(&name).copied().unwrap_or(0))
+    }
+
+    fn disk_quota_setup(
+        &self,
+        _state_dir: &std::path::Path,
+        _capacity: Option<u64>,
+    ) -> Result<(), HostError> {
+        self.record(Call::DiskQuotaSetup)
+    }
+
+    fn disk_quota_cap(&self, dirs: &SliverDirs, limit: u64) -> Result<(), HostError> {
+        self.record(Call::DiskQuotaCap(dir_name(dirs), limit))
+    }
+
+    fn disk_quota_teardown(&self, _state_dir: &std::path::Path) -> Result<(), HostError> {
+        self.record(Call::DiskQuotaTeardown)
     }
 }

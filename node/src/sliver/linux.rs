@@ -1126,6 +1126,8 @@ impl Host for LinuxHost {
                     .map_err(io_err("measure deleted files held open", &self.proc_root))?;
                 Ok(used.saturating_add(held))
             }
+            DiskBacking::Quota => super::quota::usage(&target.dirs.root, target.limit)
+                .map_err(io_err("measure", &target.dirs.root)),
             DiskBacking::Tmpfs => {
                 // The tmpfs lives in the sliver's mount namespace only; an overlay reports the
                 // statistics of its upper layer's filesystem, so its root answers for it.
@@ -1140,5 +1142,17 @@ impl Host for LinuxHost {
                     .saturating_mul(st.fragment_size()))
             }
         }
+    }
+
+    fn disk_quota_setup(&self, state_dir: &Path, capacity: Option<u64>) -> Result<(), HostError> {
+        super::quota::setup(state_dir, capacity).map_err(io_err("set up disk quotas", state_dir))
+    }
+
+    fn disk_quota_cap(&self, dirs: &SliverDirs, limit: u64) -> Result<(), HostError> {
+        super::quota::cap(&dirs.root, limit).map_err(io_err("cap disk", &dirs.root))
+    }
+
+    fn disk_quota_teardown(&self, state_dir: &Path) -> Result<(), HostError> {
+        super::quota::teardown(state_dir).map_err(io_err("remove disk quotas", state_dir))
     }
 }

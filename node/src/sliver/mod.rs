@@ -44,8 +44,10 @@
 //! host, so the holder can delete files (one still running at the second check after it
 //! started, while the sliver is still over, is frozen too: a workload cannot escape by being
 //! started anew), and the sliver is thawed at the first check that finds it back under its
-//! grant. A node may instead back each layer with a tmpfs of the granted size
-//! ([`rootfs::DiskBacking::Tmpfs`]), so the kernel refuses writes past it.
+//! grant. A node may instead have the kernel cap each sliver at write time: its dir a btrfs
+//! subvolume capped at the grant on the node's own loop-mounted image
+//! ([`rootfs::DiskBacking::Quota`], [`quota`]), or its layer a tmpfs of the granted size
+//! ([`rootfs::DiskBacking::Tmpfs`]).
 //!
 //! Speed: creating a sliver costs a few milliseconds when the node has called
 //! [`linux::LinuxHost::favor_dynamic_cgroups`] (`nodemgr` does at start unless configured
@@ -66,6 +68,7 @@ pub mod linux;
 pub mod mountfd;
 pub mod netlink;
 pub mod output;
+pub mod quota;
 pub mod rootfs;
 pub mod sealed;
 pub mod seccomp;
@@ -200,6 +203,9 @@ pub struct NodeConfig {
     /// What backs the writable layer of a sliver with a disk grant (one of 0 always gets a
     /// directory).
     pub disk_backing: DiskBacking,
+    /// Size of the filesystem that holds kernel-capped sliver dirs
+    /// ([`DiskBacking::Quota`]), made once (`None`: the state dir's free space then).
+    pub disk_capacity: Option<u64>,
     /// How the node shares the machine with other nodes (`None`: it claims nothing, for tests
     /// and tools that pick unique names themselves).
     pub share: Option<HostShare>,
@@ -241,6 +247,7 @@ impl NodeConfig {
             },
             tmp_bytes: 64 << 20,
             disk_backing: DiskBacking::Directory,
+            disk_capacity: None,
             share: None,
         }
     }
@@ -278,9 +285,10 @@ pub struct DiskReport {
     pub used: Option<u64>,
     /// Its granted `disk_bytes` (0: no limit).
     pub limit: u64,
-    /// Whether it uses more than granted. A directory-backed sliver with a grant whose use
-    /// could not be measured counts as over: only the watchdog holds its grant, so it fails
-    /// closed (a kernel-capped layer cannot pass its grant whatever is measured).
+    /// Whether it uses more than granted. A sliver with a grant whose use could not be
+    /// measured counts as over (fail closed): for a directory-backed one only the watchdog
+    /// holds the grant, and a quota-capped one is measured through its kernel cap, so a
+    /// failure may mean the cap is gone. (A tmpfs cannot pass its size, whatever is measured.)
     pub over: bool,
     /// Why its use could not be measured.
     pub error: Option<String>,
@@ -413,6 +421,16 @@ impl<H: Host> Slivers<H> {
         let store = Store::open(&config.state_dir)?;
         // Before anything on the host is touched: nothing of another node's is.
         let claims = Self::claim(&mut config)?;
+        if config.disk_backing == DiskBacking::Quota
+            && let Err(e) = host.disk_quota_setup(&config.state_dir, config.disk_capacity)
+        {
+            // Fails closed all the same: the watchdog freezes what it cannot measure.
+            tracing::warn!(
+                "disk grants cannot be capped by the kernel here ({e}): new slivers' dirs are \
+                 plain directories, held to their grants by the disk watchdog"
+            );
+            config.disk_backing = DiskBacking::Directory;
+        }
         let image = match &config.image {
             Some(image) => image.clone(),
             None => host
@@ -717,6 +735,13 @@ impl<H: Host> Slivers<H> {
         done: &mut Done,
     ) -> Result<(), (&'static str, HostError)> {
         let spec = record.spec.clone();
+        if record.disk_backing == DiskBacking::Quota {
+            // Before the dirs are made: they must all be in the capped subvolume.
+            done.dirs = true;
+            self.host
+                .disk_quota_cap(&record.dirs, spec.resources.disk_bytes)
+                .map_err(|e| ("cap disk", e))?;
+        }
         self.host
             .prepare_dirs(&record.dirs, &record.slot.uids)
             .map_err(|e| ("prepare dirs", e))?;
@@ -891,6 +916,12 @@ impl<H: Host> Slivers<H> {
         if let Err(e) = self.host.shaping_teardown(&self.config.shaping) {
             failures.push(format!("remove shaping: {e}"));
         }
+        if failures.is_empty()
+            && self.config.disk_backing == DiskBacking::Quota
+            && let Err(e) = self.host.disk_quota_teardown(&self.config.state_dir)
+        {
+            failures.push(format!("remove the disk quota filesystem: {e}"));
+        }
         if failures.is_empty() && self.config.share.is_some() {
             // The node's own parent: its claim kept every other node out of it.
             if let Err(e) = self.host.cgroup_destroy(&self.config.cgroup_parent) {
@@ -954,6 +985,7 @@ impl<H: Host> Slivers<H> {
             backing: record.disk_backing,
             init_pid: record.init_pid,
             cgroup: record.cgroup.clone(),
+            limit: record.spec.resources.disk_bytes,
         }
     }
 
@@ -971,8 +1003,8 @@ impl<H: Host> Slivers<H> {
                 let limit = r.spec.resources.disk_bytes;
                 let over = match used {
                     Some(used) => used > limit,
-                    // Fail closed where the watchdog is what holds the grant.
-                    None => r.disk_backing == DiskBacking::Directory,
+                    // Fail closed (see `DiskReport::over`).
+                    None => r.disk_backing != DiskBacking::Tmpfs,
                 };
                 DiskReport {
                     over: limit > 0 && over,

@@ -19,6 +19,10 @@
 //!   length limit and bounded memory), and files its processes deleted but keep open
 //!   ([`deleted_open_usage`]). A walk that cannot complete is an error, which the watchdog
 //!   counts as over the grant.
+//! - [`DiskBacking::Quota`]: the sliver's dir is a btrfs subvolume on a filesystem the node
+//!   keeps in a sparse image under its state dir, and the kernel caps the subvolume's quota
+//!   group at the grant: writes past it fail with `EDQUOT` at once, the data stays on disk,
+//!   deleted-but-open files and metadata count (see [`super::quota`]).
 //! - [`DiskBacking::Tmpfs`]: the init mounts a tmpfs of exactly the granted size over the
 //!   upper dir, inside the sliver's own mount namespace, and puts the overlay's upper and work
 //!   dirs in it. Writes past the grant fail with `ENOSPC` at once; the filesystem needs no
@@ -70,6 +74,9 @@ pub enum DiskBacking {
     Directory,
     /// A tmpfs of the granted size in the sliver's mount namespace, capped by the kernel.
     Tmpfs,
+    /// A btrfs subvolume whose quota group the kernel caps at the grant, on the node's own
+    /// loop-mounted filesystem (see [`super::quota`]).
+    Quota,
 }
 
 /// The host-side directories of one sliver, under the node's state dir.

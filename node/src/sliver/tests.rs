@@ -498,6 +498,58 @@ fn a_restarted_node_keeps_a_frozen_sliver_frozen_until_it_is_back_under() {
 }
 
 #[test]
+fn a_quota_capped_sliver_dir_is_capped_before_it_is_made_and_the_filesystem_goes_with_the_node() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = config(tmp.path());
+    c.disk_backing = DiskBacking::Quota;
+    let e = Slivers::open(RecordingHost::new(), c).unwrap().0;
+    assert_eq!(e.config().disk_backing, DiskBacking::Quota);
+    assert!(e.host().call_names().contains(&"disk_quota_setup"));
+    e.host().clear_calls();
+    let mut s = spec("capped");
+    s.resources.disk_bytes = 5 << 20;
+    let rec = e.create(s).unwrap();
+    assert_eq!(rec.disk_backing, DiskBacking::Quota);
+    let names = e.host().call_names();
+    assert_eq!(&names[..2], ["disk_quota_cap", "prepare_dirs"], "{names:?}");
+    assert_eq!(
+        e.host().calls()[0],
+        Call::DiskQuotaCap("capped".into(), 5 << 20)
+    );
+    // A sliver without a grant gets a plain dir.
+    let mut s = spec("free");
+    s.resources.disk_bytes = 0;
+    e.host().clear_calls();
+    assert_eq!(e.create(s).unwrap().disk_backing, DiskBacking::Directory);
+    assert!(!e.host().call_names().contains(&"disk_quota_cap"));
+    // A cap that fails fails the create, undone.
+    e.host().fail_at("disk_quota_cap");
+    let err = e.create(spec("nocap")).unwrap_err();
+    assert!(err.to_string().contains("cap disk"), "{err}");
+    assert!(e.get(&SliverId::new("nocap").unwrap()).is_none());
+    e.host().clear_calls();
+    e.destroy_all().unwrap();
+    assert_eq!(e.host().call_names().last(), Some(&"disk_quota_teardown"));
+}
+
+#[test]
+fn a_node_that_cannot_cap_disks_in_the_kernel_falls_back_to_the_watchdog() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut c = config(tmp.path());
+    c.disk_backing = DiskBacking::Quota;
+    let host = RecordingHost::new();
+    host.fail_at("disk_quota_setup");
+    let e = Slivers::open(host, c).unwrap().0;
+    assert_eq!(e.config().disk_backing, DiskBacking::Directory);
+    assert_eq!(
+        e.create(spec("watched")).unwrap().disk_backing,
+        DiskBacking::Directory
+    );
+    e.destroy_all().unwrap();
+    assert!(!e.host().call_names().contains(&"disk_quota_teardown"));
+}
+
+#[test]
 fn tmpfs_backing_applies_to_slivers_with_a_disk_grant_only() {
     let tmp = tempfile::tempdir().unwrap();
     let mut c = config(tmp.path());
