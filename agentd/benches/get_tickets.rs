@@ -8,6 +8,8 @@
 //! transaction) and one empty durable redb commit. The load average is printed with the figures: the host is
 //! shared.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)] // a failed unwrap fails the run
+
 use std::time::{Duration, Instant};
 
 use agentd::agent::{Agent, AgentParts, Pricing};

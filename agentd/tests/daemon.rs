@@ -2,6 +2,8 @@
 //! typed reply on the same stream, an oversized frame is never sent, and the daemon keeps
 //! serving typed requests (from the same peer, on the same connection) afterwards.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)] // a failed unwrap fails the run
+
 use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;

@@ -1,6 +1,8 @@
 //! The agent core end to end without the network: inventory from signed ads, policy, minting,
 //! the durable ledger across restarts, and tickets a node accepts.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)] // a failed unwrap fails the run
+
 use capability_schema::ad::ShareState;
 use capability_schema::identity::{SecretKey, test_key};
 use capability_schema::membership::{PeeringLimits, PrincipalFilter};

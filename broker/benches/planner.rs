@@ -5,6 +5,8 @@
 //! information, for one that cannot be met (its explanation re-plans to confirm the hint).
 //! `cargo bench -p broker --bench planner -- --quick` is a short run.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)] // a failed unwrap fails the run
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 

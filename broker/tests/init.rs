@@ -1,6 +1,8 @@
 //! `broker init` as an operator runs it: the built binary writes a config that loads and a key
 //! only its owner may read, and refuses to overwrite either, saying what to do instead.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)] // a failed unwrap fails the run
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};

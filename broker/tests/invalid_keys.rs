@@ -2,6 +2,8 @@
 //! broker, which learns agents from ads and asks every one of them, must neither learn that
 //! key nor lose its overlay: it keeps learning agents and answering requests.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)] // a failed unwrap fails the run
+
 use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;

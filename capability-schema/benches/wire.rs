@@ -4,6 +4,8 @@
 //! round trips; the time is per round trip of the whole machine), since a node signs and
 //! verifies on all of its cores.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)] // a failed unwrap fails the run
+
 use std::hint::black_box;
 
 use capability_schema::ad::{MeasuredUse, ShareState};

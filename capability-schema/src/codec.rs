@@ -46,6 +46,10 @@ pub enum DecodeError {
 }
 
 /// Encodes a value as CBOR. Encoding a PlanetMesh type cannot fail.
+#[allow(
+    clippy::expect_used,
+    reason = "a Vec takes every write, and every PlanetMesh type serializes to CBOR"
+)]
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
     let mut out = Vec::new();
     ciborium::ser::into_writer(value, &mut out).expect("writing CBOR into a Vec cannot fail");

@@ -103,6 +103,10 @@ impl SecretKey {
     }
 
     /// The same key as a biscuit key pair (agents mint tickets with it, holders delegate).
+    #[allow(
+        clippy::expect_used,
+        reason = "biscuit takes any 32 bytes as an ed25519 secret, and ours are 32 bytes"
+    )]
     pub fn to_biscuit(&self) -> biscuit_auth::KeyPair {
         let private = biscuit_auth::PrivateKey::from_bytes(
             &self.to_bytes(),

@@ -6,6 +6,8 @@
 //! regenerate them with `PLANETMESH_BLESS=1 cargo test -p capability-schema --test wire` and
 //! bump the type's domain tag version.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)] // a failed unwrap fails the run
+
 use std::path::PathBuf;
 
 use capability_schema::ad::{MeasuredUse, ShareState, SliverUsage};

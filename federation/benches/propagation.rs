@@ -13,6 +13,8 @@
 //! `50,200`), `PROPAGATION_ADS` (default 100), `PROPAGATION_KAD=1` (Kademlia on; off by
 //! default, so the graph is exactly the random one wired here), `RUST_LOG` (tracing).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)] // a failed unwrap fails the run
+
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 

@@ -1,6 +1,12 @@
 //! Fixtures for tests, benchmarks and simulations: federations with fixed keys, certified
 //! nodes and their ads. Not for production use: the keys are public knowledge.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test fixtures: a failed step fails the test that uses it"
+)]
+
 use capability_schema::ad::MeasuredUse;
 use capability_schema::identity::test_key;
 use capability_schema::{MembershipCert, ResourceAd, Resources, Role, SecretKey, Signed};

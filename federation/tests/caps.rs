@@ -3,6 +3,8 @@
 //! another request id, and requests over the request cap. After each, the same connection
 //! carries a good request.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)] // a failed unwrap fails the run
+
 mod common;
 
 use std::time::Duration;

@@ -1,5 +1,7 @@
 //! `fedctl` end to end: the files it writes are the ones the trust store believes.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)] // a failed unwrap fails the run
+
 use std::path::Path;
 use std::process::{Command, Output};
 

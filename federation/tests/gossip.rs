@@ -1,5 +1,7 @@
 //! Ad gossip across three federations on the in-process memory transport.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)] // a failed unwrap fails the run
+
 mod common;
 
 use std::collections::BTreeSet;

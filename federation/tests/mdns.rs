@@ -6,6 +6,8 @@
 //! entered its namespace, so every socket it opens is there. Namespaces (and with them the
 //! veth pair) are deleted by a drop guard.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)] // a failed unwrap fails the run
+
 mod common;
 
 use std::fs::File;

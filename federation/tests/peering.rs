@@ -1,6 +1,8 @@
 //! Peering over the overlay: an agent of f1 serves exactly the parties its agreement with
 //! f2 covers, members of f1 itself, and nobody of f3 (no agreement).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)] // a failed unwrap fails the run
+
 mod common;
 
 use std::time::Duration;

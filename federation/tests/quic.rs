@@ -1,6 +1,8 @@
 //! The QUIC transport on loopback: two overlays listening on `/udp/0/quic-v1` only, one
 //! request-response round trip and one ad between them; and QUIC turned off.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)] // a failed unwrap fails the run
+
 mod common;
 
 use std::time::Duration;

@@ -11,6 +11,8 @@
 //! decommissioned, and a drop guard removes the cgroup parent directories (`pmbench<tag>`) and
 //! any link left with the bench's prefix.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)] // a failed unwrap fails the run
+
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};

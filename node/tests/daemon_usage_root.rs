@@ -2,6 +2,8 @@
 //! memory use reach the node's signed ad, and `/slivers` and `/metrics`; the disk watchdog
 //! freezes a sliver written past its grant and says so on `/slivers`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)] // a failed unwrap fails the run
+
 mod common;
 
 use std::collections::BTreeSet;

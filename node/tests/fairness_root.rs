@@ -3,6 +3,8 @@
 //! another principal's exec, redeem and release answer in normal time; the flooder gets its
 //! share (a quarter of the command lane) and is refused the rest at once.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)] // a failed unwrap fails the run
+
 mod common;
 
 use std::time::{Duration, Instant};

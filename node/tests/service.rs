@@ -2,6 +2,8 @@
 //! ledger under concurrency, rollback of a failed create, the reaper, and restart
 //! reconciliation.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)] // a failed unwrap fails the run
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 

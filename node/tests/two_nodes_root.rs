@@ -2,6 +2,8 @@
 //! its own cgroup parent, uid range, link names and state, and removes only what it made, also
 //! when it restarts. Root; skipped otherwise unless CI.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)] // a failed unwrap fails the run
+
 mod common;
 
 use std::fs;

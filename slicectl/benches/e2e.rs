@@ -11,6 +11,8 @@
 //! median against the target (≤ 2 s) as PASS or MISS. The same on real slivers (namespaced
 //! testnet, as root): `slicectl/bench-testnet.sh`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)] // a failed unwrap fails the run
+
 #[path = "../tests/testnet/mod.rs"]
 mod testnet;
 

@@ -5,6 +5,8 @@
 //! acquired again by sync; an impossible request is explained; the `slicectl` binary itself is
 //! driven for exit codes, JSON errors and help.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)] // a failed unwrap fails the run
+
 mod testnet;
 
 use std::collections::BTreeSet;

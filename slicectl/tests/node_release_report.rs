@@ -2,6 +2,8 @@
 //! directly (never telling the agents), and the agents stop counting those tickets against
 //! the nodes' shares within a few report periods, because each node reports them.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)] // a failed unwrap fails the run
+
 mod testnet;
 
 use std::time::{Duration, Instant};

@@ -148,7 +148,7 @@ impl Slicectl {
                     limit.as_secs_f64()
                 );
             }
-            std::thread::sleep(Duration::from_millis(20));
+            crate::pause(Duration::from_millis(20));
         };
         let stdout = out_reader.join().unwrap_or_default();
         let stderr = err_reader.join().unwrap_or_default();

@@ -156,10 +156,10 @@ pub fn stop_host(host: &HostInfo, grace: Duration, kill9: bool) -> anyhow::Resul
     while running_pid(host).is_some() {
         if Instant::now() > deadline {
             let _ = kill(target, Signal::SIGKILL);
-            std::thread::sleep(Duration::from_millis(100));
+            crate::pause(Duration::from_millis(100));
             break;
         }
-        std::thread::sleep(Duration::from_millis(50));
+        crate::pause(Duration::from_millis(50));
     }
     let _ = std::fs::remove_file(pid_file(host));
     Ok(true)

@@ -20,3 +20,13 @@ pub mod probe;
 pub mod scenario;
 pub mod sim;
 pub mod topology;
+
+/// Waits `d` between two looks at something outside this process (a child, a pid file, an
+/// HTTP endpoint). The testnet's commands are synchronous, so this is the one place they sleep.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "synchronous command-line code polling other processes"
+)]
+pub fn pause(d: std::time::Duration) {
+    std::thread::sleep(d);
+}

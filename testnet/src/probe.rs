@@ -86,6 +86,6 @@ pub fn wait_converged(
                 missing.join(", ")
             );
         }
-        std::thread::sleep(Duration::from_millis(250));
+        crate::pause(Duration::from_millis(250));
     }
 }

@@ -7,6 +7,8 @@
 //! is set, in which case it fails. `PLANETMESH_DASHBOARD_SCREENSHOT=/tmp/dash.png` also saves
 //! a screenshot.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)] // a failed unwrap fails the run
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -18,6 +18,8 @@
 //!
 //! The scenarios run one at a time: namespaced testnets share the 10.250.0.0/16 address plan.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)] // a failed unwrap fails the run
+
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 

@@ -8,6 +8,8 @@
 //! and a `#### replace` / `#### with` pair applied to a file of `testnet/scenarios/` (an empty
 //! `replace`: as it is); then `#### expect` and the output.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)] // a failed unwrap fails the run
+
 use std::path::Path;
 use std::process::Command;
 

@@ -5,6 +5,8 @@
 //! and nodes re-announce to repair what a starved peer dropped; `testnet sim` (release) is the
 //! measurement.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)] // a failed unwrap fails the run
+
 use std::time::{Duration, Instant};
 
 use testnet::sim::{SimConfig, run};

@@ -81,6 +81,15 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
 
+/// Lets the kernel finish freeing and accounting before memory is read.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "a synchronous benchmark waits for the host, not for a task"
+)]
+fn settle() {
+    std::thread::sleep(Duration::from_secs(2));
+}
+
 fn mem_available_kib() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
@@ -208,6 +217,8 @@ fn config_for(pid: u32, init: &std::path::Path, disk_backing: DiskBacking) -> No
     config.slots.ifname_prefix = "pmb".into();
     config.shaping.ifb = format!("pmbifb{}", pid % 1000);
     config.tmp_bytes = 16 << 20;
+    config.disk_backing = disk_backing;
+    config.disk_capacity = Some(64 << 30);
     config
 }
 
@@ -217,8 +228,6 @@ fn run() -> Result<(), String> {
         return Err("sliver-bench must run as root".into());
     }
     let host = LinuxHost::detect().map_err(|e| e.to_string())?;
-    config.disk_backing = disk_backing;
-    config.disk_capacity = Some(64 << 30);
     if let Some(pid) = args.reclaim {
         let config = config_for(pid, &args.init, args.disk_backing);
         let state = config.state_dir.clone();
@@ -245,6 +254,7 @@ fn run() -> Result<(), String> {
     let config = config_for(std::process::id(), &args.init, args.disk_backing);
     let state = config.state_dir.clone();
     let (engine, _) = Slivers::open(host, config).map_err(|e| e.to_string())?;
+    say!("disk backing: {:?}", engine.config().disk_backing);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| bench(&engine, &args)))
         .unwrap_or_else(|_| Err("the benchmark panicked".into()));
     let teardown = engine.destroy_all();
@@ -254,7 +264,6 @@ fn run() -> Result<(), String> {
     teardown.map_err(|e| e.to_string())?;
     result
 }
-    say!("disk backing: {:?}", engine.config().disk_backing);
 
 fn bench(engine: &Slivers<LinuxHost>, args: &Args) -> Result<(), String> {
     // Warm up (page cache, image skeleton, first netns).
@@ -289,7 +298,7 @@ fn bench(engine: &Slivers<LinuxHost>, args: &Args) -> Result<(), String> {
         ms(percentile(&mut destroy, 0.99))
     );
 
-    std::thread::sleep(Duration::from_secs(2));
+    settle();
     let before = mem_available_kib();
     let t = Instant::now();
     for i in 0..args.hold {
@@ -298,7 +307,7 @@ fn bench(engine: &Slivers<LinuxHost>, args: &Args) -> Result<(), String> {
             .map_err(|e| format!("holding sliver {i}: {e}"))?;
     }
     let held = t.elapsed();
-    std::thread::sleep(Duration::from_secs(2));
+    settle();
     let after = mem_available_kib();
     let per = before.saturating_sub(after) as f64 / args.hold.max(1) as f64 / 1024.0;
     // What the kernel charges to the slivers' own memory cgroups (their inits' pages and the

@@ -367,6 +367,9 @@ pub enum ClaimError {
         /// Why the first choice was refused.
         first_blocker: Box<ClaimError>,
     },
+    /// A choice among resources was asked with nothing to choose from.
+    #[error("no resource to choose from (an empty range of choices)")]
+    NoChoice,
     /// The directory stayed locked.
     #[error("claims dir {path}: its lock is held for more than {secs} s")]
     DirLocked {
@@ -599,7 +602,7 @@ impl Claims {
         choices: &[Resource],
     ) -> Result<(Claims, Resource), ClaimError> {
         let (claims, choice) = Self::take_inner(dir, owner, wanted, choices)?;
-        Ok((claims, choice.expect("a choice is taken or the take fails")))
+        Ok((claims, choice.ok_or(ClaimError::NoChoice)?))
     }
 
     fn take_inner(
@@ -644,9 +647,12 @@ impl Claims {
                     Resource::Uids { first, end } => end - u64::from(*first),
                     _ => 0,
                 };
-                return Err(ClaimError::NoFreeUids {
-                    size,
-                    first_blocker: Box::new(first_blocker.expect("choices were tried")),
+                return Err(match first_blocker {
+                    Some(blocker) => ClaimError::NoFreeUids {
+                        size,
+                        first_blocker: Box::new(blocker),
+                    },
+                    None => ClaimError::NoChoice,
                 });
             };
             all.push(c.clone());

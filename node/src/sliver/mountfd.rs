@@ -141,7 +141,6 @@ pub fn recv_fd(sock: BorrowedFd<'_>) -> io::Result<(u8, Option<OwnedFd>)> {
             }
         }
     }
-    drop(iov);
     Ok((data[0], received))
 }
 

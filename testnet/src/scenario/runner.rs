@@ -653,10 +653,6 @@ impl Runner<'_> {
         }
     }
 
-    #[allow(
-        clippy::disallowed_methods,
-        reason = "the scenario runner is synchronous: it polls the testnet between blocking slicectl runs"
-    )]
     fn restart(&self, r: &Restart) -> Result<Vec<String>, StepFailure> {
         let mut lines = Vec::new();
         let wait = Duration::from_secs(r.wait_secs.unwrap_or(30));
@@ -685,7 +681,7 @@ impl Runner<'_> {
                         host.log_file().display()
                     )));
                 }
-                std::thread::sleep(Duration::from_millis(100));
+                crate::pause(Duration::from_millis(100));
             }
             lines.push(format!(
                 "{name} {} (pid {pid}), answering after {:.2}s",
@@ -720,10 +716,6 @@ impl Runner<'_> {
             .collect()
     }
 
-    #[allow(
-        clippy::disallowed_methods,
-        reason = "the scenario runner is synchronous: it polls the testnet between blocking slicectl runs"
-    )]
     fn expect_leases(&self, e: &ExpectLeases) -> Result<Vec<String>, StepFailure> {
         let nodes: Vec<String> = e.nodes.clone().unwrap_or_else(|| {
             self.manifest
@@ -764,17 +756,13 @@ impl Runner<'_> {
                 Err(why) if Instant::now() >= deadline || interrupted() => {
                     return Err(StepFailure::new(why));
                 }
-                Err(_) => std::thread::sleep(Duration::from_millis(500)),
+                Err(_) => crate::pause(Duration::from_millis(500)),
             }
         }
     }
 }
 
 /// Runs one step on `running`; `Ok` holds what to print.
-#[allow(
-    clippy::disallowed_methods,
-    reason = "the scenario runner is synchronous: it polls the testnet between blocking slicectl runs"
-)]
 pub(super) fn run_step(
     cx: &Runner<'_>,
     running: &mut Running,
@@ -799,7 +787,7 @@ pub(super) fn run_step(
                 }
                 Err(_) => {
                     tries += 1;
-                    std::thread::sleep(Duration::from_secs(1));
+                    crate::pause(Duration::from_secs(1));
                 }
             }
         }
@@ -859,7 +847,7 @@ pub(super) fn run_step(
                 if interrupted() {
                     return Err(StepFailure::new("interrupted (SIGINT or SIGTERM)"));
                 }
-                std::thread::sleep((until - Instant::now()).min(Duration::from_millis(100)));
+                crate::pause((until - Instant::now()).min(Duration::from_millis(100)));
             }
             Ok(Vec::new())
         }
