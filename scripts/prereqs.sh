@@ -25,6 +25,8 @@ ensure_prereqs() {
   need_pkg ip iproute2
   need_pkg tc iproute2
   need_pkg nsenter util-linux
+  # btrfs-progs: the quota disk backing makes a btrfs image for the node's slivers.
+  need_pkg mkfs.btrfs btrfs-progs
   # Headless Chromium: the testnet dashboard test loads the page in a real browser.
   need_pkg chromium chromium
   if [ "$(id -u)" = 0 ]; then
