@@ -18,7 +18,7 @@
 //!    would make it satisfiable ("would be satisfiable with memory ≤ 256MiB per sliver"). A
 //!    node counts only under its first failed check, so the largest group need not be the
 //!    binding one: each suggested relaxation is confirmed by planning again with it applied
-//!    (at most [`MAX_HINT_REPLANS`] re-plans); when no single one suffices, the explanation
+//!    (at most `MAX_HINT_REPLANS` re-plans); when no single one suffices, the explanation
 //!    names those that must be relaxed together.
 //!
 //! Requests whose shape no offer can satisfy (no slivers, `min_sites` above the sliver count,

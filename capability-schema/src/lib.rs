@@ -9,7 +9,7 @@
 //! - [`signed`]: [`Signed<T>`], a CBOR body signed under a per-type domain tag;
 //! - [`membership`]: federation trust objects (membership certificates, peering, revocation);
 //! - [`ad`]: resource advertisements, delegations and prices;
-//! - [`slice`]: slice requests, slice kinds and leases;
+//! - [`slice`](mod@slice): slice requests, slice kinds and leases;
 //! - [`ticket`]: attenuable, delegable capability tickets (biscuit) and their verification;
 //! - [`rejection`]: typed refusal reasons with sentences a person can act on;
 //! - [`protocol`]: every request and response of the agent, node and broker protocols.

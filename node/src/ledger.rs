@@ -25,7 +25,7 @@
 //! batch fails.
 //!
 //! **Index.** What the live leases commit, which sliver ids they hold and each lease's share of
-//! both are mirrored in memory ([`Index`], built at open, changed only by the writer), so a
+//! both are mirrored in memory (`Index`, built at open, changed only by the writer), so a
 //! reservation and the ad's commitments never decode the whole lease table.
 
 use std::collections::{BTreeMap, BTreeSet};

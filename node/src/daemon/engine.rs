@@ -1,5 +1,5 @@
 //! The real isolation engine behind the node service: [`SliverBackend`] for
-//! [`Slivers`](crate::sliver::Slivers). Lease fields become a [`SliverSpec`]; engine errors
+//! [`Slivers`]. Lease fields become a [`SliverSpec`]; engine errors
 //! become [`BackendError`]s (the caller's fault, a sliver gone, or the host's), and an exec
 //! past its deadline becomes output that says it timed out.
 
