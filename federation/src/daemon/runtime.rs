@@ -50,6 +50,9 @@ pub enum DaemonError {
         /// What failed.
         detail: String,
     },
+    /// The host cannot do what the daemon needs (its isolation engine, a program beside it).
+    #[error("host: {0}")]
+    Host(String),
     /// The overlay failed to start, or ended while the daemon ran.
     #[error("overlay: {0}")]
     Overlay(#[from] OverlayError),

@@ -6,9 +6,10 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use capability_schema::SecretKey;
 use clap::{Parser, Subcommand};
-use node::daemon::config::{DEFAULT_CONFIG, NodeManagerConfig};
+use federation::daemon::DaemonKind;
+use federation::daemon::runtime::{describe_key, init, load_key};
+use node::daemon::config::{NodeKind, NodeManagerConfig, default_config};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -47,10 +48,11 @@ enum Command {
         #[arg(long, short, default_value = "node.toml")]
         config: PathBuf,
     },
-    /// Print this node's public key (for `fedctl certify --subject`).
+    /// Print this node's public key and peer id (for `fedctl certify --subject` and for
+    /// others' bootstrap addresses).
     Key {
         /// The key file.
-        #[arg(long, default_value = "node.key")]
+        #[arg(long, default_value = NodeKind::KEY_FILE)]
         key: PathBuf,
     },
 }
@@ -62,20 +64,13 @@ fn main() -> anyhow::Result<()> {
     federation::daemon::init_tracing(cli.json_logs);
     match cli.command {
         Command::Init { dir, federation } => {
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            let config = dir.join("node.toml");
-            if config.exists() {
-                anyhow::bail!("{} exists already; not overwriting it", config.display());
-            }
-            let key = SecretKey::generate();
-            key.save(&dir.join("node.key"))?;
-            std::fs::write(&config, DEFAULT_CONFIG.replace("{federation}", &federation))?;
+            let key = init::<NodeKind>(&dir, "node.toml", &default_config(&federation))?;
             println!(
                 "wrote {} and {}",
-                config.display(),
-                dir.join("node.key").display()
+                dir.join("node.toml").display(),
+                dir.join(NodeKind::KEY_FILE).display()
             );
-            println!("node key: {}", key.public());
+            println!("{}", describe_key::<NodeKind>(&key.public()));
             println!(
                 "next: have your federation authority certify it (fedctl certify --role node --subject {})",
                 key.public()
@@ -90,7 +85,10 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Key { key } => {
-            println!("{}", SecretKey::load(&key)?.public());
+            println!(
+                "{}",
+                describe_key::<NodeKind>(&load_key::<NodeKind>(&key)?.public())
+            );
             Ok(())
         }
         Command::Run { config } => {

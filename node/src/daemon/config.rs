@@ -1,42 +1,15 @@
 //! `node.toml`: the node manager's configuration. Every field documents its default; paths
-//! are relative to the config file's directory. `nodemgr init` writes [`DEFAULT_CONFIG`] with
-//! the new key's name filled in.
+//! are relative to the config file's directory. The settings every daemon has are
+//! `federation::daemon::CommonConfig`, flattened in; `nodemgr init` writes [`default_config`].
 
 use std::path::{Path, PathBuf};
 
 pub use crate::sliver::DiskBacking;
-use capability_schema::{PublicKey, Resources};
+use capability_schema::{PublicKey, Resources, Role};
 pub use federation::daemon::TrustedFederation;
+pub use federation::daemon::config::ConfigError;
+use federation::daemon::{CommonConfig, DaemonKind};
 use serde::{Deserialize, Serialize};
-
-/// Errors reading a config.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("config {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The TOML is not a node config.
-    #[error("config {path}: {detail}")]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong, with the line.
-        detail: String,
-    },
-    /// A value is out of range.
-    #[error("config {path}: {detail}")]
-    Invalid {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        detail: String,
-    },
-}
 
 /// A share delegated to an agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,42 +40,32 @@ pub enum Isolation {
     Memory,
 }
 
+/// The node manager's place in the daemon skeleton: its defaults for the common settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeKind;
+
+impl DaemonKind for NodeKind {
+    const PROGRAM: &'static str = "nodemgr";
+    const ROLE: Role = Role::Node;
+    const KEY_FILE: &'static str = "node.key";
+    const PORT: u16 = 4001;
+    const HTTP_PORT: u16 = 9180;
+    const MAX_IN_FLIGHT: usize = 64;
+}
+
 /// The node manager's configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct NodeManagerConfig {
-    /// The node's key file (default `node.key`; created 0600 by `nodemgr init`).
-    #[serde(default = "default_key_file")]
-    pub key_file: PathBuf,
+    /// Key, federation, membership, trust, listen, bootstrap, mdns, http, max_in_flight (per
+    /// lane: lease operations, commands in slivers).
+    #[serde(flatten)]
+    pub common: CommonConfig<NodeKind>,
     /// Where the ledger, sliver records and sliver dirs live (default `state`).
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
-    /// The federation this node belongs to.
-    pub federation: String,
-    /// The node's membership certificate (CBOR, from `fedctl certify`; default `membership.cbor`).
-    #[serde(default = "default_membership")]
-    pub membership: PathBuf,
-    /// Federation authorities this node trusts (its own at least).
-    #[serde(default)]
-    pub trust: Vec<TrustedFederation>,
-    /// libp2p listen addresses (default `/ip4/0.0.0.0/tcp/4001`).
-    /// A `/udp/PORT/quic-v1` address listens on QUIC once the overlay supports it (TCP and
-    /// QUIC addresses may be mixed).
-    #[serde(default = "default_listen")]
-    pub listen: Vec<String>,
-    /// Peers to join through (multiaddresses with `/p2p/<peer id>`; default none).
-    #[serde(default)]
-    pub bootstrap: Vec<String>,
-    /// Discover peers on the local network by multicast DNS (default false: off; turn it on
-    /// for a LAN testbed, where peers then need no `bootstrap`).
-    #[serde(default)]
-    pub mdns: bool,
     /// Addresses announced in ads (default: the listen addresses actually bound).
     #[serde(default)]
     pub announce: Vec<String>,
-    /// HTTP status and metrics endpoint (default `127.0.0.1:9180`; empty string: off).
-    #[serde(default = "default_http")]
-    pub http: String,
     /// What the node offers in all (default: measured from the host minus `reserve`).
     #[serde(default, with = "optional_human")]
     pub capacity: Option<Resources>,
@@ -168,20 +131,8 @@ pub struct NodeManagerConfig {
     pub ad_ttl_secs: u64,
 }
 
-fn default_key_file() -> PathBuf {
-    "node.key".into()
-}
 fn default_state_dir() -> PathBuf {
     "state".into()
-}
-fn default_membership() -> PathBuf {
-    "membership.cbor".into()
-}
-fn default_listen() -> Vec<String> {
-    vec!["/ip4/0.0.0.0/tcp/4001".into()]
-}
-fn default_http() -> String {
-    "127.0.0.1:9180".into()
 }
 fn default_reserve() -> Resources {
     Resources {
@@ -213,29 +164,10 @@ fn default_ad_ttl() -> u64 {
     60
 }
 
-/// The commented default config `nodemgr init` writes (`{federation}` is filled in).
-pub const DEFAULT_CONFIG: &str = r#"# PlanetMesh node manager configuration. Paths are relative to this file.
-# Every commented line shows a default.
-
-# The federation this node belongs to.
-federation = "{federation}"
-
-# key_file = "node.key"              # this node's key (0600)
+/// The node's own settings in the commented default config.
+const NODE_TEMPLATE: &str = r#"
 # state_dir = "state"                # ledger, sliver records, sliver dirs
-# membership = "membership.cbor"     # from: fedctl certify --role node --subject <this key>
-
-# Federation authorities this node trusts (its own at least):
-# [[trust]]
-# name = "{federation}"
-# authority = "ed25519/..."
-
-# listen = ["/ip4/0.0.0.0/tcp/4001"] # libp2p; add "/ip4/0.0.0.0/udp/4001/quic-v1" for QUIC
-#                                    # (once the overlay supports it)
-# bootstrap = []                     # e.g. ["/ip4/10.0.0.1/tcp/4001/p2p/12D3..."]
-# mdns = false                       # discover peers on the local network by multicast DNS;
-#                                    # off by default, turn on for a LAN testbed
 # announce = []                      # addresses put in ads (default: those bound)
-# http = "127.0.0.1:9180"            # /status, /leases, /slivers, /metrics ("" = off)
 
 # capacity = "cpu=4 cores,memory=8GiB,disk=100GiB,egress=100Mbit"  # default: measured
 # reserve = "cpu=250m,memory=256MiB,disk=1GiB,egress=0kbit"         # kept for the host
@@ -263,27 +195,31 @@ federation = "{federation}"
 # ad_ttl_secs = 60
 "#;
 
+/// The commented default config `nodemgr init` writes for `federation`.
+pub fn default_config(federation: &str) -> String {
+    format!(
+        "# PlanetMesh node manager configuration. Paths are relative to this file.\n\
+         # Every commented line shows a default.\n\n{}{}",
+        CommonConfig::<NodeKind>::template(federation),
+        NODE_TEMPLATE.replace("{federation}", federation)
+    )
+}
+
 impl NodeManagerConfig {
     /// Reads and checks `path`; relative paths are resolved against its directory.
     pub fn load(path: &Path) -> Result<NodeManagerConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
         let mut config: NodeManagerConfig =
-            toml::from_str(&text).map_err(|e| ConfigError::Parse {
-                path: path.to_owned(),
-                detail: e.to_string(),
-            })?;
+            federation::daemon::config::load(path, NodeKind::PROGRAM)?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [
-            &mut config.key_file,
-            &mut config.state_dir,
-            &mut config.membership,
-        ] {
-            if p.is_relative() {
-                *p = base.join(&*p);
-            }
+        config
+            .common
+            .resolve(base)
+            .map_err(|detail| ConfigError::Invalid {
+                path: path.to_owned(),
+                detail,
+            })?;
+        if config.state_dir.is_relative() {
+            config.state_dir = base.join(&config.state_dir);
         }
         if let Some(image) = &mut config.image
             && image.is_relative()
@@ -350,7 +286,8 @@ mod optional_human {
     ) -> Result<S::Ok, S::Error> {
         match value {
             Some(r) => s.collect_str(r),
-            None => s.serialize_none(),
+            // Written back as it may be read ("auto": measured), so the key stays known.
+            None => s.serialize_str("auto"),
         }
     }
 
@@ -372,10 +309,10 @@ mod tests {
     fn default_config_parses_and_resolves_paths() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.toml");
-        std::fs::write(&path, DEFAULT_CONFIG.replace("{federation}", "plc")).unwrap();
+        std::fs::write(&path, default_config("plc")).unwrap();
         let config = NodeManagerConfig::load(&path).unwrap();
-        assert_eq!(config.federation, "plc");
-        assert_eq!(config.key_file, dir.path().join("node.key"));
+        assert_eq!(config.common.federation, "plc");
+        assert_eq!(config.common.key_file, dir.path().join("node.key"));
         assert_eq!(config.isolation, Isolation::Linux);
         assert_eq!(config.pool().unwrap().1, 16);
         assert_eq!(config.disk_backing, DiskBacking::Directory);
@@ -434,7 +371,7 @@ mod tests {
         use crate::sliver::claim::NodeId;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.toml");
-        std::fs::write(&path, DEFAULT_CONFIG.replace("{federation}", "plc")).unwrap();
+        std::fs::write(&path, default_config("plc")).unwrap();
         let config = NodeManagerConfig::load(&path).unwrap();
         let engine = |id: &str| {
             crate::daemon::run::sliver_config(&config, &NodeId::new(id).unwrap(), "init".into())
@@ -478,13 +415,10 @@ mod tests {
 
     #[test]
     fn mdns_is_off_by_default_and_documented_in_the_default_config() {
-        federation::testing::check_mdns_setting(
-            &DEFAULT_CONFIG.replace("{federation}", "plc"),
-            |path| {
-                NodeManagerConfig::load(path)
-                    .map(|c| c.mdns)
-                    .map_err(|e| e.to_string())
-            },
-        );
+        federation::testing::check_mdns_setting(&default_config("plc"), |path| {
+            NodeManagerConfig::load(path)
+                .map(|c| c.common.mdns)
+                .map_err(|e| e.to_string())
+        });
     }
 }

@@ -14,8 +14,8 @@
 //!   freezes the ones over their grant, thawing them once back under (`node::sliver`);
 //! - tickets whose last lease here went early (released, reaped, lost) are reported to their
 //!   agents every few seconds (`release_report`), so the agents' shares free up at once;
-//! - on shutdown the server stops taking requests, waits for those in flight (at most
-//!   [`DRAIN_DEADLINE`]), publishes
+//! - it runs on the daemon skeleton (`federation::daemon::Runtime`): on shutdown the server
+//!   stops taking requests, waits for those in flight (within the drain deadline), publishes
 //!   nothing more and closes the overlay. Slivers keep running: they are leased, not owned by
 //!   the process.
 
@@ -27,11 +27,12 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use capability_schema::protocol::NodeRequest;
 use capability_schema::{Delegation, PublicKey, ResourceAd, Role, SecretKey, Signed};
-use federation::daemon::{DRAIN_DEADLINE, Fairness};
+use federation::daemon::runtime::load_key;
+use federation::daemon::{DaemonError, Fairness, Runtime, SHUTDOWN_DEADLINE};
 use federation::{Overlay, OverlayConfig, OverlayHandle, unix_now};
 use tokio::sync::{Notify, watch};
 
-use super::config::{Isolation, NodeManagerConfig};
+use super::config::{Isolation, NodeKind, NodeManagerConfig};
 use super::http;
 use super::memory::InMemorySlivers;
 use super::monitor::{
@@ -167,7 +168,7 @@ fn open_backend(config: &NodeManagerConfig) -> anyhow::Result<Backend> {
                     init.display()
                 );
             }
-            let key = SecretKey::load(&config.key_file).context("loading the node key")?;
+            let key = SecretKey::load(&config.common.key_file).context("loading the node key")?;
             let engine = sliver_config(config, &NodeId::of_key(&key.public()), init)?;
             drop(key);
             let host = LinuxHost::detect()
@@ -208,117 +209,79 @@ fn open_backend(config: &NodeManagerConfig) -> anyhow::Result<Backend> {
 
 /// Decommissions a node that is not running: destroys every sliver (and the node's shaping
 /// device), removes every lease. For `nodemgr wipe` and testnet teardown.
-pub async fn wipe(config: NodeManagerConfig) -> anyhow::Result<usize> {
-    let key = SecretKey::load(&config.key_file).context("loading the node key")?;
-    let ledger = Ledger::open(&config.state_dir.join("ledger.redb"))
-        .context("opening the ledger (is nodemgr still running?)")?;
-    let (backend, _) = {
-        let config = config.clone();
-        tokio::task::spawn_blocking(move || open_backend(&config)).await??
-    };
+pub async fn wipe(config: NodeManagerConfig) -> Result<usize, DaemonError> {
+    let key = load_key::<NodeKind>(&config.common.key_file)?;
+    let ledger = open_ledger(&config)?;
+    let backend = backend_of(&config).await?.0;
     let capacity = Capacity {
         node: key.public(),
         total: Default::default(),
         shares: Default::default(),
     };
-    let service = NodeService::new(key, config.federation.clone(), capacity, ledger, backend);
-    tokio::task::spawn_blocking(move || service.decommission())
-        .await?
-        .map_err(|e| anyhow::anyhow!("wiping: {e}"))
-}
-
-/// Starts the node manager; returns once it is serving.
-pub async fn start(
-    config: NodeManagerConfig,
-) -> anyhow::Result<(RunningNode, impl Future<Output = ()>)> {
-    std::fs::create_dir_all(&config.state_dir)
-        .with_context(|| format!("creating {}", config.state_dir.display()))?;
-    let key = SecretKey::load(&config.key_file)
-        .context("loading the node key (run `nodemgr init` first?)")?;
-    let (membership, cert) = federation::daemon::load_membership(
-        &config.membership,
-        &key,
-        Role::Node,
-        &config.federation,
-    )?;
-    let trust = federation::daemon::trust_store(&config.trust)?;
-    if trust.authority_of(&config.federation).is_none() {
-        bail!(
-            "add your own federation's authority to [[trust]] (federation {})",
-            config.federation
-        );
-    }
-    let now = unix_now();
-    let total = config.capacity.unwrap_or_else(|| {
-        measured_capacity(&HostProbe::default(), &config.state_dir, &config.reserve)
-    });
-    let mut shares = std::collections::BTreeMap::new();
-    let mut delegations = Vec::new();
-    for d in &config.delegations {
-        let not_after = now + d.days * 86_400;
-        shares.insert(
-            d.agent,
-            Share {
-                limit: d.share,
-                not_after,
-            },
-        );
-        delegations.push(Signed::sign(
-            &key,
-            &Delegation {
-                node: key.public(),
-                agent: d.agent,
-                share: d.share,
-                issued_at: now,
-                not_after,
-            },
-        ));
-    }
-    let capacity = Capacity {
-        node: key.public(),
-        total,
-        shares,
-    };
-    let ledger = Ledger::open(&config.state_dir.join("ledger.redb"))?;
-    let (backend, monitor) = {
-        let config = config.clone();
-        tokio::task::spawn_blocking(move || open_backend(&config)).await??
-    };
-    let service = Arc::new(NodeService::new(
-        key.clone(),
-        config.federation.clone(),
+    let service = NodeService::new(
+        key,
+        config.common.federation.clone(),
         capacity,
         ledger,
         backend,
-    ));
-    let report = {
-        let service = Arc::clone(&service);
-        tokio::task::spawn_blocking(move || service.reconcile())
-            .await?
-            .map_err(|e| anyhow::anyhow!("reconciling: {e}"))?
-    };
-    tracing::info!(?report, "reconciled leases with slivers");
+    );
+    tokio::task::spawn_blocking(move || service.decommission())
+        .await
+        .map_err(|e| host_error(format!("wiping: {e}")))?
+        .map_err(|e| host_error(format!("wiping: {e}")))
+}
 
+fn host_error(detail: impl Into<String>) -> DaemonError {
+    DaemonError::Host(detail.into())
+}
+
+fn open_ledger(config: &NodeManagerConfig) -> Result<Ledger, DaemonError> {
+    let path = config.state_dir.join("ledger.redb");
+    Ledger::open(&path).map_err(|e| DaemonError::State {
+        path,
+        detail: format!("{e} (is another nodemgr running on this state dir?)"),
+    })
+}
+
+/// The sliver backend of `config`, opened on the blocking pool (it touches the host).
+async fn backend_of(config: &NodeManagerConfig) -> Result<Backend, DaemonError> {
+    let config = config.clone();
+    tokio::task::spawn_blocking(move || open_backend(&config))
+        .await
+        .map_err(|e| host_error(format!("opening the sliver engine: {e}")))?
+        .map_err(|e| host_error(format!("{e:#}")))
+}
+
+/// Starts the node manager; returns once it is serving, with the future that shuts it down.
+///
+/// The phases: [`Identity::load`] (key, membership, trust), [`Identity::capacity`] (what the
+/// node offers and delegates), [`open_service`] (ledger, slivers, reconciliation), the overlay,
+/// then the node's loops (ads, disk watchdog, reaper, release reports), HTTP and the protocol
+/// on the daemon skeleton.
+pub async fn start(
+    config: NodeManagerConfig,
+) -> Result<(RunningNode, impl Future<Output = ()>), DaemonError> {
+    std::fs::create_dir_all(&config.state_dir).map_err(|e| DaemonError::State {
+        path: config.state_dir.clone(),
+        detail: e.to_string(),
+    })?;
+    let identity = Identity::load(&config)?;
+    let (capacity, delegations) = identity.capacity(&config, unix_now());
+    let (service, monitor) = open_service(&config, &identity.key, capacity).await?;
+    let common = &config.common;
     let overlay_config = OverlayConfig {
-        listen: config
-            .listen
-            .iter()
-            .map(|a| a.parse())
-            .collect::<Result<_, _>>()
-            .context("listen address")?,
-        bootstrap: config
-            .bootstrap
-            .iter()
-            .map(|a| a.parse())
-            .collect::<Result<_, _>>()
-            .context("bootstrap address")?,
-        federations: vec![config.federation.clone()],
-        mdns: config.mdns,
+        listen: common.listen.clone(),
+        bootstrap: common.bootstrap.clone(),
+        federations: vec![common.federation.clone()],
+        mdns: common.mdns,
         ..OverlayConfig::default()
     };
-    let overlay = Overlay::start(&key, overlay_config, Arc::new(RwLock::new(trust)))
-        .await
-        .context("starting the overlay")?;
+    let overlay = Overlay::start(
+        &identity.key,
+        overlay_config,
+        Arc::new(RwLock::new(identity.trust)),
+    )
+    .await?;
     let addresses = if config.announce.is_empty() {
         overlay
             .listen_addrs()
@@ -330,9 +293,9 @@ pub async fn start(
         config.announce.clone()
     };
     let template = AdTemplate {
-        federation: config.federation.clone(),
-        membership,
-        cert,
+        federation: common.federation.clone(),
+        membership: identity.membership,
+        cert: identity.cert,
         delegations,
         addresses,
         ttl_secs: config.ad_ttl_secs,
@@ -347,167 +310,259 @@ pub async fn start(
         usage: RwLock::new(Vec::new()),
     });
     let changed = Arc::new(Notify::new());
-    let (stop_tx, stop) = watch::channel(false);
-
+    let mut runtime = Runtime::new(overlay.clone());
     // Ads: at once, on every change, and on the heartbeat.
-    let ads = tokio::spawn(ad_loop(
-        key,
-        template,
-        Arc::clone(&state),
-        overlay.clone(),
-        Arc::clone(&changed),
-        stop.clone(),
-        config.ad_interval_secs,
-    ));
-    // Disk watchdog.
-    let watchdog = state.monitor.clone().map(|monitor| {
-        let (state, mut stop) = (Arc::clone(&state), stop.clone());
+    runtime.spawn(
+        "ads",
+        ad_loop(
+            identity.key,
+            template,
+            Arc::clone(&state),
+            overlay.clone(),
+            Arc::clone(&changed),
+            runtime.stop_signal(),
+            config.ad_interval_secs,
+        ),
+    );
+    if let Some(monitor) = state.monitor.clone() {
         let period = Duration::from_secs(config.disk_check_secs.max(1));
-        tokio::spawn(async move {
-            loop {
-                let monitor = Arc::clone(&monitor);
-                let reports = tokio::task::spawn_blocking(move || monitor.check_disk())
-                    .await
-                    .unwrap_or_default();
-                // Put the verdicts in the last sample at once, so status shows them.
-                for sample in state
-                    .usage
-                    .write()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .iter_mut()
-                {
-                    sample.disk = reports.iter().find(|r| r.id == sample.id).cloned();
-                }
-                tokio::select! {
-                    _ = stop.wait_for(|s| *s) => break,
-                    () = tokio::time::sleep(period) => {}
-                }
-            }
-        })
-    });
-    // Reaper.
-    let reaper = {
-        let (service, changed, mut stop) =
-            (Arc::clone(&service), Arc::clone(&changed), stop.clone());
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = stop.wait_for(|s| *s) => break,
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-                let service = Arc::clone(&service);
-                match tokio::task::spawn_blocking(move || service.reap(unix_now())).await {
-                    Ok(Ok(reaped)) if !reaped.is_empty() => {
-                        tracing::info!(?reaped, "leases expired; slivers destroyed");
-                        changed.notify_one();
-                    }
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => tracing::error!(error = %e, "reaper: the ledger cannot be read"),
-                    Err(e) => tracing::error!(error = %e, "reaper failed"),
-                }
-            }
-        })
-    };
+        let stop = runtime.stop_signal();
+        runtime.spawn(
+            "disk watchdog",
+            watch_disks(Arc::clone(&state), monitor, period, stop),
+        );
+    }
+    let stop = runtime.stop_signal();
+    runtime.spawn(
+        "reaper",
+        reap(Arc::clone(&service), Arc::clone(&changed), stop),
+    );
     // Ticket ends reported to their agents.
-    let reporter = tokio::spawn(super::release_report::report_loop(
-        Arc::clone(&service),
-        overlay.clone(),
-        stop.clone(),
-    ));
-    // HTTP.
-    let (http_addr, http_task) = if config.http.is_empty() {
-        (None, None)
-    } else {
-        let listener = tokio::net::TcpListener::bind(&config.http)
-            .await
-            .with_context(|| format!("binding http {}", config.http))?;
-        let addr = listener.local_addr()?;
-        let (state, mut stop) = (Arc::clone(&state), stop.clone());
-        let task = tokio::spawn(async move {
-            let serve =
-                axum::serve(listener, http::router(state)).with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                });
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "http server");
-            }
-        });
-        (Some(addr), Some(task))
-    };
-    // Protocol server.
-    let requests = overlay.serve::<federation::overlay::NodeProtocol>().await?;
-    let server = {
-        let (state, changed, stop) = (Arc::clone(&state), Arc::clone(&changed), stop.clone());
-        let handler = move |peer: PublicKey, request: NodeRequest| {
+    let stop = runtime.stop_signal();
+    runtime.spawn(
+        "release reports",
+        super::release_report::report_loop(Arc::clone(&service), overlay.clone(), stop),
+    );
+    let http = runtime
+        .serve_http(common.http, http::router(Arc::clone(&state)))
+        .await?;
+    let handler = {
+        let (state, changed) = (Arc::clone(&state), Arc::clone(&changed));
+        move |peer: PublicKey, request: NodeRequest| {
             let (state, changed) = (Arc::clone(&state), Arc::clone(&changed));
-            async move {
-                let mutating = matches!(
-                    request,
-                    NodeRequest::Redeem { .. }
-                        | NodeRequest::Renew { .. }
-                        | NodeRequest::Release { .. }
-                );
-                let handler_state = Arc::clone(&state);
-                let reply = tokio::task::spawn_blocking(move || {
-                    let ad = handler_state
-                        .ad
-                        .read()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .clone();
-                    handler_state
-                        .service
-                        .handle(&peer, request, unix_now(), ad.as_ref())
-                })
-                .await
-                .unwrap_or_else(|e| {
-                    Err(capability_schema::Rejection::Internal {
-                        detail: format!("handler failed: {e}"),
-                    }
-                    .into())
-                });
-                let counter = if reply.is_ok() {
-                    &state.served_ok
-                } else {
-                    &state.served_err
-                };
-                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if mutating && reply.is_ok() {
-                    changed.notify_one();
-                }
-                reply
-            }
-        };
-        tokio::spawn(federation::daemon::serve_protocol(
-            requests,
-            Fairness::with_limit(MAX_IN_FLIGHT),
+            async move { answer(&state, &changed, peer, request).await }
+        }
+    };
+    runtime
+        .serve::<federation::overlay::NodeProtocol, _, _>(
+            Fairness::with_limit(common.max_in_flight),
             2,
             request_lane,
             handler,
-            stop,
-            DRAIN_DEADLINE,
-        ))
-    };
-
+        )
+        .await?;
     let running = RunningNode {
-        overlay: overlay.clone(),
-        http: http_addr,
+        overlay,
+        http,
         state,
     };
-    let shutdown = async move {
-        let _ = stop_tx.send(true);
-        let _ = server.await;
-        if let Some(task) = http_task {
-            let _ = task.await;
+    Ok((running, runtime.shutdown(SHUTDOWN_DEADLINE)))
+}
+
+/// Who the node is: its key, its membership certificate and whom it trusts.
+struct Identity {
+    key: SecretKey,
+    membership: Signed<capability_schema::MembershipCert>,
+    cert: capability_schema::MembershipCert,
+    trust: federation::TrustStore,
+}
+
+impl Identity {
+    fn load(config: &NodeManagerConfig) -> Result<Self, DaemonError> {
+        let common = &config.common;
+        let key = load_key::<NodeKind>(&common.key_file)?;
+        let trust_error = |e: anyhow::Error| DaemonError::Trust(format!("{e:#}"));
+        let (membership, cert) = federation::daemon::load_membership(
+            &common.membership,
+            &key,
+            Role::Node,
+            &common.federation,
+        )
+        .map_err(trust_error)?;
+        let trust = federation::daemon::trust_store(&common.trust).map_err(trust_error)?;
+        if trust.authority_of(&common.federation).is_none() {
+            return Err(DaemonError::Trust(format!(
+                "add your own federation's authority to [[trust]] (federation {})",
+                common.federation
+            )));
         }
-        let _ = ads.await;
-        let _ = reaper.await;
-        let _ = reporter.await;
-        if let Some(watchdog) = watchdog {
-            let _ = watchdog.await;
+        Ok(Identity {
+            key,
+            membership,
+            cert,
+            trust,
+        })
+    }
+
+    /// What the node offers (configured, else measured) and the delegations it signs now.
+    fn capacity(
+        &self,
+        config: &NodeManagerConfig,
+        now: u64,
+    ) -> (Capacity, Vec<Signed<Delegation>>) {
+        let total = config.capacity.unwrap_or_else(|| {
+            measured_capacity(&HostProbe::default(), &config.state_dir, &config.reserve)
+        });
+        let mut shares = std::collections::BTreeMap::new();
+        let mut delegations = Vec::new();
+        for d in &config.delegations {
+            let not_after = now + d.days * 86_400;
+            shares.insert(
+                d.agent,
+                Share {
+                    limit: d.share,
+                    not_after,
+                },
+            );
+            delegations.push(Signed::sign(
+                &self.key,
+                &Delegation {
+                    node: self.key.public(),
+                    agent: d.agent,
+                    share: d.share,
+                    issued_at: now,
+                    not_after,
+                },
+            ));
         }
-        overlay.shutdown().await;
+        let capacity = Capacity {
+            node: self.key.public(),
+            total,
+            shares,
+        };
+        (capacity, delegations)
+    }
+}
+
+/// The node service over its ledger and sliver backend, its leases reconciled with the live
+/// slivers; and the backend's monitor, when it has real slivers to measure.
+async fn open_service(
+    config: &NodeManagerConfig,
+    key: &SecretKey,
+    capacity: Capacity,
+) -> Result<(Arc<NodeService>, Option<Arc<dyn SliverMonitor>>), DaemonError> {
+    let ledger = open_ledger(config)?;
+    let (backend, monitor) = backend_of(config).await?;
+    let service = Arc::new(NodeService::new(
+        key.clone(),
+        config.common.federation.clone(),
+        capacity,
+        ledger,
+        backend,
+    ));
+    let report = {
+        let service = Arc::clone(&service);
+        tokio::task::spawn_blocking(move || service.reconcile())
+            .await
+            .map_err(|e| host_error(format!("reconciling: {e}")))?
+            .map_err(|e| host_error(format!("reconciling leases with slivers: {e}")))?
     };
-    Ok((running, shutdown))
+    tracing::info!(?report, "reconciled leases with slivers");
+    Ok((service, monitor))
+}
+
+/// The disk watchdog: measures every sliver's writable layer each `period`, freezes those
+/// over their grant (`node::sliver`), and puts the verdicts in the last usage sample.
+async fn watch_disks(
+    state: Arc<NodeState>,
+    monitor: Arc<dyn SliverMonitor>,
+    period: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let check = Arc::clone(&monitor);
+        let reports = match tokio::task::spawn_blocking(move || check.check_disk()).await {
+            Ok(reports) => reports,
+            Err(e) => {
+                tracing::error!(error = %e, "disk watchdog failed");
+                Vec::new()
+            }
+        };
+        for sample in state
+            .usage
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter_mut()
+        {
+            sample.disk = reports.iter().find(|r| r.id == sample.id).cloned();
+        }
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            () = tokio::time::sleep(period) => {}
+        }
+    }
+}
+
+/// The reaper: each second, destroys the slivers whose lease ended.
+async fn reap(service: Arc<NodeService>, changed: Arc<Notify>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let service = Arc::clone(&service);
+        match tokio::task::spawn_blocking(move || service.reap(unix_now())).await {
+            Ok(Ok(reaped)) if !reaped.is_empty() => {
+                tracing::info!(?reaped, "leases expired; slivers destroyed");
+                changed.notify_one();
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "reaper: the ledger cannot be read"),
+            Err(e) => tracing::error!(error = %e, "reaper failed"),
+        }
+    }
+}
+
+/// One node-protocol request, on the blocking pool (sliver creation is synchronous); a
+/// lease change pokes the ad task.
+async fn answer(
+    state: &Arc<NodeState>,
+    changed: &Notify,
+    peer: PublicKey,
+    request: NodeRequest,
+) -> capability_schema::protocol::Reply<capability_schema::protocol::NodeResponse> {
+    let mutating = matches!(
+        request,
+        NodeRequest::Redeem { .. } | NodeRequest::Renew { .. } | NodeRequest::Release { .. }
+    );
+    let handler_state = Arc::clone(state);
+    let reply = tokio::task::spawn_blocking(move || {
+        let ad = handler_state
+            .ad
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        handler_state
+            .service
+            .handle(&peer, request, unix_now(), ad.as_ref())
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(capability_schema::Rejection::Internal {
+            detail: format!("handler failed: {e}"),
+        }
+        .into())
+    });
+    let counter = if reply.is_ok() {
+        &state.served_ok
+    } else {
+        &state.served_err
+    };
+    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if mutating && reply.is_ok() {
+        changed.notify_one();
+    }
+    reply
 }
 
 async fn ad_loop(
