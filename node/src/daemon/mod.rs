@@ -1,18 +1,23 @@
 //! The node manager daemon (`nodemgr`): tickets in, leases out, nothing lost.
 //!
 //! - [`config`]: `node.toml`, every field with its default;
+//! - [`backend`]: which sliver backend runs (the Linux engine with this node's share of the
+//!   host, or in-memory slivers) and its set-up;
 //! - [`service`]: the node protocol's logic (redeem, renew, release, exec, keys, reaper,
 //!   reconciliation), independent of the network;
 //! - [`engine`]: the real isolation engine behind the service;
 //! - [`memory`]: in-memory slivers for tests and simulation;
 //! - [`monitor`]: host sampling and the signed ad;
+//! - [`loops`]: the background loops (ads, disk watchdog, reaper);
 //! - [`http`]: `/status`, `/leases`, `/slivers`, `/metrics`;
 //! - [`release_report`]: telling agents which of their tickets ended here early;
 //! - [`run`]: the wiring and graceful shutdown.
 
+pub mod backend;
 pub mod config;
 pub mod engine;
 pub mod http;
+pub mod loops;
 pub mod memory;
 pub mod monitor;
 pub mod release_report;

@@ -24,21 +24,20 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
 use capability_schema::protocol::NodeRequest;
 use capability_schema::{Delegation, PublicKey, ResourceAd, Role, SecretKey, Signed};
 use federation::daemon::runtime::load_key;
 use federation::daemon::{DaemonError, Fairness, Runtime, SHUTDOWN_DEADLINE};
 use federation::{Overlay, OverlayConfig, OverlayHandle, unix_now};
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 
-use super::config::{Isolation, NodeKind, NodeManagerConfig};
+use super::backend::backend_of;
+pub use super::backend::sliver_config;
+use super::config::{NodeKind, NodeManagerConfig};
 use super::http;
-use super::memory::InMemorySlivers;
-use super::monitor::{
-    AdTemplate, HostProbe, SliverMonitor, build_ad, measured_capacity, sliver_usage,
-};
-use super::service::{NodeService, SliverBackend};
+use super::loops::{ad_loop, reap, watch_disks};
+use super::monitor::{AdTemplate, HostProbe, SliverMonitor, measured_capacity};
+use super::service::NodeService;
 use crate::admission::{Capacity, Share};
 use crate::ledger::Ledger;
 use crate::sliver::UsageSample;
@@ -88,125 +87,6 @@ pub struct RunningNode {
     pub state: Arc<NodeState>,
 }
 
-/// The `sliver-init` program: `PLANETMESH_SLIVER_INIT`, or next to this program (or one
-/// directory up, for test and bench binaries in cargo's `deps/`).
-fn sliver_init_path() -> anyhow::Result<std::path::PathBuf> {
-    if let Some(path) = std::env::var_os("PLANETMESH_SLIVER_INIT") {
-        return Ok(path.into());
-    }
-    let exe = std::env::current_exe().context("locating nodemgr")?;
-    let dir = exe.parent().context("nodemgr has no directory")?;
-    let beside = dir.join("sliver-init");
-    if beside.exists() || !dir.ends_with("deps") {
-        return Ok(beside);
-    }
-    Ok(dir.parent().unwrap_or(dir).join("sliver-init"))
-}
-
-/// The sliver backend, and its monitor when it has real slivers to measure.
-type Backend = (Arc<dyn SliverBackend>, Option<Arc<dyn SliverMonitor>>);
-
-/// The sliver engine's configuration of node `node` (its key's [`NodeId`]) under `config`:
-/// its own cgroup parent `<cgroup_parent>/<id>.node`, veth prefix and shaping device `<veth
-/// prefix>ifb` (configured, else derived from the id), uid range (configured, else picked when
-/// the engine opens) and claims in `claim_dir`.
-///
-/// [`NodeId`]: crate::sliver::claim::NodeId
-pub fn sliver_config(
-    config: &NodeManagerConfig,
-    node: &crate::sliver::claim::NodeId,
-    init: std::path::PathBuf,
-) -> anyhow::Result<crate::sliver::NodeConfig> {
-    let mut engine =
-        crate::sliver::NodeConfig::for_node(config.state_dir.join("slivers"), init, node);
-    engine.cgroup_parent = node.cgroup_parent(&config.cgroup_parent);
-    if let Some(prefix) = &config.ifname_prefix {
-        engine.slots.ifname_prefix = prefix.clone();
-    }
-    // One IFB per node manager, so several can share a host.
-    engine.shaping.ifb = format!("{}ifb", engine.slots.ifname_prefix);
-    let (pool, prefix) = config.pool().map_err(anyhow::Error::msg)?;
-    engine.slots.pool = pool;
-    engine.slots.pool_prefix = prefix;
-    if let Some(share) = &mut engine.share {
-        share.claim_dir = config.claim_dir.clone();
-        if let Some(base) = config.uid_base {
-            engine.slots.uid_base = base;
-            share.uid_auto = false;
-        }
-    }
-    if let Some(image) = &config.image {
-        engine.image = Some(crate::sliver::rootfs::Image::Directory(image.clone()));
-    }
-    engine.disk_backing = config.disk_backing;
-    // The image holding kernel-capped sliver dirs is as large as what the node offers.
-    engine.disk_capacity = Some(config.capacity.map_or_else(
-        || {
-            super::monitor::measured_capacity(
-                &super::monitor::HostProbe::default(),
-                &config.state_dir,
-                &config.reserve,
-            )
-            .disk_bytes
-        },
-        |c| c.disk_bytes,
-    ));
-    Ok(engine)
-}
-
-fn open_backend(config: &NodeManagerConfig) -> anyhow::Result<Backend> {
-    match config.isolation {
-        Isolation::Memory => Ok((Arc::new(InMemorySlivers::new()), None)),
-        Isolation::Linux => {
-            use crate::sliver::Slivers;
-            use crate::sliver::claim::NodeId;
-            use crate::sliver::linux::LinuxHost;
-            let init = sliver_init_path()?;
-            if !init.exists() {
-                bail!(
-                    "{} is missing: install sliver-init next to nodemgr",
-                    init.display()
-                );
-            }
-            let key = SecretKey::load(&config.common.key_file).context("loading the node key")?;
-            let engine = sliver_config(config, &NodeId::of_key(&key.public()), init)?;
-            drop(key);
-            let host = LinuxHost::detect()
-                .context("finding cgroup hierarchies (is this Linux, and are you root?)")?;
-            if config.favor_dynamic_cgroups {
-                // Host-wide and lasting (a cgroup2 mount option): moving each new init into
-                // its cgroup then skips an RCU grace period, the largest cost of a create.
-                match host.favor_dynamic_cgroups() {
-                    Ok(Some(mount)) => tracing::info!(
-                        mount = %mount.display(),
-                        "cgroup2 remounted with favordynmods"
-                    ),
-                    Ok(None) => tracing::debug!("no cgroup2 mount: favordynmods not applied"),
-                    // Kernels before 6.1 lack the option; slivers are only slower to create.
-                    Err(e) => tracing::warn!("cannot apply favordynmods (creates are slower): {e}"),
-                }
-            }
-            let (slivers, reconciled) = Slivers::open(host, engine)
-                .context("opening the sliver engine (root is needed for isolation = \"linux\")")?;
-            let own = slivers.config();
-            let (uid_first, uid_end) = own.slots.uid_span();
-            tracing::info!(
-                adopted = reconciled.adopted.len(),
-                reaped = reconciled.reaped.len(),
-                cgroup_parent = %own.cgroup_parent,
-                veths = %format!("{}<n>", own.slots.ifname_prefix),
-                uids = %format!("{uid_first}..{uid_end}"),
-                "sliver engine ready"
-            );
-            for problem in reconciled.problems {
-                tracing::warn!(%problem, "sliver engine");
-            }
-            let slivers = Arc::new(slivers);
-            Ok((slivers.clone(), Some(slivers)))
-        }
-    }
-}
-
 /// Decommissions a node that is not running: destroys every sliver (and the node's shaping
 /// device), removes every lease. For `nodemgr wipe` and testnet teardown.
 pub async fn wipe(config: NodeManagerConfig) -> Result<usize, DaemonError> {
@@ -241,15 +121,6 @@ fn open_ledger(config: &NodeManagerConfig) -> Result<Ledger, DaemonError> {
         path,
         detail: format!("{e} (is another nodemgr running on this state dir?)"),
     })
-}
-
-/// The sliver backend of `config`, opened on the blocking pool (it touches the host).
-async fn backend_of(config: &NodeManagerConfig) -> Result<Backend, DaemonError> {
-    let config = config.clone();
-    tokio::task::spawn_blocking(move || open_backend(&config))
-        .await
-        .map_err(|e| host_error(format!("opening the sliver engine: {e}")))?
-        .map_err(|e| host_error(format!("{e:#}")))
 }
 
 /// Starts the node manager; returns once it is serving, with the future that shuts it down.
@@ -471,58 +342,6 @@ async fn open_service(
     Ok((service, monitor))
 }
 
-/// The disk watchdog: measures every sliver's writable layer each `period`, freezes those
-/// over their grant (`node::sliver`), and puts the verdicts in the last usage sample.
-async fn watch_disks(
-    state: Arc<NodeState>,
-    monitor: Arc<dyn SliverMonitor>,
-    period: Duration,
-    mut stop: watch::Receiver<bool>,
-) {
-    loop {
-        let check = Arc::clone(&monitor);
-        let reports = match tokio::task::spawn_blocking(move || check.check_disk()).await {
-            Ok(reports) => reports,
-            Err(e) => {
-                tracing::error!(error = %e, "disk watchdog failed");
-                Vec::new()
-            }
-        };
-        for sample in state
-            .usage
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter_mut()
-        {
-            sample.disk = reports.iter().find(|r| r.id == sample.id).cloned();
-        }
-        tokio::select! {
-            _ = stop.wait_for(|s| *s) => break,
-            () = tokio::time::sleep(period) => {}
-        }
-    }
-}
-
-/// The reaper: each second, destroys the slivers whose lease ended.
-async fn reap(service: Arc<NodeService>, changed: Arc<Notify>, mut stop: watch::Receiver<bool>) {
-    loop {
-        tokio::select! {
-            _ = stop.wait_for(|s| *s) => break,
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-        let service = Arc::clone(&service);
-        match tokio::task::spawn_blocking(move || service.reap(unix_now())).await {
-            Ok(Ok(reaped)) if !reaped.is_empty() => {
-                tracing::info!(?reaped, "leases expired; slivers destroyed");
-                changed.notify_one();
-            }
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "reaper: the ledger cannot be read"),
-            Err(e) => tracing::error!(error = %e, "reaper failed"),
-        }
-    }
-}
-
 /// One node-protocol request, on the blocking pool (sliver creation is synchronous); a
 /// lease change pokes the ad task.
 async fn answer(
@@ -563,100 +382,4 @@ async fn answer(
         changed.notify_one();
     }
     reply
-}
-
-async fn ad_loop(
-    key: SecretKey,
-    template: AdTemplate,
-    state: Arc<NodeState>,
-    overlay: OverlayHandle,
-    changed: Arc<Notify>,
-    mut stop: watch::Receiver<bool>,
-    interval_secs: u64,
-) {
-    let probe = HostProbe::default();
-    let mut last_seq = 0u64;
-    loop {
-        let now = unix_now();
-        // seq: milliseconds since the epoch, strictly increasing, so a restarted node's ads
-        // are never taken for replays of its old ones.
-        let seq = (std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64))
-        .max(last_seq + 1);
-        last_seq = seq;
-        let service = &state.service;
-        let sample = probe.sample();
-        let slivers = match &state.monitor {
-            Some(monitor) => {
-                let (monitor, service) = (Arc::clone(monitor), Arc::clone(service));
-                let measured = tokio::task::spawn_blocking(move || {
-                    let samples = monitor.usage();
-                    let slices: std::collections::BTreeMap<String, String> = if samples.is_empty() {
-                        Default::default()
-                    } else {
-                        match service.ledger().leases() {
-                            Ok(leases) => leases
-                                .into_iter()
-                                .map(|r| (r.sliver_id, r.lease.slice))
-                                .collect(),
-                            Err(e) => {
-                                tracing::error!(error = %e, "ad: the ledger cannot be read; per-sliver use left out");
-                                Default::default()
-                            }
-                        }
-                    };
-                    let ad = sliver_usage(&samples, &slices);
-                    (samples, ad)
-                })
-                .await;
-                match measured {
-                    Ok((samples, ad)) => {
-                        *state
-                            .usage
-                            .write()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner) = samples;
-                        ad
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "sampling sliver use failed");
-                        Vec::new()
-                    }
-                }
-            }
-            None => Vec::new(),
-        };
-        let measured = capability_schema::ad::MeasuredUse {
-            load_milli: sample.load_milli,
-            memory_used_bytes: sample.memory_used,
-            slivers,
-        };
-        let ad = build_ad(
-            &key,
-            &template,
-            service.capacity(),
-            &service.commitments(),
-            measured,
-            seq,
-            now,
-        );
-        *state
-            .ad
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(ad.clone());
-        match overlay.publish_ad(ad).await {
-            Ok(()) => {
-                state
-                    .ads_published
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            // No peers yet is normal at start; the heartbeat retries.
-            Err(e) => tracing::debug!(error = %e, "ad not published"),
-        }
-        tokio::select! {
-            _ = stop.wait_for(|s| *s) => break,
-            () = changed.notified() => {}
-            () = tokio::time::sleep(Duration::from_secs(interval_secs)) => {}
-        }
-    }
 }

@@ -1,0 +1,167 @@
+//! The node manager's background loops, each until the daemon stops: the signed ad (at once,
+//! on every change, and on the heartbeat), the disk watchdog and the reaper.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use capability_schema::SecretKey;
+use federation::{OverlayHandle, unix_now};
+use tokio::sync::{Notify, watch};
+
+use super::monitor::{AdTemplate, HostProbe, SliverMonitor, build_ad, sliver_usage};
+use super::run::NodeState;
+use super::service::NodeService;
+
+/// The disk watchdog: measures every sliver's writable layer each `period`, freezes those
+/// over their grant (`node::sliver`), and puts the verdicts in the last usage sample.
+pub(crate) async fn watch_disks(
+    state: Arc<NodeState>,
+    monitor: Arc<dyn SliverMonitor>,
+    period: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let check = Arc::clone(&monitor);
+        let reports = match tokio::task::spawn_blocking(move || check.check_disk()).await {
+            Ok(reports) => reports,
+            Err(e) => {
+                tracing::error!(error = %e, "disk watchdog failed");
+                Vec::new()
+            }
+        };
+        for sample in state
+            .usage
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter_mut()
+        {
+            sample.disk = reports.iter().find(|r| r.id == sample.id).cloned();
+        }
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            () = tokio::time::sleep(period) => {}
+        }
+    }
+}
+
+/// The reaper: each second, destroys the slivers whose lease ended.
+pub(crate) async fn reap(
+    service: Arc<NodeService>,
+    changed: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let service = Arc::clone(&service);
+        match tokio::task::spawn_blocking(move || service.reap(unix_now())).await {
+            Ok(Ok(reaped)) if !reaped.is_empty() => {
+                tracing::info!(?reaped, "leases expired; slivers destroyed");
+                changed.notify_one();
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "reaper: the ledger cannot be read"),
+            Err(e) => tracing::error!(error = %e, "reaper failed"),
+        }
+    }
+}
+
+/// Signs and publishes the node's ad: at once, on every change (`changed`), and every
+/// `interval_secs`.
+pub(crate) async fn ad_loop(
+    key: SecretKey,
+    template: AdTemplate,
+    state: Arc<NodeState>,
+    overlay: OverlayHandle,
+    changed: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
+    interval_secs: u64,
+) {
+    let probe = HostProbe::default();
+    let mut last_seq = 0u64;
+    loop {
+        let now = unix_now();
+        // seq: milliseconds since the epoch, strictly increasing, so a restarted node's ads
+        // are never taken for replays of its old ones.
+        let seq = (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64))
+        .max(last_seq + 1);
+        last_seq = seq;
+        let service = &state.service;
+        let sample = probe.sample();
+        let slivers = match &state.monitor {
+            Some(monitor) => {
+                let (monitor, service) = (Arc::clone(monitor), Arc::clone(service));
+                let measured = tokio::task::spawn_blocking(move || {
+                    let samples = monitor.usage();
+                    let slices: std::collections::BTreeMap<String, String> = if samples.is_empty() {
+                        Default::default()
+                    } else {
+                        match service.ledger().leases() {
+                            Ok(leases) => leases
+                                .into_iter()
+                                .map(|r| (r.sliver_id, r.lease.slice))
+                                .collect(),
+                            Err(e) => {
+                                tracing::error!(error = %e, "ad: the ledger cannot be read; per-sliver use left out");
+                                Default::default()
+                            }
+                        }
+                    };
+                    let ad = sliver_usage(&samples, &slices);
+                    (samples, ad)
+                })
+                .await;
+                match measured {
+                    Ok((samples, ad)) => {
+                        *state
+                            .usage
+                            .write()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner) = samples;
+                        ad
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "sampling sliver use failed");
+                        Vec::new()
+                    }
+                }
+            }
+            None => Vec::new(),
+        };
+        let measured = capability_schema::ad::MeasuredUse {
+            load_milli: sample.load_milli,
+            memory_used_bytes: sample.memory_used,
+            slivers,
+        };
+        let ad = build_ad(
+            &key,
+            &template,
+            service.capacity(),
+            &service.commitments(),
+            measured,
+            seq,
+            now,
+        );
+        *state
+            .ad
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(ad.clone());
+        match overlay.publish_ad(ad).await {
+            Ok(()) => {
+                state
+                    .ads_published
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            // No peers yet is normal at start; the heartbeat retries.
+            Err(e) => tracing::debug!(error = %e, "ad not published"),
+        }
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            () = changed.notified() => {}
+            () = tokio::time::sleep(Duration::from_secs(interval_secs)) => {}
+        }
+    }
+}
