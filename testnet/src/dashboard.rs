@@ -8,8 +8,9 @@
 //! How data flows:
 //! 1. A collector task re-reads `testnet.toml` every [`ROUND`] (so a `testnet up` after the
 //!    dashboard started is picked up) and asks every host for its state with
-//!    [`probe::get_json`] on a blocking thread: nodes `/status` and `/leases`, agents
-//!    `/status` and `/tickets`, brokers `/status`. At most one probe per host is in flight; a
+//!    [`probe_host`] on a blocking thread: nodes `/status` and `/leases`, agents `/status`
+//!    and `/tickets`, brokers `/status`, each decoded as the daemon's own view type (an
+//!    [`Answer`]). At most one probe per host is in flight; a
 //!    host whose probe is still out after [`SLOW`] shows as not answering, and nothing waits
 //!    on it longer than the probe's own timeouts.
 //! 2. [`assemble`] (pure) turns the manifest, the probe outcomes and the processes into a
@@ -26,20 +27,23 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use agentd::daemon::view::{AgentStatus, TicketEntry};
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use capability_schema::Resources;
+use broker::daemon::view::BrokerStatus;
 use capability_schema::resources::ResourceKind;
+use capability_schema::{PublicKey, Resources};
+use node::daemon::view::{LeaseEntry, NodeStatus};
+use node::ledger::LeaseState;
 use serde::Serialize;
-use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::generate::{HostInfo, Manifest};
 use crate::launch;
-use crate::probe;
+use crate::probe::{self, HostStatus};
 use crate::topology::HostRole;
 
 /// Time between two collection rounds.
@@ -106,17 +110,36 @@ impl ProcessState {
 /// What asking a host gave.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ProbeOutcome {
-    /// It answered: its `/status`, and its `/leases` (node), `/tickets` (agent) or null.
-    Answered {
-        /// `/status`.
-        status: Value,
-        /// `/leases` or `/tickets` (null if that failed or for brokers).
-        detail: Value,
-    },
+    /// It answered (boxed: an answer is much larger than the other outcomes).
+    Answered(Box<Answer>),
     /// It did not answer.
     Failed(String),
     /// The probe has been out this long without an answer.
     Pending(Duration),
+}
+
+/// What a host answered: its `/status`, and its ledger (`None` if that request failed).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// A node: `/status` and `/leases`.
+    Node {
+        /// `/status`.
+        status: NodeStatus,
+        /// `/leases`.
+        leases: Option<Vec<LeaseEntry>>,
+    },
+    /// An agent: `/status` and `/tickets`.
+    Agent {
+        /// `/status`.
+        status: AgentStatus,
+        /// `/tickets`.
+        tickets: Option<Vec<TicketEntry>>,
+    },
+    /// A broker: `/status`.
+    Broker {
+        /// `/status`.
+        status: BrokerStatus,
+    },
 }
 
 /// The whole testnet at one moment.
@@ -422,41 +445,42 @@ pub struct Totals {
 }
 
 /// Names for keys: hosts by their name, the testnet's principal as `principal`.
-struct Names(HashMap<String, String>);
+struct Names(HashMap<PublicKey, String>);
 
 impl Names {
     fn new(manifest: &Manifest) -> Names {
-        let mut names: HashMap<String, String> = manifest
+        let mut names: HashMap<PublicKey, String> = manifest
             .hosts
             .iter()
-            .map(|h| (h.key.to_string(), h.plan.name.clone()))
+            .map(|h| (h.key, h.plan.name.clone()))
             .collect();
-        names.insert(manifest.principal.to_string(), "principal".to_owned());
+        names.insert(manifest.principal, "principal".to_owned());
         Names(names)
     }
 
-    /// The name of `key` (`ed25519/<hex>`), or its first 8 hex digits.
-    fn of(&self, key: &str) -> String {
-        self.0.get(key).cloned().unwrap_or_else(|| short(key))
+    /// The name of `key`, or its first 8 hex digits.
+    fn of(&self, key: &PublicKey) -> String {
+        self.0.get(key).cloned().unwrap_or_else(|| key.short())
     }
 }
 
-fn short(key: &str) -> String {
-    let hex = key.strip_prefix("ed25519/").unwrap_or(key);
-    hex.chars().take(8).collect()
+/// A lease's state as the page shows it.
+fn lease_state(lease: &LeaseEntry) -> String {
+    match lease.state {
+        LeaseState::Active => "active",
+        LeaseState::Pending => "pending",
+    }
+    .to_owned()
 }
 
-fn text(value: &Value) -> Option<String> {
-    value.as_str().map(str::to_owned)
-}
-
-fn resources(value: &Value) -> Option<Resources> {
-    value.as_str().and_then(|s| s.parse().ok())
+/// Resources in their human text, as the daemons write them (`None` if unreadable).
+fn resources(text: &str) -> Option<Resources> {
+    text.parse().ok()
 }
 
 fn state_of(process: ProcessState, outcome: Option<&ProbeOutcome>) -> (HostState, Option<String>) {
     match (process, outcome) {
-        (_, Some(ProbeOutcome::Answered { .. })) => (HostState::Up, None),
+        (_, Some(ProbeOutcome::Answered(_))) => (HostState::Up, None),
         (ProcessState::Stopped(pid), _) => (
             HostState::Frozen,
             Some(format!("process {pid} is stopped (partitioned)")),
@@ -497,22 +521,12 @@ pub fn assemble(
             .unwrap_or(ProcessState::Absent);
         let outcome = probes.get(&host.plan.name);
         let (state, detail) = state_of(process, outcome);
-        let (status, extra) = match outcome {
-            Some(ProbeOutcome::Answered { status, detail }) => (status.clone(), detail.clone()),
-            _ => (Value::Null, Value::Null),
+        let answer = match outcome {
+            Some(ProbeOutcome::Answered(answer)) => Some(&**answer),
+            _ => None,
         };
-        (state, detail, process.pid(), status, extra)
+        (state, detail, process.pid(), answer)
     };
-    let node_sites: HashMap<&str, (&str, &str)> = manifest
-        .of_role(HostRole::Node)
-        .map(|h| {
-            (
-                h.plan.name.as_str(),
-                (h.plan.federation.as_str(), h.plan.site.as_str()),
-            )
-        })
-        .collect();
-
     let mut federations: Vec<FederationView> = manifest
         .federations
         .iter()
@@ -529,7 +543,7 @@ pub fn assemble(
     let mut slice_totals: BTreeMap<String, Resources> = BTreeMap::new();
 
     for host in &manifest.hosts {
-        let (state, detail, pid, status, extra) = look(host);
+        let (state, detail, pid, answer) = look(host);
         let up = state == HostState::Up;
         totals.hosts_up += usize::from(up);
         let name = host.plan.name.clone();
@@ -540,8 +554,12 @@ pub fn assemble(
             HostRole::Node => {
                 totals.nodes += 1;
                 totals.nodes_up += usize::from(up);
-                let capacity = resources(&status["capacity"]);
-                let committed = resources(&status["committed"]);
+                let (status, entries) = match answer {
+                    Some(Answer::Node { status, leases }) => (Some(status), leases.as_deref()),
+                    _ => (None, None),
+                };
+                let capacity = status.and_then(|s| resources(&s.capacity));
+                let committed = status.and_then(|s| resources(&s.committed));
                 if let (Some(c), Some(u)) = (capacity, committed) {
                     totals.capacity = totals.capacity.checked_add(&c).unwrap_or(totals.capacity);
                     totals.committed = totals.committed.checked_add(&u).unwrap_or(totals.committed);
@@ -550,44 +568,40 @@ pub fn assemble(
                     (Some(c), Some(u)) => Usage::of(&u, &c),
                     _ => Usage::default(),
                 };
-                let shares = status["shares"]
-                    .as_array()
-                    .map(|shares| {
-                        shares
+                let shares = status
+                    .map(|status| {
+                        status
+                            .shares
                             .iter()
                             .map(|s| {
-                                let limit = resources(&s["share"]).unwrap_or_default();
-                                let used = resources(&s["committed"]).unwrap_or_default();
+                                let limit = resources(&s.share).unwrap_or_default();
+                                let used = resources(&s.committed).unwrap_or_default();
                                 ShareView {
-                                    agent: names.of(s["agent"].as_str().unwrap_or("")),
-                                    share: text(&s["share"]).unwrap_or_default(),
-                                    committed: text(&s["committed"]).unwrap_or_default(),
-                                    free: text(&s["free"]).unwrap_or_default(),
+                                    agent: names.of(&s.agent),
+                                    share: s.share.clone(),
+                                    committed: s.committed.clone(),
+                                    free: s.free.clone(),
                                     usage: Usage::of(&used, &limit),
                                 }
                             })
                             .collect()
                     })
                     .unwrap_or_default();
-                let leases: Vec<LeaseView> = extra
-                    .as_array()
-                    .map(|leases| {
-                        leases
-                            .iter()
-                            .map(|l| LeaseView {
-                                lease_id: text(&l["lease_id"]).unwrap_or_default(),
-                                slice: text(&l["slice"]).unwrap_or_default(),
-                                holder: names.of(l["holder"].as_str().unwrap_or("")),
-                                agent: names.of(l["agent"].as_str().unwrap_or("")),
-                                resources: text(&l["resources"]).unwrap_or_default(),
-                                state: text(&l["state"]).unwrap_or_default(),
-                                address: text(&l["address"]),
-                                start: l["start"].as_u64().unwrap_or(0),
-                                end: l["end"].as_u64().unwrap_or(0),
-                            })
-                            .collect()
+                let leases: Vec<LeaseView> = entries
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|l| LeaseView {
+                        lease_id: l.lease_id.clone(),
+                        slice: l.slice.clone(),
+                        holder: names.of(&l.holder),
+                        agent: names.of(&l.agent),
+                        resources: l.resources.clone(),
+                        state: lease_state(l),
+                        address: l.address.clone(),
+                        start: l.start,
+                        end: l.end,
                     })
-                    .unwrap_or_default();
+                    .collect();
                 totals.leases += leases.len();
                 for lease in &leases {
                     slices
@@ -624,8 +638,8 @@ pub fn assemble(
                     capacity,
                     committed,
                     usage,
-                    load: status["load"].as_f64(),
-                    seq: status["seq"].as_u64(),
+                    load: status.and_then(|s| s.load),
+                    seq: status.and_then(|s| s.seq),
                     delegates_to: host.plan.delegates_to.clone(),
                     shares,
                     leases,
@@ -642,27 +656,27 @@ pub fn assemble(
                     .filter(|n| n.plan.delegates_to.contains(&host.plan.name))
                     .map(|n| n.plan.name.clone())
                     .collect();
-                let inventory: Vec<InventoryView> = status["nodes"]
-                    .as_array()
-                    .map(|nodes| {
-                        nodes
+                let (status, tickets) = match answer {
+                    Some(Answer::Agent { status, tickets }) => (Some(status), tickets.as_deref()),
+                    _ => (None, None),
+                };
+                let inventory: Vec<InventoryView> = status
+                    .map(|status| {
+                        status
+                            .nodes
                             .iter()
                             .map(|n| {
-                                let key = n["node"].as_str().unwrap_or("");
-                                let node = names.0.get(key).cloned().unwrap_or_else(|| {
-                                    text(&n["name"]).unwrap_or_else(|| short(key))
-                                });
+                                let node = names
+                                    .0
+                                    .get(&n.node)
+                                    .cloned()
+                                    .unwrap_or_else(|| n.name.clone());
                                 InventoryView {
-                                    federation: text(&n["federation"]).unwrap_or_else(|| {
-                                        node_sites
-                                            .get(node.as_str())
-                                            .map(|(f, _)| (*f).to_owned())
-                                            .unwrap_or_default()
-                                    }),
+                                    federation: n.federation.clone(),
                                     node,
-                                    share: text(&n["share"]).unwrap_or_default(),
-                                    outstanding: text(&n["outstanding"]).unwrap_or_default(),
-                                    load: n["load"].as_f64(),
+                                    share: n.share.clone(),
+                                    outstanding: n.outstanding.clone(),
+                                    load: Some(n.load),
                                 }
                             })
                             .collect()
@@ -672,7 +686,6 @@ pub fn assemble(
                     .iter()
                     .filter(|e| inventory.iter().any(|i| &i.node == *e))
                     .count();
-                let tickets = extra.as_array();
                 let view = AgentView {
                     name,
                     site: host.plan.site.clone(),
@@ -683,13 +696,9 @@ pub fn assemble(
                     http: host.http_url(),
                     expected,
                     inventory,
-                    tickets: tickets.map_or(0, Vec::len),
-                    outstanding: tickets.map_or(0, |t| {
-                        t.iter()
-                            .filter(|t| t["outstanding"].as_bool() == Some(true))
-                            .count()
-                    }),
-                    principals: status["principals"].as_u64().unwrap_or(0),
+                    tickets: tickets.map_or(0, <[TicketEntry]>::len),
+                    outstanding: tickets.map_or(0, |t| t.iter().filter(|t| t.outstanding).count()),
+                    principals: status.map_or(0, |s| s.principals as u64),
                 };
                 if let Some(fed) = fed {
                     fed.agents.push(view);
@@ -698,19 +707,27 @@ pub fn assemble(
             HostRole::Broker => {
                 totals.brokers += 1;
                 totals.brokers_up += usize::from(up);
-                let agents = status["agents"]
-                    .as_array()
-                    .map(|agents| {
-                        agents
-                            .iter()
-                            .map(|a| names.of(a["agent"].as_str().unwrap_or("")))
-                            .collect()
+                let status = match answer {
+                    Some(Answer::Broker { status }) => Some(status),
+                    _ => None,
+                };
+                let agents = status
+                    .map(|s| s.agents.iter().map(|a| names.of(&a.agent)).collect())
+                    .unwrap_or_default();
+                let counters = status
+                    .map(|s| {
+                        [
+                            ("finds", s.finds),
+                            ("acquired", s.acquired),
+                            ("failed", s.failed),
+                            ("tickets", s.tickets),
+                            ("refused", s.refused),
+                        ]
+                        .into_iter()
+                        .map(|(k, v)| (k.to_owned(), v))
+                        .collect()
                     })
                     .unwrap_or_default();
-                let counters = ["finds", "acquired", "failed", "tickets", "refused"]
-                    .into_iter()
-                    .filter_map(|k| status[k].as_u64().map(|v| (k.to_owned(), v)))
-                    .collect();
                 brokers.push(BrokerView {
                     name,
                     key: host.key.short(),
@@ -787,16 +804,19 @@ fn empty(dir: &Path, error: String, now: u64) -> Snapshot {
 
 /// Asks one host everything the dashboard shows (blocking; bounded by the probe's timeouts).
 pub fn probe_host(host: &HostInfo) -> ProbeOutcome {
-    let status = match probe::get_json(host, "/status") {
-        Ok(status) => status,
+    let answer = match probe::status(host) {
+        Ok(HostStatus::Node(status)) => Answer::Node {
+            status,
+            leases: probe::leases(host).ok(),
+        },
+        Ok(HostStatus::Agent(status)) => Answer::Agent {
+            status,
+            tickets: probe::tickets(host).ok(),
+        },
+        Ok(HostStatus::Broker(status)) => Answer::Broker { status },
         Err(e) => return ProbeOutcome::Failed(format!("{e:#}")),
     };
-    let detail = match host.plan.role {
-        HostRole::Node => probe::get_json(host, "/leases").unwrap_or(Value::Null),
-        HostRole::Agent => probe::get_json(host, "/tickets").unwrap_or(Value::Null),
-        HostRole::Broker => Value::Null,
-    };
-    ProbeOutcome::Answered { status, detail }
+    ProbeOutcome::Answered(Box::new(answer))
 }
 
 /// One host's probe: its last outcome, and since when a probe is out.
@@ -985,8 +1005,9 @@ mod tests {
     use super::*;
     use crate::generate::{FederationInfo, Network};
     use crate::topology::Topology;
+    use agentd::daemon::view::InventoryNode;
     use capability_schema::SecretKey;
-    use serde_json::json;
+    use node::daemon::view::ShareStatus;
 
     fn manifest() -> Manifest {
         let topology = Topology {
@@ -1026,54 +1047,80 @@ mod tests {
         }
     }
 
-    fn node_status(m: &Manifest, committed: &str) -> Value {
-        let agent = m.host("agent0").unwrap().key.to_string();
-        json!({
-            "capacity": "cpu=2 cores,memory=2GiB,disk=4GiB,egress=100Mbit",
-            "committed": committed,
-            "shares": [{"agent": agent, "share": "cpu=1500m,memory=1536MiB,disk=3GiB,egress=75Mbit",
-                        "committed": committed, "free": "cpu=1 core"}],
-            "load": 0.25,
-            "seq": 7,
-        })
+    fn node_status(m: &Manifest, node: &str, committed: &str) -> NodeStatus {
+        NodeStatus {
+            node: m.host(node).unwrap().key,
+            federation: None,
+            site: None,
+            name: None,
+            addresses: None,
+            seq: Some(7),
+            capacity: "cpu=2 cores,memory=2GiB,disk=4GiB,egress=100Mbit".into(),
+            committed: committed.into(),
+            shares: vec![ShareStatus {
+                agent: m.host("agent0").unwrap().key,
+                share: "cpu=1500m,memory=1536MiB,disk=3GiB,egress=75Mbit".into(),
+                committed: committed.into(),
+                free: "cpu=1 core".into(),
+                not_after: 9000,
+            }],
+            load: Some(0.25),
+        }
     }
 
-    fn lease(m: &Manifest, slice: &str, end: u64) -> Value {
-        json!({
-            "lease_id": format!("l-{slice}-{end}"),
-            "slice": slice,
-            "holder": m.principal.to_string(),
-            "agent": m.host("agent0").unwrap().key.to_string(),
-            "resources": "cpu=500m,memory=512MiB,disk=0B,egress=0kbit",
-            "state": "active",
-            "address": "10.200.0.2",
-            "start": 100,
-            "end": end,
-        })
+    fn lease(m: &Manifest, slice: &str, end: u64) -> LeaseEntry {
+        LeaseEntry {
+            lease_id: format!("l-{slice}-{end}"),
+            ticket_id: format!("t-{slice}-{end}"),
+            slice: slice.into(),
+            kind: "regular".into(),
+            holder: m.principal,
+            agent: m.host("agent0").unwrap().key,
+            resources: "cpu=500m,memory=512MiB,disk=0B,egress=0kbit".into(),
+            address: Some("10.200.0.2".into()),
+            start: 100,
+            end,
+            state: LeaseState::Active,
+            sliver: slice.into(),
+        }
+    }
+
+    fn ticket(m: &Manifest, outstanding: bool) -> TicketEntry {
+        TicketEntry {
+            ticket_id: format!("t-{outstanding}"),
+            node: m.host("node0").unwrap().key,
+            principal: m.principal,
+            requester: None,
+            slice: "fed0-site0_demo".into(),
+            resources: "cpu=500m".into(),
+            not_after: 2000,
+            price: 0,
+            outstanding,
+        }
     }
 
     #[test]
     fn snapshot_groups_hosts_by_federation_and_leases_by_slice() {
         let m = manifest();
-        let node0_key = m.host("node0").unwrap().key.to_string();
+        let node0_key = m.host("node0").unwrap().key;
         let mut probes = HashMap::new();
         let mut processes = HashMap::new();
         probes.insert(
             "node0".to_owned(),
-            ProbeOutcome::Answered {
-                status: node_status(&m, "cpu=500m,memory=512MiB,disk=0B,egress=0kbit"),
-                detail: json!([lease(&m, "fed0-site0_demo", 500)]),
-            },
+            ProbeOutcome::Answered(Box::new(Answer::Node {
+                status: node_status(&m, "node0", "cpu=500m,memory=512MiB,disk=0B,egress=0kbit"),
+                leases: Some(vec![lease(&m, "fed0-site0_demo", 500)]),
+            })),
         );
         probes.insert(
             "node1".to_owned(),
-            ProbeOutcome::Answered {
-                status: node_status(&m, "cpu=1 core,memory=1GiB,disk=0B,egress=0kbit"),
-                detail: json!([
+            ProbeOutcome::Answered(Box::new(Answer::Node {
+                status: node_status(&m, "node1", "cpu=1 core,memory=1GiB,disk=0B,egress=0kbit"),
+                leases: Some(vec![
                     lease(&m, "fed0-site0_demo", 400),
-                    lease(&m, "fed0-site0_other", 900)
+                    lease(&m, "fed0-site0_other", 900),
                 ]),
-            },
+            })),
         );
         probes.insert(
             "node2".to_owned(),
@@ -1081,12 +1128,23 @@ mod tests {
         );
         probes.insert(
             "agent0".to_owned(),
-            ProbeOutcome::Answered {
-                status: json!({"nodes": [{"node": node0_key, "name": "node0", "federation": "fed0",
-                               "share": "cpu=1 core", "outstanding": "cpu=0m", "load": 0.1}],
-                               "principals": 1}),
-                detail: json!([{"outstanding": true}, {"outstanding": false}]),
-            },
+            ProbeOutcome::Answered(Box::new(Answer::Agent {
+                status: AgentStatus {
+                    agent: m.host("agent0").unwrap().key,
+                    federation: "fed0".into(),
+                    nodes: vec![InventoryNode {
+                        node: node0_key,
+                        name: "node0".into(),
+                        site: "site0".into(),
+                        federation: "fed0".into(),
+                        share: "cpu=1 core".into(),
+                        outstanding: "cpu=0m".into(),
+                        load: 0.1,
+                    }],
+                    principals: 1,
+                },
+                tickets: Some(vec![ticket(&m, true), ticket(&m, false)]),
+            })),
         );
         probes.insert(
             "agent1".to_owned(),

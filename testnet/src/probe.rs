@@ -1,18 +1,24 @@
 //! Asking the daemons how they are: a minimal HTTP/1.1 GET of their JSON endpoints (plain
-//! TCP to the host's own address; no proxy, no TLS), and waiting for ads to converge.
+//! TCP to the host's own address; no proxy, no TLS), decoded as the daemons' own view types
+//! (`node::daemon::view`, `agentd::daemon::view`, `broker::daemon::view`), and waiting for ads
+//! to converge.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use agentd::daemon::view::{AgentStatus, TicketEntry};
 use anyhow::Context;
-use serde_json::Value;
+use broker::daemon::view::BrokerStatus;
+use node::daemon::view::{LeaseEntry, NodeStatus};
+use serde::de::DeserializeOwned;
 
 use crate::generate::{HostInfo, Manifest};
 use crate::topology::HostRole;
 
-/// GETs `path` from `host` and parses the JSON body.
-pub fn get_json(host: &HostInfo, path: &str) -> anyhow::Result<Value> {
+/// GETs `path` from `host` and decodes the JSON body as a `T` (one of the daemons' view
+/// types).
+pub fn get<T: DeserializeOwned>(host: &HostInfo, path: &str) -> anyhow::Result<T> {
     let addr = format!("{}:{}", host.ip, host.http_port);
     let mut stream = TcpStream::connect_timeout(&addr.parse()?, Duration::from_secs(2))
         .with_context(|| format!("{} ({addr}) is not answering", host.plan.name))?;
@@ -37,6 +43,36 @@ pub fn get_json(host: &HostInfo, path: &str) -> anyhow::Result<Value> {
     serde_json::from_str(body).with_context(|| format!("{} {path}: not JSON", host.plan.name))
 }
 
+/// A host's `/status`, as its role writes it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HostStatus {
+    /// A node's.
+    Node(NodeStatus),
+    /// An agent's.
+    Agent(AgentStatus),
+    /// A broker's.
+    Broker(BrokerStatus),
+}
+
+/// `host`'s `/status`, decoded as its role's view.
+pub fn status(host: &HostInfo) -> anyhow::Result<HostStatus> {
+    Ok(match host.plan.role {
+        HostRole::Node => HostStatus::Node(get(host, "/status")?),
+        HostRole::Agent => HostStatus::Agent(get(host, "/status")?),
+        HostRole::Broker => HostStatus::Broker(get(host, "/status")?),
+    })
+}
+
+/// A node's `/leases`.
+pub fn leases(node: &HostInfo) -> anyhow::Result<Vec<LeaseEntry>> {
+    get(node, "/leases")
+}
+
+/// An agent's `/tickets`.
+pub fn tickets(agent: &HostInfo) -> anyhow::Result<Vec<TicketEntry>> {
+    get(agent, "/tickets")
+}
+
 /// How many nodes each agent knows, against how many delegate to it.
 pub fn convergence(manifest: &Manifest) -> Vec<(String, usize, usize)> {
     manifest
@@ -46,10 +82,7 @@ pub fn convergence(manifest: &Manifest) -> Vec<(String, usize, usize)> {
                 .of_role(HostRole::Node)
                 .filter(|n| n.plan.delegates_to.contains(&agent.plan.name))
                 .count();
-            let known = get_json(agent, "/status")
-                .ok()
-                .and_then(|v| v["nodes"].as_array().map(Vec::len))
-                .unwrap_or(0);
+            let known = get::<AgentStatus>(agent, "/status").map_or(0, |s| s.nodes.len());
             (agent.plan.name.clone(), known, expected)
         })
         .collect()

@@ -1,4 +1,5 @@
-//! The agent's local HTTP endpoint.
+//! The agent's local HTTP endpoint: JSON state ([`super::view`]'s types) and Prometheus
+//! metrics.
 //!
 //! | path | what |
 //! |---|---|
@@ -15,9 +16,9 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json};
 use axum::routing::get;
 use federation::unix_now;
-use serde_json::{Value, json};
 
 use super::run::AgentState;
+use super::view::{AgentStatus, InventoryNode, TicketEntry};
 
 /// The routes.
 pub fn router(state: Arc<AgentState>) -> Router {
@@ -47,55 +48,33 @@ async fn read_ledger<T: Send + 'static, E: std::fmt::Display + Send + 'static>(
     Err((StatusCode::INTERNAL_SERVER_ERROR, detail))
 }
 
-async fn status(State(state): State<Arc<AgentState>>) -> Result<Json<Value>, Failure> {
+async fn status(State(state): State<Arc<AgentState>>) -> Result<Json<AgentStatus>, Failure> {
     let now = unix_now();
     let outstanding = read_ledger(&state, move |l| l.outstanding(now)).await?;
     let agent = &state.agent;
-    let nodes: Vec<Value> = agent.with_inventory(|inv| {
+    let nodes = agent.with_inventory(|inv| {
         inv.expire(now);
         inv.iter()
             .map(|e| {
-                json!({
-                    "node": e.ad.node.to_string(),
-                    "name": e.ad.name,
-                    "site": e.ad.site,
-                    "federation": e.ad.federation,
-                    "share": e.share.to_string(),
-                    "outstanding": outstanding.by_node.get(&e.ad.node).copied().unwrap_or_default().to_string(),
-                    "load": e.ad.measured.load_milli as f64 / 1000.0,
-                })
+                let held = outstanding.by_node.get(&e.ad.node).copied();
+                InventoryNode::new(e, held.unwrap_or_default())
             })
             .collect()
     });
-    Ok(Json(json!({
-        "agent": agent.public().to_string(),
-        "federation": agent.federation(),
-        "nodes": nodes,
-        "principals": outstanding.by_principal.len(),
-    })))
+    Ok(Json(AgentStatus {
+        agent: agent.public(),
+        federation: agent.federation().to_owned(),
+        nodes,
+        principals: outstanding.by_principal.len(),
+    }))
 }
 
-async fn tickets(State(state): State<Arc<AgentState>>) -> Result<Json<Value>, Failure> {
+async fn tickets(State(state): State<Arc<AgentState>>) -> Result<Json<Vec<TicketEntry>>, Failure> {
     let now = unix_now();
     let records = read_ledger(&state, |l| l.all()).await?;
-    Ok(Json(Value::Array(
-        records
-            .into_iter()
-            .map(|r| {
-                json!({
-                    "ticket_id": r.ticket_id,
-                    "node": r.node.to_string(),
-                    "principal": r.principal.to_string(),
-                    "requester": r.requester.map(|k| k.to_string()),
-                    "slice": r.slice,
-                    "resources": r.resources.to_string(),
-                    "not_after": r.not_after,
-                    "price": r.price,
-                    "outstanding": r.outstanding(now),
-                })
-            })
-            .collect(),
-    )))
+    Ok(Json(
+        records.iter().map(|r| TicketEntry::new(r, now)).collect(),
+    ))
 }
 
 async fn metrics(State(state): State<Arc<AgentState>>) -> Result<impl IntoResponse, Failure> {

@@ -2,7 +2,7 @@
 //!
 //! | path | what |
 //! |---|---|
-//! | `/status` | the broker, the agents it asks and its counters (JSON) |
+//! | `/status` | the broker, the agents it asks and its counters (JSON, [`super::view`]) |
 //! | `/metrics` | Prometheus text format |
 
 use std::sync::Arc;
@@ -13,9 +13,9 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Json};
 use axum::routing::get;
-use serde_json::{Value, json};
 
 use super::run::BrokerState;
+use super::view::{AgentSource, BrokerAgent, BrokerStatus};
 
 /// The routes.
 pub fn router(state: Arc<BrokerState>) -> Router {
@@ -25,29 +25,31 @@ pub fn router(state: Arc<BrokerState>) -> Router {
         .with_state(state)
 }
 
-async fn status(State(state): State<Arc<BrokerState>>) -> Json<Value> {
-    let agents: Vec<Value> = state
+async fn status(State(state): State<Arc<BrokerState>>) -> Json<BrokerStatus> {
+    let agents = state
         .agents
         .read()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .iter()
-        .map(|(key, a)| {
-            json!({
-                "agent": key.to_string(),
-                "federation": a.federation,
-                "source": if a.configured { "config" } else { "ads" },
-            })
+        .map(|(key, a)| BrokerAgent {
+            agent: *key,
+            federation: a.federation.clone(),
+            source: if a.configured {
+                AgentSource::Config
+            } else {
+                AgentSource::Ads
+            },
         })
         .collect();
-    Json(json!({
-        "broker": state.key.to_string(),
-        "agents": agents,
-        "finds": state.finds.load(Ordering::Relaxed),
-        "acquired": state.acquired.load(Ordering::Relaxed),
-        "failed": state.failed.load(Ordering::Relaxed),
-        "tickets": state.tickets.load(Ordering::Relaxed),
-        "refused": state.refused.load(Ordering::Relaxed),
-    }))
+    Json(BrokerStatus {
+        broker: state.key,
+        agents,
+        finds: state.finds.load(Ordering::Relaxed),
+        acquired: state.acquired.load(Ordering::Relaxed),
+        failed: state.failed.load(Ordering::Relaxed),
+        tickets: state.tickets.load(Ordering::Relaxed),
+        refused: state.refused.load(Ordering::Relaxed),
+    })
 }
 
 async fn metrics(State(state): State<Arc<BrokerState>>) -> impl IntoResponse {

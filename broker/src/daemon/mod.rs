@@ -3,10 +3,12 @@
 //! - [`config`]: `broker.toml`, every field with its default;
 //! - [`run`]: the wiring (overlay, agents from config and ads, broker-protocol server) and
 //!   shutdown;
-//! - [`http`]: `/status`, `/metrics`.
+//! - [`http`]: `/status`, `/metrics`;
+//! - [`view`]: the JSON body of `/status`, for the handler and its readers.
 
 pub mod config;
 pub mod http;
 pub mod run;
+pub mod view;
 
 pub use federation::daemon::DaemonError;

@@ -1,4 +1,5 @@
-//! The node's local HTTP endpoint: JSON state for people and scripts, Prometheus metrics.
+//! The node's local HTTP endpoint: JSON state for people and scripts ([`super::view`]'s types),
+//! Prometheus metrics.
 //!
 //! | path | what |
 //! |---|---|
@@ -15,10 +16,10 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json};
 use axum::routing::get;
-use serde_json::{Value, json};
 
 use super::run::NodeState;
-use crate::ledger::{LeaseRecord, LeaseState};
+use super::view::{LeaseEntry, NodeStatus, SliverEntry};
+use crate::ledger::LeaseRecord;
 
 /// The routes.
 pub fn router(state: Arc<NodeState>) -> Router {
@@ -30,34 +31,20 @@ pub fn router(state: Arc<NodeState>) -> Router {
         .with_state(state)
 }
 
-async fn status(State(state): State<Arc<NodeState>>) -> Json<Value> {
+async fn status(State(state): State<Arc<NodeState>>) -> Json<NodeStatus> {
     let service = &state.service;
-    let capacity = service.capacity();
-    let committed = service.commitments();
     let ad = state
         .ad
         .read()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone();
     let ad = ad.and_then(|a| a.peek_unverified().ok());
-    Json(json!({
-        "node": service.public().to_string(),
-        "federation": ad.as_ref().map(|a| a.federation.clone()),
-        "site": ad.as_ref().map(|a| a.site.clone()),
-        "name": ad.as_ref().map(|a| a.name.clone()),
-        "addresses": ad.as_ref().map(|a| a.addresses.clone()),
-        "seq": ad.as_ref().map(|a| a.seq),
-        "capacity": capacity.total.to_string(),
-        "committed": committed.total.to_string(),
-        "shares": capacity.shares.iter().map(|(agent, share)| json!({
-            "agent": agent.to_string(),
-            "share": share.limit.to_string(),
-            "committed": committed.of(agent).to_string(),
-            "free": capacity.free_for(&committed, agent).to_string(),
-            "not_after": share.not_after,
-        })).collect::<Vec<_>>(),
-        "load": ad.as_ref().map(|a| a.measured.load_milli as f64 / 1000.0),
-    }))
+    Json(NodeStatus::new(
+        service.public(),
+        service.capacity(),
+        &service.commitments(),
+        ad.as_ref(),
+    ))
 }
 
 /// A failed request: its status and a sentence.
@@ -77,61 +64,27 @@ async fn ledger_leases(state: &Arc<NodeState>) -> Result<Vec<LeaseRecord>, Failu
     Err((StatusCode::INTERNAL_SERVER_ERROR, detail))
 }
 
-async fn leases(State(state): State<Arc<NodeState>>) -> Result<Json<Value>, Failure> {
+async fn leases(State(state): State<Arc<NodeState>>) -> Result<Json<Vec<LeaseEntry>>, Failure> {
     let leases = ledger_leases(&state).await?;
-    Ok(Json(Value::Array(
-        leases
-            .into_iter()
-            .map(|r| {
-                json!({
-                    "lease_id": r.lease.lease_id,
-                    "ticket_id": r.lease.ticket_id,
-                    "slice": r.lease.slice,
-                    "kind": r.lease.kind.to_string(),
-                    "holder": r.lease.holder.to_string(),
-                    "agent": r.lease.agent.to_string(),
-                    "resources": r.lease.resources.to_string(),
-                    "address": r.lease.address,
-                    "start": r.lease.start,
-                    "end": r.lease.end,
-                    "state": if r.state == LeaseState::Active { "active" } else { "pending" },
-                    "sliver": r.sliver_id,
-                })
-            })
-            .collect(),
-    )))
+    Ok(Json(leases.iter().map(LeaseEntry::from).collect()))
 }
 
-async fn slivers(State(state): State<Arc<NodeState>>) -> Result<Json<Value>, Failure> {
+async fn slivers(State(state): State<Arc<NodeState>>) -> Result<Json<Vec<SliverEntry>>, Failure> {
     let leases = ledger_leases(&state).await?;
     let usage = state
         .usage
         .read()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone();
-    Ok(Json(Value::Array(
+    Ok(Json(
         leases
             .iter()
             .map(|r| {
                 let used = usage.iter().find(|u| u.id.as_str() == r.sliver_id);
-                let disk = used.and_then(|u| u.disk.as_ref());
-                json!({
-                    "sliver": r.sliver_id,
-                    "slice": r.lease.slice,
-                    "lease_id": r.lease.lease_id,
-                    "state": if r.state == LeaseState::Active { "active" } else { "pending" },
-                    "cpu_time_ms": used.and_then(|u| u.cpu_ns).map(|ns| ns / 1_000_000),
-                    "memory_bytes": used.and_then(|u| u.memory_bytes),
-                    "egress_bytes": used.and_then(|u| u.egress_bytes),
-                    "disk_bytes": disk.and_then(|d| d.used),
-                    "disk_limit_bytes": disk.map(|d| d.limit),
-                    "disk_backing": disk.map(|d| d.backing),
-                    "frozen": disk.is_some_and(|d| d.frozen),
-                    "condition": disk.and_then(|d| d.condition()),
-                })
+                SliverEntry::new(r, used)
             })
             .collect(),
-    )))
+    ))
 }
 
 /// Per-sliver series (one line per live sliver and figure), for `/metrics`.

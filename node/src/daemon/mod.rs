@@ -10,6 +10,8 @@
 //! - [`monitor`]: host sampling and the signed ad;
 //! - [`loops`]: the background loops (ads, disk watchdog, reaper);
 //! - [`http`]: `/status`, `/leases`, `/slivers`, `/metrics`;
+//! - [`view`]: the JSON bodies of `/status`, `/leases` and `/slivers`, for the handlers and
+//!   their readers;
 //! - [`release_report`]: telling agents which of their tickets ended here early;
 //! - [`run`]: the wiring and graceful shutdown.
 
@@ -23,3 +25,4 @@ pub mod monitor;
 pub mod release_report;
 pub mod run;
 pub mod service;
+pub mod view;

@@ -12,9 +12,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use testnet::generate::Manifest;
 use testnet::launch;
-use testnet::probe;
+use testnet::probe::{self, HostStatus};
 use testnet::scenario::{IsolationChoice, NetworkChoice};
-use testnet::topology::{HostRole, Topology};
+use testnet::topology::Topology;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -351,27 +351,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             for host in &manifest.hosts {
                 let pid = launch::running_pid(host).map_or("down".to_owned(), |p| p.to_string());
-                let state = match host.plan.role {
-                    HostRole::Node => probe::get_json(host, "/status")
-                        .map(|s| {
-                            format!(
-                                "committed {} of {}",
-                                s["committed"].as_str().unwrap_or("?"),
-                                s["capacity"].as_str().unwrap_or("?")
-                            )
-                        })
-                        .unwrap_or_else(|e| e.to_string()),
-                    HostRole::Agent => probe::get_json(host, "/status")
-                        .map(|s| {
-                            format!(
-                                "{} nodes in inventory",
-                                s["nodes"].as_array().map_or(0, Vec::len)
-                            )
-                        })
-                        .unwrap_or_else(|e| e.to_string()),
-                    HostRole::Broker => probe::get_json(host, "/status")
-                        .map(|s| s.to_string())
-                        .unwrap_or_else(|e| e.to_string()),
+                let state = match probe::status(host) {
+                    Ok(HostStatus::Node(s)) => {
+                        format!("committed {} of {}", s.committed, s.capacity)
+                    }
+                    Ok(HostStatus::Agent(s)) => format!("{} nodes in inventory", s.nodes.len()),
+                    Ok(HostStatus::Broker(s)) => {
+                        serde_json::to_string(&s).unwrap_or_else(|e| e.to_string())
+                    }
+                    Err(e) => e.to_string(),
                 };
                 println!(
                     "{:<9} {:<7} {:<6} {:<12} {:<8} {state}",

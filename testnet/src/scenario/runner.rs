@@ -662,7 +662,7 @@ impl Runner<'_> {
             let pid = launch::start_host(self.manifest, host)?;
             let started = Instant::now();
             loop {
-                if probe::get_json(host, "/status").is_ok() {
+                if probe::status(host).is_ok() {
                     break;
                 }
                 // Right after the fork the child's command line is still ours: only a daemon
@@ -702,15 +702,11 @@ impl Runner<'_> {
             .iter()
             .map(|name| {
                 let host = self.manifest.host(name).map_err(|e| e.to_string())?;
-                let v = probe::get_json(host, "/leases").map_err(|e| format!("{e:#}"))?;
-                let count = v
-                    .as_array()
-                    .map(|l| {
-                        l.iter()
-                            .filter(|l| slice.is_none_or(|s| l["slice"].as_str() == Some(s)))
-                            .count()
-                    })
-                    .unwrap_or(0);
+                let leases = probe::leases(host).map_err(|e| format!("{e:#}"))?;
+                let count = leases
+                    .iter()
+                    .filter(|l| slice.is_none_or(|s| l.slice == s))
+                    .count();
                 Ok((name.clone(), count))
             })
             .collect()
