@@ -6,10 +6,12 @@
 //!   validated by the trust store, and the agent/node/broker request-response protocols.
 //! - [`testing`]: fixed-key federations and nodes for tests, benchmarks and simulations.
 //! - [`daemon`]: what every daemon's `main` shares (logging, signals, trust config).
+//! - [`metrics`]: the daemons' Prometheus metrics, encoded by `prometheus-client`.
 //!
 //! The `fedctl` binary of this crate is the operator's tool for the trust half.
 
 pub mod daemon;
+pub mod metrics;
 pub mod overlay;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testing;

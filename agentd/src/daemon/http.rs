@@ -5,16 +5,17 @@
 //! |---|---|
 //! | `/status` | the agent, its inventory and what is outstanding per node |
 //! | `/tickets` | the ticket ledger |
-//! | `/metrics` | Prometheus text format |
+//! | `/metrics` | Prometheus text format ([`federation::metrics`]) |
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Json};
+use axum::http::StatusCode;
+use axum::response::Json;
 use axum::routing::get;
+use federation::metrics::Scrape;
 use federation::unix_now;
 
 use super::run::AgentState;
@@ -77,7 +78,7 @@ async fn tickets(State(state): State<Arc<AgentState>>) -> Result<Json<Vec<Ticket
     ))
 }
 
-async fn metrics(State(state): State<Arc<AgentState>>) -> Result<impl IntoResponse, Failure> {
+async fn metrics(State(state): State<Arc<AgentState>>) -> Result<Scrape, Failure> {
     let nodes = state.agent.with_inventory(|inv| inv.len());
     let now = unix_now();
     let outstanding = read_ledger(&state, |l| l.all())
@@ -85,17 +86,73 @@ async fn metrics(State(state): State<Arc<AgentState>>) -> Result<impl IntoRespon
         .iter()
         .filter(|r| r.outstanding(now))
         .count();
-    let text = format!(
-        "# HELP planetmesh_agent_inventory_nodes Nodes that delegated to this agent.\n\
-         # TYPE planetmesh_agent_inventory_nodes gauge\nplanetmesh_agent_inventory_nodes {nodes}\n\
-         # HELP planetmesh_agent_tickets_outstanding Tickets counted against shares.\n\
-         # TYPE planetmesh_agent_tickets_outstanding gauge\nplanetmesh_agent_tickets_outstanding {outstanding}\n\
-         # HELP planetmesh_agent_tickets_minted_total Tickets minted since start.\n\
-         # TYPE planetmesh_agent_tickets_minted_total counter\nplanetmesh_agent_tickets_minted_total {}\n\
-         # HELP planetmesh_agent_refused_total Requests refused since start.\n\
-         # TYPE planetmesh_agent_refused_total counter\nplanetmesh_agent_refused_total {}\n",
-        state.tickets_minted.load(Ordering::Relaxed),
-        state.refused.load(Ordering::Relaxed),
-    );
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
+    Ok(scrape(&Figures {
+        nodes,
+        outstanding,
+        minted: state.tickets_minted.load(Ordering::Relaxed),
+        refused: state.refused.load(Ordering::Relaxed),
+    }))
+}
+
+/// What `/metrics` shows, read from the agent's state at one scrape.
+struct Figures {
+    nodes: usize,
+    outstanding: usize,
+    minted: u64,
+    refused: u64,
+}
+
+fn scrape(f: &Figures) -> Scrape {
+    let mut scrape = Scrape::new();
+    scrape
+        .gauge(
+            "planetmesh_agent_inventory_nodes",
+            "Nodes that delegated to this agent.",
+            f.nodes,
+        )
+        .gauge(
+            "planetmesh_agent_tickets_outstanding",
+            "Tickets counted against shares.",
+            f.outstanding,
+        )
+        .counter(
+            "planetmesh_agent_tickets_minted_total",
+            "Tickets minted since start.",
+            f.minted,
+        )
+        .counter(
+            "planetmesh_agent_refused_total",
+            "Requests refused since start.",
+            f.refused,
+        );
+    scrape
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_are_the_lines_they_always_were() {
+        let f = Figures {
+            nodes: 4,
+            outstanding: 2,
+            minted: 9,
+            refused: 1,
+        };
+        // The text `/metrics` answered before `prometheus-client`, formatted by hand as it was.
+        let (nodes, outstanding) = (f.nodes, f.outstanding);
+        let old = format!(
+            "# HELP planetmesh_agent_inventory_nodes Nodes that delegated to this agent.\n\
+             # TYPE planetmesh_agent_inventory_nodes gauge\nplanetmesh_agent_inventory_nodes {nodes}\n\
+             # HELP planetmesh_agent_tickets_outstanding Tickets counted against shares.\n\
+             # TYPE planetmesh_agent_tickets_outstanding gauge\nplanetmesh_agent_tickets_outstanding {outstanding}\n\
+             # HELP planetmesh_agent_tickets_minted_total Tickets minted since start.\n\
+             # TYPE planetmesh_agent_tickets_minted_total counter\nplanetmesh_agent_tickets_minted_total {}\n\
+             # HELP planetmesh_agent_refused_total Requests refused since start.\n\
+             # TYPE planetmesh_agent_refused_total counter\nplanetmesh_agent_refused_total {}\n",
+            f.minted, f.refused,
+        );
+        assert_eq!(scrape(&f).encode().unwrap(), old);
+    }
 }
