@@ -1216,25 +1216,14 @@ mod tests {
             let _ = stop_rx.await;
         }));
         let get = |path: &'static str| {
-            tokio::task::spawn_blocking(move || {
-                use std::io::{Read, Write};
-                let mut s = std::net::TcpStream::connect(addr).unwrap();
-                write!(
-                    s,
-                    "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-                )
-                .unwrap();
-                let mut out = String::new();
-                s.read_to_string(&mut out).unwrap();
-                out
-            })
+            tokio::task::spawn_blocking(move || probe::fetch(&format!("http://{addr}{path}")))
         };
-        let page = get("/").await.unwrap();
-        assert!(page.starts_with("HTTP/1.1 200"), "{page}");
-        assert!(page.contains("<svg") || page.contains("createElementNS"));
-        let state = get("/api/state").await.unwrap();
-        assert!(state.starts_with("HTTP/1.1 200"), "{state}");
-        assert!(state.contains("no testnet in"), "{state}");
+        let page = get("/").await.unwrap().unwrap();
+        assert_eq!(page.status, 200, "{page:?}");
+        assert!(page.body.contains("<svg") || page.body.contains("createElementNS"));
+        let state = get("/api/state").await.unwrap().unwrap();
+        assert_eq!(state.status, 200, "{state:?}");
+        assert!(state.body.contains("no testnet in"), "{state:?}");
         let _ = stop_tx.send(());
         server.await.unwrap().unwrap();
     }
