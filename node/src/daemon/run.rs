@@ -125,8 +125,8 @@ fn open_ledger(config: &NodeManagerConfig) -> Result<Ledger, DaemonError> {
 
 /// Starts the node manager; returns once it is serving, with the future that shuts it down.
 ///
-/// The phases: [`Identity::load`] (key, membership, trust), [`Identity::capacity`] (what the
-/// node offers and delegates), [`open_service`] (ledger, slivers, reconciliation), the overlay,
+/// The phases: `Identity::load` (key, membership, trust), `Identity::capacity` (what the
+/// node offers and delegates), `open_service` (ledger, slivers, reconciliation), the overlay,
 /// then the node's loops (ads, disk watchdog, reaper, release reports), HTTP and the protocol
 /// on the daemon skeleton.
 pub async fn start(
