@@ -103,7 +103,7 @@ async fn sliver_use_reaches_the_ad_and_http_and_the_watchdog_freezes_a_disk_hog(
     let config_text = format!(
         "federation = \"plc\"\nisolation = \"linux\"\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\nhttp = \"127.0.0.1:0\"\n\
          capacity = \"cpu=2 cores,memory=2GiB,disk=10GiB,egress=100Mbit\"\nad_interval_secs = 1\nad_ttl_secs = 30\n\
-         disk_check_secs = 1\ncgroup_parent = \"{}\"\nifname_prefix = \"{}\"\naddress_pool = \"{pool}/24\"\nclaim_dir = \"claims\"\n\
+         disk_check_secs = 1\ndisk_backing = \"directory\"\ncgroup_parent = \"{}\"\nifname_prefix = \"{}\"\naddress_pool = \"{pool}/24\"\nclaim_dir = \"claims\"\n\
          [[trust]]\nname = \"plc\"\nauthority = \"{}\"\n\
          [[delegations]]\nagent = \"{}\"\nshare = \"cpu=2 cores,memory=1GiB,disk=5GiB,egress=50Mbit\"\n",
         engine.cgroup_parent,

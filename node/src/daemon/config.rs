@@ -106,13 +106,13 @@ pub struct NodeManagerConfig {
     /// `/run/planetmesh/claims`).
     #[serde(default = "default_claim_dir")]
     pub claim_dir: PathBuf,
-    /// What backs each sliver's writable layer (default `directory`: on the state dir,
-    /// held to its grant by the disk watchdog; `quota`: a btrfs subvolume on a loop-mounted
-    /// image of the node's disk capacity under the state dir, capped by the kernel at write
-    /// time (falls back to `directory`, saying so, where the host lacks loop devices, btrfs or
-    /// `mkfs.btrfs`); `tmpfs`: a tmpfs of the granted size, capped by the kernel, in memory and
-    /// charged to the sliver's memory limit).
-    #[serde(default)]
+    /// What backs each sliver's writable layer (default `quota`: a btrfs subvolume on a
+    /// loop-mounted image of the node's disk capacity under the state dir, capped by the
+    /// kernel at write time; it falls back to `directory`, saying so, where the host lacks loop
+    /// devices, btrfs or `mkfs.btrfs`. `directory`: on the state dir, held to its grant by the
+    /// disk watchdog, as often as it checks; `tmpfs`: a tmpfs of the granted size, capped by
+    /// the kernel, in memory and charged to the sliver's memory limit).
+    #[serde(default = "default_disk_backing")]
     pub disk_backing: DiskBacking,
     /// Seconds between disk watchdog checks, which freeze slivers over their disk grant
     /// (default 10).
@@ -151,6 +151,9 @@ fn default_cgroup_parent() -> String {
 fn default_claim_dir() -> PathBuf {
     crate::sliver::claim::DEFAULT_CLAIM_DIR.into()
 }
+fn default_disk_backing() -> DiskBacking {
+    DiskBacking::Quota
+}
 fn default_disk_check() -> u64 {
     10
 }
@@ -185,10 +188,11 @@ const NODE_TEMPLATE: &str = r#"
 # cgroup_parent = "planetmesh"       # the node's slivers go in <this>/<key's first 8 hex>.node
 # uid_base = 268435456               # default: a free range between 2^28 and 2^31
 # claim_dir = "/run/planetmesh/claims"  # where nodes of one machine claim what is theirs
-# disk_backing = "directory"         # or "quota": kernel-capped btrfs subvolumes on an image
+# disk_backing = "quota"             # kernel-capped btrfs subvolumes on an image
 #                                    # (state/slivers/disk.img) of the disk capacity; or
-#                                    # "tmpfs": a kernel-capped tmpfs of the grant's size
-#                                    # (in memory, charged to the sliver's memory limit)
+#                                    # "directory": measured by the watchdog, or "tmpfs": a
+#                                    # kernel-capped tmpfs of the grant's size (in memory,
+#                                    # charged to the sliver's memory limit)
 # disk_check_secs = 10               # disk watchdog: freezes slivers over their disk grant
 # favor_dynamic_cgroups = true       # remount cgroup2 with favordynmods (faster creates)
 # ad_interval_secs = 15
@@ -315,7 +319,7 @@ mod tests {
         assert_eq!(config.common.key_file, dir.path().join("node.key"));
         assert_eq!(config.isolation, Isolation::Linux);
         assert_eq!(config.pool().unwrap().1, 16);
-        assert_eq!(config.disk_backing, DiskBacking::Directory);
+        assert_eq!(config.disk_backing, DiskBacking::Quota);
         assert_eq!(config.disk_check_secs, 10);
         assert!(config.favor_dynamic_cgroups);
         assert_eq!(

@@ -98,7 +98,7 @@ impl LinuxNode {
             "federation = \"plc\"\nisolation = \"linux\"\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\n\
              http = \"127.0.0.1:0\"\ncapacity = \"cpu=2 cores,memory=2GiB,disk=10GiB,egress=100Mbit\"\n\
              ad_interval_secs = 1\nad_ttl_secs = 30\ncgroup_parent = \"{}\"\nifname_prefix = \"{}\"\n\
-             address_pool = \"{pool}/24\"\nclaim_dir = \"claims\"\n[[trust]]\nname = \"plc\"\nauthority = \"{}\"\n\
+             address_pool = \"{pool}/24\"\nclaim_dir = \"claims\"\ndisk_backing = \"directory\"\n[[trust]]\nname = \"plc\"\nauthority = \"{}\"\n\
              [[delegations]]\nagent = \"{}\"\nshare = \"cpu=2 cores,memory=1GiB,disk=5GiB,egress=50Mbit\"\n",
             engine.cgroup_parent,
             engine.slots.ifname_prefix,
