@@ -340,6 +340,11 @@ pub trait Host: Send + Sync {
     fn freeze_stragglers(&self, cgroup: &str, pids: &[u32]) -> Result<(), HostError>;
     /// Bytes a sliver's writable layer holds.
     fn disk_used(&self, target: &DiskTarget) -> Result<u64, HostError>;
+    /// Makes ready what the first sliver would otherwise wait for (the real host copies the
+    /// init program into its sealed image); nothing by default.
+    fn warm_up(&self, _init_path: &std::path::Path) -> Result<(), HostError> {
+        Ok(())
+    }
     /// Makes (once) or re-adopts the filesystem whose quotas cap disk grants in the kernel
     /// ([`DiskBacking::Quota`]) under `state_dir`, of `capacity` bytes (`None`: the free space).
     fn disk_quota_setup(

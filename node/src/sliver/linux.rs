@@ -438,6 +438,12 @@ fn empty_trash_later(trash: PathBuf) {
 }
 
 impl Host for LinuxHost {
+    fn warm_up(&self, init_path: &Path) -> Result<(), HostError> {
+        SealedImage::shared(init_path)
+            .map(drop)
+            .map_err(io_err("copy", init_path))
+    }
+
     fn prepare_image(&self, skeleton: &Path) -> Result<Image, HostError> {
         rootfs::make_skeleton(skeleton, &self.host_root).map_err(io_err("make skeleton", skeleton))
     }

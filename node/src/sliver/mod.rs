@@ -423,6 +423,12 @@ impl<H: Host> Slivers<H> {
     /// re-adopts the slivers whose init still runs and removes the remains of the others.
     pub fn open(host: H, mut config: NodeConfig) -> Result<(Self, Reconciled), SliverError> {
         let store = Store::open(&config.state_dir)?;
+        // The first sliver's create would otherwise copy the init program.
+        if let Err(e) = host.warm_up(&config.init_path) {
+            tracing::warn!(
+                "sealing the init program in memory: {e}; the first create will try again"
+            );
+        }
         // Before anything on the host is touched: nothing of another node's is.
         let claims = Self::claim(&mut config)?;
         if config.disk_backing == DiskBacking::Quota
