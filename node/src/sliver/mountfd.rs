@@ -110,7 +110,10 @@ pub fn send_fd(sock: BorrowedFd<'_>, byte: u8, fd: Option<BorrowedFd<'_>>) -> io
     };
     let sent = sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsgs, MsgFlags::MSG_NOSIGNAL, None)?;
     if sent != 1 {
-        return Err(io::Error::new(io::ErrorKind::WriteZero, "the byte was not sent"));
+        return Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            "the byte was not sent",
+        ));
     }
     Ok(())
 }
