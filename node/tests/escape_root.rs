@@ -100,7 +100,10 @@ fn fd_targets(f: &Fixture, sliver: &str, pid: &str) -> Vec<String> {
         .stderr_text()
         .lines()
         .all(|l| l.contains("No such file or directory"));
-    assert!(out.success() || (out.code == Some(1) && vanished), "{out:?}");
+    assert!(
+        out.success() || (out.code == Some(1) && vanished),
+        "{out:?}"
+    );
     out.stdout_text()
         .lines()
         .filter_map(|l| {
