@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use capability_schema::protocol::{AgentRequest, AgentResponse};
 use capability_schema::{PublicKey, Role, Signed, codec};
-use federation::daemon::runtime::load_key;
+use federation::daemon::runtime::{each_ad, load_key};
 use federation::daemon::{DaemonError, Fairness, Runtime, SHUTDOWN_DEADLINE};
 use federation::overlay::AgentProtocol;
 use federation::{Overlay, OverlayConfig, OverlayHandle, unix_now};
@@ -147,29 +147,18 @@ pub async fn start(
 /// Validated ads from the overlay into the inventory, until the daemon stops.
 async fn take_ads(
     state: Arc<AgentState>,
-    mut feed: broadcast::Receiver<federation::overlay::AdEvent>,
-    mut stop: watch::Receiver<bool>,
+    feed: broadcast::Receiver<federation::overlay::AdEvent>,
+    stop: watch::Receiver<bool>,
 ) {
-    loop {
-        let event = tokio::select! {
-            _ = stop.wait_for(|s| *s) => break,
-            event = feed.recv() => event,
-        };
-        match event {
-            Ok(event) => {
-                let taken = state
-                    .agent
-                    .with_inventory(|inv| inv.offer(event.signed, event.ad, unix_now()));
-                if taken.is_ok() {
-                    state.ads_taken.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            Err(broadcast::error::RecvError::Lagged(n)) => {
-                tracing::warn!(lost = n, "ad feed lagged; nodes re-announce")
-            }
-            Err(broadcast::error::RecvError::Closed) => break,
+    each_ad(feed, stop, |event| {
+        let taken = state
+            .agent
+            .with_inventory(|inv| inv.offer(event.signed, event.ad, unix_now()));
+        if taken.is_ok() {
+            state.ads_taken.fetch_add(1, Ordering::Relaxed);
         }
-    }
+    })
+    .await;
 }
 
 /// One agent-protocol request, on the blocking pool (minting writes the durable ledger).

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use capability_schema::{ErrorReply, PublicKey, Rejection, Role, SliceRequest};
-use federation::daemon::runtime::load_key;
+use federation::daemon::runtime::{each_ad, load_key};
 use federation::daemon::{Fairness, Runtime, SHUTDOWN_DEADLINE};
 use federation::overlay::Multiaddr;
 use federation::{Overlay, OverlayConfig, OverlayHandle};
@@ -209,34 +209,25 @@ async fn configured_agents(
 /// Agents named in the delegations of validated ads, until the daemon stops.
 async fn learn_agents(
     state: Arc<BrokerState>,
-    mut feed: broadcast::Receiver<federation::overlay::AdEvent>,
-    mut stop: watch::Receiver<bool>,
+    feed: broadcast::Receiver<federation::overlay::AdEvent>,
+    stop: watch::Receiver<bool>,
 ) {
-    loop {
-        let event = tokio::select! {
-            _ = stop.wait_for(|s| *s) => break,
-            event = feed.recv() => event,
-        };
-        match event {
-            Ok(event) => {
-                let mut agents = state
-                    .agents
-                    .write()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                for share in &event.ad.shares {
-                    agents.entry(share.agent).or_insert_with(|| {
-                        tracing::info!(agent = %share.agent, federation = %event.ad.federation, "agent learned from an ad");
-                        KnownAgent {
-                            federation: Some(event.ad.federation.clone()),
-                            configured: false,
-                        }
-                    });
+    each_ad(feed, stop, |event| {
+        let mut agents = state
+            .agents
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for share in &event.ad.shares {
+            agents.entry(share.agent).or_insert_with(|| {
+                tracing::info!(agent = %share.agent, federation = %event.ad.federation, "agent learned from an ad");
+                KnownAgent {
+                    federation: Some(event.ad.federation.clone()),
+                    configured: false,
                 }
-            }
-            Err(broadcast::error::RecvError::Lagged(_)) => {}
-            Err(broadcast::error::RecvError::Closed) => break,
+            });
         }
-    }
+    })
+    .await;
 }
 
 /// Checks what a request must hold before any agent is asked: a name, a duration, and a shape

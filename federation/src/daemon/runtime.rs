@@ -187,6 +187,30 @@ impl Runtime {
     }
 }
 
+/// Hands each validated ad of `feed` to `take` until the daemon stops (`stop`) or the overlay
+/// closes the feed. A feed that lagged is logged; nodes re-announce, so nothing is lost for
+/// long.
+pub async fn each_ad(
+    mut feed: tokio::sync::broadcast::Receiver<crate::overlay::AdEvent>,
+    mut stop: watch::Receiver<bool>,
+    mut take: impl FnMut(crate::overlay::AdEvent),
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let event = tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            event = feed.recv() => event,
+        };
+        match event {
+            Ok(event) => take(event),
+            Err(RecvError::Lagged(n)) => {
+                tracing::warn!(lost = n, "ad feed lagged; nodes re-announce");
+            }
+            Err(RecvError::Closed) => break,
+        }
+    }
+}
+
 /// How long a daemon's shutdown may take in all, the protocol drain included.
 pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(15);
 

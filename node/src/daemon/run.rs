@@ -42,9 +42,10 @@ use crate::admission::{Capacity, Share};
 use crate::ledger::Ledger;
 use crate::sliver::UsageSample;
 
-/// Most requests served at once in each lane (lease operations, commands in slivers); one
-/// principal may hold a quarter of a lane ([`Fairness::with_limit`]).
-pub const MAX_IN_FLIGHT: usize = 64;
+/// Most requests served at once in each lane (lease operations, commands in slivers) by
+/// default (`max_in_flight`); one principal may hold a quarter of a lane
+/// ([`Fairness::with_limit`]).
+pub const MAX_IN_FLIGHT: usize = <NodeKind as federation::daemon::DaemonKind>::MAX_IN_FLIGHT;
 
 /// The lane of a request: lease operations (0) never wait behind commands run in slivers (1).
 fn request_lane(request: &NodeRequest) -> usize {

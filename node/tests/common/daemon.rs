@@ -69,6 +69,11 @@ pub struct LinuxNode {
 impl LinuxNode {
     /// Starts a node of federation `plc` delegating 2 cores and 1 GiB to one agent.
     pub async fn start(prefix: &str) -> LinuxNode {
+        Self::start_with(prefix, "").await
+    }
+
+    /// Like [`LinuxNode::start`], with `extra` lines of `node.toml` (top-level settings).
+    pub async fn start_with(prefix: &str, extra: &str) -> LinuxNode {
         let r: u32 = rand::random();
         let tag = format!("{:04x}", r & 0xffff);
         let pool = Ipv4Addr::new(10, 150 + (r >> 16) as u8 % 40, (r >> 8) as u8, 0);
@@ -98,7 +103,7 @@ impl LinuxNode {
             "federation = \"plc\"\nisolation = \"linux\"\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\n\
              http = \"127.0.0.1:0\"\ncapacity = \"cpu=2 cores,memory=2GiB,disk=10GiB,egress=100Mbit\"\n\
              ad_interval_secs = 1\nad_ttl_secs = 30\ncgroup_parent = \"{}\"\nifname_prefix = \"{}\"\n\
-             address_pool = \"{pool}/24\"\nclaim_dir = \"claims\"\ndisk_backing = \"directory\"\n[[trust]]\nname = \"plc\"\nauthority = \"{}\"\n\
+             address_pool = \"{pool}/24\"\nclaim_dir = \"claims\"\ndisk_backing = \"directory\"\n{extra}[[trust]]\nname = \"plc\"\nauthority = \"{}\"\n\
              [[delegations]]\nagent = \"{}\"\nshare = \"cpu=2 cores,memory=1GiB,disk=5GiB,egress=50Mbit\"\n",
             engine.cgroup_parent,
             engine.slots.ifname_prefix,
@@ -127,18 +132,32 @@ impl LinuxNode {
 
     /// A ticket for a small regular sliver of `slice`, held by `holder`.
     pub fn ticket(&self, slice: &str, holder: &SecretKey) -> TicketBytes {
+        self.ticket_with(
+            slice,
+            holder,
+            Resources {
+                cpu_millis: 100,
+                memory_bytes: 64 << 20,
+                disk_bytes: 16 << 20,
+                egress_kbps: 1000,
+            },
+        )
+    }
+
+    /// A ticket for a regular sliver of `slice` with `resources`, held by `holder`.
+    pub fn ticket_with(
+        &self,
+        slice: &str,
+        holder: &SecretKey,
+        resources: Resources,
+    ) -> TicketBytes {
         let now = unix_now();
         let spec = TicketSpec {
             federation: "plc".into(),
             node: self.key.public(),
             slice: slice.into(),
             kind: SliceKind::Regular,
-            resources: Resources {
-                cpu_millis: 100,
-                memory_bytes: 64 << 20,
-                disk_bytes: 16 << 20,
-                egress_kbps: 1000,
-            },
+            resources,
             window: Window::new(now - 5, now + 600),
             holder: holder.public(),
             operations: BTreeSet::from([Operation::Redeem]),
@@ -151,10 +170,10 @@ impl LinuxNode {
         )
     }
 
-    /// Redeems a ticket for `slice` as `holder` through `client`.
-    pub async fn redeem(&self, client: &OverlayHandle, slice: &str, holder: &SecretKey) -> Lease {
+    /// Redeems `ticket` as the principal of `client`.
+    pub async fn redeem_ticket(&self, client: &OverlayHandle, ticket: TicketBytes) -> Lease {
         let redeem = NodeRequest::Redeem {
-            ticket: self.ticket(slice, holder),
+            ticket,
             until: None,
         };
         match within(client.request::<NodeProtocol>(&self.key.public(), redeem, WAIT))
@@ -164,6 +183,11 @@ impl LinuxNode {
             NodeResponse::Lease(lease) => lease.verify_by(&self.key.public()).unwrap(),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// Redeems a ticket for `slice` as `holder` through `client`.
+    pub async fn redeem(&self, client: &OverlayHandle, slice: &str, holder: &SecretKey) -> Lease {
+        self.redeem_ticket(client, self.ticket(slice, holder)).await
     }
 
     /// Stops the daemon (its slivers go with the drop guard).
