@@ -61,15 +61,17 @@ pub enum HostError {
     Injected(String),
 }
 
-/// The init process of a sliver being created.
+/// The init process of a sliver being created; `P` is what the host keeps between spawn and
+/// start ([`Host::Pending`]).
 #[derive(Debug)]
-pub struct InitHandle {
+pub struct InitHandle<P> {
     /// Its pid on the host.
     pub pid: u32,
     /// Its start time (clock ticks since boot, `/proc/<pid>/stat` field 22), against pid reuse.
     pub start_time: u64,
-    /// Host-specific state kept between spawn and start (the real host's sync pipes).
-    pub pending: Option<Box<dyn std::any::Any + Send>>,
+    /// Host-specific state kept between spawn and start (the real host's sync pipes); taken
+    /// by [`Host::start_init`].
+    pub pending: Option<P>,
 }
 
 /// How to spawn a sliver's init.
@@ -283,6 +285,8 @@ pub struct Spawned {
 
 /// Every privileged operation the sliver engine needs.
 pub trait Host: Send + Sync {
+    /// What the host keeps of an init between [`Host::spawn_init`] and [`Host::start_init`].
+    type Pending: Send + std::fmt::Debug;
     /// Makes the reference image skeleton (once per node).
     fn prepare_image(&self, skeleton: &std::path::Path) -> Result<Image, HostError>;
     /// Makes a sliver's dirs; the upper and work dirs belong to the sliver's root (the first id
@@ -298,9 +302,13 @@ pub trait Host: Send + Sync {
     fn cgroup_cpu_quota(&self, cgroup: &str, millis: u64) -> Result<(), HostError>;
     /// Clones the init into new namespaces, writes its id maps and puts it in its cgroup. It
     /// waits, before exec, for [`Host::start_init`].
-    fn spawn_init(&self, req: &InitRequest) -> Result<InitHandle, HostError>;
+    fn spawn_init(&self, req: &InitRequest) -> Result<InitHandle<Self::Pending>, HostError>;
     /// Lets the init exec, sends it the plan and waits until it reports the sliver ready.
-    fn start_init(&self, init: &mut InitHandle, plan: &InitPlan) -> Result<(), HostError>;
+    fn start_init(
+        &self,
+        init: &mut InitHandle<Self::Pending>,
+        plan: &InitPlan,
+    ) -> Result<(), HostError>;
     /// Kills an init (and with it the sliver's pid namespace) and waits until it is gone.
     fn kill_init(&self, pid: u32, start_time: u64) -> Result<(), HostError>;
     /// Whether the init `pid` started at `start_time` is alive.
@@ -581,6 +589,9 @@ fn dir_name(dirs: &SliverDirs) -> String {
 }
 
 impl Host for RecordingHost {
+    /// The fake keeps nothing between spawn and start.
+    type Pending = ();
+
     fn prepare_image(&self, skeleton: &std::path::Path) -> Result<Image, HostError> {
         self.record(Call::PrepareImage)?;
         Ok(Image::HostSystem {
@@ -625,7 +636,7 @@ impl Host for RecordingHost {
         Ok(())
     }
 
-    fn spawn_init(&self, req: &InitRequest) -> Result<InitHandle, HostError> {
+    fn spawn_init(&self, req: &InitRequest) -> Result<InitHandle<()>, HostError> {
         self.record(Call::SpawnInit(
             req.cgroup.clone(),
             req.uids.host_base,
@@ -640,11 +651,12 @@ impl Host for RecordingHost {
         Ok(InitHandle {
             pid,
             start_time: u64::from(pid) * 10,
-            pending: None,
+            pending: Some(()),
         })
     }
 
-    fn start_init(&self, init: &mut InitHandle, plan: &InitPlan) -> Result<(), HostError> {
+    fn start_init(&self, init: &mut InitHandle<()>, plan: &InitPlan) -> Result<(), HostError> {
+        init.pending = None;
         self.record(Call::StartInit(init.pid, plan.hostname.clone()))
     }
 

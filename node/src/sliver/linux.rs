@@ -200,7 +200,7 @@ impl LinuxHost {
 /// What the init holds between spawn and start: the node's ends of the three pipes, and the
 /// memory the child runs on until it execs (it shares the node's address space till then).
 #[derive(Debug)]
-struct Pending {
+pub struct Pending {
     go: OwnedFd,
     plan: OwnedFd,
     status: OwnedFd,
@@ -438,6 +438,9 @@ fn empty_trash_later(trash: PathBuf) {
 }
 
 impl Host for LinuxHost {
+    /// The node's ends of the init's pipes and the memory its clone child runs on.
+    type Pending = Pending;
+
     fn warm_up(&self, init_path: &Path) -> Result<(), HostError> {
         SealedImage::shared(init_path)
             .map(drop)
@@ -562,7 +565,7 @@ impl Host for LinuxHost {
         Ok(self.cgroups.set_cpu_quota(cgroup, Some(millis))?)
     }
 
-    fn spawn_init(&self, req: &InitRequest) -> Result<InitHandle, HostError> {
+    fn spawn_init(&self, req: &InitRequest) -> Result<InitHandle<Pending>, HostError> {
         let (go_r, go_w) = pipe()?;
         let (plan_r, plan_w) = nix::sys::socket::socketpair(
             nix::sys::socket::AddressFamily::Unix,
@@ -636,7 +639,7 @@ impl Host for LinuxHost {
             Ok(start_time) => Ok(InitHandle {
                 pid: pid_u,
                 start_time,
-                pending: Some(Box::new(Pending {
+                pending: Some(Pending {
                     go: go_w,
                     plan: plan_w,
                     status: status_r,
@@ -645,7 +648,7 @@ impl Host for LinuxHost {
                         .lower
                         .as_deref()
                         .and_then(|lower| self.idmap_layer(pid_u, lower)),
-                })),
+                }),
             }),
             Err(e) => {
                 let raw = Pid::from_raw(pid);
@@ -657,11 +660,10 @@ impl Host for LinuxHost {
         }
     }
 
-    fn start_init(&self, init: &mut InitHandle, plan: &InitPlan) -> Result<(), HostError> {
+    fn start_init(&self, init: &mut InitHandle<Pending>, plan: &InitPlan) -> Result<(), HostError> {
         let pending = init
             .pending
             .take()
-            .and_then(|p| p.downcast::<Pending>().ok())
             .ok_or_else(|| HostError::Init("init was already started".into()))?;
         let Pending {
             go,
@@ -669,7 +671,7 @@ impl Host for LinuxHost {
             status: status_r,
             child,
             layer,
-        } = *pending;
+        } = pending;
         let mut go = File::from(go);
         go.write_all(b"g").map_err(|e| HostError::Io {
             op: "release init",
