@@ -252,3 +252,31 @@ mod tests {
         );
     }
 }
+
+/// Checks that a commented config template puts every section (`# [name]`, `# [[name]]`)
+/// after all its top-level settings, each section a block of its own lines ended by a blank
+/// line: uncommenting any setting or whole section in place then keeps it where it belongs
+/// (a top-level setting below a section header would become a field of that section).
+pub fn check_sections_last(template: &str) {
+    let mut in_sections = false;
+    let mut in_block = false;
+    for (n, line) in template.lines().enumerate() {
+        let text = line.trim_start_matches('#').trim();
+        if text.starts_with('[') {
+            in_sections = true;
+            in_block = true;
+            continue;
+        }
+        if text.is_empty() && line.trim().is_empty() {
+            in_block = false;
+            continue;
+        }
+        let setting = text.split('#').next().unwrap_or("").contains(" = ");
+        assert!(
+            !(in_sections && !in_block && setting),
+            "line {}: a setting after a section, where uncommenting it would put it in that \
+             section: {line:?}\n{template}",
+            n + 1
+        );
+    }
+}

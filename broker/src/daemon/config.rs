@@ -86,14 +86,8 @@ fn default_max_rounds() -> u32 {
     4
 }
 
-/// The broker's own settings in the commented default config.
+/// The broker's own top-level settings in the commented default config.
 const BROKER_TEMPLATE: &str = r#"
-# Agents to ask for offers and tickets:
-# [[agents]]
-# key = "ed25519/..."
-# address = "/ip4/10.0.0.2/tcp/4101/p2p/12D3..."
-# federation = "{federation}"
-
 # follow = ["{federation}"]           # federations whose ads to follow
 # discover_agents = true              # also ask agents named in the ads' delegations
 # call_timeout_secs = 10              # the longest one agent call may take
@@ -102,13 +96,24 @@ const BROKER_TEMPLATE: &str = r#"
 # acquire_deadline_secs = 0           # a whole acquisition's limit (0: 3 x call_timeout_secs)
 "#;
 
+/// The broker's own sections, after every top-level setting.
+const BROKER_SECTIONS: &str = r#"
+# Agents to ask for offers and tickets:
+# [[agents]]
+# key = "ed25519/..."
+# address = "/ip4/10.0.0.2/tcp/4101/p2p/12D3..."
+# federation = "{federation}"
+"#;
+
 /// The commented default config `broker init` writes for `federation`.
 pub fn default_config(federation: &str) -> String {
     format!(
         "# PlanetMesh broker configuration. Paths are relative to this file.\n\
-         # Every commented line shows a default.\n\n{}{}",
+         # Every commented line shows a default.\n\n{}{}\n{}{}",
         CommonConfig::<BrokerKind>::template(federation),
-        BROKER_TEMPLATE.replace("{federation}", federation)
+        BROKER_TEMPLATE.replace("{federation}", federation),
+        CommonConfig::<BrokerKind>::trust_template(federation),
+        BROKER_SECTIONS.replace("{federation}", federation)
     )
 }
 
@@ -204,6 +209,11 @@ mod tests {
         let config = BrokerConfig::load(&path).unwrap();
         assert_eq!(config.agents.len(), 1);
         assert_eq!(config.follow.len(), 2);
+    }
+
+    #[test]
+    fn the_default_config_puts_its_sections_last() {
+        federation::testing::check_sections_last(&default_config("plc"));
     }
 
     #[test]

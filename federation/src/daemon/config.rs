@@ -190,8 +190,19 @@ impl<K: DaemonKind> CommonConfig<K> {
         Ok(())
     }
 
-    /// The commented template of these settings that `init` writes (defaults shown, the
-    /// federation filled in).
+    /// The commented `[[trust]]` section of the template; a daemon's template puts its
+    /// sections after all its top-level settings, so any of them can be uncommented in place.
+    pub fn trust_template(federation: &str) -> String {
+        format!(
+            "# Federation authorities this daemon trusts (its own at least):\n\
+             # [[trust]]\n\
+             # name = \"{federation}\"\n\
+             # authority = \"ed25519/...\"\n"
+        )
+    }
+
+    /// The commented template of these top-level settings that `init` writes (defaults
+    /// shown, the federation filled in); [`CommonConfig::trust_template`] is its section.
     pub fn template(federation: &str) -> String {
         format!(
             "# The federation this {program} belongs to.\n\
@@ -199,11 +210,6 @@ impl<K: DaemonKind> CommonConfig<K> {
              \n\
              # key_file = \"{key}\"{pad_key}# this daemon's key (0600)\n\
              # membership = \"membership.cbor\"   # from: fedctl certify --role {role} --subject <this key>\n\
-             \n\
-             # Federation authorities this daemon trusts (its own at least):\n\
-             # [[trust]]\n\
-             # name = \"{federation}\"\n\
-             # authority = \"ed25519/...\"\n\
              \n\
              # listen = [\"/ip4/0.0.0.0/tcp/{port}\"]  # add \"/ip4/0.0.0.0/udp/{port}/quic-v1\" for QUIC\n\
              # bootstrap = []                     # multiaddresses with /p2p/<peer id>\n\
@@ -358,6 +364,16 @@ mod tests {
                 .unwrap_or_else(|e| panic!("uncommenting {setting:?}: {e}"));
             assert_eq!(c.common, CommonConfig::new("plc"), "{setting}");
         }
+    }
+
+    #[test]
+    fn sections_come_after_every_setting() {
+        let template = format!(
+            "{}\n{}",
+            CommonConfig::<TestKind>::template("plc"),
+            CommonConfig::<TestKind>::trust_template("plc")
+        );
+        crate::testing::check_sections_last(&template);
     }
 
     #[test]
