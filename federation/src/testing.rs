@@ -280,3 +280,33 @@ pub fn check_sections_last(template: &str) {
         );
     }
 }
+
+/// The template with every commented setting uncommented in place (`# key = value` lines,
+/// section headers `# [name]` / `# [[name]]`), placeholders made real: `ed25519/...` becomes a
+/// valid key and `12D3...` its peer id. Loading it checks that every line of the template
+/// works where it stands, together.
+pub fn uncomment_all(template: &str) -> String {
+    let key = test_key(77).public();
+    let peer = crate::overlay::peer_id(&key).to_string();
+    template
+        .lines()
+        .map(|line| {
+            let Some(rest) = line.strip_prefix("# ") else {
+                return line.to_owned();
+            };
+            let name = rest.split(" = ").next().unwrap_or("");
+            let setting = rest.contains(" = ")
+                && !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            if setting || rest.starts_with('[') {
+                rest.replace("ed25519/...", &key.to_string())
+                    .replace("12D3...", &peer)
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}

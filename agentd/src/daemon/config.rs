@@ -63,32 +63,35 @@ fn default_oversubscription() -> f64 {
     1.0
 }
 
-/// The agent's own settings in the commented default config.
+/// The agent's own top-level settings in the commented default config.
 const AGENT_TEMPLATE: &str = r#"
 # state_dir = "state"               # the ticket ledger
 # peering = []                      # agreements from: fedctl peer
 # follow = ["{federation}"]         # federations whose ads to follow
 # policy = "policy.toml"            # principals, roles, quotas (default: serve certified members)
+# surge_percent = 0                 # extra percent at a fully committed share
+# oversubscription = 1.0            # 1.0 = never promise more than the share
+"#;
 
+/// The agent's own sections, after every top-level setting.
+const AGENT_SECTIONS: &str = r#"
 # Prices in micro-credits per resource-hour:
 # [prices]
 # cpu_core_hour = 0
 # memory_gib_hour = 0
 # disk_gib_hour = 0
 # egress_mbit_hour = 0
-# surge_percent = 0                 # extra percent at a fully committed share
-# oversubscription = 1.0            # 1.0 = never promise more than the share
 "#;
 
 /// The commented default config `agentd init` writes for `federation`.
 pub fn default_config(federation: &str) -> String {
     format!(
-        "# PlanetMesh agent configuration. Paths are relative to this file.
-         # Every commented line shows a default.
-
-{}{}",
+        "# PlanetMesh agent configuration. Paths are relative to this file.\n\
+         # Every commented line shows a default.\n\n{}{}\n{}{}",
         CommonConfig::<AgentKind>::template(federation),
-        AGENT_TEMPLATE.replace("{federation}", federation)
+        AGENT_TEMPLATE.replace("{federation}", federation),
+        CommonConfig::<AgentKind>::trust_template(federation),
+        AGENT_SECTIONS
     )
 }
 
@@ -159,6 +162,22 @@ mod tests {
                 .to_string()
                 .contains("oversubscription")
         );
+    }
+
+    #[test]
+    fn the_default_config_puts_its_sections_last() {
+        federation::testing::check_sections_last(&default_config("plc"));
+    }
+
+    #[test]
+    fn every_line_of_the_default_config_works_uncommented_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("daemon.toml");
+        let text = federation::testing::uncomment_all(&default_config("plc"));
+        std::fs::write(&path, &text).unwrap();
+        if let Err(e) = AgentConfig::load(&path) {
+            panic!("{e}\n{text}");
+        }
     }
 
     #[test]

@@ -217,6 +217,17 @@ mod tests {
     }
 
     #[test]
+    fn every_line_of_the_default_config_works_uncommented_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("daemon.toml");
+        let text = federation::testing::uncomment_all(&default_config("plc"));
+        std::fs::write(&path, &text).unwrap();
+        if let Err(e) = BrokerConfig::load(&path) {
+            panic!("{e}\n{text}");
+        }
+    }
+
+    #[test]
     fn mdns_is_off_by_default_and_documented_in_the_default_config() {
         federation::testing::check_mdns_setting(&default_config("plc"), |path| {
             BrokerConfig::load(path)

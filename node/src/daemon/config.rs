@@ -175,12 +175,6 @@ const NODE_TEMPLATE: &str = r#"
 # capacity = "cpu=4 cores,memory=8GiB,disk=100GiB,egress=100Mbit"  # default: measured
 # reserve = "cpu=250m,memory=256MiB,disk=1GiB,egress=0kbit"         # kept for the host
 
-# Shares delegated to agents; only their tickets are admitted:
-# [[delegations]]
-# agent = "ed25519/..."
-# share = "cpu=2 cores,memory=4GiB,disk=50GiB,egress=50Mbit"
-# days = 30
-
 # isolation = "linux"                # or "memory" (no isolation: tests, simulation)
 # image = "/srv/images/debian"       # default: the host's system directories, read-only
 # address_pool = "10.199.0.0/16"
@@ -199,13 +193,24 @@ const NODE_TEMPLATE: &str = r#"
 # ad_ttl_secs = 60
 "#;
 
+/// The node's own sections, after every top-level setting.
+const NODE_SECTIONS: &str = r#"
+# Shares delegated to agents; only their tickets are admitted:
+# [[delegations]]
+# agent = "ed25519/..."
+# share = "cpu=2 cores,memory=4GiB,disk=50GiB,egress=50Mbit"
+# days = 30
+"#;
+
 /// The commented default config `nodemgr init` writes for `federation`.
 pub fn default_config(federation: &str) -> String {
     format!(
         "# PlanetMesh node manager configuration. Paths are relative to this file.\n\
-         # Every commented line shows a default.\n\n{}{}",
+         # Every commented line shows a default.\n\n{}{}\n{}{}",
         CommonConfig::<NodeKind>::template(federation),
-        NODE_TEMPLATE.replace("{federation}", federation)
+        NODE_TEMPLATE.replace("{federation}", federation),
+        CommonConfig::<NodeKind>::trust_template(federation),
+        NODE_SECTIONS
     )
 }
 
@@ -415,6 +420,22 @@ mod tests {
         let share = c.share.unwrap();
         assert!(!share.uid_auto);
         assert_eq!(share.claim_dir, dir.path().join("claims"));
+    }
+
+    #[test]
+    fn the_default_config_puts_its_sections_last() {
+        federation::testing::check_sections_last(&default_config("plc"));
+    }
+
+    #[test]
+    fn every_line_of_the_default_config_works_uncommented_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("daemon.toml");
+        let text = federation::testing::uncomment_all(&default_config("plc"));
+        std::fs::write(&path, &text).unwrap();
+        if let Err(e) = NodeManagerConfig::load(&path) {
+            panic!("{e}\n{text}");
+        }
     }
 
     #[test]
