@@ -140,7 +140,7 @@ pub(crate) async fn start(
             .listen_on(addr.clone())
             .map_err(|e| OverlayError::Listen {
                 addr: addr.to_string(),
-                detail: e.to_string(),
+                detail: error_chain(&e),
             })?;
         listeners.insert(id);
     }
@@ -164,7 +164,7 @@ pub(crate) async fn start(
             SwarmEvent::ListenerError { error, .. } => {
                 return Err(OverlayError::Listen {
                     addr: format!("{:?}", config.listen),
-                    detail: error.to_string(),
+                    detail: error_chain(&error),
                 });
             }
             SwarmEvent::ListenerClosed { reason, .. } => {
@@ -1098,5 +1098,24 @@ impl Runner {
                 }
             }
         }
+    }
+}
+
+/// An error and its causes, as one sentence ("a: b: c"); libp2p's transport errors often
+/// display as nothing and keep the cause (the OS error) in their source.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        let text = err.to_string();
+        if !text.is_empty() && parts.last() != Some(&text) {
+            parts.push(text);
+        }
+        next = err.source();
+    }
+    if parts.is_empty() {
+        format!("{e:?}")
+    } else {
+        parts.join(": ")
     }
 }
