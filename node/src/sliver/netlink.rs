@@ -142,13 +142,7 @@ impl Netlink {
     ) -> Result<Vec<RouteNetlinkMessage>, NetlinkError> {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | flags;
-        header.sequence_number = seq;
-        let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(msg));
-        packet.finalize();
-        let mut out = vec![0; packet.buffer_len()];
-        packet.serialize(&mut out);
+        let out = encode(msg, flags, seq);
         self.socket
             .send(&out, 0)
             .map_err(|source| NetlinkError::Io {
@@ -198,8 +192,9 @@ impl Netlink {
         }
     }
 
-    fn ack(&mut self, op: &str, msg: RouteNetlinkMessage, flags: u16) -> Result<(), NetlinkError> {
-        self.request(op, msg, flags | NLM_F_ACK).map(|_| ())
+    /// Sends a request built by [`build`] and waits for its ack.
+    fn ack(&mut self, req: Request) -> Result<(), NetlinkError> {
+        self.request(&req.op, req.msg, req.flags).map(|_| ())
     }
 
     /// The index of link `name`, `None` when there is none.
@@ -247,44 +242,17 @@ impl Netlink {
         peer: &str,
         peer_pid: u32,
     ) -> Result<(), NetlinkError> {
-        let peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
-            .name(peer.to_string())
-            .setns_by_pid(peer_pid)
-            .build();
-        let msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
-            .name(host.to_string())
-            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
-            .build();
-        self.ack(
-            &format!("create veth {host}"),
-            RouteNetlinkMessage::NewLink(msg),
-            NLM_F_CREATE | NLM_F_EXCL,
-        )
+        self.ack(build::veth_create(host, peer, peer_pid))
     }
 
     /// Creates an IFB device (a node-wide egress shaping point).
     pub fn ifb_create(&mut self, name: &str) -> Result<(), NetlinkError> {
-        // A queue long enough that TCP through the shaper is not starved by tail drops.
-        let msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Ifb)
-            .name(name.to_string())
-            .txqueuelen(1000)
-            .build();
-        self.ack(
-            &format!("create ifb {name}"),
-            RouteNetlinkMessage::NewLink(msg),
-            NLM_F_CREATE | NLM_F_EXCL,
-        )
+        self.ack(build::ifb_create(name))
     }
 
     /// Deletes link `name`; `false` when there was none.
     pub fn link_delete(&mut self, name: &str) -> Result<bool, NetlinkError> {
-        let mut msg = LinkMessage::default();
-        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
-        match self.ack(
-            &format!("delete link {name}"),
-            RouteNetlinkMessage::DelLink(msg),
-            0,
-        ) {
+        match self.ack(build::link_delete(name)) {
             Ok(()) => Ok(true),
             Err(e) if e.errno() == Some(libc::ENODEV) => Ok(false),
             Err(e) => Err(e),
@@ -293,82 +261,22 @@ impl Netlink {
 
     /// Sets link `index` up.
     pub fn link_up(&mut self, index: u32) -> Result<(), NetlinkError> {
-        let mut msg = LinkMessage::default();
-        msg.header.index = index;
-        msg.header.flags = LinkFlags::Up;
-        msg.header.change_mask = LinkFlags::Up;
-        self.ack(
-            &format!("set link {index} up"),
-            RouteNetlinkMessage::SetLink(msg),
-            0,
-        )
+        self.ack(build::link_up(index))
     }
 
     /// Adds `addr/prefix` to link `index`.
     pub fn addr_add(&mut self, index: u32, addr: Ipv4Addr, prefix: u8) -> Result<(), NetlinkError> {
-        let msg = AddressMessageBuilder::<Ipv4Addr>::new()
-            .index(index)
-            .address(addr, prefix)
-            .build();
-        self.ack(
-            &format!("add address {addr}/{prefix} to link {index}"),
-            RouteNetlinkMessage::NewAddress(msg),
-            NLM_F_CREATE | NLM_F_EXCL,
-        )
+        self.ack(build::addr_add(index, addr, prefix))
     }
 
     /// Adds a default route via `gateway` on link `index`.
     pub fn default_route(&mut self, index: u32, gateway: Ipv4Addr) -> Result<(), NetlinkError> {
-        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
-            .gateway(gateway)
-            .output_interface(index)
-            .build();
-        self.ack(
-            &format!("add default route via {gateway}"),
-            RouteNetlinkMessage::NewRoute(msg),
-            NLM_F_CREATE | NLM_F_EXCL,
-        )
-    }
-
-    fn tc(
-        index: u32,
-        handle: TcHandle,
-        parent: TcHandle,
-        info: u32,
-        kind: &str,
-        options: Vec<TcOption>,
-    ) -> TcMessage {
-        let mut msg = TcMessage::default();
-        msg.header.index = i32::try_from(index).unwrap_or(i32::MAX);
-        msg.header.handle = handle;
-        msg.header.parent = parent;
-        msg.header.info = info;
-        msg.attributes.push(TcAttribute::Kind(kind.to_string()));
-        if !options.is_empty() {
-            msg.attributes.push(TcAttribute::Options(options));
-        }
-        msg
+        self.ack(build::default_route(index, gateway))
     }
 
     /// Adds an ingress qdisc (`ffff:`) to link `index`.
     pub fn qdisc_ingress(&mut self, index: u32) -> Result<(), NetlinkError> {
-        let msg = Self::tc(
-            index,
-            TcHandle {
-                major: 0xffff,
-                minor: 0,
-            },
-            TcHandle::INGRESS,
-            0,
-            "ingress",
-            vec![],
-        );
-        self.ack(
-            &format!("add ingress qdisc to link {index}"),
-            RouteNetlinkMessage::NewQueueDiscipline(msg),
-            NLM_F_CREATE | NLM_F_EXCL,
-        )
+        self.ack(build::qdisc_ingress(index))
     }
 
     /// Adds (or replaces) the root HTB qdisc `major:` on link `index`.
@@ -378,19 +286,7 @@ impl Netlink {
         major: u16,
         default_minor: u32,
     ) -> Result<(), NetlinkError> {
-        let msg = Self::tc(
-            index,
-            TcHandle { major, minor: 0 },
-            TcHandle::ROOT,
-            0,
-            "htb",
-            htb::qdisc_options(default_minor),
-        );
-        self.ack(
-            &format!("add htb qdisc to link {index}"),
-            RouteNetlinkMessage::NewQueueDiscipline(msg),
-            NLM_F_CREATE | NLM_F_EXCL,
-        )
+        self.ack(build::qdisc_htb(index, major, default_minor))
     }
 
     /// Adds (or changes) HTB class `classid` under `parent` on link `index`.
@@ -402,22 +298,9 @@ impl Netlink {
         rate_kbps: u64,
         ceil_kbps: u64,
     ) -> Result<(), NetlinkError> {
-        let msg = Self::tc(
-            index,
-            classid,
-            parent,
-            0,
-            "htb",
-            htb::class_options(rate_kbps, ceil_kbps),
-        );
-        self.ack(
-            &format!(
-                "add htb class {}:{:x} on link {index}",
-                classid.major, classid.minor
-            ),
-            RouteNetlinkMessage::NewTrafficClass(msg),
-            NLM_F_CREATE,
-        )
+        self.ack(build::class_htb(
+            index, parent, classid, rate_kbps, ceil_kbps,
+        ))
     }
 
     /// Adds a packet FIFO of `limit` packets as the leaf qdisc of class `parent`, with handle
@@ -429,43 +312,12 @@ impl Netlink {
         major: u16,
         limit: u32,
     ) -> Result<(), NetlinkError> {
-        let mut msg = Self::tc(
-            index,
-            TcHandle { major, minor: 0 },
-            parent,
-            0,
-            "pfifo",
-            vec![],
-        );
-        // TCA_OPTIONS of a fifo is a bare struct tc_fifo_qopt, not nested attributes.
-        msg.attributes
-            .push(TcAttribute::Other(rtnetlink::packet_core::DefaultNla::new(
-                TCA_OPTIONS,
-                limit.to_ne_bytes().to_vec(),
-            )));
-        self.ack(
-            &format!(
-                "add pfifo under {}:{:x} on link {index}",
-                parent.major, parent.minor
-            ),
-            RouteNetlinkMessage::NewQueueDiscipline(msg),
-            NLM_F_CREATE | NLM_F_EXCL,
-        )
+        self.ack(build::qdisc_pfifo(index, parent, major, limit))
     }
 
     /// Deletes class `classid` on link `index`; `false` when there was none.
     pub fn class_delete(&mut self, index: u32, classid: TcHandle) -> Result<bool, NetlinkError> {
-        let mut msg = TcMessage::default();
-        msg.header.index = i32::try_from(index).unwrap_or(i32::MAX);
-        msg.header.handle = classid;
-        match self.ack(
-            &format!(
-                "delete class {}:{:x} on link {index}",
-                classid.major, classid.minor
-            ),
-            RouteNetlinkMessage::DelTrafficClass(msg),
-            0,
-        ) {
+        match self.ack(build::class_delete(index, classid)) {
             Ok(()) => Ok(true),
             Err(e) if matches!(e.errno(), Some(libc::ENOENT) | Some(libc::ENODEV)) => Ok(false),
             Err(e) => Err(e),
@@ -540,6 +392,282 @@ impl Netlink {
         Ok(prios)
     }
 
+    /// Classifies IPv4 packets from `src` on link `index` (qdisc `parent`) into `classid`.
+    pub fn filter_classify_src(
+        &mut self,
+        index: u32,
+        parent: TcHandle,
+        prio: u16,
+        src: Ipv4Addr,
+        classid: TcHandle,
+    ) -> Result<(), NetlinkError> {
+        self.ack(build::filter_classify_src(
+            index, parent, prio, src, classid,
+        ))
+    }
+
+    /// On the ingress of link `index`: redirects IPv4 packets from `src` to link `to`.
+    pub fn filter_redirect_src(
+        &mut self,
+        index: u32,
+        prio: u16,
+        src: Ipv4Addr,
+        to: u32,
+    ) -> Result<(), NetlinkError> {
+        self.ack(build::filter_redirect_src(index, prio, src, to))
+    }
+
+    /// Deletes the filters of `protocol` at `prio` under `parent` on link `index`; `false` when
+    /// there were none.
+    pub fn filter_delete(
+        &mut self,
+        index: u32,
+        parent: TcHandle,
+        prio: u16,
+        protocol: u16,
+    ) -> Result<bool, NetlinkError> {
+        match self.ack(build::filter_delete(index, parent, prio, protocol)) {
+            Ok(()) => Ok(true),
+            Err(e) if matches!(e.errno(), Some(libc::ENOENT) | Some(libc::ENODEV)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// One request, built without a socket: what it does (for errors), the message and its flags
+/// beyond `NLM_F_REQUEST`.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// What the request does.
+    pub op: String,
+    /// The message.
+    pub msg: RouteNetlinkMessage,
+    /// `NLM_F_*` flags (`NLM_F_REQUEST` is always added).
+    pub flags: u16,
+}
+
+/// The bytes of `msg` sent as request number `seq` with `flags` (and `NLM_F_REQUEST`).
+pub fn encode(msg: RouteNetlinkMessage, flags: u16, seq: u32) -> Vec<u8> {
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | flags;
+    header.sequence_number = seq;
+    let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(msg));
+    packet.finalize();
+    let mut out = vec![0; packet.buffer_len()];
+    packet.serialize(&mut out);
+    out
+}
+
+/// The requests [`Netlink`] sends, built without a socket (so that their bytes are tested).
+pub mod build {
+    use super::*;
+
+    /// Creates a veth pair: `host` here, `peer` in the network namespace of `peer_pid`.
+    pub fn veth_create(host: &str, peer: &str, peer_pid: u32) -> Request {
+        let peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(peer.to_string())
+            .setns_by_pid(peer_pid)
+            .build();
+        let msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
+            .name(host.to_string())
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
+            .build();
+        Request {
+            op: format!("create veth {host}"),
+            msg: RouteNetlinkMessage::NewLink(msg),
+            flags: NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        }
+    }
+
+    /// Creates an IFB device.
+    pub fn ifb_create(name: &str) -> Request {
+        // A queue long enough that TCP through the shaper is not starved by tail drops.
+        let msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Ifb)
+            .name(name.to_string())
+            .txqueuelen(1000)
+            .build();
+        Request {
+            op: format!("create ifb {name}"),
+            msg: RouteNetlinkMessage::NewLink(msg),
+            flags: NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        }
+    }
+
+    /// Deletes link `name`.
+    pub fn link_delete(name: &str) -> Request {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        Request {
+            op: format!("delete link {name}"),
+            msg: RouteNetlinkMessage::DelLink(msg),
+            flags: NLM_F_ACK,
+        }
+    }
+
+    /// Sets link `index` up.
+    pub fn link_up(index: u32) -> Request {
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        msg.header.flags = LinkFlags::Up;
+        msg.header.change_mask = LinkFlags::Up;
+        Request {
+            op: format!("set link {index} up"),
+            msg: RouteNetlinkMessage::SetLink(msg),
+            flags: NLM_F_ACK,
+        }
+    }
+
+    /// Adds `addr/prefix` to link `index`.
+    pub fn addr_add(index: u32, addr: Ipv4Addr, prefix: u8) -> Request {
+        let msg = AddressMessageBuilder::<Ipv4Addr>::new()
+            .index(index)
+            .address(addr, prefix)
+            .build();
+        Request {
+            op: format!("add address {addr}/{prefix} to link {index}"),
+            msg: RouteNetlinkMessage::NewAddress(msg),
+            flags: NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        }
+    }
+
+    /// Adds a default route via `gateway` on link `index`.
+    pub fn default_route(index: u32, gateway: Ipv4Addr) -> Request {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
+            .gateway(gateway)
+            .output_interface(index)
+            .build();
+        Request {
+            op: format!("add default route via {gateway}"),
+            msg: RouteNetlinkMessage::NewRoute(msg),
+            flags: NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        }
+    }
+
+    fn tc(
+        index: u32,
+        handle: TcHandle,
+        parent: TcHandle,
+        info: u32,
+        kind: &str,
+        options: Vec<TcOption>,
+    ) -> TcMessage {
+        let mut msg = TcMessage::default();
+        msg.header.index = i32::try_from(index).unwrap_or(i32::MAX);
+        msg.header.handle = handle;
+        msg.header.parent = parent;
+        msg.header.info = info;
+        msg.attributes.push(TcAttribute::Kind(kind.to_string()));
+        if !options.is_empty() {
+            msg.attributes.push(TcAttribute::Options(options));
+        }
+        msg
+    }
+
+    /// Adds an ingress qdisc (`ffff:`) to link `index`.
+    pub fn qdisc_ingress(index: u32) -> Request {
+        let msg = tc(
+            index,
+            TcHandle {
+                major: 0xffff,
+                minor: 0,
+            },
+            TcHandle::INGRESS,
+            0,
+            "ingress",
+            vec![],
+        );
+        Request {
+            op: format!("add ingress qdisc to link {index}"),
+            msg: RouteNetlinkMessage::NewQueueDiscipline(msg),
+            flags: NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        }
+    }
+
+    /// Adds the root HTB qdisc `major:` on link `index`.
+    pub fn qdisc_htb(index: u32, major: u16, default_minor: u32) -> Request {
+        let msg = tc(
+            index,
+            TcHandle { major, minor: 0 },
+            TcHandle::ROOT,
+            0,
+            "htb",
+            htb::qdisc_options(default_minor),
+        );
+        Request {
+            op: format!("add htb qdisc to link {index}"),
+            msg: RouteNetlinkMessage::NewQueueDiscipline(msg),
+            flags: NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        }
+    }
+
+    /// Adds (or changes) HTB class `classid` under `parent` on link `index`.
+    pub fn class_htb(
+        index: u32,
+        parent: TcHandle,
+        classid: TcHandle,
+        rate_kbps: u64,
+        ceil_kbps: u64,
+    ) -> Request {
+        let msg = tc(
+            index,
+            classid,
+            parent,
+            0,
+            "htb",
+            htb::class_options(rate_kbps, ceil_kbps),
+        );
+        Request {
+            op: format!(
+                "add htb class {}:{:x} on link {index}",
+                classid.major, classid.minor
+            ),
+            msg: RouteNetlinkMessage::NewTrafficClass(msg),
+            flags: NLM_F_ACK | NLM_F_CREATE,
+        }
+    }
+
+    /// Adds a packet FIFO of `limit` packets as the leaf qdisc `major:` of class `parent`.
+    pub fn qdisc_pfifo(index: u32, parent: TcHandle, major: u16, limit: u32) -> Request {
+        let mut msg = tc(
+            index,
+            TcHandle { major, minor: 0 },
+            parent,
+            0,
+            "pfifo",
+            vec![],
+        );
+        // TCA_OPTIONS of a fifo is a bare struct tc_fifo_qopt, not nested attributes.
+        msg.attributes
+            .push(TcAttribute::Other(rtnetlink::packet_core::DefaultNla::new(
+                TCA_OPTIONS,
+                limit.to_ne_bytes().to_vec(),
+            )));
+        Request {
+            op: format!(
+                "add pfifo under {}:{:x} on link {index}",
+                parent.major, parent.minor
+            ),
+            msg: RouteNetlinkMessage::NewQueueDiscipline(msg),
+            flags: NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        }
+    }
+
+    /// Deletes class `classid` on link `index`.
+    pub fn class_delete(index: u32, classid: TcHandle) -> Request {
+        let mut msg = TcMessage::default();
+        msg.header.index = i32::try_from(index).unwrap_or(i32::MAX);
+        msg.header.handle = classid;
+        Request {
+            op: format!(
+                "delete class {}:{:x} on link {index}",
+                classid.major, classid.minor
+            ),
+            msg: RouteNetlinkMessage::DelTrafficClass(msg),
+            flags: NLM_F_ACK,
+        }
+    }
+
     /// A u32 selector matching IPv4 source address `src`.
     fn match_src(src: Ipv4Addr) -> TcU32Selector {
         let mut key = TcU32Key::default();
@@ -560,40 +688,33 @@ impl Netlink {
 
     /// Classifies IPv4 packets from `src` on link `index` (qdisc `parent`) into `classid`.
     pub fn filter_classify_src(
-        &mut self,
         index: u32,
         parent: TcHandle,
         prio: u16,
         src: Ipv4Addr,
         classid: TcHandle,
-    ) -> Result<(), NetlinkError> {
+    ) -> Request {
         let opts = vec![
             TcOption::U32(TcFilterU32Option::ClassId(classid)),
-            TcOption::U32(TcFilterU32Option::Selector(Self::match_src(src))),
+            TcOption::U32(TcFilterU32Option::Selector(match_src(src))),
         ];
-        let msg = Self::tc(
+        let msg = tc(
             index,
             TcHandle::UNSPEC,
             parent,
-            Self::info(prio, ETH_P_IP),
+            info(prio, ETH_P_IP),
             "u32",
             opts,
         );
-        self.ack(
-            &format!("add classify filter {src} on link {index}"),
-            RouteNetlinkMessage::NewTrafficFilter(msg),
-            NLM_F_CREATE | NLM_F_EXCL,
-        )
+        Request {
+            op: format!("add classify filter {src} on link {index}"),
+            msg: RouteNetlinkMessage::NewTrafficFilter(msg),
+            flags: NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        }
     }
 
     /// On the ingress of link `index`: redirects IPv4 packets from `src` to link `to`.
-    pub fn filter_redirect_src(
-        &mut self,
-        index: u32,
-        prio: u16,
-        src: Ipv4Addr,
-        to: u32,
-    ) -> Result<(), NetlinkError> {
+    pub fn filter_redirect_src(index: u32, prio: u16, src: Ipv4Addr, to: u32) -> Request {
         let mut mirror = TcMirror::default();
         mirror.generic = TcActionGeneric::default();
         mirror.generic.action = TcActionType::Stolen;
@@ -608,48 +729,310 @@ impl Netlink {
             ))]),
         ];
         let opts = vec![
-            TcOption::U32(TcFilterU32Option::Selector(Self::match_src(src))),
+            TcOption::U32(TcFilterU32Option::Selector(match_src(src))),
             TcOption::U32(TcFilterU32Option::Action(vec![action])),
         ];
-        let msg = Self::tc(
+        let msg = tc(
             index,
             TcHandle::UNSPEC,
             TcHandle {
                 major: 0xffff,
                 minor: 0,
             },
-            Self::info(prio, ETH_P_IP),
+            info(prio, ETH_P_IP),
             "u32",
             opts,
         );
-        self.ack(
-            &format!("add redirect filter {src} on link {index}"),
-            RouteNetlinkMessage::NewTrafficFilter(msg),
-            NLM_F_CREATE | NLM_F_EXCL,
-        )
+        Request {
+            op: format!("add redirect filter {src} on link {index}"),
+            msg: RouteNetlinkMessage::NewTrafficFilter(msg),
+            flags: NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        }
     }
 
-    /// Deletes the filters of `protocol` at `prio` under `parent` on link `index`; `false` when
-    /// there were none.
-    pub fn filter_delete(
-        &mut self,
-        index: u32,
-        parent: TcHandle,
-        prio: u16,
-        protocol: u16,
-    ) -> Result<bool, NetlinkError> {
+    /// Deletes the filters of `protocol` at `prio` under `parent` on link `index`.
+    pub fn filter_delete(index: u32, parent: TcHandle, prio: u16, protocol: u16) -> Request {
         let mut msg = TcMessage::default();
         msg.header.index = i32::try_from(index).unwrap_or(i32::MAX);
         msg.header.parent = parent;
-        msg.header.info = Self::info(prio, protocol);
-        match self.ack(
-            &format!("delete filter prio {prio} on link {index}"),
-            RouteNetlinkMessage::DelTrafficFilter(msg),
-            0,
-        ) {
-            Ok(()) => Ok(true),
-            Err(e) if matches!(e.errno(), Some(libc::ENOENT) | Some(libc::ENODEV)) => Ok(false),
-            Err(e) => Err(e),
+        msg.header.info = info(prio, protocol);
+        Request {
+            op: format!("delete filter prio {prio} on link {index}"),
+            msg: RouteNetlinkMessage::DelTrafficFilter(msg),
+            flags: NLM_F_ACK,
         }
+    }
+}
+
+/// Byte-exact requests. The expected bytes were captured once from the builders, then every
+/// field was checked by hand against the kernel's uapi headers (`linux/netlink.h`,
+/// `rtnetlink.h`, `if_link.h`, `veth.h`, `if_addr.h`, `pkt_sched.h`, `pkt_cls.h`,
+/// `tc_act/tc_mirred.h`); each line names the field. Little-endian hosts (the headers'
+/// host-order fields are written as such); sequence number 1.
+#[cfg(all(test, target_endian = "little"))]
+mod tests {
+    use super::*;
+
+    /// Bytes from hex, whitespace and `//` comments ignored.
+    fn hex(text: &str) -> Vec<u8> {
+        let digits: Vec<u8> = text
+            .lines()
+            .map(|l| l.split("//").next().unwrap_or(""))
+            .flat_map(str::chars)
+            .filter_map(|c| c.to_digit(16))
+            .filter_map(|d| u8::try_from(d).ok())
+            .collect();
+        assert_eq!(digits.len() % 2, 0, "odd number of hex digits");
+        digits.chunks(2).map(|p| p[0] << 4 | p[1]).collect()
+    }
+
+    fn bytes(req: Request) -> Vec<u8> {
+        encode(req.msg, req.flags, 1)
+    }
+
+    const CLASS_1_10: TcHandle = TcHandle {
+        major: 1,
+        minor: 0x10,
+    };
+
+    #[test]
+    fn veth_create() {
+        let expected = hex("
+            64 00 00 00  // nlmsghdr.nlmsg_len 100
+            10 00        // nlmsg_type RTM_NEWLINK (16)
+            05 06        // nlmsg_flags REQUEST|ACK|EXCL|CREATE (0x605)
+            01 00 00 00  // nlmsg_seq
+            00 00 00 00  // nlmsg_pid
+            00 00 00 00  // ifinfomsg: family AF_UNSPEC, pad, type 0
+            00 00 00 00  // ifi_index 0
+            00 00 00 00  // ifi_flags
+            00 00 00 00  // ifi_change
+            08 00 03 00  // nla len 8, IFLA_IFNAME (3)
+            70 6d 37 00  // \"pm7\\0\"
+            3c 00 12 00  // nla len 60, IFLA_LINKINFO (18)
+            09 00 01 00  //   nla len 9, IFLA_INFO_KIND (1)
+            76 65 74 68 00 00 00 00  // \"veth\\0\" + pad
+            2c 00 02 00  //   nla len 44, IFLA_INFO_DATA (2)
+            28 00 01 00  //     nla len 40, VETH_INFO_PEER (1)
+            00 00 00 00  00 00 00 00  00 00 00 00  00 00 00 00  // peer's ifinfomsg, zero
+            09 00 03 00  //     nla len 9, IFLA_IFNAME (3)
+            65 74 68 30 00 00 00 00  // \"eth0\\0\" + pad
+            08 00 13 00  //     nla len 8, IFLA_NET_NS_PID (19)
+            92 10 00 00  //     pid 4242
+        ");
+        assert_eq!(bytes(build::veth_create("pm7", "eth0", 4242)), expected);
+    }
+
+    #[test]
+    fn addr_add() {
+        let expected = hex("
+            28 00 00 00  // nlmsg_len 40
+            14 00 05 06  // RTM_NEWADDR (20), REQUEST|ACK|EXCL|CREATE
+            01 00 00 00  00 00 00 00  // seq, pid
+            02           // ifaddrmsg.ifa_family AF_INET
+            1f           // ifa_prefixlen 31
+            00 00        // ifa_flags, ifa_scope
+            07 00 00 00  // ifa_index 7
+            08 00 01 00  0a 01 00 00  // IFA_ADDRESS (1) 10.1.0.0
+            08 00 02 00  0a 01 00 00  // IFA_LOCAL (2) 10.1.0.0
+        ");
+        assert_eq!(
+            bytes(build::addr_add(7, Ipv4Addr::new(10, 1, 0, 0), 31)),
+            expected
+        );
+    }
+
+    #[test]
+    fn link_up() {
+        let expected = hex("
+            20 00 00 00  // nlmsg_len 32
+            13 00 05 00  // RTM_SETLINK (19), REQUEST|ACK
+            01 00 00 00  00 00 00 00  // seq, pid
+            00 00 00 00  // ifinfomsg: family, pad, type
+            07 00 00 00  // ifi_index 7
+            01 00 00 00  // ifi_flags IFF_UP
+            01 00 00 00  // ifi_change IFF_UP
+        ");
+        assert_eq!(bytes(build::link_up(7)), expected);
+    }
+
+    #[test]
+    fn qdisc_htb() {
+        let expected = hex("
+            48 00 00 00  // nlmsg_len 72
+            24 00 05 06  // RTM_NEWQDISC (36), REQUEST|ACK|EXCL|CREATE
+            01 00 00 00  00 00 00 00  // seq, pid
+            00 00 00 00  // tcmsg: family, pad1, pad2
+            09 00 00 00  // tcm_ifindex 9
+            00 00 01 00  // tcm_handle 1:0
+            ff ff ff ff  // tcm_parent TC_H_ROOT
+            00 00 00 00  // tcm_info
+            08 00 01 00  68 74 62 00  // TCA_KIND (1) \"htb\\0\"
+            1c 00 02 00  // nla len 28, TCA_OPTIONS (2)
+            18 00 02 00  //   nla len 24, TCA_HTB_INIT (2): struct tc_htb_glob
+            03 00 00 00  //   version TC_HTB_PROTOVER 3
+            0a 00 00 00  //   rate2quantum 10
+            00 00 00 00  //   defcls 0
+            00 00 00 00  //   debug
+            00 00 00 00  //   direct_pkts
+        ");
+        assert_eq!(bytes(build::qdisc_htb(9, 1, 0)), expected);
+    }
+
+    #[test]
+    fn qdisc_ingress() {
+        let expected = hex("
+            30 00 00 00  // nlmsg_len 48
+            24 00 05 06  // RTM_NEWQDISC (36), REQUEST|ACK|EXCL|CREATE
+            01 00 00 00  00 00 00 00  // seq, pid
+            00 00 00 00  // tcmsg: family, pads
+            07 00 00 00  // tcm_ifindex 7
+            00 00 ff ff  // tcm_handle ffff:0
+            f1 ff ff ff  // tcm_parent TC_H_INGRESS
+            00 00 00 00  // tcm_info
+            0c 00 01 00  69 6e 67 72 65 73 73 00  // TCA_KIND (1) \"ingress\\0\"
+        ");
+        assert_eq!(bytes(build::qdisc_ingress(7)), expected);
+    }
+
+    #[test]
+    fn qdisc_pfifo() {
+        let expected = hex("
+            38 00 00 00  // nlmsg_len 56
+            24 00 05 06  // RTM_NEWQDISC (36), REQUEST|ACK|EXCL|CREATE
+            01 00 00 00  00 00 00 00  // seq, pid
+            00 00 00 00  // tcmsg: family, pads
+            09 00 00 00  // tcm_ifindex 9
+            00 00 10 00  // tcm_handle 10:0
+            10 00 01 00  // tcm_parent 1:10
+            00 00 00 00  // tcm_info
+            0a 00 01 00  70 66 69 66 6f 00 00 00  // TCA_KIND (1) \"pfifo\\0\" + pad
+            08 00 02 00  // nla len 8, TCA_OPTIONS (2): a bare struct tc_fifo_qopt
+            10 00 00 00  // limit 16 packets
+        ");
+        assert_eq!(bytes(build::qdisc_pfifo(9, CLASS_1_10, 0x10, 16)), expected);
+    }
+
+    #[test]
+    fn class_htb() {
+        let expected = hex("
+            60 00 00 00  // nlmsg_len 96
+            28 00 05 04  // RTM_NEWTCLASS (40), REQUEST|ACK|CREATE (0x405)
+            01 00 00 00  00 00 00 00  // seq, pid
+            00 00 00 00  // tcmsg: family, pads
+            09 00 00 00  // tcm_ifindex 9
+            10 00 01 00  // tcm_handle 1:10
+            01 00 01 00  // tcm_parent 1:1
+            00 00 00 00  // tcm_info
+            08 00 01 00  68 74 62 00  // TCA_KIND (1) \"htb\\0\"
+            34 00 02 00  // nla len 52, TCA_OPTIONS (2)
+            30 00 01 00  //   nla len 48, TCA_HTB_PARMS (1): struct tc_htb_opt
+            00 01 00 00  //   rate: cell_log 0, linklayer TC_LINKLAYER_ETHERNET, overhead 0
+            00 00 00 00  //         cell_align 0, mpu 0
+            40 42 0f 00  //         rate 1 000 000 B/s (8 Mbit/s)
+            00 01 00 00  //   ceil: cell_log 0, linklayer ethernet, overhead 0
+            00 00 00 00  //         cell_align 0, mpu 0
+            20 bc be 00  //         rate 12 500 000 B/s (100 Mbit/s)
+            5a 62 02 00  //   buffer 156250 ticks (10 ms >> PSCHED_SHIFT 6)
+            5a 62 02 00  //   cbuffer 156250 ticks
+            a0 86 01 00  //   quantum 100000 (rate / 10)
+            00 00 00 00  //   level
+            00 00 00 00  //   prio
+        ");
+        assert_eq!(
+            bytes(build::class_htb(
+                9,
+                TcHandle { major: 1, minor: 1 },
+                CLASS_1_10,
+                8_000,
+                100_000
+            )),
+            expected
+        );
+    }
+
+    /// `struct tc_u32_sel` with one key matching IPv4 source 10.1.0.1 (the common part of both
+    /// filters).
+    const SEL_SRC_10_1_0_1: &str = "
+            24 00 05 00  // nla len 36, TCA_U32_SEL (5)
+            01 00 01 00  //   flags TC_U32_TERMINAL, offshift 0, nkeys 1, pad
+            00 00 00 00  //   offmask 0, off 0
+            00 00 00 00  //   offoff 0, hoff 0
+            00 00 00 00  //   hmask 0
+            ff ff ff ff  //   keys[0].mask
+            0a 01 00 01  //   keys[0].val 10.1.0.1 (network order)
+            0c 00 00 00  //   keys[0].off 12 (the IPv4 source)
+            00 00 00 00  //   keys[0].offmask
+    ";
+
+    #[test]
+    fn filter_classify_src() {
+        let expected = hex(&format!(
+            "
+            5c 00 00 00  // nlmsg_len 92
+            2c 00 05 06  // RTM_NEWTFILTER (44), REQUEST|ACK|EXCL|CREATE
+            01 00 00 00  00 00 00 00  // seq, pid
+            00 00 00 00  // tcmsg: family, pads
+            09 00 00 00  // tcm_ifindex 9
+            00 00 00 00  // tcm_handle 0
+            00 00 01 00  // tcm_parent 1:0
+            08 00 10 00  // tcm_info: protocol htons(ETH_P_IP), prio 0x10 in the high half
+            08 00 01 00  75 33 32 00  // TCA_KIND (1) \"u32\\0\"
+            30 00 02 00  // nla len 48, TCA_OPTIONS (2)
+            08 00 01 00  //   nla len 8, TCA_U32_CLASSID (1)
+            10 00 01 00  //   1:10
+            {SEL_SRC_10_1_0_1}"
+        ));
+        assert_eq!(
+            bytes(build::filter_classify_src(
+                9,
+                TcHandle { major: 1, minor: 0 },
+                0x10,
+                Ipv4Addr::new(10, 1, 0, 1),
+                CLASS_1_10
+            )),
+            expected
+        );
+    }
+
+    #[test]
+    fn filter_redirect_src() {
+        let expected = hex(&format!(
+            "
+            8c 00 00 00  // nlmsg_len 140
+            2c 00 05 06  // RTM_NEWTFILTER (44), REQUEST|ACK|EXCL|CREATE
+            01 00 00 00  00 00 00 00  // seq, pid
+            00 00 00 00  // tcmsg: family, pads
+            07 00 00 00  // tcm_ifindex 7
+            00 00 00 00  // tcm_handle 0
+            00 00 ff ff  // tcm_parent ffff:0 (the ingress qdisc)
+            08 00 01 00  // tcm_info: protocol htons(ETH_P_IP), prio 1
+            08 00 01 00  75 33 32 00  // TCA_KIND (1) \"u32\\0\"
+            60 00 02 00  // nla len 96, TCA_OPTIONS (2)
+            {SEL_SRC_10_1_0_1}
+            38 00 07 00  //   nla len 56, TCA_U32_ACT (7)
+            34 00 01 00  //     nla len 52, action 1 (its order)
+            0b 00 01 00  //       nla len 11, TCA_ACT_KIND (1)
+            6d 69 72 72 65 64 00 00  // \"mirred\\0\" + pad
+            24 00 02 80  //       nla len 36, TCA_ACT_OPTIONS (2) | NLA_F_NESTED
+            20 00 02 00  //         nla len 32, TCA_MIRRED_PARMS (2): struct tc_mirred
+            00 00 00 00  //         tc_gen.index
+            00 00 00 00  //         tc_gen.capab
+            04 00 00 00  //         tc_gen.action TC_ACT_STOLEN
+            00 00 00 00  //         tc_gen.refcnt
+            00 00 00 00  //         tc_gen.bindcnt
+            01 00 00 00  //         eaction TCA_EGRESS_REDIR
+            09 00 00 00  //         ifindex 9 (the IFB)
+            "
+        ));
+        assert_eq!(
+            bytes(build::filter_redirect_src(
+                7,
+                1,
+                Ipv4Addr::new(10, 1, 0, 1),
+                9
+            )),
+            expected
+        );
     }
 }
