@@ -222,37 +222,6 @@ pub fn check_mdns_setting(
     assert!(err.contains("mdns"), "{err}");
 }
 
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use super::*;
-
-    #[test]
-    fn clock_ticks_convert_at_the_kernel_rate() {
-        assert!(clock_ticks_per_second() > 0);
-        assert_eq!(ticks_to_duration(250, 100), Duration::from_millis(2500));
-        assert_eq!(ticks_to_duration(3, 1000), Duration::from_millis(3));
-        assert_eq!(ticks_to_duration(1, 300), Duration::from_nanos(3_333_333));
-    }
-
-    #[test]
-    fn cpu_time_grows_with_work() {
-        let before = cpu_time();
-        let started = std::time::Instant::now();
-        let mut x = 0u64;
-        // Busy for at least 100 ms of wall time (bounded), so a few ticks pass.
-        while started.elapsed() < Duration::from_millis(100) {
-            x = std::hint::black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1));
-        }
-        let used = cpu_time().saturating_sub(before);
-        assert!(
-            used > Duration::ZERO,
-            "no CPU time counted for 100 ms of work"
-        );
-    }
-}
-
 /// Checks that a commented config template puts every section (`# [name]`, `# [[name]]`)
 /// after all its top-level settings, each section a block of its own lines ended by a blank
 /// line: uncommenting any setting or whole section in place then keeps it where it belongs
@@ -309,4 +278,35 @@ pub fn uncomment_all(template: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn clock_ticks_convert_at_the_kernel_rate() {
+        assert!(clock_ticks_per_second() > 0);
+        assert_eq!(ticks_to_duration(250, 100), Duration::from_millis(2500));
+        assert_eq!(ticks_to_duration(3, 1000), Duration::from_millis(3));
+        assert_eq!(ticks_to_duration(1, 300), Duration::from_nanos(3_333_333));
+    }
+
+    #[test]
+    fn cpu_time_grows_with_work() {
+        let before = cpu_time();
+        let started = std::time::Instant::now();
+        let mut x = 0u64;
+        // Busy for at least 100 ms of wall time (bounded), so a few ticks pass.
+        while started.elapsed() < Duration::from_millis(100) {
+            x = std::hint::black_box(x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1));
+        }
+        let used = cpu_time().saturating_sub(before);
+        assert!(
+            used > Duration::ZERO,
+            "no CPU time counted for 100 ms of work"
+        );
+    }
 }
