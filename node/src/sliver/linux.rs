@@ -26,7 +26,6 @@ use nix::sched::CloneFlags;
 use nix::sys::signal::Signal;
 use nix::sys::wait::{WaitPidFlag, waitpid};
 use nix::unistd::Pid;
-use rtnetlink::packet_route::tc::TcHandle;
 
 use super::alloc::UidRange;
 use super::caps;
@@ -40,8 +39,12 @@ use super::init::{self, InitPlan, READY};
 use super::mountfd;
 use super::netlink::{ETH_P_IP, Netlink};
 use super::output::{self, pidfd_open};
-use super::rootfs::{self, DiskBacking, Image, SliverDirs, UPPER_OWNED_DIRS};
+use super::rootfs::{self, DiskBacking, Image, SliverDirs};
 use super::sealed::SealedImage;
+
+pub mod plan;
+
+use plan::DirStep;
 
 /// How long an init may take to build its sliver.
 const INIT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -134,22 +137,13 @@ impl LinuxHost {
         let idx = nl.link_index(&net.host_if)?.ok_or_else(|| {
             HostError::Init(format!("veth {} vanished after creation", net.host_if))
         })?;
-        nl.addr_add(idx, net.host_addr, 31)?;
-        let rp = self
-            .proc_root
-            .join("sys/net/ipv4/conf")
-            .join(&net.host_if)
-            .join("rp_filter");
-        fs::write(&rp, "1").map_err(io_err("write", &rp))?;
+        nl.addr_add(idx, net.host_addr, plan::VETH_PREFIX)?;
         // Slivers speak IPv4 only: IPv6 from a sliver would bypass the shaper and the
-        // reverse-path filter, so the host side drops it.
-        let v6 = self
-            .proc_root
-            .join("sys/net/ipv6/conf")
-            .join(&net.host_if)
-            .join("disable_ipv6");
+        // reverse-path filter, so the host side drops it (where the host has IPv6).
+        let [(rp, on), (v6, off)] = plan::veth_sysctls(&self.proc_root, net);
+        fs::write(&rp, on).map_err(io_err("write", &rp))?;
         if v6.exists() {
-            fs::write(&v6, "1").map_err(io_err("write", &v6))?;
+            fs::write(&v6, off).map_err(io_err("write", &v6))?;
         }
         nl.link_up(idx)?;
         Ok(())
@@ -160,31 +154,21 @@ impl LinuxHost {
         let ifb = nl
             .link_index(&shape.node.ifb)?
             .ok_or_else(|| HostError::Init(format!("shaping device {} missing", shape.node.ifb)))?;
-        let classid = TcHandle {
-            major: 1,
-            minor: shape.class_minor,
-        };
+        let plan = plan::shape(shape);
         nl.class_htb(
             ifb,
-            TcHandle { major: 1, minor: 1 },
-            classid,
-            shape.rate_kbps,
-            shape.ceil_kbps,
+            plan::ROOT_CLASS,
+            plan.classid,
+            plan.rate_kbps,
+            plan.ceil_kbps,
         )?;
-        // About 50 ms of traffic at the ceiling, between 16 and 1000 packets.
-        let limit = (shape.ceil_kbps.saturating_mul(1000) / 8 / 20 / 1500).clamp(16, 1000);
-        nl.qdisc_pfifo(
-            ifb,
-            classid,
-            shape.class_minor,
-            u32::try_from(limit).unwrap_or(1000),
-        )?;
+        nl.qdisc_pfifo(ifb, plan.classid, plan.fifo_major, plan.fifo_limit)?;
         nl.filter_classify_src(
             ifb,
-            TcHandle { major: 1, minor: 0 },
-            shape.filter_prio,
-            shape.src,
-            classid,
+            plan::ROOT_QDISC,
+            plan.filter_prio,
+            plan.src,
+            plan.classid,
         )?;
         let veth = nl
             .link_index(&shape.host_if)?
@@ -192,7 +176,7 @@ impl LinuxHost {
         nl.qdisc_ingress(veth)?;
         // The sliver's packets go through the node bucket. Packets with another source are
         // not steered: strict reverse-path filtering on the veth drops them (net_attach).
-        nl.filter_redirect_src(veth, 1, shape.src, ifb)?;
+        nl.filter_redirect_src(veth, plan::REDIRECT_PRIO, plan.src, ifb)?;
         Ok(())
     }
 }
@@ -471,35 +455,37 @@ impl Host for LinuxHost {
         let chown = |path: &Path| {
             std::os::unix::fs::lchown(path, Some(owner), Some(owner)).map_err(io_err("chown", path))
         };
-        mkdir(&dirs.root, 0o755)?;
-        mkdir(&dirs.rootfs, 0o755)?;
-        mkdir(&dirs.lower, 0o755)?;
-        // An upper dir kept from an earlier sliver of this id may belong to another uid range.
-        if let Ok(meta) = fs::symlink_metadata(&dirs.upper) {
-            use std::os::unix::fs::MetadataExt;
-            if meta.uid() != owner {
-                shift_owners(&dirs.upper, meta.uid(), *uids)
-                    .map_err(io_err("shift owners", &dirs.upper))?;
+        for step in plan::prepare_dirs(dirs) {
+            match step {
+                DirStep::Make { path, mode, owned } => {
+                    mkdir(&path, mode)?;
+                    if owned {
+                        chown(&path)?;
+                    }
+                }
+                DirStep::ShiftOwners(upper) => {
+                    if let Ok(meta) = fs::symlink_metadata(&upper) {
+                        use std::os::unix::fs::MetadataExt;
+                        if meta.uid() != owner {
+                            shift_owners(&upper, meta.uid(), *uids)
+                                .map_err(io_err("shift owners", &upper))?;
+                        }
+                    }
+                }
+                DirStep::RemoveStale(path) => {
+                    if path.exists() {
+                        fs::remove_dir_all(&path).map_err(io_err("remove", &path))?;
+                    }
+                }
+                DirStep::Touch(path) => {
+                    OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&path)
+                        .map_err(io_err("create", &path))?;
+                }
             }
         }
-        mkdir(&dirs.upper, 0o755)?;
-        chown(&dirs.upper)?;
-        // A stale work dir (from a kept upper) must not be reused.
-        if dirs.work.exists() {
-            fs::remove_dir_all(&dirs.work).map_err(io_err("remove", &dirs.work))?;
-        }
-        mkdir(&dirs.work, 0o700)?;
-        chown(&dirs.work)?;
-        for (mode, rel) in UPPER_OWNED_DIRS {
-            let path = dirs.upper.join(rel);
-            mkdir(&path, *mode)?;
-            chown(&path)?;
-        }
-        OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&dirs.keys)
-            .map_err(io_err("create", &dirs.keys))?;
         Ok(())
     }
 
@@ -510,35 +496,24 @@ impl Host for LinuxHost {
             _ => fs::remove_file(path).map_err(io_err("remove", path)),
         };
         if keep_upper {
-            remove(&dirs.work)?;
-            remove(&dirs.rootfs)?;
-            remove(&dirs.lower)?;
-            remove(&dirs.keys)
+            for path in plan::removed_keeping_upper(dirs) {
+                remove(path)?;
+            }
+            Ok(())
         } else {
             // Removing a tree costs milliseconds per directory on some disks: move it out of
             // the way at once (one rename) and delete it in the background.
-            let Some(trash) = dirs
-                .root
-                .parent()
-                .and_then(Path::parent)
-                .map(|p| p.join("trash"))
-            else {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            let Some((trash, target)) = plan::trash_target(dirs, nanos) else {
                 return remove(&dirs.root);
             };
             if fs::symlink_metadata(&dirs.root).is_err() {
                 return Ok(());
             }
             fs::create_dir_all(&trash).map_err(io_err("create", &trash))?;
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0);
-            let name = dirs
-                .root
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let target = trash.join(format!("{name}-{nanos}"));
             match fs::rename(&dirs.root, &target) {
                 Ok(()) => {
                     empty_trash_later(trash);
@@ -791,18 +766,13 @@ impl Host for LinuxHost {
             }
         };
         nl.link_up(idx)?;
-        match nl.qdisc_htb(idx, 1, 0) {
+        match nl.qdisc_htb(idx, plan::ROOT_QDISC.major, 0) {
             Ok(()) => {}
             Err(e) if e.errno() == Some(libc::EEXIST) => {}
             Err(e) => return Err(e.into()),
         }
-        nl.class_htb(
-            idx,
-            TcHandle { major: 1, minor: 0 },
-            TcHandle { major: 1, minor: 1 },
-            node.node_kbps,
-            node.node_kbps,
-        )?;
+        let (rate, ceil) = plan::root_bucket(node);
+        nl.class_htb(idx, plan::ROOT_QDISC, plan::ROOT_CLASS, rate, ceil)?;
         Ok(())
     }
 
@@ -824,19 +794,8 @@ impl Host for LinuxHost {
         let Some(ifb) = nl.link_index(&shape.node.ifb)? else {
             return Ok(());
         };
-        nl.filter_delete(
-            ifb,
-            TcHandle { major: 1, minor: 0 },
-            shape.filter_prio,
-            ETH_P_IP,
-        )?;
-        nl.class_delete(
-            ifb,
-            TcHandle {
-                major: 1,
-                minor: shape.class_minor,
-            },
-        )?;
+        nl.filter_delete(ifb, plan::ROOT_QDISC, shape.filter_prio, ETH_P_IP)?;
+        nl.class_delete(ifb, plan::sliver_class(shape.class_minor))?;
         Ok(())
     }
 
@@ -849,30 +808,24 @@ impl Host for LinuxHost {
             .collect();
         let mut nl = Self::netlink()?;
         for name in nl.links_with_prefix(&scope.ifname_prefix)? {
-            let suffix = &name[scope.ifname_prefix.len()..];
-            if !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_digit()) {
+            if plan::is_sliver_link(&scope.ifname_prefix, &name) {
                 out.push(Orphan::Link(name));
             }
         }
         if let Some(ifb) = nl.link_index(&scope.ifb)? {
             for class in nl.classes(ifb)? {
-                if class.major == 1 && class.minor >= 0x10 {
+                if plan::is_sliver_class(class) {
                     out.push(Orphan::Class(class.minor));
                 }
             }
         }
         if let Ok(entries) = fs::read_dir(&scope.slivers_dir) {
             // A dir holding only an upper dir was kept on purpose (destroy with keep_upper).
-            let kept = |p: &Path| {
-                !p.join("work").exists()
-                    && !p.join("rootfs").exists()
-                    && !p.join("authorized_keys").exists()
-            };
             out.extend(
                 entries
                     .flatten()
                     .map(|e| e.path())
-                    .filter(|p| !kept(p))
+                    .filter(|p| !plan::is_kept_dir(p, Path::exists))
                     .map(Orphan::Dir),
             );
         }
@@ -881,7 +834,7 @@ impl Host for LinuxHost {
 
     fn remove_orphan(&self, scope: &OrphanScope, orphan: &Orphan) -> Result<(), HostError> {
         match orphan {
-            Orphan::Cgroup(name) => self.cgroup_destroy(&format!("{}/{name}", scope.cgroup_parent)),
+            Orphan::Cgroup(name) => self.cgroup_destroy(&plan::orphan_cgroup(scope, name)),
             Orphan::Link(name) => Self::netlink()?
                 .link_delete(name)
                 .map(|_| ())
@@ -891,34 +844,17 @@ impl Host for LinuxHost {
                 let Some(ifb) = nl.link_index(&scope.ifb)? else {
                     return Ok(());
                 };
-                nl.filter_delete(ifb, TcHandle { major: 1, minor: 0 }, *minor, ETH_P_IP)?;
-                nl.class_delete(
-                    ifb,
-                    TcHandle {
-                        major: 1,
-                        minor: *minor,
-                    },
-                )?;
+                nl.filter_delete(ifb, plan::ROOT_QDISC, *minor, ETH_P_IP)?;
+                nl.class_delete(ifb, plan::sliver_class(*minor))?;
                 Ok(())
             }
             Orphan::Dir(path) => {
-                let name = path
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                let dirs = SliverDirs::new(
-                    scope
-                        .slivers_dir
-                        .parent()
-                        .unwrap_or(Path::new("/nonexistent")),
-                    &name,
-                );
-                if dirs.root != *path {
+                let Some(dirs) = plan::orphan_dirs(scope, path) else {
                     return Err(HostError::Init(format!(
                         "{} is not a sliver dir",
                         path.display()
                     )));
-                }
+                };
                 self.remove_dirs(&dirs, false)
             }
         }
@@ -1087,7 +1023,7 @@ impl Host for LinuxHost {
         Ok(nl
             .class_bytes(ifb)?
             .into_iter()
-            .filter(|(h, _)| h.major == 1 && h.minor >= 0x10)
+            .filter(|(h, _)| plan::is_sliver_class(*h))
             .map(|(h, bytes)| (h.minor, bytes))
             .collect())
     }

@@ -1,0 +1,354 @@
+//! What [`super::LinuxHost`] does, decided without touching the host: the directories of a
+//! sliver, its network wiring and shaping, and which host traces are slivers'. Pure functions,
+//! unit-tested without root; `linux.rs` executes the plans with thin privileged primitives.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use rtnetlink::packet_route::tc::TcHandle;
+
+use crate::sliver::host::{NetAttach, NodeShaping, OrphanScope, Shape};
+use crate::sliver::rootfs::{SliverDirs, UPPER_OWNED_DIRS};
+
+/// The node's root HTB qdisc, `1:`.
+pub const ROOT_QDISC: TcHandle = TcHandle { major: 1, minor: 0 };
+/// The node's root bucket, class `1:1`; every sliver's bucket is its child.
+pub const ROOT_CLASS: TcHandle = TcHandle { major: 1, minor: 1 };
+/// The smallest class minor a sliver's bucket has (below are the node's own).
+pub const FIRST_SLIVER_MINOR: u16 = 0x10;
+/// The prefix length of the host side's address on a sliver's veth (a /31 pair).
+pub const VETH_PREFIX: u8 = 31;
+/// The filter priority of the redirect on a veth's ingress (the only filter there).
+pub const REDIRECT_PRIO: u16 = 1;
+
+/// One step of making a sliver's dirs, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DirStep {
+    /// Make a dir (and its parents) with `mode`; `owned`: chown it to the sliver's root.
+    Make {
+        /// The dir.
+        path: PathBuf,
+        /// Its mode.
+        mode: u32,
+        /// Whether the sliver's root owns it.
+        owned: bool,
+    },
+    /// An upper dir kept from an earlier sliver may belong to another uid range: shift it.
+    ShiftOwners(PathBuf),
+    /// A stale work dir (from a kept upper) must not be reused: remove it.
+    RemoveStale(PathBuf),
+    /// Create the (empty) file if absent.
+    Touch(PathBuf),
+}
+
+/// The steps of [`crate::sliver::host::Host::prepare_dirs`].
+pub fn prepare_dirs(dirs: &SliverDirs) -> Vec<DirStep> {
+    let make = |path: &Path, mode: u32, owned: bool| DirStep::Make {
+        path: path.to_path_buf(),
+        mode,
+        owned,
+    };
+    let mut steps = vec![
+        make(&dirs.root, 0o755, false),
+        make(&dirs.rootfs, 0o755, false),
+        make(&dirs.lower, 0o755, false),
+        DirStep::ShiftOwners(dirs.upper.clone()),
+        make(&dirs.upper, 0o755, true),
+        DirStep::RemoveStale(dirs.work.clone()),
+        make(&dirs.work, 0o700, true),
+    ];
+    steps.extend(
+        UPPER_OWNED_DIRS
+            .iter()
+            .map(|(mode, rel)| make(&dirs.upper.join(rel), *mode, true)),
+    );
+    steps.push(DirStep::Touch(dirs.keys.clone()));
+    steps
+}
+
+/// What destroying a sliver with its upper dir kept removes.
+pub fn removed_keeping_upper(dirs: &SliverDirs) -> [&Path; 4] {
+    [&dirs.work, &dirs.rootfs, &dirs.lower, &dirs.keys]
+}
+
+/// Where a sliver's dir is moved to be deleted in the background (`<state>/trash`), and its
+/// name there; `None` when the dir has no such place.
+pub fn trash_target(dirs: &SliverDirs, nanos: u128) -> Option<(PathBuf, PathBuf)> {
+    let trash = dirs.root.parent().and_then(Path::parent)?.join("trash");
+    let name = dirs
+        .root
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let target = trash.join(format!("{name}-{nanos}"));
+    Some((trash, target))
+}
+
+/// The sysctls set on a sliver's host-side veth (path, value), in order: strict reverse-path
+/// filtering, and (if the host has IPv6) no IPv6, which would bypass the shaper and the
+/// filter; the second is skipped when its file is absent.
+pub fn veth_sysctls(proc_root: &Path, net: &NetAttach) -> [(PathBuf, &'static str); 2] {
+    let conf = |family: &str, knob: &str| {
+        proc_root
+            .join("sys/net")
+            .join(family)
+            .join("conf")
+            .join(&net.host_if)
+            .join(knob)
+    };
+    [
+        (conf("ipv4", "rp_filter"), "1"),
+        (conf("ipv6", "disable_ipv6"), "1"),
+    ]
+}
+
+/// The class of a sliver's bucket.
+pub fn sliver_class(minor: u16) -> TcHandle {
+    TcHandle { major: 1, minor }
+}
+
+/// A sliver's bucket on the node's shaping device, and how its egress is steered there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShapePlan {
+    /// The bucket, a child of [`ROOT_CLASS`].
+    pub classid: TcHandle,
+    /// Guaranteed rate, kbit/s.
+    pub rate_kbps: u64,
+    /// Ceiling, kbit/s.
+    pub ceil_kbps: u64,
+    /// Handle major of the bucket's FIFO (the class minor).
+    pub fifo_major: u16,
+    /// The FIFO's length, packets.
+    pub fifo_limit: u32,
+    /// Priority of the classifier on the shaping device (under [`ROOT_QDISC`]).
+    pub filter_prio: u16,
+    /// The sliver's address, which both filters match as source.
+    pub src: Ipv4Addr,
+}
+
+/// The plan of [`crate::sliver::host::Host::shape_add`].
+pub fn shape(shape: &Shape) -> ShapePlan {
+    ShapePlan {
+        classid: sliver_class(shape.class_minor),
+        rate_kbps: shape.rate_kbps,
+        ceil_kbps: shape.ceil_kbps,
+        fifo_major: shape.class_minor,
+        fifo_limit: fifo_limit(shape.ceil_kbps),
+        filter_prio: shape.filter_prio,
+        src: shape.src,
+    }
+}
+
+/// A bucket's FIFO: about 50 ms of traffic at the ceiling, between 16 and 1000 packets.
+pub fn fifo_limit(ceil_kbps: u64) -> u32 {
+    let limit = (ceil_kbps.saturating_mul(1000) / 8 / 20 / 1500).clamp(16, 1000);
+    u32::try_from(limit).unwrap_or(1000)
+}
+
+/// The node's root bucket: rate and ceiling both the node's cap.
+pub fn root_bucket(node: &NodeShaping) -> (u64, u64) {
+    (node.node_kbps, node.node_kbps)
+}
+
+/// Whether `name` is a sliver's host-side veth: the prefix then a slot number.
+pub fn is_sliver_link(prefix: &str, name: &str) -> bool {
+    name.strip_prefix(prefix)
+        .is_some_and(|slot| !slot.is_empty() && slot.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Whether class `handle` on the shaping device is a sliver's bucket.
+pub fn is_sliver_class(handle: TcHandle) -> bool {
+    handle.major == 1 && handle.minor >= FIRST_SLIVER_MINOR
+}
+
+/// Whether the sliver dir `dir` was kept on purpose (destroyed with its upper dir kept): it
+/// holds none of the other entries. `exists` asks the file system.
+pub fn is_kept_dir(dir: &Path, exists: impl Fn(&Path) -> bool) -> bool {
+    !["work", "rootfs", "authorized_keys"]
+        .iter()
+        .any(|entry| exists(&dir.join(entry)))
+}
+
+/// The full path of an orphaned cgroup.
+pub fn orphan_cgroup(scope: &OrphanScope, name: &str) -> String {
+    format!("{}/{name}", scope.cgroup_parent)
+}
+
+/// The dirs of an orphaned sliver dir, or `None` when `path` is not a sliver dir of `scope`.
+pub fn orphan_dirs(scope: &OrphanScope, path: &Path) -> Option<SliverDirs> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let dirs = SliverDirs::new(
+        scope
+            .slivers_dir
+            .parent()
+            .unwrap_or(Path::new("/nonexistent")),
+        &name,
+    );
+    (dirs.root == path).then_some(dirs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dirs() -> SliverDirs {
+        SliverDirs::new(Path::new("/state"), "s1")
+    }
+
+    fn scope() -> OrphanScope {
+        OrphanScope {
+            cgroup_parent: "planetmesh".into(),
+            ifname_prefix: "pm".into(),
+            ifb: "pmifb0".into(),
+            slivers_dir: "/state/slivers".into(),
+        }
+    }
+
+    fn shape_of(ceil_kbps: u64) -> Shape {
+        Shape {
+            node: NodeShaping {
+                ifb: "pmifb0".into(),
+                node_kbps: 1_000_000,
+            },
+            host_if: "pm3".into(),
+            src: Ipv4Addr::new(10, 1, 0, 7),
+            class_minor: 0x13,
+            filter_prio: 0x13,
+            rate_kbps: 1_000,
+            ceil_kbps,
+        }
+    }
+
+    #[test]
+    fn dirs_are_made_root_first_owned_by_the_sliver_from_the_upper_dir_down() {
+        let steps = prepare_dirs(&dirs());
+        let make = |p: &str, mode: u32, owned: bool| DirStep::Make {
+            path: p.into(),
+            mode,
+            owned,
+        };
+        assert_eq!(
+            steps[..7],
+            [
+                make("/state/slivers/s1", 0o755, false),
+                make("/state/slivers/s1/rootfs", 0o755, false),
+                make("/state/slivers/s1/lower", 0o755, false),
+                DirStep::ShiftOwners("/state/slivers/s1/upper".into()),
+                make("/state/slivers/s1/upper", 0o755, true),
+                DirStep::RemoveStale("/state/slivers/s1/work".into()),
+                make("/state/slivers/s1/work", 0o700, true),
+            ]
+        );
+        assert_eq!(steps.len(), 7 + UPPER_OWNED_DIRS.len() + 1);
+        assert!(steps.contains(&make("/state/slivers/s1/upper/var/tmp", 0o1777, true)));
+        assert!(steps.contains(&make("/state/slivers/s1/upper/root/.ssh", 0o700, true)));
+        assert_eq!(
+            steps.last(),
+            Some(&DirStep::Touch("/state/slivers/s1/authorized_keys".into()))
+        );
+    }
+
+    #[test]
+    fn keeping_the_upper_dir_removes_everything_else_and_trash_sits_beside_slivers() {
+        let d = dirs();
+        assert!(!removed_keeping_upper(&d).contains(&d.upper.as_path()));
+        assert!(!removed_keeping_upper(&d).contains(&d.root.as_path()));
+        assert_eq!(
+            trash_target(&d, 42),
+            Some(("/state/trash".into(), "/state/trash/s1-42".into()))
+        );
+        let rootless = SliverDirs {
+            root: "/".into(),
+            ..d
+        };
+        assert_eq!(trash_target(&rootless, 1), None);
+    }
+
+    #[test]
+    fn veth_sysctls_are_strict_rp_filter_and_no_ipv6_under_the_proc_root() {
+        let net = NetAttach {
+            host_if: "pm3".into(),
+            sliver_if: "eth0".into(),
+            host_addr: Ipv4Addr::new(10, 1, 0, 6),
+            sliver_addr: Ipv4Addr::new(10, 1, 0, 7),
+        };
+        assert_eq!(
+            veth_sysctls(Path::new("/fakeproc"), &net),
+            [
+                ("/fakeproc/sys/net/ipv4/conf/pm3/rp_filter".into(), "1"),
+                ("/fakeproc/sys/net/ipv6/conf/pm3/disable_ipv6".into(), "1"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_sliver_bucket_is_a_child_class_with_a_fifo_of_about_50_ms() {
+        let plan = shape(&shape_of(100_000));
+        assert_eq!(
+            plan.classid,
+            TcHandle {
+                major: 1,
+                minor: 0x13
+            }
+        );
+        assert_eq!(plan.fifo_major, 0x13);
+        assert_eq!((plan.rate_kbps, plan.ceil_kbps), (1_000, 100_000));
+        // 100 Mbit/s for 50 ms = 625 000 bytes = 416 full frames.
+        assert_eq!(plan.fifo_limit, 416);
+        assert_eq!(plan.src, Ipv4Addr::new(10, 1, 0, 7));
+        assert_eq!(fifo_limit(0), 16);
+        assert_eq!(fifo_limit(1_000), 16);
+        assert_eq!(fifo_limit(10_000_000), 1000);
+        assert_eq!(fifo_limit(u64::MAX), 1000);
+        assert_eq!(root_bucket(&shape_of(1).node), (1_000_000, 1_000_000));
+    }
+
+    #[test]
+    fn only_prefix_then_slot_names_and_minors_from_0x10_are_slivers() {
+        assert!(is_sliver_link("pm", "pm0"));
+        assert!(is_sliver_link("pm", "pm123"));
+        assert!(!is_sliver_link("pm", "pm"));
+        assert!(!is_sliver_link("pm", "pmifb0"));
+        assert!(!is_sliver_link("pm", "pm1a"));
+        assert!(!is_sliver_link("pm", "eth0"));
+        assert!(is_sliver_class(TcHandle {
+            major: 1,
+            minor: 0x10
+        }));
+        assert!(!is_sliver_class(TcHandle {
+            major: 1,
+            minor: 0x0f
+        }));
+        assert!(!is_sliver_class(ROOT_CLASS));
+        assert!(!is_sliver_class(TcHandle {
+            major: 2,
+            minor: 0x10
+        }));
+    }
+
+    #[test]
+    fn a_dir_holding_only_its_upper_dir_was_kept() {
+        let d = Path::new("/state/slivers/s1");
+        assert!(is_kept_dir(d, |_| false));
+        assert!(is_kept_dir(d, |p| p.ends_with("upper")));
+        for entry in ["work", "rootfs", "authorized_keys"] {
+            assert!(!is_kept_dir(d, |p| p.ends_with(entry)), "{entry}");
+        }
+    }
+
+    #[test]
+    fn orphans_resolve_inside_their_scope_only() {
+        let s = scope();
+        assert_eq!(orphan_cgroup(&s, "s1"), "planetmesh/s1");
+        assert_eq!(
+            orphan_dirs(&s, Path::new("/state/slivers/s1")).map(|d| d.root),
+            Some("/state/slivers/s1".into())
+        );
+        assert_eq!(orphan_dirs(&s, Path::new("/elsewhere/s1")), None);
+        assert_eq!(orphan_dirs(&s, Path::new("/state/slivers/s1/upper")), None);
+        assert_eq!(orphan_dirs(&s, Path::new("/")), None);
+    }
+}
