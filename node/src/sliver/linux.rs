@@ -10,9 +10,8 @@
 //! joins the sliver's cgroup, then its user namespace and the others, becomes the asked user,
 //! drops the capabilities the sliver's root lacks, sets `no_new_privs` and execs.
 
-use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
@@ -42,7 +41,11 @@ use super::output::{self, pidfd_open};
 use super::rootfs::{self, DiskBacking, Image, SliverDirs};
 use super::sealed::SealedImage;
 
+mod clone;
 pub mod plan;
+
+pub use clone::Pending;
+use clone::read_status;
 
 use plan::DirStep;
 
@@ -50,8 +53,6 @@ use plan::DirStep;
 const INIT_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a killed init may take to disappear.
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
-/// Stack of the cloned child (it only reads a pipe, changes ids and execs).
-const CLONE_STACK: usize = 64 * 1024;
 
 /// The host, for real.
 #[derive(Debug, Clone)]
@@ -181,183 +182,8 @@ impl LinuxHost {
     }
 }
 
-/// What the init holds between spawn and start: the node's ends of the three pipes, and the
-/// memory the child runs on until it execs (it shares the node's address space till then).
-#[derive(Debug)]
-pub struct Pending {
-    go: OwnedFd,
-    plan: OwnedFd,
-    status: OwnedFd,
-    child: ChildMemory,
-    /// The image, id-mapped for this sliver, when the host can id-map it.
-    layer: Option<OwnedFd>,
-}
-
-/// What the cloned child reads before exec: fds, the init's path, argv and envp.
-#[derive(Debug)]
-struct ChildArgs {
-    go_fd: RawFd,
-    /// The go pipe's write end (the node's; the child closes its copy).
-    go_write_fd: RawFd,
-
-    plan_fd: RawFd,
-    status_fd: RawFd,
-    /// The sealed copy of the init program ([`super::sealed`]), executed by descriptor.
-    image_fd: RawFd,
-    _argv: Vec<CString>,
-    argv_ptrs: Vec<*const libc::c_char>,
-    envp_ptrs: [*const libc::c_char; 1],
-}
-
-/// The child's arguments and stack, kept alive (and unmoved) until it has exec'd or died.
-#[derive(Debug)]
-struct ChildMemory {
-    _args: Box<ChildArgs>,
-    _stack: Vec<u8>,
-}
-
-// SAFETY: the raw pointers in ChildArgs point into the CStrings it owns (heap memory that does
-// not move with the Box); nothing reads them from another thread but the cloned child.
-unsafe impl Send for ChildMemory {}
-
-/// The cloned child: waits for the node, becomes root of its user namespace, execs the init.
-/// It shares the node's memory until exec, so it makes raw system calls only and writes
-/// nothing but its own stack (and, on failure, errno).
-extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
-    // SAFETY: `arg` is the ChildArgs the node keeps alive until this child has exec'd or died.
-    let a = unsafe { &*arg.cast::<ChildArgs>() };
-    // Until exec the child holds copies of the node's descriptors (its ledger's lock among
-    // them): if the node dies meanwhile (kill -9), the child must die too, not wait forever
-    // and keep a restarted node from opening its ledger. So it is killed with its parent, and
-    // drops its copy of the go pipe's write end so that a node that died before the signal
-    // was armed reads as end of file. (getppid cannot tell: in a new pid namespace it is 0.)
-    // SAFETY: prctl and close with integer arguments on this task.
-    unsafe {
-        libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        );
-        libc::close(a.go_write_fd);
-    }
-    let mut byte = [0u8; 1];
-    // SAFETY: reading one byte into a local buffer from our pipe.
-    if unsafe { libc::read(a.go_fd, byte.as_mut_ptr().cast(), 1) } != 1 {
-        return child_fail(a.status_fd, b"error: node went away before start");
-    }
-    // SAFETY: raw id syscalls with integer arguments (glibc's wrappers would signal threads of
-    // the node), fcntl on our fds, execve with NUL-terminated arrays prepared by the node.
-    unsafe {
-        if libc::syscall(libc::SYS_setresgid, 0, 0, 0) != 0 {
-            return child_fail(a.status_fd, b"error: setresgid 0");
-        }
-        if libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) != 0 {
-            return child_fail(a.status_fd, b"error: setgroups");
-        }
-        if libc::syscall(libc::SYS_setresuid, 0, 0, 0) != 0 {
-            return child_fail(a.status_fd, b"error: setresuid 0");
-        }
-        // Nothing the node holds reaches the init: every descriptor but the two pipes is
-        // closed at exec, whoever opened it and however.
-        if libc::syscall(
-            libc::SYS_close_range,
-            3u32,
-            u32::MAX,
-            libc::CLOSE_RANGE_CLOEXEC,
-        ) != 0
-        {
-            return child_fail(a.status_fd, b"error: close_range");
-        }
-        libc::fcntl(a.plan_fd, libc::F_SETFD, 0);
-        libc::fcntl(a.status_fd, libc::F_SETFD, 0);
-        // The sliver outlives the thread that made it: no parent-death signal after exec.
-        libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0);
-        libc::syscall(
-            libc::SYS_execveat,
-            a.image_fd,
-            c"".as_ptr(),
-            a.argv_ptrs.as_ptr(),
-            a.envp_ptrs.as_ptr(),
-            libc::AT_EMPTY_PATH,
-        );
-    }
-    child_fail(a.status_fd, b"error: exec init")
-}
-
 fn pipe() -> Result<(OwnedFd, OwnedFd), HostError> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("pipe2"))
-}
-
-/// Writes a fixed message and an errno to `fd` (async-signal-safe).
-fn child_fail(fd: RawFd, msg: &[u8]) -> libc::c_int {
-    let err = caps::errno();
-    let mut buf = [0u8; 16];
-    let mut n = err.unsigned_abs();
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 || i == 0 {
-            break;
-        }
-    }
-    // SAFETY: fd is the status pipe's write end, msg and buf are valid for their lengths.
-    unsafe {
-        libc::write(fd, msg.as_ptr().cast(), msg.len());
-        libc::write(fd, b" errno ".as_ptr().cast(), 7);
-        libc::write(fd, buf[i..].as_ptr().cast(), buf.len() - i);
-    }
-    1
-}
-
-fn read_status(fd: OwnedFd, timeout: Duration) -> Result<String, HostError> {
-    let deadline = Instant::now() + timeout;
-    let mut file = File::from(fd);
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(HostError::Timeout(timeout));
-        }
-        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
-        let mut fds = [nix::poll::PollFd::new(
-            file.as_fd(),
-            nix::poll::PollFlags::POLLIN,
-        )];
-        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms)) {
-            Ok(0) => continue,
-            Ok(_) => {}
-            Err(Errno::EINTR) => continue,
-            Err(e) => {
-                return Err(HostError::Sys {
-                    op: "poll init status".into(),
-                    source: e,
-                });
-            }
-        }
-        match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                out.extend_from_slice(&buf[..n]);
-                if out.len() > 64 * 1024 {
-                    break;
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                return Err(HostError::Io {
-                    op: "read init status",
-                    path: PathBuf::new(),
-                    source: e,
-                });
-            }
-        }
-    }
-    Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
 /// Moves the owners of a kept upper dir from the uid range starting at `old_base` to `to`
@@ -552,51 +378,18 @@ impl Host for LinuxHost {
         let (status_r, status_w) = pipe()?;
         let image = SealedImage::shared(&req.init_path).map_err(io_err("copy", &req.init_path))?;
         let argv = init::argv("sliver-init", plan_r.as_raw_fd(), status_w.as_raw_fd());
-        let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
-        argv_ptrs.push(std::ptr::null());
-        let args = Box::new(ChildArgs {
-            go_fd: go_r.as_raw_fd(),
-            go_write_fd: go_w.as_raw_fd(),
-            plan_fd: plan_r.as_raw_fd(),
-            status_fd: status_w.as_raw_fd(),
-            image_fd: image.raw_fd(),
-            _argv: argv,
-            argv_ptrs,
-            envp_ptrs: [std::ptr::null()],
-        });
-        let mut stack = vec![0u8; CLONE_STACK];
-        let mut flags = libc::CLONE_VM
-            | libc::CLONE_NEWUSER
-            | libc::CLONE_NEWNS
-            | libc::CLONE_NEWUTS
-            | libc::CLONE_NEWIPC
-            | libc::CLONE_NEWNET;
-        if !req.host_pid {
-            flags |= libc::CLONE_NEWPID;
-        }
-        // SAFETY: the stack grows down from its (16-byte aligned) top; `args` and `stack` are
-        // kept alive in Pending until the child has exec'd or died, and the child only runs
-        // `child_main`. CLONE_VM spares copying the node's page tables.
-        let pid = unsafe {
-            let top = stack.as_mut_ptr().add(CLONE_STACK);
-            let top = top.sub(top as usize % 16);
-            libc::clone(
-                child_main,
-                top.cast(),
-                flags | libc::SIGCHLD,
-                std::ptr::from_ref::<ChildArgs>(&args).cast_mut().cast(),
-            )
+        let fds = clone::InitFds {
+            go: go_r.as_raw_fd(),
+            go_write: go_w.as_raw_fd(),
+            plan: plan_r.as_raw_fd(),
+            status: status_w.as_raw_fd(),
+            image: image.raw_fd(),
         };
-        if pid < 0 {
-            return Err(HostError::Sys {
+        let (pid, child) =
+            clone::clone_init(fds, argv, req.host_pid).map_err(|source| HostError::Sys {
                 op: format!("clone init of {}", req.id),
-                source: Errno::last(),
-            });
-        }
-        let child = ChildMemory {
-            _args: args,
-            _stack: stack,
-        };
+                source,
+            })?;
         drop((go_r, plan_r, status_w));
         let pid_u = u32::try_from(pid).unwrap_or(0);
         let setup = || -> Result<u64, HostError> {
