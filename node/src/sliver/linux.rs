@@ -43,6 +43,7 @@ use super::sealed::SealedImage;
 
 mod clone;
 pub mod plan;
+pub mod wire;
 
 pub use clone::Pending;
 use clone::read_status;
@@ -133,52 +134,11 @@ impl LinuxHost {
     }
 
     fn attach_inner(&self, init_pid: u32, net: &NetAttach) -> Result<(), HostError> {
-        let mut nl = Self::netlink()?;
-        nl.veth_create(&net.host_if, &net.sliver_if, init_pid)?;
-        let idx = nl.link_index(&net.host_if)?.ok_or_else(|| {
-            HostError::Init(format!("veth {} vanished after creation", net.host_if))
-        })?;
-        nl.addr_add(idx, net.host_addr, plan::VETH_PREFIX)?;
-        // Slivers speak IPv4 only: IPv6 from a sliver would bypass the shaper and the
-        // reverse-path filter, so the host side drops it (where the host has IPv6).
-        let [(rp, on), (v6, off)] = plan::veth_sysctls(&self.proc_root, net);
-        fs::write(&rp, on).map_err(io_err("write", &rp))?;
-        if v6.exists() {
-            fs::write(&v6, off).map_err(io_err("write", &v6))?;
-        }
-        nl.link_up(idx)?;
-        Ok(())
+        wire::attach(&mut Self::netlink()?, &self.proc_root, init_pid, net)
     }
 
     fn shape_inner(&self, shape: &Shape) -> Result<(), HostError> {
-        let mut nl = Self::netlink()?;
-        let ifb = nl
-            .link_index(&shape.node.ifb)?
-            .ok_or_else(|| HostError::Init(format!("shaping device {} missing", shape.node.ifb)))?;
-        let plan = plan::shape(shape);
-        nl.class_htb(
-            ifb,
-            plan::ROOT_CLASS,
-            plan.classid,
-            plan.rate_kbps,
-            plan.ceil_kbps,
-        )?;
-        nl.qdisc_pfifo(ifb, plan.classid, plan.fifo_major, plan.fifo_limit)?;
-        nl.filter_classify_src(
-            ifb,
-            plan::ROOT_QDISC,
-            plan.filter_prio,
-            plan.src,
-            plan.classid,
-        )?;
-        let veth = nl
-            .link_index(&shape.host_if)?
-            .ok_or_else(|| HostError::Init(format!("veth {} missing", shape.host_if)))?;
-        nl.qdisc_ingress(veth)?;
-        // The sliver's packets go through the node bucket. Packets with another source are
-        // not steered: strict reverse-path filtering on the veth drops them (net_attach).
-        nl.filter_redirect_src(veth, plan::REDIRECT_PRIO, plan.src, ifb)?;
-        Ok(())
+        wire::shape(&mut Self::netlink()?, shape)
     }
 }
 

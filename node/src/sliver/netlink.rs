@@ -193,7 +193,7 @@ impl Netlink {
     }
 
     /// Sends a request built by [`build`] and waits for its ack.
-    fn ack(&mut self, req: Request) -> Result<(), NetlinkError> {
+    pub fn ack(&mut self, req: Request) -> Result<(), NetlinkError> {
         self.request(&req.op, req.msg, req.flags).map(|_| ())
     }
 

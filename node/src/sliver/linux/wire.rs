@@ -1,0 +1,241 @@
+//! A sliver's network wiring and bucket, executed as netlink requests through [`Rtnl`], a
+//! seam below [`crate::sliver::host::Host`]: [`crate::sliver::netlink::Netlink`] sends them,
+//! and a recording fake checks their order and content without root.
+
+use std::fs;
+use std::path::Path;
+
+use crate::sliver::host::{HostError, NetAttach, Shape};
+use crate::sliver::netlink::{Netlink, NetlinkError, Request, build};
+
+use super::plan;
+
+/// The netlink operations the wiring needs.
+pub trait Rtnl {
+    /// The index of link `name`, `None` when there is none.
+    fn link_index(&mut self, name: &str) -> Result<Option<u32>, NetlinkError>;
+    /// Sends `req` and waits for its ack.
+    fn ack(&mut self, req: Request) -> Result<(), NetlinkError>;
+}
+
+impl Rtnl for Netlink {
+    fn link_index(&mut self, name: &str) -> Result<Option<u32>, NetlinkError> {
+        Netlink::link_index(self, name)
+    }
+
+    fn ack(&mut self, req: Request) -> Result<(), NetlinkError> {
+        Netlink::ack(self, req)
+    }
+}
+
+/// Creates the sliver's veth (its peer straight in the namespace of `init_pid`), the host
+/// side's address, its sysctls under `proc_root` (see [`plan::veth_sysctls`]), and sets it up.
+pub fn attach(
+    nl: &mut impl Rtnl,
+    proc_root: &Path,
+    init_pid: u32,
+    net: &NetAttach,
+) -> Result<(), HostError> {
+    nl.ack(build::veth_create(&net.host_if, &net.sliver_if, init_pid))?;
+    let idx = nl
+        .link_index(&net.host_if)?
+        .ok_or_else(|| HostError::Init(format!("veth {} vanished after creation", net.host_if)))?;
+    nl.ack(build::addr_add(idx, net.host_addr, plan::VETH_PREFIX))?;
+    // Slivers speak IPv4 only: IPv6 from a sliver would bypass the shaper and the
+    // reverse-path filter, so the host side drops it (where the host has IPv6).
+    let [(rp, on), (v6, off)] = plan::veth_sysctls(proc_root, net);
+    fs::write(&rp, on).map_err(|source| HostError::Io {
+        op: "write",
+        path: rp.clone(),
+        source,
+    })?;
+    if v6.exists() {
+        fs::write(&v6, off).map_err(|source| HostError::Io {
+            op: "write",
+            path: v6.clone(),
+            source,
+        })?;
+    }
+    nl.ack(build::link_up(idx))?;
+    Ok(())
+}
+
+/// Adds a sliver's bucket under the node's root bucket, its FIFO and classifier on the
+/// shaping device, and steers the sliver's egress (from its veth's ingress) into it.
+pub fn shape(nl: &mut impl Rtnl, shape: &Shape) -> Result<(), HostError> {
+    let ifb = nl
+        .link_index(&shape.node.ifb)?
+        .ok_or_else(|| HostError::Init(format!("shaping device {} missing", shape.node.ifb)))?;
+    let plan = plan::shape(shape);
+    nl.ack(build::class_htb(
+        ifb,
+        plan::ROOT_CLASS,
+        plan.classid,
+        plan.rate_kbps,
+        plan.ceil_kbps,
+    ))?;
+    nl.ack(build::qdisc_pfifo(
+        ifb,
+        plan.classid,
+        plan.fifo_major,
+        plan.fifo_limit,
+    ))?;
+    nl.ack(build::filter_classify_src(
+        ifb,
+        plan::ROOT_QDISC,
+        plan.filter_prio,
+        plan.src,
+        plan.classid,
+    ))?;
+    let veth = nl
+        .link_index(&shape.host_if)?
+        .ok_or_else(|| HostError::Init(format!("veth {} missing", shape.host_if)))?;
+    nl.ack(build::qdisc_ingress(veth))?;
+    // The sliver's packets go through the node bucket. Packets with another source are
+    // not steered: strict reverse-path filtering on the veth drops them (net_attach).
+    nl.ack(build::filter_redirect_src(
+        veth,
+        plan::REDIRECT_PRIO,
+        plan.src,
+        ifb,
+    ))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::net::Ipv4Addr;
+
+    use rtnetlink::packet_route::tc::TcHandle;
+
+    use super::*;
+    use crate::sliver::host::NodeShaping;
+    use crate::sliver::netlink::encode;
+
+    /// Links by name; every request sent, as its bytes (sequence 1) and what it does.
+    #[derive(Default)]
+    struct Fake {
+        links: BTreeMap<String, u32>,
+        sent: Vec<(String, Vec<u8>)>,
+    }
+
+    impl Rtnl for Fake {
+        fn link_index(&mut self, name: &str) -> Result<Option<u32>, NetlinkError> {
+            Ok(self.links.get(name).copied())
+        }
+
+        fn ack(&mut self, req: Request) -> Result<(), NetlinkError> {
+            self.sent.push((req.op, encode(req.msg, req.flags, 1)));
+            Ok(())
+        }
+    }
+
+    fn bytes(req: Request) -> (String, Vec<u8>) {
+        (req.op, encode(req.msg, req.flags, 1))
+    }
+
+    fn net() -> NetAttach {
+        NetAttach {
+            host_if: "pm3".into(),
+            sliver_if: "eth0".into(),
+            host_addr: Ipv4Addr::new(10, 1, 0, 6),
+            sliver_addr: Ipv4Addr::new(10, 1, 0, 7),
+        }
+    }
+
+    #[test]
+    fn attach_creates_addresses_filters_then_raises_the_veth() {
+        let proc_root = tempfile::tempdir().unwrap();
+        let conf = |family: &str| {
+            proc_root
+                .path()
+                .join("sys/net")
+                .join(family)
+                .join("conf/pm3")
+        };
+        fs::create_dir_all(conf("ipv4")).unwrap();
+        fs::create_dir_all(conf("ipv6")).unwrap();
+        // Written only where the host has it, as procfs does.
+        fs::write(conf("ipv6").join("disable_ipv6"), "0").unwrap();
+        let mut nl = Fake::default();
+        nl.links.insert("pm3".into(), 12);
+        attach(&mut nl, proc_root.path(), 4242, &net()).unwrap();
+        assert_eq!(
+            nl.sent,
+            vec![
+                bytes(build::veth_create("pm3", "eth0", 4242)),
+                bytes(build::addr_add(12, Ipv4Addr::new(10, 1, 0, 6), 31)),
+                bytes(build::link_up(12)),
+            ]
+        );
+        let read = |p: std::path::PathBuf| fs::read_to_string(p).unwrap();
+        assert_eq!(read(conf("ipv4").join("rp_filter")), "1");
+        assert_eq!(read(conf("ipv6").join("disable_ipv6")), "1");
+    }
+
+    #[test]
+    fn attach_skips_ipv6_where_the_host_has_none_and_fails_on_a_vanished_veth() {
+        let proc_root = tempfile::tempdir().unwrap();
+        let v4 = proc_root.path().join("sys/net/ipv4/conf/pm3");
+        fs::create_dir_all(&v4).unwrap();
+        let mut nl = Fake::default();
+        nl.links.insert("pm3".into(), 12);
+        attach(&mut nl, proc_root.path(), 1, &net()).unwrap();
+        assert!(!proc_root.path().join("sys/net/ipv6").exists());
+        let mut gone = Fake::default();
+        let err = attach(&mut gone, proc_root.path(), 1, &net()).unwrap_err();
+        assert!(err.to_string().contains("vanished"), "{err}");
+        assert_eq!(gone.sent.len(), 1, "nothing after the create");
+    }
+
+    #[test]
+    fn a_bucket_is_class_fifo_classifier_then_ingress_redirect() {
+        let mut nl = Fake::default();
+        nl.links.insert("pmifb0".into(), 9);
+        nl.links.insert("pm3".into(), 12);
+        let s = Shape {
+            node: NodeShaping {
+                ifb: "pmifb0".into(),
+                node_kbps: 1_000_000,
+            },
+            host_if: "pm3".into(),
+            src: Ipv4Addr::new(10, 1, 0, 7),
+            class_minor: 0x13,
+            filter_prio: 0x13,
+            rate_kbps: 1_000,
+            ceil_kbps: 100_000,
+        };
+        shape(&mut nl, &s).unwrap();
+        let class = TcHandle {
+            major: 1,
+            minor: 0x13,
+        };
+        let src = Ipv4Addr::new(10, 1, 0, 7);
+        assert_eq!(
+            nl.sent,
+            vec![
+                bytes(build::class_htb(
+                    9,
+                    TcHandle { major: 1, minor: 1 },
+                    class,
+                    1_000,
+                    100_000
+                )),
+                bytes(build::qdisc_pfifo(9, class, 0x13, 416)),
+                bytes(build::filter_classify_src(
+                    9,
+                    TcHandle { major: 1, minor: 0 },
+                    0x13,
+                    src,
+                    class
+                )),
+                bytes(build::qdisc_ingress(12)),
+                bytes(build::filter_redirect_src(12, 1, src, 9)),
+            ]
+        );
+        let mut no_ifb = Fake::default();
+        assert!(shape(&mut no_ifb, &s).is_err());
+        assert!(no_ifb.sent.is_empty());
+    }
+}
