@@ -36,7 +36,7 @@ use super::host::{
 };
 use super::init::{self, InitPlan, READY};
 use super::mountfd;
-use super::netlink::{ETH_P_IP, Netlink};
+use super::netlink::Netlink;
 use super::output::{self, pidfd_open};
 use super::rootfs::{self, DiskBacking, Image, SliverDirs};
 use super::sealed::SealedImage;
@@ -509,24 +509,7 @@ impl Host for LinuxHost {
     }
 
     fn shaping_setup(&self, node: &NodeShaping) -> Result<(), HostError> {
-        let mut nl = Self::netlink()?;
-        let idx = match nl.link_index(&node.ifb)? {
-            Some(i) => i,
-            None => {
-                nl.ifb_create(&node.ifb)?;
-                nl.link_index(&node.ifb)?
-                    .ok_or_else(|| HostError::Init(format!("ifb {} vanished", node.ifb)))?
-            }
-        };
-        nl.link_up(idx)?;
-        match nl.qdisc_htb(idx, plan::ROOT_QDISC.major, 0) {
-            Ok(()) => {}
-            Err(e) if e.errno() == Some(libc::EEXIST) => {}
-            Err(e) => return Err(e.into()),
-        }
-        let (rate, ceil) = plan::root_bucket(node);
-        nl.class_htb(idx, plan::ROOT_QDISC, plan::ROOT_CLASS, rate, ceil)?;
-        Ok(())
+        wire::shaping_setup(&mut Self::netlink()?, node)
     }
 
     fn shaping_teardown(&self, node: &NodeShaping) -> Result<(), HostError> {
@@ -543,13 +526,12 @@ impl Host for LinuxHost {
     }
 
     fn shape_remove(&self, shape: &Shape) -> Result<(), HostError> {
-        let mut nl = Self::netlink()?;
-        let Some(ifb) = nl.link_index(&shape.node.ifb)? else {
-            return Ok(());
-        };
-        nl.filter_delete(ifb, plan::ROOT_QDISC, shape.filter_prio, ETH_P_IP)?;
-        nl.class_delete(ifb, plan::sliver_class(shape.class_minor))?;
-        Ok(())
+        wire::bucket_remove(
+            &mut Self::netlink()?,
+            &shape.node.ifb,
+            shape.class_minor,
+            shape.filter_prio,
+        )
     }
 
     fn traces(&self, scope: &OrphanScope) -> Result<Vec<Orphan>, HostError> {
@@ -592,14 +574,9 @@ impl Host for LinuxHost {
                 .link_delete(name)
                 .map(|_| ())
                 .map_err(Into::into),
+            // A sliver's classifier has its class minor as priority.
             Orphan::Class(minor) => {
-                let mut nl = Self::netlink()?;
-                let Some(ifb) = nl.link_index(&scope.ifb)? else {
-                    return Ok(());
-                };
-                nl.filter_delete(ifb, plan::ROOT_QDISC, *minor, ETH_P_IP)?;
-                nl.class_delete(ifb, plan::sliver_class(*minor))?;
-                Ok(())
+                wire::bucket_remove(&mut Self::netlink()?, &scope.ifb, *minor, *minor)
             }
             Orphan::Dir(path) => {
                 let Some(dirs) = plan::orphan_dirs(scope, path) else {

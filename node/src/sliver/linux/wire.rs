@@ -5,8 +5,8 @@
 use std::fs;
 use std::path::Path;
 
-use crate::sliver::host::{HostError, NetAttach, Shape};
-use crate::sliver::netlink::{Netlink, NetlinkError, Request, build};
+use crate::sliver::host::{HostError, NetAttach, NodeShaping, Shape};
+use crate::sliver::netlink::{ETH_P_IP, Netlink, NetlinkError, Request, build};
 
 use super::plan;
 
@@ -102,6 +102,54 @@ pub fn shape(nl: &mut impl Rtnl, shape: &Shape) -> Result<(), HostError> {
     Ok(())
 }
 
+/// Makes the node's shaping device (an IFB) if absent, sets it up, and gives it the root HTB
+/// qdisc (kept if there) and the node's root bucket.
+pub fn shaping_setup(nl: &mut impl Rtnl, node: &NodeShaping) -> Result<(), HostError> {
+    let idx = match nl.link_index(&node.ifb)? {
+        Some(i) => i,
+        None => {
+            nl.ack(build::ifb_create(&node.ifb))?;
+            nl.link_index(&node.ifb)?
+                .ok_or_else(|| HostError::Init(format!("ifb {} vanished", node.ifb)))?
+        }
+    };
+    nl.ack(build::link_up(idx))?;
+    match nl.ack(build::qdisc_htb(idx, plan::ROOT_QDISC.major, 0)) {
+        Ok(()) => {}
+        Err(e) if e.errno() == Some(libc::EEXIST) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let (rate, ceil) = plan::root_bucket(node);
+    nl.ack(build::class_htb(
+        idx,
+        plan::ROOT_QDISC,
+        plan::ROOT_CLASS,
+        rate,
+        ceil,
+    ))?;
+    Ok(())
+}
+
+/// Removes a sliver's classifier (priority `prio`) and bucket (class `1:minor`) from the
+/// shaping device `ifb`; what is already gone (or the device itself) is no error.
+pub fn bucket_remove(
+    nl: &mut impl Rtnl,
+    ifb: &str,
+    minor: u16,
+    prio: u16,
+) -> Result<(), HostError> {
+    let Some(idx) = nl.link_index(ifb)? else {
+        return Ok(());
+    };
+    let gone_ok = |r: Result<(), NetlinkError>| match r {
+        Err(e) if matches!(e.errno(), Some(libc::ENOENT) | Some(libc::ENODEV)) => Ok(()),
+        r => r,
+    };
+    gone_ok(nl.ack(build::filter_delete(idx, plan::ROOT_QDISC, prio, ETH_P_IP)))?;
+    gone_ok(nl.ack(build::class_delete(idx, plan::sliver_class(minor))))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -110,7 +158,6 @@ mod tests {
     use rtnetlink::packet_route::tc::TcHandle;
 
     use super::*;
-    use crate::sliver::host::NodeShaping;
     use crate::sliver::netlink::encode;
 
     /// Links by name; every request sent, as its bytes (sequence 1) and what it does.
@@ -118,6 +165,8 @@ mod tests {
     struct Fake {
         links: BTreeMap<String, u32>,
         sent: Vec<(String, Vec<u8>)>,
+        /// Requests (by the start of what they do) the kernel refuses, with the errno.
+        refuse: Vec<(&'static str, i32)>,
     }
 
     impl Rtnl for Fake {
@@ -126,8 +175,19 @@ mod tests {
         }
 
         fn ack(&mut self, req: Request) -> Result<(), NetlinkError> {
+            let refused = self.refuse.iter().find(|(op, _)| req.op.starts_with(op));
+            let result = match refused {
+                Some((_, errno)) => Err(NetlinkError::Kernel {
+                    op: req.op.clone(),
+                    source: std::io::Error::from_raw_os_error(*errno),
+                }),
+                None => Ok(()),
+            };
+            if req.op.starts_with("create ifb") {
+                self.links.insert("pmifb0".into(), 9);
+            }
             self.sent.push((req.op, encode(req.msg, req.flags, 1)));
-            Ok(())
+            result
         }
     }
 
@@ -236,6 +296,61 @@ mod tests {
         );
         let mut no_ifb = Fake::default();
         assert!(shape(&mut no_ifb, &s).is_err());
+        assert!(no_ifb.sent.is_empty());
+    }
+
+    #[test]
+    fn shaping_setup_makes_the_ifb_once_and_keeps_an_existing_root_qdisc() {
+        let node = NodeShaping {
+            ifb: "pmifb0".into(),
+            node_kbps: 1_000_000,
+        };
+        let mut nl = Fake::default();
+        shaping_setup(&mut nl, &node).unwrap();
+        let root = TcHandle { major: 1, minor: 0 };
+        let root_class = TcHandle { major: 1, minor: 1 };
+        assert_eq!(
+            nl.sent,
+            vec![
+                bytes(build::ifb_create("pmifb0")),
+                bytes(build::link_up(9)),
+                bytes(build::qdisc_htb(9, 1, 0)),
+                bytes(build::class_htb(9, root, root_class, 1_000_000, 1_000_000)),
+            ]
+        );
+        // Again, on a node that has it all: no new device, the qdisc's EEXIST is fine.
+        nl.sent.clear();
+        nl.refuse = vec![("add htb qdisc", libc::EEXIST)];
+        shaping_setup(&mut nl, &node).unwrap();
+        assert_eq!(nl.sent.len(), 3);
+        assert_eq!(nl.sent[0], bytes(build::link_up(9)));
+        nl.refuse = vec![("add htb qdisc", libc::EPERM)];
+        assert!(shaping_setup(&mut nl, &node).is_err());
+    }
+
+    #[test]
+    fn a_bucket_goes_filter_first_and_what_is_gone_is_no_error() {
+        let mut nl = Fake::default();
+        nl.links.insert("pmifb0".into(), 9);
+        bucket_remove(&mut nl, "pmifb0", 0x13, 0x13).unwrap();
+        let root = TcHandle { major: 1, minor: 0 };
+        let class = TcHandle {
+            major: 1,
+            minor: 0x13,
+        };
+        assert_eq!(
+            nl.sent,
+            vec![
+                bytes(build::filter_delete(9, root, 0x13, ETH_P_IP)),
+                bytes(build::class_delete(9, class)),
+            ]
+        );
+        nl.refuse = vec![("delete", libc::ENOENT)];
+        bucket_remove(&mut nl, "pmifb0", 0x13, 0x13).unwrap();
+        nl.refuse = vec![("delete class", libc::EBUSY)];
+        assert!(bucket_remove(&mut nl, "pmifb0", 0x13, 0x13).is_err());
+        let mut no_ifb = Fake::default();
+        bucket_remove(&mut no_ifb, "pmifb0", 0x13, 0x13).unwrap();
         assert!(no_ifb.sent.is_empty());
     }
 }
