@@ -12,16 +12,13 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::sched::CloneFlags;
 use nix::sys::signal::Signal;
 use nix::sys::wait::{WaitPidFlag, waitpid};
 use nix::unistd::Pid;
@@ -29,7 +26,7 @@ use nix::unistd::Pid;
 use super::alloc::UidRange;
 use super::caps;
 use super::cgroup::{CgroupLimits, CgroupUsage, Cgroups};
-use super::enter::{self, EnterPlan};
+use super::enter::EnterPlan;
 use super::host::{
     DiskTarget, ExecCommand, ExecOutput, ExecTarget, Host, HostError, InitHandle, InitRequest,
     NetAttach, NodeShaping, Orphan, OrphanScope, Shape, Spawned,
@@ -42,6 +39,7 @@ use super::rootfs::{self, DiskBacking, Image, SliverDirs};
 use super::sealed::SealedImage;
 
 mod clone;
+mod exec;
 pub mod plan;
 pub mod wire;
 
@@ -625,16 +623,9 @@ impl Host for LinuxHost {
             let p = self.proc_path(target.init_pid, &format!("ns/{name}"));
             File::open(&p).map_err(io_err("open", &p))
         };
-        // Joined in this order by the helper: user first (it grants the rights for the
-        // rest), mount last.
-        let mut namespaces = vec![(open_ns("user")?, libc::CLONE_NEWUSER)];
-        for (name, flag) in [
-            ("ipc", libc::CLONE_NEWIPC),
-            ("uts", libc::CLONE_NEWUTS),
-            ("net", libc::CLONE_NEWNET),
-            ("cgroup", libc::CLONE_NEWCGROUP),
-            ("mnt", libc::CLONE_NEWNS),
-        ] {
+        // Joined in this order by the helper (see exec::NAMESPACES).
+        let mut namespaces = Vec::with_capacity(exec::NAMESPACES.len());
+        for (name, flag) in exec::NAMESPACES {
             namespaces.push((open_ns(name)?, flag));
         }
         let pidns = if target.host_pid {
@@ -663,73 +654,13 @@ impl Host for LinuxHost {
             last_cap: caps::last_cap(),
             seccomp: target.seccomp,
         };
-        let mut command = Command::new(image.proc_path());
-        command
-            .arg0(enter::ARGV0)
-            .args(enter::helper_args(&plan, &cmd.argv))
-            .env_clear()
-            .env(
-                "PATH",
-                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            )
-            .env("HOME", if cmd.uid == 0 { "/root" } else { "/" })
-            .env("TERM", "xterm")
-            .envs(cmd.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let ns_fds: Vec<RawFd> = plan.namespaces.iter().map(|(fd, _)| *fd).collect();
-        let cg_fds: Vec<RawFd> = cgroup_files.iter().map(|f| f.as_raw_fd()).collect();
-        // Between fork and exec this is still the node's image (in the host's user namespace,
-        // beyond any sliver's reach): it joins the sliver's cgroup, and lets nothing but 0-2
-        // and the namespaces cross the exec into the helper.
-        let pre_exec = move || -> io::Result<()> {
-            let fail = || Err(io::Error::from_raw_os_error(caps::errno()));
-            for fd in &cg_fds {
-                // SAFETY: writing a constant to an fd opened before the fork.
-                if unsafe { libc::write(*fd, b"0".as_ptr().cast(), 1) } != 1 {
-                    return fail();
-                }
-            }
-            // SAFETY: close_range and fcntl take descriptor numbers and flags only.
-            unsafe {
-                if libc::syscall(
-                    libc::SYS_close_range,
-                    3u32,
-                    u32::MAX,
-                    libc::CLOSE_RANGE_CLOEXEC,
-                ) != 0
-                {
-                    return fail();
-                }
-                for fd in &ns_fds {
-                    if libc::fcntl(*fd, libc::F_SETFD, 0) != 0 {
-                        return fail();
-                    }
-                }
-            }
-            Ok(())
-        };
-        // SAFETY: the closure makes raw system calls only, on data prepared before the fork.
-        unsafe {
-            command.pre_exec(pre_exec);
-        }
-        // The pid namespace for children is per thread: fork from a thread that joined it.
-        let child = thread::scope(|s| {
-            s.spawn(|| -> Result<std::process::Child, HostError> {
-                if let Some(ns) = &pidns {
-                    nix::sched::setns(ns, CloneFlags::CLONE_NEWPID)
-                        .map_err(sys("join sliver pid namespace"))?;
-                }
-                command.spawn().map_err(|e| HostError::Io {
-                    op: "spawn",
-                    path: PathBuf::from(&cmd.argv[0]),
-                    source: e,
-                })
-            })
-            .join()
-            .unwrap_or_else(|_| Err(HostError::Init("spawn thread panicked".into())))
-        })?;
+        let child = exec::fork_enter(
+            &image.proc_path(),
+            &plan,
+            pidns.as_ref(),
+            &cgroup_files,
+            cmd,
+        )?;
         drop(namespaces);
         drop(cgroup_files);
         Ok(Spawned { child })
