@@ -107,11 +107,7 @@ impl LinuxHost {
 
     /// The start time of process `pid` (field 22 of its stat) and whether it is a zombie.
     fn stat(&self, pid: u32) -> Option<(u64, bool)> {
-        let text = fs::read_to_string(self.proc_path(pid, "stat")).ok()?;
-        let after = &text[text.rfind(')')? + 2..];
-        let fields: Vec<&str> = after.split(' ').collect();
-        let zombie = matches!(fields.first(), Some(&"Z") | Some(&"X"));
-        Some((fields.get(19)?.parse().ok()?, zombie))
+        plan::parse_stat(&fs::read_to_string(self.proc_path(pid, "stat")).ok()?)
     }
 
     /// The image at `lower`, id-mapped through the user namespace of `pid`; `None` when this

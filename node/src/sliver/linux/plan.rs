@@ -190,6 +190,16 @@ pub fn orphan_dirs(scope: &OrphanScope, path: &Path) -> Option<SliverDirs> {
     (dirs.root == path).then_some(dirs)
 }
 
+/// The start time (field 22, clock ticks since boot) and whether the process is a zombie (or
+/// dead), from the text of `/proc/<pid>/stat`; the command name (field 2, in parentheses)
+/// may hold spaces and parentheses, so fields are counted after its last `)`.
+pub fn parse_stat(text: &str) -> Option<(u64, bool)> {
+    let after = text.get(text.rfind(')')? + 2..)?;
+    let fields: Vec<&str> = after.split(' ').collect();
+    let zombie = matches!(fields.first(), Some(&"Z") | Some(&"X"));
+    Some((fields.get(19)?.parse().ok()?, zombie))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -350,5 +360,22 @@ mod tests {
         assert_eq!(orphan_dirs(&s, Path::new("/elsewhere/s1")), None);
         assert_eq!(orphan_dirs(&s, Path::new("/state/slivers/s1/upper")), None);
         assert_eq!(orphan_dirs(&s, Path::new("/")), None);
+    }
+
+    #[test]
+    fn stat_is_read_after_the_last_parenthesis() {
+        let line = |name: &str, state: &str| {
+            format!(
+                "4242 ({name}) {state} 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 \
+                 987654 12345678 300 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0\n"
+            )
+        };
+        assert_eq!(parse_stat(&line("sliver-init", "S")), Some((987654, false)));
+        assert_eq!(parse_stat(&line("a) Z (b", "S")), Some((987654, false)));
+        assert_eq!(parse_stat(&line("init", "Z")), Some((987654, true)));
+        assert_eq!(parse_stat(&line("init", "X")), Some((987654, true)));
+        assert_eq!(parse_stat("4242 (init) S 1"), None);
+        assert_eq!(parse_stat("garbage"), None);
+        assert_eq!(parse_stat("1 (x)"), None);
     }
 }
