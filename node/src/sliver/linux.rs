@@ -13,9 +13,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -39,14 +37,13 @@ use super::rootfs::{self, DiskBacking, Image, SliverDirs};
 use super::sealed::SealedImage;
 
 mod clone;
+mod dirs;
 mod exec;
 pub mod plan;
 pub mod wire;
 
 pub use clone::Pending;
 use clone::read_status;
-
-use plan::DirStep;
 
 /// How long an init may take to build its sliver.
 const INIT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -140,67 +137,6 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), HostError> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("pipe2"))
 }
 
-/// Moves the owners of a kept upper dir from the uid range starting at `old_base` to `to`
-/// (ids outside the old range are left alone).
-fn shift_owners(dir: &Path, old_base: u32, to: UidRange) -> io::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let shift = |id: u32| {
-        if id >= old_base && id - old_base < to.count {
-            Some(to.host_base + (id - old_base))
-        } else {
-            None
-        }
-    };
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(path) = stack.pop() {
-        let meta = fs::symlink_metadata(&path)?;
-        let (uid, gid) = (shift(meta.uid()), shift(meta.gid()));
-        if uid.is_some() || gid.is_some() {
-            std::os::unix::fs::lchown(&path, uid, gid)?;
-        }
-        if meta.is_dir() {
-            for entry in fs::read_dir(&path)? {
-                stack.push(entry?.path());
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Empties `trash` (every entry in it) on a background thread; one at a time, a bounded queue,
-/// and inline when the queue is full.
-fn empty_trash_later(trash: PathBuf) {
-    use std::sync::OnceLock;
-    use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
-    static QUEUE: OnceLock<Option<SyncSender<PathBuf>>> = OnceLock::new();
-    fn empty(trash: &Path) {
-        if let Ok(entries) = fs::read_dir(trash) {
-            for entry in entries.flatten() {
-                let _ = fs::remove_dir_all(entry.path());
-            }
-        }
-    }
-    let queue = QUEUE.get_or_init(|| {
-        let (tx, rx) = sync_channel::<PathBuf>(64);
-        thread::Builder::new()
-            .name("sliver-trash".into())
-            .spawn(move || {
-                while let Ok(trash) = rx.recv() {
-                    empty(&trash);
-                }
-            })
-            .ok()
-            .map(|_| tx)
-    });
-    match queue {
-        Some(tx) => match tx.try_send(trash) {
-            Ok(()) => {}
-            Err(TrySendError::Full(t) | TrySendError::Disconnected(t)) => empty(&t),
-        },
-        None => empty(&trash),
-    }
-}
-
 impl Host for LinuxHost {
     /// The node's ends of the init's pipes and the memory its clone child runs on.
     type Pending = Pending;
@@ -216,92 +152,11 @@ impl Host for LinuxHost {
     }
 
     fn prepare_dirs(&self, dirs: &SliverDirs, uids: &UidRange) -> Result<(), HostError> {
-        let owner = uids.host_base;
-        let mkdir = |path: &Path, mode: u32| -> Result<(), HostError> {
-            match fs::DirBuilder::new()
-                .recursive(true)
-                .mode(mode)
-                .create(path)
-            {
-                Ok(()) => fs::set_permissions(path, fs::Permissions::from_mode(mode))
-                    .map_err(io_err("chmod", path)),
-                Err(e) => Err(HostError::Io {
-                    op: "create",
-                    path: path.to_path_buf(),
-                    source: e,
-                }),
-            }
-        };
-        let chown = |path: &Path| {
-            std::os::unix::fs::lchown(path, Some(owner), Some(owner)).map_err(io_err("chown", path))
-        };
-        for step in plan::prepare_dirs(dirs) {
-            match step {
-                DirStep::Make { path, mode, owned } => {
-                    mkdir(&path, mode)?;
-                    if owned {
-                        chown(&path)?;
-                    }
-                }
-                DirStep::ShiftOwners(upper) => {
-                    if let Ok(meta) = fs::symlink_metadata(&upper) {
-                        use std::os::unix::fs::MetadataExt;
-                        if meta.uid() != owner {
-                            shift_owners(&upper, meta.uid(), *uids)
-                                .map_err(io_err("shift owners", &upper))?;
-                        }
-                    }
-                }
-                DirStep::RemoveStale(path) => {
-                    if path.exists() {
-                        fs::remove_dir_all(&path).map_err(io_err("remove", &path))?;
-                    }
-                }
-                DirStep::Touch(path) => {
-                    OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(&path)
-                        .map_err(io_err("create", &path))?;
-                }
-            }
-        }
-        Ok(())
+        self::dirs::prepare(dirs, uids)
     }
 
     fn remove_dirs(&self, dirs: &SliverDirs, keep_upper: bool) -> Result<(), HostError> {
-        let remove = |path: &Path| match fs::symlink_metadata(path) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Ok(m) if m.is_dir() => fs::remove_dir_all(path).map_err(io_err("remove", path)),
-            _ => fs::remove_file(path).map_err(io_err("remove", path)),
-        };
-        if keep_upper {
-            for path in plan::removed_keeping_upper(dirs) {
-                remove(path)?;
-            }
-            Ok(())
-        } else {
-            // Removing a tree costs milliseconds per directory on some disks: move it out of
-            // the way at once (one rename) and delete it in the background.
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0);
-            let Some((trash, target)) = plan::trash_target(dirs, nanos) else {
-                return remove(&dirs.root);
-            };
-            if fs::symlink_metadata(&dirs.root).is_err() {
-                return Ok(());
-            }
-            fs::create_dir_all(&trash).map_err(io_err("create", &trash))?;
-            match fs::rename(&dirs.root, &target) {
-                Ok(()) => {
-                    empty_trash_later(trash);
-                    Ok(())
-                }
-                Err(_) => remove(&dirs.root),
-            }
-        }
+        self::dirs::remove(dirs, keep_upper)
     }
 
     fn cgroup_create(&self, cgroup: &str, limits: &CgroupLimits) -> Result<(), HostError> {
