@@ -390,19 +390,7 @@ impl Host for LinuxHost {
             .into_iter()
             .map(Orphan::Cgroup)
             .collect();
-        let mut nl = Self::netlink()?;
-        for name in nl.links_with_prefix(&scope.ifname_prefix)? {
-            if plan::is_sliver_link(&scope.ifname_prefix, &name) {
-                out.push(Orphan::Link(name));
-            }
-        }
-        if let Some(ifb) = nl.link_index(&scope.ifb)? {
-            for class in nl.classes(ifb)? {
-                if plan::is_sliver_class(class) {
-                    out.push(Orphan::Class(class.minor));
-                }
-            }
-        }
+        out.extend(wire::traces(&mut Self::netlink()?, scope)?);
         if let Ok(entries) = fs::read_dir(&scope.slivers_dir) {
             // A dir holding only an upper dir was kept on purpose (destroy with keep_upper).
             out.extend(

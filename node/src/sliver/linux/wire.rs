@@ -5,7 +5,9 @@
 use std::fs;
 use std::path::Path;
 
-use crate::sliver::host::{HostError, NetAttach, NodeShaping, Shape};
+use rtnetlink::packet_route::tc::TcHandle;
+
+use crate::sliver::host::{HostError, NetAttach, NodeShaping, Orphan, OrphanScope, Shape};
 use crate::sliver::netlink::{ETH_P_IP, Netlink, NetlinkError, Request, build};
 
 use super::plan;
@@ -16,6 +18,10 @@ pub trait Rtnl {
     fn link_index(&mut self, name: &str) -> Result<Option<u32>, NetlinkError>;
     /// Sends `req` and waits for its ack.
     fn ack(&mut self, req: Request) -> Result<(), NetlinkError>;
+    /// The names of every link whose name starts with `prefix`.
+    fn links_with_prefix(&mut self, prefix: &str) -> Result<Vec<String>, NetlinkError>;
+    /// The classes on link `index`.
+    fn classes(&mut self, index: u32) -> Result<Vec<TcHandle>, NetlinkError>;
 }
 
 impl Rtnl for Netlink {
@@ -25,6 +31,14 @@ impl Rtnl for Netlink {
 
     fn ack(&mut self, req: Request) -> Result<(), NetlinkError> {
         Netlink::ack(self, req)
+    }
+
+    fn links_with_prefix(&mut self, prefix: &str) -> Result<Vec<String>, NetlinkError> {
+        Netlink::links_with_prefix(self, prefix)
+    }
+
+    fn classes(&mut self, index: u32) -> Result<Vec<TcHandle>, NetlinkError> {
+        Netlink::classes(self, index)
     }
 }
 
@@ -150,12 +164,29 @@ pub fn bucket_remove(
     Ok(())
 }
 
+/// The sliver traces in the network: host-side veths (the prefix then a slot number) and
+/// buckets on the shaping device (see [`plan::is_sliver_link`], [`plan::is_sliver_class`]).
+pub fn traces(nl: &mut impl Rtnl, scope: &OrphanScope) -> Result<Vec<Orphan>, HostError> {
+    let mut out = Vec::new();
+    for name in nl.links_with_prefix(&scope.ifname_prefix)? {
+        if plan::is_sliver_link(&scope.ifname_prefix, &name) {
+            out.push(Orphan::Link(name));
+        }
+    }
+    if let Some(ifb) = nl.link_index(&scope.ifb)? {
+        for class in nl.classes(ifb)? {
+            if plan::is_sliver_class(class) {
+                out.push(Orphan::Class(class.minor));
+            }
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
     use std::net::Ipv4Addr;
-
-    use rtnetlink::packet_route::tc::TcHandle;
 
     use super::*;
     use crate::sliver::netlink::encode;
@@ -167,6 +198,8 @@ mod tests {
         sent: Vec<(String, Vec<u8>)>,
         /// Requests (by the start of what they do) the kernel refuses, with the errno.
         refuse: Vec<(&'static str, i32)>,
+        /// Classes by link index.
+        classes: BTreeMap<u32, Vec<TcHandle>>,
     }
 
     impl Rtnl for Fake {
@@ -188,6 +221,19 @@ mod tests {
             }
             self.sent.push((req.op, encode(req.msg, req.flags, 1)));
             result
+        }
+
+        fn links_with_prefix(&mut self, prefix: &str) -> Result<Vec<String>, NetlinkError> {
+            Ok(self
+                .links
+                .keys()
+                .filter(|n| n.starts_with(prefix))
+                .cloned()
+                .collect())
+        }
+
+        fn classes(&mut self, index: u32) -> Result<Vec<TcHandle>, NetlinkError> {
+            Ok(self.classes.get(&index).cloned().unwrap_or_default())
         }
     }
 
@@ -352,5 +398,39 @@ mod tests {
         let mut no_ifb = Fake::default();
         bucket_remove(&mut no_ifb, "pmifb0", 0x13, 0x13).unwrap();
         assert!(no_ifb.sent.is_empty());
+    }
+
+    #[test]
+    fn traces_are_slot_numbered_veths_and_buckets_from_0x10() {
+        let mut nl = Fake::default();
+        for (i, name) in ["pm0", "pm12", "pmifb0", "pmx", "pm", "eth0"]
+            .iter()
+            .enumerate()
+        {
+            nl.links
+                .insert((*name).into(), u32::try_from(i).unwrap() + 1);
+        }
+        let h = |major, minor| TcHandle { major, minor };
+        nl.classes.insert(
+            3,
+            vec![h(1, 1), h(1, 0x10), h(1, 0x13), h(2, 0x20), h(1, 0x0f)],
+        );
+        let scope = OrphanScope {
+            cgroup_parent: "planetmesh".into(),
+            ifname_prefix: "pm".into(),
+            ifb: "pmifb0".into(),
+            slivers_dir: "/state/slivers".into(),
+        };
+        assert_eq!(
+            traces(&mut nl, &scope).unwrap(),
+            vec![
+                Orphan::Link("pm0".into()),
+                Orphan::Link("pm12".into()),
+                Orphan::Class(0x10),
+                Orphan::Class(0x13),
+            ]
+        );
+        nl.links.remove("pmifb0");
+        assert_eq!(traces(&mut nl, &scope).unwrap().len(), 2);
     }
 }
