@@ -513,19 +513,7 @@ impl Host for LinuxHost {
         &self,
         node: &NodeShaping,
     ) -> Result<std::collections::BTreeMap<u16, u64>, HostError> {
-        let mut nl = Self::netlink()?;
-        let Some(ifb) = nl.link_index(&node.ifb)? else {
-            return Err(HostError::Init(format!(
-                "shaping device {} missing",
-                node.ifb
-            )));
-        };
-        Ok(nl
-            .class_bytes(ifb)?
-            .into_iter()
-            .filter(|(h, _)| plan::is_sliver_class(*h))
-            .map(|(h, bytes)| (h.minor, bytes))
-            .collect())
+        wire::egress_counters(&mut Self::netlink()?, node)
     }
 
     fn cgroup_freeze(&self, cgroup: &str, frozen: bool) -> Result<(), HostError> {

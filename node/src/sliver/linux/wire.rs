@@ -2,6 +2,7 @@
 //! seam below [`crate::sliver::host::Host`]: [`crate::sliver::netlink::Netlink`] sends them,
 //! and a recording fake checks their order and content without root.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 
@@ -22,6 +23,8 @@ pub trait Rtnl {
     fn links_with_prefix(&mut self, prefix: &str) -> Result<Vec<String>, NetlinkError>;
     /// The classes on link `index`.
     fn classes(&mut self, index: u32) -> Result<Vec<TcHandle>, NetlinkError>;
+    /// Bytes sent so far by each class on link `index`.
+    fn class_bytes(&mut self, index: u32) -> Result<Vec<(TcHandle, u64)>, NetlinkError>;
 }
 
 impl Rtnl for Netlink {
@@ -39,6 +42,10 @@ impl Rtnl for Netlink {
 
     fn classes(&mut self, index: u32) -> Result<Vec<TcHandle>, NetlinkError> {
         Netlink::classes(self, index)
+    }
+
+    fn class_bytes(&mut self, index: u32) -> Result<Vec<(TcHandle, u64)>, NetlinkError> {
+        Netlink::class_bytes(self, index)
     }
 }
 
@@ -183,9 +190,28 @@ pub fn traces(nl: &mut impl Rtnl, scope: &OrphanScope) -> Result<Vec<Orphan>, Ho
     Ok(out)
 }
 
+/// Bytes each sliver bucket (by class minor) on the node's shaping device has sent; the
+/// device missing is an error.
+pub fn egress_counters(
+    nl: &mut impl Rtnl,
+    node: &NodeShaping,
+) -> Result<BTreeMap<u16, u64>, HostError> {
+    let Some(ifb) = nl.link_index(&node.ifb)? else {
+        return Err(HostError::Init(format!(
+            "shaping device {} missing",
+            node.ifb
+        )));
+    };
+    Ok(nl
+        .class_bytes(ifb)?
+        .into_iter()
+        .filter(|(h, _)| plan::is_sliver_class(*h))
+        .map(|(h, bytes)| (h.minor, bytes))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
     use std::net::Ipv4Addr;
 
     use super::*;
@@ -234,6 +260,14 @@ mod tests {
 
         fn classes(&mut self, index: u32) -> Result<Vec<TcHandle>, NetlinkError> {
             Ok(self.classes.get(&index).cloned().unwrap_or_default())
+        }
+
+        fn class_bytes(&mut self, index: u32) -> Result<Vec<(TcHandle, u64)>, NetlinkError> {
+            let classes = self.classes.get(&index).cloned().unwrap_or_default();
+            Ok(classes
+                .into_iter()
+                .map(|h| (h, u64::from(h.minor) * 1000))
+                .collect())
         }
     }
 
@@ -432,5 +466,22 @@ mod tests {
         );
         nl.links.remove("pmifb0");
         assert_eq!(traces(&mut nl, &scope).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn egress_counts_sliver_buckets_only_and_needs_the_device() {
+        let mut nl = Fake::default();
+        let node = NodeShaping {
+            ifb: "pmifb0".into(),
+            node_kbps: 1_000,
+        };
+        assert!(egress_counters(&mut nl, &node).is_err());
+        nl.links.insert("pmifb0".into(), 9);
+        let h = |minor| TcHandle { major: 1, minor };
+        nl.classes.insert(9, vec![h(1), h(0x10), h(0x11)]);
+        assert_eq!(
+            egress_counters(&mut nl, &node).unwrap(),
+            BTreeMap::from([(0x10, 16_000), (0x11, 17_000)])
+        );
     }
 }
