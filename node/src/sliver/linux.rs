@@ -14,7 +14,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::sys::signal::Signal;
@@ -306,36 +306,7 @@ impl Host for LinuxHost {
             // Another process reuses the pid: ours is gone.
             _ => return Ok(()),
         }
-        match rustix::process::pidfd_send_signal(&pidfd, rustix::process::Signal::KILL) {
-            Ok(()) => {}
-            Err(e) if e == rustix::io::Errno::SRCH => {}
-            Err(e) => {
-                return Err(HostError::Sys {
-                    op: format!("kill init {pid}"),
-                    source: Errno::from_raw(e.raw_os_error()),
-                });
-            }
-        }
-        let deadline = Instant::now() + KILL_TIMEOUT;
-        loop {
-            let mut fds = [nix::poll::PollFd::new(
-                pidfd.as_fd(),
-                nix::poll::PollFlags::POLLIN,
-            )];
-            match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u16)) {
-                Ok(n) if n > 0 => break,
-                Ok(_) | Err(Errno::EINTR) => {}
-                Err(e) => {
-                    return Err(HostError::Sys {
-                        op: format!("wait for init {pid}"),
-                        source: e,
-                    });
-                }
-            }
-            if Instant::now() > deadline {
-                return Err(HostError::Timeout(KILL_TIMEOUT));
-            }
-        }
+        clone::kill_and_wait(&pidfd, pid, KILL_TIMEOUT)?;
         let _ = waitpid(raw, Some(WaitPidFlag::WNOHANG));
         Ok(())
     }

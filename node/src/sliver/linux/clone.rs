@@ -268,6 +268,43 @@ pub(super) fn clone_init(
     ))
 }
 
+/// Kills the process behind `pidfd` (the init `pid`, named in errors) and waits until it has
+/// exited, at most `timeout` (it is left for its parent to reap). A process already gone is
+/// no error.
+pub(super) fn kill_and_wait(pidfd: &OwnedFd, pid: u32, timeout: Duration) -> Result<(), HostError> {
+    match rustix::process::pidfd_send_signal(pidfd, rustix::process::Signal::KILL) {
+        Ok(()) => {}
+        Err(e) if e == rustix::io::Errno::SRCH => {}
+        Err(e) => {
+            return Err(HostError::Sys {
+                op: format!("kill init {pid}"),
+                source: Errno::from_raw(e.raw_os_error()),
+            });
+        }
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut fds = [nix::poll::PollFd::new(
+            pidfd.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u16)) {
+            Ok(n) if n > 0 => break,
+            Ok(_) | Err(Errno::EINTR) => {}
+            Err(e) => {
+                return Err(HostError::Sys {
+                    op: format!("wait for init {pid}"),
+                    source: e,
+                });
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(HostError::Timeout(timeout));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,5 +324,22 @@ mod tests {
         assert_eq!(clone_flags(true), own & !libc::CLONE_NEWPID);
         // Never a shared file table or a thread of the node.
         assert_eq!(own & (libc::CLONE_FILES | libc::CLONE_THREAD), 0);
+    }
+
+    #[test]
+    fn kill_and_wait_returns_once_the_process_has_exited() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pidfd = crate::sliver::output::pidfd_open(child.id()).unwrap();
+        let started = Instant::now();
+        kill_and_wait(&pidfd, child.id(), Duration::from_secs(10)).unwrap();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let status = child.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
+        // Gone (a zombie reaped): killing again is no error.
+        kill_and_wait(&pidfd, child.id(), Duration::from_secs(1)).unwrap();
     }
 }
