@@ -183,22 +183,8 @@ pub fn check_mdns_setting(
     default_config: &str,
     load: impl Fn(&std::path::Path) -> Result<bool, String>,
 ) {
-    let dir = std::env::temp_dir().join(format!(
-        "planetmesh-mdns-check-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos())
-    ));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    struct Cleanup(std::path::PathBuf);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _cleanup = Cleanup(dir.clone());
-    let path = dir.join("daemon.toml");
+    let dir = tempfile_dir("mdns-check");
+    let path = dir.0.join("daemon.toml");
     let line = default_config
         .lines()
         .find(|l| l.starts_with("# mdns = false"))
@@ -278,6 +264,42 @@ pub fn uncomment_all(template: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// Loads `template` with every line uncommented in place ([`uncomment_all`]) through `load`,
+/// and fails the test with the text when it does not load.
+pub fn check_uncommented_template_loads<T, E: std::fmt::Display>(
+    template: &str,
+    load: impl Fn(&std::path::Path) -> Result<T, E>,
+) {
+    let dir = tempfile_dir("uncommented");
+    let path = dir.0.join("daemon.toml");
+    let text = uncomment_all(template);
+    std::fs::write(&path, &text).expect("write config");
+    if let Err(e) = load(&path) {
+        panic!("{e}\n{text}");
+    }
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempfile_dir(what: &str) -> TempDir {
+    let dir = std::env::temp_dir().join(format!(
+        "planetmesh-{what}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    TempDir(dir)
 }
 
 #[cfg(test)]

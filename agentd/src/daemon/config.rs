@@ -171,13 +171,10 @@ mod tests {
 
     #[test]
     fn every_line_of_the_default_config_works_uncommented_in_place() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("daemon.toml");
-        let text = federation::testing::uncomment_all(&default_config("plc"));
-        std::fs::write(&path, &text).unwrap();
-        if let Err(e) = AgentConfig::load(&path) {
-            panic!("{e}\n{text}");
-        }
+        federation::testing::check_uncommented_template_loads(
+            &default_config("plc"),
+            AgentConfig::load,
+        );
     }
 
     #[test]
