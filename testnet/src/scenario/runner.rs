@@ -88,6 +88,19 @@ impl Call {
             .to_owned()
     }
 
+    /// The step's lines when nothing went wrong, else a failure naming every problem.
+    fn verdict(
+        &self,
+        lines: Vec<String>,
+        problems: Vec<String>,
+    ) -> Result<Vec<String>, StepFailure> {
+        if problems.is_empty() {
+            Ok(lines)
+        } else {
+            Err(self.fail(problems.join("; ")))
+        }
+    }
+
     fn fail(&self, reason: String) -> StepFailure {
         StepFailure {
             reason,
@@ -392,16 +405,8 @@ impl Runner<'_> {
                 problems.push(format!("{name}'s output lacks {want:?}"));
             }
         }
-        if let Some(n) = e.expect_slivers
-            && answered != n
-        {
-            problems.push(format!("expected {n} slivers to answer, {answered} did"));
-        }
-        if problems.is_empty() {
-            Ok(lines)
-        } else {
-            Err(call.fail(problems.join("; ")))
-        }
+        expect_slivers(&mut problems, e.expect_slivers, answered, "answer");
+        call.verdict(lines, problems)
     }
 
     fn status(&self, s: &Status) -> Result<Vec<String>, StepFailure> {
@@ -550,16 +555,8 @@ impl Runner<'_> {
                 (None, None) => problems.push(format!("{name} answered no pid")),
             }
         }
-        if let Some(n) = sp.expect_slivers
-            && started != n
-        {
-            problems.push(format!("expected {n} slivers to start it, {started} did"));
-        }
-        if problems.is_empty() {
-            Ok(lines)
-        } else {
-            Err(call.fail(problems.join("; ")))
-        }
+        expect_slivers(&mut problems, sp.expect_slivers, started, "start it");
+        call.verdict(lines, problems)
     }
 
     fn logs(&self, l: &Logs) -> Result<Vec<String>, StepFailure> {
@@ -586,16 +583,8 @@ impl Runner<'_> {
                 problems.push(format!("{name}'s log lacks {want:?}"));
             }
         }
-        if let Some(n) = l.expect_slivers
-            && answered != n
-        {
-            problems.push(format!("expected {n} slivers to answer, {answered} did"));
-        }
-        if problems.is_empty() {
-            Ok(lines)
-        } else {
-            Err(call.fail(problems.join("; ")))
-        }
+        expect_slivers(&mut problems, l.expect_slivers, answered, "answer");
+        call.verdict(lines, problems)
     }
 
     fn keys(&self, k: &Keys) -> Result<Vec<String>, StepFailure> {
@@ -641,16 +630,8 @@ impl Runner<'_> {
                 problems.push(format!("{name} lists {} keys, expected {n}", keys.len()));
             }
         }
-        if let Some(n) = k.expect_slivers
-            && answered != n
-        {
-            problems.push(format!("expected {n} slivers to answer, {answered} did"));
-        }
-        if problems.is_empty() {
-            Ok(lines)
-        } else {
-            Err(call.fail(problems.join("; ")))
-        }
+        expect_slivers(&mut problems, k.expect_slivers, answered, "answer");
+        call.verdict(lines, problems)
     }
 
     fn restart(&self, r: &Restart) -> Result<Vec<String>, StepFailure> {
@@ -862,6 +843,15 @@ pub(super) fn run_step(
                 stopped.len()
             )])
         }
+    }
+}
+
+/// Adds a problem when a step expected `expect` slivers to `act` and `got` did.
+fn expect_slivers(problems: &mut Vec<String>, expect: Option<usize>, got: usize, act: &str) {
+    if let Some(n) = expect
+        && got != n
+    {
+        problems.push(format!("expected {n} slivers to {act}, {got} did"));
     }
 }
 
