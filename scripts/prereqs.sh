@@ -25,6 +25,9 @@ ensure_prereqs() {
   need_pkg ip iproute2
   need_pkg tc iproute2
   need_pkg nsenter util-linux
+  # nftables: each node keeps one firewall table (slivers' egress NAT and fence), applied
+  # with nft; the sliver-create hot path never runs it.
+  need_pkg nft nftables
   # btrfs-progs: the quota disk backing makes a btrfs image for the node's slivers.
   need_pkg mkfs.btrfs btrfs-progs
   # Headless Chromium: the testnet dashboard test loads the page in a real browser.

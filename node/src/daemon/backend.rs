@@ -65,18 +65,23 @@ pub fn sliver_config(
         engine.image = Some(crate::sliver::rootfs::Image::Directory(image.clone()));
     }
     engine.disk_backing = config.disk_backing;
-    // The image holding kernel-capped sliver dirs is as large as what the node offers.
-    engine.disk_capacity = Some(config.capacity.map_or_else(
-        || {
-            super::monitor::measured_capacity(
-                &super::monitor::HostProbe::default(),
-                &config.state_dir,
-                &config.reserve,
-            )
-            .disk_bytes
-        },
-        |c| c.disk_bytes,
-    ));
+    // What the node offers is what it shares: the image holding kernel-capped sliver dirs is
+    // as large as its disk capacity, and its root egress bucket as fast as the egress it
+    // advertises (paper §3.3).
+    let capacity = config.capacity.unwrap_or_else(|| {
+        super::monitor::measured_capacity(
+            &super::monitor::HostProbe::default(),
+            &config.state_dir,
+            &config.reserve,
+        )
+    });
+    engine.disk_capacity = Some(capacity.disk_bytes);
+    engine.shaping.node_kbps = capacity.egress_kbps.max(8);
+    // The uplink is found on the host when the engine opens ([`open_backend`]).
+    engine.network = Some(crate::sliver::firewall::Policy {
+        uplink: None,
+        icmp_per_sec: config.icmp_rate,
+    });
     Ok(engine)
 }
 
@@ -95,8 +100,23 @@ fn open_backend(config: &NodeManagerConfig) -> anyhow::Result<Backend> {
                 );
             }
             let key = SecretKey::load(&config.common.key_file).context("loading the node key")?;
-            let engine = sliver_config(config, &NodeId::of_key(&key.public()), init)?;
+            let mut engine = sliver_config(config, &NodeId::of_key(&key.public()), init)?;
             drop(key);
+            let uplink =
+                super::uplink::resolve(config.public_address).map_err(anyhow::Error::msg)?;
+            match &uplink {
+                Some(u) => tracing::info!(
+                    address = %u.address,
+                    device = %u.device,
+                    "slivers' traffic leaves with the node's public address"
+                ),
+                None => tracing::info!(
+                    "no public address (public_address off, or no default route): slivers reach nothing outside the node"
+                ),
+            }
+            if let Some(network) = &mut engine.network {
+                network.uplink = uplink;
+            }
             let host = LinuxHost::detect()
                 .context("finding cgroup hierarchies (is this Linux, and are you root?)")?;
             if config.favor_dynamic_cgroups {

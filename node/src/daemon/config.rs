@@ -11,6 +11,8 @@ pub use federation::daemon::config::ConfigError;
 use federation::daemon::{CommonConfig, DaemonKind};
 use serde::{Deserialize, Serialize};
 
+use super::uplink::PublicAddress;
+
 /// A share delegated to an agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -88,6 +90,15 @@ pub struct NodeManagerConfig {
     /// Sliver address pool, `a.b.c.d/len` (default `10.199.0.0/16`).
     #[serde(default = "default_pool")]
     pub address_pool: String,
+    /// The node's public address: slivers' traffic leaves with it as its source (default
+    /// `auto`: the address of the default route's interface; `off`: slivers reach nothing
+    /// outside the node).
+    #[serde(default)]
+    pub public_address: PublicAddress,
+    /// ICMP echo requests, and packets with IP options, each sliver may send per second
+    /// (default 10).
+    #[serde(default = "default_icmp_rate")]
+    pub icmp_rate: u32,
     /// Name prefix of host-side veths, 1 to 8 letters and digits; the node's shaping device is
     /// `<prefix>ifb` (default `pm<first 5 hex digits of the node's key>v`, unique per node).
     #[serde(default)]
@@ -145,6 +156,9 @@ fn default_reserve() -> Resources {
 fn default_pool() -> String {
     "10.199.0.0/16".into()
 }
+fn default_icmp_rate() -> u32 {
+    crate::sliver::firewall::DEFAULT_ICMP_PER_SEC
+}
 fn default_cgroup_parent() -> String {
     "planetmesh".into()
 }
@@ -178,6 +192,9 @@ const NODE_TEMPLATE: &str = r#"
 # isolation = "linux"                # or "memory" (no isolation: tests, simulation)
 # image = "/srv/images/debian"       # default: the host's system directories, read-only
 # address_pool = "10.199.0.0/16"
+# public_address = "auto"           # slivers' traffic leaves with this source address; "auto":
+#                                    # the default route's interface's, "off": no egress
+# icmp_rate = 10                     # pings and packets with IP options per sliver per second
 # ifname_prefix = "pm1a2b3v"          # default: from the node's key (unique per node)
 # cgroup_parent = "planetmesh"       # the node's slivers go in <this>/<key's first 8 hex>.node
 # uid_base = 268435456               # default: a free range between 2^28 and 2^31

@@ -119,4 +119,17 @@ impl<H: Host + 'static> SliverBackend for Slivers<H> {
     fn wipe(&self) -> Result<(), BackendError> {
         self.destroy_all().map_err(backend_error)
     }
+
+    fn maintain(&self) -> Result<Vec<String>, BackendError> {
+        let restored = self.ensure_firewall().map_err(backend_error)?;
+        Ok(if restored {
+            vec!["firewall table".to_owned()]
+        } else {
+            Vec::new()
+        })
+    }
+
+    fn close(&self) -> Result<(), BackendError> {
+        Slivers::close(self).map_err(backend_error)
+    }
 }

@@ -44,16 +44,33 @@ pub(crate) async fn watch_disks(
     }
 }
 
-/// The reaper: each second, destroys the slivers whose lease ended.
+/// Seconds between the reconciler's checks of node-wide host state (the firewall table).
+const MAINTAIN_EVERY: u64 = 5;
+
+/// The reaper: each second, destroys the slivers whose lease ended; every
+/// [`MAINTAIN_EVERY`] seconds, puts back what was changed behind the node's back.
 pub(crate) async fn reap(
     service: Arc<NodeService>,
     changed: Arc<Notify>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut tick = 0u64;
     loop {
         tokio::select! {
             _ = stop.wait_for(|s| *s) => break,
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        tick += 1;
+        if tick.is_multiple_of(MAINTAIN_EVERY) {
+            let service = Arc::clone(&service);
+            match tokio::task::spawn_blocking(move || service.maintain()).await {
+                Ok(Ok(restored)) if !restored.is_empty() => {
+                    tracing::warn!(?restored, "reconciler restored host state");
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "reconciler: cannot check host state"),
+                Err(e) => tracing::error!(error = %e, "reconciler failed"),
+            }
         }
         let service = Arc::clone(&service);
         match tokio::task::spawn_blocking(move || service.reap(unix_now())).await {

@@ -25,4 +25,5 @@ pub mod monitor;
 pub mod release_report;
 pub mod run;
 pub mod service;
+pub mod uplink;
 pub mod view;

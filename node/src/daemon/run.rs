@@ -238,7 +238,16 @@ pub async fn start(
         http,
         state,
     };
-    Ok((running, runtime.shutdown(SHUTDOWN_DEADLINE)))
+    let shutdown = async move {
+        runtime.shutdown(SHUTDOWN_DEADLINE).await;
+        // Slivers outlive the daemon; with none left, nothing of the node's stays behind.
+        match tokio::task::spawn_blocking(move || service.close()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "closing the sliver engine"),
+            Err(e) => tracing::warn!(error = %e, "closing the sliver engine"),
+        }
+    };
+    Ok((running, shutdown))
 }
 
 /// Who the node is: its key, its membership certificate and whom it trusts.

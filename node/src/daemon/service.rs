@@ -84,6 +84,15 @@ pub trait SliverBackend: Send + Sync + 'static {
     fn remove_key(&self, sliver_id: &str, key: &str) -> Result<(), BackendError>;
     /// Destroys every sliver and the node-wide state the backend set up (decommissioning).
     fn wipe(&self) -> Result<(), BackendError>;
+    /// Puts back node-wide host state changed behind the node's back (its firewall table);
+    /// returns what it restored. The reaper calls it every few seconds.
+    fn maintain(&self) -> Result<Vec<String>, BackendError> {
+        Ok(Vec::new())
+    }
+    /// A clean shutdown: removes the node-wide state no live sliver needs.
+    fn close(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
 }
 
 /// Where spawned programs write their output inside a sliver.
@@ -693,6 +702,16 @@ impl NodeService {
             }
         }
         Ok(reaped)
+    }
+
+    /// Puts back host state changed behind the node's back (see [`SliverBackend::maintain`]).
+    pub fn maintain(&self) -> Result<Vec<String>, BackendError> {
+        self.backend.maintain()
+    }
+
+    /// Removes, at a clean shutdown, the node-wide state no live sliver needs.
+    pub fn close(&self) -> Result<(), BackendError> {
+        self.backend.close()
     }
 
     /// Decommissions the node: destroys every sliver, removes every lease from the ledger and

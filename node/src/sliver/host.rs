@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::alloc::UidRange;
 use super::caps::CapMask;
 use super::cgroup::{CgroupError, CgroupLimits, CgroupUsage};
+use super::firewall::Firewall;
 use super::init::InitPlan;
 use super::netlink::NetlinkError;
 use super::rootfs::{DiskBacking, Image, SliverDirs};
@@ -56,6 +57,9 @@ pub enum HostError {
     /// The operation is not available on this host.
     #[error("unsupported: {0}")]
     Unsupported(&'static str),
+    /// The node's firewall table could not be made, read or removed.
+    #[error("firewall: {0}")]
+    Firewall(String),
     /// A failure injected by the fake.
     #[error("injected failure at {0}")]
     Injected(String),
@@ -364,6 +368,13 @@ pub trait Host: Send + Sync {
     fn disk_quota_cap(&self, dirs: &SliverDirs, limit: u64) -> Result<(), HostError>;
     /// Removes the filesystem [`Host::disk_quota_setup`] made.
     fn disk_quota_teardown(&self, state_dir: &std::path::Path) -> Result<(), HostError>;
+    /// Makes (or remakes, replacing what it held) the node's firewall table, and turns
+    /// forwarding on for its uplink ([`Firewall`]).
+    fn firewall_setup(&self, firewall: &Firewall) -> Result<(), HostError>;
+    /// Removes the node's firewall table (and nothing else); one that is gone is no error.
+    fn firewall_teardown(&self, firewall: &Firewall) -> Result<(), HostError>;
+    /// Whether the node's firewall table exists.
+    fn firewall_present(&self, firewall: &Firewall) -> Result<bool, HostError>;
 }
 
 /// One recorded call on the fake.
@@ -413,6 +424,10 @@ pub enum Call {
     DiskQuotaCap(String, u64),
     /// [`Host::disk_quota_teardown`].
     DiskQuotaTeardown,
+    /// [`Host::firewall_setup`] (table, uplink address).
+    FirewallSetup(String, Option<Ipv4Addr>),
+    /// [`Host::firewall_teardown`] (table).
+    FirewallTeardown(String),
 }
 
 impl Call {
@@ -441,6 +456,8 @@ impl Call {
             Call::DiskQuotaSetup => "disk_quota_setup",
             Call::DiskQuotaCap(..) => "disk_quota_cap",
             Call::DiskQuotaTeardown => "disk_quota_teardown",
+            Call::FirewallSetup(..) => "firewall_setup",
+            Call::FirewallTeardown(..) => "firewall_teardown",
         }
     }
 }
@@ -559,6 +576,11 @@ impl RecordingHost {
     /// Freezes a cgroup behind the engine's back (as a previous run of the node would have).
     pub fn freeze_behind_the_back(&self, cgroup: &str) {
         self.lock().frozen.insert(cgroup.to_string());
+    }
+
+    /// Deletes the node's firewall table as an operator's hand would.
+    pub fn delete_firewall_behind_the_back(&self, table: &str) {
+        self.release(&format!("firewall:{table}"));
     }
 
     fn record(&self, call: Call) -> Result<(), HostError> {
@@ -825,5 +847,27 @@ impl Host for RecordingHost {
 
     fn disk_quota_teardown(&self, _state_dir: &std::path::Path) -> Result<(), HostError> {
         self.record(Call::DiskQuotaTeardown)
+    }
+
+    fn firewall_setup(&self, firewall: &Firewall) -> Result<(), HostError> {
+        self.record(Call::FirewallSetup(
+            firewall.table.clone(),
+            firewall.uplink.as_ref().map(|u| u.address),
+        ))?;
+        self.hold(format!("firewall:{}", firewall.table));
+        Ok(())
+    }
+
+    fn firewall_teardown(&self, firewall: &Firewall) -> Result<(), HostError> {
+        self.record(Call::FirewallTeardown(firewall.table.clone()))?;
+        self.release(&format!("firewall:{}", firewall.table));
+        Ok(())
+    }
+
+    fn firewall_present(&self, firewall: &Firewall) -> Result<bool, HostError> {
+        Ok(self
+            .lock()
+            .held
+            .contains(&format!("firewall:{}", firewall.table)))
     }
 }

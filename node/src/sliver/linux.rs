@@ -25,6 +25,7 @@ use super::alloc::UidRange;
 use super::caps;
 use super::cgroup::{CgroupLimits, CgroupUsage, Cgroups};
 use super::enter::EnterPlan;
+use super::firewall::Firewall;
 use super::host::{
     DiskTarget, ExecCommand, ExecOutput, ExecTarget, Host, HostError, InitHandle, InitRequest,
     NetAttach, NodeShaping, Orphan, OrphanScope, Shape, Spawned,
@@ -39,6 +40,7 @@ use super::sealed::SealedImage;
 mod clone;
 mod dirs;
 mod exec;
+mod nft;
 pub mod plan;
 pub mod wire;
 
@@ -557,5 +559,21 @@ impl Host for LinuxHost {
 
     fn disk_quota_teardown(&self, state_dir: &Path) -> Result<(), HostError> {
         super::quota::teardown(state_dir).map_err(io_err("remove disk quotas", state_dir))
+    }
+
+    fn firewall_setup(&self, firewall: &Firewall) -> Result<(), HostError> {
+        if let Some(uplink) = &firewall.uplink {
+            let knob = plan::forwarding(&self.proc_root, &uplink.device);
+            fs::write(&knob, "1").map_err(io_err("write", &knob))?;
+        }
+        nft::apply(&firewall.ruleset())
+    }
+
+    fn firewall_teardown(&self, firewall: &Firewall) -> Result<(), HostError> {
+        nft::apply(&firewall.removal())
+    }
+
+    fn firewall_present(&self, firewall: &Firewall) -> Result<bool, HostError> {
+        nft::present(firewall)
     }
 }

@@ -64,6 +64,7 @@ pub mod caps;
 pub mod cgroup;
 pub mod claim;
 pub mod enter;
+pub mod firewall;
 pub mod host;
 pub mod htb;
 pub mod init;
@@ -213,6 +214,10 @@ pub struct NodeConfig {
     /// How the node shares the machine with other nodes (`None`: it claims nothing, for tests
     /// and tools that pick unique names themselves).
     pub share: Option<HostShare>,
+    /// The node's network policy: with one, the node keeps its own firewall table (egress NAT
+    /// through the uplink, the fence, ICMP limits; [`firewall`]); `None` leaves the host's
+    /// firewall alone (slivers then reach their gateway, as the engine's own tests use).
+    pub network: Option<firewall::Policy>,
 }
 
 /// A node's place among the nodes of one machine (see [`claim`]).
@@ -253,7 +258,21 @@ impl NodeConfig {
             disk_backing: DiskBacking::Directory,
             disk_capacity: None,
             share: None,
+            network: None,
         }
+    }
+
+    /// The node's firewall table under its network policy, named after its veth prefix.
+    pub fn firewall(&self) -> Option<firewall::Firewall> {
+        let policy = self.network.as_ref()?;
+        let mut table = firewall::Firewall::for_prefix(
+            &self.slots.ifname_prefix,
+            self.slots.pool,
+            self.slots.pool_prefix,
+        );
+        table.uplink = policy.uplink.clone();
+        table.icmp_per_sec = policy.icmp_per_sec;
+        Some(table)
     }
 
     /// The defaults of node `node_id` under `state_dir`, unique to it on the machine: cgroup
@@ -457,6 +476,15 @@ impl<H: Host> Slivers<H> {
                 op: "set up shaping",
                 source: Box::new(source),
             })?;
+        if let Some(table) = config.firewall() {
+            // Made afresh at every start: a restart re-adopts it with what it held.
+            host.firewall_setup(&table)
+                .map_err(|source| SliverError::Host {
+                    id: String::new(),
+                    op: "set up the firewall",
+                    source: Box::new(source),
+                })?;
+        }
         let engine = Slivers {
             host,
             config,
@@ -912,6 +940,53 @@ impl<H: Host> Slivers<H> {
         }
     }
 
+    /// Restores the node's firewall table when it is gone (deleted by hand, or by a tool
+    /// that flushed the ruleset); returns whether it had to. The reconciler calls it.
+    pub fn ensure_firewall(&self) -> Result<bool, SliverError> {
+        let Some(table) = self.config.firewall() else {
+            return Ok(false);
+        };
+        let host_err = |op, source| SliverError::Host {
+            id: String::new(),
+            op,
+            source: Box::new(source),
+        };
+        if self
+            .host
+            .firewall_present(&table)
+            .map_err(|e| host_err("read the firewall", e))?
+        {
+            return Ok(false);
+        }
+        self.host
+            .firewall_setup(&table)
+            .map_err(|e| host_err("restore the firewall", e))?;
+        tracing::warn!(
+            table = %table.table,
+            "the node's firewall table was gone (changed by hand?); restored it"
+        );
+        Ok(true)
+    }
+
+    /// What a clean shutdown leaves: with no live sliver, the node's firewall table is
+    /// removed (slivers outlive the daemon, so with any left it stays, and the next start
+    /// makes it afresh).
+    pub fn close(&self) -> Result<(), SliverError> {
+        if !self.lock().live.is_empty() {
+            return Ok(());
+        }
+        if let Some(table) = self.config.firewall() {
+            self.host
+                .firewall_teardown(&table)
+                .map_err(|source| SliverError::Host {
+                    id: String::new(),
+                    op: "remove the firewall",
+                    source: Box::new(source),
+                })?;
+        }
+        Ok(())
+    }
+
     /// Destroys every sliver and removes the node-wide shaping device (used when a node is
     /// decommissioned, and by tests). A node with a share of the host ([`HostShare`]) also
     /// removes its own cgroup parent and gives up its claims once every sliver is gone.
@@ -925,6 +1000,11 @@ impl<H: Host> Slivers<H> {
         }
         if let Err(e) = self.host.shaping_teardown(&self.config.shaping) {
             failures.push(format!("remove shaping: {e}"));
+        }
+        if let Some(table) = self.config.firewall()
+            && let Err(e) = self.host.firewall_teardown(&table)
+        {
+            failures.push(format!("remove the firewall table: {e}"));
         }
         if failures.is_empty()
             && self.config.disk_backing == DiskBacking::Quota

@@ -593,3 +593,78 @@ fn usage_reads_cgroups_and_bucket_counters_through_the_host() {
     assert_eq!(usage[1].egress_bytes, Some(2000));
     assert_eq!(usage[1].disk, None, "no disk check yet");
 }
+
+fn networked(dir: &std::path::Path) -> Slivers<RecordingHost> {
+    let mut config = config(dir);
+    config.network = Some(firewall::Policy {
+        uplink: Some(firewall::Uplink {
+            device: "eth0".into(),
+            address: std::net::Ipv4Addr::new(192, 0, 2, 7),
+        }),
+        icmp_per_sec: 10,
+    });
+    Slivers::open(RecordingHost::new(), config).unwrap().0
+}
+
+#[test]
+fn a_networked_node_makes_its_table_at_open_and_no_create_touches_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = networked(tmp.path());
+    assert_eq!(
+        e.host().calls(),
+        [
+            Call::PrepareImage,
+            Call::ShapingSetup("pmifb0".into()),
+            Call::FirewallSetup(
+                "planetmesh_pmv".into(),
+                Some(std::net::Ipv4Addr::new(192, 0, 2, 7))
+            ),
+        ]
+    );
+    e.host().clear_calls();
+    e.create(spec("alpha")).unwrap();
+    e.destroy(&SliverId::new("alpha").unwrap(), false).unwrap();
+    assert!(
+        !e.host()
+            .call_names()
+            .iter()
+            .any(|c| c.starts_with("firewall")),
+        "a sliver's create and destroy leave the table alone: {:?}",
+        e.host().call_names()
+    );
+}
+
+#[test]
+fn the_reconciler_restores_a_deleted_table_once_and_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = networked(tmp.path());
+    assert!(!e.ensure_firewall().unwrap(), "present: nothing to do");
+    e.host().delete_firewall_behind_the_back("planetmesh_pmv");
+    assert!(e.ensure_firewall().unwrap(), "gone: restored");
+    assert!(!e.ensure_firewall().unwrap(), "and only once");
+    assert!(e.host().held().contains("firewall:planetmesh_pmv"));
+    // Without a network policy the host's firewall is never touched.
+    let other = tempfile::tempdir().unwrap();
+    let plain = engine(other.path());
+    assert!(!plain.ensure_firewall().unwrap());
+}
+
+#[test]
+fn a_clean_shutdown_removes_the_table_only_when_no_sliver_lives_and_wipe_always() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = networked(tmp.path());
+    e.create(spec("alpha")).unwrap();
+    e.close().unwrap();
+    assert!(
+        e.host().held().contains("firewall:planetmesh_pmv"),
+        "a live sliver keeps its egress while the daemon is down"
+    );
+    e.destroy(&SliverId::new("alpha").unwrap(), false).unwrap();
+    e.close().unwrap();
+    assert!(!e.host().held().contains("firewall:planetmesh_pmv"));
+    let other = tempfile::tempdir().unwrap();
+    let wiped = networked(other.path());
+    wiped.create(spec("beta")).unwrap();
+    wiped.destroy_all().unwrap();
+    assert!(wiped.host().held().is_empty(), "{:?}", wiped.host().held());
+}

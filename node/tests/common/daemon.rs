@@ -90,6 +90,18 @@ impl LinuxNode {
         engine.shaping.ifb = format!("{prefix}{tag}ifb");
         engine.slots.pool = pool;
         engine.slots.pool_prefix = 24;
+        // The daemon keeps a firewall table; the cleanup's engine names the same one.
+        engine.network = Some(node::sliver::firewall::Policy {
+            uplink: None,
+            icmp_per_sec: node::sliver::firewall::DEFAULT_ICMP_PER_SEC,
+        });
+        // No egress unless a test asks for it: the daemon runs in the test machine's own
+        // network namespace.
+        let egress = if extra.contains("public_address") {
+            ""
+        } else {
+            "public_address = \"off\"\n"
+        };
         let cleanup = Cleanup {
             engine: engine.clone(),
         };
@@ -103,7 +115,7 @@ impl LinuxNode {
             "federation = \"plc\"\nisolation = \"linux\"\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\n\
              http = \"127.0.0.1:0\"\ncapacity = \"cpu=2 cores,memory=2GiB,disk=10GiB,egress=100Mbit\"\n\
              ad_interval_secs = 1\nad_ttl_secs = 30\ncgroup_parent = \"{}\"\nifname_prefix = \"{}\"\n\
-             address_pool = \"{pool}/24\"\nclaim_dir = \"claims\"\ndisk_backing = \"directory\"\n{extra}[[trust]]\nname = \"plc\"\nauthority = \"{}\"\n\
+             address_pool = \"{pool}/24\"\nclaim_dir = \"claims\"\ndisk_backing = \"directory\"\n{egress}{extra}[[trust]]\nname = \"plc\"\nauthority = \"{}\"\n\
              [[delegations]]\nagent = \"{}\"\nshare = \"cpu=2 cores,memory=1GiB,disk=5GiB,egress=50Mbit\"\n",
             engine.cgroup_parent,
             engine.slots.ifname_prefix,

@@ -85,9 +85,10 @@ pub fn trash_target(dirs: &SliverDirs, nanos: u128) -> Option<(PathBuf, PathBuf)
 }
 
 /// The sysctls set on a sliver's host-side veth (path, value), in order: strict reverse-path
-/// filtering, and (if the host has IPv6) no IPv6, which would bypass the shaper and the
-/// filter; the second is skipped when its file is absent.
-pub fn veth_sysctls(proc_root: &Path, net: &NetAttach) -> [(PathBuf, &'static str); 2] {
+/// filtering, forwarding (what the node's firewall lets through leaves by routing; see
+/// [`crate::sliver::firewall`]), and (if the host has IPv6) no IPv6, which would bypass the
+/// shaper and the filter; the last is skipped when its file is absent.
+pub fn veth_sysctls(proc_root: &Path, net: &NetAttach) -> [(PathBuf, &'static str); 3] {
     let conf = |family: &str, knob: &str| {
         proc_root
             .join("sys/net")
@@ -98,8 +99,18 @@ pub fn veth_sysctls(proc_root: &Path, net: &NetAttach) -> [(PathBuf, &'static st
     };
     [
         (conf("ipv4", "rp_filter"), "1"),
+        (forwarding(proc_root, &net.host_if), "1"),
         (conf("ipv6", "disable_ipv6"), "1"),
     ]
+}
+
+/// The IPv4 forwarding switch of one interface: the node turns it on for its uplink and its
+/// slivers' veths only, never host-wide (`net.ipv4.ip_forward`).
+pub fn forwarding(proc_root: &Path, ifname: &str) -> PathBuf {
+    proc_root
+        .join("sys/net/ipv4/conf")
+        .join(ifname)
+        .join("forwarding")
 }
 
 /// The class of a sliver's bucket.
@@ -278,7 +289,7 @@ mod tests {
     }
 
     #[test]
-    fn veth_sysctls_are_strict_rp_filter_and_no_ipv6_under_the_proc_root() {
+    fn veth_sysctls_are_strict_rp_filter_forwarding_and_no_ipv6_under_the_proc_root() {
         let net = NetAttach {
             host_if: "pm3".into(),
             sliver_if: "eth0".into(),
@@ -289,6 +300,7 @@ mod tests {
             veth_sysctls(Path::new("/fakeproc"), &net),
             [
                 ("/fakeproc/sys/net/ipv4/conf/pm3/rp_filter".into(), "1"),
+                ("/fakeproc/sys/net/ipv4/conf/pm3/forwarding".into(), "1"),
                 ("/fakeproc/sys/net/ipv6/conf/pm3/disable_ipv6".into(), "1"),
             ]
         );

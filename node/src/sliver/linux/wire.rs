@@ -64,12 +64,14 @@ pub fn attach(
     nl.ack(build::addr_add(idx, net.host_addr, plan::VETH_PREFIX))?;
     // Slivers speak IPv4 only: IPv6 from a sliver would bypass the shaper and the
     // reverse-path filter, so the host side drops it (where the host has IPv6).
-    let [(rp, on), (v6, off)] = plan::veth_sysctls(proc_root, net);
-    fs::write(&rp, on).map_err(|source| HostError::Io {
-        op: "write",
-        path: rp.clone(),
-        source,
-    })?;
+    let [(rp, on), (fwd, fwd_on), (v6, off)] = plan::veth_sysctls(proc_root, net);
+    for (knob, value) in [(&rp, on), (&fwd, fwd_on)] {
+        fs::write(knob, value).map_err(|source| HostError::Io {
+            op: "write",
+            path: knob.clone(),
+            source,
+        })?;
+    }
     if v6.exists() {
         fs::write(&v6, off).map_err(|source| HostError::Io {
             op: "write",
@@ -311,6 +313,7 @@ mod tests {
         );
         let read = |p: std::path::PathBuf| fs::read_to_string(p).unwrap();
         assert_eq!(read(conf("ipv4").join("rp_filter")), "1");
+        assert_eq!(read(conf("ipv4").join("forwarding")), "1");
         assert_eq!(read(conf("ipv6").join("disable_ipv6")), "1");
     }
 

@@ -1,0 +1,417 @@
+//! Slice networking, for real, as root: the node's firewall table lets slivers out through
+//! the uplink with the node's address as source, fences them from the node and from each
+//! other, limits their pings, and comes back when deleted by hand.
+//!
+//! Each test builds its own world of network namespaces: a "node" namespace (the engine runs
+//! on a thread that joined it) with an uplink veth to an "internet" namespace. Everything is
+//! uniquely named and removed by drop guards; no traffic leaves those namespaces.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
+
+mod common;
+
+use std::fs::File;
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Fixture, root_or_skip, spec};
+use node::sliver::ExecOutput;
+use node::sliver::firewall::{Policy, Uplink};
+use node::sliver::host::ExecCommand;
+
+/// Two namespaces joined by a veth: the node's (uplink `up0`, 10.251.<n>.2/24, default route
+/// via the internet host) and the internet host's (10.251.<n>.1/24).
+struct World {
+    node_ns: String,
+    inet_ns: String,
+    node_addr: Ipv4Addr,
+    inet_addr: Ipv4Addr,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl World {
+    fn new() -> World {
+        let r: u32 = rand::random();
+        let tag = format!("{:05x}", r & 0xfffff);
+        let n = (r >> 20) as u8;
+        let world = World {
+            node_ns: format!("pmnet-{tag}-node"),
+            inet_ns: format!("pmnet-{tag}-inet"),
+            node_addr: Ipv4Addr::new(10, 251, n, 2),
+            inet_addr: Ipv4Addr::new(10, 251, n, 1),
+        };
+        let (up, peer) = (format!("pmu{tag}"), format!("pmi{tag}"));
+        ip(&["netns", "add", &world.node_ns]);
+        ip(&["netns", "add", &world.inet_ns]);
+        ip(&["link", "add", &up, "type", "veth", "peer", "name", &peer]);
+        ip(&["link", "set", &up, "netns", &world.node_ns, "name", "up0"]);
+        ip(&[
+            "link",
+            "set",
+            &peer,
+            "netns",
+            &world.inet_ns,
+            "name",
+            "eth0",
+        ]);
+        let (node, inet) = (world.node_ns.as_str(), world.inet_ns.as_str());
+        ip(&[
+            "-n",
+            node,
+            "addr",
+            "add",
+            &format!("{}/24", world.node_addr),
+            "dev",
+            "up0",
+        ]);
+        ip(&[
+            "-n",
+            inet,
+            "addr",
+            "add",
+            &format!("{}/24", world.inet_addr),
+            "dev",
+            "eth0",
+        ]);
+        for (ns, dev) in [(node, "up0"), (inet, "eth0"), (node, "lo"), (inet, "lo")] {
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+        }
+        ip(&[
+            "-n",
+            node,
+            "route",
+            "add",
+            "default",
+            "via",
+            &world.inet_addr.to_string(),
+        ]);
+        world
+    }
+
+    /// Runs `f` on a thread that joined namespace `ns` (so does whatever it starts).
+    fn within<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{ns}");
+        std::thread::spawn(move || {
+            let fd = File::open(&path).expect("open netns");
+            nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            f()
+        })
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    }
+
+    /// The node's network policy: its uplink, as `nodemgr` would find it.
+    fn policy(&self, icmp_per_sec: u32) -> Policy {
+        Policy {
+            uplink: Some(Uplink {
+                device: "up0".into(),
+                address: self.node_addr,
+            }),
+            icmp_per_sec,
+        }
+    }
+}
+
+/// An engine under `policy`; call it on a thread inside the node's namespace.
+fn engine(policy: Policy) -> Option<Fixture> {
+    Fixture::configured(|config| config.network = Some(policy))
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        for ns in [&self.node_ns, &self.inet_ns] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+fn python(f: &Fixture, sliver: &str, program: &str) -> ExecOutput {
+    let mut cmd = ExecCommand::new(["/usr/bin/python3", "-c", program]);
+    cmd.timeout = Duration::from_secs(20);
+    f.engine
+        .exec(&common::id(sliver), &cmd)
+        .expect("exec in sliver")
+}
+
+/// A Python program that tries a TCP connect to each `addr:port` (1 s each) and prints
+/// `open` or `closed` per line.
+fn probe_tcp(targets: &[(Ipv4Addr, u16)]) -> String {
+    let list: Vec<String> = targets
+        .iter()
+        .map(|(a, p)| format!("('{a}',{p})"))
+        .collect();
+    format!(
+        "import socket\n\
+         for t in [{}]:\n\
+         \ttry:\n\
+         \t\tsocket.create_connection(t, timeout=1).close(); print('open')\n\
+         \texcept OSError: print('closed')\n",
+        list.join(",")
+    )
+}
+
+/// The node namespace's table, as `nft` lists it (`None`: there is none).
+fn table(ns: &str, name: &str) -> Option<String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "list", "table", "inet", name])
+        .output()
+        .expect("run nft");
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn slivers_reach_the_internet_with_the_nodes_address_over_tcp_and_udp() {
+    if !root_or_skip() {
+        return;
+    }
+    let world = World::new();
+    let inet_addr = world.inet_addr;
+    // The internet host: one TCP accept and one UDP datagram, each naming its source.
+    let tcp = World::within(&world.inet_ns, move || {
+        TcpListener::bind((inet_addr, 8080)).expect("bind tcp")
+    });
+    let udp = World::within(&world.inet_ns, move || {
+        UdpSocket::bind((inet_addr, 8081)).expect("bind udp")
+    });
+    tcp.set_nonblocking(false).unwrap();
+    udp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let seen_tcp = std::thread::spawn(move || {
+        let (mut conn, from) = tcp.accept().expect("accept");
+        let mut line = String::new();
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let _ = conn.read_to_string(&mut line);
+        (from, line)
+    });
+    let policy = world.policy(10);
+    let out = World::within(&world.node_ns, move || {
+        let f = engine(policy)?;
+        f.engine.create(spec("egress")).expect("create");
+        let out = python(
+            &f,
+            "egress",
+            &format!(
+                "import socket\n\
+                 s=socket.create_connection(('{inet_addr}',8080),timeout=5); s.sendall(b'over tcp'); s.close()\n\
+                 u=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); u.sendto(b'over udp',('{inet_addr}',8081))\n"
+            ),
+        );
+        Some(out)
+    });
+    let Some(out) = out else { return };
+    assert!(out.success(), "{out:?}");
+    let (from, line) = seen_tcp.join().unwrap();
+    assert_eq!(
+        (from.ip(), line.as_str()),
+        (world.node_addr.into(), "over tcp")
+    );
+    let mut buf = [0u8; 64];
+    let (n, from) = udp.recv_from(&mut buf).expect("the datagram arrives");
+    assert_eq!(
+        (from.ip(), &buf[..n]),
+        (world.node_addr.into(), &b"over udp"[..])
+    );
+}
+
+#[test]
+fn a_sliver_reaches_nothing_of_the_node_nor_another_slivers_private_address() {
+    if !root_or_skip() {
+        return;
+    }
+    let world = World::new();
+    let node_addr = world.node_addr;
+    let policy = world.policy(10);
+    let inet_ns = world.inet_ns.clone();
+    let verdicts = World::within(&world.node_ns, move || {
+        let f = engine(policy)?;
+        // Daemons of the node: on every address, and on its loopback only.
+        let any = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+        let port = any.local_addr().unwrap().port();
+        let lo = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let lo_port = lo.local_addr().unwrap().port();
+        let udp = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)).unwrap();
+        udp.set_read_timeout(Some(Duration::from_millis(1500)))
+            .unwrap();
+        let a = f.engine.create(spec("fence-a")).expect("create");
+        let b = f.engine.create(spec("fence-b")).expect("create");
+        // A service in sliver b, on every address of its own.
+        let mut serve = ExecCommand::new([
+            "/usr/bin/python3",
+            "-c",
+            "import socket,time\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+             s.bind(('0.0.0.0',8080)); s.listen(8); time.sleep(30)",
+        ]);
+        serve.timeout = Duration::from_secs(40);
+        let _server = f.engine.spawn(&b.spec.id, &serve).expect("spawn");
+        std::thread::sleep(Duration::from_millis(700));
+        let own = python(&f, "fence-b", &probe_tcp(&[(b.net.sliver_addr, 8080)]));
+        let from_a = python(
+            &f,
+            "fence-a",
+            &probe_tcp(&[
+                (a.net.host_addr, port),
+                (node_addr, port),
+                (Ipv4Addr::LOCALHOST, lo_port),
+                (b.net.host_addr, port),
+                (b.net.sliver_addr, 8080),
+            ]),
+        );
+        // UDP and ICMP toward the node: nothing arrives, nothing answers.
+        let udp_sent = python(
+            &f,
+            "fence-a",
+            &format!(
+                "import socket\nu=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+                 for d in ['{}','{node_addr}']: u.sendto(b'to the node',(d,{port}))\n",
+                a.net.host_addr
+            ),
+        );
+        let mut buf = [0u8; 64];
+        let udp_arrived = udp.recv_from(&mut buf).ok().map(|(_, from)| from);
+        let node_from_inet = World::within(&inet_ns, move || {
+            std::net::TcpStream::connect_timeout(
+                &SocketAddr::from((node_addr, port)),
+                Duration::from_secs(2),
+            )
+            .is_ok()
+        });
+        drop((any, lo));
+        Some((own, from_a, udp_sent, udp_arrived, node_from_inet))
+    });
+    let Some((own, from_a, udp_sent, udp_arrived, node_from_inet)) = verdicts else {
+        return;
+    };
+    assert_eq!(own.stdout_text(), "open\n", "b's service runs: {own:?}");
+    assert_eq!(
+        from_a.stdout_text(),
+        "closed\nclosed\nclosed\nclosed\nclosed\n",
+        "a reaches none of: its gateway, the node's uplink address, the node's loopback, \
+         b's gateway, b's private address ({from_a:?})"
+    );
+    assert!(udp_sent.success(), "{udp_sent:?}");
+    assert_eq!(
+        udp_arrived, None,
+        "no datagram from a sliver reaches the node"
+    );
+    assert!(
+        node_from_inet,
+        "the node's daemon port is reachable from the internet host (the fence is the \
+         sliver's, not the node's)"
+    );
+}
+
+#[test]
+fn pings_are_limited_per_sliver_and_pings_to_the_node_go_unanswered() {
+    if !root_or_skip() {
+        return;
+    }
+    let world = World::new();
+    let inet_addr = world.inet_addr;
+    let policy = world.policy(5);
+    let out = World::within(&world.node_ns, move || {
+        let f = engine(policy)?;
+        let mut s = spec("pinger");
+        s.capabilities = vec!["CAP_NET_RAW".into()];
+        let rec = f.engine.create(s).expect("create");
+        // 40 echo requests as fast as a raw socket sends them; count the replies over 1.5 s.
+        let program = format!(
+            "import socket,struct,time\n\
+             def ping(dst, n):\n\
+             \ts=socket.socket(socket.AF_INET,socket.SOCK_RAW,socket.IPPROTO_ICMP); s.settimeout(0.2)\n\
+             \tfor i in range(n):\n\
+             \t\th=struct.pack('!BBHHH',8,0,0,7,i)\n\
+             \t\tc=sum(struct.unpack('!4H',h)); c=(c>>16)+(c&0xffff); c=~(c+(c>>16))&0xffff\n\
+             \t\ts.sendto(struct.pack('!BBHHH',8,0,c,7,i),(dst,0))\n\
+             \tgot=0; end=time.time()+1.5\n\
+             \twhile time.time()<end:\n\
+             \t\ttry:\n\
+             \t\t\td,a=s.recvfrom(256)\n\
+             \t\t\tif a[0]==dst and d[20]==0: got+=1\n\
+             \t\texcept socket.timeout: pass\n\
+             \treturn got\n\
+             print(ping('{inet_addr}',40), ping('{}',3))\n",
+            rec.net.host_addr
+        );
+        Some(python(&f, "pinger", &program))
+    });
+    let Some(out) = out else { return };
+    assert!(out.success(), "{out:?}");
+    let text = out.stdout_text();
+    let counts: Vec<u32> = text
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    // The burst (5) and at most a few more at 5 a second; none from the node.
+    assert!(
+        (3..=14).contains(&counts[0]),
+        "40 pings at a limit of 5/s: {counts:?}"
+    );
+    assert_eq!(counts[1], 0, "the gateway answers no ping: {counts:?}");
+}
+
+#[test]
+fn the_table_comes_back_when_deleted_by_hand_and_goes_with_the_node() {
+    if !root_or_skip() {
+        return;
+    }
+    let world = World::new();
+    let policy = world.policy(10);
+    let ns = world.node_ns.clone();
+    let checks = World::within(&world.node_ns, move || {
+        let f = engine(policy)?;
+        let name = f.engine.config().firewall().unwrap().table;
+        let made = table(&ns, &name);
+        let restored_when_present = f.engine.ensure_firewall().unwrap();
+        let status = Command::new("nft")
+            .args(["delete", "table", "inet", &name])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let gone = table(&ns, &name);
+        let restored = f.engine.ensure_firewall().unwrap();
+        let back = table(&ns, &name);
+        f.engine.destroy_all().unwrap();
+        let after_wipe = table(&ns, &name);
+        let forwarding = std::fs::read_to_string("/proc/sys/net/ipv4/conf/up0/forwarding").unwrap();
+        let host_wide = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
+        Some((
+            made,
+            restored_when_present,
+            gone,
+            restored,
+            back,
+            after_wipe,
+            forwarding,
+            host_wide,
+        ))
+    });
+    let Some((made, present, gone, restored, back, after_wipe, forwarding, host_wide)) = checks
+    else {
+        return;
+    };
+    let made = made.expect("the engine made its table");
+    assert!(made.contains("snat ip to"), "{made}");
+    assert!(!present, "nothing to restore while the table is there");
+    assert!(gone.is_none());
+    assert!(restored, "the reconciler put it back");
+    assert_eq!(back.as_deref(), Some(made.as_str()), "as it was");
+    assert!(after_wipe.is_none(), "wipe removes the table");
+    assert_eq!(
+        (forwarding.trim(), host_wide.trim()),
+        ("1", "0"),
+        "forwarding is on for the uplink only, never host-wide"
+    );
+}
