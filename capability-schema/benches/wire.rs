@@ -82,6 +82,7 @@ fn sample_lease() -> Lease {
         holder: test_key(50).public(),
         resources: res(),
         address: Some("10.77.0.2".into()),
+        public: None,
         start: 0,
         end: 3600,
     }

@@ -154,10 +154,40 @@ pub struct Lease {
     pub resources: Resources,
     /// The sliver's address on the node's sliver network.
     pub address: Option<String>,
+    /// Where the rest of the Internet reaches the sliver: the node's public address and the
+    /// ports it forwards to the sliver (absent from leases of nodes without egress, and from
+    /// the encoding then, so such leases encode as before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public: Option<PublicEndpoint>,
     /// Unix seconds the lease began.
     pub start: u64,
     /// Unix seconds it ends.
     pub end: u64,
+}
+
+/// A sliver's public face: `address:port` for each leased port, forwarded (TCP and UDP) to
+/// the same port of the sliver.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublicEndpoint {
+    /// The node's public address.
+    pub address: String,
+    /// The leased ports (the same numbers inside the sliver).
+    pub ports: Vec<u16>,
+}
+
+impl std::fmt::Display for PublicEndpoint {
+    /// `203.0.113.5:40000 → 40000, …` (no port: the address alone).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.ports.is_empty() {
+            return f.write_str(&self.address);
+        }
+        let each: Vec<String> = self
+            .ports
+            .iter()
+            .map(|p| format!("{}:{p} → {p}", self.address))
+            .collect();
+        f.write_str(&each.join(", "))
+    }
 }
 
 impl SignedType for Lease {

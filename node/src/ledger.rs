@@ -32,7 +32,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
-use capability_schema::{Lease, PublicKey, Rejection, Resources, codec};
+use capability_schema::{Lease, PublicEndpoint, PublicKey, Rejection, Resources, codec};
 use redb::{Database, Durability, ReadableTable, Table, TableDefinition};
 use serde::{Deserialize, Serialize};
 
@@ -126,6 +126,8 @@ pub enum Op {
         lease_id: String,
         /// The sliver's address.
         address: Option<String>,
+        /// Where the Internet reaches it.
+        public: Option<PublicEndpoint>,
     },
     /// A failed redeem: the pending lease goes, its spend is refunded.
     Abort {
@@ -300,10 +302,12 @@ impl Ledger {
         &self,
         lease_id: &str,
         address: Option<String>,
+        public: Option<PublicEndpoint>,
     ) -> Result<LeaseRecord, LedgerError> {
         self.submit(Op::Activate {
             lease_id: lease_id.to_owned(),
             address,
+            public,
         })
         .and_then(|r| r.ok_or_else(|| self.storage("activate returned no lease")))
     }
@@ -444,10 +448,15 @@ impl Ledger {
                 reservation,
                 now,
             } => self.apply_reserve(tables, index, capacity, reservation, *now),
-            Op::Activate { lease_id, address } => self
+            Op::Activate {
+                lease_id,
+                address,
+                public,
+            } => self
                 .apply_update(tables, lease_id, |record| {
                     record.state = LeaseState::Active;
                     record.lease.address = address.clone();
+                    record.lease.public = public.clone();
                     Ok(())
                 })
                 .map(Some),
@@ -770,6 +779,7 @@ mod tests {
                 holder: test_key(50).public(),
                 resources: cpu(millis),
                 address: None,
+                public: None,
                 start: 0,
                 end: 100,
             },
@@ -879,7 +889,9 @@ mod tests {
             ),
             "{err:?}"
         );
-        ledger.activate("l1", Some("10.0.0.2".into())).unwrap();
+        ledger
+            .activate("l1", Some("10.0.0.2".into()), None)
+            .unwrap();
         let err = ledger.release("l1", &test_key(51).public()).unwrap_err();
         assert!(matches!(
             err,
@@ -900,7 +912,7 @@ mod tests {
             ledger
                 .reserve(&capacity(), &reservation("l1", "t1", 100), 0)
                 .unwrap();
-            ledger.activate("l1", None).unwrap();
+            ledger.activate("l1", None, None).unwrap();
             let err = ledger
                 .renew("l1", &test_key(50).public(), 201, 10)
                 .unwrap_err();

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use common::{Fixture, root_or_skip, spec};
 use node::sliver::ExecOutput;
-use node::sliver::firewall::{Policy, Uplink};
+use node::sliver::firewall::{Policy, PublicPorts, Uplink};
 use node::sliver::host::ExecCommand;
 
 /// Two namespaces joined by a veth: the node's (uplink `up0`, 10.251.<n>.2/24, default route
@@ -119,6 +119,10 @@ impl World {
                 address: self.node_addr,
             }),
             icmp_per_sec,
+            ports: Some(PublicPorts {
+                first: 42000,
+                count: 3,
+            }),
         }
     }
 }
@@ -134,6 +138,13 @@ impl Drop for World {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
     }
+}
+
+/// Waits for a spawned program on a thread of its own: a sliver's pid namespace ends only
+/// once its last process is reaped, and this one's parent is the test.
+fn reap(spawned: node::sliver::host::Spawned) {
+    let mut child = spawned.child;
+    std::thread::spawn(move || child.wait());
 }
 
 fn python(f: &Fixture, sliver: &str, program: &str) -> ExecOutput {
@@ -255,7 +266,7 @@ fn a_sliver_reaches_nothing_of_the_node_nor_another_slivers_private_address() {
              s.bind(('0.0.0.0',8080)); s.listen(8); time.sleep(30)",
         ]);
         serve.timeout = Duration::from_secs(40);
-        let _server = f.engine.spawn(&b.spec.id, &serve).expect("spawn");
+        reap(f.engine.spawn(&b.spec.id, &serve).expect("spawn"));
         std::thread::sleep(Duration::from_millis(700));
         let own = python(&f, "fence-b", &probe_tcp(&[(b.net.sliver_addr, 8080)]));
         let from_a = python(
@@ -414,4 +425,108 @@ fn the_table_comes_back_when_deleted_by_hand_and_goes_with_the_node() {
         ("1", "0"),
         "forwarding is on for the uplink only, never host-wide"
     );
+}
+
+/// A service for sliver `port`: TCP answers `you are <peer ip>`, UDP echoes `<peer ip> <data>`;
+/// it stops after 25 s idle.
+fn serve_on(port: u16) -> ExecCommand {
+    let program = format!(
+        "import socket,threading\n\
+         t=socket.socket(); t.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+         t.bind(('0.0.0.0',{port})); t.listen(8); t.settimeout(25)\n\
+         u=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); u.bind(('0.0.0.0',{port}))\n\
+         def echo():\n\
+         \twhile True:\n\
+         \t\td,a=u.recvfrom(100); u.sendto(a[0].encode()+b' '+d,a)\n\
+         threading.Thread(target=echo,daemon=True).start()\n\
+         while True:\n\
+         \tc,a=t.accept(); c.sendall(('you are '+a[0]+'\\n').encode()); c.close()\n"
+    );
+    let mut cmd = ExecCommand::new(["/usr/bin/python3", "-c", &program]);
+    cmd.timeout = Duration::from_secs(40);
+    cmd
+}
+
+/// What `address:port` answers over TCP (empty when nothing does within 3 s).
+fn fetch(address: Ipv4Addr, port: u16) -> String {
+    let Ok(mut conn) = std::net::TcpStream::connect_timeout(
+        &SocketAddr::from((address, port)),
+        Duration::from_secs(3),
+    ) else {
+        return String::new();
+    };
+    conn.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut text = String::new();
+    let _ = conn.read_to_string(&mut text);
+    text
+}
+
+#[test]
+fn a_leased_port_reaches_its_sliver_from_the_internet_and_from_other_slivers() {
+    if !root_or_skip() {
+        return;
+    }
+    let world = World::new();
+    let (node_addr, inet_addr) = (world.node_addr, world.inet_addr);
+    let policy = world.policy(10);
+    let inet_ns = world.inet_ns.clone();
+    let seen = World::within(&world.node_ns, move || {
+        let f = engine(policy)?;
+        let srv = f.engine.create(spec("srv")).expect("create");
+        let (public, port) = f.engine.config().public_endpoint(srv.slot.slot).unwrap();
+        assert_eq!((public, port), (node_addr, 42000));
+        reap(
+            f.engine
+                .spawn(&srv.spec.id, &serve_on(port))
+                .expect("spawn"),
+        );
+        f.engine.create(spec("cli")).expect("create");
+        std::thread::sleep(Duration::from_millis(700));
+        let (from_inet, udp_from_inet) = World::within(&inet_ns, move || {
+            let udp = UdpSocket::bind((inet_addr, 0)).unwrap();
+            udp.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            udp.send_to(b"ping", (node_addr, port)).unwrap();
+            let mut buf = [0u8; 64];
+            let echoed = udp
+                .recv_from(&mut buf)
+                .map(|(n, _)| String::from_utf8_lossy(&buf[..n]).into_owned())
+                .unwrap_or_default();
+            (fetch(node_addr, port), echoed)
+        });
+        let from_sliver = python(
+            &f,
+            "cli",
+            &format!(
+                "import socket\ns=socket.create_connection(('{node_addr}',{port}),timeout=3)\n\
+                 print(s.recv(100).decode(),end='')\n"
+            ),
+        );
+        // The range holds three ports: a third sliver takes the last, a fourth is refused.
+        f.engine.create(spec("third")).expect("create");
+        let refused = f.engine.create(spec("fourth")).unwrap_err().to_string();
+        // A port returns to the range with its sliver, and goes to the next one.
+        f.engine
+            .destroy(&common::id("srv"), false)
+            .expect("destroy");
+        let next = f.engine.create(spec("next")).expect("create");
+        let reused = f.engine.config().public_endpoint(next.slot.slot);
+        Some((from_inet, udp_from_inet, from_sliver, refused, reused))
+    });
+    let Some((from_inet, udp_from_inet, from_sliver, refused, reused)) = seen else {
+        return;
+    };
+    assert_eq!(
+        from_inet,
+        format!("you are {inet_addr}\n"),
+        "the sliver sees the caller"
+    );
+    assert_eq!(udp_from_inet, format!("{inet_addr} ping"));
+    assert!(from_sliver.success(), "{from_sliver:?}");
+    assert_eq!(
+        from_sliver.stdout_text(),
+        format!("you are {node_addr}\n"),
+        "another sliver arrives as the rest of the Internet does: from the node's address"
+    );
+    assert!(refused.contains("all 3"), "{refused}");
+    assert_eq!(reused, Some((node_addr, 42000)));
 }

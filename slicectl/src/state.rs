@@ -374,6 +374,7 @@ mod tests {
             holder: test_key(1).public(),
             resources: Resources::ZERO,
             address: None,
+            public: None,
             start: 0,
             end: 10,
         };

@@ -81,6 +81,7 @@ pub fn sliver_config(
     engine.network = Some(crate::sliver::firewall::Policy {
         uplink: None,
         icmp_per_sec: config.icmp_rate,
+        ports: Some(config.public_ports),
     });
     Ok(engine)
 }

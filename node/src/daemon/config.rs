@@ -12,6 +12,7 @@ use federation::daemon::{CommonConfig, DaemonKind};
 use serde::{Deserialize, Serialize};
 
 use super::uplink::PublicAddress;
+use crate::sliver::firewall::PublicPorts;
 
 /// A share delegated to an agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,6 +96,11 @@ pub struct NodeManagerConfig {
     /// outside the node).
     #[serde(default)]
     pub public_address: PublicAddress,
+    /// Public ports leased to slivers, `"first-last"`: each sliver gets one, forwarded (TCP
+    /// and UDP) from the public address to the same port of the sliver; it also bounds how many
+    /// slivers live at once (default `40000-41023`). It must not hold the node's own ports.
+    #[serde(default = "default_public_ports", with = "super::uplink::ports_text")]
+    pub public_ports: PublicPorts,
     /// ICMP echo requests, and packets with IP options, each sliver may send per second
     /// (default 10).
     #[serde(default = "default_icmp_rate")]
@@ -156,6 +162,9 @@ fn default_reserve() -> Resources {
 fn default_pool() -> String {
     "10.199.0.0/16".into()
 }
+fn default_public_ports() -> PublicPorts {
+    super::uplink::DEFAULT_PUBLIC_PORTS
+}
 fn default_icmp_rate() -> u32 {
     crate::sliver::firewall::DEFAULT_ICMP_PER_SEC
 }
@@ -194,6 +203,7 @@ const NODE_TEMPLATE: &str = r#"
 # address_pool = "10.199.0.0/16"
 # public_address = "auto"           # slivers' traffic leaves with this source address; "auto":
 #                                    # the default route's interface's, "off": no egress
+# public_ports = "40000-41023"       # one per sliver, forwarded to the same port inside it
 # icmp_rate = 10                     # pings and packets with IP options per sliver per second
 # ifname_prefix = "pm1a2b3v"          # default: from the node's key (unique per node)
 # cgroup_parent = "planetmesh"       # the node's slivers go in <this>/<key's first 8 hex>.node
@@ -276,6 +286,25 @@ impl NodeManagerConfig {
         {
             return Err(invalid(format!(
                 "uid_base {base}: below 65536, sliver ids would be the host's own users'"
+            )));
+        }
+        let listen: Vec<String> = config
+            .common
+            .listen
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let own = super::uplink::own_ports_in(
+            &config.public_ports,
+            &listen,
+            config.common.http.map(|a| a.port()),
+        );
+        if !own.is_empty() {
+            return Err(invalid(format!(
+                "public_ports {}-{} holds the node's own port(s) {own:?} (listen, http): move \
+                 public_ports or those listeners so slivers never get the node's ports",
+                config.public_ports.first,
+                config.public_ports.last()
             )));
         }
         if config.claim_dir.is_relative() {

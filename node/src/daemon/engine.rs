@@ -6,9 +6,9 @@
 use std::time::Duration;
 
 use capability_schema::protocol::ExecOutput;
-use capability_schema::{Lease, SliceKind};
+use capability_schema::{Lease, PublicEndpoint, SliceKind};
 
-use super::service::{BackendError, SliverBackend};
+use super::service::{BackendError, Placement, SliverBackend};
 use crate::sliver::host::{ExecCommand, Host, HostError};
 use crate::sliver::spec::{SliverId, SliverKind, SliverSpec};
 use crate::sliver::{SliverError, Slivers};
@@ -47,9 +47,19 @@ pub fn spec_for(sliver_id: &str, lease: &Lease) -> Result<SliverSpec, BackendErr
 }
 
 impl<H: Host + 'static> SliverBackend for Slivers<H> {
-    fn create(&self, sliver_id: &str, lease: &Lease) -> Result<Option<String>, BackendError> {
+    fn create(&self, sliver_id: &str, lease: &Lease) -> Result<Placement, BackendError> {
         let record = Slivers::create(self, spec_for(sliver_id, lease)?).map_err(backend_error)?;
-        Ok(Some(record.net.sliver_addr.to_string()))
+        let public = self
+            .config()
+            .public_endpoint(record.slot.slot)
+            .map(|(address, port)| PublicEndpoint {
+                address: address.to_string(),
+                ports: vec![port],
+            });
+        Ok(Placement {
+            address: Some(record.net.sliver_addr.to_string()),
+            public,
+        })
     }
 
     fn destroy(&self, sliver_id: &str) -> Result<(), BackendError> {

@@ -20,7 +20,7 @@ use std::sync::Mutex;
 use capability_schema::Lease;
 use capability_schema::protocol::ExecOutput;
 
-use super::service::{BackendError, SPAWN_LOG, SliverBackend};
+use super::service::{BackendError, Placement, SPAWN_LOG, SliverBackend};
 
 /// The first synthetic pid a sliver's spawn answers (1 would be its init).
 pub const FIRST_SYNTHETIC_PID: u32 = 2;
@@ -111,7 +111,7 @@ impl InMemorySlivers {
 }
 
 impl SliverBackend for InMemorySlivers {
-    fn create(&self, sliver_id: &str, _lease: &Lease) -> Result<Option<String>, BackendError> {
+    fn create(&self, sliver_id: &str, _lease: &Lease) -> Result<Placement, BackendError> {
         let mut fail = self
             .fail_next_create
             .lock()
@@ -124,7 +124,10 @@ impl SliverBackend for InMemorySlivers {
             return Err(BackendError::Host(format!("sliver {sliver_id} exists")));
         }
         slivers.insert(sliver_id.to_owned(), MemorySliver::default());
-        Ok(Some(format!("10.199.0.{}", slivers.len() + 1)))
+        Ok(Placement {
+            address: Some(format!("10.199.0.{}", slivers.len() + 1)),
+            public: None,
+        })
     }
 
     fn destroy(&self, sliver_id: &str) -> Result<(), BackendError> {

@@ -29,7 +29,9 @@ use capability_schema::protocol::{ExecOutput, NodeRequest, NodeResponse, NodeSta
 use capability_schema::ticket::{
     Operation, TicketRefusal, TicketUse, TicketVerifier, TrustedIssuers, Window,
 };
-use capability_schema::{ErrorReply, Lease, PublicKey, Rejection, ResourceAd, SecretKey, Signed};
+use capability_schema::{
+    ErrorReply, Lease, PublicEndpoint, PublicKey, Rejection, ResourceAd, SecretKey, Signed,
+};
 
 use crate::admission::{Capacity, Commitments};
 use crate::ledger::{LeaseRecord, LeaseState, Ledger, LedgerError, Reservation};
@@ -59,10 +61,19 @@ impl From<BackendError> for Rejection {
     }
 }
 
+/// Where a new sliver is reached: its private address, and its public face.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Placement {
+    /// Its address on the node's sliver network.
+    pub address: Option<String>,
+    /// The node's public address and the ports leased to it.
+    pub public: Option<PublicEndpoint>,
+}
+
 /// How the service reaches slivers.
 pub trait SliverBackend: Send + Sync + 'static {
-    /// Creates the sliver for `lease` with id `sliver_id`; returns its address.
-    fn create(&self, sliver_id: &str, lease: &Lease) -> Result<Option<String>, BackendError>;
+    /// Creates the sliver for `lease` with id `sliver_id`; returns where it is reached.
+    fn create(&self, sliver_id: &str, lease: &Lease) -> Result<Placement, BackendError>;
     /// Destroys a sliver (no error if it is already gone).
     fn destroy(&self, sliver_id: &str) -> Result<(), BackendError>;
     /// The ids of the live slivers.
@@ -582,8 +593,8 @@ impl NodeService {
                 .create(&reservation.sliver_id, &reservation.lease)
         });
         drop(pass);
-        let address = match created {
-            Ok(address) => address,
+        let placement = match created {
+            Ok(placement) => placement,
             Err(e) => {
                 if let Err(e) = self.ledger.abort(&lease_id) {
                     tracing::error!(lease = %lease_id, error = %e, "could not abort a failed redeem");
@@ -598,7 +609,8 @@ impl NodeService {
         let record = self
             .timings
             .time(RedeemStep::Activate, || {
-                self.ledger.activate(&lease_id, address)
+                self.ledger
+                    .activate(&lease_id, placement.address, placement.public)
             })
             .map_err(storage)?;
         Ok(self
@@ -648,6 +660,7 @@ impl NodeService {
             holder: verified.holder,
             resources: verified.grant,
             address: None,
+            public: None,
             start: now,
             end,
         };
@@ -738,9 +751,10 @@ impl NodeService {
             match (record.state, alive) {
                 (LeaseState::Active, true) => out.adopted.push(record.lease.lease_id.clone()),
                 (LeaseState::Pending, true) => {
-                    let address = record.lease.address.clone();
+                    let (address, public) =
+                        (record.lease.address.clone(), record.lease.public.clone());
                     self.ledger
-                        .activate(&record.lease.lease_id, address)
+                        .activate(&record.lease.lease_id, address, public)
                         .map_err(storage)?;
                     out.completed.push(record.lease.lease_id.clone());
                 }

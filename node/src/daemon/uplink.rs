@@ -12,7 +12,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::sliver::firewall::Uplink;
+use crate::sliver::firewall::{PublicPorts, Uplink};
 
 /// What `public_address` says.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -180,5 +180,111 @@ mod tests {
         let lo = resolve(PublicAddress::Address(Ipv4Addr::LOCALHOST)).unwrap();
         assert_eq!(lo.map(|u| u.device).as_deref(), Some("lo"));
         assert_eq!(resolve(PublicAddress::Off), Ok(None));
+    }
+}
+
+/// The default `public_ports`: 1,024 ports, one per sliver the node can hold.
+pub const DEFAULT_PUBLIC_PORTS: PublicPorts = PublicPorts {
+    first: 40000,
+    count: 1024,
+};
+
+/// Reads `public_ports = "first-last"` (both included; at least one port, none below 1024).
+pub fn parse_ports(text: &str) -> Result<PublicPorts, String> {
+    let bad = |why: &str| {
+        format!("public_ports {text:?}: {why} (expected \"first-last\", e.g. \"40000-41023\")")
+    };
+    let (first, last) = text.trim().split_once('-').ok_or_else(|| bad("no range"))?;
+    let first: u16 = first.trim().parse().map_err(|_| bad("not a port number"))?;
+    let last: u16 = last.trim().parse().map_err(|_| bad("not a port number"))?;
+    if last < first {
+        return Err(bad("the range is empty"));
+    }
+    if first < 1024 {
+        return Err(bad("ports below 1024 are the host's services'"));
+    }
+    let count =
+        u16::try_from(u32::from(last) - u32::from(first) + 1).map_err(|_| bad("too many ports"))?;
+    Ok(PublicPorts { first, count })
+}
+
+/// The serde form of `public_ports`: `"first-last"`.
+pub mod ports_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::sliver::firewall::PublicPorts;
+
+    /// Writes `"first-last"`.
+    pub fn serialize<S: Serializer>(ports: &PublicPorts, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{}-{}", ports.first, ports.last()))
+    }
+
+    /// Reads `"first-last"`.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PublicPorts, D::Error> {
+        let text = String::deserialize(d)?;
+        super::parse_ports(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The ports of the node's own listeners (`/tcp/N`, `/udp/N` of its multiaddresses, and its
+/// HTTP port) that fall in `ports`, which would be forwarded to slivers instead.
+pub fn own_ports_in(ports: &PublicPorts, listen: &[String], http: Option<u16>) -> Vec<u16> {
+    let mut own: Vec<u16> = listen
+        .iter()
+        .flat_map(|addr| {
+            let parts: Vec<&str> = addr.split('/').collect();
+            parts
+                .windows(2)
+                .filter(|w| w[0] == "tcp" || w[0] == "udp")
+                .filter_map(|w| w[1].parse::<u16>().ok())
+                .collect::<Vec<_>>()
+        })
+        .chain(http)
+        .filter(|p| (ports.first..=ports.last()).contains(p))
+        .collect();
+    own.sort_unstable();
+    own.dedup();
+    own
+}
+
+#[cfg(test)]
+mod port_tests {
+    use super::*;
+
+    #[test]
+    fn a_port_range_is_first_to_last_inclusive_and_refused_when_empty_or_low() {
+        assert_eq!(
+            parse_ports("40000-40009"),
+            Ok(PublicPorts {
+                first: 40000,
+                count: 10
+            })
+        );
+        assert_eq!(parse_ports("5000-5000").map(|p| p.count), Ok(1));
+        for (text, why) in [
+            ("40010-40000", "the range is empty"),
+            ("80-90", "below 1024"),
+            ("40000", "no range"),
+            ("a-b", "not a port number"),
+        ] {
+            let err = parse_ports(text).unwrap_err();
+            assert!(
+                err.contains(why) && err.contains("public_ports"),
+                "{text}: {err}"
+            );
+        }
+        assert_eq!(DEFAULT_PUBLIC_PORTS.last(), 41023);
+    }
+
+    #[test]
+    fn the_nodes_own_listeners_in_the_range_are_found() {
+        let ports = parse_ports("4000-4010").unwrap();
+        let listen = [
+            "/ip4/0.0.0.0/tcp/4001".to_owned(),
+            "/ip4/0.0.0.0/udp/4001/quic-v1".to_owned(),
+            "/ip4/0.0.0.0/tcp/24001".to_owned(),
+        ];
+        assert_eq!(own_ports_in(&ports, &listen, Some(4010)), [4001, 4010]);
+        assert!(own_ports_in(&ports, &listen, Some(9180)).len() == 1);
     }
 }

@@ -221,6 +221,7 @@ mod tests {
                 holder: test_key(3).public(),
                 resources: resources("cpu=500m,memory=512MiB"),
                 address: Some("10.200.0.2".into()),
+                public: None,
                 start: 100,
                 end: 3700,
             },

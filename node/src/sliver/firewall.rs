@@ -35,6 +35,31 @@ pub struct Uplink {
     pub address: Ipv4Addr,
 }
 
+/// The node's range of public ports: sliver slot `s` leases port `first + s`, forwarded (TCP
+/// and UDP) from the node's public address to the same port of the sliver's address. A port
+/// follows its slot, so it is never held by two live slivers, is kept across restarts with
+/// the sliver's record, and returns to the range with the slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublicPorts {
+    /// The first port of the range.
+    pub first: u16,
+    /// How many ports it holds (at most one sliver per port).
+    pub count: u16,
+}
+
+impl PublicPorts {
+    /// The port slot `slot` leases, if the range reaches it.
+    pub fn of_slot(&self, slot: u32) -> Option<u16> {
+        let offset = u16::try_from(slot).ok().filter(|o| *o < self.count)?;
+        self.first.checked_add(offset)
+    }
+
+    /// The last port of the range.
+    pub fn last(&self) -> u16 {
+        self.first.saturating_add(self.count.saturating_sub(1))
+    }
+}
+
 /// What the node's operator decides about slivers' networking; the rest of the table follows
 /// from the node's veth prefix and pool ([`super::NodeConfig::firewall`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,6 +68,10 @@ pub struct Policy {
     pub uplink: Option<Uplink>,
     /// ICMP echo requests, and packets with IP options, each sliver may send per second.
     pub icmp_per_sec: u32,
+    /// The public ports leased to slivers, one each (`None`: nothing reaches a sliver from
+    /// outside). Only with an uplink.
+    #[serde(default)]
+    pub ports: Option<PublicPorts>,
 }
 
 /// The node's firewall table.
@@ -60,6 +89,10 @@ pub struct Firewall {
     pub uplink: Option<Uplink>,
     /// ICMP echo requests, and packets with IP options, each sliver may send per second.
     pub icmp_per_sec: u32,
+    /// Leased ports: each public port and the sliver address it is forwarded to (the same
+    /// port there). One entry per slot the range reaches, written once with the table, so a
+    /// create or destroy changes nothing in it; a port whose slot is free leads nowhere.
+    pub forwards: Vec<(u16, Ipv4Addr)>,
 }
 
 /// The default of [`Firewall::icmp_per_sec`]: enough for ping and traceroute, too little to
@@ -76,6 +109,7 @@ impl Firewall {
             pool_prefix,
             uplink: None,
             icmp_per_sec: DEFAULT_ICMP_PER_SEC,
+            forwards: Vec::new(),
         }
     }
 
@@ -118,6 +152,11 @@ impl Firewall {
             "\t\tiifname {slivers} ip hdrlength != 5 update @option_senders \
              {{ ip saddr limit rate over {rate}/second burst {rate} packets }} drop"
         );
+        // Translated traffic for a free slot's address must not leave by the uplink.
+        let _ = writeln!(
+            s,
+            "\t\tct status dnat ip daddr {pool} oifname != {slivers} drop"
+        );
         let _ = writeln!(
             s,
             "\t\toifname {slivers} ct state established,related accept"
@@ -129,6 +168,7 @@ impl Firewall {
         }
         let _ = writeln!(s, "\t}}");
         if let Some(uplink) = &self.uplink {
+            self.write_forwards(&mut s, uplink.address);
             let _ = writeln!(s, "\tchain postrouting {{");
             let _ = writeln!(
                 s,
@@ -143,6 +183,37 @@ impl Firewall {
         }
         let _ = writeln!(s, "}}");
         s
+    }
+
+    /// The leased ports' map and the two chains that translate them: packets arriving for the
+    /// public address (`prerouting`) and the node's own (`output`).
+    fn write_forwards(&self, s: &mut String, public: Ipv4Addr) {
+        if self.forwards.is_empty() {
+            return;
+        }
+        let elements: Vec<String> = self
+            .forwards
+            .iter()
+            .map(|(port, addr)| format!("{port} : {addr}"))
+            .collect();
+        let _ = writeln!(
+            s,
+            "\tmap leased_ports {{ type inet_service : ipv4_addr; elements = {{ {} }} }}",
+            elements.join(", ")
+        );
+        // `dstnat` (-100) names the priority in prerouting only; output spells it out.
+        for (hook, priority) in [("prerouting", "dstnat"), ("output", "-100")] {
+            let _ = writeln!(s, "\tchain {hook} {{");
+            let _ = writeln!(
+                s,
+                "\t\ttype nat hook {hook} priority {priority}; policy accept;"
+            );
+            let _ = writeln!(
+                s,
+                "\t\tip daddr {public} meta l4proto {{ tcp, udp }} dnat ip to th dport map @leased_ports"
+            );
+            let _ = writeln!(s, "\t}}");
+        }
     }
 
     /// The `nft -f` script that removes the table (and nothing else); removing a table that
@@ -182,6 +253,7 @@ mod tests {
              \t\tiifname \"pm1a2b3v*\" ip saddr != 10.199.0.0/16 drop\n\
              \t\tiifname \"pm1a2b3v*\" icmp type echo-request update @icmp_senders { ip saddr limit rate over 10/second burst 10 packets } drop\n\
              \t\tiifname \"pm1a2b3v*\" ip hdrlength != 5 update @option_senders { ip saddr limit rate over 10/second burst 10 packets } drop\n\
+             \t\tct status dnat ip daddr 10.199.0.0/16 oifname != \"pm1a2b3v*\" drop\n\
              \t\toifname \"pm1a2b3v*\" ct state established,related accept\n\
              \t\toifname \"pm1a2b3v*\" ct status dnat accept\n\
              \t\toifname \"pm1a2b3v*\" drop\n\
@@ -212,6 +284,49 @@ mod tests {
         ));
         // A limit of zero would refuse every ping; the floor is one a second.
         assert!(script.contains("limit rate over 1/second burst 1 packets"));
+    }
+
+    #[test]
+    fn leased_ports_are_one_map_translated_on_the_public_address_only() {
+        let mut fw = firewall();
+        fw.uplink = Some(Uplink {
+            device: "eth0".into(),
+            address: Ipv4Addr::new(192, 0, 2, 7),
+        });
+        fw.forwards = vec![
+            (40000, Ipv4Addr::new(10, 199, 0, 1)),
+            (40001, Ipv4Addr::new(10, 199, 0, 3)),
+        ];
+        let script = fw.ruleset();
+        for line in [
+            "\tmap leased_ports { type inet_service : ipv4_addr; elements = { 40000 : 10.199.0.1, 40001 : 10.199.0.3 } }\n",
+            "\tchain prerouting {\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n\t\tip daddr 192.0.2.7 meta l4proto { tcp, udp } dnat ip to th dport map @leased_ports\n\t}\n",
+            "\tchain output {\n\t\ttype nat hook output priority -100; policy accept;\n\t\tip daddr 192.0.2.7 meta l4proto { tcp, udp } dnat ip to th dport map @leased_ports\n\t}\n",
+            "\t\tct status dnat ip daddr 10.199.0.0/16 oifname != \"pm1a2b3v*\" drop\n",
+        ] {
+            assert!(script.contains(line), "{line} missing from:\n{script}");
+        }
+        // Without an uplink nothing is forwarded, whatever the ports.
+        fw.uplink = None;
+        assert!(!fw.ruleset().contains("leased_ports"));
+    }
+
+    #[test]
+    fn a_port_follows_its_slot_inside_the_range_only() {
+        let ports = PublicPorts {
+            first: 40000,
+            count: 2,
+        };
+        assert_eq!(
+            (0..3).map(|s| ports.of_slot(s)).collect::<Vec<_>>(),
+            [Some(40000), Some(40001), None]
+        );
+        assert_eq!(ports.last(), 40001);
+        let top = PublicPorts {
+            first: 65535,
+            count: 2,
+        };
+        assert_eq!(top.of_slot(1), None, "no port past 65535");
     }
 
     #[test]

@@ -272,7 +272,26 @@ impl NodeConfig {
         );
         table.uplink = policy.uplink.clone();
         table.icmp_per_sec = policy.icmp_per_sec;
+        if table.uplink.is_some()
+            && let Some(ports) = policy.ports
+        {
+            table.forwards = (0..self.slots.capacity())
+                .map_while(|slot| {
+                    let port = ports.of_slot(slot)?;
+                    let addr = self.slots.assign(slot).ok()?.sliver_addr;
+                    Some((port, addr))
+                })
+                .collect();
+        }
         Some(table)
+    }
+
+    /// Where a sliver in `slot` is reached from outside: the node's public address and the
+    /// port it leases (the same port inside the sliver); `None` without an uplink or ports.
+    pub fn public_endpoint(&self, slot: u32) -> Option<(std::net::Ipv4Addr, u16)> {
+        let policy = self.network.as_ref()?;
+        let uplink = policy.uplink.as_ref()?;
+        Some((uplink.address, policy.ports?.of_slot(slot)?))
     }
 
     /// The defaults of node `node_id` under `state_dir`, unique to it on the machine: cgroup
@@ -447,6 +466,13 @@ impl<H: Host> Slivers<H> {
             tracing::warn!(
                 "sealing the init program in memory: {e}; the first create will try again"
             );
+        }
+        // A sliver leases one public port: the range bounds how many live at once.
+        if let Some(network) = &config.network
+            && network.uplink.is_some()
+            && let Some(ports) = network.ports
+        {
+            config.slots.max_slots = config.slots.max_slots.min(u32::from(ports.count));
         }
         // Before anything on the host is touched: nothing of another node's is.
         let claims = Self::claim(&mut config)?;

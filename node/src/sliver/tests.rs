@@ -602,6 +602,7 @@ fn networked(dir: &std::path::Path) -> Slivers<RecordingHost> {
             address: std::net::Ipv4Addr::new(192, 0, 2, 7),
         }),
         icmp_per_sec: 10,
+        ports: None,
     });
     Slivers::open(RecordingHost::new(), config).unwrap().0
 }

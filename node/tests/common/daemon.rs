@@ -94,6 +94,7 @@ impl LinuxNode {
         engine.network = Some(node::sliver::firewall::Policy {
             uplink: None,
             icmp_per_sec: node::sliver::firewall::DEFAULT_ICMP_PER_SEC,
+            ports: None,
         });
         // No egress unless a test asks for it: the daemon runs in the test machine's own
         // network namespace.
