@@ -200,3 +200,25 @@ impl Lease {
         now >= self.end
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::PublicEndpoint;
+
+    #[test]
+    fn a_public_endpoint_reads_address_port_to_sliver_port() {
+        let e = PublicEndpoint {
+            address: "203.0.113.5".into(),
+            ports: vec![40000, 40001],
+        };
+        assert_eq!(
+            e.to_string(),
+            "203.0.113.5:40000 → 40000, 203.0.113.5:40001 → 40001"
+        );
+        let bare = PublicEndpoint {
+            address: "203.0.113.5".into(),
+            ports: Vec::new(),
+        };
+        assert_eq!(bare.to_string(), "203.0.113.5");
+    }
+}

@@ -155,6 +155,10 @@ fn lease_json(e: &LeaseEntry) -> Value {
         "federation": e.lease.federation,
         "lease_id": e.lease.lease_id,
         "address": e.lease.address,
+        "public": e.lease.public.as_ref().map(|p| json!({
+            "address": p.address,
+            "ports": p.ports,
+        })),
         "start": e.lease.start,
         "end": e.lease.end,
         "ticket_end": e.ticket_not_after,
@@ -619,6 +623,9 @@ impl Manager {
                 l.lease.lease_id,
                 end.saturating_sub(now)
             ));
+            if let Some(public) = &l.lease.public {
+                lines.push(format!("    reached at {public}"));
+            }
             let mut v = lease_json(l);
             v["state"] = json!(state);
             v["end"] = json!(end);
