@@ -41,7 +41,7 @@ use node::ledger::LeaseState;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::generate::{HostInfo, Manifest};
+use crate::generate::{HostInfo, InternetHost, Manifest};
 use crate::launch;
 use crate::probe::{self, HostStatus};
 use crate::topology::HostRole;
@@ -84,7 +84,17 @@ pub enum ProcessState {
 impl ProcessState {
     /// The host's process, checked against its pid file and command line.
     pub fn of(host: &HostInfo) -> ProcessState {
-        let Some(pid) = launch::running_pid(host) else {
+        ProcessState::of_pid(launch::running_pid(host))
+    }
+
+    /// The internet host's process, checked against its pid file and command line.
+    pub fn of_internet(internet: &InternetHost) -> ProcessState {
+        ProcessState::of_pid(launch::internet_pid(internet))
+    }
+
+    /// Process `pid` (one of the testnet's, checked), running or stopped.
+    fn of_pid(pid: Option<u32>) -> ProcessState {
+        let Some(pid) = pid else {
             return ProcessState::Absent;
         };
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -163,8 +173,23 @@ pub struct Snapshot {
     pub brokers: Vec<BrokerView>,
     /// Leases grouped by slice name across nodes.
     pub slices: Vec<SliceView>,
+    /// The internet host (namespaced testnets).
+    pub internet: Option<InternetView>,
     /// Counts over everything.
     pub totals: Totals,
+}
+
+/// The host standing for the Internet ([`crate::internet`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct InternetView {
+    /// Its address on the bridge.
+    pub address: String,
+    /// Its HTTP URL.
+    pub url: String,
+    /// Its UDP echo port.
+    pub udp_port: u16,
+    /// Its pid, if it runs.
+    pub pid: Option<u32>,
 }
 
 /// One federation.
@@ -500,7 +525,7 @@ fn state_of(process: ProcessState, outcome: Option<&ProbeOutcome>) -> (HostState
 }
 
 /// Builds the snapshot from the manifest, what each host answered (by host name) and each
-/// host's process (by host name). Pure: no I/O.
+/// host's process (by host name; the internet host's as [`InternetHost::NAME`]). Pure: no I/O.
 pub fn assemble(
     manifest: &Manifest,
     dir: &Path,
@@ -782,6 +807,14 @@ pub fn assemble(
         federations,
         brokers,
         slices,
+        internet: manifest.internet.as_ref().map(|i| InternetView {
+            address: i.ip.clone(),
+            url: i.url(),
+            udp_port: i.udp_port,
+            pid: processes
+                .get(InternetHost::NAME)
+                .and_then(|p| ProcessState::pid(*p)),
+        }),
         totals,
     }
 }
@@ -798,6 +831,7 @@ fn empty(dir: &Path, error: String, now: u64) -> Snapshot {
         federations: Vec::new(),
         brokers: Vec::new(),
         slices: Vec::new(),
+        internet: None,
         totals: Totals::default(),
     }
 }
@@ -869,6 +903,12 @@ async fn round(dir: &Path, slots: &Slots) -> Snapshot {
         .hosts
         .iter()
         .map(|h| (h.plan.name.clone(), ProcessState::of(h)))
+        .chain(
+            manifest
+                .internet
+                .iter()
+                .map(|i| (InternetHost::NAME.to_owned(), ProcessState::of_internet(i))),
+        )
         .collect();
     let outcomes: HashMap<String, ProbeOutcome> = {
         let slots = lock(slots);
@@ -1044,6 +1084,7 @@ mod tests {
             hosts,
             principal: SecretKey::generate().public(),
             tag: "abc123".into(),
+            internet: None,
         }
     }
 
@@ -1193,6 +1234,37 @@ mod tests {
         assert_eq!(s.totals.leases, 3);
         assert_eq!((s.totals.nodes, s.totals.nodes_up), (3, 2));
         assert_eq!((s.totals.delegations_known, s.totals.delegations), (1, 3));
+        assert!(
+            s.internet.is_none(),
+            "a loopback testnet has no internet host"
+        );
+    }
+
+    #[test]
+    fn the_internet_host_shows_with_its_address_and_process() {
+        let mut m = manifest();
+        m.internet = Some(InternetHost {
+            netns: "pmtn-abc123-inet".into(),
+            ip: crate::internet::ADDRESS.into(),
+            http_port: 80,
+            udp_port: 7,
+            dir: PathBuf::from("/nonexistent/internet"),
+        });
+        let mut processes = HashMap::new();
+        processes.insert(InternetHost::NAME.to_owned(), ProcessState::Running(77));
+        let s = assemble(&m, Path::new("/tmp/tn"), &HashMap::new(), &processes, 1000);
+        let internet = s.internet.unwrap();
+        assert_eq!(internet.address, "10.250.255.254");
+        assert_eq!(internet.url, "http://10.250.255.254/");
+        assert_eq!(internet.pid, Some(77));
+        let s = assemble(
+            &m,
+            Path::new("/tmp/tn"),
+            &HashMap::new(),
+            &HashMap::new(),
+            1000,
+        );
+        assert_eq!(s.internet.unwrap().pid, None);
     }
 
     #[test]

@@ -8,7 +8,14 @@
 //!   peering/fedA-fedB.cbor agreement: fedA serves principals and brokers of fedB
 //!   hosts/NAME/            key, membership.cbor, node.toml | agent.toml | broker.toml, logs
 //!   principal/             principal.key, membership.cbor
+//!   internet/              the internet host's pid and log (namespaced testnets)
 //! ```
+//!
+//! Addresses: on loopback every host is 127.0.0.1 with ports of its own; on a namespaced
+//! testnet host `n` is `10.250.<n / 250>.<n % 250 + 2>` on a bridge holding 10.250.0.1, and
+//! the internet host ([`crate::internet`]) is 10.250.255.254, which no host gets. Each node
+//! names its own address as `public_address` (its slivers' traffic leaves with it); on
+//! loopback nodes give slivers no egress (`public_address = "off"`).
 
 use std::path::{Path, PathBuf};
 
@@ -85,6 +92,57 @@ impl HostInfo {
     }
 }
 
+/// The host standing for the Internet on a namespaced testnet ([`crate::internet`]): its
+/// own network namespace on the bridge, running `testnet internet-host`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InternetHost {
+    /// Its network namespace (`pmtn-<tag>-inet`).
+    pub netns: String,
+    /// Its address on the bridge ([`crate::internet::ADDRESS`]).
+    pub ip: String,
+    /// Its HTTP port.
+    pub http_port: u16,
+    /// Its UDP echo port.
+    pub udp_port: u16,
+    /// Its directory (`DIR/internet`: pid file and log).
+    pub dir: PathBuf,
+}
+
+impl InternetHost {
+    /// The name it goes by in `status` and the dashboard.
+    pub const NAME: &'static str = "internet";
+
+    /// The internet host of testnet `tag` in `testnet_dir`.
+    fn new(testnet_dir: &Path, tag: &str) -> InternetHost {
+        InternetHost {
+            netns: format!("pmtn-{tag}-inet"),
+            ip: crate::internet::ADDRESS.to_owned(),
+            http_port: crate::internet::HTTP_PORT,
+            udp_port: crate::internet::UDP_PORT,
+            dir: testnet_dir.join("internet"),
+        }
+    }
+
+    /// Its HTTP URL.
+    pub fn url(&self) -> String {
+        if self.http_port == 80 {
+            format!("http://{}/", self.ip)
+        } else {
+            format!("http://{}:{}/", self.ip, self.http_port)
+        }
+    }
+
+    /// The testnet's directory, which its command line names.
+    pub fn testnet_dir(&self) -> &Path {
+        self.dir.parent().unwrap_or(&self.dir)
+    }
+
+    /// Its log file.
+    pub fn log_file(&self) -> PathBuf {
+        self.dir.join("daemon.log")
+    }
+}
+
 /// What a testnet directory holds (`testnet.toml`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -102,6 +160,9 @@ pub struct Manifest {
     pub principal: PublicKey,
     /// Unique tag of this testnet (names of namespaces, links, cgroups).
     pub tag: String,
+    /// The internet host (namespaced testnets only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub internet: Option<InternetHost>,
 }
 
 /// A federation of the testnet.
@@ -144,11 +205,27 @@ impl Manifest {
     }
 }
 
-/// A free TCP port on `ip` (the OS picks; released at once).
+/// The node manager's default `public_ports` (ports forwarded to slivers): a node refuses to
+/// start with its own listen or HTTP port in it, so loopback ports are picked outside it
+/// (`loopback_ports_avoid_the_node_public_ports` pins it to what `nodemgr` refuses).
+const NODE_PUBLIC_PORTS: std::ops::RangeInclusive<u16> = 40000..=41023;
+
+/// A free TCP port on 127.0.0.1 outside [`NODE_PUBLIC_PORTS`] (the OS picks; released at
+/// once).
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    for _ in 0..64 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        if !NODE_PUBLIC_PORTS.contains(&port) {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!(
+        "the OS gave 64 ports in a row inside {}-{} (nodes' public ports); try again",
+        NODE_PUBLIC_PORTS.start(),
+        NODE_PUBLIC_PORTS.end()
+    )
 }
 
 fn toml_list(items: &[String]) -> String {
@@ -187,6 +264,28 @@ fn node_share(tag: &str) -> String {
          cgroup_parent = {:?}",
         cgroup_base(tag)
     )
+}
+
+/// Host `n`'s address on a namespaced testnet's bridge: `10.250.<n / 250>.<n % 250 + 2>`, so
+/// never the bridge's own 10.250.0.1 nor the internet host's 10.250.255.254.
+fn namespaced_address(n: usize) -> String {
+    format!("10.250.{}.{}", n / 250, n % 250 + 2)
+}
+
+/// A node's `public_address` line: on a namespaced testnet its own bridge address (where its
+/// slivers' traffic leaves, with that source), on loopback `off` (a node on the machine's own
+/// addresses gives its slivers no way out).
+fn public_address(network: Network, host: &HostInfo) -> String {
+    match network {
+        Network::Namespaces => format!(
+            "# Slivers' traffic leaves through this node's eth0 with this source address.\n\
+             public_address = {:?}",
+            host.ip
+        ),
+        Network::Loopback => {
+            "# On loopback slivers get no egress.\npublic_address = \"off\"".to_owned()
+        }
+    }
 }
 
 /// Generates a testnet in `dir` (which must not hold one).
@@ -275,7 +374,7 @@ pub fn generate(
         let (ip, netns, p2p_port, http_port) = match network {
             Network::Loopback => ("127.0.0.1".to_owned(), None, free_port()?, free_port()?),
             Network::Namespaces => (
-                format!("10.250.{}.{}", n / 250, n % 250 + 2),
+                namespaced_address(n),
                 Some(format!("pmtn-{tag}-{n}")),
                 4001,
                 9180,
@@ -341,10 +440,11 @@ pub fn generate(
                 format!(
                     "# Generated by `testnet up`.\n{common}announce = [\"/ip4/{}/tcp/{}\"]\nisolation = {isolation:?}\n\
                      capacity = {NODE_CAPACITY:?}\nad_interval_secs = 2\nad_ttl_secs = 30\n\
-                     {}\naddress_pool = \"10.{}.{}.0/24\"\n\n{trust}\n{delegations}",
+                     {}\n{}\naddress_pool = \"10.{}.{}.0/24\"\n\n{trust}\n{delegations}",
                     host.ip,
                     host.p2p_port,
                     node_share(&tag),
+                    public_address(network, host),
                     200 + n / 250,
                     n % 250
                 )
@@ -425,6 +525,15 @@ pub fn generate(
     ));
     std::fs::write(dir.join("slicectl.toml"), slicectl)?;
 
+    let internet = match network {
+        Network::Namespaces => {
+            let internet = InternetHost::new(&dir, &tag);
+            std::fs::create_dir_all(&internet.dir)
+                .with_context(|| format!("creating {}", internet.dir.display()))?;
+            Some(internet)
+        }
+        Network::Loopback => None,
+    };
     let manifest = Manifest {
         topology,
         network,
@@ -433,6 +542,7 @@ pub fn generate(
         hosts,
         principal: principal.public(),
         tag,
+        internet,
     };
     std::fs::write(dir.join("testnet.toml"), toml::to_string_pretty(&manifest)?)?;
     Ok(manifest)
@@ -467,5 +577,120 @@ mod tests {
             assert!(pools.insert(config["address_pool"].as_str().unwrap().to_owned()));
         }
         assert_eq!(pools.len(), 6);
+    }
+
+    /// Every config a testnet writes loads with its daemon's own loader (which refuses unknown
+    /// settings), on both networks.
+    fn load_every_config(manifest: &Manifest) {
+        for host in &manifest.hosts {
+            let path = host.config_file();
+            let loaded = match host.plan.role {
+                HostRole::Node => node::daemon::config::NodeManagerConfig::load(&path)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                HostRole::Agent => agentd::daemon::config::AgentConfig::load(&path)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                HostRole::Broker => broker::daemon::config::BrokerConfig::load(&path)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+            };
+            if let Err(e) = loaded {
+                panic!("{}: {e}", path.display());
+            }
+        }
+    }
+
+    fn node_setting(host: &HostInfo, key: &str) -> Option<String> {
+        let text = std::fs::read_to_string(host.config_file()).unwrap();
+        let config: toml::Table = toml::from_str(&text).unwrap();
+        config.get(key).and_then(|v| v.as_str()).map(str::to_owned)
+    }
+
+    #[test]
+    fn namespaced_nodes_egress_from_their_own_address_past_an_internet_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = generate(
+            dir.path(),
+            Topology::default(),
+            Network::Namespaces,
+            "linux",
+        )
+        .unwrap();
+        load_every_config(&manifest);
+        for node in manifest.of_role(HostRole::Node) {
+            assert_eq!(
+                node_setting(node, "public_address").as_deref(),
+                Some(node.ip.as_str())
+            );
+        }
+        let internet = manifest.internet.as_ref().expect("an internet host");
+        assert_eq!(internet.ip, crate::internet::ADDRESS);
+        assert_eq!(internet.netns, format!("pmtn-{}-inet", manifest.tag));
+        assert!(manifest.hosts.iter().all(|h| h.ip != internet.ip));
+        assert!(internet.dir.is_dir());
+        assert_eq!(internet.testnet_dir(), dir.path().canonicalize().unwrap());
+        // The manifest keeps it.
+        assert_eq!(Manifest::load(dir.path()).unwrap(), manifest);
+    }
+
+    #[test]
+    fn loopback_nodes_give_slivers_no_egress_and_have_no_internet_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest =
+            generate(dir.path(), Topology::default(), Network::Loopback, "memory").unwrap();
+        load_every_config(&manifest);
+        for node in manifest.of_role(HostRole::Node) {
+            assert_eq!(node_setting(node, "public_address").as_deref(), Some("off"));
+        }
+        assert_eq!(manifest.internet, None);
+        let text = std::fs::read_to_string(dir.path().join("testnet.toml")).unwrap();
+        assert!(!text.contains("internet"), "{text}");
+    }
+
+    #[test]
+    fn loopback_ports_avoid_the_node_public_ports() {
+        let dir = tempfile::tempdir().unwrap();
+        let topology = Topology {
+            federations: 1,
+            nodes: 1,
+            agents: 1,
+            brokers: 0,
+        };
+        let manifest = generate(dir.path(), topology, Network::Loopback, "memory").unwrap();
+        let node = manifest.host("node0").unwrap();
+        let path = node.config_file();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let http = format!("http = \"127.0.0.1:{}\"", node.http_port);
+        assert!(text.contains(&http), "{text}");
+        // nodemgr refuses exactly the ports of NODE_PUBLIC_PORTS as its own.
+        let start = *NODE_PUBLIC_PORTS.start();
+        let end = *NODE_PUBLIC_PORTS.end();
+        for (port, refused) in [
+            (start - 1, false),
+            (start, true),
+            (end, true),
+            (end + 1, false),
+        ] {
+            let moved = text.replace(&http, &format!("http = \"127.0.0.1:{port}\""));
+            std::fs::write(&path, moved).unwrap();
+            let loaded = node::daemon::config::NodeManagerConfig::load(&path);
+            assert_eq!(loaded.is_err(), refused, "port {port}: {loaded:?}");
+        }
+        for _ in 0..200 {
+            assert!(!NODE_PUBLIC_PORTS.contains(&free_port().unwrap()));
+        }
+    }
+
+    #[test]
+    fn no_host_ever_gets_the_bridges_or_the_internet_hosts_address() {
+        // Every third octet a host can have.
+        for n in 0..256 * 250 {
+            let ip = namespaced_address(n);
+            assert!(
+                ip != crate::internet::ADDRESS && ip != "10.250.0.1",
+                "host {n}: {ip}"
+            );
+        }
     }
 }

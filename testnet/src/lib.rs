@@ -5,6 +5,8 @@
 //! - [`generate`]: the testnet directory (authorities, keys, certificates, peering, configs);
 //! - [`launch`]: daemons as real processes, started and ended by pid;
 //! - [`netns`]: hosts in network namespaces on a bridge (root);
+//! - [`internet`]: the host standing for the Internet on a namespaced testnet (HTTP and UDP
+//!   echo naming each peer's address), which slivers reach through their node's egress;
 //! - [`probe`]: the daemons' HTTP state and ad convergence;
 //! - [`scenario`]: scenario files (TOML) scripting acquisitions, faults and checks
 //!   (`testnet scenario run`), which the end-to-end tests run;
@@ -14,6 +16,7 @@
 pub mod dashboard;
 pub mod demo;
 pub mod generate;
+pub mod internet;
 pub mod launch;
 pub mod netns;
 pub mod probe;

@@ -1,7 +1,8 @@
 //! Hosts in network namespaces on a bridge (root only): each host gets a namespace, a veth
 //! pair into the testnet's bridge and an address in 10.250.0.0/16; the bridge holds
-//! 10.250.0.1 so the machine itself reaches every host. Everything is named after the
-//! testnet's tag, and [`remove`] deletes exactly those names.
+//! 10.250.0.1 so the machine itself reaches every host. The internet host
+//! ([`crate::internet`]) gets one the same way (`pmtn-<tag>-inet`, link `t<tag>hinet`).
+//! Everything is named after the testnet's tag, and [`remove`] deletes exactly those names.
 //!
 //! This is a tool for people and tests, not a daemon: it drives iproute2's `ip`, which every
 //! machine of this kind has (the daemons themselves use netlink).
@@ -21,6 +22,10 @@ fn host_veth(manifest: &Manifest, n: usize) -> String {
     format!("t{}h{n}", manifest.tag)
 }
 
+fn internet_veth(manifest: &Manifest) -> String {
+    format!("t{}hinet", manifest.tag)
+}
+
 fn ip(args: &[&str]) -> anyhow::Result<()> {
     let out = Command::new("ip")
         .args(args)
@@ -36,7 +41,8 @@ fn ip(args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Creates the bridge, and a namespace with a veth and an address per host.
+/// Creates the bridge, and a namespace with a veth and an address per host and for the
+/// internet host.
 pub fn create(manifest: &Manifest) -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         anyhow::bail!("network namespaces need root; run as root or use --network loopback");
@@ -47,44 +53,51 @@ pub fn create(manifest: &Manifest) -> anyhow::Result<()> {
     ip(&["link", "set", &br, "up"])?;
     for (n, host) in manifest.hosts.iter().enumerate() {
         let Some(ns) = &host.netns else { continue };
-        let outside = host_veth(manifest, n);
-        let inside = format!("{outside}i");
-        ip(&["netns", "add", ns])?;
-        ip(&[
-            "link", "add", &outside, "type", "veth", "peer", "name", &inside,
-        ])?;
-        ip(&["link", "set", &inside, "netns", ns])?;
-        ip(&["link", "set", &outside, "master", &br])?;
-        ip(&["link", "set", &outside, "up"])?;
-        ip(&["-n", ns, "link", "set", "lo", "up"])?;
-        ip(&["-n", ns, "link", "set", &inside, "name", "eth0"])?;
-        ip(&[
-            "-n",
-            ns,
-            "addr",
-            "add",
-            &format!("{}/16", host.ip),
-            "dev",
-            "eth0",
-        ])?;
-        ip(&["-n", ns, "link", "set", "eth0", "up"])?;
-        ip(&["-n", ns, "route", "add", "default", "via", "10.250.0.1"])?;
+        add_namespace(&br, ns, &host_veth(manifest, n), &host.ip)?;
+    }
+    if let Some(internet) = &manifest.internet {
+        add_namespace(&br, &internet.netns, &internet_veth(manifest), &internet.ip)?;
     }
     Ok(())
 }
 
-/// Removes every namespace, veth and the bridge of this testnet (what exists of them).
+/// Namespace `ns` with its end of veth `outside` (on bridge `br`) as `eth0` holding
+/// `address`/16, and a default route via the bridge.
+fn add_namespace(br: &str, ns: &str, outside: &str, address: &str) -> anyhow::Result<()> {
+    let inside = format!("{outside}i");
+    ip(&["netns", "add", ns])?;
+    ip(&[
+        "link", "add", outside, "type", "veth", "peer", "name", &inside,
+    ])?;
+    ip(&["link", "set", &inside, "netns", ns])?;
+    ip(&["link", "set", outside, "master", br])?;
+    ip(&["link", "set", outside, "up"])?;
+    ip(&["-n", ns, "link", "set", "lo", "up"])?;
+    ip(&["-n", ns, "link", "set", &inside, "name", "eth0"])?;
+    ip(&[
+        "-n",
+        ns,
+        "addr",
+        "add",
+        &format!("{address}/16"),
+        "dev",
+        "eth0",
+    ])?;
+    ip(&["-n", ns, "link", "set", "eth0", "up"])?;
+    ip(&["-n", ns, "route", "add", "default", "via", "10.250.0.1"])
+}
+
+/// Removes every namespace, veth and the bridge of this testnet, the internet host's too (what
+/// exists of them; a failure does not stop the rest, and the error names every one).
 pub fn remove(manifest: &Manifest) -> anyhow::Result<()> {
     let mut problems = Vec::new();
     for (n, host) in manifest.hosts.iter().enumerate() {
         if let Some(ns) = &host.netns {
-            let _ = ip(&["link", "del", &host_veth(manifest, n)]);
-            if std::path::Path::new(&format!("/run/netns/{ns}")).exists()
-                && let Err(e) = ip(&["netns", "del", ns])
-            {
-                problems.push(e.to_string());
-            }
+            remove_namespace(ns, &host_veth(manifest, n), &mut problems);
         }
+    }
+    if let Some(internet) = &manifest.internet {
+        remove_namespace(&internet.netns, &internet_veth(manifest), &mut problems);
     }
     let br = bridge(manifest);
     if std::path::Path::new(&format!("/sys/class/net/{br}")).exists()
@@ -96,6 +109,20 @@ pub fn remove(manifest: &Manifest) -> anyhow::Result<()> {
         Ok(())
     } else {
         anyhow::bail!("cleanup left: {}", problems.join("; "))
+    }
+}
+
+/// Deletes veth `outside` (its peer goes with it) and namespace `ns`, if they exist.
+fn remove_namespace(ns: &str, outside: &str, problems: &mut Vec<String>) {
+    if std::path::Path::new(&format!("/sys/class/net/{outside}")).exists()
+        && let Err(e) = ip(&["link", "del", outside])
+    {
+        problems.push(e.to_string());
+    }
+    if std::path::Path::new(&format!("/run/netns/{ns}")).exists()
+        && let Err(e) = ip(&["netns", "del", ns])
+    {
+        problems.push(e.to_string());
     }
 }
 

@@ -10,6 +10,8 @@
 //! - `all-or-nothing-node-down.toml`: a node down during an all-or-nothing create leaves no
 //!   lease anywhere; a best-effort create keeps the rest and `sync` completes it once the node
 //!   is back, when the all-or-nothing slice can be had whole;
+//! - `egress.toml`: every sliver reaches the internet host over HTTP and UDP, which sees the
+//!   sliver's node's address (namespaces and real slivers: root only, skipped otherwise);
 //!
 //! each ending with `down`: nothing of the testnet is left (processes, namespaces, links,
 //! cgroups). As root: hosts in network namespaces and real slivers. Without root: loopback and
@@ -28,11 +30,12 @@ use testnet::scenario::{self, RunOptions};
 
 /// The scenario files this suite runs; `every_scenario_file_is_in_the_suite` keeps it
 /// complete.
-const SUITE: [&str; 4] = [
+const SUITE: [&str; 5] = [
     "two-federations.toml",
     "node-restart.toml",
     "partition-heal.toml",
     "all-or-nothing-node-down.toml",
+    "egress.toml",
 ];
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -109,6 +112,16 @@ fn partition_then_heal() {
 #[test]
 fn node_down_during_all_or_nothing_create_leaves_no_lease() {
     run("all-or-nothing-node-down.toml");
+}
+
+/// Egress needs what only root has: namespaces (for the internet host) and real slivers.
+#[test]
+fn slivers_reach_the_internet_host_from_their_nodes_address() {
+    if !nix::unistd::geteuid().is_root() && std::env::var_os("CI").is_none() {
+        eprintln!("skipped: egress needs root (namespaces and real slivers)");
+        return;
+    }
+    run("egress.toml");
 }
 
 /// A step that fails: the error names the step, its line and why, points at the logs; the

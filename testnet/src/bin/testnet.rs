@@ -1,7 +1,8 @@
 //! `testnet`: a whole PlanetMesh on one machine.
 //!
 //! `testnet up` generates authorities, keys, certificates, peering and configs, starts every
-//! daemon as a real process, waits until ads have converged and prints how to use it;
+//! daemon as a real process (and, on a namespaced testnet, the internet host slivers reach
+//! through their nodes' egress), waits until ads have converged and prints how to use it;
 //! `testnet down` ends every process and removes everything it made on the machine;
 //! `testnet scenario run FILE` runs a scenario file (acquisitions, faults, checks) on one.
 
@@ -22,8 +23,10 @@ use testnet::topology::Topology;
     version,
     about = "Run a whole PlanetMesh (federations, nodes, agents, brokers) on this machine",
     long_about = "Run a whole PlanetMesh on this machine: every daemon is a real process. As root, each \
-                  host gets its own network namespace on a bridge and nodes make real isolated slivers; \
-                  without root, hosts share loopback and slivers are not isolated."
+                  host gets its own network namespace on a bridge and nodes make real isolated slivers, \
+                  whose traffic leaves through their node to an internet host (10.250.255.254: HTTP and \
+                  UDP echo naming the address they saw); without root, hosts share loopback and slivers \
+                  are not isolated."
 )]
 struct Cli {
     /// The testnet's directory.
@@ -132,6 +135,17 @@ enum Cmd {
         #[arg(long, default_value = "127.0.0.1:8088")]
         listen: std::net::SocketAddr,
     },
+    /// The internet host's service (HTTP and UDP echo, each naming the peer's address), as
+    /// `testnet up` starts it in a namespaced testnet's internet namespace.
+    #[command(name = "internet-host", hide = true)]
+    InternetHost {
+        /// TCP port of the HTTP service.
+        #[arg(long, default_value_t = testnet::internet::HTTP_PORT)]
+        http: u16,
+        /// UDP port of the echo service.
+        #[arg(long, default_value_t = testnet::internet::UDP_PORT)]
+        udp: u16,
+    },
     /// Simulate thousands of nodes in one process (libp2p memory transport): ad convergence,
     /// messages per node and broker planning at scale.
     Sim {
@@ -220,7 +234,10 @@ partition (hosts), heal, wait_converged, sleep (secs), expect_leases (nodes, sli
 total, within_secs), down (last: take the testnet down, expect nothing left).
 slicectl steps take expect = \"<class>\" or a list: ok, internal, usage, setup, unsatisfiable,
 refused, unreachable, partial, not_found, command_failed; timeout_secs; exec, status, renew,
-sync and logs also retry_secs. Every step takes a title.";
+sync and logs also retry_secs. Every step takes a title. In expect_output (exec, logs),
+{node_address} stands for the address of each sliver's node; on a namespaced testnet slivers
+reach the internet host at 10.250.255.254 (HTTP on port 80 and UDP echo on port 7, each
+naming the address it saw).";
 
 fn main() {
     let cli = Cli::parse();
@@ -370,6 +387,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     pid
                 );
             }
+            if let Some(internet) = &manifest.internet {
+                print_internet_status(internet);
+            }
             Ok(())
         }
         Cmd::Logs { host, lines } => {
@@ -418,6 +438,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Dashboard { listen } => testnet::dashboard::run_until_interrupted(&dir, listen),
+        Cmd::InternetHost { http, udp } => testnet::internet::run(http, udp),
         Cmd::Sim {
             nodes,
             federations,
@@ -466,6 +487,28 @@ fn default_up() -> Cmd {
     }
 }
 
+/// The internet host's `status` line: its process, its address and what it answers the
+/// machine (which reaches it through the bridge).
+fn print_internet_status(internet: &testnet::generate::InternetHost) {
+    let pid = launch::internet_pid(internet).map_or("down".to_owned(), |p| p.to_string());
+    let answer = match probe::fetch(&internet.url()) {
+        Ok(reply) if reply.status == 200 => reply.body.trim().to_owned(),
+        Ok(reply) => format!("HTTP {}: {}", reply.status, reply.body.trim()),
+        Err(e) => format!("not answering: {e:#}"),
+    };
+    println!(
+        "{:<9} {:<7} {:<6} {:<12} {:<8} {} (HTTP {}, UDP echo port {}): {answer}",
+        testnet::generate::InternetHost::NAME,
+        "testnet",
+        "-",
+        "-",
+        pid,
+        internet.ip,
+        internet.url(),
+        internet.udp_port
+    );
+}
+
 fn print_usage(manifest: &Manifest, dir: &std::path::Path) {
     println!();
     println!(
@@ -486,6 +529,15 @@ fn print_usage(manifest: &Manifest, dir: &std::path::Path) {
             host.plan.site,
             host.multiaddr(),
             host.http_url()
+        );
+    }
+    if let Some(internet) = &manifest.internet {
+        println!(
+            "  {:<9} the Internet, for slivers: {} and UDP echo on {}:{} (each names the peer's address)",
+            testnet::generate::InternetHost::NAME,
+            internet.url(),
+            internet.ip,
+            internet.udp_port
         );
     }
     println!();

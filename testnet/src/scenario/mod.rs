@@ -35,13 +35,13 @@
 //! | `do` | fields (besides `title`) |
 //! |---|---|
 //! | `acquire` | `slice`, `slivers` or `nodes`, `resources`, `duration` (1h), `lease`, `federations`, `min_sites`, `mode`, `via`, `agents`, `expect`, `expect_slivers`, `timeout_secs` |
-//! | `exec` | `slice`, `command` (a string runs under `/bin/sh -c`, a list as is), `expect_output` (in every sliver's stdout), `expect_exit` (0), `expect_slivers`, `expect`, `timeout_secs`, `retry_secs` |
+//! | `exec` | `slice`, `command` (a string runs under `/bin/sh -c`, a list as is), `expect_output` (in every sliver's stdout; `{node_address}` stands for the address of the sliver's node), `expect_exit` (0), `expect_slivers`, `expect`, `timeout_secs`, `retry_secs` |
 //! | `status` | `slice`, `expect_live`, `expect_measured`, `expect`, `timeout_secs`, `retry_secs` |
 //! | `renew` | `slice`, `for`, `expect_renewed`, `expect`, `timeout_secs`, `retry_secs` |
 //! | `sync` | `slice`, `expect_held`, `expect`, `timeout_secs`, `retry_secs` |
 //! | `delete` | `slice`, `expect_released`, `expect`, `timeout_secs` |
 //! | `spawn` | `slice`, `command` (as for `exec`), `expect_slivers` (each answered a pid), `expect`, `timeout_secs` |
-//! | `logs` | `slice`, `expect_output` (in every sliver's spawn log), `expect_slivers`, `expect`, `timeout_secs`, `retry_secs` |
+//! | `logs` | `slice`, `expect_output` (in every sliver's spawn log; `{node_address}` as for `exec`), `expect_slivers`, `expect`, `timeout_secs`, `retry_secs` |
 //! | `keys` | `slice`, `add` or `del` (a key line, or for `del` its comment; neither: list), `expect_keys` (keys each sliver lists after), `expect_slivers`, `expect`, `timeout_secs` |
 //! | `kill` | `hosts` (SIGKILL) |
 //! | `restart` | `hosts`, `wait_secs` (30: until each answers) |
@@ -84,8 +84,9 @@ mod validate;
 
 pub use model::{
     Acquire, Bare, Class, Delete, Exec, ExpectLeases, Hosts, IsolationChoice, Keys, KeysAction,
-    Kind, Logs, Mode, NetworkChoice, OneOrMany, PRINCIPAL_SITE, PlacedStep, Renew, Restart,
-    Scenario, Sleep, Spawn, Status, Step, StepCommon, Sync, TestnetSpec, Via, WaitConverged,
+    Kind, Logs, Mode, NODE_ADDRESS, NetworkChoice, OneOrMany, PRINCIPAL_SITE, PlacedStep, Renew,
+    Restart, Scenario, Sleep, Spawn, Status, Step, StepCommon, Sync, TestnetSpec, Via,
+    WaitConverged,
 };
 pub use parse::{load, parse};
 pub use run::{Report, RunOptions, leftovers, resolve, run, start, stop_on_signals};

@@ -18,6 +18,10 @@ use crate::topology::Topology;
 /// The site of the testnet's principal: every slice is named `fed0-site0_…`.
 pub const PRINCIPAL_SITE: &str = "fed0-site0";
 
+/// In `expect_output` (`exec`, `logs`): the address of the node each sliver runs on, checked
+/// sliver by sliver (on a namespaced testnet the source its traffic leaves with).
+pub const NODE_ADDRESS: &str = "{node_address}";
+
 /// How hosts are connected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -222,7 +226,8 @@ pub struct Exec {
     pub slice: String,
     /// A string runs under `/bin/sh -c`; a list runs as is.
     pub command: OneOrMany<String>,
-    /// Every sliver's standard output contains this.
+    /// Every sliver's standard output contains this ([`NODE_ADDRESS`] standing for its node's
+    /// address).
     pub expect_output: Option<String>,
     /// Every sliver's exit status (default 0).
     #[serde(default)]
@@ -326,7 +331,8 @@ pub struct Spawn {
 pub struct Logs {
     /// The slice.
     pub slice: String,
-    /// Every sliver's spawn log contains this.
+    /// Every sliver's spawn log contains this ([`NODE_ADDRESS`] standing for its node's
+    /// address).
     pub expect_output: Option<String>,
     /// Slivers that answered.
     pub expect_slivers: Option<usize>,

@@ -202,6 +202,14 @@ pub fn leftovers(manifest: &Manifest) -> Vec<String> {
             left.push(format!("network namespace {ns}"));
         }
     }
+    if let Some(internet) = &manifest.internet {
+        if let Some(pid) = launch::internet_pid(internet) {
+            left.push(format!("the internet host still runs (pid {pid})"));
+        }
+        if Path::new(&format!("/run/netns/{}", internet.netns)).exists() {
+            left.push(format!("network namespace {}", internet.netns));
+        }
+    }
     let bridge = crate::netns::bridge(manifest);
     if Path::new(&format!("/sys/class/net/{bridge}")).exists() {
         left.push(format!("bridge {bridge}"));

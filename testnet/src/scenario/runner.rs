@@ -16,8 +16,8 @@ use crate::probe;
 use crate::topology::HostRole;
 
 use super::model::{
-    Acquire, Class, Delete, Exec, ExpectLeases, Keys, KeysAction, Logs, OneOrMany, Renew, Restart,
-    Spawn, Status, Step, Sync, Via,
+    Acquire, Class, Delete, Exec, ExpectLeases, Keys, KeysAction, Logs, NODE_ADDRESS, OneOrMany,
+    Renew, Restart, Spawn, Status, Step, Sync, Via,
 };
 use super::run::{Running, interrupted, leftovers};
 
@@ -177,6 +177,15 @@ impl Runner<'_> {
             .collect();
         out.sort_by_key(|(order, name, _)| (*order, name.clone()));
         out.into_iter().map(|(_, name, v)| (name, v)).collect()
+    }
+
+    /// What `expect_output` asks of the sliver on node `node`: [`NODE_ADDRESS`] is that
+    /// node's address.
+    fn expected_output(&self, want: &str, node: &str) -> String {
+        match self.manifest.host(node) {
+            Ok(host) => want.replace(NODE_ADDRESS, &host.ip),
+            Err(_) => want.to_owned(),
+        }
     }
 
     /// A slicectl config without the broker, so `--agent` (the in-process broker) is used.
@@ -399,10 +408,11 @@ impl Runner<'_> {
             if code != i64::from(e.expect_exit) {
                 problems.push(format!("{name} exited {code}, expected {}", e.expect_exit));
             }
-            if let Some(want) = &e.expect_output
-                && !stdout.contains(want.as_str())
-            {
-                problems.push(format!("{name}'s output lacks {want:?}"));
+            if let Some(want) = &e.expect_output {
+                let want = self.expected_output(want, &name);
+                if !stdout.contains(&want) {
+                    problems.push(format!("{name}'s output lacks {want:?}"));
+                }
             }
         }
         expect_slivers(&mut problems, e.expect_slivers, answered, "answer");
@@ -577,10 +587,11 @@ impl Runner<'_> {
             answered += 1;
             let last = text.lines().last().unwrap_or("(empty)");
             lines.push(format!("{name}: {last}"));
-            if let Some(want) = &l.expect_output
-                && !text.contains(want.as_str())
-            {
-                problems.push(format!("{name}'s log lacks {want:?}"));
+            if let Some(want) = &l.expect_output {
+                let want = self.expected_output(want, &name);
+                if !text.contains(&want) {
+                    problems.push(format!("{name}'s log lacks {want:?}"));
+                }
             }
         }
         expect_slivers(&mut problems, l.expect_slivers, answered, "answer");
@@ -869,5 +880,33 @@ mod tests {
             shell_argv(&OneOrMany::Many(vec!["/bin/hostname".into()])),
             ["/bin/hostname"]
         );
+    }
+
+    #[test]
+    fn node_address_in_expected_output_is_each_slivers_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let manifest = crate::generate::generate(
+            dir.path(),
+            crate::topology::Topology::default(),
+            crate::generate::Network::Namespaces,
+            "linux",
+        )
+        .unwrap();
+        let runner = Runner {
+            manifest: &manifest,
+            dir: dir.path(),
+            slicectl: Slicectl {
+                bin: "/nonexistent/slicectl".into(),
+                config: dir.path().join("slicectl.toml"),
+            },
+        };
+        let want = "you are {node_address}:";
+        for node in ["node0", "node3"] {
+            let ip = &manifest.host(node).unwrap().ip;
+            assert!(ip.starts_with("10.250."), "{ip}");
+            assert_eq!(runner.expected_output(want, node), format!("you are {ip}:"));
+        }
+        // A node the testnet does not know keeps the placeholder, so the check fails.
+        assert_eq!(runner.expected_output(want, "ed25519/ab"), want);
     }
 }
