@@ -18,7 +18,7 @@
 //!   sliver address (a dynamic set keyed by source, so no per-sliver rule is needed).
 //!
 //! This module only plans: [`Firewall::ruleset`] and [`Firewall::removal`] are `nft -f`
-//! scripts, applied atomically by [`super::linux::nft`].
+//! scripts, applied atomically by `linux::nft` (the nftables front end).
 
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
