@@ -38,6 +38,7 @@ fn main() {
         memory_bytes: 1 << 40,
         disk_bytes: 1 << 40,
         egress_kbps: 1 << 30,
+        ports: 0,
     };
     let config = PolicyConfig {
         default_quota: Quota {
@@ -107,6 +108,7 @@ fn main() {
         memory_bytes: 1 << 20,
         disk_bytes: 1 << 20,
         egress_kbps: 10,
+        ports: 0,
     };
     let request = TicketRequest {
         slice: "site0_bench".into(),

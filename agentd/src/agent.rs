@@ -209,6 +209,7 @@ impl Agent {
             memory_bytes: scale(share.memory_bytes),
             disk_bytes: scale(share.disk_bytes),
             egress_kbps: scale(share.egress_kbps),
+            ports: 0,
         }
     }
 

@@ -28,6 +28,7 @@ fn cores(n: u64) -> Resources {
         memory_bytes: n << 30,
         disk_bytes: n << 30,
         egress_kbps: n * 1000,
+        ports: 0,
     }
 }
 

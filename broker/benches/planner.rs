@@ -35,6 +35,7 @@ fn candidates() -> Vec<Candidate> {
                 memory_bytes: (128 + (i * 53) % 4096) << 20,
                 disk_bytes: 10 << 30,
                 egress_kbps: 100_000,
+                ports: 0,
             },
             prices: PriceList {
                 cpu_core_hour: 10 + i % 90,
@@ -56,6 +57,7 @@ fn request() -> SliceRequest {
             memory_bytes: 1 << 30,
             disk_bytes: 1 << 30,
             egress_kbps: 10_000,
+            ports: 0,
         },
         target: SliverTarget::Count(500),
         constraints: SliceConstraints {

@@ -805,6 +805,7 @@ mod tests {
             memory_bytes: mem_mib << 20,
             disk_bytes: 0,
             egress_kbps: 0,
+            ports: 0,
         }
     }
 

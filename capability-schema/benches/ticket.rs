@@ -49,6 +49,7 @@ fn spec() -> TicketSpec {
             memory_bytes: 1024 * MIB,
             disk_bytes: 4096 * MIB,
             egress_kbps: 10_000,
+            ports: 0,
         },
         window: Window::new(NOW - 60, NOW + 3600),
         holder: alice().public(),
@@ -62,6 +63,7 @@ fn narrowed() -> Resources {
         memory_bytes: 512 * MIB,
         disk_bytes: 1024 * MIB,
         egress_kbps: 5000,
+        ports: 0,
     }
 }
 

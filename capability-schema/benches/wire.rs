@@ -19,6 +19,7 @@ fn res() -> Resources {
         memory_bytes: 256 << 20,
         disk_bytes: 1 << 30,
         egress_kbps: 10_000,
+        ports: 0,
     }
 }
 

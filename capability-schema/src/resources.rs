@@ -28,7 +28,7 @@ pub enum ResourcesError {
         hint: &'static str,
     },
     /// An unknown key in a resources list.
-    #[error("unknown resource {0:?}: expected cpu, memory, disk or egress")]
+    #[error("unknown resource {0:?}: expected cpu, memory, disk, egress or ports")]
     UnknownKey(String),
     /// A sum or product does not fit in 64 bits.
     #[error("resource arithmetic overflowed")]
@@ -46,6 +46,17 @@ pub struct Resources {
     pub disk_bytes: u64,
     /// Egress rate in kbit/s.
     pub egress_kbps: u64,
+    /// Public ports: how many a sliver leases from its node's range (forwarded from the node's
+    /// public address to the same ports inside it). Not a share of anything: shares and
+    /// capacities leave it at zero, comparisons ([`Resources::fits_within`]) ignore it and
+    /// arithmetic never fails on it; the node checks it against its range. Left out of the
+    /// encoding when zero, so resources without ports encode as before.
+    #[serde(default, skip_serializing_if = "is_zero_count")]
+    pub ports: u32,
+}
+
+fn is_zero_count(n: &u32) -> bool {
+    *n == 0
 }
 
 /// One component of [`Resources`], for messages that name which one is short.
@@ -99,6 +110,7 @@ impl Resources {
         memory_bytes: 0,
         disk_bytes: 0,
         egress_kbps: 0,
+        ports: 0,
     };
 
     /// The amount of one component.
@@ -117,6 +129,10 @@ impl Resources {
             memory_bytes: f(self.memory_bytes, other.memory_bytes)?,
             disk_bytes: f(self.disk_bytes, other.disk_bytes)?,
             egress_kbps: f(self.egress_kbps, other.egress_kbps)?,
+            // A count the node leases from its own range: never the reason a sum fails.
+            ports: f(u64::from(self.ports), u64::from(other.ports))
+                .and_then(|p| u32::try_from(p).ok())
+                .unwrap_or(0),
         })
     }
 
@@ -158,9 +174,9 @@ impl Resources {
             .find(|k| self.get(*k) > limit.get(*k))
     }
 
-    /// Whether every component is zero.
+    /// Whether every component is zero (ports aside: they are not a share of anything).
     pub fn is_zero(&self) -> bool {
-        *self == Self::ZERO
+        ResourceKind::ALL.into_iter().all(|k| self.get(k) == 0)
     }
 
     /// Sums an iterator of resources, or `None` on overflow.
@@ -180,7 +196,11 @@ impl fmt::Display for Resources {
             format_bytes(self.memory_bytes),
             format_bytes(self.disk_bytes),
             format_rate(self.egress_kbps)
-        )
+        )?;
+        if self.ports > 0 {
+            write!(f, ",ports={}", self.ports)?;
+        }
+        Ok(())
     }
 }
 
@@ -203,6 +223,13 @@ impl FromStr for Resources {
                 "memory" | "mem" => out.memory_bytes = parse_bytes(value)?,
                 "disk" => out.disk_bytes = parse_bytes(value)?,
                 "egress" | "net" | "bw" => out.egress_kbps = parse_rate(value)?,
+                "ports" => {
+                    out.ports = value.parse().map_err(|_| ResourcesError::Parse {
+                        what: "ports",
+                        text: value.to_owned(),
+                        hint: "a whole number of public ports, e.g. ports=2",
+                    })?;
+                }
                 other => return Err(ResourcesError::UnknownKey(other.to_owned())),
             }
         }
@@ -456,6 +483,7 @@ mod tests {
                 memory_bytes: m,
                 disk_bytes: d,
                 egress_kbps: e,
+                ports: 0,
             }
         })
     }
@@ -481,5 +509,39 @@ mod tests {
             let _ = parse_rate(&s);
             let _ = s.parse::<Resources>();
         }
+    }
+}
+
+#[cfg(test)]
+mod port_tests {
+    use super::*;
+
+    #[test]
+    fn ports_read_write_and_never_fail_arithmetic_or_comparisons() {
+        let r: Resources = "cpu=500m,ports=2".parse().unwrap();
+        assert_eq!((r.cpu_millis, r.ports), (500, 2));
+        assert_eq!(
+            r.to_string(),
+            "cpu=500m,memory=0B,disk=0B,egress=0kbit,ports=2"
+        );
+        assert_eq!(
+            "cpu=500m".parse::<Resources>().unwrap().to_string(),
+            "cpu=500m,memory=0B,disk=0B,egress=0kbit"
+        );
+        assert!(matches!(
+            "ports=many".parse::<Resources>(),
+            Err(ResourcesError::Parse { what: "ports", .. })
+        ));
+        // A share without ports still holds a grant with some; sums and differences go on.
+        let share: Resources = "cpu=1".parse().unwrap();
+        assert!(r.fits_within(&share));
+        assert_eq!(share.checked_sub(&r).map(|d| d.ports), Some(0));
+        assert_eq!(r.checked_add(&r).map(|s| s.ports), Some(4));
+        // Ports alone ask for nothing of a share.
+        let only_ports = Resources {
+            ports: 1,
+            ..Resources::ZERO
+        };
+        assert!(only_ports.is_zero());
     }
 }

@@ -60,6 +60,7 @@ fn grant() -> Resources {
         memory_bytes: 1024 * MIB,
         disk_bytes: 4096 * MIB,
         egress_kbps: 10_000,
+        ports: 0,
     }
 }
 
@@ -109,6 +110,7 @@ fn small() -> Resources {
         memory_bytes: 128 * MIB,
         disk_bytes: 256 * MIB,
         egress_kbps: 1000,
+        ports: 0,
     }
 }
 
@@ -173,6 +175,7 @@ fn narrow_and_delegate(minted: Ticket, rng: &mut impl CryptoRngCore) -> [Ticket;
                     memory_bytes: 512 * MIB,
                     disk_bytes: 4096 * MIB,
                     egress_kbps: 5000,
+                    ports: 0,
                 }),
                 ..Attenuation::default()
             },
@@ -187,6 +190,7 @@ fn narrow_and_delegate(minted: Ticket, rng: &mut impl CryptoRngCore) -> [Ticket;
                     memory_bytes: 512 * MIB,
                     disk_bytes: 1024 * MIB,
                     egress_kbps: 5000,
+                    ports: 0,
                 }),
                 window: Some(Window::new(NOW - 10, NOW + 1800)),
                 operations: Some([Operation::Redeem].into_iter().collect()),
@@ -356,6 +360,7 @@ fn two_attenuations_and_a_delegation_narrow_the_grant_and_move_the_holder() {
         memory_bytes: 512 * MIB,
         disk_bytes: 1024 * MIB,
         egress_kbps: 5000,
+        ports: 0,
     };
     let verified = present(delegated, &bob(), asked).unwrap();
     assert_eq!(
@@ -1213,7 +1218,8 @@ fn golden_ticket_is_byte_exact_and_still_verifies() {
             cpu_millis: 1000,
             memory_bytes: 512 * MIB,
             disk_bytes: 1024 * MIB,
-            egress_kbps: 5000
+            egress_kbps: 5000,
+            ports: 0
         }
     );
     assert_eq!(verified.ticket_id, ticket.id());
@@ -1278,6 +1284,7 @@ fn any_resources_up_to(max: Resources) -> impl Strategy<Value = Resources> {
             memory_bytes: m,
             disk_bytes: d,
             egress_kbps: e,
+            ports: 0,
         })
 }
 
@@ -1287,6 +1294,7 @@ fn any_attenuation() -> impl Strategy<Value = Attenuation> {
         memory_bytes: 2048 * MIB,
         disk_bytes: 8192 * MIB,
         egress_kbps: 20_000,
+        ports: 0,
     };
     (
         proptest::option::of(any_resources_up_to(big)),
@@ -1370,4 +1378,42 @@ fn public_key_text_in_tickets_matches_identity_text() {
     );
     let key: PublicKey = contents.holder.to_string().parse().unwrap();
     assert_eq!(key, alice().public());
+}
+
+#[test]
+fn ports_travel_in_the_ticket_and_attenuate_like_any_resource() {
+    let mut with_ports = grant();
+    with_ports.ports = 3;
+    let ticket = Ticket::mint(
+        &agent(),
+        &TicketSpec {
+            resources: with_ports,
+            ..spec()
+        },
+    )
+    .unwrap();
+    assert_eq!(ticket.contents().unwrap().grant.ports, 3);
+    let mut fewer = with_ports;
+    fewer.ports = 1;
+    let narrowed = ticket
+        .attenuate(&Attenuation {
+            resources: Some(fewer),
+            ..Attenuation::default()
+        })
+        .unwrap();
+    assert_eq!(narrowed.contents().unwrap().grant.ports, 1);
+    let mut more = with_ports;
+    more.ports = 4;
+    let widened = ticket
+        .attenuate(&Attenuation {
+            resources: Some(more),
+            ..Attenuation::default()
+        })
+        .unwrap();
+    assert!(matches!(
+        widened.contents(),
+        Err(TicketRefusal::Widened { .. })
+    ));
+    // A ticket without ports states none, as tickets did before ports existed.
+    assert_eq!(mint().contents().unwrap().grant.ports, 0);
 }

@@ -29,6 +29,7 @@ fn res(cpu: u64, mem_mib: u64) -> Resources {
         memory_bytes: mem_mib << 20,
         disk_bytes: 1 << 30,
         egress_kbps: 10_000,
+        ports: 0,
     }
 }
 
@@ -456,6 +457,7 @@ fn resources() -> impl Strategy<Value = Resources> {
         memory_bytes: m,
         disk_bytes: d,
         egress_kbps: e,
+        ports: 0,
     })
 }
 

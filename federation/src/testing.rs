@@ -115,6 +115,7 @@ impl TestNode {
             memory_bytes: 8 << 30,
             disk_bytes: 100 << 30,
             egress_kbps: 100_000,
+            ports: 0,
         };
         ResourceAd {
             node: self.key.public(),

@@ -34,6 +34,7 @@ static VALID: LazyLock<Ticket> = LazyLock::new(|| {
             memory_bytes: 1 << 30,
             disk_bytes: 1 << 30,
             egress_kbps: 1000,
+            ports: 0,
         },
         window: Window::new(NOW - 60, NOW + 60),
         holder: test_key(3).public(),

@@ -38,6 +38,7 @@ const RESOURCES: Resources = Resources {
     memory_bytes: 16 << 20,
     disk_bytes: 1 << 20,
     egress_kbps: 100,
+    ports: 0,
 };
 
 fn main() -> anyhow::Result<()> {

@@ -208,6 +208,7 @@ async fn scenario() {
                     memory_bytes: 16 << 20,
                     disk_bytes: 1 << 20,
                     egress_kbps: 100,
+                    ports: 0,
                 },
                 window: Window::new(now - 5, now + 3600),
                 holder: alice.public(),

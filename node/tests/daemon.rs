@@ -91,6 +91,7 @@ async fn redeem_over_libp2p_and_serve_status() {
             memory_bytes: 256 << 20,
             disk_bytes: 1 << 30,
             egress_kbps: 1000,
+            ports: 0,
         },
         window: Window::new(now - 5, now + 600),
         holder: alice.public(),

@@ -47,6 +47,7 @@ async fn sliver_use_reaches_the_ad_and_http_and_the_watchdog_freezes_a_disk_hog(
             memory_bytes: 128 << 20,
             disk_bytes: 2 << 20,
             egress_kbps: 1000,
+            ports: 0,
         },
     );
     let lease = node.redeem_ticket(&client, ticket).await;

@@ -121,7 +121,8 @@ impl World {
             icmp_per_sec,
             ports: Some(PublicPorts {
                 first: 42000,
-                count: 3,
+                count: 6,
+                per_sliver: 2,
             }),
         }
     }
@@ -461,6 +462,13 @@ fn fetch(address: Ipv4Addr, port: u16) -> String {
     text
 }
 
+/// A sliver spec leasing `ports` public ports.
+fn with_ports(name: &str, ports: u32) -> node::sliver::SliverSpec {
+    let mut s = spec(name);
+    s.resources.ports = ports;
+    s
+}
+
 #[test]
 fn a_leased_port_reaches_its_sliver_from_the_internet_and_from_other_slivers() {
     if !root_or_skip() {
@@ -472,53 +480,96 @@ fn a_leased_port_reaches_its_sliver_from_the_internet_and_from_other_slivers() {
     let inet_ns = world.inet_ns.clone();
     let seen = World::within(&world.node_ns, move || {
         let f = engine(policy)?;
-        let srv = f.engine.create(spec("srv")).expect("create");
-        let (public, port) = f.engine.config().public_endpoint(srv.slot.slot).unwrap();
-        assert_eq!((public, port), (node_addr, 42000));
+        let srv = f.engine.create(with_ports("srv", 2)).expect("create");
+        let (public, ports) = f.engine.config().public_endpoint(srv.slot.slot, 2).unwrap();
+        assert_eq!((public, ports.as_slice()), (node_addr, &[42000, 42001][..]));
+        for port in [42000, 42001] {
+            reap(
+                f.engine
+                    .spawn(&srv.spec.id, &serve_on(port))
+                    .expect("spawn"),
+            );
+        }
+        // One port leased of a block of two: the other is not forwarded to it.
+        let cli = f.engine.create(with_ports("cli", 1)).expect("create");
         reap(
             f.engine
-                .spawn(&srv.spec.id, &serve_on(port))
+                .spawn(&cli.spec.id, &serve_on(42003))
                 .expect("spawn"),
         );
-        f.engine.create(spec("cli")).expect("create");
         std::thread::sleep(Duration::from_millis(700));
-        let (from_inet, udp_from_inet) = World::within(&inet_ns, move || {
+        let (from_inet, second, unleased, udp_from_inet) = World::within(&inet_ns, move || {
             let udp = UdpSocket::bind((inet_addr, 0)).unwrap();
             udp.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-            udp.send_to(b"ping", (node_addr, port)).unwrap();
+            udp.send_to(b"ping", (node_addr, 42000)).unwrap();
             let mut buf = [0u8; 64];
             let echoed = udp
                 .recv_from(&mut buf)
                 .map(|(n, _)| String::from_utf8_lossy(&buf[..n]).into_owned())
                 .unwrap_or_default();
-            (fetch(node_addr, port), echoed)
+            (
+                fetch(node_addr, 42000),
+                fetch(node_addr, 42001),
+                fetch(node_addr, 42003),
+                echoed,
+            )
         });
         let from_sliver = python(
             &f,
             "cli",
             &format!(
-                "import socket\ns=socket.create_connection(('{node_addr}',{port}),timeout=3)\n\
+                "import socket\ns=socket.create_connection(('{node_addr}',42000),timeout=3)\n\
                  print(s.recv(100).decode(),end='')\n"
             ),
         );
-        // The range holds three ports: a third sliver takes the last, a fourth is refused.
-        f.engine.create(spec("third")).expect("create");
-        let refused = f.engine.create(spec("fourth")).unwrap_err().to_string();
-        // A port returns to the range with its sliver, and goes to the next one.
+        // More than a block is refused, naming the node's figure; the range holds three
+        // blocks: a third sliver takes the last, a fourth is refused.
+        let too_many = f
+            .engine
+            .create(with_ports("greedy", 3))
+            .unwrap_err()
+            .to_string();
+        f.engine.create(with_ports("third", 1)).expect("create");
+        let full = f
+            .engine
+            .create(with_ports("fourth", 1))
+            .unwrap_err()
+            .to_string();
+        // Ports return to the range with their sliver, and go to the next one.
         f.engine
             .destroy(&common::id("srv"), false)
             .expect("destroy");
-        let next = f.engine.create(spec("next")).expect("create");
-        let reused = f.engine.config().public_endpoint(next.slot.slot);
-        Some((from_inet, udp_from_inet, from_sliver, refused, reused))
+        let next = f.engine.create(with_ports("next", 1)).expect("create");
+        let reused = f.engine.config().public_endpoint(next.slot.slot, 1);
+        Some((
+            from_inet,
+            second,
+            unleased,
+            udp_from_inet,
+            from_sliver,
+            too_many,
+            full,
+            reused,
+        ))
     });
-    let Some((from_inet, udp_from_inet, from_sliver, refused, reused)) = seen else {
+    let Some((from_inet, second, unleased, udp_from_inet, from_sliver, too_many, full, reused)) =
+        seen
+    else {
         return;
     };
     assert_eq!(
         from_inet,
         format!("you are {inet_addr}\n"),
         "the sliver sees the caller"
+    );
+    assert_eq!(
+        second,
+        format!("you are {inet_addr}\n"),
+        "both leased ports lead to it"
+    );
+    assert_eq!(
+        unleased, "",
+        "a port of its block it did not lease leads nowhere"
     );
     assert_eq!(udp_from_inet, format!("{inet_addr} ping"));
     assert!(from_sliver.success(), "{from_sliver:?}");
@@ -527,6 +578,43 @@ fn a_leased_port_reaches_its_sliver_from_the_internet_and_from_other_slivers() {
         format!("you are {node_addr}\n"),
         "another sliver arrives as the rest of the Internet does: from the node's address"
     );
-    assert!(refused.contains("all 3"), "{refused}");
-    assert_eq!(reused, Some((node_addr, 42000)));
+    assert!(too_many.contains("at most 2 per sliver"), "{too_many}");
+    assert!(full.contains("all 3"), "{full}");
+    assert_eq!(reused, Some((node_addr, vec![42000])));
+}
+
+#[test]
+fn a_restarted_node_forwards_its_live_slivers_ports_again() {
+    if !root_or_skip() {
+        return;
+    }
+    let world = World::new();
+    let (node_addr, inet_addr) = (world.node_addr, world.inet_addr);
+    let policy = world.policy(10);
+    let inet_ns = world.inet_ns.clone();
+    let seen = World::within(&world.node_ns, move || {
+        let f = engine(policy)?;
+        let srv = f.engine.create(with_ports("kept", 1)).expect("create");
+        reap(
+            f.engine
+                .spawn(&srv.spec.id, &serve_on(42000))
+                .expect("spawn"),
+        );
+        std::thread::sleep(Duration::from_millis(700));
+        // A second start over the same state, as nodemgr's after a restart: the table is
+        // made afresh and the re-adopted sliver's port forwarded again.
+        let host = node::sliver::linux::LinuxHost::detect().expect("cgroups");
+        let (again, report) =
+            node::sliver::Slivers::open(host, f.engine.config().clone()).expect("reopen");
+        let adopted = report.adopted.clone();
+        let inet = inet_ns.clone();
+        let reached = World::within(&inet, move || fetch(node_addr, 42000));
+        drop(again);
+        Some((adopted, reached))
+    });
+    let Some((adopted, reached)) = seen else {
+        return;
+    };
+    assert_eq!(adopted, vec![common::id("kept")]);
+    assert_eq!(reached, format!("you are {inet_addr}\n"));
 }

@@ -24,6 +24,7 @@ fn cores(millis: u64) -> Resources {
         memory_bytes: 64 << 20,
         disk_bytes: 0,
         egress_kbps: 0,
+        ports: 0,
     }
 }
 

@@ -23,6 +23,7 @@ fn web(memory_mib: u64) -> SliverSpec {
             memory_bytes: memory_mib << 20,
             disk_bytes: 0,
             egress_kbps: 1000,
+            ports: 0,
         },
     )
 }

@@ -23,6 +23,9 @@ use capability_schema::slice::{SliceConstraints, SliceKind, SliverTarget};
 use capability_schema::{AcquireMode, PublicKey, Resources, SliceRequest};
 use serde::{Deserialize, Serialize};
 
+/// Public ports a sliver leases when its resources do not say (`ports=N`).
+pub const DEFAULT_PORTS: u32 = 1;
+
 /// Errors in a spec.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SpecError {
@@ -149,9 +152,10 @@ impl SliceSpec {
         }
     }
 
-    /// Resources per sliver.
+    /// Resources per sliver; a sliver leases one public port unless `ports=N` says otherwise
+    /// (`ports=0`: none).
     pub fn per_sliver(&self) -> Result<Resources, SpecError> {
-        let r: Resources = self
+        let mut r: Resources = self
             .resources
             .parse()
             .map_err(|e| SpecError::Invalid(format!("resources {:?}: {e}", self.resources)))?;
@@ -159,6 +163,9 @@ impl SliceSpec {
             return Err(SpecError::Invalid(
                 "resources: ask for something per sliver, e.g. resources = \"cpu=500m,memory=256MiB\"".into(),
             ));
+        }
+        if !self.resources.contains("ports") {
+            r.ports = DEFAULT_PORTS;
         }
         Ok(r)
     }
@@ -285,5 +292,23 @@ max_price = 9
             )
             .is_err()
         );
+    }
+}
+
+#[cfg(test)]
+mod port_tests {
+    use super::*;
+
+    #[test]
+    fn a_sliver_leases_one_port_unless_its_resources_say() {
+        let mut spec = SliceSpec {
+            resources: "cpu=500m".into(),
+            ..SliceSpec::named("plc_mine")
+        };
+        assert_eq!(spec.per_sliver().unwrap().ports, DEFAULT_PORTS);
+        spec.resources = "cpu=500m,ports=3".into();
+        assert_eq!(spec.per_sliver().unwrap().ports, 3);
+        spec.resources = "cpu=500m,ports=0".into();
+        assert_eq!(spec.per_sliver().unwrap().ports, 0);
     }
 }

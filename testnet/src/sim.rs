@@ -695,6 +695,7 @@ impl SimNode {
             memory_bytes: self.capacity.memory_bytes / 4 * 3,
             disk_bytes: self.capacity.disk_bytes / 4 * 3,
             egress_kbps: self.capacity.egress_kbps * 3 / 4,
+            ports: 0,
         };
         body.shares = vec![ShareState {
             agent,
@@ -716,12 +717,14 @@ fn random_node(rng: &mut StdRng, node: TestNode, federation: usize) -> SimNode {
         memory_bytes: cores * (2 << 30),
         disk_bytes: (50 + rng.gen_range(0..450)) << 30,
         egress_kbps: [10_000, 100_000, 1_000_000][rng.gen_range(0..3)],
+        ports: 0,
     };
     let committed = Resources {
         cpu_millis: capacity.cpu_millis * rng.gen_range(0..70) / 100,
         memory_bytes: capacity.memory_bytes / 100 * rng.gen_range(0..70),
         disk_bytes: capacity.disk_bytes / 100 * rng.gen_range(0..50),
         egress_kbps: capacity.egress_kbps / 100 * rng.gen_range(0..50),
+        ports: 0,
     };
     SimNode {
         node,
@@ -1459,6 +1462,7 @@ impl<'c, P: FnMut(&str)> Sim<'c, P> {
                 memory_bytes: 1 << 30,
                 disk_bytes: 10 << 30,
                 egress_kbps: 5_000,
+                ports: 0,
             },
             target: SliverTarget::Count(slivers),
             constraints: SliceConstraints {

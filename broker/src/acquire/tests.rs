@@ -21,6 +21,7 @@ fn small() -> Resources {
         memory_bytes: 256 << 20,
         disk_bytes: 0,
         egress_kbps: 0,
+        ports: 0,
     }
 }
 

@@ -686,6 +686,9 @@ fn evaluate(
         )?;
         narrow(r.disk_bytes, a.grant.disk_bytes, &mut grant.disk_bytes)?;
         narrow(r.egress_kbps, a.grant.egress_kbps, &mut grant.egress_kbps)?;
+        let mut ports = u64::from(grant.ports);
+        narrow(r.ports, u64::from(a.grant.ports), &mut ports)?;
+        grant.ports = u32::try_from(ports).unwrap_or(grant.ports);
         if let Some(nb) = r.not_before {
             if nb < a.window.not_before {
                 return Err(TicketRefusal::Widened {

@@ -68,6 +68,7 @@ const CPU: &str = "cpu_millis";
 const MEMORY: &str = "memory_bytes";
 const DISK: &str = "disk_bytes";
 const EGRESS: &str = "egress_kbps";
+const PORTS: &str = "ports";
 const NOT_BEFORE: &str = "not_before";
 const NOT_AFTER: &str = "not_after";
 const HOLDER: &str = "holder";
@@ -82,7 +83,7 @@ fn field_of(key: &str) -> TicketField {
     match key {
         NODE => TicketField::Node,
         KIND | CAPABILITIES | HOST_PID_VIEW => TicketField::Kind,
-        CPU | MEMORY | DISK | EGRESS => TicketField::Resources,
+        CPU | MEMORY | DISK | EGRESS | PORTS => TicketField::Resources,
         NOT_BEFORE | NOT_AFTER => TicketField::Window,
         HOLDER => TicketField::Holder,
         OPERATIONS => TicketField::Operations,
@@ -143,6 +144,7 @@ pub(crate) struct Restriction {
     pub(crate) memory_bytes: Option<u64>,
     pub(crate) disk_bytes: Option<u64>,
     pub(crate) egress_kbps: Option<u64>,
+    pub(crate) ports: Option<u64>,
     pub(crate) not_before: Option<u64>,
     pub(crate) not_after: Option<u64>,
     pub(crate) operations: Option<BTreeSet<Operation>>,
@@ -216,6 +218,10 @@ pub(crate) fn ticket_fact(a: &Authority) -> Fact {
     if let Some(price) = a.price {
         entries.push((PRICE, int(price)));
     }
+    // Stated only when asked for, so tickets without ports are as they were.
+    if a.grant.ports > 0 {
+        entries.push((PORTS, int(u64::from(a.grant.ports))));
+    }
     builder::fact(TICKET, &[map(entries)])
 }
 
@@ -233,6 +239,9 @@ pub(crate) fn attenuation_fact(
             (DISK, int(r.disk_bytes)),
             (EGRESS, int(r.egress_kbps)),
         ]);
+        if r.ports > 0 {
+            entries.push((PORTS, int(u64::from(r.ports))));
+        }
     }
     if let Some(w) = window {
         entries.extend([
@@ -397,7 +406,7 @@ impl<'a> Entries<'a> {
 /// The most keys a map of this vocabulary has.
 const MAX_KEYS: usize = TICKET_KEYS.len();
 
-const TICKET_KEYS: [&str; 17] = [
+const TICKET_KEYS: [&str; 18] = [
     VERSION,
     ISSUER,
     FEDERATION,
@@ -415,9 +424,17 @@ const TICKET_KEYS: [&str; 17] = [
     HOLDER,
     OPERATIONS,
     PRICE,
+    PORTS,
 ];
 
-const ATTENUATION_KEYS: [&str; 7] = [CPU, MEMORY, DISK, EGRESS, NOT_BEFORE, NOT_AFTER, OPERATIONS];
+const ATTENUATION_KEYS: [&str; 8] = [
+    CPU, MEMORY, DISK, EGRESS, PORTS, NOT_BEFORE, NOT_AFTER, OPERATIONS,
+];
+
+/// A count that must fit in 32 bits.
+fn count(value: u64, key: &str) -> Result<u32, TicketRefusal> {
+    u32::try_from(value).map_err(|_| malformed(format!("{key} {value} is out of range")))
+}
 
 /// Reads the authority's `ticket` fact; `known` are keys already checked (see [`term_key`]).
 pub(crate) fn read_ticket(fact: &Fact, known: &[PublicKey]) -> Result<Authority, TicketRefusal> {
@@ -455,6 +472,7 @@ pub(crate) fn read_ticket(fact: &Fact, known: &[PublicKey]) -> Result<Authority,
             memory_bytes: u64_of(MEMORY)?,
             disk_bytes: u64_of(DISK)?,
             egress_kbps: u64_of(EGRESS)?,
+            ports: count(e.opt_u64(PORTS)?.unwrap_or(0), PORTS)?,
         },
         window: Window {
             not_before: u64_of(NOT_BEFORE)?,
@@ -488,6 +506,7 @@ pub(crate) fn read_attenuation(fact: &Fact) -> Result<Restriction, TicketRefusal
         memory_bytes: e.opt_u64(MEMORY)?,
         disk_bytes: e.opt_u64(DISK)?,
         egress_kbps: e.opt_u64(EGRESS)?,
+        ports: e.opt_u64(PORTS)?,
         not_before: e.opt_u64(NOT_BEFORE)?,
         not_after: e.opt_u64(NOT_AFTER)?,
         operations: e.get(OPERATIONS).map(term_operations).transpose()?,

@@ -110,6 +110,7 @@ fn spec(i: usize) -> Result<SliverSpec, String> {
             memory_bytes: 64 << 20,
             disk_bytes: 1 << 30,
             egress_kbps: 1_000,
+            ports: 0,
         },
     ))
 }

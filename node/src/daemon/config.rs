@@ -101,6 +101,11 @@ pub struct NodeManagerConfig {
     /// slivers live at once (default `40000-41023`). It must not hold the node's own ports.
     #[serde(default = "default_public_ports", with = "super::uplink::ports_text")]
     pub public_ports: PublicPorts,
+    /// The most public ports one sliver may lease (`ports=N` in its grant); each sliver holds a
+    /// block of this many in `public_ports`, so the range bounds the slivers live at once to
+    /// its size divided by this (default 1).
+    #[serde(default = "default_ports_per_sliver")]
+    pub ports_per_sliver: u16,
     /// ICMP echo requests, and packets with IP options, each sliver may send per second
     /// (default 10).
     #[serde(default = "default_icmp_rate")]
@@ -157,6 +162,7 @@ fn default_reserve() -> Resources {
         memory_bytes: 256 << 20,
         disk_bytes: 1 << 30,
         egress_kbps: 0,
+        ports: 0,
     }
 }
 fn default_pool() -> String {
@@ -164,6 +170,9 @@ fn default_pool() -> String {
 }
 fn default_public_ports() -> PublicPorts {
     super::uplink::DEFAULT_PUBLIC_PORTS
+}
+fn default_ports_per_sliver() -> u16 {
+    1
 }
 fn default_icmp_rate() -> u32 {
     crate::sliver::firewall::DEFAULT_ICMP_PER_SEC
@@ -203,7 +212,8 @@ const NODE_TEMPLATE: &str = r#"
 # address_pool = "10.199.0.0/16"
 # public_address = "auto"           # slivers' traffic leaves with this source address; "auto":
 #                                    # the default route's interface's, "off": no egress
-# public_ports = "40000-41023"       # one per sliver, forwarded to the same port inside it
+# public_ports = "40000-41023"       # forwarded to the same ports inside the slivers
+# ports_per_sliver = 1               # most ports one sliver leases (its block in the range)
 # icmp_rate = 10                     # pings and packets with IP options per sliver per second
 # ifname_prefix = "pm1a2b3v"          # default: from the node's key (unique per node)
 # cgroup_parent = "planetmesh"       # the node's slivers go in <this>/<key's first 8 hex>.node
@@ -288,6 +298,13 @@ impl NodeManagerConfig {
                 "uid_base {base}: below 65536, sliver ids would be the host's own users'"
             )));
         }
+        if config.ports_per_sliver == 0 || config.ports_per_sliver > config.public_ports.count {
+            return Err(invalid(format!(
+                "ports_per_sliver {}: expected 1 to the size of public_ports ({})",
+                config.ports_per_sliver, config.public_ports.count
+            )));
+        }
+        config.public_ports.per_sliver = config.ports_per_sliver;
         let listen: Vec<String> = config
             .common
             .listen

@@ -51,10 +51,10 @@ impl<H: Host + 'static> SliverBackend for Slivers<H> {
         let record = Slivers::create(self, spec_for(sliver_id, lease)?).map_err(backend_error)?;
         let public = self
             .config()
-            .public_endpoint(record.slot.slot)
-            .map(|(address, port)| PublicEndpoint {
+            .public_endpoint(record.slot.slot, record.spec.resources.ports)
+            .map(|(address, ports)| PublicEndpoint {
                 address: address.to_string(),
-                ports: vec![port],
+                ports,
             });
         Ok(Placement {
             address: Some(record.net.sliver_addr.to_string()),

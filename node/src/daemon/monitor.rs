@@ -171,6 +171,7 @@ pub fn measured_capacity(probe: &HostProbe, state_dir: &Path, reserve: &Resource
         memory_bytes: sample.memory_total,
         disk_bytes: disk_free(state_dir),
         egress_kbps: 1_000_000,
+        ports: 0,
     }
     .saturating_sub(reserve)
 }
@@ -247,6 +248,7 @@ mod tests {
             memory_bytes: 64 << 20,
             disk_bytes: 1 << 20,
             egress_kbps: 1000,
+            ports: 0,
         };
         let a = engine
             .create(SliverSpec::regular(

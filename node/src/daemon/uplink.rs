@@ -187,6 +187,7 @@ mod tests {
 pub const DEFAULT_PUBLIC_PORTS: PublicPorts = PublicPorts {
     first: 40000,
     count: 1024,
+    per_sliver: 1,
 };
 
 /// Reads `public_ports = "first-last"` (both included; at least one port, none below 1024).
@@ -205,7 +206,12 @@ pub fn parse_ports(text: &str) -> Result<PublicPorts, String> {
     }
     let count =
         u16::try_from(u32::from(last) - u32::from(first) + 1).map_err(|_| bad("too many ports"))?;
-    Ok(PublicPorts { first, count })
+    // The block size comes from `ports_per_sliver` once the whole config is read.
+    Ok(PublicPorts {
+        first,
+        count,
+        per_sliver: 1,
+    })
 }
 
 /// The serde form of `public_ports`: `"first-last"`.
@@ -257,7 +263,8 @@ mod port_tests {
             parse_ports("40000-40009"),
             Ok(PublicPorts {
                 first: 40000,
-                count: 10
+                count: 10,
+                per_sliver: 1
             })
         );
         assert_eq!(parse_ports("5000-5000").map(|p| p.count), Ok(1));

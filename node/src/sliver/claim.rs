@@ -1045,6 +1045,7 @@ mod tests {
                     memory_bytes: 64 << 20,
                     disk_bytes: 0,
                     egress_kbps: 1000,
+                    ports: 0,
                 },
             )
         };

@@ -35,23 +35,45 @@ pub struct Uplink {
     pub address: Ipv4Addr,
 }
 
-/// The node's range of public ports: sliver slot `s` leases port `first + s`, forwarded (TCP
-/// and UDP) from the node's public address to the same port of the sliver's address. A port
-/// follows its slot, so it is never held by two live slivers, is kept across restarts with
-/// the sliver's record, and returns to the range with the slot.
+/// The node's range of public ports, in blocks of `per_sliver`: sliver slot `s` owns the
+/// block from `first + s * per_sliver`, and a sliver granted `ports = n` leases the first `n`
+/// of its block, each forwarded (TCP and UDP) from the node's public address to the same port
+/// of the sliver's address. A block follows its slot, so a port is never held by two live
+/// slivers, is kept across restarts with the sliver's record, and returns to the range with
+/// the slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PublicPorts {
     /// The first port of the range.
     pub first: u16,
-    /// How many ports it holds (at most one sliver per port).
+    /// How many ports it holds.
     pub count: u16,
+    /// The most ports one sliver may lease (the block size).
+    pub per_sliver: u16,
 }
 
 impl PublicPorts {
-    /// The port slot `slot` leases, if the range reaches it.
+    /// How many slivers the range holds blocks for.
+    pub fn blocks(&self) -> u32 {
+        u32::from(self.count) / u32::from(self.per_sliver.max(1))
+    }
+
+    /// The first port of slot `slot`'s block, if the range holds one for it.
     pub fn of_slot(&self, slot: u32) -> Option<u16> {
-        let offset = u16::try_from(slot).ok().filter(|o| *o < self.count)?;
+        if slot >= self.blocks() {
+            return None;
+        }
+        let offset = u16::try_from(slot * u32::from(self.per_sliver.max(1))).ok()?;
         self.first.checked_add(offset)
+    }
+
+    /// The ports a sliver in `slot` granted `n` leases (none past its block).
+    pub fn leased(&self, slot: u32, n: u32) -> Vec<u16> {
+        let Some(start) = self.of_slot(slot) else {
+            return Vec::new();
+        };
+        (0..n.min(u32::from(self.per_sliver)))
+            .filter_map(|i| start.checked_add(u16::try_from(i).ok()?))
+            .collect()
     }
 
     /// The last port of the range.
@@ -89,11 +111,15 @@ pub struct Firewall {
     pub uplink: Option<Uplink>,
     /// ICMP echo requests, and packets with IP options, each sliver may send per second.
     pub icmp_per_sec: u32,
-    /// Leased ports: each public port and the sliver address it is forwarded to (the same
-    /// port there). One entry per slot the range reaches, written once with the table, so a
-    /// create or destroy changes nothing in it; a port whose slot is free leads nowhere.
-    pub forwards: Vec<(u16, Ipv4Addr)>,
+    /// Whether the table holds the leased-port map (`leased_ports`: public port → sliver
+    /// address, the same port there) and the chains that translate it. Its entries are added
+    /// and removed over netlink with each sliver ([`LEASED_PORTS`]); the script declares it
+    /// empty.
+    pub leases_ports: bool,
 }
+
+/// The name of the leased-port map in the node's table.
+pub const LEASED_PORTS: &str = "leased_ports";
 
 /// The default of [`Firewall::icmp_per_sec`]: enough for ping and traceroute, too little to
 /// flood anyone.
@@ -109,7 +135,7 @@ impl Firewall {
             pool_prefix,
             uplink: None,
             icmp_per_sec: DEFAULT_ICMP_PER_SEC,
-            forwards: Vec::new(),
+            leases_ports: false,
         }
     }
 
@@ -188,18 +214,12 @@ impl Firewall {
     /// The leased ports' map and the two chains that translate them: packets arriving for the
     /// public address (`prerouting`) and the node's own (`output`).
     fn write_forwards(&self, s: &mut String, public: Ipv4Addr) {
-        if self.forwards.is_empty() {
+        if !self.leases_ports {
             return;
         }
-        let elements: Vec<String> = self
-            .forwards
-            .iter()
-            .map(|(port, addr)| format!("{port} : {addr}"))
-            .collect();
         let _ = writeln!(
             s,
-            "\tmap leased_ports {{ type inet_service : ipv4_addr; elements = {{ {} }} }}",
-            elements.join(", ")
+            "\tmap {LEASED_PORTS} {{ type inet_service : ipv4_addr; }}"
         );
         // `dstnat` (-100) names the priority in prerouting only; output spells it out.
         for (hook, priority) in [("prerouting", "dstnat"), ("output", "-100")] {
@@ -293,13 +313,10 @@ mod tests {
             device: "eth0".into(),
             address: Ipv4Addr::new(192, 0, 2, 7),
         });
-        fw.forwards = vec![
-            (40000, Ipv4Addr::new(10, 199, 0, 1)),
-            (40001, Ipv4Addr::new(10, 199, 0, 3)),
-        ];
+        fw.leases_ports = true;
         let script = fw.ruleset();
         for line in [
-            "\tmap leased_ports { type inet_service : ipv4_addr; elements = { 40000 : 10.199.0.1, 40001 : 10.199.0.3 } }\n",
+            "\tmap leased_ports { type inet_service : ipv4_addr; }\n",
             "\tchain prerouting {\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n\t\tip daddr 192.0.2.7 meta l4proto { tcp, udp } dnat ip to th dport map @leased_ports\n\t}\n",
             "\tchain output {\n\t\ttype nat hook output priority -100; policy accept;\n\t\tip daddr 192.0.2.7 meta l4proto { tcp, udp } dnat ip to th dport map @leased_ports\n\t}\n",
             "\t\tct status dnat ip daddr 10.199.0.0/16 oifname != \"pm1a2b3v*\" drop\n",
@@ -315,16 +332,27 @@ mod tests {
     fn a_port_follows_its_slot_inside_the_range_only() {
         let ports = PublicPorts {
             first: 40000,
-            count: 2,
+            count: 10,
+            per_sliver: 4,
         };
+        assert_eq!(ports.blocks(), 2, "a partial block is no block");
         assert_eq!(
             (0..3).map(|s| ports.of_slot(s)).collect::<Vec<_>>(),
-            [Some(40000), Some(40001), None]
+            [Some(40000), Some(40004), None]
         );
-        assert_eq!(ports.last(), 40001);
+        assert_eq!(ports.leased(1, 2), [40004, 40005]);
+        assert_eq!(
+            ports.leased(1, 9),
+            [40004, 40005, 40006, 40007],
+            "never past the block"
+        );
+        assert_eq!(ports.leased(0, 0), Vec::<u16>::new());
+        assert_eq!(ports.leased(2, 1), Vec::<u16>::new());
+        assert_eq!(ports.last(), 40009);
         let top = PublicPorts {
             first: 65535,
             count: 2,
+            per_sliver: 1,
         };
         assert_eq!(top.of_slot(1), None, "no port past 65535");
     }

@@ -375,6 +375,14 @@ pub trait Host: Send + Sync {
     fn firewall_teardown(&self, firewall: &Firewall) -> Result<(), HostError>;
     /// Whether the node's firewall table exists.
     fn firewall_present(&self, firewall: &Firewall) -> Result<bool, HostError>;
+    /// Adds (`add`) or removes entries of the node's leased-port map: public port → sliver
+    /// address.
+    fn ports_forward(
+        &self,
+        firewall: &Firewall,
+        add: bool,
+        entries: &[(u16, Ipv4Addr)],
+    ) -> Result<(), HostError>;
 }
 
 /// One recorded call on the fake.
@@ -428,6 +436,8 @@ pub enum Call {
     FirewallSetup(String, Option<Ipv4Addr>),
     /// [`Host::firewall_teardown`] (table).
     FirewallTeardown(String),
+    /// [`Host::ports_forward`] (add, ports).
+    PortsForward(bool, Vec<u16>),
 }
 
 impl Call {
@@ -458,6 +468,7 @@ impl Call {
             Call::DiskQuotaTeardown => "disk_quota_teardown",
             Call::FirewallSetup(..) => "firewall_setup",
             Call::FirewallTeardown(..) => "firewall_teardown",
+            Call::PortsForward(..) => "ports_forward",
         }
     }
 }
@@ -869,5 +880,23 @@ impl Host for RecordingHost {
             .lock()
             .held
             .contains(&format!("firewall:{}", firewall.table)))
+    }
+
+    fn ports_forward(
+        &self,
+        _firewall: &Firewall,
+        add: bool,
+        entries: &[(u16, Ipv4Addr)],
+    ) -> Result<(), HostError> {
+        let ports: Vec<u16> = entries.iter().map(|(p, _)| *p).collect();
+        self.record(Call::PortsForward(add, ports.clone()))?;
+        for port in ports {
+            if add {
+                self.hold(format!("port:{port}"));
+            } else {
+                self.release(&format!("port:{port}"));
+            }
+        }
+        Ok(())
     }
 }

@@ -40,6 +40,7 @@ use super::sealed::SealedImage;
 mod clone;
 mod dirs;
 mod exec;
+mod nfset;
 mod nft;
 pub mod plan;
 pub mod wire;
@@ -575,5 +576,24 @@ impl Host for LinuxHost {
 
     fn firewall_present(&self, firewall: &Firewall) -> Result<bool, HostError> {
         nft::present(firewall)
+    }
+
+    fn ports_forward(
+        &self,
+        firewall: &Firewall,
+        add: bool,
+        entries: &[(u16, std::net::Ipv4Addr)],
+    ) -> Result<(), HostError> {
+        let change = if add {
+            nfset::Change::Add
+        } else {
+            nfset::Change::Remove
+        };
+        nfset::apply(
+            &firewall.table,
+            super::firewall::LEASED_PORTS,
+            change,
+            entries,
+        )
     }
 }

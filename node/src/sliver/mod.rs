@@ -272,26 +272,24 @@ impl NodeConfig {
         );
         table.uplink = policy.uplink.clone();
         table.icmp_per_sec = policy.icmp_per_sec;
-        if table.uplink.is_some()
-            && let Some(ports) = policy.ports
-        {
-            table.forwards = (0..self.slots.capacity())
-                .map_while(|slot| {
-                    let port = ports.of_slot(slot)?;
-                    let addr = self.slots.assign(slot).ok()?.sliver_addr;
-                    Some((port, addr))
-                })
-                .collect();
-        }
+        table.leases_ports = table.uplink.is_some() && policy.ports.is_some();
         Some(table)
     }
 
-    /// Where a sliver in `slot` is reached from outside: the node's public address and the
-    /// port it leases (the same port inside the sliver); `None` without an uplink or ports.
-    pub fn public_endpoint(&self, slot: u32) -> Option<(std::net::Ipv4Addr, u16)> {
+    /// Where a sliver in `slot` granted `ports` public ports is reached from outside: the
+    /// node's public address and the ports it leases (the same ports inside the sliver);
+    /// `None` without an uplink or a port range.
+    pub fn public_endpoint(&self, slot: u32, ports: u32) -> Option<(std::net::Ipv4Addr, Vec<u16>)> {
         let policy = self.network.as_ref()?;
         let uplink = policy.uplink.as_ref()?;
-        Some((uplink.address, policy.ports?.of_slot(slot)?))
+        Some((uplink.address, policy.ports?.leased(slot, ports)))
+    }
+
+    /// The most public ports one sliver may lease here (`None`: no port range).
+    fn ports_per_sliver(&self) -> Option<u32> {
+        let policy = self.network.as_ref()?;
+        policy.uplink.as_ref()?;
+        Some(u32::from(policy.ports?.per_sliver))
     }
 
     /// The defaults of node `node_id` under `state_dir`, unique to it on the machine: cgroup
@@ -429,6 +427,7 @@ struct Done {
     init: bool,
     net: bool,
     shape: bool,
+    ports: bool,
     record: bool,
 }
 
@@ -439,6 +438,7 @@ impl Done {
         init: true,
         net: true,
         shape: true,
+        ports: true,
         record: true,
     };
 }
@@ -472,7 +472,7 @@ impl<H: Host> Slivers<H> {
             && network.uplink.is_some()
             && let Some(ports) = network.ports
         {
-            config.slots.max_slots = config.slots.max_slots.min(u32::from(ports.count));
+            config.slots.max_slots = config.slots.max_slots.min(ports.blocks());
         }
         // Before anything on the host is touched: nothing of another node's is.
         let claims = Self::claim(&mut config)?;
@@ -547,6 +547,12 @@ impl<H: Host> Slivers<H> {
             }
         }
         engine.remove_orphans(&mut report);
+        // The table was made afresh: the slivers re-adopted lease their ports again.
+        if let Err(e) = engine.forward_live_ports() {
+            report
+                .problems
+                .push(format!("forwarding the live slivers' leased ports: {e}"));
+        }
         Ok((engine, report))
     }
 
@@ -745,9 +751,48 @@ impl<H: Host> Slivers<H> {
         }
     }
 
+    /// The public port map entries of a sliver: each leased port → its address.
+    fn leased_ports(&self, record: &SliverRecord) -> Vec<(u16, std::net::Ipv4Addr)> {
+        self.config
+            .public_endpoint(record.slot.slot, record.spec.resources.ports)
+            .map(|(_, ports)| {
+                ports
+                    .into_iter()
+                    .map(|p| (p, record.net.sliver_addr))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Puts every live sliver's leased ports back in the node's map (after the table was
+    /// made afresh).
+    fn forward_live_ports(&self) -> Result<(), HostError> {
+        let Some(table) = self.config.firewall() else {
+            return Ok(());
+        };
+        let live: Vec<SliverRecord> = self.lock().live.values().cloned().collect();
+        let entries: Vec<(u16, std::net::Ipv4Addr)> =
+            live.iter().flat_map(|r| self.leased_ports(r)).collect();
+        if entries.is_empty() {
+            return Ok(());
+        }
+        self.host.ports_forward(&table, true, &entries)
+    }
+
     /// Creates a sliver. On failure every step already done is undone.
     pub fn create(&self, spec: SliverSpec) -> Result<SliverRecord, SliverError> {
         spec.validate()?;
+        // A node without a public address or port range leases none: its slivers are made
+        // without, and their leases say so (no public endpoint).
+        if let Some(most) = self.config.ports_per_sliver()
+            && spec.resources.ports > most
+        {
+            return Err(SliverError::Spec(SpecError::Ports {
+                id: spec.id.to_string(),
+                asked: spec.resources.ports,
+                most,
+            }));
+        }
         let slot = {
             let mut st = self.lock();
             if st.live.contains_key(&spec.id) || st.creating.contains_key(&spec.id) {
@@ -848,6 +893,15 @@ impl<H: Host> Slivers<H> {
             .shape_add(&record.shape)
             .map_err(|e| ("add egress bucket", e))?;
         done.shape = true;
+        let entries = self.leased_ports(record);
+        if let Some(table) = self.config.firewall()
+            && !entries.is_empty()
+        {
+            done.ports = true;
+            self.host
+                .ports_forward(&table, true, &entries)
+                .map_err(|e| ("forward leased ports", e))?;
+        }
         let plan = init::InitPlan {
             hostname: spec.id.to_string(),
             steps: rootfs::mount_plan(
@@ -921,6 +975,16 @@ impl<H: Host> Slivers<H> {
                 self.host.shape_remove(&record.shape),
             );
         }
+        if done.ports
+            && let Some(table) = self.config.firewall()
+            && !self.leased_ports(record).is_empty()
+        {
+            note(
+                "stop forwarding leased ports",
+                self.host
+                    .ports_forward(&table, false, &self.leased_ports(record)),
+            );
+        }
         if done.net {
             note("detach network", self.host.net_detach(&record.net));
         }
@@ -987,6 +1051,8 @@ impl<H: Host> Slivers<H> {
         self.host
             .firewall_setup(&table)
             .map_err(|e| host_err("restore the firewall", e))?;
+        self.forward_live_ports()
+            .map_err(|e| host_err("restore the leased ports", e))?;
         tracing::warn!(
             table = %table.table,
             "the node's firewall table was gone (changed by hand?); restored it"

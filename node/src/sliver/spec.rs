@@ -28,6 +28,19 @@ pub enum SpecError {
     /// The host pid view was asked for a regular sliver.
     #[error("sliver {0}: only an admin sliver may see the host's processes")]
     HostPidViewNotAdmin(String),
+    /// More public ports than the node leases one sliver.
+    #[error(
+        "sliver {id}: {asked} public ports asked; this node leases at most {most} per sliver \
+         (ports_per_sliver)"
+    )]
+    Ports {
+        /// The sliver.
+        id: String,
+        /// What was asked.
+        asked: u32,
+        /// The most one sliver may lease here.
+        most: u32,
+    },
     /// Memory below what an init and a shell need.
     #[error("sliver {id}: memory {bytes} bytes is below the minimum of {min} bytes")]
     MemoryTooSmall {

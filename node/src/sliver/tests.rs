@@ -17,6 +17,7 @@ fn spec(id: &str) -> SliverSpec {
             memory_bytes: 64 << 20,
             disk_bytes: 1 << 30,
             egress_kbps: 8_000,
+            ports: 0,
         },
     )
 }
@@ -602,7 +603,11 @@ fn networked(dir: &std::path::Path) -> Slivers<RecordingHost> {
             address: std::net::Ipv4Addr::new(192, 0, 2, 7),
         }),
         icmp_per_sec: 10,
-        ports: None,
+        ports: Some(firewall::PublicPorts {
+            first: 40000,
+            count: 8,
+            per_sliver: 2,
+        }),
     });
     Slivers::open(RecordingHost::new(), config).unwrap().0
 }
@@ -668,4 +673,37 @@ fn a_clean_shutdown_removes_the_table_only_when_no_sliver_lives_and_wipe_always(
     wiped.create(spec("beta")).unwrap();
     wiped.destroy_all().unwrap();
     assert!(wiped.host().held().is_empty(), "{:?}", wiped.host().held());
+}
+
+#[test]
+fn leased_ports_are_forwarded_at_create_and_withdrawn_at_destroy_within_the_block() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = networked(tmp.path());
+    e.host().clear_calls();
+    let mut s = spec("alpha");
+    s.resources.ports = 2;
+    let rec = e.create(s).unwrap();
+    assert!(
+        e.host()
+            .calls()
+            .contains(&Call::PortsForward(true, vec![40000, 40001]))
+    );
+    assert_eq!(
+        e.config().public_endpoint(rec.slot.slot, 2),
+        Some((std::net::Ipv4Addr::new(192, 0, 2, 7), vec![40000, 40001]))
+    );
+    let mut greedy = spec("greedy");
+    greedy.resources.ports = 3;
+    let refused = e.create(greedy).unwrap_err().to_string();
+    assert!(refused.contains("at most 2 per sliver"), "{refused}");
+    // No port asked, none forwarded; the range (8 ports in blocks of 2) holds 4 slivers.
+    e.create(spec("beta")).unwrap();
+    assert_eq!(e.config().slots.max_slots, 4);
+    e.destroy(&SliverId::new("alpha").unwrap(), false).unwrap();
+    assert!(
+        e.host()
+            .calls()
+            .contains(&Call::PortsForward(false, vec![40000, 40001]))
+    );
+    assert!(!e.host().held().iter().any(|h| h.starts_with("port:")));
 }

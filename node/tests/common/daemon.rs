@@ -153,6 +153,7 @@ impl LinuxNode {
                 memory_bytes: 64 << 20,
                 disk_bytes: 16 << 20,
                 egress_kbps: 1000,
+                ports: 0,
             },
         )
     }

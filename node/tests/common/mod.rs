@@ -104,6 +104,7 @@ pub fn spec(name: &str) -> SliverSpec {
             memory_bytes: 128 << 20,
             disk_bytes: 1 << 30,
             egress_kbps: 10_000,
+            ports: 0,
         },
     )
 }
