@@ -1035,4 +1035,104 @@ mod tests {
             expected
         );
     }
+
+    #[test]
+    fn ifb_create() {
+        let expected = hex("
+            40 00 00 00  // nlmsg_len 64
+            10 00 05 06  // RTM_NEWLINK (16), REQUEST|ACK|EXCL|CREATE
+            01 00 00 00  00 00 00 00  // seq, pid
+            00 00 00 00  // ifinfomsg: family AF_UNSPEC, pad, type 0
+            00 00 00 00  // ifi_index 0
+            00 00 00 00  // ifi_flags
+            00 00 00 00  // ifi_change
+            0b 00 03 00  // nla len 11, IFLA_IFNAME (3)
+            70 6d 69 66 62 30 00 00  // \"pmifb0\\0\" + pad
+            08 00 0d 00  // nla len 8, IFLA_TXQLEN (13)
+            e8 03 00 00  // 1000 packets
+            0c 00 12 00  // nla len 12, IFLA_LINKINFO (18)
+            08 00 01 00  //   nla len 8, IFLA_INFO_KIND (1)
+            69 66 62 00  //   \"ifb\\0\"
+        ");
+        assert_eq!(bytes(build::ifb_create("pmifb0")), expected);
+    }
+
+    #[test]
+    fn link_delete() {
+        let expected = hex("
+            28 00 00 00  // nlmsg_len 40
+            11 00 05 00  // RTM_DELLINK (17), REQUEST|ACK
+            01 00 00 00  00 00 00 00  // seq, pid
+            00 00 00 00  // ifinfomsg: family, pad, type
+            00 00 00 00  // ifi_index 0 (the link is named)
+            00 00 00 00  // ifi_flags
+            00 00 00 00  // ifi_change
+            08 00 03 00  // nla len 8, IFLA_IFNAME (3)
+            70 6d 33 00  // \"pm3\\0\"
+        ");
+        assert_eq!(bytes(build::link_delete("pm3")), expected);
+    }
+
+    #[test]
+    fn default_route() {
+        let expected = hex("
+            34 00 00 00  // nlmsg_len 52
+            18 00 05 06  // RTM_NEWROUTE (24), REQUEST|ACK|EXCL|CREATE
+            01 00 00 00  00 00 00 00  // seq, pid
+            02           // rtmsg.rtm_family AF_INET
+            00           // rtm_dst_len 0 (the default route)
+            00           // rtm_src_len 0
+            00           // rtm_tos 0
+            fe           // rtm_table RT_TABLE_MAIN (254)
+            04           // rtm_protocol RTPROT_STATIC (4)
+            00           // rtm_scope RT_SCOPE_UNIVERSE (0)
+            01           // rtm_type RTN_UNICAST (1)
+            00 00 00 00  // rtm_flags
+            08 00 01 00  00 00 00 00  // RTA_DST (1) 0.0.0.0
+            08 00 05 00  0a 01 00 06  // RTA_GATEWAY (5) 10.1.0.6
+            08 00 04 00  07 00 00 00  // RTA_OIF (4) link 7
+        ");
+        assert_eq!(
+            bytes(build::default_route(7, Ipv4Addr::new(10, 1, 0, 6))),
+            expected
+        );
+    }
+
+    #[test]
+    fn class_delete() {
+        let expected = hex("
+            24 00 00 00  // nlmsg_len 36
+            29 00 05 00  // RTM_DELTCLASS (41), REQUEST|ACK
+            01 00 00 00  00 00 00 00  // seq, pid
+            00 00 00 00  // tcmsg: family, pads
+            09 00 00 00  // tcm_ifindex 9
+            10 00 01 00  // tcm_handle 1:10
+            00 00 00 00  // tcm_parent 0 (the class is named by its handle)
+            00 00 00 00  // tcm_info
+        ");
+        assert_eq!(bytes(build::class_delete(9, CLASS_1_10)), expected);
+    }
+
+    #[test]
+    fn filter_delete() {
+        let expected = hex("
+            24 00 00 00  // nlmsg_len 36
+            2d 00 05 00  // RTM_DELTFILTER (45), REQUEST|ACK
+            01 00 00 00  00 00 00 00  // seq, pid
+            00 00 00 00  // tcmsg: family, pads
+            09 00 00 00  // tcm_ifindex 9
+            00 00 00 00  // tcm_handle 0 (every filter at the priority)
+            00 00 01 00  // tcm_parent 1:0
+            08 00 10 00  // tcm_info: protocol htons(ETH_P_IP), prio 0x10 in the high half
+        ");
+        assert_eq!(
+            bytes(build::filter_delete(
+                9,
+                TcHandle { major: 1, minor: 0 },
+                0x10,
+                ETH_P_IP
+            )),
+            expected
+        );
+    }
 }
