@@ -327,8 +327,7 @@ impl Host for LinuxHost {
     }
 
     fn net_detach(&self, net: &NetAttach) -> Result<(), HostError> {
-        Self::netlink()?.link_delete(&net.host_if)?;
-        Ok(())
+        wire::link_remove(&mut Self::netlink()?, &net.host_if)
     }
 
     fn shaping_setup(&self, node: &NodeShaping) -> Result<(), HostError> {
@@ -336,8 +335,7 @@ impl Host for LinuxHost {
     }
 
     fn shaping_teardown(&self, node: &NodeShaping) -> Result<(), HostError> {
-        Self::netlink()?.link_delete(&node.ifb)?;
-        Ok(())
+        wire::link_remove(&mut Self::netlink()?, &node.ifb)
     }
 
     fn shape_add(&self, shape: &Shape) -> Result<(), HostError> {
@@ -381,10 +379,7 @@ impl Host for LinuxHost {
     fn remove_orphan(&self, scope: &OrphanScope, orphan: &Orphan) -> Result<(), HostError> {
         match orphan {
             Orphan::Cgroup(name) => self.cgroup_destroy(&plan::orphan_cgroup(scope, name)),
-            Orphan::Link(name) => Self::netlink()?
-                .link_delete(name)
-                .map(|_| ())
-                .map_err(Into::into),
+            Orphan::Link(name) => wire::link_remove(&mut Self::netlink()?, name),
             // A sliver's classifier has its class minor as priority.
             Orphan::Class(minor) => {
                 wire::bucket_remove(&mut Self::netlink()?, &scope.ifb, *minor, *minor)

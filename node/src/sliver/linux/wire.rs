@@ -153,6 +153,15 @@ pub fn shaping_setup(nl: &mut impl Rtnl, node: &NodeShaping) -> Result<(), HostE
     Ok(())
 }
 
+/// Deletes link `name` (a sliver's veth, the node's shaping device, an orphaned veth); a link
+/// already gone (`ENODEV`) is no error.
+pub fn link_remove(nl: &mut impl Rtnl, name: &str) -> Result<(), HostError> {
+    match nl.ack(build::link_delete(name)) {
+        Err(e) if e.errno() == Some(libc::ENODEV) => Ok(()),
+        r => Ok(r?),
+    }
+}
+
 /// Removes a sliver's classifier (priority `prio`) and bucket (class `1:minor`) from the
 /// shaping device `ifb`; what is already gone (or the device itself) is no error.
 pub fn bucket_remove(
@@ -247,6 +256,16 @@ mod tests {
             if req.op.starts_with("create ifb") {
                 self.links.insert("pmifb0".into(), 9);
             }
+            // As the kernel does: a link deleted is gone, one not there is ENODEV.
+            let result = match req.op.strip_prefix("delete link ") {
+                Some(name) if result.is_ok() && self.links.remove(name).is_none() => {
+                    Err(NetlinkError::Kernel {
+                        op: req.op.clone(),
+                        source: std::io::Error::from_raw_os_error(libc::ENODEV),
+                    })
+                }
+                _ => result,
+            };
             self.sent.push((req.op, encode(req.msg, req.flags, 1)));
             result
         }
@@ -485,6 +504,30 @@ mod tests {
         assert_eq!(
             egress_counters(&mut nl, &node).unwrap(),
             BTreeMap::from([(0x10, 16_000), (0x11, 17_000)])
+        );
+    }
+
+    #[test]
+    fn a_link_is_deleted_by_name_and_one_already_gone_is_no_error() {
+        let mut nl = Fake::default();
+        nl.links.insert("pm3".into(), 12);
+        link_remove(&mut nl, "pm3").unwrap();
+        assert!(!nl.links.contains_key("pm3"));
+        // Gone already (the kernel's ENODEV): no error, as before.
+        link_remove(&mut nl, "pm3").unwrap();
+        assert_eq!(
+            nl.sent,
+            vec![
+                bytes(build::link_delete("pm3")),
+                bytes(build::link_delete("pm3"))
+            ]
+        );
+        nl.links.insert("pmifb0".into(), 9);
+        nl.refuse = vec![("delete link", libc::EBUSY)];
+        let err = link_remove(&mut nl, "pmifb0").unwrap_err();
+        assert!(
+            matches!(&err, HostError::Netlink(e) if e.errno() == Some(libc::EBUSY)),
+            "{err}"
         );
     }
 }
