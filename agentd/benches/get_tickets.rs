@@ -125,6 +125,7 @@ fn main() {
         not_before: NOW,
         not_after: NOW + 3600,
         max_price: None,
+        net: Default::default(),
     };
     let round = |agent: &Agent| {
         let start = Instant::now();
@@ -165,6 +166,7 @@ fn main() {
         operations: capability_schema::ticket::Operation::ALL
             .into_iter()
             .collect(),
+        net: Default::default(),
     };
     let minter = Minter::new(&agent_key);
     let mut one_mint = repeat(200, || {

@@ -353,6 +353,7 @@ impl Agent {
             slivers: u32::try_from(request.slivers.len()).unwrap_or(u32::MAX),
             total,
             duration_secs: request.not_after - start,
+            net_raw: request.net.raw,
         };
         let federation_total = facts
             .federation
@@ -422,6 +423,7 @@ impl Agent {
                 window: Window::new(request.not_before.min(start), not_after),
                 holder: request.principal,
                 operations: BTreeSet::from([Operation::Redeem, Operation::Renew]),
+                net: request.net,
             };
             planned.push(Planned {
                 spec,

@@ -55,6 +55,10 @@ pub struct PrincipalEntry {
     /// Its quota (none: the default quota).
     #[serde(default)]
     pub quota: Option<Quota>,
+    /// Whether its slivers may hold raw sockets (`net_raw` in a request; default false; the
+    /// admin role may always).
+    #[serde(default)]
+    pub net_raw: bool,
 }
 
 /// The policy file.
@@ -138,6 +142,8 @@ pub struct Ask<'a> {
     pub total: Resources,
     /// Seconds from now to the tickets' end.
     pub duration_secs: u64,
+    /// Whether raw sockets are asked for.
+    pub net_raw: bool,
 }
 
 /// The policy, indexed.
@@ -259,6 +265,15 @@ impl Policy {
                 "admin slices are only for principals with the admin role".into(),
             ));
         }
+        // 4b. raw sockets: only for principals the policy names (or admins)
+        if ask.net_raw && role != PrincipalRole::Admin && !listed.is_some_and(|e| e.net_raw) {
+            return Err(refuse(
+                "net-raw",
+                "raw sockets are granted only to principals this agent's policy lists with \
+                 net_raw = true"
+                    .into(),
+            ));
+        }
         // 5. duration
         if ask.duration_secs > self.config.max_duration_secs {
             return Err(refuse(
@@ -348,6 +363,7 @@ mod tests {
             slivers,
             total: Resources::ZERO,
             duration_secs: 3600,
+            net_raw: false,
         }
     }
 
@@ -405,6 +421,7 @@ mod tests {
             role: PrincipalRole::Admin,
             slice_prefixes: vec![],
             quota: None,
+            net_raw: false,
         });
         let p = Policy::new(config);
         let mut admin_ask = ask("princeton_admin", 1);
@@ -551,6 +568,52 @@ mod tests {
                 .unwrap()
                 .cpu_millis,
             2000
+        );
+    }
+
+    #[test]
+    fn raw_sockets_only_for_principals_the_policy_names_or_admins() {
+        let mut config = PolicyConfig::default();
+        for (n, role, net_raw) in [
+            (2, PrincipalRole::User, true),
+            (3, PrincipalRole::User, false),
+            (4, PrincipalRole::Admin, false),
+        ] {
+            config.principals.push(PrincipalEntry {
+                key: test_key(n).public(),
+                role,
+                slice_prefixes: vec!["plc_".into()],
+                quota: None,
+                net_raw,
+            });
+        }
+        let policy = Policy::new(config);
+        let mut raw = ask("plc_probe", 1);
+        raw.net_raw = true;
+        let judge = |n: u8| {
+            let mut who = member(n);
+            who.key = test_key(n).public();
+            policy.check(&who, Usage::default(), Resources::ZERO, &raw)
+        };
+        assert!(judge(2).is_ok());
+        assert!(judge(4).is_ok());
+        let refused = judge(3).unwrap_err();
+        assert!(
+            matches!(&refused, Rejection::Policy { rule, .. } if rule == "net-raw"),
+            "{refused:?}"
+        );
+        // Without raw sockets asked, the same principal is served.
+        let mut who = member(3);
+        who.key = test_key(3).public();
+        assert!(
+            policy
+                .check(
+                    &who,
+                    Usage::default(),
+                    Resources::ZERO,
+                    &ask("plc_probe", 1)
+                )
+                .is_ok()
         );
     }
 }

@@ -204,6 +204,7 @@ async fn malformed_and_oversized_requests_are_refused_and_the_daemon_keeps_servi
             not_before: federation::unix_now(),
             not_after: federation::unix_now() + 600,
             max_price: None,
+            net: Default::default(),
         }),
         WAIT,
     ))

@@ -141,6 +141,7 @@ fn request(
         not_before: NOW,
         not_after: NOW + 3600,
         max_price: None,
+        net: Default::default(),
     }
 }
 

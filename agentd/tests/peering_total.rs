@@ -104,6 +104,7 @@ fn ask(
         not_before: NOW,
         not_after: NOW + 3600,
         max_price: None,
+        net: Default::default(),
     };
     match agent.handle(trust, &who.public(), AgentRequest::GetTickets(request), NOW)? {
         AgentResponse::Tickets { issued, refused } => {

@@ -68,6 +68,7 @@ fn request() -> SliceRequest {
         },
         duration_secs: 3600,
         mode: AcquireMode::BestEffort,
+        net: Default::default(),
     }
 }
 

@@ -655,6 +655,7 @@ impl<'a, C: AgentClient> Acquisition<'a, C> {
             not_before: self.not_before,
             not_after: self.not_after,
             max_price: request.constraints.max_price,
+            net: request.net,
         }
     }
 

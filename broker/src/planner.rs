@@ -835,6 +835,7 @@ mod tests {
             constraints: SliceConstraints::default(),
             duration_secs: 3600,
             mode: AcquireMode::AllOrNothing,
+            net: Default::default(),
         }
     }
 

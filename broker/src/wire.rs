@@ -81,6 +81,7 @@ mod tests {
             },
             duration_secs: 60,
             mode: AcquireMode::BestEffort,
+            net: Default::default(),
         }
     }
 

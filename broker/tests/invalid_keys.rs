@@ -86,6 +86,7 @@ fn find(principal: PublicKey) -> BrokerCall {
             constraints: SliceConstraints::default(),
             duration_secs: 60,
             mode: AcquireMode::AllOrNothing,
+            net: Default::default(),
         },
         None,
     ))

@@ -54,6 +54,7 @@ fn spec() -> TicketSpec {
         window: Window::new(NOW - 60, NOW + 3600),
         holder: alice().public(),
         operations: Operation::ALL.into_iter().collect(),
+        net: Default::default(),
     }
 }
 

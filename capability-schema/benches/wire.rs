@@ -86,6 +86,7 @@ fn sample_lease() -> Lease {
         public: None,
         start: 0,
         end: 3600,
+        net: Default::default(),
     }
 }
 

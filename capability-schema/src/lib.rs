@@ -36,5 +36,5 @@ pub use membership::{MembershipCert, PeeringAgreement, RevocationList, Role};
 pub use rejection::{ErrorReply, Rejection};
 pub use resources::{Resources, ResourcesError};
 pub use signed::{SignatureError, Signed, SignedType};
-pub use slice::{AcquireMode, Lease, PublicEndpoint, SliceKind, SliceRequest};
+pub use slice::{AcquireMode, Lease, NetGrant, PublicEndpoint, SliceKind, SliceRequest};
 pub use ticket::{Ticket, TicketError, TicketId, TicketRefusal, TicketVerifier, VerifiedTicket};

@@ -21,7 +21,9 @@ use crate::membership::MembershipCert;
 use crate::rejection::ErrorReply;
 use crate::resources::Resources;
 use crate::signed::Signed;
-use crate::slice::{AcquireMode, Lease, SliceConstraints, SliceKind, SliceRequest, SliverTarget};
+use crate::slice::{
+    AcquireMode, Lease, NetGrant, SliceConstraints, SliceKind, SliceRequest, SliverTarget,
+};
 
 mod report;
 
@@ -135,6 +137,9 @@ pub struct TicketRequest {
     pub not_after: u64,
     /// At most this price per sliver, in micro-credits (none: any).
     pub max_price: Option<u64>,
+    /// Network grants asked for each sliver (absent: none).
+    #[serde(default, skip_serializing_if = "NetGrant::is_default")]
+    pub net: NetGrant,
 }
 
 /// A ticket the agent minted.
@@ -432,6 +437,9 @@ pub struct SliceAsk {
     pub duration_secs: u64,
     /// All or nothing, or best effort.
     pub mode: AcquireMode,
+    /// Network grants asked for each sliver (absent: none).
+    #[serde(default, skip_serializing_if = "NetGrant::is_default")]
+    pub net: NetGrant,
     /// The principal's membership certificate, shown to agents (none: agents serve the
     /// principal only if their policy lists its key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -456,6 +464,7 @@ impl SliceAsk {
             constraints,
             duration_secs,
             mode,
+            net,
         } = request;
         SliceAsk {
             name,
@@ -467,6 +476,7 @@ impl SliceAsk {
             constraints,
             duration_secs,
             mode,
+            net,
             principal_cert,
             detailed_failure: false,
         }
@@ -490,6 +500,7 @@ impl SliceAsk {
             constraints: self.constraints,
             duration_secs: self.duration_secs,
             mode: self.mode,
+            net: self.net,
         };
         (request, self.principal_cert)
     }

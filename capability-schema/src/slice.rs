@@ -108,6 +108,33 @@ pub struct SliceConstraints {
     pub max_price: Option<u64>,
 }
 
+/// What a sliver may do on the network beyond a regular sliver's defaults (paper §3.2,
+/// §3.3). Each part is off unless granted; off parts are left out of every encoding, so
+/// requests, tickets and leases without them encode as before.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct NetGrant {
+    /// Raw sockets (CAP_NET_RAW) in the sliver's own network namespace, for ping, traceroute
+    /// and measurement services: what it sends still carries only its own address, and it sees
+    /// only its own traffic. An agent grants it only to principals its policy names.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub raw: bool,
+    /// Egress held to the granted rate (a hard cap) instead of guaranteed at that rate and
+    /// sharing the node's excess fairly.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub egress_cap: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl NetGrant {
+    /// Whether nothing beyond the defaults is granted.
+    pub fn is_default(&self) -> bool {
+        *self == NetGrant::default()
+    }
+}
+
 /// A service manager's request for a slice.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SliceRequest {
@@ -129,6 +156,9 @@ pub struct SliceRequest {
     pub duration_secs: u64,
     /// All or nothing, or best effort.
     pub mode: AcquireMode,
+    /// Network grants asked for each sliver (absent: none).
+    #[serde(default, skip_serializing_if = "NetGrant::is_default")]
+    pub net: NetGrant,
 }
 
 /// A lease: the node's signed promise.
@@ -159,6 +189,9 @@ pub struct Lease {
     /// the encoding then, so such leases encode as before).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub public: Option<PublicEndpoint>,
+    /// Network grants the ticket carried (absent: none).
+    #[serde(default, skip_serializing_if = "NetGrant::is_default")]
+    pub net: NetGrant,
     /// Unix seconds the lease began.
     pub start: u64,
     /// Unix seconds it ends.

@@ -240,6 +240,8 @@ pub struct TicketSpec {
     pub holder: PublicKey,
     /// The operations allowed.
     pub operations: BTreeSet<Operation>,
+    /// Network grants (raw sockets, a hard egress cap); none by default.
+    pub net: crate::slice::NetGrant,
 }
 
 /// What an attenuation narrows; `None` leaves that part as it is.
@@ -394,6 +396,7 @@ impl Minter {
             holder: spec.holder,
             operations: spec.operations.clone(),
             price,
+            net: spec.net,
         };
         let builder = Biscuit::builder()
             .fact(vocabulary::ticket_fact(&authority))?

@@ -74,6 +74,7 @@ fn spec() -> TicketSpec {
         window: Window::new(NOT_BEFORE, NOT_AFTER),
         holder: alice().public(),
         operations: Operation::ALL.into_iter().collect(),
+        net: Default::default(),
     }
 }
 
@@ -257,6 +258,7 @@ fn fresh_ticket_is_accepted_with_its_grant() {
             holder: alice().public(),
             operations: Operation::ALL.into_iter().collect(),
             price: None,
+            net: Default::default(),
         }
     );
 }
@@ -1416,4 +1418,32 @@ fn ports_travel_in_the_ticket_and_attenuate_like_any_resource() {
     ));
     // A ticket without ports states none, as tickets did before ports existed.
     assert_eq!(mint().contents().unwrap().grant.ports, 0);
+}
+
+#[test]
+fn network_grants_travel_in_the_ticket_and_no_block_can_add_one() {
+    let granted = Ticket::mint(
+        &agent(),
+        &TicketSpec {
+            net: capability_schema::NetGrant {
+                raw: true,
+                egress_cap: true,
+            },
+            ..spec()
+        },
+    )
+    .unwrap();
+    let net = granted.contents().unwrap().net;
+    assert!(net.raw && net.egress_cap, "{net:?}");
+    // A regular ticket without grants states none, and keeps none after attenuation and
+    // delegation.
+    let plain = mint()
+        .attenuate(&Attenuation {
+            resources: Some(small()),
+            ..Attenuation::default()
+        })
+        .unwrap()
+        .delegate(&alice(), &bob().public())
+        .unwrap();
+    assert!(plain.contents().unwrap().net.is_default());
 }

@@ -157,6 +157,7 @@ fn lease() -> Signed<Lease> {
             public: None,
             start: T0,
             end: T0 + 3600,
+            net: Default::default(),
         },
     )
 }
@@ -177,6 +178,7 @@ fn slice_request() -> SliceRequest {
         },
         duration_secs: 3600,
         mode: AcquireMode::BestEffort,
+        net: Default::default(),
     }
 }
 
@@ -325,6 +327,7 @@ fn every_protocol_message_round_trips() {
             not_before: T0,
             not_after: T0 + 1,
             max_price: None,
+            net: Default::default(),
         }),
         AgentRequest::Released {
             ticket_ids: vec!["ab".into()],
@@ -524,6 +527,7 @@ fn slice_requests() -> impl Strategy<Value = SliceRequest> {
                     } else {
                         AcquireMode::AllOrNothing
                     },
+                    net: Default::default(),
                 }
             },
         )
@@ -557,6 +561,7 @@ fn leases() -> impl Strategy<Value = Lease> {
                 public: None,
                 start,
                 end,
+                net: Default::default(),
             },
         )
 }

@@ -77,6 +77,7 @@ fn ask(cert: capability_schema::Signed<capability_schema::MembershipCert>) -> Ag
         not_before: 0,
         not_after: 0,
         max_price: None,
+        net: Default::default(),
     })
 }
 

@@ -39,6 +39,7 @@ static VALID: LazyLock<Ticket> = LazyLock::new(|| {
         window: Window::new(NOW - 60, NOW + 60),
         holder: test_key(3).public(),
         operations: Operation::ALL.into_iter().collect(),
+        net: Default::default(),
     };
     Ticket::mint(&test_key(1), &spec).expect("a valid spec mints")
 });

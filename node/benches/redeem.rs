@@ -262,6 +262,7 @@ async fn bench(isolation: &str) -> anyhow::Result<()> {
             window: Window::new(now - 5, now + 3600),
             holder: client_key.public(),
             operations: BTreeSet::from([Operation::Redeem]),
+            net: Default::default(),
         };
         Ticket::mint(&agent, &spec)
             .and_then(|t| t.to_bytes())

@@ -782,6 +782,7 @@ mod tests {
                 public: None,
                 start: 0,
                 end: 100,
+                net: Default::default(),
             },
             grant: cpu(millis),
             ticket_not_after: 200,

@@ -213,6 +213,7 @@ async fn scenario() {
                 window: Window::new(now - 5, now + 3600),
                 holder: alice.public(),
                 operations: BTreeSet::from([Operation::Redeem, Operation::Renew]),
+                net: Default::default(),
             };
             Ticket::mint(&agent, &spec).unwrap().to_bytes().unwrap()
         })

@@ -96,6 +96,7 @@ async fn redeem_over_libp2p_and_serve_status() {
         window: Window::new(now - 5, now + 600),
         holder: alice.public(),
         operations: BTreeSet::from([Operation::Redeem, Operation::Renew]),
+        net: Default::default(),
     };
     let ticket = Ticket::mint(&agent, &spec).unwrap().to_bytes().unwrap();
     let redeem = NodeRequest::Redeem {

@@ -618,3 +618,85 @@ fn a_restarted_node_forwards_its_live_slivers_ports_again() {
     assert_eq!(adopted, vec![common::id("kept")]);
     assert_eq!(reached, format!("you are {inet_addr}\n"));
 }
+
+#[test]
+fn a_raw_socket_sees_only_its_own_slivers_traffic_and_needs_the_grant() {
+    if !root_or_skip() {
+        return;
+    }
+    let world = World::new();
+    let inet_addr = world.inet_addr;
+    let policy = world.policy(10);
+    let seen = World::within(&world.node_ns, move || {
+        let f = engine(policy)?;
+        let mut sniffer = spec("raw-a");
+        sniffer.capabilities = vec!["CAP_NET_RAW".into()];
+        let a = f.engine.create(sniffer).expect("create");
+        f.engine.create(spec("raw-b")).expect("create");
+        f.engine.create(spec("raw-none")).expect("create");
+        // For 3 s, count the UDP datagrams its raw socket sees, by payload.
+        let mut sniff = ExecCommand::new([
+            "/usr/bin/python3",
+            "-c",
+            "import socket,time\n\
+             s=socket.socket(socket.AF_INET,socket.SOCK_RAW,socket.IPPROTO_UDP); s.settimeout(0.2)\n\
+             own=other=0; end=time.time()+3\n\
+             while time.time()<end:\n\
+             \ttry:\n\
+             \t\td=s.recv(2048)\n\
+             \t\town+=b'from-a' in d; other+=b'from-b' in d\n\
+             \texcept socket.timeout: pass\n\
+             print(own, other)\n",
+        ]);
+        sniff.timeout = Duration::from_secs(10);
+        let mut child = f.engine.spawn(&a.spec.id, &sniff).expect("spawn").child;
+        std::thread::sleep(Duration::from_millis(500));
+        let send = |from: &str, tag: &str, to: &str| {
+            python(
+                &f,
+                from,
+                &format!(
+                    "import socket\nu=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+                     for i in range(10): u.sendto(b'{tag}',('{to}',9))\n"
+                ),
+            )
+        };
+        // Another sliver's traffic to the Internet, and (the control) the sniffer's own
+        // sliver's traffic on its loopback.
+        let b_sent = send("raw-b", "from-b", &inet_addr.to_string());
+        let a_sent = send("raw-a", "from-a", "127.0.0.1");
+        let mut out = String::new();
+        if let Some(mut stdout) = child.stdout.take() {
+            let _ = stdout.read_to_string(&mut out);
+        }
+        let _ = child.wait();
+        let denied = python(
+            &f,
+            "raw-none",
+            "import socket\n\
+             try:\n\
+             \tsocket.socket(socket.AF_INET,socket.SOCK_RAW,socket.IPPROTO_UDP); print('opened')\n\
+             except PermissionError: print('denied')\n",
+        );
+        Some((out, b_sent, a_sent, denied))
+    });
+    let Some((out, b_sent, a_sent, denied)) = seen else {
+        return;
+    };
+    assert!(
+        b_sent.success() && a_sent.success(),
+        "{b_sent:?} {a_sent:?}"
+    );
+    let counts: Vec<u32> = out.split_whitespace().map(|n| n.parse().unwrap()).collect();
+    assert_eq!(counts.len(), 2, "sniffer output: {out:?}");
+    assert!(
+        counts[0] >= 10,
+        "it sees its own sliver's datagrams: {counts:?}"
+    );
+    assert_eq!(counts[1], 0, "and none of another sliver's: {counts:?}");
+    assert_eq!(
+        denied.stdout_text(),
+        "denied\n",
+        "no raw socket without the grant"
+    );
+}

@@ -114,6 +114,7 @@ fn ticket_by(issuer: &SecretKey, slice: &str, millis: u64, window: Window) -> Ve
         window,
         holder: alice().public(),
         operations: BTreeSet::from([Operation::Redeem, Operation::Renew]),
+        net: Default::default(),
     };
     Ticket::mint(issuer, &spec).unwrap().to_bytes().unwrap()
 }

@@ -20,7 +20,7 @@
 use std::path::Path;
 
 use capability_schema::slice::{SliceConstraints, SliceKind, SliverTarget};
-use capability_schema::{AcquireMode, PublicKey, Resources, SliceRequest};
+use capability_schema::{AcquireMode, NetGrant, PublicKey, Resources, SliceRequest};
 use serde::{Deserialize, Serialize};
 
 /// Public ports a sliver leases when its resources do not say (`ports=N`).
@@ -91,6 +91,12 @@ pub struct SliceSpec {
     /// Admin slices: see the host's processes.
     #[serde(default)]
     pub host_pids: bool,
+    /// Raw sockets in each sliver's own network namespace (granted by agents' policy).
+    #[serde(default)]
+    pub net_raw: bool,
+    /// Each sliver's egress held to its granted rate (no share of the node's excess).
+    #[serde(default)]
+    pub egress_cap: bool,
     /// Where slivers may go.
     #[serde(default)]
     pub constraints: SpecConstraints,
@@ -148,6 +154,8 @@ impl SliceSpec {
             admin: false,
             capabilities: Vec::new(),
             host_pids: false,
+            net_raw: false,
+            egress_cap: false,
             constraints: SpecConstraints::default(),
         }
     }
@@ -236,6 +244,10 @@ impl SliceSpec {
             },
             duration_secs: parse_duration(&self.duration)?,
             mode: self.mode,
+            net: NetGrant {
+                raw: self.net_raw,
+                egress_cap: self.egress_cap,
+            },
         })
     }
 }

@@ -339,6 +339,7 @@ mod tests {
                 constraints: SliceConstraints::default(),
                 duration_secs: 60,
                 mode: AcquireMode::AllOrNothing,
+                net: Default::default(),
             },
             lease_secs: None,
             created_at: 1,
@@ -377,6 +378,7 @@ mod tests {
             public: None,
             start: 0,
             end: 10,
+            net: Default::default(),
         };
         LeaseEntry {
             signed: Signed::sign(&key, &body),

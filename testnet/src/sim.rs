@@ -1473,6 +1473,7 @@ impl<'c, P: FnMut(&str)> Sim<'c, P> {
             },
             duration_secs: 3600,
             mode: AcquireMode::BestEffort,
+            net: Default::default(),
         };
         let mut times = Vec::new();
         let mut last_plan = None;

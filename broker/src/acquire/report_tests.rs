@@ -175,6 +175,7 @@ fn request(target: SliverTarget, mode: AcquireMode) -> SliceRequest {
         constraints: SliceConstraints::default(),
         duration_secs: 600,
         mode,
+        net: Default::default(),
     }
 }
 

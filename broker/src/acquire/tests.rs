@@ -272,6 +272,7 @@ fn request(count: u32, mode: AcquireMode) -> SliceRequest {
         constraints: SliceConstraints::default(),
         duration_secs: 600,
         mode,
+        net: Default::default(),
     }
 }
 

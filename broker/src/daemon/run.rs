@@ -328,6 +328,7 @@ mod tests {
             },
             duration_secs: 60,
             mode: AcquireMode::AllOrNothing,
+            net: Default::default(),
         }
     }
 

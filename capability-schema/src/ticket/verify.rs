@@ -31,7 +31,7 @@ use super::vocabulary::{self, QUERIES};
 use super::{MAX_TICKET_BLOCKS, MAX_TICKET_BYTES, Operation, Ticket, TicketId, Window};
 use crate::identity::PublicKey;
 use crate::resources::Resources;
-use crate::slice::SliceKind;
+use crate::slice::{NetGrant, SliceKind};
 
 /// The root key id a ticket carries for its issuer: the first four bytes of the issuer's key
 /// (the same eight hex digits as [`PublicKey::short`]).
@@ -210,6 +210,9 @@ pub struct TicketContents {
     /// ticket states no price). No block can change it.
     #[serde(default)]
     pub price: Option<u64>,
+    /// Network grants (raw sockets, a hard egress cap); no block can add one.
+    #[serde(default, skip_serializing_if = "NetGrant::is_default")]
+    pub net: NetGrant,
 }
 
 impl TicketContents {
@@ -251,6 +254,9 @@ pub struct VerifiedTicket {
     /// ticket states no price).
     #[serde(default)]
     pub price: Option<u64>,
+    /// Network grants.
+    #[serde(default, skip_serializing_if = "NetGrant::is_default")]
+    pub net: NetGrant,
 }
 
 impl From<TicketContents> for VerifiedTicket {
@@ -268,6 +274,7 @@ impl From<TicketContents> for VerifiedTicket {
             holder: c.holder,
             operations: c.operations,
             price: c.price,
+            net: c.net,
         }
     }
 }
@@ -760,6 +767,7 @@ fn evaluate(
         holder,
         operations,
         price: authority.price,
+        net: authority.net,
     };
     Ok(Evaluated {
         contents,
@@ -786,6 +794,7 @@ mod tests {
             window: Window::new(0, 10),
             holder: test_key(3).public(),
             operations: [Operation::Redeem].into_iter().collect(),
+            net: Default::default(),
         };
         Ticket::mint(&test_key(1), &spec)
             .unwrap()

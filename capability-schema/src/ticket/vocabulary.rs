@@ -40,7 +40,7 @@ use super::refusal::{TicketField, TicketRefusal};
 use super::{Operation, Window};
 use crate::identity::PublicKey;
 use crate::resources::Resources;
-use crate::slice::SliceKind;
+use crate::slice::{NetGrant, SliceKind};
 
 /// The format version of a `ticket` fact that states no price.
 pub(crate) const FORMAT_UNPRICED: i64 = 1;
@@ -69,6 +69,8 @@ const MEMORY: &str = "memory_bytes";
 const DISK: &str = "disk_bytes";
 const EGRESS: &str = "egress_kbps";
 const PORTS: &str = "ports";
+const NET_RAW: &str = "net_raw";
+const EGRESS_CAP: &str = "egress_cap";
 const NOT_BEFORE: &str = "not_before";
 const NOT_AFTER: &str = "not_after";
 const HOLDER: &str = "holder";
@@ -82,7 +84,7 @@ const KIND_ADMIN: &str = "admin";
 fn field_of(key: &str) -> TicketField {
     match key {
         NODE => TicketField::Node,
-        KIND | CAPABILITIES | HOST_PID_VIEW => TicketField::Kind,
+        KIND | CAPABILITIES | HOST_PID_VIEW | NET_RAW | EGRESS_CAP => TicketField::Kind,
         CPU | MEMORY | DISK | EGRESS | PORTS => TicketField::Resources,
         NOT_BEFORE | NOT_AFTER => TicketField::Window,
         HOLDER => TicketField::Holder,
@@ -135,6 +137,8 @@ pub(crate) struct Authority {
     pub(crate) operations: BTreeSet<Operation>,
     /// The agreed price in micro-credits for the whole window (none: format 1).
     pub(crate) price: Option<u64>,
+    /// Network grants.
+    pub(crate) net: NetGrant,
 }
 
 /// What one attenuation restricts.
@@ -221,6 +225,13 @@ pub(crate) fn ticket_fact(a: &Authority) -> Fact {
     // Stated only when asked for, so tickets without ports are as they were.
     if a.grant.ports > 0 {
         entries.push((PORTS, int(u64::from(a.grant.ports))));
+    }
+    // Network grants likewise, only when granted.
+    if a.net.raw {
+        entries.push((NET_RAW, builder::boolean(true)));
+    }
+    if a.net.egress_cap {
+        entries.push((EGRESS_CAP, builder::boolean(true)));
     }
     builder::fact(TICKET, &[map(entries)])
 }
@@ -406,7 +417,7 @@ impl<'a> Entries<'a> {
 /// The most keys a map of this vocabulary has.
 const MAX_KEYS: usize = TICKET_KEYS.len();
 
-const TICKET_KEYS: [&str; 18] = [
+const TICKET_KEYS: [&str; 20] = [
     VERSION,
     ISSUER,
     FEDERATION,
@@ -425,11 +436,22 @@ const TICKET_KEYS: [&str; 18] = [
     OPERATIONS,
     PRICE,
     PORTS,
+    NET_RAW,
+    EGRESS_CAP,
 ];
 
 const ATTENUATION_KEYS: [&str; 8] = [
     CPU, MEMORY, DISK, EGRESS, PORTS, NOT_BEFORE, NOT_AFTER, OPERATIONS,
 ];
+
+/// An optional boolean key (absent: false).
+fn opt_bool(e: &Entries<'_>, key: &str) -> Result<bool, TicketRefusal> {
+    match e.get(key) {
+        None => Ok(false),
+        Some(Term::Bool(b)) => Ok(*b),
+        Some(_) => Err(malformed(format!("{key} is not a boolean"))),
+    }
+}
 
 /// A count that must fit in 32 bits.
 fn count(value: u64, key: &str) -> Result<u32, TicketRefusal> {
@@ -481,6 +503,10 @@ pub(crate) fn read_ticket(fact: &Fact, known: &[PublicKey]) -> Result<Authority,
         holder: term_key(e.need(HOLDER)?, HOLDER, known)?,
         operations: term_operations(e.need(OPERATIONS)?)?,
         price,
+        net: NetGrant {
+            raw: opt_bool(&e, NET_RAW)?,
+            egress_cap: opt_bool(&e, EGRESS_CAP)?,
+        },
     })
 }
 

@@ -316,7 +316,10 @@ impl NodeManagerConfig {
             &listen,
             config.common.http.map(|a| a.port()),
         );
-        if !own.is_empty() {
+        // Only a node that forwards ports can hand its own to a sliver.
+        let forwards =
+            config.isolation == Isolation::Linux && config.public_address != PublicAddress::Off;
+        if forwards && !own.is_empty() {
             return Err(invalid(format!(
                 "public_ports {}-{} holds the node's own port(s) {own:?} (listen, http): move \
                  public_ports or those listeners so slivers never get the node's ports",
@@ -436,6 +439,57 @@ mod tests {
                 .to_string()
                 .contains("federatoin")
         );
+    }
+
+    #[test]
+    fn slice_networking_settings_default_and_refuse_what_would_leak_the_nodes_ports() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, "federation = \"plc\"\n").unwrap();
+        let config = NodeManagerConfig::load(&path).unwrap();
+        assert_eq!(config.public_address, PublicAddress::Auto);
+        assert_eq!(config.icmp_rate, 10);
+        assert_eq!(
+            (
+                config.public_ports.first,
+                config.public_ports.count,
+                config.public_ports.per_sliver
+            ),
+            (40000, 1024, 1)
+        );
+        let engine = crate::daemon::run::sliver_config(
+            &config,
+            &crate::sliver::claim::NodeId::new("1a2b3c4d").unwrap(),
+            "init".into(),
+        )
+        .unwrap();
+        let network = engine.network.unwrap();
+        assert_eq!(network.ports.map(|p| p.per_sliver), Some(1));
+        for (bad, setting) in [
+            (
+                "listen = [\"/ip4/0.0.0.0/tcp/40007\"]\npublic_ports = \"40000-40009\"",
+                "public_ports",
+            ),
+            ("http = \"127.0.0.1:40001\"", "public_ports"),
+            ("public_ports = \"40000-39999\"", "public_ports"),
+            ("ports_per_sliver = 0", "ports_per_sliver"),
+            (
+                "public_ports = \"40000-40001\"\nports_per_sliver = 3",
+                "ports_per_sliver",
+            ),
+            ("public_address = \"example\"", "public_address"),
+        ] {
+            std::fs::write(&path, format!("federation = \"plc\"\n{bad}\n")).unwrap();
+            let err = NodeManagerConfig::load(&path).unwrap_err().to_string();
+            assert!(err.contains(setting), "{bad}: {err}");
+        }
+        // A node that forwards nothing cannot hand its ports out: no refusal then.
+        std::fs::write(
+            &path,
+            "federation = \"plc\"\npublic_address = \"off\"\nhttp = \"127.0.0.1:40001\"\n",
+        )
+        .unwrap();
+        assert!(NodeManagerConfig::load(&path).is_ok());
     }
 
     #[test]

@@ -663,6 +663,7 @@ impl NodeService {
             public: None,
             start: now,
             end,
+            net: verified.net,
         };
         Ok(Reservation {
             lease,

@@ -224,6 +224,7 @@ mod tests {
                 public: None,
                 start: 100,
                 end: 3700,
+                net: Default::default(),
             },
             state,
             sliver_id: "princeton_demo".into(),

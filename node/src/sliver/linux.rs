@@ -38,6 +38,7 @@ use super::rootfs::{self, DiskBacking, Image, SliverDirs};
 use super::sealed::SealedImage;
 
 mod clone;
+mod control;
 mod dirs;
 mod exec;
 mod nfset;
@@ -205,12 +206,13 @@ impl Host for LinuxHost {
         drop((go_r, plan_r, status_w));
         let pid_u = u32::try_from(pid).unwrap_or(0);
         let setup = || -> Result<u64, HostError> {
-            let map = req.uids.map_line();
-            for file in ["uid_map", "gid_map"] {
-                let p = self.proc_path(pid_u, file);
-                fs::write(&p, &map).map_err(io_err("write", &p))?;
-            }
-            self.cgroups.attach(&req.cgroup, pid_u)?;
+            control::write(&plan::init_writes(
+                &self.proc_root,
+                pid_u,
+                &req.uids,
+                &self.cgroups,
+                &req.cgroup,
+            ))?;
             self.stat(pid_u)
                 .map(|(t, _)| t)
                 .ok_or_else(|| HostError::Init("init vanished".into()))
@@ -363,16 +365,11 @@ impl Host for LinuxHost {
             .map(Orphan::Cgroup)
             .collect();
         out.extend(wire::traces(&mut Self::netlink()?, scope)?);
-        if let Ok(entries) = fs::read_dir(&scope.slivers_dir) {
-            // A dir holding only an upper dir was kept on purpose (destroy with keep_upper).
-            out.extend(
-                entries
-                    .flatten()
-                    .map(|e| e.path())
-                    .filter(|p| !plan::is_kept_dir(p, Path::exists))
-                    .map(Orphan::Dir),
-            );
-        }
+        // A slivers dir that cannot be read holds no traces.
+        let entries: Vec<PathBuf> = fs::read_dir(&scope.slivers_dir)
+            .map(|entries| entries.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        out.extend(plan::dir_traces(entries, Path::exists));
         Ok(out)
     }
 

@@ -175,6 +175,7 @@ impl LinuxNode {
             window: Window::new(now - 5, now + 600),
             holder: holder.public(),
             operations: BTreeSet::from([Operation::Redeem]),
+            net: Default::default(),
         };
         TicketBytes(
             Ticket::mint(&self.agent, &spec)

@@ -117,6 +117,13 @@ struct SpecFlags {
     /// At most this price per sliver (micro-credits, whole duration).
     #[arg(long)]
     max_price: Option<u64>,
+    /// Raw sockets in each sliver's own network namespace (ping, traceroute, measurement);
+    /// an agent grants them only to principals its policy names.
+    #[arg(long)]
+    net_raw: bool,
+    /// Hold each sliver's egress to its granted rate instead of sharing the node's excess.
+    #[arg(long)]
+    egress_cap: bool,
 }
 
 impl SpecFlags {
@@ -139,6 +146,8 @@ impl SpecFlags {
         if let Some(v) = &self.resources {
             spec.resources = v.clone();
         }
+        spec.net_raw |= self.net_raw;
+        spec.egress_cap |= self.egress_cap;
         if let Some(v) = &self.duration {
             spec.duration = v.clone();
         }

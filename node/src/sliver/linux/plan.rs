@@ -211,6 +211,70 @@ pub fn parse_stat(text: &str) -> Option<(u64, bool)> {
     Some((fields.get(19)?.parse().ok()?, zombie))
 }
 
+/// A control file the node writes to let a cloned init go on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InitWrite {
+    /// One of its id maps (`/proc/<pid>/uid_map` or `gid_map`).
+    IdMap {
+        /// The file.
+        path: PathBuf,
+        /// The map line.
+        line: String,
+    },
+    /// One of its cgroup's `cgroup.procs` files.
+    Cgroup {
+        /// The file.
+        path: PathBuf,
+        /// Its pid.
+        pid: String,
+    },
+}
+
+/// What the node writes once the init `pid` is cloned, in order: its uid map, then its gid
+/// map, under `proc_root` (both the sliver's id range, see
+/// [`crate::sliver::alloc::UidRange::map_line`]; the node holds `CAP_SETGID`, so its
+/// `setgroups` is left as it is), then its pid into each `cgroup.procs` file of `cgroup` (one
+/// per hierarchy, see [`crate::sliver::cgroup::Cgroups::procs_files`]).
+pub fn init_writes(
+    proc_root: &Path,
+    pid: u32,
+    uids: &crate::sliver::alloc::UidRange,
+    cgroups: &crate::sliver::cgroup::Cgroups,
+    cgroup: &str,
+) -> Vec<InitWrite> {
+    let line = uids.map_line();
+    let mut writes: Vec<InitWrite> = ["uid_map", "gid_map"]
+        .into_iter()
+        .map(|file| InitWrite::IdMap {
+            path: proc_root.join(pid.to_string()).join(file),
+            line: line.clone(),
+        })
+        .collect();
+    writes.extend(
+        cgroups
+            .procs_files(cgroup)
+            .into_iter()
+            .map(|path| InitWrite::Cgroup {
+                path,
+                pid: pid.to_string(),
+            }),
+    );
+    writes
+}
+
+/// The traces among `entries` of the slivers dir: every one but the dirs kept on purpose (see
+/// [`is_kept_dir`]; `exists` asks the file system).
+pub fn dir_traces(
+    entries: impl IntoIterator<Item = PathBuf>,
+    exists: impl Fn(&Path) -> bool,
+) -> Vec<crate::sliver::host::Orphan> {
+    entries
+        .into_iter()
+        .filter(|p| !is_kept_dir(p, &exists))
+        .map(crate::sliver::host::Orphan::Dir)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -389,5 +453,79 @@ mod tests {
         assert_eq!(parse_stat("4242 (init) S 1"), None);
         assert_eq!(parse_stat("garbage"), None);
         assert_eq!(parse_stat("1 (x)"), None);
+    }
+
+    #[test]
+    fn an_init_gets_its_id_maps_then_joins_each_hierarchy_of_its_cgroup_once() {
+        use crate::sliver::alloc::UidRange;
+        use crate::sliver::cgroup::Cgroups;
+        let uids = UidRange {
+            host_base: 100_000,
+            count: 65_536,
+        };
+        let v1 = Cgroups::V1 {
+            cpu: "/sys/fs/cgroup/cpu,cpuacct".into(),
+            cpuacct: Some("/sys/fs/cgroup/cpu,cpuacct".into()),
+            memory: "/sys/fs/cgroup/memory".into(),
+            pids: None,
+            freezer: Some("/sys/fs/cgroup/freezer".into()),
+        };
+        let id_map = |file: &str| InitWrite::IdMap {
+            path: format!("/fakeproc/4242/{file}").into(),
+            line: "0 100000 65536\n".into(),
+        };
+        let procs = |root: &str| InitWrite::Cgroup {
+            path: format!("{root}/planetmesh/s1/cgroup.procs").into(),
+            pid: "4242".into(),
+        };
+        assert_eq!(
+            init_writes(Path::new("/fakeproc"), 4242, &uids, &v1, "planetmesh/s1"),
+            [
+                id_map("uid_map"),
+                id_map("gid_map"),
+                procs("/sys/fs/cgroup/cpu,cpuacct"),
+                procs("/sys/fs/cgroup/memory"),
+                procs("/sys/fs/cgroup/freezer"),
+            ]
+        );
+        let v2 = Cgroups::V2 {
+            root: "/sys/fs/cgroup".into(),
+        };
+        assert_eq!(
+            init_writes(Path::new("/fakeproc"), 4242, &uids, &v2, "planetmesh/s1"),
+            [
+                id_map("uid_map"),
+                id_map("gid_map"),
+                procs("/sys/fs/cgroup"),
+            ]
+        );
+    }
+
+    #[test]
+    fn every_entry_of_the_slivers_dir_is_a_trace_but_a_kept_dir() {
+        use crate::sliver::host::Orphan;
+        let entries: Vec<PathBuf> = ["kept", "half-made", "whole", "empty"]
+            .iter()
+            .map(|n| Path::new("/state/slivers").join(n))
+            .collect();
+        let exists = |p: &Path| {
+            [
+                "/state/slivers/kept/upper",
+                "/state/slivers/half-made/work",
+                "/state/slivers/whole/rootfs",
+                "/state/slivers/whole/authorized_keys",
+            ]
+            .iter()
+            .any(|e| p == Path::new(e))
+        };
+        // `kept` holds only its upper dir, `empty` nothing: neither is a trace.
+        assert_eq!(
+            dir_traces(entries, exists),
+            [
+                Orphan::Dir("/state/slivers/half-made".into()),
+                Orphan::Dir("/state/slivers/whole".into()),
+            ]
+        );
+        assert!(dir_traces(Vec::new(), |_| true).is_empty());
     }
 }
