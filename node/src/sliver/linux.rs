@@ -30,7 +30,7 @@ use super::host::{
     DiskTarget, ExecCommand, ExecOutput, ExecTarget, Host, HostError, InitHandle, InitRequest,
     NetAttach, NodeShaping, Orphan, OrphanScope, Shape, Spawned,
 };
-use super::init::{self, InitPlan, READY};
+use super::init::{self, InitPlan};
 use super::mountfd;
 use super::netlink::Netlink;
 use super::output::{self, pidfd_open};
@@ -282,21 +282,7 @@ impl Host for LinuxHost {
             }
         };
         drop(child);
-        if status == READY {
-            return Ok(());
-        }
-        if let (Err(e), true) = (wrote, status.is_empty()) {
-            return Err(HostError::Io {
-                op: "send plan",
-                path: PathBuf::new(),
-                source: e,
-            });
-        }
-        Err(HostError::Init(if status.is_empty() {
-            "init exited without a word".into()
-        } else {
-            status
-        }))
+        plan::init_outcome(status, wrote)
     }
 
     fn kill_init(&self, pid: u32, start_time: u64) -> Result<(), HostError> {

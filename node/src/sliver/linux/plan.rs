@@ -275,6 +275,32 @@ pub fn dir_traces(
         .collect()
 }
 
+/// What an init's answer on its status pipe means, `sent` being how sending it its plan
+/// went: [`crate::sliver::init::READY`] is success, whatever the send did; an empty answer
+/// (the init exited without a word) after a failed send is that failure; any other answer
+/// is the init's own error.
+pub fn init_outcome(
+    status: String,
+    sent: std::io::Result<()>,
+) -> Result<(), crate::sliver::host::HostError> {
+    use crate::sliver::host::HostError;
+    if status == crate::sliver::init::READY {
+        return Ok(());
+    }
+    if let (Err(e), true) = (sent, status.is_empty()) {
+        return Err(HostError::Io {
+            op: "send plan",
+            path: PathBuf::new(),
+            source: e,
+        });
+    }
+    Err(HostError::Init(if status.is_empty() {
+        "init exited without a word".into()
+    } else {
+        status
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -527,5 +553,29 @@ mod tests {
             ]
         );
         assert!(dir_traces(Vec::new(), |_| true).is_empty());
+    }
+
+    #[test]
+    fn an_init_is_ready_or_says_why_not_and_a_silent_one_blames_the_failed_send() {
+        use crate::sliver::host::HostError;
+        let broken = || Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+        assert!(init_outcome("ready".into(), Ok(())).is_ok());
+        assert!(init_outcome("ready".into(), broken()).is_ok());
+        let err = init_outcome(String::new(), broken()).unwrap_err();
+        assert!(
+            matches!(&err, HostError::Io { op: "send plan", source, .. }
+                if source.kind() == std::io::ErrorKind::BrokenPipe),
+            "{err}"
+        );
+        let err = init_outcome(String::new(), Ok(())).unwrap_err();
+        assert!(
+            matches!(&err, HostError::Init(m) if m == "init exited without a word"),
+            "{err}"
+        );
+        let err = init_outcome("mount /proc: EPERM".into(), broken()).unwrap_err();
+        assert!(
+            matches!(&err, HostError::Init(m) if m == "mount /proc: EPERM"),
+            "{err}"
+        );
     }
 }
