@@ -700,3 +700,96 @@ fn a_raw_socket_sees_only_its_own_slivers_traffic_and_needs_the_grant() {
         "no raw socket without the grant"
     );
 }
+
+/// What a sliver's egress bucket sends per second (Mbit/s), measured at the shaper between
+/// 0.5 s and 3 s of a transfer of `bytes` from it to the internet host's sink.
+fn egress_rate(f: &Fixture, rec: &node::sliver::SliverRecord, sink: Ipv4Addr, bytes: u64) -> f64 {
+    use node::sliver::netlink::Netlink;
+    let mut cmd = ExecCommand::new([
+        "/bin/bash".to_string(),
+        "-c".to_string(),
+        format!("exec head -c {bytes} /dev/zero > /dev/tcp/{sink}/5001"),
+    ]);
+    cmd.timeout = Duration::from_secs(20);
+    let mut child = f.engine.spawn(&rec.spec.id, &cmd).expect("spawn").child;
+    let mut nl = Netlink::open().unwrap();
+    let ifb = nl
+        .link_index(&f.engine.config().shaping.ifb)
+        .unwrap()
+        .unwrap();
+    let sent = |nl: &mut Netlink| {
+        nl.class_bytes(ifb)
+            .unwrap()
+            .into_iter()
+            .find(|(h, _)| h.major == 1 && h.minor == rec.shape.class_minor)
+            .map_or(0, |(_, b)| b)
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let (t0, c0) = (std::time::Instant::now(), sent(&mut nl));
+    std::thread::sleep(Duration::from_millis(2500));
+    let (t1, c1) = (std::time::Instant::now(), sent(&mut nl));
+    let _ = child.kill();
+    let _ = child.wait();
+    (c1 - c0) as f64 * 8.0 / (t1 - t0).as_secs_f64() / 1e6
+}
+
+#[test]
+fn through_the_nat_a_capped_sliver_keeps_its_rate_and_an_uncapped_one_borrows_up_to_the_node() {
+    if !root_or_skip() {
+        return;
+    }
+    let world = World::new();
+    let inet_addr = world.inet_addr;
+    // The internet host's sink: reads whatever arrives on 5001, one connection at a time.
+    let sink = World::within(&world.inet_ns, move || {
+        TcpListener::bind((inet_addr, 5001)).expect("bind sink")
+    });
+    std::thread::spawn(move || {
+        for _ in 0..2 {
+            let Ok((mut conn, _)) = sink.accept() else {
+                return;
+            };
+            std::thread::spawn(move || {
+                conn.set_read_timeout(Some(Duration::from_secs(20)))
+                    .unwrap();
+                let mut buf = vec![0u8; 1 << 16];
+                while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
+            });
+        }
+    });
+    let policy = world.policy(10);
+    let rates = World::within(&world.node_ns, move || {
+        // The node offers 16 Mbit/s in all; each sliver is guaranteed 4.
+        let f = Fixture::configured(|config| {
+            config.network = Some(policy);
+            config.shaping.node_kbps = 16_000;
+        })?;
+        let mut capped = spec("capped");
+        capped.resources.egress_kbps = 4_000;
+        capped.egress_ceil_kbps = Some(4_000);
+        let capped = f.engine.create(capped).expect("create");
+        // Each transfer lasts a little past the measurement, then ends (or is ended).
+        let capped_rate = egress_rate(&f, &capped, inet_addr, 1_800_000);
+        let mut open = spec("uncapped");
+        open.resources.egress_kbps = 4_000;
+        let open = f.engine.create(open).expect("create");
+        let open_rate = egress_rate(&f, &open, inet_addr, 7_500_000);
+        Some((capped_rate, open_rate))
+    });
+    let Some((capped, open)) = rates else { return };
+    eprintln!(
+        "through the NAT: capped at 4 Mbit/s {capped:.2}, uncapped {open:.2} Mbit/s (node 16)"
+    );
+    assert!(
+        (3.4..=4.6).contains(&capped),
+        "a 4 Mbit/s hard cap holds within 15%: {capped:.2}"
+    );
+    assert!(
+        open > 8.0,
+        "an uncapped sliver borrows the node's excess beyond its 4 Mbit/s: {open:.2}"
+    );
+    assert!(
+        open <= 16.0 * 1.15,
+        "and never more than the node's 16 Mbit/s: {open:.2}"
+    );
+}
