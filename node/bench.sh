@@ -4,7 +4,10 @@
 # Installs runc and busybox-static from Debian when missing, builds sliver-bench and
 # sliver-init in release mode, prepares a busybox bundle for the runc reference, and runs:
 # 200 create/destroy cycles (p50/p99), 500 idle slivers held at once (memory per sliver),
-# the kernel floor (bare clone into the same namespaces) and `runc run` of the same container.
+# the kernel floor (bare clone into the same namespaces) and `runc run` of the same container;
+# then the cost of slice networking (`sliver-bench --network`): create p50/p99 with the node's
+# firewall off and on, and a TCP transfer sliver to sliver across two nodes through the NATs
+# against host to host on the same link.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,3 +34,4 @@ ln -s busybox "$bundle/rootfs/bin/sh"
 chmod 755 "$bundle" "$bundle/rootfs"
 
 "$target/release/sliver-bench" --runc-bundle "$bundle" "$@"
+"$target/release/sliver-bench" --network

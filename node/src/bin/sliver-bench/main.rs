@@ -9,6 +9,7 @@
 //!
 //! `sliver-bench [--cycles N] [--hold N] [--runc-bundle DIR] [--init PATH]
 //! [--disk-backing directory|quota|tmpfs]` (each sliver is granted 1 GiB of disk)
+//! `sliver-bench --network [--cycles N]`: what slice networking costs (see [`net`]).
 //! `sliver-bench --reclaim PID`: removes what an interrupted run `PID` left.
 
 use std::path::PathBuf;
@@ -26,6 +27,7 @@ struct Args {
     init: PathBuf,
     reclaim: Option<u32>,
     disk_backing: DiskBacking,
+    network: bool,
 }
 
 /// Prints a line; a closed stdout must not abort the run before it cleans up.
@@ -36,6 +38,8 @@ macro_rules! say {
     }};
 }
 
+mod net;
+
 fn parse_args() -> Result<Args, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut args = Args {
@@ -45,6 +49,7 @@ fn parse_args() -> Result<Args, String> {
         init: exe.with_file_name("sliver-init"),
         reclaim: None,
         disk_backing: DiskBacking::Directory,
+        network: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -54,6 +59,7 @@ fn parse_args() -> Result<Args, String> {
             "--hold" => args.hold = value()?.parse().map_err(|e| format!("--hold: {e}"))?,
             "--runc-bundle" => args.runc_bundle = Some(value()?.into()),
             "--init" => args.init = value()?.into(),
+            "--network" => args.network = true,
             "--disk-backing" => {
                 let v = value()?;
                 args.disk_backing = serde_json::from_value(serde_json::Value::String(v.clone()))
@@ -243,6 +249,10 @@ fn run() -> Result<(), String> {
         let _ = engine.host().cgroups().remove_parent(&parent);
         let _ = std::fs::remove_dir_all(&state);
         return result;
+    }
+    if args.network {
+        let _ = host.favor_dynamic_cgroups();
+        return net::run(&args.init, args.cycles);
     }
     match host.favor_dynamic_cgroups() {
         Ok(Some(p)) => say!(
