@@ -86,7 +86,8 @@ pub fn sliver_config(
     Ok(engine)
 }
 
-fn open_backend(config: &NodeManagerConfig) -> anyhow::Result<Backend> {
+/// The backend of `config` on a node of `site` (told to its slivers).
+fn open_backend(config: &NodeManagerConfig, site: &str) -> anyhow::Result<Backend> {
     match config.isolation {
         Isolation::Memory => Ok((Arc::new(InMemorySlivers::new()), None)),
         Isolation::Linux => {
@@ -149,15 +150,20 @@ fn open_backend(config: &NodeManagerConfig) -> anyhow::Result<Backend> {
                 tracing::warn!(%problem, "sliver engine");
             }
             let slivers = Arc::new(slivers);
-            Ok((slivers.clone(), Some(slivers)))
+            let backend = super::engine::EngineBackend::new(Arc::clone(&slivers), site);
+            Ok((Arc::new(backend), Some(slivers)))
         }
     }
 }
 
-/// The sliver backend of `config`, opened on the blocking pool (it touches the host).
-pub(crate) async fn backend_of(config: &NodeManagerConfig) -> Result<Backend, DaemonError> {
-    let config = config.clone();
-    tokio::task::spawn_blocking(move || open_backend(&config))
+/// The sliver backend of `config` on a node of `site` (from its membership certificate; told
+/// to its slivers), opened on the blocking pool (it touches the host).
+pub(crate) async fn backend_of(
+    config: &NodeManagerConfig,
+    site: &str,
+) -> Result<Backend, DaemonError> {
+    let (config, site) = (config.clone(), site.to_owned());
+    tokio::task::spawn_blocking(move || open_backend(&config, &site))
         .await
         .map_err(|e| DaemonError::Host(format!("opening the sliver engine: {e}")))?
         .map_err(|e| DaemonError::Host(format!("{e:#}")))

@@ -1,8 +1,10 @@
 //! The real isolation engine behind the node service: [`SliverBackend`] for
-//! [`Slivers`]. Lease fields become a [`SliverSpec`]; engine errors
-//! become [`BackendError`]s (the caller's fault, a sliver gone, or the host's), and an exec
-//! past its deadline becomes output that says it timed out.
+//! [`Slivers`] ([`EngineBackend`]). Lease fields become a [`SliverSpec`], with what the sliver
+//! is told about where it is (its [`SliverAbout`]: the lease's slice, node and federation, and
+//! the node's site); engine errors become [`BackendError`]s (the caller's fault, a sliver
+//! gone, or the host's), and an exec past its deadline becomes output that says it timed out.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use capability_schema::protocol::ExecOutput;
@@ -10,7 +12,7 @@ use capability_schema::{Lease, PublicEndpoint, SliceKind};
 
 use super::service::{BackendError, Placement, SliverBackend};
 use crate::sliver::host::{ExecCommand, Host, HostError};
-use crate::sliver::spec::{SliverId, SliverKind, SliverSpec};
+use crate::sliver::spec::{SliverAbout, SliverId, SliverKind, SliverSpec};
 use crate::sliver::{SliverError, Slivers};
 
 /// Most bytes of each of stdout and stderr an `Exec` returns.
@@ -31,8 +33,8 @@ fn backend_error(e: SliverError) -> BackendError {
     }
 }
 
-/// The spec of the sliver that backs `lease`.
-pub fn spec_for(sliver_id: &str, lease: &Lease) -> Result<SliverSpec, BackendError> {
+/// The spec of the sliver that backs `lease` on a node of `site`.
+pub fn spec_for(sliver_id: &str, lease: &Lease, site: &str) -> Result<SliverSpec, BackendError> {
     let mut spec = SliverSpec::regular(id(sliver_id)?, lease.resources);
     if let SliceKind::Admin {
         capabilities,
@@ -43,13 +45,46 @@ pub fn spec_for(sliver_id: &str, lease: &Lease) -> Result<SliverSpec, BackendErr
         spec.capabilities = capabilities.clone();
         spec.host_pid_view = *host_pid_view;
     }
+    spec.about = Some(about_for(lease, site));
     Ok(spec)
 }
 
-impl<H: Host + 'static> SliverBackend for Slivers<H> {
+/// What the sliver of `lease` on a node of `site` is told; the engine adds its public face.
+fn about_for(lease: &Lease, site: &str) -> SliverAbout {
+    SliverAbout {
+        slice: lease.slice.clone(),
+        node: lease.node.to_string(),
+        federation: lease.federation.clone(),
+        site: site.to_owned(),
+        public_address: None,
+        ports: Vec::new(),
+    }
+}
+
+/// The engine as the node service's backend, with what no lease says but every sliver is
+/// told: the node's site (from its membership certificate).
+#[derive(Debug)]
+pub struct EngineBackend<H: Host> {
+    slivers: Arc<Slivers<H>>,
+    site: String,
+}
+
+impl<H: Host> EngineBackend<H> {
+    /// The backend over `slivers` of a node of `site`.
+    pub fn new(slivers: Arc<Slivers<H>>, site: impl Into<String>) -> Self {
+        EngineBackend {
+            slivers,
+            site: site.into(),
+        }
+    }
+}
+
+impl<H: Host + 'static> SliverBackend for EngineBackend<H> {
     fn create(&self, sliver_id: &str, lease: &Lease) -> Result<Placement, BackendError> {
-        let record = Slivers::create(self, spec_for(sliver_id, lease)?).map_err(backend_error)?;
+        let spec = spec_for(sliver_id, lease, &self.site)?;
+        let record = self.slivers.create(spec).map_err(backend_error)?;
         let public = self
+            .slivers
             .config()
             .public_endpoint(record.slot.slot, record.spec.resources.ports)
             .map(|(address, ports)| PublicEndpoint {
@@ -64,14 +99,15 @@ impl<H: Host + 'static> SliverBackend for Slivers<H> {
 
     fn destroy(&self, sliver_id: &str) -> Result<(), BackendError> {
         let id = id(sliver_id)?;
-        if self.get(&id).is_none() {
+        if self.slivers.get(&id).is_none() {
             return Ok(());
         }
-        Slivers::destroy(self, &id, false).map_err(backend_error)
+        self.slivers.destroy(&id, false).map_err(backend_error)
     }
 
     fn live(&self) -> Vec<String> {
-        self.list()
+        self.slivers
+            .list()
             .into_iter()
             .map(|r| r.spec.id.to_string())
             .collect()
@@ -88,7 +124,7 @@ impl<H: Host + 'static> SliverBackend for Slivers<H> {
         cmd.stdin = stdin.to_vec();
         cmd.timeout = Duration::from_millis(timeout_ms);
         cmd.output_limit = EXEC_OUTPUT_LIMIT;
-        let out = match Slivers::exec(self, &id(sliver_id)?, &cmd) {
+        let out = match self.slivers.exec(&id(sliver_id)?, &cmd) {
             Ok(out) => out,
             // Killed at its deadline with its whole process group: the holder's program ran
             // too long, which is an answer, not a failure of the node.
@@ -113,25 +149,30 @@ impl<H: Host + 'static> SliverBackend for Slivers<H> {
     }
 
     fn list_keys(&self, sliver_id: &str) -> Result<Vec<String>, BackendError> {
-        Slivers::list_keys(self, &id(sliver_id)?).map_err(backend_error)
+        self.slivers
+            .list_keys(&id(sliver_id)?)
+            .map_err(backend_error)
     }
 
     fn add_key(&self, sliver_id: &str, key: &str) -> Result<(), BackendError> {
-        Slivers::add_key(self, &id(sliver_id)?, key).map_err(backend_error)
+        self.slivers
+            .add_key(&id(sliver_id)?, key)
+            .map_err(backend_error)
     }
 
     fn remove_key(&self, sliver_id: &str, key: &str) -> Result<(), BackendError> {
-        Slivers::remove_key(self, &id(sliver_id)?, key)
+        self.slivers
+            .remove_key(&id(sliver_id)?, key)
             .map(|_| ())
             .map_err(backend_error)
     }
 
     fn wipe(&self) -> Result<(), BackendError> {
-        self.destroy_all().map_err(backend_error)
+        self.slivers.destroy_all().map_err(backend_error)
     }
 
     fn maintain(&self) -> Result<Vec<String>, BackendError> {
-        let restored = self.ensure_firewall().map_err(backend_error)?;
+        let restored = self.slivers.ensure_firewall().map_err(backend_error)?;
         Ok(if restored {
             vec!["firewall table".to_owned()]
         } else {
@@ -140,6 +181,6 @@ impl<H: Host + 'static> SliverBackend for Slivers<H> {
     }
 
     fn close(&self) -> Result<(), BackendError> {
-        Slivers::close(self).map_err(backend_error)
+        self.slivers.close().map_err(backend_error)
     }
 }

@@ -93,7 +93,8 @@ pub struct RunningNode {
 pub async fn wipe(config: NodeManagerConfig) -> Result<usize, DaemonError> {
     let key = load_key::<NodeKind>(&config.common.key_file)?;
     let ledger = open_ledger(&config)?;
-    let backend = backend_of(&config).await?.0;
+    // Wiping makes no sliver: none is told a site.
+    let backend = backend_of(&config, "").await?.0;
     let capacity = Capacity {
         node: key.public(),
         total: Default::default(),
@@ -139,7 +140,7 @@ pub async fn start(
     })?;
     let identity = Identity::load(&config)?;
     let (capacity, delegations) = identity.capacity(&config, unix_now());
-    let (service, monitor) = open_service(&config, &identity.key, capacity).await?;
+    let (service, monitor) = open_service(&config, &identity, capacity).await?;
     let common = &config.common;
     let overlay_config = OverlayConfig {
         listen: common.listen.clone(),
@@ -329,13 +330,13 @@ impl Identity {
 /// slivers; and the backend's monitor, when it has real slivers to measure.
 async fn open_service(
     config: &NodeManagerConfig,
-    key: &SecretKey,
+    identity: &Identity,
     capacity: Capacity,
 ) -> Result<(Arc<NodeService>, Option<Arc<dyn SliverMonitor>>), DaemonError> {
     let ledger = open_ledger(config)?;
-    let (backend, monitor) = backend_of(config).await?;
+    let (backend, monitor) = backend_of(config, &identity.cert.site).await?;
     let service = Arc::new(NodeService::new(
-        key.clone(),
+        identity.key.clone(),
         config.common.federation.clone(),
         capacity,
         ledger,

@@ -15,6 +15,9 @@
 //!    ([`rootfs`], [`init`]), pivots, drops capabilities ([`caps`]) and reports ready;
 //! 8. its record is saved ([`store`]), so a restarted node re-adopts it ([`Slivers::open`]).
 //!
+//! A sliver is told where it is ([`about`]): a read-only `/etc/planetmesh/sliver.json`,
+//! written with its dirs, and `PLANETMESH_*` variables in every command run there.
+//!
 //! Destroy kills the init (its pid namespace goes with it), removes the bucket, the veth, the
 //! cgroup, the dirs (moved aside at once, deleted in the background; the upper dir stays when
 //! asked) and the record. [`Slivers::open`] re-adopts slivers whose init still runs, tears down
@@ -59,6 +62,7 @@
 // on): it may wait with a thread sleep where the kernel offers nothing to wait for.
 #![allow(clippy::disallowed_methods)]
 
+pub mod about;
 pub mod alloc;
 pub mod caps;
 pub mod cgroup;
@@ -95,7 +99,7 @@ pub use host::{
     OrphanScope, Shape, Spawned,
 };
 pub use rootfs::{DiskBacking, Image, SliverDirs};
-pub use spec::{SliverId, SliverKind, SliverSpec, SpecError};
+pub use spec::{SliverAbout, SliverId, SliverKind, SliverSpec, SpecError};
 pub use store::{SliverRecord, StoreError};
 
 use host::{ExecTarget, InitRequest};
@@ -725,7 +729,7 @@ impl<H: Host> Slivers<H> {
             },
             caps,
             dirs,
-            spec: spec.clone(),
+            spec: self.told_where(spec, slot.slot),
             slot,
             init_pid: 0,
             init_start_time: 0,
@@ -739,6 +743,18 @@ impl<H: Host> Slivers<H> {
                 DiskBacking::Directory
             },
         })
+    }
+
+    /// The spec with the public face its slot gives it in what it is told (the node's public
+    /// address and its leased ports), whatever the spec said there.
+    fn told_where(&self, spec: &SliverSpec, slot: u32) -> SliverSpec {
+        let mut spec = spec.clone();
+        if let Some(about) = &mut spec.about {
+            let public = self.config.public_endpoint(slot, spec.resources.ports);
+            about.public_address = public.as_ref().map(|(address, _)| address.to_string());
+            about.ports = public.map(|(_, ports)| ports).unwrap_or_default();
+        }
+        spec
     }
 
     fn limits(spec: &SliverSpec) -> CgroupLimits {
@@ -855,6 +871,7 @@ impl<H: Host> Slivers<H> {
             .prepare_dirs(&record.dirs, &record.slot.uids)
             .map_err(|e| ("prepare dirs", e))?;
         done.dirs = true;
+        Self::write_about(record).map_err(|e| ("tell the sliver where it is", e))?;
         // The hard CPU quota waits until the sliver is ready: setting it up (mounts, pivot,
         // network) is the node's work, and under a small quota (10 millicores: 1 ms of CPU per
         // 100 ms period) the init would be throttled for hundreds of milliseconds.
@@ -947,6 +964,17 @@ impl<H: Host> Slivers<H> {
         })?;
         done.record = true;
         Ok(())
+    }
+
+    /// Writes what the sliver is told about where it is in its dir, for its init to bind.
+    fn write_about(record: &SliverRecord) -> Result<(), HostError> {
+        let path = record.dirs.about();
+        let facts = about::SliverFacts::of(record.spec.about.as_ref(), record.net.sliver_addr);
+        about::write(&path, &facts).map_err(|source| HostError::Io {
+            op: "write",
+            path,
+            source,
+        })
     }
 
     /// Undoes the steps in `done`, in the order that frees things safely: stop every process
@@ -1122,11 +1150,21 @@ impl<H: Host> Slivers<H> {
         }
     }
 
-    fn target(&self, id: &SliverId) -> Result<ExecTarget, SliverError> {
+    /// Where `cmd` runs, and `cmd` with what the sliver is told in its environment.
+    fn command_for(
+        &self,
+        id: &SliverId,
+        cmd: &ExecCommand,
+    ) -> Result<(ExecTarget, ExecCommand), SliverError> {
         let record = self
             .get(id)
             .ok_or_else(|| SliverError::NotFound(id.clone()))?;
-        Ok(ExecTarget {
+        let facts = about::SliverFacts::of(record.spec.about.as_ref(), record.net.sliver_addr);
+        let cmd = ExecCommand {
+            env: about::command_env(&cmd.env, &facts),
+            ..cmd.clone()
+        };
+        let target = ExecTarget {
             init_pid: record.init_pid,
             start_time: record.init_start_time,
             cgroup: record.cgroup,
@@ -1134,14 +1172,16 @@ impl<H: Host> Slivers<H> {
             host_pid: record.spec.host_pid_view,
             enter_program: self.config.init_path.clone(),
             seccomp: seccomp::SeccompPlan::for_spec(&record.spec),
-        })
+        };
+        Ok((target, cmd))
     }
 
-    /// Runs a command in a sliver and returns its (bounded) output.
+    /// Runs a command in a sliver and returns its (bounded) output. Its environment also
+    /// holds what the sliver is told about where it is ([`about`]).
     pub fn exec(&self, id: &SliverId, cmd: &ExecCommand) -> Result<ExecOutput, SliverError> {
-        let target = self.target(id)?;
+        let (target, cmd) = self.command_for(id, cmd)?;
         self.host
-            .exec(&target, cmd)
+            .exec(&target, &cmd)
             .map_err(|source| SliverError::Host {
                 id: id.to_string(),
                 op: "exec",
@@ -1149,11 +1189,12 @@ impl<H: Host> Slivers<H> {
             })
     }
 
-    /// Starts a command in a sliver, its standard streams piped to the caller.
+    /// Starts a command in a sliver, its standard streams piped to the caller (its
+    /// environment as [`Slivers::exec`]'s).
     pub fn spawn(&self, id: &SliverId, cmd: &ExecCommand) -> Result<Spawned, SliverError> {
-        let target = self.target(id)?;
+        let (target, cmd) = self.command_for(id, cmd)?;
         self.host
-            .spawn(&target, cmd)
+            .spawn(&target, &cmd)
             .map_err(|source| SliverError::Host {
                 id: id.to_string(),
                 op: "spawn",

@@ -109,12 +109,20 @@ impl SliverDirs {
             root,
         }
     }
+
+    /// What the sliver is told about where it is ([`super::about`]), bound read-only at
+    /// [`super::about::PATH_IN_SLIVER`]. Derived from the root, not a field, so the records of
+    /// slivers made before it still load.
+    pub fn about(&self) -> PathBuf {
+        self.root.join(super::about::FILE_NAME)
+    }
 }
 
 /// Directories made in each upper dir, owned by the sliver's root, so that root in the sliver
 /// owns them although the image's copies belong to the host (mode, path).
 pub const UPPER_OWNED_DIRS: &[(u32, &str)] = &[
     (0o755, "etc"),
+    (0o755, "etc/planetmesh"),
     (0o700, "root"),
     (0o700, "root/.ssh"),
     (0o755, "home"),
@@ -187,6 +195,12 @@ pub fn mount_plan(dirs: &SliverDirs, image: &Image, opts: &PlanOptions) -> Vec<M
     steps.push(MountStep::Bind {
         source: dirs.keys.clone(),
         target: at("root/.ssh/authorized_keys"),
+        readonly: true,
+        file: true,
+    });
+    steps.push(MountStep::Bind {
+        source: dirs.about(),
+        target: at(super::about::PATH_IN_SLIVER),
         readonly: true,
         file: true,
     });
@@ -722,6 +736,13 @@ mod tests {
         assert!(steps.contains(&MountStep::Proc {
             target: "/state/slivers/s1/rootfs/proc".into()
         }));
+        assert!(steps.contains(&MountStep::Bind {
+            source: "/state/slivers/s1/sliver.json".into(),
+            target: "/state/slivers/s1/rootfs/etc/planetmesh/sliver.json".into(),
+            readonly: true,
+            file: true
+        }));
+        assert!(UPPER_OWNED_DIRS.contains(&(0o755, "etc/planetmesh")));
         assert_eq!(
             steps.last(),
             Some(&MountStep::PivotRoot {

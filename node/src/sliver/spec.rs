@@ -2,7 +2,8 @@
 //!
 //! [`SliverSpec`] is built by the node manager from an admitted ticket; [`SliverSpec::validate`]
 //! checks it before anything touches the host. Its seccomp profile
-//! ([`SliverSpec::seccomp_profile`]) says what the sliver's filter lets it do.
+//! ([`SliverSpec::seccomp_profile`]) says what the sliver's filter lets it do; its
+//! [`SliverAbout`] is what the sliver is told about where it is ([`super::about`]).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -40,6 +41,19 @@ pub enum SpecError {
         asked: u32,
         /// The most one sliver may lease here.
         most: u32,
+    },
+    /// A value the sliver would be told about itself is unfit for a file line or an
+    /// environment variable.
+    #[error("sliver {id}: {field} {value:?}: {reason}")]
+    About {
+        /// The sliver.
+        id: String,
+        /// The [`SliverAbout`] field.
+        field: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong with it.
+        reason: &'static str,
     },
     /// Memory below what an init and a shell need.
     #[error("sliver {id}: memory {bytes} bytes is below the minimum of {min} bytes")]
@@ -114,6 +128,57 @@ pub enum SliverKind {
     Admin,
 }
 
+/// The most bytes of one [`SliverAbout`] value.
+pub const MAX_ABOUT_LEN: usize = 256;
+
+/// Where a sliver is, as the node tells it (`/etc/planetmesh/sliver.json` and `PLANETMESH_*`
+/// variables; see [`super::about`]). The node manager fills the slice, node, federation and
+/// site from the lease and its membership; the engine fills the public face from the sliver's
+/// slot when it creates it ([`super::NodeConfig::public_endpoint`], the one source of the
+/// ports), replacing whatever the spec said there.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct SliverAbout {
+    /// The slice's name.
+    pub slice: String,
+    /// The node's public key, `ed25519/<hex>`.
+    pub node: String,
+    /// The node's federation.
+    pub federation: String,
+    /// The node's site (from its membership certificate).
+    pub site: String,
+    /// The node's public address, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_address: Option<String>,
+    /// The public ports leased to the sliver (the same numbers inside it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<u16>,
+}
+
+impl SliverAbout {
+    /// Each text value with its field name.
+    pub fn fields(&self) -> [(&'static str, Option<&str>); 5] {
+        [
+            ("slice", Some(self.slice.as_str())),
+            ("node", Some(self.node.as_str())),
+            ("federation", Some(self.federation.as_str())),
+            ("site", Some(self.site.as_str())),
+            ("public_address", self.public_address.as_deref()),
+        ]
+    }
+}
+
+/// Why `value` cannot be told to a sliver: too long, or holding a control character (NUL,
+/// newline, escape, …), which could end a variable or forge a line of whoever prints it.
+pub fn about_value_fault(value: &str) -> Option<&'static str> {
+    if value.len() > MAX_ABOUT_LEN {
+        Some("longer than 256 bytes")
+    } else if value.chars().any(char::is_control) {
+        Some("holds a control character (NUL, newline, ...)")
+    } else {
+        None
+    }
+}
+
 /// Everything needed to create a sliver.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SliverSpec {
@@ -149,6 +214,10 @@ pub struct SliverSpec {
     /// this field: the default, the strictest). See [`SliverSpec::seccomp_profile`].
     #[serde(default)]
     pub seccomp: SeccompProfile,
+    /// Where it is, as it is told ([`SliverAbout`]); `None` (records from before this field,
+    /// slivers made without a lease) tells it its own addresses only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub about: Option<SliverAbout>,
 }
 
 fn default_true() -> bool {
@@ -173,6 +242,7 @@ impl SliverSpec {
             pids_max: default_pids(),
             image: None,
             seccomp: SeccompProfile::default(),
+            about: None,
         }
     }
 
@@ -187,9 +257,22 @@ impl SliverSpec {
     }
 
     /// Checks the spec: id, capabilities allowed for its kind, host view only for admins,
-    /// a usable memory limit.
+    /// a usable memory limit, what it is told about itself fit for a line.
     pub fn validate(&self) -> Result<(), SpecError> {
         SliverId::new(self.id.0.clone())?;
+        let about = self.about.as_ref().map(SliverAbout::fields);
+        for (field, value) in about.into_iter().flatten() {
+            if let Some(value) = value
+                && let Some(reason) = about_value_fault(value)
+            {
+                return Err(SpecError::About {
+                    id: self.id.0.clone(),
+                    field,
+                    value: value.chars().take(MAX_ABOUT_LEN).collect(),
+                    reason,
+                });
+            }
+        }
         caps::granted(self.kind, &self.capabilities)?;
         if self.host_pid_view && self.kind != SliverKind::Admin {
             return Err(SpecError::HostPidViewNotAdmin(self.id.0.clone()));
@@ -254,6 +337,58 @@ mod tests {
         json.as_object_mut().unwrap().remove("seccomp");
         let old: SliverSpec = serde_json::from_value(json).unwrap();
         assert_eq!(old.seccomp, SeccompProfile::default());
+    }
+
+    #[test]
+    fn what_a_sliver_is_told_must_fit_a_line_and_old_records_have_none() {
+        let mut spec = SliverSpec::regular(SliverId::new("s").unwrap(), Resources::default());
+        let about = SliverAbout {
+            slice: "princeton_codeen".into(),
+            node: format!("ed25519/{}", "ab".repeat(32)),
+            federation: "plc".into(),
+            site: "princeton".into(),
+            public_address: Some("192.0.2.7".into()),
+            ports: vec![40000],
+        };
+        spec.about = Some(about.clone());
+        assert!(spec.validate().is_ok());
+        for (bad, reason) in [
+            ("a\nPLANETMESH_NODE=forged", "control character"),
+            ("nul\0", "control character"),
+            ("esc\u{1b}[2J", "control character"),
+            (&"x".repeat(MAX_ABOUT_LEN + 1), "longer"),
+        ] {
+            spec.about = Some(SliverAbout {
+                site: bad.to_owned(),
+                ..about.clone()
+            });
+            let err = spec.validate().unwrap_err();
+            assert!(
+                matches!(&err, SpecError::About { field: "site", reason: r, .. } if r.contains(reason)),
+                "{err}"
+            );
+        }
+        spec.about = Some(SliverAbout {
+            public_address: Some("1.2.3.4\r".into()),
+            ..about
+        });
+        assert!(matches!(
+            spec.validate(),
+            Err(SpecError::About {
+                field: "public_address",
+                ..
+            })
+        ));
+        // Records written before the field existed read as knowing nothing, and a spec
+        // without it is written as before.
+        let json = serde_json::to_value(SliverSpec::regular(
+            SliverId::new("old").unwrap(),
+            Resources::default(),
+        ))
+        .unwrap();
+        assert!(json.get("about").is_none());
+        let old: SliverSpec = serde_json::from_value(json).unwrap();
+        assert_eq!(old.about, None);
     }
 
     #[test]

@@ -707,3 +707,70 @@ fn leased_ports_are_forwarded_at_create_and_withdrawn_at_destroy_within_the_bloc
     );
     assert!(!e.host().held().iter().any(|h| h.starts_with("port:")));
 }
+
+fn told(slice: &str) -> SliverAbout {
+    SliverAbout {
+        slice: slice.into(),
+        node: format!("ed25519/{}", "cd".repeat(32)),
+        federation: "plc".into(),
+        site: "princeton".into(),
+        // The engine decides these from the slot, whatever the spec says.
+        public_address: Some("203.0.113.66".into()),
+        ports: vec![1],
+    }
+}
+
+#[test]
+fn a_sliver_is_told_its_slice_node_and_public_face_in_a_file_written_with_its_dirs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = networked(tmp.path());
+    let mut s = spec("alpha");
+    s.resources.ports = 2;
+    s.about = Some(told("princeton_alpha"));
+    let rec = e.create(s).unwrap();
+    let about = rec.spec.about.clone().unwrap();
+    assert_eq!(about.public_address.as_deref(), Some("192.0.2.7"));
+    assert_eq!(about.ports, [40000, 40001]);
+    let file: about::SliverFacts =
+        serde_json::from_slice(&fs::read(rec.dirs.about()).unwrap()).unwrap();
+    assert_eq!(
+        file,
+        about::SliverFacts::of(Some(&about), rec.net.sliver_addr)
+    );
+    assert_eq!(file.slice.as_deref(), Some("princeton_alpha"));
+    assert_eq!(file.site.as_deref(), Some("princeton"));
+    // The record keeps it: commands run after a restart are told the same.
+    let saved: SliverRecord =
+        serde_json::from_slice(&fs::read(tmp.path().join("records/alpha.json")).unwrap()).unwrap();
+    assert_eq!(saved.spec.about, Some(about));
+    // No port asked: the public address alone. No about: the private address alone.
+    let mut s = spec("beta");
+    s.about = Some(told("princeton_beta"));
+    let beta = e.create(s).unwrap().spec.about.unwrap();
+    assert_eq!(beta.public_address.as_deref(), Some("192.0.2.7"));
+    assert!(beta.ports.is_empty());
+    let plain = e.create(spec("gamma")).unwrap();
+    let file: about::SliverFacts =
+        serde_json::from_slice(&fs::read(plain.dirs.about()).unwrap()).unwrap();
+    assert_eq!(file, about::SliverFacts::of(None, plain.net.sliver_addr));
+}
+
+#[test]
+fn a_node_without_a_public_address_tells_none() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = engine(tmp.path());
+    let mut s = spec("alpha");
+    s.about = Some(told("princeton_alpha"));
+    let about = e.create(s).unwrap().spec.about.unwrap();
+    assert_eq!(about.public_address, None);
+    assert!(about.ports.is_empty());
+    let mut bad = spec("beta");
+    bad.about = Some(SliverAbout {
+        site: "evil\nPLANETMESH_SITE=x".into(),
+        ..told("princeton_beta")
+    });
+    assert!(matches!(
+        e.create(bad),
+        Err(SliverError::Spec(SpecError::About { field: "site", .. }))
+    ));
+}

@@ -81,7 +81,7 @@ pub(super) fn remove(dirs: &SliverDirs, keep_upper: bool) -> Result<(), HostErro
     };
     if keep_upper {
         for path in plan::removed_keeping_upper(dirs) {
-            remove(path)?;
+            remove(&path)?;
         }
         Ok(())
     } else {
@@ -199,6 +199,7 @@ mod tests {
             assert_eq!(mode(&d.upper.join(rel)), *m, "{rel}");
         }
         assert_eq!(fs::read(&d.keys).unwrap(), b"");
+        assert_eq!(fs::read(d.about()).unwrap(), b"");
         // A stale work dir goes, the upper dir and the keys stay.
         fs::write(d.work.join("stale"), "x").unwrap();
         fs::write(d.upper.join("kept"), "x").unwrap();

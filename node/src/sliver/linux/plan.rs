@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use rtnetlink::packet_route::tc::TcHandle;
 
+use crate::sliver::about;
 use crate::sliver::host::{NetAttach, NodeShaping, OrphanScope, Shape};
 use crate::sliver::rootfs::{SliverDirs, UPPER_OWNED_DIRS};
 
@@ -63,12 +64,19 @@ pub fn prepare_dirs(dirs: &SliverDirs) -> Vec<DirStep> {
             .map(|(mode, rel)| make(&dirs.upper.join(rel), *mode, true)),
     );
     steps.push(DirStep::Touch(dirs.keys.clone()));
+    steps.push(DirStep::Touch(dirs.about()));
     steps
 }
 
 /// What destroying a sliver with its upper dir kept removes.
-pub fn removed_keeping_upper(dirs: &SliverDirs) -> [&Path; 4] {
-    [&dirs.work, &dirs.rootfs, &dirs.lower, &dirs.keys]
+pub fn removed_keeping_upper(dirs: &SliverDirs) -> [PathBuf; 5] {
+    [
+        dirs.work.clone(),
+        dirs.rootfs.clone(),
+        dirs.lower.clone(),
+        dirs.keys.clone(),
+        dirs.about(),
+    ]
 }
 
 /// Where a sliver's dir is moved to be deleted in the background (`<state>/trash`), and its
@@ -175,7 +183,7 @@ pub fn is_sliver_class(handle: TcHandle) -> bool {
 /// Whether the sliver dir `dir` was kept on purpose (destroyed with its upper dir kept): it
 /// holds none of the other entries. `exists` asks the file system.
 pub fn is_kept_dir(dir: &Path, exists: impl Fn(&Path) -> bool) -> bool {
-    !["work", "rootfs", "authorized_keys"]
+    !["work", "rootfs", "authorized_keys", about::FILE_NAME]
         .iter()
         .any(|entry| exists(&dir.join(entry)))
 }
@@ -353,20 +361,27 @@ mod tests {
                 make("/state/slivers/s1/work", 0o700, true),
             ]
         );
-        assert_eq!(steps.len(), 7 + UPPER_OWNED_DIRS.len() + 1);
+        assert_eq!(steps.len(), 7 + UPPER_OWNED_DIRS.len() + 2);
         assert!(steps.contains(&make("/state/slivers/s1/upper/var/tmp", 0o1777, true)));
         assert!(steps.contains(&make("/state/slivers/s1/upper/root/.ssh", 0o700, true)));
+        assert!(steps.contains(&make("/state/slivers/s1/upper/etc/planetmesh", 0o755, true)));
         assert_eq!(
-            steps.last(),
-            Some(&DirStep::Touch("/state/slivers/s1/authorized_keys".into()))
+            steps[steps.len() - 2..],
+            [
+                DirStep::Touch("/state/slivers/s1/authorized_keys".into()),
+                DirStep::Touch("/state/slivers/s1/sliver.json".into()),
+            ]
         );
     }
 
     #[test]
     fn keeping_the_upper_dir_removes_everything_else_and_trash_sits_beside_slivers() {
         let d = dirs();
-        assert!(!removed_keeping_upper(&d).contains(&d.upper.as_path()));
-        assert!(!removed_keeping_upper(&d).contains(&d.root.as_path()));
+        let removed = removed_keeping_upper(&d);
+        assert!(!removed.contains(&d.upper));
+        assert!(!removed.contains(&d.root));
+        assert!(removed.contains(&d.keys));
+        assert!(removed.contains(&"/state/slivers/s1/sliver.json".into()));
         assert_eq!(
             trash_target(&d, 42),
             Some(("/state/trash".into(), "/state/trash/s1-42".into()))
@@ -446,8 +461,16 @@ mod tests {
         let d = Path::new("/state/slivers/s1");
         assert!(is_kept_dir(d, |_| false));
         assert!(is_kept_dir(d, |p| p.ends_with("upper")));
-        for entry in ["work", "rootfs", "authorized_keys"] {
+        for entry in ["work", "rootfs", "authorized_keys", "sliver.json"] {
             assert!(!is_kept_dir(d, |p| p.ends_with(entry)), "{entry}");
+        }
+        // Whatever destroying with the upper dir kept removes marks a dir not kept (but the
+        // lower dir, always made along with `rootfs`, which does).
+        for gone in removed_keeping_upper(&dirs()) {
+            let name = gone.file_name().unwrap().to_owned();
+            if name != "lower" {
+                assert!(!is_kept_dir(d, |p| p.ends_with(&name)), "{name:?}");
+            }
         }
     }
 
