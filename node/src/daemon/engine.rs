@@ -29,6 +29,8 @@ fn backend_error(e: SliverError) -> BackendError {
             BackendError::Invalid(e.to_string())
         }
         SliverError::NotFound(id) => BackendError::NoSliver(id.to_string()),
+        SliverError::Alloc(crate::sliver::alloc::AllocError::Full(_))
+        | SliverError::PortsFull { .. } => BackendError::Full(e.to_string()),
         other => BackendError::Host(other.to_string()),
     }
 }
@@ -44,6 +46,14 @@ pub fn spec_for(sliver_id: &str, lease: &Lease, site: &str) -> Result<SliverSpec
         spec.kind = SliverKind::Admin;
         spec.capabilities = capabilities.clone();
         spec.host_pid_view = *host_pid_view;
+    }
+    // Network grants (paper §3.2, §3.3): raw sockets in the sliver's own network namespace
+    // only, and a hard egress cap at the granted rate instead of a share of the excess.
+    if lease.net.raw && !spec.capabilities.iter().any(|c| c == "CAP_NET_RAW") {
+        spec.capabilities.push("CAP_NET_RAW".into());
+    }
+    if lease.net.egress_cap {
+        spec.egress_ceil_kbps = Some(lease.resources.egress_kbps);
     }
     spec.about = Some(about_for(lease, site));
     Ok(spec)

@@ -45,6 +45,10 @@ pub enum BackendError {
     /// The lease's sliver is not on this node (it died, or the node lost it).
     #[error("sliver {0} is not running on this node")]
     NoSliver(String),
+    /// The node holds as many slivers as it can (its slots, or its public port range, are
+    /// all taken): the caller may try another node or later.
+    #[error("{0}")]
+    Full(String),
     /// The host failed; the caller can do nothing about it.
     #[error("{0}")]
     Host(String),
@@ -54,6 +58,7 @@ impl From<BackendError> for Rejection {
     fn from(e: BackendError) -> Self {
         match e {
             BackendError::Invalid(detail) => Rejection::Malformed { detail },
+            BackendError::Full(detail) => Rejection::Unavailable { detail },
             other => Rejection::Internal {
                 detail: other.to_string(),
             },
@@ -602,6 +607,7 @@ impl NodeService {
                 let detail = format!("creating the sliver failed: {e}");
                 return Err(match e {
                     BackendError::Invalid(_) => Rejection::Malformed { detail },
+                    BackendError::Full(_) => Rejection::Unavailable { detail },
                     _ => Rejection::Internal { detail },
                 });
             }

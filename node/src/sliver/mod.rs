@@ -115,6 +115,21 @@ pub enum SliverError {
     /// No slot is free.
     #[error(transparent)]
     Alloc(#[from] AllocError),
+    /// Every block of the node's public port range is leased.
+    #[error(
+        "no public ports free: {leased} slivers lease all of public_ports {first}-{last} \
+         ({per_sliver} each); 0 free"
+    )]
+    PortsFull {
+        /// Slivers holding blocks.
+        leased: u32,
+        /// The range's first port.
+        first: u16,
+        /// Its last.
+        last: u16,
+        /// Ports per block.
+        per_sliver: u16,
+    },
     /// The node's share of the host is claimed by another node (or cannot be claimed).
     #[error("claiming this node's share of the host: {0}")]
     Claim(#[from] claim::ClaimError),
@@ -287,6 +302,24 @@ impl NodeConfig {
         let policy = self.network.as_ref()?;
         let uplink = policy.uplink.as_ref()?;
         Some((uplink.address, policy.ports?.leased(slot, ports)))
+    }
+
+    /// Why no slot is free, naming the public port range when it is what bounds the slivers.
+    fn full_reason(&self, e: AllocError) -> SliverError {
+        let ports = self
+            .network
+            .as_ref()
+            .filter(|p| p.uplink.is_some())
+            .and_then(|p| p.ports);
+        match (e, ports) {
+            (AllocError::Full(n), Some(ports)) if n == ports.blocks() => SliverError::PortsFull {
+                leased: n,
+                first: ports.first,
+                last: ports.last(),
+                per_sliver: ports.per_sliver,
+            },
+            (e, _) => SliverError::Alloc(e),
+        }
     }
 
     /// The most public ports one sliver may lease here (`None`: no port range).
@@ -819,7 +852,11 @@ impl<H: Host> Slivers<H> {
                 .values()
                 .map(|r| r.slot.slot)
                 .chain(st.creating.values().copied());
-            let slot = self.config.slots.first_free(used)?;
+            let slot = self
+                .config
+                .slots
+                .first_free(used)
+                .map_err(|e| self.config.full_reason(e))?;
             st.creating.insert(spec.id.clone(), slot);
             slot
         };
