@@ -281,6 +281,21 @@ fn a_sliver_reaches_nothing_of_the_node_nor_another_slivers_private_address() {
                 (b.net.sliver_addr, 8080),
             ]),
         );
+        // An admin sliver that did not ask for the host's network is fenced the same way,
+        // whatever capabilities it holds in its own namespaces.
+        let mut admin = spec("fence-admin");
+        admin.kind = node::sliver::spec::SliverKind::Admin;
+        admin.capabilities = vec!["CAP_NET_ADMIN".into(), "CAP_NET_RAW".into()];
+        let admin = f.engine.create(admin).expect("create admin");
+        let from_admin = python(
+            &f,
+            "fence-admin",
+            &probe_tcp(&[
+                (admin.net.host_addr, port),
+                (node_addr, port),
+                (b.net.sliver_addr, 8080),
+            ]),
+        );
         // UDP and ICMP toward the node: nothing arrives, nothing answers.
         let udp_sent = python(
             &f,
@@ -301,11 +316,23 @@ fn a_sliver_reaches_nothing_of_the_node_nor_another_slivers_private_address() {
             .is_ok()
         });
         drop((any, lo));
-        Some((own, from_a, udp_sent, udp_arrived, node_from_inet))
+        Some((
+            own,
+            from_a,
+            from_admin,
+            udp_sent,
+            udp_arrived,
+            node_from_inet,
+        ))
     });
-    let Some((own, from_a, udp_sent, udp_arrived, node_from_inet)) = verdicts else {
+    let Some((own, from_a, from_admin, udp_sent, udp_arrived, node_from_inet)) = verdicts else {
         return;
     };
+    assert_eq!(
+        from_admin.stdout_text(),
+        "closed\nclosed\nclosed\n",
+        "an admin sliver in its own network namespace is fenced too ({from_admin:?})"
+    );
     assert_eq!(own.stdout_text(), "open\n", "b's service runs: {own:?}");
     assert_eq!(
         from_a.stdout_text(),
@@ -395,10 +422,12 @@ fn the_table_comes_back_when_deleted_by_hand_and_goes_with_the_node() {
         let gone = table(&ns, &name);
         let restored = f.engine.ensure_firewall().unwrap();
         let back = table(&ns, &name);
+        let read = |knob: &str| std::fs::read_to_string(knob).unwrap().trim().to_owned();
+        let uplink = "/proc/sys/net/ipv4/conf/up0/forwarding";
+        let forwarding = (read(uplink), read("/proc/sys/net/ipv4/ip_forward"));
         f.engine.destroy_all().unwrap();
         let after_wipe = table(&ns, &name);
-        let forwarding = std::fs::read_to_string("/proc/sys/net/ipv4/conf/up0/forwarding").unwrap();
-        let host_wide = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
+        let uplink_after = read(uplink);
         Some((
             made,
             restored_when_present,
@@ -407,10 +436,10 @@ fn the_table_comes_back_when_deleted_by_hand_and_goes_with_the_node() {
             back,
             after_wipe,
             forwarding,
-            host_wide,
+            uplink_after,
         ))
     });
-    let Some((made, present, gone, restored, back, after_wipe, forwarding, host_wide)) = checks
+    let Some((made, present, gone, restored, back, after_wipe, forwarding, uplink_after)) = checks
     else {
         return;
     };
@@ -422,9 +451,13 @@ fn the_table_comes_back_when_deleted_by_hand_and_goes_with_the_node() {
     assert_eq!(back.as_deref(), Some(made.as_str()), "as it was");
     assert!(after_wipe.is_none(), "wipe removes the table");
     assert_eq!(
-        (forwarding.trim(), host_wide.trim()),
-        ("1", "0"),
+        forwarding,
+        ("1".to_owned(), "0".to_owned()),
         "forwarding is on for the uplink only, never host-wide"
+    );
+    assert_eq!(
+        uplink_after, "0",
+        "wipe puts the uplink's forwarding back as it found it"
     );
 }
 

@@ -116,6 +116,10 @@ pub struct Firewall {
     /// and removed over netlink with each sliver ([`LEASED_PORTS`]); the script declares it
     /// empty.
     pub leases_ports: bool,
+    /// Where the node notes what the uplink's forwarding switch was before it turned it on,
+    /// to put it back when the table goes (`None`: it is left on).
+    #[serde(default)]
+    pub forwarding_note: Option<std::path::PathBuf>,
 }
 
 /// The name of the leased-port map in the node's table.
@@ -136,6 +140,7 @@ impl Firewall {
             uplink: None,
             icmp_per_sec: DEFAULT_ICMP_PER_SEC,
             leases_ports: false,
+            forwarding_note: None,
         }
     }
 

@@ -41,6 +41,7 @@ mod clone;
 mod control;
 mod dirs;
 mod exec;
+mod forwarding;
 mod nfset;
 mod nft;
 pub mod plan;
@@ -543,13 +544,19 @@ impl Host for LinuxHost {
     fn firewall_setup(&self, firewall: &Firewall) -> Result<(), HostError> {
         if let Some(uplink) = &firewall.uplink {
             let knob = plan::forwarding(&self.proc_root, &uplink.device);
-            fs::write(&knob, "1").map_err(io_err("write", &knob))?;
+            forwarding::enable(&knob, firewall.forwarding_note.as_deref())?;
         }
         nft::apply(&firewall.ruleset())
     }
 
     fn firewall_teardown(&self, firewall: &Firewall) -> Result<(), HostError> {
-        nft::apply(&firewall.removal())
+        nft::apply(&firewall.removal())?;
+        if let Some(uplink) = &firewall.uplink {
+            let knob = plan::forwarding(&self.proc_root, &uplink.device);
+            let still_needed = nft::other_node_tables(firewall)?;
+            forwarding::restore(&knob, firewall.forwarding_note.as_deref(), still_needed)?;
+        }
+        Ok(())
     }
 
     fn firewall_present(&self, firewall: &Firewall) -> Result<bool, HostError> {

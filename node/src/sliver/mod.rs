@@ -292,6 +292,7 @@ impl NodeConfig {
         table.uplink = policy.uplink.clone();
         table.icmp_per_sec = policy.icmp_per_sec;
         table.leases_ports = table.uplink.is_some() && policy.ports.is_some();
+        table.forwarding_note = Some(self.state_dir.join("uplink-forwarding"));
         Some(table)
     }
 

@@ -57,6 +57,25 @@ pub(super) fn apply(script: &str) -> Result<(), HostError> {
     }
 }
 
+/// Whether another node's table (`planetmesh_*`, any but this one's) is in this namespace.
+pub(super) fn other_node_tables(firewall: &Firewall) -> Result<bool, HostError> {
+    let out = nft()
+        .args(["list", "tables"])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(not_installed)?;
+    if !out.status.success() {
+        return Err(HostError::Firewall(format!(
+            "listing tables: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).lines().any(|line| {
+        line.strip_prefix("table inet ")
+            .is_some_and(|t| t.starts_with("planetmesh_") && t != firewall.table)
+    }))
+}
+
 /// Whether the node's table exists.
 pub(super) fn present(firewall: &Firewall) -> Result<bool, HostError> {
     let out = nft()
