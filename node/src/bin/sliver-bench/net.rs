@@ -1,7 +1,7 @@
 //! `sliver-bench --network`: what slice networking costs, measured in one run.
 //!
-//! Two "nodes" are network namespaces joined by a veth pair (`a` 10.252.<n>.1, `b` .2), each
-//! with its own engine, run on a thread that joined its namespace:
+//! Two "nodes" are network namespaces joined by a veth pair (`a` at `10.252.<n>.1`, `b` at
+//! `.2`), each with its own engine, run on a thread that joined its namespace:
 //! 1. create/destroy cycles on node `a` with the node's firewall off (no network policy, as
 //!    before slice networking) and on (uplink, NAT, fence, one leased port per sliver, its map
 //!    entry added and removed over netlink): p50/p99 of each;
