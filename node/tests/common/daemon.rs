@@ -205,6 +205,18 @@ impl LinuxNode {
         self.redeem_ticket(client, self.ticket(slice, holder)).await
     }
 
+    /// The name of the node's firewall table (family `inet`).
+    pub fn firewall_table(&self) -> String {
+        format!("planetmesh_{}", self._cleanup.engine.slots.ifname_prefix)
+    }
+
+    /// Shuts the daemon down as SIGTERM does, keeping the fixture (and its drop guard) alive.
+    pub async fn shut_down(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            within(shutdown).await;
+        }
+    }
+
     /// Stops the daemon (its slivers go with the drop guard).
     pub async fn stop(mut self) {
         if let Some(shutdown) = self.shutdown.take() {
