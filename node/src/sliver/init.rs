@@ -5,7 +5,8 @@
 //! re-executed). [`run`] is that program: it reads an [`InitPlan`] (JSON) from one inherited
 //! fd, enters a fresh cgroup namespace, sets the hostname, performs the [`MountStep`]s (overlay
 //! root, `/proc`, a minimal `/dev`, `/tmp`, read-only host system dirs, …), pivots into the new
-//! root, reduces its capability bounding set and sets `no_new_privs`, installs the sliver's
+//! root (what each step becomes, the exact calls with their flags and paths, is planned by the
+//! pure `calls` module, unit-tested without root; this file only makes them), reduces its capability bounding set and sets `no_new_privs`, installs the sliver's
 //! seccomp filter ([`super::seccomp`], compiled here from the plan's [`SeccompPlan`]), writes
 //! `ready` (or the error) on a second fd, and then only reaps children until it is sent SIGTERM
 //! or SIGINT. As pid 1 of the sliver's pid namespace, its exit takes every process of the
@@ -18,9 +19,9 @@ use std::io::{Read, Write};
 use std::net::Ipv4Addr;
 use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt, symlink};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::mount::{MsFlags, mount, umount2};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::wait::{WaitPidFlag, waitpid};
 use nix::unistd::{Pid, chdir, pivot_root, sethostname};
@@ -29,6 +30,9 @@ use serde::{Deserialize, Serialize};
 use super::caps::{self, CapMask};
 use super::netlink::Netlink;
 use super::seccomp::{self, SeccompPlan};
+
+pub mod calls;
+use calls::{Call, Planned};
 
 /// The status line an init writes once its sliver is ready.
 pub const READY: &str = "ready";
@@ -269,7 +273,9 @@ pub fn build(plan: &InitPlan, layer: Option<&std::os::fd::OwnedFd>) -> Result<()
         configure_net(net)?;
     }
     for step in &plan.steps {
-        run_step(step, plan.defer_detach, layer)?;
+        for call in calls::calls(step, plan.defer_detach, layer.is_some()) {
+            perform(&call, layer)?;
+        }
     }
     chdir("/").map_err(|e| step_err("chdir /", e))?;
     let filter = plan
@@ -291,16 +297,10 @@ pub fn build(plan: &InitPlan, layer: Option<&std::os::fd::OwnedFd>) -> Result<()
 /// What is left after the sliver was reported ready: detach the host's old root (when
 /// deferred) and drop the init's own capabilities to the sliver's set.
 pub fn finish(plan: &InitPlan) -> Result<(), InitError> {
-    if plan.defer_detach
-        && plan
-            .steps
-            .iter()
-            .any(|s| matches!(s, MountStep::PivotRoot { .. }))
-    {
-        // The cover, then the old root under it.
-        umount2(OLD_ROOT, MntFlags::MNT_DETACH).map_err(|e| step_err("detach cover", e))?;
-        umount2(OLD_ROOT, MntFlags::MNT_DETACH).map_err(|e| step_err("detach old root", e))?;
-        fs::remove_dir(OLD_ROOT).map_err(|e| step_err("remove old root dir", e))?;
+    if let Some(detach) = calls::deferred_detach(plan.defer_detach, &plan.steps) {
+        for call in &detach {
+            perform(call, None)?;
+        }
         drop_own_caps(plan.caps)?;
     }
     Ok(())
@@ -344,238 +344,71 @@ fn configure_net(net: &SliverNet) -> Result<(), InitError> {
     Ok(())
 }
 
-fn ensure_dir(path: &Path) -> Result<(), InitError> {
-    if path.is_dir() {
-        return Ok(());
-    }
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(path)
-        .map_err(|e| step_err(format!("mkdir {}", path.display()), e))
-}
-
-fn ensure_file(path: &Path) -> Result<(), InitError> {
-    if path.exists() {
-        return Ok(());
-    }
-    if let Some(parent) = path.parent() {
-        ensure_dir(parent)?;
-    }
-    File::create(path)
-        .map(|_| ())
-        .map_err(|e| step_err(format!("create {}", path.display()), e))
-}
-
-fn run_step(
-    step: &MountStep,
-    defer_detach: bool,
-    layer: Option<&std::os::fd::OwnedFd>,
-) -> Result<(), InitError> {
-    let none: Option<&str> = None;
-    match step {
-        MountStep::IdmappedLayer { source, target } => {
-            ensure_dir(target)?;
-            match layer {
-                Some(fd) => {
-                    use std::os::fd::AsFd;
-                    super::mountfd::attach(fd.as_fd(), target).map_err(|e| {
-                        step_err(format!("attach id-mapped image at {}", target.display()), e)
-                    })
-                }
-                None => run_step(
-                    &MountStep::Bind {
-                        source: source.clone(),
-                        target: target.clone(),
-                        readonly: true,
-                        file: false,
-                    },
-                    defer_detach,
-                    None,
-                ),
-            }
-        }
-        MountStep::MakePrivate => {
-            mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
-                .map_err(|e| step_err("make / private", e))
-        }
-        MountStep::Overlay {
-            lower,
-            upper,
-            work,
-            target,
-        } => {
-            let lower: Vec<String> = lower.iter().map(|p| p.display().to_string()).collect();
-            let data = format!(
-                "lowerdir={},upperdir={},workdir={},userxattr",
-                lower.join(":"),
-                upper.display(),
-                work.display()
-            );
-            mount(
-                Some("overlay"),
-                target,
-                Some("overlay"),
-                MsFlags::empty(),
-                Some(data.as_str()),
-            )
-            .map_err(|e| step_err(format!("mount overlay on {} ({data})", target.display()), e))
-        }
-        MountStep::Bind {
+/// Makes one planned call (see [`calls`]); `layer` is the id-mapped image the node sent.
+fn perform(planned: &Planned, layer: Option<&std::os::fd::OwnedFd>) -> Result<(), InitError> {
+    let err = |e: &dyn std::fmt::Display| step_err(&planned.what, e);
+    match &planned.call {
+        Call::Mount {
             source,
             target,
-            readonly,
-            file,
+            fstype,
+            flags,
+            data,
         } => {
-            if *file {
-                ensure_file(target)?;
-            } else {
-                ensure_dir(target)?;
+            mount(source.as_deref(), target, *fstype, *flags, data.as_deref()).map_err(|e| err(&e))
+        }
+        Call::RemountKeepingLocked { target, flags } => {
+            let locked = nix::sys::statvfs::statvfs(target)
+                .map(|st| calls::locked(st.flags()))
+                .unwrap_or(MsFlags::empty());
+            let none: Option<&str> = None;
+            mount(none, target, none, *flags | locked, none).map_err(|e| err(&e))
+        }
+        Call::AttachLayer { target } => {
+            use std::os::fd::AsFd;
+            let fd = layer.ok_or_else(|| err(&"the image fd did not arrive"))?;
+            super::mountfd::attach(fd.as_fd(), target).map_err(|e| err(&e))
+        }
+        Call::Unmount { target, flags } => umount2(target, *flags).map_err(|e| err(&e)),
+        Call::MakeDir { path } => {
+            if path.is_dir() {
+                return Ok(());
             }
-            let what = format!("bind {} on {}", source.display(), target.display());
-            mount(
-                Some(source),
-                target,
-                none,
-                MsFlags::MS_BIND | MsFlags::MS_REC,
-                none,
-            )
-            .map_err(|e| step_err(&what, e))?;
-            if *readonly {
-                // Keep the flags the kernel locks in a user namespace (nosuid, nodev, noexec).
-                let locked = locked_flags(target);
-                mount(
-                    none,
-                    target,
-                    none,
-                    MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | locked,
-                    none,
-                )
-                .map_err(|e| step_err(format!("{what} read-only"), e))?;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(path)
+                .map_err(|e| err(&e))
+        }
+        Call::CreateFile { path } => {
+            if path.exists() {
+                return Ok(());
             }
-            Ok(())
+            File::create(path).map(drop).map_err(|e| err(&e))
         }
-        MountStep::Proc { target } => {
-            ensure_dir(target)?;
-            mount(
-                Some("proc"),
-                target,
-                Some("proc"),
-                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-                none,
-            )
-            .map_err(|e| step_err(format!("mount proc on {}", target.display()), e))
+        Call::Chmod { path, mode } => {
+            fs::set_permissions(path, fs::Permissions::from_mode(*mode)).map_err(|e| err(&e))
         }
-        MountStep::Sysfs { target } => {
-            ensure_dir(target)?;
-            mount(
-                Some("sysfs"),
-                target,
-                Some("sysfs"),
-                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY,
-                none,
-            )
-            .map_err(|e| step_err(format!("mount sysfs on {}", target.display()), e))
-        }
-        MountStep::Tmpfs { target, mode, size } => {
-            ensure_dir(target)?;
-            let data = format!("mode={mode:o},size={size}");
-            mount(
-                Some("tmpfs"),
-                target,
-                Some("tmpfs"),
-                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-                Some(data.as_str()),
-            )
-            .map_err(|e| step_err(format!("mount tmpfs on {}", target.display()), e))
-        }
-        MountStep::Dirs { dirs } => {
-            for (path, mode) in dirs {
-                ensure_dir(path)?;
-                fs::set_permissions(path, fs::Permissions::from_mode(*mode))
-                    .map_err(|e| step_err(format!("chmod {}", path.display()), e))?;
-            }
-            Ok(())
-        }
-        MountStep::Devpts { target } => {
-            ensure_dir(target)?;
-            mount(
-                Some("devpts"),
-                target,
-                Some("devpts"),
-                MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-                Some("newinstance,ptmxmode=0666,mode=0620"),
-            )
-            .map_err(|e| step_err(format!("mount devpts on {}", target.display()), e))
-        }
-        MountStep::Symlink { path, to } => {
+        Call::Symlink { path, to } => {
             if path.symlink_metadata().is_ok() {
                 return Ok(());
             }
-            symlink(to, path).map_err(|e| step_err(format!("symlink {}", path.display()), e))
+            symlink(to, path).map_err(|e| err(&e))
         }
-        MountStep::PivotRoot { new_root } => {
-            let old = new_root.join(OLD_ROOT.trim_start_matches('/'));
-            ensure_dir(&old)?;
-            pivot_root(new_root, &old).map_err(|e| step_err("pivot_root", e))?;
-            chdir("/").map_err(|e| step_err("chdir /", e))?;
-            if defer_detach {
-                // Hide the host until the detach after ready.
-                mount(
-                    Some("tmpfs"),
-                    OLD_ROOT,
-                    Some("tmpfs"),
-                    MsFlags::MS_RDONLY
-                        | MsFlags::MS_NOSUID
-                        | MsFlags::MS_NODEV
-                        | MsFlags::MS_NOEXEC,
-                    Some("size=4k,mode=000"),
-                )
-                .map_err(|e| step_err("cover old root", e))?;
-            } else {
-                umount2(OLD_ROOT, MntFlags::MNT_DETACH)
-                    .map_err(|e| step_err("detach old root", e))?;
-                fs::remove_dir(OLD_ROOT).map_err(|e| step_err("remove old root dir", e))?;
-            }
-            // The tmpfs root of /tmp is made with the mount's mode; keep it sticky.
-            if let Ok(meta) = fs::metadata("/tmp") {
+        Call::PivotRoot { new_root, put_old } => pivot_root(new_root, put_old).map_err(|e| err(&e)),
+        Call::Chdir { path } => chdir(path).map_err(|e| err(&e)),
+        Call::RemoveDir { path } => fs::remove_dir(path).map_err(|e| err(&e)),
+        Call::MakeSticky { path } => {
+            if let Ok(meta) = fs::metadata(path) {
                 let mut perm = meta.permissions();
                 if perm.mode() & 0o7777 != 0o1777 {
                     perm.set_mode(0o1777);
-                    let _ = fs::set_permissions("/tmp", perm);
+                    let _ = fs::set_permissions(path, perm);
                 }
             }
             Ok(())
         }
     }
-}
-
-/// The lock-relevant flags of the mount at `path` (from `statvfs`).
-fn locked_flags(path: &Path) -> MsFlags {
-    let mut flags = MsFlags::empty();
-    if let Ok(st) = nix::sys::statvfs::statvfs(path) {
-        use nix::sys::statvfs::FsFlags;
-        let f = st.flags();
-        if f.contains(FsFlags::ST_NOSUID) {
-            flags |= MsFlags::MS_NOSUID;
-        }
-        if f.contains(FsFlags::ST_NODEV) {
-            flags |= MsFlags::MS_NODEV;
-        }
-        if f.contains(FsFlags::ST_NOEXEC) {
-            flags |= MsFlags::MS_NOEXEC;
-        }
-        if f.contains(FsFlags::ST_NOATIME) {
-            flags |= MsFlags::MS_NOATIME;
-        }
-        if f.contains(FsFlags::ST_NODIRATIME) {
-            flags |= MsFlags::MS_NODIRATIME;
-        }
-        if f.contains(FsFlags::ST_RELATIME) {
-            flags |= MsFlags::MS_RELATIME;
-        }
-    }
-    flags
 }
 
 /// Reaps children until SIGTERM or SIGINT; returns the exit code.
