@@ -22,6 +22,11 @@
 //! `memory.usage_in_bytes` (v1) or `memory.current` (v2). The disk watchdog stops a sliver's
 //! processes with the freezer ([`Cgroups::freeze`]): `freezer.state` in the v1 `freezer`
 //! hierarchy, `cgroup.freeze` in v2.
+//!
+//! A node dedicated to slivers may make moving processes between cgroups cheap
+//! ([`favor_dynamic_modifications`]): which cgroup2 mount to remount and with which options
+//! is decided from mountinfo text ([`dynamic_modifications_plan`], unit-tested), and
+//! [`remount`] is the one privileged call.
 
 use std::fs;
 use std::io;
@@ -632,13 +637,45 @@ impl Cgroups {
 /// period (about 10 ms here, the largest single cost of creating a sliver); forks and exits
 /// pay a little instead. The setting is global to the cgroup core, so it helps v1 hierarchies
 /// too. Returns the mount point, or `None` when there is no cgroup2 mount. Meant for a node
-/// dedicated to slivers: the daemon applies it at start when configured to.
+/// dedicated to slivers: the daemon applies it at start when configured to. What to do is
+/// [`dynamic_modifications_plan`]; the remount, [`remount`].
 pub fn favor_dynamic_modifications(mountinfo: &Path) -> Result<Option<PathBuf>, CgroupError> {
     let text = fs::read_to_string(mountinfo).map_err(|source| CgroupError::ReadMountinfo {
         path: mountinfo.to_path_buf(),
         source,
     })?;
-    for line in text.lines() {
+    match dynamic_modifications_plan(&text) {
+        DynamicModifications::NoCgroup2 => Ok(None),
+        DynamicModifications::Already(path) => Ok(Some(path)),
+        DynamicModifications::Remount { path, options } => {
+            remount(&path, options)?;
+            Ok(Some(path))
+        }
+    }
+}
+
+/// What favoring dynamic cgroup modifications takes on a host (see
+/// [`favor_dynamic_modifications`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DynamicModifications {
+    /// There is no cgroup2 mount: nothing to do.
+    NoCgroup2,
+    /// The cgroup2 mount at this point has `favordynmods` already: nothing to do.
+    Already(PathBuf),
+    /// Remount the cgroup2 mount at `path` with `options` (its own, but `rw`/`ro`, then
+    /// `favordynmods`).
+    Remount {
+        /// The mount point.
+        path: PathBuf,
+        /// The options of the remount.
+        options: String,
+    },
+}
+
+/// What to do, from the text of `/proc/self/mountinfo`: the first cgroup2 mount decides (its
+/// mount point unescaped; its superblock options, but `rw` and `ro`, kept).
+pub fn dynamic_modifications_plan(mountinfo: &str) -> DynamicModifications {
+    for line in mountinfo.lines() {
         let Some((left, right)) = line.split_once(" - ") else {
             continue;
         };
@@ -659,29 +696,33 @@ pub fn favor_dynamic_modifications(mountinfo: &Path) -> Result<Option<PathBuf>, 
             .filter(|o| !o.is_empty() && *o != "rw" && *o != "ro")
             .collect();
         if opts.contains(&"favordynmods") {
-            return Ok(Some(path));
+            return DynamicModifications::Already(path);
         }
         let mut options = opts.join(",");
         if !options.is_empty() {
             options.push(',');
         }
         options.push_str("favordynmods");
-        let none: Option<&str> = None;
-        nix::mount::mount(
-            none,
-            &path,
-            none,
-            nix::mount::MsFlags::MS_REMOUNT,
-            Some(options.as_str()),
-        )
-        .map_err(|source| CgroupError::Remount {
-            path: path.clone(),
-            options,
-            source,
-        })?;
-        return Ok(Some(path));
+        return DynamicModifications::Remount { path, options };
     }
-    Ok(None)
+    DynamicModifications::NoCgroup2
+}
+
+/// Remounts the mount at `path` (`MS_REMOUNT`, no other flag) with `options`.
+pub fn remount(path: &Path, options: String) -> Result<(), CgroupError> {
+    let none: Option<&str> = None;
+    nix::mount::mount(
+        none,
+        path,
+        none,
+        nix::mount::MsFlags::MS_REMOUNT,
+        Some(options.as_str()),
+    )
+    .map_err(|source| CgroupError::Remount {
+        path: path.to_path_buf(),
+        options,
+        source,
+    })
 }
 
 /// Moves process `pid` into the cgroup whose `cgroup.procs` is `procs`. A process may exit
@@ -822,6 +863,78 @@ mod tests {
                 PathBuf::from("/sys/fs/cgroup/memory/pm/s1"),
                 PathBuf::from("/sys/fs/cgroup/pids/pm/s1"),
             ]
+        );
+    }
+
+    #[test]
+    fn favordynmods_is_added_to_the_first_cgroup2_mount_once() {
+        // A hybrid host: its cgroup2 mount has no options but `rw`.
+        assert_eq!(
+            dynamic_modifications_plan(HYBRID),
+            DynamicModifications::Remount {
+                path: "/sys/fs/cgroup/unified".into(),
+                options: "favordynmods".into(),
+            }
+        );
+        // A v2 host keeps its options (but `rw`), in order, with the new one last.
+        let v2 = "\
+22 1 0:21 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw
+30 22 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:9 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot
+";
+        assert_eq!(
+            dynamic_modifications_plan(v2),
+            DynamicModifications::Remount {
+                path: "/sys/fs/cgroup".into(),
+                options: "nsdelegate,memory_recursiveprot,favordynmods".into(),
+            }
+        );
+        // Already there: nothing to do, whichever its place among the options.
+        let done = v2.replace("rw,nsdelegate", "rw,nsdelegate,favordynmods");
+        assert_eq!(
+            dynamic_modifications_plan(&done),
+            DynamicModifications::Already("/sys/fs/cgroup".into())
+        );
+        // Only the first cgroup2 mount counts; its mount point is unescaped; `ro` is dropped.
+        let two = "\
+1 1 0:1 / /c\\040g ro - cgroup2 cgroup2 ro
+2 1 0:2 / /other rw - cgroup2 cgroup2 rw,favordynmods
+";
+        assert_eq!(
+            dynamic_modifications_plan(two),
+            DynamicModifications::Remount {
+                path: "/c g".into(),
+                options: "favordynmods".into(),
+            }
+        );
+        // No cgroup2 mount (v1 only), a line cut short, or nothing at all: nothing to do.
+        let v1_only: String = HYBRID
+            .lines()
+            .filter(|l| !l.contains("cgroup2"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(
+            dynamic_modifications_plan(&v1_only),
+            DynamicModifications::NoCgroup2
+        );
+        assert_eq!(
+            dynamic_modifications_plan("1 1 0:1 / - cgroup2 cgroup2 rw\n"),
+            DynamicModifications::NoCgroup2
+        );
+        assert_eq!(
+            dynamic_modifications_plan(""),
+            DynamicModifications::NoCgroup2
+        );
+    }
+
+    #[test]
+    fn a_failed_remount_names_the_mount_and_the_options() {
+        let tmp = tempfile::tempdir().unwrap();
+        // Not a mount point (or, unprivileged, not allowed): the error says what was asked.
+        let err = remount(tmp.path(), "favordynmods".into()).unwrap_err();
+        assert!(
+            matches!(&err, CgroupError::Remount { path, options, .. }
+                if path == tmp.path() && options == "favordynmods"),
+            "{err}"
         );
     }
 
