@@ -205,8 +205,9 @@ impl Manifest {
     }
 }
 
-/// The node manager's default `public_ports` (ports forwarded to slivers): a node refuses to
-/// start with its own listen or HTTP port in it, so loopback ports are picked outside it
+/// The node manager's default `public_ports` (ports forwarded to slivers), which every node of
+/// a testnet keeps: a node that forwards them refuses to start with its own listen or HTTP
+/// port in it, so loopback ports are picked outside it, though loopback nodes forward nothing
 /// (`loopback_ports_avoid_the_node_public_ports` pins it to what `nodemgr` refuses).
 const NODE_PUBLIC_PORTS: std::ops::RangeInclusive<u16> = 40000..=41023;
 
@@ -663,20 +664,35 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         let http = format!("http = \"127.0.0.1:{}\"", node.http_port);
         assert!(text.contains(&http), "{text}");
-        // nodemgr refuses exactly the ports of NODE_PUBLIC_PORTS as its own.
+        // A node that forwards its public ports (real slivers, a public address) refuses
+        // exactly the ports of NODE_PUBLIC_PORTS as its own.
+        let forwarding = text
+            .replace("isolation = \"memory\"", "isolation = \"linux\"")
+            .replace("public_address = \"off\"", "public_address = \"127.0.0.1\"");
+        assert_ne!(forwarding, text);
         let start = *NODE_PUBLIC_PORTS.start();
         let end = *NODE_PUBLIC_PORTS.end();
+        let load = |text: String| {
+            std::fs::write(&path, text).unwrap();
+            node::daemon::config::NodeManagerConfig::load(&path)
+        };
         for (port, refused) in [
             (start - 1, false),
             (start, true),
             (end, true),
             (end + 1, false),
         ] {
-            let moved = text.replace(&http, &format!("http = \"127.0.0.1:{port}\""));
-            std::fs::write(&path, moved).unwrap();
-            let loaded = node::daemon::config::NodeManagerConfig::load(&path);
+            let moved = forwarding.replace(&http, &format!("http = \"127.0.0.1:{port}\""));
+            let loaded = load(moved);
             assert_eq!(loaded.is_err(), refused, "port {port}: {loaded:?}");
         }
+        // A loopback node as generated forwards nothing (public_address "off"), so it would
+        // take them; the testnet's ports stay out of the range all the same, and every node
+        // keeps the default range: two loopback nodes share no forwarded port.
+        let as_generated = text.replace(&http, &format!("http = \"127.0.0.1:{start}\""));
+        let loaded = load(as_generated);
+        assert!(loaded.is_ok(), "{loaded:?}");
+        assert!(!text.contains("public_ports"), "{text}");
         for _ in 0..200 {
             assert!(!NODE_PUBLIC_PORTS.contains(&free_port().unwrap()));
         }

@@ -12,6 +12,8 @@
 //!   is back, when the all-or-nothing slice can be had whole;
 //! - `egress.toml`: every sliver reaches the internet host over HTTP and UDP, which sees the
 //!   sliver's node's address (namespaces and real slivers: root only, skipped otherwise);
+//! - `slice-network.toml`: a sliver in fed0 serves HTTP and UDP on its leased port, and a
+//!   sliver in fed1 reaches it through its node's public address (root only, as egress);
 //!
 //! each ending with `down`: nothing of the testnet is left (processes, namespaces, links,
 //! cgroups). As root: hosts in network namespaces and real slivers. Without root: loopback and
@@ -30,12 +32,13 @@ use testnet::scenario::{self, RunOptions};
 
 /// The scenario files this suite runs; `every_scenario_file_is_in_the_suite` keeps it
 /// complete.
-const SUITE: [&str; 5] = [
+const SUITE: [&str; 6] = [
     "two-federations.toml",
     "node-restart.toml",
     "partition-heal.toml",
     "all-or-nothing-node-down.toml",
     "egress.toml",
+    "slice-network.toml",
 ];
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -122,6 +125,16 @@ fn slivers_reach_the_internet_host_from_their_nodes_address() {
         return;
     }
     run("egress.toml");
+}
+
+/// Leased ports need what egress needs: namespaces and real slivers.
+#[test]
+fn a_sliver_serves_on_its_leased_port_to_another_federations_sliver() {
+    if !nix::unistd::geteuid().is_root() && std::env::var_os("CI").is_none() {
+        eprintln!("skipped: leased ports need root (namespaces and real slivers)");
+        return;
+    }
+    run("slice-network.toml");
 }
 
 /// A step that fails: the error names the step, its line and why, points at the logs; the

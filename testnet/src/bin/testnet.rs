@@ -84,7 +84,9 @@ enum Cmd {
         wait: u64,
     },
     /// Bring a testnet up (unless one runs in --dir), then acquire a slice across both
-    /// federations, exec in every sliver, renew and delete it, printing each step and its time.
+    /// federations, exec in every sliver, reach the internet host from every sliver, serve on a
+    /// sliver's leased port and fetch it from the other federation's slivers (as root), renew
+    /// and delete it, printing each step and its time.
     Demo {
         /// Leave the testnet running afterwards (default: take it down).
         #[arg(long)]

@@ -35,13 +35,13 @@
 //! | `do` | fields (besides `title`) |
 //! |---|---|
 //! | `acquire` | `slice`, `slivers` or `nodes`, `resources`, `duration` (1h), `lease`, `federations`, `min_sites`, `mode`, `via`, `agents`, `expect`, `expect_slivers`, `timeout_secs` |
-//! | `exec` | `slice`, `command` (a string runs under `/bin/sh -c`, a list as is), `expect_output` (in every sliver's stdout; `{node_address}` stands for the address of the sliver's node), `expect_exit` (0), `expect_slivers`, `expect`, `timeout_secs`, `retry_secs` |
+//! | `exec` | `slice`, `command` (a string runs under `/bin/sh -c`, a list as is; lease placeholders, below), `expect_output` (in every sliver's stdout; `{node_address}` stands for the address of the sliver's node; lease placeholders), `expect_exit` (0), `expect_slivers`, `expect`, `timeout_secs`, `retry_secs` |
 //! | `status` | `slice`, `expect_live`, `expect_measured`, `expect`, `timeout_secs`, `retry_secs` |
 //! | `renew` | `slice`, `for`, `expect_renewed`, `expect`, `timeout_secs`, `retry_secs` |
 //! | `sync` | `slice`, `expect_held`, `expect`, `timeout_secs`, `retry_secs` |
 //! | `delete` | `slice`, `expect_released`, `expect`, `timeout_secs` |
 //! | `spawn` | `slice`, `command` (as for `exec`), `expect_slivers` (each answered a pid), `expect`, `timeout_secs` |
-//! | `logs` | `slice`, `expect_output` (in every sliver's spawn log; `{node_address}` as for `exec`), `expect_slivers`, `expect`, `timeout_secs`, `retry_secs` |
+//! | `logs` | `slice`, `expect_output` (in every sliver's spawn log; `{node_address}` and lease placeholders as for `exec`), `expect_slivers`, `expect`, `timeout_secs`, `retry_secs` |
 //! | `keys` | `slice`, `add` or `del` (a key line, or for `del` its comment; neither: list), `expect_keys` (keys each sliver lists after), `expect_slivers`, `expect`, `timeout_secs` |
 //! | `kill` | `hosts` (SIGKILL) |
 //! | `restart` | `hosts`, `wait_secs` (30: until each answers) |
@@ -51,6 +51,15 @@
 //! | `sleep` | `secs` |
 //! | `expect_leases` | `nodes` (default every node), `slice`, `each`, `total`, `within_secs` |
 //! | `down` | — (takes the testnet down and checks that nothing is left; the last step) |
+//!
+//! Lease placeholders name one sliver of the step's slice, the same in every sliver:
+//! `{public_address:NODE}` (its node's public address), `{public_port:NODE}` (the port it
+//! leases there, forwarded to the same port inside it) and `{sliver_address:NODE}` (its own
+//! address on its node), read from `slicectl slice status --json` before the step runs. They
+//! may stand in `command` (`exec`, `spawn`) and `expect_output` (`exec`, `logs`); `testnet
+//! scenario check` refuses an unknown one, one naming no node of the testnet, or one naming a
+//! node where the slice was not acquired (`nodes = […]`). So a sliver can serve on its leased
+//! port and another fetch it through its node (`scenarios/slice-network.toml`).
 //!
 //! `expect` is the `slicectl` failure class a step must end with (`ok` by default; `exec` with
 //! a non-zero `expect_exit`: `command_failed`), or a list of them: `ok`, `internal`, `usage`,
@@ -84,9 +93,9 @@ mod validate;
 
 pub use model::{
     Acquire, Bare, Class, Delete, Exec, ExpectLeases, Hosts, IsolationChoice, Keys, KeysAction,
-    Kind, Logs, Mode, NODE_ADDRESS, NetworkChoice, OneOrMany, PRINCIPAL_SITE, PlacedStep, Renew,
-    Restart, Scenario, Sleep, Spawn, Status, Step, StepCommon, Sync, TestnetSpec, Via,
-    WaitConverged,
+    Kind, LeaseField, LeaseRef, Logs, Mode, NODE_ADDRESS, NetworkChoice, OneOrMany, PRINCIPAL_SITE,
+    PlacedStep, Renew, Restart, Scenario, Sleep, Spawn, Status, Step, StepCommon, Sync,
+    TestnetSpec, Via, WaitConverged, lease_refs,
 };
 pub use parse::{load, parse};
 pub use run::{Report, RunOptions, leftovers, resolve, run, start, stop_on_signals};

@@ -19,8 +19,110 @@ use crate::topology::Topology;
 pub const PRINCIPAL_SITE: &str = "fed0-site0";
 
 /// In `expect_output` (`exec`, `logs`): the address of the node each sliver runs on, checked
-/// sliver by sliver (on a namespaced testnet the source its traffic leaves with).
+/// sliver by sliver (on a namespaced testnet the source its traffic leaves with). Lease
+/// placeholders ([`lease_refs`]) name one sliver's lease instead, the same for every sliver.
 pub const NODE_ADDRESS: &str = "{node_address}";
+
+/// What a lease placeholder (`{FIELD:NODE}`, [`lease_refs`]) stands for: a field of the lease
+/// that the step's slice holds on node `NODE`, as `slicectl slice status --json` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseField {
+    /// `{public_address:NODE}`: where the rest of the Internet reaches the sliver, its node's
+    /// public address (`public.address`).
+    PublicAddress,
+    /// `{public_port:NODE}`: the port the sliver leases there, forwarded to the same port
+    /// inside it (`public.ports[0]`).
+    PublicPort,
+    /// `{sliver_address:NODE}`: the sliver's own address on its node (`address`).
+    SliverAddress,
+}
+
+impl LeaseField {
+    /// Every field, in the order messages list them.
+    pub const ALL: [LeaseField; 3] = [
+        LeaseField::PublicAddress,
+        LeaseField::PublicPort,
+        LeaseField::SliverAddress,
+    ];
+
+    /// As a placeholder spells it.
+    pub fn word(self) -> &'static str {
+        match self {
+            LeaseField::PublicAddress => "public_address",
+            LeaseField::PublicPort => "public_port",
+            LeaseField::SliverAddress => "sliver_address",
+        }
+    }
+}
+
+/// A lease placeholder found in a step's text: `{FIELD:NODE}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRef {
+    /// What it stands for.
+    pub field: LeaseField,
+    /// The node (a host name) whose sliver of the step's slice it names.
+    pub node: String,
+}
+
+impl fmt::Display for LeaseRef {
+    /// The placeholder as written: `{public_port:node0}`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{{{}:{}}}", self.field.word(), self.node)
+    }
+}
+
+/// The lease placeholders in `text` (a `command` element of `exec` or `spawn`, an
+/// `expect_output` of `exec` or `logs`), each once, in order of first use. Only a `{` followed
+/// by `public_` or `sliver_` and a `:` is read as one, so other braces (a script's) are left
+/// alone; such a placeholder with an unknown field, no node or no closing `}` is an error.
+pub fn lease_refs(text: &str) -> Result<Vec<LeaseRef>, String> {
+    let mut refs: Vec<LeaseRef> = Vec::new();
+    let mut rest = text;
+    while let Some(open) = rest.find('{') {
+        rest = &rest[open + 1..];
+        let word_len = rest
+            .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+            .unwrap_or(rest.len());
+        let word = &rest[..word_len];
+        if !(word.starts_with("public_") || word.starts_with("sliver_"))
+            || !rest[word_len..].starts_with(':')
+        {
+            continue;
+        }
+        let known = || {
+            LeaseField::ALL
+                .iter()
+                .map(|f| format!("{{{}:NODE}}", f.word()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let Some(field) = LeaseField::ALL.into_iter().find(|f| f.word() == word) else {
+            return Err(format!(
+                "unknown placeholder {{{word}:…}}: a lease placeholder is one of {}",
+                known()
+            ));
+        };
+        let after = &rest[word_len + 1..];
+        let Some(close) = after.find('}') else {
+            return Err(format!("{{{word}:… has no closing }}"));
+        };
+        let node = &after[..close];
+        if node.is_empty() || node.contains(|c: char| c.is_whitespace() || c == '{') {
+            return Err(format!(
+                "{{{word}:{node}}}: name a node, as in {{{word}:node0}}"
+            ));
+        }
+        let found = LeaseRef {
+            field,
+            node: node.to_owned(),
+        };
+        if !refs.contains(&found) {
+            refs.push(found);
+        }
+        rest = &after[close + 1..];
+    }
+    Ok(refs)
+}
 
 /// How hosts are connected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -631,6 +733,24 @@ impl Step {
         }
     }
 
+    /// The step's texts that may hold lease placeholders ([`lease_refs`]), each with its
+    /// field's name: `command` of `exec` and `spawn`, `expect_output` of `exec` and `logs`.
+    pub fn lease_texts(&self) -> Vec<(&'static str, &str)> {
+        let mut texts: Vec<(&'static str, &str)> = Vec::new();
+        match self {
+            Step::Exec(e) => {
+                texts.extend(command_texts(&e.command).map(|t| ("command", t)));
+                texts.extend(e.expect_output.as_deref().map(|t| ("expect_output", t)));
+            }
+            Step::Spawn(sp) => texts.extend(command_texts(&sp.command).map(|t| ("command", t))),
+            Step::Logs(l) => {
+                texts.extend(l.expect_output.as_deref().map(|t| ("expect_output", t)));
+            }
+            _ => {}
+        }
+        texts
+    }
+
     /// What the step does, in a few words.
     pub fn describe(&self) -> String {
         match self {
@@ -717,6 +837,15 @@ impl Step {
     }
 }
 
+/// A `command`'s strings, borrowed.
+fn command_texts(command: &OneOrMany<String>) -> impl Iterator<Item = &str> {
+    match command {
+        OneOrMany::One(c) => std::slice::from_ref(c).iter(),
+        OneOrMany::Many(v) => v.iter(),
+    }
+    .map(String::as_str)
+}
+
 /// A step with what every step has: where it is and what it is for.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlacedStep {
@@ -777,6 +906,54 @@ mod tests {
             .unwrap();
             assert_eq!(read, kind);
         }
+    }
+
+    #[test]
+    fn lease_placeholders_are_read_and_other_braces_left_alone() {
+        let r = |field, node: &str| LeaseRef {
+            field,
+            node: node.to_owned(),
+        };
+        assert_eq!(
+            lease_refs(
+                "exec 3<>/dev/tcp/{public_address:node0}/{public_port:node0}; {public_port:node0} {sliver_address:node12}"
+            ),
+            Ok(vec![
+                r(LeaseField::PublicAddress, "node0"),
+                r(LeaseField::PublicPort, "node0"),
+                r(LeaseField::SliverAddress, "node12"),
+            ])
+        );
+        assert_eq!(
+            r(LeaseField::PublicPort, "node3").to_string(),
+            "{public_port:node3}"
+        );
+        // A script's braces, {node_address} and a format spec are not lease placeholders.
+        for text in [
+            "print(f\"{addr}:{port} {peer[0]}\")",
+            "you are {node_address}:",
+            "{x:>5} {public} {sliver}",
+            "{",
+            "",
+        ] {
+            assert_eq!(lease_refs(text), Ok(Vec::new()), "{text}");
+        }
+        let unknown = lease_refs("{public_adress:node0}").unwrap_err();
+        assert!(
+            unknown.starts_with("unknown placeholder {public_adress:…}")
+                && unknown
+                    .contains("{public_address:NODE}, {public_port:NODE}, {sliver_address:NODE}"),
+            "{unknown}"
+        );
+        assert_eq!(
+            lease_refs("x {public_port:node0").unwrap_err(),
+            "{public_port:… has no closing }"
+        );
+        assert!(
+            lease_refs("{sliver_address:}")
+                .unwrap_err()
+                .contains("name a node, as in {sliver_address:node0}")
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use capability_schema::PublicEndpoint;
 use serde_json::Value;
 
 use crate::demo::{Slicectl, SlicectlRun};
@@ -16,8 +17,8 @@ use crate::probe;
 use crate::topology::HostRole;
 
 use super::model::{
-    Acquire, Class, Delete, Exec, ExpectLeases, Keys, KeysAction, Logs, NODE_ADDRESS, OneOrMany,
-    Renew, Restart, Spawn, Status, Step, Sync, Via,
+    Acquire, Class, Delete, Exec, ExpectLeases, Keys, KeysAction, LeaseField, Logs, NODE_ADDRESS,
+    OneOrMany, Renew, Restart, Spawn, Status, Step, Sync, Via, lease_refs,
 };
 use super::run::{Running, interrupted, leftovers};
 
@@ -137,6 +138,15 @@ fn shell_argv(command: &OneOrMany<String>) -> Vec<String> {
     }
 }
 
+/// `text` with each lease placeholder of `values` (placeholder, value) replaced.
+fn fill(text: &str, values: &[(String, String)]) -> String {
+    values
+        .iter()
+        .fold(text.to_owned(), |text, (placeholder, value)| {
+            text.replace(placeholder, value)
+        })
+}
+
 /// What a run needs at hand to carry out its steps.
 pub(super) struct Runner<'a> {
     pub(super) manifest: &'a Manifest,
@@ -186,6 +196,72 @@ impl Runner<'_> {
             Ok(host) => want.replace(NODE_ADDRESS, &host.ip),
             Err(_) => want.to_owned(),
         }
+    }
+
+    /// The values of the lease placeholders in `texts` ([`lease_refs`]), as (placeholder,
+    /// value), read from `slicectl slice status --json SLICE` (not called when there is none);
+    /// a sliver the slice lacks, or a lease without the field, fails the step naming them.
+    fn lease_values(
+        &self,
+        slice: &str,
+        texts: &[&str],
+        timeout_secs: Option<u64>,
+    ) -> Result<Vec<(String, String)>, StepFailure> {
+        let mut refs = Vec::new();
+        for text in texts {
+            for r in lease_refs(text).map_err(StepFailure::new)? {
+                if !refs.contains(&r) {
+                    refs.push(r);
+                }
+            }
+        }
+        if refs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let args = vec!["slice".to_owned(), "status".to_owned(), slice.to_owned()];
+        let call = self.call(&self.slicectl, args, timeout_secs)?;
+        call.expect_class(&[Class::Ok, Class::Partial])?;
+        let slivers = self.by_node(&call.json["slivers"]);
+        let mut values = Vec::new();
+        let mut problems = Vec::new();
+        for r in refs {
+            let Some((_, lease)) = slivers.iter().find(|(name, _)| *name == r.node) else {
+                let on: Vec<&str> = slivers.iter().map(|(name, _)| name.as_str()).collect();
+                problems.push(format!(
+                    "{r}: {slice} has no sliver on {} (its slivers are on {})",
+                    r.node,
+                    if on.is_empty() {
+                        "no node".to_owned()
+                    } else {
+                        on.join(", ")
+                    }
+                ));
+                continue;
+            };
+            let value = match r.field {
+                LeaseField::PublicAddress => lease["public"]["address"].as_str().map(str::to_owned),
+                LeaseField::PublicPort => {
+                    lease["public"]["ports"][0].as_u64().map(|p| p.to_string())
+                }
+                LeaseField::SliverAddress => lease["address"].as_str().map(str::to_owned),
+            };
+            match value {
+                Some(value) => values.push((r.to_string(), value)),
+                None if r.field == LeaseField::SliverAddress => problems.push(format!(
+                    "{r}: {}'s lease of {slice} names no sliver address",
+                    r.node
+                )),
+                None => problems.push(format!(
+                    "{r}: {}'s lease of {slice} names no public endpoint (its node gives slivers \
+                     no egress: public_address = \"off\", as on a loopback testnet)",
+                    r.node
+                )),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(call.fail(problems.join("; ")));
+        }
+        Ok(values)
     }
 
     /// A slicectl config without the broker, so `--agent` (the in-process broker) is used.
@@ -373,13 +449,19 @@ impl Runner<'_> {
 
     fn exec(&self, e: &Exec) -> Result<Vec<String>, StepFailure> {
         let argv = shell_argv(&e.command);
+        let texts: Vec<&str> = argv
+            .iter()
+            .map(String::as_str)
+            .chain(e.expect_output.as_deref())
+            .collect();
+        let values = self.lease_values(&e.slice, &texts, e.timeout_secs)?;
         let mut args = vec![
             "slice".to_owned(),
             "exec".to_owned(),
             e.slice.clone(),
             "--".to_owned(),
         ];
-        args.extend(argv);
+        args.extend(argv.iter().map(|a| fill(a, &values)));
         let call = self.call(&self.slicectl, args, e.timeout_secs)?;
         let default = if e.expect_exit == 0 {
             Class::Ok
@@ -387,7 +469,7 @@ impl Runner<'_> {
             Class::CommandFailed
         };
         call.expect_class(&e.expect.as_ref().map_or(vec![default], OneOrMany::to_vec))?;
-        let mut lines = Vec::new();
+        let mut lines = placeholder_lines(&values);
         let mut answered = 0;
         let mut problems = Vec::new();
         for (name, s) in self.by_node(&call.json["slivers"]) {
@@ -409,7 +491,7 @@ impl Runner<'_> {
                 problems.push(format!("{name} exited {code}, expected {}", e.expect_exit));
             }
             if let Some(want) = &e.expect_output {
-                let want = self.expected_output(want, &name);
+                let want = self.expected_output(&fill(want, &values), &name);
                 if !stdout.contains(&want) {
                     problems.push(format!("{name}'s output lacks {want:?}"));
                 }
@@ -431,11 +513,14 @@ impl Runner<'_> {
             if state == "live" {
                 live += 1;
             }
+            let reached = serde_json::from_value::<PublicEndpoint>(v["public"].clone())
+                .map(|p| format!(", reached at {p}"))
+                .unwrap_or_default();
             let usage = &v["usage"];
             if usage.is_object() {
                 measured += 1;
                 lines.push(format!(
-                    "{name}: {state}, cpu {} ms, memory {} B, sent {} B{}",
+                    "{name}: {state}{reached}, cpu {} ms, memory {} B, sent {} B{}",
                     usage["cpu_time_ms"],
                     usage["memory_bytes"],
                     usage["egress_bytes"],
@@ -445,7 +530,7 @@ impl Runner<'_> {
                         .unwrap_or_default()
                 ));
             } else {
-                lines.push(format!("{name}: {state}"));
+                lines.push(format!("{name}: {state}{reached}"));
             }
         }
         if call.class == Class::NotFound {
@@ -537,20 +622,23 @@ impl Runner<'_> {
     }
 
     fn spawn(&self, sp: &Spawn) -> Result<Vec<String>, StepFailure> {
+        let argv = shell_argv(&sp.command);
+        let texts: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let values = self.lease_values(&sp.slice, &texts, sp.timeout_secs)?;
         let mut args = vec![
             "slice".to_owned(),
             "spawn".to_owned(),
             sp.slice.clone(),
             "--".to_owned(),
         ];
-        args.extend(shell_argv(&sp.command));
+        args.extend(argv.iter().map(|a| fill(a, &values)));
         let call = self.call(&self.slicectl, args, sp.timeout_secs)?;
         call.expect_class(
             &sp.expect
                 .as_ref()
                 .map_or(vec![Class::Ok], OneOrMany::to_vec),
         )?;
-        let mut lines = Vec::new();
+        let mut lines = placeholder_lines(&values);
         let mut started = 0;
         let mut problems = Vec::new();
         for (name, v) in self.by_node(&call.json["slivers"]) {
@@ -570,10 +658,12 @@ impl Runner<'_> {
     }
 
     fn logs(&self, l: &Logs) -> Result<Vec<String>, StepFailure> {
+        let texts: Vec<&str> = l.expect_output.as_deref().into_iter().collect();
+        let values = self.lease_values(&l.slice, &texts, l.timeout_secs)?;
         let args = vec!["slice".to_owned(), "logs".to_owned(), l.slice.clone()];
         let call = self.call(&self.slicectl, args, l.timeout_secs)?;
         call.expect_class(&l.expect.as_ref().map_or(vec![Class::Ok], OneOrMany::to_vec))?;
-        let mut lines = Vec::new();
+        let mut lines = placeholder_lines(&values);
         let mut answered = 0;
         let mut problems = Vec::new();
         for (name, v) in self.by_node(&call.json["slivers"]) {
@@ -588,7 +678,7 @@ impl Runner<'_> {
             let last = text.lines().last().unwrap_or("(empty)");
             lines.push(format!("{name}: {last}"));
             if let Some(want) = &l.expect_output {
-                let want = self.expected_output(want, &name);
+                let want = self.expected_output(&fill(want, &values), &name);
                 if !text.contains(&want) {
                     problems.push(format!("{name}'s log lacks {want:?}"));
                 }
@@ -857,6 +947,14 @@ pub(super) fn run_step(
     }
 }
 
+/// What each lease placeholder of a step stood for, one line each.
+fn placeholder_lines(values: &[(String, String)]) -> Vec<String> {
+    values
+        .iter()
+        .map(|(placeholder, value)| format!("{placeholder} = {value}"))
+        .collect()
+}
+
 /// Adds a problem when a step expected `expect` slivers to `act` and `got` did.
 fn expect_slivers(problems: &mut Vec<String>, expect: Option<usize>, got: usize, act: &str) {
     if let Some(n) = expect
@@ -879,6 +977,28 @@ mod tests {
         assert_eq!(
             shell_argv(&OneOrMany::Many(vec!["/bin/hostname".into()])),
             ["/bin/hostname"]
+        );
+    }
+
+    #[test]
+    fn lease_placeholders_are_filled_in_everywhere_they_stand() {
+        let values = vec![
+            ("{public_address:node0}".to_owned(), "10.250.0.2".to_owned()),
+            ("{public_port:node0}".to_owned(), "40000".to_owned()),
+        ];
+        assert_eq!(
+            fill(
+                "/dev/tcp/{public_address:node0}/{public_port:node0} Host: {public_address:node0} {node_address} {public_port:node1}",
+                &values
+            ),
+            "/dev/tcp/10.250.0.2/40000 Host: 10.250.0.2 {node_address} {public_port:node1}"
+        );
+        assert_eq!(
+            placeholder_lines(&values),
+            [
+                "{public_address:node0} = 10.250.0.2",
+                "{public_port:node0} = 40000"
+            ]
         );
     }
 

@@ -10,7 +10,7 @@ use crate::topology::{HostPlan, HostRole};
 
 use super::model::{
     Class, IsolationChoice, KeysAction, NetworkChoice, OneOrMany, PRINCIPAL_SITE, Scenario, Step,
-    TestnetSpec, Via,
+    TestnetSpec, Via, lease_refs,
 };
 
 /// What validation knows of the hosts: the planned ones, or only their names' shape (a
@@ -172,6 +172,8 @@ pub(super) fn validate(s: &Scenario) -> Vec<String> {
     }
     // Slices held after each step: name → the line that acquired it.
     let mut live: BTreeMap<String, usize> = BTreeMap::new();
+    // Where each held slice was asked to be (`nodes` of its acquisition; empty: anywhere).
+    let mut placed_on: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let last = s.steps.len().saturating_sub(1);
     for (i, placed) in s.steps.iter().enumerate() {
         let line = placed.common.line;
@@ -263,6 +265,7 @@ pub(super) fn validate(s: &Scenario) -> Vec<String> {
                 });
                 if ends_held {
                     live.insert(a.slice.clone(), line);
+                    placed_on.insert(a.slice.clone(), a.nodes.clone());
                 }
             }
             Step::Exec(e) => {
@@ -327,6 +330,7 @@ pub(super) fn validate(s: &Scenario) -> Vec<String> {
                     .is_none_or(|e| e.to_vec().contains(&Class::Ok))
                 {
                     live.remove(&d.slice);
+                    placed_on.remove(&d.slice);
                 }
             }
             Step::Kill(h) | Step::Partition(h) => {
@@ -387,6 +391,45 @@ pub(super) fn validate(s: &Scenario) -> Vec<String> {
                 if i != last {
                     bad("`down` takes the testnet away: it must be the last step".into());
                 }
+            }
+        }
+        // Lease placeholders name a node where the step's slice has a sliver.
+        let slice = match &placed.step {
+            Step::Exec(e) => Some(&e.slice),
+            Step::Spawn(sp) => Some(&sp.slice),
+            Step::Logs(l) => Some(&l.slice),
+            _ => None,
+        };
+        let mut seen = Vec::new();
+        for (field, text) in placed.step.lease_texts() {
+            let refs = match lease_refs(text) {
+                Ok(refs) => refs,
+                Err(e) => {
+                    problems.push(format!("{here}: `{field}`: {e}"));
+                    continue;
+                }
+            };
+            for r in refs {
+                if seen.contains(&r) {
+                    continue;
+                }
+                let wrong = match hosts.check(&r.node, Some(HostRole::Node)) {
+                    Err(e) => Some(e),
+                    Ok(()) => slice
+                        .and_then(|slice| Some((slice, placed_on.get(slice)?, live.get(slice)?)))
+                        .filter(|(_, nodes, _)| !nodes.is_empty() && !nodes.contains(&r.node))
+                        .map(|(slice, nodes, line)| {
+                            format!(
+                                "{slice:?} has no sliver on {} (acquired on line {line} with nodes = [{}])",
+                                r.node,
+                                nodes.join(", ")
+                            )
+                        }),
+                };
+                if let Some(wrong) = wrong {
+                    problems.push(format!("{here}: `{field}`: {r}: {wrong}"));
+                }
+                seen.push(r);
             }
         }
         // Waits and retries of zero are mistakes (leave the field out instead).
@@ -547,6 +590,57 @@ agents = ["node0"]
         // Twice without deleting.
         let p = one_problem(&format!("{}{}", acquire("ok"), acquire("ok")));
         assert!(p.contains("held already (acquired on line 1)"), "{p}");
+    }
+
+    #[test]
+    fn lease_placeholders_name_a_node_where_the_slice_is() {
+        let scenario = |acquire: &str, command: &str, expect: &str| {
+            format!(
+                "[testnet]\nnodes = 4\nagents = 2\n\
+                 [[step]]\ndo = \"acquire\"\nslice = \"fed0-site0_w\"\n{acquire}\nresources = \"cpu=100m\"\n\
+                 [[step]]\ndo = \"exec\"\nslice = \"fed0-site0_w\"\ncommand = {command:?}\nexpect_output = {expect:?}\n\
+                 [[step]]\ndo = \"spawn\"\nslice = \"fed0-site0_w\"\ncommand = [\"serve\", {command:?}]\n\
+                 [[step]]\ndo = \"logs\"\nslice = \"fed0-site0_w\"\nexpect_output = {expect:?}\n"
+            )
+        };
+        let good = scenario(
+            "nodes = [\"node0\", \"node1\"]",
+            "fetch {public_address:node0}:{public_port:node0}",
+            "at {sliver_address:node0}; you are {node_address}:",
+        );
+        assert!(parse(&good, "t").is_ok(), "{good}");
+        // Without `nodes`, any node of the testnet may hold a sliver.
+        let anywhere = scenario("slivers = 2", "fetch {public_port:node3}", "");
+        assert!(parse(&anywhere, "t").is_ok());
+        let p = problems(&scenario(
+            "nodes = [\"node0\", \"node1\"]",
+            "{public_adress:node0} {public_port:node9} {public_port:node9}",
+            "{sliver_address:agent0} {public_port:node2} {sliver_address:node0",
+        ));
+        let expect = [
+            "line 9: step 2 (do = \"exec\"): `command`: unknown placeholder {public_adress:…}",
+            "line 9: step 2 (do = \"exec\"): `expect_output`: {sliver_address:… has no closing }",
+            "line 14: step 3 (do = \"spawn\"): `command`: unknown placeholder {public_adress:…}",
+            "line 18: step 4 (do = \"logs\"): `expect_output`: {sliver_address:… has no closing }",
+        ];
+        assert_eq!(p.len(), expect.len(), "{p:#?}");
+        for (want, got) in expect.iter().zip(&p) {
+            assert!(got.starts_with(want), "{got:?} should start {want:?}");
+        }
+        let p = problems(&scenario(
+            "nodes = [\"node0\", \"node1\"]",
+            "{public_port:node9} {public_port:node9} {public_address:agent0}",
+            "{public_port:node2}",
+        ));
+        assert_eq!(
+            p[..3],
+            [
+                "line 9: step 2 (do = \"exec\"): `command`: {public_port:node9}: no host \"node9\" in this testnet; hosts are node0, node1, node2, node3, agent0, agent1, broker0",
+                "line 9: step 2 (do = \"exec\"): `command`: {public_address:agent0}: agent0 is an agent host, not a node",
+                "line 9: step 2 (do = \"exec\"): `expect_output`: {public_port:node2}: \"fed0-site0_w\" has no sliver on node2 (acquired on line 4 with nodes = [node0, node1])",
+            ],
+            "{p:#?}"
+        );
     }
 
     #[test]
