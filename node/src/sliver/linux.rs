@@ -34,7 +34,7 @@ use super::init::{self, InitPlan};
 use super::mountfd;
 use super::netlink::Netlink;
 use super::output::{self, pidfd_open};
-use super::rootfs::{self, DiskBacking, Image, SliverDirs};
+use super::rootfs::{self, Image, SliverDirs};
 use super::sealed::SealedImage;
 
 mod clone;
@@ -293,10 +293,9 @@ impl Host for LinuxHost {
             let _ = waitpid(raw, Some(WaitPidFlag::WNOHANG));
             return Ok(());
         };
-        match self.stat(pid) {
-            Some((t, _)) if t == start_time => {}
+        if !plan::is_same_init(self.stat(pid), start_time) {
             // Another process reuses the pid: ours is gone.
-            _ => return Ok(()),
+            return Ok(());
         }
         clone::kill_and_wait(&pidfd, pid, KILL_TIMEOUT)?;
         let _ = waitpid(raw, Some(WaitPidFlag::WNOHANG));
@@ -304,7 +303,7 @@ impl Host for LinuxHost {
     }
 
     fn init_alive(&self, pid: u32, start_time: u64) -> bool {
-        matches!(self.stat(pid), Some((t, false)) if t == start_time)
+        plan::is_live_init(self.stat(pid), start_time)
     }
 
     fn net_attach(&self, init_pid: u32, net: &NetAttach) -> Result<(), HostError> {
@@ -486,23 +485,24 @@ impl Host for LinuxHost {
     }
 
     fn disk_used(&self, target: &DiskTarget) -> Result<u64, HostError> {
-        match target.backing {
-            DiskBacking::Directory => {
-                // Everything the sliver can hold on the host's disk: its upper dir, the
-                // overlay's work dir, and files its processes deleted but keep open.
-                let upper = &target.dirs.upper;
+        match plan::disk_measure(&self.proc_root, target) {
+            plan::DiskMeasure::Walk {
+                upper,
+                work,
+                cgroup,
+            } => {
                 let mut used = 0u64;
-                for dir in [upper, &target.dirs.work] {
+                for dir in [&upper, &work] {
                     used = used
                         .saturating_add(rootfs::disk_usage(dir).map_err(io_err("measure", dir))?);
                 }
                 let dev = {
                     use std::os::unix::fs::MetadataExt;
-                    fs::symlink_metadata(upper)
-                        .map_err(io_err("stat", upper))?
+                    fs::symlink_metadata(&upper)
+                        .map_err(io_err("stat", &upper))?
                         .dev()
                 };
-                let cgroups = self.cgroups.dirs(&target.cgroup);
+                let cgroups = self.cgroups.dirs(&cgroup);
                 let pids = rootfs::cgroup_pids(&cgroups).map_err(io_err(
                     "list processes",
                     cgroups.first().map_or(Path::new("/"), PathBuf::as_path),
@@ -511,20 +511,19 @@ impl Host for LinuxHost {
                     .map_err(io_err("measure deleted files held open", &self.proc_root))?;
                 Ok(used.saturating_add(held))
             }
-            DiskBacking::Quota => super::quota::usage(&target.dirs.root, target.limit)
-                .map_err(io_err("measure", &target.dirs.root)),
-            DiskBacking::Tmpfs => {
-                // The tmpfs lives in the sliver's mount namespace only; an overlay reports the
-                // statistics of its upper layer's filesystem, so its root answers for it.
-                let root = self.proc_path(target.init_pid, "root/");
+            plan::DiskMeasure::Quota { root, limit } => {
+                super::quota::usage(&root, limit).map_err(io_err("measure", &root))
+            }
+            plan::DiskMeasure::Statvfs { root } => {
                 let st = nix::sys::statvfs::statvfs(&root).map_err(sys(format!(
                     "statvfs {} (tmpfs-backed layer)",
                     root.display()
                 )))?;
-                Ok(st
-                    .blocks()
-                    .saturating_sub(st.blocks_free())
-                    .saturating_mul(st.fragment_size()))
+                Ok(plan::fs_used(
+                    st.blocks(),
+                    st.blocks_free(),
+                    st.fragment_size(),
+                ))
             }
         }
     }

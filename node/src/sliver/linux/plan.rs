@@ -1,5 +1,6 @@
 //! What [`super::LinuxHost`] does, decided without touching the host: the directories of a
-//! sliver, its network wiring and shaping, and which host traces are slivers'. Pure functions,
+//! sliver, its network wiring and shaping, an init's control writes, whether a pid is still
+//! its init, how its disk use is measured, and which host traces are slivers'. Pure functions,
 //! unit-tested without root; `linux.rs` executes the plans with thin privileged primitives.
 
 use std::net::Ipv4Addr;
@@ -309,6 +310,74 @@ pub fn init_outcome(
     }))
 }
 
+/// Whether the process whose `/proc/<pid>/stat` reads `stat` (see [`parse_stat`]; `None`:
+/// gone) is the init that started at `start_time`: a pid another process reuses is not. A
+/// zombie init still is (killing it is what reaps it).
+pub fn is_same_init(stat: Option<(u64, bool)>, start_time: u64) -> bool {
+    matches!(stat, Some((t, _)) if t == start_time)
+}
+
+/// Whether that init is alive: the same init (see [`is_same_init`]) and not a zombie.
+pub fn is_live_init(stat: Option<(u64, bool)>, start_time: u64) -> bool {
+    matches!(stat, Some((t, false)) if t == start_time)
+}
+
+/// How the disk a sliver uses is measured, by what backs its writable layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DiskMeasure {
+    /// Everything the sliver can hold on the host's disk: walk its upper dir and the
+    /// overlay's work dir, and add the files its cgroup's processes deleted but keep open on
+    /// the upper dir's filesystem.
+    Walk {
+        /// The upper dir (whose filesystem the held files are looked for on).
+        upper: PathBuf,
+        /// The overlay's work dir.
+        work: PathBuf,
+        /// The sliver's cgroup.
+        cgroup: String,
+    },
+    /// The quota group of the sliver's subvolume, which may not be found above `limit`.
+    Quota {
+        /// The subvolume.
+        root: PathBuf,
+        /// The grant.
+        limit: u64,
+    },
+    /// `statvfs` of the sliver's root seen through its init: the tmpfs lives in the sliver's
+    /// mount namespace only, and an overlay reports its upper layer's filesystem's statistics.
+    Statvfs {
+        /// `/proc/<init>/root/`.
+        root: PathBuf,
+    },
+}
+
+/// How [`crate::sliver::host::Host::disk_used`] measures `target`.
+pub fn disk_measure(proc_root: &Path, target: &crate::sliver::host::DiskTarget) -> DiskMeasure {
+    use crate::sliver::rootfs::DiskBacking;
+    match target.backing {
+        DiskBacking::Directory => DiskMeasure::Walk {
+            upper: target.dirs.upper.clone(),
+            work: target.dirs.work.clone(),
+            cgroup: target.cgroup.clone(),
+        },
+        DiskBacking::Quota => DiskMeasure::Quota {
+            root: target.dirs.root.clone(),
+            limit: target.limit,
+        },
+        DiskBacking::Tmpfs => DiskMeasure::Statvfs {
+            root: proc_root.join(target.init_pid.to_string()).join("root/"),
+        },
+    }
+}
+
+/// The bytes a filesystem holds, from its `statvfs` answer: the blocks not free, at the
+/// fragment size (saturating, never negative).
+pub fn fs_used(blocks: u64, blocks_free: u64, fragment_size: u64) -> u64 {
+    blocks
+        .saturating_sub(blocks_free)
+        .saturating_mul(fragment_size)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -600,5 +669,57 @@ mod tests {
             matches!(&err, HostError::Init(m) if m == "mount /proc: EPERM"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn only_the_init_that_started_then_is_the_same_and_a_zombie_is_not_alive() {
+        assert!(is_same_init(Some((7, false)), 7));
+        assert!(is_same_init(Some((7, true)), 7));
+        assert!(!is_same_init(Some((8, false)), 7));
+        assert!(!is_same_init(None, 7));
+        assert!(is_live_init(Some((7, false)), 7));
+        assert!(!is_live_init(Some((7, true)), 7));
+        assert!(!is_live_init(Some((8, false)), 7));
+        assert!(!is_live_init(None, 7));
+    }
+
+    #[test]
+    fn disk_is_measured_by_what_backs_the_layer() {
+        use crate::sliver::host::DiskTarget;
+        use crate::sliver::rootfs::DiskBacking;
+        let target = |backing| DiskTarget {
+            dirs: dirs(),
+            backing,
+            init_pid: 4242,
+            cgroup: "planetmesh/s1".into(),
+            limit: 1 << 30,
+        };
+        let proc_root = Path::new("/fakeproc");
+        assert_eq!(
+            disk_measure(proc_root, &target(DiskBacking::Directory)),
+            DiskMeasure::Walk {
+                upper: "/state/slivers/s1/upper".into(),
+                work: "/state/slivers/s1/work".into(),
+                cgroup: "planetmesh/s1".into(),
+            }
+        );
+        assert_eq!(
+            disk_measure(proc_root, &target(DiskBacking::Quota)),
+            DiskMeasure::Quota {
+                root: "/state/slivers/s1".into(),
+                limit: 1 << 30,
+            }
+        );
+        assert_eq!(
+            disk_measure(proc_root, &target(DiskBacking::Tmpfs)),
+            DiskMeasure::Statvfs {
+                root: "/fakeproc/4242/root/".into(),
+            }
+        );
+        assert_eq!(fs_used(1000, 250, 4096), 750 * 4096);
+        assert_eq!(fs_used(1000, 1000, 4096), 0);
+        // A free count above the total (a racing filesystem) is nothing used, not a wrap.
+        assert_eq!(fs_used(10, 11, 4096), 0);
+        assert_eq!(fs_used(u64::MAX, 0, 4096), u64::MAX);
     }
 }
