@@ -93,7 +93,19 @@ fn magic_links_never_run_a_host_program() {
 /// Descriptor targets of `pid` in the sliver (`self`: the listing program's own), as
 /// `fd -> target` lines; the listing runs as the sliver's program, not through a shell.
 fn fd_targets(f: &Fixture, sliver: &str, pid: &str) -> Vec<String> {
-    let out = run(f, sliver, &["/bin/ls", "-l", &format!("/proc/{pid}/fd")]);
+    let list = || run(f, sliver, &["/bin/ls", "-l", &format!("/proc/{pid}/fd")]);
+    let mut out = list();
+    // Just after ready, the init still holds the capabilities it needs to detach the host's
+    // old root; until it drops them (moments later), the kernel lets no one with fewer
+    // (the sliver's root) read its descriptors (`cap_ptrace_access_check`). Wait for that,
+    // within 5 s, rather than read nothing.
+    for _ in 0..50 {
+        if !out.stderr_text().contains("Permission denied") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        out = list();
+    }
     // A descriptor may close between the listing and its readlink (ls then exits 1 and says
     // so); anything else is a failure.
     let vanished = out
