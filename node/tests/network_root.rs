@@ -831,3 +831,65 @@ fn through_the_nat_a_capped_sliver_keeps_its_rate_and_an_uncapped_one_borrows_up
         "and never more than the node's 16 Mbit/s: {open:.2}"
     );
 }
+
+#[test]
+fn a_granted_raw_socket_cannot_send_a_forged_source_out_through_the_nat() {
+    if !root_or_skip() {
+        return;
+    }
+    let world = World::new();
+    let (node_addr, inet_addr) = (world.node_addr, world.inet_addr);
+    let sink = World::within(&world.inet_ns, move || {
+        UdpSocket::bind((inet_addr, 8082)).expect("bind udp")
+    });
+    sink.set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    let policy = world.policy(10);
+    let sent = World::within(&world.node_ns, move || {
+        let f = engine(policy)?;
+        let mut raw = spec("forger");
+        raw.capabilities = vec!["CAP_NET_RAW".into()];
+        let rec = f.engine.create(raw).expect("create");
+        let other = f.engine.create(spec("bystander")).expect("create");
+        // Hand-built IPv4/UDP packets with a chosen source, through a raw socket.
+        let send = |src: Ipv4Addr, tag: &str| {
+            python(
+                &f,
+                "forger",
+                &format!(
+                    "import socket,struct\n\
+                     p=b'{tag}'\n\
+                     u=struct.pack('!HHHH',40000,8082,8+len(p),0)+p\n\
+                     h=struct.pack('!BBHHHBBH4s4s',0x45,0,20+len(u),1,0,64,17,0,socket.inet_aton('{src}'),socket.inet_aton('{inet_addr}'))\n\
+                     s=socket.socket(socket.AF_INET,socket.SOCK_RAW,socket.IPPROTO_RAW)\n\
+                     s.sendto(h+u,('{inet_addr}',0))\n"
+                ),
+            )
+        };
+        let outs = [
+            send(other.net.sliver_addr, "forged-neighbour"),
+            send(Ipv4Addr::new(192, 0, 2, 1), "forged-foreign"),
+            send(node_addr, "forged-node"),
+            send(rec.net.sliver_addr, "genuine"),
+        ];
+        Some(outs)
+    });
+    let Some(outs) = sent else { return };
+    for out in &outs {
+        assert!(out.success(), "{out:?}");
+    }
+    let mut received = Vec::new();
+    let mut buf = [0u8; 64];
+    while let Ok((n, from)) = sink.recv_from(&mut buf) {
+        received.push(format!(
+            "{} from {}",
+            String::from_utf8_lossy(&buf[..n]),
+            from.ip()
+        ));
+    }
+    assert_eq!(
+        received,
+        vec![format!("genuine from {node_addr}")],
+        "only the sliver's own packet leaves, translated to the node's address"
+    );
+}
