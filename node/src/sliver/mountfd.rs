@@ -5,22 +5,21 @@
 //! overlay). So the node clones the image as a detached mount (`open_tree`), id-maps it with
 //! the sliver's user namespace (`mount_setattr` with `MOUNT_ATTR_IDMAP`: host root's files
 //! appear as the sliver root's), and sends the mount's fd to the init over a unix socket
-//! (`SCM_RIGHTS`); the init attaches it in its own mount namespace (`move_mount`) and uses it
-//! as the overlay's lower layer. Raw system calls: nix and libc have no wrappers for these.
+//! (`SCM_RIGHTS`, through nix); the init attaches it in its own mount namespace
+//! (`move_mount`) and uses it as the overlay's lower layer. `open_tree` and `move_mount` go
+//! through rustix; `mount_setattr` is a raw system call, as neither rustix (1.1), nix nor libc
+//! wraps it.
 
-use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
-/// `OPEN_TREE_CLONE`.
-const OPEN_TREE_CLONE: libc::c_uint = 1;
+use rustix::mount::{MoveMountFlags, OpenTreeFlags};
+
 /// `MOUNT_ATTR_RDONLY`.
 const MOUNT_ATTR_RDONLY: u64 = 0x0000_0001;
 /// `MOUNT_ATTR_IDMAP`.
 const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
-/// `MOVE_MOUNT_F_EMPTY_PATH`.
-const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x0000_0004;
 
 /// `struct mount_attr`.
 #[repr(C)]
@@ -31,43 +30,23 @@ struct MountAttr {
     userns_fd: u64,
 }
 
-fn cstring(path: &Path) -> io::Result<CString> {
-    CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path has a NUL"))
-}
-
-fn check(rc: libc::c_long) -> io::Result<libc::c_long> {
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc)
-    }
-}
-
 /// A detached, read-only copy of the mount tree at `path`, with the file ids mapped through
 /// the user namespace `userns` (an open `/proc/<pid>/ns/user`).
 pub fn idmapped_clone(path: &Path, userns: BorrowedFd<'_>) -> io::Result<OwnedFd> {
-    let c = cstring(path)?;
-    // SAFETY: open_tree with a valid NUL-terminated path; returns a new fd or -1.
-    let fd = check(unsafe {
-        libc::syscall(
-            libc::SYS_open_tree,
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
-        )
-    })?;
-    let fd = RawFd::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
-    // SAFETY: the kernel just returned this fd; nothing else owns it.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let fd = rustix::mount::open_tree(
+        rustix::fs::CWD,
+        path,
+        OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
+    )?;
     let attr = MountAttr {
         attr_set: MOUNT_ATTR_IDMAP | MOUNT_ATTR_RDONLY,
         attr_clr: 0,
         propagation: 0,
         userns_fd: u64::try_from(userns.as_raw_fd()).unwrap_or(u64::MAX),
     };
+    // Raw: rustix (1.1) has no mount_setattr.
     // SAFETY: mount_setattr on our fd with an empty path and a valid, correctly sized attr.
-    check(unsafe {
+    let rc = unsafe {
         libc::syscall(
             libc::SYS_mount_setattr,
             fd.as_raw_fd(),
@@ -76,25 +55,22 @@ pub fn idmapped_clone(path: &Path, userns: BorrowedFd<'_>) -> io::Result<OwnedFd
             &attr as *const MountAttr,
             std::mem::size_of::<MountAttr>(),
         )
-    })?;
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
     Ok(fd)
 }
 
 /// Attaches the detached mount `fd` at `target` in the caller's mount namespace.
 pub fn attach(fd: BorrowedFd<'_>, target: &Path) -> io::Result<()> {
-    let t = cstring(target)?;
-    // SAFETY: move_mount from our fd (empty path) to a valid NUL-terminated target.
-    check(unsafe {
-        libc::syscall(
-            libc::SYS_move_mount,
-            fd.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_FDCWD,
-            t.as_ptr(),
-            MOVE_MOUNT_F_EMPTY_PATH,
-        )
-    })
-    .map(|_| ())
+    Ok(rustix::mount::move_mount(
+        fd,
+        c"",
+        rustix::fs::CWD,
+        target,
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )?)
 }
 
 /// Sends one byte and, if given, one fd over the unix socket `sock`.
