@@ -985,8 +985,18 @@ mod tests {
         }
         let err = Claims::take(&dir, &b, &[cgroup("pm/x")]).unwrap_err();
         assert!(err.to_string().contains("which runs"), "{err}");
-        // The lock dies with flock(1) (`-o`: its sleep never held it).
+        // The lock dies with flock(1)'s process group. (`-o` closes it in the sleep before its
+        // exec, but a sleep killed between its fork and that close holds it until the kernel
+        // has ended it too, which the wait on flock(1) alone does not see: wait for that.)
         drop(holder);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while scan(&dir).unwrap().iter().any(|e| e.held) {
+            assert!(
+                Instant::now() < deadline,
+                "the lock outlived flock(1)'s group"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
         // Dead, and a has no sliver records: b takes the claim over.
         let taken = Claims::take(&dir, &b, &[cgroup("pm/x")]).unwrap();
         assert!(fs::read_to_string(&file).unwrap().contains("0000bbbb"));
