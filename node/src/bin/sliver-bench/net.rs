@@ -142,6 +142,10 @@ fn node_config(
 }
 
 fn sliver(i: usize) -> Result<SliverSpec, String> {
+    sliver_with_ports(i, 1)
+}
+
+fn sliver_with_ports(i: usize, ports: u32) -> Result<SliverSpec, String> {
     let id = SliverId::new(format!("netbench{i}")).map_err(|e| e.to_string())?;
     Ok(SliverSpec::regular(
         id,
@@ -150,7 +154,7 @@ fn sliver(i: usize) -> Result<SliverSpec, String> {
             memory_bytes: 256 << 20,
             disk_bytes: 0,
             egress_kbps: 50_000_000,
-            ports: 1,
+            ports,
         },
     ))
 }
@@ -172,14 +176,18 @@ fn with_engine<T>(
     result
 }
 
-/// p50 and p99 of `cycles` creates on an engine of `config`.
-fn create_cycles(config: NodeConfig, cycles: usize) -> Result<(Duration, Duration), String> {
+/// p50 and p99 of `cycles` creates of slivers leasing `ports` on an engine of `config`.
+fn create_cycles(
+    config: NodeConfig,
+    cycles: usize,
+    ports: u32,
+) -> Result<(Duration, Duration), String> {
     with_engine(config, |engine| {
         let mut create = Vec::with_capacity(cycles);
         for i in 0..cycles + 5 {
             let t = Instant::now();
             let rec = engine
-                .create(sliver(i)?)
+                .create(sliver_with_ports(i, ports)?)
                 .map_err(|e| format!("create {i}: {e}"))?;
             if i >= 5 {
                 create.push(t.elapsed());
@@ -198,17 +206,25 @@ fn sink_program(port: u16) -> String {
         "import socket\n\
          s=socket.socket(); s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
          s.bind(('0.0.0.0',{port})); s.listen(1); s.settimeout(60)\n\
-         c,a=s.accept(); n=0\n\
+         c,a=s.accept(); n=0; buf=bytearray(1<<22)\n\
          while True:\n\
-         \td=c.recv(1<<20)\n\
-         \tif not d: break\n\
-         \tn+=len(d)\n\
+         \tk=c.recv_into(buf)\n\
+         \tif not k: break\n\
+         \tn+=k\n\
          print(n)\n"
     )
 }
 
-fn sender_script(to: Ipv4Addr, port: u16) -> String {
-    format!("exec head -c {TRANSFER} /dev/zero > /dev/tcp/{to}/{port}")
+/// The sender: connects and sends `TRANSFER` bytes in 4 MiB writes.
+fn sender_program(to: Ipv4Addr, port: u16) -> String {
+    format!(
+        "import socket\n\
+         s=socket.create_connection(('{to}',{port}),timeout=60)\n\
+         b=memoryview(bytes(1<<22)); n={TRANSFER}\n\
+         while n>0:\n\
+         \tk=min(n,len(b)); s.sendall(b[:k]); n-=k\n\
+         s.close()\n"
+    )
 }
 
 fn gbit(elapsed: Duration) -> f64 {
@@ -237,8 +253,8 @@ fn host_to_host(pair: &Pair) -> Result<f64, String> {
     std::thread::sleep(Duration::from_millis(300));
     let t = Instant::now();
     let status = Command::new("ip")
-        .args(["netns", "exec", &pair.a.0, "bash", "-c"])
-        .arg(sender_script(pair.b.1, port))
+        .args(["netns", "exec", &pair.a.0, "python3", "-c"])
+        .arg(sender_program(pair.b.1, port))
         .status()
         .map_err(|e| format!("sender: {e}"))?;
     let elapsed = t.elapsed();
@@ -285,7 +301,7 @@ fn sliver_to_sliver(pair: &Pair, init: &std::path::Path) -> Result<Vec<f64>, Str
             for _ in 0..ROUNDS {
                 ready.wait();
                 let mut send =
-                    ExecCommand::new(["/bin/bash", "-c", &sender_script(b_public, PORT)]);
+                    ExecCommand::new(["/usr/bin/python3", "-c", &sender_program(b_public, PORT)]);
                 send.timeout = Duration::from_secs(60);
                 let t = Instant::now();
                 let out = engine.exec(&rec.spec.id, &send);
@@ -314,17 +330,26 @@ fn median(mut v: Vec<f64>) -> f64 {
 pub(crate) fn run(init: &std::path::Path, cycles: usize) -> Result<(), String> {
     let pair = Pair::new()?;
     let (init_off, init_on, a_public) = (init.to_path_buf(), init.to_path_buf(), pair.a.1);
+    let init_bare = init.to_path_buf();
     let off = joined(within(&pair.a.0, move || {
-        create_cycles(node_config(&init_off, "a", 1, None), cycles)
+        create_cycles(node_config(&init_off, "a", 1, None), cycles, 0)
+    }))?;
+    let bare = joined(within(&pair.a.0, move || {
+        create_cycles(node_config(&init_bare, "a", 1, Some(a_public)), cycles, 0)
     }))?;
     let on = joined(within(&pair.a.0, move || {
-        create_cycles(node_config(&init_on, "a", 1, Some(a_public)), cycles)
+        create_cycles(node_config(&init_on, "a", 1, Some(a_public)), cycles, 1)
     }))?;
     say!("sliver create, {cycles} one at a time (same run, same namespace):");
     say!(
         "  networking off (no firewall table, no leased port)  p50 {}  p99 {}",
         ms(off.0),
         ms(off.1)
+    );
+    say!(
+        "  networking on, no leased port (NAT, fence)          p50 {}  p99 {}",
+        ms(bare.0),
+        ms(bare.1)
     );
     say!(
         "  networking on (NAT, fence, one leased port)         p50 {}  p99 {}",
