@@ -4,11 +4,13 @@
 //! daemon until SIGTERM or ctrl-c (the ledger is durable; a restart keeps every ticket).
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use agentd::daemon::config::{AgentConfig, AgentKind, default_config};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use federation::daemon::DaemonKind;
+use federation::daemon::cli::{Failure, exit, load_config};
 use federation::daemon::runtime::{describe_key, init, load_key};
 
 #[derive(Parser, Debug)]
@@ -51,8 +53,11 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn main() -> ExitCode {
+    exit(AgentKind::PROGRAM, run(Cli::parse()))
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
     federation::daemon::init_tracing(cli.json_logs);
     match cli.command {
         Command::Init { dir, federation } => {
@@ -77,8 +82,8 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run { config } => {
-            let config = AgentConfig::load(&config)?;
-            tokio::runtime::Runtime::new()?.block_on(async move {
+            let config = load_config(AgentKind::PROGRAM, &config, AgentConfig::load)?;
+            let ran: anyhow::Result<()> = tokio::runtime::Runtime::new()?.block_on(async move {
                 let (running, shutdown) = agentd::daemon::run::start(config).await?;
                 tracing::info!(
                     agent = %running.overlay.local_key(),
@@ -93,7 +98,8 @@ fn main() -> anyhow::Result<()> {
                 tracing::info!("shutting down: finishing requests in flight");
                 shutdown.await;
                 died.context("the agent lost its overlay")
-            })
+            });
+            Ok(ran?)
         }
     }
 }

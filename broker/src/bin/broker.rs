@@ -5,11 +5,13 @@
 //! the daemon until SIGTERM or ctrl-c (requests in flight finish first).
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use broker::daemon::config::{BrokerConfig, BrokerKind, default_config};
 use clap::{Parser, Subcommand};
 use federation::daemon::DaemonKind;
+use federation::daemon::cli::{Failure, exit, load_config};
 use federation::daemon::runtime::{describe_key, init, load_key};
 
 #[derive(Parser, Debug)]
@@ -52,8 +54,11 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn main() -> ExitCode {
+    exit(BrokerKind::PROGRAM, run(Cli::parse()))
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
     federation::daemon::init_tracing(cli.json_logs);
     match cli.command {
         Command::Init { dir, federation } => {
@@ -79,8 +84,8 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run { config } => {
-            let config = BrokerConfig::load(&config)?;
-            tokio::runtime::Runtime::new()?.block_on(async move {
+            let config = load_config(BrokerKind::PROGRAM, &config, BrokerConfig::load)?;
+            let ran: anyhow::Result<()> = tokio::runtime::Runtime::new()?.block_on(async move {
                 let (running, shutdown) = broker::daemon::run::start(config).await?;
                 tracing::info!(
                     broker = %running.overlay.local_key(),
@@ -96,7 +101,8 @@ fn main() -> anyhow::Result<()> {
                 tracing::info!("shutting down: finishing requests in flight");
                 shutdown.await;
                 died.context("the broker lost its overlay")
-            })
+            });
+            Ok(ran?)
         }
     }
 }

@@ -8,8 +8,9 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use capability_schema::ad::ResourceAd;
 use capability_schema::membership::{PeeringLimits, PrincipalFilter};
 use capability_schema::{
@@ -18,6 +19,7 @@ use capability_schema::{
 };
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Parser, Subcommand};
+use federation::daemon::cli::{Class, Failure, exit, usage};
 use federation::trust::{
     ANCHOR_FILE, Authority, AuthorityState, FederationAnchor, STATE_FILE, Validity, write_signed,
 };
@@ -255,18 +257,47 @@ enum Command {
     },
 }
 
-fn main() -> Result<()> {
-    let cli = Cli::parse();
+fn main() -> ExitCode {
+    exit("fedctl", run(Cli::parse()))
+}
+
+/// A refusal to overwrite `--out` says to pick another.
+fn another_out(failure: Failure) -> Failure {
+    if failure.class() == Class::Usage {
+        failure.hint("pass another --out (fedctl never overwrites a key or an authority)")
+    } else {
+        failure
+    }
+}
+
+/// An authority directory that is not one says which one `--authority` wants.
+fn load_authority(dir: &Path) -> Result<Authority, Failure> {
+    Authority::load(dir).map_err(|e| {
+        let failure = Failure::from(e);
+        if dir.join(STATE_FILE).exists() {
+            failure
+        } else {
+            failure.hint(format!(
+                "--authority names the directory `fedctl init-authority --out {}` wrote",
+                dir.display()
+            ))
+        }
+    })
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
     let now = unix_now();
     match cli.command {
         Command::Keygen { out } => {
             let key = SecretKey::generate();
-            key.save(&out)?;
+            key.save(&out).map_err(|e| another_out(e.into()))?;
             println!("{}", key.public());
         }
         Command::InitAuthority { name, out } => {
             let authority = Authority::create(&name)?;
-            authority.save_new(&out, now)?;
+            authority
+                .save_new(&out, now)
+                .map_err(|e| another_out(e.into()))?;
             println!("federation {name}");
             println!("authority  {}", authority.public());
             println!("anchor     {}", out.join(ANCHOR_FILE).display());
@@ -280,7 +311,7 @@ fn main() -> Result<()> {
             days,
             out,
         } => {
-            let mut authority = Authority::load(&dir)?;
+            let mut authority = load_authority(&dir)?;
             let cert = authority.certify(subject, role, &site, &name, Validity::days(now, days));
             write_signed(&out, &cert)?;
             authority.save_state(&dir)?;
@@ -299,9 +330,13 @@ fn main() -> Result<()> {
             out,
         } => {
             federation::trust::check_federation_name(&with_name)?;
-            let mut authority = Authority::load(&dir)?;
+            let mut authority = load_authority(&dir)?;
             if with_name == authority.name() {
-                bail!("a federation does not peer with itself ({with_name})");
+                return Err(usage(format!(
+                    "a federation does not peer with itself ({with_name}); --with-name names the other \
+                     federation"
+                ))
+                .into());
             }
             let filter = if principals.is_empty() {
                 PrincipalFilter::All
@@ -331,13 +366,21 @@ fn main() -> Result<()> {
             key,
             out,
         } => {
-            let mut authority = Authority::load(&dir)?;
+            let mut authority = load_authority(&dir)?;
             let list = authority.revoke(&serial, &key, now);
             write_signed(&out, &list)?;
             authority.save_state(&dir)?;
             print!("{}", show_revocation(&list));
         }
-        Command::Show { file } => print!("{}", show(&file, now)?),
+        Command::Show { file } => {
+            let text = show(&file, now).map_err(|e| {
+                Failure::from(e).hint(
+                    "`fedctl show` reads a file fedctl wrote (a key, certificate, agreement, \
+                     revocation list, anchor) or an authority directory",
+                )
+            })?;
+            print!("{text}");
+        }
     }
     Ok(())
 }
@@ -372,20 +415,22 @@ fn show(path: &Path, now: u64) -> Result<String> {
             FederationAnchor::DOMAIN => show_anchor(&retype(&bytes)?),
             ResourceAd::DOMAIN => show_ad(&retype(&bytes)?, now),
             Delegation::DOMAIN => show_delegation(&retype(&bytes)?, now),
-            other => bail!(
-                "{}: a signed object of unknown kind {other:?}",
-                path.display()
-            ),
+            other => {
+                return Err(usage(format!(
+                    "{}: a signed object of unknown kind {other:?}",
+                    path.display()
+                )));
+            }
         };
         return Ok(out);
     }
     if let Ok(state) = capability_schema::codec::decode::<AuthorityState>(&bytes) {
         return Ok(show_state(&state));
     }
-    bail!(
+    Err(usage(format!(
         "{}: not a PlanetMesh key, signed object or authority state",
         path.display()
-    )
+    )))
 }
 
 fn retype<T: SignedType>(bytes: &[u8]) -> Result<Signed<T>> {

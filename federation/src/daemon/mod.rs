@@ -1,6 +1,6 @@
 //! What every PlanetMesh daemon's `main` shares: logging set-up, waiting for SIGTERM or
 //! ctrl-c, the trusted-federations section of configs, reading certificates, and serving a
-//! protocol fairly ([`serve`]).
+//! protocol fairly ([`serve`]), and how a program ends on an error ([`cli`]).
 
 use std::path::Path;
 
@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::TrustStore;
 
+pub mod cli;
 pub mod config;
 pub mod runtime;
 pub mod serve;

@@ -29,8 +29,9 @@ pub enum DaemonError {
     /// The config is unreadable or wrong.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// The key could not be loaded or written.
-    #[error("key {path}: {source} (run `{program} init` first?)")]
+    /// The key could not be loaded or written (the key error names the file; a missing one
+    /// says how to make it).
+    #[error("{source}{}", key_hint(program, source))]
     Key {
         /// The program.
         program: &'static str,
@@ -66,8 +67,8 @@ pub enum DaemonError {
     },
     /// `init` would overwrite something.
     #[error(
-        "{path} exists already; not overwriting it (this directory holds a {program}: run it \
-         with `{program} run --config {config}`, or init into another --dir)"
+        "{path} exists already; not overwriting it: run `{program} run --config {config}` to \
+         use what is there, or init into another --dir"
     )]
     Exists {
         /// The program.
@@ -77,6 +78,16 @@ pub enum DaemonError {
         /// The config in that directory.
         config: PathBuf,
     },
+}
+
+/// What to do about a key error: make the key when there is none.
+fn key_hint(program: &str, error: &KeyError) -> String {
+    match error {
+        KeyError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            format!("; run `{program} init` first, or point to an existing key file")
+        }
+        _ => String::new(),
+    }
 }
 
 /// A running daemon's tasks and stop signal.

@@ -3,6 +3,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod cli;
+
 use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;

@@ -4,10 +4,12 @@
 //! the daemon until SIGTERM or ctrl-c, then shuts down gracefully (slivers keep running).
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use federation::daemon::DaemonKind;
+use federation::daemon::cli::{Failure, exit, load_config};
 use federation::daemon::runtime::{describe_key, init, load_key};
 use node::daemon::config::{NodeKind, NodeManagerConfig, default_config};
 
@@ -57,10 +59,17 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
-    node::sliver::enter::shield_node_process()
-        .context("clearing the dumpable flag and closing inherited descriptors at exec")?;
-    let cli = Cli::parse();
+fn main() -> ExitCode {
+    // Before anything else runs, the command line's parsing included.
+    if let Err(e) = node::sliver::enter::shield_node_process()
+        .context("clearing the dumpable flag and closing inherited descriptors at exec")
+    {
+        return exit(NodeKind::PROGRAM, Err(e.into()));
+    }
+    exit(NodeKind::PROGRAM, run(Cli::parse()))
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
     federation::daemon::init_tracing(cli.json_logs);
     match cli.command {
         Command::Init { dir, federation } => {
@@ -78,7 +87,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Wipe { config } => {
-            let config = NodeManagerConfig::load(&config)?;
+            let config = load_config(NodeKind::PROGRAM, &config, NodeManagerConfig::load)?;
             let removed =
                 tokio::runtime::Runtime::new()?.block_on(node::daemon::run::wipe(config))?;
             println!("destroyed every sliver; removed {removed} leases");
@@ -92,9 +101,9 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run { config } => {
-            let config = NodeManagerConfig::load(&config)?;
+            let config = load_config(NodeKind::PROGRAM, &config, NodeManagerConfig::load)?;
             let runtime = tokio::runtime::Runtime::new()?;
-            runtime.block_on(async move {
+            let ran: anyhow::Result<()> = runtime.block_on(async move {
                 let (running, shutdown) = node::daemon::run::start(config).await?;
                 tracing::info!(
                     node = %running.overlay.local_key(),
@@ -109,7 +118,8 @@ fn main() -> anyhow::Result<()> {
                 tracing::info!("shutting down: finishing requests in flight; slivers keep running");
                 shutdown.await;
                 died.context("the node manager lost its overlay")
-            })
+            });
+            Ok(ran?)
         }
     }
 }

@@ -1,0 +1,18 @@
+//! `agentd` fails as every PlanetMesh program does: one line that says what to do, the exit
+//! code of its class, no backtrace even with `RUST_BACKTRACE=1` (issue 17, defect 2).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)] // a failed unwrap fails the run
+
+#[path = "../../federation/tests/common/cli.rs"]
+mod cli;
+
+#[test]
+fn agentd_errors_are_one_line_of_their_class_without_a_backtrace() {
+    let tmp = tempfile::tempdir().unwrap();
+    cli::daemon_errors(
+        env!("CARGO_BIN_EXE_agentd"),
+        "agentd",
+        "agent.toml",
+        tmp.path(),
+    );
+}
