@@ -4,7 +4,8 @@
 //! ```toml
 //! name = "princeton_demo"          # slices are named <site>_<name>, as in PlanetLab
 //! slivers = 4                      # or: nodes = ["ed25519/…", …]
-//! resources = "cpu=500m,memory=256MiB,disk=1GiB,egress=10Mbit"   # per sliver
+//! resources = "cpu=500m,memory=256MiB,disk=1GiB,egress=10Mbit"   # per sliver (default:
+//!                                                                 # DEFAULT_RESOURCES)
 //! duration = "2h"                  # tickets' window: 90s, 10m, 2h, 3d or seconds
 //! lease = "30m"                    # optional: first lease shorter than the tickets (renew)
 //! mode = "all-or-nothing"          # or "best-effort"
@@ -25,6 +26,14 @@ use serde::{Deserialize, Serialize};
 
 /// Public ports a sliver leases when its resources do not say (`ports=N`).
 pub const DEFAULT_PORTS: u32 = 1;
+
+/// What each sliver asks for when neither the spec nor `--resources` says: a quarter core,
+/// 256 MiB of memory, 1 GiB of disk, 1 Mbit/s of egress (and [`DEFAULT_PORTS`] port).
+pub const DEFAULT_RESOURCES: &str = "cpu=250m,memory=256MiB,disk=1GiB,egress=1Mbit";
+
+fn default_resources() -> String {
+    DEFAULT_RESOURCES.to_owned()
+}
 
 /// Errors in a spec.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -72,7 +81,8 @@ pub struct SliceSpec {
     /// One sliver on each of these nodes.
     #[serde(default)]
     pub nodes: Vec<PublicKey>,
-    /// Resources per sliver (`cpu=500m,memory=256MiB,…`).
+    /// Resources per sliver (`cpu=500m,memory=256MiB,…`; default [`DEFAULT_RESOURCES`]).
+    #[serde(default = "default_resources")]
     pub resources: String,
     /// The tickets' window (`2h`, `90m`, `3600`).
     pub duration: String,
@@ -141,13 +151,14 @@ impl SliceSpec {
         toml::from_str(&text).map_err(|e| read(e.to_string()))
     }
 
-    /// A spec with only a name and defaults (for building from flags).
+    /// A spec with only a name and defaults (for building from flags): [`DEFAULT_RESOURCES`]
+    /// per sliver, a 1 h window, all-or-nothing.
     pub fn named(name: &str) -> SliceSpec {
         SliceSpec {
             name: name.to_owned(),
             slivers: None,
             nodes: Vec::new(),
-            resources: String::new(),
+            resources: default_resources(),
             duration: "1h".into(),
             lease: None,
             mode: AcquireMode::AllOrNothing,
@@ -310,6 +321,23 @@ max_price = 9
 #[cfg(test)]
 mod port_tests {
     use super::*;
+
+    #[test]
+    fn a_spec_without_resources_asks_for_the_default() {
+        let mut spec = SliceSpec::named("plc_mine");
+        spec.slivers = Some(3);
+        spec.check().expect("a name and a count make a valid spec");
+        let want: Resources = DEFAULT_RESOURCES.parse().unwrap();
+        let got = spec.per_sliver().unwrap();
+        assert!(!got.is_zero());
+        assert_eq!(got.cpu_millis, want.cpu_millis);
+        assert_eq!(got.ports, DEFAULT_PORTS);
+        // A spec file that leaves resources out gets the same.
+        let file: SliceSpec =
+            toml::from_str("name = \"plc_mine\"\nslivers = 3\nduration = \"1h\"\n").unwrap();
+        assert_eq!(file.resources, DEFAULT_RESOURCES);
+        file.check().unwrap();
+    }
 
     #[test]
     fn a_sliver_leases_one_port_unless_its_resources_say() {

@@ -313,6 +313,48 @@ async fn cli(args: &[&str]) -> (i32, String, String) {
     .unwrap()
 }
 
+/// The README's first command names a slice and a sliver count and nothing else: each sliver
+/// gets the default resources (`slicectl::spec::DEFAULT_RESOURCES`, one public port).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_with_a_name_and_a_count_only_asks_for_the_default_resources() {
+    let net = Testnet::start(2).await;
+    let state = tempfile::tempdir().unwrap();
+    let cfg = net.cli_config(state.path(), false);
+    let cfg = cfg.to_str().unwrap();
+    // As README.md prints it (with this testnet's site prefix).
+    let args = [
+        "--config",
+        cfg,
+        "--json",
+        "slice",
+        "create",
+        "--name",
+        "plc-site0_mine",
+        "--slivers",
+        "3",
+    ];
+    let (code, stdout, stderr) = cli(&args).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let created: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(created["leases"].as_array().unwrap().len(), 3, "{stdout}");
+    let want: capability_schema::Resources = slicectl::spec::DEFAULT_RESOURCES.parse().unwrap();
+    let leases = net.all_leases();
+    assert_eq!(leases.len(), 3);
+    for lease in &leases {
+        assert_eq!(lease.resources.cpu_millis, want.cpu_millis, "{lease:?}");
+        assert_eq!(lease.resources.memory_bytes, want.memory_bytes, "{lease:?}");
+        assert_eq!(
+            lease.resources.ports,
+            slicectl::spec::DEFAULT_PORTS,
+            "{lease:?}"
+        );
+    }
+    let args = ["--config", cfg, "slice", "delete", "plc-site0_mine"];
+    let (code, stdout, stderr) = cli(&args).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    net.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_explains_impossible_requests_and_brokers_itself() {
     let net = Testnet::start(1).await;

@@ -91,6 +91,41 @@ fn steps(manifest: &Manifest) -> Vec<DemoStep> {
     ]
 }
 
+/// A path as a shell word: as is when it needs no quoting, else in single quotes.
+fn shell_word(path: &Path) -> String {
+    let text = path.display().to_string();
+    if text
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-+=:,@".contains(c))
+    {
+        text
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
+    }
+}
+
+/// The commands `testnet up` suggests next, each a shell line that works as printed on the
+/// testnet in `dir`: the binaries by their full paths (they need not be on `PATH`), a slice
+/// acquired, looked at and deleted, the testnet's status, and taking it down (last).
+pub fn first_steps(manifest: &Manifest, dir: &Path) -> anyhow::Result<Vec<String>> {
+    let bins = bin_dir()?;
+    let slicectl = format!(
+        "{} --config {}",
+        shell_word(&bins.join("slicectl")),
+        shell_word(&dir.join("slicectl.toml"))
+    );
+    let testnet = shell_word(&std::env::current_exe().context("locating the testnet binary")?);
+    let dir = shell_word(dir);
+    let slivers = manifest.topology.nodes.clamp(1, 4);
+    Ok(vec![
+        format!("{slicectl} slice create --name {DEMO_SLICE} --slivers {slivers}"),
+        format!("{slicectl} slice status {DEMO_SLICE}"),
+        format!("{slicectl} slice delete {DEMO_SLICE}"),
+        format!("{testnet} status --dir {dir}"),
+        format!("{testnet} down --dir {dir}"),
+    ])
+}
+
 /// `slicectl` as the demo and scenarios run it: the workspace's binary with a testnet's
 /// config, one process per command.
 #[derive(Debug, Clone)]

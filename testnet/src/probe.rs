@@ -161,8 +161,15 @@ pub fn wait_converged(
                 .filter(|(_, k, e)| k < e)
                 .map(|(name, k, e)| format!("{name} knows {k} of {e} nodes"))
                 .collect();
+            // Hosts live in DIR/hosts/NAME.
+            let dir = manifest
+                .hosts
+                .first()
+                .and_then(|h| h.dir.parent()?.parent())
+                .map(|d| format!(" --dir {}", d.display()))
+                .unwrap_or_default();
             anyhow::bail!(
-                "ads did not converge in {:?}: {} (see `testnet logs HOST`)",
+                "ads did not converge in {:?}: {} (see `testnet logs HOST{dir}`)",
                 timeout,
                 missing.join(", ")
             );

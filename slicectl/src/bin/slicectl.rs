@@ -93,7 +93,8 @@ struct SpecFlags {
     /// A node to put a sliver on (instead of --slivers); repeatable.
     #[arg(long)]
     node: Vec<PublicKey>,
-    /// Resources per sliver, e.g. cpu=500m,memory=256MiB.
+    /// Resources per sliver, e.g. cpu=500m,memory=256MiB,ports=2 (default, unless the spec
+    /// says: cpu=250m,memory=256MiB,disk=1GiB,egress=1Mbit and one public port).
     #[arg(long)]
     resources: Option<String>,
     /// The tickets' window, e.g. 2h.
@@ -131,7 +132,7 @@ impl SpecFlags {
         let mut spec = match &self.spec {
             Some(path) => SliceSpec::load(path)?,
             None => SliceSpec::named(self.name.as_deref().ok_or_else(|| {
-                OpError::Usage("give a spec file or --name (and --slivers, --resources)".into())
+                OpError::Usage("give a spec file or --name (and --slivers or --node)".into())
             })?),
         };
         if let Some(v) = &self.name {
@@ -548,5 +549,35 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(cli.global.key.as_deref(), Some(std::path::Path::new("/k")));
+    }
+
+    #[test]
+    fn create_help_names_the_default_resources() {
+        let mut cli = Cli::command();
+        let create = cli
+            .find_subcommand_mut("slice")
+            .and_then(|s| s.find_subcommand_mut("create"))
+            .expect("slice create");
+        let help = create.render_long_help().to_string();
+        assert!(
+            help.contains(slicectl::spec::DEFAULT_RESOURCES),
+            "--resources' help must name the default ({}): {help}",
+            slicectl::spec::DEFAULT_RESOURCES
+        );
+        // A name and a count make a valid create.
+        let cli = Cli::try_parse_from([
+            "slicectl",
+            "slice",
+            "create",
+            "--name",
+            "a_b",
+            "--slivers",
+            "3",
+        ])
+        .unwrap();
+        let super::Command::Slice(command) = cli.command else {
+            panic!("not a slice command");
+        };
+        command.check().expect("a name and a count are enough");
     }
 }

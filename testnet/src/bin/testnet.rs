@@ -548,13 +548,16 @@ fn print_usage(manifest: &Manifest, dir: &std::path::Path) {
         dir.display()
     );
     println!("slicectl config: {}/slicectl.toml", dir.display());
-    println!(
-        "  slicectl --config {}/slicectl.toml slice create --name fed0-site0_demo --count 4",
-        dir.display()
-    );
-    println!(
-        "status: testnet status --dir {}    stop: testnet down --dir {}",
-        dir.display(),
-        dir.display()
-    );
+    match testnet::demo::first_steps(manifest, dir) {
+        Ok(lines) => {
+            println!("next (each line runs as printed; the last takes the testnet down):");
+            for line in lines {
+                println!("{HINT_PREFIX}{line}");
+            }
+        }
+        Err(e) => println!("(no next steps: {e:#})"),
+    }
 }
+
+/// How `testnet up` marks a command to run next (tests find them by it).
+const HINT_PREFIX: &str = "  $ ";

@@ -1,0 +1,171 @@
+//! The commands `testnet up` prints for a newcomer to run next work exactly as printed: a
+//! loopback testnet (no isolation) is brought up by the `testnet` binary, and every line it
+//! marks with `  $ ` is run by `sh -c` in order (acquire a slice, look at it, delete it, the
+//! testnet's status, take it down); each must exit 0.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)] // a failed unwrap fails the run
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use testnet::launch;
+
+const TESTNET: &str = env!("CARGO_BIN_EXE_testnet");
+
+fn daemons_built() -> bool {
+    let dir = launch::bin_dir().unwrap();
+    let all = ["nodemgr", "agentd", "broker", "slicectl"]
+        .iter()
+        .all(|b| dir.join(b).exists());
+    if !all {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "daemon binaries missing in {}: run `cargo build --workspace --bins`",
+            dir.display()
+        );
+        eprintln!("skipped: daemon binaries not built (cargo build --workspace --bins)");
+    }
+    all
+}
+
+/// Takes the testnet down however the test ends.
+struct Down(PathBuf);
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        if self.0.join("testnet.toml").exists() {
+            let _ = Command::new(TESTNET)
+                .args(["down", "--dir"])
+                .arg(&self.0)
+                .status();
+        }
+    }
+}
+
+fn run(program: &str, args: &[&str], dir: &Path) -> (i32, String, String) {
+    let out = Command::new(program)
+        .args(args)
+        .arg("--dir")
+        .arg(dir)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn every_command_testnet_up_prints_works_as_printed() {
+    if !daemons_built() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("testnet");
+    let _down = Down(dir.clone());
+    let (code, stdout, stderr) = run(
+        TESTNET,
+        &[
+            "up",
+            "--network",
+            "loopback",
+            "--isolation",
+            "memory",
+            "--nodes",
+            "4",
+            "--agents",
+            "2",
+        ],
+        &dir,
+    );
+    assert_eq!(code, 0, "testnet up failed:\n{stdout}\n{stderr}");
+    let hints: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("  $ "))
+        .collect();
+    assert!(
+        hints.iter().any(|h| h.contains(" slice create ")),
+        "testnet up suggests acquiring a slice:\n{stdout}"
+    );
+    assert!(
+        hints.last().is_some_and(|h| h.contains(" down ")),
+        "the last suggestion takes the testnet down:\n{stdout}"
+    );
+    for hint in &hints {
+        let out = Command::new("sh").args(["-c", hint]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "the printed hint `{hint}` failed (exit {:?}); fix what `testnet up` prints:\n{}{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// The README's commands for a running testnet (the block after `scripts/demo.sh --keep`),
+/// run as printed from a directory laid out like the workspace (`target/debug` holding the
+/// binaries, the testnet in `.testnet`); each must exit 0. `testnet dashboard` serves until
+/// interrupted and is left out (`tests/dashboard.rs` runs it).
+#[test]
+fn every_command_the_readme_prints_for_a_running_testnet_works_as_printed() {
+    if !daemons_built() {
+        return;
+    }
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .unwrap();
+    let block = readme
+        .split("leaves the testnet running; then:")
+        .nth(1)
+        .and_then(|rest| rest.split("```sh\n").nth(1))
+        .and_then(|rest| rest.split("```").next())
+        .expect("README.md: the commands after `scripts/demo.sh --keep`");
+    let lines: Vec<&str> = block
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.contains("testnet dashboard"))
+        .collect();
+    assert!(
+        lines.iter().any(|l| l.contains("slice create")),
+        "the README's block: {block}"
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tmp.path().join("target")).unwrap();
+    std::os::unix::fs::symlink(launch::bin_dir().unwrap(), tmp.path().join("target/debug"))
+        .unwrap();
+    let dir = tmp.path().join(".testnet");
+    let _down = Down(dir.clone());
+    let (code, stdout, stderr) = run(
+        TESTNET,
+        &[
+            "up",
+            "--network",
+            "loopback",
+            "--isolation",
+            "memory",
+            "--nodes",
+            "4",
+            "--agents",
+            "2",
+        ],
+        &dir,
+    );
+    assert_eq!(code, 0, "testnet up failed:\n{stdout}\n{stderr}");
+    for line in lines {
+        let out = Command::new("sh")
+            .args(["-c", line])
+            .current_dir(tmp.path())
+            .env_remove("PLANETMESH_TESTNET")
+            .env_remove("PLANETMESH_CONFIG")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "README.md's `{line}` failed (exit {:?}); fix the README or the command:\n{}{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
