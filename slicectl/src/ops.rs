@@ -86,9 +86,7 @@ impl OpError {
             "error": self.to_string(),
         });
         if let OpError::Client(ClientError::NotAcquired(failure)) = self {
-            out["plan"] = failure.plan.as_ref().map_or(Value::Null, |p| {
-                serde_json::to_value(p).unwrap_or(Value::Null)
-            });
+            out["plan"] = failure.plan.as_deref().map_or(Value::Null, plan_json);
             out["report"] = json!(failure.report);
             out["events"] = json!(failure.events);
         }
@@ -176,15 +174,25 @@ fn ticket_json(t: &TicketEntry) -> Value {
     })
 }
 
-fn plan_json(plan: &SlicePlan) -> Value {
+/// A plan as `--json` shows it, in `slice plan` and in a failed `slice create` alike: the
+/// chosen slivers and the alternatives (further candidates, best first) as arrays of the same
+/// objects, the nodes left out grouped by reason.
+pub fn plan_json(plan: &SlicePlan) -> Value {
+    let slivers = |list: &[capability_schema::protocol::PlannedSliver]| {
+        list.iter()
+            .map(|s| {
+                json!({
+                    "node": s.node.to_string(), "site": s.site, "federation": s.federation,
+                    "agent": s.agent.to_string(), "price": s.price,
+                })
+            })
+            .collect::<Vec<_>>()
+    };
     json!({
         "satisfiable": plan.satisfiable,
         "explanation": plan.explanation,
-        "chosen": plan.chosen.iter().map(|s| json!({
-            "node": s.node.to_string(), "site": s.site, "federation": s.federation,
-            "agent": s.agent.to_string(), "price": s.price,
-        })).collect::<Vec<_>>(),
-        "alternatives": plan.alternatives.len(),
+        "chosen": slivers(&plan.chosen),
+        "alternatives": slivers(&plan.alternatives),
         "rejected": plan.rejected.iter().map(|g| json!({
             "reason": g.reason, "count": g.count,
             "examples": g.examples.iter().map(ToString::to_string).collect::<Vec<_>>(),

@@ -412,6 +412,42 @@ async fn the_cli_explains_impossible_requests_and_brokers_itself() {
     let plan: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(plan["plan"]["rejected"][0]["reason"], "memory", "{stdout}");
     assert_eq!(plan["plan"]["rejected"][0]["count"], 2, "{stdout}");
+    assert!(plan["plan"]["alternatives"].is_array(), "{stdout}");
+    let unsatisfiable_plan = plan;
+
+    // A plan that fits: the alternatives are the nodes not chosen, as the same objects as
+    // the chosen ones (not a count).
+    let args = [
+        "--config",
+        &cfg,
+        "--json",
+        "slice",
+        "plan",
+        "--name",
+        "plc-site0_small",
+        "--slivers",
+        "1",
+        "--resources",
+        "cpu=100m,memory=64MiB",
+    ];
+    let (code, stdout, stderr) = cli(&args).await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let plan: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let keys = |v: &serde_json::Value| -> BTreeSet<String> {
+        v.as_object()
+            .unwrap_or_else(|| panic!("an object: {v}"))
+            .keys()
+            .cloned()
+            .collect()
+    };
+    let chosen = plan["plan"]["chosen"].as_array().unwrap();
+    let alternatives = plan["plan"]["alternatives"]
+        .as_array()
+        .unwrap_or_else(|| panic!("alternatives is an array: {stdout}"));
+    assert_eq!(chosen.len(), 1, "{stdout}");
+    assert_eq!(alternatives.len(), 1, "the other node: {stdout}");
+    assert_eq!(keys(&alternatives[0]), keys(&chosen[0]), "{stdout}");
+    assert_ne!(alternatives[0]["node"], chosen[0]["node"], "{stdout}");
 
     // A federation not allowed is named as such.
     let args = [
@@ -462,6 +498,13 @@ async fn the_cli_explains_impossible_requests_and_brokers_itself() {
         );
         assert_eq!(failed["plan"]["rejected"][0]["count"], 2, "{stdout}");
         assert!(failed["report"].is_array(), "{stdout}");
+        // The plan has the shape `slice plan --json` gives it.
+        assert_eq!(
+            keys(&failed["plan"]),
+            keys(&unsatisfiable_plan["plan"]),
+            "{stdout}"
+        );
+        assert!(failed["plan"]["alternatives"].is_array(), "{stdout}");
     }
 
     // The integrated broker (--agent): a two-federation slice, JSON out, exit 0; then exec

@@ -1603,6 +1603,33 @@ pub fn run_configs(configs: &[SimConfig]) -> anyhow::Result<Vec<SimReport>> {
     Ok(reports)
 }
 
+/// An error naming every run that did not converge within its timeout (one line), or `Ok`
+/// when all did: `testnet sim` exits non-zero on it.
+pub fn check_converged(reports: &[SimReport], configs: &[SimConfig]) -> anyhow::Result<()> {
+    let failed: Vec<String> = reports
+        .iter()
+        .zip(configs)
+        .filter(|(r, _)| !r.converged)
+        .map(|(r, c)| {
+            format!(
+                "{} nodes: {} of {} (peer, node) pairs in {}",
+                c.nodes,
+                r.delivered.0,
+                r.delivered.1,
+                secs(c.timeout)
+            )
+        })
+        .collect();
+    if failed.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "ads did not converge ({}); give it longer with --timeout, or re-announce lost ads \
+         with --reannounce-secs",
+        failed.join("; ")
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -48,3 +48,43 @@ fn ten_nodes_converge_and_the_broker_plans_over_their_ads() {
     assert!(report.satisfiable, "{report}");
     assert_eq!(report.chosen, 4);
 }
+
+/// `testnet sim` fails when the ads did not converge: here they cannot, since the first ads
+/// are spread over a minute and the run may wait no time at all. The exit is non-zero and the
+/// last line of stderr says why in one line.
+#[test]
+fn sim_exits_non_zero_with_a_reason_when_ads_do_not_converge() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_testnet"))
+        .args([
+            "sim",
+            "--nodes",
+            "4",
+            "--degree",
+            "2",
+            "--heartbeat-ms",
+            "500",
+            "--boot-secs",
+            "60",
+            "--timeout",
+            "0",
+            "--updates",
+            "0",
+            "--slivers",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a sim that did not converge must fail:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("NOT converged"), "{stdout}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("testnet: ads did not converge (4 nodes: ") && last.contains("--timeout"),
+        "one line saying why and what to do: {last:?}\n{stderr}"
+    );
+}

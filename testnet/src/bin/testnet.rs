@@ -149,7 +149,8 @@ enum Cmd {
         udp: u16,
     },
     /// Simulate thousands of nodes in one process (libp2p memory transport): ad convergence,
-    /// messages per node and broker planning at scale.
+    /// messages per node and broker planning at scale. Exits 1, saying so in one line, when
+    /// ads did not converge within --timeout.
     Sim {
         /// Node counts, one run each (e.g. `1000,5000`).
         #[arg(long, value_delimiter = ',', default_value = "1000")]
@@ -468,11 +469,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 timeout: Duration::from_secs(timeout),
                 ..testnet::sim::SimConfig::default()
             };
-            if bench {
-                testnet::sim::run_configs(&testnet::sim::bench_configs(&config)).map(|_| ())
+            let configs = if bench {
+                testnet::sim::bench_configs(&config)
             } else {
-                testnet::sim::run_sizes(&nodes, &config).map(|_| ())
-            }
+                nodes
+                    .iter()
+                    .map(|&nodes| testnet::sim::SimConfig {
+                        nodes,
+                        ..config.clone()
+                    })
+                    .collect()
+            };
+            let reports = testnet::sim::run_configs(&configs)?;
+            testnet::sim::check_converged(&reports, &configs)
         }
     }
 }
