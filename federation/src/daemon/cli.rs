@@ -224,7 +224,8 @@ pub fn exit(program: &str, result: Result<(), Failure>) -> ExitCode {
     ExitCode::from(failure.class.code())
 }
 
-/// Reads a daemon's config with `load`; a config file that is not there says how to make one.
+/// Reads a daemon's config with `load`; a config file that is not there says how to make one,
+/// one that does not parse where every setting is shown.
 pub fn load_config<T, E: Into<anyhow::Error>>(
     program: &str,
     path: &Path,
@@ -232,20 +233,25 @@ pub fn load_config<T, E: Into<anyhow::Error>>(
 ) -> Result<T, Failure> {
     load(path).map_err(|e| {
         let error: anyhow::Error = e.into();
-        let missing = error.chain().any(|e| {
-            matches!(
-                e.downcast_ref::<ConfigError>(),
-                Some(ConfigError::Read { path: p, source })
-                    if p == path && source.kind() == std::io::ErrorKind::NotFound
-            )
-        });
+        let hint = error
+            .chain()
+            .find_map(|e| match e.downcast_ref::<ConfigError>()? {
+                ConfigError::Read { path: p, source }
+                    if p == path && source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    Some(format!(
+                        "run `{program} init` to write one, or pass --config with its path"
+                    ))
+                }
+                ConfigError::Parse { .. } | ConfigError::Invalid { .. } => Some(format!(
+                    "`{program} init --dir <new dir>` writes a config that shows every setting"
+                )),
+                _ => None,
+            });
         let failure = Failure::from(error);
-        if missing {
-            failure.hint(format!(
-                "run `{program} init` to write one, or pass --config with its path"
-            ))
-        } else {
-            failure
+        match hint {
+            Some(hint) => failure.hint(hint),
+            None => failure,
         }
     })
 }

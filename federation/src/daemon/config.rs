@@ -252,8 +252,12 @@ pub fn parse<T: Serialize + DeserializeOwned>(
         path: path.to_path_buf(),
         detail: e.to_string().trim_end().to_owned(),
     };
-    let config: T = toml::from_str(text).map_err(|e| parse_error(&e))?;
-    let given: toml::Table = toml::from_str(text).map_err(|e| parse_error(&e))?;
+    let toml_error = |e: toml::de::Error| ConfigError::Parse {
+        path: path.to_path_buf(),
+        detail: toml_detail(text, &e),
+    };
+    let config: T = toml::from_str(text).map_err(toml_error)?;
+    let given: toml::Table = toml::from_str(text).map_err(toml_error)?;
     let known = toml::Table::try_from(&config).map_err(|e| parse_error(&e))?;
     let unknown: Vec<String> = given
         .keys()
@@ -268,6 +272,27 @@ pub fn parse<T: Serialize + DeserializeOwned>(
         });
     }
     Ok(config)
+}
+
+/// A TOML error on one line: `line L, column C: <what>` when the error points at one line
+/// (an error about a flattened section points at the whole file: then only what is wrong).
+fn toml_detail(text: &str, error: &toml::de::Error) -> String {
+    let what = error
+        .message()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    match error.span() {
+        Some(span) if text.get(span.clone()).is_some_and(|s| !s.contains('\n')) => {
+            let before = &text[..span.start];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |at| at + 1) + 1;
+            format!("line {line}, column {column}: {what}")
+        }
+        _ => what,
+    }
 }
 
 #[cfg(test)]
@@ -330,6 +355,18 @@ mod tests {
         assert!(matches!(bad, ConfigError::Parse { .. }), "{bad}");
         let bad = parse_text("federation = \"plc\"\nhttp = \"localhost\"\n").unwrap_err();
         assert!(bad.to_string().contains("expected an address"), "{bad}");
+        // One line (a command-line error is one), pointing at the line when it can.
+        for text in [
+            "federation = \"plc\"\nlisten = 5\n",
+            "federation = \"plc\"\nmdns = \"yes\"\n",
+            "federation = \"plc\"\nmdns = = 1\n",
+        ] {
+            let bad = parse_text(text).unwrap_err().to_string();
+            assert!(!bad.contains('\n'), "{bad}");
+            assert!(bad.starts_with("config test.toml: "), "{bad}");
+        }
+        let bad = parse_text("federation = \"plc\"\nmdns = = 1\n").unwrap_err();
+        assert!(bad.to_string().contains("line 2, column "), "{bad}");
     }
 
     #[test]

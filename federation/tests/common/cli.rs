@@ -156,7 +156,7 @@ pub fn busy_port() -> (std::net::TcpListener, u16) {
 }
 
 /// What every daemon (`nodemgr`, `agentd`, `broker`) shares: help for every command; a missing
-/// config, a missing key and a second `init` fail as ordinary errors that say what to do; a
+/// config, a config that does not parse, a missing key and a second `init` fail as ordinary errors that say what to do; a
 /// bad flag is a usage error. Answers the directory `init` wrote (config `config_name`).
 pub fn daemon_errors(binary: &str, program: &str, config_name: &str, tmp: &Path) {
     let commands = every_help(binary, program, tmp);
@@ -174,6 +174,11 @@ pub fn daemon_errors(binary: &str, program: &str, config_name: &str, tmp: &Path)
     let default = run(binary, &["run"], tmp);
     ordinary_error(&default, program, SETUP, &init);
     assert!(default.stderr.contains(config_name), "{default:?}");
+
+    std::fs::write(tmp.join("bad.toml"), "federation = \"plc\"\nlisten = 5\n").unwrap();
+    let bad = run(binary, &["run", "--config", "bad.toml"], tmp);
+    ordinary_error(&bad, program, SETUP, &format!("`{program} init --dir"));
+    assert!(bad.stderr.contains("bad.toml"), "{bad:?}");
 
     let key = run(binary, &["key", "--key", "nope.key"], tmp);
     ordinary_error(&key, program, SETUP, &init);
