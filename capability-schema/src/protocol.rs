@@ -276,7 +276,8 @@ pub struct NodeStatus {
 /// Output of a finished program.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExecOutput {
-    /// Exit code (128 + signal when killed).
+    /// Exit code (128 + signal when killed); [`ExecOutput::NOT_RUN`] when the node ran
+    /// nothing (a node without isolation), its stderr saying so.
     pub exit_code: i32,
     /// Captured standard output (bounded).
     #[serde(with = "serde_bytes")]
@@ -288,6 +289,17 @@ pub struct ExecOutput {
     pub truncated: bool,
     /// Whether the timeout killed it.
     pub timed_out: bool,
+}
+
+impl ExecOutput {
+    /// The exit code of a command the node did not run at all (`isolation = "memory"`): no
+    /// process's code (those are 0 to 255), so it cannot be mistaken for the command's.
+    pub const NOT_RUN: i32 = -1;
+
+    /// Whether the node ran nothing (the exit code is [`ExecOutput::NOT_RUN`]).
+    pub fn not_run(&self) -> bool {
+        self.exit_code == Self::NOT_RUN
+    }
 }
 
 /// What a node answers.

@@ -138,8 +138,13 @@ async fn redeem_over_libp2p_and_serve_status() {
         .await
         .unwrap()
     {
+        // Without isolation nothing runs, and the answer says so.
         NodeResponse::Exec(out) => {
-            assert!(String::from_utf8_lossy(&out.stdout).contains("hostname"))
+            assert!(out.not_run(), "{out:?}");
+            assert_eq!(
+                String::from_utf8_lossy(&out.stderr),
+                node::daemon::memory::NOT_RUN_MESSAGE
+            );
         }
         other => panic!("{other:?}"),
     }

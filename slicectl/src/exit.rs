@@ -13,6 +13,7 @@
 //! | 7 | partial | done in part: slivers missing or unredeemed; `slicectl slice sync` finishes |
 //! | 8 | not found | no such slice in the local state |
 //! | 9 | command failed | `exec`: the command exited non-zero on at least one sliver |
+//! | 10 | not run | `exec`: a node ran nothing (it has no isolation, `isolation = "memory"`) |
 
 use capability_schema::Rejection;
 use std::fmt;
@@ -43,11 +44,13 @@ pub enum ExitClass {
     NotFound,
     /// A remote command failed.
     CommandFailed,
+    /// A node ran nothing: it has no isolation (`isolation = "memory"`).
+    NotRun,
 }
 
 impl ExitClass {
     /// Every class, in exit-code order.
-    pub const ALL: [ExitClass; 10] = [
+    pub const ALL: [ExitClass; 11] = [
         ExitClass::Ok,
         ExitClass::Internal,
         ExitClass::Usage,
@@ -58,6 +61,7 @@ impl ExitClass {
         ExitClass::Partial,
         ExitClass::NotFound,
         ExitClass::CommandFailed,
+        ExitClass::NotRun,
     ];
 
     /// The class of a `slicectl` exit code.
@@ -78,6 +82,7 @@ impl ExitClass {
             ExitClass::Partial => "partial",
             ExitClass::NotFound => "not_found",
             ExitClass::CommandFailed => "command_failed",
+            ExitClass::NotRun => "not_run",
         }
     }
 
@@ -94,6 +99,7 @@ impl ExitClass {
             ExitClass::Partial => 7,
             ExitClass::NotFound => 8,
             ExitClass::CommandFailed => 9,
+            ExitClass::NotRun => 10,
         }
     }
 
@@ -131,13 +137,14 @@ impl ExitClass {
             ExitClass::Ok => 0,
             ExitClass::Partial => 1,
             ExitClass::CommandFailed => 2,
-            ExitClass::Unreachable => 3,
-            ExitClass::Refused => 4,
-            ExitClass::Unsatisfiable => 5,
-            ExitClass::NotFound => 6,
-            ExitClass::Usage => 7,
-            ExitClass::Setup => 8,
-            ExitClass::Internal => 9,
+            ExitClass::NotRun => 3,
+            ExitClass::Unreachable => 4,
+            ExitClass::Refused => 5,
+            ExitClass::Unsatisfiable => 6,
+            ExitClass::NotFound => 7,
+            ExitClass::Usage => 8,
+            ExitClass::Setup => 9,
+            ExitClass::Internal => 10,
         }
     }
 }
@@ -160,7 +167,9 @@ Exit codes:
   6  unreachable     a broker, agent or node did not answer
   7  partial         done in part; `slicectl slice sync` finishes it
   8  not found       no such slice in the local state
-  9  command failed  exec: the command exited non-zero on at least one sliver";
+  9  command failed  exec: the command exited non-zero on at least one sliver
+  10 not run         exec: a node ran nothing, as it has no isolation (isolation = \"memory\",
+                     as on a testnet without root); its answer says so";
 
 #[cfg(test)]
 mod tests {
@@ -172,7 +181,7 @@ mod tests {
         let codes: std::collections::BTreeSet<i32> = all.iter().map(|c| c.code()).collect();
         assert_eq!(codes.len(), all.len());
         for c in all {
-            assert!(EXIT_CODES_HELP.contains(&format!("  {}  ", c.code())));
+            assert!(EXIT_CODES_HELP.contains(&format!("  {:<2} ", c.code())));
             assert_eq!(ExitClass::of_code(c.code()), Some(c));
             // The name is the serialized form, both ways.
             let json = serde_json::to_string(&c).unwrap();

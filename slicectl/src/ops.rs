@@ -908,7 +908,14 @@ impl Manager {
                     for line in stderr.lines() {
                         lines.push(format!("[{label}] (stderr) {line}"));
                     }
-                    if o.exit_code != 0 || o.timed_out {
+                    if o.not_run() {
+                        // A node without isolation ran nothing; its stderr says so.
+                        class = class.worst(ExitClass::NotRun);
+                        lines.push(format!(
+                            "[{label}] not run: this node has no isolation (exit {})",
+                            ExitClass::NotRun.code()
+                        ));
+                    } else if o.exit_code != 0 || o.timed_out {
                         class = class.worst(ExitClass::CommandFailed);
                         lines.push(format!(
                             "[{label}] exit {}{}",
@@ -919,7 +926,7 @@ impl Manager {
                     out.push(json!({
                         "node": l.lease.node.to_string(), "site": l.site, "exit_code": o.exit_code,
                         "stdout": stdout, "stderr": stderr, "timed_out": o.timed_out,
-                        "truncated": o.truncated,
+                        "truncated": o.truncated, "not_run": o.not_run(),
                     }));
                 }
                 Ok(other) => {

@@ -14,11 +14,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use capability_schema::protocol::BrokerResponse;
+use capability_schema::protocol::ExecOutput;
 use capability_schema::slice::SliverTarget;
 use capability_schema::{AcquireMode, SecretKey};
 use federation::{Overlay, OverlayConfig, OverlayError};
-use node::daemon::memory::{FIRST_SYNTHETIC_PID, SPAWN_LOG_PREFIX};
-use node::daemon::service::sliver_id_for;
+use node::daemon::memory::{FIRST_SYNTHETIC_PID, NOT_RUN_MESSAGE, SPAWN_LOG_PREFIX};
 use slicectl::exit::ExitClass;
 use slicectl::spec::SliceSpec;
 use testnet::{Testnet, within};
@@ -53,27 +53,39 @@ async fn create_exec_renew_delete_across_two_federations() {
     let stored: BTreeSet<String> = leases.iter().map(|l| l.lease.lease_id.clone()).collect();
     assert_eq!(on_nodes, stored);
 
-    // Exec in every sliver, output prefixed by node. Memory isolation runs nothing: each
-    // node answers `<sliver id>: <argv>` (documented in node::daemon::memory), so this checks
-    // that the command reached every sliver of the slice, prefixed by its node; what a real
-    // sliver answers is checked by testnet/scenarios/two-federations.toml.
+    // Exec in every sliver. Memory isolation runs nothing and says so: every node answers
+    // `ExecOutput::NOT_RUN` with `NOT_RUN_MESSAGE` on stderr (node::daemon::memory), and the
+    // outcome is the `not_run` class, not `ok`; what a real sliver answers is checked by
+    // testnet/scenarios/two-federations.toml.
     let out = within(m.exec("plc-site0_demo", vec!["hostname".into()], 5000))
         .await
         .unwrap();
-    assert_eq!(out.class, ExitClass::Ok);
-    let sliver = sliver_id_for("plc-site0_demo");
-    let mut want: Vec<String> = leases
-        .iter()
-        .map(|l| format!("[{}] {sliver}: hostname", l.label()))
-        .collect();
-    want.sort();
-    let mut got = out.lines.clone();
-    got.sort();
-    assert_eq!(got, want);
-    for s in out.json["slivers"].as_array().unwrap() {
-        assert_eq!(s["stdout"], format!("{sliver}: hostname\n"), "{s}");
-        assert_eq!(s["exit_code"], 0, "{s}");
+    assert_eq!(out.class, ExitClass::NotRun, "{:#?}", out.lines);
+    let message = NOT_RUN_MESSAGE.trim_end();
+    for l in &leases {
+        let label = l.label();
+        assert!(
+            out.lines.contains(&format!("[{label}] (stderr) {message}")),
+            "{:#?}",
+            out.lines
+        );
+        assert!(
+            out.lines
+                .iter()
+                .any(|line| line.starts_with(&format!("[{label}] not run:"))),
+            "{:#?}",
+            out.lines
+        );
     }
+    let slivers = out.json["slivers"].as_array().unwrap();
+    assert_eq!(slivers.len(), 4);
+    for s in slivers {
+        assert_eq!(s["not_run"], true, "{s}");
+        assert_eq!(s["exit_code"], ExecOutput::NOT_RUN, "{s}");
+        assert_eq!(s["stdout"], "", "{s}");
+        assert_eq!(s["stderr"], NOT_RUN_MESSAGE, "{s}");
+    }
+    assert_eq!(out.json["ok"], false);
 
     // Spawn: memory isolation answers synthetic pids (2, then 3, … per sliver) and logs a
     // line per spawn instead of running anything; the protocol path is what this checks.
@@ -536,16 +548,24 @@ async fn the_cli_explains_impossible_requests_and_brokers_itself() {
         "exec",
         "plc-site0_cli",
         "--",
-        "echo",
-        "hi",
+        "sh",
+        "-c",
+        "exit 3",
     ];
+    // Nothing runs on memory slivers: not exit 0 (nor the command's 3) but `not_run`, and
+    // every sliver's line says nothing ran.
     let (code, stdout, stderr) = cli(&args).await;
-    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert_eq!(code, ExitClass::NotRun.code(), "{stdout}{stderr}");
+    assert_eq!(code, 10, "not_run's documented exit code");
     assert_eq!(
-        stdout.lines().filter(|l| l.contains("echo hi")).count(),
+        stdout
+            .lines()
+            .filter(|l| l.contains(NOT_RUN_MESSAGE.trim_end()))
+            .count(),
         2,
         "{stdout}"
     );
+    assert!(!stdout.contains("exit 3"), "{stdout}");
     // Keys through the binary: add (one quoted argument), list, del by comment.
     let key_line = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample bob@cli";
     for (action, arg, want) in [
@@ -957,7 +977,7 @@ fn help_lists_exit_codes_and_explains_each_command() {
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("Exit codes:"), "{stdout}");
     for class in ExitClass::ALL {
-        let row = format!("  {}  {}", class.code(), class.name().replace('_', " "));
+        let row = format!("  {:<2} {}", class.code(), class.name().replace('_', " "));
         assert!(stdout.contains(&row), "{row:?} missing from:\n{stdout}");
     }
     for word in ["keygen", "slice"] {

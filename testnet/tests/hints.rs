@@ -106,8 +106,9 @@ fn every_command_testnet_up_prints_works_as_printed() {
 
 /// The README's commands for a running testnet (the block after `scripts/demo.sh --keep`),
 /// run as printed from a directory laid out like the workspace (`target/debug` holding the
-/// binaries, the testnet in `.testnet`); each must exit 0. `testnet dashboard` serves until
-/// interrupted and is left out (`tests/dashboard.rs` runs it).
+/// binaries, the testnet in `.testnet`); each must exit 0, but `slice exec`, which on this
+/// testnet's nodes (no isolation) must answer that nothing ran. `testnet dashboard` serves
+/// until interrupted and is left out (`tests/dashboard.rs` runs it).
 #[test]
 fn every_command_the_readme_prints_for_a_running_testnet_works_as_printed() {
     if !daemons_built() {
@@ -160,6 +161,18 @@ fn every_command_the_readme_prints_for_a_running_testnet_works_as_printed() {
             .env_remove("PLANETMESH_CONFIG")
             .output()
             .unwrap();
+        if line.contains(" slice exec ") {
+            // This testnet's nodes have no isolation: nothing runs, and slicectl says so
+            // with its own exit code (10, not_run), as the README says.
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert_eq!(
+                out.status.code(),
+                Some(slicectl::exit::ExitClass::NotRun.code()),
+                "README.md's `{line}` on nodes without isolation: {stdout}"
+            );
+            assert!(stdout.contains("nothing ran"), "{stdout}");
+            continue;
+        }
         assert!(
             out.status.success(),
             "README.md's `{line}` failed (exit {:?}); fix the README or the command:\n{}{}",
@@ -168,4 +181,43 @@ fn every_command_the_readme_prints_for_a_running_testnet_works_as_printed() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// `testnet demo` on a loopback testnet (no isolation) says that commands do not run there,
+/// and its exec step shows every node answering that nothing ran, instead of pretending.
+#[test]
+fn the_demo_on_nodes_without_isolation_says_nothing_runs() {
+    if !daemons_built() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("testnet");
+    let _down = Down(dir.clone());
+    let up = [
+        "up",
+        "--network",
+        "loopback",
+        "--isolation",
+        "memory",
+        "--nodes",
+        "4",
+        "--agents",
+        "2",
+    ];
+    let (code, stdout, stderr) = run(TESTNET, &up, &dir);
+    assert_eq!(code, 0, "testnet up failed:\n{stdout}\n{stderr}");
+    let (code, stdout, stderr) = run(TESTNET, &["demo"], &dir);
+    assert_eq!(code, 0, "testnet demo failed:\n{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(testnet::demo::NO_ISOLATION_NOTE),
+        "the demo says commands do not run here:\n{stdout}"
+    );
+    let nothing_ran = stdout
+        .lines()
+        .filter(|l| l.contains(node::daemon::memory::NOT_RUN_MESSAGE.trim_end()))
+        .count();
+    assert_eq!(
+        nothing_ran, 4,
+        "every sliver's node says nothing ran:\n{stdout}"
+    );
 }

@@ -1,9 +1,9 @@
 //! Slivers kept in memory, without isolation: for the service's tests and for the testnet's
 //! in-process simulation, where thousands of nodes run in one process.
 //!
-//! Memory isolation runs nothing, by design. What it answers instead:
-//! - `exec` answers exit 0 with `<sliver id>: <argv joined by spaces>\n` on stdout (the
-//!   arguments echoed), so callers can see where a command went;
+//! Memory isolation runs nothing, by design, and says so. What it answers instead:
+//! - `exec` answers the exit code [`ExecOutput::NOT_RUN`] (no process's code; `slicectl` exits
+//!   with its `not_run` class) and [`NOT_RUN_MESSAGE`] on stderr, nothing on stdout;
 //! - `Spawn` (the service runs `/bin/sh -c '"$@" >>SPAWN_LOG … & echo $!' sh ARGV…` through
 //!   `exec`) answers a synthetic pid: per sliver, 2 for the first spawn, then 3, 4, … (as in a
 //!   pid namespace whose init is 1); no process exists. The sliver's log gets the line
@@ -21,6 +21,10 @@ use capability_schema::Lease;
 use capability_schema::protocol::ExecOutput;
 
 use super::service::{BackendError, Placement, SPAWN_LOG, SliverBackend};
+
+/// What `exec` answers on stderr: nothing ran.
+pub const NOT_RUN_MESSAGE: &str = "nothing ran: this node has no isolation (isolation = \"memory\"); \
+                                   the command was not executed\n";
 
 /// The first synthetic pid a sliver's spawn answers (1 would be its init).
 pub const FIRST_SYNTHETIC_PID: u32 = 2;
@@ -150,22 +154,30 @@ impl SliverBackend for InMemorySlivers {
         let sliver = slivers
             .get_mut(sliver_id)
             .ok_or_else(|| BackendError::NoSliver(sliver_id.to_owned()))?;
-        let stdout = if let Some(program) = spawned(argv) {
+        let answer = |stdout: Vec<u8>| ExecOutput {
+            exit_code: 0,
+            stdout,
+            stderr: Vec::new(),
+            truncated: false,
+            timed_out: false,
+        };
+        if let Some(program) = spawned(argv) {
             let pid = sliver.next_pid;
             sliver.next_pid = sliver.next_pid.saturating_add(1);
             sliver
                 .log
                 .extend(format!("{SPAWN_LOG_PREFIX}{}\n", program.join(" ")).into_bytes());
-            format!("{pid}\n").into_bytes()
-        } else if let Some(n) = log_tail(argv) {
-            sliver.log[sliver.log.len().saturating_sub(n)..].to_vec()
-        } else {
-            format!("{sliver_id}: {}\n", argv.join(" ")).into_bytes()
-        };
+            return Ok(answer(format!("{pid}\n").into_bytes()));
+        }
+        if let Some(n) = log_tail(argv) {
+            return Ok(answer(
+                sliver.log[sliver.log.len().saturating_sub(n)..].to_vec(),
+            ));
+        }
         Ok(ExecOutput {
-            exit_code: 0,
-            stdout,
-            stderr: Vec::new(),
+            exit_code: ExecOutput::NOT_RUN,
+            stdout: Vec::new(),
+            stderr: NOT_RUN_MESSAGE.as_bytes().to_vec(),
             truncated: false,
             timed_out: false,
         })
@@ -251,11 +263,19 @@ mod tests {
         let tail = format!("tail -c 5 {SPAWN_LOG} 2>/dev/null || true");
         let out = m.exec("s1", &shell(tail, &[]), &[], 1000).unwrap();
         assert_eq!(out.stdout, b"true\n");
-        // Anything else is echoed.
+        // Anything else is not run, and the answer says so.
         let out = m
-            .exec("s1", &["id".to_owned(), "-u".to_owned()], &[], 1000)
+            .exec(
+                "s1",
+                &["sh".to_owned(), "-c".to_owned(), "exit 3".to_owned()],
+                &[],
+                1000,
+            )
             .unwrap();
-        assert_eq!(out.stdout, b"s1: id -u\n");
+        assert_eq!(out.exit_code, ExecOutput::NOT_RUN);
+        assert!(out.not_run());
+        assert!(out.stdout.is_empty());
+        assert_eq!(out.stderr, NOT_RUN_MESSAGE.as_bytes());
         assert!(m.exec("nope", &["id".to_owned()], &[], 1000).is_err());
     }
 

@@ -210,7 +210,10 @@ enum SliceCommand {
         /// The slice.
         name: String,
     },
-    /// Run a command in every sliver at once; output prefixed by node.
+    /// Run a command in every sliver at once; output prefixed by node. Exits 9 when the
+    /// command failed on a sliver, and 10 (not run) when a node has no isolation
+    /// (isolation = "memory", as on a testnet without root): there nothing runs, and each
+    /// such node's line says so.
     Exec {
         /// The slice.
         name: String,

@@ -1,6 +1,6 @@
 //! A local testnet in this process: two federations (`plc`, `ple`) that peer with each other,
-//! one agent each, nodes with `isolation = "memory"` (slivers exist in the ledger; exec echoes
-//! its arguments), one broker. Every daemon is the real one (`agentd`, `nodemgr`, `broker`
+//! one agent each, nodes with `isolation = "memory"` (slivers exist in the ledger; exec runs
+//! nothing and answers so), one broker. Every daemon is the real one (`agentd`, `nodemgr`, `broker`
 //! started through their `run::start`) on 127.0.0.1 TCP; only the process is shared.
 
 #![allow(dead_code, unreachable_pub)]

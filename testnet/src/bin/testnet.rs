@@ -236,7 +236,7 @@ spawn (command), logs (expect_output), keys (add | del, expect_keys), kill, rest
 partition (hosts), heal, wait_converged, sleep (secs), expect_leases (nodes, slice, each,
 total, within_secs), down (last: take the testnet down, expect nothing left).
 slicectl steps take expect = \"<class>\" or a list: ok, internal, usage, setup, unsatisfiable,
-refused, unreachable, partial, not_found, command_failed; timeout_secs; exec, status, renew,
+refused, unreachable, partial, not_found, command_failed, not_run; timeout_secs; exec, status, renew,
 sync and logs also retry_secs. Every step takes a title. In expect_output (exec, logs),
 {node_address} stands for the address of each sliver's node; on a namespaced testnet slivers
 reach the internet host at 10.250.255.254 (HTTP on port 80 and UDP echo on port 7, each
