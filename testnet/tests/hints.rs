@@ -221,3 +221,50 @@ fn the_demo_on_nodes_without_isolation_says_nothing_runs() {
         "every sliver's node says nothing ran:\n{stdout}"
     );
 }
+
+/// A scenario's exec step on nodes without isolation cannot see its command's output: it
+/// passes only when slicectl ends with `not_run` and every sliver's node says nothing ran.
+#[test]
+fn a_scenario_exec_on_nodes_without_isolation_expects_that_nothing_ran() {
+    if !daemons_built() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("memory-exec.toml");
+    std::fs::write(
+        &file,
+        r#"description = "exec where nodes have no isolation"
+[testnet]
+nodes = 2
+network = "loopback"
+isolation = "memory"
+
+[[step]]
+do = "acquire"
+slice = "fed0-site0_x"
+slivers = 2
+resources = "cpu=100m,memory=64MiB"
+expect_slivers = 2
+
+[[step]]
+do = "exec"
+slice = "fed0-site0_x"
+command = ["/bin/hostname"]
+expect_output = "fed0-site0_x"
+expect_slivers = 2
+
+[[step]]
+do = "down"
+"#,
+    )
+    .unwrap();
+    let dir = tmp.path().join("testnet");
+    let _down = Down(dir.clone());
+    let (code, stdout, stderr) = run(TESTNET, &["scenario", "run", file.to_str().unwrap()], &dir);
+    assert_eq!(code, 0, "the scenario failed:\n{stdout}\n{stderr}");
+    assert_eq!(
+        stdout.matches("not run (no isolation)").count(),
+        2,
+        "each sliver's line says nothing ran:\n{stdout}"
+    );
+}

@@ -64,7 +64,9 @@
 //! `expect` is the `slicectl` failure class a step must end with (`ok` by default; `exec` with
 //! a non-zero `expect_exit`: `command_failed`), or a list of them: `ok`, `internal`, `usage`,
 //! `setup`, `unsatisfiable`, `refused`, `unreachable`, `partial`, `not_found`,
-//! `command_failed`, `not_run` (`exec` on nodes without isolation). `retry_secs` repeats an idempotent step until its expectations hold.
+//! `command_failed`, `not_run`. On a testnet whose nodes have no isolation (`isolation =
+//! "memory"`) nothing runs: an `exec` step then passes when slicectl ends with `not_run` and
+//! every sliver's node says so, its `expect_output` and `expect_exit` unchecked. `retry_secs` repeats an idempotent step until its expectations hold.
 //!
 //! Steps drive the `slicectl` binary with `--json`, as `testnet demo` does
 //! ([`crate::demo::Slicectl`]), and the testnet's hosts through [`crate::launch`],
