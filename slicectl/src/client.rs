@@ -40,8 +40,8 @@ pub enum ClientError {
     /// when an older broker sent the refusal alone, the events when it predates them).
     #[error("{0}")]
     NotAcquired(Box<BrokerFailure>),
-    /// A broker could not be reached.
-    #[error("{party} unreachable: {detail}")]
+    /// A broker could not be reached, or did not answer in time.
+    #[error("{party} {detail}")]
     Unreachable {
         /// Who.
         party: String,
@@ -83,6 +83,24 @@ pub fn retryable(e: &CallError) -> bool {
     }
 }
 
+/// Why a dial failed, in a few words when the OS said it ("connection refused"); libp2p's
+/// own text repeats the address and spans lines.
+fn dial_cause(e: &federation::overlay::OverlayError) -> String {
+    let text = e.to_string();
+    let lower = text.to_lowercase();
+    for (needle, cause) in [
+        ("connection refused", "connection refused"),
+        ("timed out", "connection timed out"),
+        ("no route to host", "no route to host"),
+        ("network is unreachable", "network is unreachable"),
+    ] {
+        if lower.contains(needle) {
+            return cause.to_owned();
+        }
+    }
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 /// Limits of remote calls.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -104,7 +122,7 @@ impl Default for Settings {
 /// Whom slices are acquired from.
 #[derive(Debug)]
 enum Via {
-    Broker(PublicKey),
+    Broker(PublicKey, Multiaddr),
     Agents(Vec<PublicKey>, Acquirer<OverlayAgents>),
     Nobody,
 }
@@ -200,7 +218,7 @@ impl Session {
                 .map_err(|e| ClientError::Setup(e.to_string()))?;
         }
         let via = match (broker, agents.is_empty()) {
-            (Some((_, key)), _) => Via::Broker(key),
+            (Some((addr, key)), _) => Via::Broker(key, addr),
             (None, false) => {
                 let acquirer = Acquirer::new(
                     OverlayAgents::new(overlay.clone(), settings.timeout),
@@ -247,38 +265,98 @@ impl Session {
         )
     }
 
-    /// One call to the broker over protocol `P`; a refusal stays the broker's error reply,
-    /// anything else is the broker being unreachable.
+    /// One call to the broker at `addr` over protocol `P`; a refusal stays the broker's error
+    /// reply, anything else is the broker being unreachable (or not a broker).
+    ///
+    /// Connecting is bounded by the call timeout (a broker that accepts the connection and
+    /// never speaks, frozen, ends there with a message naming it); the whole call, connecting
+    /// included, by one deadline of three timeouts (an acquisition asks agents in turn).
     async fn broker_call<P: Protocol<Request = BrokerCall>>(
         &self,
         broker: &PublicKey,
+        addr: &Multiaddr,
         call: BrokerCall,
     ) -> Result<Result<P::Response, ErrorReply>, ClientError> {
-        match self
+        let timeout = self.settings.timeout;
+        let deadline = tokio::time::Instant::now() + timeout * 3;
+        let party = format!("broker {addr}");
+        let check = "check that the broker runs (and is not stopped), and its address (broker \
+                     in slicectl.toml, or --broker)";
+        let connected = self
             .overlay
-            .request::<P>(broker, call, self.settings.timeout * 3)
+            .connected_peers()
             .await
-            .map_err(CallError::from)
-        {
+            .map_err(|e| ClientError::Setup(e.to_string()))?;
+        if !connected.contains(broker) {
+            match tokio::time::timeout(timeout, self.overlay.dial(addr.clone())).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    return Err(ClientError::Unreachable {
+                        party,
+                        detail: format!("could not be reached ({}); {check}", dial_cause(&e)),
+                    });
+                }
+                Err(_) => {
+                    return Err(ClientError::Unreachable {
+                        party,
+                        detail: format!(
+                            "could not be reached: no answer within the {}s timeout (it \
+                             accepted the connection but never completed the handshake; \
+                             frozen?); {check}, or give a longer --timeout",
+                            timeout.as_secs_f64()
+                        ),
+                    });
+                }
+            }
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let not_a_broker = || {
+            ClientError::Setup(format!(
+                "{addr} does not serve the broker protocol ({}): it is not a broker (a node or \
+                 an agent?); point --broker, or broker in slicectl.toml, at a broker's address",
+                P::KIND
+            ))
+        };
+        match self.overlay.request::<P>(broker, call, left).await {
             Ok(answer) => Ok(Ok(answer)),
-            Err(CallError::Refused(reply)) => Ok(Err(reply)),
-            Err(other) => Err(ClientError::Unreachable {
-                party: format!("broker {}", broker.short()),
-                detail: other.to_string(),
-            }),
+            Err(federation::overlay::OverlayError::Unsupported { .. }) => Err(not_a_broker()),
+            Err(e) => match CallError::from(e) {
+                CallError::Refused(reply)
+                    if matches!(
+                        &reply.reason,
+                        capability_schema::Rejection::Unavailable { detail }
+                            if detail.contains("does not serve")
+                    ) =>
+                {
+                    Err(not_a_broker())
+                }
+                CallError::Refused(reply) => Ok(Err(reply)),
+                CallError::Timeout(_) => Err(ClientError::Unreachable {
+                    party,
+                    detail: format!(
+                        "did not answer within {}s (three times the call timeout); {check}, or \
+                         give a longer --timeout",
+                        (timeout * 3).as_secs_f64()
+                    ),
+                }),
+                other => Err(ClientError::Unreachable {
+                    party,
+                    detail: format!("did not answer ({other}); {check}"),
+                }),
+            },
         }
     }
 
     /// Plans `request` (`FindSlice`).
     pub async fn find(&self, request: &SliceRequest) -> Result<SlicePlan, ClientError> {
         match &self.via {
-            Via::Broker(broker) => {
+            Via::Broker(broker, addr) => {
                 let call = BrokerCall::FindSlice(SliceAsk::new(
                     request.clone(),
                     self.identity.cert.clone(),
                 ));
                 match self
-                    .broker_call::<BrokerCallProtocol>(broker, call)
+                    .broker_call::<BrokerCallProtocol>(broker, addr, call)
                     .await?
                     .map_err(ClientError::Refused)?
                 {
@@ -296,14 +374,14 @@ impl Session {
     /// Obtains tickets for `request` (`AcquireSlice`).
     pub async fn acquire(&self, request: &SliceRequest) -> Result<AcquiredSlice, ClientError> {
         match &self.via {
-            Via::Broker(broker) => {
+            Via::Broker(broker, addr) => {
                 // Ask for the plan and the report with a failure, to show them.
                 let call = BrokerCall::AcquireSlice(
                     SliceAsk::new(request.clone(), self.identity.cert.clone())
                         .with_detailed_failure(),
                 );
                 let answer = self
-                    .broker_call::<BrokerAnswerProtocol>(broker, call)
+                    .broker_call::<BrokerAnswerProtocol>(broker, addr, call)
                     .await?;
                 match BrokerAnswer::into_result(answer) {
                     Ok(BrokerResponse::Acquired(slice)) => Ok(slice),
