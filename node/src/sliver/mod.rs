@@ -291,7 +291,7 @@ impl NodeConfig {
         );
         table.uplink = policy.uplink.clone();
         table.icmp_per_sec = policy.icmp_per_sec;
-        table.leases_ports = table.uplink.is_some() && policy.ports.is_some();
+        table.leases_ports = self.leased_range().is_some();
         table.forwarding_note = Some(self.state_dir.join("uplink-forwarding"));
         Some(table)
     }
@@ -300,19 +300,20 @@ impl NodeConfig {
     /// node's public address and the ports it leases (the same ports inside the sliver);
     /// `None` without an uplink or a port range.
     pub fn public_endpoint(&self, slot: u32, ports: u32) -> Option<(std::net::Ipv4Addr, Vec<u16>)> {
+        let (uplink, range) = self.leased_range()?;
+        Some((uplink.address, range.leased(slot, ports)))
+    }
+
+    /// The uplink and the public port range, when the node leases ports at all (ports are
+    /// forwarded from the uplink's address, so a range without an uplink leases none).
+    fn leased_range(&self) -> Option<(&firewall::Uplink, firewall::PublicPorts)> {
         let policy = self.network.as_ref()?;
-        let uplink = policy.uplink.as_ref()?;
-        Some((uplink.address, policy.ports?.leased(slot, ports)))
+        Some((policy.uplink.as_ref()?, policy.ports?))
     }
 
     /// Why no slot is free, naming the public port range when it is what bounds the slivers.
     fn full_reason(&self, e: AllocError) -> SliverError {
-        let ports = self
-            .network
-            .as_ref()
-            .filter(|p| p.uplink.is_some())
-            .and_then(|p| p.ports);
-        match (e, ports) {
+        match (e, self.leased_range().map(|(_, range)| range)) {
             (AllocError::Full(n), Some(ports)) if n == ports.blocks() => SliverError::PortsFull {
                 leased: n,
                 first: ports.first,
@@ -325,9 +326,8 @@ impl NodeConfig {
 
     /// The most public ports one sliver may lease here (`None`: no port range).
     fn ports_per_sliver(&self) -> Option<u32> {
-        let policy = self.network.as_ref()?;
-        policy.uplink.as_ref()?;
-        Some(u32::from(policy.ports?.per_sliver))
+        self.leased_range()
+            .map(|(_, range)| u32::from(range.per_sliver))
     }
 
     /// The defaults of node `node_id` under `state_dir`, unique to it on the machine: cgroup
@@ -505,12 +505,10 @@ impl<H: Host> Slivers<H> {
                 "sealing the init program in memory: {e}; the first create will try again"
             );
         }
-        // A sliver leases one public port: the range bounds how many live at once.
-        if let Some(network) = &config.network
-            && network.uplink.is_some()
-            && let Some(ports) = network.ports
-        {
-            config.slots.max_slots = config.slots.max_slots.min(ports.blocks());
+        // Each sliver holds a block of the public port range: the blocks bound how many live
+        // at once.
+        if let Some((_, range)) = config.leased_range() {
+            config.slots.max_slots = config.slots.max_slots.min(range.blocks());
         }
         // Before anything on the host is touched: nothing of another node's is.
         let claims = Self::claim(&mut config)?;
@@ -1043,13 +1041,14 @@ impl<H: Host> Slivers<H> {
         }
         if done.ports
             && let Some(table) = self.config.firewall()
-            && !self.leased_ports(record).is_empty()
         {
-            note(
-                "stop forwarding leased ports",
-                self.host
-                    .ports_forward(&table, false, &self.leased_ports(record)),
-            );
+            let leased = self.leased_ports(record);
+            if !leased.is_empty() {
+                note(
+                    "stop forwarding leased ports",
+                    self.host.ports_forward(&table, false, &leased),
+                );
+            }
         }
         if done.net {
             note("detach network", self.host.net_detach(&record.net));
