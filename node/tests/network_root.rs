@@ -742,7 +742,6 @@ fn a_raw_socket_sees_only_its_own_slivers_traffic_and_needs_the_grant() {
 /// What a sliver's egress bucket sends per second (Mbit/s), measured at the shaper between
 /// 0.5 s and 3 s of a transfer of `bytes` from it to the internet host's sink.
 fn egress_rate(f: &Fixture, rec: &node::sliver::SliverRecord, sink: Ipv4Addr, bytes: u64) -> f64 {
-    use node::sliver::netlink::Netlink;
     let mut cmd = ExecCommand::new([
         "/bin/bash".to_string(),
         "-c".to_string(),
@@ -750,22 +749,12 @@ fn egress_rate(f: &Fixture, rec: &node::sliver::SliverRecord, sink: Ipv4Addr, by
     ]);
     cmd.timeout = Duration::from_secs(20);
     let mut child = f.engine.spawn(&rec.spec.id, &cmd).expect("spawn").child;
-    let mut nl = Netlink::open().unwrap();
-    let ifb = nl
-        .link_index(&f.engine.config().shaping.ifb)
-        .unwrap()
-        .unwrap();
-    let sent = |nl: &mut Netlink| {
-        nl.class_bytes(ifb)
-            .unwrap()
-            .into_iter()
-            .find(|(h, _)| h.major == 1 && h.minor == rec.shape.class_minor)
-            .map_or(0, |(_, b)| b)
-    };
+    let mut buckets = common::Buckets::of(f);
+    let mut sent = || buckets.sent(&[rec.shape.class_minor])[0];
     std::thread::sleep(Duration::from_millis(500));
-    let (t0, c0) = (std::time::Instant::now(), sent(&mut nl));
+    let (t0, c0) = (std::time::Instant::now(), sent());
     std::thread::sleep(Duration::from_millis(2500));
-    let (t1, c1) = (std::time::Instant::now(), sent(&mut nl));
+    let (t1, c1) = (std::time::Instant::now(), sent());
     let _ = child.kill();
     let _ = child.wait();
     (c1 - c0) as f64 * 8.0 / (t1 - t0).as_secs_f64() / 1e6

@@ -7,7 +7,7 @@ mod common;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 
-use common::{Fixture, id, spec};
+use common::{Buckets, Fixture, id, spec};
 use node::sliver::ExecCommand;
 use node::sliver::netlink::Netlink;
 
@@ -414,23 +414,12 @@ fn egress_runs_at_the_slivers_cap() {
         .expect("spawn")
         .child;
     // The rate its bucket lets through, in the middle of the transfer.
-    let mut nl = Netlink::open().unwrap();
-    let ifb = nl
-        .link_index(&f.engine.config().shaping.ifb)
-        .unwrap()
-        .unwrap();
-    let sent = |nl: &mut Netlink| {
-        nl.class_bytes(ifb)
-            .unwrap()
-            .into_iter()
-            .find(|(h, _)| h.major == 1 && h.minor == rec.shape.class_minor)
-            .map(|(_, b)| b)
-            .unwrap_or(0)
-    };
+    let mut buckets = Buckets::of(&f);
+    let mut sent = || buckets.sent(&[rec.shape.class_minor])[0];
     std::thread::sleep(std::time::Duration::from_millis(500));
-    let (t0, c0) = (std::time::Instant::now(), sent(&mut nl));
+    let (t0, c0) = (std::time::Instant::now(), sent());
     std::thread::sleep(std::time::Duration::from_millis(2000));
-    let (t1, c1) = (std::time::Instant::now(), sent(&mut nl));
+    let (t1, c1) = (std::time::Instant::now(), sent());
     let mbit = (c1 - c0) as f64 * 8.0 / (t1 - t0).as_secs_f64() / 1e6;
     assert!(child.wait().unwrap().success());
     listener.join().unwrap();
@@ -467,26 +456,13 @@ fn two_busy_slivers_share_a_saturated_node_bucket_equally() {
     }
     // Measured at the shaper: what each sliver's bucket let through between two moments
     // (the readers' timing on a busy host does not blur it).
-    let mut nl = Netlink::open().unwrap();
-    let ifb = nl
-        .link_index(&f.engine.config().shaping.ifb)
-        .unwrap()
-        .unwrap();
-    let counters = |nl: &mut Netlink| -> Vec<u64> {
-        let all = nl.class_bytes(ifb).unwrap();
-        recs.iter()
-            .map(|r| {
-                all.iter()
-                    .find(|(h, _)| h.major == 1 && h.minor == r.shape.class_minor)
-                    .map(|(_, b)| *b)
-                    .unwrap_or(0)
-            })
-            .collect()
-    };
+    let mut buckets = Buckets::of(&f);
+    let minors: Vec<u16> = recs.iter().map(|r| r.shape.class_minor).collect();
+    let mut counters = || buckets.sent(&minors);
     std::thread::sleep(std::time::Duration::from_millis(500));
-    let (t0, c0) = (std::time::Instant::now(), counters(&mut nl));
+    let (t0, c0) = (std::time::Instant::now(), counters());
     std::thread::sleep(std::time::Duration::from_millis(2500));
-    let (t1, c1) = (std::time::Instant::now(), counters(&mut nl));
+    let (t1, c1) = (std::time::Instant::now(), counters());
     let secs = (t1 - t0).as_secs_f64();
     let rates: Vec<f64> = c0
         .iter()

@@ -91,6 +91,39 @@ impl Drop for Fixture {
     }
 }
 
+/// The node's shaping device, read for what slivers' egress buckets have sent (netlink opened
+/// in the calling thread's network namespace).
+pub struct Buckets {
+    nl: node::sliver::netlink::Netlink,
+    ifb: u32,
+}
+
+impl Buckets {
+    /// The buckets of `f`'s node.
+    pub fn of(f: &Fixture) -> Buckets {
+        let mut nl = node::sliver::netlink::Netlink::open().expect("netlink");
+        let ifb = nl
+            .link_index(&f.engine.config().shaping.ifb)
+            .expect("shaping device")
+            .expect("the node's shaping device exists");
+        Buckets { nl, ifb }
+    }
+
+    /// Bytes sent so far by each bucket (class `1:minor`), in the order given; 0 for one not
+    /// (yet) there.
+    pub fn sent(&mut self, minors: &[u16]) -> Vec<u64> {
+        let all = self.nl.class_bytes(self.ifb).expect("class counters");
+        minors
+            .iter()
+            .map(|minor| {
+                all.iter()
+                    .find(|(h, _)| h.major == 1 && h.minor == *minor)
+                    .map_or(0, |(_, b)| *b)
+            })
+            .collect()
+    }
+}
+
 pub fn id(name: &str) -> SliverId {
     SliverId::new(name).expect("id")
 }
