@@ -12,6 +12,17 @@ use testnet::launch;
 
 const TESTNET: &str = env!("CARGO_BIN_EXE_testnet");
 
+/// The testnets of this file come up one at a time: each picks free loopback ports for its
+/// daemons, and two picking at once can be handed the same one (seen in CI: a node that never
+/// listened, so its agent never learned it).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn daemons_built() -> bool {
     let dir = launch::bin_dir().unwrap();
     let all = ["nodemgr", "agentd", "broker", "slicectl"]
@@ -61,6 +72,7 @@ fn every_command_testnet_up_prints_works_as_printed() {
     if !daemons_built() {
         return;
     }
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("testnet");
     let _down = Down(dir.clone());
@@ -114,6 +126,7 @@ fn every_command_the_readme_prints_for_a_running_testnet_works_as_printed() {
     if !daemons_built() {
         return;
     }
+    let _serial = serial();
     let readme =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
             .unwrap();
@@ -190,6 +203,7 @@ fn the_demo_on_nodes_without_isolation_says_nothing_runs() {
     if !daemons_built() {
         return;
     }
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("testnet");
     let _down = Down(dir.clone());
@@ -229,6 +243,7 @@ fn a_scenario_exec_on_nodes_without_isolation_expects_that_nothing_ran() {
     if !daemons_built() {
         return;
     }
+    let _serial = serial();
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("memory-exec.toml");
     std::fs::write(
