@@ -397,6 +397,10 @@ pub struct SliceView {
     pub slivers: Vec<SliverView>,
     /// Slivers whose lease is active.
     pub active: usize,
+    /// Slivers on nodes that do not answer, known only from their agent's ticket.
+    pub unknown: usize,
+    /// Its colour on the page (CSS), far from every other slice's.
+    pub color: String,
     /// Federations it spans.
     pub federations: Vec<String>,
     /// Distinct sites.
@@ -453,7 +457,8 @@ pub struct Totals {
     pub leases: usize,
     /// Slices.
     pub slices: usize,
-    /// Node-agent delegations the agents know of, and all of them (ad convergence).
+    /// Node-agent delegations of answering nodes the agents know of (ad convergence; an ad
+    /// an agent still holds for a silent node does not count).
     pub delegations_known: usize,
     /// Node-agent delegations in the manifest.
     pub delegations: usize,
@@ -487,6 +492,23 @@ impl Names {
     fn of(&self, key: &PublicKey) -> String {
         self.0.get(key).cloned().unwrap_or_else(|| key.short())
     }
+}
+
+/// The state of a sliver on a node that does not answer: its ticket is outstanding at its
+/// agent, but nobody can say whether the sliver still runs.
+const UNKNOWN: &str = "unknown";
+
+/// `n` colours whose hues are spread by the golden angle: any two of the first eight differ
+/// by at least 32° of hue, and two of the first dozen that come closer differ in lightness,
+/// so two slices never look alike, whatever their names.
+fn slice_colors(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let hue = (i as f64 * 137.508 + 200.0) % 360.0;
+            let lightness = [46, 58, 36][i % 3];
+            format!("hsl({hue:.0},64%,{lightness}%)")
+        })
+        .collect()
 }
 
 /// A lease's state as the page shows it.
@@ -566,6 +588,14 @@ pub fn assemble(
     let mut slices: BTreeMap<String, Vec<SliverView>> = BTreeMap::new();
     let mut holders: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     let mut slice_totals: BTreeMap<String, Resources> = BTreeMap::new();
+    // Nodes that answered: an agent's view of any other node is not evidence that the
+    // testnet converged, and a sliver there can only be known from its ticket.
+    let nodes_up: BTreeSet<&str> = manifest
+        .of_role(HostRole::Node)
+        .filter(|n| look(n).0 == HostState::Up)
+        .map(|n| n.plan.name.as_str())
+        .collect();
+    let mut unseen: Vec<(String, &TicketEntry)> = Vec::new();
 
     for host in &manifest.hosts {
         let (state, detail, pid, answer) = look(host);
@@ -709,8 +739,15 @@ pub fn assemble(
                     .unwrap_or_default();
                 totals.delegations_known += expected
                     .iter()
+                    .filter(|e| nodes_up.contains(e.as_str()))
                     .filter(|e| inventory.iter().any(|i| &i.node == *e))
                     .count();
+                for t in tickets.unwrap_or_default() {
+                    let node = names.of(&t.node);
+                    if t.outstanding && t.not_after > now && !nodes_up.contains(node.as_str()) {
+                        unseen.push((node, t));
+                    }
+                }
                 let view = AgentView {
                     name,
                     site: host.plan.site.clone(),
@@ -767,15 +804,38 @@ pub fn assemble(
         }
     }
 
+    for (node, ticket) in unseen {
+        let host = manifest.host(&node).ok();
+        slices
+            .entry(ticket.slice.clone())
+            .or_default()
+            .push(SliverView {
+                federation: host.map_or_else(String::new, |h| h.plan.federation.clone()),
+                site: host.map_or_else(String::new, |h| h.plan.site.clone()),
+                node,
+                state: UNKNOWN.to_owned(),
+                resources: ticket.resources.clone(),
+                address: None,
+                end: ticket.not_after,
+            });
+        holders
+            .entry(ticket.slice.clone())
+            .or_default()
+            .insert(names.of(&ticket.principal));
+    }
+    let colors = slice_colors(slices.len());
     let slices: Vec<SliceView> = slices
         .into_iter()
-        .map(|(name, mut slivers)| {
+        .zip(colors)
+        .map(|((name, mut slivers), color)| {
             slivers.sort_by(|a, b| a.node.cmp(&b.node));
             let federations: BTreeSet<String> =
                 slivers.iter().map(|s| s.federation.clone()).collect();
             let sites: BTreeSet<&str> = slivers.iter().map(|s| s.site.as_str()).collect();
             SliceView {
                 active: slivers.iter().filter(|s| s.state == "active").count(),
+                unknown: slivers.iter().filter(|s| s.state == UNKNOWN).count(),
+                color,
                 federations: federations.into_iter().collect(),
                 sites: sites.len(),
                 holders: holders
@@ -1238,6 +1298,91 @@ mod tests {
             s.internet.is_none(),
             "a loopback testnet has no internet host"
         );
+    }
+
+    /// A node that stopped answering, its agent's view of it and the slivers on it.
+    #[test]
+    fn slivers_on_silent_nodes_count_and_their_ads_do_not() {
+        let m = manifest();
+        let node0 = m.host("node0").unwrap().key;
+        let mut probes = HashMap::new();
+        let mut processes = HashMap::new();
+        for (i, h) in m.hosts.iter().enumerate() {
+            processes.insert(h.plan.name.clone(), ProcessState::Running(3000 + i as u32));
+        }
+        processes.insert("node0".to_owned(), ProcessState::Stopped(3000));
+        probes.insert(
+            "node1".to_owned(),
+            ProbeOutcome::Answered(Box::new(Answer::Node {
+                status: node_status(&m, "node1", "cpu=500m,memory=512MiB,disk=0B,egress=0kbit"),
+                leases: Some(vec![lease(&m, "fed0-site0_demo", 1500)]),
+            })),
+        );
+        let mut on_frozen = ticket(&m, true);
+        on_frozen.node = node0;
+        let mut ended = ticket(&m, true);
+        ended.node = node0;
+        ended.not_after = 900;
+        probes.insert(
+            "agent0".to_owned(),
+            ProbeOutcome::Answered(Box::new(Answer::Agent {
+                status: AgentStatus {
+                    agent: m.host("agent0").unwrap().key,
+                    federation: "fed0".into(),
+                    nodes: vec![InventoryNode {
+                        node: node0,
+                        name: "node0".into(),
+                        site: "site0".into(),
+                        federation: "fed0".into(),
+                        share: "cpu=1 core".into(),
+                        outstanding: "cpu=500m".into(),
+                        load: 0.1,
+                    }],
+                    principals: 1,
+                },
+                tickets: Some(vec![on_frozen, ended]),
+            })),
+        );
+        let s = assemble(&m, Path::new("/tmp/tn"), &probes, &processes, 1000);
+
+        let demo = &s.slices[0];
+        assert_eq!(demo.slivers.len(), 2, "{demo:?}");
+        assert_eq!((demo.active, demo.unknown), (1, 1));
+        let silent = demo.slivers.iter().find(|v| v.node == "node0").unwrap();
+        assert_eq!(
+            (silent.state.as_str(), silent.federation.as_str()),
+            ("unknown", "fed0")
+        );
+        assert_eq!(demo.holders, ["principal"]);
+        assert_eq!(
+            s.totals.delegations_known, 0,
+            "an agent still holding the frozen node's ad is not convergence"
+        );
+    }
+
+    #[test]
+    fn slice_colours_are_far_apart() {
+        let hsl = |c: &str| -> (f64, u32) {
+            let inner = c.trim_start_matches("hsl(").trim_end_matches("%)");
+            let parts: Vec<&str> = inner.split(',').collect();
+            (
+                parts[0].parse().unwrap(),
+                parts[2].trim_end_matches('%').parse().unwrap(),
+            )
+        };
+        let colors: Vec<(f64, u32)> = slice_colors(12).iter().map(|c| hsl(c)).collect();
+        for (i, a) in colors.iter().enumerate() {
+            for (j, b) in colors.iter().enumerate().skip(i + 1) {
+                let d = (a.0 - b.0).abs();
+                let hue_apart = d.min(360.0 - d);
+                let apart = if j < 8 {
+                    hue_apart >= 30.0
+                } else {
+                    hue_apart >= 30.0 || a.1.abs_diff(b.1) >= 10
+                };
+                assert!(apart, "slices {i} and {j} look alike: {a:?} {b:?}");
+            }
+        }
     }
 
     #[test]
