@@ -20,7 +20,9 @@
 //!
 //! A ticket's id ([`TicketId`]) is the authority block's signature: the same in every
 //! attenuated or delegated copy, so a node's spend ledger counts all copies against one grant.
-//! The wire form is biscuit's own bytes, the text form its URL-safe base64.
+//! The wire form is biscuit's own bytes, the text form its URL-safe base64. A holder reads a
+//! ticket without trusting its issuer ([`Ticket::read`]: signatures checked against the key
+//! the ticket names); a node parses it against the agents it trusts ([`Ticket::from_bytes`]).
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -589,6 +591,19 @@ impl Ticket {
     /// Parses the text form (surrounding whitespace is ignored).
     pub fn from_text(text: &str, issuers: &TrustedIssuers) -> Result<Ticket, TicketRefusal> {
         verify::parse_text(text, issuers, &TicketLimits::default())
+    }
+
+    /// Parses a ticket as its holder reads it, without knowing its issuer: every signature is
+    /// checked against the issuer key the authority block names, so the ticket is intact and
+    /// [`Ticket::contents`] reads what it grants, but nothing says that issuer is trusted
+    /// (a node decides that at redeem, with [`Ticket::from_bytes`]). Within the same limits.
+    pub fn read(bytes: &[u8]) -> Result<Ticket, TicketRefusal> {
+        verify::parse_as_stated(bytes, &TicketLimits::default())
+    }
+
+    /// [`Ticket::read`] of the text form (surrounding whitespace is ignored).
+    pub fn read_text(text: &str) -> Result<Ticket, TicketRefusal> {
+        verify::parse_text_as_stated(text, &TicketLimits::default())
     }
 }
 

@@ -1,7 +1,9 @@
 //! Fuzz target: untrusted bytes as a ticket presented to a node, three ways (chosen by the
 //! first byte): raw ticket bytes, the base64 text form, or Datalog source appended as a block
 //! to a valid ticket (so the evaluation under limits, not only the parser, sees hostile
-//! input). Parsing and authorization must never panic, and the size cap must hold.
+//! input); and the same bytes read as a holder reads a ticket it was handed
+//! (`Ticket::read`, against the issuer the ticket names). Parsing and authorization must never
+//! panic, and the size cap must hold.
 #![no_main]
 
 use std::sync::LazyLock;
@@ -65,13 +67,16 @@ fuzz_target!(|data: &[u8]| {
     match mode % 3 {
         0 => {
             let result = present(rest);
+            let read = Ticket::read(rest).and_then(|t| t.contents());
             if rest.len() > MAX_TICKET_BYTES {
                 assert!(matches!(result, Err(TicketRefusal::TooLarge { .. })));
+                assert!(matches!(read, Err(TicketRefusal::TooLarge { .. })));
             }
         }
         1 => {
             if let Ok(text) = std::str::from_utf8(rest) {
                 let _ = Ticket::from_text(text, VERIFIER.issuers()).map(|t| t.contents());
+                let _ = Ticket::read_text(text).map(|t| t.contents());
             }
         }
         _ => {
@@ -86,6 +91,7 @@ fuzz_target!(|data: &[u8]| {
             };
             let Ok(bytes) = token.to_vec() else { return };
             let _ = present(&bytes);
+            let _ = Ticket::read(&bytes).map(|t| t.contents());
         }
     }
 });

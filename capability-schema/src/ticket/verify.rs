@@ -462,12 +462,64 @@ pub(crate) fn parse(
     Err(TicketRefusal::BadSignature)
 }
 
+/// Parses `bytes` and checks every signature against the issuer key the authority block
+/// names, whoever that is (for holders reading their tickets: see [`Ticket::read`]). The
+/// authority block is read from its unverified bytes for that key only; everything else is
+/// read, as by a node, from the verified ticket.
+pub(crate) fn parse_as_stated(
+    bytes: &[u8],
+    limits: &TicketLimits,
+) -> Result<Ticket, TicketRefusal> {
+    if bytes.len() > limits.max_bytes {
+        return Err(TicketRefusal::TooLarge {
+            size: bytes.len(),
+            limit: limits.max_bytes,
+        });
+    }
+    let unverified = UnverifiedBiscuit::from(bytes).map_err(parse_refusal)?;
+    if unverified.block_count() > limits.max_blocks {
+        return Err(TicketRefusal::TooManyBlocks {
+            blocks: unverified.block_count(),
+            limit: limits.max_blocks,
+        });
+    }
+    let source = unverified.print_block_source(0).map_err(parse_refusal)?;
+    let mut stated = source
+        .lines()
+        .map(str::trim)
+        .filter(|line| line.starts_with("ticket("));
+    let (Some(line), None) = (stated.next(), stated.next()) else {
+        return Err(TicketRefusal::Malformed {
+            reason: "the authority block does not state exactly one ticket".to_owned(),
+        });
+    };
+    let fact =
+        Fact::try_from(line.trim_end_matches(';')).map_err(|e| TicketRefusal::Malformed {
+            reason: format!("the authority block's ticket does not read back: {e}"),
+        })?;
+    let issuer = vocabulary::read_ticket(&fact, &[])?.issuer;
+    parse(bytes, &TrustedIssuers::from_iter([issuer]), limits)
+}
+
 /// Parses the text form.
 pub(crate) fn parse_text(
     text: &str,
     issuers: &TrustedIssuers,
     limits: &TicketLimits,
 ) -> Result<Ticket, TicketRefusal> {
+    parse(&text_bytes(text, limits)?, issuers, limits)
+}
+
+/// Parses the text form against the issuer it names (see [`parse_as_stated`]).
+pub(crate) fn parse_text_as_stated(
+    text: &str,
+    limits: &TicketLimits,
+) -> Result<Ticket, TicketRefusal> {
+    parse_as_stated(&text_bytes(text, limits)?, limits)
+}
+
+/// Decodes the text form under the size cap (surrounding whitespace is ignored).
+fn text_bytes(text: &str, limits: &TicketLimits) -> Result<Vec<u8>, TicketRefusal> {
     let text = text.trim();
     let limit = limits.max_bytes.div_ceil(3) * 4;
     if text.len() > limit {
@@ -476,10 +528,9 @@ pub(crate) fn parse_text(
             limit,
         });
     }
-    let bytes = decode_base64url(text).ok_or_else(|| TicketRefusal::Malformed {
+    decode_base64url(text).ok_or_else(|| TicketRefusal::Malformed {
         reason: "the text is not URL-safe base64".to_owned(),
-    })?;
-    parse(&bytes, issuers, limits)
+    })
 }
 
 /// Decodes URL-safe base64, with or without `=` padding.
