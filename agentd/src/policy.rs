@@ -34,6 +34,7 @@ pub enum PrincipalRole {
 
 /// A quota: at most this much outstanding at once.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Quota {
     /// Slivers (none: no limit).
     pub max_slivers: Option<u32>,
@@ -44,6 +45,7 @@ pub struct Quota {
 
 /// A principal the policy names.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PrincipalEntry {
     /// Its key (`ed25519/<hex>`).
     pub key: PublicKey,

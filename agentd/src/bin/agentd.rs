@@ -6,7 +6,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use agentd::daemon::config::{AgentConfig, AgentKind, default_config};
+use agentd::daemon::config::{
+    AgentConfig, AgentKind, POLICY_FILE, POLICY_TEMPLATE, default_config,
+};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use federation::daemon::DaemonKind;
@@ -62,10 +64,18 @@ fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::Init { dir, federation } => {
             let key = init::<AgentKind>(&dir, "agent.toml", &default_config(&federation))?;
+            let policy = dir.join(POLICY_FILE);
+            let kept = policy.exists();
+            if !kept {
+                std::fs::write(&policy, POLICY_TEMPLATE)
+                    .with_context(|| format!("cannot write {}", policy.display()))?;
+            }
             println!(
-                "wrote {} and {}",
+                "wrote {} and {}; {} {} (who gets tickets)",
                 dir.join("agent.toml").display(),
-                dir.join(AgentKind::KEY_FILE).display()
+                dir.join(AgentKind::KEY_FILE).display(),
+                if kept { "kept the existing" } else { "wrote" },
+                policy.display()
             );
             println!("{}", describe_key::<AgentKind>(&key.public()));
             println!(

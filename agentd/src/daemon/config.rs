@@ -68,7 +68,8 @@ const AGENT_TEMPLATE: &str = r#"
 # state_dir = "state"               # the ticket ledger
 # peering = []                      # agreements from: fedctl peer
 # follow = ["{federation}"]         # federations whose ads to follow
-# policy = "policy.toml"            # principals, roles, quotas (default: serve certified members)
+policy = "policy.toml"              # who gets tickets: principals, roles, quotas (`init` wrote
+#                                    # it all commented: serve certified members as users)
 # surge_percent = 0                 # extra percent at a fully committed share
 # oversubscription = 1.0            # 1.0 = never promise more than the share
 "#;
@@ -81,6 +82,35 @@ const AGENT_SECTIONS: &str = r#"
 # memory_gib_hour = 0
 # disk_gib_hour = 0
 # egress_mbit_hour = 0
+"#;
+
+/// The policy file `agentd init` writes beside the config (the config names it).
+pub const POLICY_FILE: &str = "policy.toml";
+
+/// The commented policy file `agentd init` writes: loaded as written, it is the default
+/// policy; each line shows a default or an example, and works uncommented in place.
+pub const POLICY_TEMPLATE: &str = r#"# PlanetMesh agent policy: who gets which tickets from this agent.
+# Every commented line shows a default (or, for [[principals]], an example). As written, this
+# file is the default policy: certified members of trusted federations are served as users.
+
+# serve_certified_members = true     # certified principals not listed below are served as users
+# max_duration_secs = 1209600        # the longest ticket (14 days)
+
+# The quota of principals without their own (outstanding at once):
+# [default_quota]
+# max_slivers = 10
+# max_total = "cpu=8 cores,memory=16GiB,disk=100GiB,egress=100Mbit"  # default: no limit
+
+# A principal with an explicit role: "user", "pi" or "admin" (admin slices); one block each:
+# [[principals]]
+# key = "ed25519/..."
+# role = "user"
+# slice_prefixes = ["site0_"]        # default: its certificate's site followed by _
+# net_raw = false                    # raw sockets in its slivers (admins always may)
+
+# Its own quota (default: the default quota):
+# [principals.quota]
+# max_slivers = 20
 "#;
 
 /// The commented default config `agentd init` writes for `federation`.
@@ -151,6 +181,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("agent.toml");
         std::fs::write(&path, default_config("plc")).unwrap();
+        std::fs::write(dir.path().join(POLICY_FILE), POLICY_TEMPLATE).unwrap();
         let config = AgentConfig::load(&path).unwrap();
         assert_eq!(config.follow, vec!["plc".to_owned()]);
         assert_eq!(config.common.key_file, dir.path().join("agent.key"));
@@ -162,6 +193,41 @@ mod tests {
                 .to_string()
                 .contains("oversubscription")
         );
+    }
+
+    #[test]
+    fn the_policy_template_is_the_default_policy_and_every_line_works_uncommented() {
+        let policy: PolicyConfig = toml::from_str(POLICY_TEMPLATE).unwrap();
+        assert_eq!(policy, PolicyConfig::default());
+        federation::testing::check_sections_last(POLICY_TEMPLATE);
+        let all = federation::testing::uncomment_all(POLICY_TEMPLATE);
+        let policy: PolicyConfig = toml::from_str(&all).unwrap_or_else(|e| panic!("{e}\n{all}"));
+        assert_eq!(policy.principals.len(), 1);
+        assert_eq!(
+            policy.principals[0].quota.as_ref().unwrap().max_slivers,
+            Some(20)
+        );
+        assert_eq!(policy.default_quota.max_slivers, Some(10));
+    }
+
+    #[test]
+    fn unknown_policy_fields_are_refused_naming_their_section() {
+        for (text, section) in [
+            ("[default_quota]\nmax_sliver = 3\n", "max_sliver"),
+            (
+                "[[principals]]\nkey = \"ed25519/0000000000000000000000000000000000000000000000000000000000000000\"\nrole = \"user\"\nprefixes = [\"a_\"]\n",
+                "prefixes",
+            ),
+            (
+                "[[principals]]\nkey = \"ed25519/0000000000000000000000000000000000000000000000000000000000000000\"\nrole = \"user\"\n[principals.quota]\nslivers = 2\n",
+                "slivers",
+            ),
+        ] {
+            let err = toml::from_str::<PolicyConfig>(text)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(section), "{text}: {err}");
+        }
     }
 
     #[test]
