@@ -78,6 +78,7 @@ fn main() {
                 node: node.key.public(),
                 agent: agent_key.public(),
                 share,
+                scope: Default::default(),
                 issued_at: NOW,
                 not_after: NOW + 86_400,
             },

@@ -68,6 +68,7 @@ fn ad_for(
                 node: node.key.public(),
                 agent: agent.public(),
                 share,
+                scope: Default::default(),
                 issued_at: NOW,
                 not_after: NOW + 86_400,
             },

@@ -50,6 +50,7 @@ fn agent(key: &SecretKey, dir: &std::path::Path, trust: &TrustStore, nodes: &[Te
                 node: node.key.public(),
                 agent: key.public(),
                 share: cores(8),
+                scope: Default::default(),
                 issued_at: NOW,
                 not_after: NOW + 86_400,
             },

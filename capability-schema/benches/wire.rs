@@ -44,6 +44,7 @@ fn sample_ad() -> ResourceAd {
             node: test_key(1).public(),
             agent: test_key(20).public(),
             share: res(),
+            scope: Default::default(),
             issued_at: 0,
             not_after: 1,
         },

@@ -1,11 +1,15 @@
 //! What nodes say about themselves: resource advertisements, delegations and prices.
 //!
 //! - [`Delegation`] (signed by the node): "agent A may have at most S of my resources committed
-//!   at once until T". A node may delegate to several agents; it stays the final arbiter.
+//!   at once until T, in slices of the kinds its [`DelegationScope`] allows". A node may
+//!   delegate to several agents; it stays the final arbiter, and re-signs each delegation
+//!   well before it ends.
 //! - [`ResourceAd`] (signed by the node): capacity, what is committed, the free part of each
 //!   agent's share, measured use, the delegations themselves, the node's membership certificate,
 //!   `seq` and a time to live. Receivers keep only the newest unexpired ad per node.
 //! - [`PriceList`]: what an agent asks per resource-hour.
+
+use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
@@ -13,8 +17,10 @@ use crate::identity::PublicKey;
 use crate::membership::MembershipCert;
 use crate::resources::Resources;
 use crate::signed::{Signed, SignedType};
+use crate::slice::SliceKind;
 
-/// "Agent `agent` may have at most `share` of node `node`'s resources committed at once."
+/// "Agent `agent` may have at most `share` of node `node`'s resources committed at once, in
+/// slices `scope` allows."
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Delegation {
     /// The delegating node (the signer).
@@ -23,6 +29,8 @@ pub struct Delegation {
     pub agent: PublicKey,
     /// The share.
     pub share: Resources,
+    /// What kinds of slices the agent may mint on the node.
+    pub scope: DelegationScope,
     /// Unix seconds of issue.
     pub issued_at: u64,
     /// Unix seconds after which the delegation ends.
@@ -30,7 +38,130 @@ pub struct Delegation {
 }
 
 impl SignedType for Delegation {
-    const DOMAIN: &'static str = "planetmesh/delegation/v1";
+    /// v2: the delegation states its scope (v1 delegated resources for any slice kind).
+    const DOMAIN: &'static str = "planetmesh/delegation/v2";
+}
+
+/// What an agent may mint on a node beyond resources: which slice kinds and, for admin
+/// slices, which Linux capabilities and host views. The default is regular slices only.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct DelegationScope {
+    /// Whether regular slices may be minted.
+    pub regular: bool,
+    /// What admin slices may hold (absent: no admin slice may be minted).
+    pub admin: Option<AdminScope>,
+}
+
+/// The most an admin slice minted under a delegation may hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct AdminScope {
+    /// Linux capabilities an admin slice may be granted, by kernel name (`CAP_NET_ADMIN`).
+    pub capabilities: Vec<String>,
+    /// Whether an admin slice may see the host's processes.
+    pub host_pid_view: bool,
+}
+
+impl Default for DelegationScope {
+    fn default() -> Self {
+        DelegationScope {
+            regular: true,
+            admin: None,
+        }
+    }
+}
+
+/// The part of a slice kind outside a delegation's scope.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutsideScope {
+    /// Regular slices are not delegated.
+    Regular,
+    /// Admin slices are not delegated.
+    Admin,
+    /// These capabilities are not delegated.
+    Capabilities(Vec<String>),
+    /// The host pid view is not delegated.
+    HostPidView,
+}
+
+impl fmt::Display for OutsideScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OutsideScope::Regular => f.write_str("regular slices are not delegated"),
+            OutsideScope::Admin => f.write_str("admin slices are not delegated"),
+            OutsideScope::Capabilities(caps) => {
+                write!(f, "{} not delegated", caps.join(", "))
+            }
+            OutsideScope::HostPidView => f.write_str("the host pid view is not delegated"),
+        }
+    }
+}
+
+impl DelegationScope {
+    /// Regular and admin slices with `capabilities` and, if `host_pid_view`, the host's pids.
+    pub fn with_admin(capabilities: Vec<String>, host_pid_view: bool) -> Self {
+        DelegationScope {
+            regular: true,
+            admin: Some(AdminScope {
+                capabilities,
+                host_pid_view,
+            }),
+        }
+    }
+
+    /// Whether a slice of `kind` may be minted under the scope; if not, the first part of it
+    /// that is outside (for a refusal that says what to ask for instead).
+    pub fn check(&self, kind: &SliceKind) -> Result<(), OutsideScope> {
+        match (kind, &self.admin) {
+            (SliceKind::Regular, _) if self.regular => Ok(()),
+            (SliceKind::Regular, _) => Err(OutsideScope::Regular),
+            (SliceKind::Admin { .. }, None) => Err(OutsideScope::Admin),
+            (
+                SliceKind::Admin {
+                    capabilities,
+                    host_pid_view,
+                },
+                Some(allowed),
+            ) => {
+                let outside: Vec<String> = capabilities
+                    .iter()
+                    .filter(|c| !allowed.capabilities.contains(c))
+                    .cloned()
+                    .collect();
+                if !outside.is_empty() {
+                    return Err(OutsideScope::Capabilities(outside));
+                }
+                if *host_pid_view && !allowed.host_pid_view {
+                    return Err(OutsideScope::HostPidView);
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl fmt::Display for DelegationScope {
+    /// `regular slices`, `regular and admin slices (CAP_NET_ADMIN, host pids)`, `admin slices
+    /// (no capability)`, `no slice`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let admin = self.admin.as_ref().map(|a| {
+            let mut parts = a.capabilities.clone();
+            if a.host_pid_view {
+                parts.push("host pids".into());
+            }
+            if parts.is_empty() {
+                "admin slices (no capability)".to_owned()
+            } else {
+                format!("admin slices ({})", parts.join(", "))
+            }
+        });
+        match (self.regular, admin) {
+            (true, None) => f.write_str("regular slices"),
+            (true, Some(admin)) => write!(f, "regular and {admin}"),
+            (false, Some(admin)) => f.write_str(&admin),
+            (false, None) => f.write_str("no slice"),
+        }
+    }
 }
 
 /// Prices in micro-credits per resource-hour.
@@ -163,6 +294,57 @@ impl ResourceAd {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn admin(caps: &[&str], host_pid_view: bool) -> SliceKind {
+        SliceKind::Admin {
+            capabilities: caps.iter().map(|c| (*c).to_owned()).collect(),
+            host_pid_view,
+        }
+    }
+
+    #[test]
+    fn the_default_scope_is_regular_slices_only() {
+        let scope = DelegationScope::default();
+        assert_eq!(scope.check(&SliceKind::Regular), Ok(()));
+        assert_eq!(scope.check(&admin(&[], false)), Err(OutsideScope::Admin));
+        assert_eq!(scope.to_string(), "regular slices");
+    }
+
+    #[test]
+    fn an_admin_scope_bounds_capabilities_and_host_views() {
+        let scope = DelegationScope::with_admin(vec!["CAP_NET_ADMIN".into()], false);
+        assert_eq!(scope.check(&admin(&["CAP_NET_ADMIN"], false)), Ok(()));
+        assert_eq!(scope.check(&admin(&[], false)), Ok(()));
+        assert_eq!(
+            scope.check(&admin(&["CAP_NET_ADMIN", "CAP_SYS_ADMIN"], false)),
+            Err(OutsideScope::Capabilities(vec!["CAP_SYS_ADMIN".into()]))
+        );
+        assert_eq!(
+            scope.check(&admin(&["CAP_NET_ADMIN"], true)),
+            Err(OutsideScope::HostPidView)
+        );
+        assert_eq!(
+            scope.to_string(),
+            "regular and admin slices (CAP_NET_ADMIN)"
+        );
+        let admin_only = DelegationScope {
+            regular: false,
+            admin: Some(AdminScope {
+                capabilities: Vec::new(),
+                host_pid_view: true,
+            }),
+        };
+        assert_eq!(
+            admin_only.check(&SliceKind::Regular),
+            Err(OutsideScope::Regular)
+        );
+        assert_eq!(admin_only.check(&admin(&[], true)), Ok(()));
+        assert_eq!(admin_only.to_string(), "admin slices (host pids)");
+        assert_eq!(
+            OutsideScope::Capabilities(vec!["CAP_SYS_ADMIN".into()]).to_string(),
+            "CAP_SYS_ADMIN not delegated"
+        );
+    }
 
     #[test]
     fn cost_is_per_hour_and_rounds_up() {

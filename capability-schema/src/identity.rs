@@ -400,6 +400,7 @@ mod tests {
             node: test_key(10).public(),
             agent,
             share: crate::Resources::ZERO,
+            scope: crate::ad::DelegationScope::default(),
             issued_at: 1,
             not_after: 2,
         };

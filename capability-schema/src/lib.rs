@@ -29,7 +29,7 @@ pub mod signed;
 pub mod slice;
 pub mod ticket;
 
-pub use ad::{Delegation, PriceList, ResourceAd};
+pub use ad::{Delegation, DelegationScope, PriceList, ResourceAd};
 pub use codec::{DecodeError, decode, encode};
 pub use identity::{KeyError, PublicKey, SecretKey};
 pub use membership::{MembershipCert, PeeringAgreement, RevocationList, Role};

@@ -93,6 +93,7 @@ fn delegation() -> Signed<Delegation> {
             node: test_key(1).public(),
             agent: test_key(20).public(),
             share: res(2000, 2048),
+            scope: DelegationScope::with_admin(vec!["CAP_NET_ADMIN".into()], true),
             issued_at: T0,
             not_after: T0 + 86_400,
         },
@@ -213,7 +214,6 @@ fn golden_vectors_are_byte_exact() {
     check_golden("membership_cert", &membership().to_bytes());
     check_golden("peering_agreement", &peering().to_bytes());
     check_golden("revocation_list", &revocation().to_bytes());
-    check_golden("delegation", &delegation().to_bytes());
     check_golden("resource_ad", &ad().to_bytes());
     check_golden("lease", &lease().to_bytes());
     check_golden("slice_request", &encode(&slice_request()));
@@ -670,4 +670,26 @@ fn sliver_disk_figures_are_optional_on_the_wire() {
     let old: SliverUsage = capability_schema::codec::decode(&without).unwrap();
     assert_eq!(old.disk_bytes, None);
     assert_eq!(old.condition, None);
+}
+
+/// Delegations v2 state their scope (slice kinds, admin capabilities, host views); the v1
+/// vector (a share for any kind) is kept to show an old delegation is refused by its domain.
+#[test]
+fn delegation_v2_golden_and_v1_refused() {
+    check_golden("delegation_v2", &delegation().to_bytes());
+    let read = |name: &str| std::fs::read(golden_dir().join(format!("{name}.cbor"))).unwrap();
+    let d = Signed::<Delegation>::from_bytes(&read("delegation_v2"))
+        .unwrap()
+        .verify_by(&test_key(1).public())
+        .unwrap();
+    assert_eq!(d, delegation().verify().unwrap());
+    assert_eq!(
+        d.scope.to_string(),
+        "regular and admin slices (CAP_NET_ADMIN, host pids)"
+    );
+    let v1 = Signed::<Delegation>::from_bytes(&read("delegation")).unwrap();
+    assert!(matches!(
+        v1.verify(),
+        Err(SignatureError::WrongDomain { .. })
+    ));
 }

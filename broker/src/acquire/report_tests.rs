@@ -97,6 +97,7 @@ fn offer(node: &TestNode, agent: &SecretKey) -> NodeOffer {
             node: node.key.public(),
             agent: agent.public(),
             share: free(),
+            scope: Default::default(),
             issued_at: now,
             not_after: now + 3600,
         },

@@ -212,6 +212,7 @@ fn offer(node: &TestNode, agent: &SecretKey, free: Resources) -> NodeOffer {
             node: node.key.public(),
             agent: agent.public(),
             share: free,
+            scope: Default::default(),
             issued_at: now,
             not_after: now + 3600,
         },

@@ -601,6 +601,7 @@ fn show_delegation(signed: &Signed<Delegation>, now: u64) -> String {
         out += &format!("node:       {}\n", d.node);
         out += &format!("agent:      {}\n", d.agent);
         out += &format!("share:      {:?}\n", d.share);
+        out += &format!("scope:      {}\n", d.scope);
         out += &window(d.issued_at, d.not_after, now);
     }
     out + &sig

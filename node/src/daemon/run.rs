@@ -312,6 +312,7 @@ impl Identity {
                     node: self.key.public(),
                     agent: d.agent,
                     share: d.share,
+                    scope: Default::default(),
                     issued_at: now,
                     not_after,
                 },
