@@ -16,3 +16,9 @@ fn agentd_errors_are_one_line_of_their_class_without_a_backtrace() {
         tmp.path(),
     );
 }
+
+#[test]
+fn agentd_has_completions_man_pages_and_a_long_version() {
+    let tmp = tempfile::tempdir().unwrap();
+    cli::manual(env!("CARGO_BIN_EXE_agentd"), "agentd", tmp.path());
+}

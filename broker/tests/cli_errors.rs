@@ -59,3 +59,9 @@ fn a_busy_port_names_its_cause_and_the_setting_to_change() {
     assert!(ran.stderr.contains(&http_port.to_string()), "{ran:?}");
     assert!(ran.stderr.contains("Address already in use"), "{ran:?}");
 }
+
+#[test]
+fn broker_has_completions_man_pages_and_a_long_version() {
+    let tmp = tempfile::tempdir().unwrap();
+    cli::manual(env!("CARGO_BIN_EXE_broker"), "broker", tmp.path());
+}

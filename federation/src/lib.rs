@@ -7,10 +7,12 @@
 //! - [`testing`]: fixed-key federations and nodes for tests, benchmarks and simulations.
 //! - [`daemon`]: what every daemon's `main` shares (logging, signals, trust config).
 //! - [`metrics`]: the daemons' Prometheus metrics, encoded by `prometheus-client`.
+//! - [`manual`]: every binary's completions, man pages and long `--version`.
 //!
 //! The `fedctl` binary of this crate is the operator's tool for the trust half.
 
 pub mod daemon;
+pub mod manual;
 pub mod metrics;
 pub mod overlay;
 #[cfg(any(test, feature = "test-utils"))]

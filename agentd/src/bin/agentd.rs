@@ -19,6 +19,7 @@ use federation::daemon::runtime::{describe_key, init, load_key};
 #[command(
     name = "agentd",
     version,
+    long_version = federation::manual::long_version(),
     about = "PlanetMesh agent: mints capability tickets for the nodes that delegated a share to it"
 )]
 struct Cli {
@@ -53,6 +54,8 @@ enum Command {
         #[arg(long, short, default_value = "agent.toml")]
         config: PathBuf,
     },
+    #[command(flatten)]
+    Manual(federation::manual::ManualCommand),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +65,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<(), Failure> {
     federation::daemon::init_tracing(cli.json_logs);
     match cli.command {
+        Command::Manual(manual) => Ok(manual.run::<Cli>()?),
         Command::Init { dir, federation } => {
             let key = init::<AgentKind>(&dir, "agent.toml", &default_config(&federation))?;
             let policy = dir.join(POLICY_FILE);

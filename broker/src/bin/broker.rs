@@ -18,6 +18,7 @@ use federation::daemon::runtime::{describe_key, init, load_key};
 #[command(
     name = "broker",
     version,
+    long_version = federation::manual::long_version(),
     about = "PlanetMesh broker: plans slices across federations and obtains their tickets"
 )]
 struct Cli {
@@ -52,6 +53,8 @@ enum Command {
         #[arg(long, short, default_value = "broker.toml")]
         config: PathBuf,
     },
+    #[command(flatten)]
+    Manual(federation::manual::ManualCommand),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<(), Failure> {
     federation::daemon::init_tracing(cli.json_logs);
     match cli.command {
+        Command::Manual(manual) => Ok(manual.run::<Cli>()?),
         Command::Init { dir, federation } => {
             let key = init::<BrokerKind>(&dir, "broker.toml", &default_config(&federation))?;
             println!(

@@ -195,3 +195,48 @@ pub fn daemon_errors(binary: &str, program: &str, config_name: &str, tmp: &Path)
     assert_eq!(flag.code, Some(USAGE), "{flag:?}");
     assert!(!flag.stderr.contains("backtrace"), "{flag:?}");
 }
+
+/// The binary documents itself: `--version` names the commit and build, `completions bash`
+/// is a script bash loads (and then completes the program), and `man --dir` writes a page
+/// for the program and each of its subcommands, in roff.
+pub fn manual(binary: &str, program: &str, cwd: &Path) {
+    let version = run(binary, &["--version"], cwd);
+    assert_eq!(version.code, Some(0), "{version:?}");
+    for field in ["commit: ", "build: ", "features: "] {
+        assert!(version.stdout.contains(field), "{version:?}");
+    }
+
+    let script = run(binary, &["completions", "bash"], cwd);
+    assert_eq!(script.code, Some(0), "{script:?}");
+    let path = cwd.join(format!("{program}.bash"));
+    std::fs::write(&path, &script.stdout).unwrap();
+    let loaded = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source {} && complete -p {program}",
+            path.display()
+        ))
+        .output()
+        .unwrap();
+    let registered = String::from_utf8_lossy(&loaded.stdout);
+    assert!(
+        loaded.status.success() && registered.contains(program),
+        "bash did not load the completions: {loaded:?}"
+    );
+
+    let pages = cwd.join("man");
+    let dir = pages.to_string_lossy().into_owned();
+    let man = run(binary, &["man", "--dir", &dir], cwd);
+    assert_eq!(man.code, Some(0), "{man:?}");
+    let mut wanted = vec![format!("{program}.1")];
+    wanted.extend(
+        every_help(binary, program, cwd)
+            .iter()
+            .map(|sub| format!("{program}-{sub}.1")),
+    );
+    for page in wanted {
+        let text = std::fs::read_to_string(pages.join(&page))
+            .unwrap_or_else(|e| panic!("{page}: {e} ({man:?})"));
+        assert!(text.contains(".TH"), "{page} is not a man page: {text}");
+    }
+}
