@@ -9,6 +9,8 @@
 //!   redeeming so `sync` can finish what a crash or a dead node interrupted;
 //! - [`ops`]: the commands (create, status, renew, delete, exec, spawn, logs, keys, sync,
 //!   list);
+//! - [`ticket`]: tickets in their holders' hands: show, attenuate, delegate (offline), import
+//!   and redeem a ticket handed on;
 //! - [`exit`]: one exit code per failure class.
 
 pub mod client;
@@ -17,3 +19,4 @@ pub mod exit;
 pub mod ops;
 pub mod spec;
 pub mod state;
+pub mod ticket;

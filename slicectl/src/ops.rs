@@ -44,6 +44,9 @@ pub enum OpError {
     /// Brokers or agents.
     #[error(transparent)]
     Client(#[from] ClientError),
+    /// A `ticket` command (show, attenuate, delegate, import, redeem).
+    #[error(transparent)]
+    Ticket(#[from] crate::ticket::TicketCommandError),
     /// Bad arguments.
     #[error("{0}")]
     Usage(String),
@@ -67,6 +70,7 @@ impl OpError {
             OpError::Config(_) | OpError::Setup(_) => ExitClass::Setup,
             OpError::Internal(_) => ExitClass::Internal,
             OpError::Client(e) => e.class(),
+            OpError::Ticket(e) => e.class(),
         }
     }
 

@@ -78,6 +78,21 @@ enum Command {
     /// Slices.
     #[command(subcommand)]
     Slice(SliceCommand),
+    /// Tickets in your hands: acquire without redeeming, show, narrow (attenuate), hand to a
+    /// collaborator by their public key (delegate), import and redeem one handed to you.
+    /// Only acquire and redeem use the network.
+    #[command(subcommand)]
+    Ticket(TicketCli),
+}
+
+#[derive(Subcommand, Debug)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
+enum TicketCli {
+    /// Acquire tickets as `slice create` does, and keep them unredeemed in the local state
+    /// (as SLICE/NODE) to show, narrow and hand on; `slice sync` redeems those you keep.
+    Acquire(SpecFlags),
+    #[command(flatten)]
+    Offline(slicectl::ticket::TicketCommand),
 }
 
 #[derive(Args, Debug, Default)]
@@ -402,23 +417,40 @@ fn try_run(cli: Cli) -> Result<i32, OpError> {
     if let Command::Keygen { out } = &cli.command {
         return keygen(out.clone(), key_file, g.json);
     }
-    let Command::Slice(command) = cli.command else {
-        return Ok(0);
-    };
     let state_dir = g
         .state_dir
         .clone()
         .or(config.state_dir.clone())
-        .or_else(slicectl::state::default_dir)
-        .ok_or_else(|| {
-            OpError::Setup(
-                "no state directory: give --state-dir (or state_dir in the config; no home \
+        .or_else(slicectl::state::default_dir);
+    let cert = g.cert.clone().or(config.membership.clone());
+    let command = match cli.command {
+        Command::Slice(command) => Online::Slice(command),
+        Command::Ticket(TicketCli::Acquire(flags)) => Online::Acquire(flags),
+        Command::Ticket(TicketCli::Offline(command)) => {
+            let ctx = slicectl::ticket::Context {
+                state_dir: state_dir.clone(),
+                key_file: key_file.clone(),
+                cert: cert.clone(),
+            };
+            match slicectl::ticket::run_offline(command, &ctx)? {
+                slicectl::ticket::Step::Done(o) => {
+                    print(&o, g.json);
+                    return Ok(o.class.code());
+                }
+                slicectl::ticket::Step::Redeem(ask) => Online::Redeem(ask),
+            }
+        }
+        Command::Keygen { .. } => return Ok(0),
+    };
+    let state_dir = state_dir.ok_or_else(|| {
+        OpError::Setup(
+            "no state directory: give --state-dir (or state_dir in the config; no home \
                  directory to default to)"
-                    .into(),
-            )
-        })?;
+                .into(),
+        )
+    })?;
     let state = State::open(&state_dir)?;
-    if let SliceCommand::List = command {
+    if let Online::Slice(SliceCommand::List) = command {
         let o = ops::list(&state)?;
         print(&o, g.json);
         return Ok(o.class.code());
@@ -433,7 +465,6 @@ fn try_run(cli: Cli) -> Result<i32, OpError> {
                 .into(),
         )
     })?;
-    let cert = g.cert.clone().or(config.membership.clone());
     let identity = Identity::load(&key_file, cert.as_deref())?;
     let mut trust = config.trust.clone();
     for t in &g.trust {
@@ -469,12 +500,35 @@ fn try_run(cli: Cli) -> Result<i32, OpError> {
             state,
             progress,
         };
-        let result = dispatch(&manager, command).await;
+        let result = match command {
+            Online::Slice(command) => dispatch(&manager, command).await,
+            Online::Acquire(flags) => slicectl::ticket::acquire(&manager, &flags.spec()?).await,
+            Online::Redeem(ask) => slicectl::ticket::redeem(&manager, *ask).await,
+        };
         manager.session.shutdown().await;
         let o = result?;
         print(&o, json);
         Ok(o.class.code())
     })
+}
+
+/// A command that needs the network.
+#[allow(clippy::large_enum_variant)] // one per process
+enum Online {
+    Slice(SliceCommand),
+    Acquire(SpecFlags),
+    Redeem(Box<slicectl::ticket::RedeemAsk>),
+}
+
+impl Online {
+    /// Checks what can be checked without the network.
+    fn check(&self) -> Result<(), OpError> {
+        match self {
+            Online::Slice(command) => command.check(),
+            Online::Acquire(flags) => Ok(flags.spec()?.check()?),
+            Online::Redeem(_) => Ok(()),
+        }
+    }
 }
 
 impl SliceCommand {
