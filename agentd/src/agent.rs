@@ -4,17 +4,23 @@
 //! `GetTickets` flows as follows:
 //! 1. who is the principal? Its membership certificate is checked by the trust store: a member
 //!    of this agent's federation, or of another under a peering agreement in force;
-//! 2. the policy judges the whole ask (prefix, admin, duration, quota, peering limits; the
+//! 2. the principal's signed ask (see [`crate::asks`]): signed by the principal, carried by
+//!    the broker it names (the caller), presented in its window, and the request within it
+//!    (slice, kind, each sliver's resources, network grant, ticket window, price cap), its
+//!    slivers with those already minted under it no more than it allows; a request without
+//!    one (an old slicectl or broker) is refused by the rule `signed-ask`, saying to upgrade;
+//! 3. the policy judges the whole ask (prefix, admin, duration, quota, peering limits; the
 //!    peering total counts the outstanding tickets of every principal of the principal's
 //!    federation, which the ledger records with each ticket);
-//! 3. each sliver is checked against the node's entry in the inventory: the free part of this
+//! 4. each sliver is checked against the node's entry in the inventory: the free part of this
 //!    agent's share (share × oversubscription − outstanding tickets, bounded by what the node
 //!    reports free) and the price cap; slivers that fail are refused one by one with a reason;
-//! 4. a ticket is minted per remaining sliver (bound to the principal, ending no later than
+//! 5. a ticket is minted per remaining sliver (bound to the principal, ending no later than
 //!    the node's delegation, stating the agreed price), across up to [`Agent::mint_threads`]
 //!    threads, and all are written to the ledger in one durable transaction (with the peer
-//!    that asked) before the reply leaves. Requests are serialized from judging to the ledger
-//!    write, so two concurrent requests cannot both take the last of a share.
+//!    that asked) before the reply leaves, then counted under the ask. Requests are
+//!    serialized from judging to the ledger write, so two concurrent requests cannot both
+//!    take the last of a share, nor of an ask.
 //!
 //! `Released` frees tickets early. Only the principal a ticket is bound to, the peer that
 //! obtained it (the principal itself or a broker acting for it) or the node it names may
@@ -35,6 +41,7 @@ use capability_schema::{ErrorReply, PublicKey, Rejection, Resources, SecretKey};
 use federation::{TrustError, TrustStore};
 use serde::{Deserialize, Serialize};
 
+use crate::asks::AskBook;
 use crate::inventory::Inventory;
 use crate::ledger::{TicketLedger, TicketRecord};
 use crate::policy::{Ask, Policy, PrincipalFacts};
@@ -97,6 +104,7 @@ pub struct Agent {
     mint_lock: Mutex<()>,
     minter: Minter,
     mint_threads: usize,
+    asks: Mutex<AskBook>,
 }
 
 /// The parts an [`Agent`] is made of.
@@ -136,7 +144,15 @@ impl Agent {
             mint_lock: Mutex::new(()),
             minter,
             mint_threads: std::thread::available_parallelism().map_or(1, usize::from),
+            asks: Mutex::new(AskBook::new(crate::asks::DEFAULT_CAPACITY, None)),
         }
+    }
+
+    /// The same agent refusing signed asks valid from before `started` (unix seconds): a
+    /// daemon sets its start, since what it minted under earlier asks is forgotten.
+    pub fn with_asks_since(mut self, started: u64) -> Agent {
+        self.asks = Mutex::new(AskBook::new(crate::asks::DEFAULT_CAPACITY, Some(started)));
+        self
     }
 
     /// The same agent minting on at most `threads` threads per request (at least 1; the
@@ -337,6 +353,7 @@ impl Agent {
         };
 
         let _minting = lock(&self.mint_lock);
+        let signed_ask = lock(&self.asks).admit(request, caller, now)?;
         let outstanding = self.ledger.outstanding(now).map_err(internal)?;
         let usage = outstanding
             .by_principal
@@ -473,6 +490,7 @@ impl Agent {
         }
         // Durable before the answer leaves.
         self.ledger.record_all(&records).map_err(internal)?;
+        lock(&self.asks).record(signed_ask, issued.len());
         Ok(AgentResponse::Tickets { issued, refused })
     }
 }

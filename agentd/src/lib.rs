@@ -3,12 +3,14 @@
 //!
 //! - [`inventory`]: the nodes that delegated a share to this agent, from validated ads;
 //! - [`policy`]: who may get which tickets; every refusal names its rule;
+//! - [`asks`]: principals' signed asks, and how many slivers were minted under each;
 //! - [`ledger`]: every minted ticket, durable before it is returned (redb);
 //! - [`agent`]: `GetAds`, `GetTickets` and `Released`, independent of the network.
 //!
 //! [`daemon`] (`agentd run`, `agentd init`) wires these to the overlay and an HTTP endpoint.
 
 pub mod agent;
+pub mod asks;
 pub mod daemon;
 pub mod inventory;
 pub mod ledger;

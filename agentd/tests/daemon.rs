@@ -15,7 +15,9 @@ use capability_schema::protocol::{
     AdQuery, AgentRequest, AgentResponse, Envelope, MAX_REQUEST_BYTES, Reply, SliverAsk,
     TicketRequest,
 };
-use capability_schema::{PublicKey, Rejection, Resources, Role, SecretKey, SliceKind};
+use capability_schema::{
+    AskGrant, PublicKey, Rejection, Resources, Role, SecretKey, Signed, SliceKind,
+};
 use federation::overlay::{AgentProtocol, Frame, ProtocolKind};
 use federation::testing::TestFederation;
 use federation::{Overlay, OverlayConfig, OverlayError, OverlayHandle, TrustStore};
@@ -98,8 +100,9 @@ async fn malformed_and_oversized_requests_are_refused_and_the_daemon_keeps_servi
 
     let mut trust = TrustStore::new();
     plc.trust(&mut trust);
+    let client_key = SecretKey::generate();
     let client = Overlay::start(
-        &SecretKey::generate(),
+        &client_key,
         OverlayConfig {
             listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
             kademlia: false,
@@ -187,28 +190,30 @@ async fn malformed_and_oversized_requests_are_refused_and_the_daemon_keeps_servi
     // Still serving, including refusals that need the agent core: an unknown principal.
     still_serving(&client, &agent).await;
     let stranger = test_key(60);
-    let refusal = within(client.request::<AgentProtocol>(
-        &agent,
-        AgentRequest::GetTickets(TicketRequest {
-            slice: "plc_x".into(),
-            principal: stranger.public(),
-            principal_cert: None,
-            kind: SliceKind::Regular,
-            slivers: vec![SliverAsk {
-                node: test_key(1).public(),
-                resources: Resources {
-                    cpu_millis: 100,
-                    ..Resources::ZERO
-                },
-            }],
-            not_before: federation::unix_now(),
-            not_after: federation::unix_now() + 600,
-            max_price: None,
-            net: Default::default(),
-        }),
-        WAIT,
-    ))
-    .await;
+    let mut unknown = TicketRequest {
+        slice: "plc_x".into(),
+        principal: stranger.public(),
+        principal_cert: None,
+        kind: SliceKind::Regular,
+        slivers: vec![SliverAsk {
+            node: test_key(1).public(),
+            resources: Resources {
+                cpu_millis: 100,
+                ..Resources::ZERO
+            },
+        }],
+        not_before: federation::unix_now(),
+        not_after: federation::unix_now() + 600,
+        max_price: None,
+        net: Default::default(),
+        ask: None,
+    };
+    // It signs its own ask (carried by the client's key), so the policy gets to judge it.
+    let grant = AskGrant::covering(&unknown, client_key.public(), federation::unix_now(), 300);
+    unknown.ask = Some(Box::new(Signed::sign(&stranger, &grant)));
+    let refusal =
+        within(client.request::<AgentProtocol>(&agent, AgentRequest::GetTickets(unknown), WAIT))
+            .await;
     match refusal {
         Err(OverlayError::Rejected(reply)) => {
             assert_eq!(reply.reason.code(), "unknown_principal", "{reply}")

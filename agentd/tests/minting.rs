@@ -8,7 +8,7 @@ use capability_schema::identity::{SecretKey, test_key};
 use capability_schema::membership::{PeeringLimits, PrincipalFilter};
 use capability_schema::protocol::{AdQuery, AgentRequest, AgentResponse, SliverAsk, TicketRequest};
 use capability_schema::ticket::{Operation, TicketUse, TicketVerifier, TrustedIssuers, Window};
-use capability_schema::{Delegation, Rejection, Resources, Role, Signed, SliceKind};
+use capability_schema::{AskGrant, Delegation, Rejection, Resources, Role, Signed, SliceKind};
 use federation::TrustStore;
 use federation::testing::{TestFederation, TestNode};
 use federation::trust::Validity;
@@ -127,7 +127,7 @@ fn request(
     nodes: &[&TestNode],
     each: Resources,
 ) -> TicketRequest {
-    TicketRequest {
+    let request = TicketRequest {
         slice: slice.into(),
         principal: principal_key.public(),
         principal_cert: cert,
@@ -143,7 +143,22 @@ fn request(
         not_after: NOW + 3600,
         max_price: None,
         net: Default::default(),
-    }
+        ask: None,
+    };
+    signed_for(request, principal_key, principal_key.public())
+}
+
+/// `request` with an ask covering it, signed by `principal` for `carrier` to present (the
+/// principal itself, as `slicectl --agent` does, or a broker).
+fn signed_for(
+    mut request: TicketRequest,
+    principal: &SecretKey,
+    carrier: capability_schema::PublicKey,
+) -> TicketRequest {
+    request.ask = None;
+    let grant = AskGrant::covering(&request, carrier, NOW, 300);
+    request.ask = Some(Box::new(Signed::sign(principal, &grant)));
+    request
 }
 
 /// What `node` checks tickets with, trusting `agent`. Time is generous: unoptimized test
@@ -437,6 +452,7 @@ fn bad_requests_are_refused_with_the_rule_that_refused() {
         capabilities: vec!["CAP_NET_RAW".into()],
         host_pid_view: false,
     };
+    let admin = signed_for(admin, &alice, alice.public());
     assert_eq!(
         rule(a.handle(
             &w.trust,
@@ -654,12 +670,16 @@ fn only_the_principal_the_requester_or_the_node_may_release_a_ticket() {
     let (issued, _) = tickets(a.handle(
         &w.trust,
         &broker.public(),
-        AgentRequest::GetTickets(request(
+        AgentRequest::GetTickets(signed_for(
+            request(
+                &alice,
+                Some(cert),
+                "site1_x",
+                &[&node1, &node1, &node1, &node1],
+                cores(1),
+            ),
             &alice,
-            Some(cert),
-            "site1_x",
-            &[&node1, &node1, &node1, &node1],
-            cores(1),
+            broker.public(),
         )),
         NOW,
     ));
@@ -723,4 +743,114 @@ fn only_the_principal_the_requester_or_the_node_may_release_a_ticket() {
     // The last one is still refused to the stranger after all that.
     assert!(release(&stranger, &ids[3..]).is_err());
     assert_eq!(outstanding_cpu(), 1000);
+}
+
+#[test]
+fn an_agent_mints_only_within_the_ask_the_principal_signed_for_its_carrier() {
+    let mut w = world();
+    let dir = tempfile::tempdir().unwrap();
+    let key = test_key(20);
+    let a = agent(&key, dir.path(), PolicyConfig::default());
+    feed(&a, &w, cores(8), &[&key]);
+    let alice = test_key(50);
+    let broker = test_key(30);
+    let other_broker = test_key(32);
+    let stranger = test_key(31);
+    let cert = principal(&mut w, "plc", &alice, "site1");
+    let node1 = w.nodes[0].clone();
+    let refusal = |caller: &SecretKey, request: TicketRequest, now: u64| match a.handle(
+        &w.trust,
+        &caller.public(),
+        AgentRequest::GetTickets(request),
+        now,
+    ) {
+        Err(e) => match e.reason {
+            Rejection::Policy { rule, detail } => (rule, detail),
+            other => (other.code().to_owned(), other.to_string()),
+        },
+        Ok(ok) => ("accepted".to_owned(), format!("{ok:?}")),
+    };
+    let unsigned = |slivers: &[&TestNode]| {
+        let mut r = request(&alice, Some(cert.clone()), "site1_x", slivers, cores(1));
+        r.ask = None;
+        r
+    };
+
+    // An old client: no signed ask at all.
+    let (rule, detail) = refusal(&alice, unsigned(&[&node1]), NOW);
+    assert_eq!(rule, "signed-ask");
+    assert!(detail.contains("upgrade slicectl"), "{detail}");
+
+    // A stranger holding alice's certificate signs the ask itself.
+    let (rule, detail) = refusal(
+        &stranger,
+        signed_for(unsigned(&[&node1]), &stranger, stranger.public()),
+        NOW,
+    );
+    assert_eq!(rule, "signed-ask");
+    assert!(detail.contains("not the principal's"), "{detail}");
+
+    // A stranger replaying alice's ask meant for her broker.
+    let for_broker = signed_for(unsigned(&[&node1, &node1]), &alice, broker.public());
+    let (rule, detail) = refusal(&stranger, for_broker.clone(), NOW);
+    assert_eq!(rule, "ask-broker");
+    assert_eq!(
+        detail,
+        format!(
+            "ask signed for broker {}, carried by {}",
+            broker.public().short(),
+            stranger.public().short()
+        )
+    );
+    let (rule, _) = refusal(&other_broker, for_broker.clone(), NOW);
+    assert_eq!(rule, "ask-broker");
+
+    // Expired: the ask was valid for 300 s.
+    let (rule, detail) = refusal(&broker, for_broker.clone(), NOW + 301);
+    assert_eq!(rule, "ask-window");
+    assert!(detail.contains("expired at"), "{detail}");
+
+    // The broker gets what alice asked, once; more slivers or another slice are refused.
+    let (issued, refused) = tickets(a.handle(
+        &w.trust,
+        &broker.public(),
+        AgentRequest::GetTickets(for_broker.clone()),
+        NOW,
+    ));
+    assert_eq!((issued.len(), refused.len()), (2, 0));
+    let (rule, detail) = refusal(&broker, for_broker.clone(), NOW + 1);
+    assert_eq!(rule, "ask-replay");
+    assert!(
+        detail.contains("allows 2 slivers, 2 asked (2 already minted under it)"),
+        "{detail}"
+    );
+    let mut wider = for_broker.clone();
+    wider.slivers.push(wider.slivers[0].clone());
+    let (rule, detail) = refusal(&broker, wider, NOW + 1);
+    assert_eq!(rule, "ask-replay");
+    assert!(detail.contains("allows 2 slivers, 3 asked"), "{detail}");
+    let mut other_slice = for_broker.clone();
+    other_slice.slice = "site1_other".into();
+    let (rule, detail) = refusal(&broker, other_slice, NOW + 1);
+    assert_eq!(rule, "ask-scope");
+    assert!(detail.contains("\"site1_other\""), "{detail}");
+    let mut bigger = signed_for(unsigned(&[&node1]), &alice, broker.public());
+    bigger.slivers[0].resources = cores(2);
+    let (rule, _) = refusal(&broker, bigger, NOW + 1);
+    assert_eq!(rule, "ask-scope");
+    let mut longer = signed_for(unsigned(&[&node1]), &alice, broker.public());
+    longer.not_after += 3600;
+    let (rule, detail) = refusal(&broker, longer, NOW + 1);
+    assert_eq!(rule, "ask-scope");
+    assert!(detail.contains("the ask allows 3600 s"), "{detail}");
+    // Only the two tickets of the ask were minted.
+    assert_eq!(
+        a.ledger()
+            .outstanding(NOW + 2)
+            .unwrap()
+            .by_principal
+            .get(&alice.public())
+            .map(|u| u.slivers),
+        Some(2)
+    );
 }

@@ -9,7 +9,7 @@ use capability_schema::identity::{SecretKey, test_key};
 use capability_schema::membership::{PeeringLimits, PrincipalFilter};
 use capability_schema::protocol::{AgentRequest, AgentResponse, SliverAsk, TicketRequest};
 use capability_schema::{
-    Delegation, ErrorReply, MembershipCert, Rejection, Resources, Role, Signed, SliceKind,
+    AskGrant, Delegation, ErrorReply, MembershipCert, Rejection, Resources, Role, Signed, SliceKind,
 };
 use federation::TrustStore;
 use federation::testing::{TestFederation, TestNode};
@@ -106,6 +106,12 @@ fn ask(
         not_after: NOW + 3600,
         max_price: None,
         net: Default::default(),
+        ask: None,
+    };
+    let grant = AskGrant::covering(&request, who.public(), NOW, 300);
+    let request = TicketRequest {
+        ask: Some(Box::new(Signed::sign(who, &grant))),
+        ..request
     };
     match agent.handle(trust, &who.public(), AgentRequest::GetTickets(request), NOW)? {
         AgentResponse::Tickets { issued, refused } => {

@@ -51,7 +51,7 @@ use capability_schema::protocol::{
     TicketRequest,
 };
 use capability_schema::{
-    AcquireMode, ErrorReply, MembershipCert, PublicKey, Rejection, Signed, SliceRequest,
+    AcquireMode, AskGrant, ErrorReply, MembershipCert, PublicKey, Rejection, Signed, SliceRequest,
 };
 use federation::overlay::AgentProtocol;
 use federation::{OverlayError, OverlayHandle, SharedTrust, unix_now};
@@ -443,13 +443,29 @@ impl<C: AgentClient> Acquirer<C> {
         plan
     }
 
-    /// Obtains tickets for `request` from `agents`, bound to the principal (the broker's
-    /// `AcquireSlice`, and `slicectl --agent`): the phases of an `Acquisition`, in order.
+    /// [`Acquirer::acquire_signed`] without the principal's signed ask: agents that require
+    /// one (every `agentd`) refuse each request under the rule `signed-ask`. For fake agents
+    /// in tests, and to see that refusal.
     pub async fn acquire(
         &self,
         agents: &[PublicKey],
         request: &SliceRequest,
         principal_cert: Option<&Signed<MembershipCert>>,
+    ) -> Result<AcquiredSlice, AcquireFailure> {
+        self.acquire_signed(agents, request, principal_cert, None)
+            .await
+    }
+
+    /// Obtains tickets for `request` from `agents`, bound to the principal (the broker's
+    /// `AcquireSlice`, and `slicectl --agent`): the phases of an `Acquisition`, in order.
+    /// Every `GetTickets` carries `ask`, the principal's signed ask naming this broker (or,
+    /// with `slicectl --agent`, the principal's own key) as the carrier.
+    pub async fn acquire_signed(
+        &self,
+        agents: &[PublicKey],
+        request: &SliceRequest,
+        principal_cert: Option<&Signed<MembershipCert>>,
+        ask: Option<&Signed<AskGrant>>,
     ) -> Result<AcquiredSlice, AcquireFailure> {
         if let Err(e) = planner::check_shape(request) {
             return Err(AcquireFailure {
@@ -462,7 +478,7 @@ impl<C: AgentClient> Acquirer<C> {
                 events: Vec::new(),
             });
         }
-        let mut acquisition = Acquisition::gather(self, agents, request, principal_cert).await;
+        let mut acquisition = Acquisition::gather(self, agents, request, principal_cert, ask).await;
         for round in 1..=self.settings.max_rounds.max(1) {
             if acquisition.round(round).await.is_break() {
                 break;
@@ -486,6 +502,8 @@ struct Acquisition<'a, C> {
     acquirer: &'a Acquirer<C>,
     request: &'a SliceRequest,
     principal_cert: Option<&'a Signed<MembershipCert>>,
+    /// The principal's signed ask, carried in every `GetTickets`.
+    ask: Option<&'a Signed<AskGrant>>,
     /// No call outlives it and no round starts after it.
     until: Instant,
     /// Slivers wanted.
@@ -526,6 +544,7 @@ impl<'a, C: AgentClient> Acquisition<'a, C> {
         agents: &[PublicKey],
         request: &'a SliceRequest,
         principal_cert: Option<&'a Signed<MembershipCert>>,
+        ask: Option<&'a Signed<AskGrant>>,
     ) -> Self {
         let until = Instant::now() + acquirer.deadline;
         let gathered = acquirer.gather_until(agents, request, until).await;
@@ -534,6 +553,7 @@ impl<'a, C: AgentClient> Acquisition<'a, C> {
             acquirer,
             request,
             principal_cert,
+            ask,
             until,
             wanted: request.target.count(),
             not_before,
@@ -656,6 +676,7 @@ impl<'a, C: AgentClient> Acquisition<'a, C> {
             not_after: self.not_after,
             max_price: request.constraints.max_price,
             net: request.net,
+            ask: self.ask.cloned().map(Box::new),
         }
     }
 

@@ -9,6 +9,7 @@
 //! - [`signed`]: [`Signed<T>`], a CBOR body signed under a per-type domain tag;
 //! - [`membership`]: federation trust objects (membership certificates, peering, revocation);
 //! - [`ad`]: resource advertisements, delegations and prices;
+//! - [`ask`]: the principal's signed ask, which agents mint against;
 //! - [`slice`](mod@slice): slice requests, slice kinds and leases;
 //! - [`ticket`]: attenuable, delegable capability tickets (biscuit) and their verification;
 //! - [`rejection`]: typed refusal reasons with sentences a person can act on;
@@ -19,6 +20,7 @@
 #![deny(missing_docs)]
 
 pub mod ad;
+pub mod ask;
 pub mod codec;
 pub mod identity;
 pub mod membership;
@@ -30,6 +32,7 @@ pub mod slice;
 pub mod ticket;
 
 pub use ad::{Delegation, DelegationScope, PriceList, ResourceAd};
+pub use ask::{AskGrant, AskRefusal};
 pub use codec::{DecodeError, decode, encode};
 pub use identity::{KeyError, PublicKey, SecretKey};
 pub use membership::{MembershipCert, PeeringAgreement, RevocationList, Role};

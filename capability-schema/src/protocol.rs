@@ -16,6 +16,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ad::{PriceList, ResourceAd};
+use crate::ask::AskGrant;
 use crate::identity::PublicKey;
 use crate::membership::MembershipCert;
 use crate::rejection::ErrorReply;
@@ -140,6 +141,11 @@ pub struct TicketRequest {
     /// Network grants asked for each sliver (absent: none).
     #[serde(default, skip_serializing_if = "NetGrant::is_default")]
     pub net: NetGrant,
+    /// The principal's signed ask, naming the caller as its broker (absent from older
+    /// brokers' requests, which agents refuse under the rule `signed-ask`). Boxed: most
+    /// messages of the agent protocol are much smaller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ask: Option<Box<Signed<AskGrant>>>,
 }
 
 /// A ticket the agent minted.
@@ -428,7 +434,8 @@ pub enum BrokerResponse {
 
 /// A slice request with the principal's membership certificate.
 ///
-/// The fields are `SliceRequest`'s, in its order and spelling, plus `principal_cert`.
+/// The fields are `SliceRequest`'s, in its order and spelling, plus `principal_cert`,
+/// `detailed_failure` and the principal's signed `ask`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SliceAsk {
     /// The slice's name.
@@ -461,6 +468,10 @@ pub struct SliceAsk {
     /// (default false).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub detailed_failure: bool,
+    /// The principal's signed ask for `AcquireSlice`, naming the broker (absent from older
+    /// clients: agents then refuse every sliver under the rule `signed-ask`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ask: Option<Signed<AskGrant>>,
 }
 
 impl SliceAsk {
@@ -491,7 +502,14 @@ impl SliceAsk {
             net,
             principal_cert,
             detailed_failure: false,
+            ask: None,
         }
+    }
+
+    /// The same request, carrying the principal's signed ask (see [`crate::ask`]).
+    pub fn with_ask(mut self, ask: Signed<AskGrant>) -> Self {
+        self.ask = Some(ask);
+        self
     }
 
     /// The same request, asking for [`BrokerAnswer::NotAcquired`] when acquisition fails.

@@ -328,6 +328,7 @@ fn every_protocol_message_round_trips() {
             not_after: T0 + 1,
             max_price: None,
             net: Default::default(),
+            ask: None,
         }),
         AgentRequest::Released {
             ticket_ids: vec!["ab".into()],

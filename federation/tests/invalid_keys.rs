@@ -137,6 +137,7 @@ async fn an_ad_or_request_naming_a_key_that_is_no_point_is_refused_and_the_overl
         not_after: now + 60,
         max_price: None,
         net: Default::default(),
+        ask: None,
     });
     let bytes = swap_key(
         &codec::encode(&Envelope {

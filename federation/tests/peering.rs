@@ -78,6 +78,7 @@ fn ask(cert: capability_schema::Signed<capability_schema::MembershipCert>) -> Ag
         not_after: 0,
         max_price: None,
         net: Default::default(),
+        ask: None,
     })
 }
 

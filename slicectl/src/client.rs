@@ -1,8 +1,9 @@
 //! The service manager's side of the network: one overlay client for the whole command.
 //!
-//! - acquisition through a broker (`/planetmesh/broker/1`, with the principal's certificate)
-//!   or in-process with `--agent` (the paper's integrated broker: [`broker::acquire`] over
-//!   the same overlay);
+//! - acquisition through a broker (`/planetmesh/broker/1`, with the principal's certificate
+//!   and an ask the principal signs for that broker) or in-process with `--agent` (the
+//!   paper's integrated broker: [`broker::acquire`] over the same overlay, the ask signed for
+//!   the principal's own key, which the agents see as the caller);
 //! - node calls (`Redeem`, `Renew`, `Release`, `Exec`, …), each bounded by the timeout, fanned
 //!   out over many nodes with at most `concurrency` in flight;
 //! - `Released` to agents for tickets that will not be redeemed (best effort: unredeemed
@@ -15,10 +16,11 @@ use std::time::Duration;
 
 use broker::acquire::{AcquireSettings, Acquirer, AgentClient, CallError, OverlayAgents};
 use broker::wire::{BrokerAnswer, BrokerAnswerProtocol, BrokerCall, BrokerCallProtocol, SliceAsk};
+use capability_schema::ask::{DEFAULT_ASK_VALIDITY_SECS, MAX_ASK_VALIDITY_SECS};
 use capability_schema::protocol::{
     AcquiredSlice, BrokerFailure, BrokerResponse, NodeRequest, NodeResponse, SlicePlan,
 };
-use capability_schema::{ErrorReply, PublicKey, SliceRequest};
+use capability_schema::{AskGrant, ErrorReply, PublicKey, Signed, SliceRequest};
 use federation::overlay::{Multiaddr, NodeProtocol, Protocol};
 use federation::{Overlay, OverlayConfig, OverlayHandle};
 use futures::StreamExt;
@@ -371,14 +373,26 @@ impl Session {
         }
     }
 
-    /// Obtains tickets for `request` (`AcquireSlice`).
+    /// The principal's signed ask for `request`, to be carried by `broker` (see
+    /// [`capability_schema::ask`]): valid from now for [`DEFAULT_ASK_VALIDITY_SECS`], or for
+    /// as long as a whole acquisition may take at this timeout, within what agents accept.
+    pub fn sign_ask(&self, request: &SliceRequest, broker: PublicKey) -> Signed<AskGrant> {
+        let whole = self.settings.timeout.as_secs().saturating_mul(3) + 60;
+        let validity = whole.clamp(DEFAULT_ASK_VALIDITY_SECS, MAX_ASK_VALIDITY_SECS);
+        let grant = AskGrant::for_request(request, broker, federation::unix_now(), validity);
+        Signed::sign(&self.identity.key, &grant)
+    }
+
+    /// Obtains tickets for `request` (`AcquireSlice`), under an ask the principal signs for
+    /// the broker (with `--agent`, for itself: it carries the ask to the agents).
     pub async fn acquire(&self, request: &SliceRequest) -> Result<AcquiredSlice, ClientError> {
         match &self.via {
             Via::Broker(broker, addr) => {
                 // Ask for the plan and the report with a failure, to show them.
                 let call = BrokerCall::AcquireSlice(
                     SliceAsk::new(request.clone(), self.identity.cert.clone())
-                        .with_detailed_failure(),
+                        .with_detailed_failure()
+                        .with_ask(self.sign_ask(request, *broker)),
                 );
                 let answer = self
                     .broker_call::<BrokerAnswerProtocol>(broker, addr, call)
@@ -391,10 +405,13 @@ impl Session {
                     Err(failure) => Err(ClientError::NotAcquired(failure)),
                 }
             }
-            Via::Agents(agents, acquirer) => acquirer
-                .acquire(agents, request, self.identity.cert.as_ref())
-                .await
-                .map_err(|f| ClientError::NotAcquired(Box::new(f.into()))),
+            Via::Agents(agents, acquirer) => {
+                let ask = self.sign_ask(request, self.identity.key.public());
+                acquirer
+                    .acquire_signed(agents, request, self.identity.cert.as_ref(), Some(&ask))
+                    .await
+                    .map_err(|f| ClientError::NotAcquired(Box::new(f.into())))
+            }
             Via::Nobody => Err(Self::nobody()),
         }
     }

@@ -83,17 +83,20 @@ pub async fn start(
         path: ledger_path,
         detail: e.to_string(),
     })?;
-    let agent = Arc::new(Agent::new(AgentParts {
-        key: key.clone(),
-        federation: common.federation.clone(),
-        policy,
-        pricing: Pricing {
-            base: config.prices,
-            surge_percent: config.surge_percent,
-        },
-        oversubscription_permille: (config.oversubscription * 1000.0).round() as u64,
-        ledger,
-    }));
+    let agent = Arc::new(
+        Agent::new(AgentParts {
+            key: key.clone(),
+            federation: common.federation.clone(),
+            policy,
+            pricing: Pricing {
+                base: config.prices,
+                surge_percent: config.surge_percent,
+            },
+            oversubscription_permille: (config.oversubscription * 1000.0).round() as u64,
+            ledger,
+        })
+        .with_asks_since(unix_now()),
+    );
     let overlay_config = OverlayConfig {
         listen: common.listen.clone(),
         bootstrap: common.bootstrap.clone(),

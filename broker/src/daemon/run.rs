@@ -6,12 +6,14 @@
 //!   validated ad delegates to (reached through Kademlia, as ads carry no agent address);
 //! - each broker request runs in its own task, admitted fairly (`federation::daemon::serve`:
 //!   `max_in_flight` places, a quarter of them at most for one principal): `FindSlice`
-//!   gathers and plans, `AcquireSlice` runs [`Acquirer::acquire`] for the caller; a failed
+//!   gathers and plans, `AcquireSlice` runs [`Acquirer::acquire_signed`] for the caller,
+//!   forwarding the principal's signed ask (which must name this broker, and is refused here
+//!   already when missing, foreign or expired: `capability_schema::ask`); a failed
 //!   acquisition is an error reply, or [`BrokerAnswer::NotAcquired`] with the plan and the
 //!   report for callers that ask for it (`crate::wire`);
 //! - a broker acquires only for the caller itself (the noise handshake authenticates it), so
 //!   nobody can spend another principal's quota through it. Tickets are bound to the principal
-//!   by the agents; the broker only relays them.
+//!   by the agents, which mint only within the ask; the broker only relays them.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -19,11 +21,11 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use capability_schema::{ErrorReply, PublicKey, Rejection, Role, SliceRequest};
+use capability_schema::{AskGrant, ErrorReply, PublicKey, Rejection, Role, SliceRequest};
 use federation::daemon::runtime::{each_ad, load_key};
 use federation::daemon::{Fairness, Runtime, SHUTDOWN_DEADLINE};
 use federation::overlay::Multiaddr;
-use federation::{Overlay, OverlayConfig, OverlayHandle};
+use federation::{Overlay, OverlayConfig, OverlayHandle, unix_now};
 use tokio::sync::{broadcast, watch};
 
 use super::DaemonError;
@@ -273,6 +275,7 @@ async fn serve_one(
         }
         BrokerCall::AcquireSlice(ask) => {
             let detailed = ask.detailed_failure;
+            let signed_ask = ask.ask.clone();
             let (request, cert) = ask.into_parts();
             if let Err(r) = check_request(&request) {
                 return refuse(r);
@@ -287,7 +290,23 @@ async fn serve_one(
                     ),
                 });
             }
-            match acquirer.acquire(&agents, &request, cert.as_ref()).await {
+            // The agents check the ask too (and what the broker asks of them against it);
+            // checked here, a missing, foreign or expired ask is one clear refusal.
+            if let Err(e) = AskGrant::admit(
+                signed_ask.as_ref(),
+                &request.principal,
+                &state.key,
+                unix_now(),
+            ) {
+                return refuse(Rejection::Policy {
+                    rule: e.rule().into(),
+                    detail: e.to_string(),
+                });
+            }
+            match acquirer
+                .acquire_signed(&agents, &request, cert.as_ref(), signed_ask.as_ref())
+                .await
+            {
                 Ok(slice) => {
                     state.acquired.fetch_add(1, Ordering::Relaxed);
                     state
