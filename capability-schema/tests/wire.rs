@@ -12,7 +12,10 @@ use std::path::PathBuf;
 
 use capability_schema::ad::{MeasuredUse, ShareState, SliverUsage};
 use capability_schema::identity::test_key;
-use capability_schema::membership::{PeeringLimits, PrincipalFilter};
+use capability_schema::membership::{
+    PeeringLimits, PrincipalFilter, RevocationSync, RevocationSyncReply, RevocationVerdict,
+    RevokedDelegation,
+};
 use capability_schema::protocol::*;
 use capability_schema::resources::ResourceKind;
 use capability_schema::slice::{SliceConstraints, SliverTarget};
@@ -82,6 +85,12 @@ fn revocation() -> Signed<RevocationList> {
             issued_at: T0,
             serials: vec![4, 5],
             keys: vec![test_key(66).public()],
+            delegations: vec![RevokedDelegation {
+                node: test_key(1).public(),
+                agent: test_key(20).public(),
+                issued_until: T0 - 60,
+            }],
+            tickets: vec![TicketId::from_bytes([0x5a; 64])],
         },
     )
 }
@@ -213,7 +222,6 @@ fn check_golden(name: &str, bytes: &[u8]) {
 fn golden_vectors_are_byte_exact() {
     check_golden("membership_cert", &membership().to_bytes());
     check_golden("peering_agreement", &peering().to_bytes());
-    check_golden("revocation_list", &revocation().to_bytes());
     check_golden("resource_ad", &ad().to_bytes());
     check_golden("lease", &lease().to_bytes());
     check_golden("slice_request", &encode(&slice_request()));
@@ -250,12 +258,6 @@ fn golden_vectors_decode_and_verify() {
     ));
     assert!(
         Signed::<PeeringAgreement>::from_bytes(&read("peering_agreement"))
-            .unwrap()
-            .verify()
-            .is_ok()
-    );
-    assert!(
-        Signed::<RevocationList>::from_bytes(&read("revocation_list"))
             .unwrap()
             .verify()
             .is_ok()
@@ -671,6 +673,66 @@ fn sliver_disk_figures_are_optional_on_the_wire() {
     let old: SliverUsage = capability_schema::codec::decode(&without).unwrap();
     assert_eq!(old.disk_bytes, None);
     assert_eq!(old.condition, None);
+}
+
+/// Revocation lists v2 name delegations and tickets too; the v1 vector (serials and keys
+/// only) is kept to show an old list is refused by its domain, not misread.
+#[test]
+fn revocation_list_v2_golden_and_v1_refused() {
+    check_golden("revocation_list_v2", &revocation().to_bytes());
+    let read = |name: &str| std::fs::read(golden_dir().join(format!("{name}.cbor"))).unwrap();
+    let list = Signed::<RevocationList>::from_bytes(&read("revocation_list_v2"))
+        .unwrap()
+        .verify_by(&test_key(100).public())
+        .unwrap();
+    assert_eq!(list, revocation().verify().unwrap());
+    assert_eq!(list.tickets, vec![TicketId::from_bytes([0x5a; 64])]);
+    assert_eq!(
+        list.revoked_delegation(&test_key(1).public(), &test_key(20).public(), T0 - 60),
+        Some(&list.delegations[0])
+    );
+    assert_eq!(
+        list.revoked_delegation(&test_key(1).public(), &test_key(20).public(), T0),
+        None,
+        "a delegation signed after the revocation's time stands"
+    );
+    let v1 = Signed::<RevocationList>::from_bytes(&read("revocation_list")).unwrap();
+    assert!(matches!(
+        v1.verify(),
+        Err(SignatureError::WrongDomain { .. })
+    ));
+}
+
+#[test]
+fn revocation_sync_round_trips() {
+    round_trip(&RevocationSync {
+        have: vec![("plc".into(), 3)],
+        offer: vec![revocation()],
+    });
+    round_trip(&RevocationSyncReply {
+        newer: vec![revocation()],
+        verdicts: vec![
+            RevocationVerdict::Applied {
+                federation: "plc".into(),
+                version: 3,
+            },
+            RevocationVerdict::Refused {
+                reason: "bad signature".into(),
+            },
+        ],
+    });
+    // A ticket id of the wrong length does not decode.
+    let mut list = revocation().verify().unwrap();
+    list.tickets.clear();
+    let mut bytes = encode(&list);
+    let short = encode(&vec![serde_bytes::ByteBuf::from(vec![1u8; 10])]);
+    let empty = encode(&Vec::<serde_bytes::ByteBuf>::new());
+    let at = bytes.len() - empty.len();
+    assert_eq!(&bytes[at..], &empty[..]);
+    bytes.truncate(at);
+    bytes.extend_from_slice(&short);
+    let error = decode::<RevocationList>(&bytes).unwrap_err();
+    assert!(error.to_string().contains("64 bytes"), "{error}");
 }
 
 /// Delegations v2 state their scope (slice kinds, admin capabilities, host views); the v1

@@ -12,16 +12,20 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use capability_schema::ad::ResourceAd;
-use capability_schema::membership::{PeeringLimits, PrincipalFilter};
+use capability_schema::membership::{
+    PeeringLimits, PrincipalFilter, RevocationVerdict, RevokedDelegation,
+};
 use capability_schema::{
     Delegation, MembershipCert, PeeringAgreement, PublicKey, Resources, RevocationList, Role,
-    SecretKey, Signed, SignedType,
+    SecretKey, Signed, SignedType, TicketId,
 };
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{Parser, Subcommand};
 use federation::daemon::cli::{Class, Failure, exit, usage};
+use federation::overlay::Multiaddr;
 use federation::trust::{
-    ANCHOR_FILE, Authority, AuthorityState, FederationAnchor, STATE_FILE, Validity, write_signed,
+    ANCHOR_FILE, Authority, AuthorityState, FederationAnchor, Revoke, STATE_FILE, Validity,
+    read_signed, write_signed,
 };
 use federation::unix_now;
 
@@ -111,15 +115,34 @@ Example:
 
 const REVOKE_HELP: &str = "\
 Serials (--serial) are those `certify` and `peer` print (and `fedctl show` shows); a revoked
-key (--key) loses every certificate issued to it. The new list holds everything revoked so far.
+key (--key) loses every certificate issued to it and is refused wherever a ticket names it
+(issuing agent, holder, presenter). A delegation (--delegation NODE:AGENT[@UNIX_TIME]) is
+revoked with every delegation NODE signed to AGENT up to that time (default: now); one signed
+later stands. A ticket (--ticket, its 128-hex-digit id) is refused with every copy and
+delegation of it. The new list holds everything revoked so far.
+
+Every daemon applies a newer list at once: nodes refuse revoked tickets and end the leases of
+revoked principals, agents and tickets; agents and brokers forget revoked nodes and agents.
 
 Writes:
-  --out FILE       the revocation list (CBOR, signed; version one above the previous list):
-                   give it to every party that trusts this federation
+  --out FILE       the revocation list (CBOR, signed; version one above the previous list)
   authority.cbor   in the authority directory: what is revoked and the list's version
 
+Publishes (with --publish ADDR): hands the list to the daemon at ADDR (a multiaddress with
+/p2p/<peer id>), which checks it and gossips it to every daemon that trusts this federation;
+daemons that join later fetch it from their peers. Without --publish: `fedctl publish FILE
+--peer ADDR` later, or name the file in the daemons' `revocations = [...]`.
+
 Example:
-  fedctl revoke --authority plc/ --serial 12,15 --out plc-revoked-3.cbor";
+  fedctl revoke --authority plc/ --serial 12,15 --out plc-revoked-3.cbor \\
+                --publish /ip4/10.0.0.1/tcp/4001/p2p/12D3KooW...";
+
+const PUBLISH_HELP: &str = "\
+The peer checks the list (signed by the authority it trusts for the list's federation, newer
+than the one it holds), applies it at once and gossips it on; the answer says which.
+
+Example:
+  fedctl publish plc-revoked-3.cbor --peer /ip4/10.0.0.1/tcp/4001/p2p/12D3KooW...";
 
 const SHOW_HELP: &str = "\
 Reads certificates, peering agreements, revocation lists, anchors, ads and delegations (CBOR;
@@ -237,14 +260,37 @@ enum Command {
         #[arg(long)]
         authority: PathBuf,
         /// Serials to revoke (repeat or comma-separate).
-        #[arg(long, value_delimiter = ',', required_unless_present = "key")]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            required_unless_present_any = ["key", "delegation", "ticket"]
+        )]
         serial: Vec<u64>,
         /// Keys to revoke (repeat or comma-separate); every certificate of them dies.
         #[arg(long, value_delimiter = ',')]
         key: Vec<PublicKey>,
+        /// Delegations to revoke, as NODE:AGENT or NODE:AGENT@UNIX_TIME (repeat or
+        /// comma-separate): those NODE signed to AGENT up to the time (default: now).
+        #[arg(long, value_delimiter = ',')]
+        delegation: Vec<String>,
+        /// Tickets to revoke, by id (repeat or comma-separate).
+        #[arg(long, value_delimiter = ',')]
+        ticket: Vec<TicketId>,
         /// Where to write the revocation list.
         #[arg(long)]
         out: PathBuf,
+        /// Hand the list to this daemon (a multiaddress with /p2p/<peer id>), which gossips it.
+        #[arg(long)]
+        publish: Option<Multiaddr>,
+    },
+    /// Hand a revocation list to a running daemon, which checks it and gossips it to all.
+    #[command(after_help = PUBLISH_HELP)]
+    Publish {
+        /// The revocation list (from `fedctl revoke`).
+        list: PathBuf,
+        /// The daemon to hand it to (a multiaddress with /p2p/<peer id>).
+        #[arg(long)]
+        peer: Multiaddr,
     },
     /// Print a file made by fedctl (or a signed ad or delegation) and check its signature.
     ///
@@ -364,13 +410,37 @@ fn run(cli: Cli) -> Result<(), Failure> {
             authority: dir,
             serial,
             key,
+            delegation,
+            ticket,
             out,
+            publish: peer,
         } => {
+            let delegations = delegation
+                .iter()
+                .map(|text| parse_delegation(text, now))
+                .collect::<Result<Vec<_>, _>>()?;
             let mut authority = load_authority(&dir)?;
-            let list = authority.revoke(&serial, &key, now);
+            let add = Revoke {
+                serials: serial,
+                keys: key,
+                delegations,
+                tickets: ticket,
+            };
+            let list = authority.revoke_with(&add, now);
             write_signed(&out, &list)?;
             authority.save_state(&dir)?;
             print!("{}", show_revocation(&list));
+            match peer {
+                Some(peer) => publish(list, &peer)?,
+                None => println!(
+                    "next: fedctl publish {} --peer <daemon multiaddress>",
+                    out.display()
+                ),
+            }
+        }
+        Command::Publish { list, peer } => {
+            let list = read_signed::<RevocationList>(&list)?;
+            publish(list, &peer)?;
         }
         Command::Show { file } => {
             let text = show(&file, now).map_err(|e| {
@@ -551,6 +621,96 @@ fn show_agreement(signed: &Signed<PeeringAgreement>, now: u64) -> String {
     out + &sig
 }
 
+/// `NODE:AGENT` or `NODE:AGENT@UNIX_TIME` as a revoked delegation (default time: `now`).
+fn parse_delegation(text: &str, now: u64) -> Result<RevokedDelegation, Failure> {
+    let bad = |detail: String| {
+        Failure::from(usage(format!("--delegation {text:?}: {detail}")))
+            .hint("write --delegation NODE_KEY:AGENT_KEY, or NODE_KEY:AGENT_KEY@UNIX_TIME")
+    };
+    let (keys, until) = match text.split_once('@') {
+        Some((keys, time)) => (
+            keys,
+            time.parse::<u64>()
+                .map_err(|_| bad(format!("{time:?} is not a unix time")))?,
+        ),
+        None => (text, now),
+    };
+    let (node, agent) = keys
+        .split_once(':')
+        .ok_or_else(|| bad("expected NODE:AGENT".into()))?;
+    let key = |k: &str| {
+        k.parse::<PublicKey>()
+            .map_err(|e| bad(format!("{k:?} is not a key: {e}")))
+    };
+    Ok(RevokedDelegation {
+        node: key(node)?,
+        agent: key(agent)?,
+        issued_until: until,
+    })
+}
+
+/// How long `fedctl publish` waits for the peer's verdict.
+const PUBLISH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Hands `list` to the daemon at `peer` through a short-lived overlay client of its own (a
+/// throwaway key, no listening beyond an ephemeral port, trusting nobody) and prints the
+/// daemon's verdict and what to do next.
+fn publish(list: Signed<RevocationList>, peer: &Multiaddr) -> Result<(), Failure> {
+    use federation::overlay::{Overlay, OverlayConfig};
+    let body = list.verify()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let verdict = runtime.block_on(async {
+        let config = OverlayConfig {
+            kademlia: false,
+            ..OverlayConfig::default()
+        };
+        let trust = std::sync::Arc::new(std::sync::RwLock::new(federation::TrustStore::new()));
+        let overlay = Overlay::start(&SecretKey::generate(), config, trust).await?;
+        let result = async {
+            let remote = tokio::time::timeout(PUBLISH_TIMEOUT, overlay.dial(peer.clone()))
+                .await
+                .map_err(|_| federation::OverlayError::Dial {
+                    addr: peer.to_string(),
+                    detail: format!("no connection within {PUBLISH_TIMEOUT:?}"),
+                })??;
+            overlay
+                .offer_revocation(&remote, list, PUBLISH_TIMEOUT)
+                .await
+        }
+        .await;
+        overlay.shutdown().await;
+        result
+    });
+    let verdict = verdict.map_err(|e| {
+        Failure::from(e).hint("check the address (with /p2p/<peer id>) and that the daemon runs")
+    })?;
+    println!("published to {peer}: {verdict}");
+    match verdict {
+        RevocationVerdict::Applied { .. } | RevocationVerdict::Held { .. } => {
+            println!(
+                "next: every daemon that trusts {:?} applies v{} within seconds (each logs \
+                 \"revocation list applied\"); daemons started later fetch it from their peers",
+                body.federation, body.version
+            );
+            Ok(())
+        }
+        RevocationVerdict::Stale { have, .. } => Err(Failure::from(usage(format!(
+            "the daemon holds a newer list (v{have}) than this one (v{})",
+            body.version
+        )))
+        .hint("publish the newest list the authority signed (fedctl show <authority dir>)")),
+        RevocationVerdict::Refused { reason } => Err(Failure::from(usage(format!(
+            "the daemon refused the list: {reason}"
+        )))
+        .hint(format!(
+            "the daemon must trust {:?}'s authority {} ([[trust]] in its config)",
+            body.federation, body.authority
+        ))),
+    }
+}
+
 fn show_revocation(signed: &Signed<RevocationList>) -> String {
     let (sig, body) = verdict(signed, |l| Some(l.authority));
     let mut out = String::from("revocation list\n");
@@ -563,6 +723,19 @@ fn show_revocation(signed: &Signed<RevocationList>) -> String {
         out += &format!("keys:       {}\n", l.keys.len());
         for key in &l.keys {
             out += &format!("  - {key}\n");
+        }
+        out += &format!("delegations: {}\n", l.delegations.len());
+        for d in &l.delegations {
+            out += &format!(
+                "  - node {} to agent {}, signed up to {}\n",
+                d.node,
+                d.agent,
+                date(d.issued_until)
+            );
+        }
+        out += &format!("tickets:    {}\n", l.tickets.len());
+        for t in &l.tickets {
+            out += &format!("  - {t}\n");
         }
     }
     out + &sig

@@ -106,6 +106,10 @@ pub struct CommonConfig<K: DaemonKind> {
     /// Requests handled at once in each lane; one principal may hold a quarter of them.
     #[serde(default = "default_max_in_flight::<K>")]
     pub max_in_flight: usize,
+    /// Revocation lists to apply from the start and hand to peers (CBOR files from `fedctl
+    /// revoke`; default none). Newer lists arrive over the overlay without a restart.
+    #[serde(default)]
+    pub revocations: Vec<PathBuf>,
     #[serde(skip)]
     kind: PhantomData<K>,
 }
@@ -169,6 +173,7 @@ impl<K: DaemonKind> CommonConfig<K> {
             mdns: false,
             http: default_http::<K>(),
             max_in_flight: K::MAX_IN_FLIGHT,
+            revocations: Vec::new(),
             kind: PhantomData,
         }
     }
@@ -180,6 +185,11 @@ impl<K: DaemonKind> CommonConfig<K> {
         }
         if self.membership.is_relative() {
             self.membership = dir.join(&self.membership);
+        }
+        for path in &mut self.revocations {
+            if path.is_relative() {
+                *path = dir.join(&*path);
+            }
         }
         if self.max_in_flight == 0 {
             return Err("max_in_flight must be at least 1".into());
@@ -216,7 +226,8 @@ impl<K: DaemonKind> CommonConfig<K> {
              # mdns = false                       # discover peers on the local network by multicast DNS;\n\
              #                                    # off by default, turn on for a LAN testbed\n\
              # http = \"127.0.0.1:{http}\"          # status and /metrics (\"off\" = none)\n\
-             # max_in_flight = {inflight}                 # requests at once per lane; a principal holds a quarter\n",
+             # max_in_flight = {inflight}                 # requests at once per lane; a principal holds a quarter\n\
+             # revocations = []                   # revocation lists (fedctl revoke) to apply at start\n",
             program = K::PROGRAM,
             key = K::KEY_FILE,
             pad_key = " ".repeat(20usize.saturating_sub(K::KEY_FILE.len())),
@@ -330,7 +341,10 @@ mod tests {
         assert_eq!(c.common.listen[0].to_string(), "/ip4/0.0.0.0/tcp/4999");
         assert_eq!(c.common.http, Some("127.0.0.1:9199".parse().unwrap()));
         assert_eq!(c.common.max_in_flight, 8);
+        assert!(c.common.revocations.is_empty());
         assert_eq!(c.own, 0);
+        let c = parse_text("federation = \"plc\"\nrevocations = [\"rev.cbor\"]\n").unwrap();
+        assert_eq!(c.common.revocations, [PathBuf::from("rev.cbor")]);
     }
 
     #[test]
@@ -416,9 +430,14 @@ mod tests {
     #[test]
     fn relative_paths_follow_the_file() {
         let mut c = CommonConfig::<TestKind>::new("plc");
+        c.revocations = vec!["rev.cbor".into(), "/var/rev2.cbor".into()];
         c.resolve(Path::new("/etc/pm")).unwrap();
         assert_eq!(c.key_file, PathBuf::from("/etc/pm/test.key"));
         assert_eq!(c.membership, PathBuf::from("/etc/pm/membership.cbor"));
+        assert_eq!(
+            c.revocations,
+            [PathBuf::from("/etc/pm/rev.cbor"), "/var/rev2.cbor".into()]
+        );
         c.max_in_flight = 0;
         assert!(c.resolve(Path::new("/")).is_err());
     }

@@ -4,7 +4,9 @@
 
 use std::path::Path;
 
-use capability_schema::{MembershipCert, PublicKey, Role, SecretKey, Signed, codec};
+use capability_schema::{
+    MembershipCert, PublicKey, RevocationList, Role, SecretKey, Signed, codec,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::TrustStore;
@@ -37,6 +39,29 @@ pub fn trust_store(trusted: &[TrustedFederation]) -> anyhow::Result<TrustStore> 
             .map_err(|e| anyhow::anyhow!("trusting federation {}: {e}", t.name))?;
     }
     Ok(store)
+}
+
+/// Reads the revocation lists a config names (`revocations = [...]`), checking each is a
+/// signed revocation list; whether its authority is trusted is checked when the overlay
+/// starts with them ([`crate::OverlayConfig::revocations`]).
+pub fn read_revocations(
+    paths: &[std::path::PathBuf],
+) -> anyhow::Result<Vec<Signed<RevocationList>>> {
+    paths
+        .iter()
+        .map(|path| {
+            let signed = crate::trust::read_signed::<RevocationList>(path).map_err(|e| {
+                anyhow::anyhow!(
+                    "revocation list {}: {e} (make one with: fedctl revoke --authority DIR ...)",
+                    path.display()
+                )
+            })?;
+            signed
+                .verify()
+                .map_err(|e| anyhow::anyhow!("revocation list {}: {e}", path.display()))?;
+            Ok(signed)
+        })
+        .collect()
 }
 
 /// Reads a membership certificate file and checks it certifies `key` as a `role` of

@@ -12,9 +12,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use capability_schema::codec;
+use capability_schema::membership::{RevocationSync, RevocationSyncReply, RevocationVerdict};
 use capability_schema::protocol::{Envelope, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES, Reply};
 use capability_schema::rejection::Rejection;
-use capability_schema::{ErrorReply, PublicKey, ResourceAd, Signed};
+use capability_schema::{ErrorReply, PublicKey, ResourceAd, RevocationList, Signed};
 use libp2p::request_response::ResponseChannel;
 use libp2p::{Multiaddr, PeerId};
 use serde::de::IgnoredAny;
@@ -66,6 +67,14 @@ pub struct OverlayStats {
     pub seqs_tracked: u64,
     /// Nodes forgotten before their ad expired because `max_tracked_nodes` were tracked.
     pub seqs_evicted: u64,
+    /// Revocation lists applied (newer than the one held), however they came.
+    pub revocations_applied: u64,
+    /// Revocation lists rejected as misbehaviour (forged, another authority, wrong topic).
+    pub revocations_rejected: u64,
+    /// Revocation lists ignored (held already, older, of a federation not trusted here).
+    pub revocations_ignored: u64,
+    /// Federations whose revocation list is held now.
+    pub revocations_held: u64,
 }
 
 /// How the overlay task ended ([`OverlayHandle::closed`]).
@@ -99,6 +108,7 @@ impl OverlayExit {
 pub struct OverlayHandle {
     commands: mpsc::Sender<Command>,
     ads: broadcast::Sender<AdEvent>,
+    revocations: watch::Receiver<u64>,
     local: PublicKey,
     trust: SharedTrust,
     next_request_id: Arc<AtomicU64>,
@@ -110,6 +120,7 @@ impl OverlayHandle {
     pub(crate) fn new(
         commands: mpsc::Sender<Command>,
         ads: broadcast::Sender<AdEvent>,
+        revocations: watch::Receiver<u64>,
         local: PublicKey,
         trust: SharedTrust,
         exit: watch::Receiver<Option<OverlayExit>>,
@@ -117,6 +128,7 @@ impl OverlayHandle {
         OverlayHandle {
             commands,
             ads,
+            revocations,
             local,
             trust,
             next_request_id: Arc::new(AtomicU64::new(1)),
@@ -233,6 +245,81 @@ impl OverlayHandle {
     /// re-announce, so a lost ad is replaced by the next one.
     pub fn ads(&self) -> broadcast::Receiver<AdEvent> {
         self.ads.subscribe()
+    }
+
+    /// A receiver that changes whenever a newer revocation list was applied to the trust
+    /// store (its value counts the lists applied since start). Daemons wait on
+    /// `changed()` and then act on every list the store holds
+    /// ([`crate::TrustStore::revocation_lists`]): a receiver never lags, and the lists a
+    /// config named at start are applied before the first value.
+    pub fn revocations(&self) -> watch::Receiver<u64> {
+        self.revocations.clone()
+    }
+
+    /// Applies `list` if it is newer than the one held (told to the daemon at once) and
+    /// gossips it; returns what became of it. A list already held is gossiped again (its
+    /// publisher wants it out), an older one is not.
+    pub async fn publish_revocation(
+        &self,
+        list: Signed<RevocationList>,
+    ) -> Result<RevocationVerdict, OverlayError> {
+        self.call(|reply| Command::PublishRevocation { list, reply })
+            .await
+    }
+
+    /// Offers `list` to `peer` (connected, or with a known address), which validates it,
+    /// applies it if newer and gossips it; returns the peer's verdict. This is how `fedctl
+    /// publish` hands a list to any daemon.
+    pub async fn offer_revocation(
+        &self,
+        peer: &PublicKey,
+        list: Signed<RevocationList>,
+        timeout: Duration,
+    ) -> Result<RevocationVerdict, OverlayError> {
+        let sync = RevocationSync {
+            have: Vec::new(),
+            offer: vec![list],
+        };
+        let peer = *peer;
+        let exchange = self.call(|reply| Command::OfferRevocation { peer, sync, reply });
+        let frame = tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| OverlayError::Exchange {
+                peer: peer.to_string(),
+                detail: format!("no answer within {timeout:?}"),
+            })???;
+        let bytes = match frame {
+            Frame::Bytes(bytes) => bytes,
+            Frame::TooLarge { limit } => {
+                return Err(OverlayError::ResponseTooLarge { peer, limit });
+            }
+        };
+        let answer: RevocationSyncReply = codec::decode_with_limit(&bytes, MAX_RESPONSE_BYTES)
+            .map_err(|error| OverlayError::Decode { peer, error })?;
+        answer
+            .verdicts
+            .into_iter()
+            .next()
+            .ok_or_else(|| OverlayError::Exchange {
+                peer: peer.to_string(),
+                detail: "the peer answered without a verdict".into(),
+            })
+    }
+
+    /// Publishes raw bytes on `federation`'s revocation topic without any validation (fault
+    /// injection in tests: honest receivers reject a forged list and lower this peer's score).
+    pub async fn publish_raw_revocation(
+        &self,
+        federation: &str,
+        bytes: Vec<u8>,
+    ) -> Result<(), OverlayError> {
+        let federation = federation.to_owned();
+        self.call(|reply| Command::PublishRawRevocation {
+            federation,
+            bytes,
+            reply,
+        })
+        .await?
     }
 
     /// Sends `request` to `peer` over protocol `P` and waits at most `timeout` for the answer.

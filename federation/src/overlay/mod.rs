@@ -2,7 +2,7 @@
 //!
 //! One swarm per daemon: TCP (and in-process memory) transports with noise and yamux, QUIC
 //! (`/udp/N/quic-v1` addresses, unless [`OverlayConfig::quic`] is off), identify, ping, Kademlia for peer routing, gossipsub with one ad
-//! topic per federation, the agent/node/broker request-response protocols with size-capped
+//! topic and one revocation topic per federation, the agent/node/broker request-response protocols with size-capped
 //! CBOR frames, optional mDNS, connection limits and a block list for misbehaving peers.
 //!
 //! How data flows:
@@ -16,11 +16,16 @@
 //!    gossipsub as accepted (relayed and handed to [`OverlayHandle::ads`]), ignored (stale:
 //!    dropped, nobody blamed) or rejected (dropped, the relaying peer loses score; peers whose
 //!    score falls under the graylist threshold are disconnected and blocked for a while).
-//! 4. Requests: [`OverlayHandle::request`] encodes an `Envelope`, checks its size, sends it
+//! 4. Revocations: each federation also has a revocation topic, and every new connection
+//!    starts with a revocation exchange (each side gets the other's newer lists); a newer
+//!    list is applied to the [`SharedTrust`] store at once, gossiped on, and announced to the
+//!    daemon on [`OverlayHandle::revocations`] (see the `revocation` module; an older list
+//!    is ignored, a forged one costs the relaying peer score).
+//! 5. Requests: [`OverlayHandle::request`] encodes an `Envelope`, checks its size, sends it
 //!    and decodes the answer; [`OverlayHandle::serve`] gives a daemon a bounded stream of
 //!    decoded requests with a responder each. Oversized or malformed requests are answered
 //!    with a typed error reply by the overlay itself and never reach the daemon.
-//! 5. The end of the task is visible: [`OverlayHandle::closed`] resolves with how it ended
+//! 6. The end of the task is visible: [`OverlayHandle::closed`] resolves with how it ended
 //!    (shutdown, dropped, or a panic, caught from the task's join handle), and daemons wait
 //!    on [`OverlayHandle::alive_until`] so that an overlay that dies under them makes them
 //!    exit with an error instead of serving without a network.
@@ -29,6 +34,7 @@ mod codec;
 mod handle;
 mod identity;
 mod protocol;
+mod revocation;
 mod seq;
 mod swarm;
 mod task;
@@ -36,7 +42,7 @@ mod task;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use capability_schema::{DecodeError, ErrorReply, PublicKey, SecretKey};
+use capability_schema::{DecodeError, ErrorReply, PublicKey, RevocationList, SecretKey, Signed};
 pub use codec::{Frame, FrameCodec, MAX_DRAIN_BYTES};
 pub use handle::{
     AdEvent, Incoming, OverlayExit, OverlayHandle, OverlayStats, Responder, ServeStream,
@@ -44,6 +50,7 @@ pub use handle::{
 pub use identity::{addr_for_peer, addr_peer, keypair, libp2p_public, peer_id, public_key};
 pub use libp2p::{Multiaddr, PeerId};
 pub use protocol::{AgentProtocol, BrokerProtocol, NodeProtocol, Protocol, ProtocolKind};
+pub use revocation::MAX_REVOCATION_BYTES;
 
 use crate::trust::{AdRejection, TrustError, TrustStore};
 
@@ -132,6 +139,10 @@ pub struct OverlayConfig {
     pub max_tracked_nodes: usize,
     /// Identify's agent version. Default: `planetmesh/<crate version>`.
     pub agent_version: String,
+    /// Revocation lists to hold from the start (a daemon's `revocations` files): each is
+    /// validated and applied to the trust store before the overlay starts, and handed to
+    /// every peer that holds an older one. Default: none.
+    pub revocations: Vec<Signed<RevocationList>>,
 }
 
 impl Default for OverlayConfig {
@@ -170,6 +181,7 @@ impl Default for OverlayConfig {
             serve_queue: 64,
             max_tracked_nodes: 100_000,
             agent_version: format!("planetmesh/{}", env!("CARGO_PKG_VERSION")),
+            revocations: Vec::new(),
         }
     }
 }
@@ -302,6 +314,17 @@ pub enum OverlayError {
     /// The peer refused the request with a reason.
     #[error("{0}")]
     Rejected(ErrorReply),
+    /// A revocation list (from the config, or to publish) does not validate.
+    #[error("revocation list refused: {0}")]
+    InvalidRevocation(String),
+    /// A revocation exchange with a peer failed.
+    #[error("revocation exchange with {peer} failed: {detail}")]
+    Exchange {
+        /// The peer.
+        peer: String,
+        /// What failed.
+        detail: String,
+    },
     /// An ad to publish does not validate.
     #[error("ad not published: {0}")]
     InvalidAd(AdRejection),

@@ -5,7 +5,8 @@
 //! is on; all wrapped in DNS resolution when the system resolver configuration is readable.
 //!
 //! Behaviour, in the order the swarm polls it: block list, connection limits, identify,
-//! ping, Kademlia, gossipsub, one request-response behaviour per protocol, optional mDNS.
+//! ping, Kademlia, gossipsub (an ad topic and a revocation topic per federation), one
+//! request-response behaviour per protocol and one for revocation exchanges, optional mDNS.
 
 use std::collections::HashMap;
 
@@ -45,6 +46,9 @@ pub(crate) struct Behaviour {
     pub(crate) agent: request_response::Behaviour<FrameCodec>,
     pub(crate) node: request_response::Behaviour<FrameCodec>,
     pub(crate) broker: request_response::Behaviour<FrameCodec>,
+    /// Revocation lists exchanged at each new connection (and offered by `fedctl publish`);
+    /// served by the overlay task itself, never by a daemon.
+    pub(crate) revocation: request_response::Behaviour<FrameCodec>,
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
 }
 
@@ -68,7 +72,7 @@ const GOSSIP_QUEUE_LEN: usize = 512;
 /// Gossip score below which a peer is ignored, then disconnected and blocked.
 pub(crate) const GRAYLIST_THRESHOLD: f64 = -80.0;
 
-/// Peer-score parameters for one federation's ad topic.
+/// Peer-score parameters for one federation's ad topic (and its revocation topic).
 ///
 /// Only invalid ads cost score: P4 is `-10 × count²` (count decaying 1% a second), so the
 /// third invalid ad in a minute brings any peer under the graylist threshold, while valid
@@ -138,10 +142,17 @@ fn request_response(
     kind: ProtocolKind,
     config: &OverlayConfig,
 ) -> request_response::Behaviour<FrameCodec> {
+    request_response_named(kind.name(), config)
+}
+
+fn request_response_named(
+    name: &'static str,
+    config: &OverlayConfig,
+) -> request_response::Behaviour<FrameCodec> {
     request_response::Behaviour::with_codec(
         FrameCodec::default(),
         [(
-            StreamProtocol::new(kind.name()),
+            StreamProtocol::new(name),
             request_response::ProtocolSupport::Full,
         )],
         request_response::Config::default()
@@ -188,6 +199,10 @@ fn behaviour(key: &Keypair, config: &OverlayConfig) -> Result<Behaviour, Overlay
         agent: request_response(ProtocolKind::Agent, config),
         node: request_response(ProtocolKind::Node, config),
         broker: request_response(ProtocolKind::Broker, config),
+        revocation: request_response_named(
+            capability_schema::membership::REVOCATION_PROTOCOL,
+            config,
+        ),
         mdns: Toggle::from(mdns),
     })
 }
@@ -256,4 +271,9 @@ pub(crate) fn build(
 /// The gossip topic of a federation's ads.
 pub(crate) fn ad_topic(federation: &str) -> IdentTopic {
     IdentTopic::new(capability_schema::protocol::ad_topic(federation))
+}
+
+/// The gossip topic of a federation's revocation lists.
+pub(crate) fn revocation_topic(federation: &str) -> IdentTopic {
+    IdentTopic::new(capability_schema::membership::revocation_topic(federation))
 }

@@ -10,9 +10,10 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use capability_schema::codec;
+use capability_schema::membership::{RevocationSync, RevocationSyncReply, RevocationVerdict};
 use capability_schema::protocol::Reply;
 use capability_schema::rejection::Rejection;
-use capability_schema::{ErrorReply, PublicKey, ResourceAd, SecretKey, Signed};
+use capability_schema::{ErrorReply, PublicKey, ResourceAd, RevocationList, SecretKey, Signed};
 use futures::StreamExt;
 use libp2p::gossipsub::{self, MessageAcceptance, TopicHash};
 use libp2p::multiaddr::Protocol as AddrProtocol;
@@ -29,6 +30,7 @@ use super::handle::{
 };
 use super::identity;
 use super::protocol::ProtocolKind;
+use super::revocation::{self, Judged, MAX_REVOCATION_BYTES};
 use super::seq::SeqTracker;
 use super::swarm::{self, Behaviour, BehaviourEvent, GRAYLIST_THRESHOLD};
 use super::{KAD_PROTOCOL, MAX_AD_BYTES, OverlayConfig, OverlayError, SharedTrust};
@@ -51,6 +53,20 @@ pub(crate) enum Command {
         federation: String,
         bytes: Vec<u8>,
         reply: oneshot::Sender<Result<(), OverlayError>>,
+    },
+    PublishRevocation {
+        list: Signed<RevocationList>,
+        reply: oneshot::Sender<RevocationVerdict>,
+    },
+    PublishRawRevocation {
+        federation: String,
+        bytes: Vec<u8>,
+        reply: oneshot::Sender<Result<(), OverlayError>>,
+    },
+    OfferRevocation {
+        peer: PublicKey,
+        sync: RevocationSync,
+        reply: oneshot::Sender<Result<Frame, OverlayError>>,
     },
     Subscribe {
         federation: String,
@@ -181,7 +197,22 @@ pub(crate) async fn start(
     let (ads_tx, _) = broadcast::channel(config.ad_queue.max(1));
     let public = identity::public_key(&local).map_err(|e| OverlayError::Setup(e.to_string()))?;
     let (exit_tx, exit_rx) = watch::channel(None);
-    let handle = OverlayHandle::new(commands_tx, ads_tx.clone(), public, trust.clone(), exit_rx);
+    let (news_tx, news_rx) = watch::channel(0u64);
+    for list in &config.revocations {
+        match revocation::apply(&trust, list) {
+            Judged::Applied(_) | Judged::Held(_) | Judged::Stale { .. } => {}
+            Judged::Unknown(error) => return Err(error.into()),
+            Judged::Invalid(reason) => return Err(OverlayError::InvalidRevocation(reason)),
+        }
+    }
+    let handle = OverlayHandle::new(
+        commands_tx,
+        ads_tx.clone(),
+        news_rx,
+        public,
+        trust.clone(),
+        exit_rx,
+    );
 
     let mut runner = Runner {
         swarm,
@@ -189,6 +220,9 @@ pub(crate) async fn start(
         commands: commands_rx,
         ads: ads_tx,
         topics: HashMap::new(),
+        revocation_topics: HashMap::new(),
+        revocation_news: news_tx,
+        exchanges: HashMap::new(),
         seqs: SeqTracker::new(config.max_tracked_nodes),
         certs: CertCache::default(),
         pending: HashMap::new(),
@@ -205,6 +239,14 @@ pub(crate) async fn start(
     };
     for federation in runner.config.federations.clone() {
         runner.subscribe(&federation)?;
+    }
+    // Revocations of every trusted federation are followed, not only of those whose ads are.
+    let anchored: Vec<String> = read_trust(&runner.trust)
+        .federations()
+        .map(|(name, _)| name.to_owned())
+        .collect();
+    for federation in anchored {
+        runner.follow_revocations(&federation)?;
     }
     runner.bootstrap();
     tokio::spawn(supervise(tokio::spawn(runner.run()), exit_tx));
@@ -243,6 +285,13 @@ struct Runner {
     ads: broadcast::Sender<AdEvent>,
     /// Subscribed topics and their federations.
     topics: HashMap<TopicHash, String>,
+    /// Subscribed revocation topics and their federations.
+    revocation_topics: HashMap<TopicHash, String>,
+    /// Bumped whenever a newer revocation list is applied (the daemon watches it).
+    revocation_news: watch::Sender<u64>,
+    /// Revocation exchanges in flight: `None` for the one opened at a new connection, else
+    /// whoever offered a list through this daemon and waits for the peer's answer.
+    exchanges: HashMap<OutboundRequestId, Option<oneshot::Sender<Result<Frame, OverlayError>>>>,
     /// Per node: the last accepted `seq` (bounded, see [`SeqTracker`]).
     seqs: SeqTracker,
     /// Membership certificates already verified (each ad carries its node's).
@@ -335,6 +384,29 @@ impl Runner {
                 };
                 let _ = reply.send(result);
             }
+            Command::PublishRevocation { list, reply } => {
+                let judged = self.take_revocation(&list, None);
+                let _ = reply.send(judged.verdict());
+            }
+            Command::PublishRawRevocation {
+                federation,
+                bytes,
+                reply,
+            } => {
+                let topic = swarm::revocation_topic(&federation);
+                let result = match self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
+                    Ok(_) => Ok(()),
+                    Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {
+                        Err(OverlayError::NoPeers { federation })
+                    }
+                    Err(e) => Err(OverlayError::Publish(e.to_string())),
+                };
+                let _ = reply.send(result);
+            }
+            Command::OfferRevocation { peer, sync, reply } => {
+                let peer = identity::peer_id(&peer);
+                self.open_exchange(peer, &sync, Some(reply));
+            }
             Command::Subscribe { federation, reply } => {
                 let _ = reply.send(self.subscribe(&federation));
             }
@@ -342,6 +414,11 @@ impl Runner {
                 let topic = swarm::ad_topic(&federation);
                 self.swarm.behaviour_mut().gossipsub.unsubscribe(&topic);
                 self.topics.remove(&topic.hash());
+                if read_trust(&self.trust).authority_of(&federation).is_none() {
+                    let topic = swarm::revocation_topic(&federation);
+                    self.swarm.behaviour_mut().gossipsub.unsubscribe(&topic);
+                    self.revocation_topics.remove(&topic.hash());
+                }
                 let _ = reply.send(());
             }
             Command::Request {
@@ -434,6 +511,7 @@ impl Runner {
             Command::Stats { reply } => {
                 let stats = OverlayStats {
                     connected_peers: self.connected_since.len() as u64,
+                    revocations_held: read_trust(&self.trust).revocation_lists().count() as u64,
                     seqs_tracked: self.seqs.len() as u64,
                     seqs_evicted: self.seqs.evicted(),
                     ..self.stats
@@ -464,6 +542,26 @@ impl Runner {
                 .map_err(|e| OverlayError::Setup(format!("score parameters: {e}")))?;
         }
         self.topics.insert(topic.hash(), federation.to_owned());
+        self.follow_revocations(federation)
+    }
+
+    /// Subscribes the revocation topic of `federation`.
+    fn follow_revocations(&mut self, federation: &str) -> Result<(), OverlayError> {
+        let topic = swarm::revocation_topic(federation);
+        if self.revocation_topics.contains_key(&topic.hash()) {
+            return Ok(());
+        }
+        let gossipsub = &mut self.swarm.behaviour_mut().gossipsub;
+        gossipsub
+            .subscribe(&topic)
+            .map_err(|e| OverlayError::Setup(format!("subscribe {federation}: {e}")))?;
+        if gossipsub.get_topic_params(&topic).is_none() {
+            gossipsub
+                .set_topic_params(topic.clone(), swarm::topic_score_params())
+                .map_err(|e| OverlayError::Setup(format!("score parameters: {e}")))?;
+        }
+        self.revocation_topics
+            .insert(topic.hash(), federation.to_owned());
         Ok(())
     }
 
@@ -694,6 +792,7 @@ impl Runner {
                 peer_id,
                 connection_id,
                 endpoint,
+                num_established,
                 ..
             } => {
                 let Some(key) = public_of(&peer_id) else {
@@ -716,6 +815,11 @@ impl Runner {
                 }
                 if let Some((_, reply)) = self.dials.remove(&connection_id) {
                     let _ = reply.send(Ok(key));
+                }
+                if num_established.get() == 1 {
+                    // Fetch on join: each side asks the other for lists newer than its own.
+                    let opening = revocation::opening(&self.trust);
+                    self.open_exchange(peer_id, &opening, None);
                 }
             }
             SwarmEvent::ConnectionClosed {
@@ -803,6 +907,7 @@ impl Runner {
             BehaviourEvent::Agent(event) => self.on_request_response(ProtocolKind::Agent, event),
             BehaviourEvent::Node(event) => self.on_request_response(ProtocolKind::Node, event),
             BehaviourEvent::Broker(event) => self.on_request_response(ProtocolKind::Broker, event),
+            BehaviourEvent::Revocation(event) => self.on_exchange(event),
             _ => {}
         }
     }
@@ -810,6 +915,9 @@ impl Runner {
     // ------------------------------------------------------------------ gossip
 
     fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
+        if let Some(federation) = self.revocation_topics.get(&message.topic).cloned() {
+            return self.on_revocation_gossip(source, id, &federation, &message.data);
+        }
         let Some(relayed_by) = public_of(&source) else {
             // Connections of such peers are closed as they open; drop without blame.
             self.stats.ads_ignored += 1;
@@ -900,6 +1008,214 @@ impl Runner {
                 .insert(peer, Instant::now() + self.config.ban_duration);
             self.swarm.behaviour_mut().blocked.block_peer(peer);
             let _ = self.swarm.disconnect_peer_id(peer);
+        }
+    }
+
+    // ------------------------------------------------------------------ revocations
+
+    /// Judges a revocation list that arrived on `federation`'s revocation topic: a newer list
+    /// is applied and relayed; a held or older one is ignored; a bad one is rejected and
+    /// costs `source` gossip score.
+    fn on_revocation_gossip(
+        &mut self,
+        source: PeerId,
+        id: gossipsub::MessageId,
+        federation: &str,
+        data: &[u8],
+    ) {
+        let judged = match revocation::decode_list(data) {
+            Ok(signed) => match signed.verify() {
+                Ok(list) if list.federation != federation => Judged::Invalid(format!(
+                    "a revocation list of {:?} arrived on the topic of {federation:?}",
+                    list.federation
+                )),
+                _ => revocation::apply(&self.trust, &signed),
+            },
+            Err(reason) => Judged::Invalid(reason),
+        };
+        let acceptance = match &judged {
+            Judged::Applied(list) => {
+                self.stats.revocations_applied += 1;
+                self.announce(list);
+                MessageAcceptance::Accept
+            }
+            Judged::Invalid(reason) => {
+                self.stats.revocations_rejected += 1;
+                tracing::info!(peer = %source, %reason, "revocation list rejected");
+                MessageAcceptance::Reject
+            }
+            Judged::Held(_) | Judged::Stale { .. } | Judged::Unknown(_) => {
+                self.stats.revocations_ignored += 1;
+                MessageAcceptance::Ignore
+            }
+        };
+        let gossipsub = &mut self.swarm.behaviour_mut().gossipsub;
+        gossipsub.report_message_validation_result(&id, &source, acceptance);
+        if matches!(judged, Judged::Invalid(_)) {
+            self.punish(source);
+        }
+    }
+
+    /// Takes a list from the daemon, a config or an exchange (not from gossip): applies it if
+    /// newer and gossips it (a held list is gossiped too: whoever hands it in wants it out).
+    fn take_revocation(&mut self, signed: &Signed<RevocationList>, from: Option<PeerId>) -> Judged {
+        let judged = revocation::apply(&self.trust, signed);
+        match &judged {
+            Judged::Applied(list) => {
+                self.stats.revocations_applied += 1;
+                self.announce(list);
+                self.gossip_revocation(signed, &list.federation);
+            }
+            Judged::Held(list) if from.is_none() => {
+                self.gossip_revocation(signed, &list.federation);
+            }
+            Judged::Invalid(reason) => {
+                self.stats.revocations_rejected += 1;
+                tracing::info!(peer = ?from, %reason, "revocation list refused");
+            }
+            _ => self.stats.revocations_ignored += 1,
+        }
+        judged
+    }
+
+    /// Tells the daemon a newer list applies.
+    fn announce(&mut self, list: &RevocationList) {
+        tracing::info!(
+            federation = %list.federation,
+            version = list.version,
+            issued_at = list.issued_at,
+            keys = list.keys.len(),
+            serials = list.serials.len(),
+            delegations = list.delegations.len(),
+            tickets = list.tickets.len(),
+            "revocation list applied"
+        );
+        self.revocation_news.send_modify(|n| *n += 1);
+    }
+
+    fn gossip_revocation(&mut self, signed: &Signed<RevocationList>, federation: &str) {
+        let bytes = signed.to_bytes();
+        if bytes.len() > MAX_REVOCATION_BYTES {
+            tracing::warn!(%federation, size = bytes.len(), "revocation list too large to gossip; peers fetch it when they connect");
+            return;
+        }
+        let topic = swarm::revocation_topic(federation);
+        match self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
+            Ok(_) | Err(gossipsub::PublishError::Duplicate) => {}
+            // Peers that connect later fetch it in their revocation exchange.
+            Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
+            Err(e) => tracing::warn!(%federation, error = %e, "revocation list not gossiped"),
+        }
+    }
+
+    /// Sends a revocation exchange to `peer`; `reply` (if any) gets the raw answer.
+    fn open_exchange(
+        &mut self,
+        peer: PeerId,
+        sync: &RevocationSync,
+        reply: Option<oneshot::Sender<Result<Frame, OverlayError>>>,
+    ) {
+        let bytes = codec::encode(sync);
+        let addrs = self.addresses.get(&peer).cloned().unwrap_or_default();
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .revocation
+            .send_request_with_addresses(&peer, Frame::Bytes(bytes), addrs);
+        self.exchanges.insert(id, reply);
+    }
+
+    fn on_exchange(&mut self, event: request_response::Event<Frame, Frame>) {
+        match event {
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let answer = match request {
+                    Frame::Bytes(bytes) => {
+                        match codec::decode_with_limit::<RevocationSync>(
+                            &bytes,
+                            capability_schema::protocol::MAX_REQUEST_BYTES,
+                        ) {
+                            Ok(sync) => {
+                                let verdicts = sync
+                                    .offer
+                                    .iter()
+                                    .map(|s| self.take_revocation(s, Some(peer)).verdict())
+                                    .collect();
+                                RevocationSyncReply {
+                                    newer: revocation::newer(&self.trust, &sync.have),
+                                    verdicts,
+                                }
+                            }
+                            Err(e) => RevocationSyncReply {
+                                newer: Vec::new(),
+                                verdicts: vec![RevocationVerdict::Refused {
+                                    reason: format!("not a revocation exchange: {e}"),
+                                }],
+                            },
+                        }
+                    }
+                    Frame::TooLarge { limit } => RevocationSyncReply {
+                        newer: Vec::new(),
+                        verdicts: vec![RevocationVerdict::Refused {
+                            reason: format!("the exchange exceeds the {limit}-byte limit"),
+                        }],
+                    },
+                };
+                let frame = Frame::Bytes(codec::encode(&answer));
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .revocation
+                    .send_response(channel, frame);
+            }
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if let Frame::Bytes(bytes) = &response
+                    && let Ok(answer) = codec::decode_with_limit::<RevocationSyncReply>(
+                        bytes,
+                        capability_schema::protocol::MAX_RESPONSE_BYTES,
+                    )
+                {
+                    for signed in &answer.newer {
+                        self.take_revocation(signed, Some(peer));
+                    }
+                }
+                if let Some(Some(reply)) = self.exchanges.remove(&request_id) {
+                    let _ = reply.send(Ok(response));
+                }
+            }
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                // A peer without the protocol (an older daemon) just gets no exchange.
+                tracing::debug!(%peer, %error, "revocation exchange failed");
+                if let Some(Some(reply)) = self.exchanges.remove(&request_id) {
+                    let _ = reply.send(Err(OverlayError::Exchange {
+                        peer: peer.to_string(),
+                        detail: error.to_string(),
+                    }));
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "inbound revocation exchange failed");
+            }
+            request_response::Event::ResponseSent { .. } => {}
         }
     }
 

@@ -17,10 +17,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use capability_schema::codec::{self, DecodeError};
-use capability_schema::membership::{PeeringLimits, PrincipalFilter};
+use capability_schema::membership::{PeeringLimits, PrincipalFilter, RevokedDelegation};
 use capability_schema::{
     KeyError, MembershipCert, PeeringAgreement, PublicKey, RevocationList, Role, SecretKey, Signed,
-    SignedType,
+    SignedType, TicketId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -140,6 +140,25 @@ pub struct AuthorityState {
     pub revoked_serials: BTreeSet<u64>,
     /// Every key revoked so far.
     pub revoked_keys: BTreeSet<PublicKey>,
+    /// Every delegation revoked so far (absent in states written before delegations could be).
+    #[serde(default)]
+    pub revoked_delegations: BTreeSet<RevokedDelegation>,
+    /// Every ticket revoked so far.
+    #[serde(default, with = "capability_schema::membership::ticket_ids")]
+    pub revoked_tickets: Vec<TicketId>,
+}
+
+/// What one revocation adds to an authority's list ([`Authority::revoke_with`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Revoke {
+    /// Certificate and agreement serials.
+    pub serials: Vec<u64>,
+    /// Keys (every certificate of each, and each in tickets).
+    pub keys: Vec<PublicKey>,
+    /// Delegations.
+    pub delegations: Vec<RevokedDelegation>,
+    /// Tickets.
+    pub tickets: Vec<TicketId>,
 }
 
 /// A federation's authority: its name and signing key.
@@ -165,6 +184,8 @@ impl Authority {
             revocation_version: 0,
             revoked_serials: BTreeSet::new(),
             revoked_keys: BTreeSet::new(),
+            revoked_delegations: BTreeSet::new(),
+            revoked_tickets: Vec::new(),
         };
         Ok(Authority { key, state })
     }
@@ -267,16 +288,40 @@ impl Authority {
         keys: &[PublicKey],
         now: u64,
     ) -> Signed<RevocationList> {
-        self.state.revoked_serials.extend(serials.iter().copied());
-        self.state.revoked_keys.extend(keys.iter().copied());
-        self.state.revocation_version = self.state.revocation_version.saturating_add(1);
+        self.revoke_with(
+            &Revoke {
+                serials: serials.to_vec(),
+                keys: keys.to_vec(),
+                ..Revoke::default()
+            },
+            now,
+        )
+    }
+
+    /// Revokes everything in `add` in addition to everything revoked before, and signs the
+    /// new list (its version is one above the previous list's).
+    pub fn revoke_with(&mut self, add: &Revoke, now: u64) -> Signed<RevocationList> {
+        let state = &mut self.state;
+        state.revoked_serials.extend(add.serials.iter().copied());
+        state.revoked_keys.extend(add.keys.iter().copied());
+        state
+            .revoked_delegations
+            .extend(add.delegations.iter().copied());
+        for ticket in &add.tickets {
+            if !state.revoked_tickets.contains(ticket) {
+                state.revoked_tickets.push(*ticket);
+            }
+        }
+        state.revocation_version = state.revocation_version.saturating_add(1);
         let list = RevocationList {
-            federation: self.state.name.clone(),
-            authority: self.public(),
-            version: self.state.revocation_version,
+            federation: state.name.clone(),
+            authority: self.key.public(),
+            version: state.revocation_version,
             issued_at: now,
-            serials: self.state.revoked_serials.iter().copied().collect(),
-            keys: self.state.revoked_keys.iter().copied().collect(),
+            serials: state.revoked_serials.iter().copied().collect(),
+            keys: state.revoked_keys.iter().copied().collect(),
+            delegations: state.revoked_delegations.iter().copied().collect(),
+            tickets: state.revoked_tickets.clone(),
         };
         Signed::sign(&self.key, &list)
     }

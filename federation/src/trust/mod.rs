@@ -22,7 +22,7 @@ mod store;
 pub use ads::{AdRejection, CertCache, MAX_CLOCK_SKEW_SECS};
 pub use authority::{
     ANCHOR_FILE, Authority, AuthorityError, AuthorityState, FederationAnchor, KEY_FILE,
-    MAX_FEDERATION_NAME, STATE_FILE, Validity, check_federation_name,
+    MAX_FEDERATION_NAME, Revoke, STATE_FILE, Validity, check_federation_name,
 };
 pub use files::{FileError, read_signed, write_signed};
 pub use store::{Served, TrustError, TrustStore};

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use capability_schema::membership::PeeringLimits;
 use capability_schema::{
     MembershipCert, PeeringAgreement, PublicKey, RevocationList, Role, SignatureError, Signed,
+    TicketId,
 };
 
 use super::authority::FederationAnchor;
@@ -88,20 +89,32 @@ pub enum TrustError {
         now: u64,
     },
     /// The serial is on the federation's revocation list.
-    #[error("serial {serial} of {federation:?} is revoked")]
+    #[error(
+        "serial {serial} of {federation:?} is revoked by its authority (revocation list v{version}, issued at {issued_at}); ask the authority for a new certificate"
+    )]
     Revoked {
         /// The federation.
         federation: String,
         /// The serial.
         serial: u64,
+        /// The version of the list that revokes it.
+        version: u64,
+        /// When that list was issued (unix seconds).
+        issued_at: u64,
     },
     /// The subject key is on the federation's revocation list.
-    #[error("key {key} is revoked by {federation:?}")]
+    #[error(
+        "key {key} is revoked by {federation:?}'s authority (revocation list v{version}, issued at {issued_at}); ask the authority for a new certificate"
+    )]
     KeyRevoked {
         /// The federation.
         federation: String,
         /// The key.
         key: PublicKey,
+        /// The version of the list that revokes it.
+        version: u64,
+        /// When that list was issued (unix seconds).
+        issued_at: u64,
     },
     /// No agreement of `federation` serves members of `peer_federation`.
     #[error("federation {federation:?} has no peering agreement serving {peer_federation:?}")]
@@ -185,6 +198,8 @@ pub struct TrustStore {
     anchors: BTreeMap<String, PublicKey>,
     agreements: Vec<PeeringAgreement>,
     revocations: BTreeMap<String, RevocationList>,
+    /// The same lists as signed (to hand to peers).
+    signed_revocations: BTreeMap<String, Signed<RevocationList>>,
 }
 
 fn window(
@@ -355,8 +370,15 @@ impl TrustStore {
                 return Ok(false);
             }
         }
+        self.signed_revocations
+            .insert(list.federation.clone(), signed.clone());
         self.revocations.insert(list.federation.clone(), list);
         Ok(true)
+    }
+
+    /// The newest revocation list held for `federation`, as its authority signed it.
+    pub fn signed_revocation(&self, federation: &str) -> Option<&Signed<RevocationList>> {
+        self.signed_revocations.get(federation)
     }
 
     /// The newest revocation list held for `federation`.
@@ -377,6 +399,8 @@ impl TrustStore {
             return Err(TrustError::Revoked {
                 federation: federation.to_owned(),
                 serial,
+                version: list.version,
+                issued_at: list.issued_at,
             });
         }
         if let Some(key) = key
@@ -385,9 +409,53 @@ impl TrustStore {
             return Err(TrustError::KeyRevoked {
                 federation: federation.to_owned(),
                 key: *key,
+                version: list.version,
+                issued_at: list.issued_at,
             });
         }
         Ok(())
+    }
+
+    /// Every revocation list held (the newest per federation).
+    pub fn revocation_lists(&self) -> impl Iterator<Item = &RevocationList> {
+        self.revocations.values()
+    }
+
+    /// The version held per federation (what a peer is told at a revocation exchange).
+    pub fn revocation_versions(&self) -> Vec<(String, u64)> {
+        self.revocations
+            .iter()
+            .map(|(federation, list)| (federation.clone(), list.version))
+            .collect()
+    }
+
+    /// The first list held that revokes `key` (in any role, or in a ticket).
+    pub fn revoking_key(&self, key: &PublicKey) -> Option<&RevocationList> {
+        self.revocations.values().find(|l| l.keys.contains(key))
+    }
+
+    /// The first list held that revokes ticket `id`.
+    pub fn revoking_ticket(&self, id: &TicketId) -> Option<&RevocationList> {
+        self.revocations.values().find(|l| l.tickets.contains(id))
+    }
+
+    /// The first list held that revokes `node`'s delegation to `agent` signed at `issued_at`.
+    pub fn revoking_delegation(
+        &self,
+        node: &PublicKey,
+        agent: &PublicKey,
+        issued_at: u64,
+    ) -> Option<&RevocationList> {
+        self.revocations
+            .values()
+            .find(|l| l.revoked_delegation(node, agent, issued_at).is_some())
+    }
+
+    /// The first list held that revokes certificate `serial` of `federation` or its subject.
+    pub fn revoking_member(&self, cert: &MembershipCert) -> Option<&RevocationList> {
+        self.revocations
+            .get(&cert.federation)
+            .filter(|l| l.serials.contains(&cert.serial) || l.keys.contains(&cert.subject))
     }
 
     /// Checks a certificate against `authority` (signature, window, revocation, role).
@@ -639,7 +707,9 @@ mod tests {
             store.check_member(&a, Role::Node, NOW),
             Err(TrustError::Revoked {
                 federation: "f1".into(),
-                serial: 1
+                serial: 1,
+                version: 1,
+                issued_at: NOW,
             })
         );
         assert!(store.check_member(&b, Role::Node, NOW).is_ok());
