@@ -63,7 +63,7 @@ pub enum TicketCommand {
         /// the ticket grants it).
         #[arg(long)]
         resources: Option<String>,
-        /// End the ticket earlier: a duration from now (e.g. 30m) or @<unix seconds>.
+        /// End the ticket earlier: a duration from now (e.g. 30m) or @SECONDS (a unix time).
         #[arg(long)]
         until: Option<String>,
         /// The holder may redeem the ticket but not renew its lease.
@@ -1047,6 +1047,12 @@ pub async fn redeem(m: &Manager, ask: RedeemAsk) -> Result<Outcome, OpError> {
     let c = ask.held.contents.clone();
     let created_slice = m.state.slice(&c.slice).is_err();
     let id = c.ticket_id.to_string();
+    // Imported before: a refusal now leaves it where it was.
+    let imported_before = !created_slice
+        && m.state
+            .tickets(&c.slice)?
+            .iter()
+            .any(|t| t.ticket.ticket_id == id);
     let entry = match &ask.held.in_state {
         Some(slice) => m
             .state
@@ -1107,7 +1113,11 @@ pub async fn redeem(m: &Manager, ask: RedeemAsk) -> Result<Outcome, OpError> {
         )
         .await;
     let refused = |class: ExitClass, reason: String, check: Option<String>, message: String| {
-        if c.holder == me && ask.held.in_state.is_none() && class != ExitClass::Unreachable {
+        if c.holder == me
+            && ask.held.in_state.is_none()
+            && !imported_before
+            && class != ExitClass::Unreachable
+        {
             // Not redeemable: forget what this command stored.
             let _ = m.state.remove_ticket(&c.slice, &id);
             if created_slice {
@@ -1485,7 +1495,7 @@ mod tests {
             "redeem, renew",
             "(you)",
             "77 micro-credits",
-            "1 blocks (0 attenuations, 0 delegations)",
+            "blocks:     1 (0 attenuations, 0 delegations)",
         ] {
             assert!(text.contains(want), "{want:?} missing from\n{text}");
         }
