@@ -110,6 +110,18 @@ impl Inventory {
         before - self.nodes.len()
     }
 
+    /// Keeps only the nodes `keep` says yes to; returns how many were dropped.
+    pub fn retain(&mut self, mut keep: impl FnMut(&NodeEntry) -> bool) -> usize {
+        let before = self.nodes.len();
+        self.nodes.retain(|_, e| keep(e));
+        before - self.nodes.len()
+    }
+
+    /// The agent this inventory is for.
+    pub fn agent(&self) -> PublicKey {
+        self.agent
+    }
+
     /// One node.
     pub fn get(&self, node: &PublicKey) -> Option<&NodeEntry> {
         self.nodes.get(node)

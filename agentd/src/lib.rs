@@ -5,6 +5,7 @@
 //! - [`policy`]: who may get which tickets; every refusal names its rule;
 //! - [`asks`]: principals' signed asks, and how many slivers were minted under each;
 //! - [`ledger`]: every minted ticket, durable before it is returned (redb);
+//! - [`revocation`]: revoked nodes and delegations out of the inventory;
 //! - [`agent`]: `GetAds`, `GetTickets` and `Released`, independent of the network.
 //!
 //! [`daemon`] (`agentd run`, `agentd init`) wires these to the overlay and an HTTP endpoint.
@@ -15,3 +16,4 @@ pub mod daemon;
 pub mod inventory;
 pub mod ledger;
 pub mod policy;
+pub mod revocation;

@@ -102,6 +102,8 @@ pub async fn start(
         bootstrap: common.bootstrap.clone(),
         federations: config.follow.clone(),
         mdns: common.mdns,
+        revocations: federation::daemon::read_revocations(&common.revocations)
+            .map_err(trust_error)?,
         ..OverlayConfig::default()
     };
     let overlay = Overlay::start(
@@ -119,7 +121,21 @@ pub async fn start(
     let mut runtime = Runtime::new(overlay.clone());
     runtime.spawn(
         "inventory",
-        take_ads(Arc::clone(&state), overlay.ads(), runtime.stop_signal()),
+        take_ads(
+            Arc::clone(&state),
+            overlay.trust().clone(),
+            overlay.ads(),
+            runtime.stop_signal(),
+        ),
+    );
+    runtime.spawn(
+        "revocations",
+        crate::revocation::watch(
+            Arc::clone(&agent),
+            overlay.trust().clone(),
+            overlay.revocations(),
+            runtime.stop_signal(),
+        ),
     );
     let http = runtime
         .serve_http(common.http, http::router(Arc::clone(&state)))
@@ -150,10 +166,16 @@ pub async fn start(
 /// Validated ads from the overlay into the inventory, until the daemon stops.
 async fn take_ads(
     state: Arc<AgentState>,
+    trust: federation::SharedTrust,
     feed: broadcast::Receiver<federation::overlay::AdEvent>,
     stop: watch::Receiver<bool>,
 ) {
+    let agent = state.agent.public();
     each_ad(feed, stop, |event| {
+        // Ads of revoked nodes are refused by the overlay; a revoked delegation is ours to see.
+        if !crate::revocation::admissible(&trust, &agent, &event.ad) {
+            return;
+        }
         let taken = state
             .agent
             .with_inventory(|inv| inv.offer(event.signed, event.ad, unix_now()));

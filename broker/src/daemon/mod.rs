@@ -1,6 +1,7 @@
 //! The broker daemon (`broker`).
 //!
 //! - [`config`]: `broker.toml`, every field with its default;
+//! - [`revocation`]: revoked agents forgotten at once;
 //! - [`run`]: the wiring (overlay, agents from config and ads, broker-protocol server) and
 //!   shutdown;
 //! - [`http`]: `/status`, `/metrics`;
@@ -8,6 +9,7 @@
 
 pub mod config;
 pub mod http;
+pub mod revocation;
 pub mod run;
 pub mod view;
 

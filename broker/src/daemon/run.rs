@@ -119,6 +119,8 @@ pub async fn start(
         bootstrap: common.bootstrap.clone(),
         federations: follow,
         mdns: common.mdns,
+        revocations: federation::daemon::read_revocations(&common.revocations)
+            .map_err(|e| DaemonError::Trust(format!("{e:#}")))?,
         ..OverlayConfig::default()
     };
     let overlay = Overlay::start(&key, overlay_config, Arc::new(RwLock::new(trust))).await?;
@@ -141,10 +143,24 @@ pub async fn start(
         )
         .with_deadline(config.acquire_deadline()),
     );
+    runtime.spawn(
+        "revocations",
+        super::revocation::watch(
+            Arc::clone(&state),
+            overlay.trust().clone(),
+            overlay.revocations(),
+            runtime.stop_signal(),
+        ),
+    );
     if config.discover_agents {
         runtime.spawn(
             "agent discovery",
-            learn_agents(Arc::clone(&state), overlay.ads(), runtime.stop_signal()),
+            learn_agents(
+                Arc::clone(&state),
+                overlay.trust().clone(),
+                overlay.ads(),
+                runtime.stop_signal(),
+            ),
         );
     }
     let http = runtime
@@ -211,6 +227,7 @@ async fn configured_agents(
 /// Agents named in the delegations of validated ads, until the daemon stops.
 async fn learn_agents(
     state: Arc<BrokerState>,
+    trust: federation::SharedTrust,
     feed: broadcast::Receiver<federation::overlay::AdEvent>,
     stop: watch::Receiver<bool>,
 ) {
@@ -220,6 +237,11 @@ async fn learn_agents(
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         for share in &event.ad.shares {
+            if !agents.contains_key(&share.agent)
+                && super::revocation::revoked_agent(&trust, &share.agent).is_some()
+            {
+                continue;
+            }
             agents.entry(share.agent).or_insert_with(|| {
                 tracing::info!(agent = %share.agent, federation = %event.ad.federation, "agent learned from an ad");
                 KnownAgent {

@@ -151,6 +151,11 @@ pub struct NodeManagerConfig {
     /// Seconds an ad stays valid (default 60).
     #[serde(default = "default_ad_ttl")]
     pub ad_ttl_secs: u64,
+    /// End live leases of a revoked principal, or under a revoked agent or ticket, as soon
+    /// as a revocation list names them (released, sliver destroyed, reason kept for the
+    /// holder); off, revocations only refuse new redeems (default true).
+    #[serde(default = "default_true")]
+    pub end_revoked_leases: bool,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -228,6 +233,7 @@ const NODE_TEMPLATE: &str = r#"
 # favor_dynamic_cgroups = true       # remount cgroup2 with favordynmods (faster creates)
 # ad_interval_secs = 15
 # ad_ttl_secs = 60
+# end_revoked_leases = true          # end leases of revoked principals, agents, tickets at once
 "#;
 
 /// The node's own sections, after every top-level setting.

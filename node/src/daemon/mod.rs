@@ -13,6 +13,7 @@
 //! - [`view`]: the JSON bodies of `/status`, `/leases` and `/slivers`, for the handlers and
 //!   their readers;
 //! - [`release_report`]: telling agents which of their tickets ended here early;
+//! - [`revocation`]: refusing revoked tickets at redeem, ending leases of revoked parties;
 //! - [`run`]: the wiring and graceful shutdown.
 
 pub mod backend;
@@ -23,6 +24,7 @@ pub mod loops;
 pub mod memory;
 pub mod monitor;
 pub mod release_report;
+pub mod revocation;
 pub mod run;
 pub mod service;
 pub mod uplink;

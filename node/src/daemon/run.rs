@@ -147,8 +147,16 @@ pub async fn start(
         bootstrap: common.bootstrap.clone(),
         federations: vec![common.federation.clone()],
         mdns: common.mdns,
+        revocations: federation::daemon::read_revocations(&common.revocations)
+            .map_err(|e| DaemonError::Trust(format!("{e:#}")))?,
         ..OverlayConfig::default()
     };
+    service.revocation().set_delegations(
+        delegations
+            .iter()
+            .filter_map(|d| d.verify().ok())
+            .map(|d| (d.agent, d.issued_at)),
+    );
     let overlay = Overlay::start(
         &identity.key,
         overlay_config,
@@ -205,6 +213,18 @@ pub async fn start(
             watch_disks(Arc::clone(&state), monitor, period, stop),
         );
     }
+    let stop = runtime.stop_signal();
+    runtime.spawn(
+        "revocations",
+        super::revocation::watch(
+            Arc::clone(&service),
+            overlay.trust().clone(),
+            overlay.revocations(),
+            config.end_revoked_leases,
+            Arc::clone(&changed),
+            stop,
+        ),
+    );
     let stop = runtime.stop_signal();
     runtime.spawn(
         "reaper",

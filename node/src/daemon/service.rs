@@ -277,6 +277,7 @@ pub struct NodeService {
     creates: Gate,
     timings: RedeemTimings,
     ended: Mutex<std::collections::VecDeque<TicketEnded>>,
+    revocation: super::revocation::RevocationGuard,
 }
 
 impl std::fmt::Debug for NodeService {
@@ -360,7 +361,13 @@ impl NodeService {
             creates: Gate::new(MAX_CONCURRENT_CREATES),
             timings: RedeemTimings::default(),
             ended: Mutex::default(),
+            revocation: Default::default(),
         }
+    }
+
+    /// What this node holds revoked (see [`super::revocation`]).
+    pub fn revocation(&self) -> &super::revocation::RevocationGuard {
+        &self.revocation
     }
 
     /// Notes that `lease`'s sliver is gone: once its ticket pays for no live lease here, the
@@ -561,8 +568,12 @@ impl NodeService {
             .get(lease_id)
             .map_err(storage)?
             .filter(|r| r.state == LeaseState::Active && !r.lease.is_over(now))
-            .ok_or_else(|| Rejection::UnknownLease {
-                lease_id: lease_id.to_owned(),
+            .ok_or_else(|| {
+                self.revocation
+                    .ended(lease_id)
+                    .unwrap_or_else(|| Rejection::UnknownLease {
+                        lease_id: lease_id.to_owned(),
+                    })
             })?;
         if record.lease.holder != *caller {
             return Err(Rejection::NotHolder {
@@ -635,6 +646,8 @@ impl NodeService {
         let ticket = capability_schema::ticket::Ticket::from_bytes(bytes, self.verifier_issuers())
             .map_err(ticket_refusal)?;
         let contents = ticket.contents().map_err(ticket_refusal)?;
+        self.revocation
+            .check_redeem(&self.public(), &contents, caller)?;
         let end = until.unwrap_or(contents.not_after).min(contents.not_after);
         let ticket_use = TicketUse {
             operation: Operation::Redeem,
