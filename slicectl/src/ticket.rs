@@ -87,6 +87,9 @@ pub enum TicketCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Your public key (from your principal key file), to give to whoever hands you a
+    /// ticket (`ticket delegate --to`). Offline.
+    Key,
     /// Store a ticket you hold as an unredeemed ticket of its slice; `slicectl slice sync
     /// SLICE` (or `ticket redeem SLICE/NODE`) redeems it, then `slice exec` and the other
     /// slice commands use its lease. Offline.
@@ -1398,6 +1401,20 @@ pub fn run_offline(command: TicketCommand, ctx: &Context) -> Result<Step, Ticket
                 &out,
                 state.as_ref(),
             )?))
+        }
+        TicketCommand::Key => {
+            let key = ctx.key()?.public();
+            Ok(Step::Done(Outcome {
+                json: json!({"ok": true, "principal": key.to_string()}),
+                lines: vec![
+                    key.to_string(),
+                    format!(
+                        "whoever holds a ticket hands it to you with: slicectl ticket delegate \
+                         TICKET --to {key} --out FILE"
+                    ),
+                ],
+                class: ExitClass::Ok,
+            }))
         }
         TicketCommand::Import { ticket, address } => {
             let key = ctx.key()?;

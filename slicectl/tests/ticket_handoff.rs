@@ -211,9 +211,12 @@ async fn alice_narrows_and_hands_a_ticket_to_bob_who_redeems_and_uses_it() {
     let (code, stdout, stderr) = cli(&refs).await;
     assert_eq!(code, 0, "{stdout}{stderr}");
 
-    // Handed to bob by his public key, signed with alice's key.
+    // Handed to bob by his public key (which `ticket key` tells him), signed with alice's key.
     let for_bob = path("bob.ticket");
     let bob_key = bob.key.public().to_string();
+    let (code, me) = cli_json(&bob.args(&["ticket", "key"])).await;
+    assert_eq!(code, 0, "{me}");
+    assert_eq!(me["principal"], bob_key.as_str(), "{me}");
     let args = offline(&[
         "ticket", "delegate", &narrowed, "--to", &bob_key, "--out", &for_bob,
     ]);
@@ -412,4 +415,57 @@ async fn answer_of(
 fn peer_id_of_nobody() -> String {
     let key = SecretKey::generate().public();
     federation::overlay::peer_id(&key).to_string()
+}
+
+/// `slicectl ticket --help` lists every ticket command, and each one's help says what it
+/// takes and that it is offline where it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ticket_help_explains_each_command() {
+    let (code, stdout, stderr) = cli(&["ticket", "--help"]).await;
+    assert_eq!(code, 0, "{stderr}");
+    for sub in [
+        "acquire",
+        "show",
+        "attenuate",
+        "delegate",
+        "key",
+        "import",
+        "redeem",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l.trim_start().starts_with(sub)),
+            "{sub} missing from:\n{stdout}"
+        );
+    }
+    for (sub, says) in [
+        ("show", vec!["SLICE/NODE", "Offline", "holder chain"]),
+        (
+            "attenuate",
+            vec!["--resources", "--until", "--no-renew", "--out", "refused"],
+        ),
+        ("delegate", vec!["--to", "public key", "Offline"]),
+        ("import", vec!["slice sync", "Offline"]),
+        ("redeem", vec!["--lease", "holder chain"]),
+        ("acquire", vec!["unredeemed", "--slivers"]),
+    ] {
+        let (code, stdout, stderr) = cli(&["ticket", sub, "--help"]).await;
+        assert_eq!(code, 0, "{sub}: {stderr}");
+        for s in says {
+            assert!(stdout.contains(s), "ticket {sub} lacks {s:?}:\n{stdout}");
+        }
+    }
+    // A ticket that is no file, no SLICE/NODE and no ticket text is a usage failure, in
+    // text and in JSON.
+    let state = tempfile::tempdir().unwrap();
+    let dir = state.path().to_str().unwrap();
+    let (code, _, stderr) = cli(&["--state-dir", dir, "ticket", "show", "no/such"]).await;
+    assert_eq!(code, ExitClass::Usage.code(), "{stderr}");
+    assert!(stderr.contains("is not a ticket file"), "{stderr}");
+    let (code, json) = cli_json(&["--state-dir", dir, "ticket", "show", "AAAA"]).await;
+    assert_eq!(code, ExitClass::Usage.code(), "{json}");
+    assert_eq!(json["ok"], false, "{json}");
+    assert!(
+        json["error"].as_str().unwrap().contains("not readable"),
+        "{json}"
+    );
 }
