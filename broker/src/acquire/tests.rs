@@ -76,6 +76,8 @@ struct Fake {
     agents: BTreeMap<PublicKey, FakeAgent>,
     released: Mutex<Vec<String>>,
     asked: Mutex<Vec<(PublicKey, usize)>>,
+    /// The signed ask each `GetTickets` carried.
+    asks: Mutex<Vec<Option<Box<Signed<AskGrant>>>>>,
     /// `GetAds` and `GetTickets` calls.
     calls: Gauge,
     /// `Released` calls.
@@ -118,6 +120,7 @@ impl AgentClient for Arc<Fake> {
         let _in_flight = self.calls.enter();
         let a = self.agent(&agent)?;
         lock(&self.asked).push((agent, request.slivers.len()));
+        lock(&self.asks).push(request.ask.clone());
         tokio::time::sleep(a.delay).await;
         if a.hang {
             futures::future::pending::<()>().await;
@@ -361,6 +364,38 @@ async fn replans_around_refused_nodes() {
         vec![("refused by the agent (over_share)", 1)],
         "{groups:?}"
     );
+}
+
+#[tokio::test]
+async fn every_get_tickets_carries_the_principals_signed_ask_replans_included() {
+    let w = world(3);
+    let mut f = fake(&w);
+    f.agents
+        .get_mut(&w.agents[0].public())
+        .unwrap()
+        .refuse
+        .insert(w.nodes[0].key.public());
+    let (acq, fake) = acquirer(f, &w.trust);
+    let req = request(5, AcquireMode::AllOrNothing);
+    let broker = test_key(30).public();
+    let ask = Signed::sign(
+        &test_key(50),
+        &AskGrant::for_request(&req, broker, unix_now(), 300),
+    );
+    let got = acq
+        .acquire_signed(&keys(&w), &req, None, Some(&ask))
+        .await
+        .unwrap();
+    assert_eq!(got.tickets.len(), 5);
+    let carried = lock(&fake.asks).clone();
+    assert!(carried.len() >= 3, "two agents, then a replan: {carried:?}");
+    assert!(carried.iter().all(|a| a.as_deref() == Some(&ask)));
+    // Without an ask (`acquire`), none is carried: agents refuse that as an old client.
+    lock(&fake.asks).clear();
+    acq.acquire(&keys(&w), &request(1, AcquireMode::AllOrNothing), None)
+        .await
+        .unwrap();
+    assert!(lock(&fake.asks).iter().all(Option::is_none));
 }
 
 #[tokio::test]
