@@ -1140,6 +1140,19 @@ pub async fn redeem(m: &Manager, ask: RedeemAsk) -> Result<Outcome, OpError> {
             class,
         }
     };
+    // Spent already: by this holder's own earlier redeem (its answer lost, or the ticket
+    // presented twice)? Then the node has that lease, and it is adopted, not refused.
+    let (answer, already) = match answer {
+        Err(broker::acquire::CallError::Refused(reply))
+            if reply.reason.code() == "already_spent" && c.holder == me =>
+        {
+            match own_lease(m, &c, &entry.ticket.addresses, &id).await {
+                Some(signed) => (Ok(NodeResponse::Lease(signed)), true),
+                None => (Err(broker::acquire::CallError::Refused(reply)), false),
+            }
+        }
+        other => (other, false),
+    };
     match answer {
         Ok(NodeResponse::Lease(signed)) => {
             let lease = signed
@@ -1162,13 +1175,15 @@ pub async fn redeem(m: &Manager, ask: RedeemAsk) -> Result<Outcome, OpError> {
                     "slice": c.slice,
                     "node": c.node.to_string(),
                     "lease_id": l.lease_id,
+                    "already_redeemed": already,
                     "holder": l.holder.to_string(),
                     "end": l.end,
                     "address": l.address,
                 }),
                 lines: vec![
                     format!(
-                        "{label}: lease {} of slice {} until {} ({}), held by you",
+                        "{label}: {}lease {} of slice {} until {} ({}), held by you",
+                        if already { "redeemed before: " } else { "" },
                         l.lease_id,
                         c.slice,
                         local_time(l.end),
@@ -1207,6 +1222,29 @@ pub async fn redeem(m: &Manager, ask: RedeemAsk) -> Result<Outcome, OpError> {
             Ok(refused(class, reason, check, message))
         }
     }
+}
+
+/// The lease `me` holds at `c`'s node for ticket `id`, as the node signed it, if it has one.
+async fn own_lease(
+    m: &Manager,
+    c: &TicketContents,
+    addresses: &[String],
+    id: &str,
+) -> Option<Signed<capability_schema::Lease>> {
+    let me = m.session.identity().key.public();
+    let answer = m
+        .session
+        .node_call(c.node, addresses, NodeRequest::Status)
+        .await
+        .ok()?;
+    let NodeResponse::Status(status) = answer else {
+        return None;
+    };
+    status.leases.into_iter().find(|signed| {
+        signed
+            .verify_by(&c.node)
+            .is_ok_and(|l| l.ticket_id == id && l.holder == me)
+    })
 }
 
 // ---- acquire ----------------------------------------------------------------------------

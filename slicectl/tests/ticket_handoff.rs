@@ -4,7 +4,7 @@
 //! the node, which walks the holder chain, and uses the sliver. Alice (no longer the last
 //! holder) and carol (never in the chain) presenting bob's ticket are refused by the node; a
 //! widening is refused by slicectl before any node sees it, and by the node when crafted by
-//! hand.
+//! hand. A ticket imported offline is redeemed by `slice sync`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)] // a failed unwrap fails the run
 
@@ -376,8 +376,17 @@ async fn alice_narrows_and_hands_a_ticket_to_bob_who_redeems_and_uses_it() {
 
     // Redeemed once: presenting it again finds the lease, never a second sliver.
     let (code, again) = cli_json(&bob.args(&["ticket", "redeem", &for_bob])).await;
-    assert_ne!(code, 0, "{again}");
+    assert_eq!(code, 0, "{again}");
+    assert_eq!(again["already_redeemed"], true, "{again}");
+    assert_eq!(again["lease_id"], lease_id.as_str(), "{again}");
     assert_eq!(net.all_leases().len(), 1);
+    let bob_state = slicectl::state::State::open(Path::new(&bob.state_dir)).unwrap();
+    assert!(
+        bob_state.tickets(SLICE).unwrap().is_empty(),
+        "no ticket left over"
+    );
+    assert_eq!(bob_state.leases(SLICE).unwrap().len(), 1);
+    drop(bob_state);
 
     // Bob's slice commands work as for his own slices: delete releases the lease.
     let (code, out) = cli_json(&bob.args(&["slice", "delete", SLICE])).await;
@@ -387,6 +396,59 @@ async fn alice_narrows_and_hands_a_ticket_to_bob_who_redeems_and_uses_it() {
         answer_of(&session, node.key, &addresses, &lease_id).await,
         Some(false)
     ));
+
+    // The other way in: a ticket of alice's slices handed on whole, to the key file bob
+    // sent; bob imports it offline and `slice sync` redeems it.
+    let other = net.nodes.iter().find(|n| n.federation == "ple").unwrap();
+    let (code, acquired) = cli_json(&[
+        "--config",
+        alice_cfg,
+        "ticket",
+        "acquire",
+        "--name",
+        "plc-site0_second",
+        "--node",
+        &other.key.to_string(),
+        "--resources",
+        "cpu=100m,memory=64MiB,ports=0",
+        "--duration",
+        "1h",
+    ])
+    .await;
+    assert_eq!(code, 0, "{acquired}");
+    let reference = acquired["tickets"][0]["ref"].as_str().unwrap().to_owned();
+    let bob_key_file = path("bob.pub");
+    std::fs::write(&bob_key_file, format!("{bob_key}\n")).unwrap();
+    let second = path("second.ticket");
+    let (code, stdout, stderr) = cli(&[
+        "--config",
+        alice_cfg,
+        "ticket",
+        "delegate",
+        &reference,
+        "--to",
+        &bob_key_file,
+        "--out",
+        &second,
+    ])
+    .await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let (code, imported) = cli_json(&bob.args(&["ticket", "import", &second])).await;
+    assert_eq!(code, 0, "{imported}");
+    assert!(
+        !imported["addresses"].as_array().unwrap().is_empty(),
+        "the file tells where the node listens: {imported}"
+    );
+    assert!(net.all_leases().is_empty(), "importing redeems nothing");
+    let (code, synced) = cli_json(&bob.args(&["slice", "sync", "plc-site0_second"])).await;
+    assert_eq!(code, 0, "{synced}");
+    let leases = net.all_leases();
+    assert_eq!(leases.len(), 1, "{leases:?}");
+    assert_eq!(leases[0].holder, bob.key.public());
+    assert_eq!(leases[0].node, other.key);
+    let (code, out) = cli_json(&bob.args(&["slice", "delete", "plc-site0_second"])).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(net.all_leases().is_empty());
 
     alice_session.shutdown().await;
     session.shutdown().await;
