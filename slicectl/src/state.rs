@@ -193,6 +193,20 @@ impl State {
         })
     }
 
+    /// Replaces the record of a slice that exists (its tickets and leases stay as they are).
+    pub fn replace_slice(&self, record: &SliceRecord) -> Result<(), StateError> {
+        let name = record.request.name.clone();
+        self.write(|txn| {
+            let mut t = txn.open_table(SLICES).map_err(|e| self.fail(e))?;
+            if t.get(name.as_str()).map_err(|e| self.fail(e))?.is_none() {
+                return Err(StateError::NoSlice(name.clone()));
+            }
+            t.insert(name.as_str(), codec::encode(record).as_slice())
+                .map_err(|e| self.fail(e))?;
+            Ok(())
+        })
+    }
+
     /// One slice.
     pub fn slice(&self, name: &str) -> Result<SliceRecord, StateError> {
         let txn = self.db.begin_read().map_err(|e| self.fail(e))?;
@@ -415,5 +429,15 @@ mod tests {
         assert!(s.leases("a_b").unwrap().is_empty());
         assert_eq!(s.slices().unwrap().len(), 1);
         assert_eq!(s.tickets("a_bc").unwrap().len(), 1);
+        // A record is replaced in place, its tickets kept; only an existing one.
+        let mut smaller = record("a_bc");
+        smaller.request.target = SliverTarget::Count(1);
+        s.replace_slice(&smaller).unwrap();
+        assert_eq!(s.slice("a_bc").unwrap(), smaller);
+        assert_eq!(s.tickets("a_bc").unwrap().len(), 1);
+        assert!(matches!(
+            s.replace_slice(&record("a_b")),
+            Err(StateError::NoSlice(_))
+        ));
     }
 }

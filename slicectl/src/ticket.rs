@@ -907,11 +907,7 @@ pub fn delegate(
         {
             state.remove_ticket(&c.slice, &id)?;
             left_state = true;
-            lines.push(format!(
-                "slice {} no longer holds this ticket (`slicectl slice sync {}` would acquire \
-                 another; `slicectl slice delete {}` forgets the slice)",
-                c.slice, c.slice, c.slice
-            ));
+            lines.push(handed_on(state, &c.slice, &c.node)?);
         }
     }
     Ok(Outcome {
@@ -926,6 +922,34 @@ pub fn delegate(
         lines,
         class: ExitClass::Ok,
     })
+}
+
+/// After a ticket of `slice` on `node` was handed on: the slice wants one sliver fewer (so
+/// `slice sync` does not acquire it again), and a slice left with nothing is forgotten.
+/// Answers the line saying which.
+fn handed_on(state: &State, slice: &str, node: &PublicKey) -> Result<String, TicketCommandError> {
+    let mut record = state.slice(slice)?;
+    record.request.target = match record.request.target {
+        SliverTarget::Count(n) => SliverTarget::Count(n.saturating_sub(1)),
+        SliverTarget::Nodes(nodes) => {
+            SliverTarget::Nodes(nodes.into_iter().filter(|n| n != node).collect())
+        }
+    };
+    let wanted = record.request.target.count();
+    let empty = state.tickets(slice)?.is_empty() && state.leases(slice)?.is_empty();
+    if wanted == 0 && empty {
+        state.remove_slice(slice)?;
+        Ok(format!(
+            "slice {slice} held only this ticket: it is forgotten here (the ticket is theirs now)"
+        ))
+    } else {
+        state.replace_slice(&record)?;
+        Ok(format!(
+            "slice {slice} no longer holds this ticket and now wants {wanted} sliver{} (`slicectl \
+             slice sync {slice}` will not acquire it again)",
+            if wanted == 1 { "" } else { "s" }
+        ))
+    }
 }
 
 // ---- import and redeem ------------------------------------------------------------------
@@ -1623,6 +1647,38 @@ mod tests {
         let e = delegate(&h, &test_key(3), &test_key(4).public(), &out, None).unwrap_err();
         assert!(matches!(e, TicketCommandError::File { .. }), "{e}");
         assert!(e.to_string().contains("not overwriting"), "{e}");
+    }
+
+    #[test]
+    fn a_ticket_handed_on_leaves_the_givers_slice_wanting_one_sliver_fewer() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = State::open(dir.path()).unwrap();
+        let h = held(minted());
+        let mut entry = store(&state, &h, &test_key(3).public(), "plc", &[]).unwrap();
+        let mut record = state.slice("site_exp").unwrap();
+        record.request.target = SliverTarget::Count(2);
+        state.replace_slice(&record).unwrap();
+        entry.ticket.ticket_id = "another".into();
+        entry.ticket.node = test_key(6).public();
+        state
+            .add_tickets("site_exp", std::slice::from_ref(&entry))
+            .unwrap();
+
+        let out = dir.path().join("bob.ticket");
+        let o = delegate(&h, &test_key(3), &test_key(4).public(), &out, Some(&state)).unwrap();
+        assert_eq!(o.json["left_state"], true);
+        assert!(
+            o.lines.iter().any(|l| l.contains("now wants 1 sliver")),
+            "{:?}",
+            o.lines
+        );
+        assert_eq!(
+            state.slice("site_exp").unwrap().request.target,
+            SliverTarget::Count(1)
+        );
+        let left = state.tickets("site_exp").unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].ticket.ticket_id, "another");
     }
 
     #[test]

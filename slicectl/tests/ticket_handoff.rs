@@ -225,9 +225,10 @@ async fn alice_narrows_and_hands_a_ticket_to_bob_who_redeems_and_uses_it() {
     assert_eq!(code, 0, "{stdout}{stderr}");
     let alice_state_handle = slicectl::state::State::open(&alice_state).unwrap();
     assert!(
-        alice_state_handle.tickets(SLICE).unwrap().is_empty(),
-        "a ticket handed on leaves alice's unredeemed tickets"
+        alice_state_handle.slice(SLICE).is_err(),
+        "a slice whose only ticket was handed on is forgotten by alice: {stdout}"
     );
+    assert!(alice_state_handle.tickets(SLICE).unwrap().is_empty());
     drop(alice_state_handle);
 
     // Bob reads it: alice then him, narrowed.
