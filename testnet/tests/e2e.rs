@@ -15,6 +15,11 @@
 //! - `slice-network.toml`: a sliver in fed0 serves HTTP and UDP on its leased port, and a
 //!   sliver in fed1 reaches it through its node's public address (root only, as egress);
 //!
+//! - `revoke-principal.toml`: a revoked principal's leases end at every node within a second of
+//!   `fedctl revoke --publish` (the time is printed), its exec and acquire are refused;
+//! - `revoke-node-agent.toml`: a revoked node leaves the agents' inventories and is planned no
+//!   more; a revoked agent's leases end everywhere and nodes refuse its tickets;
+//!
 //! each ending with `down`: nothing of the testnet is left (processes, namespaces, links,
 //! cgroups). As root: hosts in network namespaces and real slivers. Without root: loopback and
 //! no isolation (the test says so). The runner takes every testnet down even when a step fails
@@ -32,13 +37,15 @@ use testnet::scenario::{self, RunOptions};
 
 /// The scenario files this suite runs; `every_scenario_file_is_in_the_suite` keeps it
 /// complete.
-const SUITE: [&str; 6] = [
+const SUITE: [&str; 8] = [
     "two-federations.toml",
     "node-restart.toml",
     "partition-heal.toml",
     "all-or-nothing-node-down.toml",
     "egress.toml",
     "slice-network.toml",
+    "revoke-principal.toml",
+    "revoke-node-agent.toml",
 ];
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -100,6 +107,16 @@ fn run(file: &str) {
 #[test]
 fn two_federations_acquire_exec_renew_delete() {
     run("two-federations.toml");
+}
+
+#[test]
+fn a_revoked_principal_loses_its_leases_at_every_node_at_once() {
+    run("revoke-principal.toml");
+}
+
+#[test]
+fn a_revoked_node_is_planned_no_more_and_a_revoked_agents_tickets_are_refused() {
+    run("revoke-node-agent.toml");
 }
 
 #[test]

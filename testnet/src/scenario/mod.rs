@@ -1,6 +1,6 @@
 //! Scenario files: a testnet to bring up (or one already running) and an ordered list of steps
 //! — acquisitions, commands in slivers (exec, spawn, logs, keys), renewals, deletions, faults
-//! (kill, restart, partition, heal) and assertions — run against real daemons, each step
+//! (kill, restart, partition, heal), revocations and assertions — run against real daemons, each step
 //! printed with its time.
 //!
 //! ```toml
@@ -50,6 +50,7 @@
 //! | `wait_converged` | `timeout_secs` (60) |
 //! | `sleep` | `secs` |
 //! | `expect_leases` | `nodes` (default every node), `slice`, `each`, `total`, `within_secs` |
+//! | `revoke` | `federation` (fed0), `principal` (the testnet's), `hosts` (their keys), `through` (the daemon handed the list; default the federation's first node), `expect_ended` (slices no node may hold a lease of), `expect_dropped` (no agent lists a revoked node), `within_secs` (10); prints how long each took from the hand-over |
 //! | `down` | — (takes the testnet down and checks that nothing is left; the last step) |
 //!
 //! Lease placeholders name one sliver of the step's slice, the same in every sliver:
@@ -96,7 +97,7 @@ mod validate;
 pub use model::{
     Acquire, Bare, Class, Delete, Exec, ExpectLeases, Hosts, IsolationChoice, Keys, KeysAction,
     Kind, LeaseField, LeaseRef, Logs, Mode, NODE_ADDRESS, NetworkChoice, OneOrMany, PRINCIPAL_SITE,
-    PlacedStep, Renew, Restart, Scenario, Sleep, Spawn, Status, Step, StepCommon, Sync,
+    PlacedStep, Renew, Restart, Revoke, Scenario, Sleep, Spawn, Status, Step, StepCommon, Sync,
     TestnetSpec, Via, WaitConverged, lease_refs,
 };
 pub use parse::{load, parse};

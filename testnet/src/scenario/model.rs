@@ -544,6 +544,32 @@ pub struct ExpectLeases {
     pub within_secs: Option<u64>,
 }
 
+/// `do = "revoke"`: the federation's authority revokes the testnet's principal and/or
+/// hosts' keys (`fedctl revoke`), and hands the new list to one daemon (`--publish`), which
+/// gossips it; the step can wait for what the revocation must bring about, and prints how
+/// long it took from the hand-over.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Revoke {
+    /// The federation whose authority signs (default `fed0`).
+    pub federation: Option<String>,
+    /// Revoke the testnet's principal (the key slicectl uses).
+    #[serde(default)]
+    pub principal: bool,
+    /// Hosts whose keys to revoke (`node1`, `agent0`, …).
+    pub hosts: Option<OneOrMany<String>>,
+    /// The daemon handed the list (default: the federation's first node).
+    pub through: Option<String>,
+    /// Wait until no node holds a lease of these slices.
+    #[serde(default)]
+    pub expect_ended: Vec<String>,
+    /// Wait until no agent lists a revoked node.
+    #[serde(default)]
+    pub expect_dropped: bool,
+    /// Longest wait for `expect_ended` and `expect_dropped` (default 10).
+    pub within_secs: Option<u64>,
+}
+
 /// A step's `do` word.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -580,6 +606,8 @@ pub enum Kind {
     Sleep,
     /// `expect_leases`.
     ExpectLeases,
+    /// `revoke`.
+    Revoke,
     /// `down`.
     Down,
 }
@@ -595,7 +623,7 @@ pub(super) trait WithStepStruct {
 
 impl Kind {
     /// Every kind, in the order the message for an unknown `do` lists them.
-    pub const ALL: [Kind; 17] = [
+    pub const ALL: [Kind; 18] = [
         Kind::Acquire,
         Kind::Exec,
         Kind::Status,
@@ -612,6 +640,7 @@ impl Kind {
         Kind::WaitConverged,
         Kind::Sleep,
         Kind::ExpectLeases,
+        Kind::Revoke,
         Kind::Down,
     ];
 
@@ -634,6 +663,7 @@ impl Kind {
             Kind::WaitConverged => "wait_converged",
             Kind::Sleep => "sleep",
             Kind::ExpectLeases => "expect_leases",
+            Kind::Revoke => "revoke",
             Kind::Down => "down",
         }
     }
@@ -658,6 +688,7 @@ impl Kind {
             Kind::WaitConverged => w.with(Step::WaitConverged),
             Kind::Sleep => w.with(Step::Sleep),
             Kind::ExpectLeases => w.with(Step::ExpectLeases),
+            Kind::Revoke => w.with(Step::Revoke),
             Kind::Down => w.with(Step::Down),
         }
     }
@@ -705,6 +736,8 @@ pub enum Step {
     Sleep(Sleep),
     /// Check the nodes' leases.
     ExpectLeases(ExpectLeases),
+    /// Revoke keys and publish the list.
+    Revoke(Revoke),
     /// Take the testnet down and check that nothing is left.
     Down(Bare),
 }
@@ -729,6 +762,7 @@ impl Step {
             Step::WaitConverged(_) => Kind::WaitConverged,
             Step::Sleep(_) => Kind::Sleep,
             Step::ExpectLeases(_) => Kind::ExpectLeases,
+            Step::Revoke(_) => Kind::Revoke,
             Step::Down(_) => Kind::Down,
         }
     }
@@ -830,6 +864,18 @@ impl Step {
                         .as_ref()
                         .map(|n| format!(" ({})", n.join(", ")))
                         .unwrap_or_default()
+                )
+            }
+            Step::Revoke(r) => {
+                let mut what: Vec<String> = Vec::new();
+                if r.principal {
+                    what.push("the principal".to_owned());
+                }
+                what.extend(r.hosts.iter().flat_map(OneOrMany::to_vec));
+                format!(
+                    "revoke {} in {}",
+                    what.join(", "),
+                    r.federation.as_deref().unwrap_or("fed0")
                 )
             }
             Step::Down(_) => "take the testnet down; expect nothing left".to_owned(),

@@ -69,6 +69,11 @@ const STEP_KEYS: &[&str] = &[
     "add",
     "del",
     "expect_keys",
+    "federation",
+    "principal",
+    "through",
+    "expect_ended",
+    "expect_dropped",
 ];
 
 /// Keys read as another field, whatever the step: `host = "node1"` is `hosts = "node1"`.
@@ -1099,7 +1104,7 @@ do = "down"
     fn each_kind_takes_and_needs_what_its_struct_declares() {
         // As the module documentation's table says, in this order (the order of the
         // "it takes …" messages).
-        let expect: [(Kind, &[&str], &[&str]); 17] = [
+        let expect: [(Kind, &[&str], &[&str]); 18] = [
             (
                 Kind::Acquire,
                 &[
@@ -1219,6 +1224,19 @@ do = "down"
             (
                 Kind::ExpectLeases,
                 &["nodes", "slice", "each", "total", "within_secs"],
+                &[],
+            ),
+            (
+                Kind::Revoke,
+                &[
+                    "federation",
+                    "principal",
+                    "hosts",
+                    "through",
+                    "expect_ended",
+                    "expect_dropped",
+                    "within_secs",
+                ],
                 &[],
             ),
             (Kind::Down, &[], &[]),

@@ -387,6 +387,32 @@ pub(super) fn validate(s: &Scenario) -> Vec<String> {
                     }
                 }
             }
+            Step::Revoke(r) => {
+                let revoked = r.hosts.as_ref().map(OneOrMany::to_vec).unwrap_or_default();
+                if !r.principal && revoked.is_empty() {
+                    bad("say what to revoke: `principal = true` and/or `hosts = [...]`".into());
+                }
+                for n in &revoked {
+                    if let Err(e) = hosts.check(n, None) {
+                        bad(format!("`hosts`: {e}"));
+                    }
+                }
+                if let Some(n) = &r.through
+                    && let Err(e) = hosts.check(n, None)
+                {
+                    bad(format!("`through`: {e}"));
+                }
+                if r.within_secs == Some(0) {
+                    bad("`within_secs` must be at least 1".into());
+                }
+                for slice in &r.expect_ended {
+                    if !live.contains_key(slice) {
+                        bad(format!(
+                            "`expect_ended`: {slice:?} is not held here: acquire it in an earlier step"
+                        ));
+                    }
+                }
+            }
             Step::Down(_) => {
                 if i != last {
                     bad("`down` takes the testnet away: it must be the last step".into());
