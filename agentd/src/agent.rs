@@ -396,6 +396,10 @@ impl Agent {
                 }));
                 continue;
             };
+            if let Err(reason) = entry.check_scope(&request.kind) {
+                refused.push(refuse(reason));
+                continue;
+            }
             let out = outstanding
                 .by_node
                 .get(&sliver.node)

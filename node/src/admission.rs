@@ -8,11 +8,14 @@
 //!
 //! so several agents holding overlapping shares of one node can mint freely without the node
 //! ever promising more than it has. Every refusal says which resource is short and by how much.
+//! A ticket's slice kind must also be within its issuer's delegation scope
+//! ([`Capacity::check_scope`]): regular slices only unless the node delegated admin slices,
+//! and then only the capabilities and host views it named.
 //! This module is pure: the ledger supplies the commitments inside its write transaction.
 
 use std::collections::BTreeMap;
 
-use capability_schema::{PublicKey, Rejection, Resources};
+use capability_schema::{DelegationScope, PublicKey, Rejection, Resources, SliceKind};
 
 /// What the node may commit: its capacity and the share delegated to each agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,12 +29,14 @@ pub struct Capacity {
 }
 
 /// One agent's share.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Share {
     /// At most this much committed at once under the share.
     pub limit: Resources,
     /// Unix seconds after which the delegation ends (no new admissions).
     pub not_after: u64,
+    /// What kinds of slices the agent may mint here.
+    pub scope: DelegationScope,
 }
 
 /// What is committed now, in all and per agent.
@@ -70,6 +75,28 @@ impl Commitments {
 }
 
 impl Capacity {
+    /// Whether `agent`'s delegation allows a slice of `kind` here; the refusal
+    /// (`outside_delegation_scope`) names the delegation, what it allows and what was asked.
+    /// An agent without a delegation passes: [`Capacity::admit`] refuses it.
+    pub fn check_scope(&self, agent: &PublicKey, kind: &SliceKind) -> Result<(), Rejection> {
+        let Some(share) = self.shares.get(agent) else {
+            return Ok(());
+        };
+        share
+            .scope
+            .check(kind)
+            .map_err(|outside| Rejection::Ticket {
+                check: "outside_delegation_scope".into(),
+                detail: format!(
+                    "this node's delegation to agent {} allows {}; the ticket asks a {kind} slice \
+                 ({outside}): ask for a slice within the delegation, or the node's operator \
+                 to widen it",
+                    agent.short(),
+                    share.scope
+                ),
+            })
+    }
+
     /// Admits `asked` under `agent`'s share at `now`, or says why not.
     pub fn admit(
         &self,
@@ -162,6 +189,7 @@ mod tests {
                         Share {
                             limit: cpu(*limit),
                             not_after: 1_000,
+                            scope: DelegationScope::default(),
                         },
                     )
                 })
@@ -233,6 +261,53 @@ mod tests {
             .unwrap_err();
         assert!(
             matches!(err, Rejection::Ticket { ref check, .. } if check == "delegation_expired")
+        );
+    }
+
+    #[test]
+    fn a_kind_outside_the_scope_is_refused_naming_the_delegation() {
+        let mut cap = capacity(4000, &[(10, 2000), (11, 2000)]);
+        let scoped = test_key(11).public();
+        cap.shares.get_mut(&scoped).unwrap().scope =
+            DelegationScope::with_admin(vec!["CAP_NET_ADMIN".into()], false);
+        let admin = |caps: &[&str], host_pid_view| SliceKind::Admin {
+            capabilities: caps.iter().map(|c| (*c).to_owned()).collect(),
+            host_pid_view,
+        };
+        let regular_only = test_key(10).public();
+        assert_eq!(cap.check_scope(&regular_only, &SliceKind::Regular), Ok(()));
+        let err = cap
+            .check_scope(&regular_only, &admin(&["CAP_SYS_ADMIN"], true))
+            .unwrap_err();
+        let Rejection::Ticket { check, detail } = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(check, "outside_delegation_scope");
+        assert!(
+            detail.contains(&regular_only.short())
+                && detail.contains("allows regular slices")
+                && detail.contains("admin[CAP_SYS_ADMIN]+host-pids")
+                && detail.contains("admin slices are not delegated"),
+            "{detail}"
+        );
+        assert_eq!(
+            cap.check_scope(&scoped, &admin(&["CAP_NET_ADMIN"], false)),
+            Ok(())
+        );
+        let err = cap
+            .check_scope(&scoped, &admin(&["CAP_NET_ADMIN", "CAP_SYS_ADMIN"], false))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("CAP_SYS_ADMIN not delegated"), "{err}");
+        let err = cap
+            .check_scope(&scoped, &admin(&[], true))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("host pid view is not delegated"), "{err}");
+        // No delegation at all: admission says so, not the scope.
+        assert_eq!(
+            cap.check_scope(&test_key(12).public(), &admin(&[], true)),
+            Ok(())
         );
     }
 

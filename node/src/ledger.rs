@@ -757,6 +757,7 @@ mod tests {
             Share {
                 limit: cpu(2000),
                 not_after: u64::MAX,
+                scope: Default::default(),
             },
         );
         Capacity {

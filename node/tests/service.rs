@@ -49,6 +49,7 @@ fn capacity() -> Capacity {
                 ..Resources::ZERO
             },
             not_after: u64::MAX,
+            scope: Default::default(),
         },
     );
     shares.insert(
@@ -60,6 +61,7 @@ fn capacity() -> Capacity {
                 ..Resources::ZERO
             },
             not_after: u64::MAX,
+            scope: Default::default(),
         },
     );
     Capacity {

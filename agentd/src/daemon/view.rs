@@ -136,6 +136,7 @@ mod tests {
             ad,
             share: resources("cpu=2 cores,memory=2GiB"),
             delegation_not_after: 9000,
+            scope: Default::default(),
         };
         let outstanding = resources("cpu=500m");
         let agent = test_key(20).public();

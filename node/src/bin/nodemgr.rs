@@ -2,14 +2,19 @@
 //!
 //! `nodemgr init` writes a commented config and a key; `nodemgr run --config node.toml` runs
 //! the daemon until SIGTERM or ctrl-c, then shuts down gracefully (slivers keep running).
+//! `nodemgr reload` has the running daemon re-read node.toml (as SIGHUP does) and prints
+//! what changed; `nodemgr delegations` lists the delegations in force. Both talk to the
+//! daemon's local HTTP endpoint (`http` in node.toml).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use federation::daemon::DaemonKind;
-use federation::daemon::cli::{Failure, exit, load_config};
+use federation::daemon::cli::{Failure, exit, load_config, usage};
+use federation::daemon::config::ConfigError;
 use federation::daemon::runtime::{describe_key, init, load_key};
 use node::daemon::config::{NodeKind, NodeManagerConfig, default_config};
 
@@ -47,6 +52,20 @@ enum Command {
     /// Decommission a stopped node: destroy every sliver and remove every lease.
     Wipe {
         /// The config file.
+        #[arg(long, short, default_value = "node.toml")]
+        config: PathBuf,
+    },
+    /// Have the running daemon re-read its config and apply delegations, capacity and new
+    /// trust entries without a restart (as SIGHUP does); prints what changed, or why nothing
+    /// did.
+    Reload {
+        /// The config file (its `http` address reaches the daemon).
+        #[arg(long, short, default_value = "node.toml")]
+        config: PathBuf,
+    },
+    /// List the delegations the running daemon has in force: agent, share, scope, end.
+    Delegations {
+        /// The config file (its `http` address reaches the daemon).
         #[arg(long, short, default_value = "node.toml")]
         config: PathBuf,
     },
@@ -93,6 +112,33 @@ fn run(cli: Cli) -> Result<(), Failure> {
             println!("destroyed every sliver; removed {removed} leases");
             Ok(())
         }
+        Command::Reload { config } => {
+            let body = call_daemon(&config, "POST", "/reload")?;
+            let report: node::daemon::reload::ReloadReport = serde_json::from_str(&body)
+                .with_context(|| format!("the daemon answered {body:?}"))?;
+            println!("reloaded: {report}");
+            Ok(())
+        }
+        Command::Delegations { config } => {
+            let body = call_daemon(&config, "GET", "/delegations")?;
+            let list: Vec<node::daemon::delegated::DelegationView> = serde_json::from_str(&body)
+                .with_context(|| format!("the daemon answered {body:?}"))?;
+            if list.is_empty() {
+                println!("no delegation: no agent can issue tickets for this node");
+            }
+            let now = federation::unix_now();
+            for d in list {
+                println!(
+                    "{}  {}  {}  ends in {} s (signed {} s ago)",
+                    d.agent,
+                    d.share,
+                    d.scope,
+                    d.not_after.saturating_sub(now),
+                    now.saturating_sub(d.issued_at)
+                );
+            }
+            Ok(())
+        }
         Command::Key { key } => {
             println!(
                 "{}",
@@ -122,4 +168,46 @@ fn run(cli: Cli) -> Result<(), Failure> {
             Ok(ran?)
         }
     }
+}
+
+/// One request to the running daemon's HTTP endpoint (loopback, HTTP/1.1, closed after);
+/// the body of a 200, or the daemon's sentence as the error.
+fn call_daemon(config: &Path, method: &str, path: &str) -> Result<String, Failure> {
+    use std::io::{Read, Write};
+    let loaded = load_config(NodeKind::PROGRAM, config, NodeManagerConfig::load)?;
+    let Some(addr) = loaded.common.http else {
+        return Err(usage(format!(
+            "http is off in {}: send SIGHUP to the nodemgr process instead",
+            config.display()
+        ))
+        .into());
+    };
+    let unreachable = |e: std::io::Error| {
+        anyhow::Error::new(e).context(format!(
+            "the node's HTTP endpoint {addr} does not answer: is `nodemgr run --config {}` running?",
+            config.display()
+        ))
+    };
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(unreachable)?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .map_err(unreachable)?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(unreachable)?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).map_err(unreachable)?;
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let status = head.split(' ').nth(1).unwrap_or("");
+    if status == "200" {
+        return Ok(body.to_owned());
+    }
+    Err(ConfigError::Invalid {
+        path: config.to_owned(),
+        detail: format!("the daemon refused ({status}): {}", body.trim()),
+    }
+    .into())
 }

@@ -5,7 +5,8 @@
 use std::path::{Path, PathBuf};
 
 pub use crate::sliver::DiskBacking;
-use capability_schema::{PublicKey, Resources, Role};
+use capability_schema::ad::AdminScope;
+use capability_schema::{DelegationScope, PublicKey, Resources, Role};
 pub use federation::daemon::TrustedFederation;
 pub use federation::daemon::config::ConfigError;
 use federation::daemon::{CommonConfig, DaemonKind};
@@ -14,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::uplink::PublicAddress;
 use crate::sliver::firewall::PublicPorts;
 
-/// A share delegated to an agent.
+/// A share delegated to an agent, and what kinds of slices the agent may mint in it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DelegationConfig {
@@ -23,13 +24,104 @@ pub struct DelegationConfig {
     /// At most this much committed at once under the agent's tickets.
     #[serde(with = "capability_schema::resources::human")]
     pub share: Resources,
-    /// Days the delegation lasts from each start of the daemon (default 30).
+    /// Days each signed delegation lasts; the node re-signs it, with a new end, once less
+    /// than a third of that remains (default 30).
     #[serde(default = "default_delegation_days")]
     pub days: u64,
+    /// Seconds each signed delegation lasts, instead of `days` (short-lived delegations,
+    /// tests); at least three ad intervals, so renewals go out in time (default: unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifetime_secs: Option<u64>,
+    /// Slice kinds the agent may mint: `regular`, `admin` (default `["regular"]`).
+    #[serde(default = "default_delegated_kinds")]
+    pub kinds: Vec<DelegatedKind>,
+    /// Linux capabilities an admin slice may be granted, by kernel name, e.g.
+    /// `["CAP_NET_ADMIN"]` (default none; needs `admin` in `kinds`).
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// Whether an admin slice may see the host's processes (default false; needs `admin` in
+    /// `kinds`).
+    #[serde(default)]
+    pub host_pid_view: bool,
+}
+
+/// A slice kind a delegation may allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DelegatedKind {
+    /// Regular slices.
+    Regular,
+    /// Admin slices, with at most the delegation's `capabilities` and host views.
+    Admin,
 }
 
 fn default_delegation_days() -> u64 {
     30
+}
+
+fn default_delegated_kinds() -> Vec<DelegatedKind> {
+    vec![DelegatedKind::Regular]
+}
+
+impl DelegationConfig {
+    /// Seconds each signed delegation lasts.
+    pub fn lifetime(&self) -> u64 {
+        self.lifetime_secs
+            .unwrap_or_else(|| self.days.saturating_mul(86_400))
+    }
+
+    /// The scope the node signs into the delegation.
+    pub fn scope(&self) -> DelegationScope {
+        DelegationScope {
+            regular: self.kinds.contains(&DelegatedKind::Regular),
+            admin: self
+                .kinds
+                .contains(&DelegatedKind::Admin)
+                .then(|| AdminScope {
+                    capabilities: self.capabilities.clone(),
+                    host_pid_view: self.host_pid_view,
+                }),
+        }
+    }
+
+    /// Why the delegation cannot be signed as written, if it cannot.
+    fn check(&self, ad_interval_secs: u64) -> Result<(), String> {
+        let agent = self.agent.short();
+        if self.kinds.is_empty() {
+            return Err(format!(
+                "delegation to agent {agent}: kinds is empty; list \"regular\" and/or \"admin\""
+            ));
+        }
+        let admin = self.kinds.contains(&DelegatedKind::Admin);
+        if !admin && (self.host_pid_view || !self.capabilities.is_empty()) {
+            return Err(format!(
+                "delegation to agent {agent}: capabilities and host_pid_view are for admin \
+                 slices; add \"admin\" to kinds or remove them"
+            ));
+        }
+        if let Some(bad) = self.capabilities.iter().find(|c| {
+            c.strip_prefix("CAP_").is_none_or(|rest| {
+                rest.is_empty()
+                    || !rest
+                        .bytes()
+                        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+            })
+        }) {
+            return Err(format!(
+                "delegation to agent {agent}: capability {bad:?}: expected a kernel name such \
+                 as CAP_NET_ADMIN"
+            ));
+        }
+        let lifetime = self.lifetime();
+        if lifetime < ad_interval_secs.saturating_mul(3).max(1) {
+            return Err(format!(
+                "delegation to agent {agent} lasts {lifetime} s: make it at least 3 × \
+                 ad_interval_secs ({} s), so its renewal goes out before it ends",
+                ad_interval_secs.saturating_mul(3)
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// How slivers are made.
@@ -151,6 +243,9 @@ pub struct NodeManagerConfig {
     /// Seconds an ad stays valid (default 60).
     #[serde(default = "default_ad_ttl")]
     pub ad_ttl_secs: u64,
+    /// The file this config was read from, which a reload reads again (not a setting).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
     /// End live leases of a revoked principal, or under a revoked agent or ticket, as soon
     /// as a revocation list names them (released, sliver destroyed, reason kept for the
     /// holder); off, revocations only refuse new redeems (default true).
@@ -238,11 +333,17 @@ const NODE_TEMPLATE: &str = r#"
 
 /// The node's own sections, after every top-level setting.
 const NODE_SECTIONS: &str = r#"
-# Shares delegated to agents; only their tickets are admitted:
+# Shares delegated to agents; only their tickets are admitted, and only for the slice kinds
+# each delegation allows. The node re-signs a delegation when a third of its life remains;
+# `nodemgr reload` (or SIGHUP) applies changes to delegations, capacity and trust at once:
 # [[delegations]]
 # agent = "ed25519/..."
 # share = "cpu=2 cores,memory=4GiB,disk=50GiB,egress=50Mbit"
-# days = 30
+# days = 30                          # or lifetime_secs = 3600
+# kinds = ["regular"]                # slice kinds it may mint: "regular", "admin"
+# capabilities = []                  # admin slices: Linux capabilities allowed, e.g.
+#                                    # ["CAP_NET_ADMIN", "CAP_SYS_PTRACE"]
+# host_pid_view = false              # admin slices: may see the host's processes
 "#;
 
 /// The commented default config `nodemgr init` writes for `federation`.
@@ -289,6 +390,18 @@ impl NodeManagerConfig {
             )));
         }
         config.pool().map_err(invalid)?;
+        for (i, delegation) in config.delegations.iter().enumerate() {
+            delegation.check(config.ad_interval_secs).map_err(invalid)?;
+            if config.delegations[..i]
+                .iter()
+                .any(|d| d.agent == delegation.agent)
+            {
+                return Err(invalid(format!(
+                    "agent {} has two [[delegations]]: merge them into one",
+                    delegation.agent.short()
+                )));
+            }
+        }
         if let Some(prefix) = &config.ifname_prefix
             && (!(1..=8).contains(&prefix.len())
                 || !prefix.bytes().all(|b| b.is_ascii_alphanumeric()))
@@ -336,6 +449,7 @@ impl NodeManagerConfig {
         if config.claim_dir.is_relative() {
             config.claim_dir = base.join(&config.claim_dir);
         }
+        config.source = Some(path.to_owned());
         Ok(config)
     }
 
@@ -543,6 +657,69 @@ mod tests {
         let share = c.share.unwrap();
         assert!(!share.uid_auto);
         assert_eq!(share.claim_dir, dir.path().join("claims"));
+    }
+
+    #[test]
+    fn delegations_state_their_scope_and_default_to_regular_slices() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        let agent = capability_schema::identity::test_key(20).public();
+        let with = |extra: &str| {
+            format!(
+                "federation = \"plc\"\n[[delegations]]\nagent = \"{agent}\"\nshare = \"cpu=1\"\n{extra}"
+            )
+        };
+        std::fs::write(&path, with("")).unwrap();
+        let config = NodeManagerConfig::load(&path).unwrap();
+        let d = &config.delegations[0];
+        assert_eq!(d.scope(), DelegationScope::default());
+        assert_eq!(d.lifetime(), 30 * 86_400);
+        std::fs::write(
+            &path,
+            with(
+                "kinds = [\"admin\"]\ncapabilities = [\"CAP_NET_ADMIN\"]\nhost_pid_view = true\n\
+                 lifetime_secs = 600\n",
+            ),
+        )
+        .unwrap();
+        let config = NodeManagerConfig::load(&path).unwrap();
+        let d = &config.delegations[0];
+        assert_eq!(
+            d.scope(),
+            DelegationScope {
+                regular: false,
+                admin: Some(AdminScope {
+                    capabilities: vec!["CAP_NET_ADMIN".into()],
+                    host_pid_view: true
+                })
+            }
+        );
+        assert_eq!(d.lifetime(), 600);
+        for (extra, says) in [
+            (
+                "capabilities = [\"CAP_SYS_ADMIN\"]\n",
+                "add \"admin\" to kinds",
+            ),
+            ("host_pid_view = true\n", "add \"admin\" to kinds"),
+            (
+                "kinds = [\"admin\"]\ncapabilities = [\"sys_admin\"]\n",
+                "\"sys_admin\": expected a kernel name",
+            ),
+            ("kinds = []\n", "kinds is empty"),
+            ("kinds = [\"root\"]\n", "expected `regular` or `admin`"),
+            (
+                "lifetime_secs = 30\n",
+                "at least 3 × ad_interval_secs (45 s)",
+            ),
+            (
+                &format!("[[delegations]]\nagent = \"{agent}\"\nshare = \"cpu=1\"\n"),
+                "two [[delegations]]",
+            ),
+        ] {
+            std::fs::write(&path, with(extra)).unwrap();
+            let err = NodeManagerConfig::load(&path).unwrap_err().to_string();
+            assert!(err.contains(says), "{extra}: {err}");
+        }
     }
 
     #[test]

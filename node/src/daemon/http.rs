@@ -7,6 +7,8 @@
 //! | `/leases` | every lease in the ledger |
 //! | `/slivers` | each lease's sliver with what it used at the last sample: CPU time, memory, egress bytes, disk against its grant, and its condition (`over disk limit: X of Y` while the disk watchdog holds it frozen) |
 //! | `/metrics` | Prometheus text format, node-wide and per sliver ([`federation::metrics`]) |
+//! | `/delegations` | the delegations in force, as signed: agent, share, scope, issue and end |
+//! | `POST /reload` | re-reads node.toml and applies it ([`super::reload`]); answers what changed, or 409 and why nothing did |
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -15,10 +17,12 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Json;
-use axum::routing::get;
+use axum::routing::{get, post};
 use capability_schema::Resources;
 use federation::metrics::{Scrape, Value};
 
+use super::delegated::DelegationView;
+use super::reload::ReloadReport;
 use super::run::NodeState;
 use super::view::{LeaseEntry, NodeStatus, SliverEntry};
 use crate::ledger::LeaseRecord;
@@ -31,6 +35,8 @@ pub fn router(state: Arc<NodeState>) -> Router {
         .route("/leases", get(leases))
         .route("/slivers", get(slivers))
         .route("/metrics", get(metrics))
+        .route("/delegations", get(delegations))
+        .route("/reload", post(reload))
         .with_state(state)
 }
 
@@ -44,7 +50,7 @@ async fn status(State(state): State<Arc<NodeState>>) -> Json<NodeStatus> {
     let ad = ad.and_then(|a| a.peek_unverified().ok());
     Json(NodeStatus::new(
         service.public(),
-        service.capacity(),
+        &service.capacity(),
         &service.commitments(),
         ad.as_ref(),
     ))
@@ -52,6 +58,34 @@ async fn status(State(state): State<Arc<NodeState>>) -> Json<NodeStatus> {
 
 /// A failed request: its status and a sentence.
 type Failure = (StatusCode, String);
+
+async fn delegations(State(state): State<Arc<NodeState>>) -> Json<Vec<DelegationView>> {
+    Json(state.service.delegated().view())
+}
+
+/// Applies an edited node.toml; 409 with the reason when it is refused (nothing changed).
+async fn reload(State(state): State<Arc<NodeState>>) -> Result<Json<ReloadReport>, Failure> {
+    let Some(reloader) = state.reloader.clone() else {
+        return Err((
+            StatusCode::NOT_FOUND,
+            "this node cannot reload its configuration; restart it".into(),
+        ));
+    };
+    match tokio::task::spawn_blocking(move || reloader.reload()).await {
+        Ok(Ok(report)) => {
+            tracing::info!(%report, "POST /reload: node.toml reloaded");
+            Ok(Json(report))
+        }
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "POST /reload: reload refused; the running configuration stays");
+            Err((StatusCode::CONFLICT, e.to_string()))
+        }
+        Err(e) => Err((
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reloading failed: {e}"),
+        )),
+    }
+}
 
 /// The ledger's leases, read on the blocking pool (a redb scan). A storage failure is logged
 /// and answered 500: a broken disk must not look like an idle node.

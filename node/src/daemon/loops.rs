@@ -86,10 +86,11 @@ pub(crate) async fn reap(
 }
 
 /// Signs and publishes the node's ad: at once, on every change (`changed`), and every
-/// `interval_secs`.
+/// `interval_secs`; first re-signs the delegations with less than a third of their life left,
+/// so the ad carries the delegations in force.
 pub(crate) async fn ad_loop(
     key: SecretKey,
-    template: AdTemplate,
+    mut template: AdTemplate,
     state: Arc<NodeState>,
     overlay: OverlayHandle,
     changed: Arc<Notify>,
@@ -153,10 +154,21 @@ pub(crate) async fn ad_loop(
             memory_used_bytes: sample.memory_used,
             slivers,
         };
+        // Delegations near their end are signed anew, and go out in this very ad.
+        let mut renewed = false;
+        let delegated = service.update_delegations(|d| {
+            let next = d.renewed(&key, now);
+            renewed = next.is_some();
+            next
+        });
+        if renewed {
+            tracing::info!("delegations renewed before their end");
+        }
+        template.delegations = delegated.signed();
         let ad = build_ad(
             &key,
             &template,
-            service.capacity(),
+            delegated.capacity(),
             &service.commitments(),
             measured,
             seq,

@@ -1,6 +1,8 @@
 //! The node manager daemon (`nodemgr`): tickets in, leases out, nothing lost.
 //!
 //! - [`config`]: `node.toml`, every field with its default;
+//! - [`delegated`]: what the node has delegated (shares, scopes, signed delegations), swapped
+//!   whole by a reload or a renewal;
 //! - [`backend`]: which sliver backend runs (the Linux engine with this node's share of the
 //!   host, or in-memory slivers) and its set-up;
 //! - [`service`]: the node protocol's logic (redeem, renew, release, exec, keys, reaper,
@@ -13,17 +15,20 @@
 //! - [`view`]: the JSON bodies of `/status`, `/leases` and `/slivers`, for the handlers and
 //!   their readers;
 //! - [`release_report`]: telling agents which of their tickets ended here early;
+//! - [`reload`]: applying an edited node.toml without a restart (SIGHUP, `POST /reload`);
 //! - [`revocation`]: refusing revoked tickets at redeem, ending leases of revoked parties;
 //! - [`run`]: the wiring and graceful shutdown.
 
 pub mod backend;
 pub mod config;
+pub mod delegated;
 pub mod engine;
 pub mod http;
 pub mod loops;
 pub mod memory;
 pub mod monitor;
 pub mod release_report;
+pub mod reload;
 pub mod revocation;
 pub mod run;
 pub mod service;

@@ -7,9 +7,13 @@
 //!   lanes of [`MAX_IN_FLIGHT`] places each, of which one principal may hold a quarter; each
 //!   runs on the blocking pool (sliver creation is synchronous) and its answer goes back on
 //!   its responder;
-//! - any change (redeem, renew, release, reap) pokes the ad task, which signs and publishes a
-//!   new ad at once; otherwise it publishes on the heartbeat. Each ad carries what every live
-//!   sliver used (CPU time, memory, egress bytes), sampled then;
+//! - any change (redeem, renew, release, reap, reload) pokes the ad task, which signs and
+//!   publishes a new ad at once; otherwise it publishes on the heartbeat. Each ad carries
+//!   what every live sliver used (CPU time, memory, egress bytes), sampled then; before each
+//!   ad the task re-signs the delegations that have less than a third of their life left
+//!   ([`super::delegated`]);
+//! - SIGHUP (or `POST /reload`) re-reads node.toml and applies its delegations, capacity and
+//!   new trust entries without a restart ([`super::reload`]);
 //! - the disk watchdog measures every sliver's writable layer each `disk_check_secs` and
 //!   freezes the ones over their grant, thawing them once back under (`node::sliver`);
 //! - tickets whose last lease here went early (released, reaped, lost) are reported to their
@@ -25,7 +29,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use capability_schema::protocol::NodeRequest;
-use capability_schema::{Delegation, PublicKey, ResourceAd, Role, SecretKey, Signed};
+use capability_schema::{PublicKey, ResourceAd, Role, SecretKey, Signed};
 use federation::daemon::runtime::load_key;
 use federation::daemon::{DaemonError, Fairness, Runtime, SHUTDOWN_DEADLINE};
 use federation::{Overlay, OverlayConfig, OverlayHandle, unix_now};
@@ -36,9 +40,10 @@ pub use super::backend::sliver_config;
 use super::config::{NodeKind, NodeManagerConfig};
 use super::http;
 use super::loops::{ad_loop, reap, watch_disks};
-use super::monitor::{AdTemplate, HostProbe, SliverMonitor, measured_capacity};
+use super::monitor::{AdTemplate, SliverMonitor};
+use super::reload::{Reloader, on_hangup};
 use super::service::NodeService;
-use crate::admission::{Capacity, Share};
+use crate::admission::Capacity;
 use crate::ledger::Ledger;
 use crate::sliver::UsageSample;
 
@@ -75,6 +80,8 @@ pub struct NodeState {
     pub monitor: Option<Arc<dyn SliverMonitor>>,
     /// What each live sliver used at the last sample (with the disk watchdog's last verdict).
     pub usage: RwLock<Vec<UsageSample>>,
+    /// Applies an edited node.toml (SIGHUP, `POST /reload`); `None`: not reloadable.
+    pub reloader: Option<Arc<Reloader>>,
 }
 
 /// A started node: its overlay handle and bound addresses, for tests and the testnet.
@@ -127,10 +134,10 @@ fn open_ledger(config: &NodeManagerConfig) -> Result<Ledger, DaemonError> {
 
 /// Starts the node manager; returns once it is serving, with the future that shuts it down.
 ///
-/// The phases: `Identity::load` (key, membership, trust), `Identity::capacity` (what the
-/// node offers and delegates), `open_service` (ledger, slivers, reconciliation), the overlay,
-/// then the node's loops (ads, disk watchdog, reaper, release reports), HTTP and the protocol
-/// on the daemon skeleton.
+/// The phases: `Identity::load` (key, membership, trust), the delegations signed now
+/// ([`super::reload::delegations_of`]: what the node offers and delegates), `open_service`
+/// (ledger, slivers, reconciliation), the overlay, then the node's loops (ads, disk watchdog,
+/// reaper, release reports, reload on SIGHUP), HTTP and the protocol on the daemon skeleton.
 pub async fn start(
     config: NodeManagerConfig,
 ) -> Result<(RunningNode, impl Future<Output = ()>), DaemonError> {
@@ -139,8 +146,10 @@ pub async fn start(
         detail: e.to_string(),
     })?;
     let identity = Identity::load(&config)?;
-    let (capacity, delegations) = identity.capacity(&config, unix_now());
-    let (service, monitor) = open_service(&config, &identity, capacity).await?;
+    let delegated = super::reload::delegations_of(&config, &identity.key, None, unix_now());
+    let delegations = delegated.signed();
+    let (service, monitor) = open_service(&config, &identity, delegated.capacity().clone()).await?;
+    service.set_delegations(delegated);
     let common = &config.common;
     let overlay_config = OverlayConfig {
         listen: common.listen.clone(),
@@ -181,6 +190,14 @@ pub async fn start(
         addresses,
         ttl_secs: config.ad_ttl_secs,
     };
+    let changed = Arc::new(Notify::new());
+    let reloader = Arc::new(Reloader::new(
+        config.clone(),
+        identity.key.clone(),
+        Arc::clone(&service),
+        Arc::clone(overlay.trust()),
+        Arc::clone(&changed),
+    ));
     let state = Arc::new(NodeState {
         service: Arc::clone(&service),
         ad: RwLock::new(None),
@@ -189,8 +206,8 @@ pub async fn start(
         ads_published: 0.into(),
         monitor,
         usage: RwLock::new(Vec::new()),
+        reloader: Some(Arc::clone(&reloader)),
     });
-    let changed = Arc::new(Notify::new());
     let mut runtime = Runtime::new(overlay.clone());
     // Ads: at once, on every change, and on the heartbeat.
     runtime.spawn(
@@ -230,6 +247,8 @@ pub async fn start(
         "reaper",
         reap(Arc::clone(&service), Arc::clone(&changed), stop),
     );
+    let stop = runtime.stop_signal();
+    runtime.spawn("reload on SIGHUP", on_hangup(reloader, stop));
     // Ticket ends reported to their agents.
     let stop = runtime.stop_signal();
     runtime.spawn(
@@ -304,46 +323,6 @@ impl Identity {
             cert,
             trust,
         })
-    }
-
-    /// What the node offers (configured, else measured) and the delegations it signs now.
-    fn capacity(
-        &self,
-        config: &NodeManagerConfig,
-        now: u64,
-    ) -> (Capacity, Vec<Signed<Delegation>>) {
-        let total = config.capacity.unwrap_or_else(|| {
-            measured_capacity(&HostProbe::default(), &config.state_dir, &config.reserve)
-        });
-        let mut shares = std::collections::BTreeMap::new();
-        let mut delegations = Vec::new();
-        for d in &config.delegations {
-            let not_after = now + d.days * 86_400;
-            shares.insert(
-                d.agent,
-                Share {
-                    limit: d.share,
-                    not_after,
-                },
-            );
-            delegations.push(Signed::sign(
-                &self.key,
-                &Delegation {
-                    node: self.key.public(),
-                    agent: d.agent,
-                    share: d.share,
-                    scope: Default::default(),
-                    issued_at: now,
-                    not_after,
-                },
-            ));
-        }
-        let capacity = Capacity {
-            node: self.key.public(),
-            total,
-            shares,
-        };
-        (capacity, delegations)
     }
 }
 

@@ -22,17 +22,16 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use capability_schema::protocol::{ExecOutput, NodeRequest, NodeResponse, NodeStatus, Reply};
-use capability_schema::ticket::{
-    Operation, TicketRefusal, TicketUse, TicketVerifier, TrustedIssuers, Window,
-};
+use capability_schema::ticket::{Operation, TicketRefusal, TicketUse, Window};
 use capability_schema::{
     ErrorReply, Lease, PublicEndpoint, PublicKey, Rejection, ResourceAd, SecretKey, Signed,
 };
 
+use super::delegated::Delegated;
 use crate::admission::{Capacity, Commitments};
 use crate::ledger::{LeaseRecord, LeaseState, Ledger, LedgerError, Reservation};
 
@@ -270,8 +269,9 @@ pub struct TicketEnded {
 pub struct NodeService {
     key: SecretKey,
     federation: String,
-    capacity: Capacity,
-    verifier: TicketVerifier,
+    /// Shares, scopes, trusted issuers and signed delegations: swapped whole by a reload or
+    /// a renewal; a redeem works on the one snapshot it read first.
+    delegated: RwLock<Arc<Delegated>>,
     ledger: Ledger,
     backend: Arc<dyn SliverBackend>,
     creates: Gate,
@@ -349,13 +349,10 @@ impl NodeService {
         ledger: Ledger,
         backend: Arc<dyn SliverBackend>,
     ) -> NodeService {
-        let issuers: TrustedIssuers = capacity.shares.keys().copied().collect();
-        let verifier = TicketVerifier::new(issuers, key.public());
         NodeService {
             key,
             federation,
-            capacity,
-            verifier,
+            delegated: RwLock::new(Arc::new(Delegated::unsigned(capacity))),
             ledger,
             backend,
             creates: Gate::new(MAX_CONCURRENT_CREATES),
@@ -414,9 +411,41 @@ impl NodeService {
         self.key.public()
     }
 
-    /// The capacity and shares.
-    pub fn capacity(&self) -> &Capacity {
-        &self.capacity
+    /// The capacity, shares and scopes in force.
+    pub fn capacity(&self) -> Capacity {
+        self.delegated().capacity().clone()
+    }
+
+    /// What the node has delegated now.
+    pub fn delegated(&self) -> Arc<Delegated> {
+        Arc::clone(
+            &self
+                .delegated
+                .read()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
+    }
+
+    /// Puts `delegated` in force for the redeems that start from now on; live leases are
+    /// not touched.
+    pub fn set_delegations(&self, delegated: Delegated) {
+        self.update_delegations(|_| Some(delegated));
+    }
+
+    /// Replaces the delegations in force with what `change` makes of them, if anything, in
+    /// one step (a reload and a renewal never undo each other); returns those in force.
+    pub fn update_delegations(
+        &self,
+        change: impl FnOnce(&Delegated) -> Option<Delegated>,
+    ) -> Arc<Delegated> {
+        let mut current = self
+            .delegated
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(next) = change(&current) {
+            *current = Arc::new(next);
+        }
+        Arc::clone(&current)
     }
 
     /// The ledger.
@@ -592,13 +621,14 @@ impl NodeService {
         until: Option<u64>,
         now: u64,
     ) -> Result<Signed<Lease>, Rejection> {
+        let delegated = self.delegated();
         let reservation = self.timings.time(RedeemStep::Verify, || {
-            self.verify(caller, bytes, until, now)
+            self.verify(&delegated, caller, bytes, until, now)
         })?;
         let lease_id = reservation.lease.lease_id.clone();
         self.timings
             .time(RedeemStep::Reserve, || {
-                self.ledger.reserve(&self.capacity, &reservation, now)
+                self.ledger.reserve(delegated.capacity(), &reservation, now)
             })
             .map_err(storage)?;
         let pass = self
@@ -638,12 +668,14 @@ impl NodeService {
     /// Step 1 of a redeem: parses and authorizes the ticket; returns the reservation to make.
     fn verify(
         &self,
+        delegated: &Delegated,
         caller: &PublicKey,
         bytes: &[u8],
         until: Option<u64>,
         now: u64,
     ) -> Result<Reservation, Rejection> {
-        let ticket = capability_schema::ticket::Ticket::from_bytes(bytes, self.verifier_issuers())
+        let verifier = delegated.verifier();
+        let ticket = capability_schema::ticket::Ticket::from_bytes(bytes, verifier.issuers())
             .map_err(ticket_refusal)?;
         let contents = ticket.contents().map_err(ticket_refusal)?;
         self.revocation
@@ -657,10 +689,12 @@ impl NodeService {
                 end.max(now.max(contents.not_before)),
             )),
         };
-        let verified = self
-            .verifier
+        let verified = verifier
             .authorize_ticket(&ticket, caller, now, &ticket_use)
             .map_err(ticket_refusal)?;
+        delegated
+            .capacity()
+            .check_scope(&verified.issuer, &verified.kind)?;
         if end <= now {
             return Err(Rejection::Ticket {
                 check: "expired".into(),
@@ -691,10 +725,6 @@ impl NodeService {
             renewable: verified.operations.contains(&Operation::Renew),
             sliver_id,
         })
-    }
-
-    fn verifier_issuers(&self) -> &TrustedIssuers {
-        self.verifier.issuers()
     }
 
     fn release(&self, caller: &PublicKey, lease_id: &str) -> Result<(), Rejection> {

@@ -256,6 +256,7 @@ mod tests {
                 Share {
                     limit: resources("cpu=2 cores,memory=2GiB"),
                     not_after: 9000,
+                    scope: Default::default(),
                 },
             )]),
         };
