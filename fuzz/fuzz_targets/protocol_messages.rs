@@ -1,8 +1,10 @@
 //! Fuzz target: untrusted bytes as every request and response of the agent, node and broker
-//! protocols, as a server or client decodes them off a stream.
+//! protocols, and of the overlay's revocation exchange, as a server or client decodes them off
+//! a stream.
 #![no_main]
 
 use capability_schema::codec::{decode, encode};
+use capability_schema::membership::{RevocationSync, RevocationSyncReply};
 use capability_schema::protocol::{
     AgentRequest, AgentResponse, BrokerAnswer, BrokerCall, BrokerRequest, BrokerResponse, Envelope,
     NodeRequest, NodeResponse, Reply,
@@ -25,6 +27,19 @@ fuzz_target!(|data: &[u8]| {
         let again: Envelope<Reply<BrokerAnswer>> =
             decode(&encode(&answer)).expect("re-encoded answer decodes");
         assert_eq!(again, answer);
+    }
+    // The revocation exchange, as the overlay serves it: every offered list is then verified.
+    if let Ok(sync) = decode::<RevocationSync>(data) {
+        let again: RevocationSync = decode(&encode(&sync)).expect("re-encoded exchange decodes");
+        assert_eq!(again, sync);
+        for list in &sync.offer {
+            let _ = list.verify();
+        }
+    }
+    if let Ok(reply) = decode::<RevocationSyncReply>(data) {
+        for list in &reply.newer {
+            let _ = list.verify();
+        }
     }
     let _ = decode::<ciborium::Value>(data);
 });
