@@ -35,7 +35,11 @@
 //! 3. **Update latency**: single ad updates (a higher `seq`) by random nodes, one at a time
 //!    on the otherwise quiet overlay, each timed until every node of its federation and the
 //!    broker hold it.
-//! 4. **Broker planning**: [`broker::planner::plan`] over the broker's converged view for a
+//! 4. **Revocation spread**: the first federation's authority revokes a principal and one of
+//!    its nodes publishes the list; each peer following the federation (every peer has its own
+//!    trust store, as daemons do) is timed from publication until its overlay applied the list
+//!    (p50, p99, the share within 2 s).
+//! 5. **Broker planning**: [`broker::planner::plan`] over the broker's converged view for a
 //!    request of `slivers` slivers spread over many sites. When only a sample published, the
 //!    other nodes' ads are validated with the same trust store and added to the broker's view,
 //!    so the planner sees every node.
@@ -56,7 +60,9 @@ use anyhow::Context;
 use broker::planner::{Candidate, plan};
 use capability_schema::ad::{PriceList, ShareState};
 use capability_schema::slice::{SliceConstraints, SliceKind, SliceRequest, SliverTarget};
-use capability_schema::{AcquireMode, PublicKey, ResourceAd, Resources, SecretKey, Signed};
+use capability_schema::{
+    AcquireMode, PublicKey, ResourceAd, Resources, RevocationList, SecretKey, Signed,
+};
 use federation::overlay::{AdEvent, Multiaddr, OverlayError, OverlayStats};
 use federation::testing::{TestFederation, TestNode, cpu_time};
 use federation::{Overlay, OverlayConfig, OverlayHandle, TrustStore, unix_now};
@@ -76,6 +82,8 @@ const NODE_AD_QUEUE: usize = 128;
 const DIAL_CONCURRENCY: usize = 128;
 /// Longest wait for one ad update to reach everyone.
 const UPDATE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for a revocation list to reach a peer.
+const REVOCATION_TIMEOUT: Duration = Duration::from_secs(30);
 /// Lifetime of the simulation's ads.
 const AD_TTL_SECS: u64 = 6 * 3600;
 
@@ -212,6 +220,8 @@ pub struct SimReport {
     pub updates: Vec<Duration>,
     /// Updates that did not reach everyone in time.
     pub updates_lost: usize,
+    /// How a revocation list spread (none: not measured).
+    pub revocation: Option<RevocationSpread>,
     /// Ads in the broker's view when planning.
     pub candidates: usize,
     /// Slivers asked.
@@ -226,6 +236,45 @@ pub struct SimReport {
     pub satisfiable: bool,
     /// The planner's explanation.
     pub explanation: String,
+}
+
+/// How one revocation list spread from its publisher to the peers that follow its federation.
+#[derive(Debug, Clone, Default)]
+pub struct RevocationSpread {
+    /// Peers that follow the federation (its nodes and the broker).
+    pub peers: usize,
+    /// Per peer that applied the list, the time from publication, sorted.
+    pub reached: Vec<Duration>,
+}
+
+impl RevocationSpread {
+    /// The time by which `percent` of all the peers applied the list (none: fewer did).
+    pub fn by_share(&self, percent: f64) -> Option<Duration> {
+        let needed = ((percent / 100.0) * self.peers as f64).ceil() as usize;
+        self.reached.get(needed.max(1) - 1).copied()
+    }
+
+    /// The share of the peers that applied the list within `limit`, in percent.
+    pub fn within(&self, limit: Duration) -> f64 {
+        let n = self.reached.iter().filter(|d| **d <= limit).count();
+        100.0 * n as f64 / self.peers.max(1) as f64
+    }
+}
+
+impl fmt::Display for RevocationSpread {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let at = |p: f64| self.by_share(p).map_or_else(|| "never".to_owned(), millis);
+        write!(
+            f,
+            "{} of {} peers applied it: p50 {} · p99 {} · all {}; {:.1}% within 2 s",
+            self.reached.len(),
+            self.peers,
+            at(50.0),
+            at(99.0),
+            at(100.0),
+            self.within(Duration::from_secs(2)),
+        )
+    }
 }
 
 impl SimReport {
@@ -412,6 +461,12 @@ impl fmt::Display for SimReport {
                 },
             ),
             (
+                "revocation spread",
+                self.revocation
+                    .as_ref()
+                    .map_or_else(|| "not measured".to_owned(), ToString::to_string),
+            ),
+            (
                 "broker planning",
                 format!(
                     "{} slivers over {} candidate ads: {:.2} ms (median of 5); {} chosen on {} sites; {}",
@@ -444,12 +499,12 @@ impl fmt::Display for SimReport {
 pub fn summary_table(reports: &[SimReport]) -> String {
     let mut out = String::new();
     out.push_str(
-        "| nodes | publishers | cold convergence | p50 / p95 peer | ad spread p50 / p95 | validated ads/node | ≈gossip copies/node | CPU/delivery (marginal) | update p50 / p95 | plan | RSS idle / peak |\n",
+        "| nodes | publishers | cold convergence | p50 / p95 peer | ad spread p50 / p95 | validated ads/node | ≈gossip copies/node | CPU/delivery (marginal) | update p50 / p95 | revocation p50 / p99 | plan | RSS idle / peak |\n",
     );
-    out.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    out.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in reports {
         out.push_str(&format!(
-            "| {} | {} | {} | {} / {} | {} / {} | {:.1} | {:.0} | {:.0} µs ({:.0} µs) | {} / {} | {} slivers in {:.1} ms | {} / {} |\n",
+            "| {} | {} | {} | {} / {} | {} / {} | {:.1} | {:.0} | {:.0} µs ({:.0} µs) | {} / {} | {} | {} slivers in {:.1} ms | {} / {} |\n",
             r.nodes,
             r.publishers,
             r.convergence().map_or_else(
@@ -470,6 +525,13 @@ pub fn summary_table(reports: &[SimReport]) -> String {
             r.marginal_cpu_per_delivery().as_secs_f64() * 1e6,
             millis(percentile(&r.updates, 50.0)),
             millis(percentile(&r.updates, 95.0)),
+            r.revocation.as_ref().map_or_else(
+                || "-".to_owned(),
+                |spread| {
+                    let at = |p| spread.by_share(p).map_or_else(|| "never".to_owned(), millis);
+                    format!("{} / {}", at(50.0), at(99.0))
+                }
+            ),
             r.chosen,
             r.plan_time.as_secs_f64() * 1000.0,
             mib(r.setup_rss),
@@ -872,6 +934,7 @@ pub async fn run(config: &SimConfig, progress: impl FnMut(&str)) -> anyhow::Resu
     sim.measure_idle().await?;
     sim.converge().await?;
     sim.time_updates().await?;
+    sim.time_revocation().await?;
     sim.plan();
     Ok(sim.shut_down().await)
 }
@@ -893,8 +956,11 @@ struct Sim<'c, P> {
     base: OverlayConfig,
     /// Federation names (`fed0`, …).
     names: Vec<String>,
-    /// The one trust store of every peer.
+    /// The trust store every peer starts from (each gets its own copy, as daemons have, so a
+    /// revocation list one peer applied is news to the next).
     trust: Arc<RwLock<TrustStore>>,
+    /// A revocation list of the first federation, published by `time_revocation`.
+    revocation: Signed<RevocationList>,
     /// Each federation's agent.
     agents: Vec<PublicKey>,
     /// Each federation's prices.
@@ -946,6 +1012,12 @@ impl<'c, P: FnMut(&str)> Sim<'c, P> {
             federation.trust(&mut store);
         }
         let agents: Vec<PublicKey> = (0..f).map(|_| SecretKey::generate().public()).collect();
+        // A principal of the first federation falls out of trust; nothing in the overlay
+        // depends on it, so the list's spread is all the measurement sees.
+        let revocation =
+            federations[0]
+                .authority
+                .revoke(&[], &[SecretKey::generate().public()], unix_now());
         let prices: Vec<PriceList> = (0..f as u64)
             .map(|i| PriceList {
                 cpu_core_hour: 10 + 7 * i,
@@ -986,6 +1058,7 @@ impl<'c, P: FnMut(&str)> Sim<'c, P> {
             base,
             names,
             trust: Arc::new(RwLock::new(store)),
+            revocation,
             agents,
             prices,
             nodes: Arc::new(nodes),
@@ -1000,6 +1073,16 @@ impl<'c, P: FnMut(&str)> Sim<'c, P> {
     /// Tells `progress`.
     fn say(&mut self, line: &str) {
         (self.progress)(line);
+    }
+
+    /// A peer's own trust store: a copy of the common one.
+    fn own_trust(&self) -> Arc<RwLock<TrustStore>> {
+        let store = self
+            .trust
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        Arc::new(RwLock::new(store))
     }
 
     /// The broker's peer (after `start`).
@@ -1036,7 +1119,7 @@ impl<'c, P: FnMut(&str)> Sim<'c, P> {
                 federations: vec![self.names[sim.federation].clone()],
                 ..self.base.clone()
             };
-            let handle = Overlay::start(&sim.node.key, config, self.trust.clone())
+            let handle = Overlay::start(&sim.node.key, config, self.own_trust())
                 .await
                 .with_context(|| format!("starting node peer {i}"))?;
             let addr = handle
@@ -1058,7 +1141,7 @@ impl<'c, P: FnMut(&str)> Sim<'c, P> {
             ..self.base.clone()
         };
         let broker =
-            Overlay::start(&SecretKey::generate(), broker_config, self.trust.clone()).await?;
+            Overlay::start(&SecretKey::generate(), broker_config, self.own_trust()).await?;
         tokio::spawn(counter(broker.ads(), self.shared.clone(), n, true));
         self.peers.push(broker);
         self.report.start_time = started.elapsed();
@@ -1399,6 +1482,61 @@ impl<'c, P: FnMut(&str)> Sim<'c, P> {
         Ok(())
     }
 
+    /// Phase 5b: the first federation's authority revokes a principal; one random node of it
+    /// publishes the list, and every peer that follows the federation (its nodes and the
+    /// broker) is timed from publication until its overlay applied the list.
+    async fn time_revocation(&mut self) -> anyhow::Result<()> {
+        let followers: Vec<OverlayHandle> = self
+            .node_peers()
+            .iter()
+            .zip(self.nodes.iter())
+            .filter(|(_, s)| s.federation == 0)
+            .map(|(h, _)| h.clone())
+            .chain(std::iter::once(self.broker().clone()))
+            .collect();
+        self.say(&format!(
+            "timing a revocation list's spread to {} peers",
+            followers.len()
+        ));
+        let waits: Vec<_> = followers
+            .iter()
+            .map(|peer| {
+                let mut applied = peer.revocations();
+                applied.borrow_and_update();
+                tokio::spawn(async move {
+                    tokio::time::timeout(REVOCATION_TIMEOUT, applied.changed())
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                        .map(|()| Instant::now())
+                })
+            })
+            .collect();
+        let publisher = loop {
+            let i = self.rng.gen_range(0..self.config.nodes);
+            if self.nodes[i].federation == 0 {
+                break i;
+            }
+        };
+        let published = Instant::now();
+        self.peers[publisher]
+            .publish_revocation(self.revocation.clone())
+            .await
+            .context("publishing the revocation list")?;
+        let mut reached = Vec::with_capacity(waits.len());
+        for wait in waits {
+            if let Some(at) = wait.await.context("a revocation waiter")? {
+                reached.push(at.saturating_duration_since(published));
+            }
+        }
+        reached.sort();
+        self.report.revocation = Some(RevocationSpread {
+            peers: followers.len(),
+            reached,
+        });
+        Ok(())
+    }
+
     /// The broker's view as the planner takes it, topped up (when only a sample published)
     /// with the ads of the nodes that did not publish, validated as the overlay validates.
     fn candidates(&self) -> Vec<Candidate> {
@@ -1620,7 +1758,26 @@ pub fn check_converged(reports: &[SimReport], configs: &[SimConfig]) -> anyhow::
             )
         })
         .collect();
+    let unrevoked: Vec<String> = reports
+        .iter()
+        .filter_map(|r| {
+            let spread = r.revocation.as_ref()?;
+            (spread.reached.len() < spread.peers).then(|| {
+                format!(
+                    "{} nodes: a revocation list reached {} of {} peers",
+                    r.nodes,
+                    spread.reached.len(),
+                    spread.peers
+                )
+            })
+        })
+        .collect();
     if failed.is_empty() {
+        anyhow::ensure!(
+            unrevoked.is_empty(),
+            "a revocation did not reach every peer ({}): its topic's mesh is too thin",
+            unrevoked.join("; ")
+        );
         return Ok(());
     }
     anyhow::bail!(
@@ -1633,6 +1790,29 @@ pub fn check_converged(reports: &[SimReport], configs: &[SimConfig]) -> anyhow::
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_revocation_spread_counts_peers_that_never_applied_it() {
+        let spread = RevocationSpread {
+            peers: 4,
+            reached: vec![
+                Duration::from_millis(10),
+                Duration::from_millis(20),
+                Duration::from_millis(3000),
+            ],
+        };
+        assert_eq!(spread.by_share(50.0), Some(Duration::from_millis(20)));
+        assert_eq!(spread.by_share(75.0), Some(Duration::from_millis(3000)));
+        assert_eq!(spread.by_share(99.0), None, "the fourth peer never got it");
+        assert!((spread.within(Duration::from_secs(2)) - 50.0).abs() < 1e-9);
+        let report = SimReport {
+            converged: true,
+            revocation: Some(spread),
+            ..SimReport::default()
+        };
+        let err = check_converged(&[report], &[SimConfig::default()]).unwrap_err();
+        assert!(err.to_string().contains("reached 3 of 4"), "{err}");
+    }
 
     #[test]
     fn percentiles_take_the_nearest_rank() {

@@ -21,6 +21,7 @@ use testnet::topology::Topology;
 #[command(
     name = "testnet",
     version,
+    long_version = federation::manual::long_version(),
     about = "Run a whole PlanetMesh (federations, nodes, agents, brokers) on this machine",
     long_about = "Run a whole PlanetMesh on this machine: every daemon is a real process. As root, each \
                   host gets its own network namespace on a bridge and nodes make real isolated slivers, \
@@ -192,6 +193,8 @@ enum Cmd {
         #[arg(long)]
         bench: bool,
     },
+    #[command(flatten)]
+    Manual(federation::manual::ManualCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -253,6 +256,7 @@ fn main() {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let dir = cli.dir;
     match cli.command {
+        Cmd::Manual(manual) => Ok(manual.run::<Cli>()?),
         Cmd::Up {
             federations,
             nodes,
