@@ -255,13 +255,21 @@ pub(crate) async fn on_hangup(reloader: Arc<Reloader>, mut stop: watch::Receiver
     }
 }
 
-/// The first setting, outside [`LIVE_SETTINGS`], that differs between `a` and `b`.
+/// The first setting, outside [`LIVE_SETTINGS`], that differs between `a` and `b` (or, if
+/// the two cannot be compared, a name saying so: the reload is refused then too).
 pub fn fixed_difference(a: &NodeManagerConfig, b: &NodeManagerConfig) -> Option<String> {
     let table = |c: &NodeManagerConfig| match toml::Value::try_from(c) {
-        Ok(toml::Value::Table(t)) => t,
-        _ => toml::map::Map::new(),
+        Ok(toml::Value::Table(t)) => Ok(t),
+        Ok(other) => Err(format!(
+            "a config that is not a table ({})",
+            other.type_str()
+        )),
+        Err(e) => Err(format!("a config that cannot be compared ({e})")),
     };
-    let (a, b) = (table(a), table(b));
+    let (a, b) = match (table(a), table(b)) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => return Some(e),
+    };
     let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
     keys.sort();
     keys.dedup();
