@@ -2,11 +2,14 @@
 //! and nodes whose delegation to this agent is revoked, leave the inventory at once and are
 //! kept out of it, so they are never offered, planned or minted on.
 //!
-//! Requests of revoked principals and brokers need nothing here: their certificates are
-//! checked by the trust store ([`federation::TrustStore::check_member`]), which consults the
-//! lists it holds and refuses naming the list (federation, version, time of issue).
+//! A principal's certificate is checked by the trust store
+//! ([`federation::TrustStore::check_member`]), which consults the lists it holds and refuses a
+//! revoked one naming the list (federation, version, time of issue). The caller itself (a
+//! broker, or a principal asking directly) is checked here ([`check_caller`]): a revoked key
+//! gets no ads and no tickets; it may still report tickets released.
 
-use capability_schema::{MembershipCert, PublicKey, ResourceAd, RevocationList};
+use capability_schema::protocol::AgentRequest;
+use capability_schema::{MembershipCert, PublicKey, Rejection, ResourceAd, RevocationList};
 use federation::TrustStore;
 
 use crate::inventory::Inventory;
@@ -98,4 +101,122 @@ pub fn admissible(trust: &federation::SharedTrust, agent: &PublicKey, ad: &Resou
         .read()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     revoked_node(&store, agent, ad).is_none()
+}
+
+/// Refuses `request` if its caller's key is revoked by a list `store` holds (rule
+/// `revoked_caller`, naming the list); `Released` is always taken (it only frees shares).
+pub fn check_caller(
+    store: &TrustStore,
+    caller: &PublicKey,
+    request: &AgentRequest,
+) -> Result<(), Rejection> {
+    if matches!(request, AgentRequest::Released { .. }) {
+        return Ok(());
+    }
+    match store.revoking_key(caller) {
+        Some(list) => Err(Rejection::Policy {
+            rule: "revoked_caller".into(),
+            detail: format!(
+                "the caller {} is revoked by {}: a revoked broker or principal gets no ads and \
+                 no tickets",
+                caller.short(),
+                list.describe()
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use capability_schema::identity::test_key;
+    use capability_schema::membership::RevokedDelegation;
+    use capability_schema::protocol::AdQuery;
+    use capability_schema::{Delegation, Resources, Signed};
+    use federation::testing::TestFederation;
+    use federation::trust::Revoke;
+
+    use super::*;
+
+    const NOW: u64 = 1_800_000_000;
+
+    #[test]
+    fn revoked_nodes_delegations_and_callers_are_named_with_their_list() {
+        let mut plc = TestFederation::new("plc", 100);
+        let mut store = TrustStore::new();
+        plc.trust(&mut store);
+        let agent = test_key(20).public();
+        // Each node delegates to `agent` (and node 4 to another agent too).
+        let mut ad = |seed: u8| {
+            let node = plc.node(seed, "s1");
+            let mut body = node.ad_body(1, NOW, 60);
+            for to in [agent, test_key(21).public()] {
+                body.delegations.push(Signed::sign(
+                    &node.key,
+                    &Delegation {
+                        node: node.key.public(),
+                        agent: to,
+                        share: Resources::ZERO,
+                        scope: Default::default(),
+                        issued_at: NOW - 10,
+                        not_after: NOW + 3600,
+                    },
+                ));
+            }
+            (Signed::sign(&node.key, &body), body)
+        };
+        let kept = ad(1);
+        let by_key = ad(2);
+        let by_serial = ad(3);
+        let by_delegation = ad(4);
+        let serial = by_serial.1.membership.verify().unwrap().serial;
+        let list = plc.authority.revoke_with(
+            &Revoke {
+                serials: vec![serial],
+                keys: vec![by_key.1.node, test_key(60).public()],
+                delegations: vec![RevokedDelegation {
+                    node: by_delegation.1.node,
+                    agent,
+                    issued_until: NOW,
+                }],
+                ..Revoke::default()
+            },
+            NOW,
+        );
+        store.add_revocation(&list).unwrap();
+        assert_eq!(revoked_node(&store, &agent, &kept.1), None);
+        let why = revoked_node(&store, &agent, &by_key.1).unwrap();
+        assert!(why.contains("\"plc\"'s revocation list v1"), "{why}");
+        let why = revoked_node(&store, &agent, &by_serial.1).unwrap();
+        assert!(
+            why.contains(&format!("certificate serial {serial}")),
+            "{why}"
+        );
+        let why = revoked_node(&store, &agent, &by_delegation.1).unwrap();
+        assert!(why.contains("delegation to this agent"), "{why}");
+        // Another agent's delegation from the same node is not revoked.
+        assert_eq!(
+            revoked_node(&store, &test_key(21).public(), &by_delegation.1),
+            None
+        );
+
+        let mut inventory = Inventory::new(agent);
+        for (signed, body) in [&kept, &by_key, &by_serial, &by_delegation] {
+            inventory.offer(signed.clone(), body.clone(), NOW).unwrap();
+        }
+        let dropped = drop_revoked(&mut inventory, &store);
+        assert_eq!(dropped.len(), 3);
+        assert_eq!(inventory.len(), 1);
+        assert!(inventory.get(&kept.1.node).is_some());
+
+        let asks = AgentRequest::GetAds(AdQuery::default());
+        assert!(check_caller(&store, &test_key(61).public(), &asks).is_ok());
+        let Err(Rejection::Policy { rule, detail }) =
+            check_caller(&store, &test_key(60).public(), &asks)
+        else {
+            panic!("a revoked caller is refused");
+        };
+        assert_eq!(rule, "revoked_caller");
+        assert!(detail.contains("revocation list v1"), "{detail}");
+    }
 }

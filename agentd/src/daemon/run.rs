@@ -198,6 +198,7 @@ async fn answer(
         let trust = trust
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        crate::revocation::check_caller(&trust, &peer, &request)?;
         handler.agent.handle(&trust, &peer, request, unix_now())
     })
     .await
