@@ -993,8 +993,11 @@ pub fn store(
         }
     }
     let mut all_addresses = held.file.addresses.clone();
-    all_addresses.extend(addresses.iter().cloned());
-    all_addresses.dedup();
+    for address in addresses {
+        if !all_addresses.contains(address) {
+            all_addresses.push(address.clone());
+        }
+    }
     let entry = TicketEntry {
         ticket: IssuedTicket {
             node: c.node,
@@ -1080,7 +1083,7 @@ pub async fn redeem(m: &Manager, ask: RedeemAsk) -> Result<Outcome, OpError> {
             .tickets(&c.slice)?
             .iter()
             .any(|t| t.ticket.ticket_id == id);
-    let entry = match &ask.held.in_state {
+    let mut entry = match &ask.held.in_state {
         Some(slice) => m
             .state
             .tickets(slice)?
@@ -1123,6 +1126,11 @@ pub async fn redeem(m: &Manager, ask: RedeemAsk) -> Result<Outcome, OpError> {
             }
         }
     };
+    for address in &ask.addresses {
+        if !entry.ticket.addresses.contains(address) {
+            entry.ticket.addresses.push(address.clone());
+        }
+    }
     let now = unix_now();
     let until = ask
         .lease_secs

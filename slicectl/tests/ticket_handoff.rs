@@ -434,11 +434,30 @@ async fn alice_narrows_and_hands_a_ticket_to_bob_who_redeems_and_uses_it() {
     ])
     .await;
     assert_eq!(code, 0, "{stdout}{stderr}");
-    let (code, imported) = cli_json(&bob.args(&["ticket", "import", &second])).await;
+    // Bob imports the bare text (as pasted from a message: no `#` hints), with the node's
+    // address given by hand.
+    let text = std::fs::read_to_string(&second)
+        .unwrap()
+        .lines()
+        .find(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .unwrap()
+        .to_owned();
+    let other_address = other
+        .running
+        .as_ref()
+        .unwrap()
+        .overlay
+        .listen_addrs()
+        .await
+        .unwrap()[0]
+        .to_string();
+    let (code, imported) =
+        cli_json(&bob.args(&["ticket", "import", &text, "--address", &other_address])).await;
     assert_eq!(code, 0, "{imported}");
-    assert!(
-        !imported["addresses"].as_array().unwrap().is_empty(),
-        "the file tells where the node listens: {imported}"
+    assert_eq!(
+        imported["addresses"],
+        serde_json::json!([other_address]),
+        "{imported}"
     );
     assert!(net.all_leases().is_empty(), "importing redeems nothing");
     let (code, synced) = cli_json(&bob.args(&["slice", "sync", "plc-site0_second"])).await;
