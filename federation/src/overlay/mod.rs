@@ -100,7 +100,7 @@ pub struct OverlayConfig {
     pub mesh_n_high: usize,
     /// Keep at least this many connections, dialing peers Kademlia knows. Default: 8.
     pub target_peers: usize,
-    /// Trim connections above this many, keeping gossip mesh peers, peers with requests in
+    /// Trim connections above this many, keeping ad gossip mesh peers, peers with requests in
     /// flight and fresh connections. Gossip streams never go idle, so without this every peer
     /// a Kademlia query touched would stay connected for good. Default: 32.
     pub max_peers: usize,

@@ -747,16 +747,21 @@ impl Runner {
         }
     }
 
-    /// Disconnects peers above `max_peers`: never gossip mesh peers, peers with requests in
+    /// Disconnects peers above `max_peers`: never ad-topic mesh peers, peers with requests in
     /// flight, or peers connected less than `trim_grace` ago.
     fn trim(&mut self) {
         let connected = self.connected_since.len();
         if connected <= self.config.max_peers {
             return;
         }
+        // Ad-topic mesh peers only: revocation topics are followed for every trusted
+        // federation, so their meshes would keep every peer that trusts one; lists missed
+        // while disconnected come back in the exchange of the next connection.
         let gossipsub = &self.swarm.behaviour().gossipsub;
-        let keep: HashSet<PeerId> = gossipsub
-            .all_mesh_peers()
+        let keep: HashSet<PeerId> = self
+            .topics
+            .keys()
+            .flat_map(|topic| gossipsub.mesh_peers(topic))
             .copied()
             .chain(self.pending.values().map(|p| p.peer))
             .collect();
