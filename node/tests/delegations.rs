@@ -424,7 +424,8 @@ async fn nodemgr_reload_and_sighup_change_delegations_without_a_restart() {
     let node = node_key.public();
     let (old_agent, new_agent, alice) = (test_key(20), test_key(21), test_key(50));
     let http_addr = format!("127.0.0.1:{}", free_port());
-    let settings = format!("http = \"{http_addr}\"\nad_interval_secs = 1\nad_ttl_secs = 30");
+    // A long heartbeat, so an ad soon after a reload is the reload's own.
+    let settings = format!("http = \"{http_addr}\"\nad_interval_secs = 30\nad_ttl_secs = 90");
     write_node(
         dir.path(),
         &mut plc,
@@ -499,6 +500,7 @@ async fn nodemgr_reload_and_sighup_change_delegations_without_a_restart() {
             delegation(&new_agent, "")
         ),
     );
+    let reloaded = std::time::Instant::now();
     let out = nodemgr(dir.path(), &["reload", "--config", "node.toml"]);
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -510,6 +512,19 @@ async fn nodemgr_reload_and_sighup_change_delegations_without_a_restart() {
         said.contains("delegations: 1 added") && said.contains(&new_agent.public().short()),
         "{said}"
     );
+    // The new ad goes out at once, not at the next heartbeat.
+    within(async {
+        loop {
+            let event = ads.recv().await.unwrap();
+            if event.ad.node == node && event.ad.share_of(&new_agent.public()).is_some() {
+                break;
+            }
+        }
+    })
+    .await;
+    let took = reloaded.elapsed();
+    eprintln!("reload to the new ad at a peer: {took:?}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
     let new_lease = redeem(
         &client,
         &node,
@@ -524,15 +539,6 @@ async fn nodemgr_reload_and_sighup_change_delegations_without_a_restart() {
     .await
     .unwrap();
     assert_eq!(new_lease.agent, new_agent.public());
-    within(async {
-        loop {
-            let event = ads.recv().await.unwrap();
-            if event.ad.node == node && event.ad.share_of(&new_agent.public()).is_some() {
-                break;
-            }
-        }
-    })
-    .await;
     let listed = nodemgr(dir.path(), &["delegations", "--config", "node.toml"]);
     let listed = String::from_utf8_lossy(&listed.stdout);
     assert!(
