@@ -608,7 +608,10 @@ async fn nodemgr_reload_and_sighup_change_delegations_without_a_restart() {
     .await
     .unwrap_err();
     assert_eq!(check, "unknown_issuer", "{sentence}");
-    assert!(sentence.contains("delegated"), "{sentence}");
+    assert!(
+        sentence.contains("no delegation") && sentence.contains(&old_agent.public().short()),
+        "{sentence}"
+    );
     let leases = http(&http_addr, "GET", "/leases").await.unwrap();
     assert!(leases.contains(&old_lease.lease_id), "{leases}");
     let exec = NodeRequest::Exec {

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 
 use capability_schema::ticket::TrustedIssuers;
 use capability_schema::{
-    Delegation, DelegationScope, PublicKey, Resources, SecretKey, Signed, TicketVerifier,
+    Delegation, DelegationScope, PublicKey, Rejection, Resources, SecretKey, Signed, TicketVerifier,
 };
 use serde::{Deserialize, Serialize};
 
@@ -153,6 +153,20 @@ impl Delegated {
             self.capacity.total,
             entries,
         ))
+    }
+
+    /// The refusal of a ticket whose issuer this node has no delegation to (never had, or
+    /// no longer has: delegations change with a reload); `key_hint` is the issuer's as the
+    /// ticket names it.
+    pub fn no_delegation(key_hint: &str) -> Rejection {
+        Rejection::Ticket {
+            check: "unknown_issuer".into(),
+            detail: format!(
+                "no delegation: this node delegates nothing to agent key {key_hint} (it never \
+                 did, or that delegation was removed); get a ticket from an agent this node \
+                 delegates to"
+            ),
+        }
     }
 
     /// Capacity, shares and scopes, for admission.

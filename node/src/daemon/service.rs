@@ -676,7 +676,10 @@ impl NodeService {
     ) -> Result<Reservation, Rejection> {
         let verifier = delegated.verifier();
         let ticket = capability_schema::ticket::Ticket::from_bytes(bytes, verifier.issuers())
-            .map_err(ticket_refusal)?;
+            .map_err(|r| match r {
+                TicketRefusal::UnknownIssuer { key_hint } => Delegated::no_delegation(&key_hint),
+                other => ticket_refusal(other),
+            })?;
         let contents = ticket.contents().map_err(ticket_refusal)?;
         self.revocation
             .check_redeem(&self.public(), &contents, caller)?;
