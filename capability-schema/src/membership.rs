@@ -210,7 +210,7 @@ impl RevocationList {
             .find(|d| d.node == *node && d.agent == *agent && issued_at <= d.issued_until)
     }
 
-    /// "`federation`'s list vN of <time>", how refusals name the list.
+    /// How refusals name the list: `"plc"'s revocation list v3 (issued at 1780000000)`.
     pub fn describe(&self) -> String {
         format!(
             "{:?}'s revocation list v{} (issued at {})",

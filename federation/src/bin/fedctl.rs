@@ -279,7 +279,7 @@ enum Command {
         /// Where to write the revocation list.
         #[arg(long)]
         out: PathBuf,
-        /// Hand the list to this daemon (a multiaddress with /p2p/<peer id>), which gossips it.
+        /// Hand the list to this daemon (a multiaddress with /p2p/PEER_ID), which gossips it.
         #[arg(long)]
         publish: Option<Multiaddr>,
     },
@@ -288,7 +288,7 @@ enum Command {
     Publish {
         /// The revocation list (from `fedctl revoke`).
         list: PathBuf,
-        /// The daemon to hand it to (a multiaddress with /p2p/<peer id>).
+        /// The daemon to hand it to (a multiaddress with /p2p/PEER_ID).
         #[arg(long)]
         peer: Multiaddr,
     },

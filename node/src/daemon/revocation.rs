@@ -3,7 +3,7 @@
 //!
 //! How it flows:
 //! 1. The overlay applies every newer list to the node's trust store and bumps
-//!    `OverlayHandle::revocations`; [`watch`] wakes on it (and once at start, for the lists
+//!    `OverlayHandle::revocations`; [`watch()`] wakes on it (and once at start, for the lists
 //!    the config named) and runs [`end_revoked`] when the node's `end_revoked_leases` policy
 //!    is on (the default).
 //! 2. [`RevocationGuard`] lives in the [`NodeService`]; the service asks it at every redeem
