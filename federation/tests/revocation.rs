@@ -280,6 +280,24 @@ fn fedctl_revoke_publishes_through_a_running_peer() {
         assert_eq!(list.delegations.len(), 1);
         assert_eq!(list.tickets.len(), 1);
     }
+    // What was revoked shows in the list and in the authority's state.
+    let shown = cli::run(fedctl, &["show", "rev1.cbor"], dir.path());
+    assert!(
+        shown.stdout.contains("delegations: 1")
+            && shown
+                .stdout
+                .contains(&format!("node {victim} to agent {agent}"))
+            && shown.stdout.contains(&format!("  - {}", "ab".repeat(64))),
+        "{}",
+        shown.stdout
+    );
+    let state = cli::run(fedctl, &["show", "plc"], dir.path());
+    assert!(
+        state.stdout.contains("revoked delegations: 1")
+            && state.stdout.contains("revoked tickets: 1"),
+        "{}",
+        state.stdout
+    );
     // The same list again: held; an older one after a newer: refused as stale (exit 2).
     let again = cli::run(
         fedctl,

@@ -796,6 +796,19 @@ fn show_state(state: &AuthorityState) -> String {
     for key in &state.revoked_keys {
         out += &format!("  - {key}\n");
     }
+    out += &format!("revoked delegations: {}\n", state.revoked_delegations.len());
+    for d in &state.revoked_delegations {
+        out += &format!(
+            "  - node {} to agent {}, signed up to {}\n",
+            d.node,
+            d.agent,
+            date(d.issued_until)
+        );
+    }
+    out += &format!("revoked tickets: {}\n", state.revoked_tickets.len());
+    for t in &state.revoked_tickets {
+        out += &format!("  - {t}\n");
+    }
     out
 }
 
