@@ -315,7 +315,9 @@ pub enum OverlayError {
     #[error("{0}")]
     Rejected(ErrorReply),
     /// A revocation list (from the config, or to publish) does not validate.
-    #[error("revocation list refused: {0}")]
+    #[error(
+        "revocation list refused: {0}; use a list its federation's trusted authority signed (`fedctl show FILE` says whose it is)"
+    )]
     InvalidRevocation(String),
     /// A revocation exchange with a peer failed.
     #[error("revocation exchange with {peer} failed: {detail}")]
