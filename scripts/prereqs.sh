@@ -16,6 +16,27 @@ need_pkg() { # need_pkg COMMAND PACKAGE
   fi
 }
 
+need_promtool() { # promtool alone, out of Debian's prometheus package (no server installed)
+  command -v promtool >/dev/null 2>&1 && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "== installing promtool (from the prometheus package, without its server)"
+    if [ -z "${PLANETMESH_APT_UPDATED:-}" ]; then
+      apt-get update -qq >/dev/null || true
+      export PLANETMESH_APT_UPDATED=1
+    fi
+    local tmp
+    tmp=$(mktemp -d)
+    (cd "$tmp" && apt-get download -qq prometheus >/dev/null &&
+      dpkg-deb -x prometheus_*.deb "$tmp/root" &&
+      install -m 0755 "$tmp/root/usr/bin/promtool" /usr/local/bin/promtool)
+    rm -rf "$tmp"
+    command -v promtool >/dev/null 2>&1
+  else
+    echo "missing: promtool; install it with: sudo apt-get install prometheus" >&2
+    return 1
+  fi
+}
+
 ensure_prereqs() {
   command -v cargo >/dev/null || {
     echo "cargo not found: install Rust with rustup (the toolchain is pinned in rust-toolchain.toml)" >&2
@@ -32,6 +53,8 @@ ensure_prereqs() {
   need_pkg mkfs.btrfs btrfs-progs
   # Headless Chromium: the testnet dashboard test loads the page in a real browser.
   need_pkg chromium chromium
+  # promtool: the daemons' /metrics are checked the way Prometheus reads them.
+  need_promtool
   if [ "$(id -u)" = 0 ]; then
     for feature in /proc/self/ns/user /proc/self/ns/net /proc/self/ns/cgroup; do
       [ -e "$feature" ] || echo "warning: kernel lacks $feature; sliver tests will fail" >&2

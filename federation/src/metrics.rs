@@ -28,8 +28,9 @@ use std::fmt;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder};
+use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::exemplar::Exemplar;
 use prometheus_client::registry::Registry;
 
 /// The content type of [`Scrape::encode`]'s text: Prometheus's text format 0.0.4.
@@ -71,7 +72,8 @@ struct Family {
     samples: Samples,
 }
 
-/// A family's samples: one value, or one value per value of a label.
+/// A family's samples: one value, one value per value of a label, one sample of value 1 with
+/// several labels (an info gauge), or one histogram per value of a label.
 #[derive(Debug, Clone)]
 enum Samples {
     One(Value),
@@ -79,6 +81,71 @@ enum Samples {
         label: &'static str,
         values: Vec<(String, Value)>,
     },
+    Info(Vec<(&'static str, String)>),
+    Histograms {
+        label: &'static str,
+        values: Vec<(String, HistogramSnapshot)>,
+    },
+}
+
+/// What a [`Histogram`] counted, as a scrape writes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistogramSnapshot {
+    /// Sum of the observations, in seconds.
+    pub sum: f64,
+    /// Observations.
+    pub count: u64,
+    /// Per bucket (upper bound, observations in that bucket alone), `+Inf` last.
+    pub buckets: Vec<(f64, u64)>,
+}
+
+/// A latency histogram with fixed bounds ([`Histogram::BOUNDS`], seconds), lock-free.
+#[derive(Debug)]
+pub struct Histogram {
+    buckets: [std::sync::atomic::AtomicU64; Histogram::BOUNDS.len() + 1],
+    sum_micros: std::sync::atomic::AtomicU64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            buckets: std::array::from_fn(|_| std::sync::atomic::AtomicU64::new(0)),
+            sum_micros: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+impl Histogram {
+    /// Upper bounds of the buckets, in seconds: from a millisecond (a status read) to half
+    /// a minute (a busy redeem's whole wait).
+    pub const BOUNDS: [f64; 13] = [
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 30.0,
+    ];
+
+    /// Counts one observation.
+    pub fn observe(&self, took: std::time::Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let secs = took.as_secs_f64();
+        let bucket = Self::BOUNDS
+            .iter()
+            .position(|bound| secs <= *bound)
+            .unwrap_or(Self::BOUNDS.len());
+        self.buckets[bucket].fetch_add(1, Relaxed);
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.sum_micros.fetch_add(micros, Relaxed);
+    }
+
+    /// What it counted so far.
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        use std::sync::atomic::Ordering::Relaxed;
+        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();
+        let bounds = Self::BOUNDS.iter().copied().chain([f64::INFINITY]);
+        HistogramSnapshot {
+            sum: self.sum_micros.load(Relaxed) as f64 / 1e6,
+            count: counts.iter().sum(),
+            buckets: bounds.zip(counts).collect(),
+        }
+    }
 }
 
 /// One scrape's metric families, in the order they are added. It answers an HTTP request
@@ -146,6 +213,34 @@ impl Scrape {
         )
     }
 
+    /// An info gauge `name` (ending in `_info`): one sample of value 1 whose labels carry the
+    /// facts (`planetmesh_build_info{version="…",commit="…"} 1`).
+    pub fn info(
+        &mut self,
+        name: &'static str,
+        help: &'static str,
+        labels: Vec<(&'static str, String)>,
+    ) -> &mut Scrape {
+        debug_assert!(name.ends_with("_info"), "info gauge {name} without _info");
+        self.add(name, help, MetricType::Gauge, Samples::Info(labels))
+    }
+
+    /// A histogram `name` (in seconds) per value of `label` (none: the family is left out).
+    pub fn histogram_by(
+        &mut self,
+        name: &'static str,
+        help: &'static str,
+        label: &'static str,
+        values: Vec<(String, HistogramSnapshot)>,
+    ) -> &mut Scrape {
+        self.add(
+            name,
+            help,
+            MetricType::Histogram,
+            Samples::Histograms { label, values },
+        )
+    }
+
     fn add(
         &mut self,
         name: &'static str,
@@ -192,7 +287,11 @@ struct Families(Vec<Family>);
 impl Collector for Families {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
         for family in &self.0 {
-            let empty = matches!(&family.samples, Samples::By { values, .. } if values.is_empty());
+            let empty = match &family.samples {
+                Samples::By { values, .. } => values.is_empty(),
+                Samples::Histograms { values, .. } => values.is_empty(),
+                _ => false,
+            };
             if empty {
                 continue;
             }
@@ -206,6 +305,22 @@ impl Collector for Families {
                     for (label_value, value) in values {
                         let labels = [(*label, label_value.as_str())];
                         write(*value, &mut metric.encode_family(&labels)?)?;
+                    }
+                }
+                Samples::Info(labels) => {
+                    let labels: Vec<(&str, &str)> =
+                        labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                    write(Value::Integer(1), &mut metric.encode_family(&labels)?)?;
+                }
+                Samples::Histograms { label, values } => {
+                    for (label_value, h) in values {
+                        let labels = [(*label, label_value.as_str())];
+                        metric.encode_family(&labels)?.encode_histogram(
+                            h.sum,
+                            h.count,
+                            &h.buckets,
+                            None::<&std::collections::HashMap<usize, Exemplar<NoLabelSet, f64>>>,
+                        )?;
                     }
                 }
             }

@@ -141,38 +141,7 @@ impl TestNode {
     }
 }
 
-/// CPU time (user + system) this process has used, from `/proc` (zero where unavailable).
-pub fn cpu_time() -> std::time::Duration {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return std::time::Duration::ZERO;
-    };
-    // After the command name (which ends with ')'): utime and stime are the 12th and 13th
-    // fields, in clock ticks of `sysconf(_SC_CLK_TCK)` per second.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    ticks_to_duration(ticks(11) + ticks(12), clock_ticks_per_second())
-}
-
-/// The kernel's clock ticks per second (`sysconf(_SC_CLK_TCK)`), 100 if it cannot say.
-fn clock_ticks_per_second() -> u64 {
-    match nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK) {
-        Ok(Some(hz)) if hz > 0 => hz.unsigned_abs(),
-        _ => 100,
-    }
-}
-
-fn ticks_to_duration(ticks: u64, per_second: u64) -> std::time::Duration {
-    let per_second = per_second.max(1);
-    let nanos = u128::from(ticks) * 1_000_000_000 / u128::from(per_second);
-    std::time::Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
-}
+pub use crate::daemon::exporter::cpu_time;
 
 /// Checks a daemon's `mdns` setting the same way for every daemon: its default config (with
 /// the federation filled in) shows `# mdns = false` with its meaning and the QUIC listen hint;
@@ -303,19 +272,88 @@ fn tempfile_dir(what: &str) -> TempDir {
     TempDir(dir)
 }
 
+/// Checks a `/metrics` text the way Prometheus reads it: `promtool check metrics` must accept
+/// it without a complaint. Where promtool is missing the check is skipped with a note, except
+/// under `CI=true`, where it fails (`scripts/prereqs.sh` installs it).
+///
+/// # Panics
+/// If promtool refuses the text, or is missing under CI.
+pub fn check_metrics_with_promtool(text: &str) {
+    use std::io::Write;
+    let child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("promtool cannot run under CI ({e}): scripts/prereqs.sh installs it")
+        }
+        Err(e) => {
+            eprintln!("note: promtool not found ({e}); /metrics not checked by it");
+            return;
+        }
+    };
+    #[allow(clippy::expect_used)]
+    {
+        child
+            .stdin
+            .take()
+            .expect("promtool's stdin")
+            .write_all(text.as_bytes())
+            .expect("writing to promtool");
+        let out = child.wait_with_output().expect("promtool's verdict");
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success() && said.trim().is_empty(),
+            "promtool check metrics: {said}\n{text}"
+        );
+    }
+}
+
+/// `GET path` from a daemon's HTTP endpoint at `addr` (HTTP/1.1, connection closed after):
+/// the status code and the body.
+///
+/// # Panics
+/// If the endpoint cannot be reached or answers something that is not HTTP.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    #[allow(clippy::expect_used)]
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("the HTTP endpoint accepts");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    #[allow(clippy::expect_used)]
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("the request is sent");
+    let mut out = String::new();
+    #[allow(clippy::expect_used)]
+    stream
+        .read_to_string(&mut out)
+        .await
+        .expect("the answer is read");
+    #[allow(clippy::expect_used)]
+    let code = out
+        .get(9..12)
+        .and_then(|c| c.parse().ok())
+        .expect("an HTTP status line");
+    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+    (code, body)
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
     use super::*;
-
-    #[test]
-    fn clock_ticks_convert_at_the_kernel_rate() {
-        assert!(clock_ticks_per_second() > 0);
-        assert_eq!(ticks_to_duration(250, 100), Duration::from_millis(2500));
-        assert_eq!(ticks_to_duration(3, 1000), Duration::from_millis(3));
-        assert_eq!(ticks_to_duration(1, 300), Duration::from_nanos(3_333_333));
-    }
 
     #[test]
     fn cpu_time_grows_with_work() {

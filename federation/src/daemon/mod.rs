@@ -13,6 +13,8 @@ use crate::TrustStore;
 
 pub mod cli;
 pub mod config;
+pub mod exporter;
+pub mod health;
 pub mod runtime;
 pub mod serve;
 
@@ -98,12 +100,15 @@ pub fn load_membership(
     Ok((signed, cert))
 }
 
-/// Sets up `tracing`: `RUST_LOG` filters (default `info`), JSON lines when `json`.
+/// Sets up `tracing`: `RUST_LOG` filters (default `info`), JSON lines when `json`, colour only
+/// on a terminal.
 pub fn init_tracing(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour codes only for people: a file, a pipe or the journal gets plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();

@@ -11,6 +11,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use capability_schema::protocol::Reply;
@@ -19,6 +20,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::config::{ConfigError, DaemonKind};
+use super::exporter::{self, Exporter};
+use super::health::{self, Readiness};
 use super::serve::{DRAIN_DEADLINE, Fairness, serve_protocol};
 use crate::OverlayHandle;
 use crate::overlay::{OverlayError, Protocol};
@@ -90,12 +93,23 @@ fn key_hint(program: &str, error: &KeyError) -> String {
     }
 }
 
+/// The `protocol` label of a protocol's answer times.
+fn protocol_label(kind: crate::overlay::ProtocolKind) -> &'static str {
+    match kind {
+        crate::overlay::ProtocolKind::Agent => "agent",
+        crate::overlay::ProtocolKind::Node => "node",
+        crate::overlay::ProtocolKind::Broker => "broker",
+    }
+}
+
 /// A running daemon's tasks and stop signal.
 #[derive(Debug)]
 pub struct Runtime {
     overlay: OverlayHandle,
     stop_tx: watch::Sender<bool>,
     tasks: Vec<(&'static str, JoinHandle<()>)>,
+    readiness: Readiness,
+    exporter: Arc<Exporter>,
 }
 
 impl Runtime {
@@ -103,10 +117,18 @@ impl Runtime {
     pub fn new(overlay: OverlayHandle) -> Self {
         let (stop_tx, _) = watch::channel(false);
         Runtime {
-            overlay,
+            overlay: overlay.clone(),
             stop_tx,
             tasks: Vec::new(),
+            readiness: Readiness::default(),
+            exporter: Arc::new(Exporter::new(overlay.clone())),
         }
+    }
+
+    /// The daemon's readiness check for `/readyz` ([`super::health`]): set it when the daemon
+    /// has something to wait for (the node: its first ad).
+    pub fn readiness(&self) -> &Readiness {
+        &self.readiness
     }
 
     /// The overlay.
@@ -125,8 +147,9 @@ impl Runtime {
         self.tasks.push((name, tokio::spawn(task)));
     }
 
-    /// Serves `router` on `addr` (none: no endpoint) until the daemon stops; returns the bound
-    /// address.
+    /// Serves `router`, with the `/healthz` and `/readyz` probes of [`super::health`] and
+    /// the standard families of [`super::exporter`] appended to its `/metrics`, on `addr`
+    /// (none: no endpoint) until the daemon stops; returns the bound address.
     pub async fn serve_http(
         &mut self,
         addr: Option<SocketAddr>,
@@ -135,6 +158,12 @@ impl Runtime {
         let Some(addr) = addr else {
             return Ok(None);
         };
+        let router = router
+            .merge(health::routes(self.overlay.clone(), self.readiness.clone()))
+            .layer(axum::middleware::from_fn_with_state(
+                Arc::clone(&self.exporter),
+                exporter::append_standard,
+            ));
         let http = |source| DaemonError::Http { addr, source };
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(http)?;
         let bound = listener.local_addr().map_err(http)?;
@@ -150,7 +179,8 @@ impl Runtime {
         Ok(Some(bound))
     }
 
-    /// Serves protocol `P` on the overlay with fair admission ([`serve_protocol`]).
+    /// Serves protocol `P` on the overlay with fair admission ([`serve_protocol`]); each
+    /// answer's time goes to `planetmesh_request_duration_seconds{protocol}`.
     pub async fn serve<P, H, Fut>(
         &mut self,
         fairness: Fairness,
@@ -164,6 +194,18 @@ impl Runtime {
         Fut: Future<Output = Reply<P::Response>> + Send + 'static,
     {
         let requests = self.overlay.serve::<P>().await?;
+        let latency = self.exporter.latency(protocol_label(P::KIND));
+        let handler = Arc::new(handler);
+        let handler = move |peer, request| {
+            let started = std::time::Instant::now();
+            let answer = handler(peer, request);
+            let latency = Arc::clone(&latency);
+            async move {
+                let reply = answer.await;
+                latency.observe(started.elapsed());
+                reply
+            }
+        };
         let stop = self.stop_signal();
         self.spawn(
             "protocol",

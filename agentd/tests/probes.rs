@@ -1,0 +1,51 @@
+//! The agent's HTTP endpoint as a monitoring system sees it: `/healthz`, `/readyz`, and a
+//! `/metrics` that promtool accepts, with the standard families (build, process, overlay)
+//! after the agent's own.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)] // a failed unwrap fails the run
+
+use agentd::daemon::config::AgentConfig;
+use capability_schema::identity::test_key;
+use capability_schema::{Role, codec};
+use federation::testing::{TestFederation, check_metrics_with_promtool, http_get};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_answers_probes_and_metrics_promtool_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut plc = TestFederation::new("plc", 100);
+    let key = test_key(21);
+    key.save(&dir.path().join("agent.key")).unwrap();
+    std::fs::write(
+        dir.path().join("membership.cbor"),
+        codec::encode(&plc.certify(&key, Role::Agent)),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("agent.toml"),
+        format!(
+            "federation = \"plc\"\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\nhttp = \"127.0.0.1:0\"\n\
+             [[trust]]\nname = \"plc\"\nauthority = \"{}\"\n",
+            plc.authority.public()
+        ),
+    )
+    .unwrap();
+    let config = AgentConfig::load(&dir.path().join("agent.toml")).unwrap();
+    let (running, shutdown) = agentd::daemon::run::start(config).await.unwrap();
+    let http = running.http.expect("an HTTP endpoint");
+
+    assert_eq!(http_get(http, "/healthz").await, (200, "ok\n".to_owned()));
+    let (code, ready) = http_get(http, "/readyz").await;
+    assert_eq!(code, 200, "{ready}");
+    let (code, metrics) = http_get(http, "/metrics").await;
+    assert_eq!(code, 200, "{metrics}");
+    for family in [
+        "planetmesh_agent_",
+        "planetmesh_build_info{",
+        "process_cpu_seconds_total ",
+        "planetmesh_overlay_peers ",
+    ] {
+        assert!(metrics.contains(family), "{family} missing:\n{metrics}");
+    }
+    check_metrics_with_promtool(&metrics);
+    shutdown.await;
+}
