@@ -19,6 +19,7 @@ use slicectl::state::State;
 #[command(
     name = "slicectl",
     version,
+    long_version = federation::manual::long_version(),
     about = "PlanetMesh service manager: create, run, renew and delete slices across federations",
     after_help = EXIT_CODES_HELP
 )]
@@ -83,6 +84,8 @@ enum Command {
     /// Only acquire and redeem use the network.
     #[command(subcommand)]
     Ticket(TicketCli),
+    #[command(flatten)]
+    Manual(federation::manual::ManualCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -404,6 +407,12 @@ fn keygen(out: Option<PathBuf>, key_file: Option<PathBuf>, json: bool) -> Result
 }
 
 fn try_run(cli: Cli) -> Result<i32, OpError> {
+    if let Command::Manual(manual) = &cli.command {
+        manual
+            .run::<Cli>()
+            .map_err(|e| OpError::Setup(format!("writing the manual: {e}")))?;
+        return Ok(0);
+    }
     let g = &cli.global;
     let config = match &g.config {
         Some(path) => ClientConfig::load(path)?,
@@ -440,7 +449,7 @@ fn try_run(cli: Cli) -> Result<i32, OpError> {
                 slicectl::ticket::Step::Redeem(ask) => Online::Redeem(ask),
             }
         }
-        Command::Keygen { .. } => return Ok(0),
+        Command::Keygen { .. } | Command::Manual(_) => return Ok(0),
     };
     let state_dir = state_dir.ok_or_else(|| {
         OpError::Setup(
