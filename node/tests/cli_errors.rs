@@ -17,3 +17,9 @@ fn nodemgr_errors_are_one_line_of_their_class_without_a_backtrace() {
     let wipe = run(NODEMGR, &["wipe", "--config", "nope.toml"], tmp.path());
     ordinary_error(&wipe, "nodemgr", SETUP, "run `nodemgr init`");
 }
+
+#[test]
+fn nodemgr_has_completions_man_pages_and_a_long_version() {
+    let tmp = tempfile::tempdir().unwrap();
+    cli::manual(env!("CARGO_BIN_EXE_nodemgr"), "nodemgr", tmp.path());
+}

@@ -172,8 +172,21 @@ async fn redeem_over_libp2p_and_serve_status() {
     assert!(leases.contains(&lease.lease_id), "{leases}");
     let metrics = http_get(http, "/metrics").await;
     assert!(
-        metrics.contains("planetmesh_node_committed_cpu_millis 500"),
+        metrics.contains("planetmesh_node_committed_cpu_cores 0.5"),
         "{metrics}"
+    );
+    // As a monitoring system reads it: promtool accepts it, and the redeem above was timed.
+    let body = metrics.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    federation::testing::check_metrics_with_promtool(body);
+    assert!(
+        body.contains("planetmesh_request_duration_seconds_count{protocol=\"node\"}"),
+        "{body}"
+    );
+    assert!(http_get(http, "/healthz").await.contains("200 OK"));
+    let ready = http_get(http, "/readyz").await;
+    assert!(
+        ready.contains("200 OK") && ready.contains("ready: "),
+        "{ready}"
     );
     // Without isolation there is nothing to measure: the sliver is listed, its use unknown.
     let slivers = http_get(http, "/slivers").await;

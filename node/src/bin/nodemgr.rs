@@ -15,13 +15,15 @@ use clap::{Parser, Subcommand};
 use federation::daemon::DaemonKind;
 use federation::daemon::cli::{Failure, exit, load_config, usage};
 use federation::daemon::config::ConfigError;
-use federation::daemon::runtime::{describe_key, init, load_key};
+use federation::daemon::join::{JoinArgs, KeyArgs, init_joined, key_command};
+use federation::daemon::runtime::describe_key;
 use node::daemon::config::{NodeKind, NodeManagerConfig, default_config};
 
 #[derive(Parser, Debug)]
 #[command(
     name = "nodemgr",
     version,
+    long_version = federation::manual::long_version(),
     about = "PlanetMesh node manager: redeems tickets into isolated slivers and returns signed leases"
 )]
 struct Cli {
@@ -39,9 +41,8 @@ enum Command {
         /// Directory to write into (created if missing).
         #[arg(long, default_value = ".")]
         dir: PathBuf,
-        /// The federation this node belongs to.
-        #[arg(long)]
-        federation: String,
+        #[command(flatten)]
+        join: JoinArgs,
     },
     /// Run the daemon.
     Run {
@@ -72,10 +73,11 @@ enum Command {
     /// Print this node's public key and peer id (for `fedctl certify --subject` and for
     /// others' bootstrap addresses).
     Key {
-        /// The key file.
-        #[arg(long, default_value = NodeKind::KEY_FILE)]
-        key: PathBuf,
+        #[command(flatten)]
+        args: KeyArgs,
     },
+    #[command(flatten)]
+    Manual(federation::manual::ManualCommand),
 }
 
 fn main() -> ExitCode {
@@ -91,8 +93,9 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<(), Failure> {
     federation::daemon::init_tracing(cli.json_logs);
     match cli.command {
-        Command::Init { dir, federation } => {
-            let key = init::<NodeKind>(&dir, "node.toml", &default_config(&federation))?;
+        Command::Manual(manual) => Ok(manual.run::<Cli>()?),
+        Command::Init { dir, join } => {
+            let key = init_joined::<NodeKind>(&dir, "node.toml", default_config, &join)?;
             println!(
                 "wrote {} and {}",
                 dir.join("node.toml").display(),
@@ -139,11 +142,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Command::Key { key } => {
-            println!(
-                "{}",
-                describe_key::<NodeKind>(&load_key::<NodeKind>(&key)?.public())
-            );
+        Command::Key { args } => {
+            println!("{}", key_command::<NodeKind>(&args, "node.toml")?);
             Ok(())
         }
         Command::Run { config } => {

@@ -158,6 +158,9 @@ struct Figures<'a> {
 
 /// The node-wide series, then the per-sliver ones (one sample per live sliver and figure; a
 /// figure no sliver has is left out).
+///
+/// Figures are in base units, as exporters write them: CPU in cores, memory and disk in
+/// bytes, time in seconds.
 fn scrape(f: &Figures<'_>) -> Scrape {
     let per_sliver = |figure: fn(&UsageSample) -> Option<Value>| -> Vec<(String, Value)> {
         f.usage
@@ -168,14 +171,14 @@ fn scrape(f: &Figures<'_>) -> Scrape {
     let mut scrape = Scrape::new();
     scrape
         .gauge(
-            "planetmesh_node_capacity_cpu_millis",
-            "CPU the node offers, in thousandths of a core.",
-            f.capacity.cpu_millis,
+            "planetmesh_node_capacity_cpu_cores",
+            "CPU the node offers, in cores.",
+            cores(f.capacity.cpu_millis),
         )
         .gauge(
-            "planetmesh_node_committed_cpu_millis",
-            "CPU committed to leases.",
-            f.committed.cpu_millis,
+            "planetmesh_node_committed_cpu_cores",
+            "CPU committed to leases, in cores.",
+            cores(f.committed.cpu_millis),
         )
         .gauge(
             "planetmesh_node_capacity_memory_bytes",
@@ -245,6 +248,11 @@ fn scrape(f: &Figures<'_>) -> Scrape {
     scrape
 }
 
+/// Millicores as cores (a real: `0.5`).
+fn cores(millis: u64) -> Value {
+    Value::Real(millis as f64 / 1000.0)
+}
+
 #[cfg(test)]
 mod tests {
     use std::fmt::Write;
@@ -255,10 +263,10 @@ mod tests {
     /// The text `/metrics` answered before `prometheus-client`, formatted by hand as it was.
     fn old_text(f: &Figures<'_>) -> String {
         let mut text = format!(
-            "# HELP planetmesh_node_capacity_cpu_millis CPU the node offers, in thousandths of a core.\n\
-             # TYPE planetmesh_node_capacity_cpu_millis gauge\nplanetmesh_node_capacity_cpu_millis {}\n\
-             # HELP planetmesh_node_committed_cpu_millis CPU committed to leases.\n\
-             # TYPE planetmesh_node_committed_cpu_millis gauge\nplanetmesh_node_committed_cpu_millis {}\n\
+            "# HELP planetmesh_node_capacity_cpu_cores CPU the node offers, in cores.\n\
+             # TYPE planetmesh_node_capacity_cpu_cores gauge\nplanetmesh_node_capacity_cpu_cores {:?}\n\
+             # HELP planetmesh_node_committed_cpu_cores CPU committed to leases, in cores.\n\
+             # TYPE planetmesh_node_committed_cpu_cores gauge\nplanetmesh_node_committed_cpu_cores {:?}\n\
              # HELP planetmesh_node_capacity_memory_bytes Memory the node offers.\n\
              # TYPE planetmesh_node_capacity_memory_bytes gauge\nplanetmesh_node_capacity_memory_bytes {}\n\
              # HELP planetmesh_node_committed_memory_bytes Memory committed to leases.\n\
@@ -271,8 +279,8 @@ mod tests {
              planetmesh_node_requests_total{{outcome=\"refused\"}} {}\n\
              # HELP planetmesh_node_ads_published_total Ads published.\n\
              # TYPE planetmesh_node_ads_published_total counter\nplanetmesh_node_ads_published_total {}\n",
-            f.capacity.cpu_millis,
-            f.committed.cpu_millis,
+            f.capacity.cpu_millis as f64 / 1000.0,
+            f.committed.cpu_millis as f64 / 1000.0,
             f.capacity.memory_bytes,
             f.committed.memory_bytes,
             f.leases,

@@ -255,6 +255,20 @@ pub async fn start(
         "release reports",
         super::release_report::report_loop(Arc::clone(&service), overlay.clone(), stop),
     );
+    // Ready once the first ad is built: until then no broker can plan on this node.
+    let first_ad = Arc::clone(&state);
+    runtime.readiness().set(Arc::new(move || {
+        let built = first_ad
+            .ad
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some();
+        if built {
+            Ok(())
+        } else {
+            Err("the node's first ad is not built yet".into())
+        }
+    }));
     let http = runtime
         .serve_http(common.http, http::router(Arc::clone(&state)))
         .await?;
