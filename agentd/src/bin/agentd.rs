@@ -13,7 +13,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use federation::daemon::DaemonKind;
 use federation::daemon::cli::{Failure, exit, load_config};
-use federation::daemon::runtime::{describe_key, init, load_key};
+use federation::daemon::join::{JoinArgs, KeyArgs, init_joined, key_command};
+use federation::daemon::runtime::describe_key;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -37,16 +38,14 @@ enum Command {
         /// Directory to write into (created if missing).
         #[arg(long, default_value = ".")]
         dir: PathBuf,
-        /// The federation this agent serves.
-        #[arg(long)]
-        federation: String,
+        #[command(flatten)]
+        join: JoinArgs,
     },
     /// Print this agent's public key and peer id (for `fedctl certify --subject` and for
     /// others' bootstrap addresses).
     Key {
-        /// The key file.
-        #[arg(long, default_value = AgentKind::KEY_FILE)]
-        key: PathBuf,
+        #[command(flatten)]
+        args: KeyArgs,
     },
     /// Run the daemon.
     Run {
@@ -66,8 +65,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
     federation::daemon::init_tracing(cli.json_logs);
     match cli.command {
         Command::Manual(manual) => Ok(manual.run::<Cli>()?),
-        Command::Init { dir, federation } => {
-            let key = init::<AgentKind>(&dir, "agent.toml", &default_config(&federation))?;
+        Command::Init { dir, join } => {
+            let key = init_joined::<AgentKind>(&dir, "agent.toml", default_config, &join)?;
             let policy = dir.join(POLICY_FILE);
             let kept = policy.exists();
             if !kept {
@@ -88,11 +87,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
             );
             Ok(())
         }
-        Command::Key { key } => {
-            println!(
-                "{}",
-                describe_key::<AgentKind>(&load_key::<AgentKind>(&key)?.public())
-            );
+        Command::Key { args } => {
+            println!("{}", key_command::<AgentKind>(&args, "agent.toml")?);
             Ok(())
         }
         Command::Run { config } => {

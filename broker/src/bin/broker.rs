@@ -12,7 +12,8 @@ use broker::daemon::config::{BrokerConfig, BrokerKind, default_config};
 use clap::{Parser, Subcommand};
 use federation::daemon::DaemonKind;
 use federation::daemon::cli::{Failure, exit, load_config};
-use federation::daemon::runtime::{describe_key, init, load_key};
+use federation::daemon::join::{JoinArgs, KeyArgs, init_joined, key_command};
+use federation::daemon::runtime::describe_key;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -36,16 +37,14 @@ enum Command {
         /// Directory to write into (created if missing).
         #[arg(long, default_value = ".")]
         dir: PathBuf,
-        /// The federation this broker belongs to.
-        #[arg(long)]
-        federation: String,
+        #[command(flatten)]
+        join: JoinArgs,
     },
     /// Print this broker's public key and peer id (for `fedctl certify --subject` and for
     /// others' bootstrap addresses).
     Key {
-        /// The key file.
-        #[arg(long, default_value = BrokerKind::KEY_FILE)]
-        key: PathBuf,
+        #[command(flatten)]
+        args: KeyArgs,
     },
     /// Run the daemon.
     Run {
@@ -65,8 +64,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
     federation::daemon::init_tracing(cli.json_logs);
     match cli.command {
         Command::Manual(manual) => Ok(manual.run::<Cli>()?),
-        Command::Init { dir, federation } => {
-            let key = init::<BrokerKind>(&dir, "broker.toml", &default_config(&federation))?;
+        Command::Init { dir, join } => {
+            let key = init_joined::<BrokerKind>(&dir, "broker.toml", default_config, &join)?;
             println!(
                 "wrote {} and {}",
                 dir.join("broker.toml").display(),
@@ -80,11 +79,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
             );
             Ok(())
         }
-        Command::Key { key } => {
-            println!(
-                "{}",
-                describe_key::<BrokerKind>(&load_key::<BrokerKind>(&key)?.public())
-            );
+        Command::Key { args } => {
+            println!("{}", key_command::<BrokerKind>(&args, "broker.toml")?);
             Ok(())
         }
         Command::Run { config } => {

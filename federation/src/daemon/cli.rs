@@ -68,6 +68,8 @@ impl Class {
                         AuthorityError::Key(e) => key_class(e),
                         _ => Class::Setup,
                     })
+                } else if e.is::<super::join::JoinError>() {
+                    Some(Class::Usage)
                 } else if e.is::<ConfigError>() || e.is::<FileError>() || e.is::<std::io::Error>() {
                     Some(Class::Setup)
                 } else {

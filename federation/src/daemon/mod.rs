@@ -15,6 +15,7 @@ pub mod cli;
 pub mod config;
 pub mod exporter;
 pub mod health;
+pub mod join;
 pub mod runtime;
 pub mod serve;
 
