@@ -338,6 +338,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let key = SecretKey::generate();
             key.save(&out).map_err(|e| another_out(e.into()))?;
             println!("{}", key.public());
+            eprintln!(
+                "next, for the federation's authority: fedctl certify --authority <authority dir> \
+                 --role <node|agent|broker|principal> --subject {} --site <site> --name <name> \
+                 --out <file>",
+                key.public()
+            );
         }
         Command::InitAuthority { name, out } => {
             let authority = Authority::create(&name)?;
@@ -347,6 +353,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             println!("federation {name}");
             println!("authority  {}", authority.public());
             println!("anchor     {}", out.join(ANCHOR_FILE).display());
+            println!("{}", next_after_authority(&out));
         }
         Command::Certify {
             authority: dir,
@@ -362,6 +369,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             write_signed(&out, &cert)?;
             authority.save_state(&dir)?;
             print!("{}", show_cert(&cert, now));
+            println!("{}", next_after_certify(role, &out));
         }
         Command::Peer {
             authority: dir,
@@ -405,6 +413,14 @@ fn run(cli: Cli) -> Result<(), Failure> {
             write_signed(&out, &agreement)?;
             authority.save_state(&dir)?;
             print!("{}", show_agreement(&agreement, now));
+            println!(
+                "next: give {} to this federation's agents (peering = [...] in agent.toml, then \
+                 restart them); the other federation's authority runs: fedctl peer --authority \
+                 <its dir> --with-name {} --with-key {} --roles principal,broker --out <file>",
+                out.display(),
+                authority.name(),
+                authority.public()
+            );
         }
         Command::Revoke {
             authority: dir,
@@ -453,6 +469,40 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// The next command after `init-authority`, for the members to be.
+fn next_after_authority(dir: &Path) -> String {
+    format!(
+        "next, on each member's machine: nodemgr key --new --dir /etc/planetmesh (agentd, broker \
+         alike), then here: fedctl certify --authority {} --role <role> --subject <the key it \
+         printed> --site <site> --name <host> --out <file>",
+        dir.display()
+    )
+}
+
+/// The next command after `certify`, for the member: join with the certificate.
+fn next_after_certify(role: Role, out: &Path) -> String {
+    let program = match role {
+        Role::Node => "nodemgr",
+        Role::Agent => "agentd",
+        Role::Broker => "broker",
+        _ => {
+            return format!(
+                "next, for the user: put {} as `membership` in slicectl.toml (or pass --cert {}), \
+                 then: slicectl slice create ...",
+                out.display(),
+                out.display()
+            );
+        }
+    };
+    format!(
+        "next, on the member's machine (with {} copied there): {program} init --dir \
+         /etc/planetmesh --federation-cert {} --bootstrap <a running daemon's address from its \
+         `key` command>",
+        out.display(),
+        out.display()
+    )
 }
 
 /// The readable form of any file fedctl knows.
