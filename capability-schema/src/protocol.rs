@@ -277,6 +277,19 @@ pub struct NodeStatus {
     pub ad: Signed<ResourceAd>,
     /// The caller's leases on this node.
     pub leases: Vec<Signed<Lease>>,
+    /// The caller's leases this node ended before their time, and why (a revocation), as far
+    /// as it remembers; older nodes send none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ended: Vec<LeaseEnded>,
+}
+
+/// A lease a node ended before its time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseEnded {
+    /// The lease.
+    pub lease_id: String,
+    /// Why, e.g. `principal revoked by "fed0" list v3 (issued at 1796653890)`.
+    pub reason: String,
 }
 
 /// Output of a finished program.

@@ -418,6 +418,10 @@ fn every_protocol_message_round_trips() {
         Ok(NodeResponse::Status(Box::new(NodeStatus {
             ad: ad(),
             leases: vec![lease()],
+            ended: vec![LeaseEnded {
+                lease_id: "l0".into(),
+                reason: "principal revoked by \"plc\" list v3 (issued at 1780000000)".into(),
+            }],
         }))),
         Ok(NodeResponse::Exec(ExecOutput {
             exit_code: 1,

@@ -1,8 +1,9 @@
 //! Revocation at a running node manager (in-process, loopback TCP, no isolation): a list
 //! handed to the node over the overlay ends the live leases of a revoked principal, issuing
-//! agent or ticket at once (the time it took is printed), later requests on such a lease get
-//! the reason, and redeems touching anything revoked are refused naming the rule and the
-//! list; an older list is ignored; a list named in the config applies from the start.
+//! agent or ticket at once (the time it took is printed), later requests on such a lease and
+//! the holder's status get the reason, and redeems touching anything revoked are refused
+//! naming the rule and the list; an older list is ignored; a list named in the config applies
+//! from the start.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)] // a failed unwrap fails the run
 
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use capability_schema::identity::{SecretKey, test_key};
 use capability_schema::membership::{RevocationVerdict, RevokedDelegation};
-use capability_schema::protocol::{NodeRequest, NodeResponse, TicketBytes};
+use capability_schema::protocol::{NodeRequest, NodeResponse, NodeStatus, TicketBytes};
 use capability_schema::ticket::{Operation, Ticket, TicketSpec, Window};
 use capability_schema::{Lease, PublicKey, Rejection, Resources, SliceKind, codec};
 use common::principal_overlay;
@@ -131,6 +132,27 @@ impl Node {
         }
     }
 
+    /// The caller's status (once the node has built its first ad).
+    async fn status(&self, client: &OverlayHandle) -> NodeStatus {
+        within(async {
+            loop {
+                let request = NodeRequest::Status;
+                match client
+                    .request::<NodeProtocol>(&self.key.public(), request, WAIT)
+                    .await
+                {
+                    Ok(NodeResponse::Status(status)) => return *status,
+                    Ok(other) => panic!("{other:?}"),
+                    Err(OverlayError::Rejected(reply)) if reply.reason.code() == "unavailable" => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        })
+        .await
+    }
+
     fn live(&self, lease: &Lease) -> bool {
         let ledger = self.running.state.service.ledger();
         ledger.get(&lease.lease_id).unwrap().is_some()
@@ -210,6 +232,23 @@ async fn revocations_end_leases_and_refuse_redeems_naming_the_list() {
         detail.contains("ended: principal revoked by \"plc\" list v1"),
         "{detail}"
     );
+    // Her status lists both as ended, with the reason; bob's shows nothing ended.
+    let status = node.status(&alice_client).await;
+    assert!(status.leases.is_empty());
+    let mut ended: Vec<&str> = status.ended.iter().map(|e| e.lease_id.as_str()).collect();
+    ended.sort_unstable();
+    let mut expected = [alice_1.lease_id.as_str(), alice_2.lease_id.as_str()];
+    expected.sort_unstable();
+    assert_eq!(ended, expected);
+    assert!(
+        status.ended[0]
+            .reason
+            .starts_with("principal revoked by \"plc\" list v1 (issued at "),
+        "{:?}",
+        status.ended
+    );
+    let bobs = node.status(&bob_client).await;
+    assert!(bobs.ended.is_empty() && bobs.leases.len() == 2);
     let (rule, detail) = policy(
         node.redeem(
             &alice_client,

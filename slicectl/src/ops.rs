@@ -609,6 +609,7 @@ impl Manager {
                 }
                 _ => None,
             };
+            let mut ended = None;
             let (state, end) = match r {
                 Ok(NodeResponse::Status(status)) => {
                     match status.leases.iter().find_map(|s| {
@@ -619,6 +620,12 @@ impl Manager {
                         Some(live) => ("live".to_owned(), live.end),
                         None => {
                             class = class.worst(ExitClass::Partial);
+                            // A node that ended the lease early says why (a revocation).
+                            ended = status
+                                .ended
+                                .iter()
+                                .find(|e| e.lease_id == l.lease.lease_id)
+                                .map(|e| e.reason.clone());
                             ("gone".to_owned(), l.lease.end)
                         }
                     }
@@ -629,18 +636,28 @@ impl Manager {
                     (format!("unreachable ({e})"), l.lease.end)
                 }
             };
-            lines.push(format!(
-                "  {}: {state}, lease {} ends in {} s",
-                l.label(),
-                l.lease.lease_id,
-                end.saturating_sub(now)
-            ));
+            match &ended {
+                Some(reason) => lines.push(format!(
+                    "  {}: {state}, lease {} ended: {reason}",
+                    l.label(),
+                    l.lease.lease_id,
+                )),
+                None => lines.push(format!(
+                    "  {}: {state}, lease {} ends in {} s",
+                    l.label(),
+                    l.lease.lease_id,
+                    end.saturating_sub(now)
+                )),
+            }
             if let Some(public) = &l.lease.public {
                 lines.push(format!("    reached at {public}"));
             }
             let mut v = lease_json(l);
             v["state"] = json!(state);
             v["end"] = json!(end);
+            if let Some(reason) = &ended {
+                v["ended"] = json!(reason);
+            }
             if let Some(u) = &usage {
                 lines.push(format!(
                     "    used: cpu {:.1} s, memory {}, sent {}{}",

@@ -12,7 +12,8 @@
 //!    revoked, and refuses with a [`Rejection::Policy`] naming the rule and the list (whose,
 //!    which version, issued when).
 //! 3. A lease ended here leaves its reason behind ([`RevocationGuard::ended`]): exec, logs,
-//!    spawn and key requests on it are refused with "lease ended: principal revoked by …".
+//!    spawn and key requests on it are refused with "lease ended: principal revoked by …",
+//!    and the holder's status lists it with the reason ([`RevocationGuard::ended_of`]).
 //!
 //! Which lists apply: every list the node's trust store holds, that is lists signed by an
 //! authority the node trusts (its own federation's, or a peer federation's named by an
@@ -21,6 +22,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
+use capability_schema::protocol::LeaseEnded;
 use capability_schema::ticket::TicketContents;
 use capability_schema::{PublicKey, Rejection, RevocationList, TicketId};
 use federation::SharedTrust;
@@ -40,8 +42,8 @@ pub struct RevocationGuard {
     trust: RwLock<Option<SharedTrust>>,
     /// When this node signed its current delegation to each agent.
     delegations: RwLock<BTreeMap<PublicKey, u64>>,
-    /// Leases ended by a revocation, and why (bounded).
-    ended: Mutex<VecDeque<(String, String)>>,
+    /// Leases ended by a revocation: id, holder, why (bounded).
+    ended: Mutex<VecDeque<(String, PublicKey, String)>>,
 }
 
 /// A revoked party or ticket: which rule, and the sentence naming the list.
@@ -134,16 +136,29 @@ impl RevocationGuard {
         let ended = self.ended.lock().unwrap_or_else(PoisonError::into_inner);
         ended
             .iter()
-            .find(|(id, _)| id == lease_id)
-            .map(|(_, reason)| Rejection::Policy {
+            .find(|(id, _, _)| id == lease_id)
+            .map(|(_, _, reason)| Rejection::Policy {
                 rule: "lease_ended".to_owned(),
                 detail: format!("lease {lease_id} ended: {reason}"),
             })
     }
 
-    fn remember_ended(&self, lease_id: &str, reason: &str) {
+    /// The leases of `holder` ended by a revocation (still remembered), for its status.
+    pub fn ended_of(&self, holder: &PublicKey) -> Vec<LeaseEnded> {
+        let ended = self.ended.lock().unwrap_or_else(PoisonError::into_inner);
+        ended
+            .iter()
+            .filter(|(_, h, _)| h == holder)
+            .map(|(lease_id, _, reason)| LeaseEnded {
+                lease_id: lease_id.clone(),
+                reason: reason.clone(),
+            })
+            .collect()
+    }
+
+    fn remember_ended(&self, lease_id: &str, holder: &PublicKey, reason: &str) {
         let mut ended = self.ended.lock().unwrap_or_else(PoisonError::into_inner);
-        ended.push_back((lease_id.to_owned(), reason.to_owned()));
+        ended.push_back((lease_id.to_owned(), *holder, reason.to_owned()));
         while ended.len() > MAX_ENDED_REASONS {
             ended.pop_front();
         }
@@ -208,7 +223,7 @@ pub fn end_revoked(service: &NodeService, now: u64) -> Vec<EndedLease> {
         else {
             continue;
         };
-        guard.remember_ended(&lease.lease_id, &reason);
+        guard.remember_ended(&lease.lease_id, &lease.holder, &reason);
         let release = capability_schema::protocol::NodeRequest::Release {
             lease_id: lease.lease_id.clone(),
         };
@@ -274,9 +289,18 @@ mod tests {
         );
         assert_eq!(guard.ended("l1"), None);
         for i in 0..=MAX_ENDED_REASONS {
-            guard.remember_ended(&format!("l{i}"), "principal revoked by \"plc\" list v1");
+            guard.remember_ended(
+                &format!("l{i}"),
+                &test_key(1).public(),
+                "principal revoked by \"plc\" list v1",
+            );
         }
         assert_eq!(guard.ended("l0"), None, "the oldest is forgotten");
+        assert_eq!(
+            guard.ended_of(&test_key(1).public()).len(),
+            MAX_ENDED_REASONS
+        );
+        assert!(guard.ended_of(&test_key(2).public()).is_empty());
         let refusal = guard.ended("l1").unwrap();
         assert_eq!(refusal.code(), "policy");
         assert!(

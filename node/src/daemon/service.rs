@@ -750,6 +750,7 @@ impl NodeService {
         Ok(NodeStatus {
             ad: ad.clone(),
             leases,
+            ended: self.revocation.ended_of(caller),
         })
     }
 
