@@ -92,6 +92,18 @@ fn every_command_testnet_up_prints_works_as_printed() {
         &dir,
     );
     assert_eq!(code, 0, "testnet up failed:\n{stdout}\n{stderr}");
+    // The same state for scripts: every host with its process and its daemon's own status.
+    let (code, json, stderr) = run(TESTNET, &["status", "--json"], &dir);
+    assert_eq!(code, 0, "testnet status --json failed:\n{stderr}");
+    let status: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let hosts = status["hosts"].as_array().unwrap();
+    assert!(hosts.len() >= 6, "{status:#}");
+    for host in hosts {
+        assert!(
+            host["pid"].is_u64() && host["status"].is_object() && host["error"].is_null(),
+            "every host runs and answers its /status: {host:#}"
+        );
+    }
     let hints: Vec<&str> = stdout
         .lines()
         .filter_map(|l| l.strip_prefix("  $ "))

@@ -104,7 +104,12 @@ enum Cmd {
         purge: bool,
     },
     /// Show every host: role, federation, site, process and state.
-    Status,
+    Status {
+        /// One JSON object on stdout: every host with its process and its daemon's `/status`
+        /// as the daemon wrote it (or why it did not answer), and the internet host.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a host's log.
     Logs {
         /// The host (`node0`, `agent1`, `broker0`, …).
@@ -367,8 +372,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Status => {
+        Cmd::Status { json } => {
             let manifest = Manifest::load(&dir)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status_json(&manifest))?);
+                return Ok(());
+            }
             println!(
                 "{:<9} {:<7} {:<6} {:<12} {:<8} state",
                 "host", "role", "fed", "site", "pid"
@@ -380,9 +389,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         format!("committed {} of {}", s.committed, s.capacity)
                     }
                     Ok(HostStatus::Agent(s)) => format!("{} nodes in inventory", s.nodes.len()),
-                    Ok(HostStatus::Broker(s)) => {
-                        serde_json::to_string(&s).unwrap_or_else(|e| e.to_string())
-                    }
+                    Ok(HostStatus::Broker(s)) => format!(
+                        "{} agents; {} finds, {} acquired, {} failed, {} refused",
+                        s.agents.len(),
+                        s.finds,
+                        s.acquired,
+                        s.failed,
+                        s.refused
+                    ),
                     Err(e) => e.to_string(),
                 };
                 println!(
@@ -504,6 +518,43 @@ fn default_up() -> Cmd {
 
 /// The internet host's `status` line: its process, its address and what it answers the
 /// machine (which reaches it through the bridge).
+/// `testnet status --json`: every host with its pid (null: down) and its daemon's `/status`
+/// (or the error that stood for it), then the internet host (null on loopback).
+fn status_json(manifest: &Manifest) -> serde_json::Value {
+    let hosts: Vec<serde_json::Value> = manifest
+        .hosts
+        .iter()
+        .map(|host| {
+            let (status, error) = match probe::status(host) {
+                Ok(HostStatus::Node(s)) => (serde_json::to_value(s).ok(), None),
+                Ok(HostStatus::Agent(s)) => (serde_json::to_value(s).ok(), None),
+                Ok(HostStatus::Broker(s)) => (serde_json::to_value(s).ok(), None),
+                Err(e) => (None, Some(format!("{e:#}"))),
+            };
+            serde_json::json!({
+                "host": host.plan.name,
+                "role": host.plan.role.binary(),
+                "federation": host.plan.federation,
+                "site": host.plan.site,
+                "key": host.key.to_string(),
+                "pid": launch::running_pid(host),
+                "http": host.http_url(),
+                "status": status,
+                "error": error,
+            })
+        })
+        .collect();
+    let internet = manifest.internet.as_ref().map(|internet| {
+        serde_json::json!({
+            "address": internet.ip,
+            "url": internet.url(),
+            "udp_port": internet.udp_port,
+            "pid": launch::internet_pid(internet),
+        })
+    });
+    serde_json::json!({ "hosts": hosts, "internet": internet })
+}
+
 fn print_internet_status(internet: &testnet::generate::InternetHost) {
     let pid = launch::internet_pid(internet).map_or("down".to_owned(), |p| p.to_string());
     let answer = match probe::fetch(&internet.url()) {
