@@ -547,6 +547,11 @@ impl Runner<'_> {
             let reached = serde_json::from_value::<PublicEndpoint>(v["public"].clone())
                 .map(|p| format!(", reached at {p}"))
                 .unwrap_or_default();
+            // A lease its node ended early (a revocation) comes with the node's reason.
+            let reached = match v["ended"].as_str() {
+                Some(reason) => format!("{reached}, lease ended: {reason}"),
+                None => reached,
+            };
             let usage = &v["usage"];
             if usage.is_object() {
                 measured += 1;
