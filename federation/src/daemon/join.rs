@@ -39,6 +39,10 @@ pub struct JoinArgs {
     /// repeatable.
     #[arg(long, value_name = "ADDR")]
     pub listen: Vec<String>,
+    /// Where the daemon keeps its state (its ledger, slivers), when it keeps any (default:
+    /// `state` beside the config; packages use /var/lib/planetmesh/<daemon>).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 /// Why a join could not be written.
@@ -167,6 +171,9 @@ pub fn joined_text<K: DaemonKind>(
     out
 }
 
+/// The commented `state_dir` line of the templates of daemons that keep state.
+const STATE_LINE: &str = "# state_dir = ";
+
 /// `init` with [`JoinArgs`]: writes `config_name` into `dir` from `template(federation)`, the
 /// join's settings filled in ([`joined_text`]). Without a certificate a new key is made (as
 /// [`init`]); with one, the key in `dir` must exist and be the certificate's subject, and the
@@ -195,10 +202,30 @@ pub fn init_joined<K: DaemonKind>(
                 })
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let template = |federation: &str| -> Result<String, anyhow::Error> {
+        let text = template(federation);
+        let Some(state) = &join.state_dir else {
+            return Ok(text);
+        };
+        if !text.contains(STATE_LINE) {
+            return Err(super::cli::usage(format!(
+                "{} keeps no state: leave --state-dir out",
+                K::PROGRAM
+            )));
+        }
+        let quoted = toml::Value::String(state.display().to_string());
+        Ok(text
+            .lines()
+            .map(|line| match line.starts_with(STATE_LINE) {
+                true => format!("state_dir = {quoted}\n"),
+                false => format!("{line}\n"),
+            })
+            .collect())
+    };
     let Some(cert_path) = &join.federation_cert else {
         let federation = join.federation.clone().unwrap_or_default();
         let text = joined_text::<K>(
-            &template(&federation),
+            &template(&federation)?,
             &federation,
             None,
             &listen,
@@ -239,7 +266,7 @@ pub fn init_joined<K: DaemonKind>(
         )));
     }
     let text = joined_text::<K>(
-        &template(&cert.federation),
+        &template(&cert.federation)?,
         &cert.federation,
         Some(&cert.authority),
         &listen,
@@ -278,11 +305,14 @@ pub struct KeyArgs {
 struct KeyView {
     key_file: Option<PathBuf>,
     listen: Option<Vec<Multiaddr>>,
+    /// A node's addresses for its ads, when set: what others dial.
+    announce: Option<Vec<Multiaddr>>,
 }
 
 /// `key`: the public key, the peer id and the full addresses to give others, from the config
-/// `config_name` in `--dir` when there is one (its `listen`, an unspecified address replaced
-/// by this host's interface addresses, each with `/p2p/<peer id>`).
+/// `config_name` in `--dir` when there is one (its `announce`, else its `listen`, an
+/// unspecified address replaced by this host's interface addresses, each with
+/// `/p2p/<peer id>`).
 pub fn key_command<K: DaemonKind>(args: &KeyArgs, config_name: &str) -> anyhow::Result<String> {
     let config = args.config.clone().or_else(|| {
         let path = args.dir.join(config_name);
@@ -307,7 +337,9 @@ pub fn key_command<K: DaemonKind>(args: &KeyArgs, config_name: &str) -> anyhow::
             key_file = config.parent().unwrap_or(Path::new(".")).join(K::KEY_FILE);
         }
         listen = Some(
-            view.listen
+            view.announce
+                .filter(|a| !a.is_empty())
+                .or(view.listen)
                 .unwrap_or_else(|| CommonConfig::<K>::new("x").listen),
         );
     }
@@ -525,6 +557,14 @@ mod tests {
             listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
             ..JoinArgs::default()
         };
+        let stateless = JoinArgs {
+            state_dir: Some("/var/lib/x".into()),
+            ..join.clone()
+        };
+        let refused = init_joined::<TestKind>(dir.path(), "test.toml", template, &stateless)
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("keeps no state"), "{refused}");
         let made = init_joined::<TestKind>(dir.path(), "test.toml", template, &join).unwrap();
         assert_eq!(made.public(), key.public());
         let text = std::fs::read_to_string(dir.path().join("test.toml")).unwrap();
