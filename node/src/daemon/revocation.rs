@@ -34,6 +34,10 @@ use crate::ledger::LeaseState;
 /// Most ended leases whose reason is remembered (the oldest are forgotten first).
 pub const MAX_ENDED_REASONS: usize = 4096;
 
+/// How often revoked leases are looked for again between lists: a release that failed is
+/// retried, and a redeem that passed its check just before a list applied is caught.
+pub const SWEEP: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The node's view of revocations, consulted at redeem and on lease requests.
 #[derive(Debug, Default)]
 pub struct RevocationGuard {
@@ -245,8 +249,8 @@ pub fn end_revoked(service: &NodeService, now: u64) -> Vec<EndedLease> {
 }
 
 /// Applies every revocation list as it arrives (and those held at start): ends revoked
-/// leases when `end_leases` is on, then wakes the ad loop (`changed`). Returns when `stop`
-/// turns true or the overlay ends.
+/// leases when `end_leases` is on (and again every [`SWEEP`]), then wakes the ad loop
+/// (`changed`). Returns when `stop` turns true or the overlay ends.
 pub async fn watch(
     service: Arc<NodeService>,
     trust: SharedTrust,
@@ -270,6 +274,7 @@ pub async fn watch(
         tokio::select! {
             result = news.changed() => if result.is_err() { return },
             _ = stop.changed() => return,
+            () = tokio::time::sleep(SWEEP), if end_leases => {}
         }
     }
 }
