@@ -96,6 +96,9 @@ pub enum AgentError {
 pub struct Agent {
     key: SecretKey,
     federation: String,
+    /// Its federation's authority key, when known (a daemon knows it from its certificate):
+    /// the federation is that key, whatever other federations share its name.
+    authority: Option<PublicKey>,
     policy: Policy,
     pricing: Pricing,
     oversubscription_permille: u64,
@@ -136,6 +139,7 @@ impl Agent {
         Agent {
             key: parts.key,
             federation: parts.federation,
+            authority: None,
             policy: parts.policy,
             pricing: parts.pricing,
             oversubscription_permille: parts.oversubscription_permille.max(1),
@@ -146,6 +150,14 @@ impl Agent {
             mint_threads: std::thread::available_parallelism().map_or(1, usize::from),
             asks: Mutex::new(AskBook::new(crate::asks::DEFAULT_CAPACITY, None)),
         }
+    }
+
+    /// The same agent serving the federation of `authority` (as its membership certificate
+    /// names it), so that principals are judged against that key's agreements even when
+    /// another trusted federation carries the same name.
+    pub fn with_authority(mut self, authority: PublicKey) -> Agent {
+        self.authority = Some(authority);
+        self
     }
 
     /// The same agent refusing signed asks valid from before `started` (unix seconds): a
@@ -294,19 +306,21 @@ impl Agent {
                 peering: None,
             });
         };
-        let served = trust
-            .serves(&self.federation, cert, now)
-            .map_err(|e| match e {
-                TrustError::NoPeering {
-                    peer_federation, ..
-                } => Rejection::NoPeering {
-                    federation: peer_federation,
-                },
-                other => Rejection::Policy {
-                    rule: "principal".into(),
-                    detail: other.to_string(),
-                },
-            })?;
+        let served = match &self.authority {
+            Some(authority) => trust.serves_under(authority, cert, now),
+            None => trust.serves(&self.federation, cert, now),
+        };
+        let served = served.map_err(|e| match e {
+            TrustError::NoPeering {
+                peer_federation, ..
+            } => Rejection::NoPeering {
+                federation: peer_federation,
+            },
+            other => Rejection::Policy {
+                rule: "principal".into(),
+                detail: other.to_string(),
+            },
+        })?;
         if served.member.subject != request.principal {
             return Err(Rejection::Policy {
                 rule: "principal".into(),

@@ -57,7 +57,7 @@ impl TestFederation {
     /// Anchors this federation in `store`.
     ///
     /// # Panics
-    /// If `store` anchors another key under the same name.
+    /// If `store` anchors this key under another name.
     pub fn trust(&self, store: &mut TrustStore) {
         #[allow(clippy::expect_used)]
         store

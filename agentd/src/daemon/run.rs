@@ -60,8 +60,13 @@ pub async fn start(
     })?;
     let key = load_key::<AgentKind>(&common.key_file)?;
     let trust_error = |e: anyhow::Error| DaemonError::Trust(format!("{e:#}"));
-    federation::daemon::load_membership(&common.membership, &key, Role::Agent, &common.federation)
-        .map_err(trust_error)?;
+    let (_, own_cert) = federation::daemon::load_membership(
+        &common.membership,
+        &key,
+        Role::Agent,
+        &common.federation,
+    )
+    .map_err(trust_error)?;
     let mut trust = federation::daemon::trust_store(&common.trust).map_err(trust_error)?;
     for path in &config.peering {
         let agreement = std::fs::read(path)
@@ -95,7 +100,8 @@ pub async fn start(
             oversubscription_permille: (config.oversubscription * 1000.0).round() as u64,
             ledger,
         })
-        .with_asks_since(unix_now()),
+        .with_asks_since(unix_now())
+        .with_authority(own_cert.authority),
     );
     let overlay_config = OverlayConfig {
         listen: common.listen.clone(),

@@ -99,7 +99,9 @@ pub(crate) fn apply(trust: &SharedTrust, signed: &Signed<RevocationList>) -> Jud
             version,
             have,
         },
-        Err(error @ TrustError::UnknownFederation(_)) => Judged::Unknown(error),
+        Err(
+            error @ (TrustError::UnknownFederation(_) | TrustError::UnanchoredAuthority { .. }),
+        ) => Judged::Unknown(error),
         Err(error) => Judged::Invalid(error.to_string()),
     }
 }

@@ -1034,7 +1034,14 @@ impl Runner {
                     "a revocation list of {:?} arrived on the topic of {federation:?}",
                     list.federation
                 )),
-                _ => revocation::apply(&self.trust, &signed),
+                // A list in a followed federation's name from an authority trusted nowhere
+                // here is a stranger using that name: misbehaviour on this topic.
+                _ => match revocation::apply(&self.trust, &signed) {
+                    Judged::Unknown(
+                        error @ crate::trust::TrustError::UnanchoredAuthority { .. },
+                    ) => Judged::Invalid(error.to_string()),
+                    judged => judged,
+                },
             },
             Err(reason) => Judged::Invalid(reason),
         };

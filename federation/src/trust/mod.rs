@@ -25,4 +25,4 @@ pub use authority::{
     MAX_FEDERATION_NAME, Revoke, STATE_FILE, Validity, check_federation_name,
 };
 pub use files::{FileError, read_signed, write_signed};
-pub use store::{Served, TrustError, TrustStore};
+pub use store::{FederationRef, Served, TrustError, TrustStore, qualified};

@@ -1,13 +1,19 @@
 //! The trust store: trusted authorities, peering agreements and revocation lists.
 //!
-//! - Anchors: federation name → authority key, configured by the operator (or added from a
-//!   self-signed [`FederationAnchor`]). Certificates of a federation verify only under its
-//!   anchor.
+//! A federation is its authority's key; its name is a label.
+//!
+//! - Anchors: authority key → federation name, configured by the operator (or added from a
+//!   self-signed [`FederationAnchor`]). Several anchors may carry the same name (two testbeds
+//!   created independently); one key carries one name. A certificate verifies only under the
+//!   anchor of the authority key it names, and only if its federation name is that anchor's.
+//!   A stranger calling itself by a trusted federation's name is simply not anchored.
 //! - Agreements: [`PeeringAgreement`]s signed by an anchored authority. An agreement of `F`
 //!   with `G` names `G`'s authority key, so members of `G` can be checked for the purpose of
-//!   being served by `F` even when `G` is not anchored locally (if it is, the keys must match).
-//! - Revocation lists: the newest list per federation; a revoked serial kills the certificate
+//!   being served by `F` even when `G` is not anchored locally (if it is, the names must match).
+//! - Revocation lists: the newest list per authority; a revoked serial kills the certificate
 //!   or agreement with that serial, a revoked key kills every certificate of that key.
+//! - Names in configs and commands: `name` when one anchor carries it, else `name@KEY`
+//!   ([`FederationRef`], [`TrustStore::resolve`]).
 
 use std::collections::BTreeMap;
 
@@ -26,7 +32,9 @@ pub enum TrustError {
     #[error("signature check failed: {0}")]
     Signature(#[from] SignatureError),
     /// No trusted authority is known for the federation.
-    #[error("unknown federation {0:?}: no trusted authority is configured for it")]
+    #[error(
+        "unknown federation {0:?}: no trusted authority is configured for it (add it to [[trust]])"
+    )]
     UnknownFederation(String),
     /// Signed by another key than the federation's authority.
     #[error("federation {federation:?}: signed by {found}, but its authority is {expected}")]
@@ -38,16 +46,57 @@ pub enum TrustError {
         /// The key that signed.
         found: PublicKey,
     },
-    /// A second, different authority key offered for a known federation.
-    #[error("federation {federation:?} is anchored to {existing}; refusing {offered}")]
-    ConflictingAuthority {
-        /// The federation.
-        federation: String,
-        /// The anchored key.
-        existing: PublicKey,
-        /// The other key.
-        offered: PublicKey,
+    /// An anchored authority offered again under another name.
+    #[error(
+        "authority {authority} is anchored as federation {existing:?}; refusing to anchor it again as {offered:?} (one key is one federation: fix the name in [[trust]])"
+    )]
+    ConflictingLabel {
+        /// The authority key.
+        authority: PublicKey,
+        /// The label it has.
+        existing: String,
+        /// The other label.
+        offered: String,
     },
+    /// The authority a certificate, agreement or list names is trusted by no anchor and no
+    /// agreement here, whatever federation name it uses.
+    #[error(
+        "federation {federation:?} of authority {authority} is not trusted here: no [[trust]] anchor or peering agreement names that key (a federation is its authority's key; add it to [[trust]] if you mean to trust it)"
+    )]
+    UnanchoredAuthority {
+        /// The federation name claimed.
+        federation: String,
+        /// The authority key named.
+        authority: PublicKey,
+    },
+    /// A trusted authority's certificate, agreement or list under another federation name
+    /// than the one it is trusted as.
+    #[error(
+        "authority {authority} is trusted as federation {trusted_as:?}, but this names its federation {claimed:?}"
+    )]
+    LabelMismatch {
+        /// The authority key.
+        authority: PublicKey,
+        /// The label it is trusted under.
+        trusted_as: String,
+        /// The federation name claimed.
+        claimed: String,
+    },
+    /// A federation name that several trusted authorities carry.
+    #[error(
+        "federation {federation:?} is ambiguous: trusted authorities {candidates:?} all carry that name; write it as NAME@KEYPREFIX (one of those)"
+    )]
+    AmbiguousFederation {
+        /// The reference given.
+        federation: String,
+        /// The anchors it could be, as `name@<short key>`.
+        candidates: Vec<String>,
+    },
+    /// A federation reference that is neither `name` nor `name@KEY`.
+    #[error(
+        "{0:?} is not a federation: write NAME, or NAME@KEY with the authority key (ed25519/HEX) or a prefix of its hex"
+    )]
+    BadFederationRef(String),
     /// The certificate belongs to another federation than the one required.
     #[error("certificate of federation {found:?}, expected {expected:?}")]
     WrongFederation {
@@ -193,13 +242,19 @@ impl Served {
 }
 
 /// The authorities, agreements and revocation lists a party believes.
+///
+/// Everything is keyed by authority key; a federation's name is the label its anchor gives it
+/// (several anchors may share a label, as two independently created testbeds both naming
+/// theirs `fed0` do).
 #[derive(Debug, Clone, Default)]
 pub struct TrustStore {
-    anchors: BTreeMap<String, PublicKey>,
+    /// Authority key → the federation's label.
+    anchors: BTreeMap<PublicKey, String>,
     agreements: Vec<PeeringAgreement>,
-    revocations: BTreeMap<String, RevocationList>,
+    /// The newest list per authority key.
+    revocations: BTreeMap<PublicKey, RevocationList>,
     /// The same lists as signed (to hand to peers).
-    signed_revocations: BTreeMap<String, Signed<RevocationList>>,
+    signed_revocations: BTreeMap<PublicKey, Signed<RevocationList>>,
 }
 
 fn window(
@@ -228,22 +283,90 @@ fn window(
     Ok(())
 }
 
+/// A reference to a federation as configs and commands write it: `name`, or
+/// `name@KEY` where `KEY` is the authority key (`ed25519/…`) or a unique prefix of its hex.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FederationRef {
+    /// The label.
+    pub name: String,
+    /// The authority key's hex, or a prefix of it (lower case); none for a bare name.
+    pub key_prefix: Option<String>,
+}
+
+impl FederationRef {
+    /// Parses `name` or `name@KEY`.
+    pub fn parse(text: &str) -> Result<Self, TrustError> {
+        let bad = || TrustError::BadFederationRef(text.to_owned());
+        let Some((name, key)) = text.split_once('@') else {
+            if text.is_empty() {
+                return Err(bad());
+            }
+            return Ok(Self {
+                name: text.to_owned(),
+                key_prefix: None,
+            });
+        };
+        let key = key
+            .strip_prefix(capability_schema::identity::PUBLIC_PREFIX)
+            .unwrap_or(key);
+        let key = key.to_ascii_lowercase();
+        if name.is_empty()
+            || key.is_empty()
+            || key.len() > 64
+            || !key.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err(bad());
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            key_prefix: Some(key),
+        })
+    }
+
+    /// Whether `authority`, labelled `label`, is the federation referred to.
+    pub fn matches(&self, label: &str, authority: &PublicKey) -> bool {
+        label == self.name
+            && self
+                .key_prefix
+                .as_ref()
+                .is_none_or(|p| hex::encode(authority.as_bytes()).starts_with(p.as_str()))
+    }
+}
+
+impl std::fmt::Display for FederationRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.key_prefix {
+            Some(key) => write!(f, "{}@{key}", self.name),
+            None => f.write_str(&self.name),
+        }
+    }
+}
+
+/// How a federation is written so that nobody can take it for another: `name@` and the
+/// authority key's short hex.
+pub fn qualified(name: &str, authority: &PublicKey) -> String {
+    format!("{name}@{}", authority.short())
+}
+
 impl TrustStore {
     /// An empty store: it trusts nobody.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Trusts `authority` as the authority of federation `name`.
+    /// Trusts `authority` as the authority of a federation labelled `name`.
+    ///
+    /// Another authority may carry the same label; the same authority under another label is
+    /// refused.
     pub fn add_federation(&mut self, name: &str, authority: PublicKey) -> Result<(), TrustError> {
-        match self.anchors.get(name) {
-            Some(existing) if *existing != authority => Err(TrustError::ConflictingAuthority {
-                federation: name.to_owned(),
-                existing: *existing,
-                offered: authority,
+        match self.anchors.get(&authority) {
+            Some(existing) if existing != name => Err(TrustError::ConflictingLabel {
+                authority,
+                existing: existing.clone(),
+                offered: name.to_owned(),
             }),
             _ => {
-                self.anchors.insert(name.to_owned(), authority);
+                self.anchors.insert(authority, name.to_owned());
                 Ok(())
             }
         }
@@ -266,47 +389,107 @@ impl TrustStore {
         Ok(body)
     }
 
-    /// The anchored authority of `federation`.
+    /// The one anchored authority `federation` refers to (`name` or `name@KEY`).
+    ///
+    /// A bare name that several anchors carry is refused, naming them.
+    pub fn resolve(&self, federation: &str) -> Result<PublicKey, TrustError> {
+        let reference = FederationRef::parse(federation)?;
+        let found: Vec<PublicKey> = self
+            .anchors
+            .iter()
+            .filter(|(key, label)| reference.matches(label, key))
+            .map(|(key, _)| *key)
+            .collect();
+        match found.as_slice() {
+            [] => Err(TrustError::UnknownFederation(federation.to_owned())),
+            [one] => Ok(*one),
+            many => Err(TrustError::AmbiguousFederation {
+                federation: federation.to_owned(),
+                candidates: many.iter().map(|k| qualified(&reference.name, k)).collect(),
+            }),
+        }
+    }
+
+    /// The anchored authority `federation` (`name` or `name@KEY`) refers to, if exactly one.
     pub fn authority_of(&self, federation: &str) -> Option<PublicKey> {
-        self.anchors.get(federation).copied()
+        self.resolve(federation).ok()
     }
 
-    /// The anchored federations and their authorities.
+    /// The label of an anchored authority.
+    pub fn label_of(&self, authority: &PublicKey) -> Option<&str> {
+        self.anchors.get(authority).map(String::as_str)
+    }
+
+    /// How to show the federation of `authority` labelled `name`: the name, or
+    /// `name@<short key>` when another trusted authority carries the same name.
+    pub fn display_name(&self, name: &str, authority: &PublicKey) -> String {
+        let shared = self
+            .anchors
+            .iter()
+            .chain(
+                self.agreements
+                    .iter()
+                    .map(|a| (&a.peer_authority, &a.peer_federation)),
+            )
+            .any(|(key, label)| label == name && key != authority);
+        if shared {
+            qualified(name, authority)
+        } else {
+            name.to_owned()
+        }
+    }
+
+    /// The anchored federations and their authorities (a label may appear more than once).
     pub fn federations(&self) -> impl Iterator<Item = (&str, &PublicKey)> {
-        self.anchors.iter().map(|(name, key)| (name.as_str(), key))
+        self.anchors.iter().map(|(key, name)| (name.as_str(), key))
     }
 
-    /// The authority of `federation`: its anchor, or else the key named by the newest
-    /// agreement an anchored federation signed with it.
-    fn authority_for(&self, federation: &str) -> Option<PublicKey> {
-        self.authority_of(federation).or_else(|| {
+    /// The label `authority` is trusted under: its anchor's, or else the one the newest
+    /// agreement naming it as peer gives it.
+    fn trusted_label(&self, authority: &PublicKey) -> Option<&str> {
+        self.label_of(authority).or_else(|| {
             self.agreements
                 .iter()
-                .filter(|a| a.peer_federation == federation)
+                .filter(|a| a.peer_authority == *authority)
                 .max_by_key(|a| a.serial)
-                .map(|a| a.peer_authority)
+                .map(|a| a.peer_federation.as_str())
         })
     }
 
-    /// Checks `signed` is signed by the authority of `federation` and that `claimed` (the
-    /// authority field of the body) is that key too.
+    /// Checks that `claimed` (the authority a body names) is trusted as `federation`, that
+    /// `signer` is that key, and (if `anchored_only`) that it is anchored, not only named by an
+    /// agreement.
     fn check_authority(
         &self,
         federation: &str,
         signer: &PublicKey,
         claimed: &PublicKey,
-        authority: Option<PublicKey>,
+        anchored_only: bool,
     ) -> Result<(), TrustError> {
-        let expected =
-            authority.ok_or_else(|| TrustError::UnknownFederation(federation.to_owned()))?;
-        for found in [signer, claimed] {
-            if *found != expected {
-                return Err(TrustError::WrongAuthority {
-                    federation: federation.to_owned(),
-                    expected,
-                    found: *found,
-                });
-            }
+        let label = if anchored_only {
+            self.label_of(claimed)
+        } else {
+            self.trusted_label(claimed)
+        };
+        let Some(label) = label else {
+            return Err(TrustError::UnanchoredAuthority {
+                federation: federation.to_owned(),
+                authority: *claimed,
+            });
+        };
+        if label != federation {
+            return Err(TrustError::LabelMismatch {
+                authority: *claimed,
+                trusted_as: label.to_owned(),
+                claimed: federation.to_owned(),
+            });
+        }
+        if signer != claimed {
+            return Err(TrustError::WrongAuthority {
+                federation: federation.to_owned(),
+                expected: *claimed,
+                found: *signer,
+            });
         }
         Ok(())
     }
@@ -321,21 +504,21 @@ impl TrustStore {
             &agreement.federation,
             &signed.signer,
             &agreement.authority,
-            self.authority_of(&agreement.federation),
+            true,
         )?;
-        if let Some(anchored) = self.authority_of(&agreement.peer_federation)
-            && anchored != agreement.peer_authority
+        if let Some(label) = self.label_of(&agreement.peer_authority)
+            && label != agreement.peer_federation
         {
-            return Err(TrustError::WrongAuthority {
-                federation: agreement.peer_federation.clone(),
-                expected: anchored,
-                found: agreement.peer_authority,
+            return Err(TrustError::LabelMismatch {
+                authority: agreement.peer_authority,
+                trusted_as: label.to_owned(),
+                claimed: agreement.peer_federation.clone(),
             });
         }
         let known = self
             .agreements
             .iter()
-            .any(|a| a.federation == agreement.federation && a.serial == agreement.serial);
+            .any(|a| a.authority == agreement.authority && a.serial == agreement.serial);
         if !known {
             self.agreements.push(agreement.clone());
         }
@@ -349,16 +532,13 @@ impl TrustStore {
 
     /// Keeps a revocation list if it is newer than the one held; returns whether it was newer.
     ///
-    /// A list with the version already held is accepted and changes nothing.
+    /// The list must be signed by the authority it names, trusted (anchored or named by an
+    /// agreement) under the list's federation label. A list with the version already held is
+    /// accepted and changes nothing.
     pub fn add_revocation(&mut self, signed: &Signed<RevocationList>) -> Result<bool, TrustError> {
         let list = signed.verify()?;
-        self.check_authority(
-            &list.federation,
-            &signed.signer,
-            &list.authority,
-            self.authority_for(&list.federation),
-        )?;
-        if let Some(held) = self.revocations.get(&list.federation) {
+        self.check_authority(&list.federation, &signed.signer, &list.authority, false)?;
+        if let Some(held) = self.revocations.get(&list.authority) {
             if list.version < held.version {
                 return Err(TrustError::StaleRevocation {
                     federation: list.federation,
@@ -371,28 +551,47 @@ impl TrustStore {
             }
         }
         self.signed_revocations
-            .insert(list.federation.clone(), signed.clone());
-        self.revocations.insert(list.federation.clone(), list);
+            .insert(list.authority, signed.clone());
+        self.revocations.insert(list.authority, list);
         Ok(true)
     }
 
-    /// The newest revocation list held for `federation`, as its authority signed it.
-    pub fn signed_revocation(&self, federation: &str) -> Option<&Signed<RevocationList>> {
-        self.signed_revocations.get(federation)
+    /// The held list `federation` (`name` or `name@KEY`) refers to: the first held list whose
+    /// federation and authority match.
+    fn held_list(&self, federation: &str) -> Option<&PublicKey> {
+        let reference = FederationRef::parse(federation).ok()?;
+        self.revocations
+            .iter()
+            .find(|(key, list)| reference.matches(&list.federation, key))
+            .map(|(key, _)| key)
     }
 
-    /// The newest revocation list held for `federation`.
+    /// The newest revocation list held for `federation` (`name` or `name@KEY`, as
+    /// [`TrustStore::revocation_versions`] names them), as its authority signed it.
+    pub fn signed_revocation(&self, federation: &str) -> Option<&Signed<RevocationList>> {
+        self.held_list(federation)
+            .and_then(|key| self.signed_revocations.get(key))
+    }
+
+    /// The newest revocation list held for `federation` (`name` or `name@KEY`).
     pub fn revocation_list(&self, federation: &str) -> Option<&RevocationList> {
-        self.revocations.get(federation)
+        self.held_list(federation)
+            .and_then(|key| self.revocations.get(key))
+    }
+
+    /// The newest revocation list held of `authority`.
+    pub fn revocation_list_of(&self, authority: &PublicKey) -> Option<&RevocationList> {
+        self.revocations.get(authority)
     }
 
     fn check_revoked(
         &self,
         federation: &str,
+        authority: &PublicKey,
         serial: u64,
         key: Option<&PublicKey>,
     ) -> Result<(), TrustError> {
-        let Some(list) = self.revocations.get(federation) else {
+        let Some(list) = self.revocations.get(authority) else {
             return Ok(());
         };
         if list.serials.contains(&serial) {
@@ -416,16 +615,23 @@ impl TrustStore {
         Ok(())
     }
 
-    /// Every revocation list held (the newest per federation).
+    /// Every revocation list held (the newest per authority).
     pub fn revocation_lists(&self) -> impl Iterator<Item = &RevocationList> {
         self.revocations.values()
     }
 
-    /// The version held per federation (what a peer is told at a revocation exchange).
+    /// The version held per federation (what a peer is told at a revocation exchange), each
+    /// federation written `name@KEY` with the authority's full hex, so that two federations
+    /// of the same name are told apart.
     pub fn revocation_versions(&self) -> Vec<(String, u64)> {
         self.revocations
             .iter()
-            .map(|(federation, list)| (federation.clone(), list.version))
+            .map(|(key, list)| {
+                (
+                    format!("{}@{}", list.federation, hex::encode(key.as_bytes())),
+                    list.version,
+                )
+            })
             .collect()
     }
 
@@ -451,23 +657,23 @@ impl TrustStore {
             .find(|l| l.revoked_delegation(node, agent, issued_at).is_some())
     }
 
-    /// The first list held that revokes certificate `serial` of `federation` or its subject.
+    /// The list held that revokes certificate `serial` or its subject (the list of the
+    /// authority that signed the certificate).
     pub fn revoking_member(&self, cert: &MembershipCert) -> Option<&RevocationList> {
         self.revocations
-            .get(&cert.federation)
+            .get(&cert.authority)
+            .filter(|l| l.federation == cert.federation)
             .filter(|l| l.serials.contains(&cert.serial) || l.keys.contains(&cert.subject))
     }
 
-    /// Checks a certificate against `authority` (signature, window, revocation, role).
+    /// Checks a certificate whose authority was found trusted (signature, window,
+    /// revocation, role).
     fn check_cert(
         &self,
-        signed: &Signed<MembershipCert>,
         cert: MembershipCert,
-        authority: Option<PublicKey>,
         role: Role,
         now: u64,
     ) -> Result<MembershipCert, TrustError> {
-        self.check_authority(&cert.federation, &signed.signer, &cert.authority, authority)?;
         window(
             &cert.federation,
             cert.serial,
@@ -475,7 +681,12 @@ impl TrustStore {
             cert.expires_at,
             now,
         )?;
-        self.check_revoked(&cert.federation, cert.serial, Some(&cert.subject))?;
+        self.check_revoked(
+            &cert.federation,
+            &cert.authority,
+            cert.serial,
+            Some(&cert.subject),
+        )?;
         if cert.role != role {
             return Err(TrustError::WrongRole {
                 expected: role,
@@ -485,7 +696,9 @@ impl TrustStore {
         Ok(cert)
     }
 
-    /// Checks that `signed` certifies a `role` of an anchored federation at `now`.
+    /// Checks that `signed` certifies a `role` of an anchored federation at `now`: the
+    /// authority the certificate names must be anchored under the certificate's federation
+    /// name, and must have signed it.
     pub fn check_member(
         &self,
         signed: &Signed<MembershipCert>,
@@ -493,11 +706,12 @@ impl TrustStore {
         now: u64,
     ) -> Result<MembershipCert, TrustError> {
         let cert = signed.verify()?;
-        let authority = self.authority_of(&cert.federation);
-        self.check_cert(signed, cert, authority, role, now)
+        self.check_authority(&cert.federation, &signed.signer, &cert.authority, true)?;
+        self.check_cert(cert, role, now)
     }
 
-    /// Like [`TrustStore::check_member`], and the federation must be `federation`.
+    /// Like [`TrustStore::check_member`], and the federation must be labelled `federation`;
+    /// an authority named by a peering agreement (not anchored) is trusted too.
     pub fn check_member_of(
         &self,
         signed: &Signed<MembershipCert>,
@@ -525,37 +739,61 @@ impl TrustStore {
                 found: cert.federation,
             });
         }
-        let authority = self.authority_for(federation);
-        self.check_cert(signed, cert, authority, role, now)
+        self.check_authority(&cert.federation, &signed.signer, &cert.authority, false)?;
+        self.check_cert(cert, role, now)
     }
 
-    /// Whether federation `local` serves the holder of `signed` at `now`: as its own member,
-    /// or as a member of another federation under an agreement `local` signed that covers the
-    /// holder's role (and, for principals, the holder's key).
+    /// [`TrustStore::serves_under`] for the local federation written as `local` (`name` or
+    /// `name@KEY`, which must be anchored and unambiguous).
     pub fn serves(
         &self,
         local: &str,
         signed: &Signed<MembershipCert>,
         now: u64,
     ) -> Result<Served, TrustError> {
+        let local = self.resolve(local)?;
+        self.serves_under(&local, signed, now)
+    }
+
+    /// Whether the federation of authority `local` serves the holder of `signed` at `now`:
+    /// as its own member, or as a member of another federation (another authority, whatever
+    /// its name) under an agreement `local` signed that covers the holder's role (and, for
+    /// principals, the holder's key).
+    pub fn serves_under(
+        &self,
+        local: &PublicKey,
+        signed: &Signed<MembershipCert>,
+        now: u64,
+    ) -> Result<Served, TrustError> {
         let cert = signed.verify()?;
         let role = cert.role;
-        if cert.federation == local {
-            let member = self.check_cert(signed, cert, self.authority_of(local), role, now)?;
+        let local_name = self
+            .label_of(local)
+            .map(|l| self.display_name(l, local))
+            .ok_or_else(|| TrustError::UnknownFederation(qualified("?", local)))?;
+        if cert.authority == *local {
+            self.check_authority(&cert.federation, &signed.signer, &cert.authority, true)?;
+            let member = self.check_cert(cert, role, now)?;
             return Ok(Served {
                 member,
                 agreement: None,
             });
         }
-        let peer = cert.federation.clone();
+        let peer = self
+            .trusted_label(&cert.authority)
+            .filter(|label| *label == cert.federation)
+            .map_or_else(
+                || qualified(&cert.federation, &cert.authority),
+                |label| self.display_name(label, &cert.authority),
+            );
         let mut candidates: Vec<&PeeringAgreement> = self
             .agreements
             .iter()
-            .filter(|a| a.federation == local && a.peer_federation == peer)
+            .filter(|a| a.authority == *local && a.peer_authority == cert.authority)
             .collect();
         if candidates.is_empty() {
             return Err(TrustError::NoPeering {
-                federation: local.to_owned(),
+                federation: local_name,
                 peer_federation: peer,
             });
         }
@@ -564,13 +802,13 @@ impl TrustStore {
         let mut in_force = None;
         for agreement in candidates {
             let check = window(
-                local,
+                &local_name,
                 agreement.serial,
                 agreement.issued_at,
                 agreement.expires_at,
                 now,
             )
-            .and_then(|()| self.check_revoked(local, agreement.serial, None));
+            .and_then(|()| self.check_revoked(&local_name, local, agreement.serial, None));
             match check {
                 Ok(()) => {
                     in_force = Some(agreement);
@@ -583,27 +821,32 @@ impl TrustStore {
         }
         let Some(agreement) = in_force else {
             return Err(TrustError::AgreementNotInForce {
-                federation: local.to_owned(),
-                peer_federation: peer,
-                reason: Box::new(first_failure.unwrap_or_else(|| TrustError::NoPeering {
-                    federation: local.to_owned(),
-                    peer_federation: cert.federation.clone(),
+                federation: local_name.clone(),
+                peer_federation: peer.clone(),
+                reason: Box::new(first_failure.unwrap_or(TrustError::NoPeering {
+                    federation: local_name,
+                    peer_federation: peer,
                 })),
             });
         };
-        if let Some(anchored) = self.authority_of(&peer)
-            && anchored != agreement.peer_authority
-        {
-            return Err(TrustError::WrongAuthority {
-                federation: peer,
-                expected: anchored,
-                found: agreement.peer_authority,
+        if agreement.peer_federation != cert.federation {
+            return Err(TrustError::LabelMismatch {
+                authority: cert.authority,
+                trusted_as: agreement.peer_federation.clone(),
+                claimed: cert.federation,
             });
         }
-        let member = self.check_cert(signed, cert, Some(agreement.peer_authority), role, now)?;
+        if signed.signer != cert.authority {
+            return Err(TrustError::WrongAuthority {
+                federation: cert.federation,
+                expected: cert.authority,
+                found: signed.signer,
+            });
+        }
+        let member = self.check_cert(cert, role, now)?;
         if !agreement.roles.contains(&role) {
             return Err(TrustError::RoleNotServed {
-                federation: local.to_owned(),
+                federation: local_name,
                 peer_federation: peer,
                 role,
                 serial: agreement.serial,
@@ -611,7 +854,7 @@ impl TrustStore {
         }
         if role == Role::Principal && !agreement.principals.admits(&member.subject) {
             return Err(TrustError::PrincipalNotCovered {
-                federation: local.to_owned(),
+                federation: local_name,
                 peer_federation: peer,
                 principal: member.subject,
                 serial: agreement.serial,
@@ -668,14 +911,20 @@ mod tests {
         let other = f2.certify(test_key(2).public(), Role::Node, "s", "n2", v);
         assert_eq!(
             store.check_member(&other, Role::Node, NOW),
-            Err(TrustError::UnknownFederation("f2".into()))
+            Err(TrustError::UnanchoredAuthority {
+                federation: "f2".into(),
+                authority: f2.public()
+            })
         );
         let mut impostor = Authority::with_key("f1", test_key(103)).unwrap();
         let forged = impostor.certify(test_key(2).public(), Role::Node, "s", "n2", v);
-        assert!(matches!(
+        assert_eq!(
             store.check_member(&forged, Role::Node, NOW),
-            Err(TrustError::WrongAuthority { .. })
-        ));
+            Err(TrustError::UnanchoredAuthority {
+                federation: "f1".into(),
+                authority: impostor.public()
+            })
+        );
         let mut tampered = node.clone();
         tampered.signer = impostor.public();
         assert!(matches!(
@@ -689,9 +938,10 @@ mod tests {
                 found: "f1".into()
             })
         );
+        // One key is one federation: f1's key under another name is refused.
         assert!(matches!(
-            store.add_federation("f1", impostor.public()),
-            Err(TrustError::ConflictingAuthority { .. })
+            store.add_federation("f9", f1.public()),
+            Err(TrustError::ConflictingLabel { .. })
         ));
     }
 
@@ -728,7 +978,7 @@ mod tests {
         let mut impostor = Authority::with_key("f1", test_key(103)).unwrap();
         assert!(matches!(
             store.add_revocation(&impostor.revoke(&[2], &[], NOW)),
-            Err(TrustError::WrongAuthority { .. })
+            Err(TrustError::UnanchoredAuthority { .. })
         ));
     }
 
@@ -775,7 +1025,7 @@ mod tests {
         let forged = impostor.certify(test_key(1).public(), Role::Principal, "s", "alice", v);
         assert!(matches!(
             store.serves("f1", &forged, NOW),
-            Err(TrustError::WrongAuthority { .. })
+            Err(TrustError::NoPeering { .. })
         ));
         // Local members need no agreement.
         let local = f1.certify(test_key(5).public(), Role::Principal, "s", "carol", v);
@@ -804,7 +1054,216 @@ mod tests {
         );
         assert_eq!(
             store.add_agreement(&wrong),
-            Err(TrustError::UnknownFederation("f2".into()))
+            Err(TrustError::UnanchoredAuthority {
+                federation: "f2".into(),
+                authority: f2.public()
+            })
+        );
+    }
+
+    /// Two testbeds created apart, both naming their federations `fed0`, plus a rogue that
+    /// also calls itself `fed0`: each authority's members verify under its own key only, the
+    /// rogue's under none, and names resolve only when unambiguous.
+    #[test]
+    fn same_named_federations_are_told_apart_by_key() {
+        let mut a = Authority::with_key("fed0", test_key(111)).unwrap();
+        let mut b = Authority::with_key("fed0", test_key(112)).unwrap();
+        let mut rogue = Authority::with_key("fed0", test_key(113)).unwrap();
+        let v = Validity::days(NOW, 1);
+        let mut store = TrustStore::new();
+        store.add_federation("fed0", a.public()).unwrap();
+        assert_eq!(store.resolve("fed0"), Ok(a.public()));
+        store.add_federation("fed0", b.public()).unwrap();
+        // Both anchors hold; the bare name is now ambiguous and the error names both.
+        let Err(TrustError::AmbiguousFederation { candidates, .. }) = store.resolve("fed0") else {
+            panic!("a name two anchors carry must be ambiguous");
+        };
+        assert_eq!(candidates.len(), 2, "both candidates named: {candidates:?}");
+        assert!(candidates.contains(&qualified("fed0", &a.public())));
+        let message = store.resolve("fed0").unwrap_err().to_string();
+        assert!(message.contains("NAME@KEYPREFIX"), "{message}");
+        // name@prefix, name@full hex and name@ed25519/… all resolve.
+        let a_hex = hex::encode(a.public().as_bytes());
+        assert_eq!(
+            store.resolve(&format!("fed0@{}", &a_hex[..6])),
+            Ok(a.public())
+        );
+        assert_eq!(store.resolve(&format!("fed0@{a_hex}")), Ok(a.public()));
+        assert_eq!(
+            store.resolve(&format!("fed0@{}", a.public())),
+            Ok(a.public())
+        );
+        assert_eq!(
+            store.resolve(&format!("fed0@{}", b.public().short().to_uppercase())),
+            Ok(b.public())
+        );
+        assert_eq!(
+            store.resolve(&format!("fed1@{}", a.public().short())),
+            Err(TrustError::UnknownFederation(format!(
+                "fed1@{}",
+                a.public().short()
+            )))
+        );
+        assert!(matches!(
+            store.resolve("fed0@xyz"),
+            Err(TrustError::BadFederationRef(_))
+        ));
+        assert_eq!(
+            store.display_name("fed0", &a.public()),
+            qualified("fed0", &a.public())
+        );
+        // Members of each verify under their own authority.
+        let node_a = a.certify(test_key(1).public(), Role::Node, "s", "na", v);
+        let node_b = b.certify(test_key(2).public(), Role::Node, "s", "nb", v);
+        assert_eq!(
+            store.check_member(&node_a, Role::Node, NOW).unwrap().name,
+            "na"
+        );
+        assert_eq!(
+            store.check_member(&node_b, Role::Node, NOW).unwrap().name,
+            "nb"
+        );
+        assert!(
+            store
+                .check_member_of(&node_a, "fed0", Role::Node, NOW)
+                .is_ok()
+        );
+        // The rogue is not anchored: its certificates, agreements and lists are refused by
+        // the fact, and nothing changes for a or b.
+        let node_r = rogue.certify(test_key(3).public(), Role::Node, "s", "nr", v);
+        let unanchored = TrustError::UnanchoredAuthority {
+            federation: "fed0".into(),
+            authority: rogue.public(),
+        };
+        assert_eq!(
+            store.check_member(&node_r, Role::Node, NOW),
+            Err(unanchored.clone())
+        );
+        assert_eq!(
+            store.check_member_of(&node_r, "fed0", Role::Node, NOW),
+            Err(unanchored.clone())
+        );
+        let rogue_peering = rogue.peer(
+            "fed0",
+            a.public(),
+            &[Role::Principal],
+            PrincipalFilter::All,
+            PeeringLimits::default(),
+            v,
+        );
+        assert_eq!(store.add_agreement(&rogue_peering), Err(unanchored.clone()));
+        // The rogue revokes "fed0"'s node serial 1 and a's node key: refused, a's node lives.
+        let rogue_list = rogue.revoke(&[1], &[test_key(1).public()], NOW);
+        assert_eq!(store.add_revocation(&rogue_list), Err(unanchored));
+        assert!(store.check_member(&node_a, Role::Node, NOW).is_ok());
+        // b's list revokes b's serials only: a's certificate with the same serial lives.
+        let b_list = b.revoke(&[node_b.verify().unwrap().serial], &[], NOW);
+        let serial_a = node_a.verify().unwrap().serial;
+        assert_eq!(
+            serial_a,
+            node_b.verify().unwrap().serial,
+            "same serial in each"
+        );
+        assert_eq!(store.add_revocation(&b_list), Ok(true));
+        assert!(store.check_member(&node_a, Role::Node, NOW).is_ok());
+        assert!(matches!(
+            store.check_member(&node_b, Role::Node, NOW),
+            Err(TrustError::Revoked { .. })
+        ));
+        assert!(store.revoking_member(&node_a.verify().unwrap()).is_none());
+        assert!(store.revoking_member(&node_b.verify().unwrap()).is_some());
+        // The exchange names lists by key; a list is found by that name.
+        let versions = store.revocation_versions();
+        assert_eq!(versions.len(), 1);
+        assert!(versions[0].0.starts_with("fed0@"), "{versions:?}");
+        assert_eq!(
+            store.signed_revocation(&versions[0].0).unwrap().signer,
+            b.public()
+        );
+        assert_eq!(store.revocation_list_of(&b.public()).unwrap().version, 1);
+        assert!(store.revocation_list_of(&a.public()).is_none());
+        // A trusted key under another name than its anchor's is refused.
+        let mut renamed = Authority::with_key("fed9", test_key(111)).unwrap();
+        let node_x = renamed.certify(test_key(4).public(), Role::Node, "s", "nx", v);
+        assert!(matches!(
+            store.check_member(&node_x, Role::Node, NOW),
+            Err(TrustError::LabelMismatch { .. })
+        ));
+    }
+
+    /// Testbed A's fed0 serves principals of testbed B's fed0 under an agreement naming B's
+    /// key; A's own principals are local; a rogue fed0's principal gets nothing.
+    #[test]
+    fn peering_between_same_named_federations_goes_by_key() {
+        let mut a = Authority::with_key("fed0", test_key(121)).unwrap();
+        let mut b = Authority::with_key("fed0", test_key(122)).unwrap();
+        let mut rogue = Authority::with_key("fed0", test_key(123)).unwrap();
+        let v = Validity::days(NOW, 1);
+        let mut store = TrustStore::new();
+        store.add_federation("fed0", a.public()).unwrap();
+        let agreement = a.peer(
+            "fed0",
+            b.public(),
+            &[Role::Principal, Role::Broker],
+            PrincipalFilter::All,
+            PeeringLimits {
+                max_slivers_per_principal: Some(2),
+                ..Default::default()
+            },
+            v,
+        );
+        store.add_agreement(&agreement).unwrap();
+        // Only A is anchored: the bare name still resolves to A.
+        assert_eq!(store.resolve("fed0"), Ok(a.public()));
+        let alice_b = b.certify(test_key(1).public(), Role::Principal, "s", "alice", v);
+        let served = store.serves_under(&a.public(), &alice_b, NOW).unwrap();
+        assert_eq!(served.limits().unwrap().max_slivers_per_principal, Some(2));
+        assert!(
+            store
+                .serves("fed0", &alice_b, NOW)
+                .unwrap()
+                .agreement
+                .is_some()
+        );
+        let carol_a = a.certify(test_key(2).public(), Role::Principal, "s", "carol", v);
+        assert_eq!(
+            store
+                .serves_under(&a.public(), &carol_a, NOW)
+                .unwrap()
+                .agreement,
+            None
+        );
+        let mallory = rogue.certify(test_key(3).public(), Role::Principal, "s", "m", v);
+        let Err(TrustError::NoPeering {
+            peer_federation, ..
+        }) = store.serves_under(&a.public(), &mallory, NOW)
+        else {
+            panic!("a rogue fed0's principal must not be served");
+        };
+        assert_eq!(peer_federation, qualified("fed0", &rogue.public()));
+        // B's authority may revoke its principal (its key is named by the agreement) and the
+        // rogue may not.
+        assert!(matches!(
+            store.add_revocation(&rogue.revoke(&[], &[test_key(1).public()], NOW)),
+            Err(TrustError::UnanchoredAuthority { .. })
+        ));
+        assert!(store.serves_under(&a.public(), &alice_b, NOW).is_ok());
+        store
+            .add_revocation(&b.revoke(&[], &[test_key(1).public()], NOW))
+            .unwrap();
+        assert!(matches!(
+            store.serves_under(&a.public(), &alice_b, NOW),
+            Err(TrustError::KeyRevoked { .. })
+        ));
+        // Anchoring B too: both fed0 anchors hold, the name is ambiguous, displays qualify it.
+        store.add_federation("fed0", b.public()).unwrap();
+        assert!(matches!(
+            store.serves("fed0", &carol_a, NOW),
+            Err(TrustError::AmbiguousFederation { .. })
+        ));
+        assert_eq!(
+            store.display_name("fed0", &b.public()),
+            qualified("fed0", &b.public())
         );
     }
 }
