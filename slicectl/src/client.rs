@@ -349,6 +349,37 @@ impl Session {
         }
     }
 
+    /// Asks every agent (with `--agent`) for its nodes' ads and records each node's name, site
+    /// and federation in the node directory ([`crate::nodes`]); answers how many ads were
+    /// valid. Through a broker it asks nothing (the broker protocol carries no names) and
+    /// answers 0.
+    pub async fn discover_nodes(&self) -> usize {
+        use broker::acquire::AgentClient;
+        let Via::Agents(agents, _) = &self.via else {
+            return 0;
+        };
+        let client = OverlayAgents::new(self.overlay.clone(), self.settings.timeout);
+        let answers: Vec<_> = futures::stream::iter(agents.iter().copied())
+            .map(|agent| client.get_ads(agent, Default::default()))
+            .buffer_unordered(self.settings.concurrency)
+            .collect()
+            .await;
+        let now = federation::unix_now();
+        let trust = self
+            .overlay
+            .trust()
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut seen = 0;
+        for offer in answers.into_iter().flatten().flatten() {
+            if let Ok(ad) = trust.validate_ad(&offer.ad, now, None) {
+                crate::nodes::learn_ad(&ad);
+                seen += 1;
+            }
+        }
+        seen
+    }
+
     /// Plans `request` (`FindSlice`).
     pub async fn find(&self, request: &SliceRequest) -> Result<SlicePlan, ClientError> {
         match &self.via {

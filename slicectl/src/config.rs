@@ -74,9 +74,10 @@ pub struct ClientConfig {
     /// Peers to join through.
     #[serde(default)]
     pub bootstrap: Vec<String>,
-    /// Trusted federation authorities.
+    /// Trusted federation authorities, as written (checked by
+    /// [`check_trust`](crate::preflight::check_trust) against the principal's certificate).
     #[serde(default)]
-    pub trust: Vec<TrustedFederation>,
+    pub trust: Vec<crate::preflight::TrustEntry>,
     /// The state directory.
     #[serde(default)]
     pub state_dir: Option<PathBuf>,

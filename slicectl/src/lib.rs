@@ -3,6 +3,7 @@
 //!
 //! - [`spec`]: slice specs (TOML or flags) → `SliceRequest`;
 //! - [`config`]: `slicectl.toml`, the principal's key and certificate;
+//! - [`context`]: where the config is found without `--config`, and named contexts;
 //! - [`client`]: the overlay client: a broker, or agents in-process (the paper's integrated
 //!   broker, [`broker::acquire`]); node calls fanned out with bounded concurrency;
 //! - [`state`]: the local redb state (slices, unredeemed tickets, leases), written before
@@ -11,12 +12,19 @@
 //!   list);
 //! - [`ticket`]: tickets in their holders' hands: show, attenuate, delegate (offline), import
 //!   and redeem a ticket handed on;
-//! - [`exit`]: one exit code per failure class.
+//! - [`exit`]: one exit code per failure class;
+//! - [`preflight`]: checks made before any network call (slice name, certificate, trust);
+//! - [`human`]: local times and durations for human output;
+//! - [`nodes`]: one name per node (the ad's), and every form a node argument may take.
 
 pub mod client;
 pub mod config;
+pub mod context;
 pub mod exit;
+pub mod human;
+pub mod nodes;
 pub mod ops;
+pub mod preflight;
 pub mod spec;
 pub mod state;
 pub mod ticket;

@@ -47,6 +47,12 @@ pub enum OpError {
     /// A `ticket` command (show, attenuate, delegate, import, redeem).
     #[error(transparent)]
     Ticket(#[from] crate::ticket::TicketCommandError),
+    /// A check made on this machine before any network call.
+    #[error(transparent)]
+    Local(Box<crate::preflight::LocalCheckError>),
+    /// Contexts (`slicectl context`, or finding the config).
+    #[error(transparent)]
+    Context(#[from] crate::context::ContextError),
     /// Bad arguments.
     #[error("{0}")]
     Usage(String),
@@ -59,6 +65,12 @@ pub enum OpError {
     Internal(String),
 }
 
+impl From<crate::preflight::LocalCheckError> for OpError {
+    fn from(e: crate::preflight::LocalCheckError) -> Self {
+        OpError::Local(Box::new(e))
+    }
+}
+
 impl OpError {
     /// The exit class.
     pub fn class(&self) -> ExitClass {
@@ -68,7 +80,14 @@ impl OpError {
             OpError::State(StateError::Storage { .. }) => ExitClass::Setup,
             OpError::Spec(_) | OpError::Usage(_) => ExitClass::Usage,
             OpError::Config(_) | OpError::Setup(_) => ExitClass::Setup,
+            OpError::Context(crate::context::ContextError::Unknown { .. })
+            | OpError::Context(crate::context::ContextError::BadName(_)) => ExitClass::Usage,
+            OpError::Context(_) => ExitClass::Setup,
             OpError::Internal(_) => ExitClass::Internal,
+            OpError::Local(e) => match **e {
+                crate::preflight::LocalCheckError::SliceName { .. } => ExitClass::Usage,
+                _ => ExitClass::Setup,
+            },
             OpError::Client(e) => e.class(),
             OpError::Ticket(e) => e.class(),
         }
@@ -447,6 +466,7 @@ impl Manager {
             .map(|t| (t.ticket.agent, t.ticket.ticket_id.clone()))
             .collect();
         let redeemed = self.redeem(&name, tickets, lease_secs).await?;
+        crate::nodes::learn_names(&self.session, &redeemed.leases).await;
 
         let mut lines = Vec::new();
         for (t, e) in &redeemed.failed {
@@ -512,7 +532,7 @@ impl Manager {
                 "{}: lease {} until {}{}",
                 l.label(),
                 l.lease.lease_id,
-                l.lease.end,
+                crate::human::at(l.lease.end, unix_now()),
                 l.lease
                     .address
                     .as_deref()
@@ -573,12 +593,22 @@ impl Manager {
         &'a self,
         leases: &'a [LeaseEntry],
     ) -> Vec<(&'a LeaseEntry, Result<NodeResponse, CallError>)> {
-        self.session
+        let answers = self
+            .session
             .fan_out(leases, |l| {
                 self.session
                     .node_call(l.lease.node, &l.addresses, NodeRequest::Status)
             })
-            .await
+            .await;
+        // Each answer carries the node's ad: its name names the node in output.
+        for (l, answer) in &answers {
+            if let Ok(NodeResponse::Status(status)) = answer
+                && let Ok(ad) = status.ad.verify_by(&l.lease.node)
+            {
+                crate::nodes::learn_ad(&ad);
+            }
+        }
+        answers
     }
 
     /// `slice status`: each sliver as its node sees it now.
@@ -643,10 +673,10 @@ impl Manager {
                     l.lease.lease_id,
                 )),
                 None => lines.push(format!(
-                    "  {}: {state}, lease {} ends in {} s",
+                    "  {}: {state}, lease {} ends {}",
                     l.label(),
                     l.lease.lease_id,
-                    end.saturating_sub(now)
+                    crate::human::at(end, now)
                 )),
             }
             if let Some(public) = &l.lease.public {
@@ -684,10 +714,10 @@ impl Manager {
         for t in &tickets {
             class = class.worst(ExitClass::Partial);
             lines.push(format!(
-                "  {}: ticket {} not redeemed yet (valid {} s more)",
+                "  {}: ticket {} not redeemed yet (valid until {})",
                 node_label(&t.site, &t.ticket.node),
                 &t.ticket.ticket_id[..t.ticket.ticket_id.len().min(12)],
-                t.not_after.saturating_sub(now)
+                crate::human::at(t.not_after, now)
             ));
         }
         Ok(Outcome {
@@ -739,7 +769,9 @@ impl Manager {
             .await;
         bar.finish_and_clear();
         let mut lines = vec![format!(
-            "slice {name}: renewal to {asked} asked (now + {secs} s)"
+            "slice {name}: renewal to {} asked (now + {})",
+            crate::human::local_time(asked),
+            crate::human::duration(secs)
         )];
         let mut out = Vec::new();
         let mut class = ExitClass::Ok;
@@ -749,14 +781,17 @@ impl Manager {
             match r {
                 Ok(renewed) => {
                     let note = if renewed.lease.end < asked {
-                        format!(" (capped: the ticket ends at {})", renewed.ticket_not_after)
+                        format!(
+                            " (capped: the ticket ends at {})",
+                            crate::human::local_time(renewed.ticket_not_after)
+                        )
                     } else {
                         String::new()
                     };
                     lines.push(format!(
                         "  {}: granted until {}{note}",
                         renewed.label(),
-                        renewed.lease.end
+                        crate::human::at(renewed.lease.end, now)
                     ));
                     out.push(json!({
                         "node": renewed.lease.node.to_string(), "site": renewed.site,
@@ -1291,12 +1326,13 @@ impl Manager {
             }
         }
         let redeemed = self.redeem(name, tickets, record.lease_secs).await?;
+        crate::nodes::learn_names(&self.session, &redeemed.leases).await;
         for l in &redeemed.leases {
             lines.push(format!(
                 "{}: redeemed, lease {} until {}",
                 l.label(),
                 l.lease.lease_id,
-                l.lease.end
+                crate::human::at(l.lease.end, now)
             ));
         }
         let mut class = ExitClass::Ok;
@@ -1396,7 +1432,7 @@ pub fn list(state: &State) -> Result<Outcome, OpError> {
                 leases.len(),
                 record.request.target.count(),
                 tickets.len(),
-                end.map(|e| format!(", first lease ends in {} s", e.saturating_sub(now)))
+                end.map(|e| format!(", first lease ends {}", crate::human::relative(e, now)))
                     .unwrap_or_default()
             ));
             out.push(json!({

@@ -200,6 +200,8 @@ impl SliceSpec {
         if self.name.trim().is_empty() {
             return Err(SpecError::Invalid("the slice needs a name".into()));
         }
+        crate::preflight::check_slice_name(&self.name)
+            .map_err(|e| SpecError::Invalid(e.to_string()))?;
         if self.nodes.is_empty() && self.slivers.is_none_or(|n| n == 0) {
             return Err(SpecError::Invalid(
                 "say how many slivers (slivers = N) or where (nodes = [...])".into(),

@@ -86,15 +86,15 @@ pub struct LeaseEntry {
 }
 
 impl LeaseEntry {
-    /// How output names the node: `site/short key`.
+    /// How output names the node (see [`node_label`]).
     pub fn label(&self) -> String {
         node_label(&self.site, &self.lease.node)
     }
 }
 
-/// How output names a node: `site/short key`.
+/// How output names a node: its ad's name, else `site/short key` (see [`crate::nodes`]).
 pub fn node_label(site: &str, node: &PublicKey) -> String {
-    format!("{site}/{}", node.short())
+    crate::nodes::label(site, node)
 }
 
 /// The default state directory.

@@ -10,7 +10,9 @@ use capability_schema::{AcquireMode, PublicKey, SecretKey};
 use clap::{Args, Parser, Subcommand};
 use slicectl::client::{Endpoints, Session, Settings};
 use slicectl::config::{ClientConfig, Identity, default_key_file, parse_trust};
+use slicectl::context::{ContextError, Contexts, Source, config_dir, find_config};
 use slicectl::exit::{EXIT_CODES_HELP, ExitClass};
+use slicectl::nodes::NodeError;
 use slicectl::ops::{self, KeyAction, Manager, OpError, Outcome, Progress};
 use slicectl::spec::{SliceSpec, SpecError, parse_duration};
 use slicectl::state::State;
@@ -33,8 +35,13 @@ struct Cli {
 #[derive(Args, Debug)]
 struct Global {
     /// Config file (slicectl.toml): key, certificate, broker or agents, trust, state dir.
+    /// Without it: --context, else the current context (`slicectl context use`), else
+    /// $XDG_CONFIG_HOME/planetmesh/slicectl.toml (~/.config/planetmesh/slicectl.toml).
     #[arg(long, global = true, env = "PLANETMESH_CONFIG")]
     config: Option<PathBuf>,
+    /// Use this context's config instead of the current context's (see `slicectl context`).
+    #[arg(long, global = true)]
+    context: Option<String>,
     /// The principal's key (default ~/.config/planetmesh/principal.key).
     #[arg(long, global = true)]
     key: Option<PathBuf>,
@@ -79,6 +86,10 @@ enum Command {
     /// Slices.
     #[command(subcommand)]
     Slice(SliceCommand),
+    /// Named contexts, like kubectl's: which slicectl.toml to use when --config is not given.
+    /// Kept in $XDG_CONFIG_HOME/planetmesh/contexts.toml (~/.config/planetmesh/contexts.toml).
+    #[command(subcommand)]
+    Context(ContextCommand),
     /// Tickets in your hands: acquire without redeeming, show, narrow (attenuate), hand to a
     /// collaborator by their public key (delegate), import and redeem one handed to you.
     /// Only acquire and redeem use the network.
@@ -108,9 +119,11 @@ struct SpecFlags {
     /// How many slivers.
     #[arg(long)]
     slivers: Option<u32>,
-    /// A node to put a sliver on (instead of --slivers); repeatable.
+    /// A node to put a sliver on (instead of --slivers); repeatable. Its name as its ad says
+    /// it (node2), site/short-key as slicectl prints it, 4 or more hex digits of its key, or
+    /// the full key.
     #[arg(long)]
-    node: Vec<PublicKey>,
+    node: Vec<String>,
     /// Resources per sliver, e.g. cpu=500m,memory=256MiB,ports=2 (default, unless the spec
     /// says: cpu=250m,memory=256MiB,disk=1GiB,egress=1Mbit and one public port).
     #[arg(long)]
@@ -130,9 +143,9 @@ struct SpecFlags {
     /// At least this many distinct sites.
     #[arg(long)]
     min_sites: Option<u32>,
-    /// A node never to use; repeatable.
+    /// A node never to use; repeatable (named as for --node).
     #[arg(long)]
-    exclude: Vec<PublicKey>,
+    exclude: Vec<String>,
     /// At most this price per sliver (micro-credits, whole duration).
     #[arg(long)]
     max_price: Option<u64>,
@@ -146,7 +159,40 @@ struct SpecFlags {
 }
 
 impl SpecFlags {
+    /// The spec, its nodes resolved among the nodes known (see `slicectl::nodes`).
     fn spec(&self) -> Result<SliceSpec, OpError> {
+        self.spec_with(&|n| slicectl::nodes::resolve(n))
+    }
+
+    /// Whether a node argument names no node known yet (agents may know it).
+    fn names_unknown_nodes(&self) -> bool {
+        self.node
+            .iter()
+            .chain(&self.exclude)
+            .any(|n| matches!(slicectl::nodes::resolve(n), Err(NodeError::Unknown(_))))
+    }
+
+    /// Checks the spec without the network: node arguments no node known matches yet stand
+    /// for themselves (they are resolved after asking the agents).
+    fn check(&self) -> Result<(), OpError> {
+        let own = SecretKey::generate().public();
+        self.spec_with(&|n| match slicectl::nodes::resolve(n) {
+            Err(NodeError::Unknown(_)) => Ok(own),
+            other => other,
+        })?
+        .check()?;
+        Ok(())
+    }
+
+    fn spec_with(
+        &self,
+        resolve: &dyn Fn(&str) -> Result<PublicKey, NodeError>,
+    ) -> Result<SliceSpec, OpError> {
+        let nodes = |list: &[String]| {
+            list.iter()
+                .map(|n| resolve(n).map_err(|e| SpecError::Invalid(e.to_string())))
+                .collect::<Result<Vec<PublicKey>, SpecError>>()
+        };
         let mut spec = match &self.spec {
             Some(path) => SliceSpec::load(path)?,
             None => SliceSpec::named(self.name.as_deref().ok_or_else(|| {
@@ -160,7 +206,7 @@ impl SpecFlags {
             spec.slivers = Some(v);
         }
         if !self.node.is_empty() {
-            spec.nodes = self.node.clone();
+            spec.nodes = nodes(&self.node)?;
         }
         if let Some(v) = &self.resources {
             spec.resources = v.clone();
@@ -192,9 +238,7 @@ impl SpecFlags {
             spec.constraints.min_sites = v;
         }
         if !self.exclude.is_empty() {
-            spec.constraints
-                .exclude_nodes
-                .extend(self.exclude.iter().copied());
+            spec.constraints.exclude_nodes.extend(nodes(&self.exclude)?);
         }
         if let Some(v) = self.max_price {
             spec.constraints.max_price = Some(v);
@@ -278,6 +322,25 @@ enum SliceCommand {
 }
 
 #[derive(Subcommand, Debug)]
+enum ContextCommand {
+    /// The contexts; the current one is marked with *.
+    List,
+    /// Make NAME the current context: commands without --config use its config.
+    Use {
+        /// The context.
+        name: String,
+    },
+    /// The config commands use now, where it comes from (--config, a context or the default
+    /// file), and what it says.
+    Show,
+    /// Add (or replace) context NAME for the config given with --config FILE.
+    Add {
+        /// The context's name (letters, digits, '.', '_', '-').
+        name: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum KeysCommand {
     /// Authorize a key (an OpenSSH public key line).
     Add {
@@ -353,7 +416,10 @@ fn bad_flags(e: &clap::Error) -> i32 {
 /// always gets a JSON error and the code is its failure class.
 fn run(cli: Cli) -> i32 {
     let json = cli.global.json;
-    match try_run(cli) {
+    let result = try_run(cli);
+    // Names of nodes learned on the way (ads seen) are kept for the next command.
+    slicectl::nodes::save();
+    match result {
         Ok(code) => code,
         Err(e) => fail(&e, json),
     }
@@ -406,6 +472,124 @@ fn keygen(out: Option<PathBuf>, key_file: Option<PathBuf>, json: bool) -> Result
     Ok(0)
 }
 
+/// `slicectl context …`: list, use, show, add (no network, no key needed).
+fn context(command: &ContextCommand, g: &Global) -> Result<Outcome, OpError> {
+    let dir = config_dir().ok_or(ContextError::NoConfigDir)?;
+    let mut contexts = Contexts::load(&dir)?;
+    let file = dir.join(slicectl::context::CONTEXTS_FILE);
+    let ok = |json: serde_json::Value, lines: Vec<String>| Outcome {
+        json,
+        lines,
+        class: ExitClass::Ok,
+    };
+    Ok(match command {
+        ContextCommand::List => {
+            let current = contexts.current.clone().unwrap_or_default();
+            let mut lines: Vec<String> = contexts
+                .contexts
+                .iter()
+                .map(|(name, c)| {
+                    let mark = if *name == current { "*" } else { " " };
+                    format!("{mark} {name}  {}", c.config.display())
+                })
+                .collect();
+            if lines.is_empty() {
+                lines.push(format!(
+                    "no contexts in {} (add one with `slicectl context add NAME --config FILE`)",
+                    file.display()
+                ));
+            }
+            ok(
+                serde_json::json!({
+                    "ok": true,
+                    "current": contexts.current,
+                    "contexts": contexts.contexts.iter().map(|(name, c)| serde_json::json!({
+                        "name": name, "config": c.config.display().to_string(),
+                    })).collect::<Vec<_>>(),
+                }),
+                lines,
+            )
+        }
+        ContextCommand::Use { name } => {
+            contexts.use_context(name)?;
+            contexts.save(&dir)?;
+            let config = contexts.get(name)?.config.display().to_string();
+            ok(
+                serde_json::json!({"ok": true, "current": name, "config": config}),
+                vec![format!("current context: {name} ({config})")],
+            )
+        }
+        ContextCommand::Add { name } => {
+            let path = g.config.as_deref().ok_or_else(|| {
+                OpError::Usage(format!(
+                    "give the context's config: slicectl context add {name} --config FILE"
+                ))
+            })?;
+            let replaced = contexts.add(name, path)?;
+            contexts.save(&dir)?;
+            let config = contexts.get(name)?.config.display().to_string();
+            let verb = if replaced { "replaced" } else { "added" };
+            ok(
+                serde_json::json!({
+                    "ok": true, "name": name, "config": config, "replaced": replaced,
+                }),
+                vec![
+                    format!("{verb} context {name} ({config})"),
+                    format!("use it: slicectl context use {name}"),
+                ],
+            )
+        }
+        ContextCommand::Show => {
+            let found = find_config(g.config.as_deref(), g.context.as_deref())?;
+            let Some((path, source)) = found else {
+                return Ok(ok(
+                    serde_json::json!({"ok": true, "config": null, "context": null}),
+                    vec![format!(
+                        "no config: none given with --config, no current context, no {}",
+                        dir.join(slicectl::context::CONFIG_FILE).display()
+                    )],
+                ));
+            };
+            let config = ClientConfig::load(&path)?;
+            let (context, from) = match &source {
+                Source::Flag => (None, "--config or PLANETMESH_CONFIG".to_owned()),
+                Source::Context(name) => (Some(name.clone()), format!("context {name}")),
+                Source::Default => (None, "the default file".to_owned()),
+            };
+            let path_text = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+            let mut lines = vec![format!("config: {} (from {from})", path.display())];
+            if let Some(b) = &config.broker {
+                lines.push(format!("broker: {b}"));
+            }
+            if !config.agents.is_empty() {
+                lines.push(format!("agents: {}", config.agents.len()));
+            }
+            for (what, p) in [
+                ("key", &config.key_file),
+                ("certificate", &config.membership),
+                ("state", &config.state_dir),
+            ] {
+                if let Some(p) = path_text(p) {
+                    lines.push(format!("{what}: {p}"));
+                }
+            }
+            ok(
+                serde_json::json!({
+                    "ok": true,
+                    "config": path.display().to_string(),
+                    "context": context,
+                    "broker": config.broker,
+                    "agents": config.agents,
+                    "key_file": path_text(&config.key_file),
+                    "membership": path_text(&config.membership),
+                    "state_dir": path_text(&config.state_dir),
+                }),
+                lines,
+            )
+        }
+    })
+}
+
 fn try_run(cli: Cli) -> Result<i32, OpError> {
     if let Command::Manual(manual) = &cli.command {
         manual
@@ -414,8 +598,13 @@ fn try_run(cli: Cli) -> Result<i32, OpError> {
         return Ok(0);
     }
     let g = &cli.global;
-    let config = match &g.config {
-        Some(path) => ClientConfig::load(path)?,
+    if let Command::Context(command) = &cli.command {
+        let o = context(command, g)?;
+        print(&o, g.json);
+        return Ok(o.class.code());
+    }
+    let config = match find_config(g.config.as_deref(), g.context.as_deref())? {
+        Some((path, _)) => ClientConfig::load(&path)?,
         None => ClientConfig::default(),
     };
     let key_file = g
@@ -432,6 +621,9 @@ fn try_run(cli: Cli) -> Result<i32, OpError> {
         .or(config.state_dir.clone())
         .or_else(slicectl::state::default_dir);
     let cert = g.cert.clone().or(config.membership.clone());
+    if let Some(dir) = &state_dir {
+        slicectl::nodes::open(dir);
+    }
     let command = match cli.command {
         Command::Slice(command) => Online::Slice(command),
         Command::Ticket(TicketCli::Acquire(flags)) => Online::Acquire(flags),
@@ -449,7 +641,7 @@ fn try_run(cli: Cli) -> Result<i32, OpError> {
                 slicectl::ticket::Step::Redeem(ask) => Online::Redeem(ask),
             }
         }
-        Command::Keygen { .. } | Command::Manual(_) => return Ok(0),
+        Command::Keygen { .. } | Command::Manual(_) | Command::Context(_) => return Ok(0),
     };
     let state_dir = state_dir.ok_or_else(|| {
         OpError::Setup(
@@ -459,6 +651,7 @@ fn try_run(cli: Cli) -> Result<i32, OpError> {
         )
     })?;
     let state = State::open(&state_dir)?;
+    slicectl::nodes::learn_from_state(&state);
     if let Online::Slice(SliceCommand::List) = command {
         let o = ops::list(&state)?;
         print(&o, g.json);
@@ -475,7 +668,17 @@ fn try_run(cli: Cli) -> Result<i32, OpError> {
         )
     })?;
     let identity = Identity::load(&key_file, cert.as_deref())?;
-    let mut trust = config.trust.clone();
+    // The certificate and the trust entries are checked here, once, before any network call.
+    if command.asks_agents()
+        && let (Some(path), Some(member)) = (cert.as_deref(), identity.member.as_ref())
+    {
+        slicectl::preflight::check_certificate(path, member, federation::unix_now())?;
+    }
+    let (mut trust, warnings) =
+        slicectl::preflight::check_trust(&config.trust, identity.member.as_ref())?;
+    for warning in &warnings {
+        eprintln!("slicectl: warning: {warning}");
+    }
     for t in &g.trust {
         trust.push(parse_trust(t)?);
     }
@@ -504,6 +707,9 @@ fn try_run(cli: Cli) -> Result<i32, OpError> {
         .map_err(|e| OpError::Internal(format!("cannot start the async runtime: {e}")))?;
     runtime.block_on(async move {
         let session = Session::connect(identity, &endpoints, settings).await?;
+        if command.names_unknown_nodes() {
+            session.discover_nodes().await;
+        }
         let manager = Manager {
             session,
             state,
@@ -530,11 +736,33 @@ enum Online {
 }
 
 impl Online {
+    /// Whether a node argument names no node known yet.
+    fn names_unknown_nodes(&self) -> bool {
+        match self {
+            Online::Slice(SliceCommand::Create(f) | SliceCommand::Plan(f)) | Online::Acquire(f) => {
+                f.names_unknown_nodes()
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether the command asks a broker or agents (which check the principal's certificate):
+    /// then slicectl checks it first.
+    fn asks_agents(&self) -> bool {
+        matches!(
+            self,
+            Online::Acquire(_)
+                | Online::Slice(
+                    SliceCommand::Create(_) | SliceCommand::Plan(_) | SliceCommand::Sync { .. }
+                )
+        )
+    }
+
     /// Checks what can be checked without the network.
     fn check(&self) -> Result<(), OpError> {
         match self {
             Online::Slice(command) => command.check(),
-            Online::Acquire(flags) => Ok(flags.spec()?.check()?),
+            Online::Acquire(flags) => flags.check(),
             Online::Redeem(_) => Ok(()),
         }
     }
@@ -544,9 +772,7 @@ impl SliceCommand {
     /// Checks what can be checked without the network: specs and durations.
     fn check(&self) -> Result<(), OpError> {
         match self {
-            SliceCommand::Create(flags) | SliceCommand::Plan(flags) => {
-                flags.spec()?.check()?;
-            }
+            SliceCommand::Create(flags) | SliceCommand::Plan(flags) => flags.check()?,
             SliceCommand::Renew { for_: Some(f), .. } => {
                 parse_duration(f)?;
             }
