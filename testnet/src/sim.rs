@@ -36,9 +36,9 @@
 //!    on the otherwise quiet overlay, each timed until every node of its federation and the
 //!    broker hold it.
 //! 4. **Revocation spread**: the first federation's authority revokes a principal and one of
-//!    its nodes publishes the list; each peer following the federation (every peer has its own
-//!    trust store, as daemons do) is timed from publication until its overlay applied the list
-//!    (p50, p99, the share within 2 s).
+//!    its nodes publishes the list; each peer (every peer has its own trust store, as daemons
+//!    do, and trusts every federation, so follows each revocation topic) is timed from
+//!    publication until its overlay applied the list (p50, p99, the share within 2 s).
 //! 5. **Broker planning**: [`broker::planner::plan`] over the broker's converged view for a
 //!    request of `slivers` slivers spread over many sites. When only a sample published, the
 //!    other nodes' ads are validated with the same trust store and added to the broker's view,
@@ -82,8 +82,9 @@ const NODE_AD_QUEUE: usize = 128;
 const DIAL_CONCURRENCY: usize = 128;
 /// Longest wait for one ad update to reach everyone.
 const UPDATE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Longest wait for a revocation list to reach a peer.
-const REVOCATION_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for a revocation list to reach a peer (a slow spread is measured, not cut
+/// short: the target is seconds).
+const REVOCATION_TIMEOUT: Duration = Duration::from_secs(120);
 /// Lifetime of the simulation's ads.
 const AD_TTL_SECS: u64 = 6 * 3600;
 
@@ -238,10 +239,10 @@ pub struct SimReport {
     pub explanation: String,
 }
 
-/// How one revocation list spread from its publisher to the peers that follow its federation.
+/// How one revocation list spread from its publisher to the peers that trust its federation.
 #[derive(Debug, Clone, Default)]
 pub struct RevocationSpread {
-    /// Peers that follow the federation (its nodes and the broker).
+    /// Peers that trust the federation (every node and the broker).
     pub peers: usize,
     /// Per peer that applied the list, the time from publication, sorted.
     pub reached: Vec<Duration>,
@@ -1483,17 +1484,11 @@ impl<'c, P: FnMut(&str)> Sim<'c, P> {
     }
 
     /// Phase 5b: the first federation's authority revokes a principal; one random node of it
-    /// publishes the list, and every peer that follows the federation (its nodes and the
-    /// broker) is timed from publication until its overlay applied the list.
+    /// publishes the list, and every peer (each trusts every federation, so each follows its
+    /// revocation topic: the nodes of both federations and the broker) is timed from
+    /// publication until its overlay applied the list.
     async fn time_revocation(&mut self) -> anyhow::Result<()> {
-        let followers: Vec<OverlayHandle> = self
-            .node_peers()
-            .iter()
-            .zip(self.nodes.iter())
-            .filter(|(_, s)| s.federation == 0)
-            .map(|(h, _)| h.clone())
-            .chain(std::iter::once(self.broker().clone()))
-            .collect();
+        let followers: Vec<OverlayHandle> = self.peers.clone();
         self.say(&format!(
             "timing a revocation list's spread to {} peers",
             followers.len()
