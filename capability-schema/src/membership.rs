@@ -268,9 +268,20 @@ pub mod ticket_ids {
 /// and `fedctl publish` offers a list to one peer, which validates and gossips it.
 pub const REVOCATION_PROTOCOL: &str = "/planetmesh/revocation/1";
 
-/// The gossip topic of a federation's revocation lists.
-pub fn revocation_topic(federation: &str) -> String {
-    format!("planetmesh/revocations/{federation}")
+/// The gossip topic of the revocation lists of the federation of `authority`, named by the
+/// key (hex), not the federation's name: a federation is its authority's key, and two
+/// federations of the same name have two topics.
+pub fn revocation_topic(authority: &PublicKey) -> String {
+    format!(
+        "planetmesh/revocations/{}/2",
+        hex::encode(authority.as_bytes())
+    )
+}
+
+/// The gossip topic of the ads of the federation of `authority`, named by the key (hex), as
+/// [`revocation_topic`] is.
+pub fn ad_topic(authority: &PublicKey) -> String {
+    format!("/planetmesh/ads/{}/2", hex::encode(authority.as_bytes()))
 }
 
 /// A revocation exchange: what the asker holds, and lists it offers.

@@ -104,15 +104,17 @@ pub async fn start(
     }
     let trust = federation::daemon::trust_store(&common.trust)
         .map_err(|e| DaemonError::Trust(e.to_string()))?;
-    let trusted: Vec<String> = trust.federations().map(|(n, _)| n.to_owned()).collect();
-    let follow: Vec<String> = config
-        .follow
-        .iter()
-        .filter(|f| trusted.contains(f))
-        .cloned()
-        .collect();
-    for f in config.follow.iter().filter(|f| !trusted.contains(f)) {
-        tracing::warn!(federation = %f, "not following: no [[trust]] entry for it");
+    // `follow` names a federation as `name` (one trusted authority carries it) or
+    // `name@KEY`; an unknown one is skipped with a warning, an ambiguous one refused.
+    let mut follow = Vec::new();
+    for f in &config.follow {
+        match trust.resolve(f) {
+            Ok(_) => follow.push(f.clone()),
+            Err(federation::TrustError::UnknownFederation(_)) => {
+                tracing::warn!(federation = %f, "not following: no [[trust]] entry for it");
+            }
+            Err(e) => return Err(DaemonError::Trust(format!("follow = [{f:?}]: {e}"))),
+        }
     }
     let overlay_config = OverlayConfig {
         listen: common.listen.clone(),

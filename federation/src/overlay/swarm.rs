@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 
+use capability_schema::PublicKey;
 use futures::future::Either;
 use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::{Boxed, MemoryTransport};
@@ -268,12 +269,12 @@ pub(crate) fn build(
     ))
 }
 
-/// The gossip topic of a federation's ads.
-pub(crate) fn ad_topic(federation: &str) -> IdentTopic {
-    IdentTopic::new(capability_schema::protocol::ad_topic(federation))
+/// The gossip topic of the ads of the federation of `authority` (named by the key).
+pub(crate) fn ad_topic(authority: &PublicKey) -> IdentTopic {
+    IdentTopic::new(capability_schema::membership::ad_topic(authority))
 }
 
-/// The gossip topic of a federation's revocation lists.
-pub(crate) fn revocation_topic(federation: &str) -> IdentTopic {
-    IdentTopic::new(capability_schema::membership::revocation_topic(federation))
+/// The gossip topic of the revocation lists of the federation of `authority`.
+pub(crate) fn revocation_topic(authority: &PublicKey) -> IdentTopic {
+    IdentTopic::new(capability_schema::membership::revocation_topic(authority))
 }

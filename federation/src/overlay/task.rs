@@ -241,12 +241,12 @@ pub(crate) async fn start(
         runner.subscribe(&federation)?;
     }
     // Revocations of every trusted federation are followed, not only of those whose ads are.
-    let anchored: Vec<String> = read_trust(&runner.trust)
+    let anchored: Vec<(String, PublicKey)> = read_trust(&runner.trust)
         .federations()
-        .map(|(name, _)| name.to_owned())
+        .map(|(name, key)| (name.to_owned(), *key))
         .collect();
-    for federation in anchored {
-        runner.follow_revocations(&federation)?;
+    for (name, authority) in anchored {
+        runner.follow_revocations(&name, authority)?;
     }
     runner.bootstrap();
     tokio::spawn(supervise(tokio::spawn(runner.run()), exit_tx));
@@ -283,10 +283,10 @@ struct Runner {
     trust: SharedTrust,
     commands: mpsc::Receiver<Command>,
     ads: broadcast::Sender<AdEvent>,
-    /// Subscribed topics and their federations.
-    topics: HashMap<TopicHash, String>,
-    /// Subscribed revocation topics and their federations.
-    revocation_topics: HashMap<TopicHash, String>,
+    /// Subscribed ad topics and their federations (name, authority key).
+    topics: HashMap<TopicHash, (String, PublicKey)>,
+    /// Subscribed revocation topics and their federations (name, authority key).
+    revocation_topics: HashMap<TopicHash, (String, PublicKey)>,
     /// Bumped whenever a newer revocation list is applied (the daemon watches it).
     revocation_news: watch::Sender<u64>,
     /// Revocation exchanges in flight: `None` for the one opened at a new connection, else
@@ -374,8 +374,14 @@ impl Runner {
                 bytes,
                 reply,
             } => {
-                let topic = swarm::ad_topic(&federation);
-                let result = match self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
+                let result = match self.topic_of(&federation, swarm::ad_topic) {
+                    Ok(topic) => self.swarm.behaviour_mut().gossipsub.publish(topic, bytes),
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                        return;
+                    }
+                };
+                let result = match result {
                     Ok(_) => Ok(()),
                     Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {
                         Err(OverlayError::NoPeers { federation })
@@ -393,8 +399,14 @@ impl Runner {
                 bytes,
                 reply,
             } => {
-                let topic = swarm::revocation_topic(&federation);
-                let result = match self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
+                let result = match self.topic_of(&federation, swarm::revocation_topic) {
+                    Ok(topic) => self.swarm.behaviour_mut().gossipsub.publish(topic, bytes),
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                        return;
+                    }
+                };
+                let result = match result {
                     Ok(_) => Ok(()),
                     Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {
                         Err(OverlayError::NoPeers { federation })
@@ -411,13 +423,10 @@ impl Runner {
                 let _ = reply.send(self.subscribe(&federation));
             }
             Command::Unsubscribe { federation, reply } => {
-                let topic = swarm::ad_topic(&federation);
-                self.swarm.behaviour_mut().gossipsub.unsubscribe(&topic);
-                self.topics.remove(&topic.hash());
-                if read_trust(&self.trust).authority_of(&federation).is_none() {
-                    let topic = swarm::revocation_topic(&federation);
+                // Revocations of a trusted federation stay followed.
+                if let Ok(topic) = self.topic_of(&federation, swarm::ad_topic) {
                     self.swarm.behaviour_mut().gossipsub.unsubscribe(&topic);
-                    self.revocation_topics.remove(&topic.hash());
+                    self.topics.remove(&topic.hash());
                 }
                 let _ = reply.send(());
             }
@@ -498,14 +507,16 @@ impl Runner {
                 let _ = reply.send(peers);
             }
             Command::MeshPeers { federation, reply } => {
-                let topic = swarm::ad_topic(&federation).hash();
-                let peers = self
-                    .swarm
-                    .behaviour()
-                    .gossipsub
-                    .mesh_peers(&topic)
-                    .filter_map(public_of)
-                    .collect();
+                let peers = match self.topic_of(&federation, swarm::ad_topic) {
+                    Ok(topic) => self
+                        .swarm
+                        .behaviour()
+                        .gossipsub
+                        .mesh_peers(&topic.hash())
+                        .filter_map(public_of)
+                        .collect(),
+                    Err(_) => Vec::new(),
+                };
                 let _ = reply.send(peers);
             }
             Command::Stats { reply } => {
@@ -527,11 +538,24 @@ impl Runner {
         }
     }
 
+    /// The topic of the federation `federation` refers to (`name` or `name@KEY`, resolved
+    /// among the anchors; ambiguous or unknown names are refused by the trust store).
+    fn topic_of(
+        &self,
+        federation: &str,
+        topic: fn(&PublicKey) -> libp2p::gossipsub::IdentTopic,
+    ) -> Result<libp2p::gossipsub::IdentTopic, OverlayError> {
+        let authority = read_trust(&self.trust).resolve(federation)?;
+        Ok(topic(&authority))
+    }
+
     fn subscribe(&mut self, federation: &str) -> Result<(), OverlayError> {
-        if read_trust(&self.trust).authority_of(federation).is_none() {
-            return Err(crate::trust::TrustError::UnknownFederation(federation.to_owned()).into());
-        }
-        let topic = swarm::ad_topic(federation);
+        let authority = read_trust(&self.trust).resolve(federation)?;
+        let name = read_trust(&self.trust)
+            .label_of(&authority)
+            .unwrap_or(federation)
+            .to_owned();
+        let topic = swarm::ad_topic(&authority);
         let gossipsub = &mut self.swarm.behaviour_mut().gossipsub;
         gossipsub
             .subscribe(&topic)
@@ -541,13 +565,17 @@ impl Runner {
                 .set_topic_params(topic.clone(), swarm::topic_score_params())
                 .map_err(|e| OverlayError::Setup(format!("score parameters: {e}")))?;
         }
-        self.topics.insert(topic.hash(), federation.to_owned());
-        self.follow_revocations(federation)
+        self.topics.insert(topic.hash(), (name.clone(), authority));
+        self.follow_revocations(&name, authority)
     }
 
-    /// Subscribes the revocation topic of `federation`.
-    fn follow_revocations(&mut self, federation: &str) -> Result<(), OverlayError> {
-        let topic = swarm::revocation_topic(federation);
+    /// Subscribes the revocation topic of the federation `federation` of `authority`.
+    fn follow_revocations(
+        &mut self,
+        federation: &str,
+        authority: PublicKey,
+    ) -> Result<(), OverlayError> {
+        let topic = swarm::revocation_topic(&authority);
         if self.revocation_topics.contains_key(&topic.hash()) {
             return Ok(());
         }
@@ -561,7 +589,7 @@ impl Runner {
                 .map_err(|e| OverlayError::Setup(format!("score parameters: {e}")))?;
         }
         self.revocation_topics
-            .insert(topic.hash(), federation.to_owned());
+            .insert(topic.hash(), (federation.to_owned(), authority));
         Ok(())
     }
 
@@ -579,7 +607,12 @@ impl Runner {
                 bytes.len()
             )));
         }
-        let topic = swarm::ad_topic(&ad.federation);
+        let authority = ad
+            .membership
+            .peek_unverified()
+            .map_err(|e| OverlayError::Publish(format!("the ad's certificate: {e}")))?
+            .authority;
+        let topic = swarm::ad_topic(&authority);
         match self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
             Ok(_) | Err(gossipsub::PublishError::Duplicate) => {
                 self.record_seq(&ad);
@@ -920,8 +953,8 @@ impl Runner {
     // ------------------------------------------------------------------ gossip
 
     fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
-        if let Some(federation) = self.revocation_topics.get(&message.topic).cloned() {
-            return self.on_revocation_gossip(source, id, &federation, &message.data);
+        if let Some((federation, authority)) = self.revocation_topics.get(&message.topic).cloned() {
+            return self.on_revocation_gossip(source, id, &federation, &authority, &message.data);
         }
         let Some(relayed_by) = public_of(&source) else {
             // Connections of such peers are closed as they open; drop without blame.
@@ -976,7 +1009,7 @@ impl Runner {
         &mut self,
         message: &gossipsub::Message,
     ) -> Result<(ResourceAd, Signed<ResourceAd>), AdRejection> {
-        let federation = self
+        let (federation, authority) = self
             .topics
             .get(&message.topic)
             .ok_or_else(|| AdRejection::Malformed(format!("unknown topic {}", message.topic)))?;
@@ -989,10 +1022,15 @@ impl Runner {
             last,
             &mut self.certs,
         )?;
-        if ad.federation != *federation {
+        let certified_by = ad
+            .membership
+            .peek_unverified()
+            .map(|c| c.authority)
+            .map_err(|e| AdRejection::Malformed(e.to_string()))?;
+        if ad.federation != *federation || certified_by != *authority {
             return Err(AdRejection::WrongTopic {
-                federation: ad.federation,
-                topic: federation.clone(),
+                federation: crate::trust::qualified(&ad.federation, &certified_by),
+                topic: crate::trust::qualified(federation, authority),
             });
         }
         Ok((ad, signed))
@@ -1026,14 +1064,18 @@ impl Runner {
         source: PeerId,
         id: gossipsub::MessageId,
         federation: &str,
+        authority: &PublicKey,
         data: &[u8],
     ) {
         let judged = match revocation::decode_list(data) {
             Ok(signed) => match signed.verify() {
-                Ok(list) if list.federation != federation => Judged::Invalid(format!(
-                    "a revocation list of {:?} arrived on the topic of {federation:?}",
-                    list.federation
-                )),
+                Ok(list) if list.federation != federation || list.authority != *authority => {
+                    Judged::Invalid(format!(
+                        "a revocation list of {} arrived on the topic of {}",
+                        crate::trust::qualified(&list.federation, &list.authority),
+                        crate::trust::qualified(federation, authority)
+                    ))
+                }
                 // A list in a followed federation's name from an authority trusted nowhere
                 // here is a stranger using that name: misbehaviour on this topic.
                 _ => match revocation::apply(&self.trust, &signed) {
@@ -1076,10 +1118,10 @@ impl Runner {
             Judged::Applied(list) => {
                 self.stats.revocations_applied += 1;
                 self.announce(list);
-                self.gossip_revocation(signed, &list.federation);
+                self.gossip_revocation(signed, &list.federation, &list.authority);
             }
             Judged::Held(list) if from.is_none() => {
-                self.gossip_revocation(signed, &list.federation);
+                self.gossip_revocation(signed, &list.federation, &list.authority);
             }
             Judged::Invalid(reason) => {
                 self.stats.revocations_rejected += 1;
@@ -1105,13 +1147,18 @@ impl Runner {
         self.revocation_news.send_modify(|n| *n += 1);
     }
 
-    fn gossip_revocation(&mut self, signed: &Signed<RevocationList>, federation: &str) {
+    fn gossip_revocation(
+        &mut self,
+        signed: &Signed<RevocationList>,
+        federation: &str,
+        authority: &PublicKey,
+    ) {
         let bytes = signed.to_bytes();
         if bytes.len() > MAX_REVOCATION_BYTES {
             tracing::warn!(%federation, size = bytes.len(), "revocation list too large to gossip; peers fetch it when they connect");
             return;
         }
-        let topic = swarm::revocation_topic(federation);
+        let topic = swarm::revocation_topic(authority);
         match self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
             Ok(_) | Err(gossipsub::PublishError::Duplicate) => {}
             // Peers that connect later fetch it in their revocation exchange.

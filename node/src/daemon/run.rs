@@ -154,7 +154,11 @@ pub async fn start(
     let overlay_config = OverlayConfig {
         listen: common.listen.clone(),
         bootstrap: common.bootstrap.clone(),
-        federations: vec![common.federation.clone()],
+        // Its own federation by key: other trusted federations may carry the same name.
+        federations: vec![format!(
+            "{}@{}",
+            identity.cert.federation, identity.cert.authority
+        )],
         mdns: common.mdns,
         revocations: federation::daemon::read_revocations(&common.revocations)
             .map_err(|e| DaemonError::Trust(format!("{e:#}")))?,
@@ -325,10 +329,10 @@ impl Identity {
         )
         .map_err(trust_error)?;
         let trust = federation::daemon::trust_store(&common.trust).map_err(trust_error)?;
-        if trust.authority_of(&common.federation).is_none() {
+        if trust.label_of(&cert.authority) != Some(cert.federation.as_str()) {
             return Err(DaemonError::Trust(format!(
-                "add your own federation's authority to [[trust]] (federation {})",
-                common.federation
+                "add your own federation's authority to [[trust]] (name = {:?}, authority = \"{}\")",
+                cert.federation, cert.authority
             )));
         }
         Ok(Identity {
