@@ -474,19 +474,20 @@ fn run(cli: Cli) -> Result<(), Failure> {
 /// The next command after `init-authority`, for the members to be.
 fn next_after_authority(dir: &Path) -> String {
     format!(
-        "next, on each member's machine: nodemgr key --new --dir /etc/planetmesh (agentd, broker \
-         alike), then here: fedctl certify --authority {} --role <role> --subject <the key it \
-         printed> --site <site> --name <host> --out <file>",
+        "next, on each member's machine: nodemgr key --new --dir /etc/planetmesh/node (agentd \
+         key --new --dir /etc/planetmesh/agent, broker alike), then here: fedctl certify \
+         --authority {} --role <role> --subject <the key it printed> --site <site> --name \
+         <host> --out <file>",
         dir.display()
     )
 }
 
 /// The next command after `certify`, for the member: join with the certificate.
 fn next_after_certify(role: Role, out: &Path) -> String {
-    let program = match role {
-        Role::Node => "nodemgr",
-        Role::Agent => "agentd",
-        Role::Broker => "broker",
+    let (program, dir, state) = match role {
+        Role::Node => ("nodemgr", "node", " --state-dir /var/lib/planetmesh/node"),
+        Role::Agent => ("agentd", "agent", " --state-dir /var/lib/planetmesh/agent"),
+        Role::Broker => ("broker", "broker", ""),
         _ => {
             return format!(
                 "next, for the user: put {} as `membership` in slicectl.toml (or pass --cert {}), \
@@ -498,8 +499,8 @@ fn next_after_certify(role: Role, out: &Path) -> String {
     };
     format!(
         "next, on the member's machine (with {} copied there): {program} init --dir \
-         /etc/planetmesh --federation-cert {} --bootstrap <a running daemon's address from its \
-         `key` command>",
+         /etc/planetmesh/{dir} --federation-cert {}{state} --bootstrap <a running daemon's \
+         address from its `key` command>",
         out.display(),
         out.display()
     )
