@@ -173,6 +173,84 @@ impl Contexts {
     }
 }
 
+/// The context name for a testnet in `dir`: its directory's name without leading dots, other
+/// characters than letters, digits, `.`, `_` and `-` made `-` (`.testnet` → `testnet`).
+pub fn testnet_name(dir: &Path) -> String {
+    let base = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name: String = base
+        .trim_start_matches('.')
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(64)
+        .collect();
+    if name.is_empty() {
+        "testnet".to_owned()
+    } else {
+        name
+    }
+}
+
+/// Adds (or replaces) the context of the testnet in `dir`, for its `slicectl.toml` (`testnet
+/// up` does); answers its name. The current context is left as it is.
+pub fn add_testnet(dir: &Path) -> Result<String, ContextError> {
+    let home = config_dir().ok_or(ContextError::NoConfigDir)?;
+    let mut contexts = Contexts::load(&home)?;
+    let name = testnet_name(dir);
+    contexts.add(&name, &dir.join(CONFIG_FILE))?;
+    contexts.save(&home)?;
+    Ok(name)
+}
+
+/// The context naming the testnet in `dir`'s `slicectl.toml`, if there is one.
+pub fn testnet_context(dir: &Path) -> Option<String> {
+    let config = std::path::absolute(dir.join(CONFIG_FILE)).ok()?;
+    let contexts = Contexts::load(&config_dir()?).ok()?;
+    contexts
+        .contexts
+        .iter()
+        .find(|(_, c)| c.config == config)
+        .map(|(name, _)| name.clone())
+}
+
+/// Removes the contexts naming the testnet in `dir` (`testnet down` does); answers their
+/// names. A removed current context leaves no context current.
+pub fn remove_testnet(dir: &Path) -> Result<Vec<String>, ContextError> {
+    let Some(home) = config_dir() else {
+        return Ok(Vec::new());
+    };
+    let mut contexts = Contexts::load(&home)?;
+    let config = std::path::absolute(dir.join(CONFIG_FILE)).map_err(|e| ContextError::File {
+        path: dir.join(CONFIG_FILE),
+        detail: e.to_string(),
+    })?;
+    let gone: Vec<String> = contexts
+        .contexts
+        .iter()
+        .filter(|(_, c)| c.config == config)
+        .map(|(name, _)| name.clone())
+        .collect();
+    if gone.is_empty() {
+        return Ok(gone);
+    }
+    for name in &gone {
+        contexts.contexts.remove(name);
+    }
+    if contexts.current.as_ref().is_some_and(|c| gone.contains(c)) {
+        contexts.current = None;
+    }
+    contexts.save(&home)?;
+    Ok(gone)
+}
+
 /// Where the config came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
@@ -235,5 +313,7 @@ mod tests {
         let again = Contexts::load(dir.path()).unwrap();
         assert_eq!(again, c);
         assert_eq!(again.get("testbed-a").unwrap().config, config);
+        assert_eq!(testnet_name(Path::new("/x/.testnet")), "testnet");
+        assert_eq!(testnet_name(Path::new("/x/my net")), "my-net");
     }
 }

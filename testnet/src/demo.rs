@@ -108,25 +108,34 @@ fn shell_word(path: &Path) -> String {
 }
 
 /// The commands `testnet up` suggests next, each a shell line that works as printed on the
-/// testnet in `dir`: the binaries by their full paths (they need not be on `PATH`), a slice
-/// acquired, looked at and deleted, the testnet's status, and taking it down (last).
+/// testnet in `dir`: the binaries by their full paths (they need not be on `PATH`), making the
+/// testnet's slicectl context current (when `testnet up` could write one; else every slicectl
+/// line gives `--config`), a slice acquired, looked at and deleted, the testnet's status, and
+/// taking it down (last).
 pub fn first_steps(manifest: &Manifest, dir: &Path) -> anyhow::Result<Vec<String>> {
     let bins = bin_dir()?;
-    let slicectl = format!(
-        "{} --config {}",
-        shell_word(&bins.join("slicectl")),
-        shell_word(&dir.join("slicectl.toml"))
-    );
+    let bin = shell_word(&bins.join("slicectl"));
+    // With the context `testnet up` wrote, slicectl needs no --config once it is current.
+    let context = slicectl::context::testnet_context(dir);
+    let slicectl = match &context {
+        Some(_) => bin.clone(),
+        None => format!("{bin} --config {}", shell_word(&dir.join("slicectl.toml"))),
+    };
     let testnet = shell_word(&std::env::current_exe().context("locating the testnet binary")?);
     let dir = shell_word(dir);
     let slivers = manifest.topology.nodes.clamp(1, 4);
-    Ok(vec![
-        format!("{slicectl} slice create --name {DEMO_SLICE} --slivers {slivers}"),
-        format!("{slicectl} slice status {DEMO_SLICE}"),
-        format!("{slicectl} slice delete {DEMO_SLICE}"),
-        format!("{testnet} status --dir {dir}"),
-        format!("{testnet} down --dir {dir}"),
-    ])
+    let use_context =
+        context.map(|name| format!("{bin} context use {}", shell_word(Path::new(&name))));
+    Ok(use_context
+        .into_iter()
+        .chain([
+            format!("{slicectl} slice create --name {DEMO_SLICE} --slivers {slivers}"),
+            format!("{slicectl} slice status {DEMO_SLICE}"),
+            format!("{slicectl} slice delete {DEMO_SLICE}"),
+            format!("{testnet} status --dir {dir}"),
+            format!("{testnet} down --dir {dir}"),
+        ])
+        .collect())
 }
 
 /// `slicectl` as the demo and scenarios run it: the workspace's binary with a testnet's

@@ -39,6 +39,13 @@ fn daemons_built() -> bool {
     all
 }
 
+/// The config directory the commands of the testnet in `dir` use (`XDG_CONFIG_HOME`, beside
+/// it in the test's temporary directory): the slicectl contexts `testnet up` writes go there,
+/// not to the user's.
+fn xdg(dir: &Path) -> PathBuf {
+    dir.with_file_name("xdg")
+}
+
 /// Takes the testnet down however the test ends.
 struct Down(PathBuf);
 
@@ -48,6 +55,7 @@ impl Drop for Down {
             let _ = Command::new(TESTNET)
                 .args(["down", "--dir"])
                 .arg(&self.0)
+                .env("XDG_CONFIG_HOME", xdg(&self.0))
                 .status();
         }
     }
@@ -58,6 +66,7 @@ fn run(program: &str, args: &[&str], dir: &Path) -> (i32, String, String) {
         .args(args)
         .arg("--dir")
         .arg(dir)
+        .env("XDG_CONFIG_HOME", xdg(dir))
         .output()
         .unwrap();
     (
@@ -116,8 +125,23 @@ fn every_command_testnet_up_prints_works_as_printed() {
         hints.last().is_some_and(|h| h.contains(" down ")),
         "the last suggestion takes the testnet down:\n{stdout}"
     );
+    // The first makes the testnet's slicectl context current; slicectl needs no --config then.
+    assert!(
+        hints[0].ends_with(" context use testnet"),
+        "testnet up suggests its slicectl context first:\n{stdout}"
+    );
+    assert!(
+        hints.iter().all(|h| !h.contains("--config")),
+        "with the context current, no --config:\n{stdout}"
+    );
+    let contexts = xdg(&dir).join("planetmesh/contexts.toml");
     for hint in &hints {
-        let out = Command::new("sh").args(["-c", hint]).output().unwrap();
+        let out = Command::new("sh")
+            .args(["-c", hint])
+            .env("XDG_CONFIG_HOME", xdg(&dir))
+            .env_remove("PLANETMESH_CONFIG")
+            .output()
+            .unwrap();
         assert!(
             out.status.success(),
             "the printed hint `{hint}` failed (exit {:?}); fix what `testnet up` prints:\n{}{}",
@@ -126,6 +150,9 @@ fn every_command_testnet_up_prints_works_as_printed() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    // `testnet down` (the last hint) removed the context it had added.
+    let left = std::fs::read_to_string(&contexts).unwrap();
+    assert!(!left.contains("testnet"), "{left}");
 }
 
 /// The README's commands for a running testnet (the block after `scripts/demo.sh --keep`),
@@ -182,6 +209,7 @@ fn every_command_the_readme_prints_for_a_running_testnet_works_as_printed() {
         let out = Command::new("sh")
             .args(["-c", line])
             .current_dir(tmp.path())
+            .env("XDG_CONFIG_HOME", xdg(&dir))
             .env_remove("PLANETMESH_TESTNET")
             .env_remove("PLANETMESH_CONFIG")
             .output()

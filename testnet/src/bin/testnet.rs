@@ -307,6 +307,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 took.as_secs_f64(),
                 started.elapsed().as_secs_f64()
             );
+            // A slicectl context for this testnet (`slicectl context use NAME` is the first hint).
+            if let Err(e) = slicectl::context::add_testnet(&dir) {
+                println!("(no slicectl context: {e})");
+            }
             print_usage(&manifest, &dir);
             Ok(())
         }
@@ -365,6 +369,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let manifest = Manifest::load(&dir)?;
             let stopped = launch::stop_all(&manifest, &dir)?;
             println!("stopped {} daemons", stopped.len());
+            if let Ok(gone) = slicectl::context::remove_testnet(&dir.canonicalize()?) {
+                for name in gone {
+                    println!("removed slicectl context {name}");
+                }
+            }
             if purge {
                 std::fs::remove_dir_all(&dir)
                     .with_context(|| format!("removing {}", dir.display()))?;
