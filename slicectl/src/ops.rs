@@ -128,7 +128,8 @@ pub struct Outcome {
     pub class: ExitClass,
 }
 
-/// Makes progress bars (hidden when not on a terminal or with `--json`).
+/// Makes progress bars and per-node progress lines, on standard error only (hidden when it is
+/// not a terminal or with `--json`: the caller sets `visible`).
 #[derive(Debug, Clone, Copy)]
 pub struct Progress {
     /// Whether to draw.
@@ -136,6 +137,17 @@ pub struct Progress {
 }
 
 impl Progress {
+    /// A spinner saying `what` is under way (hidden when not visible).
+    fn spinner(&self, what: &str) -> ProgressBar {
+        if !self.visible {
+            return ProgressBar::hidden();
+        }
+        let bar = ProgressBar::new_spinner();
+        bar.set_message(what.to_owned());
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        bar
+    }
+
     fn bar(&self, len: usize, what: &str) -> ProgressBar {
         if !self.visible || len == 0 {
             return ProgressBar::hidden();
@@ -304,6 +316,18 @@ impl Manager {
                         }
                         Err(e) => Err(e),
                     };
+                    match &result {
+                        Ok(lease) => bar.println(format!(
+                            "{}: redeemed, lease {}",
+                            lease.label(),
+                            lease.lease.lease_id
+                        )),
+                        Err(e) => bar.println(format!(
+                            "{}: not redeemed: {}",
+                            node_label(&t.site, &node),
+                            short_error(e)
+                        )),
+                    }
                     bar.inc(1);
                     result
                 }
@@ -451,14 +475,24 @@ impl Manager {
             lease_secs,
             created_at: unix_now(),
         })?;
+        let spinner = self.progress.spinner("acquiring tickets");
         let acquired = match self.session.acquire(&request).await {
             Ok(a) => a,
             Err(e) => {
+                spinner.finish_and_clear();
                 self.state.remove_slice(&name)?;
                 return Err(e.into());
             }
         };
         let tickets = ticket_entries(&acquired, &request);
+        for t in &tickets {
+            spinner.println(format!(
+                "ticket for {} from agent {}",
+                node_label(&t.site, &t.ticket.node),
+                t.ticket.agent.short()
+            ));
+        }
+        spinner.finish_and_clear();
         // Durable before any redeem.
         self.state.add_tickets(&name, &tickets)?;
         let all_ids: Vec<_> = tickets

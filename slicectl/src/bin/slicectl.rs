@@ -696,8 +696,9 @@ fn try_run(cli: Cli) -> Result<i32, OpError> {
         timeout: Duration::from_secs(g.timeout.or(config.timeout_secs).unwrap_or(20).max(1)),
         concurrency: g.concurrency.or(config.concurrency).unwrap_or(32).max(1),
     };
+    // Progress goes to standard error, and only to a terminal; never under --json.
     let progress = Progress {
-        visible: !g.json && std::io::stdout().is_terminal(),
+        visible: !g.json && std::io::stderr().is_terminal(),
     };
     let json = g.json;
     let runtime = tokio::runtime::Builder::new_multi_thread()
