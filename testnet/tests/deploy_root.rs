@@ -464,6 +464,7 @@ fn the_packages_hold_what_they_should_and_the_guide_runs_as_written() {
     make_machines(&bed, (pid % 250) as u8);
     let packages = bed.dir.path().join("packages");
     let machines = bed.dir.path().join("machines");
+    let mut outputs = Vec::new();
     for (n, block) in blocks.iter().enumerate() {
         let started = Instant::now();
         let (cmd, text) = if block.machine == "build" {
@@ -529,7 +530,10 @@ fn the_packages_hold_what_they_should_and_the_guide_runs_as_written() {
             started.elapsed().as_secs_f64()
         );
         match result {
-            Ok(out) => eprintln!("{out}"),
+            Ok(out) => {
+                eprintln!("{out}");
+                outputs.push(out);
+            }
             Err(e) => {
                 let mut logs = String::new();
                 for machine in MACHINES {
@@ -555,4 +559,64 @@ fn the_packages_hold_what_they_should_and_the_guide_runs_as_written() {
             check_packages(&packages, &bed.dir.path().join("unpacked"));
         }
     }
+    // fedctl said what the member runs next, as the guide runs it.
+    let all = outputs.join("\n");
+    for next in [
+        "agentd init --dir /etc/planetmesh/agent --federation-cert agent.cert --state-dir \
+         /var/lib/planetmesh/agent --bootstrap",
+        "nodemgr init --dir /etc/planetmesh/node --federation-cert node.cert --state-dir \
+         /var/lib/planetmesh/node --bootstrap",
+        "broker init --dir /etc/planetmesh/broker --federation-cert broker.cert --bootstrap",
+    ] {
+        assert!(all.contains(next), "fedctl never printed {next:?}");
+    }
+    bad_input_is_refused_with_the_fix(&bed);
+}
+
+/// On the guide's machine alpha, after the guide: a second init and a bootstrap address
+/// without its peer id are refused, saying what to do, and nothing is changed.
+fn bad_input_is_refused_with_the_fix(bed: &Testbed) {
+    let m = bed.machine_dir("alpha");
+    let nodemgr = m.join("root/usr/bin/nodemgr");
+    let dir = m.join("root/etc/planetmesh/node");
+    let config = dir.join("node.toml");
+    let before = std::fs::read(&config).unwrap();
+    let out = Command::new(&nodemgr)
+        .arg("init")
+        .arg("--dir")
+        .arg(&dir)
+        .arg("--federation-cert")
+        .arg(m.join("home/node.cert"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{} exists already", config.display())),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(&config).unwrap(), before);
+    let fresh = bed.dir.path().join("fresh");
+    let out = Command::new(&nodemgr)
+        .arg("init")
+        .arg("--dir")
+        .arg(&fresh)
+        .args([
+            "--federation",
+            "plc",
+            "--bootstrap",
+            "/ip4/10.0.0.1/tcp/4001",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("has no /p2p/<peer id>") && stderr.contains("/p2p/12D3KooW"),
+        "{stderr}"
+    );
+    assert!(
+        !fresh.join("node.toml").exists(),
+        "a refused init wrote a config"
+    );
 }
