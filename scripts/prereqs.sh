@@ -55,6 +55,11 @@ ensure_prereqs() {
   need_pkg chromium chromium
   # promtool: the daemons' /metrics are checked the way Prometheus reads them.
   need_promtool
+  # The package and guide test (testnet/tests/deploy_root.rs): packs with dpkg-deb, checks
+  # units with systemd-analyze, and runs docs/DEPLOY.md, whose commands use curl.
+  need_pkg dpkg-deb dpkg
+  need_pkg systemd-analyze systemd
+  need_pkg curl curl
   if [ "$(id -u)" = 0 ]; then
     for feature in /proc/self/ns/user /proc/self/ns/net /proc/self/ns/cgroup; do
       [ -e "$feature" ] || echo "warning: kernel lacks $feature; sliver tests will fail" >&2
