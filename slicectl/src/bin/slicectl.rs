@@ -63,7 +63,8 @@ struct Global {
     /// Where the local state lives (default $XDG_DATA_HOME/planetmesh).
     #[arg(long, global = true, env = "PLANETMESH_STATE")]
     state_dir: Option<PathBuf>,
-    /// Print machine-readable JSON on stdout.
+    /// Print machine-readable JSON on stdout (times as Unix seconds; no progress). Without
+    /// it, times print as local times and durations ("in 29m").
     #[arg(long, global = true)]
     json: bool,
     /// The longest one remote call may take, in seconds (default 20).
@@ -250,7 +251,9 @@ impl SpecFlags {
 #[derive(Subcommand, Debug)]
 #[allow(clippy::large_enum_variant)] // parsed once per process
 enum SliceCommand {
-    /// Acquire tickets and redeem them at every node in parallel.
+    /// Acquire tickets and redeem them at every node in parallel. On a terminal, stderr shows
+    /// each ticket and each node's redeem as they complete. The slice name, the certificate
+    /// and the trust entries are checked before any network call.
     Create(SpecFlags),
     /// Show what would be picked, and why the rest was not (nothing is acquired).
     Plan(SpecFlags),
