@@ -40,7 +40,7 @@ pub struct JoinArgs {
     #[arg(long, value_name = "ADDR")]
     pub listen: Vec<String>,
     /// Where the daemon keeps its state (its ledger, slivers), when it keeps any (default:
-    /// `state` beside the config; packages use /var/lib/planetmesh/<daemon>).
+    /// `state` beside the config; packages use `/var/lib/planetmesh/<daemon>`).
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 }
