@@ -37,11 +37,6 @@ pub const NODE_PROTOCOL: &str = "/planetmesh/node/1";
 /// Protocol name of the broker protocol.
 pub const BROKER_PROTOCOL: &str = "/planetmesh/broker/1";
 
-/// The gossip topic of a federation's ads.
-pub fn ad_topic(federation: &str) -> String {
-    format!("/planetmesh/ads/{federation}/1")
-}
-
 /// Largest request, in bytes.
 pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 /// Largest response, in bytes.

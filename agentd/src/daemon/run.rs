@@ -106,7 +106,7 @@ pub async fn start(
     let overlay_config = OverlayConfig {
         listen: common.listen.clone(),
         bootstrap: common.bootstrap.clone(),
-        federations: config.follow.clone(),
+        federations: federation::daemon::follow_own(&config.follow, &own_cert),
         mdns: common.mdns,
         revocations: federation::daemon::read_revocations(&common.revocations)
             .map_err(trust_error)?,

@@ -91,14 +91,16 @@ pub async fn start(
 ) -> Result<(RunningBroker, impl Future<Output = ()>), DaemonError> {
     let common = &config.common;
     let key = load_key::<BrokerKind>(&common.key_file)?;
+    let mut own_cert = None;
     if common.membership.exists() {
-        federation::daemon::load_membership(
+        let (_, cert) = federation::daemon::load_membership(
             &common.membership,
             &key,
             Role::Broker,
             &common.federation,
         )
         .map_err(|e| DaemonError::Trust(e.to_string()))?;
+        own_cert = Some(cert);
     } else {
         tracing::info!(path = %common.membership.display(), "no membership certificate; serving without one");
     }
@@ -107,7 +109,11 @@ pub async fn start(
     // `follow` names a federation as `name` (one trusted authority carries it) or
     // `name@KEY`; an unknown one is skipped with a warning, an ambiguous one refused.
     let mut follow = Vec::new();
-    for f in &config.follow {
+    let wanted = match &own_cert {
+        Some(cert) => federation::daemon::follow_own(&config.follow, cert),
+        None => config.follow.clone(),
+    };
+    for f in &wanted {
         match trust.resolve(f) {
             Ok(_) => follow.push(f.clone()),
             Err(federation::TrustError::UnknownFederation(_)) => {

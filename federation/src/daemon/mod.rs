@@ -44,6 +44,23 @@ pub fn trust_store(trusted: &[TrustedFederation]) -> anyhow::Result<TrustStore> 
     Ok(store)
 }
 
+/// The federations a daemon's `follow` names, as the overlay is to resolve them: a bare name
+/// equal to the daemon's own federation's means its own (`name@KEY` with its certificate's
+/// authority), even when another trusted federation carries that name; every other entry is
+/// kept as written (`name` or `name@KEY`).
+pub fn follow_own(follow: &[String], own: &MembershipCert) -> Vec<String> {
+    follow
+        .iter()
+        .map(|f| {
+            if *f == own.federation {
+                format!("{}@{}", own.federation, own.authority)
+            } else {
+                f.clone()
+            }
+        })
+        .collect()
+}
+
 /// Reads the revocation lists a config names (`revocations = [...]`), checking each is a
 /// signed revocation list; whether its authority is trusted is checked when the overlay
 /// starts with them ([`crate::OverlayConfig::revocations`]).
@@ -130,5 +147,37 @@ pub async fn shutdown_signal() {
         Err(_) => {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use capability_schema::identity::test_key;
+
+    use super::*;
+    use crate::trust::{Authority, Validity};
+
+    #[test]
+    fn a_bare_own_name_in_follow_means_the_own_federation_by_key() {
+        let mut own = Authority::with_key("fed0", test_key(131)).unwrap();
+        let signed = own.certify(
+            test_key(1).public(),
+            Role::Agent,
+            "s",
+            "a",
+            Validity::days(1_700_000_000, 1),
+        );
+        let cert = signed.verify().unwrap();
+        let follow = vec!["fed0".to_owned(), "fed1".to_owned(), "fed0@abcd".to_owned()];
+        let resolved = follow_own(&follow, &cert);
+        assert_eq!(resolved[0], format!("fed0@{}", own.public()));
+        assert_eq!(resolved[1..], follow[1..]);
+        // What it becomes names exactly the own authority among two fed0 anchors.
+        let other = Authority::with_key("fed0", test_key(132)).unwrap();
+        let mut store = TrustStore::new();
+        store.add_federation("fed0", own.public()).unwrap();
+        store.add_federation("fed0", other.public()).unwrap();
+        assert_eq!(store.resolve(&resolved[0]), Ok(own.public()));
+        assert!(store.resolve("fed0").is_err());
     }
 }
