@@ -121,3 +121,49 @@ async fn two_federations_of_one_name_coexist_and_a_rogue_of_that_name_changes_no
         p.shutdown().await;
     }
 }
+
+/// A daemon that anchors another authority while running (as `nodemgr reload` does with a
+/// new `[[trust]]` entry) follows its revocation lists within a second, with no new
+/// connection: the second `fed0`'s list reaches it by gossip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_anchor_added_while_running_brings_its_revocation_lists() {
+    let a = TestFederation::new("fed0", 221);
+    let mut b = TestFederation::new("fed0", 222);
+    let a_trust = trust(&[&a]);
+    let a_node = peer(&["fed0"], a_trust.clone()).await;
+    let b_node = peer(&["fed0"], trust(&[&b])).await;
+    connect(&a_node, &b_node).await;
+    // Let the exchange of the new connection end first: the list must come by gossip.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    b.trust(&mut a_trust.write().unwrap());
+    let revoked = SecretKey::generate().public();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        // A new version each time, until one reaches A's store by gossip.
+        let list = b.authority.revoke(&[], &[revoked], unix_now());
+        within(b_node.publish_revocation(list)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let held = a_trust
+            .read()
+            .unwrap()
+            .revocation_list_of(&b.authority.public())
+            .is_some();
+        if held {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "B's list never reached A after A anchored B"
+        );
+    }
+    assert!(a_trust.read().unwrap().revoking_key(&revoked).is_some());
+    assert!(
+        a_trust
+            .read()
+            .unwrap()
+            .revocation_list_of(&a.authority.public())
+            .is_none()
+    );
+    a_node.shutdown().await;
+    b_node.shutdown().await;
+}

@@ -730,10 +730,25 @@ impl Runner {
         if self.seqs.len() * 2 > self.config.max_tracked_nodes {
             self.seqs.forget_expired(unix_now());
         }
+        self.follow_new_anchors();
         if now.duration_since(self.last_discovery) >= self.config.discovery_interval {
             self.last_discovery = now;
             self.discover();
             self.trim();
+        }
+    }
+
+    /// Follows the revocation topic of every anchor added to the trust store since start (a
+    /// daemon's reload adds anchors: `nodemgr reload` with a new `[[trust]]` entry).
+    fn follow_new_anchors(&mut self) {
+        let anchored: Vec<(String, PublicKey)> = read_trust(&self.trust)
+            .federations()
+            .map(|(name, key)| (name.to_owned(), *key))
+            .collect();
+        for (name, authority) in anchored {
+            if let Err(error) = self.follow_revocations(&name, authority) {
+                tracing::warn!(federation = %name, %error, "not following its revocation lists");
+            }
         }
     }
 
