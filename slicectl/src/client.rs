@@ -135,6 +135,9 @@ pub struct Session {
     overlay: OverlayHandle,
     identity: Identity,
     via: Via,
+    /// Every agent the endpoints name (also beside a broker): asked for ads to learn nodes'
+    /// names.
+    agents: Vec<PublicKey>,
     settings: Settings,
     known: Mutex<HashSet<PublicKey>>,
 }
@@ -219,6 +222,7 @@ impl Session {
                 .await
                 .map_err(|e| ClientError::Setup(e.to_string()))?;
         }
+        let agent_keys: Vec<PublicKey> = agents.iter().map(|(_, k)| *k).collect();
         let via = match (broker, agents.is_empty()) {
             (Some((addr, key)), _) => Via::Broker(key, addr),
             (None, false) => {
@@ -239,6 +243,7 @@ impl Session {
             overlay,
             identity,
             via,
+            agents: agent_keys,
             settings,
             known: Mutex::new(HashSet::new()),
         })
@@ -349,17 +354,14 @@ impl Session {
         }
     }
 
-    /// Asks every agent (with `--agent`) for its nodes' ads and records each node's name, site
-    /// and federation in the node directory ([`crate::nodes`]); answers how many ads were
-    /// valid. Through a broker it asks nothing (the broker protocol carries no names) and
-    /// answers 0.
+    /// Asks every agent the endpoints name (`--agent`, or `agents` in the config, also beside
+    /// a broker) for its nodes' ads and records each node's name, site and federation in the
+    /// node directory ([`crate::nodes`]); answers how many ads were valid (0 with no agents
+    /// named: the broker protocol carries no names).
     pub async fn discover_nodes(&self) -> usize {
         use broker::acquire::AgentClient;
-        let Via::Agents(agents, _) = &self.via else {
-            return 0;
-        };
         let client = OverlayAgents::new(self.overlay.clone(), self.settings.timeout);
-        let answers: Vec<_> = futures::stream::iter(agents.iter().copied())
+        let answers: Vec<_> = futures::stream::iter(self.agents.iter().copied())
             .map(|agent| client.get_ads(agent, Default::default()))
             .buffer_unordered(self.settings.concurrency)
             .collect()

@@ -43,7 +43,8 @@ pub enum NodeError {
     /// No known node matches.
     #[error(
         "no node known as {0:?}: give its name as its ad says it, site/short-key as slicectl \
-         prints it, at least {MIN_PREFIX} hex digits of its key, or its full key (ed25519/<hex>)"
+         prints it, at least {MIN_PREFIX} hex digits of its key, or its full key (ed25519/<hex>); \
+         names are learned from ads (from the agents the config lists, and from nodes' status)"
     )]
     Unknown(String),
     /// Several nodes match.

@@ -223,5 +223,40 @@ async fn a_node_has_one_name_in_and_out() {
     .await;
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(net.all_leases().is_empty());
+
+    // Through a broker, with a fresh state: the agents the config lists beside the broker
+    // (as testnet up writes it) tell the names.
+    let fresh = tempfile::tempdir().unwrap();
+    let broker_cfg = net.cli_config(fresh.path(), false);
+    let text = std::fs::read_to_string(&broker_cfg).unwrap();
+    let agents: Vec<String> = net.agents.iter().map(|a| format!("{:?}", a.addr)).collect();
+    let text = text.replacen(
+        "[[trust]]",
+        &format!("agents = [{}]\n[[trust]]", agents.join(", ")),
+        1,
+    );
+    std::fs::write(&broker_cfg, text).unwrap();
+    let (code, stdout, stderr) = cli(
+        fresh.path(),
+        &[
+            "--config",
+            broker_cfg.to_str().unwrap(),
+            "--json",
+            "slice",
+            "plan",
+            "--name",
+            "plc-site0_named",
+            "--node",
+            &name,
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let plan: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(
+        plan["plan"]["chosen"][0]["node"],
+        node.key.to_string(),
+        "{plan}"
+    );
     net.stop().await;
 }
