@@ -593,7 +593,7 @@ fn the_packages_hold_what_they_should_and_the_guide_runs_as_written() {
             check_packages(&packages, &bed.dir.path().join("unpacked"));
         }
     }
-    // fedctl said what the member runs next, as the guide runs it.
+    // fedctl and init said what to run next, as the guide runs it.
     let all = outputs.join("\n");
     for next in [
         "agentd init --dir /etc/planetmesh/agent --federation-cert agent.cert --state-dir \
@@ -601,8 +601,11 @@ fn the_packages_hold_what_they_should_and_the_guide_runs_as_written() {
         "nodemgr init --dir /etc/planetmesh/node --federation-cert node.cert --state-dir \
          /var/lib/planetmesh/node --bootstrap",
         "broker init --dir /etc/planetmesh/broker --federation-cert broker.cert --bootstrap",
+        "next: systemctl enable --now planetmesh-agentd",
+        "next: systemctl enable --now planetmesh-nodemgr",
+        "next: systemctl enable --now planetmesh-broker",
     ] {
-        assert!(all.contains(next), "fedctl never printed {next:?}");
+        assert!(all.contains(next), "never printed {next:?}");
     }
     bad_input_is_refused_with_the_fix(&bed);
 }

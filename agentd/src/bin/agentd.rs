@@ -13,7 +13,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use federation::daemon::DaemonKind;
 use federation::daemon::cli::{Failure, exit, load_config};
-use federation::daemon::join::{JoinArgs, KeyArgs, init_joined, key_command};
+use federation::daemon::join::{JoinArgs, KeyArgs, init_joined, key_command, next_after_init};
 use federation::daemon::runtime::describe_key;
 
 #[derive(Parser, Debug)]
@@ -82,8 +82,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
             );
             println!("{}", describe_key::<AgentKind>(&key.public()));
             println!(
-                "next: fedctl certify --role agent --subject {}",
-                key.public()
+                "{}",
+                next_after_init::<AgentKind>(&join, &dir, "agent.toml", &key.public())
             );
             Ok(())
         }

@@ -12,7 +12,7 @@ use broker::daemon::config::{BrokerConfig, BrokerKind, default_config};
 use clap::{Parser, Subcommand};
 use federation::daemon::DaemonKind;
 use federation::daemon::cli::{Failure, exit, load_config};
-use federation::daemon::join::{JoinArgs, KeyArgs, init_joined, key_command};
+use federation::daemon::join::{JoinArgs, KeyArgs, init_joined, key_command, next_after_init};
 use federation::daemon::runtime::describe_key;
 
 #[derive(Parser, Debug)]
@@ -73,9 +73,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
             );
             println!("{}", describe_key::<BrokerKind>(&key.public()));
             println!(
-                "next: list agents under [[agents]] and trusted federations under [[trust]]; \
-                 optionally fedctl certify --role broker --subject {}",
-                key.public()
+                "list the agents to ask under [[agents]] in broker.toml (or let it find them in ads)"
+            );
+            println!(
+                "{}",
+                next_after_init::<BrokerKind>(&join, &dir, "broker.toml", &key.public())
             );
             Ok(())
         }

@@ -281,6 +281,36 @@ pub fn init_joined<K: DaemonKind>(
     Ok(key)
 }
 
+/// What `init` prints last: the next step. After a join, starting the daemon (its unit, or
+/// `run`) and giving others its addresses; without a certificate, getting one.
+pub fn next_after_init<K: DaemonKind>(
+    join: &JoinArgs,
+    dir: &Path,
+    config_name: &str,
+    key: &PublicKey,
+) -> String {
+    let config = dir.join(config_name);
+    if join.federation_cert.is_some() {
+        return format!(
+            "next: systemctl enable --now planetmesh-{program} (or: {program} run --config {}); \
+             then `{program} key --dir {}` prints the addresses others bootstrap from",
+            config.display(),
+            dir.display(),
+            program = K::PROGRAM,
+        );
+    }
+    format!(
+        "next: have the federation's authority run `fedctl certify --role {role} --subject \
+         {key} --out <file>`, save the file as {} and name the authority under [[trust]] in \
+         {} (or `{program} key --new` in a new --dir, then `{program} init \
+         --federation-cert <file>` does both)",
+        dir.join("membership.cbor").display(),
+        config.display(),
+        role = K::ROLE,
+        program = K::PROGRAM,
+    )
+}
+
 /// The flags of `key`.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct KeyArgs {

@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand};
 use federation::daemon::DaemonKind;
 use federation::daemon::cli::{Failure, exit, load_config, usage};
 use federation::daemon::config::ConfigError;
-use federation::daemon::join::{JoinArgs, KeyArgs, init_joined, key_command};
+use federation::daemon::join::{JoinArgs, KeyArgs, init_joined, key_command, next_after_init};
 use federation::daemon::runtime::describe_key;
 use node::daemon::config::{NodeKind, NodeManagerConfig, default_config};
 
@@ -103,8 +103,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
             );
             println!("{}", describe_key::<NodeKind>(&key.public()));
             println!(
-                "next: have your federation authority certify it (fedctl certify --role node --subject {})",
-                key.public()
+                "{}",
+                next_after_init::<NodeKind>(&join, &dir, "node.toml", &key.public())
             );
             Ok(())
         }
