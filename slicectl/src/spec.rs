@@ -3,7 +3,7 @@
 //!
 //! ```toml
 //! name = "princeton_demo"          # slices are named <site>_<name>, as in PlanetLab
-//! slivers = 4                      # or: nodes = ["ed25519/…", …]
+//! slivers = 4                      # or: nodes = ["node2", "fed0-site1/75f91bc9", "ed25519/…"]
 //! resources = "cpu=500m,memory=256MiB,disk=1GiB,egress=10Mbit"   # per sliver (default:
 //!                                                                 # DEFAULT_RESOURCES)
 //! duration = "2h"                  # tickets' window: 90s, 10m, 2h, 3d or seconds
@@ -61,9 +61,9 @@ pub struct SpecConstraints {
     /// At least this many distinct sites.
     #[serde(default)]
     pub min_sites: u32,
-    /// Nodes never to use.
+    /// Nodes never to use (named as [`SliceSpec::nodes`]).
     #[serde(default)]
-    pub exclude_nodes: Vec<PublicKey>,
+    pub exclude_nodes: Vec<String>,
     /// At most this price per sliver for the whole duration, in micro-credits.
     #[serde(default)]
     pub max_price: Option<u64>,
@@ -78,9 +78,10 @@ pub struct SliceSpec {
     /// How many slivers (ignored when `nodes` is given).
     #[serde(default)]
     pub slivers: Option<u32>,
-    /// One sliver on each of these nodes.
+    /// One sliver on each of these nodes: each its ad's name, `site/short-key`, 4 or more hex
+    /// digits of its key, or its key (see [`crate::nodes`]).
     #[serde(default)]
-    pub nodes: Vec<PublicKey>,
+    pub nodes: Vec<String>,
     /// Resources per sliver (`cpu=500m,memory=256MiB,…`; default [`DEFAULT_RESOURCES`]).
     #[serde(default = "default_resources")]
     pub resources: String,
@@ -210,7 +211,33 @@ impl SliceSpec {
         self.per_sliver()?;
         parse_duration(&self.duration)?;
         self.lease_secs()?;
+        // A node argument no known node matches may be known to the agents; any other
+        // mistake in one (a prefix too short, several nodes) is one now.
+        for given in self.node_args() {
+            match crate::nodes::resolve(given) {
+                Ok(_) | Err(crate::nodes::NodeError::Unknown(_)) => {}
+                Err(e) => return Err(SpecError::Invalid(e.to_string())),
+            }
+        }
         Ok(())
+    }
+
+    /// The node arguments: `nodes` and `constraints.exclude_nodes`.
+    pub fn node_args(&self) -> impl Iterator<Item = &str> {
+        self.nodes
+            .iter()
+            .chain(&self.constraints.exclude_nodes)
+            .map(String::as_str)
+    }
+
+    /// Whether a node argument names no node known yet (the agents may know it).
+    pub fn names_unknown_nodes(&self) -> bool {
+        self.node_args().any(|n| {
+            matches!(
+                crate::nodes::resolve(n),
+                Err(crate::nodes::NodeError::Unknown(_))
+            )
+        })
     }
 
     /// The request this spec makes for `principal` of `federation`.
@@ -222,8 +249,13 @@ impl SliceSpec {
         if self.name.trim().is_empty() {
             return Err(SpecError::Invalid("the slice needs a name".into()));
         }
+        let resolve = |list: &[String]| {
+            list.iter()
+                .map(|n| crate::nodes::resolve(n).map_err(|e| SpecError::Invalid(e.to_string())))
+                .collect::<Result<Vec<PublicKey>, SpecError>>()
+        };
         let target = if !self.nodes.is_empty() {
-            SliverTarget::Nodes(self.nodes.clone())
+            SliverTarget::Nodes(resolve(&self.nodes)?)
         } else {
             match self.slivers {
                 Some(n) if n > 0 => SliverTarget::Count(n),
@@ -252,7 +284,7 @@ impl SliceSpec {
             constraints: SliceConstraints {
                 federations: self.constraints.federations.clone(),
                 min_sites: self.constraints.min_sites,
-                exclude_nodes: self.constraints.exclude_nodes.clone(),
+                exclude_nodes: resolve(&self.constraints.exclude_nodes)?,
                 max_price: self.constraints.max_price,
             },
             duration_secs: parse_duration(&self.duration)?,

@@ -104,6 +104,32 @@ async fn a_node_has_one_name_in_and_out() {
             "--node {given}: {plan}"
         );
     }
+    // So does a spec file's `nodes`.
+    let spec = home.join("named.toml");
+    std::fs::write(
+        &spec,
+        format!("name = \"plc-site0_named\"\nnodes = [{name:?}]\nduration = \"1h\"\n"),
+    )
+    .unwrap();
+    let (code, stdout, stderr) = cli(
+        home,
+        &[
+            "--config",
+            cfg,
+            "--json",
+            "slice",
+            "plan",
+            spec.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let plan: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(
+        plan["plan"]["chosen"][0]["node"],
+        node.key.to_string(),
+        "{plan}"
+    );
     // --exclude takes the same forms.
     let (code, stdout, stderr) = cli(
         home,

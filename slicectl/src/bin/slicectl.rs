@@ -6,13 +6,12 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use capability_schema::{AcquireMode, PublicKey, SecretKey};
+use capability_schema::{AcquireMode, SecretKey};
 use clap::{Args, Parser, Subcommand};
 use slicectl::client::{Endpoints, Session, Settings};
 use slicectl::config::{ClientConfig, Identity, default_key_file, parse_trust};
 use slicectl::context::{ContextError, Contexts, Source, config_dir, find_config};
 use slicectl::exit::{EXIT_CODES_HELP, ExitClass};
-use slicectl::nodes::NodeError;
 use slicectl::ops::{self, KeyAction, Manager, OpError, Outcome, Progress};
 use slicectl::spec::{SliceSpec, SpecError, parse_duration};
 use slicectl::state::State;
@@ -160,40 +159,19 @@ struct SpecFlags {
 }
 
 impl SpecFlags {
-    /// The spec, its nodes resolved among the nodes known (see `slicectl::nodes`).
-    fn spec(&self) -> Result<SliceSpec, OpError> {
-        self.spec_with(&|n| slicectl::nodes::resolve(n))
-    }
-
     /// Whether a node argument names no node known yet (agents may know it).
     fn names_unknown_nodes(&self) -> bool {
-        self.node
-            .iter()
-            .chain(&self.exclude)
-            .any(|n| matches!(slicectl::nodes::resolve(n), Err(NodeError::Unknown(_))))
+        self.spec().is_ok_and(|spec| spec.names_unknown_nodes())
     }
 
-    /// Checks the spec without the network: node arguments no node known matches yet stand
-    /// for themselves (they are resolved after asking the agents).
+    /// Checks the spec without the network.
     fn check(&self) -> Result<(), OpError> {
-        let own = SecretKey::generate().public();
-        self.spec_with(&|n| match slicectl::nodes::resolve(n) {
-            Err(NodeError::Unknown(_)) => Ok(own),
-            other => other,
-        })?
-        .check()?;
-        Ok(())
+        Ok(self.spec()?.check()?)
     }
 
-    fn spec_with(
-        &self,
-        resolve: &dyn Fn(&str) -> Result<PublicKey, NodeError>,
-    ) -> Result<SliceSpec, OpError> {
-        let nodes = |list: &[String]| {
-            list.iter()
-                .map(|n| resolve(n).map_err(|e| SpecError::Invalid(e.to_string())))
-                .collect::<Result<Vec<PublicKey>, SpecError>>()
-        };
+    /// The spec: the file's (if any) with the flags over it. Node arguments stay as given;
+    /// the request resolves them (`SliceSpec::to_request`).
+    fn spec(&self) -> Result<SliceSpec, OpError> {
         let mut spec = match &self.spec {
             Some(path) => SliceSpec::load(path)?,
             None => SliceSpec::named(self.name.as_deref().ok_or_else(|| {
@@ -207,7 +185,7 @@ impl SpecFlags {
             spec.slivers = Some(v);
         }
         if !self.node.is_empty() {
-            spec.nodes = nodes(&self.node)?;
+            spec.nodes = self.node.clone();
         }
         if let Some(v) = &self.resources {
             spec.resources = v.clone();
@@ -239,7 +217,9 @@ impl SpecFlags {
             spec.constraints.min_sites = v;
         }
         if !self.exclude.is_empty() {
-            spec.constraints.exclude_nodes.extend(nodes(&self.exclude)?);
+            spec.constraints
+                .exclude_nodes
+                .extend(self.exclude.iter().cloned());
         }
         if let Some(v) = self.max_price {
             spec.constraints.max_price = Some(v);
