@@ -399,7 +399,11 @@ impl<C: AgentClient> Acquirer<C> {
                 match trust.validate_ad(&offer.ad, now, None) {
                     Ok(ad) => out.candidates.push(Candidate {
                         node: ad.node,
-                        federation: ad.federation,
+                        federation: planner::federation_shown(
+                            &trust,
+                            &ad,
+                            &request.constraints.federations,
+                        ),
                         site: ad.site,
                         agent,
                         free: offer.free,

@@ -62,6 +62,53 @@ pub struct Candidate {
     pub load_milli: u64,
 }
 
+/// How a candidate's federation is written: its name, or `name@<short key>` when another
+/// trusted federation carries the same name or a constraint names that federation by key
+/// (so that [`federation_allows`] can tell).
+pub fn federation_shown(
+    trust: &federation::TrustStore,
+    ad: &capability_schema::ResourceAd,
+    constraints: &[String],
+) -> String {
+    let Ok(cert) = ad.membership.peek_unverified() else {
+        return ad.federation.clone();
+    };
+    let by_key = format!("{}@", ad.federation);
+    if constraints.iter().any(|f| f.starts_with(&by_key)) {
+        return federation::trust::qualified(&ad.federation, &cert.authority);
+    }
+    trust.display_name(&ad.federation, &cert.authority)
+}
+
+/// Whether a request's federation constraint (`name`, or `name@KEY` with the key or a hex
+/// prefix of it) admits a candidate of `federation` (as [`federation_shown`] writes it): a
+/// bare name admits every federation of that name, a keyed one only the federation whose
+/// short key agrees with it.
+pub fn federation_allows(allowed: &str, federation: &str) -> bool {
+    let (allowed_name, allowed_key) = match allowed.split_once('@') {
+        Some((name, key)) => (name, Some(key)),
+        None => (allowed, None),
+    };
+    let (name, short) = match federation.split_once('@') {
+        Some((name, short)) => (name, Some(short)),
+        None => (federation, None),
+    };
+    if allowed_name != name {
+        return false;
+    }
+    match (allowed_key, short) {
+        (None, _) => true,
+        (Some(key), Some(short)) => {
+            let key = key
+                .strip_prefix(capability_schema::identity::PUBLIC_PREFIX)
+                .unwrap_or(key)
+                .to_ascii_lowercase();
+            !key.is_empty() && (short.starts_with(&key) || key.starts_with(short))
+        }
+        (Some(_), None) => false,
+    }
+}
+
 impl Candidate {
     /// A candidate from an agent's offer. The ad's signature is the caller's to check; this
     /// only reads it.
@@ -123,7 +170,12 @@ fn check(
     if listed.is_some_and(|set| !set.contains(&c.node)) {
         return Some(Unfit::NotListed);
     }
-    if !constraints.federations.is_empty() && !constraints.federations.contains(&c.federation) {
+    if !constraints.federations.is_empty()
+        && !constraints
+            .federations
+            .iter()
+            .any(|f| federation_allows(f, &c.federation))
+    {
         return Some(Unfit::Federation);
     }
     if let Some(kind) = request.per_sliver.first_excess(&c.free) {
@@ -837,6 +889,36 @@ mod tests {
             mode: AcquireMode::AllOrNothing,
             net: Default::default(),
         }
+    }
+
+    #[test]
+    fn federation_constraints_go_by_name_or_by_key() {
+        assert!(federation_allows("fed0", "fed0"));
+        assert!(federation_allows("fed0", "fed0@98ec152a"));
+        assert!(!federation_allows("fed1", "fed0"));
+        assert!(federation_allows("fed0@98ec", "fed0@98ec152a"));
+        assert!(federation_allows("fed0@98EC152A", "fed0@98ec152a"));
+        assert!(federation_allows(
+            "fed0@ed25519/98ec152aabd27d1d476f42e7ae92a3751072f6641b78e996fdf852de19078e1c",
+            "fed0@98ec152a"
+        ));
+        assert!(!federation_allows("fed0@c8c3", "fed0@98ec152a"));
+        assert!(!federation_allows("fed0@", "fed0@98ec152a"));
+        assert!(!federation_allows("fed1@98ec", "fed0@98ec152a"));
+        // Two fed0s: a keyed constraint keeps one, a bare name both.
+        let mut req = request(1, res(500, 256));
+        req.constraints.federations = vec!["fed0@c8c3".into()];
+        let cands = vec![
+            cand(1, "fed0@98ec152a", "s1", res(4000, 4096), 1),
+            cand(2, "fed0@c8c34a8e", "s2", res(4000, 4096), 1),
+        ];
+        let p = plan(&req, &cands);
+        assert!(p.satisfiable, "{}", p.explanation);
+        assert_eq!(p.chosen[0].federation, "fed0@c8c34a8e");
+        assert_eq!(p.rejected[0].reason, "federation not allowed");
+        req.constraints.federations = vec!["fed0".into()];
+        req.target = SliverTarget::Count(2);
+        assert!(plan(&req, &cands).satisfiable);
     }
 
     #[test]
