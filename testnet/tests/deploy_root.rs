@@ -362,7 +362,28 @@ fn check_packages(packages: &Path, into: &Path) {
             "{daemon}'s completion: {completion}"
         );
     }
-    assert!(into.join("usr/share/man/man1/slicectl.1.gz").exists());
+    // Every program that documents itself (`man`, `completions`) is packed with both.
+    for bin in ["slicectl", "fedctl"] {
+        let documents = Command::new(into.join("usr/bin").join(bin))
+            .args(["man", "--help"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if bin == "slicectl" {
+            assert!(documents, "slicectl has no man subcommand");
+        }
+        if documents {
+            assert!(
+                into.join(format!("usr/share/man/man1/{bin}.1.gz")).exists(),
+                "no man page for {bin}"
+            );
+            assert!(
+                into.join("usr/share/bash-completion/completions")
+                    .join(bin)
+                    .exists(),
+                "no completion for {bin}"
+            );
+        }
+    }
     for (package, config) in [
         ("node", "node.toml"),
         ("agent", "agent.toml"),
