@@ -99,3 +99,9 @@ fn fedctl_errors_are_one_line_of_their_class_without_a_backtrace() {
     let flag = run(FEDCTL, &["show", "--no-such-flag"], dir);
     assert_eq!(flag.code, Some(USAGE), "{flag:?}");
 }
+
+#[test]
+fn fedctl_has_completions_man_pages_and_a_long_version() {
+    let tmp = tempfile::tempdir().unwrap();
+    common::cli::manual(env!("CARGO_BIN_EXE_fedctl"), "fedctl", tmp.path());
+}

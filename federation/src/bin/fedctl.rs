@@ -37,7 +37,14 @@ use federation::unix_now;
 /// which are text (`ed25519-private/<hex>`, mode 0600) so they can be inspected and backed up;
 /// `fedctl show FILE` prints any of them readably.
 #[derive(Debug, Parser)]
-#[command(name = "fedctl", version, about, long_about, after_help = TOP_HELP)]
+#[command(
+    name = "fedctl",
+    version,
+    long_version = federation::manual::long_version(),
+    about,
+    long_about,
+    after_help = TOP_HELP
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -301,6 +308,8 @@ enum Command {
         /// The file or authority directory.
         file: PathBuf,
     },
+    #[command(flatten)]
+    Manual(federation::manual::ManualCommand),
 }
 
 fn main() -> ExitCode {
@@ -334,6 +343,7 @@ fn load_authority(dir: &Path) -> Result<Authority, Failure> {
 fn run(cli: Cli) -> Result<(), Failure> {
     let now = unix_now();
     match cli.command {
+        Command::Manual(manual) => manual.run::<Cli>()?,
         Command::Keygen { out } => {
             let key = SecretKey::generate();
             key.save(&out).map_err(|e| another_out(e.into()))?;
