@@ -328,6 +328,9 @@ pub struct KeyArgs {
     /// `init --federation-cert`.
     #[arg(long)]
     pub new: bool,
+    /// One JSON object on stdout: role, key, peer id, addresses, key file.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// What `key` reads of a config: its key file and listen addresses.
@@ -402,12 +405,29 @@ pub fn key_command<K: DaemonKind>(args: &KeyArgs, config_name: &str) -> anyhow::
         load_key::<K>(&key_file)?
     };
     let public = key.public();
+    let peer = crate::overlay::peer_id(&public);
+    let addresses: Vec<String> = listen
+        .map(|listen| {
+            public_addrs(&listen, &host_addrs())
+                .into_iter()
+                .map(|addr| addr.with(Protocol::P2p(peer)).to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    if args.json {
+        let report = serde_json::json!({
+            "role": K::ROLE.to_string(),
+            "key": public.to_string(),
+            "peer_id": peer.to_string(),
+            "addresses": addresses,
+            "key_file": key_file.display().to_string(),
+            "new": args.new,
+        });
+        return Ok(report.to_string());
+    }
     let mut text = describe_key::<K>(&public);
-    if let Some(listen) = listen {
-        let peer = crate::overlay::peer_id(&public);
-        for addr in public_addrs(&listen, &host_addrs()) {
-            text.push_str(&format!("\naddress: {}", addr.with(Protocol::P2p(peer))));
-        }
+    for addr in &addresses {
+        text.push_str(&format!("\naddress: {addr}"));
     }
     if args.new {
         text.push_str(&format!(
@@ -617,6 +637,23 @@ mod tests {
         assert!(
             printed.contains(&format!("address: /ip4/127.0.0.1/tcp/0/p2p/{peer}")),
             "{printed}"
+        );
+        let json = key_command::<TestKind>(
+            &KeyArgs {
+                dir: dir.path().to_owned(),
+                json: true,
+                ..KeyArgs::default()
+            },
+            "test.toml",
+        )
+        .unwrap();
+        let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(json["key"], key.public().to_string());
+        assert_eq!(json["peer_id"], peer.to_string());
+        assert_eq!(json["role"], "broker");
+        assert_eq!(
+            json["addresses"][0],
+            format!("/ip4/127.0.0.1/tcp/0/p2p/{peer}")
         );
 
         let other = tempfile::tempdir().unwrap();
