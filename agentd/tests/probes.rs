@@ -7,7 +7,7 @@
 use agentd::daemon::config::AgentConfig;
 use capability_schema::identity::test_key;
 use capability_schema::{Role, codec};
-use federation::testing::{TestFederation, check_metrics_with_promtool, http_get};
+use federation::testing::{TestFederation, check_daemon_http};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_answers_probes_and_metrics_promtool_accepts() {
@@ -33,19 +33,6 @@ async fn the_agent_answers_probes_and_metrics_promtool_accepts() {
     let (running, shutdown) = agentd::daemon::run::start(config).await.unwrap();
     let http = running.http.expect("an HTTP endpoint");
 
-    assert_eq!(http_get(http, "/healthz").await, (200, "ok\n".to_owned()));
-    let (code, ready) = http_get(http, "/readyz").await;
-    assert_eq!(code, 200, "{ready}");
-    let (code, metrics) = http_get(http, "/metrics").await;
-    assert_eq!(code, 200, "{metrics}");
-    for family in [
-        "planetmesh_agent_",
-        "planetmesh_build_info{",
-        "process_cpu_seconds_total ",
-        "planetmesh_overlay_peers ",
-    ] {
-        assert!(metrics.contains(family), "{family} missing:\n{metrics}");
-    }
-    check_metrics_with_promtool(&metrics);
+    check_daemon_http(http, "planetmesh_agent_").await;
     shutdown.await;
 }

@@ -317,6 +317,30 @@ pub fn check_metrics_with_promtool(text: &str) {
     }
 }
 
+/// A daemon's HTTP endpoint as a monitoring system sees it: `/healthz` answers `ok`,
+/// `/readyz` 200, and `/metrics` holds the daemon's own families (named from `own`, e.g.
+/// `planetmesh_agent_`) and the standard ones, and promtool accepts it
+/// ([`check_metrics_with_promtool`]).
+///
+/// # Panics
+/// If any of it is not so.
+pub async fn check_daemon_http(http: std::net::SocketAddr, own: &str) {
+    assert_eq!(http_get(http, "/healthz").await, (200, "ok\n".to_owned()));
+    let (code, ready) = http_get(http, "/readyz").await;
+    assert_eq!(code, 200, "{ready}");
+    let (code, metrics) = http_get(http, "/metrics").await;
+    assert_eq!(code, 200, "{metrics}");
+    for family in [
+        own,
+        "planetmesh_build_info{",
+        "process_cpu_seconds_total ",
+        "planetmesh_overlay_peers ",
+    ] {
+        assert!(metrics.contains(family), "{family} missing:\n{metrics}");
+    }
+    check_metrics_with_promtool(&metrics);
+}
+
 /// `GET path` from a daemon's HTTP endpoint at `addr` (HTTP/1.1, connection closed after):
 /// the status code and the body.
 ///
