@@ -374,21 +374,7 @@ impl Runner {
                 bytes,
                 reply,
             } => {
-                let result = match self.topic_of(&federation, swarm::ad_topic) {
-                    Ok(topic) => self.swarm.behaviour_mut().gossipsub.publish(topic, bytes),
-                    Err(e) => {
-                        let _ = reply.send(Err(e));
-                        return;
-                    }
-                };
-                let result = match result {
-                    Ok(_) => Ok(()),
-                    Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {
-                        Err(OverlayError::NoPeers { federation })
-                    }
-                    Err(e) => Err(OverlayError::Publish(e.to_string())),
-                };
-                let _ = reply.send(result);
+                let _ = reply.send(self.publish_raw(federation, bytes, swarm::ad_topic));
             }
             Command::PublishRevocation { list, reply } => {
                 let judged = self.take_revocation(&list, None);
@@ -399,21 +385,7 @@ impl Runner {
                 bytes,
                 reply,
             } => {
-                let result = match self.topic_of(&federation, swarm::revocation_topic) {
-                    Ok(topic) => self.swarm.behaviour_mut().gossipsub.publish(topic, bytes),
-                    Err(e) => {
-                        let _ = reply.send(Err(e));
-                        return;
-                    }
-                };
-                let result = match result {
-                    Ok(_) => Ok(()),
-                    Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {
-                        Err(OverlayError::NoPeers { federation })
-                    }
-                    Err(e) => Err(OverlayError::Publish(e.to_string())),
-                };
-                let _ = reply.send(result);
+                let _ = reply.send(self.publish_raw(federation, bytes, swarm::revocation_topic));
             }
             Command::OfferRevocation { peer, sync, reply } => {
                 let peer = identity::peer_id(&peer);
@@ -540,6 +512,23 @@ impl Runner {
 
     /// The topic of the federation `federation` refers to (`name` or `name@KEY`, resolved
     /// among the anchors; ambiguous or unknown names are refused by the trust store).
+    /// Publishes `bytes` unchecked on `federation`'s topic made by `topic` (fault injection).
+    fn publish_raw(
+        &mut self,
+        federation: String,
+        bytes: Vec<u8>,
+        topic: fn(&PublicKey) -> libp2p::gossipsub::IdentTopic,
+    ) -> Result<(), OverlayError> {
+        let topic = self.topic_of(&federation, topic)?;
+        match self.swarm.behaviour_mut().gossipsub.publish(topic, bytes) {
+            Ok(_) => Ok(()),
+            Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {
+                Err(OverlayError::NoPeers { federation })
+            }
+            Err(e) => Err(OverlayError::Publish(e.to_string())),
+        }
+    }
+
     fn topic_of(
         &self,
         federation: &str,
