@@ -9,6 +9,7 @@
 //! - [`signed`]: [`Signed<T>`], a CBOR body signed under a per-type domain tag;
 //! - [`membership`]: federation trust objects (membership certificates, peering, revocation);
 //! - [`ad`]: resource advertisements, delegations and prices;
+//! - [`heartbeat`]: a node's small signed sign of life between its ads;
 //! - [`ask`]: the principal's signed ask, which agents mint against;
 //! - [`slice`](mod@slice): slice requests, slice kinds and leases;
 //! - [`ticket`]: attenuable, delegable capability tickets (biscuit) and their verification;
@@ -22,6 +23,7 @@
 pub mod ad;
 pub mod ask;
 pub mod codec;
+pub mod heartbeat;
 pub mod identity;
 pub mod membership;
 pub mod protocol;
@@ -34,6 +36,7 @@ pub mod ticket;
 pub use ad::{Delegation, DelegationScope, PriceList, ResourceAd};
 pub use ask::{AskGrant, AskRefusal};
 pub use codec::{DecodeError, decode, encode};
+pub use heartbeat::Heartbeat;
 pub use identity::{KeyError, PublicKey, SecretKey};
 pub use membership::{MembershipCert, PeeringAgreement, RevocationList, Role};
 pub use rejection::{ErrorReply, Rejection};

@@ -422,6 +422,7 @@ fn every_protocol_message_round_trips() {
                 lease_id: "l0".into(),
                 reason: "principal revoked by \"plc\" list v3 (issued at 1780000000)".into(),
             }],
+            ssh: None,
         }))),
         Ok(NodeResponse::Exec(ExecOutput {
             exit_code: 1,
@@ -757,6 +758,26 @@ fn delegation_v2_golden_and_v1_refused() {
     let v1 = Signed::<Delegation>::from_bytes(&read("delegation")).unwrap();
     assert!(matches!(
         v1.verify(),
+        Err(SignatureError::WrongDomain { .. })
+    ));
+}
+
+/// A heartbeat (`planetmesh/heartbeat/v1`) is byte-exact, small, and never an ad.
+#[test]
+fn heartbeat_golden_and_not_an_ad() {
+    use capability_schema::Heartbeat;
+    let beat = Heartbeat {
+        seq: 1_800_000_002_000,
+        ad_seq: 1_800_000_000_000,
+    };
+    let signed = Signed::sign(&test_key(1), &beat);
+    check_golden("heartbeat", &signed.to_bytes());
+    let read = std::fs::read(golden_dir().join("heartbeat.cbor")).unwrap();
+    assert!(read.len() < 200, "{} bytes", read.len());
+    let decoded = Signed::<Heartbeat>::from_bytes(&read).unwrap();
+    assert_eq!(decoded.verify_by(&test_key(1).public()).unwrap(), beat);
+    assert!(matches!(
+        Signed::<ResourceAd>::from_bytes(&read).unwrap().verify(),
         Err(SignatureError::WrongDomain { .. })
     ));
 }
