@@ -3,7 +3,7 @@
 //! | protocol | name | requests |
 //! |---|---|---|
 //! | agent | `/planetmesh/agent/1` | [`AgentRequest`]: `GetAds`, `GetTickets`, `Released` |
-//! | node | `/planetmesh/node/1` | [`NodeRequest`]: `Redeem`, `Renew`, `Release`, `Status`, `Exec`, `Spawn`, `Logs`, `AddKey`, `DelKey`, `ListKeys` |
+//! | node | `/planetmesh/node/1` | [`NodeRequest`]: `Redeem`, `Renew`, `Release`, `Status`, `Exec`, `Spawn`, `Logs`, `AddKey`, `DelKey`, `ListKeys`, `Events`, `LogsFrom` |
 //! | broker | `/planetmesh/broker/1` | [`BrokerRequest`]: `FindSlice`, `AcquireSlice`; as served, [`BrokerCall`] (the same with the principal's certificate) answered by [`BrokerAnswer`] |
 //!
 //! Each message travels in an [`Envelope`] with a request id; every answer is
@@ -26,8 +26,10 @@ use crate::slice::{
     AcquireMode, Lease, NetGrant, SliceConstraints, SliceKind, SliceRequest, SliverTarget,
 };
 
+mod lease_events;
 mod report;
 
+pub use lease_events::{EventQuery, LeaseEvent, LeaseEventKind, LeaseEvents, LogChunk};
 pub use report::{AcquireEvent, CallFailure, DroppedOffer};
 
 /// Protocol name of the agent protocol.
@@ -263,6 +265,19 @@ pub enum NodeRequest {
         /// The lease of the sliver.
         lease_id: String,
     },
+    /// What happened to the caller's leases on this node (see [`LeaseEvent`]); answered
+    /// with `Events`. Nodes that predate it answer `malformed`.
+    Events(EventQuery),
+    /// The spawn log from a byte offset, for following it; answered with `LogChunk`. Nodes
+    /// that predate it answer `malformed`.
+    LogsFrom {
+        /// The lease of the sliver.
+        lease_id: String,
+        /// The first byte wanted.
+        offset: u64,
+        /// At most this many bytes (capped at [`LogChunk::MAX_BYTES`]).
+        max_bytes: u64,
+    },
 }
 
 /// A node's view of itself.
@@ -344,6 +359,10 @@ pub enum NodeResponse {
     },
     /// Answer to `AddKey`, `DelKey` and `ListKeys`: the keys now authorized.
     Keys(Vec<String>),
+    /// Answer to `Events`.
+    Events(LeaseEvents),
+    /// Answer to `LogsFrom`.
+    LogChunk(LogChunk),
 }
 
 // ---------------------------------------------------------------- broker protocol

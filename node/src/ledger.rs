@@ -24,6 +24,13 @@
 //! write), so it does not disturb the others in its batch; if the commit fails, every op of the
 //! batch fails.
 //!
+//! **Lease events.** Every change to a lease that its holder would want to know of is written,
+//! in the same transaction as the change, as a numbered [`LeaseEvent`] to the `lease_events`
+//! table: created (activation), renewed, released (by the holder), and, through
+//! [`Ledger::end`] and [`Ledger::note_sliver`], reaped, lost, ended early and frozen or thawed.
+//! At most [`MAX_EVENTS`] are kept, the oldest dropped first; [`Ledger::events`] reads a
+//! holder's (the node protocol's `Events`).
+//!
 //! **Index.** What the live leases commit, which sliver ids they hold and each lease's share of
 //! both are mirrored in memory (`Index`, built at open, changed only by the writer), so a
 //! reservation and the ad's commitments never decode the whole lease table.
@@ -32,14 +39,26 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
+use capability_schema::protocol::{LeaseEvent, LeaseEventKind, LeaseEvents};
 use capability_schema::{Lease, PublicEndpoint, PublicKey, Rejection, Resources, codec};
-use redb::{Database, Durability, ReadableTable, Table, TableDefinition};
+use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, Table, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::admission::{Capacity, Commitments};
 
 const LEASES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("leases");
 const SPENT: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("spent");
+const EVENTS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("lease_events");
+
+/// The most lease events the ledger keeps; beyond, the oldest are dropped.
+pub const MAX_EVENTS: u64 = 20_000;
+
+/// A lease event as the ledger keeps it: with the holder it may be shown to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct EventRecord {
+    holder: PublicKey,
+    event: LeaseEvent,
+}
 
 /// Errors of the ledger.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -157,6 +176,25 @@ pub enum Op {
         /// The lease.
         lease_id: String,
     },
+    /// The lease goes as [`Op::Remove`], and its holder is told why with an event.
+    End {
+        /// The lease.
+        lease_id: String,
+        /// Reaped, lost or ended.
+        kind: LeaseEventKind,
+        /// Why, in a sentence.
+        reason: Option<String>,
+    },
+    /// Something happened to the sliver `sliver_id` (frozen, thawed): an event for its lease,
+    /// if a live lease holds it; nothing else changes.
+    Note {
+        /// The sliver.
+        sliver_id: String,
+        /// What happened.
+        kind: LeaseEventKind,
+        /// Why, in a sentence.
+        reason: Option<String>,
+    },
 }
 
 /// What the live leases hold, mirrored in memory (see the module docs).
@@ -166,6 +204,8 @@ struct Index {
     leases: BTreeMap<String, (PublicKey, Resources, String, String)>,
     /// How many live leases each ticket paid for (tickets with none are absent).
     tickets: BTreeMap<String, u32>,
+    /// The number the next lease event gets.
+    next_event: u64,
     /// The sliver ids held.
     slivers: BTreeSet<String>,
     /// The sum of the leases' resources, in all and per agent.
@@ -252,6 +292,7 @@ impl Ledger {
         let txn = db.begin_write().map_err(|e| storage(e.to_string()))?;
         txn.open_table(LEASES).map_err(|e| storage(e.to_string()))?;
         txn.open_table(SPENT).map_err(|e| storage(e.to_string()))?;
+        txn.open_table(EVENTS).map_err(|e| storage(e.to_string()))?;
         txn.commit().map_err(|e| storage(e.to_string()))?;
         let ledger = Ledger {
             db,
@@ -279,6 +320,12 @@ impl Ledger {
                 .insert(&record)
                 .ok_or_else(|| self.storage("commitments overflow"))?;
         }
+        let txn = self.db.begin_read().map_err(|e| self.storage(e))?;
+        let events = txn.open_table(EVENTS).map_err(|e| self.storage(e))?;
+        index.next_event = match events.last().map_err(|e| self.storage(e))? {
+            Some((seq, _)) => seq.value().saturating_add(1),
+            None => 1,
+        };
         Ok(index)
     }
 
@@ -354,6 +401,105 @@ impl Ledger {
         .map(drop)
     }
 
+    /// Removes a lease as [`Ledger::remove`] does and records why for its holder (`kind`:
+    /// reaped, lost or ended).
+    pub fn end(
+        &self,
+        lease_id: &str,
+        kind: LeaseEventKind,
+        reason: Option<String>,
+    ) -> Result<(), LedgerError> {
+        self.submit(Op::End {
+            lease_id: lease_id.to_owned(),
+            kind,
+            reason,
+        })
+        .map(drop)
+    }
+
+    /// Records that something happened to sliver `sliver_id` (frozen, thawed) as an event of
+    /// the live lease holding it; nothing when none does.
+    pub fn note_sliver(
+        &self,
+        sliver_id: &str,
+        kind: LeaseEventKind,
+        reason: Option<String>,
+    ) -> Result<(), LedgerError> {
+        self.submit(Op::Note {
+            sliver_id: sliver_id.to_owned(),
+            kind,
+            reason,
+        })
+        .map(drop)
+    }
+
+    /// `holder`'s lease events numbered above `after`, oldest first, of one slice or all,
+    /// at most [`LeaseEvents::MAX`] (then `more` says others follow).
+    pub fn events(
+        &self,
+        holder: &PublicKey,
+        slice: Option<&str>,
+        after: u64,
+    ) -> Result<LeaseEvents, LedgerError> {
+        let txn = self.db.begin_read().map_err(|e| self.storage(e))?;
+        let table = txn.open_table(EVENTS).map_err(|e| self.storage(e))?;
+        let mut out = LeaseEvents::default();
+        for entry in table
+            .range(after.saturating_add(1)..)
+            .map_err(|e| self.storage(e))?
+        {
+            let (_, bytes) = entry.map_err(|e| self.storage(e))?;
+            let record: EventRecord = codec::decode(bytes.value()).map_err(|e| self.storage(e))?;
+            if record.holder != *holder || slice.is_some_and(|s| s != record.event.slice) {
+                continue;
+            }
+            if out.events.len() == LeaseEvents::MAX {
+                out.more = true;
+                break;
+            }
+            out.events.push(record.event);
+        }
+        Ok(out)
+    }
+
+    /// Writes an event of `lease` (inside the writer's transaction), dropping the oldest
+    /// beyond [`MAX_EVENTS`].
+    fn record_event(
+        &self,
+        tables: &mut Tables<'_>,
+        index: &mut Index,
+        lease: &Lease,
+        kind: LeaseEventKind,
+        end: Option<u64>,
+        reason: Option<String>,
+    ) -> Result<(), LedgerError> {
+        let seq = index.next_event.max(1);
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let record = EventRecord {
+            holder: lease.holder,
+            event: LeaseEvent {
+                seq,
+                at_ms,
+                lease_id: lease.lease_id.clone(),
+                slice: lease.slice.clone(),
+                kind,
+                end,
+                reason,
+            },
+        };
+        tables
+            .events
+            .insert(seq, codec::encode(&record).as_slice())
+            .map_err(|e| self.storage(e))?;
+        index.next_event = seq.saturating_add(1);
+        while tables.events.len().map_err(|e| self.storage(e))? > MAX_EVENTS {
+            tables.events.pop_first().map_err(|e| self.storage(e))?;
+        }
+        Ok(())
+    }
+
     /// Applies `op` durably (group commit, see the module docs) and returns the lease it
     /// changed, if any.
     pub fn submit(&self, op: Op) -> Result<Option<LeaseRecord>, LedgerError> {
@@ -408,6 +554,7 @@ impl Ledger {
                 let mut tables = Tables {
                     leases: txn.open_table(LEASES).map_err(|e| self.storage(e))?,
                     spent: txn.open_table(SPENT).map_err(|e| self.storage(e))?,
+                    events: txn.open_table(EVENTS).map_err(|e| self.storage(e))?,
                 };
                 for (ticket, op) in &batch {
                     match self.apply(&mut tables, &mut index, op) {
@@ -452,14 +599,24 @@ impl Ledger {
                 lease_id,
                 address,
                 public,
-            } => self
-                .apply_update(tables, lease_id, |record| {
+            } => {
+                let record = self.apply_update(tables, lease_id, |record| {
                     record.state = LeaseState::Active;
                     record.lease.address = address.clone();
                     record.lease.public = public.clone();
                     Ok(())
-                })
-                .map(Some),
+                })?;
+                let end = Some(record.lease.end);
+                self.record_event(
+                    tables,
+                    index,
+                    &record.lease,
+                    LeaseEventKind::Created,
+                    end,
+                    None,
+                )?;
+                Ok(Some(record))
+            }
             Op::Abort { lease_id } => {
                 let Some(record) = self.take(tables, index, lease_id)? else {
                     return Ok(None);
@@ -480,11 +637,21 @@ impl Ledger {
                 caller,
                 until,
                 now,
-            } => self
-                .apply_update(tables, lease_id, |record| {
+            } => {
+                let record = self.apply_update(tables, lease_id, |record| {
                     renewal(record, caller, *until, *now)
-                })
-                .map(Some),
+                })?;
+                let end = Some(record.lease.end);
+                self.record_event(
+                    tables,
+                    index,
+                    &record.lease,
+                    LeaseEventKind::Renewed,
+                    end,
+                    None,
+                )?;
+                Ok(Some(record))
+            }
             Op::Release { lease_id, caller } => {
                 let record = self.record_in(&tables.leases, lease_id)?.ok_or_else(|| {
                     Rejection::UnknownLease {
@@ -493,9 +660,47 @@ impl Ledger {
                 })?;
                 check_holder(&record, caller)?;
                 self.take(tables, index, lease_id)?;
+                self.record_event(
+                    tables,
+                    index,
+                    &record.lease,
+                    LeaseEventKind::Released,
+                    None,
+                    None,
+                )?;
                 Ok(Some(record))
             }
             Op::Remove { lease_id } => self.take(tables, index, lease_id),
+            Op::End {
+                lease_id,
+                kind,
+                reason,
+            } => {
+                let record = self.take(tables, index, lease_id)?;
+                if let Some(r) = &record {
+                    self.record_event(tables, index, &r.lease, *kind, None, reason.clone())?;
+                }
+                Ok(record)
+            }
+            Op::Note {
+                sliver_id,
+                kind,
+                reason,
+            } => {
+                let lease_id = index
+                    .leases
+                    .iter()
+                    .find(|(_, (_, _, sliver, _))| sliver == sliver_id)
+                    .map(|(id, _)| id.clone());
+                let Some(lease_id) = lease_id else {
+                    return Ok(None);
+                };
+                let Some(record) = self.record_in(&tables.leases, &lease_id)? else {
+                    return Ok(None);
+                };
+                self.record_event(tables, index, &record.lease, *kind, None, reason.clone())?;
+                Ok(Some(record))
+            }
         }
     }
 
@@ -692,6 +897,7 @@ impl Ledger {
 struct Tables<'txn> {
     leases: Table<'txn, &'static str, &'static [u8]>,
     spent: Table<'txn, &'static str, &'static [u8]>,
+    events: Table<'txn, u64, &'static [u8]>,
 }
 
 fn renewal(
@@ -937,5 +1143,90 @@ mod tests {
         assert_eq!(ledger.expired(149).unwrap().len(), 0);
         assert_eq!(ledger.expired(150).unwrap().len(), 1);
         assert_eq!(ledger.commitments().total, cpu(100));
+    }
+
+    #[test]
+    fn lease_changes_are_events_for_their_holder_only_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.redb");
+        let holder = test_key(50).public();
+        let kinds = |events: &LeaseEvents| -> Vec<(String, LeaseEventKind)> {
+            events
+                .events
+                .iter()
+                .map(|e| (e.lease_id.clone(), e.kind))
+                .collect()
+        };
+        {
+            let ledger = Ledger::open(&path).unwrap();
+            for id in ["l1", "l2", "l3"] {
+                ledger
+                    .reserve(&capacity(), &reservation(id, id, 100), 0)
+                    .unwrap();
+                ledger.activate(id, None, None).unwrap();
+            }
+            ledger.renew("l1", &holder, 150, 10).unwrap();
+            ledger
+                .note_sliver("sliver-l2", LeaseEventKind::Frozen, Some("over".into()))
+                .unwrap();
+            // A sliver no lease holds: nothing to record.
+            ledger
+                .note_sliver("sliver-none", LeaseEventKind::Frozen, None)
+                .unwrap();
+            ledger.release("l1", &holder).unwrap();
+            ledger
+                .end("l2", LeaseEventKind::Reaped, Some("end".into()))
+                .unwrap();
+            // An unknown lease ends without an event.
+            ledger.end("l9", LeaseEventKind::Lost, None).unwrap();
+            let all = ledger.events(&holder, None, 0).unwrap();
+            assert!(!all.more);
+            assert_eq!(
+                kinds(&all),
+                [
+                    ("l1", LeaseEventKind::Created),
+                    ("l2", LeaseEventKind::Created),
+                    ("l3", LeaseEventKind::Created),
+                    ("l1", LeaseEventKind::Renewed),
+                    ("l2", LeaseEventKind::Frozen),
+                    ("l1", LeaseEventKind::Released),
+                    ("l2", LeaseEventKind::Reaped),
+                ]
+                .map(|(l, k)| (l.to_owned(), k))
+            );
+            assert_eq!(all.events[0].end, Some(100));
+            assert_eq!(all.events[3].end, Some(150));
+            assert_eq!(all.events[4].reason.as_deref(), Some("over"));
+            let seqs: Vec<u64> = all.events.iter().map(|e| e.seq).collect();
+            assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+            // Another principal sees none of them; a slice filter keeps its own.
+            assert!(
+                ledger
+                    .events(&test_key(51).public(), None, 0)
+                    .unwrap()
+                    .events
+                    .is_empty()
+            );
+            assert!(
+                ledger
+                    .events(&holder, Some("t"), 0)
+                    .unwrap()
+                    .events
+                    .is_empty()
+            );
+            let after = ledger.events(&holder, Some("s"), seqs[4]).unwrap();
+            assert_eq!(kinds(&after).len(), 2);
+        }
+        // Reopened, the numbering goes on after the last event.
+        let ledger = Ledger::open(&path).unwrap();
+        let before = ledger.events(&holder, None, 0).unwrap().events;
+        ledger
+            .end("l3", LeaseEventKind::Ended, Some("revoked".into()))
+            .unwrap();
+        let after = ledger.events(&holder, None, 0).unwrap().events;
+        assert_eq!(after.len(), before.len() + 1);
+        let last = after.last().unwrap();
+        assert_eq!(last.kind, LeaseEventKind::Ended);
+        assert!(last.seq > before.last().unwrap().seq);
     }
 }

@@ -20,10 +20,22 @@ pub(crate) async fn watch_disks(
     period: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
+    // Slivers frozen at the last pass: a change becomes a lease event (`lease_events`).
+    let mut frozen = std::collections::BTreeSet::new();
     loop {
         let check = Arc::clone(&monitor);
-        let reports = match tokio::task::spawn_blocking(move || check.check_disk()).await {
-            Ok(reports) => reports,
+        let service = Arc::clone(&state.service);
+        let mut was = std::mem::take(&mut frozen);
+        let checked = tokio::task::spawn_blocking(move || {
+            let reports = check.check_disk();
+            super::lease_events::note_freezes(service.ledger(), &mut was, &reports);
+            (reports, was)
+        });
+        let reports = match checked.await {
+            Ok((reports, now_frozen)) => {
+                frozen = now_frozen;
+                reports
+            }
             Err(e) => {
                 tracing::error!(error = %e, "disk watchdog failed");
                 Vec::new()

@@ -9,7 +9,8 @@
 //!   pid namespace whose init is 1); no process exists. The sliver's log gets the line
 //!   `memory isolation runs nothing: spawned <argv>`;
 //! - `Logs` (the service runs `tail -c N SPAWN_LOG` through `exec`) answers the last N bytes of
-//!   that log.
+//!   that log, and `LogsFrom` (`wc -c …; tail -c +N … | head -c M`) its size and M bytes from
+//!   offset N-1.
 //!
 //! So the protocol path of every call is exercised; what a program really does in a sliver is
 //! tested on real slivers (`testnet/scenarios/two-federations.toml`).
@@ -84,6 +85,16 @@ fn log_tail(argv: &[String]) -> Option<usize> {
             .next()?
             .parse()
             .ok(),
+        _ => None,
+    }
+}
+
+/// The offset and count of a `LogsFrom`, if `argv` is the service's log read from an offset.
+fn log_from(argv: &[String]) -> Option<(u64, u64)> {
+    match argv {
+        [sh, c, script] if sh == "/bin/sh" && c == "-c" && script.contains(SPAWN_LOG) => {
+            super::lease_events::parse_log_from(script)
+        }
         _ => None,
     }
 }
@@ -168,6 +179,15 @@ impl SliverBackend for InMemorySlivers {
                 .log
                 .extend(format!("{SPAWN_LOG_PREFIX}{}\n", program.join(" ")).into_bytes());
             return Ok(answer(format!("{pid}\n").into_bytes()));
+        }
+        if let Some((offset, max)) = log_from(argv) {
+            let from = usize::try_from(offset)
+                .unwrap_or(usize::MAX)
+                .min(sliver.log.len());
+            let to = from.saturating_add(usize::try_from(max).unwrap_or(usize::MAX));
+            let mut out = format!("{}\n", sliver.log.len()).into_bytes();
+            out.extend_from_slice(&sliver.log[from..to.min(sliver.log.len())]);
+            return Ok(answer(out));
         }
         if let Some(n) = log_tail(argv) {
             return Ok(answer(

@@ -14,6 +14,8 @@
 //! - [`http`]: `/status`, `/leases`, `/slivers`, `/metrics`;
 //! - [`view`]: the JSON bodies of `/status`, `/leases` and `/slivers`, for the handlers and
 //!   their readers;
+//! - [`lease_events`]: reading a spawn log from an offset and the reasons lease events give
+//!   (the events live in the ledger);
 //! - [`release_report`]: telling agents which of their tickets ended here early;
 //! - [`reload`]: applying an edited node.toml without a restart (SIGHUP, `POST /reload`);
 //! - [`revocation`]: refusing revoked tickets at redeem, ending leases of revoked parties;
@@ -24,6 +26,7 @@ pub mod config;
 pub mod delegated;
 pub mod engine;
 pub mod http;
+pub mod lease_events;
 pub mod loops;
 pub mod memory;
 pub mod monitor;

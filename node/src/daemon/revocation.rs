@@ -206,9 +206,10 @@ pub struct EndedLease {
 }
 
 /// Ends every live lease of a revoked principal, or under a revoked agent or ticket: the
-/// lease is released (its sliver destroyed, its ticket reported to the agent as ended) and
-/// the reason is logged and kept for the holder's next request.
-pub fn end_revoked(service: &NodeService, now: u64) -> Vec<EndedLease> {
+/// lease ends (its sliver destroyed, its ticket reported to the agent as ended, an `ended`
+/// lease event with the reason in the ledger) and the reason is logged and kept for the
+/// holder's next request.
+pub fn end_revoked(service: &NodeService) -> Vec<EndedLease> {
     let guard = service.revocation();
     let leases = match service.ledger().leases() {
         Ok(leases) => leases,
@@ -228,11 +229,8 @@ pub fn end_revoked(service: &NodeService, now: u64) -> Vec<EndedLease> {
             continue;
         };
         guard.remember_ended(&lease.lease_id, &lease.holder, &reason);
-        let release = capability_schema::protocol::NodeRequest::Release {
-            lease_id: lease.lease_id.clone(),
-        };
-        match service.handle(&lease.holder, release, now, None) {
-            Ok(_) => {
+        match service.end_early(lease, &reason) {
+            Ok(()) => {
                 tracing::warn!(lease = %lease.lease_id, slice = %lease.slice, holder = %lease.holder, %reason, "lease ended");
                 ended.push(EndedLease {
                     lease_id: lease.lease_id.clone(),
@@ -264,8 +262,7 @@ pub async fn watch(
         news.borrow_and_update();
         if end_leases {
             let service = Arc::clone(&service);
-            let now = federation::unix_now();
-            match tokio::task::spawn_blocking(move || end_revoked(&service, now)).await {
+            match tokio::task::spawn_blocking(move || end_revoked(&service)).await {
                 Ok(ended) if !ended.is_empty() => changed.notify_one(),
                 Ok(_) => {}
                 Err(e) => tracing::error!(error = %e, "ending revoked leases failed"),

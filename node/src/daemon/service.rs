@@ -25,7 +25,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use capability_schema::protocol::{ExecOutput, NodeRequest, NodeResponse, NodeStatus, Reply};
+use capability_schema::protocol::{
+    ExecOutput, LeaseEventKind, NodeRequest, NodeResponse, NodeStatus, Reply,
+};
 use capability_schema::ticket::{Operation, TicketRefusal, TicketUse, Window};
 use capability_schema::{
     ErrorReply, Lease, PublicEndpoint, PublicKey, Rejection, ResourceAd, SecretKey, Signed,
@@ -548,6 +550,19 @@ impl NodeService {
             NodeRequest::ListKeys { lease_id } => self
                 .active(caller, &lease_id, now)
                 .and_then(|r| self.keys(&r)),
+            NodeRequest::Events(query) => self
+                .ledger
+                .events(caller, query.slice.as_deref(), query.after)
+                .map(NodeResponse::Events)
+                .map_err(storage),
+            NodeRequest::LogsFrom {
+                lease_id,
+                offset,
+                max_bytes,
+            } => self.active(caller, &lease_id, now).and_then(|r| {
+                super::lease_events::log_from(&*self.backend, &r.sliver_id, offset, max_bytes)
+                    .map(NodeResponse::LogChunk)
+            }),
         };
         result.map_err(ErrorReply::from)
     }
@@ -754,6 +769,28 @@ impl NodeService {
         })
     }
 
+    /// Ends a live lease before its time (a revocation): its sliver is destroyed, its
+    /// ticket reported to its agent once it pays for nothing here, and its holder's events
+    /// say `ended` with `reason`.
+    pub fn end_early(&self, lease: &Lease, reason: &str) -> Result<(), Rejection> {
+        let record = self.ledger.get(&lease.lease_id).map_err(storage)?;
+        self.ledger
+            .end(
+                &lease.lease_id,
+                LeaseEventKind::Ended,
+                Some(reason.to_owned()),
+            )
+            .map_err(storage)?;
+        self.lease_gone(lease);
+        match record {
+            Some(record) => self
+                .backend
+                .destroy(&record.sliver_id)
+                .map_err(Rejection::from),
+            None => Ok(()),
+        }
+    }
+
     /// Tears down slivers whose lease ended; returns the lease ids reaped, or why the ledger
     /// could not be read (nothing is reaped then).
     pub fn reap(&self, now: u64) -> Result<Vec<String>, LedgerError> {
@@ -763,7 +800,12 @@ impl NodeService {
                 tracing::warn!(lease = %record.lease.lease_id, error = %e, "expired sliver not destroyed; will retry");
                 continue;
             }
-            if self.ledger.remove(&record.lease.lease_id).is_ok() {
+            let reaped_why = Some(super::lease_events::REAPED.to_owned());
+            if self
+                .ledger
+                .end(&record.lease.lease_id, LeaseEventKind::Reaped, reaped_why)
+                .is_ok()
+            {
                 self.lease_gone(&record.lease);
                 reaped.push(record.lease.lease_id);
             }
@@ -818,8 +860,9 @@ impl NodeService {
                     continue;
                 }
                 (LeaseState::Active, false) => {
+                    let lost_why = Some(super::lease_events::LOST.to_owned());
                     self.ledger
-                        .remove(&record.lease.lease_id)
+                        .end(&record.lease.lease_id, LeaseEventKind::Lost, lost_why)
                         .map_err(storage)?;
                     self.lease_gone(&record.lease);
                     out.lost.push(record.lease.lease_id.clone());
