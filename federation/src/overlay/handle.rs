@@ -38,6 +38,16 @@ pub struct AdEvent {
     pub relayed_by: PublicKey,
 }
 
+/// A node's heartbeat the overlay took from gossip (from a node whose valid ad it holds, newer
+/// than the last one, sent within the skew window): the node was alive a moment ago.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeartbeatEvent {
+    /// The node (the heartbeat's signer).
+    pub node: PublicKey,
+    /// The heartbeat.
+    pub heartbeat: capability_schema::Heartbeat,
+}
+
 /// Counters of an overlay since it started (for metrics endpoints and benchmarks).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct OverlayStats {
@@ -108,6 +118,7 @@ impl OverlayExit {
 pub struct OverlayHandle {
     commands: mpsc::Sender<Command>,
     ads: broadcast::Sender<AdEvent>,
+    heartbeats: broadcast::Sender<HeartbeatEvent>,
     revocations: watch::Receiver<u64>,
     local: PublicKey,
     trust: SharedTrust,
@@ -120,6 +131,7 @@ impl OverlayHandle {
     pub(crate) fn new(
         commands: mpsc::Sender<Command>,
         ads: broadcast::Sender<AdEvent>,
+        heartbeats: broadcast::Sender<HeartbeatEvent>,
         revocations: watch::Receiver<u64>,
         local: PublicKey,
         trust: SharedTrust,
@@ -128,6 +140,7 @@ impl OverlayHandle {
         OverlayHandle {
             commands,
             ads,
+            heartbeats,
             revocations,
             local,
             trust,
@@ -212,6 +225,21 @@ impl OverlayHandle {
         self.call(|reply| Command::PublishAd { ad, reply }).await?
     }
 
+    /// Publishes this node's signed heartbeat on the heartbeat topic of its federation, the one
+    /// of `authority` (its certificate's). Not checked here: receivers judge it.
+    pub async fn publish_heartbeat(
+        &self,
+        authority: PublicKey,
+        heartbeat: Signed<capability_schema::Heartbeat>,
+    ) -> Result<(), OverlayError> {
+        self.call(|reply| Command::PublishHeartbeat {
+            authority,
+            heartbeat,
+            reply,
+        })
+        .await?
+    }
+
     /// Publishes raw bytes on `federation`'s ad topic without any validation.
     ///
     /// For fault injection (tests, testnet scenarios): honest receivers reject what does not
@@ -245,6 +273,12 @@ impl OverlayHandle {
     /// re-announce, so a lost ad is replaced by the next one.
     pub fn ads(&self) -> broadcast::Receiver<AdEvent> {
         self.ads.subscribe()
+    }
+
+    /// A new receiver of every heartbeat taken from now on (see [`HeartbeatEvent`]); one that
+    /// falls more than `ad_queue` behind loses the oldest.
+    pub fn heartbeats(&self) -> broadcast::Receiver<HeartbeatEvent> {
+        self.heartbeats.subscribe()
     }
 
     /// A receiver that changes whenever a newer revocation list was applied to the trust

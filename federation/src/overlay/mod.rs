@@ -45,7 +45,8 @@ use std::time::Duration;
 use capability_schema::{DecodeError, ErrorReply, PublicKey, RevocationList, SecretKey, Signed};
 pub use codec::{Frame, FrameCodec, MAX_DRAIN_BYTES};
 pub use handle::{
-    AdEvent, Incoming, OverlayExit, OverlayHandle, OverlayStats, Responder, ServeStream,
+    AdEvent, HeartbeatEvent, Incoming, OverlayExit, OverlayHandle, OverlayStats, Responder,
+    ServeStream,
 };
 pub use identity::{addr_for_peer, addr_peer, keypair, libp2p_public, peer_id, public_key};
 pub use libp2p::{Multiaddr, PeerId};

@@ -37,6 +37,8 @@ use super::{KAD_PROTOCOL, MAX_AD_BYTES, OverlayConfig, OverlayError, SharedTrust
 use crate::trust::{AdRejection, CertCache, TrustStore};
 use crate::unix_now;
 
+mod heartbeat;
+
 /// Most addresses remembered per peer.
 const MAX_ADDRS_PER_PEER: usize = 8;
 /// How long [`start`] waits for each listener's first address.
@@ -57,6 +59,11 @@ pub(crate) enum Command {
     PublishRevocation {
         list: Signed<RevocationList>,
         reply: oneshot::Sender<RevocationVerdict>,
+    },
+    PublishHeartbeat {
+        authority: PublicKey,
+        heartbeat: Signed<capability_schema::Heartbeat>,
+        reply: oneshot::Sender<Result<(), OverlayError>>,
     },
     PublishRawRevocation {
         federation: String,
@@ -195,6 +202,7 @@ pub(crate) async fn start(
 
     let (commands_tx, commands_rx) = mpsc::channel(config.command_queue.max(1));
     let (ads_tx, _) = broadcast::channel(config.ad_queue.max(1));
+    let (beats_tx, _) = broadcast::channel(config.ad_queue.max(1));
     let public = identity::public_key(&local).map_err(|e| OverlayError::Setup(e.to_string()))?;
     let (exit_tx, exit_rx) = watch::channel(None);
     let (news_tx, news_rx) = watch::channel(0u64);
@@ -208,6 +216,7 @@ pub(crate) async fn start(
     let handle = OverlayHandle::new(
         commands_tx,
         ads_tx.clone(),
+        beats_tx.clone(),
         news_rx,
         public,
         trust.clone(),
@@ -224,6 +233,7 @@ pub(crate) async fn start(
         revocation_news: news_tx,
         exchanges: HashMap::new(),
         seqs: SeqTracker::new(config.max_tracked_nodes),
+        beats: heartbeat::Beats::new(beats_tx, config.max_tracked_nodes),
         certs: CertCache::default(),
         pending: HashMap::new(),
         routing: HashMap::new(),
@@ -294,6 +304,8 @@ struct Runner {
     exchanges: HashMap<OutboundRequestId, Option<oneshot::Sender<Result<Frame, OverlayError>>>>,
     /// Per node: the last accepted `seq` (bounded, see [`SeqTracker`]).
     seqs: SeqTracker,
+    /// Heartbeat topics and the last heartbeat taken per node.
+    beats: heartbeat::Beats,
     /// Membership certificates already verified (each ad carries its node's).
     certs: CertCache,
     pending: HashMap<(ProtocolKind, OutboundRequestId), Pending>,
@@ -376,6 +388,13 @@ impl Runner {
             } => {
                 let _ = reply.send(self.publish_raw(federation, bytes, swarm::ad_topic));
             }
+            Command::PublishHeartbeat {
+                authority,
+                heartbeat,
+                reply,
+            } => {
+                let _ = reply.send(self.publish_heartbeat(authority, &heartbeat));
+            }
             Command::PublishRevocation { list, reply } => {
                 let judged = self.take_revocation(&list, None);
                 let _ = reply.send(judged.verdict());
@@ -398,7 +417,9 @@ impl Runner {
                 // Revocations of a trusted federation stay followed.
                 if let Ok(topic) = self.topic_of(&federation, swarm::ad_topic) {
                     self.swarm.behaviour_mut().gossipsub.unsubscribe(&topic);
-                    self.topics.remove(&topic.hash());
+                    if let Some((_, authority)) = self.topics.remove(&topic.hash()) {
+                        self.unsubscribe_heartbeats(&authority);
+                    }
                 }
                 let _ = reply.send(());
             }
@@ -555,6 +576,7 @@ impl Runner {
                 .map_err(|e| OverlayError::Setup(format!("score parameters: {e}")))?;
         }
         self.topics.insert(topic.hash(), (name.clone(), authority));
+        self.subscribe_heartbeats(&name, authority)?;
         self.follow_revocations(&name, authority)
     }
 
@@ -957,6 +979,9 @@ impl Runner {
     // ------------------------------------------------------------------ gossip
 
     fn on_gossip(&mut self, source: PeerId, id: gossipsub::MessageId, message: gossipsub::Message) {
+        if self.beats.owns(&message.topic) {
+            return self.on_heartbeat_gossip(source, id, &message.data);
+        }
         if let Some((federation, authority)) = self.revocation_topics.get(&message.topic).cloned() {
             return self.on_revocation_gossip(source, id, &federation, &authority, &message.data);
         }
