@@ -492,6 +492,12 @@ impl OverlayHandle {
         self.call(|reply| Command::Stats { reply }).await
     }
 
+    /// The NAT side: whether this daemon serves as a relay or is behind NAT, its relays and
+    /// reservations, and which connected peers are reached through a relay or directly.
+    pub async fn nat(&self) -> Result<super::relay::NatReport, OverlayError> {
+        self.call(|reply| Command::Nat { reply }).await
+    }
+
     /// Stops the overlay: connections close and every later call fails with
     /// [`OverlayError::Closed`].
     pub async fn shutdown(&self) {

@@ -3,7 +3,8 @@
 //! One swarm per daemon: TCP (and in-process memory) transports with noise and yamux, QUIC
 //! (`/udp/N/quic-v1` addresses, unless [`OverlayConfig::quic`] is off), identify, ping, Kademlia for peer routing, gossipsub with one ad
 //! topic and one revocation topic per federation, the agent/node/broker request-response protocols with size-capped
-//! CBOR frames, optional mDNS, connection limits and a block list for misbehaving peers.
+//! CBOR frames, optional mDNS, connection limits and a block list for misbehaving peers, and for
+//! nodes behind NAT the circuit relay v2 client and (bounded) server, DCUtR and AutoNAT ([`relay`]).
 //!
 //! How data flows:
 //! 1. [`Overlay::start`] builds the swarm, listens, dials the bootstrap peers, subscribes the
@@ -34,6 +35,7 @@ mod codec;
 mod handle;
 mod identity;
 mod protocol;
+pub mod relay;
 mod revocation;
 mod seq;
 mod swarm;
@@ -51,6 +53,7 @@ pub use handle::{
 pub use identity::{addr_for_peer, addr_peer, keypair, libp2p_public, peer_id, public_key};
 pub use libp2p::{Multiaddr, PeerId};
 pub use protocol::{AgentProtocol, BrokerProtocol, NodeProtocol, Protocol, ProtocolKind};
+pub use relay::{NatConfig, NatReport, RelayConfig};
 pub use revocation::MAX_REVOCATION_BYTES;
 
 use crate::trust::{AdRejection, TrustError, TrustStore};
@@ -144,6 +147,12 @@ pub struct OverlayConfig {
     /// validated and applied to the trust store before the overlay starts, and handed to
     /// every peer that holds an older one. Default: none.
     pub revocations: Vec<Signed<RevocationList>>,
+    /// Serving as a relay for peers behind NAT (see the `relay` module). Default: off
+    /// ([`RelayConfig::off`]); the daemons' `[relay]` section turns it on.
+    pub relay: RelayConfig,
+    /// Reaching this overlay from behind NAT: relays to reserve on, AutoNAT. Default:
+    /// [`NatConfig::default`] (AutoNAT on, no relay unless found private).
+    pub nat: NatConfig,
 }
 
 impl Default for OverlayConfig {
@@ -183,6 +192,8 @@ impl Default for OverlayConfig {
             max_tracked_nodes: 100_000,
             agent_version: format!("planetmesh/{}", env!("CARGO_PKG_VERSION")),
             revocations: Vec::new(),
+            relay: RelayConfig::off(),
+            nat: NatConfig::default(),
         }
     }
 }

@@ -51,6 +51,8 @@ pub(crate) struct Behaviour {
     /// served by the overlay task itself, never by a daemon.
     pub(crate) revocation: request_response::Behaviour<FrameCodec>,
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
+    /// Relay client and server, DCUtR and AutoNAT (see [`super::relay`]).
+    pub(crate) nat: super::relay::Nat,
 }
 
 impl Behaviour {
@@ -162,7 +164,11 @@ fn request_response_named(
     )
 }
 
-fn behaviour(key: &Keypair, config: &OverlayConfig) -> Result<Behaviour, OverlayError> {
+fn behaviour(
+    key: &Keypair,
+    config: &OverlayConfig,
+    relay_client: libp2p::relay::client::Behaviour,
+) -> Result<Behaviour, OverlayError> {
     let peer = key.public().to_peer_id();
     let limits = connection_limits::ConnectionLimits::default()
         .with_max_established(Some(config.max_connections))
@@ -205,6 +211,7 @@ fn behaviour(key: &Keypair, config: &OverlayConfig) -> Result<Behaviour, Overlay
             config,
         ),
         mdns: Toggle::from(mdns),
+        nat: super::relay::behaviour(key, config, relay_client),
     })
 }
 
@@ -261,9 +268,10 @@ pub(crate) fn build(
 ) -> Result<Swarm<Behaviour>, OverlayError> {
     let swarm_config = libp2p::swarm::Config::with_tokio_executor()
         .with_idle_connection_timeout(config.idle_timeout);
+    let (relayed, relay_client) = libp2p::relay::client::new(key.public().to_peer_id());
     Ok(Swarm::new(
-        transport(key, config.quic)?,
-        behaviour(key, config)?,
+        super::relay::or_relayed(transport(key, config.quic)?, relayed, key)?,
+        behaviour(key, config, relay_client)?,
         key.public().to_peer_id(),
         swarm_config,
     ))

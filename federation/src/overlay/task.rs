@@ -120,6 +120,10 @@ pub(crate) enum Command {
     Stats {
         reply: oneshot::Sender<OverlayStats>,
     },
+    /// The NAT side: relays, reservations, relayed and punched connections.
+    Nat {
+        reply: oneshot::Sender<super::relay::NatReport>,
+    },
     Shutdown {
         reply: oneshot::Sender<()>,
     },
@@ -245,6 +249,7 @@ pub(crate) async fn start(
         listen_addrs,
         last_discovery: Instant::now(),
         stats: OverlayStats::default(),
+        nat: super::relay::NatState::new(&config),
         config,
     };
     for federation in runner.config.federations.clone() {
@@ -259,6 +264,7 @@ pub(crate) async fn start(
         runner.follow_revocations(&name, authority)?;
     }
     runner.bootstrap();
+    runner.nat.maintain(&mut runner.swarm);
     tokio::spawn(supervise(tokio::spawn(runner.run()), exit_tx));
     Ok(handle)
 }
@@ -320,6 +326,8 @@ struct Runner {
     listen_addrs: Vec<Multiaddr>,
     last_discovery: Instant,
     stats: OverlayStats,
+    /// Relays, reservations and how peers are connected ([`super::relay`]).
+    nat: super::relay::NatState,
     config: OverlayConfig,
 }
 
@@ -488,10 +496,14 @@ impl Runner {
             }
             Command::ListenAddrs { reply } => {
                 let local = *self.swarm.local_peer_id();
+                // Relayed addresses end with this peer's id already.
                 let addrs = self
                     .listen_addrs
                     .iter()
-                    .map(|a| a.clone().with(AddrProtocol::P2p(local)))
+                    .map(|a| match a.iter().last() {
+                        Some(AddrProtocol::P2p(_)) => a.clone(),
+                        _ => a.clone().with(AddrProtocol::P2p(local)),
+                    })
                     .collect();
                 let _ = reply.send(addrs);
             }
@@ -521,6 +533,9 @@ impl Runner {
                     ..self.stats
                 };
                 let _ = reply.send(stats);
+            }
+            Command::Nat { reply } => {
+                let _ = reply.send(self.nat.report());
             }
             Command::Shutdown { reply } => {
                 // Handled in `run`.
@@ -742,6 +757,7 @@ impl Runner {
             self.seqs.forget_expired(unix_now());
         }
         self.follow_new_anchors();
+        self.nat.maintain(&mut self.swarm);
         if now.duration_since(self.last_discovery) >= self.config.discovery_interval {
             self.last_discovery = now;
             self.discover();
@@ -844,6 +860,7 @@ impl Runner {
     // ------------------------------------------------------------------ swarm events
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        self.nat.on_swarm_event(&mut self.swarm, &event);
         match event {
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
             SwarmEvent::NewListenAddr { address, .. } if !self.listen_addrs.contains(&address) => {
@@ -851,6 +868,9 @@ impl Runner {
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
                 self.listen_addrs.retain(|a| *a != address);
+            }
+            SwarmEvent::ListenerClosed { addresses, .. } => {
+                self.listen_addrs.retain(|a| !addresses.contains(a));
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
