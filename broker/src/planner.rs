@@ -155,6 +155,8 @@ struct Feasible<'a> {
     price: u64,
     /// Per-mille of the tightest free resource the sliver would take (lower is a better fit).
     pressure: u64,
+    /// The candidate's load, copied so that ranking compares without following the reference.
+    load_milli: u64,
 }
 
 fn check(
@@ -314,7 +316,7 @@ fn plan_inner(
     let wanted = total_wanted.saturating_sub(held_nodes.len());
 
     // 1–2: the best offer per node, or the reason its best offer failed.
-    let mut best: HashMap<PublicKey, Feasible<'_>> = HashMap::new();
+    let mut best: HashMap<PublicKey, Feasible<'_>> = HashMap::with_capacity(candidates.len());
     let mut failed: HashMap<PublicKey, Unfit> = HashMap::new();
     for c in candidates.iter().filter(|c| !held_nodes.contains(&c.node)) {
         let price = c.prices.cost(&request.per_sliver, request.duration_secs);
@@ -324,6 +326,7 @@ fn plan_inner(
                     candidate: c,
                     price,
                     pressure: pressure(&request.per_sliver, &c.free),
+                    load_milli: c.load_milli,
                 };
                 match best.get(&c.node) {
                     Some(old) if (old.price, old.pressure) <= (entry.price, entry.pressure) => {}
@@ -345,48 +348,43 @@ fn plan_inner(
 
     // 3: rank.
     let mut ranked: Vec<Feasible<'_>> = best.into_values().collect();
-    ranked.sort_by(|a, b| {
-        (
-            a.pressure,
-            a.candidate.load_milli,
-            a.price,
-            a.candidate.node,
-        )
-            .cmp(&(
-                b.pressure,
-                b.candidate.load_milli,
-                b.price,
-                b.candidate.node,
-            ))
+    ranked.sort_unstable_by(|a, b| {
+        (a.pressure, a.load_milli, a.price)
+            .cmp(&(b.pressure, b.load_milli, b.price))
+            .then_with(|| a.candidate.node.cmp(&b.candidate.node))
     });
 
-    // 4: round-robin over sites, best site first.
-    let mut by_site: BTreeMap<&str, Vec<&Feasible<'_>>> = BTreeMap::new();
-    let mut site_order: Vec<&str> = Vec::new();
-    for f in &ranked {
+    // 4: round-robin over sites, best site first. Sites are numbered in rank order of their
+    // best node; each holds the positions of its nodes in `ranked`, best first.
+    let mut site_index: HashMap<&str, usize> = HashMap::new();
+    let mut sites: Vec<(&str, Vec<usize>)> = Vec::new();
+    for (at, f) in ranked.iter().enumerate() {
         let site = f.candidate.site.as_str();
-        if !by_site.contains_key(site) {
-            site_order.push(site);
-        }
-        by_site.entry(site).or_default().push(f);
+        let index = *site_index.entry(site).or_insert_with(|| {
+            sites.push((site, Vec::new()));
+            sites.len() - 1
+        });
+        sites[index].1.push(at);
     }
     // Sites already held come last, so a replan spreads to new sites first.
-    let feasible_sites = site_order
+    let feasible_sites = sites
         .iter()
-        .filter(|s| !held_sites.contains(**s))
+        .filter(|(s, _)| !held_sites.contains(*s))
         .count()
         + held_sites.len();
-    site_order.sort_by_key(|s| held_sites.contains(*s));
+    sites.sort_by_key(|(s, _)| held_sites.contains(*s));
+    let mut picked = vec![false; ranked.len()];
     let mut chosen: Vec<&Feasible<'_>> = Vec::with_capacity(wanted.min(ranked.len()));
     let mut round = 0;
     while chosen.len() < wanted {
         let mut took = false;
-        for site in &site_order {
+        for (_, members) in &sites {
             if chosen.len() == wanted {
                 break;
             }
-            if let Some(f) = by_site[site].get(round) {
-                chosen.push(f);
+            if let Some(&at) = members.get(round) {
+                chosen.push(&ranked[at]);
+                picked[at] = true;
                 took = true;
             }
         }
@@ -395,7 +393,6 @@ fn plan_inner(
         }
         round += 1;
     }
-    let chosen_nodes: HashSet<PublicKey> = chosen.iter().map(|f| f.candidate.node).collect();
     let distinct_sites = chosen
         .iter()
         .map(|f| f.candidate.site.as_str())
@@ -413,7 +410,9 @@ fn plan_inner(
     // Every node that fits but was not picked, best first.
     let not_needed: Vec<&Feasible<'_>> = ranked
         .iter()
-        .filter(|f| !chosen_nodes.contains(&f.candidate.node))
+        .zip(&picked)
+        .filter(|(_, picked)| !**picked)
+        .map(|(f, _)| f)
         .collect();
     let alternatives: Vec<PlannedSliver> = not_needed
         .iter()
@@ -469,11 +468,17 @@ fn plan_inner(
     let mut rejected: Vec<RejectedGroup> = rejected
         .into_iter()
         .map(|(reason, mut nodes)| {
-            nodes.sort();
+            let count = nodes.len() as u32;
+            // The examples are the smallest keys; only they need sorting.
+            if nodes.len() > EXAMPLES_PER_GROUP {
+                nodes.select_nth_unstable(EXAMPLES_PER_GROUP);
+                nodes.truncate(EXAMPLES_PER_GROUP);
+            }
+            nodes.sort_unstable();
             RejectedGroup {
                 reason: reason.label(),
-                count: nodes.len() as u32,
-                examples: nodes.into_iter().take(EXAMPLES_PER_GROUP).collect(),
+                count,
+                examples: nodes,
             }
         })
         .collect();
