@@ -108,6 +108,8 @@ pub async fn start(
         bootstrap: common.bootstrap.clone(),
         federations: federation::daemon::follow_own(&config.follow, &own_cert),
         mdns: common.mdns,
+        relay: common.relay.clone(),
+        nat: common.nat.clone(),
         revocations: federation::daemon::read_revocations(&common.revocations)
             .map_err(trust_error)?,
         ..OverlayConfig::default()

@@ -127,6 +127,8 @@ pub async fn start(
         bootstrap: common.bootstrap.clone(),
         federations: follow,
         mdns: common.mdns,
+        relay: common.relay.clone(),
+        nat: common.nat.clone(),
         revocations: federation::daemon::read_revocations(&common.revocations)
             .map_err(|e| DaemonError::Trust(format!("{e:#}")))?,
         ..OverlayConfig::default()

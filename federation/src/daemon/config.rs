@@ -18,6 +18,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::TrustedFederation;
+use crate::overlay::{NatConfig, RelayConfig};
 
 /// What differs between daemons in their common settings.
 pub trait DaemonKind: Send + Sync + 'static {
@@ -110,6 +111,14 @@ pub struct CommonConfig<K: DaemonKind> {
     /// revoke`; default none). Newer lists arrive over the overlay without a restart.
     #[serde(default)]
     pub revocations: Vec<PathBuf>,
+    /// `[relay]`: serve as a relay for peers behind NAT, within bounds (default: on, with
+    /// [`RelayConfig::default`]'s limits; a daemon behind NAT never serves).
+    #[serde(default)]
+    pub relay: RelayConfig,
+    /// `[nat]`: this daemon behind NAT: `behind_nat`, the `relays` to reserve on, AutoNAT
+    /// (default: [`NatConfig::default`]).
+    #[serde(default)]
+    pub nat: NatConfig,
     #[serde(skip)]
     kind: PhantomData<K>,
 }
@@ -174,6 +183,8 @@ impl<K: DaemonKind> CommonConfig<K> {
             http: default_http::<K>(),
             max_in_flight: K::MAX_IN_FLIGHT,
             revocations: Vec::new(),
+            relay: RelayConfig::default(),
+            nat: NatConfig::default(),
             kind: PhantomData,
         }
     }
@@ -197,6 +208,8 @@ impl<K: DaemonKind> CommonConfig<K> {
         if self.federation.trim().is_empty() {
             return Err("federation must name this daemon's federation".into());
         }
+        self.relay.check()?;
+        self.nat.check()?;
         Ok(())
     }
 

@@ -177,6 +177,11 @@ pub(crate) async fn ad_loop(
             tracing::info!("delegations renewed before their end");
         }
         template.delegations = delegated.signed();
+        if template.follow_listen
+            && let Ok(bound) = overlay.listen_addrs().await
+        {
+            template.addresses = bound.iter().map(ToString::to_string).collect();
+        }
         let ad = build_ad(
             &key,
             &template,
@@ -203,6 +208,31 @@ pub(crate) async fn ad_loop(
             _ = stop.wait_for(|s| *s) => break,
             () = changed.notified() => {}
             () = tokio::time::sleep(Duration::from_secs(interval_secs)) => {}
+        }
+    }
+}
+
+/// Wakes the ad loop (`changed`) when the overlay's listen addresses change, checked every
+/// second: a node behind NAT gets (or loses) its `/p2p-circuit` address when a relay accepts
+/// (or drops) its reservation, and peers must learn it from the next ad, not a beat later.
+pub(crate) async fn watch_addresses(
+    overlay: OverlayHandle,
+    changed: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut known = overlay.listen_addrs().await.unwrap_or_default();
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let Ok(bound) = overlay.listen_addrs().await else {
+            break;
+        };
+        if bound != known {
+            tracing::info!(addresses = ?bound, "listen addresses changed; the next ad carries them");
+            known = bound;
+            changed.notify_one();
         }
     }
 }

@@ -189,6 +189,10 @@ pub struct AdTemplate {
     pub delegations: Vec<Signed<Delegation>>,
     /// Addresses to announce.
     pub addresses: Vec<String>,
+    /// Re-read the overlay's listen addresses before each ad (no `announce` configured): a
+    /// relay reservation made or lost (a node behind NAT) adds or removes a `/p2p-circuit`
+    /// address.
+    pub follow_listen: bool,
     /// Seconds an ad stays valid.
     pub ttl_secs: u64,
 }

@@ -160,6 +160,8 @@ pub async fn start(
             identity.cert.federation, identity.cert.authority
         )],
         mdns: common.mdns,
+        relay: common.relay.clone(),
+        nat: common.nat.clone(),
         revocations: federation::daemon::read_revocations(&common.revocations)
             .map_err(|e| DaemonError::Trust(format!("{e:#}")))?,
         ..OverlayConfig::default()
@@ -192,6 +194,7 @@ pub async fn start(
         cert: identity.cert,
         delegations,
         addresses,
+        follow_listen: config.announce.is_empty(),
         ttl_secs: config.ad_ttl_secs,
     };
     let changed = Arc::new(Notify::new());
@@ -253,6 +256,13 @@ pub async fn start(
     );
     let stop = runtime.stop_signal();
     runtime.spawn("reload on SIGHUP", on_hangup(reloader, stop));
+    if config.announce.is_empty() {
+        let stop = runtime.stop_signal();
+        runtime.spawn(
+            "address watch",
+            super::loops::watch_addresses(overlay.clone(), Arc::clone(&changed), stop),
+        );
+    }
     // Ticket ends reported to their agents.
     let stop = runtime.stop_signal();
     runtime.spawn(
