@@ -268,8 +268,9 @@ impl Agent {
         } else {
             query.limit as usize
         };
+        // Heartbeating nodes silent past the agent's dead_after are not offered.
         Ok(inventory
-            .iter()
+            .live(std::time::Instant::now())
             .filter(|e| {
                 query.federations.is_empty() || query.federations.contains(&e.ad.federation)
             })
@@ -410,6 +411,17 @@ impl Agent {
                 }));
                 continue;
             };
+            if let Some(silent) = inventory.silent_for(&sliver.node, std::time::Instant::now()) {
+                refused.push(refuse(Rejection::Unreachable {
+                    party: format!("node {}", sliver.node.short()),
+                    detail: format!(
+                        "no heartbeat for {:.1} s; plan without it (it is offered again when its \
+                         heartbeats resume)",
+                        silent.as_secs_f64()
+                    ),
+                }));
+                continue;
+            }
             if let Err(reason) = entry.check_scope(&request.kind) {
                 refused.push(refuse(reason));
                 continue;

@@ -5,8 +5,14 @@
 //! agent that the node itself signed and that has not ended, and drops nodes whose ad expired.
 //! With the share it keeps the delegation's scope: the agent mints on a node only slices of
 //! the kinds the node delegated ([`NodeEntry::check_scope`]); the node refuses others anyway.
+//!
+//! Liveness: a node that heartbeats ([`Inventory::heartbeat`]) and then falls silent for the
+//! agent's `dead_after` is left out of offers and refused at minting
+//! ([`Inventory::silent_for`]), but kept: its next heartbeat or ad brings it back at once. A
+//! node that never heartbeated (an older node, or heartbeats off) lives by its ad's TTL.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
 
 use capability_schema::{
     DelegationScope, PublicKey, Rejection, ResourceAd, Resources, Signed, SliceKind,
@@ -65,6 +71,10 @@ pub enum InventoryRefusal {
 pub struct Inventory {
     agent: PublicKey,
     nodes: BTreeMap<PublicKey, NodeEntry>,
+    /// When each node of `nodes` that heartbeats was last heard (heartbeat or ad).
+    heard: HashMap<PublicKey, Instant>,
+    /// Silence after which a heartbeating node is not planned (`None`: never).
+    dead_after: Option<Duration>,
 }
 
 impl Inventory {
@@ -73,7 +83,57 @@ impl Inventory {
         Inventory {
             agent,
             nodes: BTreeMap::new(),
+            heard: HashMap::new(),
+            dead_after: None,
         }
+    }
+
+    /// The same inventory leaving out heartbeating nodes silent for longer than `dead_after`
+    /// (`None`: keeps them until their ad expires).
+    pub fn with_dead_after(mut self, dead_after: Option<Duration>) -> Inventory {
+        self.dead_after = dead_after;
+        self
+    }
+
+    /// Sets the silence after which a heartbeating node is left out (see
+    /// [`Inventory::with_dead_after`]).
+    pub fn set_dead_after(&mut self, dead_after: Option<Duration>) {
+        self.dead_after = dead_after;
+    }
+
+    /// A heartbeat of `node` arrived at `at`: it counts as alive from then on (and, from its
+    /// first heartbeat on, as dead after a silence of `dead_after`). Returns whether the node
+    /// is in the inventory (a heartbeat of another node is not kept).
+    pub fn heartbeat(&mut self, node: &PublicKey, at: Instant) -> bool {
+        if !self.nodes.contains_key(node) {
+            return false;
+        }
+        let last = self.heard.entry(*node).or_insert(at);
+        *last = (*last).max(at);
+        true
+    }
+
+    /// How long a heartbeating node has been silent at `at`, if longer than `dead_after`;
+    /// `None` for a live node, one that never heartbeated, or with no `dead_after`.
+    pub fn silent_for(&self, node: &PublicKey, at: Instant) -> Option<Duration> {
+        let dead_after = self.dead_after?;
+        let silent = at.saturating_duration_since(*self.heard.get(node)?);
+        (silent > dead_after).then_some(silent)
+    }
+
+    /// The nodes not silent for longer than `dead_after` at `at` (see [`Inventory::silent_for`]).
+    pub fn live(&self, at: Instant) -> impl Iterator<Item = &NodeEntry> {
+        self.nodes
+            .values()
+            .filter(move |e| self.silent_for(&e.ad.node, at).is_none())
+    }
+
+    /// Heartbeating nodes silent for longer than `dead_after` at `at`, with how long.
+    pub fn silent(&self, at: Instant) -> Vec<(PublicKey, Duration)> {
+        self.nodes
+            .keys()
+            .filter_map(|node| Some((*node, self.silent_for(node, at)?)))
+            .collect()
     }
 
     /// Takes a validated ad: keeps the node if it delegates to this agent.
@@ -106,6 +166,7 @@ impl Inventory {
         }
         let Some((share, delegation_not_after, _, scope)) = best else {
             self.nodes.remove(&ad.node);
+            self.heard.remove(&ad.node);
             let node = ad.node.short();
             return Err(if ended {
                 InventoryRefusal::DelegationEnded(node)
@@ -113,6 +174,10 @@ impl Inventory {
                 InventoryRefusal::NoDelegation(node)
             });
         };
+        // An ad is a sign of life too.
+        if let Some(last) = self.heard.get_mut(&ad.node) {
+            *last = (*last).max(Instant::now());
+        }
         self.nodes.insert(
             ad.node,
             NodeEntry {
@@ -131,6 +196,8 @@ impl Inventory {
         let before = self.nodes.len();
         self.nodes
             .retain(|_, e| !e.ad.is_expired(now) && e.delegation_not_after > now);
+        let nodes = &self.nodes;
+        self.heard.retain(|node, _| nodes.contains_key(node));
         before - self.nodes.len()
     }
 
@@ -138,6 +205,8 @@ impl Inventory {
     pub fn retain(&mut self, mut keep: impl FnMut(&NodeEntry) -> bool) -> usize {
         let before = self.nodes.len();
         self.nodes.retain(|_, e| keep(e));
+        let nodes = &self.nodes;
+        self.heard.retain(|node, _| nodes.contains_key(node));
         before - self.nodes.len()
     }
 
@@ -174,6 +243,63 @@ mod tests {
     use federation::testing::TestFederation;
 
     use super::*;
+
+    #[test]
+    fn a_silent_heartbeating_node_is_left_out_and_comes_back_with_its_next_beat() {
+        let mut federation = TestFederation::new("plc", 100);
+        let (beating, quiet) = (federation.node(1, "princeton"), federation.node(2, "mit"));
+        let agent = test_key(20).public();
+        let delegated = |node: &federation::testing::TestNode| {
+            let mut ad = node.ad_body(1, 100, 60);
+            ad.delegations = vec![Signed::sign(
+                &node.key,
+                &Delegation {
+                    node: node.key.public(),
+                    agent,
+                    share: Resources::ZERO,
+                    scope: DelegationScope::default(),
+                    issued_at: 100,
+                    not_after: 1000,
+                },
+            )];
+            (Signed::sign(&node.key, &ad), ad)
+        };
+        let mut inventory = Inventory::new(agent).with_dead_after(Some(Duration::from_secs(4)));
+        for node in [&beating, &quiet] {
+            let (signed, ad) = delegated(node);
+            inventory.offer(signed, ad, 110).unwrap();
+        }
+        let t0 = Instant::now();
+        let stranger = test_key(30).public();
+        assert!(!inventory.heartbeat(&stranger, t0), "not ours: not kept");
+        assert!(inventory.heartbeat(&beating.key.public(), t0));
+        let live =
+            |inv: &Inventory, at| -> Vec<PublicKey> { inv.live(at).map(|e| e.ad.node).collect() };
+        let both = {
+            let mut v = vec![beating.key.public(), quiet.key.public()];
+            v.sort();
+            v
+        };
+        assert_eq!(live(&inventory, t0 + Duration::from_secs(4)), both);
+        // Past dead_after without a beat: left out, and said so; the node that never beat
+        // lives by its ad alone.
+        let later = t0 + Duration::from_secs(5);
+        assert_eq!(live(&inventory, later), vec![quiet.key.public()]);
+        assert_eq!(
+            inventory.silent_for(&beating.key.public(), later),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(inventory.silent(later).len(), 1);
+        assert!(inventory.get(&beating.key.public()).is_some(), "kept");
+        // Its heartbeat resumes: back at once. An older beat never moves it back.
+        assert!(inventory.heartbeat(&beating.key.public(), later));
+        assert!(inventory.heartbeat(&beating.key.public(), t0));
+        assert_eq!(live(&inventory, later + Duration::from_secs(1)), both);
+        // Without a dead_after, silence never counts.
+        let mut lenient = inventory.clone().with_dead_after(None);
+        assert!(lenient.heartbeat(&beating.key.public(), t0));
+        assert_eq!(live(&lenient, later + Duration::from_secs(60)).len(), 2);
+    }
 
     #[test]
     fn the_agent_mints_only_within_the_newest_delegations_scope() {

@@ -136,6 +136,15 @@ pub async fn start(
             runtime.stop_signal(),
         ),
     );
+    agent.with_inventory(|inv| inv.set_dead_after(config.dead_after()));
+    runtime.spawn(
+        "heartbeats",
+        take_heartbeats(
+            Arc::clone(&agent),
+            overlay.heartbeats(),
+            runtime.stop_signal(),
+        ),
+    );
     runtime.spawn(
         "revocations",
         crate::revocation::watch(
@@ -192,6 +201,30 @@ async fn take_ads(
         }
     })
     .await;
+}
+
+/// Heartbeats from the overlay into the inventory's liveness, until the daemon stops.
+async fn take_heartbeats(
+    agent: Arc<Agent>,
+    mut feed: broadcast::Receiver<federation::overlay::HeartbeatEvent>,
+    mut stop: watch::Receiver<bool>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let event = tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            event = feed.recv() => event,
+        };
+        match event {
+            Ok(event) => {
+                let now = std::time::Instant::now();
+                agent.with_inventory(|inv| inv.heartbeat(&event.node, now));
+            }
+            // The next beats count; a node is judged silent only after dead_after.
+            Err(RecvError::Lagged(n)) => tracing::warn!(lost = n, "heartbeat feed lagged"),
+            Err(RecvError::Closed) => break,
+        }
+    }
 }
 
 /// One agent-protocol request, on the blocking pool (minting writes the durable ledger).

@@ -243,6 +243,11 @@ pub struct NodeManagerConfig {
     /// Seconds an ad stays valid (default 60).
     #[serde(default = "default_ad_ttl")]
     pub ad_ttl_secs: u64,
+    /// Seconds between the node's heartbeats, its small signed sign of life between ads
+    /// (default 1; 0: none, and agents then count the node alive until its ad expires).
+    /// Agents stop planning a node whose heartbeats stopped for their `dead_after_secs`.
+    #[serde(default = "default_heartbeat_interval")]
+    pub heartbeat_interval_secs: u64,
     /// The file this config was read from, which a reload reads again (not a setting).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -292,6 +297,9 @@ fn default_disk_check() -> u64 {
 fn default_true() -> bool {
     true
 }
+fn default_heartbeat_interval() -> u64 {
+    1
+}
 fn default_ad_interval() -> u64 {
     15
 }
@@ -328,6 +336,8 @@ const NODE_TEMPLATE: &str = r#"
 # favor_dynamic_cgroups = true       # remount cgroup2 with favordynmods (faster creates)
 # ad_interval_secs = 15
 # ad_ttl_secs = 60
+# heartbeat_interval_secs = 1        # small signed beats between ads (0: none); agents stop
+#                                    # planning the node when they stop (their dead_after_secs)
 # end_revoked_leases = true          # end leases of revoked principals, agents, tickets at once
 "#;
 
@@ -387,6 +397,12 @@ impl NodeManagerConfig {
             return Err(invalid(format!(
                 "ad_ttl_secs ({}) must exceed ad_interval_secs ({}), or ads expire between beats",
                 config.ad_ttl_secs, config.ad_interval_secs
+            )));
+        }
+        if config.heartbeat_interval_secs >= config.ad_ttl_secs {
+            return Err(invalid(format!(
+                "heartbeat_interval_secs ({}) must be under ad_ttl_secs ({}): beats come between ads",
+                config.heartbeat_interval_secs, config.ad_ttl_secs
             )));
         }
         config.pool().map_err(invalid)?;

@@ -11,6 +11,7 @@
 //! - [`memory`]: in-memory slivers for tests and simulation;
 //! - [`monitor`]: host sampling and the signed ad;
 //! - [`loops`]: the background loops (ads, disk watchdog, reaper);
+//! - [`heartbeat`]: the node's small signed heartbeat between its ads;
 //! - [`http`]: `/status`, `/leases`, `/slivers`, `/metrics`;
 //! - [`view`]: the JSON bodies of `/status`, `/leases` and `/slivers`, for the handlers and
 //!   their readers;
@@ -25,6 +26,7 @@ pub mod backend;
 pub mod config;
 pub mod delegated;
 pub mod engine;
+pub mod heartbeat;
 pub mod http;
 pub mod lease_events;
 pub mod loops;

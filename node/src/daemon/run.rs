@@ -216,6 +216,20 @@ pub async fn start(
         reloader: Some(Arc::clone(&reloader)),
     });
     let mut runtime = Runtime::new(overlay.clone());
+    if config.heartbeat_interval_secs > 0 {
+        let stop = runtime.stop_signal();
+        runtime.spawn(
+            "heartbeats",
+            super::heartbeat::heartbeat_loop(
+                identity.key.clone(),
+                template.cert.authority,
+                Arc::clone(&state),
+                overlay.clone(),
+                Duration::from_secs(config.heartbeat_interval_secs),
+                stop,
+            ),
+        );
+    }
     // Ads: at once, on every change, and on the heartbeat.
     runtime.spawn(
         "ads",
