@@ -58,6 +58,10 @@ ensure_prereqs() {
   # The package and guide test (testnet/tests/deploy_root.rs): packs with dpkg-deb, checks
   # units with systemd-analyze, and runs docs/DEPLOY.md, whose commands use curl.
   need_pkg dpkg-deb dpkg
+  # The SSH endpoint's tests drive the OpenSSH client (ssh, scp) against nodes; scp and sftp
+  # run the sliver's own sftp-server (from the host's /usr, which slivers see read-only).
+  need_pkg ssh openssh-client
+  need_pkg /usr/lib/openssh/sftp-server openssh-sftp-server
   need_pkg systemd-analyze systemd
   need_pkg curl curl
   if [ "$(id -u)" = 0 ]; then

@@ -28,9 +28,11 @@ use crate::slice::{
 
 mod lease_events;
 mod report;
+mod ssh;
 
 pub use lease_events::{EventQuery, LeaseEvent, LeaseEventKind, LeaseEvents, LogChunk};
 pub use report::{AcquireEvent, CallFailure, DroppedOffer};
+pub use ssh::SshEndpoint;
 
 /// Protocol name of the agent protocol.
 pub const AGENT_PROTOCOL: &str = "/planetmesh/agent/1";
@@ -291,6 +293,10 @@ pub struct NodeStatus {
     /// as it remembers; older nodes send none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ended: Vec<LeaseEnded>,
+    /// Its SSH endpoint into slivers, when it runs one; older nodes and nodes without one
+    /// send none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh: Option<SshEndpoint>,
 }
 
 /// A lease a node ended before its time.

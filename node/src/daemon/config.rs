@@ -256,6 +256,9 @@ pub struct NodeManagerConfig {
     /// holder); off, revocations only refuse new redeems (default true).
     #[serde(default = "default_true")]
     pub end_revoked_leases: bool,
+    /// The SSH endpoint into slivers (default: off; see [`super::ssh::SshConfig`]).
+    #[serde(default)]
+    pub ssh: super::ssh::SshConfig,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -360,11 +363,12 @@ const NODE_SECTIONS: &str = r#"
 pub fn default_config(federation: &str) -> String {
     format!(
         "# PlanetMesh node manager configuration. Paths are relative to this file.\n\
-         # Every commented line shows a default.\n\n{}{}\n{}{}",
+         # Every commented line shows a default.\n\n{}{}\n{}{}{}",
         CommonConfig::<NodeKind>::template(federation),
         NODE_TEMPLATE.replace("{federation}", federation),
         CommonConfig::<NodeKind>::trust_template(federation),
-        NODE_SECTIONS
+        NODE_SECTIONS,
+        super::ssh::TEMPLATE
     )
 }
 
@@ -440,6 +444,7 @@ impl NodeManagerConfig {
             )));
         }
         config.public_ports.per_sliver = config.ports_per_sliver;
+        config.ssh.check(&config.public_ports).map_err(invalid)?;
         let listen: Vec<String> = config
             .common
             .listen

@@ -25,9 +25,9 @@ fn id(sliver_id: &str) -> Result<SliverId, BackendError> {
 /// Whose fault an engine error is.
 fn backend_error(e: SliverError) -> BackendError {
     match e {
-        SliverError::Spec(_) | SliverError::InvalidKey { .. } => {
-            BackendError::Invalid(e.to_string())
-        }
+        SliverError::Spec(_)
+        | SliverError::InvalidKey { .. }
+        | SliverError::NotTheSliver { .. } => BackendError::Invalid(e.to_string()),
         SliverError::NotFound(id) => BackendError::NoSliver(id.to_string()),
         SliverError::Alloc(crate::sliver::alloc::AllocError::Full(_))
         | SliverError::PortsFull { .. } => BackendError::Full(e.to_string()),
@@ -179,6 +179,34 @@ impl<H: Host + 'static> SliverBackend for EngineBackend<H> {
 
     fn wipe(&self) -> Result<(), BackendError> {
         self.slivers.destroy_all().map_err(backend_error)
+    }
+
+    fn connect_inside(
+        &self,
+        sliver_id: &str,
+        host: &str,
+        port: u16,
+    ) -> Result<std::net::TcpStream, BackendError> {
+        self.slivers
+            .connect_inside(&id(sliver_id)?, host, port)
+            .map_err(backend_error)
+    }
+
+    fn start_session(
+        &self,
+        sliver_id: &str,
+        argv: &[String],
+        env: &[(String, String)],
+        tty: Option<std::os::fd::OwnedFd>,
+    ) -> Result<crate::sliver::host::Spawned, BackendError> {
+        let mut cmd = ExecCommand::new(argv.iter().cloned());
+        cmd.env = env.to_vec();
+        let id = id(sliver_id)?;
+        match tty {
+            Some(tty) => self.slivers.spawn_tty(&id, &cmd, tty),
+            None => self.slivers.spawn(&id, &cmd),
+        }
+        .map_err(backend_error)
     }
 
     fn maintain(&self) -> Result<Vec<String>, BackendError> {

@@ -20,7 +20,8 @@
 //! - [`release_report`]: telling agents which of their tickets ended here early;
 //! - [`reload`]: applying an edited node.toml without a restart (SIGHUP, `POST /reload`);
 //! - [`revocation`]: refusing revoked tickets at redeem, ending leases of revoked parties;
-//! - [`run`]: the wiring and graceful shutdown.
+//! - [`run`]: the wiring and graceful shutdown;
+//! - [`ssh`]: the SSH endpoint into slivers (`ssh SLICE@NODE`).
 
 pub mod backend;
 pub mod config;
@@ -37,5 +38,6 @@ pub mod reload;
 pub mod revocation;
 pub mod run;
 pub mod service;
+pub mod ssh;
 pub mod uplink;
 pub mod view;

@@ -216,6 +216,7 @@ pub async fn start(
         reloader: Some(Arc::clone(&reloader)),
     });
     let mut runtime = Runtime::new(overlay.clone());
+    super::ssh::start(&config.ssh, &identity.key, &service, &mut runtime).await?;
     if config.heartbeat_interval_secs > 0 {
         let stop = runtime.stop_signal();
         runtime.spawn(

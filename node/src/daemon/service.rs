@@ -101,6 +101,32 @@ pub trait SliverBackend: Send + Sync + 'static {
     fn remove_key(&self, sliver_id: &str, key: &str) -> Result<(), BackendError>;
     /// Destroys every sliver and the node-wide state the backend set up (decommissioning).
     fn wipe(&self) -> Result<(), BackendError>;
+    /// Starts a program in a sliver for an SSH session, the way `exec` runs one but
+    /// streaming: piped standard streams, or `tty` (a pty's slave) as its terminal. A backend
+    /// without real slivers refuses.
+    fn start_session(
+        &self,
+        _sliver_id: &str,
+        _argv: &[String],
+        _env: &[(String, String)],
+        _tty: Option<std::os::fd::OwnedFd>,
+    ) -> Result<crate::sliver::host::Spawned, BackendError> {
+        Err(BackendError::Invalid(
+            "this node runs no real slivers (isolation = \"memory\"): nothing to log in to".into(),
+        ))
+    }
+    /// Connects to port `port` of the sliver itself (`host`: `localhost` or its address),
+    /// from inside its network namespace. A backend without real slivers refuses.
+    fn connect_inside(
+        &self,
+        _sliver_id: &str,
+        _host: &str,
+        _port: u16,
+    ) -> Result<std::net::TcpStream, BackendError> {
+        Err(BackendError::Invalid(
+            "this node runs no real slivers (isolation = \"memory\"): nothing to forward to".into(),
+        ))
+    }
     /// Puts back node-wide host state changed behind the node's back (its firewall table);
     /// returns what it restored. The reaper calls it every few seconds.
     fn maintain(&self) -> Result<Vec<String>, BackendError> {
@@ -280,6 +306,8 @@ pub struct NodeService {
     timings: RedeemTimings,
     ended: Mutex<std::collections::VecDeque<TicketEnded>>,
     revocation: super::revocation::RevocationGuard,
+    /// The SSH endpoint told in `Status` (see [`super::ssh`]), once it listens.
+    ssh: RwLock<Option<capability_schema::protocol::SshEndpoint>>,
 }
 
 impl std::fmt::Debug for NodeService {
@@ -361,7 +389,26 @@ impl NodeService {
             timings: RedeemTimings::default(),
             ended: Mutex::default(),
             revocation: Default::default(),
+            ssh: RwLock::new(None),
         }
+    }
+
+    /// How the node's SSH endpoint is reached, told to callers of `Status`.
+    pub fn set_ssh_endpoint(&self, endpoint: Option<capability_schema::protocol::SshEndpoint>) {
+        *self.ssh.write().unwrap_or_else(PoisonError::into_inner) = endpoint;
+    }
+
+    /// How the node's SSH endpoint is reached, if it runs one.
+    pub fn ssh_endpoint(&self) -> Option<capability_schema::protocol::SshEndpoint> {
+        self.ssh
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The sliver backend (the SSH endpoint starts its sessions there).
+    pub fn backend(&self) -> &Arc<dyn SliverBackend> {
+        &self.backend
     }
 
     /// What this node holds revoked (see [`super::revocation`]).
@@ -766,6 +813,7 @@ impl NodeService {
             ad: ad.clone(),
             leases,
             ended: self.revocation.ended_of(caller),
+            ssh: self.ssh_endpoint(),
         })
     }
 

@@ -63,6 +63,11 @@ pub struct EnterPlan {
     /// program's exec.
     #[serde(default)]
     pub seccomp: SeccompPlan,
+    /// Standard input is a terminal (a pty's slave the node allocated, for an SSH session)
+    /// that the helper makes its new session's controlling terminal, so job control, `^C`
+    /// and window-size changes reach the program.
+    #[serde(default)]
+    pub controlling_tty: bool,
 }
 
 /// Why entering failed.
@@ -128,6 +133,12 @@ pub fn enter(plan: &EnterPlan, argv: &[String]) -> Result<Infallible, EnterError
     let keep: Vec<RawFd> = plan.namespaces.iter().map(|(fd, _)| *fd).collect();
     close_all_but(&keep).map_err(at("close inherited descriptors"))?;
     nix::unistd::setsid().map_err(at("setsid"))?;
+    if plan.controlling_tty {
+        // SAFETY: TIOCSCTTY takes an integer argument (0: do not steal a terminal another
+        // session holds); fd 0 is the terminal the node passed.
+        let rc = unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) };
+        Errno::result(rc).map_err(at("set controlling terminal"))?;
+    }
     for (fd, flag) in &plan.namespaces {
         // SAFETY: the node passed these descriptors to this process for this use only; each is
         // owned here once and closed after the join.
@@ -398,6 +409,7 @@ mod tests {
             keep_caps: CapMask(0b1011),
             last_cap: 40,
             seccomp: SeccompPlan::default(),
+            controlling_tty: true,
         };
         let args = helper_args(&plan, &["/bin/true".into(), "x".into()]);
         assert_eq!(args[0], SUBCOMMAND);

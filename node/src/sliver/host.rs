@@ -337,6 +337,31 @@ pub trait Host: Send + Sync {
     fn exec(&self, target: &ExecTarget, cmd: &ExecCommand) -> Result<ExecOutput, HostError>;
     /// Starts a command in a sliver with piped standard streams.
     fn spawn(&self, target: &ExecTarget, cmd: &ExecCommand) -> Result<Spawned, HostError>;
+    /// Starts a command in a sliver the way [`Host::spawn`] does, with the terminal `tty` (a
+    /// pty's slave the node allocated) as its standard streams and controlling terminal.
+    /// Hosts that cannot enter a sliver refuse.
+    fn spawn_tty(
+        &self,
+        _target: &ExecTarget,
+        _cmd: &ExecCommand,
+        _tty: std::os::fd::OwnedFd,
+    ) -> Result<Spawned, HostError> {
+        Err(HostError::Init(
+            "this host cannot give a sliver's command a terminal".into(),
+        ))
+    }
+    /// Connects to `addr` from inside the sliver's network namespace (an SSH client's local
+    /// port forward reaches the sliver's own ports and nothing else). Hosts that cannot enter
+    /// a sliver refuse.
+    fn connect_inside(
+        &self,
+        _target: &ExecTarget,
+        _addr: std::net::SocketAddr,
+    ) -> Result<std::net::TcpStream, HostError> {
+        Err(HostError::Init(
+            "this host cannot connect inside a sliver".into(),
+        ))
+    }
     /// CPU time and memory a cgroup has used.
     fn cgroup_usage(&self, cgroup: &str) -> Result<CgroupUsage, HostError>;
     /// Bytes each sliver bucket (by HTB class minor) on the node's shaping device has sent.

@@ -74,6 +74,75 @@ fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> HostError 
 }
 
 impl LinuxHost {
+    /// Every command's way into a sliver (exec, spawn, an SSH session): the helper of
+    /// [`super::enter`] forked in the sliver's pid namespace and cgroup, with piped standard
+    /// streams or the terminal `tty`.
+    fn enter(
+        &self,
+        target: &ExecTarget,
+        cmd: &ExecCommand,
+        tty: Option<std::os::fd::OwnedFd>,
+    ) -> Result<Spawned, HostError> {
+        if !self.init_alive(target.init_pid, target.start_time) {
+            return Err(HostError::Init(format!(
+                "sliver init {} is not running",
+                target.init_pid
+            )));
+        }
+        if cmd.argv.is_empty() {
+            return Err(HostError::Init("empty command".into()));
+        }
+        let image = SealedImage::shared(&target.enter_program)
+            .map_err(io_err("copy", &target.enter_program))?;
+        let open_ns = |name: &str| -> Result<File, HostError> {
+            let p = self.proc_path(target.init_pid, &format!("ns/{name}"));
+            File::open(&p).map_err(io_err("open", &p))
+        };
+        // Joined in this order by the helper (see exec::NAMESPACES).
+        let mut namespaces = Vec::with_capacity(exec::NAMESPACES.len());
+        for (name, flag) in exec::NAMESPACES {
+            namespaces.push((open_ns(name)?, flag));
+        }
+        let pidns = if target.host_pid {
+            None
+        } else {
+            Some(open_ns("pid")?)
+        };
+        let mut cgroup_files = Vec::new();
+        for p in self.cgroups.exec_procs_files(&target.cgroup)? {
+            cgroup_files.push(
+                OpenOptions::new()
+                    .write(true)
+                    .open(&p)
+                    .map_err(io_err("open", &p))?,
+            );
+        }
+        let plan = EnterPlan {
+            namespaces: namespaces
+                .iter()
+                .map(|(f, flag)| (f.as_raw_fd(), *flag))
+                .collect(),
+            cwd: cmd.cwd.clone(),
+            uid: cmd.uid,
+            gid: cmd.gid,
+            keep_caps: target.caps,
+            last_cap: caps::last_cap(),
+            seccomp: target.seccomp,
+            controlling_tty: tty.is_some(),
+        };
+        let child = exec::fork_enter(
+            &image.proc_path(),
+            &plan,
+            pidns.as_ref(),
+            &cgroup_files,
+            cmd,
+            tty,
+        )?;
+        drop(namespaces);
+        drop(cgroup_files);
+        Ok(Spawned { child })
+    }
+
     /// A host with the given cgroup hierarchies, `/proc` and `/` as the host root.
     pub fn new(cgroups: Cgroups) -> Self {
         LinuxHost {
@@ -399,62 +468,51 @@ impl Host for LinuxHost {
     }
 
     fn spawn(&self, target: &ExecTarget, cmd: &ExecCommand) -> Result<Spawned, HostError> {
+        self.enter(target, cmd, None)
+    }
+
+    fn connect_inside(
+        &self,
+        target: &ExecTarget,
+        addr: std::net::SocketAddr,
+    ) -> Result<std::net::TcpStream, HostError> {
         if !self.init_alive(target.init_pid, target.start_time) {
             return Err(HostError::Init(format!(
                 "sliver init {} is not running",
                 target.init_pid
             )));
         }
-        if cmd.argv.is_empty() {
-            return Err(HostError::Init("empty command".into()));
-        }
-        let image = SealedImage::shared(&target.enter_program)
-            .map_err(io_err("copy", &target.enter_program))?;
-        let open_ns = |name: &str| -> Result<File, HostError> {
-            let p = self.proc_path(target.init_pid, &format!("ns/{name}"));
-            File::open(&p).map_err(io_err("open", &p))
-        };
-        // Joined in this order by the helper (see exec::NAMESPACES).
-        let mut namespaces = Vec::with_capacity(exec::NAMESPACES.len());
-        for (name, flag) in exec::NAMESPACES {
-            namespaces.push((open_ns(name)?, flag));
-        }
-        let pidns = if target.host_pid {
-            None
-        } else {
-            Some(open_ns("pid")?)
-        };
-        let mut cgroup_files = Vec::new();
-        for p in self.cgroups.exec_procs_files(&target.cgroup)? {
-            cgroup_files.push(
-                OpenOptions::new()
-                    .write(true)
-                    .open(&p)
-                    .map_err(io_err("open", &p))?,
-            );
-        }
-        let plan = EnterPlan {
-            namespaces: namespaces
-                .iter()
-                .map(|(f, flag)| (f.as_raw_fd(), *flag))
-                .collect(),
-            cwd: cmd.cwd.clone(),
-            uid: cmd.uid,
-            gid: cmd.gid,
-            keep_caps: target.caps,
-            last_cap: caps::last_cap(),
-            seccomp: target.seccomp,
-        };
-        let child = exec::fork_enter(
-            &image.proc_path(),
-            &plan,
-            pidns.as_ref(),
-            &cgroup_files,
-            cmd,
-        )?;
-        drop(namespaces);
-        drop(cgroup_files);
-        Ok(Spawned { child })
+        let p = self.proc_path(target.init_pid, "ns/net");
+        let netns = File::open(&p).map_err(io_err("open", &p))?;
+        // The network namespace is per thread: a thread that joins it makes the socket there
+        // and ends (it never serves anything else).
+        std::thread::scope(|s| {
+            s.spawn(|| -> Result<std::net::TcpStream, HostError> {
+                nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(
+                    |source| HostError::Sys {
+                        op: "join sliver network namespace".into(),
+                        source,
+                    },
+                )?;
+                std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(10))
+                    .map_err(|e| HostError::Io {
+                        op: "connect",
+                        path: PathBuf::from(addr.to_string()),
+                        source: e,
+                    })
+            })
+            .join()
+            .unwrap_or_else(|_| Err(HostError::Init("connect thread panicked".into())))
+        })
+    }
+
+    fn spawn_tty(
+        &self,
+        target: &ExecTarget,
+        cmd: &ExecCommand,
+        tty: std::os::fd::OwnedFd,
+    ) -> Result<Spawned, HostError> {
+        self.enter(target, cmd, Some(tty))
     }
 
     fn cgroup_usage(&self, cgroup: &str) -> Result<CgroupUsage, HostError> {

@@ -112,6 +112,14 @@ pub enum SliverError {
     /// The spec is invalid.
     #[error(transparent)]
     Spec(#[from] SpecError),
+    /// A port forward named something other than the sliver itself.
+    #[error("sliver {id}: {detail}")]
+    NotTheSliver {
+        /// The sliver.
+        id: SliverId,
+        /// What was asked and what may be.
+        detail: String,
+    },
     /// No slot is free.
     #[error(transparent)]
     Alloc(#[from] AllocError),
@@ -1235,6 +1243,66 @@ impl<H: Host> Slivers<H> {
             .map_err(|source| SliverError::Host {
                 id: id.to_string(),
                 op: "spawn",
+                source: Box::new(source),
+            })
+    }
+
+    /// Starts a command in a sliver as [`Slivers::spawn`] does, with the terminal `tty` (a
+    /// pty's slave) as its standard streams and controlling terminal (an SSH login).
+    pub fn spawn_tty(
+        &self,
+        id: &SliverId,
+        cmd: &ExecCommand,
+        tty: std::os::fd::OwnedFd,
+    ) -> Result<Spawned, SliverError> {
+        let (target, cmd) = self.command_for(id, cmd)?;
+        self.host
+            .spawn_tty(&target, &cmd, tty)
+            .map_err(|source| SliverError::Host {
+                id: id.to_string(),
+                op: "spawn",
+                source: Box::new(source),
+            })
+    }
+
+    /// Connects to port `port` of the sliver itself, from inside its network namespace: `host`
+    /// must name the sliver (`localhost`, a loopback address, or the sliver's own address);
+    /// anything else is refused, so a forward never reaches past the sliver.
+    pub fn connect_inside(
+        &self,
+        id: &SliverId,
+        host: &str,
+        port: u16,
+    ) -> Result<std::net::TcpStream, SliverError> {
+        let record = self
+            .get(id)
+            .ok_or_else(|| SliverError::NotFound(id.clone()))?;
+        let ip: std::net::IpAddr = match host {
+            "localhost" => std::net::Ipv4Addr::LOCALHOST.into(),
+            other => match other.parse::<std::net::IpAddr>() {
+                Ok(ip)
+                    if ip.is_loopback() || ip == std::net::IpAddr::V4(record.net.sliver_addr) =>
+                {
+                    ip
+                }
+                _ => {
+                    return Err(SliverError::NotTheSliver {
+                        id: id.clone(),
+                        detail: format!(
+                            "only the sliver's own ports can be reached: forward to localhost \
+                             or {}, not {host}",
+                            record.net.sliver_addr
+                        ),
+                    });
+                }
+            },
+        };
+        let (target, _) = self.command_for(id, &ExecCommand::new(["/bin/true"]))?;
+        self.host
+            .connect_inside(&target, std::net::SocketAddr::new(ip, port))
+            .map_err(|source| SliverError::Host {
+                id: id.to_string(),
+                op: "connect",
                 source: Box::new(source),
             })
     }

@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -43,12 +43,15 @@ pub(super) fn base_env(uid: u32) -> [(&'static str, &'static str); 3] {
 /// Forks `program` (the sealed helper) as `sliver-init enter` with `plan`: the fork joins the
 /// sliver's cgroup by writing to `cgroup_files`, keeps only 0-2 and the plan's namespace
 /// descriptors across exec, and is forked from a thread that joined `pidns` (when given).
+/// Its standard streams are pipes to the caller, or all three the terminal `tty` (a pty's
+/// slave; the plan then makes it the controlling terminal).
 pub(super) fn fork_enter(
     program: &Path,
     plan: &EnterPlan,
     pidns: Option<&File>,
     cgroup_files: &[File],
     cmd: &ExecCommand,
+    tty: Option<OwnedFd>,
 ) -> Result<Child, HostError> {
     let mut command = Command::new(program);
     command
@@ -56,10 +59,28 @@ pub(super) fn fork_enter(
         .args(enter::helper_args(plan, &cmd.argv))
         .env_clear()
         .envs(base_env(cmd.uid))
-        .envs(cmd.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .envs(cmd.env.iter().map(|(k, v)| (k, v)));
+    match tty {
+        Some(tty) => {
+            let dup = |fd: &OwnedFd| {
+                fd.try_clone().map_err(|e| HostError::Io {
+                    op: "duplicate terminal",
+                    path: PathBuf::from(&cmd.argv[0]),
+                    source: e,
+                })
+            };
+            command
+                .stdin(Stdio::from(dup(&tty)?))
+                .stdout(Stdio::from(dup(&tty)?))
+                .stderr(Stdio::from(tty));
+        }
+        None => {
+            command
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+        }
+    }
     let ns_fds: Vec<RawFd> = plan.namespaces.iter().map(|(fd, _)| *fd).collect();
     let cg_fds: Vec<RawFd> = cgroup_files.iter().map(|f| f.as_raw_fd()).collect();
     // Between fork and exec this is still the node's image (in the host's user namespace,
