@@ -78,6 +78,12 @@ fn fedctl_errors_are_one_line_of_their_class_without_a_backtrace() {
     std::fs::write(dir.join("junk"), "junk").unwrap();
     let junk = run(FEDCTL, &["show", "junk"], dir);
     ordinary_error(&junk, "fedctl", USAGE, "a file fedctl wrote");
+    let own_key = authority
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("authority"))
+        .map(|k| k.trim().to_owned())
+        .expect("init-authority prints the authority key");
     let peer = run(
         FEDCTL,
         &[
@@ -87,7 +93,7 @@ fn fedctl_errors_are_one_line_of_their_class_without_a_backtrace() {
             "--with-name",
             "plc",
             "--with-key",
-            &subject,
+            &own_key,
             "--roles",
             "node",
             "--out",
@@ -95,7 +101,8 @@ fn fedctl_errors_are_one_line_of_their_class_without_a_backtrace() {
         ],
         dir,
     );
-    ordinary_error(&peer, "fedctl", USAGE, "--with-name");
+    // A federation is its key: another `plc` may be peered, its own key may not.
+    ordinary_error(&peer, "fedctl", USAGE, "--with-key");
     let flag = run(FEDCTL, &["show", "--no-such-flag"], dir);
     assert_eq!(flag.code, Some(USAGE), "{flag:?}");
 }

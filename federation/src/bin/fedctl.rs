@@ -395,10 +395,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
         } => {
             federation::trust::check_federation_name(&with_name)?;
             let mut authority = load_authority(&dir)?;
-            if with_name == authority.name() {
+            // A federation is its authority's key: another testbed's `fed0` is another
+            // federation; only the own key is refused.
+            if with_key == authority.public() {
                 return Err(usage(format!(
-                    "a federation does not peer with itself ({with_name}); --with-name names the other \
-                     federation"
+                    "a federation does not peer with itself ({with_key} is this authority's \
+                     key); --with-key names the other federation's authority"
                 ))
                 .into());
             }
