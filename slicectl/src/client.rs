@@ -1,9 +1,11 @@
 //! The service manager's side of the network: one overlay client for the whole command.
 //!
-//! - acquisition through a broker (`/planetmesh/broker/1`, with the principal's certificate
-//!   and an ask the principal signs for that broker) or in-process with `--agent` (the
-//!   paper's integrated broker: [`broker::acquire`] over the same overlay, the ask signed for
-//!   the principal's own key, which the agents see as the caller);
+//! - acquisition through brokers (`/planetmesh/broker/1`, with the principal's certificate
+//!   and an ask the principal signs for the broker asked), healthiest first, moving on to the
+//!   next when one fails to serve ([`crate::brokers`]; brokers found on the overlay when none
+//!   is given), or in-process with `--agent` (the paper's integrated broker:
+//!   [`broker::acquire`] over the same overlay, the ask signed for the principal's own key,
+//!   which the agents see as the caller), the last resort when no broker answers;
 //! - node calls (`Redeem`, `Renew`, `Release`, `Exec`, …), each bounded by the timeout, fanned
 //!   out over many nodes with at most `concurrency` in flight;
 //! - `Released` to agents for tickets that will not be redeemed (best effort: unredeemed
@@ -42,6 +44,9 @@ pub enum ClientError {
     /// when an older broker sent the refusal alone, the events when it predates them).
     #[error("{0}")]
     NotAcquired(Box<BrokerFailure>),
+    /// The peer given as a broker does not serve the broker protocol.
+    #[error("{0}")]
+    NotABroker(String),
     /// A broker could not be reached, or did not answer in time.
     #[error("{party} {detail}")]
     Unreachable {
@@ -56,7 +61,7 @@ impl ClientError {
     /// The exit class.
     pub fn class(&self) -> ExitClass {
         match self {
-            ClientError::Setup(_) => ExitClass::Setup,
+            ClientError::Setup(_) | ClientError::NotABroker(_) => ExitClass::Setup,
             ClientError::Refused(reply) => ExitClass::of_rejection(&reply.reason),
             ClientError::NotAcquired(failure) => ExitClass::of_rejection(&failure.reply.reason),
             ClientError::Unreachable { .. } => ExitClass::Unreachable,
@@ -103,6 +108,10 @@ fn dial_cause(e: &federation::overlay::OverlayError) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// The longest a connection to a broker may take to set up (TCP or QUIC, then the handshake),
+/// when the call timeout is longer: a broker that takes longer is left for the next.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Limits of remote calls.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -110,6 +119,14 @@ pub struct Settings {
     pub timeout: Duration,
     /// Remote calls in flight at once.
     pub concurrency: usize,
+}
+
+impl Settings {
+    /// The longest a connection to a broker may take: the call timeout, at most
+    /// [`CONNECT_TIMEOUT`].
+    pub fn connect_timeout(&self) -> Duration {
+        self.timeout.min(CONNECT_TIMEOUT)
+    }
 }
 
 impl Default for Settings {
@@ -121,12 +138,23 @@ impl Default for Settings {
     }
 }
 
-/// Whom slices are acquired from.
-#[derive(Debug)]
-enum Via {
-    Broker(PublicKey, Multiaddr),
-    Agents(Vec<PublicKey>, Acquirer<OverlayAgents>),
-    Nobody,
+/// A broker to ask: its key, and its address unless it was found on the overlay (then the
+/// overlay looks its address up).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerAt {
+    /// Its key.
+    pub key: PublicKey,
+    /// Its multiaddress with `/p2p/`.
+    pub addr: Option<Multiaddr>,
+}
+
+impl std::fmt::Display for BrokerAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.addr {
+            Some(addr) => write!(f, "broker {addr}"),
+            None => write!(f, "broker {} (announced on the overlay)", self.key.short()),
+        }
+    }
 }
 
 /// A connected client.
@@ -134,7 +162,14 @@ enum Via {
 pub struct Session {
     overlay: OverlayHandle,
     identity: Identity,
-    via: Via,
+    /// The brokers given, healthiest first; `None` until looked up on the overlay.
+    brokers: tokio::sync::OnceCell<Vec<BrokerAt>>,
+    /// Whether to look brokers up on the overlay (none was given).
+    discover: bool,
+    /// The integrated broker: the agents to ask when no broker answers (or none is given).
+    fallback: Option<(Vec<PublicKey>, Acquirer<OverlayAgents>)>,
+    /// Each broker's last outcome.
+    health: Mutex<crate::brokers::Health>,
     /// Every agent the endpoints name (also beside a broker): asked for ads to learn nodes'
     /// names.
     agents: Vec<PublicKey>,
@@ -159,13 +194,20 @@ fn parse_peer_addr(text: &str, what: &str) -> Result<(Multiaddr, PublicKey), Cli
     Ok((addr, key))
 }
 
-/// Where to connect.
+/// Where to connect (see [`crate::brokers::choose`]).
 #[derive(Debug, Clone, Default)]
 pub struct Endpoints {
-    /// A broker's multiaddress with `/p2p/`.
-    pub broker: Option<String>,
-    /// Agents' multiaddresses with `/p2p/` (integrated broker).
+    /// Brokers' multiaddresses with `/p2p/`, tried healthiest first.
+    pub brokers: Vec<String>,
+    /// Agents' multiaddresses with `/p2p/` (integrated broker): the last resort after the
+    /// brokers, or the only way without them.
     pub agents: Vec<String>,
+    /// Agents asked only for their ads (node names).
+    pub ads_from: Vec<String>,
+    /// With no broker and no agent: look up the brokers announced on the overlay.
+    pub discover: bool,
+    /// The state directory, where each broker's last outcome is kept (none: not kept).
+    pub state_dir: Option<std::path::PathBuf>,
     /// Peers to join through.
     pub bootstrap: Vec<String>,
     /// Trusted federation authorities (needed with agents).
@@ -189,13 +231,18 @@ impl Session {
                     .map_err(|e| ClientError::Setup(format!("bootstrap {b:?}: {e}")))
             })
             .collect::<Result<Vec<Multiaddr>, _>>()?;
-        let broker = endpoints
-            .broker
-            .as_deref()
+        let brokers = endpoints
+            .brokers
+            .iter()
             .map(|b| parse_peer_addr(b, "broker"))
-            .transpose()?;
+            .collect::<Result<Vec<_>, _>>()?;
         let agents = endpoints
             .agents
+            .iter()
+            .map(|a| parse_peer_addr(a, "agent"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let ads_from = endpoints
+            .ads_from
             .iter()
             .map(|a| parse_peer_addr(a, "agent"))
             .collect::<Result<Vec<_>, _>>()?;
@@ -216,33 +263,52 @@ impl Session {
         let overlay = Overlay::start(&identity.key, config, Arc::new(RwLock::new(trust)))
             .await
             .map_err(|e| ClientError::Setup(format!("starting the client: {e}")))?;
-        for (addr, key) in broker.iter().chain(agents.iter()) {
+        for (addr, key) in brokers.iter().chain(&agents).chain(&ads_from) {
             overlay
                 .add_addresses(key, vec![addr.clone()])
                 .await
                 .map_err(|e| ClientError::Setup(e.to_string()))?;
         }
-        let agent_keys: Vec<PublicKey> = agents.iter().map(|(_, k)| *k).collect();
-        let via = match (broker, agents.is_empty()) {
-            (Some((addr, key)), _) => Via::Broker(key, addr),
-            (None, false) => {
-                let acquirer = Acquirer::new(
-                    OverlayAgents::new(overlay.clone(), settings.timeout),
-                    Arc::clone(overlay.trust()),
-                    AcquireSettings {
-                        call_timeout: settings.timeout,
-                        concurrency: settings.concurrency,
-                        ..AcquireSettings::default()
-                    },
-                );
-                Via::Agents(agents.iter().map(|(_, k)| *k).collect(), acquirer)
-            }
-            (None, true) => Via::Nobody,
+        let mut agent_keys: Vec<PublicKey> = agents.iter().map(|(_, k)| *k).collect();
+        let fallback = if agents.is_empty() {
+            None
+        } else {
+            let acquirer = Acquirer::new(
+                OverlayAgents::new(overlay.clone(), settings.timeout),
+                Arc::clone(overlay.trust()),
+                AcquireSettings {
+                    call_timeout: settings.timeout,
+                    concurrency: settings.concurrency,
+                    ..AcquireSettings::default()
+                },
+            );
+            Some((agent_keys.clone(), acquirer))
         };
+        agent_keys.extend(ads_from.iter().map(|(_, k)| *k));
+        let health = match &endpoints.state_dir {
+            Some(dir) => crate::brokers::Health::load(dir),
+            None => crate::brokers::Health::default(),
+        };
+        let mut brokers: Vec<BrokerAt> = brokers
+            .into_iter()
+            .map(|(addr, key)| BrokerAt {
+                key,
+                addr: Some(addr),
+            })
+            .collect();
+        health.order(&mut brokers, |b| b.key);
+        let discover = endpoints.discover && brokers.is_empty() && fallback.is_none();
+        let known = tokio::sync::OnceCell::new();
+        if !discover {
+            let _ = known.set(brokers);
+        }
         Ok(Session {
             overlay,
             identity,
-            via,
+            brokers: known,
+            discover,
+            fallback,
+            health: Mutex::new(health),
             agents: agent_keys,
             settings,
             known: Mutex::new(HashSet::new()),
@@ -264,38 +330,141 @@ impl Session {
         &self.overlay
     }
 
-    fn nobody() -> ClientError {
-        ClientError::Setup(
-            "no broker and no agent to ask: give --broker <multiaddr/p2p/…> or --agent \
-             <multiaddr/p2p/…> (or broker/agents in slicectl.toml)"
-                .into(),
-        )
+    fn nobody(&self) -> ClientError {
+        let looked = if self.discover {
+            "none is announced on the overlay (joined through --bootstrap or bootstrap in \
+             slicectl.toml) and "
+        } else {
+            ""
+        };
+        ClientError::Setup(format!(
+            "no broker and no agent to ask: {looked}give --broker <multiaddr/p2p/…> or --agent \
+             <multiaddr/p2p/…> (or brokers/agents in slicectl.toml)"
+        ))
     }
 
-    /// One call to the broker at `addr` over protocol `P`; a refusal stays the broker's error
-    /// reply, anything else is the broker being unreachable (or not a broker).
+    /// The brokers to ask, healthiest first: those given, or those announced on the overlay
+    /// (looked up once, for at most the connect timeout).
+    pub async fn brokers(&self) -> &[BrokerAt] {
+        self.brokers
+            .get_or_init(|| async {
+                let wait = self.settings.connect_timeout();
+                let found = match self
+                    .overlay
+                    .providers(federation::overlay::rendezvous::BROKER_KEY, wait)
+                    .await
+                {
+                    Ok(keys) => keys,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "no broker lookup");
+                        Vec::new()
+                    }
+                };
+                let me = self.overlay.local_key();
+                let mut brokers: Vec<BrokerAt> = found
+                    .into_iter()
+                    .filter(|k| *k != me)
+                    .map(|key| BrokerAt { key, addr: None })
+                    .collect();
+                self.health().order(&mut brokers, |b| b.key);
+                brokers
+            })
+            .await
+    }
+
+    fn health(&self) -> std::sync::MutexGuard<'_, crate::brokers::Health> {
+        self.health
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Runs `call` on each broker in turn, healthiest first, until one answers (on the
+    /// merits: a refusal of the request is its answer) and records each outcome; a broker that
+    /// fails to serve ([`crate::brokers::moves_on`]) is left for the next, and stderr says
+    /// which and why. `Err` carries every broker's failure when none answered.
+    async fn through_brokers<T, F, Fut>(
+        &self,
+        call: F,
+    ) -> Result<Result<T, ClientError>, Vec<(BrokerAt, ClientError)>>
+    where
+        F: Fn(BrokerAt) -> Fut,
+        Fut: Future<Output = Result<T, ClientError>>,
+    {
+        let brokers = self.brokers().await;
+        let mut left = Vec::new();
+        for (i, broker) in brokers.iter().enumerate() {
+            let outcome = call(broker.clone()).await;
+            let now = federation::unix_now();
+            match outcome {
+                Err(e) if crate::brokers::moves_on(&e) => {
+                    let why = crate::brokers::why(&e);
+                    self.health().failed(broker.key, now, &why);
+                    let next = match (brokers.get(i + 1), &self.fallback) {
+                        (Some(next), _) => Some(next.to_string()),
+                        (None, Some(_)) => {
+                            Some("the agents in-process (the integrated broker)".to_owned())
+                        }
+                        (None, None) => None,
+                    };
+                    if let Some(next) = next {
+                        eprintln!("slicectl: leaving {broker}: {why}; trying {next}");
+                    }
+                    left.push((broker.clone(), e));
+                }
+                answered => {
+                    self.health().answered(broker.key, now);
+                    return Ok(answered);
+                }
+            }
+        }
+        Err(left)
+    }
+
+    /// The error when no broker answered and no agent is there to fall back on: the one
+    /// broker's own, or each broker's reason.
+    fn none_answered(&self, mut left: Vec<(BrokerAt, ClientError)>) -> ClientError {
+        match left.len() {
+            0 => self.nobody(),
+            1 => left.remove(0).1,
+            n => ClientError::Unreachable {
+                party: format!("none of the {n} brokers"),
+                detail: format!(
+                    "answered ({}); check that they run, or give --agent <multiaddr/p2p/…> \
+                     (agents in slicectl.toml) to acquire without a broker",
+                    left.iter()
+                        .map(|(b, e)| format!("{b}: {}", crate::brokers::why(e)))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+            },
+        }
+    }
+
+    /// One call to `broker` over protocol `P`; a refusal stays the broker's error reply,
+    /// anything else is the broker being unreachable (or not a broker).
     ///
-    /// Connecting is bounded by the call timeout (a broker that accepts the connection and
+    /// Connecting is bounded by the connect timeout (a broker that accepts the connection and
     /// never speaks, frozen, ends there with a message naming it); the whole call, connecting
-    /// included, by one deadline of three timeouts (an acquisition asks agents in turn).
+    /// included, by one deadline of three call timeouts (an acquisition asks agents in turn).
     async fn broker_call<P: Protocol<Request = BrokerCall>>(
         &self,
-        broker: &PublicKey,
-        addr: &Multiaddr,
+        at: &BrokerAt,
         call: BrokerCall,
     ) -> Result<Result<P::Response, ErrorReply>, ClientError> {
+        let broker = &at.key;
         let timeout = self.settings.timeout;
+        let connect = self.settings.connect_timeout();
         let deadline = tokio::time::Instant::now() + timeout * 3;
-        let party = format!("broker {addr}");
-        let check = "check that the broker runs (and is not stopped), and its address (broker \
+        let party = at.to_string();
+        let check = "check that the broker runs (and is not stopped), and its address (brokers \
                      in slicectl.toml, or --broker)";
         let connected = self
             .overlay
             .connected_peers()
             .await
             .map_err(|e| ClientError::Setup(e.to_string()))?;
-        if !connected.contains(broker) {
-            match tokio::time::timeout(timeout, self.overlay.dial(addr.clone())).await {
+        if let Some(addr) = at.addr.as_ref().filter(|_| !connected.contains(broker)) {
+            match tokio::time::timeout(connect, self.overlay.dial(addr.clone())).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => {
                     return Err(ClientError::Unreachable {
@@ -310,7 +479,7 @@ impl Session {
                             "could not be reached: no answer within the {}s timeout (it \
                              accepted the connection but never completed the handshake; \
                              frozen?); {check}, or give a longer --timeout",
-                            timeout.as_secs_f64()
+                            connect.as_secs_f64()
                         ),
                     });
                 }
@@ -318,9 +487,12 @@ impl Session {
         }
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let not_a_broker = || {
-            ClientError::Setup(format!(
-                "{addr} does not serve the broker protocol ({}): it is not a broker (a node or \
-                 an agent?); point --broker, or broker in slicectl.toml, at a broker's address",
+            ClientError::NotABroker(format!(
+                "{} does not serve the broker protocol ({}): it is not a broker (a node or an \
+                 agent?); point --broker, or brokers in slicectl.toml, at a broker's address",
+                at.addr
+                    .as_ref()
+                    .map_or_else(|| broker.to_string(), ToString::to_string),
                 P::KIND
             ))
         };
@@ -382,16 +554,16 @@ impl Session {
         seen
     }
 
-    /// Plans `request` (`FindSlice`).
+    /// Plans `request` (`FindSlice`): through the brokers, else the agents in-process.
     pub async fn find(&self, request: &SliceRequest) -> Result<SlicePlan, ClientError> {
-        match &self.via {
-            Via::Broker(broker, addr) => {
+        let tried = self
+            .through_brokers(|broker| async move {
                 let call = BrokerCall::FindSlice(SliceAsk::new(
                     request.clone(),
                     self.identity.cert.clone(),
                 ));
                 match self
-                    .broker_call::<BrokerCallProtocol>(broker, addr, call)
+                    .broker_call::<BrokerCallProtocol>(&broker, call)
                     .await?
                     .map_err(ClientError::Refused)?
                 {
@@ -400,9 +572,12 @@ impl Session {
                         "the broker answered {other:?} to FindSlice"
                     ))),
                 }
-            }
-            Via::Agents(agents, acquirer) => Ok(acquirer.find(agents, request).await),
-            Via::Nobody => Err(Self::nobody()),
+            })
+            .await;
+        match (tried, &self.fallback) {
+            (Ok(answer), _) => answer,
+            (Err(_), Some((agents, acquirer))) => Ok(acquirer.find(agents, request).await),
+            (Err(left), None) => Err(self.none_answered(left)),
         }
     }
 
@@ -416,19 +591,20 @@ impl Session {
         Signed::sign(&self.identity.key, &grant)
     }
 
-    /// Obtains tickets for `request` (`AcquireSlice`), under an ask the principal signs for
-    /// the broker (with `--agent`, for itself: it carries the ask to the agents).
+    /// Obtains tickets for `request` (`AcquireSlice`) through the brokers, under an ask the
+    /// principal signs for the broker asked; else in-process with the agents (the ask signed
+    /// for itself: it carries the ask to the agents).
     pub async fn acquire(&self, request: &SliceRequest) -> Result<AcquiredSlice, ClientError> {
-        match &self.via {
-            Via::Broker(broker, addr) => {
+        let tried = self
+            .through_brokers(|broker| async move {
                 // Ask for the plan and the report with a failure, to show them.
                 let call = BrokerCall::AcquireSlice(
                     SliceAsk::new(request.clone(), self.identity.cert.clone())
                         .with_detailed_failure()
-                        .with_ask(self.sign_ask(request, *broker)),
+                        .with_ask(self.sign_ask(request, broker.key)),
                 );
                 let answer = self
-                    .broker_call::<BrokerAnswerProtocol>(broker, addr, call)
+                    .broker_call::<BrokerAnswerProtocol>(&broker, call)
                     .await?;
                 match BrokerAnswer::into_result(answer) {
                     Ok(BrokerResponse::Acquired(slice)) => Ok(slice),
@@ -437,15 +613,18 @@ impl Session {
                     ))),
                     Err(failure) => Err(ClientError::NotAcquired(failure)),
                 }
-            }
-            Via::Agents(agents, acquirer) => {
+            })
+            .await;
+        match (tried, &self.fallback) {
+            (Ok(answer), _) => answer,
+            (Err(_), Some((agents, acquirer))) => {
                 let ask = self.sign_ask(request, self.identity.key.public());
                 acquirer
                     .acquire_signed(agents, request, self.identity.cert.as_ref(), Some(&ask))
                     .await
                     .map_err(|f| ClientError::NotAcquired(Box::new(f.into())))
             }
-            Via::Nobody => Err(Self::nobody()),
+            (Err(left), None) => Err(self.none_answered(left)),
         }
     }
 

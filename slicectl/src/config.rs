@@ -4,9 +4,9 @@
 //! ```toml
 //! key_file = "principal.key"        # default ~/.config/planetmesh/principal.key
 //! membership = "membership.cbor"    # the principal's certificate (fedctl certify --role principal)
-//! broker = "/ip4/127.0.0.1/tcp/4201/p2p/12D3…"   # ask this broker, or
-//! agents = ["/ip4/127.0.0.1/tcp/4101/p2p/12D3…"] # broker in-process with these agents
-//! bootstrap = []                    # peers to join through (nodes are found by ticket addresses)
+//! brokers = ["/ip4/127.0.0.1/tcp/4201/p2p/12D3…"] # ask these brokers (healthiest first), and
+//! agents = ["/ip4/127.0.0.1/tcp/4101/p2p/12D3…"] # when none answers, broker in-process with these
+//! bootstrap = []                    # peers to join through (brokers announce themselves there)
 //! state_dir = "state"               # default $PLANETMESH_STATE, $XDG_DATA_HOME/planetmesh, …
 //! timeout_secs = 20                 # the longest one remote call may take
 //! concurrency = 32                  # remote calls in flight at once
@@ -15,7 +15,11 @@
 //! authority = "ed25519/…"
 //! ```
 //!
-//! Paths are relative to the config file. Command-line flags override the file.
+//! `broker = "…"` (one broker) is read as a one-element `brokers` (both may be given: `broker`
+//! comes first). With neither brokers nor agents, slicectl asks the overlay for the brokers
+//! that announce themselves ([`crate::brokers`]). Paths are relative to the config file.
+//! Command-line flags override the file (`--broker` and `--agent` replace its brokers and
+//! agents together: [`crate::brokers::choose`]).
 
 use std::path::{Path, PathBuf};
 
@@ -65,9 +69,12 @@ pub struct ClientConfig {
     /// The principal's membership certificate (CBOR).
     #[serde(default)]
     pub membership: Option<PathBuf>,
-    /// A broker's multiaddress with `/p2p/<peer id>`.
+    /// A broker's multiaddress with `/p2p/<peer id>` (the first of [`ClientConfig::brokers`]).
     #[serde(default)]
     pub broker: Option<String>,
+    /// Brokers' multiaddresses with `/p2p/<peer id>`, tried in order of health.
+    #[serde(default)]
+    pub brokers: Vec<String>,
     /// Agents' multiaddresses with `/p2p/<peer id>` (integrated broker).
     #[serde(default)]
     pub agents: Vec<String>,
@@ -112,6 +119,19 @@ impl ClientConfig {
             }
         }
         Ok(config)
+    }
+}
+
+impl ClientConfig {
+    /// Every broker the file names: `broker`, then `brokers`, each once.
+    pub fn broker_list(&self) -> Vec<String> {
+        let mut list: Vec<String> = Vec::new();
+        for b in self.broker.iter().chain(&self.brokers) {
+            if !list.contains(b) {
+                list.push(b.clone());
+            }
+        }
+        list
     }
 }
 

@@ -1,5 +1,6 @@
 //! The broker daemon (`broker`).
 //!
+//! - [`announce`]: the broker's provider record on the overlay, so users find it;
 //! - [`config`]: `broker.toml`, every field with its default;
 //! - [`revocation`]: revoked agents forgotten at once;
 //! - [`run`]: the wiring (overlay, agents from config and ads, broker-protocol server) and
@@ -7,6 +8,7 @@
 //! - [`http`]: `/status`, `/metrics`;
 //! - [`view`]: the JSON body of `/status`, for the handler and its readers.
 
+pub mod announce;
 pub mod config;
 pub mod http;
 pub mod revocation;

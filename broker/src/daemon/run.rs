@@ -162,6 +162,10 @@ pub async fn start(
             runtime.stop_signal(),
         ),
     );
+    runtime.spawn(
+        "announce",
+        super::announce::announce(overlay.clone(), runtime.stop_signal()),
+    );
     if config.discover_agents {
         runtime.spawn(
             "agent discovery",

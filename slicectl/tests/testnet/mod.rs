@@ -335,7 +335,7 @@ impl Testnet {
             }
         } else {
             Endpoints {
-                broker: Some(self.broker_addr.clone()),
+                brokers: vec![self.broker_addr.clone()],
                 ..Endpoints::default()
             }
         };
