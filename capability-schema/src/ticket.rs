@@ -37,10 +37,12 @@ use crate::identity::{PublicKey, SecretKey};
 use crate::resources::Resources;
 use crate::slice::SliceKind;
 
+mod chains;
 mod refusal;
 mod verify;
 pub mod vocabulary;
 
+pub use chains::{ChainCache, VerifiedChain};
 pub use refusal::{LimitKind, TicketError, TicketField, TicketRefusal};
 pub use verify::{
     TicketContents, TicketLimits, TicketUse, TicketVerifier, TrustedIssuers, VerifiedTicket,

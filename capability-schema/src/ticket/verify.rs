@@ -17,7 +17,7 @@
 //! time); steps 2 to 4 are fixed single-predicate queries, linear in the size-capped facts.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use biscuit_auth::builder::{Fact, Policy, Rule};
@@ -26,6 +26,7 @@ use biscuit_auth::error::{FailedCheck, Format, Logic, RunLimit, Token};
 use biscuit_auth::{Authorizer, AuthorizerBuilder, UnverifiedBiscuit};
 use serde::{Deserialize, Serialize};
 
+use super::chains::{self, ChainCache, VerifiedChain};
 use super::refusal::{LimitKind, TicketField, TicketRefusal};
 use super::vocabulary::{self, QUERIES};
 use super::{MAX_TICKET_BLOCKS, MAX_TICKET_BYTES, Operation, Ticket, TicketId, Window};
@@ -279,12 +280,14 @@ impl From<TicketContents> for VerifiedTicket {
     }
 }
 
-/// A node's ticket checker: the issuers it trusts, its own key, and the limits.
+/// A node's ticket checker: the issuers it trusts, its own key, the limits, and optionally a
+/// cache of verified chains shared by its clones.
 #[derive(Debug, Clone)]
 pub struct TicketVerifier {
     issuers: TrustedIssuers,
     node: PublicKey,
     limits: TicketLimits,
+    chains: Option<Arc<ChainCache>>,
 }
 
 impl TicketVerifier {
@@ -294,7 +297,19 @@ impl TicketVerifier {
             issuers,
             node,
             limits: TicketLimits::default(),
+            chains: None,
         }
+    }
+
+    /// The same verifier keeping verified chains in `cache` (see [`ChainCache`]).
+    pub fn with_chain_cache(mut self, cache: Arc<ChainCache>) -> Self {
+        self.chains = Some(cache);
+        self
+    }
+
+    /// The cache of verified chains, if any.
+    pub fn chain_cache(&self) -> Option<&Arc<ChainCache>> {
+        self.chains.as_ref()
     }
 
     /// The same verifier with other limits.
@@ -354,6 +369,81 @@ impl TicketVerifier {
             contents,
             mut authorizer,
         } = evaluate(ticket, &self.limits, facts, &known)?;
+        self.check_use(&contents, presenter, now, request)?;
+        // The checks blocks added, under fresh limits (the rules ran under their own).
+        authorizer
+            .authorize_with_limits(self.limits.run_limits())
+            .map_err(refusal_from_token)?;
+        Ok(contents.into())
+    }
+
+    /// Parses `bytes`, checks every signature under the trusted issuers and evaluates the
+    /// blocks: what the ticket grants, before any request. With a [`ChainCache`], the same
+    /// bytes verified before are read from it (their issuer still trusted, their blocks
+    /// within the limits), and a chain without block logic is kept for next time.
+    pub fn verify_chain(&self, bytes: &[u8]) -> Result<VerifiedChain, TicketRefusal> {
+        if bytes.len() > self.limits.max_bytes {
+            return Err(TicketRefusal::TooLarge {
+                size: bytes.len(),
+                limit: self.limits.max_bytes,
+            });
+        }
+        if let Some(chain) = self.chains.as_ref().and_then(|cache| cache.get(bytes))
+            && self.issuers.contains(&chain.contents.issuer)
+            && chain.blocks <= self.limits.max_blocks
+        {
+            return Ok(chain);
+        }
+        let ticket = parse(bytes, &self.issuers, &self.limits)?;
+        let contents = evaluate(&ticket, &self.limits, Vec::new(), &[self.node])?.contents;
+        let blocks = ticket.token.block_count();
+        let logic = chains::has_block_logic(&ticket).then(|| Arc::new(ticket));
+        let chain = VerifiedChain {
+            contents: Arc::new(contents),
+            logic,
+            blocks,
+        };
+        if let Some(cache) = &self.chains {
+            cache.insert(bytes, &chain);
+        }
+        Ok(chain)
+    }
+
+    /// Authorizes `request` by `presenter` at `now` against a chain [`verify_chain`] read:
+    /// the issuer must still be trusted, then the same checks as
+    /// [`authorize_ticket`](Self::authorize_ticket); a chain whose blocks carry rules or
+    /// checks is evaluated again with the request stated.
+    ///
+    /// [`verify_chain`]: Self::verify_chain
+    pub fn authorize_chain(
+        &self,
+        chain: &VerifiedChain,
+        presenter: &PublicKey,
+        now: u64,
+        request: &TicketUse,
+    ) -> Result<VerifiedTicket, TicketRefusal> {
+        if let Some(ticket) = &chain.logic {
+            return self.authorize_ticket(ticket, presenter, now, request);
+        }
+        let contents = &*chain.contents;
+        if !self.issuers.contains(&contents.issuer) {
+            return Err(TicketRefusal::UnknownIssuer {
+                key_hint: contents.issuer.short(),
+            });
+        }
+        self.check_use(contents, presenter, now, request)?;
+        Ok(contents.clone().into())
+    }
+
+    /// The per-request checks on a ticket's contents: presenter, node, window, operation,
+    /// resources and lease window.
+    fn check_use(
+        &self,
+        contents: &TicketContents,
+        presenter: &PublicKey,
+        now: u64,
+        request: &TicketUse,
+    ) -> Result<(), TicketRefusal> {
         if contents.holder != *presenter {
             return Err(TicketRefusal::WrongPresenter {
                 holder: contents.holder,
@@ -381,7 +471,7 @@ impl TicketVerifier {
         if !contents.operations.contains(&request.operation) {
             return Err(TicketRefusal::OperationNotAllowed {
                 operation: request.operation,
-                allowed: contents.operations,
+                allowed: contents.operations.clone(),
             });
         }
         if let Some(kind) = request.resources.first_excess(&contents.grant) {
@@ -399,11 +489,7 @@ impl TicketVerifier {
                 granted: contents.window(),
             });
         }
-        // The checks blocks added, under fresh limits (the rules ran under their own).
-        authorizer
-            .authorize_with_limits(self.limits.run_limits())
-            .map_err(refusal_from_token)?;
-        Ok(contents.into())
+        Ok(())
     }
 }
 
