@@ -185,12 +185,20 @@ pub fn check_trust(
 ) -> Result<(Vec<TrustedFederation>, Vec<String>), LocalCheckError> {
     let mut trusted = Vec::new();
     let mut warnings = Vec::new();
+    // A federation is its authority's key: once one entry anchors the certificate's signer,
+    // other entries of the same name are other federations (a peered testbed's `fed0`).
+    let own_anchored = own.is_some_and(|cert| {
+        entries.iter().any(|e| {
+            e.name == cert.federation
+                && e.authority.trim().parse::<PublicKey>().ok() == Some(cert.authority)
+        })
+    });
     for (i, entry) in entries.iter().enumerate() {
         let index = i + 1;
         let mine = own.filter(|c| c.federation == entry.name);
         let parsed = entry.authority.trim().parse::<PublicKey>();
         match (parsed, mine) {
-            (Ok(key), Some(cert)) if key != cert.authority => {
+            (Ok(key), Some(cert)) if key != cert.authority && !own_anchored => {
                 return Err(LocalCheckError::OwnTrust {
                     index,
                     name: entry.name.clone(),
@@ -303,6 +311,15 @@ mod tests {
             e.to_string().contains(&plc.authority.public().to_string()),
             "{e}"
         );
+        // Beside the own anchor, another federation of the same name (a peered testbed's
+        // `plc`, another key) is trusted too.
+        let peered = [
+            entry("plc", plc.authority.public().to_string()),
+            entry("plc", ple.authority.public().to_string()),
+        ];
+        let (trusted, warnings) = check_trust(&peered, Some(&cert)).unwrap();
+        assert_eq!(trusted.len(), 2);
+        assert!(warnings.is_empty());
         // Own federation, malformed: an error.
         let bad = [entry("plc", "ed25519/zz".into())];
         assert!(check_trust(&bad, Some(&cert)).is_err());

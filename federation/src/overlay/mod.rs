@@ -35,7 +35,6 @@ mod codec;
 mod handle;
 mod identity;
 mod protocol;
-pub mod rendezvous;
 pub mod relay;
 mod revocation;
 mod seq;
