@@ -4,7 +4,9 @@
 //! - [`spec`]: slice specs (TOML or flags) → `SliceRequest`;
 //! - [`config`]: `slicectl.toml`, the principal's key and certificate;
 //! - [`context`]: where the config is found without `--config`, and named contexts;
-//! - [`client`]: the overlay client: a broker, or agents in-process (the paper's integrated
+//! - [`brokers`]: which brokers to ask and in which order, when to move on to the next, and
+//!   each broker's last outcome;
+//! - [`client`]: the overlay client: brokers, or agents in-process (the paper's integrated
 //!   broker, [`broker::acquire`]); node calls fanned out with bounded concurrency;
 //! - [`state`]: the local redb state (slices, unredeemed tickets, leases), written before
 //!   redeeming so `sync` can finish what a crash or a dead node interrupted;
@@ -17,6 +19,7 @@
 //! - [`human`]: local times and durations for human output;
 //! - [`nodes`]: one name per node (the ad's), and every form a node argument may take.
 
+pub mod brokers;
 pub mod client;
 pub mod config;
 pub mod context;

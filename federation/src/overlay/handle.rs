@@ -487,6 +487,34 @@ impl OverlayHandle {
             .await
     }
 
+    /// Announces this daemon as a provider of `key` (see [`super::rendezvous`]); Kademlia
+    /// announces it again by itself while the daemon runs.
+    pub async fn provide(&self, key: &[u8]) -> Result<(), OverlayError> {
+        let key = key.to_vec();
+        self.call(|reply| Command::Provide { key, reply }).await?
+    }
+
+    /// The peers announced as providers of `key` (see [`super::rendezvous`]), sorted: what
+    /// the lookup found when it ended, or within `timeout` if it runs longer. They may include
+    /// this daemon.
+    pub async fn providers(
+        &self,
+        key: &[u8],
+        timeout: Duration,
+    ) -> Result<Vec<PublicKey>, OverlayError> {
+        let key = key.to_vec();
+        let (found, mut batches) = mpsc::channel(super::rendezvous::MAX_BATCHES);
+        self.call(|reply| Command::Providers { key, found, reply })
+            .await??;
+        let mut keys = std::collections::BTreeSet::new();
+        let deadline = tokio::time::Instant::now() + timeout;
+        // The task drops its sender when the lookup ends.
+        while let Ok(Some(batch)) = tokio::time::timeout_at(deadline, batches.recv()).await {
+            keys.extend(batch);
+        }
+        Ok(keys.into_iter().collect())
+    }
+
     /// Counters since the overlay started.
     pub async fn stats(&self) -> Result<OverlayStats, OverlayError> {
         self.call(|reply| Command::Stats { reply }).await

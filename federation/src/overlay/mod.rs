@@ -35,6 +35,7 @@ mod codec;
 mod handle;
 mod identity;
 mod protocol;
+pub mod rendezvous;
 pub mod relay;
 mod revocation;
 mod seq;

@@ -177,6 +177,8 @@ fn behaviour(
         .with_max_pending_outgoing(Some(config.max_pending_connections));
     let mut kad_config = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
     kad_config.set_query_timeout(config.kad_query_timeout);
+    kad_config.set_provider_record_ttl(Some(super::rendezvous::PROVIDER_TTL));
+    kad_config.set_provider_publication_interval(Some(super::rendezvous::PROVIDER_REPUBLISH));
     let kad = config.kademlia.then(|| {
         let mut kad =
             kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), kad_config);

@@ -120,6 +120,17 @@ pub(crate) enum Command {
     Stats {
         reply: oneshot::Sender<OverlayStats>,
     },
+    /// Announces this daemon as a provider of `key` in Kademlia ([`super::rendezvous`]).
+    Provide {
+        key: Vec<u8>,
+        reply: oneshot::Sender<Result<(), OverlayError>>,
+    },
+    /// Looks up the providers of `key` in Kademlia.
+    Providers {
+        key: Vec<u8>,
+        found: mpsc::Sender<Vec<PublicKey>>,
+        reply: oneshot::Sender<Result<(), OverlayError>>,
+    },
     /// The NAT side: relays, reservations, relayed and punched connections.
     Nat {
         reply: oneshot::Sender<super::relay::NatReport>,
@@ -241,6 +252,7 @@ pub(crate) async fn start(
         certs: CertCache::default(),
         pending: HashMap::new(),
         routing: HashMap::new(),
+        providers: super::rendezvous::Lookups::default(),
         dials: HashMap::new(),
         servers: HashMap::new(),
         addresses: HashMap::new(),
@@ -317,6 +329,8 @@ struct Runner {
     pending: HashMap<(ProtocolKind, OutboundRequestId), Pending>,
     /// Requests parked on a Kademlia lookup of their peer.
     routing: HashMap<kad::QueryId, (PeerId, Vec<Pending>)>,
+    /// Provider lookups in flight ([`super::rendezvous`]): the providers found so far.
+    providers: super::rendezvous::Lookups,
     dials: HashMap<ConnectionId, (Multiaddr, oneshot::Sender<Result<PublicKey, OverlayError>>)>,
     servers: HashMap<ProtocolKind, mpsc::Sender<RawInbound>>,
     addresses: HashMap<PeerId, Vec<Multiaddr>>,
@@ -536,6 +550,13 @@ impl Runner {
             }
             Command::Nat { reply } => {
                 let _ = reply.send(self.nat.report());
+            }
+            Command::Provide { key, reply } => {
+                let _ = reply.send(super::rendezvous::provide(self.kad(), key));
+            }
+            Command::Providers { key, found, reply } => {
+                let kad = self.swarm.behaviour_mut().kad.as_mut();
+                let _ = reply.send(self.providers.start(kad, key, found));
             }
             Command::Shutdown { reply } => {
                 // Handled in `run`.
@@ -1473,8 +1494,12 @@ impl Runner {
     }
 
     fn on_kad_progress(&mut self, id: kad::QueryId, result: kad::QueryResult, last: bool) {
-        let kad::QueryResult::GetClosestPeers(result) = result else {
-            return;
+        let result = match result {
+            kad::QueryResult::GetClosestPeers(result) => result,
+            kad::QueryResult::GetProviders(result) => {
+                return self.providers.progress(id, result, last);
+            }
+            _ => return,
         };
         let Some((target, _)) = self.routing.get(&id) else {
             return;

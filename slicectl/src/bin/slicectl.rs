@@ -47,10 +47,13 @@ struct Global {
     /// The principal's membership certificate (from `fedctl certify --role principal`).
     #[arg(long, global = true)]
     cert: Option<PathBuf>,
-    /// A broker to ask: multiaddress with /p2p/<peer id>.
+    /// A broker to ask: multiaddress with /p2p/<peer id>; repeatable (tried healthiest first,
+    /// the next when one does not answer). With --broker or --agent, the config's brokers and
+    /// agents are not used to acquire.
     #[arg(long, global = true)]
-    broker: Option<String>,
-    /// Broker in-process, asking this agent (multiaddress with /p2p/); repeatable.
+    broker: Vec<String>,
+    /// Broker in-process, asking this agent (multiaddress with /p2p/); repeatable. After
+    /// --broker: the last resort when no broker answers.
     #[arg(long, global = true)]
     agent: Vec<String>,
     /// A peer to join the overlay through; repeatable.
@@ -541,7 +544,7 @@ fn context(command: &ContextCommand, g: &Global) -> Result<Outcome, OpError> {
             };
             let path_text = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
             let mut lines = vec![format!("config: {} (from {from})", path.display())];
-            if let Some(b) = &config.broker {
+            for b in config.broker_list() {
                 lines.push(format!("broker: {b}"));
             }
             if !config.agents.is_empty() {
@@ -562,6 +565,7 @@ fn context(command: &ContextCommand, g: &Global) -> Result<Outcome, OpError> {
                     "config": path.display().to_string(),
                     "context": context,
                     "broker": config.broker,
+                    "brokers": config.broker_list(),
                     "agents": config.agents,
                     "key_file": path_text(&config.key_file),
                     "membership": path_text(&config.membership),
@@ -665,13 +669,13 @@ fn try_run(cli: Cli) -> Result<i32, OpError> {
     for t in &g.trust {
         trust.push(parse_trust(t)?);
     }
+    let choice = slicectl::brokers::choose(&g.broker, &g.agent, &config);
     let endpoints = Endpoints {
-        broker: g.broker.clone().or(config.broker.clone()),
-        agents: if g.agent.is_empty() {
-            config.agents.clone()
-        } else {
-            g.agent.clone()
-        },
+        brokers: choice.brokers,
+        agents: choice.agents,
+        ads_from: choice.ads_from,
+        discover: choice.discover,
+        state_dir: Some(state_dir.clone()),
         bootstrap: [config.bootstrap.clone(), g.bootstrap.clone()].concat(),
         trust,
     };
