@@ -17,7 +17,8 @@
 //! - [`exit`]: one exit code per failure class;
 //! - [`preflight`]: checks made before any network call (slice name, certificate, trust);
 //! - [`human`]: local times and durations for human output;
-//! - [`nodes`]: one name per node (the ad's), and every form a node argument may take.
+//! - [`nodes`]: one name per node (the ad's), and every form a node argument may take;
+//! - [`ssh`]: `slice ssh`, the user's `ssh` into a sliver with the node's host key pinned.
 
 pub mod brokers;
 pub mod client;
@@ -29,5 +30,6 @@ pub mod nodes;
 pub mod ops;
 pub mod preflight;
 pub mod spec;
+pub mod ssh;
 pub mod state;
 pub mod ticket;

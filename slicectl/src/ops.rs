@@ -673,6 +673,10 @@ impl Manager {
                 }
                 _ => None,
             };
+            let ssh = match &r {
+                Ok(NodeResponse::Status(status)) => crate::ssh::describe(status, l),
+                _ => None,
+            };
             let mut ended = None;
             let (state, end) = match r {
                 Ok(NodeResponse::Status(status)) => {
@@ -721,6 +725,10 @@ impl Manager {
             v["end"] = json!(end);
             if let Some(reason) = &ended {
                 v["ended"] = json!(reason);
+            }
+            if let Some((line, value)) = ssh {
+                lines.push(line);
+                v["ssh"] = value;
             }
             if let Some(u) = &usage {
                 lines.push(format!(

@@ -240,6 +240,20 @@ enum SliceCommand {
     Create(SpecFlags),
     /// Show what would be picked, and why the rest was not (nothing is acquired).
     Plan(SpecFlags),
+    /// Log in to a sliver with your own `ssh` (OpenSSH): the node's address and port, the
+    /// slice as the user name, and the node's host key pinned; a key authorized with `slice
+    /// keys` gets in. Arguments after `--` go to ssh (a command, -L ...); exits with ssh's
+    /// status.
+    Ssh {
+        /// The slice.
+        name: String,
+        /// The sliver's node (any form `slice status` shows); needed when the slice has
+        /// slivers on several nodes.
+        node: Option<String>,
+        /// Arguments for ssh, after `--` (e.g. `-- uname -a`, `-- -L 8080:localhost:80`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// Each sliver as its node sees it now.
     Status {
         /// The slice.
@@ -803,6 +817,10 @@ async fn dispatch(m: &Manager, command: SliceCommand) -> Result<Outcome, OpError
         }
         SliceCommand::Sync { name } => m.sync(name.as_deref()).await,
         SliceCommand::List => ops::list(&m.state),
+        // ssh's own terminal session; its status is slicectl's.
+        SliceCommand::Ssh { name, node, args } => {
+            std::process::exit(m.ssh(&name, node.as_deref(), &args).await?)
+        }
     }
 }
 
