@@ -13,6 +13,7 @@
 //! its agent.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use capability_schema::ticket::TrustedIssuers;
 use capability_schema::{
@@ -74,7 +75,7 @@ impl Delegated {
     pub fn unsigned(capacity: Capacity) -> Delegated {
         let issuers: TrustedIssuers = capacity.shares.keys().copied().collect();
         Delegated {
-            verifier: TicketVerifier::new(issuers, capacity.node),
+            verifier: TicketVerifier::new(issuers, capacity.node).with_chain_cache(Arc::default()),
             capacity,
             entries: Vec::new(),
         }
@@ -122,7 +123,7 @@ impl Delegated {
         };
         let issuers: TrustedIssuers = capacity.shares.keys().copied().collect();
         Delegated {
-            verifier: TicketVerifier::new(issuers, node),
+            verifier: TicketVerifier::new(issuers, node).with_chain_cache(Arc::default()),
             capacity,
             entries,
         }

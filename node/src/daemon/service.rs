@@ -737,14 +737,15 @@ impl NodeService {
         now: u64,
     ) -> Result<Reservation, Rejection> {
         let verifier = delegated.verifier();
-        let ticket = capability_schema::ticket::Ticket::from_bytes(bytes, verifier.issuers())
-            .map_err(|r| match r {
-                TicketRefusal::UnknownIssuer { key_hint } => Delegated::no_delegation(&key_hint),
-                other => ticket_refusal(other),
-            })?;
-        let contents = ticket.contents().map_err(ticket_refusal)?;
+        // Signatures and blocks, once per ticket (a ticket presented again is read from the
+        // verifier's cache of verified chains).
+        let chain = verifier.verify_chain(bytes).map_err(|r| match r {
+            TicketRefusal::UnknownIssuer { key_hint } => Delegated::no_delegation(&key_hint),
+            other => ticket_refusal(other),
+        })?;
+        let contents = chain.contents();
         self.revocation
-            .check_redeem(&self.public(), &contents, caller)?;
+            .check_redeem(&self.public(), contents, caller)?;
         let end = until.unwrap_or(contents.not_after).min(contents.not_after);
         let ticket_use = TicketUse {
             operation: Operation::Redeem,
@@ -755,7 +756,7 @@ impl NodeService {
             )),
         };
         let verified = verifier
-            .authorize_ticket(&ticket, caller, now, &ticket_use)
+            .authorize_chain(&chain, caller, now, &ticket_use)
             .map_err(ticket_refusal)?;
         delegated
             .capacity()
