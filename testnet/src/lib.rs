@@ -7,6 +7,7 @@
 //! - [`netns`]: hosts in network namespaces on a bridge (root);
 //! - [`internet`]: the host standing for the Internet on a namespaced testnet (HTTP and UDP
 //!   echo naming each peer's address), which slivers reach through their node's egress;
+//! - [`peer`]: two running testnets peered as two operators peer their testbeds;
 //! - [`probe`]: the daemons' HTTP state and ad convergence;
 //! - [`scenario`]: scenario files (TOML) scripting acquisitions, faults and checks
 //!   (`testnet scenario run`), which the end-to-end tests run;
@@ -19,6 +20,7 @@ pub mod generate;
 pub mod internet;
 pub mod launch;
 pub mod netns;
+pub mod peer;
 pub mod probe;
 pub mod scenario;
 pub mod sim;

@@ -502,7 +502,11 @@ fn the_packages_hold_what_they_should_and_the_guide_runs_as_written() {
     }
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let guide = std::fs::read_to_string(workspace.join("docs/DEPLOY.md")).unwrap();
-    let blocks = blocks(&guide);
+    // `sh peering` blocks run on one machine's loopback testnets: tests/peer.rs runs them.
+    let blocks: Vec<Block> = blocks(&guide)
+        .into_iter()
+        .filter(|b| b.machine != "peering")
+        .collect();
     assert!(blocks.len() > 20, "{} blocks", blocks.len());
     let pid = std::process::id();
     let bed = Testbed {

@@ -110,6 +110,21 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Peer two running loopback testnets as two operators peer their testbeds: each side's
+    /// authorities sign an agreement for the other's federations (`fedctl peer`, files
+    /// exchanged), every config trusts the other side's authorities (same names, other keys),
+    /// brokers follow both sides by `name@KEY`, agents, brokers and slicectl bootstrap from
+    /// one address of the other side; nodes reload, agents and brokers restart (ledgers kept).
+    /// Ignores --dir.
+    Peer {
+        /// One testnet's directory.
+        a: PathBuf,
+        /// The other testnet's directory.
+        b: PathBuf,
+        /// At most this many slivers at once per principal of the other side.
+        #[arg(long, default_value_t = testnet::peer::PeeringTerms::default().max_slivers)]
+        max_slivers: u32,
+    },
     /// Print a host's log.
     Logs {
         /// The host (`node0`, `agent1`, `broker0`, …).
@@ -364,6 +379,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             testnet::scenario::stop_on_signals()?;
             testnet::scenario::run(&scenario, &testnet::scenario::RunOptions { dir, keep })
                 .map(|_| ())
+        }
+        Cmd::Peer { a, b, max_slivers } => {
+            let terms = testnet::peer::PeeringTerms {
+                max_slivers,
+                ..Default::default()
+            };
+            let peered = testnet::peer::peer(&a, &b, terms)?;
+            for line in &peered.lines {
+                println!("{line}");
+            }
+            println!("peered in {:.1}s", peered.secs);
+            Ok(())
         }
         Cmd::Down { purge } => {
             let manifest = Manifest::load(&dir)?;
