@@ -115,3 +115,52 @@ pub const TEMPLATE: &str = r#"
 # auth_timeout_secs = 20
 # max_channels = 8                   # sessions and forwards per connection
 "#;
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::sliver::firewall::PublicPorts;
+
+    fn ports() -> PublicPorts {
+        crate::daemon::uplink::DEFAULT_PUBLIC_PORTS
+    }
+
+    #[test]
+    fn the_template_is_the_defaults_and_uncommented_it_parses() {
+        let uncommented: String = TEMPLATE
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| l.starts_with('[') || l.contains(" = "))
+            .map(|l| format!("{}\n", l.split(" #").next().unwrap_or(l)))
+            .collect();
+        let table: toml::Table = toml::from_str(&uncommented).unwrap();
+        let config: SshConfig = table["ssh"].clone().try_into().unwrap();
+        assert_eq!(config.listen, Some("0.0.0.0:2222".parse().unwrap()));
+        assert_eq!(
+            SshConfig {
+                listen: None,
+                ..config
+            },
+            SshConfig::default()
+        );
+        config.check(&ports()).unwrap();
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_are_refused() {
+        assert!(toml::from_str::<SshConfig>("listn = \"0.0.0.0:22\"").is_err());
+        let zero = SshConfig {
+            max_per_source: 0,
+            ..SshConfig::default()
+        };
+        assert!(zero.check(&ports()).is_err());
+        let clash = SshConfig {
+            listen: Some(SocketAddr::from(([0, 0, 0, 0], ports().first))),
+            ..SshConfig::default()
+        };
+        let error = clash.check(&ports()).unwrap_err();
+        assert!(error.contains("public_ports"), "{error}");
+    }
+}

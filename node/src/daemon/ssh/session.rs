@@ -10,9 +10,11 @@
 //! inside the sliver's network namespace.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use capability_schema::Lease;
@@ -139,6 +141,16 @@ struct Running {
     master: Option<Arc<PtyMaster>>,
     /// Its process group (the helper starts a session: group = its pid).
     group: Pid,
+    /// Set once it was reaped: its group id may then be anyone's, and is never signalled.
+    reaped: Arc<AtomicBool>,
+}
+
+impl Running {
+    fn signal(&self, signal: Signal) {
+        if !self.reaped.load(Ordering::Acquire) {
+            let _ = killpg(self.group, signal);
+        }
+    }
 }
 
 /// One SSH connection.
@@ -149,10 +161,10 @@ pub struct Connection {
     max_channels: usize,
     login: Option<Login>,
     /// Set once authenticated (the auth deadline reads it).
-    authenticated: Arc<std::sync::atomic::AtomicBool>,
+    authenticated: Arc<AtomicBool>,
     sessions: HashMap<ChannelId, SessionChannel>,
     /// Channels open (sessions and forwards).
-    open_channels: Arc<std::sync::atomic::AtomicUsize>,
+    open_channels: Arc<AtomicUsize>,
 }
 
 impl Connection {
@@ -161,7 +173,7 @@ impl Connection {
         service: Arc<NodeService>,
         peer: Option<SocketAddr>,
         max_channels: usize,
-        authenticated: Arc<std::sync::atomic::AtomicBool>,
+        authenticated: Arc<AtomicBool>,
     ) -> Self {
         Connection {
             service,
@@ -183,7 +195,6 @@ impl Connection {
     }
 
     fn take_channel(&self) -> bool {
-        use std::sync::atomic::Ordering;
         let open = self.open_channels.fetch_add(1, Ordering::AcqRel);
         if open >= self.max_channels {
             self.open_channels.fetch_sub(1, Ordering::AcqRel);
@@ -255,18 +266,22 @@ impl Connection {
                 return Ok(());
             }
         };
-        let child = spawned.child;
+        let mut child = spawned.child;
+        let pipes = Pipes::of(&mut child);
         let group = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
         let (input, inputs) = mpsc::channel(64);
+        let reaped = Arc::new(AtomicBool::new(false));
         state.running = Some(Running {
             input,
             master: master.clone(),
             group,
+            reaped: Arc::clone(&reaped),
         });
         let handle = session.handle();
+        let exited = wait(child, reaped);
         match master {
-            Some(master) => tokio::spawn(relay_pty(handle, channel, child, master, inputs)),
-            None => tokio::spawn(relay_pipes(handle, channel, child, inputs)),
+            Some(master) => tokio::spawn(relay_pty(handle, channel, exited, master, inputs)),
+            None => tokio::spawn(relay_pipes(handle, channel, pipes, exited, inputs)),
         };
         Ok(())
     }
@@ -277,7 +292,7 @@ impl Drop for Connection {
         // The client is gone: what it started hears so, as from a closed terminal.
         for state in self.sessions.values() {
             if let Some(running) = &state.running {
-                let _ = killpg(running.group, Signal::SIGHUP);
+                running.signal(Signal::SIGHUP);
             }
         }
     }
@@ -337,31 +352,59 @@ async fn finish(handle: &Handle, channel: ChannelId, status: Option<std::process
     let _ = handle.close(channel).await;
 }
 
-async fn wait(mut child: std::process::Child) -> Option<std::process::ExitStatus> {
-    tokio::task::spawn_blocking(move || child.wait().ok())
-        .await
-        .ok()
-        .flatten()
+/// The program's end, reaped on the blocking pool; `reaped` is set at once.
+async fn wait(
+    mut child: std::process::Child,
+    reaped: Arc<AtomicBool>,
+) -> Option<std::process::ExitStatus> {
+    tokio::task::spawn_blocking(move || {
+        let status = child.wait().ok();
+        reaped.store(true, Ordering::Release);
+        status
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// A program's piped standard streams, made asynchronous.
+struct Pipes {
+    stdin: Option<tokio::process::ChildStdin>,
+    stdout: Option<tokio::process::ChildStdout>,
+    stderr: Option<tokio::process::ChildStderr>,
+}
+
+impl Pipes {
+    fn of(child: &mut std::process::Child) -> Pipes {
+        Pipes {
+            stdin: child
+                .stdin
+                .take()
+                .and_then(|s| tokio::process::ChildStdin::from_std(s).ok()),
+            stdout: child
+                .stdout
+                .take()
+                .and_then(|s| tokio::process::ChildStdout::from_std(s).ok()),
+            stderr: child
+                .stderr
+                .take()
+                .and_then(|s| tokio::process::ChildStderr::from_std(s).ok()),
+        }
+    }
 }
 
 async fn relay_pipes(
     handle: Handle,
     channel: ChannelId,
-    mut child: std::process::Child,
+    pipes: Pipes,
+    exited: impl Future<Output = Option<std::process::ExitStatus>>,
     mut inputs: mpsc::Receiver<Input>,
 ) {
-    let stdin = child
-        .stdin
-        .take()
-        .and_then(|s| tokio::process::ChildStdin::from_std(s).ok());
-    let stdout = child
-        .stdout
-        .take()
-        .and_then(|s| tokio::process::ChildStdout::from_std(s).ok());
-    let stderr = child
-        .stderr
-        .take()
-        .and_then(|s| tokio::process::ChildStderr::from_std(s).ok());
+    let Pipes {
+        stdin,
+        stdout,
+        stderr,
+    } = pipes;
     let writer = tokio::spawn(async move {
         let Some(mut stdin) = stdin else { return };
         while let Some(Input::Data(data)) = inputs.recv().await {
@@ -373,7 +416,7 @@ async fn relay_pipes(
     });
     let out = stdout.map(|s| tokio::spawn(copy_out(handle.clone(), channel, s, None)));
     let err = stderr.map(|s| tokio::spawn(copy_out(handle.clone(), channel, s, Some(1))));
-    let status = wait(child).await;
+    let status = exited.await;
     // Everything the program wrote goes out before its exit status.
     for task in [out, err].into_iter().flatten() {
         let _ = task.await;
@@ -385,7 +428,7 @@ async fn relay_pipes(
 async fn relay_pty(
     handle: Handle,
     channel: ChannelId,
-    child: std::process::Child,
+    exited: impl Future<Output = Option<std::process::ExitStatus>>,
     master: Arc<PtyMaster>,
     mut inputs: mpsc::Receiver<Input>,
 ) {
@@ -421,7 +464,7 @@ async fn relay_pty(
             }
         })
     };
-    let status = wait(child).await;
+    let status = exited.await;
     // What the program wrote last is still in the pty: drain it, unless something it left
     // behind keeps the terminal open.
     if tokio::time::timeout(Duration::from_secs(1), &mut reader)
@@ -512,8 +555,7 @@ impl Handler for Connection {
             Ok(login) => {
                 tracing::info!(slice = %login.slice, lease = %login.lease_id, peer = ?self.peer, "ssh: logged in");
                 self.login = Some(login);
-                self.authenticated
-                    .store(true, std::sync::atomic::Ordering::Release);
+                self.authenticated.store(true, Ordering::Release);
                 Ok(Auth::Accept)
             }
             Err(why) => {
@@ -578,11 +620,11 @@ impl Handler for Connection {
                 tokio::spawn(async move {
                     let mut pipe = channel.into_stream();
                     let _ = tokio::io::copy_bidirectional(&mut pipe, &mut stream).await;
-                    open.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                    open.fetch_sub(1, Ordering::AcqRel);
                 });
             }
             Err(e) => {
-                open.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                open.fetch_sub(1, Ordering::AcqRel);
                 tracing::info!(slice = %login.slice, host = host_to_connect, port, error = %e, "ssh: forward refused");
                 reply
                     .reject(ChannelOpenFailure::Other { code: 2, reason: e })
@@ -598,10 +640,9 @@ impl Handler for Connection {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         if let Some(state) = self.sessions.remove(&channel) {
-            self.open_channels
-                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            self.open_channels.fetch_sub(1, Ordering::AcqRel);
             if let Some(running) = state.running {
-                let _ = killpg(running.group, Signal::SIGHUP);
+                running.signal(Signal::SIGHUP);
             }
         }
         Ok(())
@@ -710,7 +751,7 @@ impl Handler for Connection {
             self.sessions.get(&channel).and_then(|s| s.running.as_ref()),
             signal_of(&signal),
         ) {
-            let _ = killpg(running.group, signal);
+            running.signal(signal);
         }
         Ok(())
     }
