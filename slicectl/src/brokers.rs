@@ -108,7 +108,17 @@ pub fn why(e: &ClientError) -> String {
         ClientError::NotAcquired(failure) => format!("it cannot serve now ({})", failure.reply),
         ClientError::Setup(text) => text.clone(),
     };
-    text.split("; ").next().unwrap_or_default().to_owned()
+    // The first clause: up to the first "; " outside parentheses.
+    let mut depth = 0usize;
+    for (i, c) in text.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth = depth.saturating_sub(1),
+            ';' if depth == 0 && text[i..].starts_with("; ") => return text[..i].to_owned(),
+            _ => {}
+        }
+    }
+    text
 }
 
 /// One broker's last outcomes (Unix seconds).
@@ -285,6 +295,11 @@ mod tests {
         };
         assert!(moves_on(&lost));
         assert_eq!(why(&lost), "could not be reached (connection refused)");
+        let frozen = ClientError::Unreachable {
+            party: "broker x".into(),
+            detail: "no answer within 5s (a; b); check it".into(),
+        };
+        assert_eq!(why(&frozen), "no answer within 5s (a; b)");
         assert!(moves_on(&ClientError::NotABroker("x".into())));
         assert!(!moves_on(&ClientError::Setup("bad address".into())));
     }

@@ -477,7 +477,7 @@ impl Session {
                         party,
                         detail: format!(
                             "could not be reached: no answer within the {}s timeout (it \
-                             accepted the connection but never completed the handshake; \
+                             accepted the connection but never completed the handshake: \
                              frozen?); {check}, or give a longer --timeout",
                             connect.as_secs_f64()
                         ),
