@@ -282,6 +282,17 @@ async fn commands_shells_copies_and_forwards_run_inside_the_sliver() {
     assert!(shell < 1000, "{pids}");
     assert_eq!(lines.next(), Some("1"), "{pids}");
 
+    // What a login costs: key exchange, authentication, a program started in the sliver.
+    let logins = tokio::task::block_in_place(|| {
+        let start = Instant::now();
+        for _ in 0..10 {
+            assert!(user.run(slice, "true").status.success());
+        }
+        start.elapsed() / 10
+    });
+    eprintln!("ssh login + `true` in the sliver: {logins:?} on average over 10");
+    assert!(logins < Duration::from_secs(5), "{logins:?}");
+
     tokio::task::block_in_place(|| interactive_shell(&user, slice));
     tokio::task::block_in_place(|| copies(&user, slice));
     forwards(&node, &client, &lease, &user, slice).await;
