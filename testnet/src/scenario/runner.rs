@@ -273,6 +273,7 @@ impl Runner<'_> {
             let mut table: toml::Table = toml::from_str(&text)
                 .with_context(|| format!("reading {}", self.slicectl.config.display()))?;
             table.remove("broker");
+            table.remove("brokers");
             std::fs::write(
                 &path,
                 format!(
@@ -402,6 +403,7 @@ impl Runner<'_> {
             .map(|(name, _)| name)
             .collect();
         let mut lines = Vec::new();
+        lines.extend(brokers_left(&call.run.stderr));
         if held.is_empty() {
             lines.push("no sliver held".to_owned());
         } else {
@@ -1128,6 +1130,16 @@ pub(super) fn run_step(
             )])
         }
     }
+}
+
+/// The brokers slicectl left for the next during a call, as its standard error says
+/// (`slicectl: leaving broker …: why; trying …`), one line each.
+fn brokers_left(stderr: &str) -> Vec<String> {
+    stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("slicectl: leaving "))
+        .map(|l| format!("left {l}"))
+        .collect()
 }
 
 /// What each lease placeholder of a step stood for, one line each.
