@@ -513,10 +513,13 @@ pub fn generate(
     );
     std::fs::write(principal_dir.join("membership.cbor"), codec::encode(&cert))?;
     authorities[0].save_state(&dir.join("authorities").join(authorities[0].name()))?;
-    let broker = hosts
+    // Every broker: slicectl asks the one that last answered first and moves on when one is
+    // down (a testnet with two brokers survives losing either).
+    let brokers: Vec<String> = hosts
         .iter()
-        .find(|h| h.plan.role == HostRole::Broker)
-        .map(HostInfo::multiaddr);
+        .filter(|h| h.plan.role == HostRole::Broker)
+        .map(HostInfo::multiaddr)
+        .collect();
     let agents: Vec<String> = hosts
         .iter()
         .filter(|h| h.plan.role == HostRole::Agent)
@@ -530,8 +533,8 @@ pub fn generate(
         "key_file = \"principal/principal.key\"\nmembership = \"principal/membership.cbor\"\n",
     );
     slicectl.push_str("state_dir = \"principal/state\"\n");
-    if let Some(broker) = broker {
-        slicectl.push_str(&format!("broker = {broker:?}\n"));
+    if !brokers.is_empty() {
+        slicectl.push_str(&format!("brokers = {}\n", toml_list(&brokers)));
     }
     slicectl.push_str(&format!(
         "agents = {}\nbootstrap = {}\n\n{trust}",
