@@ -12,7 +12,9 @@
 //! - [`scenario`]: scenario files (TOML) scripting acquisitions, faults and checks
 //!   (`testnet scenario run`), which the end-to-end tests run;
 //! - [`dashboard`]: a live web page of the whole testnet (`testnet dashboard`);
-//! - [`sim`]: thousands of in-process overlay peers: ad convergence and planning at scale.
+//! - [`sim`]: thousands of in-process overlay peers: ad convergence and planning at scale;
+//! - [`vsim`]: the same overlay as a discrete-event simulation in virtual time, each distinct
+//!   ad verified once for real and its cost charged to every simulated receiver.
 
 pub mod dashboard;
 pub mod demo;
@@ -25,6 +27,7 @@ pub mod probe;
 pub mod scenario;
 pub mod sim;
 pub mod topology;
+pub mod vsim;
 
 /// Waits `d` between two looks at something outside this process (a child, a pid file, an
 /// HTTP endpoint). The testnet's commands are synchronous, so this is the one place they sleep.

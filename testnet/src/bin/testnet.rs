@@ -210,8 +210,17 @@ enum Cmd {
         /// The benchmark: 1,000 nodes all publishing over a 150 s boot window, then 5,000 nodes
         /// with 100 publishers over 90 s (instead of --nodes, --publishers, --boot-secs and
         /// --reannounce-secs; one machine validates every node's ads, see `sim::bench_configs`).
+        /// With --model virtual: 5,000 nodes, then 20,000, all publishing at once.
         #[arg(long)]
         bench: bool,
+        /// full: real overlays in wall time; virtual: the cost model, a discrete-event
+        /// simulation in simulated time (each distinct ad verified once for real, its time
+        /// charged to every receiver; link latency, uplink, gossipsub's mesh, IHAVE/IWANT and
+        /// IDONTWANT); compare: full, then the model calibrated to it, side by side.
+        #[arg(long, value_enum, default_value = "full")]
+        model: testnet::vsim::Model,
+        #[command(flatten)]
+        model_args: testnet::vsim::ModelArgs,
     },
     #[command(flatten)]
     Manual(federation::manual::ManualCommand),
@@ -509,6 +518,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             slivers,
             timeout,
             bench,
+            model,
+            model_args,
         } => {
             let config = testnet::sim::SimConfig {
                 federations,
@@ -534,6 +545,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     })
                     .collect()
             };
+            if model != testnet::vsim::Model::Full {
+                return testnet::vsim::run_cli(model, &configs, bench, &model_args);
+            }
             let reports = testnet::sim::run_configs(&configs)?;
             testnet::sim::check_converged(&reports, &configs)
         }
