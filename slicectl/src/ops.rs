@@ -7,9 +7,13 @@
 //!    any redeem is tried;
 //! 3. every ticket is redeemed at its node in parallel; each lease replaces its ticket in the
 //!    state in one transaction as it arrives;
-//! 4. a node that fails: `all-or-nothing` releases every lease obtained, tells the agents the
-//!    tickets are back and forgets the slice (nothing is left anywhere); `best-effort` keeps
-//!    the unredeemed tickets and reports the missing slivers, which `sync` completes later.
+//! 4. a node that did not answer (down: no connection, no answer in time) is replaced by a
+//!    sliver elsewhere, same constraints, that node excluded ([`replace`]), and standard error
+//!    says so;
+//! 5. a node that still fails: `all-or-nothing` releases every lease obtained, tells the
+//!    agents the tickets are back and forgets the slice (nothing is left anywhere);
+//!    `best-effort` keeps the unredeemed tickets and reports the missing slivers, which `sync`
+//!    completes later.
 //!
 //! Every command answers an [`Outcome`]: JSON for programs, lines for people, an exit class.
 
@@ -28,6 +32,8 @@ use crate::config::ConfigError;
 use crate::exit::ExitClass;
 use crate::spec::{SliceSpec, SpecError};
 use crate::state::{LeaseEntry, SliceRecord, State, StateError, TicketEntry, node_label};
+
+pub mod replace;
 
 /// Why a command could not run at all.
 #[derive(Debug, thiserror::Error)]
@@ -495,14 +501,17 @@ impl Manager {
         spinner.finish_and_clear();
         // Durable before any redeem.
         self.state.add_tickets(&name, &tickets)?;
-        let all_ids: Vec<_> = tickets
+        let mut all_ids: Vec<_> = tickets
             .iter()
             .map(|t| (t.ticket.agent, t.ticket.ticket_id.clone()))
             .collect();
         let redeemed = self.redeem(&name, tickets, lease_secs).await?;
+        let (redeemed, replaced) = self
+            .replace_down_nodes(&name, &request, &mut all_ids, redeemed, lease_secs)
+            .await?;
         crate::nodes::learn_names(&self.session, &redeemed.leases).await;
 
-        let mut lines = Vec::new();
+        let mut lines: Vec<String> = replaced.iter().map(ToString::to_string).collect();
         for (t, e) in &redeemed.failed {
             lines.push(format!(
                 "{}: not redeemed: {}",
@@ -553,6 +562,7 @@ impl Manager {
                         "node": t.ticket.node.to_string(), "site": t.site, "error": short_error(e),
                     })).collect::<Vec<_>>(),
                     "leases_left": stuck.len(),
+                    "replaced": replaced.iter().map(replace::Replaced::to_json).collect::<Vec<_>>(),
                     "report": acquired.report,
                     "events": acquired.events,
                 }),
@@ -611,6 +621,7 @@ impl Manager {
                     v
                 }).collect::<Vec<_>>(),
                 "missing": missing,
+                "replaced": replaced.iter().map(replace::Replaced::to_json).collect::<Vec<_>>(),
                 "plan": plan_json(&acquired.plan),
                 "report": acquired.report,
                 "events": acquired.events,

@@ -55,10 +55,14 @@ async fn status(State(state): State<Arc<AgentState>>) -> Result<Json<AgentStatus
     let agent = &state.agent;
     let nodes = agent.with_inventory(|inv| {
         inv.expire(now);
+        let at = std::time::Instant::now();
         inv.iter()
             .map(|e| {
                 let held = outstanding.by_node.get(&e.ad.node).copied();
-                InventoryNode::new(e, held.unwrap_or_default())
+                InventoryNode {
+                    silent_secs: inv.silent_for(&e.ad.node, at).map(|d| d.as_secs_f64()),
+                    ..InventoryNode::new(e, held.unwrap_or_default())
+                }
             })
             .collect()
     });

@@ -45,6 +45,10 @@ pub struct InventoryNode {
     pub outstanding: String,
     /// Its one-minute load average, as advertised.
     pub load: f64,
+    /// Seconds since its last heartbeat, when past the agent's `dead_after`: it is neither
+    /// offered nor minted on until it beats again (absent for a live node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub silent_secs: Option<f64>,
 }
 
 impl InventoryNode {
@@ -58,6 +62,7 @@ impl InventoryNode {
             share: entry.share.to_string(),
             outstanding: outstanding.to_string(),
             load: entry.ad.measured.load_milli as f64 / 1000.0,
+            silent_secs: None,
         }
     }
 }
