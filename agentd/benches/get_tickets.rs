@@ -81,6 +81,7 @@ fn main() {
                 share,
                 scope: Default::default(),
                 issued_at: NOW,
+                since: NOW,
                 not_after: NOW + 86_400,
             },
         ));

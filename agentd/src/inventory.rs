@@ -259,6 +259,7 @@ mod tests {
                     share: Resources::ZERO,
                     scope: DelegationScope::default(),
                     issued_at: 100,
+                    since: 100,
                     not_after: 1000,
                 },
             )];
@@ -314,6 +315,7 @@ mod tests {
                     share: Resources::ZERO,
                     scope,
                     issued_at,
+                    since: issued_at,
                     not_after: issued_at + 1000,
                 },
             )

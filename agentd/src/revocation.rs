@@ -26,20 +26,22 @@ pub fn revoked_node(store: &TrustStore, agent: &PublicKey, ad: &ResourceAd) -> O
     {
         return Some(named(member(&cert), list));
     }
-    // The delegation the inventory would use: the newest this node signed to this agent.
+    // The delegation the inventory would use: the newest this node signed to this agent,
+    // judged by when its terms were first signed (`since`: a renewal keeps it, so a
+    // delegation revoked up to a time stays revoked once the node renews it).
     let issued = ad
         .delegations
         .iter()
         .filter_map(|d| d.verify_by(&ad.node).ok())
         .filter(|d| d.agent == *agent)
-        .map(|d| d.issued_at)
-        .max()?;
+        .max_by_key(|d| d.issued_at)
+        .map(|d| d.since)?;
     store
         .revoking_delegation(&ad.node, agent, issued)
         .map(|list| {
             named(
                 format!(
-                    "node {}'s delegation to this agent (signed at {issued})",
+                    "node {}'s delegation to this agent (first signed at {issued})",
                     ad.node.short()
                 ),
                 list,
@@ -140,6 +142,53 @@ mod tests {
 
     const NOW: u64 = 1_800_000_000;
 
+    /// A delegation revoked "signed up to T" stays revoked when the node renews it after T
+    /// (a new `issued_at`, the same `since`); new terms signed after T are a new delegation.
+    #[test]
+    fn a_renewed_delegation_stays_revoked_and_new_terms_do_not() {
+        let mut plc = TestFederation::new("plc", 100);
+        let mut store = TrustStore::new();
+        plc.trust(&mut store);
+        let agent = test_key(20).public();
+        let node = plc.node(5, "s1");
+        let ad_with = |issued_at: u64, since: u64| {
+            let mut body = node.ad_body(1, NOW + 120, 60);
+            body.delegations.push(Signed::sign(
+                &node.key,
+                &Delegation {
+                    node: node.key.public(),
+                    agent,
+                    share: Resources::ZERO,
+                    scope: Default::default(),
+                    issued_at,
+                    since,
+                    not_after: issued_at + 3600,
+                },
+            ));
+            body
+        };
+        let list = plc.authority.revoke_with(
+            &Revoke {
+                delegations: vec![RevokedDelegation {
+                    node: node.key.public(),
+                    agent,
+                    issued_until: NOW,
+                }],
+                ..Revoke::default()
+            },
+            NOW,
+        );
+        store.add_revocation(&list).unwrap();
+        let renewed = ad_with(NOW + 100, NOW - 10);
+        let why = revoked_node(&store, &agent, &renewed).unwrap();
+        assert!(
+            why.contains(&format!("first signed at {}", NOW - 10)),
+            "{why}"
+        );
+        let new_terms = ad_with(NOW + 100, NOW + 100);
+        assert_eq!(revoked_node(&store, &agent, &new_terms), None);
+    }
+
     #[test]
     fn revoked_nodes_delegations_and_callers_are_named_with_their_list() {
         let mut plc = TestFederation::new("plc", 100);
@@ -159,6 +208,7 @@ mod tests {
                         share: Resources::ZERO,
                         scope: Default::default(),
                         issued_at: NOW - 10,
+                        since: NOW - 10,
                         not_after: NOW + 3600,
                     },
                 ));

@@ -53,6 +53,7 @@ fn ad(
             share,
             scope,
             issued_at: NOW,
+            since: NOW,
             not_after: NOW + 86_400,
         },
     ));

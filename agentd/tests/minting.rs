@@ -70,6 +70,7 @@ fn ad_for(
                 share,
                 scope: Default::default(),
                 issued_at: NOW,
+                since: NOW,
                 not_after: NOW + 86_400,
             },
         ));

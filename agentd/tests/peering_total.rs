@@ -52,6 +52,7 @@ fn agent(key: &SecretKey, dir: &std::path::Path, trust: &TrustStore, nodes: &[Te
                 share: cores(8),
                 scope: Default::default(),
                 issued_at: NOW,
+                since: NOW,
                 not_after: NOW + 86_400,
             },
         ));

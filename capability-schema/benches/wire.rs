@@ -46,6 +46,7 @@ fn sample_ad() -> ResourceAd {
             share: res(),
             scope: Default::default(),
             issued_at: 0,
+            since: 0,
             not_after: 1,
         },
     );

@@ -31,15 +31,20 @@ pub struct Delegation {
     pub share: Resources,
     /// What kinds of slices the agent may mint on the node.
     pub scope: DelegationScope,
-    /// Unix seconds of issue.
+    /// Unix seconds of issue (of this signature: renewals sign anew).
     pub issued_at: u64,
+    /// Unix seconds the node first signed a delegation on these terms to this agent; a renewal
+    /// keeps it, new terms start anew. A revocation of "this node's delegations to this agent
+    /// signed up to T" matches on it, so an automatic renewal after T stays revoked.
+    pub since: u64,
     /// Unix seconds after which the delegation ends.
     pub not_after: u64,
 }
 
 impl SignedType for Delegation {
-    /// v2: the delegation states its scope (v1 delegated resources for any slice kind).
-    const DOMAIN: &'static str = "planetmesh/delegation/v2";
+    /// v3: the delegation carries `since`, its first signing through renewals (v2 had only
+    /// `issued_at`, which a renewal moves past a revocation; v1 had no scope).
+    const DOMAIN: &'static str = "planetmesh/delegation/v3";
 }
 
 /// What an agent may mint on a node beyond resources: which slice kinds and, for admin

@@ -402,6 +402,7 @@ mod tests {
             share: crate::Resources::ZERO,
             scope: crate::ad::DelegationScope::default(),
             issued_at: 1,
+            since: 1,
             not_after: 2,
         };
         let mut bytes = crate::codec::encode(&delegation);

@@ -104,6 +104,7 @@ fn delegation() -> Signed<Delegation> {
             share: res(2000, 2048),
             scope: DelegationScope::with_admin(vec!["CAP_NET_ADMIN".into()], true),
             issued_at: T0,
+            since: T0,
             not_after: T0 + 86_400,
         },
     )
@@ -740,26 +741,30 @@ fn revocation_sync_round_trips() {
     assert!(error.to_string().contains("64 bytes"), "{error}");
 }
 
-/// Delegations v2 state their scope (slice kinds, admin capabilities, host views); the v1
-/// vector (a share for any kind) is kept to show an old delegation is refused by its domain.
+/// Delegations v3 carry `since`, their first signing through renewals, which revocations
+/// match on; v2 (scope, no `since`) and v1 (no scope) vectors are kept to show an old
+/// delegation is refused by its domain.
 #[test]
-fn delegation_v2_golden_and_v1_refused() {
-    check_golden("delegation_v2", &delegation().to_bytes());
+fn delegation_v3_golden_and_v2_and_v1_refused() {
+    check_golden("delegation_v3", &delegation().to_bytes());
     let read = |name: &str| std::fs::read(golden_dir().join(format!("{name}.cbor"))).unwrap();
-    let d = Signed::<Delegation>::from_bytes(&read("delegation_v2"))
+    let d = Signed::<Delegation>::from_bytes(&read("delegation_v3"))
         .unwrap()
         .verify_by(&test_key(1).public())
         .unwrap();
     assert_eq!(d, delegation().verify().unwrap());
+    assert_eq!(d.since, T0);
     assert_eq!(
         d.scope.to_string(),
         "regular and admin slices (CAP_NET_ADMIN, host pids)"
     );
-    let v1 = Signed::<Delegation>::from_bytes(&read("delegation")).unwrap();
-    assert!(matches!(
-        v1.verify(),
-        Err(SignatureError::WrongDomain { .. })
-    ));
+    for old in ["delegation_v2", "delegation"] {
+        let signed = Signed::<Delegation>::from_bytes(&read(old)).unwrap();
+        assert!(
+            matches!(signed.verify(), Err(SignatureError::WrongDomain { .. })),
+            "{old}"
+        );
+    }
 }
 
 /// A heartbeat (`planetmesh/heartbeat/v1`) is byte-exact, small, and never an ad.

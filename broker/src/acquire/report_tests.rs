@@ -99,6 +99,7 @@ fn offer(node: &TestNode, agent: &SecretKey) -> NodeOffer {
             share: free(),
             scope: Default::default(),
             issued_at: now,
+            since: now,
             not_after: now + 3600,
         },
     ));

@@ -217,6 +217,7 @@ fn offer(node: &TestNode, agent: &SecretKey, free: Resources) -> NodeOffer {
             share: free,
             scope: Default::default(),
             issued_at: now,
+            since: now,
             not_after: now + 3600,
         },
     ));

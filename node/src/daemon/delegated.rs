@@ -96,7 +96,7 @@ impl Delegated {
                 previous
                     .and_then(|p| p.entries.iter().find(|e| e.terms == terms))
                     .cloned()
-                    .unwrap_or_else(|| sign_entry(key, terms, now))
+                    .unwrap_or_else(|| sign_entry(key, terms, now, now))
             })
             .collect();
         Delegated::from_entries(key.public(), total, entries)
@@ -140,10 +140,7 @@ impl Delegated {
             .iter()
             .map(|e| {
                 if needs_renewal(&e.body, now) {
-                    Entry {
-                        first_issued_at: e.first_issued_at,
-                        ..sign_entry(key, e.terms.clone(), now)
-                    }
+                    sign_entry(key, e.terms.clone(), now, e.first_issued_at)
                 } else {
                     e.clone()
                 }
@@ -227,13 +224,16 @@ fn needs_renewal(d: &Delegation, now: u64) -> bool {
     left.saturating_mul(3) < life
 }
 
-fn sign_entry(key: &SecretKey, terms: Terms, now: u64) -> Entry {
+/// `terms` signed at `now`, first signed at `since` (`now` for new terms; a renewal keeps the
+/// first signing, which the delegation carries so that agents judge revocations by it too).
+fn sign_entry(key: &SecretKey, terms: Terms, now: u64, since: u64) -> Entry {
     let body = Delegation {
         node: key.public(),
         agent: terms.agent,
         share: terms.share,
         scope: terms.scope.clone(),
         issued_at: now,
+        since,
         not_after: now.saturating_add(terms.lifetime_secs),
     };
     let signed = Signed::sign(key, &body);
@@ -241,7 +241,7 @@ fn sign_entry(key: &SecretKey, terms: Terms, now: u64) -> Entry {
         terms,
         body,
         signed,
-        first_issued_at: now,
+        first_issued_at: since,
     }
 }
 
@@ -282,6 +282,16 @@ mod tests {
         assert_eq!(r.capacity().shares[&test_key(10).public()].not_after, 1151);
         r.entries()[0].signed.verify_by(&key.public()).unwrap();
         assert_eq!(r.entries()[0].first_issued_at, 1000);
+        // The renewed delegation says so itself, signed: agents judge revocations by it.
+        assert_eq!(renewed.since, 1000);
+        assert_eq!(
+            r.entries()[0]
+                .signed
+                .verify_by(&key.public())
+                .unwrap()
+                .since,
+            1000
+        );
         // The other, far from its end, keeps its signature.
         assert_eq!(r.entries()[1].signed, d.entries()[1].signed);
     }
