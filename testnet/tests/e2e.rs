@@ -7,9 +7,12 @@
 //!   delete; then through the agents directly;
 //! - `node-restart.toml`: a node killed and restarted mid-slice keeps its lease and sliver;
 //! - `partition-heal.toml`: renew during a partition reaches the others, all after healing;
-//! - `all-or-nothing-node-down.toml`: a node down during an all-or-nothing create leaves no
-//!   lease anywhere; a best-effort create keeps the rest and `sync` completes it once the node
-//!   is back, when the all-or-nothing slice can be had whole;
+//! - `all-or-nothing-node-down.toml`: a node dying during an all-or-nothing create, with no
+//!   node left to replace it, leaves no lease anywhere; a best-effort create keeps the rest and
+//!   `sync` completes it once the node is back, when the all-or-nothing slice can be had whole;
+//! - `node-killed.toml`: a dead node leaves every plan within seconds (the time is printed) and is
+//!   planned again once restarted; a node killed as a create starts is replaced within the
+//!   create, which completes all-or-nothing;
 //! - `egress.toml`: every sliver reaches the internet host over HTTP and UDP, which sees the
 //!   sliver's node's address (namespaces and real slivers: root only, skipped otherwise);
 //! - `slice-network.toml`: a sliver in fed0 serves HTTP and UDP on its leased port, and a
@@ -37,11 +40,12 @@ use testnet::scenario::{self, RunOptions};
 
 /// The scenario files this suite runs; `every_scenario_file_is_in_the_suite` keeps it
 /// complete.
-const SUITE: [&str; 8] = [
+const SUITE: [&str; 9] = [
     "two-federations.toml",
     "node-restart.toml",
     "partition-heal.toml",
     "all-or-nothing-node-down.toml",
+    "node-killed.toml",
     "egress.toml",
     "slice-network.toml",
     "revoke-principal.toml",
@@ -132,6 +136,11 @@ fn partition_then_heal() {
 #[test]
 fn node_down_during_all_or_nothing_create_leaves_no_lease() {
     run("all-or-nothing-node-down.toml");
+}
+
+#[test]
+fn a_dead_node_leaves_the_plans_and_a_node_killed_mid_create_is_replaced() {
+    run("node-killed.toml");
 }
 
 /// Egress needs what only root has: namespaces (for the internet host) and real slivers.

@@ -34,7 +34,7 @@
 //!
 //! | `do` | fields (besides `title`) |
 //! |---|---|
-//! | `acquire` | `slice`, `slivers` or `nodes`, `resources`, `duration` (1h), `lease`, `federations`, `min_sites`, `mode`, `via`, `agents`, `expect`, `expect_slivers`, `timeout_secs` |
+//! | `acquire` | `slice`, `slivers` or `nodes`, `resources`, `duration` (1h), `lease`, `federations`, `min_sites`, `mode`, `via`, `agents`, `expect`, `expect_slivers`, `timeout_secs`, `kill_hosts` (SIGKILLed `kill_after_ms`, default 0, after slicectl starts: a node dying mid-acquisition), `expect_replaced` (slivers whose node did not answer, replaced elsewhere) |
 //! | `exec` | `slice`, `command` (a string runs under `/bin/sh -c`, a list as is; lease placeholders, below), `expect_output` (in every sliver's stdout; `{node_address}` stands for the address of the sliver's node; lease placeholders), `expect_exit` (0), `expect_slivers`, `expect`, `timeout_secs`, `retry_secs` |
 //! | `status` | `slice`, `expect_live`, `expect_measured`, `expect`, `timeout_secs`, `retry_secs` |
 //! | `renew` | `slice`, `for`, `expect_renewed`, `expect`, `timeout_secs`, `retry_secs` |
@@ -43,9 +43,9 @@
 //! | `spawn` | `slice`, `command` (as for `exec`), `expect_slivers` (each answered a pid), `expect`, `timeout_secs` |
 //! | `logs` | `slice`, `expect_output` (in every sliver's spawn log; `{node_address}` and lease placeholders as for `exec`), `expect_slivers`, `expect`, `timeout_secs`, `retry_secs` |
 //! | `keys` | `slice`, `add` or `del` (a key line, or for `del` its comment; neither: list), `expect_keys` (keys each sliver lists after), `expect_slivers`, `expect`, `timeout_secs` |
-//! | `kill` | `hosts` (SIGKILL) |
+//! | `kill` | `hosts` (SIGKILL), `unplanned_within_secs` (then wait until no agent offers them and the broker's plan names them no more; prints how long it took) |
 //! | `restart` | `hosts`, `wait_secs` (30: until each answers) |
-//! | `partition` | `hosts` |
+//! | `partition` | `hosts`, `unplanned_within_secs` (as for `kill`) |
 //! | `heal` | — |
 //! | `wait_converged` | `timeout_secs` (60) |
 //! | `sleep` | `secs` |

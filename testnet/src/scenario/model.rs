@@ -318,6 +318,14 @@ pub struct Acquire {
     pub expect_slivers: Option<usize>,
     /// `slicectl --timeout` (default 20).
     pub timeout_secs: Option<u64>,
+    /// Hosts SIGKILLed while the create runs, `kill_after_ms` after slicectl starts (a node
+    /// dying mid-acquisition).
+    #[serde(default)]
+    pub kill_hosts: Vec<String>,
+    /// When, after slicectl starts, `kill_hosts` die (default 0).
+    pub kill_after_ms: Option<u64>,
+    /// Slivers whose node did not answer and that the create replaced elsewhere.
+    pub expect_replaced: Option<usize>,
 }
 
 /// `do = "exec"`: `slicectl slice exec`.
@@ -495,6 +503,9 @@ impl Keys {
 pub struct Hosts {
     /// The hosts (`node1`, `agent0`, …); `host = …` is read as `hosts`.
     pub hosts: OneOrMany<String>,
+    /// Then wait until no agent offers the hosts (nodes) and the broker's plan names them no
+    /// more, printing how long that took from the fault; fail past this many seconds.
+    pub unplanned_within_secs: Option<u64>,
 }
 
 /// `do = "restart"`.

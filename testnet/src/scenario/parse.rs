@@ -74,6 +74,10 @@ const STEP_KEYS: &[&str] = &[
     "through",
     "expect_ended",
     "expect_dropped",
+    "kill_hosts",
+    "kill_after_ms",
+    "expect_replaced",
+    "unplanned_within_secs",
 ];
 
 /// Keys read as another field, whatever the step: `host = "node1"` is `hosts = "node1"`.
@@ -1122,6 +1126,9 @@ do = "down"
                     "expect",
                     "expect_slivers",
                     "timeout_secs",
+                    "kill_hosts",
+                    "kill_after_ms",
+                    "expect_replaced",
                 ],
                 &["slice", "resources"],
             ),
@@ -1215,9 +1222,13 @@ do = "down"
                 ],
                 &["slice"],
             ),
-            (Kind::Kill, &["hosts"], &["hosts"]),
+            (Kind::Kill, &["hosts", "unplanned_within_secs"], &["hosts"]),
             (Kind::Restart, &["hosts", "wait_secs"], &["hosts"]),
-            (Kind::Partition, &["hosts"], &["hosts"]),
+            (
+                Kind::Partition,
+                &["hosts", "unplanned_within_secs"],
+                &["hosts"],
+            ),
             (Kind::Heal, &[], &[]),
             (Kind::WaitConverged, &["timeout_secs"], &[]),
             (Kind::Sleep, &["secs"], &["secs"]),
@@ -1327,7 +1338,8 @@ do = "down"
         assert_eq!(
             s.steps[0].step,
             Step::Kill(crate::scenario::Hosts {
-                hosts: OneOrMany::One("node1".into())
+                hosts: OneOrMany::One("node1".into()),
+                unplanned_within_secs: None,
             })
         );
         assert_eq!(s.steps[0].summary(), "crash: kill node1 (SIGKILL)");

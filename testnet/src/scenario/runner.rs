@@ -22,6 +22,8 @@ use super::model::{
 };
 use super::run::{Running, interrupted, leftovers};
 
+mod liveness;
+
 /// Why a step failed: a sentence, and what the step saw (slicectl's command and output).
 #[derive(Debug)]
 pub(super) struct StepFailure {
@@ -384,6 +386,7 @@ impl Runner<'_> {
         if let Some(m) = a.min_sites {
             args.extend(["--min-sites".to_owned(), m.to_string()]);
         }
+        let killer = self.kill_during(&a.kill_hosts, a.kill_after_ms)?;
         let call = match a.via {
             Via::Broker => self.call(&self.slicectl, args, a.timeout_secs)?,
             Via::Agents => {
@@ -395,14 +398,25 @@ impl Runner<'_> {
                 self.call(&slicectl, args, a.timeout_secs)?
             }
         };
+        let mut killed = killer.map_or_else(|| Ok(Vec::new()), liveness::Killer::join)?;
+        let replaced = liveness::replaced_lines(&call.json);
         let expect = a.expect.as_ref().map_or(vec![Class::Ok], OneOrMany::to_vec);
         call.expect_class(&expect)?;
+        if let Some(n) = a.expect_replaced
+            && replaced.made != n
+        {
+            return Err(call.fail(format!(
+                "expected {n} slivers replaced, {} were",
+                replaced.made
+            )));
+        }
         let held: Vec<String> = self
             .by_node(&call.json["leases"])
             .into_iter()
             .map(|(name, _)| name)
             .collect();
-        let mut lines = Vec::new();
+        let mut lines = std::mem::take(&mut killed);
+        lines.extend(replaced.lines);
         lines.extend(brokers_left(&call.run.stderr));
         if held.is_empty() {
             lines.push("no sliver held".to_owned());
@@ -1075,6 +1089,9 @@ pub(super) fn run_step(
                     lines.push(format!("{name} was not running"));
                 }
             }
+            if let Some(within) = h.unplanned_within_secs {
+                lines.extend(cx.wait_unplanned(&h.hosts.to_vec(), Duration::from_secs(within))?);
+            }
             Ok(lines)
         }
         Step::Restart(r) => cx.restart(r),
@@ -1083,6 +1100,9 @@ pub(super) fn run_step(
             for name in h.hosts.to_vec() {
                 crate::netns::partition(cx.manifest, cx.manifest.host(&name)?, true)?;
                 lines.push(format!("{name} cut off"));
+            }
+            if let Some(within) = h.unplanned_within_secs {
+                lines.extend(cx.wait_unplanned(&h.hosts.to_vec(), Duration::from_secs(within))?);
             }
             Ok(lines)
         }
