@@ -196,6 +196,7 @@ fn main() {
                 principal: alice.public(),
                 requester: Some(alice.public()),
                 principal_federation: Some("plc".into()),
+                principal_authority: None,
                 slice: "site0_bench".into(),
                 resources: per,
                 issued_at: NOW,

@@ -304,6 +304,7 @@ impl Agent {
                 key: request.principal,
                 site: None,
                 federation: None,
+                authority: None,
                 peering: None,
             });
         };
@@ -341,6 +342,7 @@ impl Agent {
             key: request.principal,
             site: Some(served.member.site.clone()),
             federation: Some(served.member.federation.clone()),
+            authority: Some(served.member.authority),
             peering: served.limits().cloned(),
         })
     }
@@ -387,10 +389,11 @@ impl Agent {
             duration_secs: request.not_after - start,
             net_raw: request.net.raw,
         };
+        // By key: two peer federations may share a name.
         let federation_total = facts
-            .federation
+            .authority
             .as_ref()
-            .and_then(|f| outstanding.by_federation.get(f))
+            .and_then(|a| outstanding.by_authority.get(a))
             .copied()
             .unwrap_or_default();
         self.policy.check(&facts, usage, federation_total, &ask)?;
@@ -501,6 +504,7 @@ impl Agent {
                 principal: request.principal,
                 requester: Some(*caller),
                 principal_federation: facts.federation.clone(),
+                principal_authority: facts.authority,
                 slice: request.slice.clone(),
                 resources: spec.resources,
                 issued_at: now,

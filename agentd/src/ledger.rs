@@ -87,6 +87,11 @@ pub struct TicketRecord {
     /// tickets of all principals of one federation by it.
     #[serde(default)]
     pub principal_federation: Option<String>,
+    /// The authority key of that federation (none: not certified, or a record written before
+    /// it was kept, which no peering total counts). Two federations may share a name (two
+    /// testbeds' `fed0`); a peering agreement's `max_total` counts by this key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal_authority: Option<PublicKey>,
     /// The slice.
     pub slice: String,
     /// The resources granted.
@@ -119,6 +124,7 @@ struct Live {
     node: PublicKey,
     principal: PublicKey,
     principal_federation: Option<std::sync::Arc<str>>,
+    principal_authority: Option<PublicKey>,
     resources: Resources,
     not_after: u64,
 }
@@ -141,6 +147,7 @@ fn live_of(record: &TicketRecord) -> Live {
         node: record.node,
         principal: record.principal,
         principal_federation: record.principal_federation.as_deref().map(Into::into),
+        principal_authority: record.principal_authority,
         resources: record.resources,
         not_after: record.not_after,
     }
@@ -291,6 +298,10 @@ impl TicketLedger {
                 };
                 *total = total.checked_add(&t.resources).unwrap_or(*total);
             }
+            if let Some(authority) = t.principal_authority {
+                let total = out.by_authority.entry(authority).or_default();
+                *total = total.checked_add(&t.resources).unwrap_or(*total);
+            }
         }
         Ok(out)
     }
@@ -303,9 +314,12 @@ pub struct Outstanding {
     pub by_node: BTreeMap<PublicKey, Resources>,
     /// Per principal.
     pub by_principal: BTreeMap<PublicKey, Usage>,
-    /// Resources per federation of the principals (tickets whose principal's federation is
-    /// recorded).
+    /// Resources per federation name of the principals (tickets whose principal's federation
+    /// is recorded), for people: two federations may share a name.
     pub by_federation: BTreeMap<String, Resources>,
+    /// Resources per federation of the principals, by authority key (tickets whose
+    /// principal's authority is recorded): what a peering agreement's `max_total` counts.
+    pub by_authority: BTreeMap<PublicKey, Resources>,
 }
 
 #[cfg(test)]
@@ -321,6 +335,7 @@ mod tests {
             principal: test_key(50).public(),
             requester: Some(test_key(60).public()),
             principal_federation: Some("ple".into()),
+            principal_authority: Some(test_key(101).public()),
             slice: "s".into(),
             resources: Resources {
                 cpu_millis: 100,
@@ -331,6 +346,22 @@ mod tests {
             price: 0,
             released: false,
         }
+    }
+
+    /// Two peer federations of one name (two testbeds' `ple`) are two totals: by key.
+    #[test]
+    fn federations_of_one_name_count_apart_by_authority() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = TicketLedger::open(&dir.path().join("tickets.redb")).unwrap();
+        let mut other = record("b", 100);
+        other.principal = test_key(51).public();
+        other.principal_authority = Some(test_key(102).public());
+        ledger.record_all(&[record("a", 100), other]).unwrap();
+        let out = ledger.outstanding(10).unwrap();
+        assert_eq!(out.by_federation["ple"].cpu_millis, 200, "one name");
+        assert_eq!(out.by_authority.len(), 2, "two federations");
+        assert_eq!(out.by_authority[&test_key(101).public()].cpu_millis, 100);
+        assert_eq!(out.by_authority[&test_key(102).public()].cpu_millis, 100);
     }
 
     #[test]
@@ -348,6 +379,7 @@ mod tests {
         assert_eq!(out.by_node[&test_key(1).public()].cpu_millis, 200);
         assert_eq!(out.by_principal[&test_key(50).public()].slivers, 2);
         assert_eq!(out.by_federation["ple"].cpu_millis, 200);
+        assert_eq!(out.by_authority[&test_key(101).public()].cpu_millis, 200);
         assert_eq!(
             ledger.outstanding(60).unwrap().by_node[&test_key(1).public()].cpu_millis,
             100

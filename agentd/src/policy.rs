@@ -116,6 +116,8 @@ pub struct PrincipalFacts {
     pub site: Option<String>,
     /// Its federation, when certified.
     pub federation: Option<String>,
+    /// Its federation's authority key, when certified (peering totals count by it).
+    pub authority: Option<PublicKey>,
     /// The peering limits it is served under (none: a member of this agent's federation, or
     /// not certified).
     pub peering: Option<PeeringLimits>,
@@ -354,6 +356,7 @@ mod tests {
             key: test_key(n).public(),
             site: Some("princeton".into()),
             federation: Some("plc".into()),
+            authority: Some(test_key(100).public()),
             peering: None,
         }
     }
@@ -407,6 +410,7 @@ mod tests {
             key: test_key(9).public(),
             site: None,
             federation: None,
+            authority: None,
             peering: None,
         };
         assert!(matches!(

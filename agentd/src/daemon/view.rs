@@ -178,6 +178,7 @@ mod tests {
             principal: test_key(50).public(),
             requester,
             principal_federation: Some("plc".into()),
+            principal_authority: None,
             slice: "princeton_demo".into(),
             resources: resources("cpu=500m,memory=512MiB"),
             issued_at: 100,
