@@ -584,8 +584,28 @@ async fn wrong_keys_strangers_ended_leases_and_floods_get_a_clear_refusal() {
     add_key(&node, &client, &short, &user.public).await;
     let brief = tokio::task::block_in_place(|| user.run("princeton_brief", "echo in"));
     assert_eq!(text(&brief.stdout), "in\n", "{}", text(&brief.stderr));
+    // A session open when the lease ends ends with it (the reaper destroys the sliver).
+    let mut open = Reap(
+        user.ssh("princeton_brief", &["-T"])
+            .arg("sleep 120")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     tokio::time::sleep(Duration::from_secs(4)).await;
     tokio::task::block_in_place(|| refused(&user.run("princeton_brief", "echo in")));
+    let ended = tokio::task::block_in_place(|| {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = open.0.try_wait().unwrap() {
+                break status;
+            }
+            assert!(start.elapsed() < WAIT, "the session outlived its lease");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    assert!(!ended.success(), "{ended:?}");
 
     // A lease whose sliver is gone from this node.
     let gone = node.redeem(&client, "princeton_gone", &alice).await;
