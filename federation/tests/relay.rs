@@ -112,6 +112,8 @@ async fn a_node_behind_a_relay_is_reached_through_its_circuit_address() {
     )
     .await
     .unwrap();
+    // Already connected to the relay, as a user is to the broker it asks.
+    within(caller.dial(relay_addr.clone())).await.unwrap();
     caller
         .add_addresses(&node.local_key(), vec![circuit])
         .await

@@ -82,22 +82,36 @@ mod tests {
     }
 }
 
-/// The PlanetMesh key named by a multiaddress's `/p2p/<peer id>` part, if it has one.
+/// The PlanetMesh key of the peer a multiaddress leads to: its last `/p2p/<peer id>` part,
+/// if it has one after any `/p2p-circuit` (a relayed address names its relay before
+/// `/p2p-circuit` and the peer behind it after).
 pub fn addr_peer(addr: &Multiaddr) -> Option<PublicKey> {
-    addr.iter().find_map(|part| match part {
-        Protocol::P2p(peer) => public_key(&peer).ok(),
-        _ => None,
-    })
+    destination(addr).and_then(|(_, peer)| public_key(&peer).ok())
 }
 
-/// `addr` as an address of `peer`: unchanged when it names `peer` or no one; with its `/p2p/`
-/// part removed when it names someone else (a stale announcement must not make a dial to
-/// `peer` fail the peer-id check).
+/// The position and peer id of the `/p2p/` part that names where `addr` leads.
+fn destination(addr: &Multiaddr) -> Option<(usize, PeerId)> {
+    let mut named = None;
+    for (at, part) in addr.iter().enumerate() {
+        match part {
+            Protocol::P2p(peer) => named = Some((at, peer)),
+            Protocol::P2pCircuit => named = None,
+            _ => {}
+        }
+    }
+    named
+}
+
+/// `addr` as an address of `peer`: unchanged when it names `peer` or no one; with the `/p2p/`
+/// part that names someone else removed (a stale announcement must not make a dial to
+/// `peer` fail the peer-id check; a relayed address keeps its relay's).
 pub fn addr_for_peer(addr: Multiaddr, peer: &PublicKey) -> Multiaddr {
-    match addr_peer(&addr) {
-        Some(named) if named != *peer => addr
+    match destination(&addr) {
+        Some((at, named)) if public_key(&named).ok() != Some(*peer) => addr
             .iter()
-            .filter(|part| !matches!(part, Protocol::P2p(_)))
+            .enumerate()
+            .filter(|(i, _)| *i != at)
+            .map(|(_, part)| part)
             .collect(),
         _ => addr,
     }
@@ -119,5 +133,19 @@ mod addr_tests {
         assert_eq!(addr_for_peer(of_a.clone(), &a), of_a);
         assert_eq!(addr_for_peer(of_a, &b), bare);
         assert_eq!(addr_for_peer(bare.clone(), &b), bare);
+        // Relayed: the relay is named before /p2p-circuit, the peer behind it after.
+        let relay = test_key(3).public();
+        let via = of_a_relay(&bare, &relay);
+        assert_eq!(addr_peer(&via), None);
+        let via_b = via.clone().with(Protocol::P2p(peer_id(&b)));
+        assert_eq!(addr_peer(&via_b), Some(b));
+        assert_eq!(addr_for_peer(via_b.clone(), &b), via_b);
+        assert_eq!(addr_for_peer(via_b, &a), via);
+    }
+
+    fn of_a_relay(bare: &Multiaddr, relay: &PublicKey) -> Multiaddr {
+        bare.clone()
+            .with(Protocol::P2p(peer_id(relay)))
+            .with(Protocol::P2pCircuit)
     }
 }

@@ -361,6 +361,9 @@ pub(crate) struct NatState {
     refused: Vec<String>,
     /// Open connections: peer and whether relayed.
     connections: HashMap<ConnectionId, (PeerId, bool)>,
+    /// Every configured listen address is a loopback one (a test): loopback addresses may
+    /// then be handed out as external; otherwise never (a caller would reach itself).
+    loopback_only: bool,
     report: NatReport,
 }
 
@@ -394,6 +397,7 @@ impl NatState {
             candidates,
             refused,
             connections: HashMap::new(),
+            loopback_only: config.listen.iter().all(is_loopback),
             report: NatReport {
                 serving: serve,
                 behind_nat: wants_relay(&config.nat),
@@ -414,6 +418,14 @@ impl NatState {
 
     fn behind_nat(&self) -> bool {
         wants_relay(&self.config) || self.reachability == Reachability::Private
+    }
+
+    /// Whether a peer's announced address is worth keeping: a loopback address leads to this
+    /// machine, not to the peer, unless this overlay listens on loopback alone (a test); a
+    /// dial that meets the wrong peer there fails with all its other addresses, the relayed
+    /// one too.
+    pub(crate) fn usable(&self, addr: &Multiaddr) -> bool {
+        self.loopback_only || !is_loopback(addr)
     }
 
     /// The report for [`super::OverlayHandle::nat`].
@@ -492,21 +504,18 @@ impl NatState {
     }
 
     /// A serving relay's listen addresses become its confirmed external addresses (the relay
-    /// hands them to whoever reserves); loopback ones only when it has no other.
+    /// hands them to whoever reserves); loopback ones only when it listens on loopback alone.
     fn sync_external(&mut self, swarm: &mut Swarm<Behaviour>) {
         let serving = self.serve && !self.behind_nat();
-        let listen: Vec<Multiaddr> = swarm
-            .listeners()
-            .filter(|a| !is_relayed(a) && !is_unspecified(a))
-            .cloned()
-            .collect();
-        let wide: Vec<Multiaddr> = listen.iter().filter(|a| !is_loopback(a)).cloned().collect();
-        let wanted = if !serving {
-            Vec::new()
-        } else if wide.is_empty() {
-            listen
+        let wanted: Vec<Multiaddr> = if serving {
+            swarm
+                .listeners()
+                .filter(|a| !is_relayed(a) && !is_unspecified(a))
+                .filter(|a| self.loopback_only || !is_loopback(a))
+                .cloned()
+                .collect()
         } else {
-            wide
+            Vec::new()
         };
         let current: Vec<Multiaddr> = swarm.external_addresses().cloned().collect();
         for addr in &current {

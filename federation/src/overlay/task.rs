@@ -967,6 +967,9 @@ impl Runner {
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 let speaks_kad = info.protocols.iter().any(|p| p.as_ref() == KAD_PROTOCOL);
                 for addr in info.listen_addrs {
+                    if !self.nat.usable(&addr) {
+                        continue;
+                    }
                     if speaks_kad && let Some(kad) = self.kad() {
                         kad.add_address(&peer_id, addr.clone());
                     }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use capability_schema::SecretKey;
+use federation::overlay::Multiaddr;
 use federation::{OverlayHandle, unix_now};
 use tokio::sync::{Notify, watch};
 
@@ -180,7 +181,7 @@ pub(crate) async fn ad_loop(
         if template.follow_listen
             && let Ok(bound) = overlay.listen_addrs().await
         {
-            template.addresses = bound.iter().map(ToString::to_string).collect();
+            template.addresses = ad_addresses(&bound);
         }
         let ad = build_ad(
             &key,
@@ -234,5 +235,39 @@ pub(crate) async fn watch_addresses(
             known = bound;
             changed.notify_one();
         }
+    }
+}
+
+/// The addresses a node's ads carry: its bound ones, without loopback addresses unless it has
+/// no other. A caller that dials a loopback address reaches a daemon of its own machine, and
+/// a dial that meets the wrong peer fails with all its other addresses (a relayed one too).
+pub(crate) fn ad_addresses(bound: &[Multiaddr]) -> Vec<String> {
+    let loopback = |a: &Multiaddr| {
+        let text = a.to_string();
+        text.starts_with("/ip4/127.") || text.starts_with("/ip6/::1/")
+    };
+    let wide: Vec<&Multiaddr> = bound.iter().filter(|a| !loopback(a)).collect();
+    if wide.is_empty() {
+        bound.iter().map(ToString::to_string).collect()
+    } else {
+        wide.iter().map(ToString::to_string).collect()
+    }
+}
+
+#[cfg(test)]
+mod address_tests {
+    use super::*;
+
+    #[test]
+    fn ads_leave_loopback_out_unless_it_is_all_there_is() {
+        let parse = |a: &str| a.parse::<Multiaddr>().unwrap();
+        let lo = parse("/ip4/127.0.0.1/tcp/4001");
+        let lan = parse("/ip4/192.168.77.2/tcp/4001");
+        let relayed = parse("/ip4/10.250.0.5/tcp/4001/p2p-circuit");
+        assert_eq!(
+            ad_addresses(&[lo.clone(), lan.clone(), relayed.clone()]),
+            [lan.to_string(), relayed.to_string()]
+        );
+        assert_eq!(ad_addresses(std::slice::from_ref(&lo)), [lo.to_string()]);
     }
 }

@@ -179,12 +179,7 @@ pub async fn start(
     )
     .await?;
     let addresses = if config.announce.is_empty() {
-        overlay
-            .listen_addrs()
-            .await?
-            .iter()
-            .map(ToString::to_string)
-            .collect()
+        super::loops::ad_addresses(&overlay.listen_addrs().await?)
     } else {
         config.announce.clone()
     };
