@@ -23,6 +23,14 @@
 //! - `revoke-node-agent.toml`: a revoked node leaves the agents' inventories and is planned no
 //!   more; a revoked agent's leases end everywhere and nodes refuse its tickets;
 //!
+//! - `broker-killed.toml`: with two brokers, one killed mid-acquisition and the other
+//!   mid-slice: every create completes through the broker still up;
+//! - `agent-killed.toml`: an agent killed mid-acquisition: slices are still had through the
+//!   other agent of those nodes, and a node that delegated only to the dead agent is not
+//!   planned;
+//! - `bootstrap-killed.toml`: the bootstrap peer killed mid-acquisition: the running daemons
+//!   keep working, and a node started afresh joins through the other bootstrap peer;
+//!
 //! each ending with `down`: nothing of the testnet is left (processes, namespaces, links,
 //! cgroups). As root: hosts in network namespaces and real slivers. Without root: loopback and
 //! no isolation (the test says so). The runner takes every testnet down even when a step fails
@@ -40,7 +48,7 @@ use testnet::scenario::{self, RunOptions};
 
 /// The scenario files this suite runs; `every_scenario_file_is_in_the_suite` keeps it
 /// complete.
-const SUITE: [&str; 9] = [
+const SUITE: [&str; 12] = [
     "two-federations.toml",
     "node-restart.toml",
     "partition-heal.toml",
@@ -50,6 +58,9 @@ const SUITE: [&str; 9] = [
     "slice-network.toml",
     "revoke-principal.toml",
     "revoke-node-agent.toml",
+    "broker-killed.toml",
+    "agent-killed.toml",
+    "bootstrap-killed.toml",
 ];
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -141,6 +152,21 @@ fn node_down_during_all_or_nothing_create_leaves_no_lease() {
 #[test]
 fn a_dead_node_leaves_the_plans_and_a_node_killed_mid_create_is_replaced() {
     run("node-killed.toml");
+}
+
+#[test]
+fn a_broker_killed_mid_acquisition_or_mid_slice_leaves_the_other_to_serve() {
+    run("broker-killed.toml");
+}
+
+#[test]
+fn an_agent_killed_leaves_its_nodes_to_the_other_agent_and_unplanned_otherwise() {
+    run("agent-killed.toml");
+}
+
+#[test]
+fn the_bootstrap_peer_killed_leaves_running_and_new_daemons_working() {
+    run("bootstrap-killed.toml");
 }
 
 /// Egress needs what only root has: namespaces (for the internet host) and real slivers.
