@@ -18,12 +18,15 @@
 //! - [`preflight`]: checks made before any network call (slice name, certificate, trust);
 //! - [`human`]: local times and durations for human output;
 //! - [`nodes`]: one name per node (the ad's), and every form a node argument may take;
+//! - [`watch`]: `slice logs --follow` and `slice status --watch`;
+//! - [`events`]: `slice events`, what the nodes recorded of each sliver;
 //! - [`ssh`]: `slice ssh`, the user's `ssh` into a sliver with the node's host key pinned.
 
 pub mod brokers;
 pub mod client;
 pub mod config;
 pub mod context;
+pub mod events;
 pub mod exit;
 pub mod human;
 pub mod nodes;
@@ -33,3 +36,4 @@ pub mod spec;
 pub mod ssh;
 pub mod state;
 pub mod ticket;
+pub mod watch;

@@ -258,6 +258,21 @@ enum SliceCommand {
     Status {
         /// The slice.
         name: String,
+        /// Ask again every --interval until Ctrl-C: on a terminal the status is drawn again
+        /// when it changes; otherwise one line per sliver whose state changed (JSON objects
+        /// with --json).
+        #[arg(long, short = 'w')]
+        watch: bool,
+        /// How often --watch asks, e.g. 2s or 1m.
+        #[arg(long, default_value = "2s", requires = "watch")]
+        interval: String,
+    },
+    /// What happened to each sliver, as its nodes recorded it: created, renewed, frozen,
+    /// thawed, released, reaped, lost, ended, with local times and reasons (--json: Unix
+    /// times and raw values).
+    Events {
+        /// The slice.
+        name: String,
     },
     /// Extend every lease; shows the end each node granted.
     Renew {
@@ -303,6 +318,10 @@ enum SliceCommand {
         /// At most this many bytes per sliver, from the end.
         #[arg(long, default_value_t = 65536)]
         tail: u64,
+        /// Keep writing what the slivers append (within a second) until Ctrl-C, or until
+        /// every lease is over (said); with --json, one object per line.
+        #[arg(long, short = 'f')]
+        follow: bool,
     },
     /// The SSH keys authorized in every sliver: add, del (by line or comment), list.
     Keys {
@@ -360,6 +379,10 @@ enum KeysCommand {
 }
 
 fn print(outcome: &Outcome, json: bool) {
+    // Watching commands wrote as they went.
+    if outcome.json.is_null() && outcome.lines.is_empty() {
+        return;
+    }
     if json {
         let mut value = outcome.json.clone();
         if let serde_json::Value::Object(map) = &mut value {
@@ -653,6 +676,7 @@ fn try_run(cli: Cli) -> Result<i32, OpError> {
     })?;
     let state = State::open(&state_dir)?;
     slicectl::nodes::learn_from_state(&state);
+    slicectl::events::remember(&state_dir, &state);
     if let Online::Slice(SliceCommand::List) = command {
         let o = ops::list(&state)?;
         print(&o, g.json);
@@ -709,6 +733,18 @@ fn try_run(cli: Cli) -> Result<i32, OpError> {
         .map_err(|e| OpError::Internal(format!("cannot start the async runtime: {e}")))?;
     runtime.block_on(async move {
         let session = Session::connect(identity, &endpoints, settings).await?;
+        // Watching commands keep the local state closed while they wait.
+        if let Online::Slice(command) = &command
+            && let Some(w) = slicectl::watch::Watch::of(&command_watch(command))
+        {
+            let (session, result) = w.run(session, state, &state_dir, json).await;
+            if let Some(session) = session {
+                session.shutdown().await;
+            }
+            let o = result?;
+            print(&o, json);
+            return Ok(o.class.code());
+        }
         if command.names_unknown_nodes() {
             session.discover_nodes().await;
         }
@@ -718,7 +754,7 @@ fn try_run(cli: Cli) -> Result<i32, OpError> {
             progress,
         };
         let result = match command {
-            Online::Slice(command) => dispatch(&manager, command).await,
+            Online::Slice(command) => dispatch(&manager, command, &state_dir).await,
             Online::Acquire(flags) => slicectl::ticket::acquire(&manager, &flags.spec()?).await,
             Online::Redeem(ask) => slicectl::ticket::redeem(&manager, *ask).await,
         };
@@ -781,17 +817,48 @@ impl SliceCommand {
             SliceCommand::Exec { timeout_cmd, .. } => {
                 parse_duration(timeout_cmd)?;
             }
+            SliceCommand::Status { interval, .. } => {
+                parse_duration(interval)?;
+            }
             _ => {}
         }
         Ok(())
     }
 }
 
-async fn dispatch(m: &Manager, command: SliceCommand) -> Result<Outcome, OpError> {
+/// What `slicectl::watch` needs of a watching command (`status --watch`, `logs --follow`).
+fn command_watch(command: &SliceCommand) -> slicectl::watch::Asked {
+    match command {
+        SliceCommand::Status {
+            name,
+            watch: true,
+            interval,
+        } => slicectl::watch::Asked::Status {
+            name: name.clone(),
+            interval: interval.clone(),
+        },
+        SliceCommand::Logs {
+            name,
+            tail,
+            follow: true,
+        } => slicectl::watch::Asked::Logs {
+            name: name.clone(),
+            tail: *tail,
+        },
+        _ => slicectl::watch::Asked::Nothing,
+    }
+}
+
+async fn dispatch(
+    m: &Manager,
+    command: SliceCommand,
+    state_dir: &std::path::Path,
+) -> Result<Outcome, OpError> {
     match command {
         SliceCommand::Create(flags) => m.create(&flags.spec()?).await,
         SliceCommand::Plan(flags) => m.plan(&flags.spec()?).await,
-        SliceCommand::Status { name } => m.status(&name).await,
+        SliceCommand::Status { name, .. } => m.status(&name).await,
+        SliceCommand::Events { name } => m.events(&name, state_dir).await,
         SliceCommand::Renew { name, for_ } => {
             let secs = for_.as_deref().map(parse_duration).transpose()?;
             m.renew(&name, secs).await
@@ -806,7 +873,7 @@ async fn dispatch(m: &Manager, command: SliceCommand) -> Result<Outcome, OpError
             m.exec(&name, command, ms).await
         }
         SliceCommand::Spawn { name, command } => m.spawn(&name, command).await,
-        SliceCommand::Logs { name, tail } => m.logs(&name, tail).await,
+        SliceCommand::Logs { name, tail, .. } => m.logs(&name, tail).await,
         SliceCommand::Keys { name, action } => {
             let action = match action {
                 KeysCommand::Add { line } => KeyAction::Add(line),
