@@ -6,12 +6,12 @@
 //! behind NAT ([`NatConfig`]) holds a reservation on one and is reachable through it.
 //!
 //! How data flows:
-//! 1. [`NatState::new`] reads the config: relay addresses without `/p2p/<peer id>` are refused
+//! 1. `NatState::new` reads the config: relay addresses without `/p2p/<peer id>` are refused
 //!    with a warning (the daemon keeps running without them).
 //! 2. A serving daemon that is not behind NAT confirms its listen addresses as external
 //!    addresses (the relay hands them to whoever reserves) and advertises the HOP protocol.
 //! 3. A daemon wants a relay when `behind_nat` is set, `relays` is not empty, or AutoNAT
-//!    finds it private. Each second ([`NatState::maintain`]) it listens on
+//!    finds it private. Each second (`NatState::maintain`) it listens on
 //!    `<relay>/p2p-circuit` for up to `reservations` relays: the configured ones, else the
 //!    peers identify shows serving HOP. The relay's answer becomes a listen address
 //!    (`.../p2p/<relay>/p2p-circuit/p2p/<self>`) that identify pushes and nodemgr puts in
