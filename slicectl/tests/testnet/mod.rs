@@ -202,11 +202,15 @@ impl Testnet {
                 let f = if fed_index == 0 { &mut plc } else { &mut ple };
                 let cert = f.node_with_key(key.clone(), &site).cert;
                 write(&ndir.join("membership.cbor"), codec::encode(&cert));
+                // No heartbeats: these nodes live by their ads' TTL, as nodes that predate
+                // heartbeats do, so a stopped node is still planned (the redeem path's tests);
+                // heartbeats and silent nodes are tested on real daemons
+                // (testnet/scenarios/node-killed.toml).
                 let text = format!(
                     "federation = \"{fed}\"\nisolation = \"memory\"\nlisten = [\"/ip4/127.0.0.1/tcp/{}\"]\n\
                      http = \"\"\nbootstrap = [\"{}\"]\n\
                      capacity = \"cpu=4 cores,memory=4GiB,disk=10GiB,egress=100Mbit\"\n\
-                     ad_interval_secs = 1\nad_ttl_secs = 120\n{trust}\
+                     ad_interval_secs = 1\nad_ttl_secs = 120\nheartbeat_interval_secs = 0\n{trust}\
                      [[delegations]]\nagent = \"{}\"\nshare = \"cpu=2 cores,memory=2GiB,disk=5GiB,egress=50Mbit\"\n",
                     free_port(),
                     agent.addr,
