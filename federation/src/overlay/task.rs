@@ -120,6 +120,10 @@ pub(crate) enum Command {
     Stats {
         reply: oneshot::Sender<OverlayStats>,
     },
+    /// The NAT side: relays, reservations, relayed and punched connections.
+    Nat {
+        reply: oneshot::Sender<super::relay::NatReport>,
+    },
     /// Announces this daemon as a provider of `key` in Kademlia ([`super::rendezvous`]).
     Provide {
         key: Vec<u8>,
@@ -130,10 +134,6 @@ pub(crate) enum Command {
         key: Vec<u8>,
         found: mpsc::Sender<Vec<PublicKey>>,
         reply: oneshot::Sender<Result<(), OverlayError>>,
-    },
-    /// The NAT side: relays, reservations, relayed and punched connections.
-    Nat {
-        reply: oneshot::Sender<super::relay::NatReport>,
     },
     Shutdown {
         reply: oneshot::Sender<()>,
@@ -548,15 +548,15 @@ impl Runner {
                 };
                 let _ = reply.send(stats);
             }
-            Command::Nat { reply } => {
-                let _ = reply.send(self.nat.report());
-            }
             Command::Provide { key, reply } => {
                 let _ = reply.send(super::rendezvous::provide(self.kad(), key));
             }
             Command::Providers { key, found, reply } => {
                 let kad = self.swarm.behaviour_mut().kad.as_mut();
                 let _ = reply.send(self.providers.start(kad, key, found));
+            }
+            Command::Nat { reply } => {
+                let _ = reply.send(self.nat.report());
             }
             Command::Shutdown { reply } => {
                 // Handled in `run`.
