@@ -74,9 +74,9 @@ const NEVER: u32 = u32::MAX;
 /// Which simulation `testnet sim` runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Model {
-    /// Thousands of real libp2p overlays in one process, in wall time ([`crate::sim`]).
+    /// Thousands of real libp2p overlays in one process, in wall time.
     Full,
-    /// The cost model: a discrete-event simulation in virtual time (this module).
+    /// The cost model: a discrete-event simulation in simulated time.
     Virtual,
     /// The full simulation, then the model calibrated to it, printed side by side.
     Compare,
