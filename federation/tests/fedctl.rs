@@ -199,6 +199,26 @@ fn operator_workflow_produces_files_the_trust_store_believes() {
     let shown = ok(&["show", path(&dir("alice.key"))]);
     assert!(shown.contains(&alice), "{shown}");
 
+    // `--json`: the kind, the signature's verdict and the body with raw values.
+    let json = |file: &Path| -> serde_json::Value {
+        serde_json::from_str(&ok(&["show", "--json", path(file)])).unwrap()
+    };
+    let cert = json(&dir("node.cert"));
+    assert_eq!(cert["kind"], "membership_certificate", "{cert}");
+    assert_eq!(cert["signature"]["valid"], true, "{cert}");
+    assert_eq!(cert["signature"]["by_authority"], true, "{cert}");
+    assert_eq!(cert["body"]["role"], "node", "{cert}");
+    assert!(cert["body"]["expires_at"].is_u64(), "{cert}");
+    let list = json(&dir("rev2.cbor"));
+    assert_eq!(list["kind"], "revocation_list", "{list}");
+    assert_eq!(list["body"]["version"], 2, "{list}");
+    assert_eq!(json(&dir("f1"))["kind"], "authority_state");
+    let key = json(&dir("alice.key"));
+    assert_eq!(
+        (key["kind"].as_str(), key["public_key"].as_str()),
+        (Some("secret_key"), Some(alice.as_str()))
+    );
+
     // A tampered file shows as invalid.
     let mut bytes = read("node.cert");
     let last = bytes.len() - 1;
@@ -206,6 +226,9 @@ fn operator_workflow_produces_files_the_trust_store_believes() {
     std::fs::write(dir("tampered.cert"), bytes).unwrap();
     let shown = ok(&["show", path(&dir("tampered.cert"))]);
     assert!(shown.contains("signature:  INVALID"), "{shown}");
+    let tampered = json(&dir("tampered.cert"));
+    assert_eq!(tampered["signature"]["valid"], false, "{tampered}");
+    assert!(tampered["signature"]["error"].is_string(), "{tampered}");
     // Garbage is refused with a message.
     std::fs::write(dir("junk"), b"\x00\x01junk").unwrap();
     let out = fedctl(&["show", path(&dir("junk"))]);

@@ -307,6 +307,9 @@ enum Command {
     Show {
         /// The file or authority directory.
         file: PathBuf,
+        /// Print one JSON object (kind, signature verdict, body with raw values) instead.
+        #[arg(long)]
+        json: bool,
     },
     #[command(flatten)]
     Manual(federation::manual::ManualCommand),
@@ -470,14 +473,18 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let list = read_signed::<RevocationList>(&list)?;
             publish(list, &peer)?;
         }
-        Command::Show { file } => {
-            let text = show(&file, now).map_err(|e| {
+        Command::Show { file, json } => {
+            let shown = read_shown(&file).map_err(|e| {
                 Failure::from(e).hint(
                     "`fedctl show` reads a file fedctl wrote (a key, certificate, agreement, \
                      revocation list, anchor) or an authority directory",
                 )
             })?;
-            print!("{text}");
+            if json {
+                println!("{:#}", shown.json());
+            } else {
+                print!("{}", shown.text(now));
+            }
         }
     }
     Ok(())
@@ -519,9 +526,23 @@ fn next_after_certify(role: Role, out: &Path) -> String {
 }
 
 /// The readable form of any file fedctl knows.
-fn show(path: &Path, now: u64) -> Result<String> {
+/// What `fedctl show` read from a file.
+enum Shown {
+    /// A secret key file, by its public key.
+    SecretKey(PublicKey),
+    PublicKey(PublicKey),
+    Cert(Signed<MembershipCert>),
+    Agreement(Signed<PeeringAgreement>),
+    Revocation(Signed<RevocationList>),
+    Anchor(Signed<FederationAnchor>),
+    Ad(Signed<ResourceAd>),
+    Delegation(Signed<Delegation>),
+    State(AuthorityState),
+}
+
+fn read_shown(path: &Path) -> Result<Shown> {
     if path.is_dir() {
-        return show(&path.join(STATE_FILE), now);
+        return read_shown(&path.join(STATE_FILE));
     }
     let bytes = fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     if let Ok(text) = std::str::from_utf8(&bytes) {
@@ -529,41 +550,108 @@ fn show(path: &Path, now: u64) -> Result<String> {
         if text.starts_with(capability_schema::identity::SECRET_PREFIX) {
             let key = SecretKey::load(path)
                 .with_context(|| format!("cannot show the key file {}", path.display()))?;
-            return Ok(format!(
-                "secret key file (text, not CBOR)\npublic key: {}\n",
-                key.public()
-            ));
+            return Ok(Shown::SecretKey(key.public()));
         }
         if let Ok(key) = text.parse::<PublicKey>() {
-            return Ok(format!("public key: {key}\n"));
+            return Ok(Shown::PublicKey(key));
         }
     }
     if let Ok(signed) = Signed::<MembershipCert>::from_bytes(&bytes) {
         // The body is kept as bytes, so any signed object decodes this far; its domain tag
         // says what it is.
-        let out = match signed.domain.as_str() {
-            MembershipCert::DOMAIN => show_cert(&signed, now),
-            PeeringAgreement::DOMAIN => show_agreement(&retype(&bytes)?, now),
-            RevocationList::DOMAIN => show_revocation(&retype(&bytes)?),
-            FederationAnchor::DOMAIN => show_anchor(&retype(&bytes)?),
-            ResourceAd::DOMAIN => show_ad(&retype(&bytes)?, now),
-            Delegation::DOMAIN => show_delegation(&retype(&bytes)?, now),
+        return Ok(match signed.domain.as_str() {
+            MembershipCert::DOMAIN => Shown::Cert(signed),
+            PeeringAgreement::DOMAIN => Shown::Agreement(retype(&bytes)?),
+            RevocationList::DOMAIN => Shown::Revocation(retype(&bytes)?),
+            FederationAnchor::DOMAIN => Shown::Anchor(retype(&bytes)?),
+            ResourceAd::DOMAIN => Shown::Ad(retype(&bytes)?),
+            Delegation::DOMAIN => Shown::Delegation(retype(&bytes)?),
             other => {
                 return Err(usage(format!(
                     "{}: a signed object of unknown kind {other:?}",
                     path.display()
                 )));
             }
-        };
-        return Ok(out);
+        });
     }
     if let Ok(state) = capability_schema::codec::decode::<AuthorityState>(&bytes) {
-        return Ok(show_state(&state));
+        return Ok(Shown::State(state));
     }
     Err(usage(format!(
         "{}: not a PlanetMesh key, signed object or authority state",
         path.display()
     )))
+}
+
+impl Shown {
+    /// The readable form, with times as dates and validity judged at `now`.
+    fn text(&self, now: u64) -> String {
+        match self {
+            Shown::SecretKey(public) => {
+                format!("secret key file (text, not CBOR)\npublic key: {public}\n")
+            }
+            Shown::PublicKey(key) => format!("public key: {key}\n"),
+            Shown::Cert(signed) => show_cert(signed, now),
+            Shown::Agreement(signed) => show_agreement(signed, now),
+            Shown::Revocation(signed) => show_revocation(signed),
+            Shown::Anchor(signed) => show_anchor(signed),
+            Shown::Ad(signed) => show_ad(signed, now),
+            Shown::Delegation(signed) => show_delegation(signed, now),
+            Shown::State(state) => show_state(state),
+        }
+    }
+
+    /// The JSON form: `kind`, and for signed objects the domain, the signature's verdict and
+    /// the body with raw values (Unix seconds, keys as text).
+    fn json(&self) -> serde_json::Value {
+        use serde_json::json;
+        match self {
+            Shown::SecretKey(public) => json!({"kind": "secret_key", "public_key": public}),
+            Shown::PublicKey(key) => json!({"kind": "public_key", "public_key": key}),
+            Shown::Cert(signed) => {
+                signed_json("membership_certificate", signed, |c| Some(c.authority))
+            }
+            Shown::Agreement(signed) => {
+                signed_json("peering_agreement", signed, |a| Some(a.authority))
+            }
+            Shown::Revocation(signed) => {
+                signed_json("revocation_list", signed, |l| Some(l.authority))
+            }
+            Shown::Anchor(signed) => {
+                signed_json("federation_anchor", signed, |a| Some(a.authority))
+            }
+            Shown::Ad(signed) => signed_json("resource_ad", signed, |a| Some(a.node)),
+            Shown::Delegation(signed) => signed_json("delegation", signed, |d| Some(d.node)),
+            Shown::State(state) => json!({"kind": "authority_state", "body": state}),
+        }
+    }
+}
+
+/// A signed object as JSON; `authority` names the key that should have signed it.
+fn signed_json<T: SignedType + serde::Serialize>(
+    kind: &str,
+    signed: &Signed<T>,
+    authority: impl Fn(&T) -> Option<PublicKey>,
+) -> serde_json::Value {
+    let (valid, error, body) = match signed.verify() {
+        Ok(body) => (true, None, Some(body)),
+        Err(e) => (false, Some(e.to_string()), signed.peek_unverified().ok()),
+    };
+    let by_authority = body
+        .as_ref()
+        .and_then(&authority)
+        .map(|k| k == signed.signer);
+    serde_json::json!({
+        "kind": kind,
+        "domain": signed.domain,
+        "signature": {
+            "valid": valid,
+            "signer": signed.signer,
+            "by_authority": by_authority,
+            "error": error,
+        },
+        "body": body,
+    })
 }
 
 fn retype<T: SignedType>(bytes: &[u8]) -> Result<Signed<T>> {
@@ -820,10 +908,16 @@ fn show_ad(signed: &Signed<ResourceAd>, now: u64) -> String {
     let mut out = String::from("resource ad\n");
     if let Some(a) = body {
         out += &format!("node:       {} ({})\n", a.node, a.name);
-        out += &format!("federation: {}\n", a.federation);
+        // A federation is its authority's key; the name is a label.
+        match a.membership.peek_unverified() {
+            Ok(cert) => {
+                out += &format!("federation: {} ({})\n", a.federation, cert.authority);
+            }
+            Err(_) => out += &format!("federation: {} (membership unreadable)\n", a.federation),
+        }
         out += &format!("site:       {}\n", a.site);
-        out += &format!("capacity:   {:?}\n", a.capacity);
-        out += &format!("committed:  {:?}\n", a.committed);
+        out += &format!("capacity:   {}\n", a.capacity);
+        out += &format!("committed:  {}\n", a.committed);
         out += &format!("seq:        {}\n", a.seq);
         out += &window(a.issued_at, a.expires_at(), now);
     }
@@ -836,7 +930,7 @@ fn show_delegation(signed: &Signed<Delegation>, now: u64) -> String {
     if let Some(d) = body {
         out += &format!("node:       {}\n", d.node);
         out += &format!("agent:      {}\n", d.agent);
-        out += &format!("share:      {:?}\n", d.share);
+        out += &format!("share:      {}\n", d.share);
         out += &format!("scope:      {}\n", d.scope);
         out += &window(d.issued_at, d.not_after, now);
     }
