@@ -36,6 +36,7 @@ use libp2p::{Multiaddr, PeerId, Swarm, Transport, autonat, dcutr, identify, nois
 use serde::{Deserialize, Serialize};
 
 use super::swarm::{Behaviour, BehaviourEvent};
+use super::task::error_chain;
 use super::{OverlayConfig, OverlayError};
 
 /// The circuit relay v2 HOP protocol: a peer whose identify lists it serves as a relay.
@@ -745,24 +746,6 @@ fn is_unspecified(addr: &Multiaddr) -> bool {
         Protocol::Ip6(ip) => ip.is_unspecified(),
         _ => false,
     })
-}
-
-/// An error and its causes as one line.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = next {
-        let text = err.to_string();
-        if !text.is_empty() && parts.last() != Some(&text) {
-            parts.push(text);
-        }
-        next = err.source();
-    }
-    if parts.is_empty() {
-        format!("{e:?}")
-    } else {
-        parts.join(": ")
-    }
 }
 
 #[cfg(test)]

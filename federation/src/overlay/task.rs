@@ -1555,7 +1555,7 @@ impl Runner {
 
 /// An error and its causes, as one sentence ("a: b: c"); libp2p's transport errors often
 /// display as nothing and keep the cause (the OS error) in their source.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(super) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = next {
